@@ -1,0 +1,176 @@
+//! Binding user tensors: the checks that keep wgpu validation errors away from the caller, and a
+//! cache of bind groups so a warm call allocates nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::context::Slot;
+use crate::{Context, Error, Result, Tensor};
+
+/// Storage bindings a kernel may have after its uniform block.
+pub const MAX_STORAGE: usize = 7;
+/// Uniform words every kernel's parameter block may use.
+pub const PARAM_WORDS: usize = 16;
+
+/// A checked storage binding: buffer, byte offset and byte size.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BufferRange {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Checks that `t` can be bound as a storage buffer on this device and returns its range.
+/// `what` names the argument in the error.
+pub fn storage_range(ctx: &Context, what: &str, t: &Tensor) -> Result<BufferRange> {
+    let buffer = t.buffer();
+    if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::MissingUsage { what: what.into(), missing: wgpu::BufferUsages::STORAGE });
+    }
+    let limits = ctx.limits();
+    let align = limits.min_storage_buffer_offset_alignment as u64;
+    if t.offset() % align != 0 {
+        return Err(Error::MisalignedOffset { what: what.into(), offset: t.offset(), alignment: align });
+    }
+    let bytes = t.byte_len();
+    let limit = limits.max_storage_buffer_binding_size;
+    if bytes > limit {
+        return Err(Error::TooLargeForBinding { what: what.into(), bytes, limit });
+    }
+    // Storage bindings are sized in multiples of 4 bytes (an odd count of f16 needs 2 more).
+    let size = bytes.max(4).div_ceil(4) * 4;
+    let end = t.offset() + size;
+    if end > buffer.size() {
+        return Err(Error::BufferTooSmall {
+            what: format!("{what} (bindings round up to 4 bytes)"),
+            offset: t.offset(),
+            end,
+            size: buffer.size(),
+        });
+    }
+    Ok(BufferRange { buffer: buffer.clone(), offset: t.offset(), size })
+}
+
+/// Rejects an output that shares a buffer with any other binding: wgpu forbids a buffer being
+/// both read-only and writable storage in one dispatch.
+pub fn check_no_alias(named: &[(&str, Option<&BufferRange>, bool)]) -> Result<()> {
+    for (i, (a, ra, wa)) in named.iter().enumerate() {
+        for (b, rb, wb) in &named[i + 1..] {
+            if let (Some(ra), Some(rb)) = (ra, rb) {
+                if (*wa || *wb) && ra.buffer == rb.buffer {
+                    return Err(Error::AliasedBuffers { what: a.to_string(), other: b.to_string() });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    slots: &'static [Slot],
+    params: [u32; PARAM_WORDS],
+    ranges: [Option<BufferRange>; MAX_STORAGE],
+}
+
+/// Bind groups keyed by (layout, parameter block, buffer ranges). Each entry owns an immutable
+/// uniform buffer holding its parameters, so a cached bind group can be recorded any number of
+/// times into any encoder without a queue write that could race with an earlier recording.
+///
+/// Entries keep their buffers alive; the cache is cleared when it holds `capacity` entries, which
+/// bounds that (inference loops reuse a handful of activation buffers and always hit).
+pub struct BindCache {
+    map: Mutex<HashMap<Key, wgpu::BindGroup>>,
+    capacity: usize,
+}
+
+impl Default for BindCache {
+    fn default() -> Self {
+        BindCache { map: Mutex::default(), capacity: 256 }
+    }
+}
+
+impl BindCache {
+    /// The bind group for `slots` (slot 0 the uniform block, then one range per storage slot).
+    pub fn get(
+        &self,
+        ctx: &Context,
+        slots: &'static [Slot],
+        params: &[u32; PARAM_WORDS],
+        ranges: &[&BufferRange],
+    ) -> Result<wgpu::BindGroup> {
+        debug_assert_eq!(slots.len(), ranges.len() + 1);
+        let key = Key {
+            slots,
+            params: *params,
+            ranges: std::array::from_fn(|i| ranges.get(i).map(|r| (*r).clone())),
+        };
+        let mut map = self.map.lock().unwrap();
+        if let Some(bg) = map.get(&key) {
+            return Ok(bg.clone());
+        }
+        if map.len() >= self.capacity {
+            map.clear();
+        }
+        let device = ctx.device();
+        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnorm params"),
+            size: (PARAM_WORDS * 4) as u64,
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: true,
+        });
+        uniform
+            .slice(..)
+            .get_mapped_range_mut()
+            .map_err(|e| Error::Device(e.to_string()))?
+            .copy_from_slice(bytemuck::cast_slice(params));
+        uniform.unmap();
+        let (bgl, _) = ctx.layout(slots);
+        let mut entries = Vec::with_capacity(slots.len());
+        entries.push(wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() });
+        for (i, r) in ranges.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &r.buffer,
+                    offset: r.offset,
+                    size: wgpu::BufferSize::new(r.size),
+                }),
+            });
+        }
+        let bg = crate::context::capture(device, || {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgnorm"),
+                layout: &bgl,
+                entries: &entries,
+            })
+        })?;
+        map.insert(key, bg.clone());
+        Ok(bg)
+    }
+
+    /// Entries currently cached.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Splits `groups` workgroups over a 2D grid within the per-dimension limit. Kernels recover the
+/// linear index as `wid.x + wid.y * num_workgroups.x` and ignore indices past the end.
+pub fn grid(ctx: &Context, groups: u64) -> (u32, u32) {
+    let max = ctx.limits().max_compute_workgroups_per_dimension as u64;
+    if groups <= max {
+        (groups as u32, 1)
+    } else {
+        (max as u32, groups.div_ceil(max) as u32)
+    }
+}
+
+/// Range of a context dummy buffer bound in place of an absent optional tensor.
+pub fn dummy_range(buffer: &wgpu::Buffer) -> BufferRange {
+    BufferRange { buffer: buffer.clone(), offset: 0, size: buffer.size() }
+}

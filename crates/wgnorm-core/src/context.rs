@@ -1,0 +1,474 @@
+//! The device context: a `wgpu::Device` + `wgpu::Queue` (the app's own, or a headless one), the
+//! features wgnorm may use on it, and the caches of shader modules, layouts and pipelines.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::shader::{self, Io, Kernel};
+use crate::{DType, Error, Result, Tensor};
+
+/// Optional features wgnorm uses when the adapter has them; every kernel has a path without them,
+/// except f16 storage, which needs `SHADER_F16`.
+pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
+/// What a bind-group slot holds. Every wgnorm layout is a list of these in binding order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// Handle to a device and wgnorm's per-device caches. Cheap to clone; share one per device.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    features: wgpu::Features,
+    limits: wgpu::Limits,
+    modules: Mutex<HashMap<(Kernel, Io), wgpu::ShaderModule>>,
+    layouts: Mutex<HashMap<&'static [Slot], (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    /// Bound in place of absent optional inputs / outputs (read, and two distinct writes so two
+    /// absent outputs never alias).
+    dummy_read: wgpu::Buffer,
+    dummy_write: [wgpu::Buffer; 2],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    kernel: Kernel,
+    io: Io,
+    layout: &'static [Slot],
+    constants: Vec<(&'static str, u64)>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .field("features", &self.inner.features)
+            .finish()
+    }
+}
+
+impl Context {
+    /// A headless context on the default adapter.
+    ///
+    /// `WGPU_BACKEND` (e.g. `vulkan`) limits the backends searched; `WGNORM_ADAPTER` (or
+    /// `WGPU_ADAPTER_NAME`) keeps only adapters whose name contains it, case-insensitively.
+    /// Otherwise a discrete GPU is preferred, then integrated, virtual, and CPU adapters.
+    /// Every optional feature wgnorm can use is requested, with the adapter's best limits.
+    pub fn new() -> Result<Context> {
+        pollster::block_on(Self::new_async())
+    }
+
+    pub async fn new_async() -> Result<Context> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let adapters = instance.enumerate_adapters(backends).await;
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(format!("no adapter on backends {backends:?}")));
+        }
+        let filter = std::env::var("WGNORM_ADAPTER")
+            .or_else(|_| std::env::var("WGPU_ADAPTER_NAME"))
+            .ok()
+            .filter(|s| !s.is_empty());
+        let available = || {
+            adapters
+                .iter()
+                .map(|a| {
+                    let i = a.get_info();
+                    format!("{} ({:?})", i.name, i.backend)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let rank = |t: wgpu::DeviceType| match t {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 3,
+            wgpu::DeviceType::Other => 4,
+        };
+        let chosen = adapters
+            .iter()
+            .filter(|a| match &filter {
+                Some(f) => a.get_info().name.to_lowercase().contains(&f.to_lowercase()),
+                None => true,
+            })
+            .min_by_key(|a| rank(a.get_info().device_type));
+        let adapter = match (chosen, &filter) {
+            (Some(a), _) => a,
+            (None, Some(f)) => {
+                return Err(Error::AdapterFilter { filter: f.clone(), available: available() })
+            }
+            (None, None) => unreachable!("adapters is not empty"),
+        };
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgnorm"),
+                required_features: features,
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok(Self::from_device(device, queue))
+    }
+
+    /// Wraps a device and queue the application already owns. wgnorm uses whatever optional
+    /// features and limits the device was created with (see [`OPTIONAL_FEATURES`]); kernels fall
+    /// back where a feature is missing.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Context {
+        let info = device.adapter_info();
+        let features = device.features();
+        let limits = device.limits();
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let dummy = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: storage,
+                mapped_at_creation: false,
+            })
+        };
+        let dummy_read = dummy("wgnorm dummy read");
+        let dummy_write = [dummy("wgnorm dummy write 0"), dummy("wgnorm dummy write 1")];
+        Context {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                features,
+                limits,
+                modules: Mutex::default(),
+                layouts: Mutex::default(),
+                pipelines: Mutex::default(),
+                dummy_read,
+                dummy_write,
+            }),
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+    pub fn features(&self) -> wgpu::Features {
+        self.inner.features
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+    pub fn has_subgroups(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::SUBGROUP)
+    }
+    /// Whether the adapter runs shaders on the CPU (lavapipe, WARP, SwiftShader).
+    pub fn is_cpu(&self) -> bool {
+        self.inner.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Checks that tensors of `dtype` can be used on this device.
+    pub fn check_dtype(&self, dtype: DType) -> Result<()> {
+        if dtype == DType::F16 && !self.inner.features.contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::UnsupportedDType {
+                dtype,
+                why: "the device lacks Features::SHADER_F16 (create it with that feature, or use f32)",
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn dummy_read(&self) -> &wgpu::Buffer {
+        &self.inner.dummy_read
+    }
+    pub(crate) fn dummy_write(&self, i: usize) -> &wgpu::Buffer {
+        &self.inner.dummy_write[i]
+    }
+
+    /// The bind-group layout and pipeline layout for a slot list, created once per device.
+    pub fn layout(&self, slots: &'static [Slot]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let mut layouts = self.inner.layouts.lock().unwrap();
+        layouts
+            .entry(slots)
+            .or_insert_with(|| {
+                let entries: Vec<_> = slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| wgpu::BindGroupLayoutEntry {
+                        binding: i as u32,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: match s {
+                                Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                                Slot::Read => {
+                                    wgpu::BufferBindingType::Storage { read_only: true }
+                                }
+                                Slot::ReadWrite => {
+                                    wgpu::BufferBindingType::Storage { read_only: false }
+                                }
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    })
+                    .collect();
+                let bgl = self.inner.device.create_bind_group_layout(
+                    &wgpu::BindGroupLayoutDescriptor { label: Some("wgnorm"), entries: &entries },
+                );
+                let pl = self.inner.device.create_pipeline_layout(
+                    &wgpu::PipelineLayoutDescriptor {
+                        label: Some("wgnorm"),
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    },
+                );
+                (bgl, pl)
+            })
+            .clone()
+    }
+
+    /// The compute pipeline for a kernel specialisation, compiled on first use and cached.
+    /// Shader validation errors come back as [`Error::Device`], never as a panic.
+    pub fn pipeline(
+        &self,
+        kernel: Kernel,
+        io: Io,
+        slots: &'static [Slot],
+        constants: &[(&'static str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = PipelineKey {
+            kernel,
+            io,
+            layout: slots,
+            constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
+        };
+        if let Some(p) = self.inner.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let missing = shader::required_features(kernel, io) - self.inner.features;
+        if !missing.is_empty() {
+            return Err(Error::Device(format!(
+                "kernel {} ({}) needs device features {missing:?}",
+                kernel.name(),
+                io.label()
+            )));
+        }
+        let device = &self.inner.device;
+        let module = {
+            let mut modules = self.inner.modules.lock().unwrap();
+            match modules.get(&(kernel, io)) {
+                Some(m) => m.clone(),
+                None => {
+                    let source = kernel.source(io);
+                    let m = capture(device, || {
+                        device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(kernel.name()),
+                            source: wgpu::ShaderSource::Wgsl(source.into()),
+                        })
+                    })?;
+                    modules.insert((kernel, io), m.clone());
+                    m
+                }
+            }
+        };
+        let (_, layout) = self.layout(slots);
+        let pipeline = capture(device, || {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.name()),
+                layout: Some(&layout),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })?;
+        self.inner.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Number of pipelines compiled so far (for tests of the caches).
+    pub fn pipeline_count(&self) -> usize {
+        self.inner.pipelines.lock().unwrap().len()
+    }
+
+    // ---- host transfers (tests, tools, the convenience `forward` paths) ----
+
+    /// Usages of the buffers wgnorm allocates for tensors.
+    pub const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+        .union(wgpu::BufferUsages::COPY_SRC)
+        .union(wgpu::BufferUsages::COPY_DST);
+
+    /// A new uninitialised tensor (its buffer padded to a multiple of 16 bytes, at least 16).
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.check_dtype(dtype)?;
+        let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
+        let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnorm tensor"),
+            size: padded(bytes),
+            usage: Self::TENSOR_USAGE,
+            mapped_at_creation: false,
+        });
+        Tensor::from_buffer(buffer, 0, shape, dtype)
+    }
+
+    fn upload_bytes(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.check_dtype(dtype)?;
+        let n: usize = shape.iter().product();
+        if n as u64 * dtype.size() != bytes.len() as u64 {
+            return Err(Error::DataLength {
+                what: format!("upload of shape {shape:?}"),
+                n,
+                len: bytes.len() / dtype.size() as usize,
+            });
+        }
+        let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnorm tensor"),
+            size: padded(bytes.len() as u64),
+            usage: Self::TENSOR_USAGE,
+            mapped_at_creation: true,
+        });
+        buffer
+            .slice(..bytes.len() as u64)
+            .get_mapped_range_mut()
+            .map_err(|e| Error::Device(e.to_string()))?
+            .copy_from_slice(bytes);
+        buffer.unmap();
+        Tensor::from_buffer(buffer, 0, shape, dtype)
+    }
+
+    /// Uploads f32 data as a new f32 tensor.
+    pub fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        self.upload_bytes(bytemuck::cast_slice(data), shape, DType::F32)
+    }
+
+    /// Uploads f16 data as a new f16 tensor.
+    pub fn upload_f16(&self, data: &[half::f16], shape: &[usize]) -> Result<Tensor> {
+        self.upload_bytes(bytemuck::cast_slice(data), shape, DType::F16)
+    }
+
+    /// Uploads f32 data, rounding it to `dtype`.
+    pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        match dtype {
+            DType::F32 => self.upload_f32(data, shape),
+            DType::F16 => {
+                let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                self.upload_f16(&h, shape)
+            }
+        }
+    }
+
+    /// Copies a tensor back to the host as f32 (f16 widened exactly). Blocks until the GPU is done
+    /// with all work submitted so far: for tests and tools, not for a frame loop.
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let bytes = self.download_bytes(t)?;
+        Ok(match t.dtype() {
+            DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
+            DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+        })
+    }
+
+    fn download_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
+        let len = t.byte_len();
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if !t.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::MissingUsage {
+                what: "download source".into(),
+                missing: wgpu::BufferUsages::COPY_SRC,
+            });
+        }
+        // Copies need 4-byte aligned offsets and sizes: copy the covering aligned range.
+        let start = t.offset() & !3;
+        let end = (t.offset() + len + 3) & !3;
+        if end > t.buffer().size() {
+            return Err(Error::BufferTooSmall {
+                what: "download (4-byte copy granularity)".into(),
+                offset: start,
+                end,
+                size: t.buffer().size(),
+            });
+        }
+        let device = &self.inner.device;
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnorm readback"),
+            size: end - start,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(t.buffer(), start, &staging, 0, end - start);
+        let index = self.inner.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(Some(index))?;
+        rx.recv()
+            .map_err(|e| Error::Poll(e.to_string()))?
+            .map_err(|e| Error::Device(e.to_string()))?;
+        let skip = (t.offset() - start) as usize;
+        let data = slice.get_mapped_range().map_err(|e| Error::Device(e.to_string()))?
+            [skip..skip + len as usize]
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Waits (up to 10 minutes) for a submission, or for all work when `None`.
+    pub fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: Some(std::time::Duration::from_secs(600)),
+            })
+            .map(|_| ())
+            .map_err(|e| Error::Poll(e.to_string()))
+    }
+}
+
+/// Size of a buffer holding `bytes`: at least 16 and a multiple of 16, so vec4 and f16 bindings of
+/// its whole range are always valid.
+pub fn padded(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16) * 16
+}
+
+/// Runs a wgpu call inside a validation error scope and returns its error, if any, as
+/// [`Error::Device`] instead of letting the uncaptured-error handler panic.
+pub fn capture<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = f();
+    match pollster::block_on(scope.pop()) {
+        Some(e) => Err(Error::Device(e.to_string())),
+        None => Ok(value),
+    }
+}

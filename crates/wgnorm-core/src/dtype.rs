@@ -1,0 +1,35 @@
+//! Element types of tensors in GPU memory.
+
+use std::fmt;
+
+/// Storage type of a tensor. Arithmetic in every kernel is f32 whatever the storage type, with one
+/// rounding to the storage type on store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    /// IEEE binary16; needs `wgpu::Features::SHADER_F16` on the device.
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub const fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,22 @@
+//! wgnorm-core: the host runtime shared by every wgnorm layer family.
+//!
+//! - [`Context`]: a device and queue (yours, or a headless default) plus wgnorm's caches.
+//! - [`Tensor`]: a byte range of a `wgpu::Buffer` seen as a row-major tensor of a [`DType`].
+//! - [`shader`]: WGSL sources, kernel composition and the list of specialisations.
+//! - [`binding`]: checks that keep wgpu validation errors from reaching you, and bind-group caching.
+//! - [`rownorm`]: the row-normalization engine behind LayerNorm and RMSNorm.
+//! - [`Error`]: one typed error for everything.
+
+pub mod binding;
+pub mod context;
+mod dtype;
+mod error;
+pub mod rownorm;
+pub mod shader;
+mod tensor;
+
+pub use context::{Context, Slot};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use tensor::Tensor;
+pub use wgpu;

@@ -1,0 +1,522 @@
+//! Row normalization, the engine behind LayerNorm and RMSNorm (and, later, their fused variants):
+//! every row of a row-major `[rows, n]` view is normalized on its own.
+//!
+//! Kernel choice is data: [`RowKernel`] names a kernel shape and its tuning, [`choose`] maps
+//! (adapter, row length, I/O) to one, and [`specializations`] lists every pipeline the choice can
+//! produce so `cargo xtask validate` checks exactly what runs.
+
+use crate::binding::{self, BindCache, PARAM_WORDS};
+use crate::context::Slot;
+use crate::shader::{Io, Kernel, Specialization};
+use crate::{Context, DType, Error, Result, Tensor};
+
+/// Centred (LayerNorm) or quadratic-mean (RMSNorm) statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowMode {
+    /// `y = (x - mean) / sqrt(var_biased + eps) * w + b`.
+    LayerNorm,
+    /// `y = x / sqrt(mean(x^2) + eps) * (w + weight_offset)`.
+    RmsNorm,
+}
+
+/// Configuration fixed when a row-norm op is created (everything but the data).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowNormConfig {
+    pub mode: RowMode,
+    /// First reduced dim; negative counts from the end. Every dim from `axis` on is reduced.
+    pub axis: isize,
+    /// Added to the variance (or mean square) inside the square root. Finite, >= 0.
+    pub eps: f32,
+    /// Added to the weight before it multiplies (RMSNorm: 1.0 for Gemma's `1 + w`). Finite.
+    pub weight_offset: f32,
+    /// Storage type of x, y, weight and bias. Statistics are always f32.
+    pub dtype: DType,
+}
+
+/// A kernel shape and its tuning for one row length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowKernel {
+    /// `team` lanes of one subgroup per row, `rows_per_group` rows per workgroup, the row cached
+    /// in workgroup memory (needs subgroups, and the rows must fit the cache).
+    Team { team: u32, rows_per_group: u32 },
+    /// One workgroup of `wg` lanes (a power of two) per row; caches the row when it fits,
+    /// otherwise reads x twice.
+    Workgroup { wg: u32 },
+}
+
+const SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,      // x
+    Slot::Read,      // weight
+    Slot::Read,      // bias
+    Slot::ReadWrite, // y
+    Slot::ReadWrite, // mean
+    Slot::ReadWrite, // rstd
+];
+
+/// Bytes of workgroup memory the workgroup kernel needs besides its cache (three f32 per lane).
+fn reduction_bytes(wg: u32) -> u64 {
+    3 * 4 * wg as u64
+}
+
+/// Accesses (of `io.width()` elements, cached as f32) of workgroup cache `kernel` gets for rows of
+/// `n_vec` accesses, or `None` when they do not fit `budget` bytes of workgroup memory.
+fn cache_len_for(budget: u64, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u32> {
+    let access = 4 * io.width() as u64;
+    match kernel {
+        RowKernel::Team { rows_per_group, .. } => {
+            let need = n_vec * rows_per_group as u64;
+            (need * access <= budget).then_some(need.max(1) as u32)
+        }
+        RowKernel::Workgroup { wg } => {
+            let fits = n_vec * access + reduction_bytes(wg) <= budget;
+            fits.then_some(n_vec.max(1) as u32)
+        }
+    }
+}
+
+/// The per-adapter choice for rows of `n` elements. Software rasterisers punish workgroup
+/// barriers and like few lanes per row; GPUs want a wide, coalesced team per long row.
+pub fn choose(ctx: &Context, n: u64, io: Io) -> RowKernel {
+    choose_for(&AdapterClass::of(ctx), n, io)
+}
+
+fn choose_for(a: &AdapterClass, n: u64, io: Io) -> RowKernel {
+    let n_vec = n.div_ceil(io.width() as u64).max(1);
+    let budget = a.workgroup_storage as u64;
+    let (sg_min, sg_max) = (a.subgroup_min.max(1), a.subgroup_max.max(1));
+    if a.subgroups && sg_min.is_power_of_two() && sg_max.is_power_of_two() {
+        let team = sg_min.min(32);
+        // Rows per group: enough lanes to fill the subgroups, as many as the cache holds, and
+        // the workgroup a multiple of the largest subgroup so no subgroup is partial.
+        let lanes_target: u32 = if a.cpu { 64 } else { 256 };
+        let team_fits = a.cpu || n <= 1024;
+        let step = (sg_max / team).max(1);
+        let mut rows = (lanes_target / team).max(step).div_ceil(step) * step;
+        let fits = |rows: u32| {
+            cache_len_for(budget, RowKernel::Team { team, rows_per_group: rows }, io, n_vec)
+                .is_some()
+        };
+        while rows > step && !fits(rows) {
+            rows -= step;
+        }
+        if team_fits && rows * team <= a.max_invocations && fits(rows) {
+            return RowKernel::Team { team, rows_per_group: rows };
+        }
+    }
+    // Wide enough that each lane has a few accesses, narrow enough to keep barriers few.
+    let cap = if a.cpu { 128 } else { 1024 };
+    let cap = prev_power_of_two(cap.min(a.max_invocations).max(1));
+    let mut wg = 32u32.min(cap);
+    while wg < cap && (wg as u64) * 4 < n_vec {
+        wg *= 2;
+    }
+    RowKernel::Workgroup { wg }
+}
+
+fn prev_power_of_two(v: u32) -> u32 {
+    1 << (31 - v.leading_zeros())
+}
+
+fn constants(mode: RowMode, flags: [bool; 4], kernel: RowKernel, cache: Option<u32>) -> (Kernel, Vec<(&'static str, f64)>) {
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let mut c = vec![
+        ("MODE", if mode == RowMode::LayerNorm { 0.0 } else { 1.0 }),
+        ("HAS_WEIGHT", flag(flags[0])),
+        ("HAS_BIAS", flag(flags[1])),
+        ("WRITE_MEAN", flag(flags[2])),
+        ("WRITE_RSTD", flag(flags[3])),
+    ];
+    let k = match kernel {
+        RowKernel::Team { team, rows_per_group } => {
+            c.push(("TEAM", team as f64));
+            c.push(("WG", (team * rows_per_group) as f64));
+            c.push(("CACHE_V", cache.unwrap_or(1) as f64));
+            Kernel::RowNormTeam
+        }
+        RowKernel::Workgroup { wg } => {
+            c.push(("WG", wg as f64));
+            c.push(("USE_CACHE", flag(cache.is_some())));
+            c.push(("CACHE_V", cache.unwrap_or(1) as f64));
+            Kernel::RowNormWorkgroup
+        }
+    };
+    (k, c)
+}
+
+/// Every specialisation the runtime can create for rows of the given lengths on adapters like
+/// `classes` (each: is_cpu, subgroup min, subgroup max, has subgroups, workgroup storage bytes).
+/// Used by `cargo xtask validate`.
+pub fn specializations(lengths: &[u64], classes: &[AdapterClass]) -> Vec<Specialization> {
+    let mut out: Vec<Specialization> = Vec::new();
+    for class in classes {
+        for &n in lengths {
+            for io in Io::ALL {
+                if io.vec4 && n % 4 != 0 {
+                    continue;
+                }
+                let n_vec = n / io.width() as u64;
+                let kernel = class.choose(n, io);
+                let cache = class.cache_len(kernel, io, n_vec);
+                for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+                    for bits in 0..16u32 {
+                        let flags = std::array::from_fn(|i| bits & (1 << i) != 0);
+                        let (k, c) = constants(mode, flags, kernel, cache);
+                        let s = Specialization { kernel: k, io, constants: c };
+                        if !out.contains(&s) {
+                            out.push(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The adapter facts kernel choice depends on, so the choice can be replayed without a device.
+#[derive(Clone, Copy, Debug)]
+pub struct AdapterClass {
+    pub cpu: bool,
+    pub subgroups: bool,
+    pub subgroup_min: u32,
+    pub subgroup_max: u32,
+    pub workgroup_storage: u32,
+    pub max_invocations: u32,
+}
+
+impl AdapterClass {
+    /// lavapipe (AVX2), an NVIDIA-like GPU, an AMD-like GPU with 32..64 subgroups, and a
+    /// device without subgroups at the WebGPU minimum of 16 KiB workgroup memory.
+    pub const TYPICAL: [AdapterClass; 4] = [
+        AdapterClass { cpu: true, subgroups: true, subgroup_min: 8, subgroup_max: 8, workgroup_storage: 32768, max_invocations: 1024 },
+        AdapterClass { cpu: false, subgroups: true, subgroup_min: 32, subgroup_max: 32, workgroup_storage: 49152, max_invocations: 1024 },
+        AdapterClass { cpu: false, subgroups: true, subgroup_min: 32, subgroup_max: 64, workgroup_storage: 65536, max_invocations: 1024 },
+        AdapterClass { cpu: false, subgroups: false, subgroup_min: 4, subgroup_max: 128, workgroup_storage: 16384, max_invocations: 256 },
+    ];
+
+    pub fn of(ctx: &Context) -> AdapterClass {
+        let info = ctx.adapter_info();
+        AdapterClass {
+            cpu: ctx.is_cpu(),
+            subgroups: ctx.has_subgroups(),
+            subgroup_min: info.subgroup_min_size,
+            subgroup_max: info.subgroup_max_size,
+            workgroup_storage: ctx.limits().max_compute_workgroup_storage_size,
+            max_invocations: ctx.limits().max_compute_invocations_per_workgroup,
+        }
+    }
+
+    fn choose(&self, n: u64, io: Io) -> RowKernel {
+        choose_for(self, n, io)
+    }
+
+    fn cache_len(&self, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u32> {
+        cache_len_for(self.workgroup_storage as u64, kernel, io, n_vec)
+    }
+}
+
+/// Tensors of one row-norm call. `x` and `y` have the same shape; `weight`/`bias` have the
+/// reduced shape `x.shape[axis..]`; `mean`/`rstd` are f32 with one element per row.
+#[derive(Clone, Copy, Debug)]
+pub struct RowNormArgs<'a> {
+    pub x: &'a Tensor,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub y: &'a Tensor,
+    pub mean: Option<&'a Tensor>,
+    pub rstd: Option<&'a Tensor>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PlanKey {
+    n: u64,
+    io: Io,
+    has_w: bool,
+    has_b: bool,
+    has_mean: bool,
+    has_rstd: bool,
+}
+
+#[derive(Clone)]
+struct Plan {
+    kernel: RowKernel,
+    pipeline: wgpu::ComputePipeline,
+}
+
+/// A row-norm op bound to a device: validates calls, picks and caches pipelines and bind groups,
+/// and records one dispatch per call.
+pub struct RowNorm {
+    ctx: Context,
+    cfg: RowNormConfig,
+    forced: Option<RowKernel>,
+    plans: std::sync::Mutex<std::collections::HashMap<PlanKey, Plan>>,
+    binds: BindCache,
+}
+
+impl RowNorm {
+    /// Checks the configuration (eps finite and >= 0, weight_offset finite, dtype usable on the
+    /// device). Pipelines are compiled on the first call of each row length.
+    pub fn new(ctx: &Context, cfg: RowNormConfig) -> Result<RowNorm> {
+        if !cfg.eps.is_finite() || cfg.eps < 0.0 {
+            return Err(Error::InvalidParameter {
+                name: "eps",
+                value: cfg.eps.to_string(),
+                why: "must be finite and >= 0",
+            });
+        }
+        if !cfg.weight_offset.is_finite() {
+            return Err(Error::InvalidParameter {
+                name: "weight_offset",
+                value: cfg.weight_offset.to_string(),
+                why: "must be finite",
+            });
+        }
+        ctx.check_dtype(cfg.dtype)?;
+        Ok(RowNorm {
+            ctx: ctx.clone(),
+            cfg,
+            forced: None,
+            plans: Default::default(),
+            binds: BindCache::default(),
+        })
+    }
+
+    /// Uses `kernel` for every row length instead of the per-adapter choice (tests, benchmarks,
+    /// autotuning). A call it cannot serve fails with [`Error::InvalidParameter`].
+    pub fn with_kernel(mut self, kernel: RowKernel) -> RowNorm {
+        self.forced = Some(kernel);
+        self.plans.get_mut().unwrap().clear();
+        self
+    }
+
+    pub fn config(&self) -> &RowNormConfig {
+        &self.cfg
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Splits `shape` at the configured axis into (rows, row length).
+    pub fn split(&self, shape: &[usize]) -> Result<(usize, usize)> {
+        let rank = shape.len();
+        let axis = self.cfg.axis;
+        let a = if axis < 0 { axis + rank as isize } else { axis };
+        if rank == 0 || a < 0 || a >= rank as isize {
+            return Err(Error::AxisOutOfRange { what: "row norm", axis, rank });
+        }
+        let a = a as usize;
+        Ok((shape[..a].iter().product(), shape[a..].iter().product()))
+    }
+
+    /// The kernel a call on `x` would run (after validation), for reports.
+    pub fn kernel_for(&self, x: &Tensor) -> Result<(RowKernel, Io)> {
+        let (_, n) = self.split(x.shape())?;
+        let io = Io { dtype: self.cfg.dtype, vec4: n % 4 == 0 && x.offset() % 16 == 0 };
+        Ok((self.forced.unwrap_or_else(|| choose(&self.ctx, n as u64, io)), io))
+    }
+
+    fn check_tensor(&self, what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+        if t.shape() != shape {
+            return Err(Error::ShapeMismatch {
+                what: what.into(),
+                expected: shape.to_vec(),
+                got: t.shape().to_vec(),
+            });
+        }
+        if t.dtype() != dtype {
+            return Err(Error::DTypeMismatch { what: what.into(), expected: dtype, got: t.dtype() });
+        }
+        Ok(())
+    }
+
+    fn check_stats(&self, what: &str, t: &Tensor, rows: usize) -> Result<()> {
+        if t.numel() != rows {
+            return Err(Error::ShapeMismatch {
+                what: format!("{what} (one value per row)"),
+                expected: vec![rows],
+                got: t.shape().to_vec(),
+            });
+        }
+        if t.dtype() != DType::F32 {
+            return Err(Error::DTypeMismatch { what: what.into(), expected: DType::F32, got: t.dtype() });
+        }
+        Ok(())
+    }
+
+    /// Records the op into `encoder`: one compute pass with one dispatch, or nothing for an empty
+    /// tensor. Everything is checked before anything is recorded. Never submits or blocks; after
+    /// the first call with given buffers and shape it creates no GPU object.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &RowNormArgs) -> Result<()> {
+        let dtype = self.cfg.dtype;
+        let shape = a.x.shape();
+        let (rows, n) = self.split(shape)?;
+        let reduced = &shape[self.axis_index(shape)..];
+        self.check_tensor("x", a.x, shape, dtype)?;
+        self.check_tensor("y", a.y, shape, dtype)?;
+        if let Some(w) = a.weight {
+            self.check_tensor("weight", w, reduced, dtype)?;
+        }
+        if let Some(b) = a.bias {
+            self.check_tensor("bias", b, reduced, dtype)?;
+        }
+        if let Some(m) = a.mean {
+            self.check_stats("mean", m, rows)?;
+        }
+        if let Some(r) = a.rstd {
+            self.check_stats("rstd", r, rows)?;
+        }
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        let x = binding::storage_range(&self.ctx, "x", a.x)?;
+        let y = binding::storage_range(&self.ctx, "y", a.y)?;
+        let opt = |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(&self.ctx, what, t)).transpose();
+        let w = opt("weight", a.weight)?;
+        let b = opt("bias", a.bias)?;
+        let m = opt("mean", a.mean)?;
+        let r = opt("rstd", a.rstd)?;
+        binding::check_no_alias(&[
+            ("x", Some(&x), false),
+            ("weight", w.as_ref(), false),
+            ("bias", b.as_ref(), false),
+            ("y", Some(&y), true),
+            ("mean", m.as_ref(), true),
+            ("rstd", r.as_ref(), true),
+        ])?;
+
+        let vec_align = Io { dtype, vec4: true }.alignment();
+        let aligned = [Some(&x), Some(&y), w.as_ref(), b.as_ref()]
+            .iter()
+            .flatten()
+            .all(|r| r.offset % vec_align == 0);
+        let io = Io { dtype, vec4: n % 4 == 0 && aligned };
+        let key = PlanKey {
+            n: n as u64,
+            io,
+            has_w: w.is_some(),
+            has_b: b.is_some(),
+            has_mean: m.is_some(),
+            has_rstd: r.is_some(),
+        };
+        let plan = self.plan(key)?;
+
+        let n_vec = (n / io.width() as usize) as u32;
+        let mut params = [0u32; PARAM_WORDS];
+        params[0] = rows as u32;
+        params[1] = n_vec;
+        params[2] = n as u32;
+        params[4] = self.cfg.eps.to_bits();
+        params[5] = self.cfg.weight_offset.to_bits();
+
+        let dr = binding::dummy_range(self.ctx.dummy_read());
+        let dw0 = binding::dummy_range(self.ctx.dummy_write(0));
+        let dw1 = binding::dummy_range(self.ctx.dummy_write(1));
+        let bind = self.binds.get(
+            &self.ctx,
+            SLOTS,
+            &params,
+            &[
+                &x,
+                w.as_ref().unwrap_or(&dr),
+                b.as_ref().unwrap_or(&dr),
+                &y,
+                m.as_ref().unwrap_or(&dw0),
+                r.as_ref().unwrap_or(&dw1),
+            ],
+        )?;
+        let groups = match plan.kernel {
+            RowKernel::Team { rows_per_group, .. } => (rows as u64).div_ceil(rows_per_group as u64),
+            RowKernel::Workgroup { .. } => rows as u64,
+        };
+        let (gx, gy) = binding::grid(&self.ctx, groups);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(match self.cfg.mode {
+                RowMode::LayerNorm => "wgnorm layer_norm",
+                RowMode::RmsNorm => "wgnorm rms_norm",
+            }),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&plan.pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+
+    fn axis_index(&self, shape: &[usize]) -> usize {
+        let a = self.cfg.axis;
+        (if a < 0 { a + shape.len() as isize } else { a }) as usize
+    }
+
+    fn plan(&self, key: PlanKey) -> Result<Plan> {
+        if let Some(p) = self.plans.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let class = AdapterClass::of(&self.ctx);
+        let n_vec = key.n / key.io.width() as u64;
+        let kernel = self.forced.unwrap_or_else(|| choose_for(&class, key.n, key.io));
+        let cache = cache_len_for(class.workgroup_storage as u64, kernel, key.io, n_vec);
+        match kernel {
+            RowKernel::Team { team, rows_per_group } => {
+                let sg_ok = class.subgroups
+                    && team.is_power_of_two()
+                    && team <= class.subgroup_min
+                    && (team * rows_per_group) % class.subgroup_max.max(1) == 0;
+                if !sg_ok || cache.is_none() {
+                    return Err(Error::InvalidParameter {
+                        name: "kernel",
+                        value: format!("{kernel:?}"),
+                        why: "the team kernel needs subgroups, team <= the minimum subgroup size, a workgroup that is a multiple of the maximum subgroup size, and rows that fit workgroup memory",
+                    });
+                }
+            }
+            RowKernel::Workgroup { wg } => {
+                if !wg.is_power_of_two() || wg > class.max_invocations {
+                    return Err(Error::InvalidParameter {
+                        name: "kernel",
+                        value: format!("{kernel:?}"),
+                        why: "the workgroup kernel needs a power-of-two size within the device limit",
+                    });
+                }
+            }
+        }
+        let flags = [key.has_w, key.has_b, key.has_mean, key.has_rstd];
+        let (k, constants) = constants(self.cfg.mode, flags, kernel, cache);
+        let pipeline = self.ctx.pipeline(k, key.io, SLOTS, &constants)?;
+        let plan = Plan { kernel, pipeline };
+        self.plans.lock().unwrap().insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// Convenience path: allocates `y` (and f32 `mean`/`rstd`, one per row, when `stats`), encodes
+    /// and submits.
+    /// Returns without waiting for the GPU.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        stats: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        let (rows, _) = self.split(x.shape())?;
+        let y = self.ctx.empty(x.shape(), self.cfg.dtype)?;
+        let (mean, rstd) = if stats {
+            (Some(self.ctx.empty(&[rows], DType::F32)?), Some(self.ctx.empty(&[rows], DType::F32)?))
+        } else {
+            (None, None)
+        };
+        let mut enc = self.ctx.device().create_command_encoder(&Default::default());
+        self.encode(
+            &mut enc,
+            &RowNormArgs { x, weight, bias, y: &y, mean: mean.as_ref(), rstd: rstd.as_ref() },
+        )?;
+        self.ctx.queue().submit([enc.finish()]);
+        Ok((y, mean, rstd))
+    }
+
+    /// Bind groups cached so far (tests of the no-allocation path).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.binds.len()
+    }
+}

@@ -1,0 +1,133 @@
+//! WGSL sources and how kernels are composed from them.
+//!
+//! WGSL has no `#include`: a kernel module is the concatenation of an I/O snippet (storage type
+//! and vector width), the shared snippets it needs and the kernel body, all embedded at compile
+//! time. Everything else is specialised with `override` constants at pipeline creation.
+
+use crate::DType;
+
+macro_rules! shader_file {
+    ($path:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders/", $path))
+    };
+}
+
+const IO_F32_V1: &str = shader_file!("common/io_f32_v1.wgsl");
+const IO_F32_V4: &str = shader_file!("common/io_f32_v4.wgsl");
+const IO_F16_V1: &str = shader_file!("common/io_f16_v1.wgsl");
+const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
+const MOMENTS: &str = shader_file!("common/moments.wgsl");
+const ROW_NORM_COMMON: &str = shader_file!("row_norm/common.wgsl");
+const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
+const ROW_NORM_WORKGROUP: &str = shader_file!("row_norm/workgroup.wgsl");
+const COPY: &str = shader_file!("copy.wgsl");
+
+/// Storage type and access width of a kernel's tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Io {
+    pub dtype: DType,
+    /// Four consecutive elements per access (the reduced length must be a multiple of 4).
+    pub vec4: bool,
+}
+
+impl Io {
+    pub const ALL: [Io; 4] = [
+        Io { dtype: DType::F32, vec4: false },
+        Io { dtype: DType::F32, vec4: true },
+        Io { dtype: DType::F16, vec4: false },
+        Io { dtype: DType::F16, vec4: true },
+    ];
+
+    /// Elements per access.
+    pub fn width(self) -> u32 {
+        if self.vec4 {
+            4
+        } else {
+            1
+        }
+    }
+
+    fn snippet(self) -> &'static str {
+        match (self.dtype, self.vec4) {
+            (DType::F32, false) => IO_F32_V1,
+            (DType::F32, true) => IO_F32_V4,
+            (DType::F16, false) => IO_F16_V1,
+            (DType::F16, true) => IO_F16_V4,
+        }
+    }
+
+    /// Byte alignment every binding offset needs for this access type.
+    pub fn alignment(self) -> u64 {
+        self.dtype.size() * self.width() as u64
+    }
+
+    pub fn label(self) -> String {
+        format!("{}x{}", self.dtype, self.width())
+    }
+}
+
+/// A kernel body: one compute entry point `main`, specialised by `override` constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// LayerNorm/RMSNorm, a subgroup team per row (needs `Features::SUBGROUP`).
+    RowNormTeam,
+    /// LayerNorm/RMSNorm, a workgroup per row (no optional feature).
+    RowNormWorkgroup,
+    /// Plain copy, the bandwidth roofline of the benchmarks.
+    Copy,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 3] = [Kernel::RowNormTeam, Kernel::RowNormWorkgroup, Kernel::Copy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::RowNormTeam => "row_norm/team",
+            Kernel::RowNormWorkgroup => "row_norm/workgroup",
+            Kernel::Copy => "copy",
+        }
+    }
+
+    /// Device features the module needs besides those its `Io` needs.
+    pub fn required_features(self) -> wgpu::Features {
+        match self {
+            Kernel::RowNormTeam => wgpu::Features::SUBGROUP,
+            _ => wgpu::Features::empty(),
+        }
+    }
+
+    fn parts(self) -> &'static [&'static str] {
+        match self {
+            Kernel::RowNormTeam => &[ROW_NORM_COMMON, ROW_NORM_TEAM],
+            Kernel::RowNormWorkgroup => &[MOMENTS, ROW_NORM_COMMON, ROW_NORM_WORKGROUP],
+            Kernel::Copy => &[COPY],
+        }
+    }
+
+    /// The complete WGSL module for this kernel with this I/O type.
+    pub fn source(self, io: Io) -> String {
+        let mut s = String::from(io.snippet());
+        for part in self.parts() {
+            s.push('\n');
+            s.push_str(part);
+        }
+        s
+    }
+}
+
+/// Features a module needs: the kernel's own plus f16 storage.
+pub fn required_features(kernel: Kernel, io: Io) -> wgpu::Features {
+    let mut f = kernel.required_features();
+    if io.dtype == DType::F16 {
+        f |= wgpu::Features::SHADER_F16;
+    }
+    f
+}
+
+/// One pipeline the runtime can create: a kernel, its I/O type and its override constants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Specialization {
+    pub kernel: Kernel,
+    pub io: Io,
+    pub constants: Vec<(&'static str, f64)>,
+}

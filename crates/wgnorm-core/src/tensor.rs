@@ -1,0 +1,72 @@
+//! A tensor is a byte range of a `wgpu::Buffer` read as a row-major array of one dtype.
+
+use crate::{DType, Error, Result};
+
+/// A view of a GPU buffer as a dense row-major tensor: `shape[0]` is the slowest dimension.
+///
+/// The buffer is the caller's (wgnorm never copies it); `offset` is in bytes and must be a
+/// multiple of the device's `min_storage_buffer_offset_alignment` when the tensor is bound.
+/// Cloning a `Tensor` clones the handle, not the data.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    buffer: wgpu::Buffer,
+    offset: u64,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl Tensor {
+    /// Views `buffer` from byte `offset` as a tensor of `shape` and `dtype`. Fails if the range does
+    /// not fit the buffer; usages and alignment are checked where the tensor is bound.
+    pub fn from_buffer(
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Self> {
+        let t = Tensor { buffer, offset, shape: shape.to_vec(), dtype };
+        let end = t.offset + t.byte_len();
+        if end > t.buffer.size() {
+            return Err(Error::BufferTooSmall {
+                what: "tensor".into(),
+                offset,
+                end,
+                size: t.buffer.size(),
+            });
+        }
+        Ok(t)
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+    /// Byte offset of element 0 in the buffer.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Bytes the elements occupy (without any binding padding).
+    pub fn byte_len(&self) -> u64 {
+        self.numel() as u64 * self.dtype.size()
+    }
+    /// The same data seen with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::ShapeMismatch {
+                what: "reshape (element count)".into(),
+                expected: self.shape.clone(),
+                got: shape.to_vec(),
+            });
+        }
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+    }
+}

@@ -1,0 +1,110 @@
+//! LayerNorm (Ba et al. 2016, PyTorch semantics) as one GPU dispatch.
+//!
+//! `y = (x - mean) / sqrt(var + eps) * weight + bias`, with mean and biased variance over every
+//! dim from `axis` to the last (PyTorch's `normalized_shape` is `x.shape[axis..]`). Storage f32 or
+//! f16, arithmetic f32. Optionally writes the per-row `mean` and `rstd = 1/sqrt(var + eps)` (f32),
+//! as a backward pass needs them.
+
+use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
+pub use wgnorm_core::rownorm::RowKernel;
+use wgnorm_core::{Context, DType, Result, Tensor};
+
+/// What is fixed when the layer is created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerNormConfig {
+    /// First normalized dim; negative counts from the end. Default -1 (the last dim).
+    pub axis: isize,
+    /// Default 1e-5 (PyTorch). Must be finite and >= 0.
+    pub eps: f32,
+    /// Storage type of x, y, weight and bias.
+    pub dtype: DType,
+}
+
+impl Default for LayerNormConfig {
+    fn default() -> Self {
+        LayerNormConfig { axis: -1, eps: 1e-5, dtype: DType::F32 }
+    }
+}
+
+/// Inputs: `x`, and optional `weight` / `bias` of shape `x.shape[axis..]`.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormInputs<'a> {
+    pub x: &'a Tensor,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+}
+
+/// Outputs: `y` shaped like `x`; optional f32 `mean` and `rstd` with one element per row.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormOutputs<'a> {
+    pub y: &'a Tensor,
+    pub mean: Option<&'a Tensor>,
+    pub rstd: Option<&'a Tensor>,
+}
+
+/// Tensors allocated by [`LayerNorm::forward`].
+#[derive(Clone, Debug)]
+pub struct LayerNormOutput {
+    pub y: Tensor,
+    pub mean: Tensor,
+    pub rstd: Tensor,
+}
+
+/// A LayerNorm bound to a device. Create once, call many times: pipelines and bind groups are
+/// cached, so warm calls allocate no GPU objects.
+pub struct LayerNorm {
+    engine: RowNorm,
+}
+
+impl LayerNorm {
+    pub fn new(ctx: &Context, cfg: LayerNormConfig) -> Result<LayerNorm> {
+        let engine = RowNorm::new(
+            ctx,
+            RowNormConfig {
+                mode: RowMode::LayerNorm,
+                axis: cfg.axis,
+                eps: cfg.eps,
+                weight_offset: 0.0,
+                dtype: cfg.dtype,
+            },
+        )?;
+        Ok(LayerNorm { engine })
+    }
+
+    /// Forces one kernel shape instead of the per-adapter choice (tests, benchmarks).
+    pub fn with_kernel(self, kernel: RowKernel) -> LayerNorm {
+        LayerNorm { engine: self.engine.with_kernel(kernel) }
+    }
+
+    /// The row-norm engine (kernel reports, cache statistics).
+    pub fn engine(&self) -> &RowNorm {
+        &self.engine
+    }
+
+    /// Records the op into the caller's encoder. No submit, no readback, no GPU allocation once
+    /// warm; every argument is checked first and nothing is recorded on error.
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &LayerNormInputs,
+        outputs: &LayerNormOutputs,
+    ) -> Result<()> {
+        self.engine.encode(
+            encoder,
+            &RowNormArgs {
+                x: inputs.x,
+                weight: inputs.weight,
+                bias: inputs.bias,
+                y: outputs.y,
+                mean: outputs.mean,
+                rstd: outputs.rstd,
+            },
+        )
+    }
+
+    /// Allocates the outputs, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &LayerNormInputs) -> Result<LayerNormOutput> {
+        let (y, mean, rstd) = self.engine.forward(inputs.x, inputs.weight, inputs.bias, true)?;
+        Ok(LayerNormOutput { y, mean: mean.expect("requested"), rstd: rstd.expect("requested") })
+    }
+}

@@ -1,0 +1,112 @@
+//! RMSNorm (Zhang & Sennrich 2019) as one GPU dispatch.
+//!
+//! `y = x / sqrt(mean(x^2) + eps) * (weight_offset + weight)`, the mean of squares over every dim
+//! from `axis` to the last; no centring and no bias. `weight_offset = 1.0` gives Gemma's
+//! convention (the checkpoint stores `weight - 1`). Storage f32 or f16, arithmetic f32.
+//! Optionally writes `rstd = 1/sqrt(mean(x^2) + eps)` per row (f32).
+
+use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
+pub use wgnorm_core::rownorm::RowKernel;
+use wgnorm_core::{Context, DType, Result, Tensor};
+
+/// What is fixed when the layer is created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmsNormConfig {
+    /// First normalized dim; negative counts from the end. Default -1.
+    pub axis: isize,
+    /// Default 1e-5. PyTorch's default is the dtype's machine epsilon, LLaMA uses 1e-6: always
+    /// set it to what the checkpoint was trained with.
+    pub eps: f32,
+    /// Added to the weight before it multiplies: 0.0 (default), 1.0 for Gemma.
+    pub weight_offset: f32,
+    pub dtype: DType,
+}
+
+impl Default for RmsNormConfig {
+    fn default() -> Self {
+        RmsNormConfig { axis: -1, eps: 1e-5, weight_offset: 0.0, dtype: DType::F32 }
+    }
+}
+
+/// Inputs: `x` and an optional `weight` of shape `x.shape[axis..]`.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormInputs<'a> {
+    pub x: &'a Tensor,
+    pub weight: Option<&'a Tensor>,
+}
+
+/// Outputs: `y` shaped like `x`; optional f32 `rstd`, one element per row.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormOutputs<'a> {
+    pub y: &'a Tensor,
+    pub rstd: Option<&'a Tensor>,
+}
+
+/// Tensors allocated by [`RmsNorm::forward`].
+#[derive(Clone, Debug)]
+pub struct RmsNormOutput {
+    pub y: Tensor,
+    pub rstd: Tensor,
+}
+
+/// An RMSNorm bound to a device; pipelines and bind groups are cached.
+pub struct RmsNorm {
+    engine: RowNorm,
+}
+
+impl RmsNorm {
+    pub fn new(ctx: &Context, cfg: RmsNormConfig) -> Result<RmsNorm> {
+        let engine = RowNorm::new(
+            ctx,
+            RowNormConfig {
+                mode: RowMode::RmsNorm,
+                axis: cfg.axis,
+                eps: cfg.eps,
+                weight_offset: cfg.weight_offset,
+                dtype: cfg.dtype,
+            },
+        )?;
+        Ok(RmsNorm { engine })
+    }
+
+    /// Forces one kernel shape instead of the per-adapter choice (tests, benchmarks).
+    pub fn with_kernel(self, kernel: RowKernel) -> RmsNorm {
+        RmsNorm { engine: self.engine.with_kernel(kernel) }
+    }
+
+    pub fn engine(&self) -> &RowNorm {
+        &self.engine
+    }
+
+    /// Records the op into the caller's encoder (see `LayerNorm::encode`).
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &RmsNormInputs,
+        outputs: &RmsNormOutputs,
+    ) -> Result<()> {
+        self.engine.encode(
+            encoder,
+            &RowNormArgs {
+                x: inputs.x,
+                weight: inputs.weight,
+                bias: None,
+                y: outputs.y,
+                mean: None,
+                rstd: outputs.rstd,
+            },
+        )
+    }
+
+    /// Allocates the outputs, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &RmsNormInputs) -> Result<RmsNormOutput> {
+        let (rows, _) = self.engine.split(inputs.x.shape())?;
+        let ctx = self.engine.context();
+        let y = ctx.empty(inputs.x.shape(), self.engine.config().dtype)?;
+        let rstd = ctx.empty(&[rows], DType::F32)?;
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        self.encode(&mut enc, inputs, &RmsNormOutputs { y: &y, rstd: Some(&rstd) })?;
+        ctx.queue().submit([enc.finish()]);
+        Ok(RmsNormOutput { y, rstd })
+    }
+}

@@ -1,0 +1,9 @@
+// I/O snippet: f16 storage (needs SHADER_F16), one element per access; arithmetic in f32 and a
+// single rounding to f16 on store.
+enable f16;
+alias Elem = f16;
+alias V = f32;
+const VW: u32 = 1u;
+fn to_v(e: Elem) -> V { return f32(e); }
+fn from_v(v: V) -> Elem { return f16(v); }
+fn hsum(v: V) -> f32 { return v; }

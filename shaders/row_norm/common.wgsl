@@ -1,0 +1,61 @@
+// Row normalization (LayerNorm / RMSNorm): bindings and epilogue shared by both kernel shapes.
+//
+// Layout: `x` and `y` are row-major [rows, n]; one row is one reduced slice (every dim from
+// `axis` to the last). `w` and `b` have n elements. `mean_out` / `rstd_out` hold one f32 per row.
+// Indices into x/y/w/b count accesses of VW elements (see the io snippet).
+
+// 0: LayerNorm (centred: mean and biased variance). 1: RMSNorm (quadratic mean, no centring).
+override MODE: u32 = 0u;
+override HAS_WEIGHT: bool = false;
+override HAS_BIAS: bool = false;
+override WRITE_MEAN: bool = false;
+override WRITE_RSTD: bool = false;
+
+struct RowParams {
+    rows: u32,
+    // Row length in accesses of VW elements.
+    n_vec: u32,
+    // Row length in elements.
+    n: u32,
+    _pad0: u32,
+    eps: f32,
+    // Added to the weight before it multiplies (Gemma's RMSNorm stores weight - 1).
+    weight_offset: f32,
+    _pad1: f32,
+    _pad2: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: RowParams;
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
+@group(0) @binding(2) var<storage, read> weight: array<Elem>;
+@group(0) @binding(3) var<storage, read> bias: array<Elem>;
+@group(0) @binding(4) var<storage, read_write> y: array<Elem>;
+@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;
+
+// Workgroup index over a 2D grid: more rows than one dispatch dimension allows (65535) spill
+// into y.
+fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+// (v - mean) * rstd, then the optional affine. `i` indexes the row's accesses.
+fn normalize_affine(v: V, i: u32, mean: f32, rstd: f32) -> V {
+    var o = (v - mean) * rstd;
+    if (HAS_WEIGHT) {
+        o = o * (to_v(weight[i]) + params.weight_offset);
+    }
+    if (HAS_BIAS) {
+        o = o + to_v(bias[i]);
+    }
+    return o;
+}
+
+fn write_stats(row: u32, mean: f32, rstd: f32) {
+    if (WRITE_MEAN) {
+        mean_out[row] = mean;
+    }
+    if (WRITE_RSTD) {
+        rstd_out[row] = rstd;
+    }
+}

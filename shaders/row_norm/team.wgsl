@@ -1,0 +1,72 @@
+// Row norm, "team" shape: a team of TEAM lanes of one subgroup per row, several rows per
+// workgroup, no workgroup barrier at all (barriers are what software rasterisers pay most for).
+// The row is read from global memory once into this team's slice of workgroup memory (each
+// lane only reads back what it wrote itself, so no barrier is needed); the statistics are two
+// exact passes over the cached row (mean, then centred sum of squares), and the output pass
+// reads the cache again. Requires n_vec <= CACHE_V / (WG / TEAM): the host checks.
+//
+// Teams are formed from subgroup_id/subgroup_invocation_id, not local_invocation_index, so a
+// team never straddles two subgroups whatever the adapter's subgroup size (TEAM <= the minimum
+// subgroup size, WG a multiple of the maximum: the host guarantees both).
+
+override TEAM: u32 = 8u;
+override WG: u32 = 64u;
+override CACHE_V: u32 = 1024u;
+
+var<workgroup> cache: array<V, CACHE_V>;
+
+fn team_sum(v: f32, sg_size: u32) -> f32 {
+    if (TEAM == sg_size) {
+        return subgroupAdd(v);
+    }
+    var s = v;
+    for (var o = TEAM / 2u; o > 0u; o = o >> 1u) {
+        s = s + subgroupShuffleXor(s, o);
+    }
+    return s;
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+) {
+    let teams = WG / TEAM;
+    let team = sg_id * (sg_size / TEAM) + sg_lane / TEAM;
+    let lane = sg_lane % TEAM;
+    let row = linear_group(wid, nwg) * teams + team;
+    let live = row < params.rows;
+    // Inactive teams run the same reductions on nothing, so every lane of a subgroup stays in
+    // uniform control flow through the shuffles.
+    let nv = select(0u, params.n_vec, live);
+    let seg = CACHE_V / teams;
+    let cbase = team * seg;
+    let base = row * params.n_vec;
+    let inv_n = 1.0 / f32(params.n);
+
+    var mean = 0.0;
+    var s = 0.0;
+    for (var i = lane; i < nv; i = i + TEAM) {
+        let v = to_v(x[base + i]);
+        cache[cbase + i] = v;
+        s = s + hsum(v);
+    }
+    if (MODE == 0u) {
+        mean = team_sum(s, sg_size) * inv_n;
+    }
+    var q = 0.0;
+    for (var i = lane; i < nv; i = i + TEAM) {
+        let d = cache[cbase + i] - mean;
+        q = q + hsum(d * d);
+    }
+    let rstd = inverseSqrt(team_sum(q, sg_size) * inv_n + params.eps);
+    for (var i = lane; i < nv; i = i + TEAM) {
+        y[base + i] = from_v(normalize_affine(cache[cbase + i], i, mean, rstd));
+    }
+    if (live && lane == 0u) {
+        write_stats(row, mean, rstd);
+    }
+}

@@ -1,0 +1,89 @@
+// Row norm, "workgroup" shape: one workgroup of WG lanes per row, partial moments merged in
+// workgroup memory (Chan's formula). Serves long rows, and every row on adapters without
+// subgroup operations.
+//
+// Pass 1 streams the row once: each lane keeps Welford moments of its accesses (RMSNorm keeps
+// mean 0 and sums squares into m2, which the same merge handles exactly), and stores them in the
+// workgroup cache when the whole row fits (USE_CACHE). Pass 2 normalizes from the cache, or
+// reads x a second time when the row is too long to cache.
+//
+// Per-invocation loops are split into an outer and an inner loop of at most INNER iterations:
+// lavapipe silently stops any single loop after 65535 iterations, and a lane of a long row can
+// need more than that.
+
+override WG: u32 = 256u;
+override USE_CACHE: bool = false;
+override CACHE_V: u32 = 1u;
+
+const INNER: u32 = 4096u;
+
+var<workgroup> cache: array<V, CACHE_V>;
+var<workgroup> red_n: array<f32, WG>;
+var<workgroup> red_mean: array<f32, WG>;
+var<workgroup> red_m2: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_group(wid, nwg);
+    // The grid may hold a few groups past the last row; they take part in the barriers only.
+    let live = row < params.rows;
+    let nv = select(0u, params.n_vec, live);
+    let base = row * params.n_vec;
+    let stride = WG * INNER;
+
+    var acc = Moments(0.0, 0.0, 0.0);
+    for (var start = 0u; start < nv; start = start + stride) {
+        let end = min(nv, start + stride);
+        for (var i = start + lid; i < end; i = i + WG) {
+            let v = to_v(x[base + i]);
+            if (USE_CACHE) {
+                cache[i] = v;
+            }
+            if (MODE == 0u) {
+                acc = moments_push(acc, v);
+            } else {
+                acc.n = acc.n + f32(VW);
+                acc.m2 = acc.m2 + hsum(v * v);
+            }
+        }
+    }
+
+    red_n[lid] = acc.n;
+    red_mean[lid] = acc.mean;
+    red_m2[lid] = acc.m2;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h = h >> 1u) {
+        if (lid < h) {
+            let m = moments_merge(
+                Moments(red_n[lid], red_mean[lid], red_m2[lid]),
+                Moments(red_n[lid + h], red_mean[lid + h], red_m2[lid + h]),
+            );
+            red_n[lid] = m.n;
+            red_mean[lid] = m.mean;
+            red_m2[lid] = m.m2;
+        }
+        workgroupBarrier();
+    }
+    let mean = red_mean[0];
+    let rstd = inverseSqrt(red_m2[0] / f32(params.n) + params.eps);
+
+    for (var start = 0u; start < nv; start = start + stride) {
+        let end = min(nv, start + stride);
+        for (var i = start + lid; i < end; i = i + WG) {
+            var v: V;
+            if (USE_CACHE) {
+                v = cache[i];
+            } else {
+                v = to_v(x[base + i]);
+            }
+            y[base + i] = from_v(normalize_affine(v, i, mean, rstd));
+        }
+    }
+    if (live && lid == 0u) {
+        write_stats(row, mean, rstd);
+    }
+}

@@ -1,0 +1,70 @@
+//! Helpers shared by the workspace integration tests.
+
+use std::sync::OnceLock;
+
+use wgnorm_core::Context;
+
+/// The process-wide test context. Panics with the reason (and what to install) when no adapter
+/// can be had: a GPU test never passes by skipping, in CI or anywhere else.
+pub fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| match Context::new() {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "GPU tests need an adapter: {e}\n\
+             On Linux without a GPU: apt-get install -y mesa-vulkan-drivers (software Vulkan)."
+        ),
+    })
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (xorshift), so failures reproduce.
+pub fn noise(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Rounds values as storing them in `dtype` would, so references see what the GPU sees.
+pub fn round_to(dtype: wgnorm_core::DType, v: &[f32]) -> Vec<f64> {
+    match dtype {
+        wgnorm_core::DType::F32 => v.iter().map(|&x| x as f64).collect(),
+        wgnorm_core::DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect(),
+    }
+}
+
+/// Asserts `|got - want| <= atol + rtol * |want|` element-wise (NaN must match NaN, infinities
+/// must match exactly), reporting the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let g = g as f64;
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= atol + rtol * w.abs()
+        };
+        if !ok {
+            let excess = if g.is_finite() { (g - w).abs() - rtol * w.abs() } else { f64::INFINITY };
+            if worst.is_none_or(|(_, e)| excess > e) {
+                worst = Some((i, excess));
+            }
+        }
+    }
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: element {i} got {} want {} (atol {atol}, rtol {rtol}, {} elements)",
+            got[i],
+            want[i],
+            got.len()
+        );
+    }
+}
