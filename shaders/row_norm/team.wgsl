@@ -1,9 +1,9 @@
 // Row norm, "team" shape: a team of TEAM lanes of one subgroup per row, several rows per
 // workgroup, no workgroup barrier at all (barriers are what software rasterisers pay most for).
 // The row is read from global memory once into this team's slice of workgroup memory (each
-// lane only reads back what it wrote itself, so no barrier is needed); the statistics are two
-// exact passes over the cached row (mean, then centred sum of squares), and the output pass
-// reads the cache again. Requires n_vec <= CACHE_V / (WG / TEAM): the host checks.
+// lane only reads back what it wrote itself, so no barrier is needed); the statistics are the
+// corrected two-pass algorithm over the cached row, and the output pass reads the cache again.
+// Requires n_vec <= CACHE_V / (WG / TEAM): the host checks.
 //
 // Teams are formed from subgroup_id/subgroup_invocation_id, not local_invocation_index, so a
 // team never straddles two subgroups whatever the adapter's subgroup size (TEAM <= the minimum
@@ -47,7 +47,11 @@ fn main(
     let base = row * params.n_vec;
     let inv_n = 1.0 / f32(params.n);
 
-    var mean = 0.0;
+    // Corrected two-pass statistics: mean0 from the first pass; the centred pass also sums the
+    // residuals d = x - mean0, whose mean c corrects the rounding error of mean0 (it would
+    // otherwise be amplified by rstd on rows with a large offset and a small spread). The output
+    // pass subtracts mean0 and c separately, so the correction is not lost by rounding mean0 + c.
+    var mean0 = 0.0;
     var s = 0.0;
     for (var i = lane; i < nv; i = i + TEAM) {
         let v = to_v(x[base + i]);
@@ -55,17 +59,25 @@ fn main(
         s = s + hsum(v);
     }
     if (MODE == 0u) {
-        mean = team_sum(s, sg_size) * inv_n;
+        mean0 = team_sum(s, sg_size) * inv_n;
     }
     var q = 0.0;
+    var r = 0.0;
     for (var i = lane; i < nv; i = i + TEAM) {
-        let d = cache[cbase + i] - mean;
+        let d = cache[cbase + i] - mean0;
+        r = r + hsum(d);
         q = q + hsum(d * d);
     }
-    let rstd = inverseSqrt(team_sum(q, sg_size) * inv_n + params.eps);
-    for (var i = lane; i < nv; i = i + TEAM) {
-        y[base + i] = from_v(normalize_affine(cache[cbase + i], i, mean, rstd));
+    var c = 0.0;
+    if (MODE == 0u) {
+        c = team_sum(r, sg_size) * inv_n;
     }
+    let var_ = max(team_sum(q, sg_size) * inv_n - c * c, 0.0);
+    let rstd = inverseSqrt(var_ + params.eps);
+    for (var i = lane; i < nv; i = i + TEAM) {
+        y[base + i] = from_v(normalize_affine(cache[cbase + i] - mean0, i, c, rstd));
+    }
+    let mean = mean0 + c;
     if (live && lane == 0u) {
         write_stats(row, mean, rstd);
     }

@@ -1,1 +1,57 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's developer tasks.
+//!
+//! - `validate`: naga-validates every shader specialisation and translates it to SPIR-V, MSL and
+//!   HLSL; then runs every op on the current adapter against the f64 reference over a sweep of
+//!   shapes and prints the error table. Exits non-zero on any failure.
+//! - `conformance DIR...`: runs every `.safetensors` case in the directories.
+//! - `bench`: kernel throughput as a ratio to a copy kernel timed in the same run.
+
+mod bench;
+mod conformance;
+mod shaders;
+mod sweep;
+
+use anyhow::Result;
+
+const USAGE: &str = "usage: cargo xtask <validate | conformance DIR... | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
+
+fn main() -> Result<()> {
+    // Mesa's software Vulkan warns about this on headless machines; the warning is noise.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let ok = match args.first().map(String::as_str) {
+        Some("validate") => {
+            let shaders_ok = shaders::validate_all()?;
+            let sweep_ok = sweep::run()?;
+            shaders_ok && sweep_ok
+        }
+        Some("conformance") => conformance::run(&args[1..])?,
+        Some("bench") => bench::run(&args[1..])?,
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The headless context, with the adapter named on stderr.
+fn context() -> Result<wgnorm::Context> {
+    let ctx = wgnorm::Context::new()?;
+    let info = ctx.adapter_info();
+    eprintln!(
+        "adapter: {} ({:?}, {:?}, driver {} {}), features: {:?}",
+        info.name,
+        info.backend,
+        info.device_type,
+        info.driver,
+        info.driver_info,
+        ctx.features()
+    );
+    Ok(ctx)
+}

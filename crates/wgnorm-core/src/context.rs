@@ -351,10 +351,12 @@ impl Context {
             usage: Self::TENSOR_USAGE,
             mapped_at_creation: true,
         });
+        // Mapped ranges are 4-byte granular: map the whole (padded) buffer, fill the prefix.
         buffer
-            .slice(..bytes.len() as u64)
+            .slice(..)
             .get_mapped_range_mut()
             .map_err(|e| Error::Device(e.to_string()))?
+            .slice(..bytes.len())
             .copy_from_slice(bytes);
         buffer.unmap();
         Tensor::from_buffer(buffer, 0, shape, dtype)

@@ -1,1 +1,50 @@
+//! wgnorm: normalization layers as WGSL compute kernels on wgpu.
+//!
+//! This facade re-exports the runtime ([`Context`], [`Tensor`], [`DType`], [`Error`]) and every
+//! layer family, and holds the op registry that the conformance runner, the tests and the xtask
+//! share ([`conformance`]).
+//!
+//! ```no_run
+//! use wgnorm::prelude::*;
+//!
+//! # fn main() -> wgnorm::Result<()> {
+//! let ctx = Context::new()?; // or Context::from_device(device, queue) in an app
+//! let x = ctx.upload_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+//! let ln = LayerNorm::new(&ctx, LayerNormConfig::default())?;
+//! let out = ln.forward(&LayerNormInputs { x: &x, weight: None, bias: None })?;
+//! let y = ctx.download(&out.y)?;
+//! # Ok(()) }
+//! ```
 
+pub mod conformance;
+
+pub use wgnorm_core::{self as core, rownorm, shader, wgpu, Context, DType, Error, Result, Tensor};
+pub use wgnorm_layernorm::{self as layernorm, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs};
+pub use wgnorm_rmsnorm::{self as rmsnorm, RmsNorm, RmsNormConfig, RmsNormInputs, RmsNormOutputs};
+
+/// Everything an app needs to run a layer.
+pub mod prelude {
+    pub use crate::{
+        Context, DType, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs, RmsNorm,
+        RmsNormConfig, RmsNormInputs, RmsNormOutputs, Tensor,
+    };
+}
+
+/// Every pipeline specialisation the runtime can create, for `cargo xtask validate`: the kernel
+/// choice replayed for typical adapter classes over row lengths that reach every branch, plus the
+/// copy kernels of the benchmarks.
+pub fn specializations() -> Vec<shader::Specialization> {
+    use shader::{Io, Kernel, Specialization};
+    let lengths = [1, 4, 7, 64, 256, 768, 1000, 1024, 4096, 4097, 8192, 65536, 1 << 20];
+    let mut out = rownorm::specializations(&lengths, &rownorm::AdapterClass::TYPICAL);
+    for io in Io::ALL {
+        for block in [1.0, 256.0] {
+            out.push(Specialization {
+                kernel: Kernel::Copy,
+                io,
+                constants: vec![("WG", if block == 1.0 { 256.0 } else { 8.0 }), ("BLOCK", block)],
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,275 @@
+//! Conformance cases (`shared/conformance/FORMAT.md`): one `.safetensors` file per case holding
+//! inputs, `expected.<output>` tensors (f32) and metadata (`op`, `attrs` JSON, `atol`, `rtol`).
+//!
+//! The op registry here is the one place the case format is implemented: the xtask runner and the
+//! integration tests both call [`run_file`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{Context, DType, Tensor};
+
+/// A tensor read from a case file, widened to f32.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    /// Storage type in the file: `F32`, `F16` (the I/O dtype to run with) or `U8` (masks).
+    pub dtype: String,
+    pub data: Vec<f32>,
+}
+
+/// A parsed case.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    pub op: String,
+    pub attrs: serde_json::Map<String, Value>,
+    pub atol: f64,
+    pub rtol: f64,
+    pub inputs: BTreeMap<String, HostTensor>,
+    pub expected: BTreeMap<String, HostTensor>,
+}
+
+/// How a case ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Passed,
+    /// The op ran and an output was wrong, or the case was malformed: says which and where.
+    Failed(String),
+    /// The op is not implemented yet.
+    Skipped,
+}
+
+/// Reads a case file. Errors are strings naming the file and what is wrong.
+pub fn load(path: &Path) -> Result<Case, String> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
+    let md = meta.metadata().clone().ok_or(format!("{name}: no __metadata__"))?;
+    let get = |k: &str| md.get(k).cloned().ok_or(format!("{name}: metadata lacks {k:?}"));
+    let op = get("op")?;
+    let attrs = match md.get("attrs") {
+        Some(a) => match serde_json::from_str(a) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(format!("{name}: attrs is not a JSON object")),
+        },
+        None => Default::default(),
+    };
+    let num = |k: &str| -> Result<f64, String> {
+        get(k)?.trim().parse().map_err(|_| format!("{name}: {k} is not a number"))
+    };
+    let (atol, rtol) = (num("atol")?, num("rtol")?);
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
+    let mut inputs = BTreeMap::new();
+    let mut expected = BTreeMap::new();
+    for (tname, view) in st.tensors() {
+        let raw = view.data();
+        let (dtype, data): (&str, Vec<f32>) = match view.dtype() {
+            safetensors::Dtype::F32 => ("F32", bytemuck_f32(raw)),
+            safetensors::Dtype::F16 => (
+                "F16",
+                raw.chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            safetensors::Dtype::U8 => ("U8", raw.iter().map(|&b| b as f32).collect()),
+            other => return Err(format!("{name}: tensor {tname} has unsupported dtype {other:?}")),
+        };
+        let t = HostTensor { shape: view.shape().to_vec(), dtype: dtype.into(), data };
+        match tname.strip_prefix("expected.") {
+            Some(out) => {
+                expected.insert(out.to_string(), t);
+            }
+            None => {
+                inputs.insert(tname, t);
+            }
+        }
+    }
+    if expected.is_empty() {
+        return Err(format!("{name}: no expected.* tensor"));
+    }
+    Ok(Case { name, op, attrs, atol, rtol, inputs, expected })
+}
+
+fn bytemuck_f32(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Named outputs an op produced, as f32.
+pub type Outputs = BTreeMap<String, Vec<f32>>;
+
+type RunFn = fn(&Context, &Case) -> Result<Outputs, String>;
+
+/// The op registry: case op name → runner. Ops not listed are reported as skipped.
+pub const OPS: &[(&str, RunFn)] = &[("layer_norm", run_layer_norm), ("rms_norm", run_rms_norm)];
+
+/// Whether the runtime implements `op`.
+pub fn implemented(op: &str) -> bool {
+    OPS.iter().any(|(n, _)| *n == op)
+}
+
+/// Loads and runs one case file. `Err` means the file could not be read at all.
+pub fn run_file(ctx: &Context, path: &Path) -> Result<(Case, Outcome), String> {
+    let case = load(path)?;
+    let outcome = run(ctx, &case);
+    Ok((case, outcome))
+}
+
+/// Runs a parsed case and compares every expected output.
+pub fn run(ctx: &Context, case: &Case) -> Outcome {
+    let Some((_, f)) = OPS.iter().find(|(n, _)| *n == case.op) else {
+        return Outcome::Skipped;
+    };
+    let got = match f(ctx, case) {
+        Ok(g) => g,
+        Err(e) => return Outcome::Failed(e),
+    };
+    for (name, want) in &case.expected {
+        let Some(g) = got.get(name) else {
+            return Outcome::Failed(format!("op produced no output {name:?}"));
+        };
+        if let Err(e) = compare(name, g, &want.data, case.atol, case.rtol) {
+            return Outcome::Failed(e);
+        }
+    }
+    Outcome::Passed
+}
+
+/// `|got - want| <= atol + rtol * |want|` element-wise; NaN must match NaN and an infinity the
+/// same infinity. The error names the worst element.
+pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{name}: {} elements, expected {}", got.len(), want.len()));
+    }
+    let mut worst: Option<(usize, f64)> = None;
+    let mut bad = 0usize;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g as f64, w as f64);
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= atol + rtol * w.abs()
+        };
+        if !ok {
+            bad += 1;
+            let err = if g.is_finite() { (g - w).abs() } else { f64::INFINITY };
+            if worst.is_none_or(|(_, e)| err > e) {
+                worst = Some((i, err));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, err)) => Err(format!(
+            "{name}[{i}] = {} expected {} (|error| {err:.3e}, atol {atol}, rtol {rtol}; {bad} of {} elements out)",
+            got[i],
+            want[i],
+            got.len()
+        )),
+    }
+}
+
+// ---- attribute and input helpers ----
+
+struct Attrs<'a> {
+    case: &'a Case,
+}
+
+impl<'a> Attrs<'a> {
+    /// Fails on any attribute the op does not know: silently ignoring one could hide a semantic.
+    fn new(case: &'a Case, known: &[&str]) -> Result<Attrs<'a>, String> {
+        if let Some(k) = case.attrs.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(format!("unknown attribute {k:?} for op {}", case.op));
+        }
+        Ok(Attrs { case })
+    }
+
+    fn f64(&self, k: &str, default: f64) -> Result<f64, String> {
+        match self.case.attrs.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_f64().ok_or(format!("attribute {k} is not a number: {v}")),
+        }
+    }
+
+    fn int(&self, k: &str, default: i64) -> Result<i64, String> {
+        match self.case.attrs.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_i64().ok_or(format!("attribute {k} is not an integer: {v}")),
+        }
+    }
+}
+
+fn io_dtype(t: &HostTensor) -> Result<DType, String> {
+    match t.dtype.as_str() {
+        "F32" => Ok(DType::F32),
+        "F16" => Ok(DType::F16),
+        d => Err(format!("float input has dtype {d}")),
+    }
+}
+
+fn input<'a>(case: &'a Case, name: &str) -> Result<&'a HostTensor, String> {
+    case.inputs.get(name).ok_or(format!("case lacks input {name:?}"))
+}
+
+fn upload(ctx: &Context, t: &HostTensor, dtype: DType) -> Result<Tensor, String> {
+    ctx.upload(&t.data, &t.shape, dtype).map_err(|e| e.to_string())
+}
+
+fn upload_opt(ctx: &Context, case: &Case, name: &str, dtype: DType) -> Result<Option<Tensor>, String> {
+    case.inputs.get(name).map(|t| upload(ctx, t, dtype)).transpose()
+}
+
+fn download(ctx: &Context, t: &Tensor) -> Result<Vec<f32>, String> {
+    ctx.download(t).map_err(|e| e.to_string())
+}
+
+fn run_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::LayerNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+    };
+    let ln = crate::LayerNorm::new(ctx, cfg).map_err(|e| e.to_string())?;
+    let xt = upload(ctx, x, dtype)?;
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let b = upload_opt(ctx, case, "bias", dtype)?;
+    let out = ln
+        .forward(&crate::LayerNormInputs { x: &xt, weight: w.as_ref(), bias: b.as_ref() })
+        .map_err(|e| e.to_string())?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &out.y)?),
+        ("mean".to_string(), download(ctx, &out.mean)?),
+        ("rstd".to_string(), download(ctx, &out.rstd)?),
+    ]))
+}
+
+fn run_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::RmsNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        eps: a.f64("eps", 1e-5)? as f32,
+        weight_offset: a.f64("weight_offset", 0.0)? as f32,
+        dtype,
+    };
+    let rn = crate::RmsNorm::new(ctx, cfg).map_err(|e| e.to_string())?;
+    let xt = upload(ctx, x, dtype)?;
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let out = rn
+        .forward(&crate::RmsNormInputs { x: &xt, weight: w.as_ref() })
+        .map_err(|e| e.to_string())?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &out.y)?),
+        ("rstd".to_string(), download(ctx, &out.rstd)?),
+    ]))
+}

@@ -1,0 +1,50 @@
+//! `cargo xtask conformance DIR...`: every `.safetensors` case of the directories on the GPU.
+
+use anyhow::{bail, Result};
+use wgnorm::conformance::{self, Outcome};
+
+pub fn run(dirs: &[String]) -> Result<bool> {
+    if dirs.is_empty() {
+        bail!("usage: cargo xtask conformance DIR...");
+    }
+    let mut files = Vec::new();
+    for d in dirs {
+        let entries = std::fs::read_dir(d).map_err(|e| anyhow::anyhow!("{d}: {e}"))?;
+        for e in entries {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "safetensors") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let ctx = crate::context()?;
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut skipped_ops = std::collections::BTreeMap::<String, usize>::new();
+    for f in &files {
+        match conformance::run_file(&ctx, f) {
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {} (unreadable): {e}", f.display());
+            }
+            Ok((case, Outcome::Passed)) => {
+                let _ = case;
+                passed += 1;
+            }
+            Ok((case, Outcome::Failed(why))) => {
+                failed += 1;
+                println!("FAIL {} op={}: {why}", case.name, case.op);
+            }
+            Ok((case, Outcome::Skipped)) => {
+                skipped += 1;
+                *skipped_ops.entry(case.op).or_default() += 1;
+            }
+        }
+    }
+    if !skipped_ops.is_empty() {
+        let list: Vec<String> = skipped_ops.iter().map(|(k, v)| format!("{k} ({v})")).collect();
+        println!("skipped (op not implemented yet): {}", list.join(", "));
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    Ok(failed == 0)
+}

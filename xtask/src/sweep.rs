@@ -1,0 +1,195 @@
+//! The numeric half of `cargo xtask validate`: every op, on the current adapter, against the f64
+//! reference over a sweep of shapes (edge shapes included), in f32 and f16, with each kernel
+//! shape the adapter can run forced in turn as well as the per-adapter choice.
+
+use anyhow::Result;
+use wgnorm::rownorm::{RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm::{Context, DType};
+use wgnorm_reference::rownorm as reference;
+
+/// (rows, row length). 1x1, odd lengths, 4097, 65536+, many tiny rows.
+const SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (3, 5),
+    (7, 7),
+    (33, 64),
+    (16, 256),
+    (4, 768),
+    (3, 1000),
+    (8, 1024),
+    (2, 4097),
+    (4, 4096),
+    (1, 65536),
+    (1, 100_003),
+    (4000, 3),
+    (513, 8),
+];
+
+fn noise(seed: u64, len: usize, offset: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            offset + ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn rounded(dtype: DType, v: &[f32]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => v.to_vec(),
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+    }
+}
+
+fn tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (1e-5, 1e-4),
+        DType::F16 => (2e-3, 2e-3),
+    }
+}
+
+#[derive(Default)]
+struct Row {
+    cases: usize,
+    failed: usize,
+    max_abs: f64,
+    max_rel: f64,
+}
+
+fn kernels(ctx: &Context) -> Vec<(String, Option<RowKernel>)> {
+    let mut k = vec![("auto".to_string(), None), ("workgroup64".into(), Some(RowKernel::Workgroup { wg: 64 }))];
+    if ctx.has_subgroups() {
+        let team = ctx.adapter_info().subgroup_min_size.min(32);
+        let rows = (ctx.adapter_info().subgroup_max_size / team).max(1);
+        k.push((format!("team{team}"), Some(RowKernel::Team { team, rows_per_group: rows })));
+    }
+    k
+}
+
+/// Runs the sweep and prints the table. Returns success.
+pub fn run() -> Result<bool> {
+    let ctx = crate::context()?;
+    let mut dtypes = vec![DType::F32];
+    if ctx.check_dtype(DType::F16).is_ok() {
+        dtypes.push(DType::F16);
+    } else {
+        println!("f16: not supported by this adapter (no SHADER_F16), only f32 checked");
+    }
+    let mut table: Vec<(String, Row)> = Vec::new();
+    let mut failures = Vec::new();
+    for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+        for &dtype in &dtypes {
+            for (kname, kernel) in kernels(&ctx) {
+                let mut row = Row::default();
+                for (si, &(rows, n)) in SHAPES.iter().enumerate() {
+                    let cfg = RowNormConfig {
+                        mode,
+                        axis: -1,
+                        eps: 1e-5,
+                        weight_offset: if mode == RowMode::RmsNorm { 0.5 } else { 0.0 },
+                        dtype,
+                    };
+                    let mut op = RowNorm::new(&ctx, cfg)?;
+                    if let Some(k) = kernel {
+                        op = op.with_kernel(k);
+                    }
+                    let offset = if si % 3 == 1 { 100.0 } else { 0.0 };
+                    let x = rounded(dtype, &noise(si as u64 + 1, rows * n, offset));
+                    let w = rounded(dtype, &noise(si as u64 + 101, n, 1.0));
+                    let b = rounded(dtype, &noise(si as u64 + 201, n, 0.0));
+                    let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                    let wd: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+                    let bd: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+                    let want = match mode {
+                        RowMode::LayerNorm => reference::layer_norm(&xd, n, Some(&wd), Some(&bd), 1e-5),
+                        RowMode::RmsNorm => reference::rms_norm(&xd, n, Some(&wd), 0.5, 1e-5),
+                    };
+                    let xt = ctx.upload(&x, &[rows, n], dtype)?;
+                    let wt = ctx.upload(&w, &[n], dtype)?;
+                    let bt = ctx.upload(&b, &[n], dtype)?;
+                    let y = ctx.empty(&[rows, n], dtype)?;
+                    let rstd = ctx.empty(&[rows], DType::F32)?;
+                    let mean = ctx.empty(&[rows], DType::F32)?;
+                    let mut enc = ctx.device().create_command_encoder(&Default::default());
+                    let result = op.encode(
+                        &mut enc,
+                        &RowNormArgs {
+                            x: &xt,
+                            weight: Some(&wt),
+                            bias: (mode == RowMode::LayerNorm).then_some(&bt),
+                            y: &y,
+                            mean: Some(&mean),
+                            rstd: Some(&rstd),
+                        },
+                    );
+                    row.cases += 1;
+                    let label = format!("{mode:?} {dtype} {kname} {rows}x{n}");
+                    if let Err(e) = result {
+                        // A forced team kernel may legitimately not fit a long row.
+                        if kernel.is_some() && matches!(e, wgnorm::Error::InvalidParameter { name: "kernel", .. }) {
+                            row.cases -= 1;
+                            continue;
+                        }
+                        row.failed += 1;
+                        failures.push(format!("{label}: {e}"));
+                        continue;
+                    }
+                    ctx.queue().submit([enc.finish()]);
+                    let (atol, rtol) = tolerance(dtype);
+                    // f32 forward-error bound of (x - mean) * rstd * w with a mean accurate to a few
+                    // ulps: it grows with |x| / sigma, the row's condition. The one-pass
+                    // E[x^2] - E[x]^2 formula misses it by orders of magnitude on offset rows.
+                    let cond: Vec<f64> = (0..rows * n)
+                        .map(|i| {
+                            let r = i / n;
+                            let wgt = if mode == RowMode::RmsNorm { wd[i % n] + 0.5 } else { wd[i % n] };
+                            8.0 * f32::EPSILON as f64 * (xd[i].abs() + want.mean[r].abs()) * want.rstd[r] * wgt.abs()
+                        })
+                        .collect();
+                    let zeros = vec![0.0; rows];
+                    let checks = [
+                        ("y", ctx.download(&y)?, want.y, atol, rtol, cond),
+                        ("mean", ctx.download(&mean)?, want.mean, 1e-5, 1e-5, zeros.clone()),
+                        ("rstd", ctx.download(&rstd)?, want.rstd, 1e-5, 1e-4, zeros),
+                    ];
+                    for (name, got, want, atol, rtol, cond) in checks {
+                        let mut bad = None;
+                        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                            let err = (g as f64 - w).abs();
+                            if name == "y" {
+                                row.max_abs = row.max_abs.max(err);
+                                row.max_rel = row.max_rel.max(err / w.abs().max(1e-3));
+                            }
+                            if !(err - cond[i] <= atol + rtol * w.abs()) && bad.is_none() {
+                                bad = Some(format!("{label}: {name}[{i}] = {g} expected {w}"));
+                            }
+                        }
+                        if got.len() != want.len() {
+                            bad = Some(format!("{label}: {name} has {} elements, expected {}", got.len(), want.len()));
+                        }
+                        if let Some(b) = bad {
+                            row.failed += 1;
+                            failures.push(b);
+                        }
+                    }
+                }
+                let op = if mode == RowMode::LayerNorm { "layer_norm" } else { "rms_norm" };
+                table.push((format!("{op} | {dtype} | {kname}"), row));
+            }
+        }
+    }
+    println!("## Ops against the f64 reference ({} shapes each)\n", SHAPES.len());
+    println!("| op | dtype | kernel | shapes run | max abs err (y) | max rel err (y, vs max(|y|, 1e-3)) | failed |");
+    println!("|---|---|---|---|---|---|---|");
+    for (k, r) in &table {
+        println!("| {k} | {} | {:.2e} | {:.2e} | {} |", r.cases, r.max_abs, r.max_rel, r.failed);
+    }
+    for f in &failures {
+        println!("FAIL {f}");
+    }
+    println!("\n{} failures", failures.len());
+    Ok(failures.is_empty())
+}
