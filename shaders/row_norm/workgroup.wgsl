@@ -7,15 +7,13 @@
 // workgroup cache when the whole row fits (USE_CACHE). Pass 2 normalizes from the cache, or
 // reads x a second time when the row is too long to cache.
 //
-// Per-invocation loops are split into an outer and an inner loop of at most INNER iterations:
-// lavapipe silently stops any single loop after 65535 iterations, and a lane of a long row can
-// need more than that.
+// lavapipe stops an invocation's loops silently once they have run 65535 iterations *in total*
+// (one budget per invocation, shared by every loop of the shader, not one per loop). The host
+// therefore sizes WG so that 2 * n_vec / WG plus the reduction steps stay well inside it.
 
 override WG: u32 = 256u;
 override USE_CACHE: bool = false;
 override CACHE_V: u32 = 1u;
-
-const INNER: u32 = 4096u;
 
 var<workgroup> cache: array<V, CACHE_V>;
 var<workgroup> red_n: array<f32, WG>;
@@ -33,22 +31,18 @@ fn main(
     let live = row < params.rows;
     let nv = select(0u, params.n_vec, live);
     let base = row * params.n_vec;
-    let stride = WG * INNER;
 
     var acc = Moments(0.0, 0.0, 0.0);
-    for (var start = 0u; start < nv; start = start + stride) {
-        let end = min(nv, start + stride);
-        for (var i = start + lid; i < end; i = i + WG) {
-            let v = to_v(x[base + i]);
-            if (USE_CACHE) {
-                cache[i] = v;
-            }
-            if (MODE == 0u) {
-                acc = moments_push(acc, v);
-            } else {
-                acc.n = acc.n + f32(VW);
-                acc.m2 = acc.m2 + hsum(v * v);
-            }
+    for (var i = lid; i < nv; i = i + WG) {
+        let v = to_v(x[base + i]);
+        if (USE_CACHE) {
+            cache[i] = v;
+        }
+        if (MODE == 0u) {
+            acc = moments_push(acc, v);
+        } else {
+            acc.n = acc.n + f32(VW);
+            acc.m2 = acc.m2 + hsum(v * v);
         }
     }
 
@@ -71,17 +65,14 @@ fn main(
     let mean = red_mean[0];
     let rstd = inverseSqrt(red_m2[0] / f32(params.n) + params.eps);
 
-    for (var start = 0u; start < nv; start = start + stride) {
-        let end = min(nv, start + stride);
-        for (var i = start + lid; i < end; i = i + WG) {
-            var v: V;
-            if (USE_CACHE) {
-                v = cache[i];
-            } else {
-                v = to_v(x[base + i]);
-            }
-            y[base + i] = from_v(normalize_affine(v, i, mean, rstd));
+    for (var i = lid; i < nv; i = i + WG) {
+        var v: V;
+        if (USE_CACHE) {
+            v = cache[i];
+        } else {
+            v = to_v(x[base + i]);
         }
+        y[base + i] = from_v(normalize_affine(v, i, mean, rstd));
     }
     if (live && lid == 0u) {
         write_stats(row, mean, rstd);

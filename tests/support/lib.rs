@@ -53,7 +53,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
             (g - w).abs() <= atol + rtol * w.abs()
         };
         if !ok {
-            let excess = if g.is_finite() { (g - w).abs() - rtol * w.abs() } else { f64::INFINITY };
+            let excess = if g.is_finite() {
+                (g - w).abs() - rtol * w.abs()
+            } else {
+                f64::INFINITY
+            };
             if worst.is_none_or(|(_, e)| excess > e) {
                 worst = Some((i, excess));
             }

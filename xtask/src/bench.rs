@@ -1,1 +1,3 @@
-pub fn run(_a: &[String]) -> anyhow::Result<bool> { anyhow::bail!("bench: not yet") }
+pub fn run(_a: &[String]) -> anyhow::Result<bool> {
+    anyhow::bail!("bench: not yet")
+}

@@ -42,7 +42,10 @@ pub fn run(dirs: &[String]) -> Result<bool> {
         }
     }
     if !skipped_ops.is_empty() {
-        let list: Vec<String> = skipped_ops.iter().map(|(k, v)| format!("{k} ({v})")).collect();
+        let list: Vec<String> = skipped_ops
+            .iter()
+            .map(|(k, v)| format!("{k} ({v})"))
+            .collect();
         println!("skipped (op not implemented yet): {}", list.join(", "));
     }
     println!("{passed} passed, {failed} failed, {skipped} skipped");

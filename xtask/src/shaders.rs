@@ -19,8 +19,11 @@ fn check(spec: &Specialization) -> Result<()> {
     let info = Validator::new(ValidationFlags::all(), capabilities())
         .validate(&module)
         .map_err(|e| anyhow!("validate: {}", e.emit_to_string(&source)))?;
-    let constants: naga::back::PipelineConstants =
-        spec.constants.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+    let constants: naga::back::PipelineConstants = spec
+        .constants
+        .iter()
+        .map(|&(k, v)| (k.to_string(), v))
+        .collect();
     let ep = (naga::ShaderStage::Compute, "main");
     let (module, info) =
         naga::back::pipeline_constants::process_overrides(&module, &info, Some(ep), &constants)
@@ -30,12 +33,22 @@ fn check(spec: &Specialization) -> Result<()> {
         .validate(&module)
         .map_err(|e| anyhow!("validate after overrides: {e:?}"))?;
 
-    let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
-    let spv_pipe =
-        spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
-    spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe)).map_err(|e| anyhow!("spir-v: {e}"))?;
+    let spv_opts = spv::Options {
+        lang_version: (1, 3),
+        ..Default::default()
+    };
+    let spv_pipe = spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+    };
+    spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe))
+        .map_err(|e| anyhow!("spir-v: {e}"))?;
 
-    let msl_opts = msl::Options { lang_version: (2, 4), fake_missing_bindings: true, ..Default::default() };
+    let msl_opts = msl::Options {
+        lang_version: (2, 4),
+        fake_missing_bindings: true,
+        ..Default::default()
+    };
     let msl_pipe = msl::PipelineOptions {
         entry_point: Some((naga::ShaderStage::Compute, "main".into())),
         ..Default::default()

@@ -60,11 +60,20 @@ struct Row {
 }
 
 fn kernels(ctx: &Context) -> Vec<(String, Option<RowKernel>)> {
-    let mut k = vec![("auto".to_string(), None), ("workgroup64".into(), Some(RowKernel::Workgroup { wg: 64 }))];
+    let mut k = vec![
+        ("auto".to_string(), None),
+        ("workgroup64".into(), Some(RowKernel::Workgroup { wg: 64 })),
+    ];
     if ctx.has_subgroups() {
         let team = ctx.adapter_info().subgroup_min_size.min(32);
         let rows = (ctx.adapter_info().subgroup_max_size / team).max(1);
-        k.push((format!("team{team}"), Some(RowKernel::Team { team, rows_per_group: rows })));
+        k.push((
+            format!("team{team}"),
+            Some(RowKernel::Team {
+                team,
+                rows_per_group: rows,
+            }),
+        ));
     }
     k
 }
@@ -104,7 +113,9 @@ pub fn run() -> Result<bool> {
                     let wd: Vec<f64> = w.iter().map(|&v| v as f64).collect();
                     let bd: Vec<f64> = b.iter().map(|&v| v as f64).collect();
                     let want = match mode {
-                        RowMode::LayerNorm => reference::layer_norm(&xd, n, Some(&wd), Some(&bd), 1e-5),
+                        RowMode::LayerNorm => {
+                            reference::layer_norm(&xd, n, Some(&wd), Some(&bd), 1e-5)
+                        }
                         RowMode::RmsNorm => reference::rms_norm(&xd, n, Some(&wd), 0.5, 1e-5),
                     };
                     let xt = ctx.upload(&x, &[rows, n], dtype)?;
@@ -129,7 +140,9 @@ pub fn run() -> Result<bool> {
                     let label = format!("{mode:?} {dtype} {kname} {rows}x{n}");
                     if let Err(e) = result {
                         // A forced team kernel may legitimately not fit a long row.
-                        if kernel.is_some() && matches!(e, wgnorm::Error::InvalidParameter { name: "kernel", .. }) {
+                        if kernel.is_some()
+                            && matches!(e, wgnorm::Error::InvalidParameter { name: "kernel", .. })
+                        {
                             row.cases -= 1;
                             continue;
                         }
@@ -145,14 +158,28 @@ pub fn run() -> Result<bool> {
                     let cond: Vec<f64> = (0..rows * n)
                         .map(|i| {
                             let r = i / n;
-                            let wgt = if mode == RowMode::RmsNorm { wd[i % n] + 0.5 } else { wd[i % n] };
-                            8.0 * f32::EPSILON as f64 * (xd[i].abs() + want.mean[r].abs()) * want.rstd[r] * wgt.abs()
+                            let wgt = if mode == RowMode::RmsNorm {
+                                wd[i % n] + 0.5
+                            } else {
+                                wd[i % n]
+                            };
+                            8.0 * f32::EPSILON as f64
+                                * (xd[i].abs() + want.mean[r].abs())
+                                * want.rstd[r]
+                                * wgt.abs()
                         })
                         .collect();
                     let zeros = vec![0.0; rows];
                     let checks = [
                         ("y", ctx.download(&y)?, want.y, atol, rtol, cond),
-                        ("mean", ctx.download(&mean)?, want.mean, 1e-5, 1e-5, zeros.clone()),
+                        (
+                            "mean",
+                            ctx.download(&mean)?,
+                            want.mean,
+                            1e-5,
+                            1e-5,
+                            zeros.clone(),
+                        ),
                         ("rstd", ctx.download(&rstd)?, want.rstd, 1e-5, 1e-4, zeros),
                     ];
                     for (name, got, want, atol, rtol, cond) in checks {
@@ -168,7 +195,11 @@ pub fn run() -> Result<bool> {
                             }
                         }
                         if got.len() != want.len() {
-                            bad = Some(format!("{label}: {name} has {} elements, expected {}", got.len(), want.len()));
+                            bad = Some(format!(
+                                "{label}: {name} has {} elements, expected {}",
+                                got.len(),
+                                want.len()
+                            ));
                         }
                         if let Some(b) = bad {
                             row.failed += 1;
@@ -176,16 +207,26 @@ pub fn run() -> Result<bool> {
                         }
                     }
                 }
-                let op = if mode == RowMode::LayerNorm { "layer_norm" } else { "rms_norm" };
+                let op = if mode == RowMode::LayerNorm {
+                    "layer_norm"
+                } else {
+                    "rms_norm"
+                };
                 table.push((format!("{op} | {dtype} | {kname}"), row));
             }
         }
     }
-    println!("## Ops against the f64 reference ({} shapes each)\n", SHAPES.len());
+    println!(
+        "## Ops against the f64 reference ({} shapes each)\n",
+        SHAPES.len()
+    );
     println!("| op | dtype | kernel | shapes run | max abs err (y) | max rel err (y, vs max(|y|, 1e-3)) | failed |");
     println!("|---|---|---|---|---|---|---|");
     for (k, r) in &table {
-        println!("| {k} | {} | {:.2e} | {:.2e} | {} |", r.cases, r.max_abs, r.max_rel, r.failed);
+        println!(
+            "| {k} | {} | {:.2e} | {:.2e} | {} |",
+            r.cases, r.max_abs, r.max_rel, r.failed
+        );
     }
     for f in &failures {
         println!("FAIL {f}");

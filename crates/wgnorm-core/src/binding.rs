@@ -25,17 +25,28 @@ pub struct BufferRange {
 pub fn storage_range(ctx: &Context, what: &str, t: &Tensor) -> Result<BufferRange> {
     let buffer = t.buffer();
     if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-        return Err(Error::MissingUsage { what: what.into(), missing: wgpu::BufferUsages::STORAGE });
+        return Err(Error::MissingUsage {
+            what: what.into(),
+            missing: wgpu::BufferUsages::STORAGE,
+        });
     }
     let limits = ctx.limits();
     let align = limits.min_storage_buffer_offset_alignment as u64;
-    if t.offset() % align != 0 {
-        return Err(Error::MisalignedOffset { what: what.into(), offset: t.offset(), alignment: align });
+    if !t.offset().is_multiple_of(align) {
+        return Err(Error::MisalignedOffset {
+            what: what.into(),
+            offset: t.offset(),
+            alignment: align,
+        });
     }
     let bytes = t.byte_len();
     let limit = limits.max_storage_buffer_binding_size;
     if bytes > limit {
-        return Err(Error::TooLargeForBinding { what: what.into(), bytes, limit });
+        return Err(Error::TooLargeForBinding {
+            what: what.into(),
+            bytes,
+            limit,
+        });
     }
     // Storage bindings are sized in multiples of 4 bytes (an odd count of f16 needs 2 more).
     let size = bytes.max(4).div_ceil(4) * 4;
@@ -48,7 +59,11 @@ pub fn storage_range(ctx: &Context, what: &str, t: &Tensor) -> Result<BufferRang
             size: buffer.size(),
         });
     }
-    Ok(BufferRange { buffer: buffer.clone(), offset: t.offset(), size })
+    Ok(BufferRange {
+        buffer: buffer.clone(),
+        offset: t.offset(),
+        size,
+    })
 }
 
 /// Rejects an output that shares a buffer with any other binding: wgpu forbids a buffer being
@@ -58,7 +73,10 @@ pub fn check_no_alias(named: &[(&str, Option<&BufferRange>, bool)]) -> Result<()
         for (b, rb, wb) in &named[i + 1..] {
             if let (Some(ra), Some(rb)) = (ra, rb) {
                 if (*wa || *wb) && ra.buffer == rb.buffer {
-                    return Err(Error::AliasedBuffers { what: a.to_string(), other: b.to_string() });
+                    return Err(Error::AliasedBuffers {
+                        what: a.to_string(),
+                        other: b.to_string(),
+                    });
                 }
             }
         }
@@ -86,7 +104,10 @@ pub struct BindCache {
 
 impl Default for BindCache {
     fn default() -> Self {
-        BindCache { map: Mutex::default(), capacity: 256 }
+        BindCache {
+            map: Mutex::default(),
+            capacity: 256,
+        }
     }
 }
 
@@ -127,7 +148,10 @@ impl BindCache {
         uniform.unmap();
         let (bgl, _) = ctx.layout(slots);
         let mut entries = Vec::with_capacity(slots.len());
-        entries.push(wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() });
+        entries.push(wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        });
         for (i, r) in ranges.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
@@ -172,5 +196,9 @@ pub fn grid(ctx: &Context, groups: u64) -> (u32, u32) {
 
 /// Range of a context dummy buffer bound in place of an absent optional tensor.
 pub fn dummy_range(buffer: &wgpu::Buffer) -> BufferRange {
-    BufferRange { buffer: buffer.clone(), offset: 0, size: buffer.size() }
+    BufferRange {
+        buffer: buffer.clone(),
+        offset: 0,
+        size: buffer.size(),
+    }
 }

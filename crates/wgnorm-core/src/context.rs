@@ -79,7 +79,9 @@ impl Context {
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let adapters = instance.enumerate_adapters(backends).await;
         if adapters.is_empty() {
-            return Err(Error::NoAdapter(format!("no adapter on backends {backends:?}")));
+            return Err(Error::NoAdapter(format!(
+                "no adapter on backends {backends:?}"
+            )));
         }
         let filter = std::env::var("WGNORM_ADAPTER")
             .or_else(|_| std::env::var("WGPU_ADAPTER_NAME"))
@@ -112,7 +114,10 @@ impl Context {
         let adapter = match (chosen, &filter) {
             (Some(a), _) => a,
             (None, Some(f)) => {
-                return Err(Error::AdapterFilter { filter: f.clone(), available: available() })
+                return Err(Error::AdapterFilter {
+                    filter: f.clone(),
+                    available: available(),
+                })
             }
             (None, None) => unreachable!("adapters is not empty"),
         };
@@ -220,9 +225,7 @@ impl Context {
                         ty: wgpu::BindingType::Buffer {
                             ty: match s {
                                 Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                                Slot::Read => {
-                                    wgpu::BufferBindingType::Storage { read_only: true }
-                                }
+                                Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
                                 Slot::ReadWrite => {
                                     wgpu::BufferBindingType::Storage { read_only: false }
                                 }
@@ -233,16 +236,21 @@ impl Context {
                         count: None,
                     })
                     .collect();
-                let bgl = self.inner.device.create_bind_group_layout(
-                    &wgpu::BindGroupLayoutDescriptor { label: Some("wgnorm"), entries: &entries },
-                );
-                let pl = self.inner.device.create_pipeline_layout(
-                    &wgpu::PipelineLayoutDescriptor {
-                        label: Some("wgnorm"),
-                        bind_group_layouts: &[Some(&bgl)],
-                        immediate_size: 0,
-                    },
-                );
+                let bgl =
+                    self.inner
+                        .device
+                        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                            label: Some("wgnorm"),
+                            entries: &entries,
+                        });
+                let pl =
+                    self.inner
+                        .device
+                        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                            label: Some("wgnorm"),
+                            bind_group_layouts: &[Some(&bgl)],
+                            immediate_size: 0,
+                        });
                 (bgl, pl)
             })
             .clone()
@@ -306,7 +314,11 @@ impl Context {
                 cache: None,
             })
         })?;
-        self.inner.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
@@ -438,8 +450,9 @@ impl Context {
             .map_err(|e| Error::Poll(e.to_string()))?
             .map_err(|e| Error::Device(e.to_string()))?;
         let skip = (t.offset() - start) as usize;
-        let data = slice.get_mapped_range().map_err(|e| Error::Device(e.to_string()))?
-            [skip..skip + len as usize]
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Device(e.to_string()))?[skip..skip + len as usize]
             .to_vec();
         staging.unmap();
         Ok(data)

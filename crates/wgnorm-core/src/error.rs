@@ -15,35 +15,69 @@ pub enum Error {
     #[error("requesting the device failed: {0}")]
     RequestDevice(String),
 
-    #[error("{what}: axis {axis} is out of range for a tensor of rank {rank} (use -{rank}..{rank})")]
-    AxisOutOfRange { what: &'static str, axis: isize, rank: usize },
+    #[error(
+        "{what}: axis {axis} is out of range for a tensor of rank {rank} (use -{rank}..{rank})"
+    )]
+    AxisOutOfRange {
+        what: &'static str,
+        axis: isize,
+        rank: usize,
+    },
 
     #[error("{what}: expected shape {expected:?}, got {got:?}")]
-    ShapeMismatch { what: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        what: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
 
     #[error("{what}: expected dtype {expected}, got {got}")]
-    DTypeMismatch { what: String, expected: DType, got: DType },
+    DTypeMismatch {
+        what: String,
+        expected: DType,
+        got: DType,
+    },
 
     #[error("dtype {dtype} is not supported on this device: {why}")]
     UnsupportedDType { dtype: DType, why: &'static str },
 
     #[error("{what}: buffer is too small: the tensor needs bytes {offset}..{end} but the buffer has {size}")]
-    BufferTooSmall { what: String, offset: u64, end: u64, size: u64 },
+    BufferTooSmall {
+        what: String,
+        offset: u64,
+        end: u64,
+        size: u64,
+    },
 
     #[error("{what}: buffer lacks usage {missing:?} (create it with BufferUsages::{missing:?})")]
-    MissingUsage { what: String, missing: wgpu::BufferUsages },
+    MissingUsage {
+        what: String,
+        missing: wgpu::BufferUsages,
+    },
 
     #[error("{what}: byte offset {offset} is not a multiple of {alignment} (the device's min_storage_buffer_offset_alignment)")]
-    MisalignedOffset { what: String, offset: u64, alignment: u64 },
+    MisalignedOffset {
+        what: String,
+        offset: u64,
+        alignment: u64,
+    },
 
     #[error("{what}: {bytes} bytes exceed the device's max_storage_buffer_binding_size of {limit} bytes; split the tensor along its rows")]
-    TooLargeForBinding { what: String, bytes: u64, limit: u64 },
+    TooLargeForBinding {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
 
     #[error("{what} and {other} share one buffer; wgnorm does not run in place: give the output its own buffer")]
     AliasedBuffers { what: String, other: String },
 
     #[error("invalid parameter {name} = {value}: {why}")]
-    InvalidParameter { name: &'static str, value: String, why: &'static str },
+    InvalidParameter {
+        name: &'static str,
+        value: String,
+        why: &'static str,
+    },
 
     #[error("{what}: {n} elements do not fit the data length {len}")]
     DataLength { what: String, n: usize, len: usize },

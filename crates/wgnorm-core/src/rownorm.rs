@@ -94,31 +94,69 @@ fn choose_for(a: &AdapterClass, n: u64, io: Io) -> RowKernel {
         let step = (sg_max / team).max(1);
         let mut rows = (lanes_target / team).max(step).div_ceil(step) * step;
         let fits = |rows: u32| {
-            cache_len_for(budget, RowKernel::Team { team, rows_per_group: rows }, io, n_vec)
-                .is_some()
+            cache_len_for(
+                budget,
+                RowKernel::Team {
+                    team,
+                    rows_per_group: rows,
+                },
+                io,
+                n_vec,
+            )
+            .is_some()
         };
         while rows > step && !fits(rows) {
             rows -= step;
         }
         if team_fits && rows * team <= a.max_invocations && fits(rows) {
-            return RowKernel::Team { team, rows_per_group: rows };
+            return RowKernel::Team {
+                team,
+                rows_per_group: rows,
+            };
         }
     }
     // Wide enough that each lane has a few accesses, narrow enough to keep barriers few.
-    let cap = if a.cpu { 128 } else { 1024 };
-    let cap = prev_power_of_two(cap.min(a.max_invocations).max(1));
+    let hard_cap = prev_power_of_two(a.max_invocations.max(1));
+    let cap = (if a.cpu { 128 } else { 1024 }).min(hard_cap);
     let mut wg = 32u32.min(cap);
     while wg < cap && (wg as u64) * 4 < n_vec {
         wg *= 2;
     }
+    // CPU adapters: widen past the preferred size when a lane's loops would exceed the budget.
+    while a.cpu
+        && wg < hard_cap
+        && loop_iterations(RowKernel::Workgroup { wg }, n_vec) > CPU_LOOP_BUDGET
+    {
+        wg *= 2;
+    }
     RowKernel::Workgroup { wg }
+}
+
+/// Loop iterations one invocation may run on a CPU adapter. lavapipe (llvmpipe) gives each
+/// invocation a budget of 65535 loop iterations *shared by all loops of the shader* and silently
+/// stops looping past it; keep a margin for the reduction loops.
+pub const CPU_LOOP_BUDGET: u64 = 60_000;
+
+/// Loop iterations per invocation of `kernel` on rows of `n_vec` accesses (upper bound).
+pub fn loop_iterations(kernel: RowKernel, n_vec: u64) -> u64 {
+    match kernel {
+        // Three passes over the lane's share of the row, three team reductions.
+        RowKernel::Team { team, .. } => 3 * n_vec.div_ceil(team as u64) + 3 * 6,
+        // Two passes over the lane's share, one tree reduction.
+        RowKernel::Workgroup { wg } => 2 * n_vec.div_ceil(wg as u64) + 32,
+    }
 }
 
 fn prev_power_of_two(v: u32) -> u32 {
     1 << (31 - v.leading_zeros())
 }
 
-fn constants(mode: RowMode, flags: [bool; 4], kernel: RowKernel, cache: Option<u32>) -> (Kernel, Vec<(&'static str, f64)>) {
+fn constants(
+    mode: RowMode,
+    flags: [bool; 4],
+    kernel: RowKernel,
+    cache: Option<u32>,
+) -> (Kernel, Vec<(&'static str, f64)>) {
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let mut c = vec![
         ("MODE", if mode == RowMode::LayerNorm { 0.0 } else { 1.0 }),
@@ -128,7 +166,10 @@ fn constants(mode: RowMode, flags: [bool; 4], kernel: RowKernel, cache: Option<u
         ("WRITE_RSTD", flag(flags[3])),
     ];
     let k = match kernel {
-        RowKernel::Team { team, rows_per_group } => {
+        RowKernel::Team {
+            team,
+            rows_per_group,
+        } => {
             c.push(("TEAM", team as f64));
             c.push(("WG", (team * rows_per_group) as f64));
             c.push(("CACHE_V", cache.unwrap_or(1) as f64));
@@ -162,7 +203,11 @@ pub fn specializations(lengths: &[u64], classes: &[AdapterClass]) -> Vec<Special
                     for bits in 0..16u32 {
                         let flags = std::array::from_fn(|i| bits & (1 << i) != 0);
                         let (k, c) = constants(mode, flags, kernel, cache);
-                        let s = Specialization { kernel: k, io, constants: c };
+                        let s = Specialization {
+                            kernel: k,
+                            io,
+                            constants: c,
+                        };
                         if !out.contains(&s) {
                             out.push(s);
                         }
@@ -189,10 +234,38 @@ impl AdapterClass {
     /// lavapipe (AVX2), an NVIDIA-like GPU, an AMD-like GPU with 32..64 subgroups, and a
     /// device without subgroups at the WebGPU minimum of 16 KiB workgroup memory.
     pub const TYPICAL: [AdapterClass; 4] = [
-        AdapterClass { cpu: true, subgroups: true, subgroup_min: 8, subgroup_max: 8, workgroup_storage: 32768, max_invocations: 1024 },
-        AdapterClass { cpu: false, subgroups: true, subgroup_min: 32, subgroup_max: 32, workgroup_storage: 49152, max_invocations: 1024 },
-        AdapterClass { cpu: false, subgroups: true, subgroup_min: 32, subgroup_max: 64, workgroup_storage: 65536, max_invocations: 1024 },
-        AdapterClass { cpu: false, subgroups: false, subgroup_min: 4, subgroup_max: 128, workgroup_storage: 16384, max_invocations: 256 },
+        AdapterClass {
+            cpu: true,
+            subgroups: true,
+            subgroup_min: 8,
+            subgroup_max: 8,
+            workgroup_storage: 32768,
+            max_invocations: 1024,
+        },
+        AdapterClass {
+            cpu: false,
+            subgroups: true,
+            subgroup_min: 32,
+            subgroup_max: 32,
+            workgroup_storage: 49152,
+            max_invocations: 1024,
+        },
+        AdapterClass {
+            cpu: false,
+            subgroups: true,
+            subgroup_min: 32,
+            subgroup_max: 64,
+            workgroup_storage: 65536,
+            max_invocations: 1024,
+        },
+        AdapterClass {
+            cpu: false,
+            subgroups: false,
+            subgroup_min: 4,
+            subgroup_max: 128,
+            workgroup_storage: 16384,
+            max_invocations: 256,
+        },
     ];
 
     pub fn of(ctx: &Context) -> AdapterClass {
@@ -304,7 +377,11 @@ impl RowNorm {
         let axis = self.cfg.axis;
         let a = if axis < 0 { axis + rank as isize } else { axis };
         if rank == 0 || a < 0 || a >= rank as isize {
-            return Err(Error::AxisOutOfRange { what: "row norm", axis, rank });
+            return Err(Error::AxisOutOfRange {
+                what: "row norm",
+                axis,
+                rank,
+            });
         }
         let a = a as usize;
         Ok((shape[..a].iter().product(), shape[a..].iter().product()))
@@ -313,8 +390,15 @@ impl RowNorm {
     /// The kernel a call on `x` would run (after validation), for reports.
     pub fn kernel_for(&self, x: &Tensor) -> Result<(RowKernel, Io)> {
         let (_, n) = self.split(x.shape())?;
-        let io = Io { dtype: self.cfg.dtype, vec4: n % 4 == 0 && x.offset() % 16 == 0 };
-        Ok((self.forced.unwrap_or_else(|| choose(&self.ctx, n as u64, io)), io))
+        let io = Io {
+            dtype: self.cfg.dtype,
+            vec4: n % 4 == 0 && x.offset().is_multiple_of(16),
+        };
+        Ok((
+            self.forced
+                .unwrap_or_else(|| choose(&self.ctx, n as u64, io)),
+            io,
+        ))
     }
 
     fn check_tensor(&self, what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
@@ -326,7 +410,11 @@ impl RowNorm {
             });
         }
         if t.dtype() != dtype {
-            return Err(Error::DTypeMismatch { what: what.into(), expected: dtype, got: t.dtype() });
+            return Err(Error::DTypeMismatch {
+                what: what.into(),
+                expected: dtype,
+                got: t.dtype(),
+            });
         }
         Ok(())
     }
@@ -340,7 +428,11 @@ impl RowNorm {
             });
         }
         if t.dtype() != DType::F32 {
-            return Err(Error::DTypeMismatch { what: what.into(), expected: DType::F32, got: t.dtype() });
+            return Err(Error::DTypeMismatch {
+                what: what.into(),
+                expected: DType::F32,
+                got: t.dtype(),
+            });
         }
         Ok(())
     }
@@ -372,7 +464,10 @@ impl RowNorm {
         }
         let x = binding::storage_range(&self.ctx, "x", a.x)?;
         let y = binding::storage_range(&self.ctx, "y", a.y)?;
-        let opt = |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(&self.ctx, what, t)).transpose();
+        let opt = |what, t: Option<&Tensor>| {
+            t.map(|t| binding::storage_range(&self.ctx, what, t))
+                .transpose()
+        };
         let w = opt("weight", a.weight)?;
         let b = opt("bias", a.bias)?;
         let m = opt("mean", a.mean)?;
@@ -391,7 +486,10 @@ impl RowNorm {
             .iter()
             .flatten()
             .all(|r| r.offset % vec_align == 0);
-        let io = Io { dtype, vec4: n % 4 == 0 && aligned };
+        let io = Io {
+            dtype,
+            vec4: n % 4 == 0 && aligned,
+        };
         let key = PlanKey {
             n: n as u64,
             io,
@@ -455,10 +553,15 @@ impl RowNorm {
         }
         let class = AdapterClass::of(&self.ctx);
         let n_vec = key.n / key.io.width() as u64;
-        let kernel = self.forced.unwrap_or_else(|| choose_for(&class, key.n, key.io));
+        let kernel = self
+            .forced
+            .unwrap_or_else(|| choose_for(&class, key.n, key.io));
         let cache = cache_len_for(class.workgroup_storage as u64, kernel, key.io, n_vec);
         match kernel {
-            RowKernel::Team { team, rows_per_group } => {
+            RowKernel::Team {
+                team,
+                rows_per_group,
+            } => {
                 let sg_ok = class.subgroups
                     && team.is_power_of_two()
                     && team <= class.subgroup_min
@@ -476,12 +579,20 @@ impl RowNorm {
                     return Err(Error::InvalidParameter {
                         name: "kernel",
                         value: format!("{kernel:?}"),
-                        why: "the workgroup kernel needs a power-of-two size within the device limit",
+                        why:
+                            "the workgroup kernel needs a power-of-two size within the device limit",
                     });
                 }
             }
         }
         let flags = [key.has_w, key.has_b, key.has_mean, key.has_rstd];
+        if class.cpu && loop_iterations(kernel, n_vec) > CPU_LOOP_BUDGET {
+            return Err(Error::InvalidParameter {
+                name: "kernel",
+                value: format!("{kernel:?}"),
+                why: "on a CPU adapter each lane of this kernel would loop past the driver's silent 65535-iteration limit for this row length: use more lanes",
+            });
+        }
         let (k, constants) = constants(self.cfg.mode, flags, kernel, cache);
         let pipeline = self.ctx.pipeline(k, key.io, SLOTS, &constants)?;
         let plan = Plan { kernel, pipeline };
@@ -502,14 +613,27 @@ impl RowNorm {
         let (rows, _) = self.split(x.shape())?;
         let y = self.ctx.empty(x.shape(), self.cfg.dtype)?;
         let (mean, rstd) = if stats {
-            (Some(self.ctx.empty(&[rows], DType::F32)?), Some(self.ctx.empty(&[rows], DType::F32)?))
+            (
+                Some(self.ctx.empty(&[rows], DType::F32)?),
+                Some(self.ctx.empty(&[rows], DType::F32)?),
+            )
         } else {
             (None, None)
         };
-        let mut enc = self.ctx.device().create_command_encoder(&Default::default());
+        let mut enc = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
         self.encode(
             &mut enc,
-            &RowNormArgs { x, weight, bias, y: &y, mean: mean.as_ref(), rstd: rstd.as_ref() },
+            &RowNormArgs {
+                x,
+                weight,
+                bias,
+                y: &y,
+                mean: mean.as_ref(),
+                rstd: rstd.as_ref(),
+            },
         )?;
         self.ctx.queue().submit([enc.finish()]);
         Ok((y, mean, rstd))

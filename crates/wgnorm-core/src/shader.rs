@@ -8,7 +8,11 @@ use crate::DType;
 
 macro_rules! shader_file {
     ($path:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders/", $path))
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shaders/",
+            $path
+        ))
     };
 }
 
@@ -32,10 +36,22 @@ pub struct Io {
 
 impl Io {
     pub const ALL: [Io; 4] = [
-        Io { dtype: DType::F32, vec4: false },
-        Io { dtype: DType::F32, vec4: true },
-        Io { dtype: DType::F16, vec4: false },
-        Io { dtype: DType::F16, vec4: true },
+        Io {
+            dtype: DType::F32,
+            vec4: false,
+        },
+        Io {
+            dtype: DType::F32,
+            vec4: true,
+        },
+        Io {
+            dtype: DType::F16,
+            vec4: false,
+        },
+        Io {
+            dtype: DType::F16,
+            vec4: true,
+        },
     ];
 
     /// Elements per access.

@@ -24,7 +24,12 @@ impl Tensor {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Self> {
-        let t = Tensor { buffer, offset, shape: shape.to_vec(), dtype };
+        let t = Tensor {
+            buffer,
+            offset,
+            shape: shape.to_vec(),
+            dtype,
+        };
         let end = t.offset + t.byte_len();
         if end > t.buffer.size() {
             return Err(Error::BufferTooSmall {
@@ -67,6 +72,9 @@ impl Tensor {
                 got: shape.to_vec(),
             });
         }
-        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
     }
 }

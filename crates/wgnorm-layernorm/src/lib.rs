@@ -5,8 +5,8 @@
 //! f16, arithmetic f32. Optionally writes the per-row `mean` and `rstd = 1/sqrt(var + eps)` (f32),
 //! as a backward pass needs them.
 
-use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 pub use wgnorm_core::rownorm::RowKernel;
+use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::{Context, DType, Result, Tensor};
 
 /// What is fixed when the layer is created.
@@ -22,7 +22,11 @@ pub struct LayerNormConfig {
 
 impl Default for LayerNormConfig {
     fn default() -> Self {
-        LayerNormConfig { axis: -1, eps: 1e-5, dtype: DType::F32 }
+        LayerNormConfig {
+            axis: -1,
+            eps: 1e-5,
+            dtype: DType::F32,
+        }
     }
 }
 
@@ -73,7 +77,9 @@ impl LayerNorm {
 
     /// Forces one kernel shape instead of the per-adapter choice (tests, benchmarks).
     pub fn with_kernel(self, kernel: RowKernel) -> LayerNorm {
-        LayerNorm { engine: self.engine.with_kernel(kernel) }
+        LayerNorm {
+            engine: self.engine.with_kernel(kernel),
+        }
     }
 
     /// The row-norm engine (kernel reports, cache statistics).
@@ -104,7 +110,13 @@ impl LayerNorm {
 
     /// Allocates the outputs, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &LayerNormInputs) -> Result<LayerNormOutput> {
-        let (y, mean, rstd) = self.engine.forward(inputs.x, inputs.weight, inputs.bias, true)?;
-        Ok(LayerNormOutput { y, mean: mean.expect("requested"), rstd: rstd.expect("requested") })
+        let (y, mean, rstd) = self
+            .engine
+            .forward(inputs.x, inputs.weight, inputs.bias, true)?;
+        Ok(LayerNormOutput {
+            y,
+            mean: mean.expect("requested"),
+            rstd: rstd.expect("requested"),
+        })
     }
 }

@@ -11,7 +11,10 @@ pub struct RowNormOut {
 }
 
 fn rows_of(x: &[f64], n: usize) -> std::slice::Chunks<'_, f64> {
-    assert!(n > 0 && x.len() % n == 0, "x.len() must be a multiple of n > 0");
+    assert!(
+        n > 0 && x.len().is_multiple_of(n),
+        "x.len() must be a multiple of n > 0"
+    );
     x.chunks(n)
 }
 
@@ -23,7 +26,11 @@ pub fn layer_norm(
     bias: Option<&[f64]>,
     eps: f64,
 ) -> RowNormOut {
-    let mut out = RowNormOut { y: Vec::with_capacity(x.len()), mean: vec![], rstd: vec![] };
+    let mut out = RowNormOut {
+        y: Vec::with_capacity(x.len()),
+        mean: vec![],
+        rstd: vec![],
+    };
     for row in rows_of(x, n) {
         let mean = row.iter().sum::<f64>() / n as f64;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
@@ -52,7 +59,11 @@ pub fn rms_norm(
     weight_offset: f64,
     eps: f64,
 ) -> RowNormOut {
-    let mut out = RowNormOut { y: Vec::with_capacity(x.len()), mean: vec![], rstd: vec![] };
+    let mut out = RowNormOut {
+        y: Vec::with_capacity(x.len()),
+        mean: vec![],
+        rstd: vec![],
+    };
     for row in rows_of(x, n) {
         let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
         let rstd = 1.0 / (ms + eps).sqrt();

@@ -5,8 +5,8 @@
 //! convention (the checkpoint stores `weight - 1`). Storage f32 or f16, arithmetic f32.
 //! Optionally writes `rstd = 1/sqrt(mean(x^2) + eps)` per row (f32).
 
-use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 pub use wgnorm_core::rownorm::RowKernel;
+use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::{Context, DType, Result, Tensor};
 
 /// What is fixed when the layer is created.
@@ -24,7 +24,12 @@ pub struct RmsNormConfig {
 
 impl Default for RmsNormConfig {
     fn default() -> Self {
-        RmsNormConfig { axis: -1, eps: 1e-5, weight_offset: 0.0, dtype: DType::F32 }
+        RmsNormConfig {
+            axis: -1,
+            eps: 1e-5,
+            weight_offset: 0.0,
+            dtype: DType::F32,
+        }
     }
 }
 
@@ -71,7 +76,9 @@ impl RmsNorm {
 
     /// Forces one kernel shape instead of the per-adapter choice (tests, benchmarks).
     pub fn with_kernel(self, kernel: RowKernel) -> RmsNorm {
-        RmsNorm { engine: self.engine.with_kernel(kernel) }
+        RmsNorm {
+            engine: self.engine.with_kernel(kernel),
+        }
     }
 
     pub fn engine(&self) -> &RowNorm {
@@ -105,7 +112,14 @@ impl RmsNorm {
         let y = ctx.empty(inputs.x.shape(), self.engine.config().dtype)?;
         let rstd = ctx.empty(&[rows], DType::F32)?;
         let mut enc = ctx.device().create_command_encoder(&Default::default());
-        self.encode(&mut enc, inputs, &RmsNormOutputs { y: &y, rstd: Some(&rstd) })?;
+        self.encode(
+            &mut enc,
+            inputs,
+            &RmsNormOutputs {
+                y: &y,
+                rstd: Some(&rstd),
+            },
+        )?;
         ctx.queue().submit([enc.finish()]);
         Ok(RmsNormOutput { y, rstd })
     }

@@ -44,12 +44,22 @@ pub enum Outcome {
 
 /// Reads a case file. Errors are strings naming the file and what is wrong.
 pub fn load(path: &Path) -> Result<Case, String> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
-    let md = meta.metadata().clone().ok_or(format!("{name}: no __metadata__"))?;
-    let get = |k: &str| md.get(k).cloned().ok_or(format!("{name}: metadata lacks {k:?}"));
+    let md = meta
+        .metadata()
+        .clone()
+        .ok_or(format!("{name}: no __metadata__"))?;
+    let get = |k: &str| {
+        md.get(k)
+            .cloned()
+            .ok_or(format!("{name}: metadata lacks {k:?}"))
+    };
     let op = get("op")?;
     let attrs = match md.get("attrs") {
         Some(a) => match serde_json::from_str(a) {
@@ -59,7 +69,10 @@ pub fn load(path: &Path) -> Result<Case, String> {
         None => Default::default(),
     };
     let num = |k: &str| -> Result<f64, String> {
-        get(k)?.trim().parse().map_err(|_| format!("{name}: {k} is not a number"))
+        get(k)?
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}: {k} is not a number"))
     };
     let (atol, rtol) = (num("atol")?, num("rtol")?);
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -77,9 +90,17 @@ pub fn load(path: &Path) -> Result<Case, String> {
                     .collect(),
             ),
             safetensors::Dtype::U8 => ("U8", raw.iter().map(|&b| b as f32).collect()),
-            other => return Err(format!("{name}: tensor {tname} has unsupported dtype {other:?}")),
+            other => {
+                return Err(format!(
+                    "{name}: tensor {tname} has unsupported dtype {other:?}"
+                ))
+            }
         };
-        let t = HostTensor { shape: view.shape().to_vec(), dtype: dtype.into(), data };
+        let t = HostTensor {
+            shape: view.shape().to_vec(),
+            dtype: dtype.into(),
+            data,
+        };
         match tname.strip_prefix("expected.") {
             Some(out) => {
                 expected.insert(out.to_string(), t);
@@ -92,11 +113,21 @@ pub fn load(path: &Path) -> Result<Case, String> {
     if expected.is_empty() {
         return Err(format!("{name}: no expected.* tensor"));
     }
-    Ok(Case { name, op, attrs, atol, rtol, inputs, expected })
+    Ok(Case {
+        name,
+        op,
+        attrs,
+        atol,
+        rtol,
+        inputs,
+        expected,
+    })
 }
 
 fn bytemuck_f32(raw: &[u8]) -> Vec<f32> {
-    raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Named outputs an op produced, as f32.
@@ -143,7 +174,11 @@ pub fn run(ctx: &Context, case: &Case) -> Outcome {
 /// same infinity. The error names the worst element.
 pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) -> Result<(), String> {
     if got.len() != want.len() {
-        return Err(format!("{name}: {} elements, expected {}", got.len(), want.len()));
+        return Err(format!(
+            "{name}: {} elements, expected {}",
+            got.len(),
+            want.len()
+        ));
     }
     let mut worst: Option<(usize, f64)> = None;
     let mut bad = 0usize;
@@ -158,7 +193,11 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) -> R
         };
         if !ok {
             bad += 1;
-            let err = if g.is_finite() { (g - w).abs() } else { f64::INFINITY };
+            let err = if g.is_finite() {
+                (g - w).abs()
+            } else {
+                f64::INFINITY
+            };
             if worst.is_none_or(|(_, e)| err > e) {
                 worst = Some((i, err));
             }
@@ -193,14 +232,18 @@ impl<'a> Attrs<'a> {
     fn f64(&self, k: &str, default: f64) -> Result<f64, String> {
         match self.case.attrs.get(k) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or(format!("attribute {k} is not a number: {v}")),
+            Some(v) => v
+                .as_f64()
+                .ok_or(format!("attribute {k} is not a number: {v}")),
         }
     }
 
     fn int(&self, k: &str, default: i64) -> Result<i64, String> {
         match self.case.attrs.get(k) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_i64().ok_or(format!("attribute {k} is not an integer: {v}")),
+            Some(v) => v
+                .as_i64()
+                .ok_or(format!("attribute {k} is not an integer: {v}")),
         }
     }
 }
@@ -214,15 +257,26 @@ fn io_dtype(t: &HostTensor) -> Result<DType, String> {
 }
 
 fn input<'a>(case: &'a Case, name: &str) -> Result<&'a HostTensor, String> {
-    case.inputs.get(name).ok_or(format!("case lacks input {name:?}"))
+    case.inputs
+        .get(name)
+        .ok_or(format!("case lacks input {name:?}"))
 }
 
 fn upload(ctx: &Context, t: &HostTensor, dtype: DType) -> Result<Tensor, String> {
-    ctx.upload(&t.data, &t.shape, dtype).map_err(|e| e.to_string())
+    ctx.upload(&t.data, &t.shape, dtype)
+        .map_err(|e| e.to_string())
 }
 
-fn upload_opt(ctx: &Context, case: &Case, name: &str, dtype: DType) -> Result<Option<Tensor>, String> {
-    case.inputs.get(name).map(|t| upload(ctx, t, dtype)).transpose()
+fn upload_opt(
+    ctx: &Context,
+    case: &Case,
+    name: &str,
+    dtype: DType,
+) -> Result<Option<Tensor>, String> {
+    case.inputs
+        .get(name)
+        .map(|t| upload(ctx, t, dtype))
+        .transpose()
 }
 
 fn download(ctx: &Context, t: &Tensor) -> Result<Vec<f32>, String> {
@@ -243,7 +297,11 @@ fn run_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let w = upload_opt(ctx, case, "weight", dtype)?;
     let b = upload_opt(ctx, case, "bias", dtype)?;
     let out = ln
-        .forward(&crate::LayerNormInputs { x: &xt, weight: w.as_ref(), bias: b.as_ref() })
+        .forward(&crate::LayerNormInputs {
+            x: &xt,
+            weight: w.as_ref(),
+            bias: b.as_ref(),
+        })
         .map_err(|e| e.to_string())?;
     Ok(BTreeMap::from([
         ("y".to_string(), download(ctx, &out.y)?),
@@ -266,7 +324,10 @@ fn run_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let xt = upload(ctx, x, dtype)?;
     let w = upload_opt(ctx, case, "weight", dtype)?;
     let out = rn
-        .forward(&crate::RmsNormInputs { x: &xt, weight: w.as_ref() })
+        .forward(&crate::RmsNormInputs {
+            x: &xt,
+            weight: w.as_ref(),
+        })
         .map_err(|e| e.to_string())?;
     Ok(BTreeMap::from([
         ("y".to_string(), download(ctx, &out.y)?),

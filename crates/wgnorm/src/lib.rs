@@ -19,7 +19,9 @@
 pub mod conformance;
 
 pub use wgnorm_core::{self as core, rownorm, shader, wgpu, Context, DType, Error, Result, Tensor};
-pub use wgnorm_layernorm::{self as layernorm, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs};
+pub use wgnorm_layernorm::{
+    self as layernorm, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs,
+};
 pub use wgnorm_rmsnorm::{self as rmsnorm, RmsNorm, RmsNormConfig, RmsNormInputs, RmsNormOutputs};
 
 /// Everything an app needs to run a layer.
@@ -35,14 +37,31 @@ pub mod prelude {
 /// copy kernels of the benchmarks.
 pub fn specializations() -> Vec<shader::Specialization> {
     use shader::{Io, Kernel, Specialization};
-    let lengths = [1, 4, 7, 64, 256, 768, 1000, 1024, 4096, 4097, 8192, 65536, 1 << 20];
+    let lengths = [
+        1,
+        4,
+        7,
+        64,
+        256,
+        768,
+        1000,
+        1024,
+        4096,
+        4097,
+        8192,
+        65536,
+        1 << 20,
+    ];
     let mut out = rownorm::specializations(&lengths, &rownorm::AdapterClass::TYPICAL);
     for io in Io::ALL {
         for block in [1.0, 256.0] {
             out.push(Specialization {
                 kernel: Kernel::Copy,
                 io,
-                constants: vec![("WG", if block == 1.0 { 256.0 } else { 8.0 }), ("BLOCK", block)],
+                constants: vec![
+                    ("WG", if block == 1.0 { 256.0 } else { 8.0 }),
+                    ("BLOCK", block),
+                ],
             });
         }
     }

@@ -1,0 +1,598 @@
+//! LayerNorm / RMSNorm on the GPU against the f64 reference, kernel paths, limits, caches and
+//! bad input.
+
+use wgnorm::prelude::*;
+use wgnorm::rownorm::{RowKernel, RowMode, RowNorm, RowNormConfig};
+use wgnorm::Error;
+use wgnorm_reference::rownorm as reference;
+use wgnorm_tests::{assert_close, ctx, noise, round_to};
+
+fn cfg(mode: RowMode, dtype: DType) -> RowNormConfig {
+    RowNormConfig {
+        mode,
+        axis: -1,
+        eps: 1e-5,
+        weight_offset: 0.0,
+        dtype,
+    }
+}
+
+fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (2e-5, 1e-4),
+        DType::F16 => (2e-3, 2e-3),
+    }
+}
+
+/// Runs one row norm with weight (and bias for LayerNorm) and checks y, mean and rstd.
+fn check(
+    mode: RowMode,
+    dtype: DType,
+    rows: usize,
+    n: usize,
+    kernel: Option<RowKernel>,
+    offset: f32,
+) {
+    let c = ctx();
+    let mut op = RowNorm::new(c, cfg(mode, dtype)).unwrap();
+    if let Some(k) = kernel {
+        op = op.with_kernel(k);
+    }
+    let x: Vec<f32> = noise(rows as u64 * 31 + n as u64, rows * n)
+        .iter()
+        .map(|v| v + offset)
+        .collect();
+    let w: Vec<f32> = noise(7, n).iter().map(|v| v + 1.0).collect();
+    let b = noise(9, n);
+    let (xd, wd, bd) = (
+        round_to(dtype, &x),
+        round_to(dtype, &w),
+        round_to(dtype, &b),
+    );
+    let want = match mode {
+        RowMode::LayerNorm => reference::layer_norm(&xd, n, Some(&wd), Some(&bd), 1e-5),
+        RowMode::RmsNorm => reference::rms_norm(&xd, n, Some(&wd), 0.0, 1e-5),
+    };
+    let xt = c.upload(&x, &[rows, n], dtype).unwrap();
+    let wt = c.upload(&w, &[n], dtype).unwrap();
+    let bt = c.upload(&b, &[n], dtype).unwrap();
+    let has_bias = mode == RowMode::LayerNorm;
+    let (y, mean, rstd) = op
+        .forward(&xt, Some(&wt), has_bias.then_some(&bt), true)
+        .unwrap();
+    let what = format!("{mode:?} {dtype} {rows}x{n} {kernel:?}");
+    let (atol, rtol) = tol(dtype);
+    assert_close(
+        &format!("{what} y"),
+        &c.download(&y).unwrap(),
+        &want.y,
+        atol,
+        rtol,
+    );
+    assert_close(
+        &format!("{what} rstd"),
+        &c.download(&rstd.unwrap()).unwrap(),
+        &want.rstd,
+        1e-6,
+        1e-4,
+    );
+    assert_close(
+        &format!("{what} mean"),
+        &c.download(&mean.unwrap()).unwrap(),
+        &want.mean,
+        1e-5,
+        1e-6,
+    );
+}
+
+fn team_kernel() -> Option<RowKernel> {
+    let c = ctx();
+    c.has_subgroups().then(|| {
+        let team = c.adapter_info().subgroup_min_size.min(32);
+        RowKernel::Team {
+            team,
+            rows_per_group: (c.adapter_info().subgroup_max_size / team).max(1),
+        }
+    })
+}
+
+const SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (2, 3),
+    (3, 5),
+    (5, 7),
+    (9, 64),
+    (4, 768),
+    (3, 1000),
+    (2, 1024),
+    (2, 4097),
+    (1, 8192),
+];
+
+#[test]
+fn layer_norm_matches_reference_on_every_kernel_path() {
+    for dtype in [DType::F32, DType::F16] {
+        for &(rows, n) in SHAPES {
+            check(RowMode::LayerNorm, dtype, rows, n, None, 0.0);
+            check(
+                RowMode::LayerNorm,
+                dtype,
+                rows,
+                n,
+                Some(RowKernel::Workgroup { wg: 32 }),
+                0.0,
+            );
+            if let Some(k) = team_kernel() {
+                if n <= 4096 {
+                    check(RowMode::LayerNorm, dtype, rows, n, Some(k), 0.0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_reference_on_every_kernel_path() {
+    for dtype in [DType::F32, DType::F16] {
+        for &(rows, n) in SHAPES {
+            check(RowMode::RmsNorm, dtype, rows, n, None, 0.0);
+            check(
+                RowMode::RmsNorm,
+                dtype,
+                rows,
+                n,
+                Some(RowKernel::Workgroup { wg: 64 }),
+                0.0,
+            );
+            if let Some(k) = team_kernel() {
+                if n <= 4096 {
+                    check(RowMode::RmsNorm, dtype, rows, n, Some(k), 0.0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn layer_norm_survives_a_large_common_offset() {
+    // E[x^2] - E[x]^2 loses every digit of the variance here; the reference (two-pass f64) does
+    // not. The tolerance leaves room for f32 rounding of x itself (|x| ~ 1e4, spread ~1).
+    for kernel in [None, Some(RowKernel::Workgroup { wg: 64 })] {
+        let c = ctx();
+        let (rows, n) = (4, 1024);
+        let x: Vec<f32> = noise(3, rows * n).iter().map(|v| v + 1e4).collect();
+        let mut op = RowNorm::new(c, cfg(RowMode::LayerNorm, DType::F32)).unwrap();
+        if let Some(k) = kernel {
+            op = op.with_kernel(k);
+        }
+        let (y, _, rstd) = op
+            .forward(&c.upload_f32(&x, &[rows, n]).unwrap(), None, None, true)
+            .unwrap();
+        let want = reference::layer_norm(&round_to(DType::F32, &x), n, None, None, 1e-5);
+        assert_close("offset y", &c.download(&y).unwrap(), &want.y, 4e-3, 1e-3);
+        assert_close(
+            "offset rstd",
+            &c.download(&rstd.unwrap()).unwrap(),
+            &want.rstd,
+            0.0,
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn very_long_rows_stay_inside_the_software_loop_budget() {
+    // lavapipe stops an invocation's loops after 65535 iterations in total. A 4.2M-element odd
+    // (scalar) row needs > 65535 iterations per lane at 128 lanes: the per-adapter choice must
+    // widen the workgroup, and a forced narrow kernel must be refused, never run short.
+    let n = 128 * 32_800 + 1;
+    check(RowMode::LayerNorm, DType::F32, 1, n, None, 0.5);
+    check(RowMode::RmsNorm, DType::F32, 1, n, None, 0.0);
+    if ctx().is_cpu() {
+        let c = ctx();
+        let x = c.empty(&[1, n], DType::F32).unwrap();
+        let op = RowNorm::new(c, cfg(RowMode::LayerNorm, DType::F32))
+            .unwrap()
+            .with_kernel(RowKernel::Workgroup { wg: 32 });
+        assert!(matches!(
+            op.forward(&x, None, None, false),
+            Err(Error::InvalidParameter { name: "kernel", .. })
+        ));
+    }
+}
+
+#[test]
+fn more_rows_than_one_dispatch_dimension() {
+    // One workgroup per row: 70001 rows need a 2D grid (65535 groups per dimension).
+    check(
+        RowMode::LayerNorm,
+        DType::F32,
+        70_001,
+        3,
+        Some(RowKernel::Workgroup { wg: 32 }),
+        0.0,
+    );
+    check(RowMode::RmsNorm, DType::F32, 70_001, 2, None, 0.0);
+}
+
+#[test]
+fn axis_reduces_every_trailing_dim() {
+    let c = ctx();
+    let shape = [2, 3, 4, 5];
+    let x = noise(11, 120);
+    let w = noise(12, 60);
+    let ln = LayerNorm::new(
+        c,
+        LayerNormConfig {
+            axis: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let xt = c.upload_f32(&x, &shape).unwrap();
+    let wt = c.upload_f32(&w, &[3, 4, 5]).unwrap();
+    let out = ln
+        .forward(&LayerNormInputs {
+            x: &xt,
+            weight: Some(&wt),
+            bias: None,
+        })
+        .unwrap();
+    let want = reference::layer_norm(
+        &round_to(DType::F32, &x),
+        60,
+        Some(&round_to(DType::F32, &w)),
+        None,
+        1e-5,
+    );
+    assert_close(
+        "axis=1 y",
+        &c.download(&out.y).unwrap(),
+        &want.y,
+        1e-5,
+        1e-4,
+    );
+    assert_eq!(out.mean.shape(), &[2]);
+
+    let rn = RmsNorm::new(
+        c,
+        RmsNormConfig {
+            axis: -2,
+            weight_offset: 1.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let w2 = noise(13, 20);
+    let wt2 = c.upload_f32(&w2, &[4, 5]).unwrap();
+    let out = rn
+        .forward(&RmsNormInputs {
+            x: &xt,
+            weight: Some(&wt2),
+        })
+        .unwrap();
+    let want = reference::rms_norm(
+        &round_to(DType::F32, &x),
+        20,
+        Some(&round_to(DType::F32, &w2)),
+        1.0,
+        1e-5,
+    );
+    assert_close(
+        "rms axis=-2 gemma y",
+        &c.download(&out.y).unwrap(),
+        &want.y,
+        1e-5,
+        1e-4,
+    );
+}
+
+#[test]
+fn nan_and_inf_stay_in_their_row() {
+    let c = ctx();
+    let n = 16;
+    let mut x = noise(5, 3 * n);
+    x[n + 3] = f32::NAN;
+    x[2 * n + 1] = f32::INFINITY;
+    let ln = LayerNorm::new(c, LayerNormConfig::default()).unwrap();
+    let xt = c.upload_f32(&x, &[3, n]).unwrap();
+    let y = c
+        .download(
+            &ln.forward(&LayerNormInputs {
+                x: &xt,
+                weight: None,
+                bias: None,
+            })
+            .unwrap()
+            .y,
+        )
+        .unwrap();
+    let want = reference::layer_norm(&round_to(DType::F32, &x[..n]), n, None, None, 1e-5);
+    assert_close("row 0 untouched", &y[..n], &want.y, 1e-5, 1e-4);
+    assert!(
+        y[n..2 * n].iter().all(|v| v.is_nan()),
+        "NaN row: {:?}",
+        &y[n..2 * n]
+    );
+    assert!(
+        y[2 * n..].iter().all(|v| !v.is_finite()),
+        "inf row: {:?}",
+        &y[2 * n..]
+    );
+}
+
+#[test]
+fn empty_tensors_are_a_no_op() {
+    let c = ctx();
+    let ln = LayerNorm::new(c, LayerNormConfig::default()).unwrap();
+    let x = c.empty(&[0, 8], DType::F32).unwrap();
+    let out = ln
+        .forward(&LayerNormInputs {
+            x: &x,
+            weight: None,
+            bias: None,
+        })
+        .unwrap();
+    assert_eq!(out.y.shape(), &[0, 8]);
+    assert!(c.download(&out.y).unwrap().is_empty());
+    let mut enc = c.device().create_command_encoder(&Default::default());
+    let y = c.empty(&[0, 8], DType::F32).unwrap();
+    ln.encode(
+        &mut enc,
+        &LayerNormInputs {
+            x: &x,
+            weight: None,
+            bias: None,
+        },
+        &LayerNormOutputs {
+            y: &y,
+            mean: None,
+            rstd: None,
+        },
+    )
+    .unwrap();
+    c.queue().submit([enc.finish()]);
+}
+
+fn encode_ln(ln: &LayerNorm, x: &Tensor, w: Option<&Tensor>, y: &Tensor) -> wgnorm::Result<()> {
+    let mut enc = ctx().device().create_command_encoder(&Default::default());
+    ln.encode(
+        &mut enc,
+        &LayerNormInputs {
+            x,
+            weight: w,
+            bias: None,
+        },
+        &LayerNormOutputs {
+            y,
+            mean: None,
+            rstd: None,
+        },
+    )
+}
+
+#[test]
+fn bad_input_gets_typed_errors_before_anything_is_recorded() {
+    let c = ctx();
+    let ln = LayerNorm::new(c, LayerNormConfig::default()).unwrap();
+    let x = c.upload_f32(&noise(1, 32), &[4, 8]).unwrap();
+    let y = c.empty(&[4, 8], DType::F32).unwrap();
+
+    let bad_eps = [-1.0, f32::NAN, f32::INFINITY];
+    for eps in bad_eps {
+        let e = LayerNorm::new(
+            c,
+            LayerNormConfig {
+                eps,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(e, Error::InvalidParameter { name: "eps", .. }),
+            "{e}"
+        );
+    }
+    let ln3 = LayerNorm::new(
+        c,
+        LayerNormConfig {
+            axis: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        encode_ln(&ln3, &x, None, &y),
+        Err(Error::AxisOutOfRange {
+            axis: 2,
+            rank: 2,
+            ..
+        })
+    ));
+    let ln_neg = LayerNorm::new(
+        c,
+        LayerNormConfig {
+            axis: -3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        encode_ln(&ln_neg, &x, None, &y),
+        Err(Error::AxisOutOfRange { .. })
+    ));
+
+    let w_bad = c.upload_f32(&noise(2, 4), &[4]).unwrap();
+    assert!(matches!(
+        encode_ln(&ln, &x, Some(&w_bad), &y),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let w_f16 = c.upload(&noise(2, 8), &[8], DType::F16).unwrap();
+    assert!(matches!(
+        encode_ln(&ln, &x, Some(&w_f16), &y),
+        Err(Error::DTypeMismatch { .. })
+    ));
+    let y_small = c.empty(&[4, 7], DType::F32).unwrap();
+    assert!(matches!(
+        encode_ln(&ln, &x, None, &y_small),
+        Err(Error::ShapeMismatch { .. })
+    ));
+
+    // An output buffer without STORAGE usage.
+    let plain = c.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 128,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let y_plain = Tensor::from_buffer(plain, 0, &[4, 8], DType::F32).unwrap();
+    assert!(matches!(
+        encode_ln(&ln, &x, None, &y_plain),
+        Err(Error::MissingUsage { .. })
+    ));
+
+    // A view past the end of its buffer, and an offset the device cannot bind.
+    let buf = c.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1024,
+        usage: wgnorm::Context::TENSOR_USAGE,
+        mapped_at_creation: false,
+    });
+    assert!(matches!(
+        Tensor::from_buffer(buf.clone(), 1000, &[4, 8], DType::F32),
+        Err(Error::BufferTooSmall { .. })
+    ));
+    let y_mis = Tensor::from_buffer(buf.clone(), 4, &[4, 8], DType::F32).unwrap();
+    assert!(matches!(
+        encode_ln(&ln, &x, None, &y_mis),
+        Err(Error::MisalignedOffset { .. })
+    ));
+
+    // In place: the same buffer read and written.
+    assert!(matches!(
+        encode_ln(&ln, &x, None, &x),
+        Err(Error::AliasedBuffers { .. })
+    ));
+
+    // Statistics outputs of the wrong size or dtype.
+    let mean_bad = c.empty(&[3], DType::F32).unwrap();
+    let mut enc = c.device().create_command_encoder(&Default::default());
+    let r = ln.encode(
+        &mut enc,
+        &LayerNormInputs {
+            x: &x,
+            weight: None,
+            bias: None,
+        },
+        &LayerNormOutputs {
+            y: &y,
+            mean: Some(&mean_bad),
+            rstd: None,
+        },
+    );
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+
+    // Forcing a kernel that cannot serve the call is an error, not a wrong result.
+    if c.has_subgroups() {
+        let big = c.empty(&[1, 1 << 20], DType::F32).unwrap();
+        let big_y = c.empty(&[1, 1 << 20], DType::F32).unwrap();
+        let forced = LayerNorm::new(c, LayerNormConfig::default())
+            .unwrap()
+            .with_kernel(RowKernel::Team {
+                team: c.adapter_info().subgroup_min_size,
+                rows_per_group: 1,
+            });
+        assert!(matches!(
+            encode_ln(&forced, &big, None, &big_y),
+            Err(Error::InvalidParameter { name: "kernel", .. })
+        ));
+    }
+}
+
+#[test]
+fn tensors_beyond_the_binding_limit_are_rejected() {
+    let c = ctx();
+    let limit = c.limits().max_storage_buffer_binding_size;
+    let max_buffer = c.limits().max_buffer_size;
+    if limit + 64 > max_buffer {
+        // The device can bind any buffer it can allocate: nothing to reject.
+        return;
+    }
+    let n = (limit / 4 + 16) as usize;
+    let x = c.empty(&[1, n], DType::F32).unwrap();
+    let y = c.empty(&[1, n], DType::F32).unwrap();
+    let ln = LayerNorm::new(c, LayerNormConfig::default()).unwrap();
+    assert!(matches!(
+        encode_ln(&ln, &x, None, &y),
+        Err(Error::TooLargeForBinding { .. })
+    ));
+}
+
+#[test]
+fn warm_calls_create_no_gpu_objects() {
+    let c = ctx();
+    let ln = LayerNorm::new(c, LayerNormConfig::default()).unwrap();
+    let x = c.upload_f32(&noise(4, 64 * 32), &[64, 32]).unwrap();
+    let y = c.empty(&[64, 32], DType::F32).unwrap();
+    encode_ln(&ln, &x, None, &y).unwrap();
+    let (pipelines, binds) = (c.pipeline_count(), ln.engine().cached_bind_groups());
+    for _ in 0..5 {
+        encode_ln(&ln, &x, None, &y).unwrap();
+    }
+    assert_eq!(c.pipeline_count(), pipelines);
+    assert_eq!(ln.engine().cached_bind_groups(), binds);
+    // A second op of the same kind shares the compiled pipeline.
+    let ln2 = LayerNorm::new(c, LayerNormConfig::default()).unwrap();
+    encode_ln(&ln2, &x, None, &y).unwrap();
+    assert_eq!(c.pipeline_count(), pipelines);
+}
+
+#[test]
+fn two_calls_recorded_in_one_encoder_keep_their_own_parameters() {
+    // Parameters live in per-shape uniform buffers that are never rewritten, so recording two
+    // shapes before one submit cannot make the first dispatch see the second's parameters.
+    let c = ctx();
+    let ln = LayerNorm::new(c, LayerNormConfig::default()).unwrap();
+    let xa = noise(21, 6 * 10);
+    let xb = noise(22, 5 * 12);
+    let (ta, tb) = (
+        c.upload_f32(&xa, &[6, 10]).unwrap(),
+        c.upload_f32(&xb, &[5, 12]).unwrap(),
+    );
+    let (ya, yb) = (
+        c.empty(&[6, 10], DType::F32).unwrap(),
+        c.empty(&[5, 12], DType::F32).unwrap(),
+    );
+    let mut enc = c.device().create_command_encoder(&Default::default());
+    let none = LayerNormInputs {
+        x: &ta,
+        weight: None,
+        bias: None,
+    };
+    ln.encode(
+        &mut enc,
+        &none,
+        &LayerNormOutputs {
+            y: &ya,
+            mean: None,
+            rstd: None,
+        },
+    )
+    .unwrap();
+    ln.encode(
+        &mut enc,
+        &LayerNormInputs { x: &tb, ..none },
+        &LayerNormOutputs {
+            y: &yb,
+            mean: None,
+            rstd: None,
+        },
+    )
+    .unwrap();
+    c.queue().submit([enc.finish()]);
+    let wa = reference::layer_norm(&round_to(DType::F32, &xa), 10, None, None, 1e-5);
+    let wb = reference::layer_norm(&round_to(DType::F32, &xb), 12, None, None, 1e-5);
+    assert_close("first", &c.download(&ya).unwrap(), &wa.y, 1e-5, 1e-4);
+    assert_close("second", &c.download(&yb).unwrap(), &wb.y, 1e-5, 1e-4);
+}
