@@ -190,7 +190,8 @@ pub fn run() -> Result<bool> {
                                 row.max_abs = row.max_abs.max(err);
                                 row.max_rel = row.max_rel.max(err / w.abs().max(1e-3));
                             }
-                            if !(err - cond[i] <= atol + rtol * w.abs()) && bad.is_none() {
+                            let within = err - cond[i] <= atol + rtol * w.abs();
+                            if !within && bad.is_none() {
                                 bad = Some(format!("{label}: {name}[{i}] = {g} expected {w}"));
                             }
                         }
