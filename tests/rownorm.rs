@@ -85,15 +85,33 @@ fn check(
     );
 }
 
-fn team_kernel() -> Option<RowKernel> {
+/// The subgroup team kernels this adapter can run (workgroup-memory cache, then registers).
+fn team_kernels() -> Vec<RowKernel> {
     let c = ctx();
-    c.has_subgroups().then(|| {
-        let team = c.adapter_info().subgroup_min_size.min(32);
+    if !c.has_subgroups() {
+        return vec![];
+    }
+    let team = c.adapter_info().subgroup_min_size.min(32);
+    let rows_per_group = (c.adapter_info().subgroup_max_size / team).max(1);
+    vec![
         RowKernel::Team {
             team,
-            rows_per_group: (c.adapter_info().subgroup_max_size / team).max(1),
-        }
-    })
+            rows_per_group,
+        },
+        RowKernel::TeamRegs {
+            team,
+            rows_per_group,
+        },
+    ]
+}
+
+/// Whether a forced kernel can serve rows of `n` elements (the team kernels have size limits).
+fn serves(k: RowKernel, n: usize) -> bool {
+    match k {
+        RowKernel::Team { .. } => n <= 4096,
+        RowKernel::TeamRegs { team, .. } => n <= (team * wgnorm::rownorm::TEAM_REGS) as usize,
+        RowKernel::Workgroup { .. } => true,
+    }
 }
 
 const SHAPES: &[(usize, usize)] = &[
@@ -122,10 +140,8 @@ fn layer_norm_matches_reference_on_every_kernel_path() {
                 Some(RowKernel::Workgroup { wg: 32 }),
                 0.0,
             );
-            if let Some(k) = team_kernel() {
-                if n <= 4096 {
-                    check(RowMode::LayerNorm, dtype, rows, n, Some(k), 0.0);
-                }
+            for k in team_kernels().into_iter().filter(|&k| serves(k, n)) {
+                check(RowMode::LayerNorm, dtype, rows, n, Some(k), 0.0);
             }
         }
     }
@@ -144,10 +160,8 @@ fn rms_norm_matches_reference_on_every_kernel_path() {
                 Some(RowKernel::Workgroup { wg: 64 }),
                 0.0,
             );
-            if let Some(k) = team_kernel() {
-                if n <= 4096 {
-                    check(RowMode::RmsNorm, dtype, rows, n, Some(k), 0.0);
-                }
+            for k in team_kernels().into_iter().filter(|&k| serves(k, n)) {
+                check(RowMode::RmsNorm, dtype, rows, n, Some(k), 0.0);
             }
         }
     }
@@ -157,7 +171,14 @@ fn rms_norm_matches_reference_on_every_kernel_path() {
 fn layer_norm_survives_a_large_common_offset() {
     // E[x^2] - E[x]^2 loses every digit of the variance here; the reference (two-pass f64) does
     // not. The tolerance leaves room for f32 rounding of x itself (|x| ~ 1e4, spread ~1).
-    for kernel in [None, Some(RowKernel::Workgroup { wg: 64 })] {
+    let mut kernels = vec![None, Some(RowKernel::Workgroup { wg: 64 })];
+    kernels.extend(
+        team_kernels()
+            .into_iter()
+            .filter(|&k| serves(k, 1024))
+            .map(Some),
+    );
+    for kernel in kernels {
         let c = ctx();
         let (rows, n) = (4, 1024);
         let x: Vec<f32> = noise(3, rows * n).iter().map(|v| v + 1e4).collect();

@@ -1,3 +1,630 @@
-pub fn run(_a: &[String]) -> anyhow::Result<bool> {
-    anyhow::bail!("bench: not yet")
+//! `cargo xtask bench`: kernel throughput as a ratio to the copy roofline of the same adapter.
+//!
+//! Each repetition records, in one command buffer, `ITERS` runs of the op, of each copy shader
+//! (moving the op's byte count) and of the naive baseline, each bracketed by GPU timestamps
+//! (wall clock around submit + wait when the adapter has no timestamps inside encoders). Load
+//! from other processes therefore hits the op and its roofline alike; the ratio is the headline,
+//! absolute times on shared machines are noise.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use wgnorm::binding::{self, BindCache, PARAM_WORDS};
+use wgnorm::rownorm::{self, RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm::shader::{Io, Kernel};
+use wgnorm::{Context, DType, Slot, Tensor};
+
+/// Records one run of a kernel into an encoder.
+type Record = Box<dyn Fn(&mut wgpu::CommandEncoder)>;
+
+const COPY_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
+
+struct Options {
+    quick: bool,
+    json: Option<String>,
+    plot: Option<String>,
+    ops: Option<Vec<String>>,
+    shapes: Option<String>,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        quick: false,
+        json: None,
+        plot: None,
+        ops: None,
+        shapes: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--json" => o.json = Some(value()?),
+            "--plot" => o.plot = Some(value()?),
+            "--ops" => o.ops = Some(value()?.split(',').map(str::to_string).collect()),
+            "--shapes" => o.shapes = Some(value()?),
+            _ => bail!("unknown bench option {a}\n{}", crate::USAGE),
+        }
+    }
+    Ok(o)
+}
+
+/// One timed configuration.
+struct Case {
+    op: &'static str,
+    shape: Vec<usize>,
+    dtype: DType,
+    layout: &'static str,
+    /// Bytes of every input read once plus every output written once.
+    bytes: u64,
+    kernel: String,
+    run: Record,
+    naive: Option<Record>,
+    /// Output tensors of the op and of the naive baseline, compared once as a sanity check.
+    check: Option<(Tensor, Tensor)>,
+}
+
+struct Copy {
+    name: &'static str,
+    run: Record,
+}
+
+/// The copy shaders for `bytes` bytes moved (half read, half written).
+fn copies(ctx: &Context, bytes: u64) -> Result<Vec<Copy>> {
+    let n_vec = (bytes / 2 / 16).max(1) as u32;
+    let src = ctx.empty(&[n_vec as usize * 4], DType::F32)?;
+    let dst = ctx.empty(&[n_vec as usize * 4], DType::F32)?;
+    let io = Io {
+        dtype: DType::F32,
+        vec4: true,
+    };
+    let mut out = Vec::new();
+    for (name, wg, block) in [
+        ("copy vec4/lane", 256u32, 1u32),
+        ("copy 256 vec4/lane", 8, 256),
+        ("copy 64 vec4/lane", 64, 64),
+    ] {
+        let pipeline = ctx.pipeline(
+            Kernel::Copy,
+            io,
+            COPY_SLOTS,
+            &[("WG", wg as f64), ("BLOCK", block as f64)],
+        )?;
+        let mut params = [0u32; PARAM_WORDS];
+        params[0] = n_vec;
+        let cache = BindCache::default();
+        let s = binding::storage_range(ctx, "src", &src)?;
+        let d = binding::storage_range(ctx, "dst", &dst)?;
+        let bg = cache.get(ctx, COPY_SLOTS, &params, &[&s, &d])?;
+        let (gx, gy) = binding::grid(ctx, (n_vec as u64).div_ceil((wg * block) as u64));
+        out.push(Copy {
+            name,
+            run: Box::new(move |enc: &mut wgpu::CommandEncoder| {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bg, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }),
+        });
+    }
+    let (a, b) = (src.buffer().clone(), dst.buffer().clone());
+    let len = n_vec as u64 * 16;
+    out.push(Copy {
+        name: "copy_buffer_to_buffer",
+        run: Box::new(move |enc: &mut wgpu::CommandEncoder| {
+            enc.copy_buffer_to_buffer(&a, 0, &b, 0, len)
+        }),
+    });
+    Ok(out)
+}
+
+fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -> Result<Case> {
+    let cfg = RowNormConfig {
+        mode,
+        axis: -1,
+        eps: 1e-5,
+        weight_offset: 0.0,
+        dtype,
+    };
+    let op = RowNorm::new(ctx, cfg)?;
+    let x: Vec<f32> = (0..rows * n)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let xt = ctx.upload(&x, &[rows, n], dtype)?;
+    let w = ctx.upload(&vec![1.5; n], &[n], dtype)?;
+    let b = ctx.upload(&vec![0.25; n], &[n], dtype)?;
+    let y = ctx.empty(&[rows, n], dtype)?;
+    let y_naive = ctx.empty(&[rows, n], dtype)?;
+    let has_bias = mode == RowMode::LayerNorm;
+    let (kernel, io) = op.kernel_for(&xt)?;
+    // Validate once up front so the timed closure cannot fail.
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let args = |y| RowNormArgs {
+        x: &xt,
+        weight: Some(&w),
+        bias: has_bias.then_some(&b),
+        y,
+        mean: None,
+        rstd: None,
+    };
+    op.encode(&mut enc, &args(&y))?;
+    ctx.queue().submit([enc.finish()]);
+    let es = dtype.size();
+    let bytes = (2 * rows * n + n * (1 + has_bias as usize)) as u64 * es;
+
+    // Naive baseline: lavapipe's loop budget caps a single invocation's passes over a row.
+    let naive_ok = !ctx.is_cpu() || 3 * n as u64 + 8 <= rownorm::CPU_LOOP_BUDGET;
+    let naive = if naive_ok {
+        let nio = Io { dtype, vec4: false };
+        let flags = [1.0, has_bias as u32 as f64];
+        let consts = [
+            ("WG", 64.0),
+            ("MODE", if mode == RowMode::LayerNorm { 0.0 } else { 1.0 }),
+            ("HAS_WEIGHT", flags[0]),
+            ("HAS_BIAS", flags[1]),
+        ];
+        let pipeline = ctx.pipeline(Kernel::NaiveRowNorm, nio, rownorm::SLOTS, &consts)?;
+        let mut params = [0u32; PARAM_WORDS];
+        params[0] = rows as u32;
+        params[1] = n as u32;
+        params[2] = n as u32;
+        params[4] = 1e-5f32.to_bits();
+        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+        let (xr, wr, br, yr) = (r(&xt, "x")?, r(&w, "w")?, r(&b, "b")?, r(&y_naive, "y")?);
+        let dummy = ctx.empty(&[4], DType::F32)?;
+        let (d0, d1) = (r(&dummy, "d")?, r(&ctx.empty(&[4], DType::F32)?, "d")?);
+        let bg = BindCache::default().get(
+            ctx,
+            rownorm::SLOTS,
+            &params,
+            &[&xr, &wr, &br, &yr, &d0, &d1],
+        )?;
+        let (gx, gy) = binding::grid(ctx, (rows as u64).div_ceil(64));
+        Some(Box::new(move |enc: &mut wgpu::CommandEncoder| {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        }) as Record)
+    } else {
+        None
+    };
+    let check = naive.is_some().then(|| (y.clone(), y_naive.clone()));
+    let yc = y.clone();
+    Ok(Case {
+        op: if mode == RowMode::LayerNorm {
+            "layer_norm"
+        } else {
+            "rms_norm"
+        },
+        shape: vec![rows, n],
+        dtype,
+        layout: "row-major",
+        bytes,
+        kernel: format!("{kernel:?} {}", io.label()),
+        run: Box::new(move |enc| {
+            op.encode(
+                enc,
+                &RowNormArgs {
+                    x: &xt,
+                    weight: Some(&w),
+                    bias: has_bias.then_some(&b),
+                    y: &yc,
+                    mean: None,
+                    rstd: None,
+                },
+            )
+            .expect("validated above");
+        }),
+        naive,
+        check,
+    })
+}
+
+fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
+    let elems: usize = if o.quick { 1 << 20 } else { 4 << 20 }; // 4 MiB / 16 MiB of f32
+    let lengths: &[usize] = if o.quick {
+        &[64, 1024, 4096]
+    } else {
+        &[64, 256, 1024, 4096, 16384, 65536]
+    };
+    let mut dtypes = vec![DType::F32];
+    if ctx.check_dtype(DType::F16).is_ok() {
+        dtypes.push(DType::F16);
+    }
+    let mut specs: Vec<(RowMode, usize, usize, DType)> = Vec::new();
+    for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+        for &dtype in &dtypes {
+            for &n in lengths {
+                specs.push((mode, elems / n, n, dtype));
+            }
+        }
+        specs.push((mode, 1, 4096, DType::F32));
+        specs.push((mode, 8, 4096, DType::F32));
+    }
+    let mut out = Vec::new();
+    for (mode, rows, n, dtype) in specs {
+        let name = if mode == RowMode::LayerNorm {
+            "layer_norm"
+        } else {
+            "rms_norm"
+        };
+        if o.ops
+            .as_ref()
+            .is_some_and(|ops| !ops.iter().any(|x| x == name))
+        {
+            continue;
+        }
+        if o.shapes
+            .as_ref()
+            .is_some_and(|s| !format!("{rows}x{n}").contains(s.as_str()))
+        {
+            continue;
+        }
+        out.push(row_case(ctx, mode, rows, n, dtype)?);
+    }
+    Ok(out)
+}
+
+/// Times `runs` (each `iters` times in a row) within one command buffer per repetition; returns
+/// per-run milliseconds for each repetition.
+struct Timer {
+    ctx: Context,
+    gpu: bool,
+    set: Option<wgpu::QuerySet>,
+    resolve: Option<wgpu::Buffer>,
+    read: Option<wgpu::Buffer>,
+    slots: u32,
+}
+
+impl Timer {
+    fn new(ctx: &Context, slots: u32) -> Timer {
+        let gpu = ctx.features().contains(
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+        );
+        let (set, resolve, read) = if gpu {
+            let d = ctx.device();
+            let size = slots as u64 * 8;
+            (
+                Some(d.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: None,
+                    ty: wgpu::QueryType::Timestamp,
+                    count: slots,
+                })),
+                Some(d.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                })),
+                Some(d.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })),
+            )
+        } else {
+            (None, None, None)
+        };
+        Timer {
+            ctx: ctx.clone(),
+            gpu,
+            set,
+            resolve,
+            read,
+            slots,
+        }
+    }
+
+    fn time(&self, runs: &[&dyn Fn(&mut wgpu::CommandEncoder)], iters: u32) -> Result<Vec<f64>> {
+        let ctx = &self.ctx;
+        if !self.gpu {
+            let mut out = Vec::new();
+            for r in runs {
+                let mut enc = ctx.device().create_command_encoder(&Default::default());
+                for _ in 0..iters {
+                    r(&mut enc);
+                }
+                let t = Instant::now();
+                let idx = ctx.queue().submit([enc.finish()]);
+                ctx.wait(Some(idx))?;
+                out.push(t.elapsed().as_secs_f64() * 1e3 / iters as f64);
+            }
+            return Ok(out);
+        }
+        let set = self.set.as_ref().unwrap();
+        assert!((runs.len() as u32) < self.slots);
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        enc.write_timestamp(set, 0);
+        for (i, r) in runs.iter().enumerate() {
+            for _ in 0..iters {
+                r(&mut enc);
+            }
+            enc.write_timestamp(set, i as u32 + 1);
+        }
+        let n = runs.len() as u32 + 1;
+        let (resolve, read) = (self.resolve.as_ref().unwrap(), self.read.as_ref().unwrap());
+        enc.resolve_query_set(set, 0..n, resolve, 0);
+        enc.copy_buffer_to_buffer(resolve, 0, read, 0, n as u64 * 8);
+        let idx = ctx.queue().submit([enc.finish()]);
+        let slice = read.slice(..n as u64 * 8);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        ctx.wait(Some(idx))?;
+        let ticks: Vec<u64> = slice
+            .get_mapped_range()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        read.unmap();
+        let period = ctx.queue().get_timestamp_period() as f64;
+        Ok(ticks
+            .windows(2)
+            .map(|w| w[1].saturating_sub(w[0]) as f64 * period / 1e6 / iters as f64)
+            .collect())
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Result1 {
+    case_idx: usize,
+    median_ms: f64,
+    min_ms: f64,
+    copy_ms: f64,
+    copy_name: &'static str,
+    b2b_ms: f64,
+    naive_ms: Option<f64>,
+    naive_diff: Option<f64>,
+}
+
+pub fn run(args: &[String]) -> Result<bool> {
+    let o = parse(args)?;
+    let ctx = crate::context()?;
+    let cases = cases(&ctx, &o)?;
+    if cases.is_empty() {
+        bail!("no benchmark matches the filters");
+    }
+    let (reps, iters) = if o.quick { (5, 2) } else { (9, 4) };
+    let timer = Timer::new(&ctx, 16);
+    let method = if timer.gpu {
+        "GPU timestamps"
+    } else {
+        "wall clock around submit + wait (no TIMESTAMP_QUERY_INSIDE_ENCODERS)"
+    };
+    let progress = std::io::stderr().is_terminal();
+    let mut results = Vec::new();
+    for (ci, c) in cases.iter().enumerate() {
+        if progress {
+            eprint!(
+                "\r[{}/{}] {} {:?} {}        ",
+                ci + 1,
+                cases.len(),
+                c.op,
+                c.shape,
+                c.dtype
+            );
+            let _ = std::io::stderr().flush();
+        }
+        let copies = copies(&ctx, c.bytes)?;
+        let mut runs: Vec<&dyn Fn(&mut wgpu::CommandEncoder)> = vec![&*c.run];
+        for cp in &copies {
+            runs.push(&*cp.run);
+        }
+        if let Some(nv) = &c.naive {
+            runs.push(&**nv);
+        }
+        timer.time(&runs, 1)?; // warm-up: pipelines, caches, first-touch of memory
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+        for _ in 0..reps {
+            for (s, t) in samples.iter_mut().zip(timer.time(&runs, iters)?) {
+                s.push(t);
+            }
+        }
+        let op_min = samples[0].iter().cloned().fold(f64::INFINITY, f64::min);
+        let med: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+        let shader_copies = copies.len() - 1;
+        let (best, copy_ms) = (1..=shader_copies)
+            .map(|i| (i, med[i]))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        let naive_diff = match &c.check {
+            Some((a, b)) => {
+                let (a, b) = (ctx.download(a)?, ctx.download(b)?);
+                Some(
+                    a.iter()
+                        .zip(&b)
+                        .map(|(x, y)| (x - y).abs() as f64)
+                        .fold(0.0, f64::max),
+                )
+            }
+            None => None,
+        };
+        results.push(Result1 {
+            case_idx: ci,
+            median_ms: med[0],
+            min_ms: op_min,
+            copy_ms,
+            copy_name: copies[best - 1].name,
+            b2b_ms: med[shader_copies + 1],
+            naive_ms: c.naive.as_ref().map(|_| med[shader_copies + 2]),
+            naive_diff,
+        });
+    }
+    if progress {
+        eprintln!();
+    }
+    let info = ctx.adapter_info();
+    println!("## wgnorm bench on {} ({:?}, {:?}); timing: {method}; {reps} repetitions x {iters} runs, medians\n", info.name, info.backend, info.device_type);
+    println!("| op | shape | dtype | kernel | median ms | min ms | GB/s | copy GB/s | copy ratio | best copy | b2b GB/s | naive speedup |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut json_results = Vec::new();
+    let gbps = |bytes: u64, ms: f64| bytes as f64 / ms / 1e6;
+    let mut ok = true;
+    for r in &results {
+        let c = &cases[r.case_idx];
+        let shape = c
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        let g = gbps(c.bytes, r.median_ms);
+        let cg = gbps(c.bytes, r.copy_ms);
+        let speedup = r.naive_ms.map(|n| n / r.median_ms);
+        if let Some(d) = r.naive_diff {
+            let tol = if c.dtype == DType::F16 { 1e-2 } else { 1e-4 };
+            let agree = d <= tol;
+            if !agree {
+                ok = false;
+                println!(
+                    "FAIL naive baseline and kernel disagree on {} {shape}: max |diff| {d}",
+                    c.op
+                );
+            }
+        }
+        println!(
+            "| {} | {shape} | {} | {} | {:.3} | {:.3} | {:.2} | {:.2} | **{:.2}** | {} | {:.2} | {} |",
+            c.op, c.dtype, c.kernel, r.median_ms, r.min_ms, g, cg, g / cg, r.copy_name,
+            gbps(c.bytes, r.b2b_ms),
+            speedup.map(|s| format!("{s:.1}x")).unwrap_or("n/a".into())
+        );
+        json_results.push(json!({
+            "op": c.op, "shape": c.shape, "dtype": c.dtype.name(), "layout": c.layout,
+            "kernel": c.kernel, "bytes": c.bytes,
+            "median_ms": r.median_ms, "min_ms": r.min_ms, "gbps": g,
+            "copy_gbps": cg, "copy_ratio": g / cg, "copy_kernel": r.copy_name,
+            "copy_buffer_to_buffer_gbps": gbps(c.bytes, r.b2b_ms),
+            "baseline_speedup": speedup,
+        }));
+    }
+    let copy_best = results
+        .iter()
+        .map(|r| gbps(cases[r.case_idx].bytes, r.copy_ms))
+        .fold(0.0, f64::max);
+    println!("\ncopy ratio = op GB/s / best copy-shader GB/s for the same bytes, timed alternately in the same command buffers. copy_buffer_to_buffer (b2b) is shown, not used: on software Vulkan it is a host memcpy.");
+    if let Some(path) = &o.json {
+        let doc = json!({
+            "adapter": {"name": info.name, "backend": format!("{:?}", info.backend), "device_type": format!("{:?}", info.device_type), "driver": info.driver, "driver_info": info.driver_info},
+            "timing": method, "repetitions": reps, "iterations": iters,
+            "copy_gbps": copy_best,
+            "results": json_results,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+        eprintln!("wrote {path}");
+    }
+    if let Some(path) = &o.plot {
+        std::fs::write(path, plot(&cases, &results))?;
+        eprintln!("wrote {path}");
+    }
+    Ok(ok)
+}
+
+/// SVG: effective GB/s against row length (log2 axis) per op and dtype, with the copy roofline.
+fn plot(cases: &[Case], results: &[Result1]) -> String {
+    let (w, h, m) = (760.0, 420.0, 60.0);
+    let pts: Vec<(String, f64, f64, f64)> = results
+        .iter()
+        .filter_map(|r| {
+            let c = &cases[r.case_idx];
+            let n = *c.shape.last()? as f64;
+            (c.shape[0] > 8).then(|| {
+                (
+                    format!("{} {}", c.op, c.dtype),
+                    n.log2(),
+                    c.bytes as f64 / r.median_ms / 1e6,
+                    c.bytes as f64 / r.copy_ms / 1e6,
+                )
+            })
+        })
+        .collect();
+    if pts.is_empty() {
+        return "<svg xmlns=\"http://www.w3.org/2000/svg\"/>".into();
+    }
+    let xmin = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let xmax = pts
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(xmin + 1.0);
+    let ymax = pts.iter().map(|p| p.2.max(p.3)).fold(0.0, f64::max) * 1.1;
+    let sx = |x: f64| m + (x - xmin) / (xmax - xmin) * (w - 2.0 * m);
+    let sy = |y: f64| h - m - y / ymax * (h - 2.0 * m);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    s += &format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m, h - m);
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">row length (elements, log2)</text>\n",
+        w / 2.0,
+        h - 15.0
+    );
+    s += &format!("<text x=\"15\" y=\"{}\" transform=\"rotate(-90 15 {})\" text-anchor=\"middle\">effective GB/s</text>\n", h / 2.0, h / 2.0);
+    let mut x = xmin.ceil();
+    while x <= xmax {
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            sx(x),
+            h - m + 16.0,
+            2f64.powf(x) as u64
+        );
+        x += 2.0;
+    }
+    for i in 0..=4 {
+        let y = ymax * i as f64 / 4.0;
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.1}</text>\n",
+            m - 5.0,
+            sy(y) + 4.0
+        );
+    }
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let mut series: Vec<String> = pts.iter().map(|p| p.0.clone()).collect();
+    series.dedup();
+    series.sort();
+    series.dedup();
+    let mut roof: Vec<(f64, f64)> = pts.iter().map(|p| (p.1, p.3)).collect();
+    roof.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let line = |v: &[(f64, f64)]| {
+        v.iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    s += &format!("<polyline fill=\"none\" stroke=\"gray\" stroke-dasharray=\"6 4\" stroke-width=\"2\" points=\"{}\"/>\n", line(&roof));
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" fill=\"gray\">copy roofline</text>\n",
+        w - m - 120.0,
+        m - 10.0
+    );
+    for (i, name) in series.iter().enumerate() {
+        let mut v: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|p| &p.0 == name)
+            .map(|p| (p.1, p.2))
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let col = colors[i % colors.len()];
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            line(&v)
+        );
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"{col}\">{name}</text>\n",
+            m + 10.0,
+            m + 14.0 * i as f64
+        );
+    }
+    s + "</svg>\n"
 }

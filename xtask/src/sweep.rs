@@ -74,6 +74,11 @@ fn kernels(ctx: &Context) -> Vec<(String, Option<RowKernel>)> {
                 rows_per_group: rows,
             }),
         ));
+        let regs = RowKernel::TeamRegs {
+            team,
+            rows_per_group: rows,
+        };
+        k.push((format!("team{team}-regs"), Some(regs)));
     }
     k
 }

@@ -39,12 +39,16 @@ pub enum RowKernel {
     /// `team` lanes of one subgroup per row, `rows_per_group` rows per workgroup, the row cached
     /// in workgroup memory (needs subgroups, and the rows must fit the cache).
     Team { team: u32, rows_per_group: u32 },
+    /// As `Team`, with each lane's share of the row in registers (at most [`TEAM_REGS`]
+    /// accesses per lane): short rows without workgroup-memory traffic.
+    TeamRegs { team: u32, rows_per_group: u32 },
     /// One workgroup of `wg` lanes (a power of two) per row; caches the row when it fits,
     /// otherwise reads x twice.
     Workgroup { wg: u32 },
 }
 
-const SLOTS: &[Slot] = &[
+/// Bind-group slots of every row-norm kernel (the naive baseline too).
+pub const SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,      // x
     Slot::Read,      // weight
@@ -53,6 +57,9 @@ const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // mean
     Slot::ReadWrite, // rstd
 ];
+
+/// Accesses each lane of the register team kernel holds (`REGS` in `team_regs.wgsl`).
+pub const TEAM_REGS: u32 = 16;
 
 /// Bytes of workgroup memory the workgroup kernel needs besides its cache (three f32 per lane).
 fn reduction_bytes(wg: u32) -> u64 {
@@ -68,6 +75,7 @@ fn cache_len_for(budget: u64, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u
             let need = n_vec * rows_per_group as u64;
             (need * access <= budget).then_some(need.max(1) as u32)
         }
+        RowKernel::TeamRegs { team, .. } => (n_vec <= (team * TEAM_REGS) as u64).then_some(1),
         RowKernel::Workgroup { wg } => {
             let fits = n_vec * access + reduction_bytes(wg) <= budget;
             fits.then_some(n_vec.max(1) as u32)
@@ -93,6 +101,14 @@ fn choose_for(a: &AdapterClass, n: u64, io: Io) -> RowKernel {
         let team_fits = a.cpu || n <= 1024;
         let step = (sg_max / team).max(1);
         let mut rows = (lanes_target / team).max(step).div_ceil(step) * step;
+        // Registers beat workgroup memory where a compiler unrolls the constant-trip loops (GPUs);
+        // llvmpipe keeps the array in memory and measured 2x slower with it, so not on CPUs.
+        if !a.cpu && n_vec <= (team * TEAM_REGS) as u64 && rows * team <= a.max_invocations {
+            return RowKernel::TeamRegs {
+                team,
+                rows_per_group: rows,
+            };
+        }
         let fits = |rows: u32| {
             cache_len_for(
                 budget,
@@ -142,6 +158,7 @@ pub fn loop_iterations(kernel: RowKernel, n_vec: u64) -> u64 {
     match kernel {
         // Three passes over the lane's share of the row, three team reductions.
         RowKernel::Team { team, .. } => 3 * n_vec.div_ceil(team as u64) + 3 * 6,
+        RowKernel::TeamRegs { .. } => 3 * TEAM_REGS as u64 + 3 * 6,
         // Two passes over the lane's share, one tree reduction.
         RowKernel::Workgroup { wg } => 2 * n_vec.div_ceil(wg as u64) + 32,
     }
@@ -174,6 +191,14 @@ fn constants(
             c.push(("WG", (team * rows_per_group) as f64));
             c.push(("CACHE_V", cache.unwrap_or(1) as f64));
             Kernel::RowNormTeam
+        }
+        RowKernel::TeamRegs {
+            team,
+            rows_per_group,
+        } => {
+            c.push(("TEAM", team as f64));
+            c.push(("WG", (team * rows_per_group) as f64));
+            Kernel::RowNormTeamRegs
         }
         RowKernel::Workgroup { wg } => {
             c.push(("WG", wg as f64));
@@ -525,7 +550,9 @@ impl RowNorm {
             ],
         )?;
         let groups = match plan.kernel {
-            RowKernel::Team { rows_per_group, .. } => (rows as u64).div_ceil(rows_per_group as u64),
+            RowKernel::Team { rows_per_group, .. } | RowKernel::TeamRegs { rows_per_group, .. } => {
+                (rows as u64).div_ceil(rows_per_group as u64)
+            }
             RowKernel::Workgroup { .. } => rows as u64,
         };
         let (gx, gy) = binding::grid(&self.ctx, groups);
@@ -561,6 +588,10 @@ impl RowNorm {
             RowKernel::Team {
                 team,
                 rows_per_group,
+            }
+            | RowKernel::TeamRegs {
+                team,
+                rows_per_group,
             } => {
                 let sg_ok = class.subgroups
                     && team.is_power_of_two()
@@ -570,7 +601,7 @@ impl RowNorm {
                     return Err(Error::InvalidParameter {
                         name: "kernel",
                         value: format!("{kernel:?}"),
-                        why: "the team kernel needs subgroups, team <= the minimum subgroup size, a workgroup that is a multiple of the maximum subgroup size, and rows that fit workgroup memory",
+                        why: "the team kernels need subgroups, team <= the minimum subgroup size, a workgroup that is a multiple of the maximum subgroup size, and rows that fit workgroup memory (or TEAM_REGS accesses per lane)",
                     });
                 }
             }

@@ -23,8 +23,10 @@ const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
 const MOMENTS: &str = shader_file!("common/moments.wgsl");
 const ROW_NORM_COMMON: &str = shader_file!("row_norm/common.wgsl");
 const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
+const ROW_NORM_TEAM_REGS: &str = shader_file!("row_norm/team_regs.wgsl");
 const ROW_NORM_WORKGROUP: &str = shader_file!("row_norm/workgroup.wgsl");
 const COPY: &str = shader_file!("copy.wgsl");
+const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
 
 /// Storage type and access width of a kernel's tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,27 +89,39 @@ impl Io {
 pub enum Kernel {
     /// LayerNorm/RMSNorm, a subgroup team per row (needs `Features::SUBGROUP`).
     RowNormTeam,
+    /// LayerNorm/RMSNorm, a subgroup team per row, the row in registers (needs `SUBGROUP`).
+    RowNormTeamRegs,
     /// LayerNorm/RMSNorm, a workgroup per row (no optional feature).
     RowNormWorkgroup,
     /// Plain copy, the bandwidth roofline of the benchmarks.
     Copy,
+    /// One invocation per row, three passes: the benchmarks' baseline for row norms.
+    NaiveRowNorm,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 3] = [Kernel::RowNormTeam, Kernel::RowNormWorkgroup, Kernel::Copy];
+    pub const ALL: [Kernel; 5] = [
+        Kernel::RowNormTeam,
+        Kernel::RowNormTeamRegs,
+        Kernel::RowNormWorkgroup,
+        Kernel::Copy,
+        Kernel::NaiveRowNorm,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::RowNormTeam => "row_norm/team",
+            Kernel::RowNormTeamRegs => "row_norm/team_regs",
             Kernel::RowNormWorkgroup => "row_norm/workgroup",
             Kernel::Copy => "copy",
+            Kernel::NaiveRowNorm => "naive/row_norm",
         }
     }
 
     /// Device features the module needs besides those its `Io` needs.
     pub fn required_features(self) -> wgpu::Features {
         match self {
-            Kernel::RowNormTeam => wgpu::Features::SUBGROUP,
+            Kernel::RowNormTeam | Kernel::RowNormTeamRegs => wgpu::Features::SUBGROUP,
             _ => wgpu::Features::empty(),
         }
     }
@@ -115,8 +129,10 @@ impl Kernel {
     fn parts(self) -> &'static [&'static str] {
         match self {
             Kernel::RowNormTeam => &[ROW_NORM_COMMON, ROW_NORM_TEAM],
+            Kernel::RowNormTeamRegs => &[ROW_NORM_COMMON, ROW_NORM_TEAM_REGS],
             Kernel::RowNormWorkgroup => &[MOMENTS, ROW_NORM_COMMON, ROW_NORM_WORKGROUP],
             Kernel::Copy => &[COPY],
+            Kernel::NaiveRowNorm => &[ROW_NORM_COMMON, NAIVE_ROW_NORM],
         }
     }
 

@@ -18,7 +18,9 @@
 
 pub mod conformance;
 
-pub use wgnorm_core::{self as core, rownorm, shader, wgpu, Context, DType, Error, Result, Tensor};
+pub use wgnorm_core::{
+    self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, Slot, Tensor,
+};
 pub use wgnorm_layernorm::{
     self as layernorm, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs,
 };
@@ -61,6 +63,29 @@ pub fn specializations() -> Vec<shader::Specialization> {
                 constants: vec![
                     ("WG", if block == 1.0 { 256.0 } else { 8.0 }),
                     ("BLOCK", block),
+                ],
+            });
+        }
+    }
+    for io in [
+        Io {
+            dtype: DType::F32,
+            vec4: false,
+        },
+        Io {
+            dtype: DType::F16,
+            vec4: false,
+        },
+    ] {
+        for mode in [0.0, 1.0] {
+            out.push(Specialization {
+                kernel: Kernel::NaiveRowNorm,
+                io,
+                constants: vec![
+                    ("WG", 64.0),
+                    ("MODE", mode),
+                    ("HAS_WEIGHT", 1.0),
+                    ("HAS_BIAS", mode),
                 ],
             });
         }
