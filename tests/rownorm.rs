@@ -101,6 +101,13 @@ fn team_kernels() -> Vec<RowKernel> {
         RowKernel::TeamRegs {
             team,
             rows_per_group,
+            rows_per_team: 1,
+        },
+        // Several rows per team, with row counts that leave a partial last team.
+        RowKernel::TeamRegs {
+            team,
+            rows_per_group,
+            rows_per_team: 3,
         },
     ]
 }

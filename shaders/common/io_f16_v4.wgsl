@@ -1,9 +1,10 @@
-// I/O snippet: f16 storage (needs SHADER_F16), four consecutive elements per access (8 bytes);
-// arithmetic in f32 and a single rounding to f16 on store.
-enable f16;
-alias Elem = vec4<f16>;
+// I/O snippet: f16 storage, four consecutive elements per access (8 bytes), read and written as
+// two packed u32 words with unpack2x16float/pack2x16float: no SHADER_F16 needed, and software
+// rasterisers convert packed words much faster than f16 vector loads. Arithmetic in f32, one
+// rounding to f16 on store.
+alias Elem = vec2<u32>;
 alias V = vec4<f32>;
 const VW: u32 = 4u;
-fn to_v(e: Elem) -> V { return vec4<f32>(e); }
-fn from_v(v: V) -> Elem { return vec4<f16>(v); }
+fn to_v(e: Elem) -> V { return vec4<f32>(unpack2x16float(e.x), unpack2x16float(e.y)); }
+fn from_v(v: V) -> Elem { return vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw)); }
 fn hsum(v: V) -> f32 { return (v.x + v.y) + (v.z + v.w); }

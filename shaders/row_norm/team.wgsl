@@ -3,7 +3,7 @@
 // The row is read from global memory once into this team's slice of workgroup memory (each
 // lane only reads back what it wrote itself, so no barrier is needed); the statistics are the
 // corrected two-pass algorithm over the cached row, and the output pass reads the cache again.
-// Requires n_vec <= CACHE_V / (WG / TEAM): the host checks.
+// With USE_CACHE, requires n_vec <= CACHE_V / (WG / TEAM): the host checks.
 //
 // Teams are formed from subgroup_id/subgroup_invocation_id, not local_invocation_index, so a
 // team never straddles two subgroups whatever the adapter's subgroup size (TEAM <= the minimum
@@ -12,6 +12,9 @@
 override TEAM: u32 = 8u;
 override WG: u32 = 64u;
 override CACHE_V: u32 = 1024u;
+// Rows too long for the cache are read from global memory in every pass instead (CPU adapters,
+// where the kernel is bound by arithmetic, not memory traffic).
+override USE_CACHE: bool = true;
 
 var<workgroup> cache: array<V, CACHE_V>;
 
@@ -24,6 +27,13 @@ fn team_sum(v: f32, sg_size: u32) -> f32 {
         s = s + subgroupShuffleXor(s, o);
     }
     return s;
+}
+
+fn row_value(cbase: u32, base: u32, i: u32) -> V {
+    if (USE_CACHE) {
+        return cache[cbase + i];
+    }
+    return to_v(x[base + i]);
 }
 
 @compute @workgroup_size(WG)
@@ -55,7 +65,9 @@ fn main(
     var s = 0.0;
     for (var i = lane; i < nv; i = i + TEAM) {
         let v = to_v(x[base + i]);
-        cache[cbase + i] = v;
+        if (USE_CACHE) {
+            cache[cbase + i] = v;
+        }
         s = s + hsum(v);
     }
     if (MODE == 0u) {
@@ -64,7 +76,7 @@ fn main(
     var q = 0.0;
     var r = 0.0;
     for (var i = lane; i < nv; i = i + TEAM) {
-        let d = cache[cbase + i] - mean0;
+        let d = row_value(cbase, base, i) - mean0;
         r = r + hsum(d);
         q = q + hsum(d * d);
     }
@@ -75,7 +87,7 @@ fn main(
     let var_ = max(team_sum(q, sg_size) * inv_n - c * c, 0.0);
     let rstd = inverseSqrt(var_ + params.eps);
     for (var i = lane; i < nv; i = i + TEAM) {
-        y[base + i] = from_v(normalize_affine(cache[cbase + i] - mean0, i, c, rstd));
+        y[base + i] = from_v(normalize_affine(row_value(cbase, base, i) - mean0, i, c, rstd));
     }
     let mean = mean0 + c;
     if (live && lane == 0u) {

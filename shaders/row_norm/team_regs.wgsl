@@ -1,12 +1,17 @@
 // Row norm, "team in registers" shape: like the team kernel, but each lane keeps its share of
-// the row in a fixed-size private array instead of workgroup memory. Every loop has the constant
-// trip count REGS (bounds-checked against the row inside), so compilers can unroll them and
-// keep the array in registers. Serves rows of n_vec <= TEAM * REGS accesses.
+// the row in a private array instead of workgroup memory. Every loop runs PER_LANE times, a
+// pipeline constant (ceil(n_vec / TEAM)), so compilers unroll them and keep the array in
+// registers; EXACT (n_vec == TEAM * PER_LANE) drops the per-access bounds test. Serves rows of
+// n_vec <= TEAM * REGS accesses; one pipeline per row length.
 
 override TEAM: u32 = 8u;
 override WG: u32 = 64u;
+override PER_LANE: u32 = 1u;
+override EXACT: bool = false;
+// Consecutive rows each team normalizes, reusing its registers of weight and bias.
+override ROWS_PER_TEAM: u32 = 1u;
 
-const REGS: u32 = 16u;
+const REGS: u32 = 32u;
 
 fn team_sum(v: f32, sg_size: u32) -> f32 {
     if (TEAM == sg_size) {
@@ -30,48 +35,77 @@ fn main(
     let teams = WG / TEAM;
     let team = sg_id * (sg_size / TEAM) + sg_lane / TEAM;
     let lane = sg_lane % TEAM;
-    let row = linear_group(wid, nwg) * teams + team;
-    let live = row < params.rows;
-    let nv = select(0u, params.n_vec, live);
-    let base = row * params.n_vec;
+    let first_row = (linear_group(wid, nwg) * teams + team) * ROWS_PER_TEAM;
     let inv_n = 1.0 / f32(params.n);
 
-    // Corrected two-pass statistics, as in the team kernel.
-    var v: array<V, REGS>;
-    var s = 0.0;
-    for (var k = 0u; k < REGS; k = k + 1u) {
+    // The affine parameters are the same for every row: load this lane's share once and reuse
+    // it for the team's ROWS_PER_TEAM rows.
+    var wv: array<V, REGS>;
+    var bv: array<V, REGS>;
+    for (var k = 0u; k < PER_LANE; k = k + 1u) {
         let i = lane + k * TEAM;
-        if (i < nv) {
-            v[k] = to_v(x[base + i]);
-            s = s + hsum(v[k]);
+        if (EXACT || i < params.n_vec) {
+            if (HAS_WEIGHT) {
+                wv[k] = to_v(weight[i]) + params.weight_offset;
+            }
+            if (HAS_BIAS) {
+                bv[k] = to_v(bias[i]);
+            }
         }
     }
-    var mean0 = 0.0;
-    if (MODE == 0u) {
-        mean0 = team_sum(s, sg_size) * inv_n;
-    }
-    var q = 0.0;
-    var r = 0.0;
-    for (var k = 0u; k < REGS; k = k + 1u) {
-        if (lane + k * TEAM < nv) {
-            let d = v[k] - mean0;
-            r = r + hsum(d);
-            q = q + hsum(d * d);
+
+    for (var rr = 0u; rr < ROWS_PER_TEAM; rr = rr + 1u) {
+        let row = first_row + rr;
+        let live = row < params.rows;
+        let nv = select(0u, params.n_vec, live);
+        let base = row * params.n_vec;
+
+        // Corrected two-pass statistics, as in the team kernel.
+        var v: array<V, REGS>;
+        var s = 0.0;
+        for (var k = 0u; k < PER_LANE; k = k + 1u) {
+            let i = lane + k * TEAM;
+            // Exact rows load even past the last row: out-of-range reads are clamped by the
+            // runtime and their results unused; stores below are guarded.
+            if (EXACT || i < nv) {
+                v[k] = to_v(x[base + i]);
+                s = s + hsum(v[k]);
+            }
         }
-    }
-    var c = 0.0;
-    if (MODE == 0u) {
-        c = team_sum(r, sg_size) * inv_n;
-    }
-    let var_ = max(team_sum(q, sg_size) * inv_n - c * c, 0.0);
-    let rstd = inverseSqrt(var_ + params.eps);
-    for (var k = 0u; k < REGS; k = k + 1u) {
-        let i = lane + k * TEAM;
-        if (i < nv) {
-            y[base + i] = from_v(normalize_affine(v[k] - mean0, i, c, rstd));
+        var mean0 = 0.0;
+        if (MODE == 0u) {
+            mean0 = team_sum(s, sg_size) * inv_n;
         }
-    }
-    if (live && lane == 0u) {
-        write_stats(row, mean0 + c, rstd);
+        var q = 0.0;
+        var r = 0.0;
+        for (var k = 0u; k < PER_LANE; k = k + 1u) {
+            if (EXACT || lane + k * TEAM < nv) {
+                let d = v[k] - mean0;
+                r = r + hsum(d);
+                q = q + hsum(d * d);
+            }
+        }
+        var c = 0.0;
+        if (MODE == 0u) {
+            c = team_sum(r, sg_size) * inv_n;
+        }
+        let var_ = max(team_sum(q, sg_size) * inv_n - c * c, 0.0);
+        let rstd = inverseSqrt(var_ + params.eps);
+        for (var k = 0u; k < PER_LANE; k = k + 1u) {
+            let i = lane + k * TEAM;
+            if (live && (EXACT || i < nv)) {
+                var o = (v[k] - mean0 - c) * rstd;
+                if (HAS_WEIGHT) {
+                    o = o * wv[k];
+                }
+                if (HAS_BIAS) {
+                    o = o + bv[k];
+                }
+                y[base + i] = from_v(o);
+            }
+        }
+        if (live && lane == 0u) {
+            write_stats(row, mean0 + c, rstd);
+        }
     }
 }

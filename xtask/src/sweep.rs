@@ -74,9 +74,11 @@ fn kernels(ctx: &Context) -> Vec<(String, Option<RowKernel>)> {
                 rows_per_group: rows,
             }),
         ));
+        // Three rows per team: row counts that are not a multiple exercise the tail.
         let regs = RowKernel::TeamRegs {
             team,
             rows_per_group: rows,
+            rows_per_team: 3,
         };
         k.push((format!("team{team}-regs"), Some(regs)));
     }

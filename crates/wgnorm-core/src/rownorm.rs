@@ -41,7 +41,12 @@ pub enum RowKernel {
     Team { team: u32, rows_per_group: u32 },
     /// As `Team`, with each lane's share of the row in registers (at most [`TEAM_REGS`]
     /// accesses per lane): short rows without workgroup-memory traffic.
-    TeamRegs { team: u32, rows_per_group: u32 },
+    /// `rows_per_team` consecutive rows per team reuse the lane's registers of weight and bias.
+    TeamRegs {
+        team: u32,
+        rows_per_group: u32,
+        rows_per_team: u32,
+    },
     /// One workgroup of `wg` lanes (a power of two) per row; caches the row when it fits,
     /// otherwise reads x twice.
     Workgroup { wg: u32 },
@@ -58,8 +63,11 @@ pub const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // rstd
 ];
 
+/// Rows each register team normalizes on CPU adapters.
+const CPU_ROWS_PER_TEAM: u32 = 8;
+
 /// Accesses each lane of the register team kernel holds (`REGS` in `team_regs.wgsl`).
-pub const TEAM_REGS: u32 = 16;
+pub const TEAM_REGS: u32 = 32;
 
 /// Bytes of workgroup memory the workgroup kernel needs besides its cache (three f32 per lane).
 fn reduction_bytes(wg: u32) -> u64 {
@@ -101,12 +109,14 @@ fn choose_for(a: &AdapterClass, n: u64, io: Io) -> RowKernel {
         let team_fits = a.cpu || n <= 1024;
         let step = (sg_max / team).max(1);
         let mut rows = (lanes_target / team).max(step).div_ceil(step) * step;
-        // Registers beat workgroup memory where a compiler unrolls the constant-trip loops (GPUs);
-        // llvmpipe keeps the array in memory and measured 2x slower with it, so not on CPUs.
-        if !a.cpu && n_vec <= (team * TEAM_REGS) as u64 && rows * team <= a.max_invocations {
+        // Registers, with loops of a pipeline-constant trip count that compilers unroll. On CPU
+        // adapters each team also takes several rows, so the weight and bias it keeps in
+        // registers are loaded once per several rows (each load is a gather there).
+        if n_vec <= (team * TEAM_REGS) as u64 && rows * team <= a.max_invocations {
             return RowKernel::TeamRegs {
                 team,
                 rows_per_group: rows,
+                rows_per_team: if a.cpu { CPU_ROWS_PER_TEAM } else { 1 },
             };
         }
         let fits = |rows: u32| {
@@ -129,6 +139,15 @@ fn choose_for(a: &AdapterClass, n: u64, io: Io) -> RowKernel {
                 team,
                 rows_per_group: rows,
             };
+        }
+        // CPU adapters are bound by arithmetic, not memory traffic: an uncached team (x read in
+        // each pass) still beats a barrier-bound workgroup, within the loop budget.
+        let uncached = RowKernel::Team {
+            team,
+            rows_per_group: step,
+        };
+        if a.cpu && loop_iterations(uncached, n_vec) <= CPU_LOOP_BUDGET {
+            return uncached;
         }
     }
     // Wide enough that each lane has a few accesses, narrow enough to keep barriers few.
@@ -158,7 +177,9 @@ pub fn loop_iterations(kernel: RowKernel, n_vec: u64) -> u64 {
     match kernel {
         // Three passes over the lane's share of the row, three team reductions.
         RowKernel::Team { team, .. } => 3 * n_vec.div_ceil(team as u64) + 3 * 6,
-        RowKernel::TeamRegs { .. } => 3 * TEAM_REGS as u64 + 3 * 6,
+        RowKernel::TeamRegs { rows_per_team, .. } => {
+            2 * TEAM_REGS as u64 + rows_per_team as u64 * (3 * TEAM_REGS as u64 + 3 * 6)
+        }
         // Two passes over the lane's share, one tree reduction.
         RowKernel::Workgroup { wg } => 2 * n_vec.div_ceil(wg as u64) + 32,
     }
@@ -172,6 +193,7 @@ fn constants(
     mode: RowMode,
     flags: [bool; 4],
     kernel: RowKernel,
+    n_vec: u64,
     cache: Option<u32>,
 ) -> (Kernel, Vec<(&'static str, f64)>) {
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
@@ -189,15 +211,20 @@ fn constants(
         } => {
             c.push(("TEAM", team as f64));
             c.push(("WG", (team * rows_per_group) as f64));
+            c.push(("USE_CACHE", flag(cache.is_some())));
             c.push(("CACHE_V", cache.unwrap_or(1) as f64));
             Kernel::RowNormTeam
         }
         RowKernel::TeamRegs {
             team,
             rows_per_group,
+            rows_per_team,
         } => {
+            c.push(("ROWS_PER_TEAM", rows_per_team as f64));
             c.push(("TEAM", team as f64));
             c.push(("WG", (team * rows_per_group) as f64));
+            c.push(("PER_LANE", n_vec.div_ceil(team as u64).max(1) as f64));
+            c.push(("EXACT", flag(n_vec.is_multiple_of(team as u64))));
             Kernel::RowNormTeamRegs
         }
         RowKernel::Workgroup { wg } => {
@@ -227,7 +254,7 @@ pub fn specializations(lengths: &[u64], classes: &[AdapterClass]) -> Vec<Special
                 for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
                     for bits in 0..16u32 {
                         let flags = std::array::from_fn(|i| bits & (1 << i) != 0);
-                        let (k, c) = constants(mode, flags, kernel, cache);
+                        let (k, c) = constants(mode, flags, kernel, n_vec, cache);
                         let s = Specialization {
                             kernel: k,
                             io,
@@ -550,9 +577,12 @@ impl RowNorm {
             ],
         )?;
         let groups = match plan.kernel {
-            RowKernel::Team { rows_per_group, .. } | RowKernel::TeamRegs { rows_per_group, .. } => {
-                (rows as u64).div_ceil(rows_per_group as u64)
-            }
+            RowKernel::Team { rows_per_group, .. } => (rows as u64).div_ceil(rows_per_group as u64),
+            RowKernel::TeamRegs {
+                rows_per_group,
+                rows_per_team,
+                ..
+            } => (rows as u64).div_ceil(rows_per_group as u64 * rows_per_team as u64),
             RowKernel::Workgroup { .. } => rows as u64,
         };
         let (gx, gy) = binding::grid(&self.ctx, groups);
@@ -592,12 +622,14 @@ impl RowNorm {
             | RowKernel::TeamRegs {
                 team,
                 rows_per_group,
+                ..
             } => {
                 let sg_ok = class.subgroups
                     && team.is_power_of_two()
                     && team <= class.subgroup_min
                     && (team * rows_per_group) % class.subgroup_max.max(1) == 0;
-                if !sg_ok || cache.is_none() {
+                let regs_fit = !matches!(kernel, RowKernel::TeamRegs { .. }) || cache.is_some();
+                if !sg_ok || !regs_fit {
                     return Err(Error::InvalidParameter {
                         name: "kernel",
                         value: format!("{kernel:?}"),
@@ -624,7 +656,7 @@ impl RowNorm {
                 why: "on a CPU adapter each lane of this kernel would loop past the driver's silent 65535-iteration limit for this row length: use more lanes",
             });
         }
-        let (k, constants) = constants(self.cfg.mode, flags, kernel, cache);
+        let (k, constants) = constants(self.cfg.mode, flags, kernel, n_vec, cache);
         let pipeline = self.ctx.pipeline(k, key.io, SLOTS, &constants)?;
         let plan = Plan { kernel, pipeline };
         self.plans.lock().unwrap().insert(key, plan.clone());
