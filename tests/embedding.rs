@@ -23,18 +23,44 @@ fn app_device(features: wgpu::Features) -> (wgpu::Device, wgpu::Queue) {
 fn app_owned_device_buffers_and_encoder() {
     let (device, queue) = app_device(wgpu::Features::empty());
     let ctx = Context::from_device(device.clone(), queue.clone());
-    // Without SUBGROUP and SHADER_F16 the workgroup kernel serves every row; f16 is refused.
+    // Without SUBGROUP and SHADER_F16 the workgroup kernel serves every row. f16 rows of a
+    // length divisible by 4 still run (packed words); element-wise f16 is refused, typed.
     assert!(!ctx.has_subgroups());
-    assert!(matches!(
-        LayerNorm::new(
-            &ctx,
-            LayerNormConfig {
-                dtype: DType::F16,
-                ..Default::default()
-            }
-        ),
-        Err(wgnorm::Error::UnsupportedDType { .. })
-    ));
+    let ln16 = LayerNorm::new(
+        &ctx,
+        LayerNormConfig {
+            dtype: DType::F16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let x16 = noise(5, 3 * 64);
+    let t16 = ctx.upload(&x16, &[3, 64], DType::F16).unwrap();
+    let out = ln16
+        .forward(&LayerNormInputs {
+            x: &t16,
+            weight: None,
+            bias: None,
+        })
+        .unwrap();
+    let want = reference::layer_norm(&round_to(DType::F16, &x16), 64, None, None, 1e-5);
+    assert_close(
+        "f16 packed y",
+        &ctx.download(&out.y).unwrap(),
+        &want.y,
+        2e-3,
+        2e-3,
+    );
+    let odd = ctx.upload(&noise(6, 3 * 7), &[3, 7], DType::F16).unwrap();
+    let r = ln16.forward(&LayerNormInputs {
+        x: &odd,
+        weight: None,
+        bias: None,
+    });
+    assert!(
+        matches!(r, Err(wgnorm::Error::UnsupportedDType { .. })),
+        "{r:?}"
+    );
 
     // The app's own buffer holds x at a (device-aligned) offset, y in another of its buffers.
     let (rows, n) = (5, 300);

@@ -193,11 +193,23 @@ impl Context {
     }
 
     /// Checks that tensors of `dtype` can be used on this device.
-    pub fn check_dtype(&self, dtype: DType) -> Result<()> {
-        if dtype == DType::F16 && !self.inner.features.contains(wgpu::Features::SHADER_F16) {
+    ///
+    /// f16 tensors can always be stored and moved; kernels read and write them as packed u32
+    /// words when their length allows four elements per access. Element-wise f16 access (odd row
+    /// lengths) needs `Features::SHADER_F16`: see [`Context::check_io`].
+    pub fn check_dtype(&self, _dtype: DType) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checks that a kernel can access tensors as `io` on this device.
+    pub fn check_io(&self, io: shader::Io) -> Result<()> {
+        if io.dtype == DType::F16
+            && !io.vec4
+            && !self.inner.features.contains(wgpu::Features::SHADER_F16)
+        {
             return Err(Error::UnsupportedDType {
-                dtype,
-                why: "the device lacks Features::SHADER_F16 (create it with that feature, or use f32)",
+                dtype: io.dtype,
+                why: "f16 tensors whose reduced length is not a multiple of 4 (or whose offsets are not 8-byte aligned) need Features::SHADER_F16: create the device with it, or use f32",
             });
         }
         Ok(())
@@ -274,6 +286,7 @@ impl Context {
         if let Some(p) = self.inner.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
+        self.check_io(io)?;
         let missing = shader::required_features(kernel, io) - self.inner.features;
         if !missing.is_empty() {
             return Err(Error::Device(format!(

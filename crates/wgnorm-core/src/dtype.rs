@@ -7,7 +7,8 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
-    /// IEEE binary16; needs `wgpu::Features::SHADER_F16` on the device.
+    /// IEEE binary16. Kernels with four elements per access need no device feature; element-wise
+    /// access (odd lengths) needs `wgpu::Features::SHADER_F16`.
     F16,
 }
 

@@ -147,10 +147,11 @@ impl Kernel {
     }
 }
 
-/// Features a module needs: the kernel's own plus f16 storage.
+/// Features a module needs: the kernel's own plus f16 element access (the vec4 f16 I/O packs
+/// halves into u32 words and needs no feature).
 pub fn required_features(kernel: Kernel, io: Io) -> wgpu::Features {
     let mut f = kernel.required_features();
-    if io.dtype == DType::F16 {
+    if io.dtype == DType::F16 && !io.vec4 {
         f |= wgpu::Features::SHADER_F16;
     }
     f
