@@ -8,7 +8,7 @@ use crate::context::Slot;
 use crate::{Context, Error, Result, Tensor};
 
 /// Storage bindings a kernel may have after its uniform block.
-pub const MAX_STORAGE: usize = 7;
+pub const MAX_STORAGE: usize = 8;
 /// Uniform words every kernel's parameter block may use.
 pub const PARAM_WORDS: usize = 16;
 

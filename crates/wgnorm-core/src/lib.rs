@@ -5,9 +5,11 @@
 //! - [`shader`]: WGSL sources, kernel composition and the list of specialisations.
 //! - [`binding`]: checks that keep wgpu validation errors from reaching you, and bind-group caching.
 //! - [`rownorm`]: the row-normalization engine behind LayerNorm and RMSNorm.
+//! - [`chnorm`]: the channel-statistics engine behind BatchNorm, GroupNorm and InstanceNorm.
 //! - [`Error`]: one typed error for everything.
 
 pub mod binding;
+pub mod chnorm;
 pub mod context;
 mod dtype;
 mod error;

@@ -26,6 +26,10 @@ const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
 const ROW_NORM_TEAM_REGS: &str = shader_file!("row_norm/team_regs.wgsl");
 const ROW_NORM_WORKGROUP: &str = shader_file!("row_norm/workgroup.wgsl");
 const COPY: &str = shader_file!("copy.wgsl");
+const CHANNEL_COMMON: &str = shader_file!("channel_norm/common.wgsl");
+const CHANNEL_MOMENTS: &str = shader_file!("channel_norm/moments.wgsl");
+const CHANNEL_FINALIZE: &str = shader_file!("channel_norm/finalize.wgsl");
+const CHANNEL_APPLY: &str = shader_file!("channel_norm/apply.wgsl");
 const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
 
 /// Storage type and access width of a kernel's tensors.
@@ -93,6 +97,12 @@ pub enum Kernel {
     RowNormTeamRegs,
     /// LayerNorm/RMSNorm, a workgroup per row (no optional feature).
     RowNormWorkgroup,
+    /// Channel statistics, phase 1: partial moments per (slot, tile).
+    ChannelMoments,
+    /// Channel statistics, phase 2: merge, running statistics, scale and shift.
+    ChannelFinalize,
+    /// Channel statistics, phase 3: y = act(x * scale + shift).
+    ChannelApply,
     /// Plain copy, the bandwidth roofline of the benchmarks.
     Copy,
     /// One invocation per row, three passes: the benchmarks' baseline for row norms.
@@ -100,10 +110,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
+        Kernel::ChannelMoments,
+        Kernel::ChannelFinalize,
+        Kernel::ChannelApply,
         Kernel::Copy,
         Kernel::NaiveRowNorm,
     ];
@@ -113,6 +126,9 @@ impl Kernel {
             Kernel::RowNormTeam => "row_norm/team",
             Kernel::RowNormTeamRegs => "row_norm/team_regs",
             Kernel::RowNormWorkgroup => "row_norm/workgroup",
+            Kernel::ChannelMoments => "channel_norm/moments",
+            Kernel::ChannelFinalize => "channel_norm/finalize",
+            Kernel::ChannelApply => "channel_norm/apply",
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
         }
@@ -131,6 +147,9 @@ impl Kernel {
             Kernel::RowNormTeam => &[ROW_NORM_COMMON, ROW_NORM_TEAM],
             Kernel::RowNormTeamRegs => &[ROW_NORM_COMMON, ROW_NORM_TEAM_REGS],
             Kernel::RowNormWorkgroup => &[MOMENTS, ROW_NORM_COMMON, ROW_NORM_WORKGROUP],
+            Kernel::ChannelMoments => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MOMENTS],
+            Kernel::ChannelFinalize => &[MOMENTS, CHANNEL_COMMON, CHANNEL_FINALIZE],
+            Kernel::ChannelApply => &[CHANNEL_COMMON, CHANNEL_APPLY],
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ROW_NORM_COMMON, NAIVE_ROW_NORM],
         }

@@ -4,4 +4,5 @@
 //!
 //! Layouts: row norms see `x` as row-major `[rows, n]` (the reduced dims flattened into `n`).
 
+pub mod chnorm;
 pub mod rownorm;

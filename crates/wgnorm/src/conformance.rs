@@ -136,7 +136,13 @@ pub type Outputs = BTreeMap<String, Vec<f32>>;
 type RunFn = fn(&Context, &Case) -> Result<Outputs, String>;
 
 /// The op registry: case op name → runner. Ops not listed are reported as skipped.
-pub const OPS: &[(&str, RunFn)] = &[("layer_norm", run_layer_norm), ("rms_norm", run_rms_norm)];
+pub const OPS: &[(&str, RunFn)] = &[
+    ("layer_norm", run_layer_norm),
+    ("rms_norm", run_rms_norm),
+    ("batch_norm", run_batch_norm),
+    ("group_norm", run_group_norm),
+    ("instance_norm", run_instance_norm),
+];
 
 /// Whether the runtime implements `op`.
 pub fn implemented(op: &str) -> bool {
@@ -238,6 +244,37 @@ impl<'a> Attrs<'a> {
         }
     }
 
+    fn bool(&self, k: &str, default: bool) -> Result<bool, String> {
+        match self.case.attrs.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or(format!("attribute {k} is not a boolean: {v}")),
+        }
+    }
+
+    /// A number, or JSON null for "none" (e.g. PyTorch's momentum=None); absent gives `default`.
+    fn opt_f64(&self, k: &str, default: Option<f64>) -> Result<Option<f64>, String> {
+        match self.case.attrs.get(k) {
+            None => Ok(default),
+            Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or(format!("attribute {k} is not a number: {v}")),
+        }
+    }
+
+    fn str(&self, k: &str, default: &str) -> Result<String, String> {
+        match self.case.attrs.get(k) {
+            None | Some(Value::Null) => Ok(default.to_string()),
+            Some(v) => v
+                .as_str()
+                .map(str::to_string)
+                .ok_or(format!("attribute {k} is not a string: {v}")),
+        }
+    }
+
     fn int(&self, k: &str, default: i64) -> Result<i64, String> {
         match self.case.attrs.get(k) {
             None | Some(Value::Null) => Ok(default),
@@ -333,4 +370,111 @@ fn run_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         ("y".to_string(), download(ctx, &out.y)?),
         ("rstd".to_string(), download(ctx, &out.rstd)?),
     ]))
+}
+
+/// Per-channel parameters and state are f32 in wgnorm whatever the file's float dtype.
+fn upload_param(ctx: &Context, case: &Case, name: &str) -> Result<Option<Tensor>, String> {
+    upload_opt(ctx, case, name, DType::F32)
+}
+
+fn err(e: crate::Error) -> String {
+    e.to_string()
+}
+
+fn run_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(
+        case,
+        &["eps", "momentum", "training", "running_var_unbiased"],
+    )?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let training = a.bool("training", false)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
+        running_var_unbiased: a.bool("running_var_unbiased", true)?,
+        layout: crate::Layout::Nchw,
+        dtype,
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let w = upload_param(ctx, case, "weight")?;
+    let b = upload_param(ctx, case, "bias")?;
+    let rm = upload_param(ctx, case, "running_mean")?;
+    let rv = upload_param(ctx, case, "running_var")?;
+    let y = bn
+        .forward(
+            &crate::BatchNormInputs {
+                x: &xt,
+                weight: w.as_ref(),
+                bias: b.as_ref(),
+                running_mean: rm.as_ref(),
+                running_var: rv.as_ref(),
+            },
+            training,
+        )
+        .map_err(err)?;
+    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    if let (Some(rm), Some(rv)) = (&rm, &rv) {
+        out.insert("running_mean".into(), download(ctx, rm)?);
+        out.insert("running_var".into(), download(ctx, rv)?);
+    }
+    Ok(out)
+}
+
+fn run_group_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["num_groups", "eps", "activation"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let groups = match case.attrs.get("num_groups") {
+        Some(_) => a.int("num_groups", 0)?,
+        None => return Err("group_norm needs the num_groups attribute".into()),
+    };
+    let activation = match a.str("activation", "none")?.as_str() {
+        "none" => crate::Activation::None,
+        "silu" => crate::Activation::Silu,
+        other => return Err(format!("unknown activation {other:?}")),
+    };
+    let cfg = crate::GroupNormConfig {
+        num_groups: usize::try_from(groups).map_err(|_| format!("num_groups {groups} < 0"))?,
+        eps: a.f64("eps", 1e-5)? as f32,
+        activation,
+        layout: crate::Layout::Nchw,
+        dtype,
+    };
+    let gn = crate::GroupNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let w = upload_param(ctx, case, "weight")?;
+    let b = upload_param(ctx, case, "bias")?;
+    let y = gn
+        .forward(&crate::NormInputs {
+            x: &xt,
+            weight: w.as_ref(),
+            bias: b.as_ref(),
+        })
+        .map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_instance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::InstanceNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        layout: crate::Layout::Nchw,
+        dtype,
+    };
+    let inorm = crate::InstanceNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let w = upload_param(ctx, case, "weight")?;
+    let b = upload_param(ctx, case, "bias")?;
+    let y = inorm
+        .forward(&crate::NormInputs {
+            x: &xt,
+            weight: w.as_ref(),
+            bias: b.as_ref(),
+        })
+        .map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

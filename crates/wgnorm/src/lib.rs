@@ -18,8 +18,16 @@
 
 pub mod conformance;
 
+pub use wgnorm_batchnorm::{
+    self as batchnorm, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs,
+};
+pub use wgnorm_core::chnorm::{self, Activation, Layout};
 pub use wgnorm_core::{
     self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, Slot, Tensor,
+};
+pub use wgnorm_groupnorm::{
+    self as groupnorm, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, NormInputs,
+    NormOutputs,
 };
 pub use wgnorm_layernorm::{
     self as layernorm, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs,
@@ -29,8 +37,10 @@ pub use wgnorm_rmsnorm::{self as rmsnorm, RmsNorm, RmsNormConfig, RmsNormInputs,
 /// Everything an app needs to run a layer.
 pub mod prelude {
     pub use crate::{
-        Context, DType, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs, RmsNorm,
-        RmsNormConfig, RmsNormInputs, RmsNormOutputs, Tensor,
+        Activation, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, Context, DType,
+        GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig,
+        LayerNormInputs, LayerNormOutputs, Layout, NormInputs, NormOutputs, RmsNorm, RmsNormConfig,
+        RmsNormInputs, RmsNormOutputs, Tensor,
     };
 }
 
@@ -90,5 +100,6 @@ pub fn specializations() -> Vec<shader::Specialization> {
             });
         }
     }
+    out.extend(chnorm::specializations());
     out
 }

@@ -1,0 +1,617 @@
+//! Channel-statistics normalization, the engine behind BatchNorm, GroupNorm and InstanceNorm (and
+//! the research methods built on them): statistics per slot of a `[P, Q, R, S]` view of x (see
+//! [`ChannelView`]), then one multiply-add per element.
+//!
+//! Three dispatches in one compute pass: partial moments per (slot, tile) (skipped when the
+//! running statistics normalize), a finalize pass per slot (Chan merge in a fixed order, running
+//! statistics update, statistics and affine folded into a scale and shift per (p, channel)), and
+//! the elementwise apply pass. Scratch buffers are allocated once per view and reused.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::binding::{self, BindCache, PARAM_WORDS};
+use crate::context::Slot;
+use crate::shader::{Io, Kernel, Specialization};
+use crate::{Context, DType, Error, Result, Tensor};
+
+/// x (row-major) seen as `[p, q, r, s]`, statistics per (p, r) over (q, s). Each slot covers
+/// `cg` channels; element (p, q, r, s) belongs to channel `r * cg + s / sdiv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChannelView {
+    pub p: usize,
+    pub q: usize,
+    pub r: usize,
+    pub s: usize,
+    pub cg: usize,
+    pub sdiv: usize,
+}
+
+/// Memory layout of a `(N, C, *)` activation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Channels first: `(N, C, *spatial)`.
+    #[default]
+    Nchw,
+    /// Channels last: `(N, *spatial, C)`; no transpose pass is made.
+    Nhwc,
+}
+
+fn split_nc(shape: &[usize], layout: Layout, what: &'static str) -> Result<(usize, usize, usize)> {
+    if shape.len() < 2 {
+        return Err(Error::AxisOutOfRange {
+            what,
+            axis: 1,
+            rank: shape.len(),
+        });
+    }
+    let n = shape[0];
+    Ok(match layout {
+        Layout::Nchw => (n, shape[1], shape[2..].iter().product()),
+        Layout::Nhwc => (
+            n,
+            shape[shape.len() - 1],
+            shape[1..shape.len() - 1].iter().product(),
+        ),
+    })
+}
+
+impl ChannelView {
+    /// BatchNorm: statistics per channel over N and the spatial dims.
+    pub fn batch_norm(shape: &[usize], layout: Layout) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(shape, layout, "batch_norm (input must be (N, C, *))")?;
+        Ok(match layout {
+            Layout::Nchw => ChannelView {
+                p: 1,
+                q: n,
+                r: c,
+                s: hw,
+                cg: 1,
+                sdiv: hw.max(1),
+            },
+            Layout::Nhwc => ChannelView {
+                p: 1,
+                q: n * hw,
+                r: c,
+                s: 1,
+                cg: 1,
+                sdiv: 1,
+            },
+        })
+    }
+
+    /// InstanceNorm: statistics per (sample, channel) over the spatial dims.
+    pub fn instance_norm(shape: &[usize], layout: Layout) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(shape, layout, "instance_norm (input must be (N, C, *))")?;
+        Ok(match layout {
+            Layout::Nchw => ChannelView {
+                p: n,
+                q: 1,
+                r: c,
+                s: hw,
+                cg: 1,
+                sdiv: hw.max(1),
+            },
+            Layout::Nhwc => ChannelView {
+                p: n,
+                q: hw,
+                r: c,
+                s: 1,
+                cg: 1,
+                sdiv: 1,
+            },
+        })
+    }
+
+    /// GroupNorm: statistics per (sample, group of C / groups channels) over those channels and
+    /// the spatial dims. `groups` must divide C.
+    pub fn group_norm(shape: &[usize], layout: Layout, groups: usize) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(shape, layout, "group_norm (input must be (N, C, *))")?;
+        if groups == 0 || c % groups != 0 {
+            return Err(Error::InvalidParameter {
+                name: "num_groups",
+                value: groups.to_string(),
+                why: "must be >= 1 and divide the channel count",
+            });
+        }
+        let cg = c / groups;
+        Ok(match layout {
+            Layout::Nchw => ChannelView {
+                p: n,
+                q: 1,
+                r: groups,
+                s: cg * hw,
+                cg,
+                sdiv: hw.max(1),
+            },
+            Layout::Nhwc => ChannelView {
+                p: n,
+                q: hw,
+                r: groups,
+                s: cg,
+                cg,
+                sdiv: 1,
+            },
+        })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.p * self.r
+    }
+    pub fn channels(&self) -> usize {
+        self.r * self.cg
+    }
+    pub fn numel(&self) -> usize {
+        self.p * self.q * self.r * self.s
+    }
+    /// Elements each slot's statistics are taken over.
+    pub fn count(&self) -> usize {
+        self.q * self.s
+    }
+}
+
+/// Activation applied after the affine, in the same pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Activation {
+    #[default]
+    None,
+    /// `x * sigmoid(x)` (GroupNorm + SiLU, the diffusion-UNet block).
+    Silu,
+}
+
+/// Which statistics normalize.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Statistics {
+    /// Statistics of this batch; optionally update running statistics (BatchNorm training).
+    Batch(Option<RunningUpdate>),
+    /// The running statistics (BatchNorm inference).
+    Running,
+}
+
+/// How running statistics are updated from a batch: `r = (1 - m) r + m s` (PyTorch convention).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunningUpdate {
+    /// `None`: cumulative moving average, `m = 1 / num_batches_tracked` (PyTorch momentum=None).
+    pub momentum: Option<f32>,
+    /// Feed the unbiased variance `n / (n - 1) var` to the running variance (PyTorch); else biased.
+    pub unbiased: bool,
+}
+
+/// Tensors of one call. `weight`/`bias` are f32 with one value per channel;
+/// `running_mean`/`running_var` are f32 with one value per slot of `r` (BatchNorm: per channel),
+/// updated in place; `stats` receives `(mean, rstd)` f32 pairs per slot (`[slots, 2]`).
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelNormArgs<'a> {
+    pub x: &'a Tensor,
+    pub y: &'a Tensor,
+    pub view: ChannelView,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub running_mean: Option<&'a Tensor>,
+    pub running_var: Option<&'a Tensor>,
+    pub stats: Option<&'a Tensor>,
+    pub statistics: Statistics,
+}
+
+const MOMENTS_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
+const FINALIZE_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,      // partials
+    Slot::Read,      // weight
+    Slot::Read,      // bias
+    Slot::ReadWrite, // running_mean
+    Slot::ReadWrite, // running_var
+    Slot::ReadWrite, // stats
+    Slot::ReadWrite, // scale_shift
+    Slot::Read,      // batches
+];
+const APPLY_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+];
+
+const FINALIZE_WG: u32 = 64;
+const APPLY_WG: u32 = 256;
+
+/// Scratch of one view: partial moments, per-slot statistics, per-(p, channel) scale/shift.
+struct Scratch {
+    tiles: u32,
+    tile_len: u32,
+    partials: Tensor,
+    stats: Tensor,
+    scale_shift: Tensor,
+}
+
+/// The engine: checks calls, owns scratch and the num_batches_tracked counter, records passes.
+pub struct ChannelNorm {
+    ctx: Context,
+    eps: f32,
+    dtype: DType,
+    activation: Activation,
+    batches: Tensor,
+    scratch: Mutex<HashMap<ChannelView, std::sync::Arc<Scratch>>>,
+    binds: BindCache,
+}
+
+fn moments_wg(ctx: &Context) -> u32 {
+    if ctx.is_cpu() {
+        64
+    } else {
+        256
+    }
+}
+
+impl ChannelNorm {
+    pub fn new(
+        ctx: &Context,
+        eps: f32,
+        dtype: DType,
+        activation: Activation,
+    ) -> Result<ChannelNorm> {
+        if !eps.is_finite() || eps < 0.0 {
+            return Err(Error::InvalidParameter {
+                name: "eps",
+                value: eps.to_string(),
+                why: "must be finite and >= 0",
+            });
+        }
+        ctx.check_dtype(dtype)?;
+        let batches = ctx.upload_f32(&[0.0; 4], &[4])?;
+        Ok(ChannelNorm {
+            ctx: ctx.clone(),
+            eps,
+            dtype,
+            activation,
+            batches,
+            scratch: Mutex::default(),
+            binds: BindCache::default(),
+        })
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The num_batches_tracked counter (a u32 in the first word), advanced by every call that
+    /// updates running statistics.
+    pub fn batches_tracked(&self) -> &Tensor {
+        &self.batches
+    }
+
+    fn scratch(&self, view: ChannelView) -> Result<std::sync::Arc<Scratch>> {
+        if let Some(s) = self.scratch.lock().unwrap().get(&view) {
+            return Ok(s.clone());
+        }
+        let wg = moments_wg(&self.ctx) as usize;
+        let io = self.io_for(&view, true);
+        let per_slot = (view.count() / io.width() as usize).max(1);
+        // Tiles of about 16 accesses per lane: enough workgroups to fill the device, few enough
+        // partials that the finalize merge stays cheap (and inside CPU loop budgets).
+        let target = wg * 16;
+        let tiles = per_slot.div_ceil(target).clamp(1, 4096) as u32;
+        let tile_len = per_slot.div_ceil(tiles as usize) as u32;
+        let slots = view.slots().max(1);
+        let s = std::sync::Arc::new(Scratch {
+            tiles,
+            tile_len,
+            partials: self.ctx.empty(&[slots * tiles as usize * 3], DType::F32)?,
+            stats: self.ctx.empty(&[slots * 2], DType::F32)?,
+            scale_shift: self
+                .ctx
+                .empty(&[view.p * view.channels() * 2], DType::F32)?,
+        });
+        self.scratch.lock().unwrap().insert(view, s.clone());
+        Ok(s)
+    }
+
+    fn io_for(&self, view: &ChannelView, aligned: bool) -> Io {
+        let vec4 = aligned && view.s % 4 == 0 && view.sdiv % 4 == 0;
+        Io {
+            dtype: self.dtype,
+            vec4,
+        }
+    }
+
+    fn check(&self, what: &str, t: &Tensor, numel: usize, dtype: DType) -> Result<()> {
+        if t.numel() != numel {
+            return Err(Error::ShapeMismatch {
+                what: what.into(),
+                expected: vec![numel],
+                got: t.shape().to_vec(),
+            });
+        }
+        if t.dtype() != dtype {
+            return Err(Error::DTypeMismatch {
+                what: what.into(),
+                expected: dtype,
+                got: t.dtype(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records the passes into `encoder`. Everything is checked first; nothing is recorded on
+    /// error, and nothing for an empty tensor.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
+        let v = a.view;
+        if v.cg == 0 || v.sdiv == 0 || v.s % v.sdiv != 0 && v.cg > 1 {
+            return Err(Error::InvalidParameter {
+                name: "view",
+                value: format!("{v:?}"),
+                why: "inconsistent channel view",
+            });
+        }
+        self.check("x", a.x, v.numel(), self.dtype)?;
+        if a.y.shape() != a.x.shape() {
+            return Err(Error::ShapeMismatch {
+                what: "y".into(),
+                expected: a.x.shape().to_vec(),
+                got: a.y.shape().to_vec(),
+            });
+        }
+        self.check("y", a.y, v.numel(), self.dtype)?;
+        for (what, t) in [("weight", a.weight), ("bias", a.bias)] {
+            if let Some(t) = t {
+                self.check(what, t, v.channels(), DType::F32)?;
+            }
+        }
+        let (needs_running, update) = match a.statistics {
+            Statistics::Running => (true, None),
+            Statistics::Batch(u) => (u.is_some(), u),
+        };
+        for (what, t) in [
+            ("running_mean", a.running_mean),
+            ("running_var", a.running_var),
+        ] {
+            match t {
+                Some(t) => self.check(what, t, v.r, DType::F32)?,
+                None if needs_running => {
+                    return Err(Error::InvalidParameter {
+                        name: "running statistics",
+                        value: format!("{what} missing"),
+                        why: "running statistics are read (inference) or updated (training): pass running_mean and running_var",
+                    })
+                }
+                None => {}
+            }
+        }
+        if let Some(s) = a.stats {
+            self.check("stats", s, v.slots() * 2, DType::F32)?;
+        }
+        if let Some(u) = update {
+            if let Some(m) = u.momentum {
+                if !m.is_finite() || !(0.0..=1.0).contains(&m) {
+                    return Err(Error::InvalidParameter {
+                        name: "momentum",
+                        value: m.to_string(),
+                        why: "must be in [0, 1]",
+                    });
+                }
+            }
+            if u.unbiased && v.count() == 1 && v.numel() > 0 {
+                return Err(Error::InvalidParameter {
+                    name: "batch",
+                    value: "1 value per channel".into(),
+                    why: "training needs more than one value per channel to estimate the unbiased variance (as in PyTorch)",
+                });
+            }
+        }
+        if v.numel() == 0 {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let x = binding::storage_range(ctx, "x", a.x)?;
+        let y = binding::storage_range(ctx, "y", a.y)?;
+        let opt =
+            |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
+        let w = opt("weight", a.weight)?;
+        let b = opt("bias", a.bias)?;
+        let rm = opt("running_mean", a.running_mean)?;
+        let rv = opt("running_var", a.running_var)?;
+        let st = opt("stats", a.stats)?;
+        binding::check_no_alias(&[
+            ("x", Some(&x), false),
+            ("weight", w.as_ref(), false),
+            ("bias", b.as_ref(), false),
+            ("y", Some(&y), true),
+            ("running_mean", rm.as_ref(), true),
+            ("running_var", rv.as_ref(), true),
+            ("stats", st.as_ref(), true),
+        ])?;
+        let align = Io {
+            dtype: self.dtype,
+            vec4: true,
+        }
+        .alignment();
+        let io = self.io_for(&v, x.offset % align == 0 && y.offset % align == 0);
+        ctx.check_io(io)?;
+        for (n, what) in [(v.p * v.q * v.r, "p*q*r"), (v.s, "s")] {
+            if n > u32::MAX as usize / 2 {
+                return Err(Error::InvalidParameter {
+                    name: "shape",
+                    value: format!("{what} = {n}"),
+                    why: "too large for 32-bit indexing",
+                });
+            }
+        }
+        let scratch = self.scratch(v)?;
+        let wgm = moments_wg(ctx);
+        let batch = matches!(a.statistics, Statistics::Batch(_));
+        let total_v = (v.numel() / io.width() as usize) as u32;
+
+        let mut params = [0u32; PARAM_WORDS];
+        params[0] = v.p as u32;
+        params[1] = v.q as u32;
+        params[2] = v.r as u32;
+        params[3] = (v.s / io.width() as usize) as u32;
+        params[4] = v.cg as u32;
+        params[5] = v.sdiv as u32;
+        params[6] = scratch.tiles;
+        params[7] = scratch.tile_len;
+        params[8] = self.eps.to_bits();
+        params[9] = update.and_then(|u| u.momentum).unwrap_or(0.0).to_bits();
+        params[10] = update.is_some_and(|u| u.momentum.is_none()) as u32;
+        params[11] = total_v;
+
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let sio = Io {
+            dtype: DType::F32,
+            vec4: false,
+        };
+        let fin = ctx.pipeline(
+            Kernel::ChannelFinalize,
+            sio,
+            FINALIZE_SLOTS,
+            &[
+                ("WG", FINALIZE_WG as f64),
+                ("INFER", flag(!batch)),
+                ("UPDATE_RUNNING", flag(update.is_some())),
+                ("UNBIASED_RUNNING", flag(update.is_none_or(|u| u.unbiased))),
+                ("HAS_WEIGHT", flag(w.is_some())),
+                ("HAS_BIAS", flag(b.is_some())),
+            ],
+        )?;
+        let act = match self.activation {
+            Activation::None => 0.0,
+            Activation::Silu => 1.0,
+        };
+        let apply = ctx.pipeline(
+            Kernel::ChannelApply,
+            io,
+            APPLY_SLOTS,
+            &[
+                ("WG", APPLY_WG as f64),
+                ("ACT", act),
+                ("COUNT_BATCH", flag(update.is_some())),
+            ],
+        )?;
+        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+        let partials = r(&scratch.partials, "partials")?;
+        let ss = r(&scratch.scale_shift, "scale_shift")?;
+        let stats = match st {
+            Some(s) => s,
+            None => r(&scratch.stats, "stats")?,
+        };
+        let batches = r(&self.batches, "batches")?;
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw0 = binding::dummy_range(ctx.dummy_write(0));
+        let dw1 = binding::dummy_range(ctx.dummy_write(1));
+        let fin_bind = self.binds.get(
+            ctx,
+            FINALIZE_SLOTS,
+            &params,
+            &[
+                &partials,
+                w.as_ref().unwrap_or(&dr),
+                b.as_ref().unwrap_or(&dr),
+                rm.as_ref().unwrap_or(&dw0),
+                rv.as_ref().unwrap_or(&dw1),
+                &stats,
+                &ss,
+                &batches,
+            ],
+        )?;
+        let apply_bind = self
+            .binds
+            .get(ctx, APPLY_SLOTS, &params, &[&x, &ss, &y, &batches])?;
+        let moments = if batch {
+            let p = ctx.pipeline(
+                Kernel::ChannelMoments,
+                io,
+                MOMENTS_SLOTS,
+                &[("WG", wgm as f64)],
+            )?;
+            let bg = self
+                .binds
+                .get(ctx, MOMENTS_SLOTS, &params, &[&x, &partials])?;
+            Some((p, bg))
+        } else {
+            None
+        };
+        if ctx.is_cpu() {
+            let per_lane =
+                scratch.tile_len.div_ceil(wgm) as u64 + scratch.tiles as u64 + v.cg as u64;
+            if per_lane > crate::rownorm::CPU_LOOP_BUDGET {
+                return Err(Error::InvalidParameter {
+                    name: "shape",
+                    value: format!("{v:?}"),
+                    why: "a lane would loop past the software rasterizer's 65535-iteration limit",
+                });
+            }
+        }
+
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm channel_norm"),
+            timestamp_writes: None,
+        });
+        if let Some((p, bg)) = &moments {
+            let (gx, gy) = binding::grid(ctx, v.slots() as u64 * scratch.tiles as u64);
+            pass.set_pipeline(p);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        }
+        let (gx, gy) = binding::grid(ctx, (v.slots() as u64).div_ceil(FINALIZE_WG as u64));
+        pass.set_pipeline(&fin);
+        pass.set_bind_group(0, &fin_bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        let (gx, gy) = binding::grid(ctx, (total_v as u64).div_ceil(APPLY_WG as u64));
+        pass.set_pipeline(&apply);
+        pass.set_bind_group(0, &apply_bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+
+    /// Bind groups cached so far.
+    pub fn cached_bind_groups(&self) -> usize {
+        self.binds.len()
+    }
+}
+
+/// Specialisations for `cargo xtask validate`.
+pub fn specializations() -> Vec<Specialization> {
+    let mut out = Vec::new();
+    for io in Io::ALL {
+        for wg in [64.0, 256.0] {
+            out.push(Specialization {
+                kernel: Kernel::ChannelMoments,
+                io,
+                constants: vec![("WG", wg)],
+            });
+        }
+        for act in [0.0, 1.0] {
+            for count in [0.0, 1.0] {
+                out.push(Specialization {
+                    kernel: Kernel::ChannelApply,
+                    io,
+                    constants: vec![
+                        ("WG", APPLY_WG as f64),
+                        ("ACT", act),
+                        ("COUNT_BATCH", count),
+                    ],
+                });
+            }
+        }
+    }
+    for bits in 0..32u32 {
+        let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
+        out.push(Specialization {
+            kernel: Kernel::ChannelFinalize,
+            io: Io {
+                dtype: DType::F32,
+                vec4: false,
+            },
+            constants: vec![
+                ("WG", FINALIZE_WG as f64),
+                ("INFER", f(0)),
+                ("UPDATE_RUNNING", f(1)),
+                ("UNBIASED_RUNNING", f(2)),
+                ("HAS_WEIGHT", f(3)),
+                ("HAS_BIAS", f(4)),
+            ],
+        });
+    }
+    out
+}

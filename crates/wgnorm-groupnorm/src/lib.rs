@@ -1,0 +1,168 @@
+//! GroupNorm (Wu & He 2018) and InstanceNorm (Ulyanov et al. 2016), NCHW or channels-last.
+//!
+//! GroupNorm: statistics per (sample, group of C / G channels) over those channels and the
+//! spatial dims (biased variance), per-channel affine, and an optional activation in the same
+//! pass (`Activation::Silu`: the diffusion-UNet GroupNorm+SiLU block). InstanceNorm is GroupNorm
+//! with G = C. Batch statistics in training and inference alike (PyTorch's defaults;
+//! `track_running_stats` for InstanceNorm is not implemented yet). x, y in f32 or f16; weight and
+//! bias f32 `[C]`.
+
+pub use wgnorm_core::chnorm::{Activation, Layout};
+use wgnorm_core::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
+use wgnorm_core::{Context, DType, Result, Tensor};
+
+/// What is fixed when a GroupNorm is created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNormConfig {
+    /// Must divide C (checked per call: a typed error otherwise).
+    pub num_groups: usize,
+    /// Default 1e-5.
+    pub eps: f32,
+    pub activation: Activation,
+    pub layout: Layout,
+    pub dtype: DType,
+}
+
+impl GroupNormConfig {
+    pub fn new(num_groups: usize) -> GroupNormConfig {
+        GroupNormConfig {
+            num_groups,
+            eps: 1e-5,
+            activation: Activation::None,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// Inputs of GroupNorm and InstanceNorm: `x` `(N, C, *)` (or `(N, *, C)`), f32 weight/bias `[C]`.
+#[derive(Clone, Copy, Debug)]
+pub struct NormInputs<'a> {
+    pub x: &'a Tensor,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+}
+
+/// Outputs: `y` like x; optional f32 `[N * groups, 2]` of (mean, rstd) per (sample, group).
+#[derive(Clone, Copy, Debug)]
+pub struct NormOutputs<'a> {
+    pub y: &'a Tensor,
+    pub saved: Option<&'a Tensor>,
+}
+
+/// A GroupNorm bound to a device.
+pub struct GroupNorm {
+    engine: ChannelNorm,
+    cfg: GroupNormConfig,
+}
+
+impl GroupNorm {
+    pub fn new(ctx: &Context, cfg: GroupNormConfig) -> Result<GroupNorm> {
+        let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, cfg.activation)?;
+        Ok(GroupNorm { engine, cfg })
+    }
+
+    /// Records the op into the caller's encoder.
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &NormInputs,
+        outputs: &NormOutputs,
+    ) -> Result<()> {
+        let view = ChannelView::group_norm(inputs.x.shape(), self.cfg.layout, self.cfg.num_groups)?;
+        encode(&self.engine, encoder, view, inputs, outputs)
+    }
+
+    /// Allocates `y`, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &NormInputs) -> Result<Tensor> {
+        forward(&self.engine, self.cfg.dtype, inputs, |enc, o| {
+            self.encode(enc, inputs, o)
+        })
+    }
+}
+
+/// What is fixed when an InstanceNorm is created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InstanceNormConfig {
+    pub eps: f32,
+    pub layout: Layout,
+    pub dtype: DType,
+}
+
+impl Default for InstanceNormConfig {
+    fn default() -> Self {
+        InstanceNormConfig {
+            eps: 1e-5,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// An InstanceNorm bound to a device.
+pub struct InstanceNorm {
+    engine: ChannelNorm,
+    cfg: InstanceNormConfig,
+}
+
+impl InstanceNorm {
+    pub fn new(ctx: &Context, cfg: InstanceNormConfig) -> Result<InstanceNorm> {
+        let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Activation::None)?;
+        Ok(InstanceNorm { engine, cfg })
+    }
+
+    /// Records the op into the caller's encoder (`saved`: `[N * C, 2]`).
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &NormInputs,
+        outputs: &NormOutputs,
+    ) -> Result<()> {
+        let view = ChannelView::instance_norm(inputs.x.shape(), self.cfg.layout)?;
+        encode(&self.engine, encoder, view, inputs, outputs)
+    }
+
+    /// Allocates `y`, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &NormInputs) -> Result<Tensor> {
+        forward(&self.engine, self.cfg.dtype, inputs, |enc, o| {
+            self.encode(enc, inputs, o)
+        })
+    }
+}
+
+fn encode(
+    engine: &ChannelNorm,
+    encoder: &mut wgpu::CommandEncoder,
+    view: ChannelView,
+    inputs: &NormInputs,
+    outputs: &NormOutputs,
+) -> Result<()> {
+    engine.encode(
+        encoder,
+        &ChannelNormArgs {
+            x: inputs.x,
+            y: outputs.y,
+            view,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            running_mean: None,
+            running_var: None,
+            stats: outputs.saved,
+            statistics: Statistics::Batch(None),
+        },
+    )
+}
+
+fn forward(
+    engine: &ChannelNorm,
+    dtype: DType,
+    inputs: &NormInputs,
+    enc_fn: impl FnOnce(&mut wgpu::CommandEncoder, &NormOutputs) -> Result<()>,
+) -> Result<Tensor> {
+    let ctx = engine.context();
+    let y = ctx.empty(inputs.x.shape(), dtype)?;
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    enc_fn(&mut enc, &NormOutputs { y: &y, saved: None })?;
+    ctx.queue().submit([enc.finish()]);
+    Ok(y)
+}

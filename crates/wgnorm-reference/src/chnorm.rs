@@ -1,0 +1,191 @@
+//! BatchNorm, GroupNorm and InstanceNorm on NCHW `(N, C, *)` data (`hw` = product of the
+//! spatial dims), per NORMS.md A2-A4. Two-pass statistics in f64.
+
+/// Mean and biased variance of `vals`.
+fn moments(vals: &[f64]) -> (f64, f64) {
+    let n = vals.len() as f64;
+    let mean = vals.iter().sum::<f64>() / n;
+    (
+        mean,
+        vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n,
+    )
+}
+
+fn silu(v: f64) -> f64 {
+    v / (1.0 + (-v).exp())
+}
+
+/// Result of BatchNorm: `y`, the batch mean and biased variance per channel (training) and the
+/// running statistics after the update.
+#[derive(Clone, Debug)]
+pub struct BatchNormOut {
+    pub y: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+    pub running_mean: Vec<f64>,
+    pub running_var: Vec<f64>,
+}
+
+/// PyTorch BatchNorm. Training normalizes with the batch mean and biased variance and updates
+/// `r = (1 - m) r + m s` (unbiased variance into running_var unless `unbiased_running` is false);
+/// inference uses the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: Option<&[f64]>,
+    bias: Option<&[f64]>,
+    running_mean: &[f64],
+    running_var: &[f64],
+    training: bool,
+    momentum: f64,
+    unbiased_running: bool,
+    eps: f64,
+) -> BatchNormOut {
+    let mut out = BatchNormOut {
+        y: vec![0.0; x.len()],
+        mean: vec![0.0; c],
+        var: vec![0.0; c],
+        running_mean: running_mean.to_vec(),
+        running_var: running_var.to_vec(),
+    };
+    for ch in 0..c {
+        let vals: Vec<f64> = (0..n)
+            .flat_map(|i| x[(i * c + ch) * hw..(i * c + ch + 1) * hw].to_vec())
+            .collect();
+        let (mean, var) = if training {
+            let (m, v) = moments(&vals);
+            let cnt = vals.len() as f64;
+            let v_run = if unbiased_running {
+                v * cnt / (cnt - 1.0)
+            } else {
+                v
+            };
+            out.running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * m;
+            out.running_var[ch] = (1.0 - momentum) * running_var[ch] + momentum * v_run;
+            (m, v)
+        } else {
+            (running_mean[ch], running_var[ch])
+        };
+        out.mean[ch] = mean;
+        out.var[ch] = var;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for i in 0..n {
+            for k in 0..hw {
+                let idx = (i * c + ch) * hw + k;
+                let mut o = (x[idx] - mean) * rstd;
+                if let Some(w) = weight {
+                    o *= w[ch];
+                }
+                if let Some(b) = bias {
+                    o += b[ch];
+                }
+                out.y[idx] = o;
+            }
+        }
+    }
+    out
+}
+
+/// GroupNorm with per-channel affine and an optional SiLU after it.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    weight: Option<&[f64]>,
+    bias: Option<&[f64]>,
+    eps: f64,
+    silu_after: bool,
+) -> Vec<f64> {
+    let cg = c / groups;
+    let mut y = vec![0.0; x.len()];
+    for i in 0..n {
+        for g in 0..groups {
+            let start = (i * c + g * cg) * hw;
+            let slab = &x[start..start + cg * hw];
+            let (mean, var) = moments(slab);
+            let rstd = 1.0 / (var + eps).sqrt();
+            for (k, v) in slab.iter().enumerate() {
+                let ch = g * cg + k / hw;
+                let mut o = (v - mean) * rstd;
+                if let Some(w) = weight {
+                    o *= w[ch];
+                }
+                if let Some(b) = bias {
+                    o += b[ch];
+                }
+                y[start + k] = if silu_after { silu(o) } else { o };
+            }
+        }
+    }
+    y
+}
+
+/// InstanceNorm: GroupNorm with one group per channel.
+#[allow(clippy::too_many_arguments)]
+pub fn instance_norm(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: Option<&[f64]>,
+    bias: Option<&[f64]>,
+    eps: f64,
+) -> Vec<f64> {
+    group_norm(x, n, c, hw, c, weight, bias, eps, false)
+}
+
+/// NCHW -> NHWC for `(n, c, hw)` data.
+pub fn to_nhwc(x: &[f64], n: usize, c: usize, hw: usize) -> Vec<f64> {
+    let mut o = vec![0.0; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for k in 0..hw {
+                o[(i * hw + k) * c + ch] = x[(i * c + ch) * hw + k];
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_norm_training_known_values() {
+        // One channel, values 1..4: mean 2.5, biased var 1.25, unbiased 5/3.
+        let o = batch_norm(
+            &[1.0, 2.0, 3.0, 4.0],
+            2,
+            1,
+            2,
+            None,
+            None,
+            &[0.0],
+            &[1.0],
+            true,
+            0.1,
+            true,
+            0.0,
+        );
+        assert!((o.mean[0] - 2.5).abs() < 1e-12);
+        assert!((o.running_mean[0] - 0.25).abs() < 1e-12);
+        assert!((o.running_var[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-12);
+        assert!((o.y[0] + 1.5 / 1.25f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn group_norm_with_one_group_per_channel_is_instance_norm() {
+        let x: Vec<f64> = (0..24).map(|i| (i as f64 * 0.37).sin()).collect();
+        let a = group_norm(&x, 2, 3, 4, 3, None, None, 1e-5, false);
+        let b = instance_norm(&x, 2, 3, 4, None, None, 1e-5);
+        assert_eq!(a, b);
+        assert!((silu(0.0)).abs() < 1e-15 && (silu(50.0) - 50.0).abs() < 1e-9);
+    }
+}

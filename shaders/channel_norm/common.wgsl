@@ -1,0 +1,37 @@
+// Channel-statistics normalization (BatchNorm, GroupNorm, InstanceNorm, ...): shared view.
+//
+// x is a dense row-major tensor seen as [P, Q, R, S]; one statistics slot per (p, r), reduced
+// over q and s:
+//   BatchNorm NCHW [1, N, C, HW]     BatchNorm NHWC [1, N*HW, C, 1]
+//   InstanceNorm NCHW [N, 1, C, HW]  InstanceNorm NHWC [N, HW, C, 1]
+//   GroupNorm NCHW [N, 1, G, C/G*HW] GroupNorm NHWC [N, HW, G, C/G]
+// Each slot covers CG channels (C/G for GroupNorm, 1 otherwise); element (p, q, r, s) belongs
+// to channel r * CG + s / SDIV (SDIV = HW for GroupNorm NCHW, 1 for NHWC).
+// S_V counts accesses of VW elements (S is a multiple of VW).
+
+struct ChannelParams {
+    p: u32,
+    q: u32,
+    r: u32,
+    s_v: u32,
+    // Channels per slot, and elements of s per channel.
+    cg: u32,
+    sdiv: u32,
+    // Tiles each slot's Q * S_V accesses are split into, and accesses per tile.
+    tiles: u32,
+    tile_len: u32,
+    eps: f32,
+    momentum: f32,
+    // 1: the momentum is 1 / num_batches_tracked (PyTorch momentum=None).
+    cumulative: u32,
+    // Total accesses of x (apply pass).
+    total_v: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
+}
+
+fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}

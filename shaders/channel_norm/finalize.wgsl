@@ -1,0 +1,79 @@
+// Phase 2: one invocation per slot. Merges the slot's partial moments in tile order (so the
+// result does not depend on scheduling), or takes the running statistics (INFER), then writes
+// the slot's mean and rstd, updates the running statistics (UPDATE_RUNNING, BatchNorm
+// training), and folds statistics and affine into one scale and shift per (p, channel), so the
+// apply pass is a single multiply-add per element.
+
+override WG: u32 = 64u;
+// 0: batch statistics from the partials. 1: running statistics (inference).
+override INFER: bool = false;
+override UPDATE_RUNNING: bool = false;
+// Running variance updated with the unbiased batch variance (PyTorch) or the biased one.
+override UNBIASED_RUNNING: bool = true;
+override HAS_WEIGHT: bool = false;
+override HAS_BIAS: bool = false;
+
+@group(0) @binding(0) var<uniform> params: ChannelParams;
+@group(0) @binding(1) var<storage, read> partials: array<Moments>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
+@group(0) @binding(6) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> scale_shift: array<vec2<f32>>;
+@group(0) @binding(8) var<storage, read> batches: array<u32>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let slot = linear_group(wid, nwg) * WG + lid;
+    if (slot >= params.p * params.r) {
+        return;
+    }
+    let pp = slot / params.r;
+    let rr = slot % params.r;
+    var mean: f32;
+    var var_b: f32;
+    if (INFER) {
+        mean = running_mean[rr];
+        var_b = running_var[rr];
+    } else {
+        var acc = Moments(0.0, 0.0, 0.0);
+        for (var t = 0u; t < params.tiles; t = t + 1u) {
+            acc = moments_merge(acc, partials[slot * params.tiles + t]);
+        }
+        mean = acc.mean;
+        var_b = acc.m2 / acc.n;
+        if (UPDATE_RUNNING) {
+            var m = params.momentum;
+            if (params.cumulative != 0u) {
+                // num_batches_tracked after this step's increment.
+                m = 1.0 / f32(batches[0] + 1u);
+            }
+            var v_run = var_b;
+            if (UNBIASED_RUNNING) {
+                v_run = acc.m2 / (acc.n - 1.0);
+            }
+            running_mean[rr] = (1.0 - m) * running_mean[rr] + m * mean;
+            running_var[rr] = (1.0 - m) * running_var[rr] + m * v_run;
+        }
+    }
+    let rstd = inverseSqrt(var_b + params.eps);
+    stats[slot] = vec2<f32>(mean, rstd);
+    let c_total = params.r * params.cg;
+    for (var k = 0u; k < params.cg; k = k + 1u) {
+        let ch = rr * params.cg + k;
+        var sc = rstd;
+        if (HAS_WEIGHT) {
+            sc = sc * weight[ch];
+        }
+        var sh = -mean * sc;
+        if (HAS_BIAS) {
+            sh = sh + bias[ch];
+        }
+        scale_shift[pp * c_total + ch] = vec2<f32>(sc, sh);
+    }
+}
