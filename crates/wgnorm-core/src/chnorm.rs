@@ -308,7 +308,7 @@ impl ChannelNorm {
     }
 
     fn io_for(&self, view: &ChannelView, aligned: bool) -> Io {
-        let vec4 = aligned && view.s % 4 == 0 && view.sdiv % 4 == 0;
+        let vec4 = aligned && view.s.is_multiple_of(4) && view.sdiv.is_multiple_of(4);
         Io {
             dtype: self.dtype,
             vec4,
@@ -337,7 +337,7 @@ impl ChannelNorm {
     /// error, and nothing for an empty tensor.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
         let v = a.view;
-        if v.cg == 0 || v.sdiv == 0 || v.s % v.sdiv != 0 && v.cg > 1 {
+        if v.cg == 0 || v.sdiv == 0 || (v.s != 0 && v.s != v.cg * v.sdiv) {
             return Err(Error::InvalidParameter {
                 name: "view",
                 value: format!("{v:?}"),

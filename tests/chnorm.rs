@@ -1,0 +1,563 @@
+//! BatchNorm, GroupNorm and InstanceNorm on the GPU against the f64 reference: layouts, dtypes,
+//! multi-step running statistics, large reductions and bad input.
+
+use wgnorm::prelude::*;
+use wgnorm::Error;
+use wgnorm_reference::chnorm as reference;
+use wgnorm_tests::{assert_close, ctx, noise, round_to};
+
+fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (2e-5, 1e-4),
+        DType::F16 => (2e-3, 2e-3),
+    }
+}
+
+/// (n, c, spatial dims)
+const SHAPES: &[(usize, usize, &[usize])] = &[
+    (2, 3, &[4, 5]),
+    (16, 32, &[]),
+    (4, 8, &[10]),
+    (8, 64, &[7, 7]),
+    (3, 5, &[1]),
+    (2, 4, &[3, 3]),
+];
+
+fn shape_of(n: usize, c: usize, sp: &[usize], layout: Layout) -> Vec<usize> {
+    match layout {
+        Layout::Nchw => [&[n, c][..], sp].concat(),
+        Layout::Nhwc => [&[n][..], sp, &[c]].concat(),
+    }
+}
+
+/// Uploads NCHW data `x` in `layout` (transposing for NHWC); returns the tensor.
+fn upload_layout(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    sp: &[usize],
+    layout: Layout,
+    dtype: DType,
+) -> Tensor {
+    let hw: usize = sp.iter().product();
+    let data: Vec<f32> = match layout {
+        Layout::Nchw => x.to_vec(),
+        Layout::Nhwc => {
+            let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            reference::to_nhwc(&xd, n, c, hw)
+                .iter()
+                .map(|&v| v as f32)
+                .collect()
+        }
+    };
+    ctx()
+        .upload(&data, &shape_of(n, c, sp, layout), dtype)
+        .unwrap()
+}
+
+fn want_in_layout(want: &[f64], n: usize, c: usize, hw: usize, layout: Layout) -> Vec<f64> {
+    match layout {
+        Layout::Nchw => want.to_vec(),
+        Layout::Nhwc => reference::to_nhwc(want, n, c, hw),
+    }
+}
+
+#[test]
+fn batch_norm_training_and_inference_match_reference() {
+    let c_ = ctx();
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        for dtype in [DType::F32, DType::F16] {
+            for &(n, c, sp) in SHAPES {
+                let hw: usize = sp.iter().product();
+                let x: Vec<f32> = noise((n * c * hw) as u64, n * c * hw)
+                    .iter()
+                    .map(|v| v * 3.0 + 0.5)
+                    .collect();
+                let w: Vec<f32> = noise(3, c).iter().map(|v| v + 1.0).collect();
+                let b = noise(4, c);
+                let rm0 = noise(5, c);
+                let rv0: Vec<f32> = noise(6, c).iter().map(|v| v.abs() + 0.5).collect();
+                let xd = round_to(dtype, &x);
+                let f = |v: &[f32]| round_to(DType::F32, v);
+                for training in [true, false] {
+                    let want = reference::batch_norm(
+                        &xd,
+                        n,
+                        c,
+                        hw,
+                        Some(&f(&w)),
+                        Some(&f(&b)),
+                        &f(&rm0),
+                        &f(&rv0),
+                        training,
+                        0.1,
+                        true,
+                        1e-5,
+                    );
+                    let bn = BatchNorm::new(
+                        c_,
+                        BatchNormConfig {
+                            layout,
+                            dtype,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                    let xt = upload_layout(&x, n, c, sp, layout, dtype);
+                    let (wt, bt) = (
+                        c_.upload_f32(&w, &[c]).unwrap(),
+                        c_.upload_f32(&b, &[c]).unwrap(),
+                    );
+                    let (rm, rv) = (
+                        c_.upload_f32(&rm0, &[c]).unwrap(),
+                        c_.upload_f32(&rv0, &[c]).unwrap(),
+                    );
+                    let y = c_.empty(xt.shape(), dtype).unwrap();
+                    let saved = c_.empty(&[c, 2], DType::F32).unwrap();
+                    let mut enc = c_.device().create_command_encoder(&Default::default());
+                    bn.encode(
+                        &mut enc,
+                        &BatchNormInputs {
+                            x: &xt,
+                            weight: Some(&wt),
+                            bias: Some(&bt),
+                            running_mean: Some(&rm),
+                            running_var: Some(&rv),
+                        },
+                        &BatchNormOutputs {
+                            y: &y,
+                            saved: Some(&saved),
+                        },
+                        training,
+                    )
+                    .unwrap();
+                    c_.queue().submit([enc.finish()]);
+                    let what = format!("bn {layout:?} {dtype} {n}x{c}x{sp:?} training={training}");
+                    let (atol, rtol) = tol(dtype);
+                    assert_close(
+                        &format!("{what} y"),
+                        &c_.download(&y).unwrap(),
+                        &want_in_layout(&want.y, n, c, hw, layout),
+                        atol,
+                        rtol,
+                    );
+                    assert_close(
+                        &format!("{what} running_mean"),
+                        &c_.download(&rm).unwrap(),
+                        &want.running_mean,
+                        1e-6,
+                        1e-5,
+                    );
+                    assert_close(
+                        &format!("{what} running_var"),
+                        &c_.download(&rv).unwrap(),
+                        &want.running_var,
+                        1e-6,
+                        1e-5,
+                    );
+                    let s = c_.download(&saved).unwrap();
+                    let means: Vec<f32> = s.iter().step_by(2).copied().collect();
+                    let rstd: Vec<f32> = s.iter().skip(1).step_by(2).copied().collect();
+                    let want_rstd: Vec<f64> =
+                        want.var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+                    assert_close(
+                        &format!("{what} saved mean"),
+                        &means,
+                        &want.mean,
+                        1e-5,
+                        1e-5,
+                    );
+                    assert_close(&format!("{what} saved rstd"), &rstd, &want_rstd, 1e-5, 1e-4);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn running_statistics_over_several_steps() {
+    // Three training steps in a row update the running statistics in place; momentum=None is
+    // the cumulative average (num_batches_tracked on the GPU).
+    let c_ = ctx();
+    let (n, c, hw) = (4, 6, 9);
+    for momentum in [Some(0.25), None] {
+        for unbiased in [true, false] {
+            let bn = BatchNorm::new(
+                c_,
+                BatchNormConfig {
+                    momentum,
+                    running_var_unbiased: unbiased,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let rm = c_.upload_f32(&vec![0.0; c], &[c]).unwrap();
+            let rv = c_.upload_f32(&vec![1.0; c], &[c]).unwrap();
+            let (mut want_rm, mut want_rv) = (vec![0.0; c], vec![1.0; c]);
+            for step in 1..=3u64 {
+                let x: Vec<f32> = noise(step * 7, n * c * hw)
+                    .iter()
+                    .map(|v| v * step as f32 + 1.0)
+                    .collect();
+                let xt = c_.upload_f32(&x, &[n, c, 3, 3]).unwrap();
+                let inputs = BatchNormInputs {
+                    x: &xt,
+                    weight: None,
+                    bias: None,
+                    running_mean: Some(&rm),
+                    running_var: Some(&rv),
+                };
+                let y = bn.forward(&inputs, true).unwrap();
+                let m = momentum.map(f64::from).unwrap_or(1.0 / step as f64);
+                let want = reference::batch_norm(
+                    &round_to(DType::F32, &x),
+                    n,
+                    c,
+                    hw,
+                    None,
+                    None,
+                    &want_rm,
+                    &want_rv,
+                    true,
+                    m,
+                    unbiased,
+                    1e-5,
+                );
+                (want_rm, want_rv) = (want.running_mean.clone(), want.running_var.clone());
+                let what = format!("step {step} momentum {momentum:?} unbiased {unbiased}");
+                assert_close(
+                    &format!("{what} y"),
+                    &c_.download(&y).unwrap(),
+                    &want.y,
+                    2e-5,
+                    1e-4,
+                );
+                assert_close(
+                    &format!("{what} rm"),
+                    &c_.download(&rm).unwrap(),
+                    &want_rm,
+                    1e-6,
+                    1e-5,
+                );
+                assert_close(
+                    &format!("{what} rv"),
+                    &c_.download(&rv).unwrap(),
+                    &want_rv,
+                    1e-6,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn nchw_and_nhwc_give_the_same_result() {
+    let c_ = ctx();
+    let (n, c, sp) = (3, 16, [5usize, 6]);
+    let hw = 30;
+    let x = noise(99, n * c * hw);
+    let w = noise(98, c);
+    let mut outs = Vec::new();
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let gn = GroupNorm::new(
+            c_,
+            GroupNormConfig {
+                layout,
+                activation: Activation::Silu,
+                ..GroupNormConfig::new(4)
+            },
+        )
+        .unwrap();
+        let wt = c_.upload_f32(&w, &[c]).unwrap();
+        let y = gn
+            .forward(&NormInputs {
+                x: &upload_layout(&x, n, c, &sp, layout, DType::F32),
+                weight: Some(&wt),
+                bias: None,
+            })
+            .unwrap();
+        let y = c_.download(&y).unwrap();
+        // Bring NHWC back to NCHW to compare element by element.
+        let y: Vec<f32> = match layout {
+            Layout::Nchw => y,
+            Layout::Nhwc => (0..n * c * hw)
+                .map(|i| {
+                    let (b, rest) = (i / (c * hw), i % (c * hw));
+                    let (ch, k) = (rest / hw, rest % hw);
+                    y[(b * hw + k) * c + ch]
+                })
+                .collect(),
+        };
+        outs.push(y);
+    }
+    let want: Vec<f64> = outs[0].iter().map(|&v| v as f64).collect();
+    assert_close("nhwc vs nchw", &outs[1], &want, 1e-6, 1e-5);
+    let r = reference::group_norm(
+        &round_to(DType::F32, &x),
+        n,
+        c,
+        hw,
+        4,
+        Some(&round_to(DType::F32, &w)),
+        None,
+        1e-5,
+        true,
+    );
+    assert_close("gn+silu", &outs[0], &r, 2e-5, 1e-4);
+}
+
+#[test]
+fn group_and_instance_norm_match_reference() {
+    let c_ = ctx();
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        for dtype in [DType::F32, DType::F16] {
+            for &(n, c, sp, g) in &[
+                (2usize, 32usize, &[8usize, 8][..], 8usize),
+                (1, 64, &[16, 16], 32),
+                (2, 6, &[5], 1),
+                (3, 4, &[2, 2], 2),
+                (2, 6, &[5], 6),
+            ] {
+                let hw: usize = sp.iter().product();
+                let x: Vec<f32> = noise((n * c * hw + g) as u64, n * c * hw)
+                    .iter()
+                    .map(|v| v * 2.0 - 0.3)
+                    .collect();
+                let (w, b) = (noise(11, c), noise(12, c));
+                let xd = round_to(dtype, &x);
+                let (wd, bd) = (round_to(DType::F32, &w), round_to(DType::F32, &b));
+                let xt = upload_layout(&x, n, c, sp, layout, dtype);
+                let (wt, bt) = (
+                    c_.upload_f32(&w, &[c]).unwrap(),
+                    c_.upload_f32(&b, &[c]).unwrap(),
+                );
+                let inputs = NormInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    bias: Some(&bt),
+                };
+                let (atol, rtol) = tol(dtype);
+                let gn = GroupNorm::new(
+                    c_,
+                    GroupNormConfig {
+                        layout,
+                        dtype,
+                        ..GroupNormConfig::new(g)
+                    },
+                )
+                .unwrap();
+                let want =
+                    reference::group_norm(&xd, n, c, hw, g, Some(&wd), Some(&bd), 1e-5, false);
+                let what = format!("gn {layout:?} {dtype} {n}x{c}x{sp:?} g{g}");
+                assert_close(
+                    &what,
+                    &c_.download(&gn.forward(&inputs).unwrap()).unwrap(),
+                    &want_in_layout(&want, n, c, hw, layout),
+                    atol,
+                    rtol,
+                );
+                let inorm = InstanceNorm::new(
+                    c_,
+                    InstanceNormConfig {
+                        layout,
+                        dtype,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let want = reference::instance_norm(&xd, n, c, hw, Some(&wd), Some(&bd), 1e-5);
+                let what = format!("in {layout:?} {dtype} {n}x{c}x{sp:?}");
+                assert_close(
+                    &what,
+                    &c_.download(&inorm.forward(&inputs).unwrap()).unwrap(),
+                    &want_in_layout(&want, n, c, hw, layout),
+                    atol,
+                    rtol,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn huge_reductions_with_few_channels() {
+    // C = 3, N*HW = 1.5M per channel: many tiles per slot, merged in order; with an offset.
+    let c_ = ctx();
+    let (n, c, sp) = (2, 3, [512usize, 512]);
+    let hw = 512 * 512;
+    let x: Vec<f32> = noise(5, n * c * hw).iter().map(|v| v + 100.0).collect();
+    let xd = round_to(DType::F32, &x);
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let bn = BatchNorm::new(
+            c_,
+            BatchNormConfig {
+                layout,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
+        let y = bn
+            .forward(
+                &BatchNormInputs {
+                    x: &xt,
+                    weight: None,
+                    bias: None,
+                    running_mean: None,
+                    running_var: None,
+                },
+                true,
+            )
+            .unwrap();
+        let want = reference::batch_norm(
+            &xd, n, c, hw, None, None, &[0.0; 3], &[1.0; 3], true, 0.1, true, 1e-5,
+        );
+        // f32 rounding of x itself (|x| ~ 100, spread ~0.6) bounds the attainable accuracy.
+        assert_close(
+            &format!("bn huge {layout:?}"),
+            &c_.download(&y).unwrap(),
+            &want_in_layout(&want.y, n, c, hw, layout),
+            2e-4,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn batch_family_bad_input_gets_typed_errors() {
+    let c_ = ctx();
+    let x = c_.upload_f32(&noise(1, 2 * 6 * 4), &[2, 6, 4]).unwrap();
+    let gn = GroupNorm::new(c_, GroupNormConfig::new(4)).unwrap();
+    let r = gn.forward(&NormInputs {
+        x: &x,
+        weight: None,
+        bias: None,
+    });
+    assert!(
+        matches!(
+            r,
+            Err(Error::InvalidParameter {
+                name: "num_groups",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+
+    let bn = BatchNorm::new(c_, BatchNormConfig::default()).unwrap();
+    let none = BatchNormInputs {
+        x: &x,
+        weight: None,
+        bias: None,
+        running_mean: None,
+        running_var: None,
+    };
+    assert!(matches!(
+        bn.forward(&none, false),
+        Err(Error::InvalidParameter {
+            name: "running statistics",
+            ..
+        })
+    ));
+    let w_bad = c_.upload_f32(&[1.0; 5], &[5]).unwrap();
+    assert!(matches!(
+        bn.forward(
+            &BatchNormInputs {
+                weight: Some(&w_bad),
+                ..none
+            },
+            true
+        ),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let w_f16 = c_.upload(&[1.0; 6], &[6], DType::F16).unwrap();
+    assert!(matches!(
+        bn.forward(
+            &BatchNormInputs {
+                weight: Some(&w_f16),
+                ..none
+            },
+            true
+        ),
+        Err(Error::DTypeMismatch { .. })
+    ));
+    let one = c_.upload_f32(&[1.0, 2.0, 3.0], &[1, 3]).unwrap();
+    let (rm, rv) = (
+        c_.upload_f32(&[0.0; 3], &[3]).unwrap(),
+        c_.upload_f32(&[1.0; 3], &[3]).unwrap(),
+    );
+    let r = bn.forward(
+        &BatchNormInputs {
+            x: &one,
+            weight: None,
+            bias: None,
+            running_mean: Some(&rm),
+            running_var: Some(&rv),
+        },
+        true,
+    );
+    assert!(
+        matches!(r, Err(Error::InvalidParameter { name: "batch", .. })),
+        "{r:?}"
+    );
+    let bad_m = BatchNorm::new(
+        c_,
+        BatchNormConfig {
+            momentum: Some(1.5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let x2 = c_.upload_f32(&noise(2, 12), &[4, 3]).unwrap();
+    let r = bad_m.forward(
+        &BatchNormInputs {
+            x: &x2,
+            weight: None,
+            bias: None,
+            running_mean: Some(&rm),
+            running_var: Some(&rv),
+        },
+        true,
+    );
+    assert!(
+        matches!(
+            r,
+            Err(Error::InvalidParameter {
+                name: "momentum",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let vec_x = c_.upload_f32(&[1.0; 4], &[4]).unwrap();
+    assert!(matches!(
+        bn.forward(&BatchNormInputs { x: &vec_x, ..none }, true),
+        Err(Error::AxisOutOfRange { .. })
+    ));
+    assert!(matches!(
+        BatchNorm::new(
+            c_,
+            BatchNormConfig {
+                eps: -1.0,
+                ..Default::default()
+            }
+        ),
+        Err(Error::InvalidParameter { name: "eps", .. })
+    ));
+
+    // Empty batches are a no-op.
+    let empty = c_.empty(&[0, 6, 4], DType::F32).unwrap();
+    let y = gn_ok()
+        .forward(&NormInputs {
+            x: &empty,
+            weight: None,
+            bias: None,
+        })
+        .unwrap();
+    assert!(c_.download(&y).unwrap().is_empty());
+}
+
+fn gn_ok() -> GroupNorm {
+    GroupNorm::new(ctx(), GroupNormConfig::new(3)).unwrap()
+}
