@@ -561,3 +561,31 @@ fn batch_family_bad_input_gets_typed_errors() {
 fn gn_ok() -> GroupNorm {
     GroupNorm::new(ctx(), GroupNormConfig::new(3)).unwrap()
 }
+
+#[test]
+fn zero_variance_slots_with_an_offset_give_the_bias() {
+    // One element per instance: x - mean is exactly 0, so y is the bias. Folding the mean into
+    // the shift (x * s + (b - mean * s)) would leave an error of ulp(mean * rstd) ~ 1e-3 here.
+    let c_ = ctx();
+    let (n, c) = (4, 8);
+    let x: Vec<f32> = noise(8, n * c).iter().map(|v| v + 10.0).collect();
+    let b = noise(9, c);
+    let inorm = InstanceNorm::new(c_, InstanceNormConfig::default()).unwrap();
+    let (xt, bt) = (
+        c_.upload_f32(&x, &[n, c, 1]).unwrap(),
+        c_.upload_f32(&b, &[c]).unwrap(),
+    );
+    let y = c_
+        .download(
+            &inorm
+                .forward(&NormInputs {
+                    x: &xt,
+                    weight: None,
+                    bias: Some(&bt),
+                })
+                .unwrap(),
+        )
+        .unwrap();
+    let want: Vec<f64> = (0..n * c).map(|i| b[i % c] as f64).collect();
+    assert_close("instance norm of single elements", &y, &want, 1e-6, 0.0);
+}

@@ -1,5 +1,5 @@
-// Phase 3: y = act(x * scale + shift), one access per invocation, scale and shift per
-// (p, channel) from the finalize pass. Invocation 0 also advances num_batches_tracked when
+// Phase 3: y = act((x - mean) * scale + shift), one access per invocation, (mean, scale, shift)
+// per (p, channel) from the finalize pass. Invocation 0 also advances num_batches_tracked when
 // COUNT_BATCH (it runs after finalize has read it).
 
 override WG: u32 = 256u;
@@ -9,7 +9,7 @@ override COUNT_BATCH: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
-@group(0) @binding(2) var<storage, read> scale_shift: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read> scale_shift: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<Elem>;
 @group(0) @binding(4) var<storage, read_write> batches: array<u32>;
 
@@ -40,5 +40,5 @@ fn main(
     // A vector of VW elements never crosses a channel (the host checks SDIV % VW == 0).
     let ch = rr * params.cg + (s * VW) / params.sdiv;
     let ss = scale_shift[pp * params.r * params.cg + ch];
-    y[e] = from_v(activate(to_v(x[e]) * ss.x + ss.y));
+    y[e] = from_v(activate((to_v(x[e]) - ss.x) * ss.y + ss.z));
 }

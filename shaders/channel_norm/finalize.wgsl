@@ -1,8 +1,8 @@
 // Phase 2: one invocation per slot. Merges the slot's partial moments in tile order (so the
 // result does not depend on scheduling), or takes the running statistics (INFER), then writes
 // the slot's mean and rstd, updates the running statistics (UPDATE_RUNNING, BatchNorm
-// training), and folds statistics and affine into one scale and shift per (p, channel), so the
-// apply pass is a single multiply-add per element.
+// training), and folds rstd and affine into (mean, scale, shift) per (p, channel), so the
+// apply pass is a subtract and a multiply-add per element.
 
 override WG: u32 = 64u;
 // 0: batch statistics from the partials. 1: running statistics (inference).
@@ -20,7 +20,7 @@ override HAS_BIAS: bool = false;
 @group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(6) var<storage, read_write> stats: array<vec2<f32>>;
-@group(0) @binding(7) var<storage, read_write> scale_shift: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> scale_shift: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> batches: array<u32>;
 
 @compute @workgroup_size(WG)
@@ -70,10 +70,13 @@ fn main(
         if (HAS_WEIGHT) {
             sc = sc * weight[ch];
         }
-        var sh = -mean * sc;
+        var sh = 0.0;
         if (HAS_BIAS) {
-            sh = sh + bias[ch];
+            sh = bias[ch];
         }
-        scale_shift[pp * c_total + ch] = vec2<f32>(sc, sh);
+        // (mean, scale, shift): apply computes (x - mean) * scale + shift. Folding the mean into
+        // the shift (x * scale + (shift - mean * scale)) would cancel two large terms whenever
+        // the spread is small against the mean.
+        scale_shift[pp * c_total + ch] = vec4<f32>(mean, sc, sh, 0.0);
     }
 }

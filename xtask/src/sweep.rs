@@ -228,11 +228,13 @@ pub fn run() -> Result<bool> {
         }
     }
     println!(
-        "## Ops against the f64 reference ({} shapes each)\n",
-        SHAPES.len()
+        "## Ops against the f64 reference ({} row shapes, {} channel shapes x 2 layouts each)\n",
+        SHAPES.len(),
+        CHANNEL_SHAPES.len()
     );
     println!("| op | dtype | kernel | shapes run | max abs err (y) | max rel err (y, vs max(|y|, 1e-3)) | failed |");
     println!("|---|---|---|---|---|---|---|");
+    channel_ops(&ctx, &mut table, &mut failures)?;
     for (k, r) in &table {
         println!(
             "| {k} | {} | {:.2e} | {:.2e} | {} |",
@@ -244,4 +246,183 @@ pub fn run() -> Result<bool> {
     }
     println!("\n{} failures", failures.len());
     Ok(failures.is_empty())
+}
+
+/// (n, c, spatial, groups): tiny, odd, channels-last-hostile and large reductions.
+const CHANNEL_SHAPES: &[(usize, usize, &[usize], usize)] = &[
+    (2, 3, &[4, 5], 3),
+    (16, 32, &[], 8),
+    (4, 8, &[10], 2),
+    (8, 64, &[7, 7], 32),
+    (1, 1, &[3], 1),
+    (2, 3, &[300, 301], 1),
+    (32, 16, &[14, 14], 4),
+];
+
+fn nhwc(x: &[f64], n: usize, c: usize, hw: usize) -> Vec<f64> {
+    wgnorm_reference::chnorm::to_nhwc(x, n, c, hw)
+}
+
+/// BatchNorm (training and inference), GroupNorm (+SiLU) and InstanceNorm in both layouts.
+fn channel_ops(
+    ctx: &Context,
+    table: &mut Vec<(String, Row)>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    use wgnorm::{
+        Activation, BatchNorm, BatchNormConfig, BatchNormInputs, GroupNorm, GroupNormConfig,
+        InstanceNorm, InstanceNormConfig, Layout, NormInputs,
+    };
+    use wgnorm_reference::chnorm as r;
+    let ops = [
+        "batch_norm train",
+        "batch_norm infer",
+        "group_norm+silu",
+        "instance_norm",
+    ];
+    for op in ops {
+        for dtype in [DType::F32, DType::F16] {
+            for layout in [Layout::Nchw, Layout::Nhwc] {
+                let mut row = Row::default();
+                for (si, &(n, c, sp, g)) in CHANNEL_SHAPES.iter().enumerate() {
+                    let hw: usize = sp.iter().product();
+                    let x = rounded(
+                        dtype,
+                        &noise(
+                            si as u64 + 300,
+                            n * c * hw,
+                            if si % 2 == 1 { 10.0 } else { 0.0 },
+                        ),
+                    );
+                    let w = noise(si as u64 + 400, c, 1.0);
+                    let b = noise(si as u64 + 500, c, 0.0);
+                    let rm0 = noise(si as u64 + 600, c, 0.0);
+                    let rv0: Vec<f32> = noise(si as u64 + 700, c, 0.0)
+                        .iter()
+                        .map(|v| v.abs() + 0.5)
+                        .collect();
+                    let d = |v: &[f32]| v.iter().map(|&e| e as f64).collect::<Vec<f64>>();
+                    let (xd, wd, bd) = (d(&x), d(&w), d(&b));
+                    let want = match op {
+                        "batch_norm train" | "batch_norm infer" => {
+                            r::batch_norm(
+                                &xd,
+                                n,
+                                c,
+                                hw,
+                                Some(&wd),
+                                Some(&bd),
+                                &d(&rm0),
+                                &d(&rv0),
+                                op.ends_with("train"),
+                                0.1,
+                                true,
+                                1e-5,
+                            )
+                            .y
+                        }
+                        "group_norm+silu" => {
+                            r::group_norm(&xd, n, c, hw, g, Some(&wd), Some(&bd), 1e-5, true)
+                        }
+                        _ => r::instance_norm(&xd, n, c, hw, Some(&wd), Some(&bd), 1e-5),
+                    };
+                    let (xin, want) = match layout {
+                        Layout::Nchw => (x.clone(), want),
+                        Layout::Nhwc => (
+                            nhwc(&xd, n, c, hw).iter().map(|&v| v as f32).collect(),
+                            nhwc(&want, n, c, hw),
+                        ),
+                    };
+                    let shape: Vec<usize> = match layout {
+                        Layout::Nchw => [&[n, c][..], sp].concat(),
+                        Layout::Nhwc => [&[n][..], sp, &[c]].concat(),
+                    };
+                    let xt = ctx.upload(&xin, &shape, dtype)?;
+                    let (wt, bt) = (ctx.upload_f32(&w, &[c])?, ctx.upload_f32(&b, &[c])?);
+                    let (rm, rv) = (ctx.upload_f32(&rm0, &[c])?, ctx.upload_f32(&rv0, &[c])?);
+                    let ni = NormInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        bias: Some(&bt),
+                    };
+                    let result = match op {
+                        "batch_norm train" | "batch_norm infer" => BatchNorm::new(
+                            ctx,
+                            BatchNormConfig {
+                                layout,
+                                dtype,
+                                ..Default::default()
+                            },
+                        )?
+                        .forward(
+                            &BatchNormInputs {
+                                x: &xt,
+                                weight: Some(&wt),
+                                bias: Some(&bt),
+                                running_mean: Some(&rm),
+                                running_var: Some(&rv),
+                            },
+                            op.ends_with("train"),
+                        ),
+                        "group_norm+silu" => GroupNorm::new(
+                            ctx,
+                            GroupNormConfig {
+                                layout,
+                                dtype,
+                                activation: Activation::Silu,
+                                ..GroupNormConfig::new(g)
+                            },
+                        )?
+                        .forward(&ni),
+                        _ => InstanceNorm::new(
+                            ctx,
+                            InstanceNormConfig {
+                                layout,
+                                dtype,
+                                ..Default::default()
+                            },
+                        )?
+                        .forward(&ni),
+                    };
+                    row.cases += 1;
+                    let label = format!("{op} {dtype} {layout:?} {n}x{c}x{sp:?}");
+                    let y = match result {
+                        Ok(y) => y,
+                        Err(e) => {
+                            row.failed += 1;
+                            failures.push(format!("{label}: {e}"));
+                            continue;
+                        }
+                    };
+                    let got = ctx.download(&y)?;
+                    let (atol, rtol) = tolerance(dtype);
+                    // Offset shapes: the f32 rounding of x (|x| ~ 10) bounds the attainable error.
+                    let atol = if si % 2 == 1 { atol.max(1e-4) } else { atol };
+                    let mut bad = None;
+                    for (i, (&gv, &wv)) in got.iter().zip(&want).enumerate() {
+                        let err = (gv as f64 - wv).abs();
+                        row.max_abs = row.max_abs.max(err);
+                        row.max_rel = row.max_rel.max(err / wv.abs().max(1e-3));
+                        let within = err <= atol + rtol * wv.abs();
+                        if !within && bad.is_none() {
+                            bad = Some(format!("{label}: y[{i}] = {gv} expected {wv}"));
+                        }
+                    }
+                    if got.len() != want.len() {
+                        bad = Some(format!(
+                            "{label}: {} elements, expected {}",
+                            got.len(),
+                            want.len()
+                        ));
+                    }
+                    if let Some(b) = bad {
+                        row.failed += 1;
+                        failures.push(b);
+                    }
+                }
+                table.push((format!("{op} | {dtype} | {layout:?}"), row));
+            }
+        }
+    }
+    Ok(())
 }

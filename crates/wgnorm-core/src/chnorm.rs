@@ -301,7 +301,7 @@ impl ChannelNorm {
             stats: self.ctx.empty(&[slots * 2], DType::F32)?,
             scale_shift: self
                 .ctx
-                .empty(&[view.p * view.channels() * 2], DType::F32)?,
+                .empty(&[view.p * view.channels() * 4], DType::F32)?,
         });
         self.scratch.lock().unwrap().insert(view, s.clone());
         Ok(s)
