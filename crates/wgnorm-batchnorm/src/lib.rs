@@ -12,9 +12,11 @@
 //! Parameters and state (`weight`, `bias`, `running_mean`, `running_var`, the saved statistics)
 //! are f32 with one value per channel, as PyTorch keeps BatchNorm buffers under autocast.
 
-pub use wgnorm_core::chnorm::Layout;
+use wgnorm_core::binding::{self, BindCache, PARAM_WORDS};
 use wgnorm_core::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, RunningUpdate, Statistics};
-use wgnorm_core::{Context, DType, Result, Tensor};
+pub use wgnorm_core::chnorm::{Layout, Moments};
+use wgnorm_core::shader::{Io, Kernel};
+use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
 /// What is fixed when the layer is created.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -66,12 +68,17 @@ pub struct BatchNormOutputs<'a> {
 pub struct BatchNorm {
     engine: ChannelNorm,
     cfg: BatchNormConfig,
+    fold_binds: BindCache,
 }
 
 impl BatchNorm {
     pub fn new(ctx: &Context, cfg: BatchNormConfig) -> Result<BatchNorm> {
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?;
-        Ok(BatchNorm { engine, cfg })
+        Ok(BatchNorm {
+            engine,
+            cfg,
+            fold_binds: BindCache::default(),
+        })
     }
 
     pub fn engine(&self) -> &ChannelNorm {
@@ -109,8 +116,191 @@ impl BatchNorm {
                 running_var: inputs.running_var,
                 stats: outputs.saved,
                 statistics,
+                moments: None,
             },
         )
+    }
+
+    /// Synchronised BatchNorm, step 1: records this device's per-channel moments of `x` into
+    /// `moments` (f32 `[C, 3]`: count, mean, M2). Download them (or hand the buffer to your
+    /// all-reduce), merge across devices with `Moments::merge` (Chan's formula; a plain sum of
+    /// counts with a count-weighted mean does not merge M2 correctly), upload the merged moments
+    /// to every device and call [`BatchNorm::encode_synced`]. wgnorm ships no transport: NCCL,
+    /// MPI or a parameter server plug in between the two calls.
+    pub fn encode_reduce(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        moments: &Tensor,
+    ) -> Result<()> {
+        let view = ChannelView::batch_norm(x.shape(), self.cfg.layout)?;
+        self.engine.encode_reduce(encoder, x, view, moments)
+    }
+
+    /// Synchronised BatchNorm, step 2: training-mode normalization of this device's `x` with the
+    /// merged moments of the whole (distributed) batch; the running statistics, when given, are
+    /// updated from the merged moments, so every device keeps identical running statistics.
+    pub fn encode_synced(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormInputs,
+        outputs: &BatchNormOutputs,
+        merged: &Tensor,
+    ) -> Result<()> {
+        let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
+        let tracks = inputs.running_mean.is_some() || inputs.running_var.is_some();
+        self.engine.encode(
+            encoder,
+            &ChannelNormArgs {
+                x: inputs.x,
+                y: outputs.y,
+                view,
+                weight: inputs.weight,
+                bias: inputs.bias,
+                running_mean: inputs.running_mean,
+                running_var: inputs.running_var,
+                stats: outputs.saved,
+                statistics: Statistics::Batch(tracks.then_some(RunningUpdate {
+                    momentum: self.cfg.momentum,
+                    unbiased: self.cfg.running_var_unbiased,
+                })),
+                moments: Some(merged),
+            },
+        )
+    }
+
+    /// Folds this BatchNorm (inference form, `eps` from the config) into the preceding linear or
+    /// convolution layer on the GPU: `W'[o, ..] = W[o, ..] * s[o]`,
+    /// `b'[o] = (b[o] - running_mean[o]) * s[o] + beta[o]`, `s = gamma / sqrt(running_var + eps)`.
+    /// `W` is f32 `[O, ..]` with O = C of this BatchNorm; all vectors f32 `[O]`.
+    pub fn encode_fold(&self, encoder: &mut wgpu::CommandEncoder, f: &FoldArgs) -> Result<()> {
+        let ctx = self.engine.context();
+        let o = f.running_mean.numel();
+        let k = if o == 0 { 0 } else { f.weight.numel() / o };
+        if f.weight.shape().first() != Some(&o) || f.weight.numel() != o * k {
+            return Err(Error::ShapeMismatch {
+                what: "fold weight [O, ..]".into(),
+                expected: vec![o],
+                got: f.weight.shape().to_vec(),
+            });
+        }
+        let vecs = [
+            ("bias", f.bias),
+            ("gamma", f.gamma),
+            ("beta", f.beta),
+            ("running_mean", Some(f.running_mean)),
+            ("running_var", Some(f.running_var)),
+            ("bias_out", Some(f.bias_out)),
+        ];
+        for (what, t) in vecs.iter().filter_map(|(w, t)| t.map(|t| (w, t))) {
+            if t.numel() != o || t.dtype() != DType::F32 {
+                return Err(Error::ShapeMismatch {
+                    what: format!("fold {what} (f32, one per output channel)"),
+                    expected: vec![o],
+                    got: t.shape().to_vec(),
+                });
+            }
+        }
+        for (what, t) in [("weight", f.weight), ("weight_out", f.weight_out)] {
+            if t.dtype() != DType::F32 {
+                return Err(Error::DTypeMismatch {
+                    what: format!("fold {what}"),
+                    expected: DType::F32,
+                    got: t.dtype(),
+                });
+            }
+        }
+        if f.weight_out.shape() != f.weight.shape() {
+            return Err(Error::ShapeMismatch {
+                what: "fold weight_out".into(),
+                expected: f.weight.shape().to_vec(),
+                got: f.weight_out.shape().to_vec(),
+            });
+        }
+        if o * k == 0 {
+            return Ok(());
+        }
+        let r = |what: &str, t: &Tensor| binding::storage_range(ctx, what, t);
+        let opt = |what: &str, t: Option<&Tensor>| t.map(|t| r(what, t)).transpose();
+        let (w, wo, bo) = (
+            r("weight", f.weight)?,
+            r("weight_out", f.weight_out)?,
+            r("bias_out", f.bias_out)?,
+        );
+        let (b, g, be) = (
+            opt("bias", f.bias)?,
+            opt("gamma", f.gamma)?,
+            opt("beta", f.beta)?,
+        );
+        let (rm, rv) = (
+            r("running_mean", f.running_mean)?,
+            r("running_var", f.running_var)?,
+        );
+        binding::check_no_alias(&[
+            ("weight", Some(&w), false),
+            ("bias", b.as_ref(), false),
+            ("gamma", g.as_ref(), false),
+            ("beta", be.as_ref(), false),
+            ("running_mean", Some(&rm), false),
+            ("running_var", Some(&rv), false),
+            ("weight_out", Some(&wo), true),
+            ("bias_out", Some(&bo), true),
+        ])?;
+        const SLOTS: &[Slot] = &[
+            Slot::Uniform,
+            Slot::Read,
+            Slot::Read,
+            Slot::Read,
+            Slot::Read,
+            Slot::Read,
+            Slot::Read,
+            Slot::ReadWrite,
+            Slot::ReadWrite,
+        ];
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let pipeline = ctx.pipeline(
+            Kernel::FoldBatchNorm,
+            Io {
+                dtype: DType::F32,
+                vec4: false,
+            },
+            SLOTS,
+            &[
+                ("WG", 256.0),
+                ("HAS_BIAS", flag(b.is_some())),
+                ("HAS_GAMMA", flag(g.is_some())),
+                ("HAS_BETA", flag(be.is_some())),
+            ],
+        )?;
+        let mut params = [0u32; PARAM_WORDS];
+        params[0] = o as u32;
+        params[1] = k as u32;
+        params[2] = self.cfg.eps.to_bits();
+        let dummy = binding::dummy_range(ctx.dummy_read());
+        let bind = self.fold_binds.get(
+            ctx,
+            SLOTS,
+            &params,
+            &[
+                &w,
+                b.as_ref().unwrap_or(&dummy),
+                g.as_ref().unwrap_or(&dummy),
+                be.as_ref().unwrap_or(&dummy),
+                &rm,
+                &rv,
+                &wo,
+                &bo,
+            ],
+        )?;
+        let (gx, gy) = binding::grid(ctx, ((o * k) as u64).div_ceil(256));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm fold_batch_norm"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
     }
 
     /// Allocates `y`, encodes and submits (does not wait).
@@ -127,4 +317,66 @@ impl BatchNorm {
         ctx.queue().submit([enc.finish()]);
         Ok(y)
     }
+}
+
+/// Tensors of [`BatchNorm::encode_fold`]: the layer's `weight` `[O, ..]` and optional `bias`,
+/// the BatchNorm's optional `gamma`/`beta` and its running statistics; outputs `weight_out`
+/// (shape of `weight`) and `bias_out` `[O]`. All f32.
+#[derive(Clone, Copy, Debug)]
+pub struct FoldArgs<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub gamma: Option<&'a Tensor>,
+    pub beta: Option<&'a Tensor>,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    pub weight_out: &'a Tensor,
+    pub bias_out: &'a Tensor,
+}
+
+/// Host-side folding of an inference BatchNorm into the preceding linear or convolution layer
+/// (row-major `weight` `[O, K]`, K = the product of its other dims): returns `(W', b')` with
+/// `W'[o, k] = W[o, k] * s[o]`, `b'[o] = (b[o] - running_mean[o]) * s[o] + beta[o]`,
+/// `s = gamma / sqrt(running_var + eps)`, computed in f64. Then `linear(x; W', b')` equals
+/// `BN(linear(x; W, b))` in inference.
+#[allow(clippy::too_many_arguments)]
+pub fn fold_batch_norm(
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let o = running_mean.len();
+    let lens = [
+        bias.map(|b| b.len()),
+        gamma.map(|g| g.len()),
+        beta.map(|b| b.len()),
+        Some(running_var.len()),
+    ];
+    if o == 0 || weight.len() % o != 0 || lens.iter().flatten().any(|&l| l != o) {
+        return Err(Error::ShapeMismatch {
+            what: "fold_batch_norm: weight [O, K] and vectors [O]".into(),
+            expected: vec![o],
+            got: vec![weight.len()],
+        });
+    }
+    let k = weight.len() / o;
+    let s: Vec<f64> = (0..o)
+        .map(|i| gamma.map_or(1.0, |g| g[i] as f64) / (running_var[i] as f64 + eps as f64).sqrt())
+        .collect();
+    let w = weight
+        .iter()
+        .enumerate()
+        .map(|(e, &v)| (v as f64 * s[e / k]) as f32)
+        .collect();
+    let b = (0..o)
+        .map(|i| {
+            ((bias.map_or(0.0, |b| b[i] as f64) - running_mean[i] as f64) * s[i]
+                + beta.map_or(0.0, |b| b[i] as f64)) as f32
+        })
+        .collect();
+    Ok((w, b))
 }

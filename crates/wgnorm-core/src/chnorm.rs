@@ -191,6 +191,65 @@ pub struct ChannelNormArgs<'a> {
     pub running_var: Option<&'a Tensor>,
     pub stats: Option<&'a Tensor>,
     pub statistics: Statistics,
+    /// With `Statistics::Batch`: normalize with these merged moments (f32 `[slots, 3]`:
+    /// count, mean, M2 per slot, see [`Moments`]) instead of this tensor's own; the running
+    /// update uses them too. The seam for synchronised BatchNorm across devices.
+    pub moments: Option<&'a Tensor>,
+}
+
+/// Mergeable per-slot statistics on the host: count, mean and M2 (sum of squared deviations).
+/// GPU tensors of moments are f32 `[slots, 3]` in this order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moments {
+    pub count: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub m2: Vec<f64>,
+}
+
+impl Moments {
+    /// From the f32 `[slots, 3]` layout of a downloaded moments tensor.
+    pub fn from_f32(data: &[f32]) -> Moments {
+        let g = |k: usize| data.iter().skip(k).step_by(3).map(|&v| v as f64).collect();
+        Moments {
+            count: g(0),
+            mean: g(1),
+            m2: g(2),
+        }
+    }
+
+    /// The f32 `[slots, 3]` layout, for uploading merged moments.
+    pub fn to_f32(&self) -> Vec<f32> {
+        (0..self.count.len())
+            .flat_map(|i| [self.count[i] as f32, self.mean[i] as f32, self.m2[i] as f32])
+            .collect()
+    }
+
+    /// Chan et al.'s pairwise merge, slot by slot, in f64: the moments of the union of both
+    /// sets of values. Associative, so any all-reduce tree gives the same result up to rounding.
+    pub fn merge(&self, other: &Moments) -> Moments {
+        let mut out = self.clone();
+        for i in 0..self.count.len() {
+            let (na, nb) = (self.count[i], other.count[i]);
+            let n = na + nb;
+            if n == 0.0 {
+                continue;
+            }
+            let delta = other.mean[i] - self.mean[i];
+            out.count[i] = n;
+            out.mean[i] = self.mean[i] + delta * nb / n;
+            out.m2[i] = self.m2[i] + other.m2[i] + delta * delta * na * nb / n;
+        }
+        out
+    }
+
+    /// Biased variance per slot.
+    pub fn variance(&self) -> Vec<f64> {
+        self.m2
+            .iter()
+            .zip(&self.count)
+            .map(|(m, n)| m / n)
+            .collect()
+    }
 }
 
 const MOMENTS_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
@@ -213,6 +272,7 @@ const APPLY_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
 ];
 
+const MERGE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
 const FINALIZE_WG: u32 = 64;
 const APPLY_WG: u32 = 256;
 
@@ -381,6 +441,16 @@ impl ChannelNorm {
         if let Some(s) = a.stats {
             self.check("stats", s, v.slots() * 2, DType::F32)?;
         }
+        if let Some(m) = a.moments {
+            self.check("moments", m, v.slots() * 3, DType::F32)?;
+            if a.statistics == Statistics::Running {
+                return Err(Error::InvalidParameter {
+                    name: "moments",
+                    value: "with running statistics".into(),
+                    why: "merged moments replace batch statistics: use Statistics::Batch",
+                });
+            }
+        }
         if let Some(u) = update {
             if let Some(m) = u.momentum {
                 if !m.is_finite() || !(0.0..=1.0).contains(&m) {
@@ -412,6 +482,7 @@ impl ChannelNorm {
         let rm = opt("running_mean", a.running_mean)?;
         let rv = opt("running_var", a.running_var)?;
         let st = opt("stats", a.stats)?;
+        let given = opt("moments", a.moments)?;
         binding::check_no_alias(&[
             ("x", Some(&x), false),
             ("weight", w.as_ref(), false),
@@ -420,6 +491,7 @@ impl ChannelNorm {
             ("running_mean", rm.as_ref(), true),
             ("running_var", rv.as_ref(), true),
             ("stats", st.as_ref(), true),
+            ("moments", given.as_ref(), false),
         ])?;
         let align = Io {
             dtype: self.dtype,
@@ -439,22 +511,12 @@ impl ChannelNorm {
         }
         let scratch = self.scratch(v)?;
         let wgm = moments_wg(ctx);
-        let batch = matches!(a.statistics, Statistics::Batch(_));
+        // Batch statistics computed here (not given, not the running ones).
+        let batch = matches!(a.statistics, Statistics::Batch(_)) && given.is_none();
         let total_v = (v.numel() / io.width() as usize) as u32;
 
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = v.p as u32;
-        params[1] = v.q as u32;
-        params[2] = v.r as u32;
-        params[3] = (v.s / io.width() as usize) as u32;
-        params[4] = v.cg as u32;
-        params[5] = v.sdiv as u32;
-        params[6] = scratch.tiles;
-        params[7] = scratch.tile_len;
-        params[8] = self.eps.to_bits();
-        params[9] = update.and_then(|u| u.momentum).unwrap_or(0.0).to_bits();
-        params[10] = update.is_some_and(|u| u.momentum.is_none()) as u32;
-        params[11] = total_v;
+        let tiles = if given.is_some() { 1 } else { scratch.tiles };
+        let params = channel_params(&v, io, tiles, scratch.tile_len, self.eps, update);
 
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let sio = Io {
@@ -467,7 +529,7 @@ impl ChannelNorm {
             FINALIZE_SLOTS,
             &[
                 ("WG", FINALIZE_WG as f64),
-                ("INFER", flag(!batch)),
+                ("INFER", flag(a.statistics == Statistics::Running)),
                 ("UPDATE_RUNNING", flag(update.is_some())),
                 ("UNBIASED_RUNNING", flag(update.is_none_or(|u| u.unbiased))),
                 ("HAS_WEIGHT", flag(w.is_some())),
@@ -489,7 +551,10 @@ impl ChannelNorm {
             ],
         )?;
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
-        let partials = r(&scratch.partials, "partials")?;
+        let partials = match &given {
+            Some(g) => g.clone(),
+            None => r(&scratch.partials, "partials")?,
+        };
         let ss = r(&scratch.scale_shift, "scale_shift")?;
         let stats = match st {
             Some(s) => s,
@@ -564,10 +629,102 @@ impl ChannelNorm {
         Ok(())
     }
 
+    /// Records the statistics of `x` per slot into `out` (f32 `[slots, 3]`: count, mean, M2),
+    /// the first half of a synchronised normalization: reduce on every device, merge (e.g.
+    /// [`Moments::merge`] after an all-reduce of the downloaded moments), upload the merged
+    /// moments and pass them as [`ChannelNormArgs::moments`]. An empty `x` records nothing.
+    pub fn encode_reduce(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        view: ChannelView,
+        out: &Tensor,
+    ) -> Result<()> {
+        self.check("x", x, view.numel(), self.dtype)?;
+        self.check("moments", out, view.slots() * 3, DType::F32)?;
+        if view.numel() == 0 {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let xr = binding::storage_range(ctx, "x", x)?;
+        let or = binding::storage_range(ctx, "moments", out)?;
+        binding::check_no_alias(&[("x", Some(&xr), false), ("moments", Some(&or), true)])?;
+        let align = Io {
+            dtype: self.dtype,
+            vec4: true,
+        }
+        .alignment();
+        let io = self.io_for(&view, xr.offset % align == 0);
+        ctx.check_io(io)?;
+        let scratch = self.scratch(view)?;
+        let params = channel_params(&view, io, scratch.tiles, scratch.tile_len, self.eps, None);
+        let wgm = moments_wg(ctx);
+        let moments = ctx.pipeline(
+            Kernel::ChannelMoments,
+            io,
+            MOMENTS_SLOTS,
+            &[("WG", wgm as f64)],
+        )?;
+        let merge = ctx.pipeline(
+            Kernel::ChannelMerge,
+            Io {
+                dtype: DType::F32,
+                vec4: false,
+            },
+            MERGE_SLOTS,
+            &[("WG", FINALIZE_WG as f64)],
+        )?;
+        let partials = binding::storage_range(ctx, "partials", &scratch.partials)?;
+        let mb = self
+            .binds
+            .get(ctx, MOMENTS_SLOTS, &params, &[&xr, &partials])?;
+        let gb = self
+            .binds
+            .get(ctx, MERGE_SLOTS, &params, &[&partials, &or])?;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm channel_norm reduce"),
+            timestamp_writes: None,
+        });
+        let (gx, gy) = binding::grid(ctx, view.slots() as u64 * scratch.tiles as u64);
+        pass.set_pipeline(&moments);
+        pass.set_bind_group(0, &mb, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        let (gx, gy) = binding::grid(ctx, (view.slots() as u64).div_ceil(FINALIZE_WG as u64));
+        pass.set_pipeline(&merge);
+        pass.set_bind_group(0, &gb, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+
     /// Bind groups cached so far.
     pub fn cached_bind_groups(&self) -> usize {
         self.binds.len()
     }
+}
+
+/// The uniform block of every channel-norm kernel (`ChannelParams` in common.wgsl).
+fn channel_params(
+    v: &ChannelView,
+    io: Io,
+    tiles: u32,
+    tile_len: u32,
+    eps: f32,
+    update: Option<RunningUpdate>,
+) -> [u32; PARAM_WORDS] {
+    let mut params = [0u32; PARAM_WORDS];
+    params[0] = v.p as u32;
+    params[1] = v.q as u32;
+    params[2] = v.r as u32;
+    params[3] = (v.s / io.width() as usize) as u32;
+    params[4] = v.cg as u32;
+    params[5] = v.sdiv as u32;
+    params[6] = tiles;
+    params[7] = tile_len;
+    params[8] = eps.to_bits();
+    params[9] = update.and_then(|u| u.momentum).unwrap_or(0.0).to_bits();
+    params[10] = update.is_some_and(|u| u.momentum.is_none()) as u32;
+    params[11] = (v.numel() / io.width() as usize) as u32;
+    params
 }
 
 /// Specialisations for `cargo xtask validate`.
@@ -594,6 +751,30 @@ pub fn specializations() -> Vec<Specialization> {
                 });
             }
         }
+    }
+    out.push(Specialization {
+        kernel: Kernel::ChannelMerge,
+        io: Io {
+            dtype: DType::F32,
+            vec4: false,
+        },
+        constants: vec![("WG", FINALIZE_WG as f64)],
+    });
+    for bits in 0..8u32 {
+        let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
+        out.push(Specialization {
+            kernel: Kernel::FoldBatchNorm,
+            io: Io {
+                dtype: DType::F32,
+                vec4: false,
+            },
+            constants: vec![
+                ("WG", 256.0),
+                ("HAS_BIAS", f(0)),
+                ("HAS_GAMMA", f(1)),
+                ("HAS_BETA", f(2)),
+            ],
+        });
     }
     for bits in 0..32u32 {
         let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };

@@ -215,10 +215,12 @@ impl Context {
         Ok(())
     }
 
-    pub(crate) fn dummy_read(&self) -> &wgpu::Buffer {
+    /// A 16-byte storage buffer bound in place of an absent optional input (never written).
+    pub fn dummy_read(&self) -> &wgpu::Buffer {
         &self.inner.dummy_read
     }
-    pub(crate) fn dummy_write(&self, i: usize) -> &wgpu::Buffer {
+    /// Two distinct 16-byte storage buffers (`i` = 0, 1) bound in place of absent outputs.
+    pub fn dummy_write(&self, i: usize) -> &wgpu::Buffer {
         &self.inner.dummy_write[i]
     }
 

@@ -30,6 +30,8 @@ const CHANNEL_COMMON: &str = shader_file!("channel_norm/common.wgsl");
 const CHANNEL_MOMENTS: &str = shader_file!("channel_norm/moments.wgsl");
 const CHANNEL_FINALIZE: &str = shader_file!("channel_norm/finalize.wgsl");
 const CHANNEL_APPLY: &str = shader_file!("channel_norm/apply.wgsl");
+const CHANNEL_MERGE: &str = shader_file!("channel_norm/merge.wgsl");
+const FOLD_BATCH_NORM: &str = shader_file!("channel_norm/fold.wgsl");
 const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
 
 /// Storage type and access width of a kernel's tensors.
@@ -101,8 +103,12 @@ pub enum Kernel {
     ChannelMoments,
     /// Channel statistics, phase 2: merge, running statistics, scale and shift.
     ChannelFinalize,
-    /// Channel statistics, phase 3: y = act(x * scale + shift).
+    /// Channel statistics, phase 3: y = act((x - mean) * scale + shift).
     ChannelApply,
+    /// Channel statistics: partial moments merged into one (count, mean, M2) per slot.
+    ChannelMerge,
+    /// Folds an inference BatchNorm into the preceding layer's weight and bias.
+    FoldBatchNorm,
     /// Plain copy, the bandwidth roofline of the benchmarks.
     Copy,
     /// One invocation per row, three passes: the benchmarks' baseline for row norms.
@@ -110,13 +116,15 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
         Kernel::ChannelMoments,
         Kernel::ChannelFinalize,
         Kernel::ChannelApply,
+        Kernel::ChannelMerge,
+        Kernel::FoldBatchNorm,
         Kernel::Copy,
         Kernel::NaiveRowNorm,
     ];
@@ -129,6 +137,8 @@ impl Kernel {
             Kernel::ChannelMoments => "channel_norm/moments",
             Kernel::ChannelFinalize => "channel_norm/finalize",
             Kernel::ChannelApply => "channel_norm/apply",
+            Kernel::ChannelMerge => "channel_norm/merge",
+            Kernel::FoldBatchNorm => "channel_norm/fold",
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
         }
@@ -150,6 +160,8 @@ impl Kernel {
             Kernel::ChannelMoments => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MOMENTS],
             Kernel::ChannelFinalize => &[MOMENTS, CHANNEL_COMMON, CHANNEL_FINALIZE],
             Kernel::ChannelApply => &[CHANNEL_COMMON, CHANNEL_APPLY],
+            Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
+            Kernel::FoldBatchNorm => &[FOLD_BATCH_NORM],
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ROW_NORM_COMMON, NAIVE_ROW_NORM],
         }

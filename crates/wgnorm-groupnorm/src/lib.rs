@@ -149,6 +149,7 @@ fn encode(
             running_var: None,
             stats: outputs.saved,
             statistics: Statistics::Batch(None),
+            moments: None,
         },
     )
 }
