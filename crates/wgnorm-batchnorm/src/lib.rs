@@ -176,7 +176,7 @@ impl BatchNorm {
     pub fn encode_fold(&self, encoder: &mut wgpu::CommandEncoder, f: &FoldArgs) -> Result<()> {
         let ctx = self.engine.context();
         let o = f.running_mean.numel();
-        let k = if o == 0 { 0 } else { f.weight.numel() / o };
+        let k = f.weight.numel().checked_div(o).unwrap_or(0);
         if f.weight.shape().first() != Some(&o) || f.weight.numel() != o * k {
             return Err(Error::ShapeMismatch {
                 what: "fold weight [O, ..]".into(),
@@ -356,7 +356,7 @@ pub fn fold_batch_norm(
         beta.map(|b| b.len()),
         Some(running_var.len()),
     ];
-    if o == 0 || weight.len() % o != 0 || lens.iter().flatten().any(|&l| l != o) {
+    if o == 0 || !weight.len().is_multiple_of(o) || lens.iter().flatten().any(|&l| l != o) {
         return Err(Error::ShapeMismatch {
             what: "fold_batch_norm: weight [O, K] and vectors [O]".into(),
             expected: vec![o],
