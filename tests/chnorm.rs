@@ -589,3 +589,79 @@ fn zero_variance_slots_with_an_offset_give_the_bias() {
     let want: Vec<f64> = (0..n * c).map(|i| b[i % c] as f64).collect();
     assert_close("instance norm of single elements", &y, &want, 1e-6, 0.0);
 }
+
+#[test]
+fn lp_norm_along_any_axis() {
+    let c_ = ctx();
+    for dtype in [DType::F32, DType::F16] {
+        for (shape, axis) in [
+            (&[4usize, 7][..], -1isize),
+            (&[3, 5, 4], 1),
+            (&[2, 3, 8], -1),
+            (&[6, 2], 0),
+            (&[2, 3, 4, 5], 2),
+        ] {
+            let numel: usize = shape.iter().product();
+            let mut x = noise(numel as u64 * 7 + axis.unsigned_abs() as u64, numel);
+            // A slice that is all zero must give zeros, not NaN.
+            if axis == -1 {
+                let n = shape[shape.len() - 1];
+                x[..n].iter_mut().for_each(|v| *v = 0.0);
+            }
+            for p in [1u32, 2] {
+                let op = LpNorm::new(c_, axis, p, dtype).unwrap();
+                let y = op.forward(&c_.upload(&x, shape, dtype).unwrap()).unwrap();
+                let want = reference::lp_norm(&round_to(dtype, &x), shape, axis, p);
+                let (atol, rtol) = tol(dtype);
+                assert_close(
+                    &format!("lp{p} {dtype} {shape:?} axis {axis}"),
+                    &c_.download(&y).unwrap(),
+                    &want,
+                    atol,
+                    rtol,
+                );
+            }
+        }
+    }
+    assert!(matches!(
+        LpNorm::new(c_, -1, 3, DType::F32),
+        Err(Error::InvalidParameter { name: "p", .. })
+    ));
+}
+
+#[test]
+fn mean_variance_norm_over_axes() {
+    let c_ = ctx();
+    let cases: &[(&[usize], &[isize])] = &[
+        (&[2, 3, 4, 5], &[0, 2, 3]),
+        (&[2, 3, 4, 5], &[1, 2, 3]),
+        (&[2, 3, 4, 5], &[0, 1, 2, 3]),
+        (&[4, 6, 5], &[1]),
+        (&[4, 6, 5], &[0, 2]),
+        (&[3, 4, 5, 6], &[1, 3]),
+    ];
+    for &(shape, axes) in cases {
+        let numel: usize = shape.iter().product();
+        let x: Vec<f32> = noise(numel as u64, numel)
+            .iter()
+            .map(|v| v * 4.0 + 2.0)
+            .collect();
+        let op = MeanVarianceNorm::new(c_, axes, 1e-9, DType::F32).unwrap();
+        let y = op.forward(&c_.upload_f32(&x, shape).unwrap()).unwrap();
+        let want = reference::mean_variance_norm(&round_to(DType::F32, &x), shape, axes, 1e-9);
+        assert_close(
+            &format!("mvn {shape:?} {axes:?}"),
+            &c_.download(&y).unwrap(),
+            &want,
+            2e-5,
+            1e-4,
+        );
+    }
+    // Kept and reduced dims alternating too often need a transpose first: a typed error.
+    let op = MeanVarianceNorm::new(c_, &[0, 2, 4], 1e-9, DType::F32).unwrap();
+    let x = c_.empty(&[2, 2, 2, 2, 2, 2], DType::F32).unwrap();
+    assert!(matches!(
+        op.forward(&x),
+        Err(Error::InvalidParameter { name: "axes", .. })
+    ));
+}

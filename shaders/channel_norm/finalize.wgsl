@@ -12,6 +12,10 @@ override UPDATE_RUNNING: bool = false;
 override UNBIASED_RUNNING: bool = true;
 override HAS_WEIGHT: bool = false;
 override HAS_BIAS: bool = false;
+// As in moments.wgsl: 0 mean/variance, 1 L2 norm, 2 L1 norm (y = x / norm, 0 where norm = 0).
+override REDUCE: u32 = 0u;
+// rstd = 1 / (sqrt(var) + eps) instead of 1 / sqrt(var + eps) (MeanVarianceNormalization).
+override EPS_OUTSIDE: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -37,6 +41,7 @@ fn main(
     let rr = slot % params.r;
     var mean: f32;
     var var_b: f32;
+    var m2_sum = 0.0;
     if (INFER) {
         mean = running_mean[rr];
         var_b = running_var[rr];
@@ -47,6 +52,7 @@ fn main(
         }
         mean = acc.mean;
         var_b = acc.m2 / acc.n;
+        m2_sum = acc.m2;
         if (UPDATE_RUNNING) {
             var m = params.momentum;
             if (params.cumulative != 0u) {
@@ -61,7 +67,21 @@ fn main(
             running_var[rr] = (1.0 - m) * running_var[rr] + m * v_run;
         }
     }
-    let rstd = inverseSqrt(var_b + params.eps);
+    var rstd: f32;
+    if (REDUCE == 0u) {
+        if (EPS_OUTSIDE) {
+            rstd = 1.0 / (sqrt(var_b) + params.eps);
+        } else {
+            rstd = inverseSqrt(var_b + params.eps);
+        }
+    } else {
+        // The sum sits in M2; the mean stays 0.
+        var norm = m2_sum;
+        if (REDUCE == 1u) {
+            norm = sqrt(norm);
+        }
+        rstd = select(0.0, 1.0 / norm, norm > 0.0);
+    }
     stats[slot] = vec2<f32>(mean, rstd);
     let c_total = params.r * params.cg;
     for (var k = 0u; k < params.cg; k = k + 1u) {

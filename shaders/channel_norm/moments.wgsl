@@ -2,6 +2,9 @@
 // keeps Welford moments of its accesses; the workgroup merges them with Chan's formula.
 
 override WG: u32 = 256u;
+// 0: mean and M2 (Welford). 1: sum of squares (L2 norm). 2: sum of absolute values (L1 norm);
+// sums are kept in the m2 field with mean 0, which Chan's merge adds exactly.
+override REDUCE: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -33,7 +36,15 @@ fn main(
         let q = j / params.s_v;
         let s = j - q * params.s_v;
         let v = to_v(x[((pp * params.q + q) * params.r + rr) * params.s_v + s]);
-        acc = moments_push(acc, v);
+        if (REDUCE == 0u) {
+            acc = moments_push(acc, v);
+        } else if (REDUCE == 1u) {
+            acc.n = acc.n + f32(VW);
+            acc.m2 = acc.m2 + hsum(v * v);
+        } else {
+            acc.n = acc.n + f32(VW);
+            acc.m2 = acc.m2 + hsum(abs(v));
+        }
     }
     red_n[lid] = acc.n;
     red_mean[lid] = acc.mean;

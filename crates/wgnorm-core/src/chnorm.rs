@@ -103,6 +103,92 @@ impl ChannelView {
         })
     }
 
+    /// One slot per position of the other dims, reduced along `axis` alone (LpNorm).
+    pub fn along_axis(shape: &[usize], axis: isize) -> Result<ChannelView> {
+        let rank = shape.len();
+        let a = if axis < 0 { axis + rank as isize } else { axis };
+        if a < 0 || a >= rank as isize {
+            return Err(Error::AxisOutOfRange {
+                what: "lp_norm",
+                axis,
+                rank,
+            });
+        }
+        let a = a as usize;
+        let (pre, n, post) = (
+            shape[..a].iter().product(),
+            shape[a],
+            shape[a + 1..].iter().product::<usize>(),
+        );
+        Ok(if post == 1 {
+            // Contiguous rows: vector access along them.
+            ChannelView {
+                p: pre,
+                q: 1,
+                r: 1,
+                s: n,
+                cg: 1,
+                sdiv: n.max(1),
+            }
+        } else {
+            ChannelView {
+                p: pre,
+                q: n,
+                r: post,
+                s: 1,
+                cg: 1,
+                sdiv: 1,
+            }
+        })
+    }
+
+    /// One slot per position of the dims not in `axes`, reduced over `axes`
+    /// (MeanVarianceNormalization). The dims must read as [kept][reduced][kept][reduced] (each
+    /// block possibly empty), which covers every contiguous choice and NCHW's [0, 2, 3].
+    pub fn over_axes(shape: &[usize], axes: &[isize]) -> Result<ChannelView> {
+        let rank = shape.len();
+        let mut reduced = vec![false; rank];
+        for &ax in axes {
+            let a = if ax < 0 { ax + rank as isize } else { ax };
+            if a < 0 || a >= rank as isize {
+                return Err(Error::AxisOutOfRange {
+                    what: "mean_variance_norm",
+                    axis: ax,
+                    rank,
+                });
+            }
+            reduced[a as usize] = true;
+        }
+        // Runs of kept / reduced dims and their sizes.
+        let mut runs: Vec<(bool, usize)> = Vec::new();
+        for (d, &red) in reduced.iter().enumerate() {
+            match runs.last_mut() {
+                Some((r, size)) if *r == red => *size *= shape[d],
+                _ => runs.push((red, shape[d])),
+            }
+        }
+        if runs.first().is_some_and(|r| r.0) {
+            runs.insert(0, (false, 1));
+        }
+        if runs.len() > 4 {
+            return Err(Error::InvalidParameter {
+                name: "axes",
+                value: format!("{axes:?}"),
+                why: "reduced and kept dims alternate more than [kept][reduced][kept][reduced]: transpose first",
+            });
+        }
+        let get = |i: usize| runs.get(i).map_or(1, |r| r.1);
+        let s = get(3);
+        Ok(ChannelView {
+            p: get(0),
+            q: get(1),
+            r: get(2),
+            s,
+            cg: 1,
+            sdiv: s.max(1),
+        })
+    }
+
     /// GroupNorm: statistics per (sample, group of C / groups channels) over those channels and
     /// the spatial dims. `groups` must divide C.
     pub fn group_norm(shape: &[usize], layout: Layout, groups: usize) -> Result<ChannelView> {
@@ -157,6 +243,28 @@ pub enum Activation {
     None,
     /// `x * sigmoid(x)` (GroupNorm + SiLU, the diffusion-UNet block).
     Silu,
+}
+
+/// What the slot statistics are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// Mean and variance: `y = (x - mean) * rstd` (then affine).
+    #[default]
+    MeanVariance,
+    /// `y = x / ||x||_2` over the slot, 0 where the norm is 0.
+    L2,
+    /// `y = x / ||x||_1` over the slot, 0 where the norm is 0.
+    L1,
+}
+
+impl Reduction {
+    fn code(self) -> f64 {
+        match self {
+            Reduction::MeanVariance => 0.0,
+            Reduction::L2 => 1.0,
+            Reduction::L1 => 2.0,
+        }
+    }
 }
 
 /// Which statistics normalize.
@@ -289,6 +397,8 @@ struct Scratch {
 pub struct ChannelNorm {
     ctx: Context,
     eps: f32,
+    reduction: Reduction,
+    eps_outside: bool,
     dtype: DType,
     activation: Activation,
     batches: Tensor,
@@ -323,6 +433,8 @@ impl ChannelNorm {
         Ok(ChannelNorm {
             ctx: ctx.clone(),
             eps,
+            reduction: Reduction::MeanVariance,
+            eps_outside: false,
             dtype,
             activation,
             batches,
@@ -333,6 +445,18 @@ impl ChannelNorm {
 
     pub fn context(&self) -> &Context {
         &self.ctx
+    }
+
+    /// Normalizes by an L1/L2 norm instead of mean and variance (LpNorm).
+    pub fn with_reduction(mut self, reduction: Reduction) -> ChannelNorm {
+        self.reduction = reduction;
+        self
+    }
+
+    /// `1 / (sqrt(var) + eps)` instead of `1 / sqrt(var + eps)` (MeanVarianceNormalization).
+    pub fn with_eps_outside_sqrt(mut self, outside: bool) -> ChannelNorm {
+        self.eps_outside = outside;
+        self
     }
 
     /// The num_batches_tracked counter (a u32 in the first word), advanced by every call that
@@ -534,6 +658,8 @@ impl ChannelNorm {
                 ("UNBIASED_RUNNING", flag(update.is_none_or(|u| u.unbiased))),
                 ("HAS_WEIGHT", flag(w.is_some())),
                 ("HAS_BIAS", flag(b.is_some())),
+                ("REDUCE", self.reduction.code()),
+                ("EPS_OUTSIDE", flag(self.eps_outside)),
             ],
         )?;
         let act = match self.activation {
@@ -587,7 +713,7 @@ impl ChannelNorm {
                 Kernel::ChannelMoments,
                 io,
                 MOMENTS_SLOTS,
-                &[("WG", wgm as f64)],
+                &[("WG", wgm as f64), ("REDUCE", self.reduction.code())],
             )?;
             let bg = self
                 .binds
@@ -663,7 +789,7 @@ impl ChannelNorm {
             Kernel::ChannelMoments,
             io,
             MOMENTS_SLOTS,
-            &[("WG", wgm as f64)],
+            &[("WG", wgm as f64), ("REDUCE", self.reduction.code())],
         )?;
         let merge = ctx.pipeline(
             Kernel::ChannelMerge,
@@ -776,8 +902,13 @@ pub fn specializations() -> Vec<Specialization> {
             ],
         });
     }
-    for bits in 0..32u32 {
+    for bits in 0..128u32 {
         let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
+        // REDUCE 0..2 from bits 5-6 (3 unused), EPS_OUTSIDE only with mean/variance.
+        let reduce = (bits >> 5) & 3;
+        if reduce == 3 {
+            continue;
+        }
         out.push(Specialization {
             kernel: Kernel::ChannelFinalize,
             io: Io {
@@ -791,6 +922,8 @@ pub fn specializations() -> Vec<Specialization> {
                 ("UNBIASED_RUNNING", f(2)),
                 ("HAS_WEIGHT", f(3)),
                 ("HAS_BIAS", f(4)),
+                ("REDUCE", reduce as f64),
+                ("EPS_OUTSIDE", if reduce == 0 { f(0) } else { 0.0 }),
             ],
         });
     }

@@ -167,3 +167,105 @@ fn forward(
     ctx.queue().submit([enc.finish()]);
     Ok(y)
 }
+
+/// MeanVarianceNormalization (ONNX): `y = (x - mean) / (sqrt(var) + eps)` with the mean and
+/// biased variance over `axes` (default `[0, 2, 3]`, per channel of NCHW) — eps outside the
+/// square root (default 1e-9), no affine. Axes must read as [kept][reduced][kept][reduced].
+pub struct MeanVarianceNorm {
+    engine: ChannelNorm,
+    axes: Vec<isize>,
+    dtype: DType,
+}
+
+impl MeanVarianceNorm {
+    pub fn new(ctx: &Context, axes: &[isize], eps: f32, dtype: DType) -> Result<MeanVarianceNorm> {
+        let engine =
+            ChannelNorm::new(ctx, eps, dtype, Activation::None)?.with_eps_outside_sqrt(true);
+        Ok(MeanVarianceNorm {
+            engine,
+            axes: axes.to_vec(),
+            dtype,
+        })
+    }
+
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, y: &Tensor) -> Result<()> {
+        let view = ChannelView::over_axes(x.shape(), &self.axes)?;
+        encode(
+            &self.engine,
+            encoder,
+            view,
+            &NormInputs {
+                x,
+                weight: None,
+                bias: None,
+            },
+            &NormOutputs { y, saved: None },
+        )
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let inputs = NormInputs {
+            x,
+            weight: None,
+            bias: None,
+        };
+        forward(&self.engine, self.dtype, &inputs, |enc, o| {
+            self.encode(enc, x, o.y)
+        })
+    }
+}
+
+/// LpNorm (ONNX): `y = x / ||x||_p` along one `axis`, p = 1 or 2, 0 where the norm is 0.
+pub struct LpNorm {
+    engine: ChannelNorm,
+    axis: isize,
+    dtype: DType,
+}
+
+impl LpNorm {
+    pub fn new(ctx: &Context, axis: isize, p: u32, dtype: DType) -> Result<LpNorm> {
+        let reduction = match p {
+            1 => wgnorm_core::chnorm::Reduction::L1,
+            2 => wgnorm_core::chnorm::Reduction::L2,
+            _ => {
+                return Err(wgnorm_core::Error::InvalidParameter {
+                    name: "p",
+                    value: p.to_string(),
+                    why: "LpNorm supports p = 1 or 2",
+                })
+            }
+        };
+        let engine = ChannelNorm::new(ctx, 0.0, dtype, Activation::None)?.with_reduction(reduction);
+        Ok(LpNorm {
+            engine,
+            axis,
+            dtype,
+        })
+    }
+
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, y: &Tensor) -> Result<()> {
+        let view = ChannelView::along_axis(x.shape(), self.axis)?;
+        encode(
+            &self.engine,
+            encoder,
+            view,
+            &NormInputs {
+                x,
+                weight: None,
+                bias: None,
+            },
+            &NormOutputs { y, saved: None },
+        )
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let inputs = NormInputs {
+            x,
+            weight: None,
+            bias: None,
+        };
+        forward(&self.engine, self.dtype, &inputs, |enc, o| {
+            self.encode(enc, x, o.y)
+        })
+    }
+}

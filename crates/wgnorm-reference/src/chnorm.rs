@@ -189,3 +189,60 @@ mod tests {
         assert!((silu(0.0)).abs() < 1e-15 && (silu(50.0) - 50.0).abs() < 1e-9);
     }
 }
+
+/// Groups the flat indices of a row-major `shape` by their coordinates outside `reduced` dims.
+fn groups_over(shape: &[usize], reduced: &[bool]) -> Vec<Vec<usize>> {
+    let numel: usize = shape.iter().product();
+    let mut map: std::collections::BTreeMap<Vec<usize>, Vec<usize>> = Default::default();
+    for flat in 0..numel {
+        let mut rem = flat;
+        let mut key = Vec::new();
+        for d in (0..shape.len()).rev() {
+            let coord = rem % shape[d];
+            rem /= shape[d];
+            if !reduced[d] {
+                key.push(coord);
+            }
+        }
+        map.entry(key).or_default().push(flat);
+    }
+    map.into_values().collect()
+}
+
+fn normalize_axis(axis: isize, rank: usize) -> usize {
+    (if axis < 0 { axis + rank as isize } else { axis }) as usize
+}
+
+/// MeanVarianceNormalization (ONNX): `(x - mean) / (sqrt(var_biased) + eps)` over `axes`.
+pub fn mean_variance_norm(x: &[f64], shape: &[usize], axes: &[isize], eps: f64) -> Vec<f64> {
+    let mut reduced = vec![false; shape.len()];
+    for &a in axes {
+        reduced[normalize_axis(a, shape.len())] = true;
+    }
+    let mut y = vec![0.0; x.len()];
+    for idx in groups_over(shape, &reduced) {
+        let vals: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
+        let (mean, var) = moments(&vals);
+        for &i in &idx {
+            y[i] = (x[i] - mean) / (var.sqrt() + eps);
+        }
+    }
+    y
+}
+
+/// LpNorm: `x / ||x||_p` along `axis` (p = 1 or 2), 0 where the norm is 0.
+pub fn lp_norm(x: &[f64], shape: &[usize], axis: isize, p: u32) -> Vec<f64> {
+    let mut reduced = vec![false; shape.len()];
+    reduced[normalize_axis(axis, shape.len())] = true;
+    let mut y = vec![0.0; x.len()];
+    for idx in groups_over(shape, &reduced) {
+        let norm = match p {
+            1 => idx.iter().map(|&i| x[i].abs()).sum::<f64>(),
+            _ => idx.iter().map(|&i| x[i] * x[i]).sum::<f64>().sqrt(),
+        };
+        for &i in &idx {
+            y[i] = if norm == 0.0 { 0.0 } else { x[i] / norm };
+        }
+    }
+    y
+}

@@ -142,6 +142,8 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("batch_norm", run_batch_norm),
     ("group_norm", run_group_norm),
     ("instance_norm", run_instance_norm),
+    ("lp_norm", run_lp_norm),
+    ("mean_variance_norm", run_mean_variance_norm),
 ];
 
 /// Whether the runtime implements `op`.
@@ -476,5 +478,43 @@ fn run_instance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
             bias: b.as_ref(),
         })
         .map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_lp_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "p"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let p = a.int("p", 2)?;
+    let op = crate::LpNorm::new(
+        ctx,
+        a.int("axis", -1)? as isize,
+        u32::try_from(p).unwrap_or(0),
+        dtype,
+    )
+    .map_err(err)?;
+    let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axes"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let axes: Vec<isize> = match case.attrs.get("axes") {
+        None | Some(Value::Null) => vec![0, 2, 3],
+        Some(Value::Array(v)) => v
+            .iter()
+            .map(|e| {
+                e.as_i64()
+                    .map(|i| i as isize)
+                    .ok_or(format!("axes entry {e} is not an integer"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => return Err(format!("attribute axes is not a list: {v}")),
+    };
+    let _ = a;
+    let op = crate::MeanVarianceNorm::new(ctx, &axes, 1e-9, dtype).map_err(err)?;
+    let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

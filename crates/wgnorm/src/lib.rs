@@ -26,8 +26,8 @@ pub use wgnorm_core::{
     self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, Slot, Tensor,
 };
 pub use wgnorm_groupnorm::{
-    self as groupnorm, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, NormInputs,
-    NormOutputs,
+    self as groupnorm, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LpNorm,
+    MeanVarianceNorm, NormInputs, NormOutputs,
 };
 pub use wgnorm_layernorm::{
     self as layernorm, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs,
@@ -39,8 +39,8 @@ pub mod prelude {
     pub use crate::{
         Activation, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, Context, DType,
         GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig,
-        LayerNormInputs, LayerNormOutputs, Layout, NormInputs, NormOutputs, RmsNorm, RmsNormConfig,
-        RmsNormInputs, RmsNormOutputs, Tensor,
+        LayerNormInputs, LayerNormOutputs, Layout, LpNorm, MeanVarianceNorm, NormInputs,
+        NormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs, RmsNormOutputs, Tensor,
     };
 }
 
