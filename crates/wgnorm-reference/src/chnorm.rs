@@ -153,43 +153,6 @@ pub fn to_nhwc(x: &[f64], n: usize, c: usize, hw: usize) -> Vec<f64> {
     o
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_norm_training_known_values() {
-        // One channel, values 1..4: mean 2.5, biased var 1.25, unbiased 5/3.
-        let o = batch_norm(
-            &[1.0, 2.0, 3.0, 4.0],
-            2,
-            1,
-            2,
-            None,
-            None,
-            &[0.0],
-            &[1.0],
-            true,
-            0.1,
-            true,
-            0.0,
-        );
-        assert!((o.mean[0] - 2.5).abs() < 1e-12);
-        assert!((o.running_mean[0] - 0.25).abs() < 1e-12);
-        assert!((o.running_var[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-12);
-        assert!((o.y[0] + 1.5 / 1.25f64.sqrt()).abs() < 1e-12);
-    }
-
-    #[test]
-    fn group_norm_with_one_group_per_channel_is_instance_norm() {
-        let x: Vec<f64> = (0..24).map(|i| (i as f64 * 0.37).sin()).collect();
-        let a = group_norm(&x, 2, 3, 4, 3, None, None, 1e-5, false);
-        let b = instance_norm(&x, 2, 3, 4, None, None, 1e-5);
-        assert_eq!(a, b);
-        assert!((silu(0.0)).abs() < 1e-15 && (silu(50.0) - 50.0).abs() < 1e-9);
-    }
-}
-
 /// Groups the flat indices of a row-major `shape` by their coordinates outside `reduced` dims.
 fn groups_over(shape: &[usize], reduced: &[bool]) -> Vec<Vec<usize>> {
     let numel: usize = shape.iter().product();
@@ -245,4 +208,41 @@ pub fn lp_norm(x: &[f64], shape: &[usize], axis: isize, p: u32) -> Vec<f64> {
         }
     }
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_norm_training_known_values() {
+        // One channel, values 1..4: mean 2.5, biased var 1.25, unbiased 5/3.
+        let o = batch_norm(
+            &[1.0, 2.0, 3.0, 4.0],
+            2,
+            1,
+            2,
+            None,
+            None,
+            &[0.0],
+            &[1.0],
+            true,
+            0.1,
+            true,
+            0.0,
+        );
+        assert!((o.mean[0] - 2.5).abs() < 1e-12);
+        assert!((o.running_mean[0] - 0.25).abs() < 1e-12);
+        assert!((o.running_var[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-12);
+        assert!((o.y[0] + 1.5 / 1.25f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn group_norm_with_one_group_per_channel_is_instance_norm() {
+        let x: Vec<f64> = (0..24).map(|i| (i as f64 * 0.37).sin()).collect();
+        let a = group_norm(&x, 2, 3, 4, 3, None, None, 1e-5, false);
+        let b = instance_norm(&x, 2, 3, 4, None, None, 1e-5);
+        assert_eq!(a, b);
+        assert!((silu(0.0)).abs() < 1e-15 && (silu(50.0) - 50.0).abs() < 1e-9);
+    }
 }
