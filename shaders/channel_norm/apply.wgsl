@@ -1,15 +1,24 @@
-// Phase 3: y = act((x - mean) * scale + shift), one access per invocation, (mean, scale, shift)
-// per (p, channel) from the finalize pass. Invocation 0 also advances num_batches_tracked when
-// COUNT_BATCH (it runs after finalize has read it).
+// Phase 3: y = act((x - mean) * scale + shift), with (mean, scale, shift) per (p, channel) from
+// the finalize pass, stored structure-of-arrays per p: [mean x C][scale x C][shift x C].
+//
+// Element e of x belongs to sample p = e / (Q*R*S) and channel (e / SDIV) % C in every view of
+// common.wgsl, so apply needs no 4D decomposition. Each invocation handles BLOCK consecutive
+// accesses and steps its channel and sample counters instead of dividing per element (CPU
+// rasterisers want a contiguous block per lane; GPUs want BLOCK = 1, coalesced across lanes).
+// CH_VEC: the VW elements of one access are VW consecutive channels (channels-last with C a
+// multiple of 4): mean/scale/shift load as vectors. Otherwise one access lies in one channel.
+// Invocation 0 also advances num_batches_tracked when COUNT_BATCH (after finalize read it).
 
 override WG: u32 = 256u;
+override BLOCK: u32 = 1u;
 // 0: none. 1: SiLU (x * sigmoid(x)).
 override ACT: u32 = 0u;
 override COUNT_BATCH: bool = false;
+override CH_VEC: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
-@group(0) @binding(2) var<storage, read> scale_shift: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> coef: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<Elem>;
 @group(0) @binding(4) var<storage, read_write> batches: array<u32>;
 
@@ -20,25 +29,77 @@ fn activate(v: V) -> V {
     return v;
 }
 
+// (mean, scale, shift) of channel ch (and the following VW - 1 when CH_VEC) of sample p.
+fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {
+    let base = (p * 3u + which) * c + ch;
+    if (CH_VEC) {
+        var v: V;
+        for (var k = 0u; k < VW; k = k + 1u) {
+            v = set_lane(v, k, coef[base + k]);
+        }
+        return v;
+    }
+    return V(coef[base]);
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let e = linear_group(wid, nwg) * WG + lid;
-    if (COUNT_BATCH && e == 0u) {
+    let inv = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (COUNT_BATCH && inv == 0u) {
         batches[0] = batches[0] + 1u;
     }
-    if (e >= params.total_v) {
+    let c = params.r * params.cg;
+    // Counters in elements: position within the current channel run (SDIV elements), channel,
+    // position within the current sample (Q*R*S elements), sample.
+    let per_p = params.per_p;
+    let start = inv * BLOCK;
+    if (start >= params.total_v) {
         return;
     }
-    let s = e % params.s_v;
-    let t = e / params.s_v;
-    let rr = t % params.r;
-    let pp = t / (params.r * params.q);
-    // A vector of VW elements never crosses a channel (the host checks SDIV % VW == 0).
-    let ch = rr * params.cg + (s * VW) / params.sdiv;
-    let ss = scale_shift[pp * params.r * params.cg + ch];
-    y[e] = from_v(activate((to_v(x[e]) - ss.x) * ss.y + ss.z));
+    let e0 = start * VW;
+    var within = e0 % params.sdiv;
+    var ch = (e0 / params.sdiv) % c;
+    var pin = e0 % per_p;
+    var p = e0 / per_p;
+    var mean = coef_at(p, ch, c, 0u);
+    var scale = coef_at(p, ch, c, 1u);
+    var shift = coef_at(p, ch, c, 2u);
+    let end = min(params.total_v, start + BLOCK);
+    for (var i = start; i < end; i = i + 1u) {
+        y[i] = from_v(activate((to_v(x[i]) - mean) * scale + shift));
+        // Advance the counters by one access (VW elements).
+        var moved = false;
+        pin = pin + VW;
+        if (pin >= per_p) {
+            pin = 0u;
+            p = p + 1u;
+            moved = true;
+        }
+        if (CH_VEC) {
+            ch = ch + VW;
+            if (ch >= c) {
+                ch = 0u;
+            }
+            moved = true;
+        } else {
+            within = within + VW;
+            if (within >= params.sdiv) {
+                within = 0u;
+                ch = ch + 1u;
+                if (ch >= c) {
+                    ch = 0u;
+                }
+                moved = true;
+            }
+        }
+        if (moved && i + 1u < end) {
+            mean = coef_at(p, ch, c, 0u);
+            scale = coef_at(p, ch, c, 1u);
+            shift = coef_at(p, ch, c, 2u);
+        }
+    }
 }

@@ -26,7 +26,8 @@ struct ChannelParams {
     cumulative: u32,
     // Total accesses of x (apply pass).
     total_v: u32,
-    _pad0: u32,
+    // Elements per sample p (Q * R * S; apply pass).
+    per_p: u32,
     _pad1: u32,
     _pad2: u32,
     _pad3: u32,

@@ -24,7 +24,7 @@ override EPS_OUTSIDE: bool = false;
 @group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(6) var<storage, read_write> stats: array<vec2<f32>>;
-@group(0) @binding(7) var<storage, read_write> scale_shift: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> coef: array<f32>;
 @group(0) @binding(8) var<storage, read> batches: array<u32>;
 
 @compute @workgroup_size(WG)
@@ -97,6 +97,10 @@ fn main(
         // (mean, scale, shift): apply computes (x - mean) * scale + shift. Folding the mean into
         // the shift (x * scale + (shift - mean * scale)) would cancel two large terms whenever
         // the spread is small against the mean.
-        scale_shift[pp * c_total + ch] = vec4<f32>(mean, sc, sh, 0.0);
+        // Structure of arrays per sample, so channels-last apply loads 4 channels at once.
+        let base = pp * 3u * c_total + ch;
+        coef[base] = mean;
+        coef[base + c_total] = sc;
+        coef[base + 2u * c_total] = sh;
     }
 }

@@ -14,6 +14,12 @@ var<workgroup> red_n: array<f32, WG>;
 var<workgroup> red_mean: array<f32, WG>;
 var<workgroup> red_m2: array<f32, WG>;
 
+fn load(pp: u32, rr: u32, j: u32) -> V {
+    let q = j / params.s_v;
+    let s = j - q * params.s_v;
+    return to_v(x[((pp * params.q + q) * params.r + rr) * params.s_v + s]);
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -32,19 +38,17 @@ fn main(
     let end = select(0u, min(len, start + params.tile_len), live);
 
     var acc = Moments(0.0, 0.0, 0.0);
-    for (var j = start + lid; j < end; j = j + WG) {
-        let q = j / params.s_v;
-        let s = j - q * params.s_v;
-        let v = to_v(x[((pp * params.q + q) * params.r + rr) * params.s_v + s]);
-        if (REDUCE == 0u) {
-            acc = moments_push(acc, v);
-        } else if (REDUCE == 1u) {
-            acc.n = acc.n + f32(VW);
-            acc.m2 = acc.m2 + hsum(v * v);
-        } else {
-            acc.n = acc.n + f32(VW);
-            acc.m2 = acc.m2 + hsum(abs(v));
-        }
+    // Chunks of four accesses: an exact two-pass mean and M2 over the chunk in registers, then
+    // one Chan merge, so the divisions are per chunk rather than per element.
+    for (var j = start + lid; j < end; j = j + 4u * WG) {
+        let ok1 = j + WG < end;
+        let ok2 = j + 2u * WG < end;
+        let ok3 = j + 3u * WG < end;
+        let v0 = load(pp, rr, j);
+        let v1 = select(V(0.0), load(pp, rr, j + WG), ok1);
+        let v2 = select(V(0.0), load(pp, rr, j + 2u * WG), ok2);
+        let v3 = select(V(0.0), load(pp, rr, j + 3u * WG), ok3);
+        acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
     }
     red_n[lid] = acc.n;
     red_mean[lid] = acc.mean;

@@ -7,3 +7,4 @@ const VW: u32 = 1u;
 fn to_v(e: Elem) -> V { return f32(e); }
 fn from_v(v: V) -> Elem { return f16(v); }
 fn hsum(v: V) -> f32 { return v; }
+fn set_lane(v: V, k: u32, val: f32) -> V { return val; }

@@ -8,3 +8,8 @@ const VW: u32 = 4u;
 fn to_v(e: Elem) -> V { return vec4<f32>(unpack2x16float(e.x), unpack2x16float(e.y)); }
 fn from_v(v: V) -> Elem { return vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw)); }
 fn hsum(v: V) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+fn set_lane(v: V, k: u32, val: f32) -> V {
+    var t = v;
+    t[k] = val;
+    return t;
+}

@@ -8,3 +8,4 @@ const VW: u32 = 1u;
 fn to_v(e: Elem) -> V { return e; }
 fn from_v(v: V) -> Elem { return v; }
 fn hsum(v: V) -> f32 { return v; }
+fn set_lane(v: V, k: u32, val: f32) -> V { return val; }

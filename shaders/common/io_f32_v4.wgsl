@@ -6,3 +6,8 @@ const VW: u32 = 4u;
 fn to_v(e: Elem) -> V { return e; }
 fn from_v(v: V) -> Elem { return v; }
 fn hsum(v: V) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+fn set_lane(v: V, k: u32, val: f32) -> V {
+    var t = v;
+    t[k] = val;
+    return t;
+}

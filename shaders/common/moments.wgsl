@@ -29,3 +29,4 @@ fn moments_push(acc: Moments, v: V) -> Moments {
     let d = v - m;
     return moments_merge(acc, Moments(k, m, hsum(d * d)));
 }
+

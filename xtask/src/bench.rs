@@ -228,6 +228,155 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
     })
 }
 
+/// A batch-statistics op on an `(N, C, H, W)` activation in `layout` (no naive baseline: one
+/// thread per channel would loop past lavapipe's per-invocation budget on these shapes).
+fn channel_case(
+    ctx: &Context,
+    op: &'static str,
+    nchw: [usize; 4],
+    layout: wgnorm::Layout,
+) -> Result<Case> {
+    use wgnorm::{
+        Activation, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, GroupNorm,
+        GroupNormConfig, NormInputs, NormOutputs,
+    };
+    let [n, c, h, w] = nchw;
+    let shape = match layout {
+        wgnorm::Layout::Nchw => vec![n, c, h, w],
+        wgnorm::Layout::Nhwc => vec![n, h, w, c],
+    };
+    let numel = n * c * h * w;
+    let x: Vec<f32> = (0..numel)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let dtype = DType::F32;
+    let xt = ctx.upload(&x, &shape, dtype)?;
+    let y = ctx.empty(&shape, dtype)?;
+    let wt = ctx.upload_f32(&vec![1.5; c], &[c])?;
+    let bt = ctx.upload_f32(&vec![0.25; c], &[c])?;
+    let rm = ctx.upload_f32(&vec![0.0; c], &[c])?;
+    let rv = ctx.upload_f32(&vec![1.0; c], &[c])?;
+    let run: Record = match op {
+        "batch_norm_train" | "batch_norm_infer" => {
+            let training = op.ends_with("train");
+            let bn = BatchNorm::new(
+                ctx,
+                BatchNormConfig {
+                    layout,
+                    ..Default::default()
+                },
+            )?;
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            let inputs = BatchNormInputs {
+                x: &xt,
+                weight: Some(&wt),
+                bias: Some(&bt),
+                running_mean: Some(&rm),
+                running_var: Some(&rv),
+            };
+            bn.encode(
+                &mut enc,
+                &inputs,
+                &BatchNormOutputs { y: &y, saved: None },
+                training,
+            )?;
+            ctx.queue().submit([enc.finish()]);
+            let (xt, y, wt, bt, rm, rv) = (
+                xt.clone(),
+                y.clone(),
+                wt.clone(),
+                bt.clone(),
+                rm.clone(),
+                rv.clone(),
+            );
+            Box::new(move |enc| {
+                let inputs = BatchNormInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    bias: Some(&bt),
+                    running_mean: Some(&rm),
+                    running_var: Some(&rv),
+                };
+                bn.encode(
+                    enc,
+                    &inputs,
+                    &BatchNormOutputs { y: &y, saved: None },
+                    training,
+                )
+                .expect("validated above");
+            })
+        }
+        _ => {
+            // InstanceNorm is GroupNorm with one channel per group: the same view and kernels.
+            let gn = match op {
+                "group_norm_silu" => GroupNorm::new(
+                    ctx,
+                    GroupNormConfig {
+                        layout,
+                        activation: Activation::Silu,
+                        ..GroupNormConfig::new(32)
+                    },
+                )?,
+                _ => GroupNorm::new(
+                    ctx,
+                    GroupNormConfig {
+                        layout,
+                        ..GroupNormConfig::new(c)
+                    },
+                )?,
+            };
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            gn.encode(
+                &mut enc,
+                &NormInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    bias: Some(&bt),
+                },
+                &NormOutputs { y: &y, saved: None },
+            )?;
+            ctx.queue().submit([enc.finish()]);
+            let (xt, y, wt, bt) = (xt.clone(), y.clone(), wt.clone(), bt.clone());
+            Box::new(move |enc| {
+                gn.encode(
+                    enc,
+                    &NormInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        bias: Some(&bt),
+                    },
+                    &NormOutputs { y: &y, saved: None },
+                )
+                .expect("validated above");
+            })
+        }
+    };
+    let params = if op.starts_with("batch_norm") {
+        4 * c
+    } else {
+        2 * c
+    };
+    Ok(Case {
+        op,
+        shape: nchw.to_vec(),
+        dtype,
+        layout: if layout == wgnorm::Layout::Nchw {
+            "NCHW"
+        } else {
+            "NHWC"
+        },
+        bytes: (2 * numel + params) as u64 * 4,
+        kernel: if op == "batch_norm_infer" {
+            "apply".into()
+        } else {
+            "moments+finalize+apply".into()
+        },
+        run,
+        naive: None,
+        check: None,
+    })
+}
+
 fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
     let elems: usize = if o.quick { 1 << 20 } else { 4 << 20 }; // 4 MiB / 16 MiB of f32
     let lengths: &[usize] = if o.quick {
@@ -269,6 +418,47 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
             continue;
         }
         out.push(row_case(ctx, mode, rows, n, dtype)?);
+    }
+    // Batch-statistics family: (op, NCHW shape).
+    let channel: &[(&'static str, [usize; 4])] = if o.quick {
+        &[
+            ("batch_norm_train", [8, 64, 28, 28]),
+            ("batch_norm_infer", [8, 64, 28, 28]),
+            ("group_norm_silu", [1, 320, 32, 32]),
+        ]
+    } else {
+        &[
+            ("batch_norm_train", [32, 64, 56, 56]),
+            ("batch_norm_train", [8, 256, 28, 28]),
+            ("batch_norm_train", [256, 512, 7, 7]),
+            ("batch_norm_infer", [32, 64, 56, 56]),
+            ("batch_norm_infer", [8, 256, 28, 28]),
+            ("batch_norm_infer", [256, 512, 7, 7]),
+            ("group_norm_silu", [2, 320, 64, 64]),
+            ("instance_norm", [8, 64, 56, 56]),
+        ]
+    };
+    for &(op, shape) in channel {
+        for layout in [wgnorm::Layout::Nchw, wgnorm::Layout::Nhwc] {
+            if o.ops
+                .as_ref()
+                .is_some_and(|ops| !ops.iter().any(|x| op.starts_with(x.as_str())))
+            {
+                continue;
+            }
+            let label = shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("x");
+            if o.shapes
+                .as_ref()
+                .is_some_and(|s| !label.contains(s.as_str()))
+            {
+                continue;
+            }
+            out.push(channel_case(ctx, op, shape, layout)?);
+        }
     }
     Ok(out)
 }
@@ -467,8 +657,8 @@ pub fn run(args: &[String]) -> Result<bool> {
     }
     let info = ctx.adapter_info();
     println!("## wgnorm bench on {} ({:?}, {:?}); timing: {method}; {reps} repetitions x {iters} runs, medians\n", info.name, info.backend, info.device_type);
-    println!("| op | shape | dtype | kernel | median ms | min ms | GB/s | copy GB/s | copy ratio | best copy | b2b GB/s | naive speedup |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| op | shape | dtype | layout | kernel | median ms | min ms | GB/s | copy GB/s | copy ratio | best copy | b2b GB/s | naive speedup |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut json_results = Vec::new();
     let gbps = |bytes: u64, ms: f64| bytes as f64 / ms / 1e6;
     let mut ok = true;
@@ -495,8 +685,8 @@ pub fn run(args: &[String]) -> Result<bool> {
             }
         }
         println!(
-            "| {} | {shape} | {} | {} | {:.3} | {:.3} | {:.2} | {:.2} | **{:.2}** | {} | {:.2} | {} |",
-            c.op, c.dtype, c.kernel, r.median_ms, r.min_ms, g, cg, g / cg, r.copy_name,
+            "| {} | {shape} | {} | {} | {} | {:.3} | {:.3} | {:.2} | {:.2} | **{:.2}** | {} | {:.2} | {} |",
+            c.op, c.dtype, c.layout, c.kernel, r.median_ms, r.min_ms, g, cg, g / cg, r.copy_name,
             gbps(c.bytes, r.b2b_ms),
             speedup.map(|s| format!("{s:.1}x")).unwrap_or("n/a".into())
         );

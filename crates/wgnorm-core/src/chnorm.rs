@@ -383,6 +383,8 @@ const APPLY_SLOTS: &[Slot] = &[
 const MERGE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
 const FINALIZE_WG: u32 = 64;
 const APPLY_WG: u32 = 256;
+/// Accesses per invocation of the apply pass on CPU adapters (a contiguous block per lane).
+const APPLY_CPU_BLOCK: u32 = 16;
 
 /// Scratch of one view: partial moments, per-slot statistics, per-(p, channel) scale/shift.
 struct Scratch {
@@ -474,7 +476,7 @@ impl ChannelNorm {
         let per_slot = (view.count() / io.width() as usize).max(1);
         // Tiles of about 16 accesses per lane: enough workgroups to fill the device, few enough
         // partials that the finalize merge stays cheap (and inside CPU loop budgets).
-        let target = wg * 16;
+        let target = wg * if self.ctx.is_cpu() { 256 } else { 16 };
         let tiles = per_slot.div_ceil(target).clamp(1, 4096) as u32;
         let tile_len = per_slot.div_ceil(tiles as usize) as u32;
         let slots = view.slots().max(1);
@@ -485,12 +487,28 @@ impl ChannelNorm {
             stats: self.ctx.empty(&[slots * 2], DType::F32)?,
             scale_shift: self
                 .ctx
-                .empty(&[view.p * view.channels() * 4], DType::F32)?,
+                .empty(&[view.p * view.channels() * 3], DType::F32)?,
         });
         self.scratch.lock().unwrap().insert(view, s.clone());
         Ok(s)
     }
 
+    /// Access type of the apply pass, and whether one access spans VW channels (channels-last
+    /// with C a multiple of 4) rather than lying in one channel.
+    fn apply_io(&self, view: &ChannelView, aligned: bool) -> (Io, bool) {
+        let one_channel = view.sdiv.is_multiple_of(4) && view.s.is_multiple_of(4);
+        let ch_vec = view.sdiv == 1 && view.channels().is_multiple_of(4) && view.channels() > 0;
+        let vec4 = aligned && (one_channel || ch_vec);
+        (
+            Io {
+                dtype: self.dtype,
+                vec4,
+            },
+            vec4 && ch_vec && !one_channel,
+        )
+    }
+
+    /// Access type of the moments pass: vectors along s.
     fn io_for(&self, view: &ChannelView, aligned: bool) -> Io {
         let vec4 = aligned && view.s.is_multiple_of(4) && view.sdiv.is_multiple_of(4);
         Io {
@@ -622,8 +640,11 @@ impl ChannelNorm {
             vec4: true,
         }
         .alignment();
-        let io = self.io_for(&v, x.offset % align == 0 && y.offset % align == 0);
+        let aligned = x.offset % align == 0 && y.offset % align == 0;
+        let io = self.io_for(&v, aligned);
+        let (aio, ch_vec) = self.apply_io(&v, aligned);
         ctx.check_io(io)?;
+        ctx.check_io(aio)?;
         for (n, what) in [(v.p * v.q * v.r, "p*q*r"), (v.s, "s")] {
             if n > u32::MAX as usize / 2 {
                 return Err(Error::InvalidParameter {
@@ -637,10 +658,13 @@ impl ChannelNorm {
         let wgm = moments_wg(ctx);
         // Batch statistics computed here (not given, not the running ones).
         let batch = matches!(a.statistics, Statistics::Batch(_)) && given.is_none();
-        let total_v = (v.numel() / io.width() as usize) as u32;
+        let total_v = (v.numel() / aio.width() as usize) as u32;
 
         let tiles = if given.is_some() { 1 } else { scratch.tiles };
         let params = channel_params(&v, io, tiles, scratch.tile_len, self.eps, update);
+        let mut apply_params = params;
+        apply_params[11] = total_v;
+        let block: u32 = if ctx.is_cpu() { APPLY_CPU_BLOCK } else { 1 };
 
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let sio = Io {
@@ -668,12 +692,14 @@ impl ChannelNorm {
         };
         let apply = ctx.pipeline(
             Kernel::ChannelApply,
-            io,
+            aio,
             APPLY_SLOTS,
             &[
                 ("WG", APPLY_WG as f64),
+                ("BLOCK", block as f64),
                 ("ACT", act),
                 ("COUNT_BATCH", flag(update.is_some())),
+                ("CH_VEC", flag(ch_vec)),
             ],
         )?;
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
@@ -705,9 +731,9 @@ impl ChannelNorm {
                 &batches,
             ],
         )?;
-        let apply_bind = self
-            .binds
-            .get(ctx, APPLY_SLOTS, &params, &[&x, &ss, &y, &batches])?;
+        let apply_bind =
+            self.binds
+                .get(ctx, APPLY_SLOTS, &apply_params, &[&x, &ss, &y, &batches])?;
         let moments = if batch {
             let p = ctx.pipeline(
                 Kernel::ChannelMoments,
@@ -748,7 +774,8 @@ impl ChannelNorm {
         pass.set_pipeline(&fin);
         pass.set_bind_group(0, &fin_bind, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
-        let (gx, gy) = binding::grid(ctx, (total_v as u64).div_ceil(APPLY_WG as u64));
+        let invocations = (total_v as u64).div_ceil(block as u64);
+        let (gx, gy) = binding::grid(ctx, invocations.div_ceil(APPLY_WG as u64));
         pass.set_pipeline(&apply);
         pass.set_bind_group(0, &apply_bind, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
@@ -850,6 +877,7 @@ fn channel_params(
     params[9] = update.and_then(|u| u.momentum).unwrap_or(0.0).to_bits();
     params[10] = update.is_some_and(|u| u.momentum.is_none()) as u32;
     params[11] = (v.numel() / io.width() as usize) as u32;
+    params[12] = (v.q * v.r * v.s) as u32;
     params
 }
 
@@ -864,18 +892,26 @@ pub fn specializations() -> Vec<Specialization> {
                 constants: vec![("WG", wg)],
             });
         }
-        for act in [0.0, 1.0] {
-            for count in [0.0, 1.0] {
-                out.push(Specialization {
-                    kernel: Kernel::ChannelApply,
-                    io,
-                    constants: vec![
-                        ("WG", APPLY_WG as f64),
-                        ("ACT", act),
-                        ("COUNT_BATCH", count),
-                    ],
-                });
-            }
+        for bits in 0..16u32 {
+            let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
+            out.push(Specialization {
+                kernel: Kernel::ChannelApply,
+                io,
+                constants: vec![
+                    ("WG", APPLY_WG as f64),
+                    (
+                        "BLOCK",
+                        if f(0) == 1.0 {
+                            APPLY_CPU_BLOCK as f64
+                        } else {
+                            1.0
+                        },
+                    ),
+                    ("ACT", f(1)),
+                    ("COUNT_BATCH", f(2)),
+                    ("CH_VEC", if io.vec4 { f(3) } else { 0.0 }),
+                ],
+            });
         }
     }
     out.push(Specialization {

@@ -21,6 +21,7 @@ const IO_F32_V4: &str = shader_file!("common/io_f32_v4.wgsl");
 const IO_F16_V1: &str = shader_file!("common/io_f16_v1.wgsl");
 const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
 const MOMENTS: &str = shader_file!("common/moments.wgsl");
+const CHUNK: &str = shader_file!("common/chunk.wgsl");
 const ROW_NORM_COMMON: &str = shader_file!("row_norm/common.wgsl");
 const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
 const ROW_NORM_TEAM_REGS: &str = shader_file!("row_norm/team_regs.wgsl");
@@ -157,7 +158,7 @@ impl Kernel {
             Kernel::RowNormTeam => &[ROW_NORM_COMMON, ROW_NORM_TEAM],
             Kernel::RowNormTeamRegs => &[ROW_NORM_COMMON, ROW_NORM_TEAM_REGS],
             Kernel::RowNormWorkgroup => &[MOMENTS, ROW_NORM_COMMON, ROW_NORM_WORKGROUP],
-            Kernel::ChannelMoments => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MOMENTS],
+            Kernel::ChannelMoments => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MOMENTS, CHUNK],
             Kernel::ChannelFinalize => &[MOMENTS, CHANNEL_COMMON, CHANNEL_FINALIZE],
             Kernel::ChannelApply => &[CHANNEL_COMMON, CHANNEL_APPLY],
             Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
