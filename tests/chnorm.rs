@@ -665,3 +665,137 @@ fn mean_variance_norm_over_axes() {
         Err(Error::InvalidParameter { name: "axes", .. })
     ));
 }
+
+#[test]
+fn instance_norm_tracking_running_statistics() {
+    // PyTorch track_running_stats=True: the running statistics move towards the batch average of
+    // the instance means and unbiased variances; inference then normalizes with them.
+    let c_ = ctx();
+    let (n, c, sp) = (3, 4, [5usize, 4]);
+    let hw = 20;
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let inorm = InstanceNorm::new(
+            c_,
+            InstanceNormConfig {
+                layout,
+                momentum: 0.2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let rm = c_.upload_f32(&[0.0; 4], &[c]).unwrap();
+        let rv = c_.upload_f32(&[1.0; 4], &[c]).unwrap();
+        let (mut want_rm, mut want_rv) = (vec![0.0f64; c], vec![1.0f64; c]);
+        let w = noise(71, c);
+        let wt = c_.upload_f32(&w, &[c]).unwrap();
+        for step in 1..=2u64 {
+            let x: Vec<f32> = noise(70 + step, n * c * hw)
+                .iter()
+                .map(|v| v * 2.0 + step as f32)
+                .collect();
+            let xd = round_to(DType::F32, &x);
+            let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
+            let y = c_.empty(xt.shape(), DType::F32).unwrap();
+            let mut enc = c_.device().create_command_encoder(&Default::default());
+            let inputs = NormInputs {
+                x: &xt,
+                weight: Some(&wt),
+                bias: None,
+            };
+            inorm
+                .encode_tracked(
+                    &mut enc,
+                    &inputs,
+                    &rm,
+                    &rv,
+                    &NormOutputs { y: &y, saved: None },
+                    true,
+                )
+                .unwrap();
+            c_.queue().submit([enc.finish()]);
+            for ch in 0..c {
+                let (mut m_sum, mut v_sum) = (0.0, 0.0);
+                for i in 0..n {
+                    let vals = &xd[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+                    let m = vals.iter().sum::<f64>() / hw as f64;
+                    m_sum += m;
+                    v_sum += vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (hw - 1) as f64;
+                }
+                want_rm[ch] = 0.8 * want_rm[ch] + 0.2 * m_sum / n as f64;
+                want_rv[ch] = 0.8 * want_rv[ch] + 0.2 * v_sum / n as f64;
+            }
+            let want_y = reference::instance_norm(
+                &xd,
+                n,
+                c,
+                hw,
+                Some(&round_to(DType::F32, &w)),
+                None,
+                1e-5,
+            );
+            let what = format!("tracked IN {layout:?} step {step}");
+            assert_close(
+                &format!("{what} y"),
+                &c_.download(&y).unwrap(),
+                &want_in_layout(&want_y, n, c, hw, layout),
+                2e-5,
+                1e-4,
+            );
+            assert_close(
+                &format!("{what} running_mean"),
+                &c_.download(&rm).unwrap(),
+                &want_rm,
+                1e-6,
+                1e-5,
+            );
+            assert_close(
+                &format!("{what} running_var"),
+                &c_.download(&rv).unwrap(),
+                &want_rv,
+                1e-6,
+                1e-5,
+            );
+        }
+        // Inference with the running statistics: BatchNorm's inference formula per channel.
+        let x = noise(80, n * c * hw);
+        let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
+        let y = c_.empty(xt.shape(), DType::F32).unwrap();
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        inorm
+            .encode_tracked(
+                &mut enc,
+                &NormInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    bias: None,
+                },
+                &rm,
+                &rv,
+                &NormOutputs { y: &y, saved: None },
+                false,
+            )
+            .unwrap();
+        c_.queue().submit([enc.finish()]);
+        let want = reference::batch_norm(
+            &round_to(DType::F32, &x),
+            n,
+            c,
+            hw,
+            Some(&round_to(DType::F32, &w)),
+            None,
+            &want_rm,
+            &want_rv,
+            false,
+            0.1,
+            true,
+            1e-5,
+        );
+        assert_close(
+            &format!("tracked IN {layout:?} inference"),
+            &c_.download(&y).unwrap(),
+            &want_in_layout(&want.y, n, c, hw, layout),
+            2e-5,
+            1e-4,
+        );
+    }
+}

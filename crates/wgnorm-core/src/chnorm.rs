@@ -386,6 +386,22 @@ const APPLY_WG: u32 = 256;
 /// Accesses per invocation of the apply pass on CPU adapters (a contiguous block per lane).
 const APPLY_CPU_BLOCK: u32 = 16;
 
+/// The outcome of [`ChannelNorm::validate`]: bound ranges and access types of a call.
+struct Checked {
+    x: binding::BufferRange,
+    y: binding::BufferRange,
+    w: Option<binding::BufferRange>,
+    b: Option<binding::BufferRange>,
+    rm: Option<binding::BufferRange>,
+    rv: Option<binding::BufferRange>,
+    st: Option<binding::BufferRange>,
+    given: Option<binding::BufferRange>,
+    io: Io,
+    aio: Io,
+    ch_vec: bool,
+    update: Option<RunningUpdate>,
+}
+
 /// Scratch of one view: partial moments, per-slot statistics, per-(p, channel) scale/shift.
 struct Scratch {
     tiles: u32,
@@ -535,9 +551,14 @@ impl ChannelNorm {
         Ok(())
     }
 
-    /// Records the passes into `encoder`. Everything is checked first; nothing is recorded on
-    /// error, and nothing for an empty tensor.
-    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
+    /// Checks a call without recording anything (what [`ChannelNorm::encode`] checks first), so a
+    /// caller recording several passes can fail before the first.
+    pub fn check_args(&self, a: &ChannelNormArgs) -> Result<()> {
+        self.validate(a).map(|_| ())
+    }
+
+    /// Every check of a call; the bound ranges and access types, or `None` for an empty tensor.
+    fn validate(&self, a: &ChannelNormArgs) -> Result<Option<Checked>> {
         let v = a.view;
         if v.cg == 0 || v.sdiv == 0 || (v.s != 0 && v.s != v.cg * v.sdiv) {
             return Err(Error::InvalidParameter {
@@ -612,7 +633,7 @@ impl ChannelNorm {
             }
         }
         if v.numel() == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let ctx = &self.ctx;
         let x = binding::storage_range(ctx, "x", a.x)?;
@@ -654,6 +675,44 @@ impl ChannelNorm {
                 });
             }
         }
+        Ok(Some(Checked {
+            x,
+            y,
+            w,
+            b,
+            rm,
+            rv,
+            st,
+            given,
+            io,
+            aio,
+            ch_vec,
+            update,
+        }))
+    }
+
+    /// Records the passes into `encoder`. Everything is checked first; nothing is recorded on
+    /// error, and nothing for an empty tensor.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
+        let Some(Checked {
+            x,
+            y,
+            w,
+            b,
+            rm,
+            rv,
+            st,
+            given,
+            io,
+            aio,
+            ch_vec,
+            update,
+        }) = self.validate(a)?
+        else {
+            return Ok(());
+        };
+        let v = a.view;
+        let ctx = &self.ctx;
         let scratch = self.scratch(v)?;
         let wgm = moments_wg(ctx);
         // Batch statistics computed here (not given, not the running ones).
@@ -849,6 +908,116 @@ impl ChannelNorm {
         Ok(())
     }
 
+    /// Every check of [`ChannelNorm::encode_instance_running_update`], recording nothing.
+    pub fn check_instance_running_update(
+        &self,
+        view: ChannelView,
+        merged: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f32,
+    ) -> Result<()> {
+        self.instance_running_ranges(view, merged, running_mean, running_var, momentum)
+            .map(|_| ())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn instance_running_ranges(
+        &self,
+        view: ChannelView,
+        merged: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f32,
+    ) -> Result<
+        Option<(
+            binding::BufferRange,
+            binding::BufferRange,
+            binding::BufferRange,
+        )>,
+    > {
+        self.check("moments", merged, view.slots() * 3, DType::F32)?;
+        self.check("running_mean", running_mean, view.r, DType::F32)?;
+        self.check("running_var", running_var, view.r, DType::F32)?;
+        if !momentum.is_finite() || !(0.0..=1.0).contains(&momentum) {
+            return Err(Error::InvalidParameter {
+                name: "momentum",
+                value: momentum.to_string(),
+                why: "must be in [0, 1]",
+            });
+        }
+        if view.count() < 2 && view.numel() > 0 {
+            return Err(Error::InvalidParameter {
+                name: "input",
+                value: "1 value per instance".into(),
+                why: "tracking running statistics needs more than one spatial value per instance",
+            });
+        }
+        if view.numel() == 0 {
+            return Ok(None);
+        }
+        let ctx = &self.ctx;
+        let r = |what: &str, t: &Tensor| binding::storage_range(ctx, what, t);
+        let (mr, rm, rv) = (
+            r("moments", merged)?,
+            r("running_mean", running_mean)?,
+            r("running_var", running_var)?,
+        );
+        binding::check_no_alias(&[
+            ("moments", Some(&mr), false),
+            ("running_mean", Some(&rm), true),
+            ("running_var", Some(&rv), true),
+        ])?;
+        Ok(Some((mr, rm, rv)))
+    }
+
+    /// InstanceNorm `track_running_stats` update: from merged per-(sample, channel) moments
+    /// (written by [`ChannelNorm::encode_reduce`] for an InstanceNorm view), averages the
+    /// instance means and unbiased variances over the samples and applies
+    /// `r = (1 - momentum) r + momentum s` to `running_mean`/`running_var` (f32 `[C]`).
+    pub fn encode_instance_running_update(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        view: ChannelView,
+        merged: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f32,
+    ) -> Result<()> {
+        let Some((mr, rm, rv)) =
+            self.instance_running_ranges(view, merged, running_mean, running_var, momentum)?
+        else {
+            return Ok(());
+        };
+        let ctx = &self.ctx;
+        const SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite, Slot::ReadWrite];
+        let sio = Io {
+            dtype: DType::F32,
+            vec4: false,
+        };
+        let pipeline = ctx.pipeline(
+            Kernel::ChannelInstanceRunning,
+            sio,
+            SLOTS,
+            &[("WG", FINALIZE_WG as f64)],
+        )?;
+        let update = RunningUpdate {
+            momentum: Some(momentum),
+            unbiased: true,
+        };
+        let params = channel_params(&view, sio, 1, 1, self.eps, Some(update));
+        let bind = self.binds.get(ctx, SLOTS, &params, &[&mr, &rm, &rv])?;
+        let (gx, gy) = binding::grid(ctx, (view.r as u64).div_ceil(FINALIZE_WG as u64));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm instance_norm running update"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+
     /// Bind groups cached so far.
     pub fn cached_bind_groups(&self) -> usize {
         self.binds.len()
@@ -914,6 +1083,14 @@ pub fn specializations() -> Vec<Specialization> {
             });
         }
     }
+    out.push(Specialization {
+        kernel: Kernel::ChannelInstanceRunning,
+        io: Io {
+            dtype: DType::F32,
+            vec4: false,
+        },
+        constants: vec![("WG", FINALIZE_WG as f64)],
+    });
     out.push(Specialization {
         kernel: Kernel::ChannelMerge,
         io: Io {

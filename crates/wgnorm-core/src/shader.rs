@@ -32,6 +32,7 @@ const CHANNEL_MOMENTS: &str = shader_file!("channel_norm/moments.wgsl");
 const CHANNEL_FINALIZE: &str = shader_file!("channel_norm/finalize.wgsl");
 const CHANNEL_APPLY: &str = shader_file!("channel_norm/apply.wgsl");
 const CHANNEL_MERGE: &str = shader_file!("channel_norm/merge.wgsl");
+const CHANNEL_INSTANCE_RUNNING: &str = shader_file!("channel_norm/instance_running.wgsl");
 const FOLD_BATCH_NORM: &str = shader_file!("channel_norm/fold.wgsl");
 const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
 
@@ -108,6 +109,8 @@ pub enum Kernel {
     ChannelApply,
     /// Channel statistics: partial moments merged into one (count, mean, M2) per slot.
     ChannelMerge,
+    /// InstanceNorm running statistics: instance moments averaged over samples per channel.
+    ChannelInstanceRunning,
     /// Folds an inference BatchNorm into the preceding layer's weight and bias.
     FoldBatchNorm,
     /// Plain copy, the bandwidth roofline of the benchmarks.
@@ -117,7 +120,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -125,6 +128,7 @@ impl Kernel {
         Kernel::ChannelFinalize,
         Kernel::ChannelApply,
         Kernel::ChannelMerge,
+        Kernel::ChannelInstanceRunning,
         Kernel::FoldBatchNorm,
         Kernel::Copy,
         Kernel::NaiveRowNorm,
@@ -139,6 +143,7 @@ impl Kernel {
             Kernel::ChannelFinalize => "channel_norm/finalize",
             Kernel::ChannelApply => "channel_norm/apply",
             Kernel::ChannelMerge => "channel_norm/merge",
+            Kernel::ChannelInstanceRunning => "channel_norm/instance_running",
             Kernel::FoldBatchNorm => "channel_norm/fold",
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
@@ -162,6 +167,7 @@ impl Kernel {
             Kernel::ChannelFinalize => &[MOMENTS, CHANNEL_COMMON, CHANNEL_FINALIZE],
             Kernel::ChannelApply => &[CHANNEL_COMMON, CHANNEL_APPLY],
             Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
+            Kernel::ChannelInstanceRunning => &[MOMENTS, CHANNEL_COMMON, CHANNEL_INSTANCE_RUNNING],
             Kernel::FoldBatchNorm => &[FOLD_BATCH_NORM],
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ROW_NORM_COMMON, NAIVE_ROW_NORM],

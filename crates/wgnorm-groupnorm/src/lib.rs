@@ -85,6 +85,9 @@ impl GroupNorm {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InstanceNormConfig {
     pub eps: f32,
+    /// Weight of the new value in the running-statistics update of
+    /// [`InstanceNorm::encode_tracked`] (PyTorch convention, default 0.1).
+    pub momentum: f32,
     pub layout: Layout,
     pub dtype: DType,
 }
@@ -93,6 +96,7 @@ impl Default for InstanceNormConfig {
     fn default() -> Self {
         InstanceNormConfig {
             eps: 1e-5,
+            momentum: 0.1,
             layout: Layout::Nchw,
             dtype: DType::F32,
         }
@@ -103,12 +107,18 @@ impl Default for InstanceNormConfig {
 pub struct InstanceNorm {
     engine: ChannelNorm,
     cfg: InstanceNormConfig,
+    /// Per-(sample, channel) moments of the tracked training path, one tensor per shape.
+    moments: std::sync::Mutex<std::collections::HashMap<Vec<usize>, Tensor>>,
 }
 
 impl InstanceNorm {
     pub fn new(ctx: &Context, cfg: InstanceNormConfig) -> Result<InstanceNorm> {
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Activation::None)?;
-        Ok(InstanceNorm { engine, cfg })
+        Ok(InstanceNorm {
+            engine,
+            cfg,
+            moments: Default::default(),
+        })
     }
 
     /// Records the op into the caller's encoder (`saved`: `[N * C, 2]`).
@@ -127,6 +137,78 @@ impl InstanceNorm {
         forward(&self.engine, self.cfg.dtype, inputs, |enc, o| {
             self.encode(enc, inputs, o)
         })
+    }
+
+    /// PyTorch's `track_running_stats=True`. Training: normalizes each instance with its own
+    /// statistics and updates `running_mean`/`running_var` (f32 `[C]`) with the instance means
+    /// and unbiased variances averaged over the batch, `r = (1 - momentum) r + momentum s`
+    /// (x is read once for the statistics: the normalize pass reuses the merged moments).
+    /// Inference: normalizes with the running statistics, as BatchNorm does.
+    pub fn encode_tracked(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &NormInputs,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        outputs: &NormOutputs,
+        training: bool,
+    ) -> Result<()> {
+        let view = ChannelView::instance_norm(inputs.x.shape(), self.cfg.layout)?;
+        let mut args = ChannelNormArgs {
+            x: inputs.x,
+            y: outputs.y,
+            view,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            running_mean: Some(running_mean),
+            running_var: Some(running_var),
+            stats: outputs.saved,
+            statistics: Statistics::Running,
+            moments: None,
+        };
+        if !training {
+            return self.engine.encode(encoder, &args);
+        }
+        let moments = {
+            let mut cache = self.moments.lock().unwrap();
+            match cache.get(inputs.x.shape()) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self
+                        .engine
+                        .context()
+                        .empty(&[view.slots().max(1) * 3], DType::F32)?;
+                    cache.insert(inputs.x.shape().to_vec(), m.clone());
+                    m
+                }
+            }
+        };
+        let moments =
+            Tensor::from_buffer(moments.buffer().clone(), 0, &[view.slots(), 3], DType::F32)?;
+        // Check what the last pass needs before recording the first.
+        args.statistics = Statistics::Batch(None);
+        args.moments = Some(&moments);
+        args.running_mean = None;
+        args.running_var = None;
+        self.engine.check_args(&args)?;
+        self.engine.check_instance_running_update(
+            view,
+            &moments,
+            running_mean,
+            running_var,
+            self.cfg.momentum,
+        )?;
+        self.engine
+            .encode_reduce(encoder, inputs.x, view, &moments)?;
+        self.engine.encode_instance_running_update(
+            encoder,
+            view,
+            &moments,
+            running_mean,
+            running_var,
+            self.cfg.momentum,
+        )?;
+        self.engine.encode(encoder, &args)
     }
 }
 

@@ -464,8 +464,8 @@ fn run_instance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let dtype = io_dtype(x)?;
     let cfg = crate::InstanceNormConfig {
         eps: a.f64("eps", 1e-5)? as f32,
-        layout: crate::Layout::Nchw,
         dtype,
+        ..Default::default()
     };
     let inorm = crate::InstanceNorm::new(ctx, cfg).map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
