@@ -271,7 +271,7 @@ fn channel_ops(
 ) -> Result<()> {
     use wgnorm::{
         Activation, BatchNorm, BatchNormConfig, BatchNormInputs, GroupNorm, GroupNormConfig,
-        InstanceNorm, InstanceNormConfig, Layout, NormInputs,
+        InstanceNorm, InstanceNormConfig, Layout, LpNorm, MeanVarianceNorm, NormInputs,
     };
     use wgnorm_reference::chnorm as r;
     let ops = [
@@ -279,10 +279,18 @@ fn channel_ops(
         "batch_norm infer",
         "group_norm+silu",
         "instance_norm",
+        "lp_norm p1",
+        "lp_norm p2",
+        "mean_variance_norm",
     ];
     for op in ops {
         for dtype in [DType::F32, DType::F16] {
             for layout in [Layout::Nchw, Layout::Nhwc] {
+                // LpNorm (axis 1) and MVN (axes [0, 2, 3]) take no layout: run them once.
+                let layoutless = op.starts_with("lp_norm") || op.starts_with("mean_variance");
+                if layoutless && layout == Layout::Nhwc {
+                    continue;
+                }
                 let mut row = Row::default();
                 for (si, &(n, c, sp, g)) in CHANNEL_SHAPES.iter().enumerate() {
                     let hw: usize = sp.iter().product();
@@ -324,6 +332,11 @@ fn channel_ops(
                         "group_norm+silu" => {
                             r::group_norm(&xd, n, c, hw, g, Some(&wd), Some(&bd), 1e-5, true)
                         }
+                        "lp_norm p1" => r::lp_norm(&xd, &[n, c, hw], 1, 1),
+                        "lp_norm p2" => r::lp_norm(&xd, &[n, c, hw], 1, 2),
+                        "mean_variance_norm" => {
+                            r::mean_variance_norm(&xd, &[n, c, hw], &[0, 2], 1e-9)
+                        }
                         _ => r::instance_norm(&xd, n, c, hw, Some(&wd), Some(&bd), 1e-5),
                     };
                     let (xin, want) = match layout {
@@ -364,6 +377,14 @@ fn channel_ops(
                             },
                             op.ends_with("train"),
                         ),
+                        "lp_norm p1" => LpNorm::new(ctx, 1, 1, dtype)?.forward(&xt),
+                        "lp_norm p2" => LpNorm::new(ctx, 1, 2, dtype)?.forward(&xt),
+                        "mean_variance_norm" => {
+                            // Every axis but the channel (ONNX's default [0, 2, 3] for NCHW).
+                            let axes: Vec<isize> =
+                                (0..shape.len() as isize).filter(|&d| d != 1).collect();
+                            MeanVarianceNorm::new(ctx, &axes, 1e-9, dtype)?.forward(&xt)
+                        }
                         "group_norm+silu" => GroupNorm::new(
                             ctx,
                             GroupNormConfig {
