@@ -2,7 +2,7 @@
 //! bad input.
 
 use wgnorm::prelude::*;
-use wgnorm::rownorm::{RowKernel, RowMode, RowNorm, RowNormConfig};
+use wgnorm::rownorm::{RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm::Error;
 use wgnorm_reference::rownorm as reference;
 use wgnorm_tests::{assert_close, ctx, noise, round_to};
@@ -623,4 +623,121 @@ fn two_calls_recorded_in_one_encoder_keep_their_own_parameters() {
     let wb = reference::layer_norm(&round_to(DType::F32, &xb), 12, None, None, 1e-5);
     assert_close("first", &c.download(&ya).unwrap(), &wa.y, 1e-5, 1e-4);
     assert_close("second", &c.download(&yb).unwrap(), &wb.y, 1e-5, 1e-4);
+}
+
+#[test]
+fn fused_residual_add_on_every_kernel_path() {
+    // y = norm(x + residual) and sum = x + residual, one kernel; row counts that leave partial
+    // teams check that rows past the end never write the sum.
+    let c = ctx();
+    let mut kernels = vec![None, Some(RowKernel::Workgroup { wg: 32 })];
+    kernels.extend(team_kernels().into_iter().map(Some));
+    for dtype in [DType::F32, DType::F16] {
+        for &(rows, n) in &[(5usize, 64usize), (7, 12), (3, 1000), (2, 4097)] {
+            for &kernel in &kernels {
+                if kernel.is_some_and(|k| !serves(k, n)) {
+                    continue;
+                }
+                for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+                    let mut op = RowNorm::new(c, cfg(mode, dtype)).unwrap();
+                    if let Some(k) = kernel {
+                        op = op.with_kernel(k);
+                    }
+                    let x = noise(rows as u64 + 900, rows * n);
+                    let r = noise(n as u64 + 901, rows * n);
+                    let w: Vec<f32> = noise(902, n).iter().map(|v| v + 1.0).collect();
+                    let (xt, rt, wt) = (
+                        c.upload(&x, &[rows, n], dtype).unwrap(),
+                        c.upload(&r, &[rows, n], dtype).unwrap(),
+                        c.upload(&w, &[n], dtype).unwrap(),
+                    );
+                    // One extra row of sentinel after y and sum: nothing may write there.
+                    let y_buf = c
+                        .upload(&vec![7.0; (rows + 1) * n], &[rows + 1, n], dtype)
+                        .unwrap();
+                    let s_buf = c
+                        .upload(&vec![7.0; (rows + 1) * n], &[rows + 1, n], dtype)
+                        .unwrap();
+                    let y =
+                        Tensor::from_buffer(y_buf.buffer().clone(), 0, &[rows, n], dtype).unwrap();
+                    let s =
+                        Tensor::from_buffer(s_buf.buffer().clone(), 0, &[rows, n], dtype).unwrap();
+                    let mut enc = c.device().create_command_encoder(&Default::default());
+                    op.encode(
+                        &mut enc,
+                        &RowNormArgs {
+                            x: &xt,
+                            weight: Some(&wt),
+                            bias: None,
+                            y: &y,
+                            mean: None,
+                            rstd: None,
+                            residual: Some(&rt),
+                            sum: Some(&s),
+                        },
+                    )
+                    .unwrap();
+                    c.queue().submit([enc.finish()]);
+                    let sum_exact: Vec<f64> = round_to(dtype, &x)
+                        .iter()
+                        .zip(round_to(dtype, &r))
+                        .map(|(a, b)| a + b)
+                        .collect();
+                    let wd = round_to(dtype, &w);
+                    let want = match mode {
+                        RowMode::LayerNorm => {
+                            reference::layer_norm(&sum_exact, n, Some(&wd), None, 1e-5)
+                        }
+                        RowMode::RmsNorm => {
+                            reference::rms_norm(&sum_exact, n, Some(&wd), 0.0, 1e-5)
+                        }
+                    };
+                    let what = format!("add {mode:?} {dtype} {rows}x{n} {kernel:?}");
+                    let (atol, rtol) = tol(dtype);
+                    let yv = c.download(&y_buf).unwrap();
+                    let sv = c.download(&s_buf).unwrap();
+                    assert_close(&format!("{what} y"), &yv[..rows * n], &want.y, atol, rtol);
+                    assert_close(
+                        &format!("{what} sum"),
+                        &sv[..rows * n],
+                        &sum_exact,
+                        atol,
+                        rtol,
+                    );
+                    assert!(
+                        yv[rows * n..]
+                            .iter()
+                            .chain(&sv[rows * n..])
+                            .all(|&v| v == 7.0),
+                        "{what}: wrote past the end"
+                    );
+                }
+            }
+        }
+    }
+    // A sum without a residual is a typed error.
+    let op = RowNorm::new(c, cfg(RowMode::LayerNorm, DType::F32)).unwrap();
+    let x = c.upload_f32(&noise(1, 8), &[2, 4]).unwrap();
+    let (y, s) = (
+        c.empty(&[2, 4], DType::F32).unwrap(),
+        c.empty(&[2, 4], DType::F32).unwrap(),
+    );
+    let mut enc = c.device().create_command_encoder(&Default::default());
+    let r = op.encode(
+        &mut enc,
+        &RowNormArgs {
+            x: &x,
+            weight: None,
+            bias: None,
+            y: &y,
+            mean: None,
+            rstd: None,
+            residual: None,
+            sum: Some(&s),
+        },
+    );
+    assert!(
+        matches!(r, Err(Error::InvalidParameter { name: "sum", .. })),
+        "{r:?}"
+    );
 }

@@ -20,18 +20,18 @@ fn main(
     if (MODE == 0u) {
         var s = 0.0;
         for (var i = 0u; i < params.n_vec; i = i + 1u) {
-            s = s + hsum(to_v(x[base + i]));
+            s = s + hsum(load_x(base + i));
         }
         mean = s * inv_n;
     }
     var q = 0.0;
     for (var i = 0u; i < params.n_vec; i = i + 1u) {
-        let d = to_v(x[base + i]) - mean;
+        let d = load_x(base + i) - mean;
         q = q + hsum(d * d);
     }
     let rstd = inverseSqrt(q * inv_n + params.eps);
     for (var i = 0u; i < params.n_vec; i = i + 1u) {
-        y[base + i] = from_v(normalize_affine(to_v(x[base + i]), i, mean, rstd));
+        y[base + i] = from_v(normalize_affine(load_x(base + i), i, mean, rstd));
     }
     write_stats(row, mean, rstd);
 }

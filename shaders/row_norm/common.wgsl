@@ -10,6 +10,10 @@ override HAS_WEIGHT: bool = false;
 override HAS_BIAS: bool = false;
 override WRITE_MEAN: bool = false;
 override WRITE_RSTD: bool = false;
+// Fused residual add (add_layer_norm / add_rms_norm): the row normalized is x + residual, and
+// WRITE_SUM also stores that sum (pre-LN transformers carry it to the next residual).
+override HAS_RESIDUAL: bool = false;
+override WRITE_SUM: bool = false;
 
 struct RowParams {
     rows: u32,
@@ -32,6 +36,25 @@ struct RowParams {
 @group(0) @binding(4) var<storage, read_write> y: array<Elem>;
 @group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;
+@group(0) @binding(7) var<storage, read> residual: array<Elem>;
+@group(0) @binding(8) var<storage, read_write> sum_out: array<Elem>;
+
+// The value normalized at access i of x: x, or x + residual for the fused add.
+fn load_x(i: u32) -> V {
+    if (HAS_RESIDUAL) {
+        return to_v(x[i]) + to_v(residual[i]);
+    }
+    return to_v(x[i]);
+}
+
+// First read of access i: also stores the sum when asked (the one rounding to the I/O type).
+fn load_x_first(i: u32) -> V {
+    let v = load_x(i);
+    if (WRITE_SUM) {
+        sum_out[i] = from_v(v);
+    }
+    return v;
+}
 
 // Workgroup index over a 2D grid: more rows than one dispatch dimension allows (65535) spill
 // into y.

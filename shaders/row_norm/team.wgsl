@@ -33,7 +33,7 @@ fn row_value(cbase: u32, base: u32, i: u32) -> V {
     if (USE_CACHE) {
         return cache[cbase + i];
     }
-    return to_v(x[base + i]);
+    return load_x(base + i);
 }
 
 @compute @workgroup_size(WG)
@@ -64,7 +64,7 @@ fn main(
     var mean0 = 0.0;
     var s = 0.0;
     for (var i = lane; i < nv; i = i + TEAM) {
-        let v = to_v(x[base + i]);
+        let v = load_x_first(base + i);
         if (USE_CACHE) {
             cache[cbase + i] = v;
         }

@@ -68,7 +68,10 @@ fn main(
             // Exact rows load even past the last row: out-of-range reads are clamped by the
             // runtime and their results unused; stores below are guarded.
             if (EXACT || i < nv) {
-                v[k] = to_v(x[base + i]);
+                v[k] = load_x(base + i);
+                if (WRITE_SUM && live) {
+                    sum_out[base + i] = from_v(v[k]);
+                }
                 s = s + hsum(v[k]);
             }
         }

@@ -34,7 +34,7 @@ fn main(
 
     var acc = Moments(0.0, 0.0, 0.0);
     for (var i = lid; i < nv; i = i + WG) {
-        let v = to_v(x[base + i]);
+        let v = load_x_first(base + i);
         if (USE_CACHE) {
             cache[i] = v;
         }
@@ -70,7 +70,7 @@ fn main(
         if (USE_CACHE) {
             v = cache[i];
         } else {
-            v = to_v(x[base + i]);
+            v = load_x(base + i);
         }
         y[base + i] = from_v(normalize_affine(v, i, mean, rstd));
     }

@@ -8,13 +8,23 @@ use wgnorm_core::Context;
 /// can be had: a GPU test never passes by skipping, in CI or anywhere else.
 pub fn ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| match Context::new() {
+    CTX.get_or_init(|| {
+        // Mesa's software Vulkan complains on headless machines without it.
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+        }
+        new_context()
+    })
+}
+
+fn new_context() -> Context {
+    match Context::new() {
         Ok(c) => c,
         Err(e) => panic!(
             "GPU tests need an adapter: {e}\n\
              On Linux without a GPU: apt-get install -y mesa-vulkan-drivers (software Vulkan)."
         ),
-    })
+    }
 }
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift), so failures reproduce.

@@ -153,6 +153,8 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
         y,
         mean: None,
         rstd: None,
+        residual: None,
+        sum: None,
     };
     op.encode(&mut enc, &args(&y))?;
     ctx.queue().submit([enc.finish()]);
@@ -180,11 +182,15 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
         let (xr, wr, br, yr) = (r(&xt, "x")?, r(&w, "w")?, r(&b, "b")?, r(&y_naive, "y")?);
         let dummy = ctx.empty(&[4], DType::F32)?;
         let (d0, d1) = (r(&dummy, "d")?, r(&ctx.empty(&[4], DType::F32)?, "d")?);
+        let (dres, dsum) = (
+            r(&ctx.empty(&[4], DType::F32)?, "d")?,
+            r(&ctx.empty(&[4], DType::F32)?, "d")?,
+        );
         let bg = BindCache::default().get(
             ctx,
             rownorm::SLOTS,
             &params,
-            &[&xr, &wr, &br, &yr, &d0, &d1],
+            &[&xr, &wr, &br, &yr, &d0, &d1, &dres, &dsum],
         )?;
         let (gx, gy) = binding::grid(ctx, (rows as u64).div_ceil(64));
         Some(Box::new(move |enc: &mut wgpu::CommandEncoder| {
@@ -219,6 +225,8 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
                     y: &yc,
                     mean: None,
                     rstd: None,
+                    residual: None,
+                    sum: None,
                 },
             )
             .expect("validated above");

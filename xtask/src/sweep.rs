@@ -141,6 +141,8 @@ pub fn run() -> Result<bool> {
                             y: &y,
                             mean: Some(&mean),
                             rstd: Some(&rstd),
+                            residual: None,
+                            sum: None,
                         },
                     );
                     row.cases += 1;

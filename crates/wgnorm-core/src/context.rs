@@ -38,10 +38,10 @@ struct Inner {
     modules: Mutex<HashMap<(Kernel, Io), wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<&'static [Slot], (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    /// Bound in place of absent optional inputs / outputs (read, and two distinct writes so two
-    /// absent outputs never alias).
+    /// Bound in place of absent optional inputs / outputs (read, and distinct writes so absent
+    /// outputs never alias).
     dummy_read: wgpu::Buffer,
-    dummy_write: [wgpu::Buffer; 2],
+    dummy_write: [wgpu::Buffer; 3],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -152,7 +152,11 @@ impl Context {
             })
         };
         let dummy_read = dummy("wgnorm dummy read");
-        let dummy_write = [dummy("wgnorm dummy write 0"), dummy("wgnorm dummy write 1")];
+        let dummy_write = [
+            dummy("wgnorm dummy write 0"),
+            dummy("wgnorm dummy write 1"),
+            dummy("wgnorm dummy write 2"),
+        ];
         Context {
             inner: Arc::new(Inner {
                 device,
@@ -219,7 +223,7 @@ impl Context {
     pub fn dummy_read(&self) -> &wgpu::Buffer {
         &self.inner.dummy_read
     }
-    /// Two distinct 16-byte storage buffers (`i` = 0, 1) bound in place of absent outputs.
+    /// Three distinct 16-byte storage buffers (`i` = 0..3) bound in place of absent outputs.
     pub fn dummy_write(&self, i: usize) -> &wgpu::Buffer {
         &self.inner.dummy_write[i]
     }

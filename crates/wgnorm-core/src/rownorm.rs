@@ -61,6 +61,8 @@ pub const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // y
     Slot::ReadWrite, // mean
     Slot::ReadWrite, // rstd
+    Slot::Read,      // residual
+    Slot::ReadWrite, // sum
 ];
 
 /// Rows each register team normalizes on CPU adapters.
@@ -191,7 +193,7 @@ fn prev_power_of_two(v: u32) -> u32 {
 
 fn constants(
     mode: RowMode,
-    flags: [bool; 4],
+    flags: [bool; 6],
     kernel: RowKernel,
     n_vec: u64,
     cache: Option<u32>,
@@ -203,6 +205,8 @@ fn constants(
         ("HAS_BIAS", flag(flags[1])),
         ("WRITE_MEAN", flag(flags[2])),
         ("WRITE_RSTD", flag(flags[3])),
+        ("HAS_RESIDUAL", flag(flags[4])),
+        ("WRITE_SUM", flag(flags[5])),
     ];
     let k = match kernel {
         RowKernel::Team {
@@ -252,7 +256,11 @@ pub fn specializations(lengths: &[u64], classes: &[AdapterClass]) -> Vec<Special
                 let kernel = class.choose(n, io);
                 let cache = class.cache_len(kernel, io, n_vec);
                 for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
-                    for bits in 0..16u32 {
+                    for bits in 0..64u32 {
+                        // A sum is only written with a residual to add.
+                        if bits & 0b110000 == 0b100000 {
+                            continue;
+                        }
                         let flags = std::array::from_fn(|i| bits & (1 << i) != 0);
                         let (k, c) = constants(mode, flags, kernel, n_vec, cache);
                         let s = Specialization {
@@ -351,6 +359,10 @@ pub struct RowNormArgs<'a> {
     pub y: &'a Tensor,
     pub mean: Option<&'a Tensor>,
     pub rstd: Option<&'a Tensor>,
+    /// Fused residual add: normalize `x + residual` (same shape and dtype as x).
+    pub residual: Option<&'a Tensor>,
+    /// With `residual`: also store `x + residual` here (same shape and dtype as x).
+    pub sum: Option<&'a Tensor>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -361,6 +373,8 @@ struct PlanKey {
     has_b: bool,
     has_mean: bool,
     has_rstd: bool,
+    has_residual: bool,
+    write_sum: bool,
 }
 
 #[derive(Clone)]
@@ -499,6 +513,19 @@ impl RowNorm {
         let reduced = &shape[self.axis_index(shape)..];
         self.check_tensor("x", a.x, shape, dtype)?;
         self.check_tensor("y", a.y, shape, dtype)?;
+        if let Some(t) = a.residual {
+            self.check_tensor("residual", t, shape, dtype)?;
+        }
+        if let Some(t) = a.sum {
+            if a.residual.is_none() {
+                return Err(Error::InvalidParameter {
+                    name: "sum",
+                    value: "without residual".into(),
+                    why: "the sum output is x + residual: pass the residual too",
+                });
+            }
+            self.check_tensor("sum", t, shape, dtype)?;
+        }
         if let Some(w) = a.weight {
             self.check_tensor("weight", w, reduced, dtype)?;
         }
@@ -524,7 +551,11 @@ impl RowNorm {
         let b = opt("bias", a.bias)?;
         let m = opt("mean", a.mean)?;
         let r = opt("rstd", a.rstd)?;
+        let res = opt("residual", a.residual)?;
+        let sum = opt("sum", a.sum)?;
         binding::check_no_alias(&[
+            ("residual", res.as_ref(), false),
+            ("sum", sum.as_ref(), true),
             ("x", Some(&x), false),
             ("weight", w.as_ref(), false),
             ("bias", b.as_ref(), false),
@@ -534,10 +565,17 @@ impl RowNorm {
         ])?;
 
         let vec_align = Io { dtype, vec4: true }.alignment();
-        let aligned = [Some(&x), Some(&y), w.as_ref(), b.as_ref()]
-            .iter()
-            .flatten()
-            .all(|r| r.offset % vec_align == 0);
+        let aligned = [
+            Some(&x),
+            Some(&y),
+            w.as_ref(),
+            b.as_ref(),
+            res.as_ref(),
+            sum.as_ref(),
+        ]
+        .iter()
+        .flatten()
+        .all(|r| r.offset % vec_align == 0);
         let io = Io {
             dtype,
             vec4: n % 4 == 0 && aligned,
@@ -549,6 +587,8 @@ impl RowNorm {
             has_b: b.is_some(),
             has_mean: m.is_some(),
             has_rstd: r.is_some(),
+            has_residual: res.is_some(),
+            write_sum: sum.is_some(),
         };
         let plan = self.plan(key)?;
 
@@ -563,6 +603,7 @@ impl RowNorm {
         let dr = binding::dummy_range(self.ctx.dummy_read());
         let dw0 = binding::dummy_range(self.ctx.dummy_write(0));
         let dw1 = binding::dummy_range(self.ctx.dummy_write(1));
+        let dw2 = binding::dummy_range(self.ctx.dummy_write(2));
         let bind = self.binds.get(
             &self.ctx,
             SLOTS,
@@ -574,6 +615,8 @@ impl RowNorm {
                 &y,
                 m.as_ref().unwrap_or(&dw0),
                 r.as_ref().unwrap_or(&dw1),
+                res.as_ref().unwrap_or(&dr),
+                sum.as_ref().unwrap_or(&dw2),
             ],
         )?;
         let groups = match plan.kernel {
@@ -648,7 +691,14 @@ impl RowNorm {
                 }
             }
         }
-        let flags = [key.has_w, key.has_b, key.has_mean, key.has_rstd];
+        let flags = [
+            key.has_w,
+            key.has_b,
+            key.has_mean,
+            key.has_rstd,
+            key.has_residual,
+            key.write_sum,
+        ];
         if class.cpu && loop_iterations(kernel, n_vec) > CPU_LOOP_BUDGET {
             return Err(Error::InvalidParameter {
                 name: "kernel",
@@ -696,6 +746,8 @@ impl RowNorm {
                 y: &y,
                 mean: mean.as_ref(),
                 rstd: rstd.as_ref(),
+                residual: None,
+                sum: None,
             },
         )?;
         self.ctx.queue().submit([enc.finish()]);

@@ -54,6 +54,25 @@ pub struct LayerNormOutput {
     pub rstd: Tensor,
 }
 
+/// Inputs of the fused residual add: the row normalized is `x + residual` (same shape as x).
+#[derive(Clone, Copy, Debug)]
+pub struct AddLayerNormInputs<'a> {
+    pub x: &'a Tensor,
+    pub residual: &'a Tensor,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+}
+
+/// Outputs of the fused residual add: `y = layer_norm(x + residual)`, optionally the sum itself
+/// (pre-LN blocks carry it to the next residual) and the statistics.
+#[derive(Clone, Copy, Debug)]
+pub struct AddLayerNormOutputs<'a> {
+    pub y: &'a Tensor,
+    pub sum: Option<&'a Tensor>,
+    pub mean: Option<&'a Tensor>,
+    pub rstd: Option<&'a Tensor>,
+}
+
 /// A LayerNorm bound to a device. Create once, call many times: pipelines and bind groups are
 /// cached, so warm calls allocate no GPU objects.
 pub struct LayerNorm {
@@ -104,8 +123,52 @@ impl LayerNorm {
                 y: outputs.y,
                 mean: outputs.mean,
                 rstd: outputs.rstd,
+                residual: None,
+                sum: None,
             },
         )
+    }
+
+    /// Fused residual add + LayerNorm in one kernel: reads x and residual once, writes y (and
+    /// the sum) once. Post-LN is `y = LN(x + sublayer(x))` with `sum: None`; pre-LN keeps `sum`
+    /// as the next block's residual.
+    pub fn encode_add(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &AddLayerNormInputs,
+        outputs: &AddLayerNormOutputs,
+    ) -> Result<()> {
+        self.engine.encode(
+            encoder,
+            &RowNormArgs {
+                x: inputs.x,
+                weight: inputs.weight,
+                bias: inputs.bias,
+                y: outputs.y,
+                mean: outputs.mean,
+                rstd: outputs.rstd,
+                residual: Some(inputs.residual),
+                sum: outputs.sum,
+            },
+        )
+    }
+
+    /// Allocates `y` and the sum, encodes the fused add + LayerNorm and submits (does not wait).
+    pub fn forward_add(&self, inputs: &AddLayerNormInputs) -> Result<(Tensor, Tensor)> {
+        let ctx = self.engine.context();
+        let dtype = self.engine.config().dtype;
+        let y = ctx.empty(inputs.x.shape(), dtype)?;
+        let sum = ctx.empty(inputs.x.shape(), dtype)?;
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let outputs = AddLayerNormOutputs {
+            y: &y,
+            sum: Some(&sum),
+            mean: None,
+            rstd: None,
+        };
+        self.encode_add(&mut enc, inputs, &outputs)?;
+        ctx.queue().submit([enc.finish()]);
+        Ok((y, sum))
     }
 
     /// Allocates the outputs, encodes and submits (does not wait).

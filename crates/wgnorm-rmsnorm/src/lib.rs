@@ -54,6 +54,22 @@ pub struct RmsNormOutput {
     pub rstd: Tensor,
 }
 
+/// Inputs of the fused residual add: the row normalized is `x + residual` (same shape as x).
+#[derive(Clone, Copy, Debug)]
+pub struct AddRmsNormInputs<'a> {
+    pub x: &'a Tensor,
+    pub residual: &'a Tensor,
+    pub weight: Option<&'a Tensor>,
+}
+
+/// Outputs of the fused residual add: `y = rms_norm(x + residual)`, optionally the sum.
+#[derive(Clone, Copy, Debug)]
+pub struct AddRmsNormOutputs<'a> {
+    pub y: &'a Tensor,
+    pub sum: Option<&'a Tensor>,
+    pub rstd: Option<&'a Tensor>,
+}
+
 /// An RMSNorm bound to a device; pipelines and bind groups are cached.
 pub struct RmsNorm {
     engine: RowNorm,
@@ -101,8 +117,49 @@ impl RmsNorm {
                 y: outputs.y,
                 mean: None,
                 rstd: outputs.rstd,
+                residual: None,
+                sum: None,
             },
         )
+    }
+
+    /// Fused residual add + RMSNorm in one kernel (see `LayerNorm::encode_add`).
+    pub fn encode_add(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &AddRmsNormInputs,
+        outputs: &AddRmsNormOutputs,
+    ) -> Result<()> {
+        self.engine.encode(
+            encoder,
+            &RowNormArgs {
+                x: inputs.x,
+                weight: inputs.weight,
+                bias: None,
+                y: outputs.y,
+                mean: None,
+                rstd: outputs.rstd,
+                residual: Some(inputs.residual),
+                sum: outputs.sum,
+            },
+        )
+    }
+
+    /// Allocates `y` and the sum, encodes the fused add + RMSNorm and submits (does not wait).
+    pub fn forward_add(&self, inputs: &AddRmsNormInputs) -> Result<(Tensor, Tensor)> {
+        let ctx = self.engine.context();
+        let dtype = self.engine.config().dtype;
+        let y = ctx.empty(inputs.x.shape(), dtype)?;
+        let sum = ctx.empty(inputs.x.shape(), dtype)?;
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let outputs = AddRmsNormOutputs {
+            y: &y,
+            sum: Some(&sum),
+            rstd: None,
+        };
+        self.encode_add(&mut enc, inputs, &outputs)?;
+        ctx.queue().submit([enc.finish()]);
+        Ok((y, sum))
     }
 
     /// Allocates the outputs, encodes and submits (does not wait).

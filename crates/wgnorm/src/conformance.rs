@@ -143,6 +143,8 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("group_norm", run_group_norm),
     ("instance_norm", run_instance_norm),
     ("lp_norm", run_lp_norm),
+    ("add_layer_norm", run_add_layer_norm),
+    ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
 ];
 
@@ -517,4 +519,62 @@ fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String>
     let op = crate::MeanVarianceNorm::new(ctx, &axes, 1e-9, dtype).map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_add_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::LayerNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+    };
+    let ln = crate::LayerNorm::new(ctx, cfg).map_err(err)?;
+    let (xt, rt) = (
+        upload(ctx, x, dtype)?,
+        upload(ctx, input(case, "residual")?, dtype)?,
+    );
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let b = upload_opt(ctx, case, "bias", dtype)?;
+    let inputs = crate::AddLayerNormInputs {
+        x: &xt,
+        residual: &rt,
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+    };
+    let (y, sum) = ln.forward_add(&inputs).map_err(err)?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &y)?),
+        ("sum".to_string(), download(ctx, &sum)?),
+    ]))
+}
+
+fn run_add_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::RmsNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        eps: a.f64("eps", 1e-5)? as f32,
+        weight_offset: a.f64("weight_offset", 0.0)? as f32,
+        dtype,
+    };
+    let rn = crate::RmsNorm::new(ctx, cfg).map_err(err)?;
+    let (xt, rt) = (
+        upload(ctx, x, dtype)?,
+        upload(ctx, input(case, "residual")?, dtype)?,
+    );
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let (y, sum) = rn
+        .forward_add(&crate::AddRmsNormInputs {
+            x: &xt,
+            residual: &rt,
+            weight: w.as_ref(),
+        })
+        .map_err(err)?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &y)?),
+        ("sum".to_string(), download(ctx, &sum)?),
+    ]))
 }

@@ -30,9 +30,13 @@ pub use wgnorm_groupnorm::{
     MeanVarianceNorm, NormInputs, NormOutputs,
 };
 pub use wgnorm_layernorm::{
-    self as layernorm, LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOutputs,
+    self as layernorm, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm, LayerNormConfig,
+    LayerNormInputs, LayerNormOutputs,
 };
-pub use wgnorm_rmsnorm::{self as rmsnorm, RmsNorm, RmsNormConfig, RmsNormInputs, RmsNormOutputs};
+pub use wgnorm_rmsnorm::{
+    self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs,
+    RmsNormOutputs,
+};
 
 /// Everything an app needs to run a layer.
 pub mod prelude {
