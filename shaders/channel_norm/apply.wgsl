@@ -11,8 +11,6 @@
 
 override WG: u32 = 256u;
 override BLOCK: u32 = 1u;
-// 0: none. 1: SiLU (x * sigmoid(x)).
-override ACT: u32 = 0u;
 override COUNT_BATCH: bool = false;
 override CH_VEC: bool = false;
 
@@ -21,13 +19,6 @@ override CH_VEC: bool = false;
 @group(0) @binding(2) var<storage, read> coef: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<Elem>;
 @group(0) @binding(4) var<storage, read_write> batches: array<u32>;
-
-fn activate(v: V) -> V {
-    if (ACT == 1u) {
-        return v / (1.0 + exp(-v));
-    }
-    return v;
-}
 
 // (mean, scale, shift) of channel ch (and the following VW - 1 when CH_VEC) of sample p.
 fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {

@@ -71,7 +71,7 @@ fn normalize_affine(v: V, i: u32, mean: f32, rstd: f32) -> V {
     if (HAS_BIAS) {
         o = o + to_v(bias[i]);
     }
-    return o;
+    return activate(o);
 }
 
 fn write_stats(row: u32, mean: f32, rstd: f32) {

@@ -104,7 +104,7 @@ fn main(
                 if (HAS_BIAS) {
                     o = o + bv[k];
                 }
-                y[base + i] = from_v(o);
+                y[base + i] = from_v(activate(o));
             }
         }
         if (live && lane == 0u) {

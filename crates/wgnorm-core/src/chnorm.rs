@@ -236,14 +236,7 @@ impl ChannelView {
     }
 }
 
-/// Activation applied after the affine, in the same pass.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Activation {
-    #[default]
-    None,
-    /// `x * sigmoid(x)` (GroupNorm + SiLU, the diffusion-UNet block).
-    Silu,
-}
+pub use crate::activation::Activation;
 
 /// What the slot statistics are.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -745,10 +738,6 @@ impl ChannelNorm {
                 ("EPS_OUTSIDE", flag(self.eps_outside)),
             ],
         )?;
-        let act = match self.activation {
-            Activation::None => 0.0,
-            Activation::Silu => 1.0,
-        };
         let apply = ctx.pipeline(
             Kernel::ChannelApply,
             aio,
@@ -756,7 +745,9 @@ impl ChannelNorm {
             &[
                 ("WG", APPLY_WG as f64),
                 ("BLOCK", block as f64),
-                ("ACT", act),
+                ("ACT", self.activation.constants()[0].1),
+                ("SELU_ALPHA", self.activation.constants()[1].1),
+                ("SELU_LAMBDA", self.activation.constants()[2].1),
                 ("COUNT_BATCH", flag(update.is_some())),
                 ("CH_VEC", flag(ch_vec)),
             ],

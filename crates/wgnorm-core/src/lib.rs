@@ -8,15 +8,18 @@
 //! - [`chnorm`]: the channel-statistics engine behind BatchNorm, GroupNorm and InstanceNorm.
 //! - [`Error`]: one typed error for everything.
 
+pub mod activation;
 pub mod binding;
 pub mod chnorm;
 pub mod context;
 mod dtype;
+pub mod elementwise;
 mod error;
 pub mod rownorm;
 pub mod shader;
 mod tensor;
 
+pub use activation::Activation;
 pub use context::{Context, Slot};
 pub use dtype::DType;
 pub use error::{Error, Result};

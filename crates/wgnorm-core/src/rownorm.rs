@@ -262,7 +262,8 @@ pub fn specializations(lengths: &[u64], classes: &[AdapterClass]) -> Vec<Special
                             continue;
                         }
                         let flags = std::array::from_fn(|i| bits & (1 << i) != 0);
-                        let (k, c) = constants(mode, flags, kernel, n_vec, cache);
+                        let (k, mut c) = constants(mode, flags, kernel, n_vec, cache);
+                        c.extend(crate::Activation::None.constants());
                         let s = Specialization {
                             kernel: k,
                             io,
@@ -388,6 +389,7 @@ struct Plan {
 pub struct RowNorm {
     ctx: Context,
     cfg: RowNormConfig,
+    activation: crate::Activation,
     forced: Option<RowKernel>,
     plans: std::sync::Mutex<std::collections::HashMap<PlanKey, Plan>>,
     binds: BindCache,
@@ -415,6 +417,7 @@ impl RowNorm {
         Ok(RowNorm {
             ctx: ctx.clone(),
             cfg,
+            activation: crate::Activation::None,
             forced: None,
             plans: Default::default(),
             binds: BindCache::default(),
@@ -425,6 +428,13 @@ impl RowNorm {
     /// autotuning). A call it cannot serve fails with [`Error::InvalidParameter`].
     pub fn with_kernel(mut self, kernel: RowKernel) -> RowNorm {
         self.forced = Some(kernel);
+        self.plans.get_mut().unwrap().clear();
+        self
+    }
+
+    /// Applies `activation` after the affine, in the same kernel (LayerNorm + GELU, ...).
+    pub fn with_activation(mut self, activation: crate::Activation) -> RowNorm {
+        self.activation = activation;
         self.plans.get_mut().unwrap().clear();
         self
     }
@@ -706,7 +716,8 @@ impl RowNorm {
                 why: "on a CPU adapter each lane of this kernel would loop past the driver's silent 65535-iteration limit for this row length: use more lanes",
             });
         }
-        let (k, constants) = constants(self.cfg.mode, flags, kernel, n_vec, cache);
+        let (k, mut constants) = constants(self.cfg.mode, flags, kernel, n_vec, cache);
+        constants.extend(self.activation.constants());
         let pipeline = self.ctx.pipeline(k, key.io, SLOTS, &constants)?;
         let plan = Plan { kernel, pipeline };
         self.plans.lock().unwrap().insert(key, plan.clone());

@@ -22,6 +22,8 @@ const IO_F16_V1: &str = shader_file!("common/io_f16_v1.wgsl");
 const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
 const MOMENTS: &str = shader_file!("common/moments.wgsl");
 const CHUNK: &str = shader_file!("common/chunk.wgsl");
+const ACTIVATION: &str = shader_file!("common/activation.wgsl");
+const ELEMENTWISE: &str = shader_file!("elementwise.wgsl");
 const ROW_NORM_COMMON: &str = shader_file!("row_norm/common.wgsl");
 const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
 const ROW_NORM_TEAM_REGS: &str = shader_file!("row_norm/team_regs.wgsl");
@@ -113,6 +115,8 @@ pub enum Kernel {
     ChannelInstanceRunning,
     /// Folds an inference BatchNorm into the preceding layer's weight and bias.
     FoldBatchNorm,
+    /// y = act(x): SELU and the other activations as standalone ops.
+    Elementwise,
     /// Plain copy, the bandwidth roofline of the benchmarks.
     Copy,
     /// One invocation per row, three passes: the benchmarks' baseline for row norms.
@@ -120,7 +124,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 11] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -130,6 +134,7 @@ impl Kernel {
         Kernel::ChannelMerge,
         Kernel::ChannelInstanceRunning,
         Kernel::FoldBatchNorm,
+        Kernel::Elementwise,
         Kernel::Copy,
         Kernel::NaiveRowNorm,
     ];
@@ -145,6 +150,7 @@ impl Kernel {
             Kernel::ChannelMerge => "channel_norm/merge",
             Kernel::ChannelInstanceRunning => "channel_norm/instance_running",
             Kernel::FoldBatchNorm => "channel_norm/fold",
+            Kernel::Elementwise => "elementwise",
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
         }
@@ -160,17 +166,18 @@ impl Kernel {
 
     fn parts(self) -> &'static [&'static str] {
         match self {
-            Kernel::RowNormTeam => &[ROW_NORM_COMMON, ROW_NORM_TEAM],
-            Kernel::RowNormTeamRegs => &[ROW_NORM_COMMON, ROW_NORM_TEAM_REGS],
-            Kernel::RowNormWorkgroup => &[MOMENTS, ROW_NORM_COMMON, ROW_NORM_WORKGROUP],
+            Kernel::RowNormTeam => &[ACTIVATION, ROW_NORM_COMMON, ROW_NORM_TEAM],
+            Kernel::RowNormTeamRegs => &[ACTIVATION, ROW_NORM_COMMON, ROW_NORM_TEAM_REGS],
+            Kernel::RowNormWorkgroup => &[ACTIVATION, MOMENTS, ROW_NORM_COMMON, ROW_NORM_WORKGROUP],
             Kernel::ChannelMoments => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MOMENTS, CHUNK],
             Kernel::ChannelFinalize => &[MOMENTS, CHANNEL_COMMON, CHANNEL_FINALIZE],
-            Kernel::ChannelApply => &[CHANNEL_COMMON, CHANNEL_APPLY],
+            Kernel::ChannelApply => &[ACTIVATION, CHANNEL_COMMON, CHANNEL_APPLY],
             Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
             Kernel::ChannelInstanceRunning => &[MOMENTS, CHANNEL_COMMON, CHANNEL_INSTANCE_RUNNING],
             Kernel::FoldBatchNorm => &[FOLD_BATCH_NORM],
             Kernel::Copy => &[COPY],
-            Kernel::NaiveRowNorm => &[ROW_NORM_COMMON, NAIVE_ROW_NORM],
+            Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],
+            Kernel::Elementwise => &[ACTIVATION, ELEMENTWISE],
         }
     }
 

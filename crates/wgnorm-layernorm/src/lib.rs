@@ -94,6 +94,13 @@ impl LayerNorm {
         Ok(LayerNorm { engine })
     }
 
+    /// Applies an activation after the affine in the same kernel (e.g. `Activation::GeluErf`).
+    pub fn with_activation(self, activation: wgnorm_core::Activation) -> LayerNorm {
+        LayerNorm {
+            engine: self.engine.with_activation(activation),
+        }
+    }
+
     /// Forces one kernel shape instead of the per-adapter choice (tests, benchmarks).
     pub fn with_kernel(self, kernel: RowKernel) -> LayerNorm {
         LayerNorm {

@@ -4,5 +4,6 @@
 //!
 //! Layouts: row norms see `x` as row-major `[rows, n]` (the reduced dims flattened into `n`).
 
+pub mod activation;
 pub mod chnorm;
 pub mod rownorm;

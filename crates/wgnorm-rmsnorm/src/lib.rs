@@ -90,6 +90,13 @@ impl RmsNorm {
         Ok(RmsNorm { engine })
     }
 
+    /// Applies an activation after the affine in the same kernel (e.g. `Activation::GeluErf`).
+    pub fn with_activation(self, activation: wgnorm_core::Activation) -> RmsNorm {
+        RmsNorm {
+            engine: self.engine.with_activation(activation),
+        }
+    }
+
     /// Forces one kernel shape instead of the per-adapter choice (tests, benchmarks).
     pub fn with_kernel(self, kernel: RowKernel) -> RmsNorm {
         RmsNorm {

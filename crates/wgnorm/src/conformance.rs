@@ -144,6 +144,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("instance_norm", run_instance_norm),
     ("lp_norm", run_lp_norm),
     ("add_layer_norm", run_add_layer_norm),
+    ("selu", run_selu),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
 ];
@@ -434,11 +435,9 @@ fn run_group_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         Some(_) => a.int("num_groups", 0)?,
         None => return Err("group_norm needs the num_groups attribute".into()),
     };
-    let activation = match a.str("activation", "none")?.as_str() {
-        "none" => crate::Activation::None,
-        "silu" => crate::Activation::Silu,
-        other => return Err(format!("unknown activation {other:?}")),
-    };
+    let name = a.str("activation", "none")?;
+    let activation =
+        crate::Activation::from_name(&name).ok_or(format!("unknown activation {name:?}"))?;
     let cfg = crate::GroupNormConfig {
         num_groups: usize::try_from(groups).map_err(|_| format!("num_groups {groups} < 0"))?,
         eps: a.f64("eps", 1e-5)? as f32,
@@ -577,4 +576,17 @@ fn run_add_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         ("y".to_string(), download(ctx, &y)?),
         ("sum".to_string(), download(ctx, &sum)?),
     ]))
+}
+
+fn run_selu(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["alpha", "gamma"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let act = crate::Activation::Selu {
+        alpha: a.f64("alpha", 1.6732632423543772)? as f32,
+        lambda: a.f64("gamma", 1.0507009873554805)? as f32,
+    };
+    let op = crate::Elementwise::new(ctx, act, dtype).map_err(err)?;
+    let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

@@ -21,7 +21,9 @@ pub mod conformance;
 pub use wgnorm_batchnorm::{
     self as batchnorm, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs,
 };
-pub use wgnorm_core::chnorm::{self, Activation, Layout};
+pub use wgnorm_core::chnorm::{self, Layout};
+pub use wgnorm_core::elementwise::{self, Elementwise};
+pub use wgnorm_core::Activation;
 pub use wgnorm_core::{
     self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, Slot, Tensor,
 };
@@ -105,5 +107,16 @@ pub fn specializations() -> Vec<shader::Specialization> {
         }
     }
     out.extend(chnorm::specializations());
+    for io in Io::ALL {
+        for act in wgnorm_core::Activation::ALL {
+            let mut constants = vec![("WG", 256.0), ("BLOCK", 16.0)];
+            constants.extend(act.constants());
+            out.push(Specialization {
+                kernel: Kernel::Elementwise,
+                io,
+                constants,
+            });
+        }
+    }
     out
 }

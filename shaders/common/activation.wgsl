@@ -1,0 +1,40 @@
+// Activation epilogues, chosen by the ACT pipeline constant:
+// 0 none, 1 SiLU x*sigmoid(x), 2 GELU (tanh approximation), 3 GELU (erf), 4 ReLU,
+// 5 SELU lambda * (x > 0 ? x : alpha * (exp(x) - 1)).
+override ACT: u32 = 0u;
+override SELU_ALPHA: f32 = 1.6732632423543772;
+override SELU_LAMBDA: f32 = 1.0507009873554805;
+
+// erf with |error| < 1.5e-7 (Abramowitz & Stegun 7.1.26): WGSL has no erf.
+fn erf_approx(v: V) -> V {
+    let a = abs(v);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let r = 1.0 - poly * exp(-a * a);
+    return select(-r, r, v >= V(0.0));
+}
+
+fn activate(v: V) -> V {
+    switch ACT {
+        case 1u: {
+            return v / (1.0 + exp(-v));
+        }
+        case 2u: {
+            // tanh overflows to NaN in some backends for large |u|: clamp its argument.
+            let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), V(-15.0), V(15.0));
+            return 0.5 * v * (1.0 + tanh(u));
+        }
+        case 3u: {
+            return 0.5 * v * (1.0 + erf_approx(v * 0.7071067811865476));
+        }
+        case 4u: {
+            return max(v, V(0.0));
+        }
+        case 5u: {
+            return SELU_LAMBDA * select(SELU_ALPHA * (exp(min(v, V(0.0))) - 1.0), v, v > V(0.0));
+        }
+        default: {
+            return v;
+        }
+    }
+}

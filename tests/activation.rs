@@ -1,0 +1,137 @@
+//! Activation epilogues fused into the norms, and SELU as an elementwise op, against f64.
+
+use wgnorm::prelude::*;
+use wgnorm::{Activation, Elementwise};
+use wgnorm_reference::activation as act;
+use wgnorm_reference::{chnorm, rownorm};
+use wgnorm_tests::{assert_close, ctx, noise, round_to};
+
+fn reference(a: Activation, v: f64) -> f64 {
+    match a {
+        Activation::None => v,
+        Activation::Silu => act::silu(v),
+        Activation::GeluTanh => act::gelu_tanh(v),
+        Activation::GeluErf => act::gelu_erf(v),
+        Activation::Relu => act::relu(v),
+        Activation::Selu { alpha, lambda } => act::selu(v, alpha as f64, lambda as f64),
+    }
+}
+
+#[test]
+fn layer_norm_and_group_norm_with_every_activation() {
+    let c = ctx();
+    let (rows, n) = (6, 256);
+    let x: Vec<f32> = noise(1, rows * n).iter().map(|v| v * 3.0).collect();
+    let w: Vec<f32> = noise(2, n).iter().map(|v| v * 4.0).collect();
+    let xd = round_to(DType::F32, &x);
+    let wd = round_to(DType::F32, &w);
+    let xt = c.upload_f32(&x, &[rows, n]).unwrap();
+    let wt = c.upload_f32(&w, &[n]).unwrap();
+    for a in Activation::ALL {
+        let ln = LayerNorm::new(c, LayerNormConfig::default())
+            .unwrap()
+            .with_activation(a);
+        let y = c
+            .download(
+                &ln.forward(&LayerNormInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    bias: None,
+                })
+                .unwrap()
+                .y,
+            )
+            .unwrap();
+        let want: Vec<f64> = rownorm::layer_norm(&xd, n, Some(&wd), None, 1e-5)
+            .y
+            .iter()
+            .map(|&v| reference(a, v))
+            .collect();
+        assert_close(&format!("layer_norm + {a:?}"), &y, &want, 2e-5, 1e-4);
+
+        let (nn, ch, hw) = (2, 8, 16);
+        let xg = noise(3, nn * ch * hw);
+        let gn = GroupNorm::new(
+            c,
+            GroupNormConfig {
+                activation: a,
+                ..GroupNormConfig::new(4)
+            },
+        )
+        .unwrap();
+        let y = gn
+            .forward(&NormInputs {
+                x: &c.upload_f32(&xg, &[nn, ch, 4, 4]).unwrap(),
+                weight: None,
+                bias: None,
+            })
+            .unwrap();
+        let want: Vec<f64> = chnorm::group_norm(
+            &round_to(DType::F32, &xg),
+            nn,
+            ch,
+            hw,
+            4,
+            None,
+            None,
+            1e-5,
+            false,
+        )
+        .iter()
+        .map(|&v| reference(a, v))
+        .collect();
+        assert_close(
+            &format!("group_norm + {a:?}"),
+            &c.download(&y).unwrap(),
+            &want,
+            2e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn elementwise_activations_including_extremes() {
+    let c = ctx();
+    let mut x: Vec<f32> = noise(9, 1003).iter().map(|v| v * 8.0).collect();
+    x.extend([0.0, -0.0, 88.0, -88.0, 1e-30, -1e-30, 30.0, -30.0]);
+    for dtype in [DType::F32, DType::F16] {
+        let x: Vec<f32> = if dtype == DType::F16 {
+            x.iter().map(|v| v.clamp(-60.0, 60.0)).collect()
+        } else {
+            x.clone()
+        };
+        let xd = round_to(dtype, &x);
+        let xt = c.upload(&x, &[x.len()], dtype).unwrap();
+        let mut acts = Activation::ALL.to_vec();
+        acts.push(Activation::Selu {
+            alpha: 1.5,
+            lambda: 2.0,
+        });
+        for a in acts {
+            let y = Elementwise::new(c, a, dtype).unwrap().forward(&xt).unwrap();
+            let want: Vec<f64> = xd.iter().map(|&v| reference(a, v)).collect();
+            let (atol, rtol) = if dtype == DType::F32 {
+                (1e-6, 1e-5)
+            } else {
+                (1e-3, 2e-3)
+            };
+            assert_close(
+                &format!("{a:?} {dtype}"),
+                &c.download(&y).unwrap(),
+                &want,
+                atol,
+                rtol,
+            );
+        }
+    }
+    let bad = Elementwise::new(
+        c,
+        Activation::Selu {
+            alpha: f32::NAN,
+            lambda: 1.0,
+        },
+        DType::F32,
+    );
+    assert!(matches!(bad, Err(wgnorm::Error::InvalidParameter { .. })));
+}
