@@ -799,3 +799,192 @@ fn instance_norm_tracking_running_statistics() {
         );
     }
 }
+
+#[test]
+fn test_time_bn_mixes_source_and_batch_statistics() {
+    let c_ = ctx();
+    let (n, c, hw) = (4, 5, 9);
+    let x: Vec<f32> = noise(61, n * c * hw)
+        .iter()
+        .map(|v| v * 2.0 + 1.0)
+        .collect();
+    let xd = round_to(DType::F32, &x);
+    let (rm0, rv0) = (
+        noise(62, c),
+        noise(63, c)
+            .iter()
+            .map(|v| v.abs() + 0.5)
+            .collect::<Vec<f32>>(),
+    );
+    let w = noise(64, c);
+    for w_src in [0.0f32, 0.3, 1.0] {
+        let bn = BatchNorm::new(c_, BatchNormConfig::default()).unwrap();
+        let xt = c_.upload_f32(&x, &[n, c, 3, 3]).unwrap();
+        let (rm, rv) = (
+            c_.upload_f32(&rm0, &[c]).unwrap(),
+            c_.upload_f32(&rv0, &[c]).unwrap(),
+        );
+        let wt = c_.upload_f32(&w, &[c]).unwrap();
+        let y = c_.empty(&[n, c, 3, 3], DType::F32).unwrap();
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        let inputs = BatchNormInputs {
+            x: &xt,
+            weight: Some(&wt),
+            bias: None,
+            running_mean: Some(&rm),
+            running_var: Some(&rv),
+        };
+        bn.encode_test_time(
+            &mut enc,
+            &inputs,
+            &BatchNormOutputs { y: &y, saved: None },
+            w_src,
+        )
+        .unwrap();
+        c_.queue().submit([enc.finish()]);
+        // The mixed statistics, then BatchNorm's inference formula with them.
+        let batch = reference::batch_norm(
+            &xd, n, c, hw, None, None, &[0.0; 5], &[1.0; 5], true, 0.1, true, 1e-5,
+        );
+        let cnt = (n * hw) as f64;
+        let ws = w_src as f64;
+        let mix_m: Vec<f64> = (0..c)
+            .map(|i| ws * rm0[i] as f64 + (1.0 - ws) * batch.mean[i])
+            .collect();
+        let mix_v: Vec<f64> = (0..c)
+            .map(|i| ws * rv0[i] as f64 + (1.0 - ws) * batch.var[i] * cnt / (cnt - 1.0))
+            .collect();
+        let want = reference::batch_norm(
+            &xd,
+            n,
+            c,
+            hw,
+            Some(&round_to(DType::F32, &w)),
+            None,
+            &mix_m,
+            &mix_v,
+            false,
+            0.1,
+            true,
+            1e-5,
+        );
+        assert_close(
+            &format!("tbn w_src={w_src}"),
+            &c_.download(&y).unwrap(),
+            &want.y,
+            2e-5,
+            1e-4,
+        );
+        // Source statistics are not touched.
+        assert_close(
+            "running_mean untouched",
+            &c_.download(&rm).unwrap(),
+            &round_to(DType::F32, &rm0),
+            0.0,
+            0.0,
+        );
+    }
+    let bn = BatchNorm::new(c_, BatchNormConfig::default()).unwrap();
+    let xt = c_.upload_f32(&x, &[n, c, 3, 3]).unwrap();
+    let rm = c_.upload_f32(&rm0, &[c]).unwrap();
+    let rv = c_.upload_f32(&rv0, &[c]).unwrap();
+    let y = c_.empty(&[n, c, 3, 3], DType::F32).unwrap();
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    let inputs = BatchNormInputs {
+        x: &xt,
+        weight: None,
+        bias: None,
+        running_mean: Some(&rm),
+        running_var: Some(&rv),
+    };
+    let r = bn.encode_test_time(
+        &mut enc,
+        &inputs,
+        &BatchNormOutputs { y: &y, saved: None },
+        1.5,
+    );
+    assert!(
+        matches!(r, Err(Error::InvalidParameter { name: "w_src", .. })),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn rep_batch_norm_adds_alpha_x() {
+    // RepBN on tokens [B, T, C]: BatchNorm over B and T per channel (channels-last) + alpha * x.
+    let c_ = ctx();
+    let (b, t, c) = (3, 10, 8);
+    let x: Vec<f32> = noise(91, b * t * c).iter().map(|v| v * 3.0).collect();
+    let alpha = 0.7f32;
+    for training in [true, false] {
+        let bn = BatchNorm::new(
+            c_,
+            BatchNormConfig {
+                layout: Layout::Nhwc,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let xt = c_.upload_f32(&x, &[b, t, c]).unwrap();
+        let (rm0, rv0) = (noise(92, c), vec![1.5f32; c]);
+        let (rm, rv) = (
+            c_.upload_f32(&rm0, &[c]).unwrap(),
+            c_.upload_f32(&rv0, &[c]).unwrap(),
+        );
+        let at = c_.upload_f32(&[alpha], &[1]).unwrap();
+        let y = c_.empty(&[b, t, c], DType::F32).unwrap();
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        let inputs = BatchNormInputs {
+            x: &xt,
+            weight: None,
+            bias: None,
+            running_mean: Some(&rm),
+            running_var: Some(&rv),
+        };
+        bn.encode_rep(
+            &mut enc,
+            &inputs,
+            &at,
+            &BatchNormOutputs { y: &y, saved: None },
+            training,
+        )
+        .unwrap();
+        c_.queue().submit([enc.finish()]);
+        // [B, T, C] row-major is NCHW with N = B*T and one spatial element: the same memory.
+        let xd = round_to(DType::F32, &x);
+        let want = reference::batch_norm(
+            &xd,
+            b * t,
+            c,
+            1,
+            None,
+            None,
+            &round_to(DType::F32, &rm0),
+            &round_to(DType::F32, &rv0),
+            training,
+            0.1,
+            true,
+            1e-5,
+        );
+        let want_y: Vec<f64> = want
+            .y
+            .iter()
+            .zip(&xd)
+            .map(|(yv, xv)| yv + alpha as f64 * xv)
+            .collect();
+        assert_close(
+            &format!("repbn training={training}"),
+            &c_.download(&y).unwrap(),
+            &want_y,
+            2e-5,
+            1e-4,
+        );
+        assert_close(
+            "repbn running_mean",
+            &c_.download(&rm).unwrap(),
+            &want.running_mean,
+            1e-6,
+            1e-5,
+        );
+    }
+}

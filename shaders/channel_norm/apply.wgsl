@@ -13,12 +13,15 @@ override WG: u32 = 256u;
 override BLOCK: u32 = 1u;
 override COUNT_BATCH: bool = false;
 override CH_VEC: bool = false;
+// RepBN (SLAB): y = BN(x) + alpha * x, alpha a learnable scalar read from the GPU.
+override HAS_ALPHA: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read> coef: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<Elem>;
 @group(0) @binding(4) var<storage, read_write> batches: array<u32>;
+@group(0) @binding(5) var<storage, read> alpha: array<f32>;
 
 // (mean, scale, shift) of channel ch (and the following VW - 1 when CH_VEC) of sample p.
 fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {
@@ -61,7 +64,12 @@ fn main(
     var shift = coef_at(p, ch, c, 2u);
     let end = min(params.total_v, start + BLOCK);
     for (var i = start; i < end; i = i + 1u) {
-        y[i] = from_v(activate((to_v(x[i]) - mean) * scale + shift));
+        let xv = to_v(x[i]);
+        var o = (xv - mean) * scale + shift;
+        if (HAS_ALPHA) {
+            o = o + alpha[0] * xv;
+        }
+        y[i] = from_v(activate(o));
         // Advance the counters by one access (VW elements).
         var moved = false;
         pin = pin + VW;

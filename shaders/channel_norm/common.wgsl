@@ -28,7 +28,8 @@ struct ChannelParams {
     total_v: u32,
     // Elements per sample p (Q * R * S; apply pass).
     per_p: u32,
-    _pad1: u32,
+    // Weight of the source (running) statistics when mixing them with the batch's (MIX).
+    w_src: f32,
     _pad2: u32,
     _pad3: u32,
 }

@@ -16,6 +16,9 @@ override HAS_BIAS: bool = false;
 override REDUCE: u32 = 0u;
 // rstd = 1 / (sqrt(var) + eps) instead of 1 / sqrt(var + eps) (MeanVarianceNormalization).
 override EPS_OUTSIDE: bool = false;
+// Test-time BN (alpha-BN / TBN): normalize with w_src * running + (1 - w_src) * batch
+// statistics, the batch variance unbiased; running statistics are read, not updated.
+override MIX: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -53,6 +56,11 @@ fn main(
         mean = acc.mean;
         var_b = acc.m2 / acc.n;
         m2_sum = acc.m2;
+        if (MIX) {
+            let w = params.w_src;
+            mean = w * running_mean[rr] + (1.0 - w) * mean;
+            var_b = w * running_var[rr] + (1.0 - w) * (acc.m2 / (acc.n - 1.0));
+        }
         if (UPDATE_RUNNING) {
             var m = params.momentum;
             if (params.cumulative != 0u) {

@@ -94,16 +94,36 @@ impl BatchNorm {
         outputs: &BatchNormOutputs,
         training: bool,
     ) -> Result<()> {
-        let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
+        self.encode_with(
+            encoder,
+            inputs,
+            outputs,
+            self.statistics(inputs, training),
+            None,
+        )
+    }
+
+    fn statistics(&self, inputs: &BatchNormInputs, training: bool) -> Statistics {
         let tracks = inputs.running_mean.is_some() || inputs.running_var.is_some();
-        let statistics = if training {
+        if training {
             Statistics::Batch(tracks.then_some(RunningUpdate {
                 momentum: self.cfg.momentum,
                 unbiased: self.cfg.running_var_unbiased,
             }))
         } else {
             Statistics::Running
-        };
+        }
+    }
+
+    fn encode_with(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormInputs,
+        outputs: &BatchNormOutputs,
+        statistics: Statistics,
+        alpha: Option<&Tensor>,
+    ) -> Result<()> {
+        let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
         self.engine.encode(
             encoder,
             &ChannelNormArgs {
@@ -117,8 +137,39 @@ impl BatchNorm {
                 stats: outputs.saved,
                 statistics,
                 moments: None,
+                alpha,
             },
         )
+    }
+
+    /// Test-time BN calibration (alpha-BN; TBN is `w_src = 0`, NORMS.md A11): normalizes with
+    /// `mu = w_src * running_mean + (1 - w_src) * mu_batch` and
+    /// `var = w_src * running_var + (1 - w_src) * var_batch_unbiased`; the running (source)
+    /// statistics are read, not updated. `w_src` is the weight on the source statistics (codebases
+    /// call it alpha with either meaning).
+    pub fn encode_test_time(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormInputs,
+        outputs: &BatchNormOutputs,
+        w_src: f32,
+    ) -> Result<()> {
+        self.encode_with(encoder, inputs, outputs, Statistics::Mixed { w_src }, None)
+    }
+
+    /// SLAB's RepBN (NORMS.md A16): `y = BN(x) + alpha * x` with `alpha` a learnable f32 `[1]`
+    /// scalar on the GPU. Token tensors `[B, T, C]` use `Layout::Nhwc` (BN over B and T per
+    /// channel); training updates the running statistics as [`BatchNorm::encode`] does.
+    pub fn encode_rep(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormInputs,
+        alpha: &Tensor,
+        outputs: &BatchNormOutputs,
+        training: bool,
+    ) -> Result<()> {
+        let statistics = self.statistics(inputs, training);
+        self.encode_with(encoder, inputs, outputs, statistics, Some(alpha))
     }
 
     /// Synchronised BatchNorm, step 1: records this device's per-channel moments of `x` into
@@ -165,6 +216,7 @@ impl BatchNorm {
                     unbiased: self.cfg.running_var_unbiased,
                 })),
                 moments: Some(merged),
+                alpha: None,
             },
         )
     }

@@ -267,6 +267,9 @@ pub enum Statistics {
     Batch(Option<RunningUpdate>),
     /// The running statistics (BatchNorm inference).
     Running,
+    /// Test-time BN: `w_src * running + (1 - w_src) * batch` for the mean and the variance
+    /// (batch variance unbiased); the running (source) statistics are read, not updated.
+    Mixed { w_src: f32 },
 }
 
 /// How running statistics are updated from a batch: `r = (1 - m) r + m s` (PyTorch convention).
@@ -296,6 +299,8 @@ pub struct ChannelNormArgs<'a> {
     /// count, mean, M2 per slot, see [`Moments`]) instead of this tensor's own; the running
     /// update uses them too. The seam for synchronised BatchNorm across devices.
     pub moments: Option<&'a Tensor>,
+    /// RepBN: f32 `[1]` scalar; `y = norm(x) + alpha * x`.
+    pub alpha: Option<&'a Tensor>,
 }
 
 /// Mergeable per-slot statistics on the host: count, mean and M2 (sum of squared deviations).
@@ -367,10 +372,11 @@ const FINALIZE_SLOTS: &[Slot] = &[
 ];
 const APPLY_SLOTS: &[Slot] = &[
     Slot::Uniform,
-    Slot::Read,
-    Slot::Read,
-    Slot::ReadWrite,
-    Slot::ReadWrite,
+    Slot::Read,      // x
+    Slot::Read,      // coefficients
+    Slot::ReadWrite, // y
+    Slot::ReadWrite, // num_batches_tracked
+    Slot::Read,      // alpha
 ];
 
 const MERGE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
@@ -389,6 +395,7 @@ struct Checked {
     rv: Option<binding::BufferRange>,
     st: Option<binding::BufferRange>,
     given: Option<binding::BufferRange>,
+    al: Option<binding::BufferRange>,
     io: Io,
     aio: Io,
     ch_vec: bool,
@@ -577,7 +584,28 @@ impl ChannelNorm {
         let (needs_running, update) = match a.statistics {
             Statistics::Running => (true, None),
             Statistics::Batch(u) => (u.is_some(), u),
+            Statistics::Mixed { w_src } => {
+                if !w_src.is_finite() || !(0.0..=1.0).contains(&w_src) {
+                    return Err(Error::InvalidParameter {
+                        name: "w_src",
+                        value: w_src.to_string(),
+                        why: "must be in [0, 1]",
+                    });
+                }
+                if v.count() < 2 && v.numel() > 0 {
+                    return Err(Error::InvalidParameter {
+                        name: "batch",
+                        value: "1 value per channel".into(),
+                        why:
+                            "the unbiased test-batch variance needs more than one value per channel",
+                    });
+                }
+                (true, None)
+            }
         };
+        if let Some(t) = a.alpha {
+            self.check("alpha", t, 1, DType::F32)?;
+        }
         for (what, t) in [
             ("running_mean", a.running_mean),
             ("running_var", a.running_var),
@@ -599,10 +627,10 @@ impl ChannelNorm {
         }
         if let Some(m) = a.moments {
             self.check("moments", m, v.slots() * 3, DType::F32)?;
-            if a.statistics == Statistics::Running {
+            if !matches!(a.statistics, Statistics::Batch(_)) {
                 return Err(Error::InvalidParameter {
                     name: "moments",
-                    value: "with running statistics".into(),
+                    value: "with running or mixed statistics".into(),
                     why: "merged moments replace batch statistics: use Statistics::Batch",
                 });
             }
@@ -639,7 +667,9 @@ impl ChannelNorm {
         let rv = opt("running_var", a.running_var)?;
         let st = opt("stats", a.stats)?;
         let given = opt("moments", a.moments)?;
+        let al = opt("alpha", a.alpha)?;
         binding::check_no_alias(&[
+            ("alpha", al.as_ref(), false),
             ("x", Some(&x), false),
             ("weight", w.as_ref(), false),
             ("bias", b.as_ref(), false),
@@ -677,6 +707,7 @@ impl ChannelNorm {
             rv,
             st,
             given,
+            al,
             io,
             aio,
             ch_vec,
@@ -696,6 +727,7 @@ impl ChannelNorm {
             rv,
             st,
             given,
+            al,
             io,
             aio,
             ch_vec,
@@ -709,11 +741,17 @@ impl ChannelNorm {
         let scratch = self.scratch(v)?;
         let wgm = moments_wg(ctx);
         // Batch statistics computed here (not given, not the running ones).
-        let batch = matches!(a.statistics, Statistics::Batch(_)) && given.is_none();
+        let batch = !matches!(a.statistics, Statistics::Running) && given.is_none();
+        let w_src = match a.statistics {
+            Statistics::Mixed { w_src } => Some(w_src),
+            _ => None,
+        };
         let total_v = (v.numel() / aio.width() as usize) as u32;
 
         let tiles = if given.is_some() { 1 } else { scratch.tiles };
         let params = channel_params(&v, io, tiles, scratch.tile_len, self.eps, update);
+        let mut params = params;
+        params[13] = w_src.unwrap_or(0.0).to_bits();
         let mut apply_params = params;
         apply_params[11] = total_v;
         let block: u32 = if ctx.is_cpu() { APPLY_CPU_BLOCK } else { 1 };
@@ -736,6 +774,7 @@ impl ChannelNorm {
                 ("HAS_BIAS", flag(b.is_some())),
                 ("REDUCE", self.reduction.code()),
                 ("EPS_OUTSIDE", flag(self.eps_outside)),
+                ("MIX", flag(w_src.is_some())),
             ],
         )?;
         let apply = ctx.pipeline(
@@ -750,6 +789,7 @@ impl ChannelNorm {
                 ("SELU_LAMBDA", self.activation.constants()[2].1),
                 ("COUNT_BATCH", flag(update.is_some())),
                 ("CH_VEC", flag(ch_vec)),
+                ("HAS_ALPHA", flag(al.is_some())),
             ],
         )?;
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
@@ -781,9 +821,12 @@ impl ChannelNorm {
                 &batches,
             ],
         )?;
-        let apply_bind =
-            self.binds
-                .get(ctx, APPLY_SLOTS, &apply_params, &[&x, &ss, &y, &batches])?;
+        let apply_bind = self.binds.get(
+            ctx,
+            APPLY_SLOTS,
+            &apply_params,
+            &[&x, &ss, &y, &batches, al.as_ref().unwrap_or(&dr)],
+        )?;
         let moments = if batch {
             let p = ctx.pipeline(
                 Kernel::ChannelMoments,
@@ -1128,6 +1171,15 @@ pub fn specializations() -> Vec<Specialization> {
                 ("HAS_BIAS", f(4)),
                 ("REDUCE", reduce as f64),
                 ("EPS_OUTSIDE", if reduce == 0 { f(0) } else { 0.0 }),
+                // Mixing only with batch statistics of mean/variance.
+                (
+                    "MIX",
+                    if reduce == 0 && f(0) == 0.0 {
+                        f(2)
+                    } else {
+                        0.0
+                    },
+                ),
             ],
         });
     }

@@ -165,6 +165,7 @@ impl InstanceNorm {
             stats: outputs.saved,
             statistics: Statistics::Running,
             moments: None,
+            alpha: None,
         };
         if !training {
             return self.engine.encode(encoder, &args);
@@ -232,6 +233,7 @@ fn encode(
             stats: outputs.saved,
             statistics: Statistics::Batch(None),
             moments: None,
+            alpha: None,
         },
     )
 }

@@ -145,6 +145,8 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("lp_norm", run_lp_norm),
     ("add_layer_norm", run_add_layer_norm),
     ("selu", run_selu),
+    ("test_time_bn", run_test_time_bn),
+    ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
 ];
@@ -589,4 +591,96 @@ fn run_selu(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let op = crate::Elementwise::new(ctx, act, dtype).map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["w_src", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let w_src = match case.attrs.get("w_src") {
+        Some(_) => a.f64("w_src", 0.0)? as f32,
+        None => return Err("test_time_bn needs the w_src attribute".into()),
+    };
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let (w, b) = (
+        upload_param(ctx, case, "weight")?,
+        upload_param(ctx, case, "bias")?,
+    );
+    let (rm, rv) = (
+        upload_param(ctx, case, "running_mean")?,
+        upload_param(ctx, case, "running_var")?,
+    );
+    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
+    let inputs = crate::BatchNormInputs {
+        x: &xt,
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+        running_mean: rm.as_ref(),
+        running_var: rv.as_ref(),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    bn.encode_test_time(
+        &mut enc,
+        &inputs,
+        &crate::BatchNormOutputs { y: &y, saved: None },
+        w_src,
+    )
+    .map_err(err)?;
+    ctx.queue().submit([enc.finish()]);
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["eps", "momentum", "training"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let training = a.bool("training", false)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
+        layout: crate::Layout::Nhwc,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let (w, b) = (
+        upload_param(ctx, case, "weight")?,
+        upload_param(ctx, case, "bias")?,
+    );
+    let (rm, rv) = (
+        upload_param(ctx, case, "running_mean")?,
+        upload_param(ctx, case, "running_var")?,
+    );
+    let alpha = upload(ctx, input(case, "alpha")?, DType::F32)?;
+    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
+    let inputs = crate::BatchNormInputs {
+        x: &xt,
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+        running_mean: rm.as_ref(),
+        running_var: rv.as_ref(),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    bn.encode_rep(
+        &mut enc,
+        &inputs,
+        &alpha,
+        &crate::BatchNormOutputs { y: &y, saved: None },
+        training,
+    )
+    .map_err(err)?;
+    ctx.queue().submit([enc.finish()]);
+    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    if let (Some(rm), Some(rv)) = (&rm, &rv) {
+        out.insert("running_mean".into(), download(ctx, rm)?);
+        out.insert("running_var".into(), download(ctx, rv)?);
+    }
+    Ok(out)
 }
