@@ -10,10 +10,6 @@ override REDUCE: u32 = 0u;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> partials: array<Moments>;
 
-var<workgroup> red_n: array<f32, WG>;
-var<workgroup> red_mean: array<f32, WG>;
-var<workgroup> red_m2: array<f32, WG>;
-
 fn load(pp: u32, rr: u32, j: u32) -> V {
     let q = j / params.s_v;
     let s = j - q * params.s_v;
@@ -50,23 +46,8 @@ fn main(
         let v3 = select(V(0.0), load(pp, rr, j + 3u * WG), ok3);
         acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
     }
-    red_n[lid] = acc.n;
-    red_mean[lid] = acc.mean;
-    red_m2[lid] = acc.m2;
-    workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h = h >> 1u) {
-        if (lid < h) {
-            let m = moments_merge(
-                Moments(red_n[lid], red_mean[lid], red_m2[lid]),
-                Moments(red_n[lid + h], red_mean[lid + h], red_m2[lid + h]),
-            );
-            red_n[lid] = m.n;
-            red_mean[lid] = m.mean;
-            red_m2[lid] = m.m2;
-        }
-        workgroupBarrier();
-    }
+    let merged = workgroup_merge(acc, lid);
     if (live && lid == 0u) {
-        partials[g] = Moments(red_n[0], red_mean[0], red_m2[0]);
+        partials[g] = merged;
     }
 }

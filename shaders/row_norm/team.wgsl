@@ -18,17 +18,6 @@ override USE_CACHE: bool = true;
 
 var<workgroup> cache: array<V, CACHE_V>;
 
-fn team_sum(v: f32, sg_size: u32) -> f32 {
-    if (TEAM == sg_size) {
-        return subgroupAdd(v);
-    }
-    var s = v;
-    for (var o = TEAM / 2u; o > 0u; o = o >> 1u) {
-        s = s + subgroupShuffleXor(s, o);
-    }
-    return s;
-}
-
 fn row_value(cbase: u32, base: u32, i: u32) -> V {
     if (USE_CACHE) {
         return cache[cbase + i];

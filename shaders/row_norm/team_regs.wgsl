@@ -13,17 +13,6 @@ override ROWS_PER_TEAM: u32 = 1u;
 
 const REGS: u32 = 32u;
 
-fn team_sum(v: f32, sg_size: u32) -> f32 {
-    if (TEAM == sg_size) {
-        return subgroupAdd(v);
-    }
-    var s = v;
-    for (var o = TEAM / 2u; o > 0u; o = o >> 1u) {
-        s = s + subgroupShuffleXor(s, o);
-    }
-    return s;
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,

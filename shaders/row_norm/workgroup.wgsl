@@ -16,9 +16,6 @@ override USE_CACHE: bool = false;
 override CACHE_V: u32 = 1u;
 
 var<workgroup> cache: array<V, CACHE_V>;
-var<workgroup> red_n: array<f32, WG>;
-var<workgroup> red_mean: array<f32, WG>;
-var<workgroup> red_m2: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -46,24 +43,9 @@ fn main(
         }
     }
 
-    red_n[lid] = acc.n;
-    red_mean[lid] = acc.mean;
-    red_m2[lid] = acc.m2;
-    workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h = h >> 1u) {
-        if (lid < h) {
-            let m = moments_merge(
-                Moments(red_n[lid], red_mean[lid], red_m2[lid]),
-                Moments(red_n[lid + h], red_mean[lid + h], red_m2[lid + h]),
-            );
-            red_n[lid] = m.n;
-            red_mean[lid] = m.mean;
-            red_m2[lid] = m.m2;
-        }
-        workgroupBarrier();
-    }
-    let mean = red_mean[0];
-    let rstd = inverseSqrt(red_m2[0] / f32(params.n) + params.eps);
+    let merged = workgroup_merge(acc, lid);
+    let mean = merged.mean;
+    let rstd = inverseSqrt(merged.m2 / f32(params.n) + params.eps);
 
     for (var i = lid; i < nv; i = i + WG) {
         var v: V;

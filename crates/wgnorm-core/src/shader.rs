@@ -23,6 +23,8 @@ const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
 const MOMENTS: &str = shader_file!("common/moments.wgsl");
 const CHUNK: &str = shader_file!("common/chunk.wgsl");
 const ACTIVATION: &str = shader_file!("common/activation.wgsl");
+const WG_MOMENTS: &str = shader_file!("common/workgroup_moments.wgsl");
+const TEAM_SUM: &str = shader_file!("common/team.wgsl");
 const ELEMENTWISE: &str = shader_file!("elementwise.wgsl");
 const ROW_NORM_COMMON: &str = shader_file!("row_norm/common.wgsl");
 const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
@@ -166,10 +168,18 @@ impl Kernel {
 
     fn parts(self) -> &'static [&'static str] {
         match self {
-            Kernel::RowNormTeam => &[ACTIVATION, ROW_NORM_COMMON, ROW_NORM_TEAM],
-            Kernel::RowNormTeamRegs => &[ACTIVATION, ROW_NORM_COMMON, ROW_NORM_TEAM_REGS],
-            Kernel::RowNormWorkgroup => &[ACTIVATION, MOMENTS, ROW_NORM_COMMON, ROW_NORM_WORKGROUP],
-            Kernel::ChannelMoments => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MOMENTS, CHUNK],
+            Kernel::RowNormTeam => &[ACTIVATION, ROW_NORM_COMMON, TEAM_SUM, ROW_NORM_TEAM],
+            Kernel::RowNormTeamRegs => &[ACTIVATION, ROW_NORM_COMMON, TEAM_SUM, ROW_NORM_TEAM_REGS],
+            Kernel::RowNormWorkgroup => &[
+                ACTIVATION,
+                MOMENTS,
+                WG_MOMENTS,
+                ROW_NORM_COMMON,
+                ROW_NORM_WORKGROUP,
+            ],
+            Kernel::ChannelMoments => {
+                &[MOMENTS, WG_MOMENTS, CHANNEL_COMMON, CHANNEL_MOMENTS, CHUNK]
+            }
             Kernel::ChannelFinalize => &[MOMENTS, CHANNEL_COMMON, CHANNEL_FINALIZE],
             Kernel::ChannelApply => &[ACTIVATION, CHANNEL_COMMON, CHANNEL_APPLY],
             Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
