@@ -13,8 +13,8 @@
 //! are f32 with one value per channel, as PyTorch keeps BatchNorm buffers under autocast.
 
 use wgnorm_core::binding::{self, BindCache, PARAM_WORDS};
-use wgnorm_core::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, RunningUpdate, Statistics};
-pub use wgnorm_core::chnorm::{Layout, Moments};
+use wgnorm_core::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
+pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
@@ -139,6 +139,24 @@ impl BatchNorm {
                 moments: None,
                 alpha,
             },
+        )
+    }
+
+    /// Training step with an explicit running-statistics momentum and variance convention for
+    /// this call (schedules such as AdaB²N's or exponential momentum decay, NORMS.md A10/A13).
+    pub fn encode_train_with(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormInputs,
+        outputs: &BatchNormOutputs,
+        update: RunningUpdate,
+    ) -> Result<()> {
+        self.encode_with(
+            encoder,
+            inputs,
+            outputs,
+            Statistics::Batch(Some(update)),
+            None,
         )
     }
 
@@ -431,4 +449,44 @@ pub fn fold_batch_norm(
         })
         .collect();
     Ok((w, b))
+}
+
+/// AdaB²N's running-statistics momentum at training step `t` (t >= 1, after this step's
+/// increment), NORMS.md A10 (official code): `eta_1 = m^kappa`,
+/// `eta_t = eta_{t-1} / (eta_{t-1} + (1 - m)^kappa)`. kappa = 1 gives the constant m, kappa = 0
+/// the cumulative average 1/t. Use it with [`BatchNorm::encode_train_with`] and
+/// `unbiased: false` (AdaB²N keeps the biased variance).
+pub fn adab2n_momentum(kappa: f64, momentum: f64, t: u64) -> Result<f32> {
+    if !(0.0..=1.0).contains(&kappa) || !(0.0..=1.0).contains(&momentum) || t == 0 {
+        return Err(Error::InvalidParameter {
+            name: "adab2n",
+            value: format!("kappa {kappa}, momentum {momentum}, step {t}"),
+            why: "kappa and momentum must be in [0, 1] and the step >= 1",
+        });
+    }
+    let decay = (1.0 - momentum).powf(kappa);
+    let mut eta = momentum.powf(kappa);
+    for _ in 1..t {
+        eta /= eta + decay;
+    }
+    Ok(eta as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adab2n_momentum;
+
+    #[test]
+    fn adab2n_schedule_limits_and_recursion() {
+        for t in 1..6 {
+            assert!((adab2n_momentum(1.0, 0.1, t).unwrap() - 0.1).abs() < 1e-7);
+            assert!((adab2n_momentum(0.0, 0.1, t).unwrap() as f64 - 1.0 / t as f64).abs() < 1e-7);
+        }
+        // kappa = 0.5, m = 0.1: eta1 = sqrt(0.1), eta2 = eta1 / (eta1 + sqrt(0.9)).
+        let e1 = 0.1f64.sqrt();
+        let e2 = e1 / (e1 + 0.9f64.sqrt());
+        assert!((adab2n_momentum(0.5, 0.1, 2).unwrap() as f64 - e2).abs() < 1e-7);
+        assert!(adab2n_momentum(0.5, 0.1, 0).is_err());
+        assert!(adab2n_momentum(1.5, 0.1, 1).is_err());
+    }
 }

@@ -146,6 +146,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("add_layer_norm", run_add_layer_norm),
     ("selu", run_selu),
     ("test_time_bn", run_test_time_bn),
+    ("adab2n", run_adab2n),
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
@@ -676,6 +677,62 @@ fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         training,
     )
     .map_err(err)?;
+    ctx.queue().submit([enc.finish()]);
+    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    if let (Some(rm), Some(rv)) = (&rm, &rv) {
+        out.insert("running_mean".into(), download(ctx, rm)?);
+        out.insert("running_var".into(), download(ctx, rv)?);
+    }
+    Ok(out)
+}
+
+fn run_adab2n(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["kappa", "momentum", "step", "eps", "training"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let training = a.bool("training", false)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let (w, b) = (
+        upload_param(ctx, case, "weight")?,
+        upload_param(ctx, case, "bias")?,
+    );
+    let (rm, rv) = (
+        upload_param(ctx, case, "running_mean")?,
+        upload_param(ctx, case, "running_var")?,
+    );
+    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
+    let inputs = crate::BatchNormInputs {
+        x: &xt,
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+        running_mean: rm.as_ref(),
+        running_var: rv.as_ref(),
+    };
+    let outputs = crate::BatchNormOutputs { y: &y, saved: None };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    if training {
+        let step = a.int("step", 1)?;
+        let eta = crate::batchnorm::adab2n_momentum(
+            a.f64("kappa", 1.0)?,
+            a.f64("momentum", 0.1)?,
+            u64::try_from(step).unwrap_or(0),
+        )
+        .map_err(err)?;
+        let update = crate::batchnorm::RunningUpdate {
+            momentum: Some(eta),
+            unbiased: false,
+        };
+        bn.encode_train_with(&mut enc, &inputs, &outputs, update)
+            .map_err(err)?;
+    } else {
+        bn.encode(&mut enc, &inputs, &outputs, false).map_err(err)?;
+    }
     ctx.queue().submit([enc.finish()]);
     let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
     if let (Some(rm), Some(rv)) = (&rm, &rv) {
