@@ -988,3 +988,98 @@ fn rep_batch_norm_adds_alpha_x() {
         );
     }
 }
+
+#[test]
+fn ghost_batch_norm_per_chunk_statistics_and_sequential_updates() {
+    let c_ = ctx();
+    let (n, c, sp, g) = (6, 4, [3usize, 3], 2);
+    let hw = 9;
+    let x: Vec<f32> = noise(51, n * c * hw)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + (i / (c * hw)) as f32)
+        .collect();
+    let xd = round_to(DType::F32, &x);
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let bn = BatchNorm::new(
+            c_,
+            BatchNormConfig {
+                layout,
+                momentum: Some(0.2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
+        let (rm, rv) = (
+            c_.upload_f32(&[0.0; 4], &[c]).unwrap(),
+            c_.upload_f32(&[1.0; 4], &[c]).unwrap(),
+        );
+        let y = c_.empty(xt.shape(), DType::F32).unwrap();
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        let inputs = BatchNormInputs {
+            x: &xt,
+            weight: None,
+            bias: None,
+            running_mean: Some(&rm),
+            running_var: Some(&rv),
+        };
+        bn.encode_ghost(
+            &mut enc,
+            &inputs,
+            &BatchNormOutputs { y: &y, saved: None },
+            g,
+            true,
+        )
+        .unwrap();
+        c_.queue().submit([enc.finish()]);
+        // Reference: BatchNorm on each chunk in turn, threading the running statistics.
+        let (mut want_rm, mut want_rv, mut want_y) = (vec![0.0; c], vec![1.0; c], Vec::new());
+        for chunk in xd.chunks(g * c * hw) {
+            let o = reference::batch_norm(
+                chunk, g, c, hw, None, None, &want_rm, &want_rv, true, 0.2, true, 1e-5,
+            );
+            want_y.extend(o.y);
+            (want_rm, want_rv) = (o.running_mean, o.running_var);
+        }
+        let what = format!("ghost {layout:?}");
+        assert_close(
+            &format!("{what} y"),
+            &c_.download(&y).unwrap(),
+            &want_in_layout(&want_y, n, c, hw, layout),
+            2e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{what} running_mean"),
+            &c_.download(&rm).unwrap(),
+            &want_rm,
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("{what} running_var"),
+            &c_.download(&rv).unwrap(),
+            &want_rv,
+            1e-6,
+            1e-5,
+        );
+        let r = bn.encode_ghost(
+            &mut c_.device().create_command_encoder(&Default::default()),
+            &inputs,
+            &BatchNormOutputs { y: &y, saved: None },
+            4,
+            true,
+        );
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidParameter {
+                    name: "ghost_size",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}

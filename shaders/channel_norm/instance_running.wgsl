@@ -1,9 +1,11 @@
-// InstanceNorm with track_running_stats (PyTorch): one invocation per channel averages the
-// instance statistics of that channel over the P samples (mean, and the unbiased variance) and
-// applies r = (1 - m) r + m s to the running statistics. Reads merged per-(sample, channel)
-// moments written by channel_norm/merge.
+// Running statistics from merged per-(p, channel) moments (written by channel_norm/merge), one
+// invocation per channel, r = (1 - m) r + m s with the unbiased variance:
+// - InstanceNorm with track_running_stats (PyTorch): s = the average over the P samples of the
+//   instance statistics, one update.
+// - Ghost BatchNorm (SEQUENTIAL): one update per chunk p, in chunk order.
 
 override WG: u32 = 64u;
+override SEQUENTIAL: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> merged: array<Moments>;
@@ -20,15 +22,26 @@ fn main(
     if (c >= params.r) {
         return;
     }
+    let k = params.momentum;
+    var rm = running_mean[c];
+    var rv = running_var[c];
     var mean = 0.0;
     var var_u = 0.0;
     for (var p = 0u; p < params.p; p = p + 1u) {
         let m = merged[p * params.r + c];
-        mean = mean + m.mean;
-        var_u = var_u + m.m2 / (m.n - 1.0);
+        if (SEQUENTIAL) {
+            rm = (1.0 - k) * rm + k * m.mean;
+            rv = (1.0 - k) * rv + k * m.m2 / (m.n - 1.0);
+        } else {
+            mean = mean + m.mean;
+            var_u = var_u + m.m2 / (m.n - 1.0);
+        }
     }
-    let inv_p = 1.0 / f32(params.p);
-    let k = params.momentum;
-    running_mean[c] = (1.0 - k) * running_mean[c] + k * mean * inv_p;
-    running_var[c] = (1.0 - k) * running_var[c] + k * var_u * inv_p;
+    if (!SEQUENTIAL) {
+        let inv_p = 1.0 / f32(params.p);
+        rm = (1.0 - k) * rm + k * mean * inv_p;
+        rv = (1.0 - k) * rv + k * var_u * inv_p;
+    }
+    running_mean[c] = rm;
+    running_var[c] = rv;
 }

@@ -69,6 +69,8 @@ pub struct BatchNorm {
     engine: ChannelNorm,
     cfg: BatchNormConfig,
     fold_binds: BindCache,
+    /// Per-(chunk, channel) moments of Ghost BN training, one tensor per input shape.
+    ghost_moments: std::sync::Mutex<std::collections::HashMap<Vec<usize>, Tensor>>,
 }
 
 impl BatchNorm {
@@ -78,6 +80,7 @@ impl BatchNorm {
             engine,
             cfg,
             fold_binds: BindCache::default(),
+            ghost_moments: Default::default(),
         })
     }
 
@@ -158,6 +161,90 @@ impl BatchNorm {
             Statistics::Batch(Some(update)),
             None,
         )
+    }
+
+    /// Ghost Batch Normalization (Hoffer et al. 2017; NORMS.md A9): in training, each chunk of
+    /// `ghost_size` consecutive samples is normalized with its own per-channel statistics, and
+    /// the running statistics get one PyTorch update per chunk, in chunk order (the common
+    /// implementations' convention; the paper's Algorithm 1 may weight chunks differently).
+    /// `ghost_size` must divide N: a smaller last chunk is rejected with a typed error rather than
+    /// given statistics of a different sample size. Inference is plain BatchNorm.
+    pub fn encode_ghost(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormInputs,
+        outputs: &BatchNormOutputs,
+        ghost_size: usize,
+        training: bool,
+    ) -> Result<()> {
+        let view = ChannelView::ghost_batch_norm(inputs.x.shape(), self.cfg.layout, ghost_size)?;
+        if !training {
+            return self.encode(encoder, inputs, outputs, false);
+        }
+        let running = match (inputs.running_mean, inputs.running_var) {
+            (Some(m), Some(v)) => Some((m, v)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::InvalidParameter {
+                    name: "running statistics",
+                    value: "only one given".into(),
+                    why: "pass both running_mean and running_var, or neither",
+                })
+            }
+        };
+        let momentum = match self.cfg.momentum {
+            Some(m) => m,
+            None if running.is_none() => 0.0,
+            None => {
+                return Err(Error::InvalidParameter {
+                    name: "momentum",
+                    value: "None".into(),
+                    why: "Ghost BN updates the running statistics once per chunk: give a numeric momentum",
+                })
+            }
+        };
+        let moments = {
+            let mut cache = self.ghost_moments.lock().unwrap();
+            let key = inputs.x.shape().to_vec();
+            match cache.get(&key) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self
+                        .engine
+                        .context()
+                        .empty(&[view.slots() * 3], DType::F32)?;
+                    cache.insert(key, m.clone());
+                    m
+                }
+            }
+        };
+        let moments = moments.reshape(&[view.slots(), 3])?;
+        let args = ChannelNormArgs {
+            x: inputs.x,
+            y: outputs.y,
+            view,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            running_mean: None,
+            running_var: None,
+            stats: outputs.saved,
+            statistics: Statistics::Batch(None),
+            moments: Some(&moments),
+            alpha: None,
+        };
+        // Every pass is checked before the first is recorded.
+        self.engine.check_args(&args)?;
+        if let Some((rm, rv)) = running {
+            self.engine
+                .check_running_from_moments(view, &moments, rm, rv, momentum)?;
+        }
+        self.engine
+            .encode_reduce(encoder, inputs.x, view, &moments)?;
+        if let Some((rm, rv)) = running {
+            self.engine
+                .encode_running_from_moments(encoder, view, &moments, rm, rv, momentum, true)?;
+        }
+        self.engine.encode(encoder, &args)
     }
 
     /// Test-time BN calibration (alpha-BN; TBN is `w_src = 0`, NORMS.md A11): normalizes with

@@ -80,6 +80,37 @@ impl ChannelView {
         })
     }
 
+    /// Ghost BatchNorm: statistics per (chunk of `ghost` consecutive samples, channel) over the
+    /// chunk and the spatial dims. `ghost` must divide N.
+    pub fn ghost_batch_norm(shape: &[usize], layout: Layout, ghost: usize) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(shape, layout, "ghost_batch_norm (input must be (N, C, *))")?;
+        if ghost == 0 || n % ghost != 0 {
+            return Err(Error::InvalidParameter {
+                name: "ghost_size",
+                value: format!("{ghost} for a batch of {n}"),
+                why: "must be >= 1 and divide the batch (a smaller last chunk is not supported: pad or drop it)",
+            });
+        }
+        Ok(match layout {
+            Layout::Nchw => ChannelView {
+                p: n / ghost,
+                q: ghost,
+                r: c,
+                s: hw,
+                cg: 1,
+                sdiv: hw.max(1),
+            },
+            Layout::Nhwc => ChannelView {
+                p: n / ghost,
+                q: ghost * hw,
+                r: c,
+                s: 1,
+                cg: 1,
+                sdiv: 1,
+            },
+        })
+    }
+
     /// InstanceNorm: statistics per (sample, channel) over the spatial dims.
     pub fn instance_norm(shape: &[usize], layout: Layout) -> Result<ChannelView> {
         let (n, c, hw) = split_nc(shape, layout, "instance_norm (input must be (N, C, *))")?;
@@ -942,8 +973,8 @@ impl ChannelNorm {
         Ok(())
     }
 
-    /// Every check of [`ChannelNorm::encode_instance_running_update`], recording nothing.
-    pub fn check_instance_running_update(
+    /// Every check of [`ChannelNorm::encode_running_from_moments`], recording nothing.
+    pub fn check_running_from_moments(
         &self,
         view: ChannelView,
         merged: &Tensor,
@@ -1005,11 +1036,11 @@ impl ChannelNorm {
         Ok(Some((mr, rm, rv)))
     }
 
-    /// InstanceNorm `track_running_stats` update: from merged per-(sample, channel) moments
-    /// (written by [`ChannelNorm::encode_reduce`] for an InstanceNorm view), averages the
-    /// instance means and unbiased variances over the samples and applies
-    /// `r = (1 - momentum) r + momentum s` to `running_mean`/`running_var` (f32 `[C]`).
-    pub fn encode_instance_running_update(
+    /// Running statistics (f32 `[C]`, `r = (1 - momentum) r + momentum s`, unbiased variance)
+    /// from merged per-(p, channel) moments written by [`ChannelNorm::encode_reduce`]:
+    /// `sequential = false` averages the P statistics first and updates once (InstanceNorm
+    /// `track_running_stats`); `sequential = true` updates once per p, in order (Ghost BN chunks).
+    pub fn encode_running_from_moments(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         view: ChannelView,
@@ -1017,6 +1048,7 @@ impl ChannelNorm {
         running_mean: &Tensor,
         running_var: &Tensor,
         momentum: f32,
+        sequential: bool,
     ) -> Result<()> {
         let Some((mr, rm, rv)) =
             self.instance_running_ranges(view, merged, running_mean, running_var, momentum)?
@@ -1033,7 +1065,10 @@ impl ChannelNorm {
             Kernel::ChannelInstanceRunning,
             sio,
             SLOTS,
-            &[("WG", FINALIZE_WG as f64)],
+            &[
+                ("WG", FINALIZE_WG as f64),
+                ("SEQUENTIAL", if sequential { 1.0 } else { 0.0 }),
+            ],
         )?;
         let update = RunningUpdate {
             momentum: Some(momentum),
@@ -1043,7 +1078,7 @@ impl ChannelNorm {
         let bind = self.binds.get(ctx, SLOTS, &params, &[&mr, &rm, &rv])?;
         let (gx, gy) = binding::grid(ctx, (view.r as u64).div_ceil(FINALIZE_WG as u64));
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm instance_norm running update"),
+            label: Some("wgnorm running statistics from moments"),
             timestamp_writes: None,
         });
         pass.set_pipeline(&pipeline);

@@ -192,7 +192,7 @@ impl InstanceNorm {
         args.running_mean = None;
         args.running_var = None;
         self.engine.check_args(&args)?;
-        self.engine.check_instance_running_update(
+        self.engine.check_running_from_moments(
             view,
             &moments,
             running_mean,
@@ -201,13 +201,14 @@ impl InstanceNorm {
         )?;
         self.engine
             .encode_reduce(encoder, inputs.x, view, &moments)?;
-        self.engine.encode_instance_running_update(
+        self.engine.encode_running_from_moments(
             encoder,
             view,
             &moments,
             running_mean,
             running_var,
             self.cfg.momentum,
+            false,
         )?;
         self.engine.encode(encoder, &args)
     }

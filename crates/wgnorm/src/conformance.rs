@@ -147,6 +147,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("selu", run_selu),
     ("test_time_bn", run_test_time_bn),
     ("adab2n", run_adab2n),
+    ("ghost_batch_norm", run_ghost_batch_norm),
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
@@ -733,6 +734,58 @@ fn run_adab2n(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     } else {
         bn.encode(&mut enc, &inputs, &outputs, false).map_err(err)?;
     }
+    ctx.queue().submit([enc.finish()]);
+    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    if let (Some(rm), Some(rv)) = (&rm, &rv) {
+        out.insert("running_mean".into(), download(ctx, rm)?);
+        out.insert("running_var".into(), download(ctx, rv)?);
+    }
+    Ok(out)
+}
+
+fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["ghost_size", "eps", "momentum", "training"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let ghost = match case.attrs.get("ghost_size") {
+        Some(_) => {
+            usize::try_from(a.int("ghost_size", 0)?).map_err(|_| "ghost_size < 0".to_string())?
+        }
+        None => return Err("ghost_batch_norm needs the ghost_size attribute".into()),
+    };
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let (w, b) = (
+        upload_param(ctx, case, "weight")?,
+        upload_param(ctx, case, "bias")?,
+    );
+    let (rm, rv) = (
+        upload_param(ctx, case, "running_mean")?,
+        upload_param(ctx, case, "running_var")?,
+    );
+    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
+    let inputs = crate::BatchNormInputs {
+        x: &xt,
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+        running_mean: rm.as_ref(),
+        running_var: rv.as_ref(),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    bn.encode_ghost(
+        &mut enc,
+        &inputs,
+        &crate::BatchNormOutputs { y: &y, saved: None },
+        ghost,
+        a.bool("training", false)?,
+    )
+    .map_err(err)?;
     ctx.queue().submit([enc.finish()]);
     let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
     if let (Some(rm), Some(rv)) = (&rm, &rv) {
