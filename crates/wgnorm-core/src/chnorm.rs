@@ -1040,6 +1040,7 @@ impl ChannelNorm {
     /// from merged per-(p, channel) moments written by [`ChannelNorm::encode_reduce`]:
     /// `sequential = false` averages the P statistics first and updates once (InstanceNorm
     /// `track_running_stats`); `sequential = true` updates once per p, in order (Ghost BN chunks).
+    #[allow(clippy::too_many_arguments)] // one per tensor and setting; all are needed
     pub fn encode_running_from_moments(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -1152,14 +1153,16 @@ pub fn specializations() -> Vec<Specialization> {
             });
         }
     }
-    out.push(Specialization {
-        kernel: Kernel::ChannelInstanceRunning,
-        io: Io {
-            dtype: DType::F32,
-            vec4: false,
-        },
-        constants: vec![("WG", FINALIZE_WG as f64)],
-    });
+    for seq in [0.0, 1.0] {
+        out.push(Specialization {
+            kernel: Kernel::ChannelInstanceRunning,
+            io: Io {
+                dtype: DType::F32,
+                vec4: false,
+            },
+            constants: vec![("WG", FINALIZE_WG as f64), ("SEQUENTIAL", seq)],
+        });
+    }
     out.push(Specialization {
         kernel: Kernel::ChannelMerge,
         io: Io {
