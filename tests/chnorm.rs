@@ -1083,3 +1083,49 @@ fn ghost_batch_norm_per_chunk_statistics_and_sequential_updates() {
         );
     }
 }
+
+#[test]
+fn weight_standardization_variants() {
+    use wgnorm::{WeightStandardization, WsVariant};
+    let c_ = ctx();
+    let (o, k) = (6, 3 * 3 * 5);
+    let w: Vec<f32> = noise(33, o * k).iter().map(|v| v * 0.2 + 0.05).collect();
+    let wd = round_to(DType::F32, &w);
+    let eps = 1e-5;
+    for (variant, unbiased, inside) in [
+        (WsVariant::UnbiasedStdPlusEps, true, false),
+        (WsVariant::UnbiasedVarInsideSqrt, true, true),
+        (WsVariant::BiasedStdPlusEps, false, false),
+        (WsVariant::BiasedVarInsideSqrt, false, true),
+    ] {
+        let op = WeightStandardization::new(c_, variant, eps as f32, DType::F32).unwrap();
+        let y = op
+            .forward(&c_.upload_f32(&w, &[o, 5, 3, 3]).unwrap())
+            .unwrap();
+        let want: Vec<f64> = wd
+            .chunks(k)
+            .flat_map(|row| {
+                let m = row.iter().sum::<f64>() / k as f64;
+                let ss = row.iter().map(|v| (v - m) * (v - m)).sum::<f64>();
+                let var = if unbiased {
+                    ss / (k - 1) as f64
+                } else {
+                    ss / k as f64
+                };
+                let denom = if inside {
+                    (var + eps).sqrt()
+                } else {
+                    var.sqrt() + eps
+                };
+                row.iter().map(move |v| (v - m) / denom).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_close(
+            &format!("ws {variant:?}"),
+            &c_.download(&y).unwrap(),
+            &want,
+            2e-5,
+            1e-4,
+        );
+    }
+}

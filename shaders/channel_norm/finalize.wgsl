@@ -19,6 +19,8 @@ override EPS_OUTSIDE: bool = false;
 // Test-time BN (alpha-BN / TBN): normalize with w_src * running + (1 - w_src) * batch
 // statistics, the batch variance unbiased; running statistics are read, not updated.
 override MIX: bool = false;
+// Normalize with the unbiased variance n / (n - 1) var (Weight Standardization's variants).
+override UNBIASED_NORM: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -56,6 +58,9 @@ fn main(
         mean = acc.mean;
         var_b = acc.m2 / acc.n;
         m2_sum = acc.m2;
+        if (UNBIASED_NORM) {
+            var_b = acc.m2 / (acc.n - 1.0);
+        }
         if (MIX) {
             let w = params.w_src;
             mean = w * running_mean[rr] + (1.0 - w) * mean;

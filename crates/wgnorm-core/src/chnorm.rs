@@ -448,6 +448,7 @@ pub struct ChannelNorm {
     eps: f32,
     reduction: Reduction,
     eps_outside: bool,
+    unbiased_norm: bool,
     dtype: DType,
     activation: Activation,
     batches: Tensor,
@@ -484,6 +485,7 @@ impl ChannelNorm {
             eps,
             reduction: Reduction::MeanVariance,
             eps_outside: false,
+            unbiased_norm: false,
             dtype,
             activation,
             batches,
@@ -499,6 +501,12 @@ impl ChannelNorm {
     /// Normalizes by an L1/L2 norm instead of mean and variance (LpNorm).
     pub fn with_reduction(mut self, reduction: Reduction) -> ChannelNorm {
         self.reduction = reduction;
+        self
+    }
+
+    /// Normalize with the unbiased variance `n / (n - 1) var` (Weight Standardization).
+    pub fn with_unbiased_variance(mut self, unbiased: bool) -> ChannelNorm {
+        self.unbiased_norm = unbiased;
         self
     }
 
@@ -806,6 +814,7 @@ impl ChannelNorm {
                 ("REDUCE", self.reduction.code()),
                 ("EPS_OUTSIDE", flag(self.eps_outside)),
                 ("MIX", flag(w_src.is_some())),
+                ("UNBIASED_NORM", flag(self.unbiased_norm)),
             ],
         )?;
         let apply = ctx.pipeline(

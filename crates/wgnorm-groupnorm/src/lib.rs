@@ -354,3 +354,118 @@ impl LpNorm {
         })
     }
 }
+
+/// Which Weight Standardization (Qiao et al. 2019; NORMS.md A5) formula, per output channel over
+/// the remaining dims of `W[O, ..]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WsVariant {
+    /// `(W - mean) / (std_unbiased + eps)`: the paper's PyTorch README. Default.
+    #[default]
+    UnbiasedStdPlusEps,
+    /// `(W - mean) / sqrt(var_unbiased + eps)`: Batch-Channel-Normalization `layers.py`.
+    UnbiasedVarInsideSqrt,
+    /// `(W - mean) / (std_biased + eps)`: the README's TensorFlow version.
+    BiasedStdPlusEps,
+    /// `(W - mean) / sqrt(var_biased + eps)`.
+    BiasedVarInsideSqrt,
+}
+
+impl WsVariant {
+    /// From the two switches of the conformance format (`unbiased`, `eps_inside_sqrt`).
+    pub fn from_flags(unbiased: bool, eps_inside_sqrt: bool) -> WsVariant {
+        match (unbiased, eps_inside_sqrt) {
+            (true, false) => WsVariant::UnbiasedStdPlusEps,
+            (true, true) => WsVariant::UnbiasedVarInsideSqrt,
+            (false, false) => WsVariant::BiasedStdPlusEps,
+            (false, true) => WsVariant::BiasedVarInsideSqrt,
+        }
+    }
+}
+
+/// Weight Standardization of convolution / linear weights `W[O, ..]`: statistics per output
+/// channel over the other dims. For inference standardize once and keep the result (the weights
+/// do not change between calls).
+pub struct WeightStandardization {
+    engine: ChannelNorm,
+    dtype: DType,
+}
+
+impl WeightStandardization {
+    pub fn new(
+        ctx: &Context,
+        variant: WsVariant,
+        eps: f32,
+        dtype: DType,
+    ) -> Result<WeightStandardization> {
+        let unbiased = matches!(
+            variant,
+            WsVariant::UnbiasedStdPlusEps | WsVariant::UnbiasedVarInsideSqrt
+        );
+        let outside = matches!(
+            variant,
+            WsVariant::UnbiasedStdPlusEps | WsVariant::BiasedStdPlusEps
+        );
+        let engine = ChannelNorm::new(ctx, eps, dtype, Activation::None)?
+            .with_unbiased_variance(unbiased)
+            .with_eps_outside_sqrt(outside);
+        Ok(WeightStandardization { engine, dtype })
+    }
+
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        w: &Tensor,
+        out: &Tensor,
+    ) -> Result<()> {
+        let shape = w.shape();
+        if shape.is_empty() {
+            return Err(wgnorm_core::Error::AxisOutOfRange {
+                what: "weight_standardization (W must be [O, ..])",
+                axis: 0,
+                rank: 0,
+            });
+        }
+        let k: usize = shape[1..].iter().product();
+        if k == 1 && shape[0] > 0 {
+            return Err(wgnorm_core::Error::InvalidParameter {
+                name: "weight",
+                value: format!("{shape:?}"),
+                why: "one value per output channel has no spread to standardize",
+            });
+        }
+        let view = ChannelView {
+            p: shape[0],
+            q: 1,
+            r: 1,
+            s: k,
+            cg: 1,
+            sdiv: k.max(1),
+        };
+        encode(
+            &self.engine,
+            encoder,
+            view,
+            &NormInputs {
+                x: w,
+                weight: None,
+                bias: None,
+            },
+            &NormOutputs {
+                y: out,
+                saved: None,
+            },
+        )
+    }
+
+    /// Allocates the standardized weights, encodes and submits (does not wait).
+    pub fn forward(&self, w: &Tensor) -> Result<Tensor> {
+        let inputs = NormInputs {
+            x: w,
+            weight: None,
+            bias: None,
+        };
+        forward(&self.engine, self.dtype, &inputs, |enc, o| {
+            self.encode(enc, w, o.y)
+        })
+    }
+}

@@ -148,6 +148,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("test_time_bn", run_test_time_bn),
     ("adab2n", run_adab2n),
     ("ghost_batch_norm", run_ghost_batch_norm),
+    ("weight_standardization", run_weight_standardization),
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
@@ -793,4 +794,16 @@ fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         out.insert("running_var".into(), download(ctx, rv)?);
     }
     Ok(out)
+}
+
+fn run_weight_standardization(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["unbiased", "eps_inside_sqrt", "eps"])?;
+    let w = input(case, "weight")?;
+    let dtype = io_dtype(w)?;
+    let variant =
+        crate::WsVariant::from_flags(a.bool("unbiased", true)?, a.bool("eps_inside_sqrt", false)?);
+    let op = crate::WeightStandardization::new(ctx, variant, a.f64("eps", 1e-5)? as f32, dtype)
+        .map_err(err)?;
+    let y = op.forward(&upload(ctx, w, dtype)?).map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

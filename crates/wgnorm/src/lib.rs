@@ -29,7 +29,7 @@ pub use wgnorm_core::{
 };
 pub use wgnorm_groupnorm::{
     self as groupnorm, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LpNorm,
-    MeanVarianceNorm, NormInputs, NormOutputs,
+    MeanVarianceNorm, NormInputs, NormOutputs, WeightStandardization, WsVariant,
 };
 pub use wgnorm_layernorm::{
     self as layernorm, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm, LayerNormConfig,
