@@ -1129,3 +1129,54 @@ fn weight_standardization_variants() {
         );
     }
 }
+
+#[test]
+fn evonorm_s0_in_both_layouts() {
+    use wgnorm::EvoNormS0;
+    let c_ = ctx();
+    let (n, c, sp, g) = (2, 8, [3usize, 4], 2);
+    let hw = 12;
+    let x: Vec<f32> = noise(41, n * c * hw)
+        .iter()
+        .map(|v| v * 2.0 + 0.3)
+        .collect();
+    let (v, w, b) = (noise(42, c), noise(43, c), noise(44, c));
+    let xd = round_to(DType::F32, &x);
+    let cg = c / g;
+    let mut want = vec![0.0f64; n * c * hw];
+    for i in 0..n {
+        for gi in 0..g {
+            let start = (i * c + gi * cg) * hw;
+            let slab = &xd[start..start + cg * hw];
+            let m = slab.iter().sum::<f64>() / slab.len() as f64;
+            let var = slab.iter().map(|e| (e - m) * (e - m)).sum::<f64>() / slab.len() as f64;
+            for (k, &e) in slab.iter().enumerate() {
+                let ch = gi * cg + k / hw;
+                let gate = 1.0 / (1.0 + (-(v[ch] as f64) * e).exp());
+                want[start + k] = e * gate / (var + 1e-5).sqrt() * w[ch] as f64 + b[ch] as f64;
+            }
+        }
+    }
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let op = EvoNormS0::new(c_, g, 1e-5, layout, DType::F32).unwrap();
+        let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
+        let up = |d: &[f32]| c_.upload_f32(d, &[c]).unwrap();
+        let y = op
+            .forward(
+                &NormInputs {
+                    x: &xt,
+                    weight: Some(&up(&w)),
+                    bias: Some(&up(&b)),
+                },
+                &up(&v),
+            )
+            .unwrap();
+        assert_close(
+            &format!("evonorm_s0 {layout:?}"),
+            &c_.download(&y).unwrap(),
+            &want_in_layout(&want, n, c, hw, layout),
+            2e-5,
+            1e-4,
+        );
+    }
+}

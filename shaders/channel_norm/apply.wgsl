@@ -13,15 +13,18 @@ override WG: u32 = 256u;
 override BLOCK: u32 = 1u;
 override COUNT_BATCH: bool = false;
 override CH_VEC: bool = false;
-// RepBN (SLAB): y = BN(x) + alpha * x, alpha a learnable scalar read from the GPU.
+// RepBN (SLAB): y = BN(x) + alpha * x, alpha = aux[0], a learnable scalar on the GPU.
 override HAS_ALPHA: bool = false;
+// EvoNorm-S0: y = x * sigmoid(v * x) * scale + shift with v = aux[channel] (no centring; the
+// finalize pass folded rstd of the group into scale).
+override EVO_S0: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read> coef: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<Elem>;
 @group(0) @binding(4) var<storage, read_write> batches: array<u32>;
-@group(0) @binding(5) var<storage, read> alpha: array<f32>;
+@group(0) @binding(5) var<storage, read> aux: array<f32>;
 
 // (mean, scale, shift) of channel ch (and the following VW - 1 when CH_VEC) of sample p.
 fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {
@@ -34,6 +37,18 @@ fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {
         return v;
     }
     return V(coef[base]);
+}
+
+// The per-channel aux value(s) of channel ch (EvoNorm-S0's v), like coef_at.
+fn aux_at(ch: u32) -> V {
+    if (CH_VEC) {
+        var v: V;
+        for (var k = 0u; k < VW; k = k + 1u) {
+            v = set_lane(v, k, aux[ch + k]);
+        }
+        return v;
+    }
+    return V(aux[ch]);
 }
 
 @compute @workgroup_size(WG)
@@ -62,12 +77,21 @@ fn main(
     var mean = coef_at(p, ch, c, 0u);
     var scale = coef_at(p, ch, c, 1u);
     var shift = coef_at(p, ch, c, 2u);
+    var evo_v = V(0.0);
+    if (EVO_S0) {
+        evo_v = aux_at(ch);
+    }
     let end = min(params.total_v, start + BLOCK);
     for (var i = start; i < end; i = i + 1u) {
         let xv = to_v(x[i]);
-        var o = (xv - mean) * scale + shift;
+        var o: V;
+        if (EVO_S0) {
+            o = xv / (1.0 + exp(-evo_v * xv)) * scale + shift;
+        } else {
+            o = (xv - mean) * scale + shift;
+        }
         if (HAS_ALPHA) {
-            o = o + alpha[0] * xv;
+            o = o + aux[0] * xv;
         }
         y[i] = from_v(activate(o));
         // Advance the counters by one access (VW elements).
@@ -99,6 +123,9 @@ fn main(
             mean = coef_at(p, ch, c, 0u);
             scale = coef_at(p, ch, c, 1u);
             shift = coef_at(p, ch, c, 2u);
+            if (EVO_S0) {
+                evo_v = aux_at(ch);
+            }
         }
     }
 }

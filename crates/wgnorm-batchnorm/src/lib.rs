@@ -13,7 +13,7 @@
 //! are f32 with one value per channel, as PyTorch keeps BatchNorm buffers under autocast.
 
 use wgnorm_core::binding::{self, BindCache, PARAM_WORDS};
-use wgnorm_core::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
+use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
@@ -140,7 +140,7 @@ impl BatchNorm {
                 stats: outputs.saved,
                 statistics,
                 moments: None,
-                alpha,
+                aux: alpha.map(Aux::Alpha),
             },
         )
     }
@@ -230,7 +230,7 @@ impl BatchNorm {
             stats: outputs.saved,
             statistics: Statistics::Batch(None),
             moments: Some(&moments),
-            alpha: None,
+            aux: None,
         };
         // Every pass is checked before the first is recorded.
         self.engine.check_args(&args)?;
@@ -321,7 +321,7 @@ impl BatchNorm {
                     unbiased: self.cfg.running_var_unbiased,
                 })),
                 moments: Some(merged),
-                alpha: None,
+                aux: None,
             },
         )
     }

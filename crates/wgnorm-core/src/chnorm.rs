@@ -330,8 +330,17 @@ pub struct ChannelNormArgs<'a> {
     /// count, mean, M2 per slot, see [`Moments`]) instead of this tensor's own; the running
     /// update uses them too. The seam for synchronised BatchNorm across devices.
     pub moments: Option<&'a Tensor>,
+    /// An extra per-call input of the apply pass: RepBN's `alpha` or EvoNorm-S0's `v`.
+    pub aux: Option<Aux<'a>>,
+}
+
+/// Extra inputs of the apply pass.
+#[derive(Clone, Copy, Debug)]
+pub enum Aux<'a> {
     /// RepBN: f32 `[1]` scalar; `y = norm(x) + alpha * x`.
-    pub alpha: Option<&'a Tensor>,
+    Alpha(&'a Tensor),
+    /// EvoNorm-S0: f32 `[C]`; `y = x * sigmoid(v * x) * rstd * weight + bias` (no centring).
+    EvoS0(&'a Tensor),
 }
 
 /// Mergeable per-slot statistics on the host: count, mean and M2 (sum of squared deviations).
@@ -407,7 +416,7 @@ const APPLY_SLOTS: &[Slot] = &[
     Slot::Read,      // coefficients
     Slot::ReadWrite, // y
     Slot::ReadWrite, // num_batches_tracked
-    Slot::Read,      // alpha
+    Slot::Read,      // aux (RepBN alpha, EvoNorm-S0 v)
 ];
 
 const MERGE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
@@ -642,8 +651,10 @@ impl ChannelNorm {
                 (true, None)
             }
         };
-        if let Some(t) = a.alpha {
-            self.check("alpha", t, 1, DType::F32)?;
+        match a.aux {
+            Some(Aux::Alpha(t)) => self.check("alpha", t, 1, DType::F32)?,
+            Some(Aux::EvoS0(t)) => self.check("v", t, v.channels(), DType::F32)?,
+            None => {}
         }
         for (what, t) in [
             ("running_mean", a.running_mean),
@@ -706,7 +717,12 @@ impl ChannelNorm {
         let rv = opt("running_var", a.running_var)?;
         let st = opt("stats", a.stats)?;
         let given = opt("moments", a.moments)?;
-        let al = opt("alpha", a.alpha)?;
+        let al = opt(
+            "aux",
+            a.aux.map(|x| match x {
+                Aux::Alpha(t) | Aux::EvoS0(t) => t,
+            }),
+        )?;
         binding::check_no_alias(&[
             ("alpha", al.as_ref(), false),
             ("x", Some(&x), false),
@@ -829,7 +845,8 @@ impl ChannelNorm {
                 ("SELU_LAMBDA", self.activation.constants()[2].1),
                 ("COUNT_BATCH", flag(update.is_some())),
                 ("CH_VEC", flag(ch_vec)),
-                ("HAS_ALPHA", flag(al.is_some())),
+                ("HAS_ALPHA", flag(matches!(a.aux, Some(Aux::Alpha(_))))),
+                ("EVO_S0", flag(matches!(a.aux, Some(Aux::EvoS0(_))))),
             ],
         )?;
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);

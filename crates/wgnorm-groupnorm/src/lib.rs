@@ -8,7 +8,7 @@
 //! bias f32 `[C]`.
 
 pub use wgnorm_core::chnorm::{Activation, Layout};
-use wgnorm_core::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
+use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
 use wgnorm_core::{Context, DType, Result, Tensor};
 
 /// What is fixed when a GroupNorm is created.
@@ -165,7 +165,7 @@ impl InstanceNorm {
             stats: outputs.saved,
             statistics: Statistics::Running,
             moments: None,
-            alpha: None,
+            aux: None,
         };
         if !training {
             return self.engine.encode(encoder, &args);
@@ -234,7 +234,7 @@ fn encode(
             stats: outputs.saved,
             statistics: Statistics::Batch(None),
             moments: None,
-            alpha: None,
+            aux: None,
         },
     )
 }
@@ -466,6 +466,68 @@ impl WeightStandardization {
         };
         forward(&self.engine, self.dtype, &inputs, |enc, o| {
             self.encode(enc, w, o.y)
+        })
+    }
+}
+
+/// EvoNorm-S0 (Liu et al. 2020; NORMS.md A15, TF and timm agree):
+/// `y = x * sigmoid(v * x) / sqrt(var_G(x) + eps) * weight + bias` with `var_G` the biased
+/// variance per (sample, group) over the group's channels and the spatial dims, of x before the
+/// gating; `v`, `weight`, `bias` f32 `[C]`. `groups` must divide C (timm asserts; TF lowers G
+/// instead: do that before creating the op if you need it). No running statistics.
+pub struct EvoNormS0 {
+    engine: ChannelNorm,
+    groups: usize,
+    layout: Layout,
+    dtype: DType,
+}
+
+impl EvoNormS0 {
+    pub fn new(
+        ctx: &Context,
+        groups: usize,
+        eps: f32,
+        layout: Layout,
+        dtype: DType,
+    ) -> Result<EvoNormS0> {
+        Ok(EvoNormS0 {
+            engine: ChannelNorm::new(ctx, eps, dtype, Activation::None)?,
+            groups,
+            layout,
+            dtype,
+        })
+    }
+
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &NormInputs,
+        v: &Tensor,
+        outputs: &NormOutputs,
+    ) -> Result<()> {
+        let view = ChannelView::group_norm(inputs.x.shape(), self.layout, self.groups)?;
+        self.engine.encode(
+            encoder,
+            &ChannelNormArgs {
+                x: inputs.x,
+                y: outputs.y,
+                view,
+                weight: inputs.weight,
+                bias: inputs.bias,
+                running_mean: None,
+                running_var: None,
+                stats: outputs.saved,
+                statistics: Statistics::Batch(None),
+                moments: None,
+                aux: Some(Aux::EvoS0(v)),
+            },
+        )
+    }
+
+    /// Allocates `y`, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &NormInputs, v: &Tensor) -> Result<Tensor> {
+        forward(&self.engine, self.dtype, inputs, |enc, o| {
+            self.encode(enc, inputs, v, o)
         })
     }
 }

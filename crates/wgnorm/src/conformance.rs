@@ -149,6 +149,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("adab2n", run_adab2n),
     ("ghost_batch_norm", run_ghost_batch_norm),
     ("weight_standardization", run_weight_standardization),
+    ("evonorm_s0", run_evonorm_s0),
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
@@ -805,5 +806,37 @@ fn run_weight_standardization(ctx: &Context, case: &Case) -> Result<Outputs, Str
     let op = crate::WeightStandardization::new(ctx, variant, a.f64("eps", 1e-5)? as f32, dtype)
         .map_err(err)?;
     let y = op.forward(&upload(ctx, w, dtype)?).map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["groups", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let groups = usize::try_from(a.int("groups", 32)?).map_err(|_| "groups < 0".to_string())?;
+    let op = crate::EvoNormS0::new(
+        ctx,
+        groups,
+        a.f64("eps", 1e-5)? as f32,
+        crate::Layout::Nchw,
+        dtype,
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let (w, b) = (
+        upload_param(ctx, case, "weight")?,
+        upload_param(ctx, case, "bias")?,
+    );
+    let v = upload(ctx, input(case, "v")?, DType::F32)?;
+    let y = op
+        .forward(
+            &crate::NormInputs {
+                x: &xt,
+                weight: w.as_ref(),
+                bias: b.as_ref(),
+            },
+            &v,
+        )
+        .map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

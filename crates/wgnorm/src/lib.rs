@@ -28,8 +28,8 @@ pub use wgnorm_core::{
     self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, Slot, Tensor,
 };
 pub use wgnorm_groupnorm::{
-    self as groupnorm, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LpNorm,
-    MeanVarianceNorm, NormInputs, NormOutputs, WeightStandardization, WsVariant,
+    self as groupnorm, EvoNormS0, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
+    LpNorm, MeanVarianceNorm, NormInputs, NormOutputs, WeightStandardization, WsVariant,
 };
 pub use wgnorm_layernorm::{
     self as layernorm, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm, LayerNormConfig,
