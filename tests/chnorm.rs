@@ -1180,3 +1180,73 @@ fn evonorm_s0_in_both_layouts() {
         );
     }
 }
+
+#[test]
+fn batch_channel_norm_is_bn_then_group_norm_with_group_affine() {
+    use wgnorm::batchnorm::{BatchChannelNorm, BatchChannelNormInputs};
+    let c_ = ctx();
+    let (n, c, hw, g) = (4, 8, 6, 2);
+    let x: Vec<f32> = noise(21, n * c * hw)
+        .iter()
+        .map(|v| v * 3.0 - 1.0)
+        .collect();
+    let (bw, bb, gw, gb) = (noise(22, c), noise(23, c), noise(24, g), noise(25, g));
+    let xd = round_to(DType::F32, &x);
+    let f = |v: &[f32]| round_to(DType::F32, v);
+    for training in [true, false] {
+        let (rm, rv) = (
+            c_.upload_f32(&[0.1; 8], &[c]).unwrap(),
+            c_.upload_f32(&[1.2; 8], &[c]).unwrap(),
+        );
+        let op = BatchChannelNorm::new(c_, BatchNormConfig::default(), g).unwrap();
+        let up = |v: &[f32], len| c_.upload_f32(v, &[len]).unwrap();
+        let (bwt, bbt, gwt, gbt) = (up(&bw, c), up(&bb, c), up(&gw, g), up(&gb, g));
+        let xt = c_.upload_f32(&x, &[n, c, 2, 3]).unwrap();
+        let y = c_.empty(&[n, c, 2, 3], DType::F32).unwrap();
+        let inputs = BatchChannelNormInputs {
+            x: &xt,
+            bn_weight: Some(&bwt),
+            bn_bias: Some(&bbt),
+            running_mean: Some(&rm),
+            running_var: Some(&rv),
+            weight: Some(&gwt),
+            bias: Some(&gbt),
+        };
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        op.encode(&mut enc, &inputs, &y, training).unwrap();
+        c_.queue().submit([enc.finish()]);
+        let bn = reference::batch_norm(
+            &xd,
+            n,
+            c,
+            hw,
+            Some(&f(&bw)),
+            Some(&f(&bb)),
+            &[0.1; 8].map(|v: f32| v as f64),
+            &[1.2; 8].map(|v: f32| v as f64),
+            training,
+            0.1,
+            true,
+            1e-5,
+        );
+        // Group affine: expand the per-group weight and bias to channels for the reference.
+        let cg = c / g;
+        let ew: Vec<f64> = (0..c).map(|ch| gw[ch / cg] as f64).collect();
+        let eb: Vec<f64> = (0..c).map(|ch| gb[ch / cg] as f64).collect();
+        let want = reference::group_norm(&bn.y, n, c, hw, g, Some(&ew), Some(&eb), 1e-5, false);
+        assert_close(
+            &format!("bcn training={training}"),
+            &c_.download(&y).unwrap(),
+            &want,
+            5e-5,
+            2e-4,
+        );
+        assert_close(
+            "bcn running_mean",
+            &c_.download(&rm).unwrap(),
+            &bn.running_mean,
+            1e-6,
+            1e-5,
+        );
+    }
+}

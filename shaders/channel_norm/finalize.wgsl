@@ -21,6 +21,9 @@ override EPS_OUTSIDE: bool = false;
 override MIX: bool = false;
 // Normalize with the unbiased variance n / (n - 1) var (Weight Standardization's variants).
 override UNBIASED_NORM: bool = false;
+// Weight and bias indexed per slot r (one per group: Batch-Channel Norm's group affine)
+// instead of per channel.
+override AFFINE_PER_SLOT: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -99,13 +102,14 @@ fn main(
     let c_total = params.r * params.cg;
     for (var k = 0u; k < params.cg; k = k + 1u) {
         let ch = rr * params.cg + k;
+        let ai = select(ch, rr, AFFINE_PER_SLOT);
         var sc = rstd;
         if (HAS_WEIGHT) {
-            sc = sc * weight[ch];
+            sc = sc * weight[ai];
         }
         var sh = 0.0;
         if (HAS_BIAS) {
-            sh = bias[ch];
+            sh = bias[ai];
         }
         // (mean, scale, shift): apply computes (x - mean) * scale + shift. Folding the mean into
         // the shift (x * scale + (shift - mean * scale)) would cancel two large terms whenever

@@ -577,3 +577,99 @@ mod tests {
         assert!(adab2n_momentum(1.5, 0.1, 1).is_err());
     }
 }
+
+/// Batch-Channel Normalization (Qiao et al.; NORMS.md A6, official `layers.py`, plain-BN variant):
+/// `BCN(x) = GroupAffine(ChannelNorm(BN(x)))` — BatchNorm with its per-channel affine (training:
+/// batch statistics and the running update; inference: running statistics), then per
+/// (sample, group) normalization over the group's channels and the spatial dims (GroupNorm
+/// without affine, same `eps`), then an affine with one weight and bias **per group** (`[G]`).
+/// The BN output is kept in an op-owned scratch tensor of the I/O dtype. EstBN is not
+/// implemented yet.
+pub struct BatchChannelNorm {
+    bn: BatchNorm,
+    channel: ChannelNorm,
+    groups: usize,
+    scratch: std::sync::Mutex<std::collections::HashMap<Vec<usize>, Tensor>>,
+}
+
+/// Inputs of [`BatchChannelNorm`]: the BN part's per-channel `bn_weight`/`bn_bias` and running
+/// statistics, and the per-group `weight`/`bias` (f32 `[G]`).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchChannelNormInputs<'a> {
+    pub x: &'a Tensor,
+    pub bn_weight: Option<&'a Tensor>,
+    pub bn_bias: Option<&'a Tensor>,
+    pub running_mean: Option<&'a Tensor>,
+    pub running_var: Option<&'a Tensor>,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+}
+
+impl BatchChannelNorm {
+    /// `cfg` configures the BatchNorm part (its eps is also the channel part's); `groups` must
+    /// divide C.
+    pub fn new(ctx: &Context, cfg: BatchNormConfig, groups: usize) -> Result<BatchChannelNorm> {
+        let channel = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?
+            .with_affine_per_slot(true);
+        Ok(BatchChannelNorm {
+            bn: BatchNorm::new(ctx, cfg)?,
+            channel,
+            groups,
+            scratch: Default::default(),
+        })
+    }
+
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchChannelNormInputs,
+        y: &Tensor,
+        training: bool,
+    ) -> Result<()> {
+        let shape = inputs.x.shape();
+        let view = ChannelView::group_norm(shape, self.bn.cfg.layout, self.groups)?;
+        let tmp = {
+            let mut cache = self.scratch.lock().unwrap();
+            match cache.get(shape) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = self.bn.engine.context().empty(shape, self.bn.cfg.dtype)?;
+                    cache.insert(shape.to_vec(), t.clone());
+                    t
+                }
+            }
+        };
+        let bn_inputs = BatchNormInputs {
+            x: inputs.x,
+            weight: inputs.bn_weight,
+            bias: inputs.bn_bias,
+            running_mean: inputs.running_mean,
+            running_var: inputs.running_var,
+        };
+        let channel_args = ChannelNormArgs {
+            x: &tmp,
+            y,
+            view,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            running_mean: None,
+            running_var: None,
+            stats: None,
+            statistics: Statistics::Batch(None),
+            moments: None,
+            aux: None,
+        };
+        // Check the second pass before recording the first.
+        self.channel.check_args(&channel_args)?;
+        self.bn.encode(
+            encoder,
+            &bn_inputs,
+            &BatchNormOutputs {
+                y: &tmp,
+                saved: None,
+            },
+            training,
+        )?;
+        self.channel.encode(encoder, &channel_args)
+    }
+}

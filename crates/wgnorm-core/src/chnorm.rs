@@ -458,6 +458,7 @@ pub struct ChannelNorm {
     reduction: Reduction,
     eps_outside: bool,
     unbiased_norm: bool,
+    affine_per_slot: bool,
     dtype: DType,
     activation: Activation,
     batches: Tensor,
@@ -495,6 +496,7 @@ impl ChannelNorm {
             reduction: Reduction::MeanVariance,
             eps_outside: false,
             unbiased_norm: false,
+            affine_per_slot: false,
             dtype,
             activation,
             batches,
@@ -510,6 +512,13 @@ impl ChannelNorm {
     /// Normalizes by an L1/L2 norm instead of mean and variance (LpNorm).
     pub fn with_reduction(mut self, reduction: Reduction) -> ChannelNorm {
         self.reduction = reduction;
+        self
+    }
+
+    /// Weight and bias have one value per slot `r` (per group) instead of per channel
+    /// (Batch-Channel Normalization's group affine).
+    pub fn with_affine_per_slot(mut self, per_slot: bool) -> ChannelNorm {
+        self.affine_per_slot = per_slot;
         self
     }
 
@@ -624,9 +633,14 @@ impl ChannelNorm {
             });
         }
         self.check("y", a.y, v.numel(), self.dtype)?;
+        let affine_len = if self.affine_per_slot {
+            v.r
+        } else {
+            v.channels()
+        };
         for (what, t) in [("weight", a.weight), ("bias", a.bias)] {
             if let Some(t) = t {
-                self.check(what, t, v.channels(), DType::F32)?;
+                self.check(what, t, affine_len, DType::F32)?;
             }
         }
         let (needs_running, update) = match a.statistics {
@@ -831,6 +845,7 @@ impl ChannelNorm {
                 ("EPS_OUTSIDE", flag(self.eps_outside)),
                 ("MIX", flag(w_src.is_some())),
                 ("UNBIASED_NORM", flag(self.unbiased_norm)),
+                ("AFFINE_PER_SLOT", flag(self.affine_per_slot)),
             ],
         )?;
         let apply = ctx.pipeline(

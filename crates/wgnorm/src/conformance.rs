@@ -150,6 +150,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("ghost_batch_norm", run_ghost_batch_norm),
     ("weight_standardization", run_weight_standardization),
     ("evonorm_s0", run_evonorm_s0),
+    ("batch_channel_norm", run_batch_channel_norm),
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
@@ -839,4 +840,49 @@ fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         )
         .map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["num_groups", "eps", "momentum", "training"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
+        dtype,
+        ..Default::default()
+    };
+    let groups =
+        usize::try_from(a.int("num_groups", 32)?).map_err(|_| "num_groups < 0".to_string())?;
+    let op = crate::batchnorm::BatchChannelNorm::new(ctx, cfg, groups).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let p = |name| upload_param(ctx, case, name);
+    let (bw, bb, rm, rv, w, b) = (
+        p("bn_weight")?,
+        p("bn_bias")?,
+        p("running_mean")?,
+        p("running_var")?,
+        p("weight")?,
+        p("bias")?,
+    );
+    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
+    let inputs = crate::batchnorm::BatchChannelNormInputs {
+        x: &xt,
+        bn_weight: bw.as_ref(),
+        bn_bias: bb.as_ref(),
+        running_mean: rm.as_ref(),
+        running_var: rv.as_ref(),
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    op.encode(&mut enc, &inputs, &y, a.bool("training", false)?)
+        .map_err(err)?;
+    ctx.queue().submit([enc.finish()]);
+    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    if let (Some(rm), Some(rv)) = (&rm, &rv) {
+        out.insert("running_mean".into(), download(ctx, rm)?);
+        out.insert("running_var".into(), download(ctx, rv)?);
+    }
+    Ok(out)
 }
