@@ -393,55 +393,12 @@ fn err(e: crate::Error) -> String {
     e.to_string()
 }
 
-fn run_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
-    let a = Attrs::new(
-        case,
-        &["eps", "momentum", "training", "running_var_unbiased"],
-    )?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let training = a.bool("training", false)?;
-    let cfg = crate::BatchNormConfig {
-        eps: a.f64("eps", 1e-5)? as f32,
-        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
-        running_var_unbiased: a.bool("running_var_unbiased", true)?,
-        layout: crate::Layout::Nchw,
-        dtype,
-    };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    let xt = upload(ctx, x, dtype)?;
-    let w = upload_param(ctx, case, "weight")?;
-    let b = upload_param(ctx, case, "bias")?;
-    let rm = upload_param(ctx, case, "running_mean")?;
-    let rv = upload_param(ctx, case, "running_var")?;
-    let y = bn
-        .forward(
-            &crate::BatchNormInputs {
-                x: &xt,
-                weight: w.as_ref(),
-                bias: b.as_ref(),
-                running_mean: rm.as_ref(),
-                running_var: rv.as_ref(),
-            },
-            training,
-        )
-        .map_err(err)?;
-    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
-    if let (Some(rm), Some(rv)) = (&rm, &rv) {
-        out.insert("running_mean".into(), download(ctx, rm)?);
-        out.insert("running_var".into(), download(ctx, rv)?);
-    }
-    Ok(out)
-}
-
 fn run_group_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let a = Attrs::new(case, &["num_groups", "eps", "activation"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
-    let groups = match case.attrs.get("num_groups") {
-        Some(_) => a.int("num_groups", 0)?,
-        None => return Err("group_norm needs the num_groups attribute".into()),
-    };
+    required(case, "num_groups")?;
+    let groups = a.int("num_groups", 0)?;
     let name = a.str("activation", "none")?;
     let activation =
         crate::Activation::from_name(&name).ok_or(format!("unknown activation {name:?}"))?;
@@ -598,206 +555,6 @@ fn run_selu(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }
 
-fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
-    let a = Attrs::new(case, &["w_src", "eps"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let w_src = match case.attrs.get("w_src") {
-        Some(_) => a.f64("w_src", 0.0)? as f32,
-        None => return Err("test_time_bn needs the w_src attribute".into()),
-    };
-    let cfg = crate::BatchNormConfig {
-        eps: a.f64("eps", 1e-5)? as f32,
-        dtype,
-        ..Default::default()
-    };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    let xt = upload(ctx, x, dtype)?;
-    let (w, b) = (
-        upload_param(ctx, case, "weight")?,
-        upload_param(ctx, case, "bias")?,
-    );
-    let (rm, rv) = (
-        upload_param(ctx, case, "running_mean")?,
-        upload_param(ctx, case, "running_var")?,
-    );
-    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
-    let inputs = crate::BatchNormInputs {
-        x: &xt,
-        weight: w.as_ref(),
-        bias: b.as_ref(),
-        running_mean: rm.as_ref(),
-        running_var: rv.as_ref(),
-    };
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    bn.encode_test_time(
-        &mut enc,
-        &inputs,
-        &crate::BatchNormOutputs { y: &y, saved: None },
-        w_src,
-    )
-    .map_err(err)?;
-    ctx.queue().submit([enc.finish()]);
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
-}
-
-fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
-    let a = Attrs::new(case, &["eps", "momentum", "training"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let training = a.bool("training", false)?;
-    let cfg = crate::BatchNormConfig {
-        eps: a.f64("eps", 1e-5)? as f32,
-        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
-        layout: crate::Layout::Nhwc,
-        dtype,
-        ..Default::default()
-    };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    let xt = upload(ctx, x, dtype)?;
-    let (w, b) = (
-        upload_param(ctx, case, "weight")?,
-        upload_param(ctx, case, "bias")?,
-    );
-    let (rm, rv) = (
-        upload_param(ctx, case, "running_mean")?,
-        upload_param(ctx, case, "running_var")?,
-    );
-    let alpha = upload(ctx, input(case, "alpha")?, DType::F32)?;
-    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
-    let inputs = crate::BatchNormInputs {
-        x: &xt,
-        weight: w.as_ref(),
-        bias: b.as_ref(),
-        running_mean: rm.as_ref(),
-        running_var: rv.as_ref(),
-    };
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    bn.encode_rep(
-        &mut enc,
-        &inputs,
-        &alpha,
-        &crate::BatchNormOutputs { y: &y, saved: None },
-        training,
-    )
-    .map_err(err)?;
-    ctx.queue().submit([enc.finish()]);
-    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
-    if let (Some(rm), Some(rv)) = (&rm, &rv) {
-        out.insert("running_mean".into(), download(ctx, rm)?);
-        out.insert("running_var".into(), download(ctx, rv)?);
-    }
-    Ok(out)
-}
-
-fn run_adab2n(ctx: &Context, case: &Case) -> Result<Outputs, String> {
-    let a = Attrs::new(case, &["kappa", "momentum", "step", "eps", "training"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let training = a.bool("training", false)?;
-    let cfg = crate::BatchNormConfig {
-        eps: a.f64("eps", 1e-5)? as f32,
-        dtype,
-        ..Default::default()
-    };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    let xt = upload(ctx, x, dtype)?;
-    let (w, b) = (
-        upload_param(ctx, case, "weight")?,
-        upload_param(ctx, case, "bias")?,
-    );
-    let (rm, rv) = (
-        upload_param(ctx, case, "running_mean")?,
-        upload_param(ctx, case, "running_var")?,
-    );
-    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
-    let inputs = crate::BatchNormInputs {
-        x: &xt,
-        weight: w.as_ref(),
-        bias: b.as_ref(),
-        running_mean: rm.as_ref(),
-        running_var: rv.as_ref(),
-    };
-    let outputs = crate::BatchNormOutputs { y: &y, saved: None };
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    if training {
-        let step = a.int("step", 1)?;
-        let eta = crate::batchnorm::adab2n_momentum(
-            a.f64("kappa", 1.0)?,
-            a.f64("momentum", 0.1)?,
-            u64::try_from(step).unwrap_or(0),
-        )
-        .map_err(err)?;
-        let update = crate::batchnorm::RunningUpdate {
-            momentum: Some(eta),
-            unbiased: false,
-        };
-        bn.encode_train_with(&mut enc, &inputs, &outputs, update)
-            .map_err(err)?;
-    } else {
-        bn.encode(&mut enc, &inputs, &outputs, false).map_err(err)?;
-    }
-    ctx.queue().submit([enc.finish()]);
-    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
-    if let (Some(rm), Some(rv)) = (&rm, &rv) {
-        out.insert("running_mean".into(), download(ctx, rm)?);
-        out.insert("running_var".into(), download(ctx, rv)?);
-    }
-    Ok(out)
-}
-
-fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
-    let a = Attrs::new(case, &["ghost_size", "eps", "momentum", "training"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let ghost = match case.attrs.get("ghost_size") {
-        Some(_) => {
-            usize::try_from(a.int("ghost_size", 0)?).map_err(|_| "ghost_size < 0".to_string())?
-        }
-        None => return Err("ghost_batch_norm needs the ghost_size attribute".into()),
-    };
-    let cfg = crate::BatchNormConfig {
-        eps: a.f64("eps", 1e-5)? as f32,
-        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
-        dtype,
-        ..Default::default()
-    };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    let xt = upload(ctx, x, dtype)?;
-    let (w, b) = (
-        upload_param(ctx, case, "weight")?,
-        upload_param(ctx, case, "bias")?,
-    );
-    let (rm, rv) = (
-        upload_param(ctx, case, "running_mean")?,
-        upload_param(ctx, case, "running_var")?,
-    );
-    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
-    let inputs = crate::BatchNormInputs {
-        x: &xt,
-        weight: w.as_ref(),
-        bias: b.as_ref(),
-        running_mean: rm.as_ref(),
-        running_var: rv.as_ref(),
-    };
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    bn.encode_ghost(
-        &mut enc,
-        &inputs,
-        &crate::BatchNormOutputs { y: &y, saved: None },
-        ghost,
-        a.bool("training", false)?,
-    )
-    .map_err(err)?;
-    ctx.queue().submit([enc.finish()]);
-    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
-    if let (Some(rm), Some(rv)) = (&rm, &rv) {
-        out.insert("running_mean".into(), download(ctx, rm)?);
-        out.insert("running_var".into(), download(ctx, rv)?);
-    }
-    Ok(out)
-}
-
 fn run_weight_standardization(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let a = Attrs::new(case, &["unbiased", "eps_inside_sqrt", "eps"])?;
     let w = input(case, "weight")?;
@@ -885,4 +642,163 @@ fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outputs, String>
         out.insert("running_var".into(), download(ctx, rv)?);
     }
     Ok(out)
+}
+
+/// The tensors every BatchNorm-style case shares: x, the per-channel parameters and running
+/// statistics (f32, when the case has them) and y.
+struct BnTensors {
+    x: Tensor,
+    w: Option<Tensor>,
+    b: Option<Tensor>,
+    rm: Option<Tensor>,
+    rv: Option<Tensor>,
+    y: Tensor,
+}
+
+impl BnTensors {
+    fn load(ctx: &Context, case: &Case, dtype: DType) -> Result<BnTensors, String> {
+        let x = upload(ctx, input(case, "x")?, dtype)?;
+        let y = ctx.empty(x.shape(), dtype).map_err(err)?;
+        Ok(BnTensors {
+            w: upload_param(ctx, case, "weight")?,
+            b: upload_param(ctx, case, "bias")?,
+            rm: upload_param(ctx, case, "running_mean")?,
+            rv: upload_param(ctx, case, "running_var")?,
+            x,
+            y,
+        })
+    }
+
+    /// Records with `f`, submits, and returns `y` plus the running statistics the case has.
+    fn run(
+        &self,
+        ctx: &Context,
+        f: impl FnOnce(
+            &mut wgpu::CommandEncoder,
+            &crate::BatchNormInputs,
+            &crate::BatchNormOutputs,
+        ) -> crate::Result<()>,
+    ) -> Result<Outputs, String> {
+        let inputs = crate::BatchNormInputs {
+            x: &self.x,
+            weight: self.w.as_ref(),
+            bias: self.b.as_ref(),
+            running_mean: self.rm.as_ref(),
+            running_var: self.rv.as_ref(),
+        };
+        let outputs = crate::BatchNormOutputs {
+            y: &self.y,
+            saved: None,
+        };
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        f(&mut enc, &inputs, &outputs).map_err(err)?;
+        ctx.queue().submit([enc.finish()]);
+        let mut out = BTreeMap::from([("y".to_string(), download(ctx, &self.y)?)]);
+        if let (Some(rm), Some(rv)) = (&self.rm, &self.rv) {
+            out.insert("running_mean".into(), download(ctx, rm)?);
+            out.insert("running_var".into(), download(ctx, rv)?);
+        }
+        Ok(out)
+    }
+}
+
+/// A required attribute (no default in FORMAT.md).
+fn required<'a>(case: &'a Case, k: &str) -> Result<&'a Value, String> {
+    case.attrs
+        .get(k)
+        .ok_or(format!("{} needs the {k} attribute", case.op))
+}
+
+fn run_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(
+        case,
+        &["eps", "momentum", "training", "running_var_unbiased"],
+    )?;
+    let dtype = io_dtype(input(case, "x")?)?;
+    let training = a.bool("training", false)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
+        running_var_unbiased: a.bool("running_var_unbiased", true)?,
+        layout: crate::Layout::Nchw,
+        dtype,
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| bn.encode(enc, i, o, training))
+}
+
+fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["w_src", "eps"])?;
+    let dtype = io_dtype(input(case, "x")?)?;
+    required(case, "w_src")?;
+    let w_src = a.f64("w_src", 0.0)? as f32;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| bn.encode_test_time(enc, i, o, w_src))
+}
+
+fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["eps", "momentum", "training"])?;
+    let dtype = io_dtype(input(case, "x")?)?;
+    let training = a.bool("training", false)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
+        layout: crate::Layout::Nhwc,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let alpha = upload(ctx, input(case, "alpha")?, DType::F32)?;
+    BnTensors::load(ctx, case, dtype)?
+        .run(ctx, |enc, i, o| bn.encode_rep(enc, i, &alpha, o, training))
+}
+
+fn run_adab2n(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["kappa", "momentum", "step", "eps", "training"])?;
+    let dtype = io_dtype(input(case, "x")?)?;
+    let training = a.bool("training", false)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let step = u64::try_from(a.int("step", 1)?).unwrap_or(0);
+    let eta =
+        crate::batchnorm::adab2n_momentum(a.f64("kappa", 1.0)?, a.f64("momentum", 0.1)?, step)
+            .map_err(err)?;
+    let update = crate::batchnorm::RunningUpdate {
+        momentum: Some(eta),
+        unbiased: false,
+    };
+    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| {
+        if training {
+            bn.encode_train_with(enc, i, o, update)
+        } else {
+            bn.encode(enc, i, o, false)
+        }
+    })
+}
+
+fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["ghost_size", "eps", "momentum", "training"])?;
+    let dtype = io_dtype(input(case, "x")?)?;
+    required(case, "ghost_size")?;
+    let ghost =
+        usize::try_from(a.int("ghost_size", 0)?).map_err(|_| "ghost_size < 0".to_string())?;
+    let training = a.bool("training", false)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    BnTensors::load(ctx, case, dtype)?
+        .run(ctx, |enc, i, o| bn.encode_ghost(enc, i, o, ghost, training))
 }
