@@ -30,7 +30,8 @@ struct ChannelParams {
     per_p: u32,
     // Weight of the source (running) statistics when mixing them with the batch's (MIX).
     w_src: f32,
-    _pad2: u32,
+    // Batch size B of a token mask (moments HAS_MASK).
+    mask_b: u32,
     _pad3: u32,
 }
 

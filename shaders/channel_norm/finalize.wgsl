@@ -24,6 +24,11 @@ override UNBIASED_NORM: bool = false;
 // Weight and bias indexed per slot r (one per group: Batch-Channel Norm's group affine)
 // instead of per channel.
 override AFFINE_PER_SLOT: bool = false;
+// REDUCE 3 (PowerNorm's quadratic mean, NORMS.md B2): psi2 = mean of x^2 over the kept tokens;
+// normalize by sqrt(psi2 + eps), or by sqrt(phi + eps) with phi = running_var before this
+// step's update when QM_USE_RUNNING; UPDATE_RUNNING: phi += (psi2 - phi) * w_src (the warm-up
+// average, w_src = 1/t or 0), then phi = (1 - momentum) phi + momentum psi2.
+override QM_USE_RUNNING: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -51,8 +56,23 @@ fn main(
     var var_b: f32;
     var m2_sum = 0.0;
     if (INFER) {
-        mean = running_mean[rr];
+        mean = select(running_mean[rr], 0.0, REDUCE == 3u);
         var_b = running_var[rr];
+    } else if (REDUCE == 3u) {
+        var acc = Moments(0.0, 0.0, 0.0);
+        for (var t = 0u; t < params.tiles; t = t + 1u) {
+            acc = moments_merge(acc, partials[slot * params.tiles + t]);
+        }
+        // A batch of padding only has no statistics: psi2 = 0 (documented choice).
+        let psi2 = select(0.0, acc.m2 / acc.n, acc.n > 0.0);
+        let phi_old = running_var[rr];
+        mean = 0.0;
+        var_b = select(psi2, phi_old, QM_USE_RUNNING);
+        if (UPDATE_RUNNING) {
+            var phi = phi_old + (psi2 - phi_old) * params.w_src;
+            phi = (1.0 - params.momentum) * phi + params.momentum * psi2;
+            running_var[rr] = phi;
+        }
     } else {
         var acc = Moments(0.0, 0.0, 0.0);
         for (var t = 0u; t < params.tiles; t = t + 1u) {
@@ -84,7 +104,7 @@ fn main(
         }
     }
     var rstd: f32;
-    if (REDUCE == 0u) {
+    if (REDUCE == 0u || REDUCE == 3u) {
         if (EPS_OUTSIDE) {
             rstd = 1.0 / (sqrt(var_b) + params.eps);
         } else {

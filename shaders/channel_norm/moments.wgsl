@@ -5,10 +5,14 @@ override WG: u32 = 256u;
 // 0: mean and M2 (Welford). 1: sum of squares (L2 norm). 2: sum of absolute values (L1 norm);
 // sums are kept in the m2 field with mean 0, which Chan's merge adds exactly.
 override REDUCE: u32 = 0u;
+override HAS_MASK: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> partials: array<Moments>;
+// HAS_MASK (token views [1, T*B, C, 1] only, REDUCE 1): mask[b * T + t] = 1 marks padding, which
+// is left out of the sums and the count. Access q of the slot is token (t, b) = (q / B, q % B).
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
 
 fn load(pp: u32, rr: u32, j: u32) -> V {
     let q = j / params.s_v;
@@ -34,9 +38,18 @@ fn main(
     let end = select(0u, min(len, start + params.tile_len), live);
 
     var acc = Moments(0.0, 0.0, 0.0);
+    if (HAS_MASK) {
+        let tokens_t = params.q / params.mask_b;
+        for (var j = start + lid; j < end; j = j + WG) {
+            let keep = 1.0 - mask[(j % params.mask_b) * tokens_t + j / params.mask_b];
+            let v = load(pp, rr, j);
+            acc.n = acc.n + keep * f32(VW);
+            acc.m2 = acc.m2 + keep * hsum(v * v);
+        }
+    }
     // Chunks of four accesses: an exact two-pass mean and M2 over the chunk in registers, then
     // one Chan merge, so the divisions are per chunk rather than per element.
-    for (var j = start + lid; j < end; j = j + 4u * WG) {
+    for (var j = start + lid; j < select(end, start, HAS_MASK); j = j + 4u * WG) {
         let ok1 = j + WG < end;
         let ok2 = j + 2u * WG < end;
         let ok3 = j + 3u * WG < end;

@@ -141,6 +141,7 @@ impl BatchNorm {
                 statistics,
                 moments: None,
                 aux: alpha.map(Aux::Alpha),
+                mask: None,
             },
         )
     }
@@ -231,6 +232,7 @@ impl BatchNorm {
             statistics: Statistics::Batch(None),
             moments: Some(&moments),
             aux: None,
+            mask: None,
         };
         // Every pass is checked before the first is recorded.
         self.engine.check_args(&args)?;
@@ -322,6 +324,7 @@ impl BatchNorm {
                 })),
                 moments: Some(merged),
                 aux: None,
+                mask: None,
             },
         )
     }
@@ -658,6 +661,7 @@ impl BatchChannelNorm {
             statistics: Statistics::Batch(None),
             moments: None,
             aux: None,
+            mask: None,
         };
         // Check the second pass before recording the first.
         self.channel.check_args(&channel_args)?;

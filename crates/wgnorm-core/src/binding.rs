@@ -120,7 +120,13 @@ impl BindCache {
         params: &[u32; PARAM_WORDS],
         ranges: &[&BufferRange],
     ) -> Result<wgpu::BindGroup> {
-        debug_assert_eq!(slots.len(), ranges.len() + 1);
+        if slots.len() != ranges.len() + 1 {
+            return Err(Error::Device(format!(
+                "internal: a layout of {} slots bound with {} buffers",
+                slots.len(),
+                ranges.len() + 1
+            )));
+        }
         let key = Key {
             slots,
             params: *params,

@@ -279,16 +279,37 @@ pub enum Reduction {
     L2,
     /// `y = x / ||x||_1` over the slot, 0 where the norm is 0.
     L1,
+    /// Quadratic mean without centring, `y = x / sqrt(mean(x^2) + eps)` (PowerNorm's batch
+    /// statistic), optionally over the unmasked tokens only and with a running value.
+    QuadraticMean,
 }
 
 impl Reduction {
+    /// REDUCE of the finalize pass.
     fn code(self) -> f64 {
         match self {
             Reduction::MeanVariance => 0.0,
             Reduction::L2 => 1.0,
             Reduction::L1 => 2.0,
+            Reduction::QuadraticMean => 3.0,
         }
     }
+
+    /// REDUCE of the moments pass (a quadratic mean accumulates the sum of squares).
+    fn moments_code(self) -> f64 {
+        match self {
+            Reduction::QuadraticMean => 1.0,
+            other => other.code(),
+        }
+    }
+}
+
+/// A running-value update of the quadratic mean (PowerNorm): `phi += (psi2 - phi) * warm`
+/// (`warm` = 1/t during warm-up, else 0), then `phi = (1 - momentum) phi + momentum psi2`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QmUpdate {
+    pub momentum: f32,
+    pub warm: f32,
 }
 
 /// Which statistics normalize.
@@ -301,6 +322,13 @@ pub enum Statistics {
     /// Test-time BN: `w_src * running + (1 - w_src) * batch` for the mean and the variance
     /// (batch variance unbiased); the running (source) statistics are read, not updated.
     Mixed { w_src: f32 },
+    /// With [`Reduction::QuadraticMean`]: normalize with this batch's quadratic mean or (when
+    /// `use_running`) the running value in `running_var` as it was before this step, and
+    /// optionally update the running value.
+    QuadraticMean {
+        use_running: bool,
+        update: Option<QmUpdate>,
+    },
 }
 
 /// How running statistics are updated from a batch: `r = (1 - m) r + m s` (PyTorch convention).
@@ -332,6 +360,10 @@ pub struct ChannelNormArgs<'a> {
     pub moments: Option<&'a Tensor>,
     /// An extra per-call input of the apply pass: RepBN's `alpha` or EvoNorm-S0's `v`.
     pub aux: Option<Aux<'a>>,
+    /// Token padding mask, f32 `[B, T]` with 1 = padding, for token views `[1, T*B, C, 1]` of
+    /// `x[T, B, C]` with a quadratic mean: padded tokens are left out of the statistics (they are
+    /// still normalized).
+    pub mask: Option<&'a Tensor>,
 }
 
 /// Extra inputs of the apply pass.
@@ -398,7 +430,7 @@ impl Moments {
     }
 }
 
-const MOMENTS_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
+const MOMENTS_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite, Slot::Read];
 const FINALIZE_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,      // partials
@@ -436,6 +468,7 @@ struct Checked {
     st: Option<binding::BufferRange>,
     given: Option<binding::BufferRange>,
     al: Option<binding::BufferRange>,
+    mk: Option<binding::BufferRange>,
     io: Io,
     aio: Io,
     ch_vec: bool,
@@ -646,6 +679,26 @@ impl ChannelNorm {
         let (needs_running, update) = match a.statistics {
             Statistics::Running => (true, None),
             Statistics::Batch(u) => (u.is_some(), u),
+            Statistics::QuadraticMean {
+                use_running,
+                update,
+            } => {
+                if self.reduction != Reduction::QuadraticMean {
+                    return Err(Error::InvalidParameter {
+                        name: "statistics",
+                        value: "QuadraticMean".into(),
+                        why: "needs an engine created with Reduction::QuadraticMean",
+                    });
+                }
+                if (use_running || update.is_some()) && a.running_var.is_none() {
+                    return Err(Error::InvalidParameter {
+                        name: "running statistics",
+                        value: "running_var missing".into(),
+                        why: "the running quadratic mean lives in running_var: pass it",
+                    });
+                }
+                (false, None)
+            }
             Statistics::Mixed { w_src } => {
                 if !w_src.is_finite() || !(0.0..=1.0).contains(&w_src) {
                     return Err(Error::InvalidParameter {
@@ -670,13 +723,15 @@ impl ChannelNorm {
             Some(Aux::EvoS0(t)) => self.check("v", t, v.channels(), DType::F32)?,
             None => {}
         }
+        // A quadratic mean has no running mean: only its running_var is read.
+        let qm_running = self.reduction == Reduction::QuadraticMean;
         for (what, t) in [
             ("running_mean", a.running_mean),
             ("running_var", a.running_var),
         ] {
             match t {
                 Some(t) => self.check(what, t, v.r, DType::F32)?,
-                None if needs_running => {
+                None if needs_running && !(qm_running && what == "running_mean") => {
                     return Err(Error::InvalidParameter {
                         name: "running statistics",
                         value: format!("{what} missing"),
@@ -688,6 +743,22 @@ impl ChannelNorm {
         }
         if let Some(s) = a.stats {
             self.check("stats", s, v.slots() * 2, DType::F32)?;
+        }
+        if let Some(m) = a.mask {
+            let ok = self.reduction == Reduction::QuadraticMean
+                && v.p == 1
+                && v.s == 1
+                && m.shape().len() == 2
+                && m.numel() == v.q
+                && m.shape()[0] > 0;
+            if !ok {
+                return Err(Error::InvalidParameter {
+                    name: "mask",
+                    value: format!("{:?}", m.shape()),
+                    why: "a padding mask is [B, T] for a token tensor [T, B, C] with a quadratic mean",
+                });
+            }
+            self.check("mask", m, v.q, DType::F32)?;
         }
         if let Some(m) = a.moments {
             self.check("moments", m, v.slots() * 3, DType::F32)?;
@@ -731,6 +802,7 @@ impl ChannelNorm {
         let rv = opt("running_var", a.running_var)?;
         let st = opt("stats", a.stats)?;
         let given = opt("moments", a.moments)?;
+        let mk = opt("mask", a.mask)?;
         let al = opt(
             "aux",
             a.aux.map(|x| match x {
@@ -739,6 +811,7 @@ impl ChannelNorm {
         )?;
         binding::check_no_alias(&[
             ("alpha", al.as_ref(), false),
+            ("mask", mk.as_ref(), false),
             ("x", Some(&x), false),
             ("weight", w.as_ref(), false),
             ("bias", b.as_ref(), false),
@@ -777,6 +850,7 @@ impl ChannelNorm {
             st,
             given,
             al,
+            mk,
             io,
             aio,
             ch_vec,
@@ -797,6 +871,7 @@ impl ChannelNorm {
             st,
             given,
             al,
+            mk,
             io,
             aio,
             ch_vec,
@@ -820,7 +895,19 @@ impl ChannelNorm {
         let tiles = if given.is_some() { 1 } else { scratch.tiles };
         let params = channel_params(&v, io, tiles, scratch.tile_len, self.eps, update);
         let mut params = params;
-        params[13] = w_src.unwrap_or(0.0).to_bits();
+        let (qm_running, qm_update) = match a.statistics {
+            Statistics::QuadraticMean {
+                use_running,
+                update,
+            } => (use_running, update),
+            _ => (false, None),
+        };
+        // w_src carries the test-time mix weight, or the quadratic mean's warm-up factor.
+        params[13] = w_src.or(qm_update.map(|u| u.warm)).unwrap_or(0.0).to_bits();
+        if let Some(u) = qm_update {
+            params[9] = u.momentum.to_bits();
+        }
+        params[14] = a.mask.map_or(0, |m| m.shape()[0] as u32);
         let mut apply_params = params;
         apply_params[11] = total_v;
         let block: u32 = if ctx.is_cpu() { APPLY_CPU_BLOCK } else { 1 };
@@ -837,8 +924,12 @@ impl ChannelNorm {
             &[
                 ("WG", FINALIZE_WG as f64),
                 ("INFER", flag(a.statistics == Statistics::Running)),
-                ("UPDATE_RUNNING", flag(update.is_some())),
+                (
+                    "UPDATE_RUNNING",
+                    flag(update.is_some() || qm_update.is_some()),
+                ),
                 ("UNBIASED_RUNNING", flag(update.is_none_or(|u| u.unbiased))),
+                ("QM_USE_RUNNING", flag(qm_running)),
                 ("HAS_WEIGHT", flag(w.is_some())),
                 ("HAS_BIAS", flag(b.is_some())),
                 ("REDUCE", self.reduction.code()),
@@ -904,11 +995,18 @@ impl ChannelNorm {
                 Kernel::ChannelMoments,
                 io,
                 MOMENTS_SLOTS,
-                &[("WG", wgm as f64), ("REDUCE", self.reduction.code())],
+                &[
+                    ("WG", wgm as f64),
+                    ("REDUCE", self.reduction.moments_code()),
+                    ("HAS_MASK", flag(mk.is_some())),
+                ],
             )?;
-            let bg = self
-                .binds
-                .get(ctx, MOMENTS_SLOTS, &params, &[&x, &partials])?;
+            let bg = self.binds.get(
+                ctx,
+                MOMENTS_SLOTS,
+                &params,
+                &[&x, &partials, mk.as_ref().unwrap_or(&dr)],
+            )?;
             Some((p, bg))
         } else {
             None
@@ -981,7 +1079,11 @@ impl ChannelNorm {
             Kernel::ChannelMoments,
             io,
             MOMENTS_SLOTS,
-            &[("WG", wgm as f64), ("REDUCE", self.reduction.code())],
+            &[
+                ("WG", wgm as f64),
+                ("REDUCE", self.reduction.moments_code()),
+                ("HAS_MASK", 0.0),
+            ],
         )?;
         let merge = ctx.pipeline(
             Kernel::ChannelMerge,
@@ -993,9 +1095,10 @@ impl ChannelNorm {
             &[("WG", FINALIZE_WG as f64)],
         )?;
         let partials = binding::storage_range(ctx, "partials", &scratch.partials)?;
+        let dr = binding::dummy_range(ctx.dummy_read());
         let mb = self
             .binds
-            .get(ctx, MOMENTS_SLOTS, &params, &[&xr, &partials])?;
+            .get(ctx, MOMENTS_SLOTS, &params, &[&xr, &partials, &dr])?;
         let gb = self
             .binds
             .get(ctx, MERGE_SLOTS, &params, &[&partials, &or])?;
@@ -1232,9 +1335,6 @@ pub fn specializations() -> Vec<Specialization> {
         let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
         // REDUCE 0..2 from bits 5-6 (3 unused), EPS_OUTSIDE only with mean/variance.
         let reduce = (bits >> 5) & 3;
-        if reduce == 3 {
-            continue;
-        }
         out.push(Specialization {
             kernel: Kernel::ChannelFinalize,
             io: Io {

@@ -166,6 +166,7 @@ impl InstanceNorm {
             statistics: Statistics::Running,
             moments: None,
             aux: None,
+            mask: None,
         };
         if !training {
             return self.engine.encode(encoder, &args);
@@ -235,6 +236,7 @@ fn encode(
             statistics: Statistics::Batch(None),
             moments: None,
             aux: None,
+            mask: None,
         },
     )
 }
@@ -520,6 +522,7 @@ impl EvoNormS0 {
                 statistics: Statistics::Batch(None),
                 moments: None,
                 aux: Some(Aux::EvoS0(v)),
+                mask: None,
             },
         )
     }

@@ -6,4 +6,5 @@
 
 pub mod activation;
 pub mod chnorm;
+pub mod powernorm;
 pub mod rownorm;

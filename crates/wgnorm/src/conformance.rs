@@ -151,6 +151,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("weight_standardization", run_weight_standardization),
     ("evonorm_s0", run_evonorm_s0),
     ("batch_channel_norm", run_batch_channel_norm),
+    ("power_norm", run_power_norm),
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
@@ -801,4 +802,65 @@ fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
     BnTensors::load(ctx, case, dtype)?
         .run(ctx, |enc, i, o| bn.encode_ghost(enc, i, o, ghost, training))
+}
+
+fn run_power_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(
+        case,
+        &[
+            "eps",
+            "alpha_fwd",
+            "warmup_iters",
+            "step",
+            "training",
+            "group_num",
+        ],
+    )?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::PowerNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        alpha_fwd: a.f64("alpha_fwd", 0.9)? as f32,
+        warmup_iters: u64::try_from(a.int("warmup_iters", 10_000)?)
+            .map_err(|_| "warmup_iters < 0".to_string())?,
+        group_num: usize::try_from(a.int("group_num", 1)?)
+            .map_err(|_| "group_num < 0".to_string())?,
+        dtype,
+    };
+    let op = crate::PowerNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    // U8 masks arrive as 0.0/1.0 values; the kernel reads f32.
+    let mask = case
+        .inputs
+        .get("pad_mask")
+        .map(|m| upload(ctx, m, DType::F32))
+        .transpose()?;
+    let (w, b) = (
+        upload_param(ctx, case, "weight")?,
+        upload_param(ctx, case, "bias")?,
+    );
+    let phi = upload_param(ctx, case, "running_phi")?.ok_or("case lacks input \"running_phi\"")?;
+    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
+    let inputs = crate::PowerNormInputs {
+        x: &xt,
+        pad_mask: mask.as_ref(),
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+        running_phi: &phi,
+    };
+    let training = a.bool("training", false)?;
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    if training {
+        required(case, "step")?;
+        let step = u64::try_from(a.int("step", 0)?).map_err(|_| "step < 0".to_string())?;
+        op.encode_train(&mut enc, &inputs, &y, step).map_err(err)?;
+    } else {
+        op.encode_infer(&mut enc, &inputs, &y).map_err(err)?;
+    }
+    ctx.queue().submit([enc.finish()]);
+    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    if training {
+        out.insert("running_phi".into(), download(ctx, &phi)?);
+    }
+    Ok(out)
 }

@@ -1,0 +1,230 @@
+//! PowerNorm (Shen et al. 2020; NORMS.md B2, official fairseq `mask_powernorm.py`) on token
+//! tensors `x[T, B, C]` with an optional padding mask `[B, T]` (f32, 1 = padding).
+//!
+//! 1. GroupScaling1D: per token and group of `C / group_num` channels,
+//!    `x <- x / sqrt(mean_group(x^2) + 1e-5)` (training and inference).
+//! 2. The batch quadratic mean `psi2[c]` of the scaled x over the non-padded tokens (no centring;
+//!    padded tokens are still normalized). A batch of padding only gives `psi2 = 0`.
+//! 3. Training step t (the counter after this step's increment): t <= warmup normalizes with
+//!    `sqrt(psi2 + eps)`, later steps with `sqrt(phi + eps)`, phi the running value **before** this
+//!    step's update. Then phi (init 1) is updated on the GPU: for t < warmup first
+//!    `phi <- phi (t-1)/t + psi2 / t`, then always `phi <- alpha_fwd phi + (1 - alpha_fwd) psi2`.
+//! 4. `y = weight * z + bias`. Inference normalizes with phi.
+//! The approximate backward pass of the paper is not implemented.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use wgnorm_core::chnorm::{
+    ChannelNorm, ChannelNormArgs, ChannelView, QmUpdate, Reduction, Statistics,
+};
+use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm_core::{Context, DType, Error, Result, Tensor};
+
+/// What is fixed when a PowerNorm is created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PowerNormConfig {
+    /// Added to psi2 / phi inside the square root. Default 1e-5.
+    pub eps: f32,
+    /// Weight of the old running value, default 0.9 (the paper's alpha_fwd).
+    pub alpha_fwd: f32,
+    /// Steps that normalize with the batch statistic and average phi cumulatively. Default 10000.
+    pub warmup_iters: u64,
+    /// GroupScaling groups (fairseq passes the head count). Must divide C. Default 1.
+    pub group_num: usize,
+    pub dtype: DType,
+}
+
+impl Default for PowerNormConfig {
+    fn default() -> Self {
+        PowerNormConfig {
+            eps: 1e-5,
+            alpha_fwd: 0.9,
+            warmup_iters: 10_000,
+            group_num: 1,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// Inputs: `x[T, B, C]`, optional `pad_mask[B, T]` (f32, 1 = padding), f32 `weight`/`bias` `[C]`,
+/// and the running value `running_phi` (f32 `[C]`, updated in place in training).
+#[derive(Clone, Copy, Debug)]
+pub struct PowerNormInputs<'a> {
+    pub x: &'a Tensor,
+    pub pad_mask: Option<&'a Tensor>,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub running_phi: &'a Tensor,
+}
+
+/// A PowerNorm bound to a device.
+pub struct PowerNorm {
+    cfg: PowerNormConfig,
+    scaling: RowNorm,
+    engine: ChannelNorm,
+    /// Group-scaled x, one tensor per input shape.
+    scaled: Mutex<HashMap<Vec<usize>, Tensor>>,
+}
+
+impl PowerNorm {
+    pub fn new(ctx: &Context, cfg: PowerNormConfig) -> Result<PowerNorm> {
+        if !(0.0..=1.0).contains(&cfg.alpha_fwd) {
+            return Err(Error::InvalidParameter {
+                name: "alpha_fwd",
+                value: cfg.alpha_fwd.to_string(),
+                why: "must be in [0, 1]",
+            });
+        }
+        if cfg.group_num == 0 {
+            return Err(Error::InvalidParameter {
+                name: "group_num",
+                value: "0".into(),
+                why: "must be >= 1",
+            });
+        }
+        let scaling = RowNorm::new(
+            ctx,
+            RowNormConfig {
+                mode: RowMode::RmsNorm,
+                axis: -1,
+                eps: 1e-5,
+                weight_offset: 0.0,
+                dtype: cfg.dtype,
+            },
+        )?;
+        let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?
+            .with_reduction(Reduction::QuadraticMean);
+        Ok(PowerNorm {
+            cfg,
+            scaling,
+            engine,
+            scaled: Mutex::default(),
+        })
+    }
+
+    /// Records a training step; `step` is the iteration counter after this step's increment.
+    pub fn encode_train(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &PowerNormInputs,
+        y: &Tensor,
+        step: u64,
+    ) -> Result<()> {
+        if step == 0 {
+            return Err(Error::InvalidParameter {
+                name: "step",
+                value: "0".into(),
+                why: "the step counter starts at 1",
+            });
+        }
+        let warmup = self.cfg.warmup_iters;
+        let statistics = Statistics::QuadraticMean {
+            use_running: step > warmup,
+            update: Some(QmUpdate {
+                momentum: 1.0 - self.cfg.alpha_fwd,
+                warm: if step < warmup {
+                    1.0 / step as f32
+                } else {
+                    0.0
+                },
+            }),
+        };
+        self.encode_with(encoder, inputs, y, statistics)
+    }
+
+    /// Records inference: GroupScaling, then `weight * x / sqrt(phi + eps) + bias`.
+    pub fn encode_infer(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &PowerNormInputs,
+        y: &Tensor,
+    ) -> Result<()> {
+        self.encode_with(encoder, inputs, y, Statistics::Running)
+    }
+
+    fn encode_with(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &PowerNormInputs,
+        y: &Tensor,
+        statistics: Statistics,
+    ) -> Result<()> {
+        let shape = inputs.x.shape();
+        if shape.len() != 3 {
+            return Err(Error::ShapeMismatch {
+                what: "power_norm x [T, B, C]".into(),
+                expected: vec![0, 0, 0],
+                got: shape.to_vec(),
+            });
+        }
+        let (t, b, c) = (shape[0], shape[1], shape[2]);
+        let g = self.cfg.group_num;
+        if c % g != 0 {
+            return Err(Error::InvalidParameter {
+                name: "group_num",
+                value: g.to_string(),
+                why: "must divide the channel count",
+            });
+        }
+        if let Some(m) = inputs.pad_mask {
+            if m.shape() != [b, t] {
+                return Err(Error::ShapeMismatch {
+                    what: "pad_mask [B, T]".into(),
+                    expected: vec![b, t],
+                    got: m.shape().to_vec(),
+                });
+            }
+        }
+        let scaled = {
+            let mut cache = self.scaled.lock().unwrap();
+            match cache.get(shape) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.engine.context().empty(shape, self.cfg.dtype)?;
+                    cache.insert(shape.to_vec(), s.clone());
+                    s
+                }
+            }
+        };
+        let view = ChannelView {
+            p: 1,
+            q: t * b,
+            r: c,
+            s: 1,
+            cg: 1,
+            sdiv: 1,
+        };
+        let args = ChannelNormArgs {
+            x: &scaled,
+            y,
+            view,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            running_mean: None,
+            running_var: Some(inputs.running_phi),
+            stats: None,
+            statistics,
+            moments: None,
+            aux: None,
+            mask: inputs.pad_mask,
+        };
+        // The second pass is checked before the first is recorded.
+        self.engine.check_args(&args)?;
+        let rows = [t * b * g, c / g];
+        self.scaling.encode(
+            encoder,
+            &RowNormArgs {
+                x: &inputs.x.reshape(&rows)?,
+                weight: None,
+                bias: None,
+                y: &scaled.reshape(&rows)?,
+                mean: None,
+                rstd: None,
+                residual: None,
+                sum: None,
+            },
+        )?;
+        self.engine.encode(encoder, &args)
+    }
+}

@@ -1,0 +1,71 @@
+//! PowerNorm (NORMS.md B2) on `x[T, B, C]` with an optional padding mask `[B, T]` (1 = padding).
+
+/// Settings of one PowerNorm call.
+#[derive(Clone, Copy, Debug)]
+pub struct PowerNormRef {
+    pub eps: f64,
+    pub alpha_fwd: f64,
+    pub warmup: u64,
+    pub group_num: usize,
+    /// `Some(t)`: a training step (counter after this step's increment); `None`: inference.
+    pub step: Option<u64>,
+}
+
+/// Returns y; updates `phi` in place in training. A batch of padding only gives psi2 = 0.
+#[allow(clippy::too_many_arguments)]
+pub fn power_norm(
+    x: &[f64],
+    t: usize,
+    b: usize,
+    c: usize,
+    mask: Option<&[f64]>,
+    weight: &[f64],
+    bias: &[f64],
+    phi: &mut [f64],
+    s: PowerNormRef,
+) -> Vec<f64> {
+    // 1. GroupScaling1D per token.
+    let cg = c / s.group_num;
+    let mut xs = x.to_vec();
+    for token in xs.chunks_mut(c) {
+        for grp in token.chunks_mut(cg) {
+            let ms = grp.iter().map(|v| v * v).sum::<f64>() / cg as f64;
+            let r = 1.0 / (ms + 1e-5).sqrt();
+            grp.iter_mut().for_each(|v| *v *= r);
+        }
+    }
+    // 2. psi2 over non-padded tokens.
+    let keep = |ti: usize, bi: usize| mask.is_none_or(|m| m[bi * t + ti] == 0.0);
+    let mut psi2 = vec![0.0; c];
+    let mut count = 0.0;
+    for ti in 0..t {
+        for bi in 0..b {
+            if keep(ti, bi) {
+                count += 1.0;
+                for ch in 0..c {
+                    let v = xs[(ti * b + bi) * c + ch];
+                    psi2[ch] += v * v;
+                }
+            }
+        }
+    }
+    psi2.iter_mut()
+        .for_each(|v| *v = if count > 0.0 { *v / count } else { 0.0 });
+    // 3. Which statistic normalizes, then the running update.
+    let denom: Vec<f64> = match s.step {
+        Some(step) if step <= s.warmup => psi2.iter().map(|v| (v + s.eps).sqrt()).collect(),
+        _ => phi.iter().map(|v| (v + s.eps).sqrt()).collect(),
+    };
+    if let Some(step) = s.step {
+        for ch in 0..c {
+            if step < s.warmup {
+                phi[ch] = phi[ch] * (step - 1) as f64 / step as f64 + psi2[ch] / step as f64;
+            }
+            phi[ch] = s.alpha_fwd * phi[ch] + (1.0 - s.alpha_fwd) * psi2[ch];
+        }
+    }
+    xs.iter()
+        .enumerate()
+        .map(|(i, v)| weight[i % c] * v / denom[i % c] + bias[i % c])
+        .collect()
+}

@@ -1,0 +1,155 @@
+//! PowerNorm over several training steps across the warm-up boundary, with padding, then
+//! inference, against the f64 reference.
+
+use wgnorm::{DType, PowerNorm, PowerNormConfig, PowerNormInputs};
+use wgnorm_reference::powernorm::{power_norm, PowerNormRef};
+use wgnorm_tests::{assert_close, ctx, noise, round_to};
+
+fn run(
+    t: usize,
+    b: usize,
+    c: usize,
+    groups: usize,
+    mask: Option<Vec<f32>>,
+    warmup: u64,
+    steps: u64,
+) {
+    let c_ = ctx();
+    let cfg = PowerNormConfig {
+        warmup_iters: warmup,
+        group_num: groups,
+        ..Default::default()
+    };
+    let op = PowerNorm::new(c_, cfg).unwrap();
+    let (w, bias) = (noise(1, c), noise(2, c));
+    let (wt, bt) = (
+        c_.upload_f32(&w, &[c]).unwrap(),
+        c_.upload_f32(&bias, &[c]).unwrap(),
+    );
+    let phi_t = c_.upload_f32(&vec![1.0; c], &[c]).unwrap();
+    let mut phi = vec![1.0f64; c];
+    let mask_t = mask.as_ref().map(|m| c_.upload_f32(m, &[b, t]).unwrap());
+    let mask_d: Option<Vec<f64>> = mask.as_ref().map(|m| m.iter().map(|&v| v as f64).collect());
+    for step in (1..=steps).map(Some).chain([None]) {
+        let x: Vec<f32> = noise(step.unwrap_or(99) * 13, t * b * c)
+            .iter()
+            .map(|v| v * 2.0 + 0.4)
+            .collect();
+        let xt = c_.upload_f32(&x, &[t, b, c]).unwrap();
+        let y = c_.empty(&[t, b, c], DType::F32).unwrap();
+        let inputs = PowerNormInputs {
+            x: &xt,
+            pad_mask: mask_t.as_ref(),
+            weight: Some(&wt),
+            bias: Some(&bt),
+            running_phi: &phi_t,
+        };
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        match step {
+            Some(s) => op.encode_train(&mut enc, &inputs, &y, s).unwrap(),
+            None => op.encode_infer(&mut enc, &inputs, &y).unwrap(),
+        }
+        c_.queue().submit([enc.finish()]);
+        let settings = PowerNormRef {
+            eps: 1e-5,
+            alpha_fwd: 0.9,
+            warmup,
+            group_num: groups,
+            step,
+        };
+        let want = power_norm(
+            &round_to(DType::F32, &x),
+            t,
+            b,
+            c,
+            mask_d.as_deref(),
+            &round_to(DType::F32, &w),
+            &round_to(DType::F32, &bias),
+            &mut phi,
+            settings,
+        );
+        let what = format!("power_norm {t}x{b}x{c} g{groups} step {step:?}");
+        assert_close(
+            &format!("{what} y"),
+            &c_.download(&y).unwrap(),
+            &want,
+            2e-5,
+            2e-4,
+        );
+        assert_close(
+            &format!("{what} phi"),
+            &c_.download(&phi_t).unwrap(),
+            &phi,
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn warm_up_boundary_with_padding() {
+    // Steps 1, 2 average phi cumulatively, 3 is the last batch-statistic step, 4 and 5 use phi.
+    let (t, b) = (5, 3);
+    let mask: Vec<f32> = (0..b * t)
+        .map(|i| if i % 4 == 3 { 1.0 } else { 0.0 })
+        .collect();
+    run(t, b, 16, 1, Some(mask), 3, 5);
+    run(t, b, 16, 4, None, 3, 5);
+}
+
+#[test]
+fn single_token_and_all_padding() {
+    run(1, 4, 8, 2, None, 2, 3);
+    // Every token padded: psi2 = 0 by convention; phi and y stay finite.
+    run(2, 2, 8, 1, Some(vec![1.0; 4]), 2, 3);
+}
+
+#[test]
+fn bad_input_is_typed() {
+    let c_ = ctx();
+    let op = PowerNorm::new(
+        c_,
+        PowerNormConfig {
+            group_num: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let x = c_.empty(&[2, 2, 8], DType::F32).unwrap();
+    let phi = c_.upload_f32(&[1.0; 8], &[8]).unwrap();
+    let y = c_.empty(&[2, 2, 8], DType::F32).unwrap();
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    let inputs = PowerNormInputs {
+        x: &x,
+        pad_mask: None,
+        weight: None,
+        bias: None,
+        running_phi: &phi,
+    };
+    assert!(matches!(
+        op.encode_train(&mut enc, &inputs, &y, 1),
+        Err(wgnorm::Error::InvalidParameter {
+            name: "group_num",
+            ..
+        })
+    ));
+    let op = PowerNorm::new(c_, PowerNormConfig::default()).unwrap();
+    let bad_mask = c_.upload_f32(&[0.0; 3], &[3, 1]).unwrap();
+    let r = op.encode_train(
+        &mut enc,
+        &PowerNormInputs {
+            pad_mask: Some(&bad_mask),
+            ..inputs
+        },
+        &y,
+        1,
+    );
+    assert!(
+        matches!(r, Err(wgnorm::Error::ShapeMismatch { .. })),
+        "{r:?}"
+    );
+    assert!(matches!(
+        op.encode_train(&mut enc, &inputs, &y, 0),
+        Err(wgnorm::Error::InvalidParameter { name: "step", .. })
+    ));
+}
