@@ -10,6 +10,7 @@
 //!    step's update. Then phi (init 1) is updated on the GPU: for t < warmup first
 //!    `phi <- phi (t-1)/t + psi2 / t`, then always `phi <- alpha_fwd phi + (1 - alpha_fwd) psi2`.
 //! 4. `y = weight * z + bias`. Inference normalizes with phi.
+//!
 //! The approximate backward pass of the paper is not implemented.
 
 use std::collections::HashMap;
