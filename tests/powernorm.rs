@@ -153,3 +153,38 @@ fn bad_input_is_typed() {
         Err(wgnorm::Error::InvalidParameter { name: "step", .. })
     ));
 }
+
+#[test]
+fn sinkhorn_rows_then_columns() {
+    use wgnorm::SinkhornNormalize;
+    let c_ = ctx();
+    for (m, n, iters) in [(7usize, 3usize, 1usize), (16, 24, 5), (5, 8, 3)] {
+        let mut x = noise((m * n) as u64, m * n);
+        x[..n].iter_mut().for_each(|v| *v = 0.0); // a zero row: the eps clamp keeps it 0
+        let mut r = round_to(DType::F32, &x);
+        for _ in 0..iters {
+            for row in r.chunks_mut(n) {
+                let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-8);
+                row.iter_mut().for_each(|v| *v *= (n as f64).sqrt() / norm);
+            }
+            for j in 0..n {
+                let norm = (0..m)
+                    .map(|i| r[i * n + j] * r[i * n + j])
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(1e-8);
+                (0..m).for_each(|i| r[i * n + j] *= (m as f64).sqrt() / norm);
+            }
+        }
+        let op = SinkhornNormalize::new(c_, iters, 1e-8, DType::F32).unwrap();
+        let y = op.forward(&c_.upload_f32(&x, &[m, n]).unwrap()).unwrap();
+        assert_close(
+            &format!("sinkhorn {m}x{n} L={iters}"),
+            &c_.download(&y).unwrap(),
+            &r,
+            1e-5,
+            1e-4,
+        );
+    }
+    assert!(SinkhornNormalize::new(c_, 0, 1e-8, DType::F32).is_err());
+}

@@ -32,7 +32,8 @@ struct ChannelParams {
     w_src: f32,
     // Batch size B of a token mask (moments HAS_MASK).
     mask_b: u32,
-    _pad3: u32,
+    // Lp norms: the norm each slot is scaled to (1 for LpNorm, sqrt(n) for SinkGD).
+    norm_target: f32,
 }
 
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {

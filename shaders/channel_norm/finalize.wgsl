@@ -116,7 +116,12 @@ fn main(
         if (REDUCE == 1u) {
             norm = sqrt(norm);
         }
-        rstd = select(0.0, 1.0 / norm, norm > 0.0);
+        // eps > 0 clamps the norm from below (SinkGD); eps = 0 maps a zero norm to 0 (LpNorm).
+        if (params.eps > 0.0) {
+            rstd = params.norm_target / max(norm, params.eps);
+        } else {
+            rstd = select(0.0, params.norm_target / norm, norm > 0.0);
+        }
     }
     stats[slot] = vec2<f32>(mean, rstd);
     let c_total = params.r * params.cg;

@@ -492,6 +492,7 @@ pub struct ChannelNorm {
     eps_outside: bool,
     unbiased_norm: bool,
     affine_per_slot: bool,
+    norm_target: f32,
     dtype: DType,
     activation: Activation,
     batches: Tensor,
@@ -530,6 +531,7 @@ impl ChannelNorm {
             eps_outside: false,
             unbiased_norm: false,
             affine_per_slot: false,
+            norm_target: 1.0,
             dtype,
             activation,
             batches,
@@ -545,6 +547,13 @@ impl ChannelNorm {
     /// Normalizes by an L1/L2 norm instead of mean and variance (LpNorm).
     pub fn with_reduction(mut self, reduction: Reduction) -> ChannelNorm {
         self.reduction = reduction;
+        self
+    }
+
+    /// L1/L2 reductions scale each slot to this norm instead of 1 (SinkGD's sqrt(n)); with
+    /// `eps > 0` the norm is clamped at eps from below instead of mapping 0 to 0.
+    pub fn with_norm_target(mut self, target: f32) -> ChannelNorm {
+        self.norm_target = target;
         self
     }
 
@@ -908,6 +917,7 @@ impl ChannelNorm {
             params[9] = u.momentum.to_bits();
         }
         params[14] = a.mask.map_or(0, |m| m.shape()[0] as u32);
+        params[15] = self.norm_target.to_bits();
         let mut apply_params = params;
         apply_params[11] = total_v;
         let block: u32 = if ctx.is_cpu() { APPLY_CPU_BLOCK } else { 1 };

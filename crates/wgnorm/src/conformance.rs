@@ -152,6 +152,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("evonorm_s0", run_evonorm_s0),
     ("batch_channel_norm", run_batch_channel_norm),
     ("power_norm", run_power_norm),
+    ("sinkhorn_normalize", run_sinkhorn_normalize),
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
@@ -863,4 +864,16 @@ fn run_power_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         out.insert("running_phi".into(), download(ctx, &phi)?);
     }
     Ok(out)
+}
+
+fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["iterations", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let iterations =
+        usize::try_from(a.int("iterations", 5)?).map_err(|_| "iterations < 0".to_string())?;
+    let op = crate::SinkhornNormalize::new(ctx, iterations, a.f64("eps", 1e-8)? as f32, dtype)
+        .map_err(err)?;
+    let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

@@ -35,7 +35,9 @@ pub use wgnorm_layernorm::{
     self as layernorm, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm, LayerNormConfig,
     LayerNormInputs, LayerNormOutputs,
 };
-pub use wgnorm_powernorm::{self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs};
+pub use wgnorm_powernorm::{
+    self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornNormalize,
+};
 pub use wgnorm_rmsnorm::{
     self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs,
     RmsNormOutputs,
