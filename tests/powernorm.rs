@@ -188,3 +188,38 @@ fn sinkhorn_rows_then_columns() {
     }
     assert!(SinkhornNormalize::new(c_, 0, 1e-8, DType::F32).is_err());
 }
+
+#[test]
+fn unified_norm_inference_is_a_per_channel_scale() {
+    use wgnorm::UnifiedNorm;
+    let c_ = ctx();
+    let (b, n, c) = (3, 10, 8);
+    let x = noise(5, b * n * c);
+    let (w, bias) = (noise(6, c), noise(7, c));
+    let rv: Vec<f32> = noise(8, c).iter().map(|v| v.abs() + 0.1).collect();
+    let up = |v: &[f32], s: &[usize]| c_.upload_f32(v, s).unwrap();
+    let (xt, wt, bt, rvt) = (
+        up(&x, &[b, n, c]),
+        up(&w, &[c]),
+        up(&bias, &[c]),
+        up(&rv, &[c]),
+    );
+    let y = c_.empty(&[b, n, c], DType::F32).unwrap();
+    let op = UnifiedNorm::new(c_, 1e-5, DType::F32).unwrap();
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    op.encode_infer(&mut enc, &xt, Some(&wt), Some(&bt), &rvt, &y)
+        .unwrap();
+    c_.queue().submit([enc.finish()]);
+    let want: Vec<f64> = (0..b * n * c)
+        .map(|i| {
+            w[i % c] as f64 * x[i] as f64 / (rv[i % c] as f64 + 1e-5).sqrt() + bias[i % c] as f64
+        })
+        .collect();
+    assert_close(
+        "unified_norm inference",
+        &c_.download(&y).unwrap(),
+        &want,
+        1e-5,
+        1e-4,
+    );
+}

@@ -360,3 +360,65 @@ impl SinkhornNormalize {
         Ok(y)
     }
 }
+
+/// Unified Normalization (Yang et al. 2022; NORMS.md B3), inference form:
+/// `y = weight * x / sqrt(running_var + eps) + bias` on `x[B, N, C]` (the folded per-channel scale
+/// of the official code). The training form (windowed quadratic means, geometric mean, outlier
+/// filtration) is not implemented yet.
+pub struct UnifiedNorm {
+    engine: ChannelNorm,
+}
+
+impl UnifiedNorm {
+    pub fn new(ctx: &Context, eps: f32, dtype: DType) -> Result<UnifiedNorm> {
+        Ok(UnifiedNorm {
+            engine: ChannelNorm::new(ctx, eps, dtype, Default::default())?
+                .with_reduction(Reduction::QuadraticMean),
+        })
+    }
+
+    /// Records inference on `x[B, N, C]` with f32 `weight`, `bias`, `running_var` `[C]`.
+    pub fn encode_infer(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running_var: &Tensor,
+        y: &Tensor,
+    ) -> Result<()> {
+        let shape = x.shape();
+        if shape.len() != 3 {
+            return Err(Error::ShapeMismatch {
+                what: "unified_norm x [B, N, C]".into(),
+                expected: vec![0, 0, 0],
+                got: shape.to_vec(),
+            });
+        }
+        let view = ChannelView {
+            p: 1,
+            q: shape[0] * shape[1],
+            r: shape[2],
+            s: 1,
+            cg: 1,
+            sdiv: 1,
+        };
+        self.engine.encode(
+            encoder,
+            &ChannelNormArgs {
+                x,
+                y,
+                view,
+                weight,
+                bias,
+                running_mean: None,
+                running_var: Some(running_var),
+                stats: None,
+                statistics: Statistics::Running,
+                moments: None,
+                aux: None,
+                mask: None,
+            },
+        )
+    }
+}

@@ -153,6 +153,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("batch_channel_norm", run_batch_channel_norm),
     ("power_norm", run_power_norm),
     ("sinkhorn_normalize", run_sinkhorn_normalize),
+    ("unified_norm", run_unified_norm),
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
@@ -875,5 +876,27 @@ fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Outputs, String>
     let op = crate::SinkhornNormalize::new(ctx, iterations, a.f64("eps", 1e-8)? as f32, dtype)
         .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["eps", "training"])?;
+    if a.bool("training", false)? {
+        return Err("unified_norm: the training form is not implemented yet".into());
+    }
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let op = crate::UnifiedNorm::new(ctx, a.f64("eps", 1e-5)? as f32, dtype).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let (w, b) = (
+        upload_param(ctx, case, "weight")?,
+        upload_param(ctx, case, "bias")?,
+    );
+    let rv = upload_param(ctx, case, "running_var")?.ok_or("case lacks input \"running_var\"")?;
+    let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    op.encode_infer(&mut enc, &xt, w.as_ref(), b.as_ref(), &rv, &y)
+        .map_err(err)?;
+    ctx.queue().submit([enc.finish()]);
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

@@ -36,7 +36,7 @@ pub use wgnorm_layernorm::{
     LayerNormInputs, LayerNormOutputs,
 };
 pub use wgnorm_powernorm::{
-    self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornNormalize,
+    self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornNormalize, UnifiedNorm,
 };
 pub use wgnorm_rmsnorm::{
     self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs,
