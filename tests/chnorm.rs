@@ -842,36 +842,22 @@ fn test_time_bn_mixes_source_and_batch_statistics() {
         )
         .unwrap();
         c_.queue().submit([enc.finish()]);
-        // The mixed statistics, then BatchNorm's inference formula with them.
-        let batch = reference::batch_norm(
-            &xd, n, c, hw, None, None, &[0.0; 5], &[1.0; 5], true, 0.1, true, 1e-5,
-        );
-        let cnt = (n * hw) as f64;
-        let ws = w_src as f64;
-        let mix_m: Vec<f64> = (0..c)
-            .map(|i| ws * rm0[i] as f64 + (1.0 - ws) * batch.mean[i])
-            .collect();
-        let mix_v: Vec<f64> = (0..c)
-            .map(|i| ws * rv0[i] as f64 + (1.0 - ws) * batch.var[i] * cnt / (cnt - 1.0))
-            .collect();
-        let want = reference::batch_norm(
+        let want_y = reference::test_time_bn(
             &xd,
             n,
             c,
             hw,
             Some(&round_to(DType::F32, &w)),
             None,
-            &mix_m,
-            &mix_v,
-            false,
-            0.1,
-            true,
+            &round_to(DType::F32, &rm0),
+            &round_to(DType::F32, &rv0),
+            w_src as f64,
             1e-5,
         );
         assert_close(
             &format!("tbn w_src={w_src}"),
             &c_.download(&y).unwrap(),
-            &want.y,
+            &want_y,
             2e-5,
             1e-4,
         );
@@ -1102,24 +1088,7 @@ fn weight_standardization_variants() {
         let y = op
             .forward(&c_.upload_f32(&w, &[o, 5, 3, 3]).unwrap())
             .unwrap();
-        let want: Vec<f64> = wd
-            .chunks(k)
-            .flat_map(|row| {
-                let m = row.iter().sum::<f64>() / k as f64;
-                let ss = row.iter().map(|v| (v - m) * (v - m)).sum::<f64>();
-                let var = if unbiased {
-                    ss / (k - 1) as f64
-                } else {
-                    ss / k as f64
-                };
-                let denom = if inside {
-                    (var + eps).sqrt()
-                } else {
-                    var.sqrt() + eps
-                };
-                row.iter().map(move |v| (v - m) / denom).collect::<Vec<_>>()
-            })
-            .collect();
+        let want = reference::weight_standardization(&wd, o, unbiased, inside, eps);
         assert_close(
             &format!("ws {variant:?}"),
             &c_.download(&y).unwrap(),
@@ -1142,21 +1111,8 @@ fn evonorm_s0_in_both_layouts() {
         .collect();
     let (v, w, b) = (noise(42, c), noise(43, c), noise(44, c));
     let xd = round_to(DType::F32, &x);
-    let cg = c / g;
-    let mut want = vec![0.0f64; n * c * hw];
-    for i in 0..n {
-        for gi in 0..g {
-            let start = (i * c + gi * cg) * hw;
-            let slab = &xd[start..start + cg * hw];
-            let m = slab.iter().sum::<f64>() / slab.len() as f64;
-            let var = slab.iter().map(|e| (e - m) * (e - m)).sum::<f64>() / slab.len() as f64;
-            for (k, &e) in slab.iter().enumerate() {
-                let ch = gi * cg + k / hw;
-                let gate = 1.0 / (1.0 + (-(v[ch] as f64) * e).exp());
-                want[start + k] = e * gate / (var + 1e-5).sqrt() * w[ch] as f64 + b[ch] as f64;
-            }
-        }
-    }
+    let f = |v: &[f32]| round_to(DType::F32, v);
+    let want = reference::evonorm_s0(&xd, n, c, hw, g, &f(&v), &f(&w), &f(&b), 1e-5);
     for layout in [Layout::Nchw, Layout::Nhwc] {
         let op = EvoNormS0::new(c_, g, 1e-5, layout, DType::F32).unwrap();
         let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);

@@ -161,21 +161,7 @@ fn sinkhorn_rows_then_columns() {
     for (m, n, iters) in [(7usize, 3usize, 1usize), (16, 24, 5), (5, 8, 3)] {
         let mut x = noise((m * n) as u64, m * n);
         x[..n].iter_mut().for_each(|v| *v = 0.0); // a zero row: the eps clamp keeps it 0
-        let mut r = round_to(DType::F32, &x);
-        for _ in 0..iters {
-            for row in r.chunks_mut(n) {
-                let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-8);
-                row.iter_mut().for_each(|v| *v *= (n as f64).sqrt() / norm);
-            }
-            for j in 0..n {
-                let norm = (0..m)
-                    .map(|i| r[i * n + j] * r[i * n + j])
-                    .sum::<f64>()
-                    .sqrt()
-                    .max(1e-8);
-                (0..m).for_each(|i| r[i * n + j] *= (m as f64).sqrt() / norm);
-            }
-        }
+        let r = wgnorm_reference::powernorm::sinkhorn(&round_to(DType::F32, &x), m, n, iters, 1e-8);
         let op = SinkhornNormalize::new(c_, iters, 1e-8, DType::F32).unwrap();
         let y = op.forward(&c_.upload_f32(&x, &[m, n]).unwrap()).unwrap();
         assert_close(
@@ -210,11 +196,15 @@ fn unified_norm_inference_is_a_per_channel_scale() {
     op.encode_infer(&mut enc, &xt, Some(&wt), Some(&bt), &rvt, &y)
         .unwrap();
     c_.queue().submit([enc.finish()]);
-    let want: Vec<f64> = (0..b * n * c)
-        .map(|i| {
-            w[i % c] as f64 * x[i] as f64 / (rv[i % c] as f64 + 1e-5).sqrt() + bias[i % c] as f64
-        })
-        .collect();
+    let f = |v: &[f32]| round_to(DType::F32, v);
+    let want = wgnorm_reference::powernorm::unified_norm_infer(
+        &f(&x),
+        c,
+        &f(&w),
+        &f(&bias),
+        &f(&rv),
+        1e-5,
+    );
     assert_close(
         "unified_norm inference",
         &c_.download(&y).unwrap(),

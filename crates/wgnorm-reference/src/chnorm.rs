@@ -210,6 +210,107 @@ pub fn lp_norm(x: &[f64], shape: &[usize], axis: isize, p: u32) -> Vec<f64> {
     y
 }
 
+/// Weight Standardization per output channel of a row-major `[o, k]` weight:
+/// `(w - mean) / (std + eps)` or `/ sqrt(var + eps)` (`eps_inside_sqrt`), unbiased or biased var.
+pub fn weight_standardization(
+    w: &[f64],
+    o: usize,
+    unbiased: bool,
+    eps_inside_sqrt: bool,
+    eps: f64,
+) -> Vec<f64> {
+    let k = w.len() / o;
+    w.chunks(k)
+        .flat_map(|row| {
+            let m = row.iter().sum::<f64>() / k as f64;
+            let ss = row.iter().map(|v| (v - m) * (v - m)).sum::<f64>();
+            let var = if unbiased {
+                ss / (k - 1) as f64
+            } else {
+                ss / k as f64
+            };
+            let denom = if eps_inside_sqrt {
+                (var + eps).sqrt()
+            } else {
+                var.sqrt() + eps
+            };
+            row.iter().map(move |v| (v - m) / denom).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// EvoNorm-S0 on NCHW: `x * sigmoid(v x) / sqrt(var_group + eps) * weight + bias`.
+#[allow(clippy::too_many_arguments)]
+pub fn evonorm_s0(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    v: &[f64],
+    weight: &[f64],
+    bias: &[f64],
+    eps: f64,
+) -> Vec<f64> {
+    let cg = c / groups;
+    let mut y = vec![0.0; x.len()];
+    for i in 0..n {
+        for g in 0..groups {
+            let start = (i * c + g * cg) * hw;
+            let slab = &x[start..start + cg * hw];
+            let (_, var) = moments(slab);
+            for (k, &e) in slab.iter().enumerate() {
+                let ch = g * cg + k / hw;
+                let gate = 1.0 / (1.0 + (-v[ch] * e).exp());
+                y[start + k] = e * gate / (var + eps).sqrt() * weight[ch] + bias[ch];
+            }
+        }
+    }
+    y
+}
+
+/// Test-time BN: normalize with `w_src * running + (1 - w_src) * batch` statistics, the batch
+/// variance unbiased (NORMS.md A11).
+#[allow(clippy::too_many_arguments)]
+pub fn test_time_bn(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: Option<&[f64]>,
+    bias: Option<&[f64]>,
+    running_mean: &[f64],
+    running_var: &[f64],
+    w_src: f64,
+    eps: f64,
+) -> Vec<f64> {
+    let batch = batch_norm(
+        x,
+        n,
+        c,
+        hw,
+        None,
+        None,
+        running_mean,
+        running_var,
+        true,
+        0.0,
+        true,
+        eps,
+    );
+    let cnt = (n * hw) as f64;
+    let mean: Vec<f64> = (0..c)
+        .map(|i| w_src * running_mean[i] + (1.0 - w_src) * batch.mean[i])
+        .collect();
+    let var: Vec<f64> = (0..c)
+        .map(|i| w_src * running_var[i] + (1.0 - w_src) * batch.var[i] * cnt / (cnt - 1.0))
+        .collect();
+    batch_norm(
+        x, n, c, hw, weight, bias, &mean, &var, false, 0.0, true, eps,
+    )
+    .y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,3 +69,40 @@ pub fn power_norm(
         .map(|(i, v)| weight[i % c] * v / denom[i % c] + bias[i % c])
         .collect()
 }
+
+/// SinkGD: `iterations` times, rows of `x[m, n]` to L2 norm sqrt(n), then columns to sqrt(m),
+/// norms clamped below at eps.
+pub fn sinkhorn(x: &[f64], m: usize, n: usize, iterations: usize, eps: f64) -> Vec<f64> {
+    let mut r = x.to_vec();
+    for _ in 0..iterations {
+        for row in r.chunks_mut(n) {
+            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(eps);
+            row.iter_mut().for_each(|v| *v *= (n as f64).sqrt() / norm);
+        }
+        for j in 0..n {
+            let norm = (0..m)
+                .map(|i| r[i * n + j] * r[i * n + j])
+                .sum::<f64>()
+                .sqrt()
+                .max(eps);
+            (0..m).for_each(|i| r[i * n + j] *= (m as f64).sqrt() / norm);
+        }
+    }
+    r
+}
+
+/// Unified Normalization, inference: `weight * x / sqrt(running_var + eps) + bias` per channel of
+/// row-major `[.., c]` data.
+pub fn unified_norm_infer(
+    x: &[f64],
+    c: usize,
+    weight: &[f64],
+    bias: &[f64],
+    running_var: &[f64],
+    eps: f64,
+) -> Vec<f64> {
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| weight[i % c] * v / (running_var[i % c] + eps).sqrt() + bias[i % c])
+        .collect()
+}
