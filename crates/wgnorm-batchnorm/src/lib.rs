@@ -15,6 +15,7 @@
 use wgnorm_core::binding::{self, BindCache, PARAM_WORDS};
 use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
+use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
@@ -70,7 +71,7 @@ pub struct BatchNorm {
     cfg: BatchNormConfig,
     fold_binds: BindCache,
     /// Per-(chunk, channel) moments of Ghost BN training, one tensor per input shape.
-    ghost_moments: std::sync::Mutex<std::collections::HashMap<Vec<usize>, Tensor>>,
+    ghost_moments: ScratchCache,
 }
 
 impl BatchNorm {
@@ -103,6 +104,7 @@ impl BatchNorm {
             outputs,
             self.statistics(inputs, training),
             None,
+            None,
         )
     }
 
@@ -125,6 +127,7 @@ impl BatchNorm {
         outputs: &BatchNormOutputs,
         statistics: Statistics,
         alpha: Option<&Tensor>,
+        moments: Option<&Tensor>,
     ) -> Result<()> {
         let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
         self.engine.encode(
@@ -139,7 +142,7 @@ impl BatchNorm {
                 running_var: inputs.running_var,
                 stats: outputs.saved,
                 statistics,
-                moments: None,
+                moments,
                 aux: alpha.map(Aux::Alpha),
                 mask: None,
             },
@@ -160,6 +163,7 @@ impl BatchNorm {
             inputs,
             outputs,
             Statistics::Batch(Some(update)),
+            None,
             None,
         )
     }
@@ -204,22 +208,10 @@ impl BatchNorm {
                 })
             }
         };
-        let moments = {
-            let mut cache = self.ghost_moments.lock().unwrap();
-            let key = inputs.x.shape().to_vec();
-            match cache.get(&key) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = self
-                        .engine
-                        .context()
-                        .empty(&[view.slots() * 3], DType::F32)?;
-                    cache.insert(key, m.clone());
-                    m
-                }
-            }
-        };
-        let moments = moments.reshape(&[view.slots(), 3])?;
+        let ctx = self.engine.context();
+        let moments =
+            self.ghost_moments
+                .get(ctx, inputs.x.shape(), &[view.slots(), 3], DType::F32)?;
         let args = ChannelNormArgs {
             x: inputs.x,
             y: outputs.y,
@@ -261,7 +253,14 @@ impl BatchNorm {
         outputs: &BatchNormOutputs,
         w_src: f32,
     ) -> Result<()> {
-        self.encode_with(encoder, inputs, outputs, Statistics::Mixed { w_src }, None)
+        self.encode_with(
+            encoder,
+            inputs,
+            outputs,
+            Statistics::Mixed { w_src },
+            None,
+            None,
+        )
     }
 
     /// SLAB's RepBN (NORMS.md A16): `y = BN(x) + alpha * x` with `alpha` a learnable f32 `[1]`
@@ -276,7 +275,7 @@ impl BatchNorm {
         training: bool,
     ) -> Result<()> {
         let statistics = self.statistics(inputs, training);
-        self.encode_with(encoder, inputs, outputs, statistics, Some(alpha))
+        self.encode_with(encoder, inputs, outputs, statistics, Some(alpha), None)
     }
 
     /// Synchronised BatchNorm, step 1: records this device's per-channel moments of `x` into
@@ -305,28 +304,8 @@ impl BatchNorm {
         outputs: &BatchNormOutputs,
         merged: &Tensor,
     ) -> Result<()> {
-        let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
-        let tracks = inputs.running_mean.is_some() || inputs.running_var.is_some();
-        self.engine.encode(
-            encoder,
-            &ChannelNormArgs {
-                x: inputs.x,
-                y: outputs.y,
-                view,
-                weight: inputs.weight,
-                bias: inputs.bias,
-                running_mean: inputs.running_mean,
-                running_var: inputs.running_var,
-                stats: outputs.saved,
-                statistics: Statistics::Batch(tracks.then_some(RunningUpdate {
-                    momentum: self.cfg.momentum,
-                    unbiased: self.cfg.running_var_unbiased,
-                })),
-                moments: Some(merged),
-                aux: None,
-                mask: None,
-            },
-        )
+        let statistics = self.statistics(inputs, true);
+        self.encode_with(encoder, inputs, outputs, statistics, None, Some(merged))
     }
 
     /// Folds this BatchNorm (inference form, `eps` from the config) into the preceding linear or
@@ -592,7 +571,7 @@ pub struct BatchChannelNorm {
     bn: BatchNorm,
     channel: ChannelNorm,
     groups: usize,
-    scratch: std::sync::Mutex<std::collections::HashMap<Vec<usize>, Tensor>>,
+    scratch: ScratchCache,
 }
 
 /// Inputs of [`BatchChannelNorm`]: the BN part's per-channel `bn_weight`/`bn_bias` and running
@@ -631,17 +610,9 @@ impl BatchChannelNorm {
     ) -> Result<()> {
         let shape = inputs.x.shape();
         let view = ChannelView::group_norm(shape, self.bn.cfg.layout, self.groups)?;
-        let tmp = {
-            let mut cache = self.scratch.lock().unwrap();
-            match cache.get(shape) {
-                Some(t) => t.clone(),
-                None => {
-                    let t = self.bn.engine.context().empty(shape, self.bn.cfg.dtype)?;
-                    cache.insert(shape.to_vec(), t.clone());
-                    t
-                }
-            }
-        };
+        let tmp = self
+            .scratch
+            .get(self.bn.engine.context(), shape, shape, self.bn.cfg.dtype)?;
         let bn_inputs = BatchNormInputs {
             x: inputs.x,
             weight: inputs.bn_weight,

@@ -16,6 +16,7 @@ mod dtype;
 pub mod elementwise;
 mod error;
 pub mod rownorm;
+pub mod scratch;
 pub mod shader;
 mod tensor;
 

@@ -108,7 +108,7 @@ pub struct InstanceNorm {
     engine: ChannelNorm,
     cfg: InstanceNormConfig,
     /// Per-(sample, channel) moments of the tracked training path, one tensor per shape.
-    moments: std::sync::Mutex<std::collections::HashMap<Vec<usize>, Tensor>>,
+    moments: wgnorm_core::scratch::ScratchCache,
 }
 
 impl InstanceNorm {
@@ -171,22 +171,10 @@ impl InstanceNorm {
         if !training {
             return self.engine.encode(encoder, &args);
         }
-        let moments = {
-            let mut cache = self.moments.lock().unwrap();
-            match cache.get(inputs.x.shape()) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = self
-                        .engine
-                        .context()
-                        .empty(&[view.slots().max(1) * 3], DType::F32)?;
-                    cache.insert(inputs.x.shape().to_vec(), m.clone());
-                    m
-                }
-            }
-        };
-        let moments =
-            Tensor::from_buffer(moments.buffer().clone(), 0, &[view.slots(), 3], DType::F32)?;
+        let ctx = self.engine.context();
+        let moments = self
+            .moments
+            .get(ctx, inputs.x.shape(), &[view.slots(), 3], DType::F32)?;
         // Check what the last pass needs before recording the first.
         args.statistics = Statistics::Batch(None);
         args.moments = Some(&moments);

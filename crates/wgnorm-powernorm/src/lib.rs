@@ -20,6 +20,7 @@ use wgnorm_core::chnorm::{
     ChannelNorm, ChannelNormArgs, ChannelView, QmUpdate, Reduction, Statistics,
 };
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::{Context, DType, Error, Result, Tensor};
 
 /// What is fixed when a PowerNorm is created.
@@ -65,7 +66,7 @@ pub struct PowerNorm {
     scaling: RowNorm,
     engine: ChannelNorm,
     /// Group-scaled x, one tensor per input shape.
-    scaled: Mutex<HashMap<Vec<usize>, Tensor>>,
+    scaled: ScratchCache,
 }
 
 impl PowerNorm {
@@ -100,7 +101,7 @@ impl PowerNorm {
             cfg,
             scaling,
             engine,
-            scaled: Mutex::default(),
+            scaled: ScratchCache::default(),
         })
     }
 
@@ -177,17 +178,9 @@ impl PowerNorm {
                 });
             }
         }
-        let scaled = {
-            let mut cache = self.scaled.lock().unwrap();
-            match cache.get(shape) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = self.engine.context().empty(shape, self.cfg.dtype)?;
-                    cache.insert(shape.to_vec(), s.clone());
-                    s
-                }
-            }
-        };
+        let scaled = self
+            .scaled
+            .get(self.engine.context(), shape, shape, self.cfg.dtype)?;
         let view = ChannelView {
             p: 1,
             q: t * b,
