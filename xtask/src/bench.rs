@@ -385,6 +385,75 @@ fn channel_case(
     })
 }
 
+/// The hyperbolic family on an NCHW activation (points = pixels, dim = C): the gyromidpoint
+/// alone, and the full Poincaré batch norm with batch statistics.
+fn poincare_case(ctx: &Context, op: &'static str, nchw: [usize; 4]) -> Result<Case> {
+    use wgnorm::{
+        PoincareBatchNorm, PoincareBatchNormInputs, PoincareMidpoint, PoincareStatistics,
+    };
+    let [n, c, h, w] = nchw;
+    let numel = n * c * h * w;
+    let x: Vec<f32> = (0..numel)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let xt = ctx.upload_f32(&x, &nchw)?;
+    let bt = ctx.upload_f32(&vec![0.1; c], &[c])?;
+    let wt = ctx.upload_f32(&[1.0], &[1])?;
+    let (run, out_elems, kernel): (Record, usize, &str) = if op == "poincare_midpoint" {
+        let mid = PoincareMidpoint::new(ctx, 0.1, 1, DType::F32)?;
+        let m = ctx.empty(&[c], DType::F32)?;
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        mid.encode(&mut enc, &xt, &m)?;
+        ctx.queue().submit([enc.finish()]);
+        let xt = xt.clone();
+        (
+            Box::new(move |enc| mid.encode(enc, &xt, &m).expect("validated above")),
+            c,
+            "weights+tile sums+mean",
+        )
+    } else {
+        let bn = PoincareBatchNorm::new(ctx, Default::default())?;
+        let y = ctx.empty(&nchw, DType::F32)?;
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let inputs = PoincareBatchNormInputs {
+            x: &xt,
+            bias: &bt,
+            weight: &wt,
+            running_mean: None,
+            running_var: None,
+        };
+        bn.encode(&mut enc, &inputs, &y, PoincareStatistics::Batch)?;
+        ctx.queue().submit([enc.finish()]);
+        let (xt, bt, wt) = (xt.clone(), bt.clone(), wt.clone());
+        (
+            Box::new(move |enc| {
+                let inputs = PoincareBatchNormInputs {
+                    x: &xt,
+                    bias: &bt,
+                    weight: &wt,
+                    running_mean: None,
+                    running_var: None,
+                };
+                bn.encode(enc, &inputs, &y, PoincareStatistics::Batch)
+                    .expect("validated above");
+            }),
+            numel,
+            "6 stages",
+        )
+    };
+    Ok(Case {
+        op,
+        shape: nchw.to_vec(),
+        dtype: DType::F32,
+        layout: "NCHW",
+        bytes: (numel + out_elems + c + 1) as u64 * 4,
+        kernel: kernel.into(),
+        run,
+        naive: None,
+        check: None,
+    })
+}
+
 fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
     let elems: usize = if o.quick { 1 << 20 } else { 4 << 20 }; // 4 MiB / 16 MiB of f32
     let lengths: &[usize] = if o.quick {
@@ -467,6 +536,28 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
             }
             out.push(channel_case(ctx, op, shape, layout)?);
         }
+    }
+    // Hyperbolic family.
+    let hyper: [usize; 4] = if o.quick {
+        [8, 64, 28, 28]
+    } else {
+        [32, 64, 28, 28]
+    };
+    for op in ["poincare_midpoint", "poincare_batch_norm"] {
+        if o.ops
+            .as_ref()
+            .is_some_and(|ops| !ops.iter().any(|x| op.starts_with(x.as_str())))
+        {
+            continue;
+        }
+        let label = hyper.map(|d| d.to_string()).join("x");
+        if o.shapes
+            .as_ref()
+            .is_some_and(|s| !label.contains(s.as_str()))
+        {
+            continue;
+        }
+        out.push(poincare_case(ctx, op, hyper)?);
     }
     Ok(out)
 }

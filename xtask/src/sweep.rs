@@ -237,6 +237,7 @@ pub fn run() -> Result<bool> {
     println!("| op | dtype | kernel | shapes run | max abs err (y) | max rel err (y, vs max(|y|, 1e-3)) | failed |");
     println!("|---|---|---|---|---|---|---|");
     channel_ops(&ctx, &mut table, &mut failures)?;
+    poincare_ops(&ctx, &mut table, &mut failures)?;
     for (k, r) in &table {
         println!(
             "| {k} | {} | {:.2e} | {:.2e} | {} |",
@@ -445,6 +446,122 @@ fn channel_ops(
                 }
                 table.push((format!("{op} | {dtype} | {layout:?}"), row));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The hyperbolic family: gyromidpoint and Poincaré batch norm (batch statistics) on [P, D] and
+/// NCHW over curvatures 1e-3 .. 10. Errors relative to the largest |expected| (the outputs are
+/// vectors: a small coordinate of a large vector carries the vector's absolute error).
+fn poincare_ops(
+    ctx: &Context,
+    table: &mut Vec<(String, Row)>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    use wgnorm::{
+        PoincareBatchNorm, PoincareBatchNormConfig, PoincareBatchNormInputs, PoincareMidpoint,
+        PoincareStatistics,
+    };
+    use wgnorm_reference::poincare::{self as hyp, Ball, PROJ_EPS_F32};
+    let shapes: &[(&[usize], f64)] = &[
+        (&[64, 16], 0.1),
+        (&[4, 8, 5, 5], 1.0),
+        (&[1000, 1], 10.0),
+        (&[16, 32, 6, 6], 1e-3),
+        (&[3, 5, 33, 35], 0.5),
+    ];
+    let mut dtypes = vec![DType::F32];
+    if ctx.features().contains(wgpu::Features::SHADER_F16) {
+        dtypes.push(DType::F16);
+    }
+    for op in ["poincare_midpoint", "poincare_batch_norm"] {
+        for &dtype in &dtypes {
+            let mut row = Row::default();
+            for (si, &(shape, c)) in shapes.iter().enumerate() {
+                let numel: usize = shape.iter().product();
+                let d = shape[1];
+                // In 1-D points are parallel or anti-parallel: Möbius denominators near the
+                // boundary cancel, an f32 condition number ~1e3.
+                let tol = match (dtype, d) {
+                    (DType::F16, _) => 2e-3,
+                    (_, 1) => 1e-3,
+                    _ => 1e-4,
+                };
+                let ball = Ball::new(c, PROJ_EPS_F32);
+                // Tangent vectors of norm up to a few / sqrt(c): points spread over the ball.
+                let v = rounded(dtype, &noise(si as u64 + 7, numel, 0.0));
+                let v: Vec<f32> = v.iter().map(|x| x * (1.5 / c.sqrt()) as f32).collect();
+                let v = rounded(dtype, &v);
+                let vd: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+                let xt = ctx.upload(&v, shape, dtype)?;
+                let (got, want) = if op == "poincare_midpoint" {
+                    // The inputs as points: exp0 of the tangent vectors, rounded to the dtype.
+                    let (pts, _, s) = hyp::points_along(&vd, shape, 1);
+                    let pts: Vec<Vec<f64>> = pts.iter().map(|p| ball.exp0(p)).collect();
+                    let flat: Vec<f32> = hyp::scatter_points(&pts, d, s)
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect();
+                    let flat = rounded(dtype, &flat);
+                    let fd: Vec<f64> = flat.iter().map(|&x| x as f64).collect();
+                    let (pts, _, _) = hyp::points_along(&fd, shape, 1);
+                    let pt = ctx.upload(&flat, shape, dtype)?;
+                    let m = PoincareMidpoint::new(ctx, c as f32, 1, dtype)?.forward(&pt)?;
+                    (ctx.download(&m)?, ball.midpoint(&pts))
+                } else {
+                    let b = noise(si as u64 + 9, d, 0.0);
+                    let bd: Vec<f64> = b.iter().map(|&x| x as f64 * 0.5).collect();
+                    let b: Vec<f32> = bd.iter().map(|&x| x as f32).collect();
+                    let bt = ctx.upload_f32(&b, &[d])?;
+                    let wt = ctx.upload_f32(&[0.8], &[1])?;
+                    let cfg = PoincareBatchNormConfig {
+                        c: c as f32,
+                        dtype,
+                        ..Default::default()
+                    };
+                    let inputs = PoincareBatchNormInputs {
+                        x: &xt,
+                        bias: &bt,
+                        weight: &wt,
+                        running_mean: None,
+                        running_var: None,
+                    };
+                    let y = PoincareBatchNorm::new(ctx, cfg)?
+                        .forward(&inputs, PoincareStatistics::Batch)?;
+                    (
+                        ctx.download(&y)?,
+                        hyp::poincare_batch_norm(&ball, &vd, shape, 1, &bd, 0.8),
+                    )
+                };
+                row.cases += 1;
+                let scale = want.iter().fold(0.0f64, |a, w| a.max(w.abs())).max(1e-30);
+                let mut bad = None;
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let err = (g as f64 - w).abs();
+                    row.max_abs = row.max_abs.max(err);
+                    row.max_rel = row.max_rel.max(err / scale);
+                    // NaN fails too.
+                    let within = err <= tol * (scale + w.abs());
+                    if !within && bad.is_none() {
+                        bad = Some(format!(
+                            "{op} {dtype} {shape:?} c={c}: [{i}] = {g} expected {w}"
+                        ));
+                    }
+                }
+                if got.len() != want.len() {
+                    bad = Some(format!(
+                        "{op} {shape:?}: {} elements, expected {}",
+                        got.len(),
+                        want.len()
+                    ));
+                }
+                if let Some(b) = bad {
+                    row.failed += 1;
+                    failures.push(b);
+                }
+            }
+            table.push((format!("{op} | {dtype} | staged"), row));
         }
     }
     Ok(())

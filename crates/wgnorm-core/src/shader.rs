@@ -39,6 +39,9 @@ const CHANNEL_MERGE: &str = shader_file!("channel_norm/merge.wgsl");
 const CHANNEL_INSTANCE_RUNNING: &str = shader_file!("channel_norm/instance_running.wgsl");
 const FOLD_BATCH_NORM: &str = shader_file!("channel_norm/fold.wgsl");
 const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
+const POINCARE_COMMON: &str = shader_file!("poincare/common.wgsl");
+const POINCARE_BALL: &str = shader_file!("poincare/ball.wgsl");
+const POINCARE_MIDPOINT: &str = shader_file!("poincare/midpoint.wgsl");
 
 /// Storage type and access width of a kernel's tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,10 +126,14 @@ pub enum Kernel {
     Copy,
     /// One invocation per row, three passes: the benchmarks' baseline for row norms.
     NaiveRowNorm,
+    /// Poincaré ball operations, one invocation per point (`OP` selects which).
+    PoincareBall,
+    /// Gyromidpoint reduction and Poincaré midpoint batch norm, in stages (`STAGE`).
+    PoincareMidpoint,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 14] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -139,6 +146,8 @@ impl Kernel {
         Kernel::Elementwise,
         Kernel::Copy,
         Kernel::NaiveRowNorm,
+        Kernel::PoincareBall,
+        Kernel::PoincareMidpoint,
     ];
 
     pub fn name(self) -> &'static str {
@@ -155,6 +164,8 @@ impl Kernel {
             Kernel::Elementwise => "elementwise",
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
+            Kernel::PoincareBall => "poincare/ball",
+            Kernel::PoincareMidpoint => "poincare/midpoint",
         }
     }
 
@@ -188,6 +199,8 @@ impl Kernel {
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],
             Kernel::Elementwise => &[ACTIVATION, ELEMENTWISE],
+            Kernel::PoincareBall => &[POINCARE_COMMON, POINCARE_BALL],
+            Kernel::PoincareMidpoint => &[POINCARE_COMMON, POINCARE_MIDPOINT],
         }
     }
 

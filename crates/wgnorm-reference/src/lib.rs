@@ -6,5 +6,6 @@
 
 pub mod activation;
 pub mod chnorm;
+pub mod poincare;
 pub mod powernorm;
 pub mod rownorm;

@@ -157,6 +157,8 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("rep_batch_norm", run_rep_batch_norm),
     ("add_rms_norm", run_add_rms_norm),
     ("mean_variance_norm", run_mean_variance_norm),
+    ("poincare_midpoint", run_poincare_midpoint),
+    ("poincare_batch_norm", run_poincare_batch_norm),
 ];
 
 /// Whether the runtime implements `op`.
@@ -898,5 +900,41 @@ fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     op.encode_infer(&mut enc, &xt, w.as_ref(), b.as_ref(), &rv, &y)
         .map_err(err)?;
     ctx.queue().submit([enc.finish()]);
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["c"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let op = crate::PoincareMidpoint::new(ctx, a.f64("c", 0.1)? as f32, -1, dtype).map_err(err)?;
+    let m = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
+    Ok(BTreeMap::from([("m".to_string(), download(ctx, &m)?)]))
+}
+
+fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["c"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::PoincareBatchNormConfig {
+        c: a.f64("c", 0.1)? as f32,
+        feature_axis: 1,
+        dtype,
+        ..Default::default()
+    };
+    let op = crate::PoincareBatchNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let bias = upload(ctx, input(case, "bias")?, DType::F32)?;
+    let weight = upload(ctx, input(case, "weight")?, DType::F32)?;
+    let inputs = crate::PoincareBatchNormInputs {
+        x: &xt,
+        bias: &bias,
+        weight: &weight,
+        running_mean: None,
+        running_var: None,
+    };
+    let y = op
+        .forward(&inputs, crate::PoincareStatistics::Batch)
+        .map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

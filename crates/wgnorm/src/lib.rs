@@ -35,6 +35,10 @@ pub use wgnorm_layernorm::{
     self as layernorm, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm, LayerNormConfig,
     LayerNormInputs, LayerNormOutputs,
 };
+pub use wgnorm_poincare::{
+    self as poincare, BallOps, PoincareBatchNorm, PoincareBatchNormConfig, PoincareBatchNormInputs,
+    PoincareMidpoint, PoincareStatistics,
+};
 pub use wgnorm_powernorm::{
     self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornNormalize, UnifiedNorm,
 };
@@ -110,6 +114,8 @@ pub fn specializations() -> Vec<shader::Specialization> {
         }
     }
     out.extend(chnorm::specializations());
+    out.extend(wgnorm_poincare::ball_specializations());
+    out.extend(wgnorm_poincare::norm_specializations());
     for io in Io::ALL {
         for act in wgnorm_core::Activation::ALL {
             let mut constants = vec![("WG", 256.0), ("BLOCK", 16.0)];

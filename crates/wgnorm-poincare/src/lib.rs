@@ -1,0 +1,120 @@
+//! The hyperbolic family (NORMS.md C1): batched Poincaré-ball operations, the gyromidpoint
+//! reduction and Poincaré midpoint batch normalization, as wgpu kernels.
+//!
+//! Conventions:
+//! - The ball has curvature **-c** with `c > 0` given as a positive number (Poincaré ResNet uses
+//!   `c = 0.1`): it is the open ball `|x| < 1/sqrt(c)`.
+//! - A **point** is a vector inside that ball; a **tangent vector** is any vector of R^D, at the
+//!   origin unless an op names a base point. `exp0`/`expmap` take tangent vectors to points,
+//!   `log0`/`logmap` points to tangent vectors.
+//! - Tensors hold points (or tangent vectors) along a **feature axis**: `[P, D]` rows use axis
+//!   -1, NCHW feature maps use axis 1 (the points are the N*H*W pixels, D = C). No transpose is
+//!   made: the kernels read with the stride of the axis.
+//! - f32 arithmetic; I/O in f32 or f16 (f16 needs `SHADER_F16`; it rounds inputs and outputs to
+//!   f16, which near the boundary of the ball is a relative error of ~1e-3 in `1 - c|x|^2`).
+//! - Guards (as the official code, hypll): points are projected back to radius
+//!   `(1 - 4e-3)/sqrt(c)` after `exp0`/`expmap` and before the midpoint weights; `artanh` clamps
+//!   its argument at `1 - 1e-7` and is computed as `0.5*log((1+u)/(1-u))` (a series near 0);
+//!   `tanh` cannot overflow; norms and denominators are clamped at 1e-15; `1 - c|z|^2` at 0.
+
+mod ball;
+mod norm;
+
+pub use ball::specializations as ball_specializations;
+pub use ball::BallOps;
+pub use norm::specializations as norm_specializations;
+pub use norm::{
+    PoincareBatchNorm, PoincareBatchNormConfig, PoincareBatchNormInputs, PoincareMidpoint,
+    PoincareStatistics,
+};
+
+use wgnorm_core::{DType, Error, Result};
+
+/// Projection margin of the f32 kernels: points are kept within `(1 - PROJ_EPS)/sqrt(c)`.
+pub const PROJ_EPS: f32 = 4e-3;
+
+/// The per-lane iteration limit of software Vulkan (lavapipe), see `rownorm::CPU_LOOP_BUDGET`.
+const CPU_LOOP_BUDGET: u64 = wgnorm_core::rownorm::CPU_LOOP_BUDGET;
+
+/// A tensor seen as points along a feature axis: `[n, d, s]`, point `i*s + j` at
+/// `x[i*d*s + k*s + j]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PointView {
+    pub n: usize,
+    pub d: usize,
+    pub s: usize,
+}
+
+impl PointView {
+    pub fn new(shape: &[usize], axis: isize, what: &'static str) -> Result<PointView> {
+        let rank = shape.len();
+        let a = if axis < 0 { axis + rank as isize } else { axis };
+        if rank == 0 || a < 0 || a >= rank as isize {
+            return Err(Error::AxisOutOfRange { what, axis, rank });
+        }
+        let a = a as usize;
+        Ok(PointView {
+            n: shape[..a].iter().product(),
+            d: shape[a],
+            s: shape[a + 1..].iter().product(),
+        })
+    }
+
+    pub fn points(&self) -> usize {
+        self.n * self.s
+    }
+
+    /// The shape of one value per point: the tensor's shape without the feature axis.
+    pub fn point_shape(shape: &[usize], axis: isize) -> Vec<usize> {
+        let rank = shape.len() as isize;
+        let a = if axis < 0 { axis + rank } else { axis } as usize;
+        let mut out = shape.to_vec();
+        out.remove(a);
+        out
+    }
+}
+
+pub(crate) fn check_curvature(c: f32) -> Result<()> {
+    if !(c.is_finite() && c > 0.0) {
+        return Err(Error::InvalidParameter {
+            name: "c",
+            value: c.to_string(),
+            why: "the curvature is -c with c a finite positive number",
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_u32(what: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::InvalidParameter {
+        name: what,
+        value: v.to_string(),
+        why: "exceeds 2^32 - 1",
+    })
+}
+
+pub(crate) fn max_norm(c: f32) -> f32 {
+    (1.0 - PROJ_EPS) / c.sqrt()
+}
+
+pub(crate) fn check_dtype(what: &str, t: &wgnorm_core::Tensor, dtype: DType) -> Result<()> {
+    if t.dtype() != dtype {
+        return Err(Error::DTypeMismatch {
+            what: what.into(),
+            expected: dtype,
+            got: t.dtype(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_shape(what: &str, t: &wgnorm_core::Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape() != shape {
+        return Err(Error::ShapeMismatch {
+            what: what.into(),
+            expected: shape.to_vec(),
+            got: t.shape().to_vec(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,581 @@
+//! The gyromidpoint reduction and Poincaré midpoint batch normalization: the staged kernel of
+//! `shaders/poincare/midpoint.wgsl` and the host plan around it.
+
+use wgnorm_core::binding::{self, BindCache, BufferRange, PARAM_WORDS};
+use wgnorm_core::scratch::ScratchCache;
+use wgnorm_core::shader::{Io, Kernel, Specialization};
+use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
+
+use crate::{
+    check_curvature, check_dtype, check_shape, check_u32, max_norm, PointView, CPU_LOOP_BUDGET,
+};
+
+const SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+];
+const WG: usize = 256;
+/// The finishing stages sum the tile partials in one workgroup: keep them few.
+const MAX_TILES: usize = 4096;
+/// Floats per point in the scratch (must match `PS` in the shader).
+const PS: usize = 5;
+const N_SCALARS: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Weights = 0,
+    Colsum = 1,
+    Mean = 2,
+    Dist = 3,
+    Var = 4,
+    Apply = 5,
+}
+
+/// Terms one invocation adds in sequence in the row-layout tile sums (the rest is trees).
+const CT_RUN: usize = 32;
+
+/// Pipeline constants besides the stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Flags {
+    tangent: bool,
+    rows: bool,
+    use_running: bool,
+    update_running: bool,
+    out_m: bool,
+    /// Row layout: coordinates per workgroup in the tile sums (a power of two <= WG).
+    dw: usize,
+}
+
+fn constants(stage: Stage, f: Flags) -> Vec<(&'static str, f64)> {
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    let mut out = vec![
+        ("WG", WG as f64),
+        ("STAGE", stage as u32 as f64),
+        ("TANGENT", b(f.tangent)),
+        ("ROWS", b(f.rows)),
+        ("USE_RUNNING", b(f.use_running)),
+        ("UPDATE_RUNNING", b(f.update_running)),
+        ("OUT_M", b(f.out_m)),
+    ];
+    if stage == Stage::Colsum && f.rows {
+        out.push(("DW", f.dw as f64));
+    }
+    out
+}
+
+/// How points are tiled over workgroups.
+#[derive(Clone, Copy, Debug)]
+struct Tiling {
+    /// Per-point stages: `ppt` points per invocation, `tiles` workgroups of WG*ppt points.
+    ppt: usize,
+    tiles: usize,
+    /// Tile sums: `ctiles` workgroups (times the coordinate groups) of `ct_points` points.
+    ctiles: usize,
+    ct_points: usize,
+    /// Row layout: coordinates per tile-sum workgroup.
+    dw: usize,
+}
+
+impl Tiling {
+    fn new(ctx: &Context, view: &PointView) -> Result<Tiling> {
+        let (p, d) = (view.points(), view.d);
+        // A software rasterizer wants few, long invocations; a GPU one point per invocation.
+        let base = if ctx.is_cpu() {
+            (16384 / d.max(1)).clamp(1, 16)
+        } else {
+            1
+        };
+        let ppt = base.max(p.div_ceil(WG * MAX_TILES));
+        let tiles = p.div_ceil(WG * ppt);
+        let rows = view.s == 1;
+        let dw = d.next_power_of_two().min(WG);
+        // Channel layout: a workgroup tree per (tile, coordinate). On a software rasterizer each
+        // barrier of that tree costs a switch per SIMD chunk, so its tiles are long (64 points
+        // in sequence per invocation; measured 10.5 -> see README on [32, 64, 28, 28]).
+        let ct_ppt = if ctx.is_cpu() { 64 } else { ppt };
+        let ct_points = if rows { WG / dw * CT_RUN } else { WG * ct_ppt };
+        let ctiles = p.div_ceil(ct_points);
+        if ctx.is_cpu() {
+            let per_lane = [
+                2 * ppt * d,
+                CT_RUN.max(ct_ppt),
+                tiles.div_ceil(WG) + (ctiles * d).div_ceil(WG) + 8 * d.div_ceil(WG),
+            ];
+            if per_lane.iter().any(|&n| n as u64 > CPU_LOOP_BUDGET) {
+                return Err(Error::InvalidParameter {
+                    name: "shape",
+                    value: format!("{p} points of dim {d}"),
+                    why: "on a CPU adapter an invocation would loop past the driver's 65535-iteration limit",
+                });
+            }
+        }
+        Ok(Tiling {
+            ppt,
+            tiles,
+            ctiles,
+            ct_points,
+            dw,
+        })
+    }
+
+    fn scratch_len(&self, view: &PointView) -> usize {
+        2 * view.d + N_SCALARS + PS * view.points() + self.ctiles * view.d + 2 * self.tiles
+    }
+}
+
+/// The staged kernel bound to one call: a bind group and the dispatch plan.
+struct Engine<'a> {
+    ctx: &'a Context,
+    io: Io,
+    view: PointView,
+    tiling: Tiling,
+    flags: Flags,
+    bind: wgpu::BindGroup,
+}
+
+impl Engine<'_> {
+    fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, stage: Stage, flags: Flags) -> Result<()> {
+        let pipeline = self.ctx.pipeline(
+            Kernel::PoincareMidpoint,
+            self.io,
+            SLOTS,
+            &constants(stage, flags),
+        )?;
+        let (gx, gy, gz) = match stage {
+            Stage::Mean | Stage::Var => (1, 1, 1),
+            Stage::Colsum => {
+                let (gx, gy) = binding::grid(self.ctx, self.tiling.ctiles as u64);
+                let gz = if flags.rows {
+                    self.view.d.div_ceil(self.tiling.dw)
+                } else {
+                    self.view.d
+                };
+                (gx, gy, gz as u32)
+            }
+            _ => {
+                let (gx, gy) = binding::grid(self.ctx, self.tiling.tiles as u64);
+                (gx, gy, 1)
+            }
+        };
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &self.bind, &[]);
+        pass.dispatch_workgroups(gx, gy, gz);
+        Ok(())
+    }
+
+    /// Records the stages: the midpoint (or the running mean), then for batch norm the variance
+    /// and the output.
+    fn run(&self, enc: &mut wgpu::CommandEncoder, batch_norm: bool) -> Result<()> {
+        let f = self.flags;
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm poincare midpoint"),
+            timestamp_writes: None,
+        });
+        self.dispatch(&mut pass, Stage::Weights, f)?;
+        if !f.use_running {
+            self.dispatch(&mut pass, Stage::Colsum, f)?;
+        }
+        self.dispatch(&mut pass, Stage::Mean, f)?;
+        if batch_norm {
+            self.dispatch(&mut pass, Stage::Dist, f)?;
+            self.dispatch(&mut pass, Stage::Var, f)?;
+            self.dispatch(&mut pass, Stage::Apply, f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything the staged kernel binds, checked.
+struct Bound<'a> {
+    x: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    weight: Option<&'a Tensor>,
+    y: &'a Tensor,
+    running_mean: Option<&'a Tensor>,
+    running_var: Option<&'a Tensor>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prepare<'a>(
+    ctx: &'a Context,
+    binds: &BindCache,
+    scratch: &ScratchCache,
+    c: f32,
+    momentum: f32,
+    dtype: DType,
+    view: PointView,
+    b: &Bound,
+    flags: Flags,
+) -> Result<Engine<'a>> {
+    let tiling = Tiling::new(ctx, &view)?;
+    let io = Io { dtype, vec4: false };
+    let xr = binding::storage_range(ctx, "x", b.x)?;
+    let yr = binding::storage_range(ctx, "y", b.y)?;
+    let opt = |what: &str, t: Option<&Tensor>, dummy: &wgpu::Buffer| -> Result<BufferRange> {
+        match t {
+            Some(t) => binding::storage_range(ctx, what, t),
+            None => Ok(binding::dummy_range(dummy)),
+        }
+    };
+    let br = opt("bias", b.bias, ctx.dummy_read())?;
+    let wr = opt("weight", b.weight, ctx.dummy_read())?;
+    let rmr = opt("running_mean", b.running_mean, ctx.dummy_write(0))?;
+    let rvr = opt("running_var", b.running_var, ctx.dummy_write(1))?;
+    binding::check_no_alias(&[
+        ("x", Some(&xr), false),
+        ("bias", b.bias.map(|_| &br), false),
+        ("weight", b.weight.map(|_| &wr), false),
+        ("y", Some(&yr), true),
+        ("running_mean", b.running_mean.map(|_| &rmr), true),
+        ("running_var", b.running_var.map(|_| &rvr), true),
+    ])?;
+    let len = tiling.scratch_len(&view);
+    let key = [view.n, view.d, view.s, usize::MAX];
+    let st = scratch.get(ctx, &key, &[len], DType::F32)?;
+    let sr = binding::storage_range(ctx, "scratch", &st)?;
+    let mut params = [0u32; PARAM_WORDS];
+    params[0] = check_u32("feature dim", view.d)?;
+    params[1] = check_u32("stride", view.s)?;
+    params[2] = check_u32("points", view.points())?;
+    params[4] = tiling.tiles as u32;
+    params[5] = (WG * tiling.ppt) as u32;
+    params[6] = tiling.ppt as u32;
+    params[7] = check_u32("tiles", tiling.ctiles)?;
+    params[11] = tiling.ct_points as u32;
+    params[8] = c.to_bits();
+    params[9] = max_norm(c).to_bits();
+    params[10] = momentum.to_bits();
+    check_u32("scratch length", len)?;
+    let bind = binds.get(ctx, SLOTS, &params, &[&xr, &br, &wr, &sr, &yr, &rmr, &rvr])?;
+    Ok(Engine {
+        ctx,
+        io,
+        view,
+        tiling,
+        flags: Flags {
+            rows: view.s == 1,
+            dw: tiling.dw,
+            ..flags
+        },
+        bind,
+    })
+}
+
+/// The gyromidpoint (Möbius gyromidpoint, NORMS.md C1) of a batch of points:
+/// `z = sum_i lambda_i x_i / sum_i (lambda_i - 1)`, `m = z / (1 + sqrt(1 - c|z|^2))`, with the
+/// conformal factors `lambda_i = 2 / (1 - c|x_i|^2)`. Points along the feature axis (see the
+/// crate docs); inputs are projected into the ball first.
+///
+/// A reduction in two phases: per-tile weighted sums (one tile per workgroup, `f32`, at most 32
+/// terms added in sequence, the rest trees), then one workgroup adds the tiles pairwise, so the
+/// rounding error grows with the logarithm of the point count, not with the count.
+pub struct PoincareMidpoint {
+    ctx: Context,
+    c: f32,
+    axis: isize,
+    dtype: DType,
+    binds: BindCache,
+    scratch: ScratchCache,
+}
+
+impl PoincareMidpoint {
+    pub fn new(ctx: &Context, c: f32, feature_axis: isize, dtype: DType) -> Result<Self> {
+        check_curvature(c)?;
+        ctx.check_io(Io { dtype, vec4: false })?;
+        Ok(PoincareMidpoint {
+            ctx: ctx.clone(),
+            c,
+            axis: feature_axis,
+            dtype,
+            binds: BindCache::default(),
+            scratch: ScratchCache::default(),
+        })
+    }
+
+    /// Records the midpoint of the points of `x` into `m` (shape `[D]`, this op's dtype).
+    /// A batch without points has no midpoint: that is an error, not a no-op.
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, x: &Tensor, m: &Tensor) -> Result<()> {
+        check_dtype("x", x, self.dtype)?;
+        check_dtype("m", m, self.dtype)?;
+        let view = PointView::new(x.shape(), self.axis, "poincare midpoint")?;
+        check_shape("m", m, &[view.d])?;
+        if view.d == 0 {
+            return Ok(());
+        }
+        if view.points() == 0 {
+            return Err(Error::InvalidParameter {
+                name: "x",
+                value: format!("{:?}", x.shape()),
+                why: "the midpoint of no points is undefined",
+            });
+        }
+        let b = Bound {
+            x,
+            bias: None,
+            weight: None,
+            y: m,
+            running_mean: None,
+            running_var: None,
+        };
+        let flags = Flags {
+            out_m: true,
+            ..Flags::default()
+        };
+        let engine = prepare(
+            &self.ctx,
+            &self.binds,
+            &self.scratch,
+            self.c,
+            0.0,
+            self.dtype,
+            view,
+            &b,
+            flags,
+        )?;
+        engine.run(enc, false)
+    }
+
+    /// Allocates `m`, encodes and submits (does not wait).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let view = PointView::new(x.shape(), self.axis, "poincare midpoint")?;
+        let m = self.ctx.empty(&[view.d], self.dtype)?;
+        let mut enc = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        self.encode(&mut enc, x, &m)?;
+        self.ctx.queue().submit([enc.finish()]);
+        Ok(m)
+    }
+}
+
+/// What is fixed when a Poincaré batch norm is created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoincareBatchNormConfig {
+    /// Curvature -c of the ball. Default 0.1 (Poincaré ResNet).
+    pub c: f32,
+    /// The feature axis (D): 1 for NCHW and for `[P, D]`. Default 1.
+    pub feature_axis: isize,
+    /// Weight of the batch statistics in the running update (the extension). Default 0.1.
+    pub momentum: f32,
+    pub dtype: DType,
+}
+
+impl Default for PoincareBatchNormConfig {
+    fn default() -> Self {
+        PoincareBatchNormConfig {
+            c: 0.1,
+            feature_axis: 1,
+            momentum: 0.1,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// Which statistics normalize, and whether the running ones are updated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoincareStatistics {
+    /// The batch midpoint and variance: what the official code does in training **and**
+    /// inference.
+    Batch,
+    /// Training with the running-statistics extension: normalize with the batch statistics and
+    /// move the running ones towards them (`running_mean <- exp_r(momentum * log_r(m))`,
+    /// `running_var <- (1 - momentum) running_var + momentum * var`, biased var).
+    BatchUpdateRunning,
+    /// Inference with the running-statistics extension: normalize with `running_mean` and
+    /// `running_var`.
+    Running,
+}
+
+/// Inputs of a Poincaré batch norm. `x`: tangent vectors at the origin along the feature axis
+/// (NCHW: every pixel a point of dimension C). `bias`: `[D]` f32, a tangent vector at the origin
+/// (beta = exp0(bias)). `weight`: `[1]` f32, the variance parameter w. `running_mean` (`[D]`,
+/// a point) and `running_var` (`[1]`), f32, for the running-statistics modes.
+#[derive(Clone, Copy, Debug)]
+pub struct PoincareBatchNormInputs<'a> {
+    pub x: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub weight: &'a Tensor,
+    pub running_mean: Option<&'a Tensor>,
+    pub running_var: Option<&'a Tensor>,
+}
+
+/// Poincaré midpoint batch normalization (van Spengler et al. 2023, NORMS.md C1):
+///
+/// 1. `x_i = exp0(v_i)`;
+/// 2. `m` = gyromidpoint of the `x_i`, `sigma^2 = (1/P) sum_i d(x_i, m)^2` (one scalar, biased);
+/// 3. `u_i = transp_{m->beta}(log_m x_i) * sqrt(w / (sigma^2 + 1e-6))`, `beta = exp0(bias)`;
+/// 4. `y_i = log0(exp_beta(u_i))` — a tangent vector at the origin again.
+///
+/// Six dispatches in one compute pass: point weights, tile sums, midpoint, distances, variance,
+/// output. x is read five times (twice in the distance stage); the scratch holds five floats per
+/// point so the output stage needs one pass over x.
+pub struct PoincareBatchNorm {
+    ctx: Context,
+    cfg: PoincareBatchNormConfig,
+    binds: BindCache,
+    scratch: ScratchCache,
+}
+
+impl PoincareBatchNorm {
+    pub fn new(ctx: &Context, cfg: PoincareBatchNormConfig) -> Result<Self> {
+        check_curvature(cfg.c)?;
+        if !(0.0..=1.0).contains(&cfg.momentum) {
+            return Err(Error::InvalidParameter {
+                name: "momentum",
+                value: cfg.momentum.to_string(),
+                why: "must be in [0, 1]",
+            });
+        }
+        ctx.check_io(Io {
+            dtype: cfg.dtype,
+            vec4: false,
+        })?;
+        Ok(PoincareBatchNorm {
+            ctx: ctx.clone(),
+            cfg,
+            binds: BindCache::default(),
+            scratch: ScratchCache::default(),
+        })
+    }
+
+    /// Records the layer into `y` (the shape of x).
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        inputs: &PoincareBatchNormInputs,
+        y: &Tensor,
+        statistics: PoincareStatistics,
+    ) -> Result<()> {
+        let dtype = self.cfg.dtype;
+        check_dtype("x", inputs.x, dtype)?;
+        check_dtype("y", y, dtype)?;
+        let view = PointView::new(
+            inputs.x.shape(),
+            self.cfg.feature_axis,
+            "poincare batch norm",
+        )?;
+        check_shape("y", y, inputs.x.shape())?;
+        check_dtype("bias", inputs.bias, DType::F32)?;
+        check_shape("bias", inputs.bias, &[view.d])?;
+        check_dtype("weight", inputs.weight, DType::F32)?;
+        check_shape("weight", inputs.weight, &[1])?;
+        let running = statistics != PoincareStatistics::Batch;
+        for (what, t, shape) in [
+            ("running_mean", inputs.running_mean, [view.d]),
+            ("running_var", inputs.running_var, [1]),
+        ] {
+            match t {
+                Some(t) => {
+                    check_dtype(what, t, DType::F32)?;
+                    check_shape(what, t, &shape)?;
+                }
+                None if running => {
+                    return Err(Error::InvalidParameter {
+                        name: what,
+                        value: "None".into(),
+                        why: "the running-statistics modes need running_mean and running_var",
+                    })
+                }
+                None => {}
+            }
+        }
+        if view.points() == 0 || view.d == 0 {
+            return Ok(());
+        }
+        let b = Bound {
+            x: inputs.x,
+            bias: Some(inputs.bias),
+            weight: Some(inputs.weight),
+            y,
+            running_mean: if running { inputs.running_mean } else { None },
+            running_var: if running { inputs.running_var } else { None },
+        };
+        let flags = Flags {
+            tangent: true,
+            use_running: statistics == PoincareStatistics::Running,
+            update_running: statistics == PoincareStatistics::BatchUpdateRunning,
+            ..Flags::default()
+        };
+        let engine = prepare(
+            &self.ctx,
+            &self.binds,
+            &self.scratch,
+            self.cfg.c,
+            self.cfg.momentum,
+            dtype,
+            view,
+            &b,
+            flags,
+        )?;
+        engine.run(enc, true)
+    }
+
+    /// Allocates `y`, encodes and submits (does not wait).
+    pub fn forward(
+        &self,
+        inputs: &PoincareBatchNormInputs,
+        statistics: PoincareStatistics,
+    ) -> Result<Tensor> {
+        let y = self.ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
+        let mut enc = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        self.encode(&mut enc, inputs, &y, statistics)?;
+        self.ctx.queue().submit([enc.finish()]);
+        Ok(y)
+    }
+}
+
+/// The pipelines of the midpoint and the batch norm, for `cargo xtask validate`.
+pub fn specializations() -> Vec<Specialization> {
+    let mut out = Vec::new();
+    let stages = [
+        Stage::Weights,
+        Stage::Colsum,
+        Stage::Mean,
+        Stage::Dist,
+        Stage::Var,
+        Stage::Apply,
+    ];
+    for dtype in [DType::F32, DType::F16] {
+        for stage in stages {
+            for bits in 0..32u32 {
+                let f = Flags {
+                    tangent: bits & 1 != 0,
+                    rows: bits & 2 != 0,
+                    use_running: bits & 4 != 0,
+                    update_running: bits & 8 != 0,
+                    out_m: bits & 16 != 0,
+                    dw: WG,
+                };
+                // The combinations the host records.
+                let midpoint = !f.tangent && !f.use_running && !f.update_running && f.out_m;
+                let bn = f.tangent && !f.out_m && !(f.use_running && f.update_running);
+                if !(midpoint || bn) {
+                    continue;
+                }
+                let dws: Vec<usize> = if stage == Stage::Colsum && f.rows {
+                    (0..=WG.trailing_zeros()).map(|e| 1 << e).collect()
+                } else {
+                    vec![WG]
+                };
+                for dw in dws {
+                    out.push(Specialization {
+                        kernel: Kernel::PoincareMidpoint,
+                        io: Io { dtype, vec4: false },
+                        constants: constants(stage, Flags { dw, ..f }),
+                    });
+                }
+            }
+        }
+    }
+    out
+}

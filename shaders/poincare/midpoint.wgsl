@@ -1,0 +1,493 @@
+// Gyromidpoint reduction and Poincaré midpoint batch normalization (NORMS.md C1), in stages
+// selected by STAGE. Points are tiled: tile t holds points [t*tile_points, (t+1)*tile_points);
+// every per-point stage runs one workgroup per tile, `ppt` points per invocation.
+//
+//   WEIGHTS   per point: x = exp0(v) (TANGENT) or project(v); s = |x|/|v|, lambda(x), <v, b>;
+//             per tile: sum(lambda - 1)
+//   COLSUM    per (tile, d): sum over the tile of lambda*s*v[d] (its own tiling: ctiles)
+//   MEAN      one workgroup: z = sum lambda x / sum(lambda - 1), m = z / (1 + sqrt(1 - c|z|^2)),
+//             beta = exp0(b), the scalars the later stages share (or m from the running mean)
+//   DIST      per point: <v, m>, |(-m) (+) x|^2; per tile: sum of d(x, m)^2
+//   VAR       one workgroup: sigma^2, the gain sqrt(w / (sigma^2 + 1e-6)), running updates
+//   APPLY     per point: y = log0(exp_beta(transp_{m->beta}(log_m x) * gain))
+//
+// Scratch (f32): [m (d) | beta (d) | scalars (16) | per point (PS each) | tile sums of lambda*s*v
+// (ctiles*d) | tile sums of lambda - 1 (tiles) | tile sums of d^2 (tiles)].
+
+override WG: u32 = 256u;
+override STAGE: u32 = 0u;
+// Inputs are tangent vectors at the origin (batch norm) rather than points (midpoint).
+override TANGENT: bool = false;
+// COLSUM on rows (s = 1): invocations over d, coalesced along the row, DW coordinates per
+// workgroup (a power of two dividing WG).
+override ROWS: bool = false;
+override DW: u32 = 256u;
+// MEAN and VAR take the running statistics instead of the batch ones.
+override USE_RUNNING: bool = false;
+// VAR updates the running statistics with the batch ones (training).
+override UPDATE_RUNNING: bool = false;
+// MEAN writes m to y (the midpoint op).
+override OUT_M: bool = false;
+
+const STAGE_WEIGHTS: u32 = 0u;
+const STAGE_COLSUM: u32 = 1u;
+const STAGE_MEAN: u32 = 2u;
+const STAGE_DIST: u32 = 3u;
+const STAGE_VAR: u32 = 4u;
+const STAGE_APPLY: u32 = 5u;
+
+// Per point: s (x = s v), |v|^2, <v, b>, lambda*s then <v, m>, |(-m) (+) x|^2.
+const PS: u32 = 5u;
+// Scalars after m and beta.
+const S_MM: u32 = 0u;
+const S_BB: u32 = 1u;
+const S_MB: u32 = 2u;
+const S_LAM_M: u32 = 3u;
+const S_LAM_B: u32 = 4u;
+const S_GAIN: u32 = 5u;
+const S_VAR: u32 = 6u;
+const S_SB: u32 = 7u;
+const N_SCALARS: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> params: BallParams;
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read> weight: array<f32>;
+@group(0) @binding(4) var<storage, read_write> scratch: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<Elem>;
+@group(0) @binding(6) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(7) var<storage, read_write> running_var: array<f32>;
+
+var<workgroup> red: array<f32, WG>;
+
+fn off_beta() -> u32 {
+    return params.d;
+}
+fn off_scalars() -> u32 {
+    return 2u * params.d;
+}
+fn off_points() -> u32 {
+    return 2u * params.d + N_SCALARS;
+}
+fn off_zsum() -> u32 {
+    return off_points() + PS * params.p;
+}
+fn off_den() -> u32 {
+    return off_zsum() + params.ctiles * params.d;
+}
+fn off_dist() -> u32 {
+    return off_den() + params.tiles;
+}
+fn scalar(i: u32) -> f32 {
+    return scratch[off_scalars() + i];
+}
+
+// Sum of `v` over the workgroup, returned to every invocation (uniform control flow only).
+fn wg_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier();
+    red[lid] = v;
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        workgroupBarrier();
+        if lid < h {
+            red[lid] += red[lid + h];
+        }
+    }
+    workgroupBarrier();
+    return red[0];
+}
+
+fn xv(base: u32, k: u32) -> f32 {
+    return to_v(x[base + k * params.s]);
+}
+
+fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+fn weights(tile: u32, lid: u32) {
+    let d = params.d;
+    let c = params.c;
+    var den = 0.0;
+    for (var j = 0u; j < params.ppt; j++) {
+        let p = tile * params.tile_points + j * WG + lid;
+        if p < params.p {
+            let base = point_base(p, d, params.s);
+            var vv = 0.0;
+            var vb = 0.0;
+            for (var k = 0u; k < d; k++) {
+                let v = xv(base, k);
+                vv += v * v;
+                if TANGENT {
+                    vb += v * bias[k];
+                }
+            }
+            let n = max(sqrt(vv), MIN_NORM);
+            var s = 1.0;
+            if TANGENT {
+                s = tanh_ratio(sqrt(c) * n);
+            }
+            s *= proj_scale(s * n, params.max_norm);
+            let xx = s * s * vv;
+            let q = max(1.0 - c * xx, MIN_NORM);
+            // lambda - 1 = (1 + c|x|^2) / (1 - c|x|^2), without cancellation near the origin.
+            den += (1.0 + c * xx) / q;
+            let o = off_points() + p * PS;
+            scratch[o] = s;
+            scratch[o + 1u] = vv;
+            scratch[o + 2u] = vb;
+            scratch[o + 3u] = 2.0 / q * s;
+        }
+    }
+    let total = wg_sum(lid, den);
+    if lid == 0u {
+        scratch[off_den() + tile] = total;
+    }
+}
+
+// Tile sums of lambda*s*v[k]. Every sum is a tree or a short run (at most CT_RUN terms in
+// sequence): compensated summation is not an option, since Vulkan drivers may reassociate
+// floating-point adds that SPIR-V does not mark exact.
+fn colsum(ct: u32, dz: u32, lid: u32) {
+    let d = params.d;
+    let first = ct * params.ct_points;
+    let last = min(params.p, first + params.ct_points);
+    if ROWS {
+        // Invocation (g, kl): coordinate dz*DW + kl of points first + g, + G, ...; consecutive
+        // invocations read consecutive floats of a row. Then a tree over g.
+        let g = lid / DW;
+        let kl = lid - g * DW;
+        let k = dz * DW + kl;
+        var acc = 0.0;
+        if k < d {
+            for (var p = first + g; p < last; p += WG / DW) {
+                acc += scratch[off_points() + p * PS + 3u] * to_v(x[p * d + k]);
+            }
+        }
+        workgroupBarrier();
+        red[lid] = acc;
+        for (var h = WG / DW / 2u; h > 0u; h >>= 1u) {
+            workgroupBarrier();
+            if g < h {
+                red[lid] += red[lid + h * DW];
+            }
+        }
+        workgroupBarrier();
+        if g == 0u && k < d {
+            scratch[off_zsum() + ct * d + k] = red[lid];
+        }
+    } else {
+        // One workgroup per coordinate: consecutive invocations read consecutive points. The
+        // point's (i, j) advance by stepped counters: a division per element cost 4x the loads
+        // on a software rasterizer.
+        let k = dz;
+        let sj = params.s;
+        let p0 = first + lid;
+        var i = p0 / sj;
+        var j = p0 - i * sj;
+        let di = WG / sj;
+        let dj = WG - di * sj;
+        var acc = 0.0;
+        for (var p = p0; p < last; p += WG) {
+            acc += scratch[off_points() + p * PS + 3u] * to_v(x[(i * d + k) * sj + j]);
+            i += di;
+            j += dj;
+            if j >= sj {
+                j -= sj;
+                i += 1u;
+            }
+        }
+        let total = wg_sum(lid, acc);
+        if lid == 0u {
+            scratch[off_zsum() + ct * d + k] = total;
+        }
+    }
+}
+
+fn mean(lid: u32) {
+    let d = params.d;
+    let c = params.c;
+    let sc = sqrt(c);
+    // Every invocation owns coordinates lid, lid + WG, ...
+    var zz = 0.0;
+    if USE_RUNNING {
+        for (var k = lid; k < d; k += WG) {
+            let m = running_mean[k];
+            scratch[k] = m;
+        }
+    } else {
+        var den_part = 0.0;
+        for (var t = lid; t < params.tiles; t += WG) {
+            den_part += scratch[off_den() + t];
+        }
+        let den = max(wg_sum(lid, den_part), MIN_NORM);
+        // Pairwise sums of the tile partials, in place: level h adds tile t + h into tile t for
+        // t a multiple of 2h.
+        let zs = off_zsum();
+        for (var h = 1u; h < params.ctiles; h <<= 1u) {
+            let pairs = (params.ctiles + 2u * h - 1u) / (2u * h);
+            for (var i = lid; i < pairs * d; i += WG) {
+                let t = (i / d) * 2u * h;
+                let k = i - (i / d) * d;
+                if t + h < params.ctiles {
+                    scratch[zs + t * d + k] += scratch[zs + (t + h) * d + k];
+                }
+            }
+            storageBarrier();
+        }
+        var zz_part = 0.0;
+        for (var k = lid; k < d; k += WG) {
+            let z = scratch[zs + k] / den;
+            scratch[k] = z;
+            zz_part += z * z;
+        }
+        zz = wg_sum(lid, zz_part);
+        // The Möbius half of z; sqrt(c)|z| <= 1 in exact arithmetic, clamped for rounding.
+        let hm = 1.0 / (1.0 + sqrt(max(1.0 - c * zz, 0.0)));
+        for (var k = lid; k < d; k += WG) {
+            scratch[k] *= hm;
+        }
+    }
+    var mm_part = 0.0;
+    for (var k = lid; k < d; k += WG) {
+        mm_part += scratch[k] * scratch[k];
+    }
+    var mm = wg_sum(lid, mm_part);
+    let pm = proj_scale(sqrt(mm), params.max_norm);
+    mm *= pm * pm;
+    for (var k = lid; k < d; k += WG) {
+        scratch[k] *= pm;
+        if OUT_M {
+            y[k] = from_v(scratch[k]);
+        }
+    }
+    if !TANGENT {
+        return;
+    }
+    // beta = exp0(b) = sb * b.
+    var bb_part = 0.0;
+    var mb_part = 0.0;
+    for (var k = lid; k < d; k += WG) {
+        bb_part += bias[k] * bias[k];
+        mb_part += scratch[k] * bias[k];
+    }
+    let bb_raw = wg_sum(lid, bb_part);
+    let mb_raw = wg_sum(lid, mb_part);
+    let nb = max(sqrt(bb_raw), MIN_NORM);
+    var sb = tanh_ratio(sc * nb);
+    sb *= proj_scale(sb * nb, params.max_norm);
+    for (var k = lid; k < d; k += WG) {
+        scratch[off_beta() + k] = sb * bias[k];
+    }
+    if lid == 0u {
+        let bb = sb * sb * bb_raw;
+        let o = off_scalars();
+        scratch[o + S_MM] = mm;
+        scratch[o + S_BB] = bb;
+        scratch[o + S_MB] = sb * mb_raw;
+        scratch[o + S_LAM_M] = conformal(c, mm);
+        scratch[o + S_LAM_B] = conformal(c, bb);
+        scratch[o + S_SB] = sb;
+    }
+}
+
+fn dist(tile: u32, lid: u32) {
+    let d = params.d;
+    let c = params.c;
+    let sc = sqrt(c);
+    let mm = scalar(S_MM);
+    var acc = 0.0;
+    for (var j = 0u; j < params.ppt; j++) {
+        let p = tile * params.tile_points + j * WG + lid;
+        if p < params.p {
+            let base = point_base(p, d, params.s);
+            let o = off_points() + p * PS;
+            let s = scratch[o];
+            let vv = scratch[o + 1u];
+            var vm = 0.0;
+            for (var k = 0u; k < d; k++) {
+                vm += xv(base, k) * scratch[k];
+            }
+            // w = (-m) (+) x = -k.x m + k.y s v
+            let kc = mobius_coefs(c, -s * vm, mm, s * s * vv);
+            var ww = 0.0;
+            for (var k = 0u; k < d; k++) {
+                let wk = -kc.x * scratch[k] + kc.y * s * xv(base, k);
+                ww += wk * wk;
+            }
+            scratch[o + 3u] = vm;
+            scratch[o + 4u] = ww;
+            let dd = 2.0 / sc * artanh_clamped(sc * sqrt(ww));
+            acc += dd * dd;
+        }
+    }
+    let total = wg_sum(lid, acc);
+    if lid == 0u {
+        scratch[off_dist() + tile] = total;
+    }
+}
+
+fn variance(lid: u32) {
+    var part = 0.0;
+    for (var t = lid; t < params.tiles; t += WG) {
+        part += scratch[off_dist() + t];
+    }
+    let batch_var = wg_sum(lid, part) / f32(params.p);
+    var v = batch_var;
+    if USE_RUNNING {
+        v = running_var[0];
+    }
+    if lid == 0u {
+        scratch[off_scalars() + S_VAR] = v;
+        scratch[off_scalars() + S_GAIN] = sqrt(weight[0] / (v + 1e-6));
+    }
+    if UPDATE_RUNNING {
+        update_running(lid, batch_var);
+    }
+}
+
+// Running statistics (an extension of C1, not in the official code): the running mean r moves
+// along the geodesic to the batch midpoint, r <- exp_r(momentum * log_r(m)); the running variance
+// is an exponential average of the batch variance.
+fn update_running(lid: u32, batch_var: f32) {
+    let d = params.d;
+    let c = params.c;
+    let sc = sqrt(c);
+    let mom = params.momentum;
+    let mm = scalar(S_MM);
+    var rr_part = 0.0;
+    var rm_part = 0.0;
+    for (var k = lid; k < d; k += WG) {
+        let r = running_mean[k];
+        rr_part += r * r;
+        rm_part += r * scratch[k];
+    }
+    let rr = wg_sum(lid, rr_part);
+    let rm = wg_sum(lid, rm_part);
+    // w = (-r) (+) m = -k.x r + k.y m; step = mom * log_r(m) = a.x r + a.y m.
+    let kc = mobius_coefs(c, -rm, rr, mm);
+    var ww_part = 0.0;
+    for (var k = lid; k < d; k += WG) {
+        let wk = -kc.x * running_mean[k] + kc.y * scratch[k];
+        ww_part += wk * wk;
+    }
+    let nw = max(sqrt(wg_sum(lid, ww_part)), MIN_NORM);
+    let lam = conformal(c, rr);
+    let l = mom * 2.0 / lam * artanh_ratio(sc * nw);
+    let a = vec2<f32>(-kc.x * l, kc.y * l);
+    // exp_r(step) = project(r (+) t step); |step| = l |w| (no cancelling expansion when r ~ m).
+    let step2 = l * l * nw * nw;
+    let ns = max(l * nw, MIN_NORM);
+    let t = tanh_ratio(sc * lam * ns * 0.5) * lam * 0.5;
+    let q = a * t;
+    let rq = q.x * rr + q.y * rm;
+    let ke = mobius_coefs(c, rq, rr, t * t * step2);
+    let co = vec2<f32>(ke.x + ke.y * q.x, ke.y * q.y);
+    var nn_part = 0.0;
+    for (var k = lid; k < d; k += WG) {
+        let v = co.x * running_mean[k] + co.y * scratch[k];
+        nn_part += v * v;
+    }
+    let pr = proj_scale(sqrt(wg_sum(lid, nn_part)), params.max_norm);
+    // Every invocation read its own coordinates above; the barrier in wg_sum ordered the reads.
+    for (var k = lid; k < d; k += WG) {
+        running_mean[k] = pr * (co.x * running_mean[k] + co.y * scratch[k]);
+    }
+    if lid == 0u {
+        running_var[0] = (1.0 - mom) * running_var[0] + mom * batch_var;
+    }
+}
+
+fn apply(tile: u32, lid: u32) {
+    let d = params.d;
+    let c = params.c;
+    let sc = sqrt(c);
+    let mm = scalar(S_MM);
+    let bb = scalar(S_BB);
+    let mb = scalar(S_MB);
+    let lam_m = scalar(S_LAM_M);
+    let lam_b = scalar(S_LAM_B);
+    let gain = scalar(S_GAIN);
+    let sb = scalar(S_SB);
+    for (var j = 0u; j < params.ppt; j++) {
+        let p = tile * params.tile_points + j * WG + lid;
+        if p >= params.p {
+            continue;
+        }
+        let base = point_base(p, d, params.s);
+        let o = off_points() + p * PS;
+        let s = scratch[o];
+        let vv = scratch[o + 1u];
+        let vbeta = sb * scratch[o + 2u];
+        let vm = scratch[o + 3u];
+        let nw = max(sqrt(scratch[o + 4u]), MIN_NORM);
+        // log_m x = l w, w = (-m) (+) x = -k.x m + k.y s v.
+        let kc = mobius_coefs(c, -s * vm, mm, s * s * vv);
+        let l = 2.0 / lam_m * artanh_ratio(sc * nw);
+        let w_beta = -kc.x * mb + kc.y * s * vbeta;
+        let w_m = -kc.x * mm + kc.y * s * vm;
+        // u = transp_{m->beta}(l w) * gain = r (l w + g.x beta - g.y m), r = gain lambda_m/lambda_beta.
+        let g = gyration_coefs(c, l * w_beta, -l * w_m, -mb, bb, mm);
+        let r = gain * lam_m / lam_b;
+        let um = r * (-l * kc.x - g.y);
+        let uv = r * l * kc.y * s;
+        let ub = r * g.x;
+        // Gyrations preserve norms, so |u| = r l |w| exactly; expanding |u|^2 from the
+        // coefficients would cancel catastrophically when x is near m and the gain is large.
+        let uu = r * r * l * l * scratch[o + 4u];
+        let u_beta = r * (l * w_beta + g.x * bb - g.y * mb);
+        // exp_beta(u) = project(beta (+) t u).
+        let nu = max(sqrt(uu), MIN_NORM);
+        let t = tanh_ratio(sc * lam_b * nu * 0.5) * lam_b * 0.5;
+        let bq = t * u_beta;
+        let qq = t * t * uu;
+        let ke = mobius_coefs(c, bq, bb, qq);
+        let yy = max(ke.x * ke.x * bb + ke.y * ke.y * qq + 2.0 * ke.x * ke.y * bq, 0.0);
+        let ny = sqrt(yy);
+        let pr = proj_scale(ny, params.max_norm);
+        // log0 of the projected point.
+        let gl = pr * artanh_ratio(sc * max(pr * ny, MIN_NORM));
+        let cv = gl * ke.y * t * uv;
+        let cm = gl * ke.y * t * um;
+        let cb = gl * (ke.x + ke.y * t * ub);
+        for (var k = 0u; k < d; k++) {
+            y[base + k * params.s] = from_v(cv * xv(base, k) + cm * scratch[k] + cb * scratch[off_beta() + k]);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let tile = tile_of(wid, nwg);
+    switch STAGE {
+        case STAGE_WEIGHTS: {
+            if tile < params.tiles {
+                weights(tile, lid);
+            }
+        }
+        case STAGE_COLSUM: {
+            if tile < params.ctiles {
+                colsum(tile, wid.z, lid);
+            }
+        }
+        case STAGE_MEAN: {
+            mean(lid);
+        }
+        case STAGE_DIST: {
+            if tile < params.tiles {
+                dist(tile, lid);
+            }
+        }
+        case STAGE_VAR: {
+            variance(lid);
+        }
+        default: {
+            if tile < params.tiles {
+                apply(tile, lid);
+            }
+        }
+    }
+}
