@@ -18,6 +18,9 @@ override HAS_ALPHA: bool = false;
 // EvoNorm-S0: y = x * sigmoid(v * x) * scale + shift with v = aux[channel] (no centring; the
 // finalize pass folded rstd of the group into scale).
 override EVO_S0: bool = false;
+// EvoNorm-B0: five arrays per sample [a][b][weight][bias][v] (instance_mix.wgsl);
+// y = x / max(a, v * x + b) * weight + bias.
+override EVO_B0: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -28,7 +31,7 @@ override EVO_S0: bool = false;
 
 // (mean, scale, shift) of channel ch (and the following VW - 1 when CH_VEC) of sample p.
 fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {
-    let base = (p * 3u + which) * c + ch;
+    let base = (p * select(3u, 5u, EVO_B0) + which) * c + ch;
     if (CH_VEC) {
         var v: V;
         for (var k = 0u; k < VW; k = k + 1u) {
@@ -78,8 +81,13 @@ fn main(
     var scale = coef_at(p, ch, c, 1u);
     var shift = coef_at(p, ch, c, 2u);
     var evo_v = V(0.0);
+    var evo_w = V(0.0);
     if (EVO_S0) {
         evo_v = aux_at(ch);
+    }
+    if (EVO_B0) {
+        evo_w = coef_at(p, ch, c, 3u);
+        evo_v = coef_at(p, ch, c, 4u);
     }
     let end = min(params.total_v, start + BLOCK);
     for (var i = start; i < end; i = i + 1u) {
@@ -87,6 +95,9 @@ fn main(
         var o: V;
         if (EVO_S0) {
             o = xv / (1.0 + exp(-evo_v * xv)) * scale + shift;
+        } else if (EVO_B0) {
+            // mean = a, scale = b, shift = weight, evo_w = bias.
+            o = xv / max(mean, evo_v * xv + scale) * shift + evo_w;
         } else {
             o = (xv - mean) * scale + shift;
         }
@@ -125,6 +136,10 @@ fn main(
             shift = coef_at(p, ch, c, 2u);
             if (EVO_S0) {
                 evo_v = aux_at(ch);
+            }
+            if (EVO_B0) {
+                evo_w = coef_at(p, ch, c, 3u);
+                evo_v = coef_at(p, ch, c, 4u);
             }
         }
     }

@@ -15,6 +15,11 @@
 use wgnorm_core::binding::{self, BindCache, PARAM_WORDS};
 use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
+
+mod instance;
+pub use instance::{
+    EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, UnmixTns, UnmixTnsInputs,
+};
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};

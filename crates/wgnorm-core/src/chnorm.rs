@@ -1242,6 +1242,86 @@ impl ChannelNorm {
         Ok(())
     }
 
+    /// Records only the apply pass, with coefficients computed elsewhere (f32, per sample p of
+    /// `view`: `[mean][scale][shift]` arrays of C, or five arrays `[a][b][weight][bias][v]` when
+    /// `evo_b0`): `y = act((x - mean) * scale + shift)` or EvoNorm-B0's
+    /// `y = x / max(a, v x + b) * weight + bias`. For engines built on this one
+    /// ([`crate::instmix`]); `coef` must not alias x or y.
+    pub fn encode_apply(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        view: ChannelView,
+        coef: &Tensor,
+        evo_b0: bool,
+    ) -> Result<()> {
+        self.check("x", x, view.numel(), self.dtype)?;
+        self.check("y", y, view.numel(), self.dtype)?;
+        let ncoef = if evo_b0 { 5 } else { 3 };
+        self.check(
+            "coefficients",
+            coef,
+            view.p * ncoef * view.channels(),
+            DType::F32,
+        )?;
+        if view.numel() == 0 {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+        let (xr, yr, cr) = (r(x, "x")?, r(y, "y")?, r(coef, "coefficients")?);
+        binding::check_no_alias(&[
+            ("x", Some(&xr), false),
+            ("coefficients", Some(&cr), false),
+            ("y", Some(&yr), true),
+        ])?;
+        let align = Io {
+            dtype: self.dtype,
+            vec4: true,
+        }
+        .alignment();
+        let (aio, ch_vec) = self.apply_io(&view, xr.offset % align == 0 && yr.offset % align == 0);
+        ctx.check_io(aio)?;
+        let total_v = (view.numel() / aio.width() as usize) as u32;
+        let mut params = channel_params(&view, aio, 1, 1, self.eps, None);
+        params[11] = total_v;
+        let block: u32 = if ctx.is_cpu() { APPLY_CPU_BLOCK } else { 1 };
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let apply = ctx.pipeline(
+            Kernel::ChannelApply,
+            aio,
+            APPLY_SLOTS,
+            &[
+                ("WG", APPLY_WG as f64),
+                ("BLOCK", block as f64),
+                ("ACT", self.activation.constants()[0].1),
+                ("SELU_ALPHA", self.activation.constants()[1].1),
+                ("SELU_LAMBDA", self.activation.constants()[2].1),
+                ("COUNT_BATCH", 0.0),
+                ("CH_VEC", flag(ch_vec)),
+                ("HAS_ALPHA", 0.0),
+                ("EVO_S0", 0.0),
+                ("EVO_B0", flag(evo_b0)),
+            ],
+        )?;
+        let batches = r(&self.batches, "batches")?;
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let bind = self
+            .binds
+            .get(ctx, APPLY_SLOTS, &params, &[&xr, &cr, &yr, &batches, &dr])?;
+        let invocations = (total_v as u64).div_ceil(block as u64);
+        let (gx, gy) = binding::grid(ctx, invocations.div_ceil(APPLY_WG as u64));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm channel_norm apply"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&apply);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+
     /// Bind groups cached so far.
     pub fn cached_bind_groups(&self) -> usize {
         self.binds.len()
@@ -1307,6 +1387,24 @@ pub fn specializations() -> Vec<Specialization> {
             });
         }
     }
+    for io in Io::ALL {
+        for (block, ch_vec) in [(1.0, 0.0), (APPLY_CPU_BLOCK as f64, 0.0), (1.0, 1.0)] {
+            if ch_vec == 1.0 && !io.vec4 {
+                continue;
+            }
+            out.push(Specialization {
+                kernel: Kernel::ChannelApply,
+                io,
+                constants: vec![
+                    ("WG", APPLY_WG as f64),
+                    ("BLOCK", block),
+                    ("CH_VEC", ch_vec),
+                    ("EVO_B0", 1.0),
+                ],
+            });
+        }
+    }
+    out.extend(crate::instmix::specializations());
     for seq in [0.0, 1.0] {
         out.push(Specialization {
             kernel: Kernel::ChannelInstanceRunning,

@@ -15,6 +15,7 @@ pub mod context;
 mod dtype;
 pub mod elementwise;
 mod error;
+pub mod instmix;
 pub mod rownorm;
 pub mod scratch;
 pub mod shader;

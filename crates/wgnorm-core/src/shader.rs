@@ -37,6 +37,7 @@ const CHANNEL_FINALIZE: &str = shader_file!("channel_norm/finalize.wgsl");
 const CHANNEL_APPLY: &str = shader_file!("channel_norm/apply.wgsl");
 const CHANNEL_MERGE: &str = shader_file!("channel_norm/merge.wgsl");
 const CHANNEL_INSTANCE_RUNNING: &str = shader_file!("channel_norm/instance_running.wgsl");
+const CHANNEL_INSTANCE_MIX: &str = shader_file!("channel_norm/instance_mix.wgsl");
 const FOLD_BATCH_NORM: &str = shader_file!("channel_norm/fold.wgsl");
 const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
 const POINCARE_COMMON: &str = shader_file!("poincare/common.wgsl");
@@ -118,6 +119,8 @@ pub enum Kernel {
     ChannelMerge,
     /// InstanceNorm running statistics: instance moments averaged over samples per channel.
     ChannelInstanceRunning,
+    /// Statistics built from per-instance moments (IBN, EvoNorm-B0, UnMix-TNS): apply coefficients.
+    ChannelInstanceMix,
     /// Folds an inference BatchNorm into the preceding layer's weight and bias.
     FoldBatchNorm,
     /// y = act(x): SELU and the other activations as standalone ops.
@@ -133,7 +136,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -142,6 +145,7 @@ impl Kernel {
         Kernel::ChannelApply,
         Kernel::ChannelMerge,
         Kernel::ChannelInstanceRunning,
+        Kernel::ChannelInstanceMix,
         Kernel::FoldBatchNorm,
         Kernel::Elementwise,
         Kernel::Copy,
@@ -160,6 +164,7 @@ impl Kernel {
             Kernel::ChannelApply => "channel_norm/apply",
             Kernel::ChannelMerge => "channel_norm/merge",
             Kernel::ChannelInstanceRunning => "channel_norm/instance_running",
+            Kernel::ChannelInstanceMix => "channel_norm/instance_mix",
             Kernel::FoldBatchNorm => "channel_norm/fold",
             Kernel::Elementwise => "elementwise",
             Kernel::Copy => "copy",
@@ -195,6 +200,7 @@ impl Kernel {
             Kernel::ChannelApply => &[ACTIVATION, CHANNEL_COMMON, CHANNEL_APPLY],
             Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
             Kernel::ChannelInstanceRunning => &[MOMENTS, CHANNEL_COMMON, CHANNEL_INSTANCE_RUNNING],
+            Kernel::ChannelInstanceMix => &[MOMENTS, CHANNEL_INSTANCE_MIX],
             Kernel::FoldBatchNorm => &[FOLD_BATCH_NORM],
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],

@@ -8,4 +8,5 @@ pub mod activation;
 pub mod chnorm;
 pub mod poincare;
 pub mod powernorm;
+pub mod research;
 pub mod rownorm;

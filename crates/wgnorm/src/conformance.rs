@@ -159,6 +159,9 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("mean_variance_norm", run_mean_variance_norm),
     ("poincare_midpoint", run_poincare_midpoint),
     ("poincare_batch_norm", run_poincare_batch_norm),
+    ("ibn_norm", run_ibn_norm),
+    ("evonorm_b0", run_evonorm_b0),
+    ("unmix_tns", run_unmix_tns),
 ];
 
 /// Whether the runtime implements `op`.
@@ -937,4 +940,121 @@ fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String
         .forward(&inputs, crate::PoincareStatistics::Batch)
         .map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["ratio", "eps", "momentum", "training"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let op = crate::IbnNorm::new(
+        ctx,
+        a.f64("ratio", 0.5)? as f32,
+        a.f64("eps", 1e-5)? as f32,
+        a.f64("momentum", 0.1)? as f32,
+        crate::Layout::Nchw,
+        dtype,
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let p = |n: &str| upload(ctx, input(case, n)?, DType::F32);
+    let (w, b, rm, rv) = (
+        p("weight")?,
+        p("bias")?,
+        p("running_mean")?,
+        p("running_var")?,
+    );
+    let training = a.bool("training", false)?;
+    let inputs = crate::IbnInputs {
+        x: &xt,
+        weight: &w,
+        bias: &b,
+        running_mean: &rm,
+        running_var: &rv,
+    };
+    let y = op.forward(&inputs, training).map_err(err)?;
+    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    if training {
+        out.insert("running_mean".into(), download(ctx, &rm)?);
+        out.insert("running_var".into(), download(ctx, &rv)?);
+    }
+    Ok(out)
+}
+
+fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(
+        case,
+        &["eps", "momentum", "training", "running_var_unbiased"],
+    )?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let running = if a.bool("running_var_unbiased", true)? {
+        crate::EvoRunningVar::TimmUnbiased
+    } else {
+        crate::EvoRunningVar::TfBiased
+    };
+    let op = crate::EvoNormB0::new(
+        ctx,
+        a.f64("eps", 1e-5)? as f32,
+        a.f64("momentum", 0.1)? as f32,
+        running,
+        crate::Layout::Nchw,
+        dtype,
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let p = |n: &str| upload(ctx, input(case, n)?, DType::F32);
+    let (w, b, v, rv) = (p("weight")?, p("bias")?, p("v")?, p("running_var")?);
+    let training = a.bool("training", false)?;
+    let inputs = crate::EvoNormB0Inputs {
+        x: &xt,
+        weight: &w,
+        bias: &b,
+        v: &v,
+        running_var: &rv,
+    };
+    let y = op.forward(&inputs, training).map_err(err)?;
+    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    if training {
+        out.insert("running_var".into(), download(ctx, &rv)?);
+    }
+    Ok(out)
+}
+
+fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["momentum_bn", "temperature", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cm = input(case, "component_mean")?;
+    let k = *cm.shape.first().ok_or("component_mean has no shape")?;
+    let op = crate::UnmixTns::new(
+        ctx,
+        k,
+        a.f64("momentum_bn", 0.1)? as f32,
+        a.f64("temperature", 0.07)? as f32,
+        a.f64("eps", 1e-5)? as f32,
+        crate::Layout::Nchw,
+        dtype,
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let p = |n: &str| upload(ctx, input(case, n)?, DType::F32);
+    let (w, b, m, v) = (
+        p("weight")?,
+        p("bias")?,
+        p("component_mean")?,
+        p("component_var")?,
+    );
+    let inputs = crate::UnmixTnsInputs {
+        x: &xt,
+        weight: &w,
+        bias: &b,
+        component_mean: &m,
+        component_var: &v,
+    };
+    let y = op.forward(&inputs).map_err(err)?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &y)?),
+        ("component_mean".to_string(), download(ctx, &m)?),
+        ("component_var".to_string(), download(ctx, &v)?),
+    ]))
 }

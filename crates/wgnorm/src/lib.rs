@@ -19,7 +19,8 @@
 pub mod conformance;
 
 pub use wgnorm_batchnorm::{
-    self as batchnorm, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs,
+    self as batchnorm, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, EvoNormB0,
+    EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, UnmixTns, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::{self, Layout};
 pub use wgnorm_core::elementwise::{self, Elementwise};

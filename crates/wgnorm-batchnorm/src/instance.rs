@@ -1,0 +1,332 @@
+//! Methods whose statistics are built from per-instance moments (the `instmix` engine of
+//! wgnorm-core): IBN-Net, EvoNorm-B0 and UnMix-TNS. Each reads x twice (reduce, apply) and keeps
+//! its state on the GPU. Parameters and state are f32; x and y f32 or f16, NCHW or NHWC.
+
+use wgnorm_core::chnorm::Layout;
+use wgnorm_core::instmix::{InstanceMix, InstanceMixArgs, Method};
+use wgnorm_core::{Context, DType, Error, Result, Tensor};
+
+fn submit(ctx: &Context, f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    f(&mut enc)?;
+    ctx.queue().submit([enc.finish()]);
+    Ok(())
+}
+
+fn channels(x: &Tensor, layout: Layout) -> Result<usize> {
+    let s = x.shape();
+    if s.len() < 2 {
+        return Err(Error::AxisOutOfRange {
+            what: "channels",
+            axis: 1,
+            rank: s.len(),
+        });
+    }
+    Ok(match layout {
+        Layout::Nchw => s[1],
+        Layout::Nhwc => s[s.len() - 1],
+    })
+}
+
+/// IBN-Net's IBN-a block (Pan et al. 2018; NORMS.md A8, official `IBN` module): channels
+/// `[0, half)` through InstanceNorm (affine), `[half, C)` through BatchNorm (PyTorch semantics,
+/// unbiased running variance), concatenated in that order, in one call; `half = floor(C * ratio)`
+/// (an odd C gives the BatchNorm part the extra channel). IBN-b is an InstanceNorm placement.
+pub struct IbnNorm {
+    ctx: Context,
+    ratio: f32,
+    momentum: f32,
+    layout: Layout,
+    engine: InstanceMix,
+}
+
+/// Tensors of an IBN call: `weight`/`bias` `[C]` (the first `half` for the IN part),
+/// `running_mean`/`running_var` `[C - half]` (the BN part, updated in training).
+#[derive(Clone, Copy, Debug)]
+pub struct IbnInputs<'a> {
+    pub x: &'a Tensor,
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+}
+
+impl IbnNorm {
+    /// `ratio` 0.5 in the paper; `momentum` of the BN part (PyTorch convention, 0.1).
+    pub fn new(
+        ctx: &Context,
+        ratio: f32,
+        eps: f32,
+        momentum: f32,
+        layout: Layout,
+        dtype: DType,
+    ) -> Result<IbnNorm> {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(Error::InvalidParameter {
+                name: "ratio",
+                value: ratio.to_string(),
+                why: "the InstanceNorm share of the channels must be in [0, 1]",
+            });
+        }
+        Ok(IbnNorm {
+            ctx: ctx.clone(),
+            ratio,
+            momentum,
+            layout,
+            engine: InstanceMix::new(ctx, eps, layout, dtype)?,
+        })
+    }
+
+    /// Channels of the InstanceNorm part for C channels.
+    pub fn half(&self, c: usize) -> usize {
+        (c as f64 * self.ratio as f64).floor() as usize
+    }
+
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        inputs: &IbnInputs,
+        y: &Tensor,
+        training: bool,
+    ) -> Result<()> {
+        let half = self.half(channels(inputs.x, self.layout)?);
+        self.engine.encode(
+            enc,
+            &InstanceMixArgs {
+                x: inputs.x,
+                y,
+                weight: inputs.weight,
+                bias: inputs.bias,
+                v: None,
+                state_a: Some(inputs.running_mean),
+                state_b: Some(inputs.running_var),
+            },
+            Method::Ibn {
+                half,
+                training,
+                momentum: self.momentum,
+            },
+        )
+    }
+
+    /// Allocates y, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &IbnInputs, training: bool) -> Result<Tensor> {
+        let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
+        submit(&self.ctx, |enc| self.encode(enc, inputs, &y, training))?;
+        Ok(y)
+    }
+}
+
+/// Running-variance convention of EvoNorm-B0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EvoRunningVar {
+    /// timm: momentum update with the unbiased batch variance (the default here).
+    #[default]
+    TimmUnbiased,
+    /// TensorFlow (tpu `resnet_model.py`): decay 0.9 (momentum 0.1) with the biased variance.
+    TfBiased,
+}
+
+/// EvoNorm-B0 (Liu et al. 2020; NORMS.md A14):
+/// `y = x / max(sqrt(var_B + eps), v * x + sqrt(var_I + eps)) * weight + bias`, var_B per channel
+/// over (N, spatial) (batch in training, `running_var` in inference), var_I per (sample, channel),
+/// both biased; `v`, `weight`, `bias`, `running_var` f32 `[C]`. eps 1e-5 (TF) or 1e-3 (timm).
+pub struct EvoNormB0 {
+    ctx: Context,
+    momentum: f32,
+    running: EvoRunningVar,
+    engine: InstanceMix,
+}
+
+/// Tensors of an EvoNorm-B0 call.
+#[derive(Clone, Copy, Debug)]
+pub struct EvoNormB0Inputs<'a> {
+    pub x: &'a Tensor,
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub v: &'a Tensor,
+    pub running_var: &'a Tensor,
+}
+
+impl EvoNormB0 {
+    pub fn new(
+        ctx: &Context,
+        eps: f32,
+        momentum: f32,
+        running: EvoRunningVar,
+        layout: Layout,
+        dtype: DType,
+    ) -> Result<EvoNormB0> {
+        Ok(EvoNormB0 {
+            ctx: ctx.clone(),
+            momentum,
+            running,
+            engine: InstanceMix::new(ctx, eps, layout, dtype)?,
+        })
+    }
+
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        inputs: &EvoNormB0Inputs,
+        y: &Tensor,
+        training: bool,
+    ) -> Result<()> {
+        self.engine.encode(
+            enc,
+            &InstanceMixArgs {
+                x: inputs.x,
+                y,
+                weight: inputs.weight,
+                bias: inputs.bias,
+                v: Some(inputs.v),
+                state_a: Some(inputs.running_var),
+                state_b: None,
+            },
+            Method::EvoB0 {
+                training,
+                momentum: self.momentum,
+                unbiased_running: self.running == EvoRunningVar::TimmUnbiased,
+            },
+        )
+    }
+
+    /// Allocates y, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &EvoNormB0Inputs, training: bool) -> Result<Tensor> {
+        let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
+        submit(&self.ctx, |enc| self.encode(enc, inputs, &y, training))?;
+        Ok(y)
+    }
+}
+
+/// UnMix-TNS (Tomar et al. 2024; NORMS.md A12, official `unmixtns.py`): test-time normalization
+/// with K statistics components `[K, C]` kept on the GPU. Per sample, the instance means pick
+/// components by `p_k = softmax_k(cos(mu_n, mu_k) / temperature)`; the sample is normalized with
+/// the mixture of `((1 - p) mu_k + p mu_n, (1 - p) var_k + p var_n)` (instance statistics biased;
+/// the mixture's variance `mean_k(var) + mean_k(mean^2) - mean^2`, computed as a sum of squares of
+/// deviations); then `mu_k += M mean_n(p_nk (mu_n - mu_k))` and the same for the variances, with
+/// `M = 1 - (1 - momentum_bn)^(N / 64)`.
+pub struct UnmixTns {
+    ctx: Context,
+    k: usize,
+    momentum_bn: f32,
+    temperature: f32,
+    engine: InstanceMix,
+}
+
+/// Tensors of an UnMix-TNS call: `weight`/`bias` `[C]` (the source BN's affine),
+/// `component_mean`/`component_var` `[K, C]`, updated in place.
+#[derive(Clone, Copy, Debug)]
+pub struct UnmixTnsInputs<'a> {
+    pub x: &'a Tensor,
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub component_mean: &'a Tensor,
+    pub component_var: &'a Tensor,
+}
+
+impl UnmixTns {
+    /// `k` components (16 in the paper), `momentum_bn` 0.1, `temperature` 0.07, eps 1e-5.
+    pub fn new(
+        ctx: &Context,
+        k: usize,
+        momentum_bn: f32,
+        temperature: f32,
+        eps: f32,
+        layout: Layout,
+        dtype: DType,
+    ) -> Result<UnmixTns> {
+        if k == 0 || !(0.0..=1.0).contains(&momentum_bn) {
+            return Err(Error::InvalidParameter {
+                name: "k / momentum_bn",
+                value: format!("{k} / {momentum_bn}"),
+                why: "need k >= 1 and momentum_bn in [0, 1]",
+            });
+        }
+        Ok(UnmixTns {
+            ctx: ctx.clone(),
+            k,
+            momentum_bn,
+            temperature,
+            engine: InstanceMix::new(ctx, eps, layout, dtype)?,
+        })
+    }
+
+    /// The update rate M for a test batch of `n` samples.
+    pub fn momentum(&self, n: usize) -> f32 {
+        (1.0 - (1.0 - self.momentum_bn as f64).powf(n as f64 / 64.0)) as f32
+    }
+
+    /// The seeded initial components from the source statistics `[C]` (NORMS.md A12):
+    /// `mu_k = mu_s + sqrt(alpha K / (K - 1)) sigma_s eps_k`, `var_k = (1 - alpha) var_s`, eps ~
+    /// N(0, 1) from `seed` (Box-Muller over a xorshift stream: reproducible, not PyTorch's
+    /// generator); K = 1 uses the source statistics (alpha = 0). Host-side, done once: upload
+    /// the result as the state.
+    pub fn init_components(
+        source_mean: &[f32],
+        source_var: &[f32],
+        k: usize,
+        alpha: f32,
+        seed: u64,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let c = source_mean.len();
+        let alpha = if k == 1 { 0.0 } else { alpha as f64 };
+        let spread = if k > 1 {
+            (alpha * k as f64 / (k as f64 - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut uniform = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let mut mean = Vec::with_capacity(k * c);
+        let mut var = Vec::with_capacity(k * c);
+        for _ in 0..k {
+            for ch in 0..c {
+                let (u1, u2) = (uniform(), uniform());
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                let sd = (source_var[ch] as f64).max(0.0).sqrt();
+                mean.push((source_mean[ch] as f64 + spread * sd * z) as f32);
+                var.push(((1.0 - alpha) * source_var[ch] as f64) as f32);
+            }
+        }
+        (mean, var)
+    }
+
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        inputs: &UnmixTnsInputs,
+        y: &Tensor,
+    ) -> Result<()> {
+        let n = inputs.x.shape().first().copied().unwrap_or(0);
+        self.engine.encode(
+            enc,
+            &InstanceMixArgs {
+                x: inputs.x,
+                y,
+                weight: inputs.weight,
+                bias: inputs.bias,
+                v: None,
+                state_a: Some(inputs.component_mean),
+                state_b: Some(inputs.component_var),
+            },
+            Method::Unmix {
+                k: self.k,
+                momentum: self.momentum(n),
+                temperature: self.temperature,
+            },
+        )
+    }
+
+    /// Allocates y, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &UnmixTnsInputs) -> Result<Tensor> {
+        let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
+        submit(&self.ctx, |enc| self.encode(enc, inputs, &y))?;
+        Ok(y)
+    }
+}

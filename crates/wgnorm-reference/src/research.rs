@@ -1,0 +1,220 @@
+//! References of the research methods built on instance statistics (NORMS.md A8, A12, A14), on
+//! NCHW `x` seen as `[n, c, hw]`.
+
+fn moments(vals: &[f64]) -> (f64, f64) {
+    let n = vals.len() as f64;
+    let mean = vals.iter().sum::<f64>() / n;
+    (
+        mean,
+        vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n,
+    )
+}
+
+fn slab(x: &[f64], c: usize, hw: usize, i: usize, ch: usize) -> &[f64] {
+    &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+}
+
+fn channel(x: &[f64], n: usize, c: usize, hw: usize, ch: usize) -> Vec<f64> {
+    (0..n)
+        .flat_map(|i| slab(x, c, hw, i, ch).to_vec())
+        .collect()
+}
+
+/// Outputs and updated state of a stateful op.
+#[derive(Clone, Debug)]
+pub struct StatefulOut {
+    pub y: Vec<f64>,
+    pub state_a: Vec<f64>,
+    pub state_b: Vec<f64>,
+}
+
+/// IBN-a: InstanceNorm (affine) on channels `[0, half)`, BatchNorm (PyTorch semantics, unbiased
+/// running variance) on `[half, c)`; `running_*` have `c - half` entries.
+#[allow(clippy::too_many_arguments)]
+pub fn ibn_norm(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    half: usize,
+    weight: &[f64],
+    bias: &[f64],
+    running_mean: &[f64],
+    running_var: &[f64],
+    training: bool,
+    momentum: f64,
+    eps: f64,
+) -> StatefulOut {
+    let mut y = vec![0.0; x.len()];
+    let (mut rm, mut rv) = (running_mean.to_vec(), running_var.to_vec());
+    for ch in 0..c {
+        let per_sample: Vec<(f64, f64)> = if ch < half {
+            (0..n).map(|i| moments(slab(x, c, hw, i, ch))).collect()
+        } else {
+            let r = ch - half;
+            let stats = if training {
+                let vals = channel(x, n, c, hw, ch);
+                let (m, v) = moments(&vals);
+                let cnt = vals.len() as f64;
+                rm[r] = (1.0 - momentum) * rm[r] + momentum * m;
+                rv[r] = (1.0 - momentum) * rv[r] + momentum * v * cnt / (cnt - 1.0);
+                (m, v)
+            } else {
+                (running_mean[r], running_var[r])
+            };
+            vec![stats; n]
+        };
+        for (i, (m, v)) in per_sample.into_iter().enumerate() {
+            let rstd = 1.0 / (v + eps).sqrt();
+            for k in 0..hw {
+                let idx = (i * c + ch) * hw + k;
+                y[idx] = (x[idx] - m) * rstd * weight[ch] + bias[ch];
+            }
+        }
+    }
+    StatefulOut {
+        y,
+        state_a: rm,
+        state_b: rv,
+    }
+}
+
+/// EvoNorm-B0: `y = x / max(sqrt(var_B + eps), v x + sqrt(var_I + eps)) * weight + bias`, var_B
+/// per channel over (n, hw) (batch in training, `running_var` otherwise), var_I per (n, c);
+/// training updates `running_var` with the unbiased or biased batch variance. Returns y and the
+/// running variance in `state_a`.
+#[allow(clippy::too_many_arguments)]
+pub fn evonorm_b0(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: &[f64],
+    bias: &[f64],
+    v: &[f64],
+    running_var: &[f64],
+    training: bool,
+    momentum: f64,
+    unbiased_running: bool,
+    eps: f64,
+) -> StatefulOut {
+    let mut y = vec![0.0; x.len()];
+    let mut rv = running_var.to_vec();
+    for ch in 0..c {
+        let var_b = if training {
+            let vals = channel(x, n, c, hw, ch);
+            let (_, var) = moments(&vals);
+            let cnt = vals.len() as f64;
+            let v_run = if unbiased_running {
+                var * cnt / (cnt - 1.0)
+            } else {
+                var
+            };
+            rv[ch] = (1.0 - momentum) * rv[ch] + momentum * v_run;
+            var
+        } else {
+            running_var[ch]
+        };
+        let a = (var_b + eps).sqrt();
+        for i in 0..n {
+            let (_, var_i) = moments(slab(x, c, hw, i, ch));
+            let b = (var_i + eps).sqrt();
+            for k in 0..hw {
+                let idx = (i * c + ch) * hw + k;
+                let d = a.max(v[ch] * x[idx] + b);
+                y[idx] = x[idx] / d * weight[ch] + bias[ch];
+            }
+        }
+    }
+    StatefulOut {
+        y,
+        state_a: rv,
+        state_b: Vec::new(),
+    }
+}
+
+/// UnMix-TNS forward and component update (`comp_mean`, `comp_var` `[k, c]`; `momentum` is M,
+/// already `1 - (1 - m_bn)^(n/64)`). Returns y and the updated components.
+#[allow(clippy::too_many_arguments)]
+pub fn unmix_tns(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: &[f64],
+    bias: &[f64],
+    comp_mean: &[f64],
+    comp_var: &[f64],
+    k: usize,
+    momentum: f64,
+    temperature: f64,
+    eps: f64,
+) -> StatefulOut {
+    let inst: Vec<Vec<(f64, f64)>> = (0..n)
+        .map(|i| (0..c).map(|ch| moments(slab(x, c, hw, i, ch))).collect())
+        .collect();
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|a| a * a).sum::<f64>().sqrt().max(1e-8);
+    // p[i][j]: softmax over components of the cosine similarity / temperature.
+    let p: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            let mu: Vec<f64> = inst[i].iter().map(|s| s.0).collect();
+            let nm = norm(&mut mu.iter().copied());
+            let logits: Vec<f64> = (0..k)
+                .map(|j| {
+                    let comp = &comp_mean[j * c..(j + 1) * c];
+                    let dot: f64 = mu.iter().zip(comp).map(|(a, b)| a * b).sum();
+                    dot / (nm * norm(&mut comp.iter().copied())) / temperature
+                })
+                .collect();
+            let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        })
+        .collect();
+    let mut y = vec![0.0; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            let (mb, vb) = inst[i][ch];
+            let means: Vec<f64> = (0..k)
+                .map(|j| (1.0 - p[i][j]) * comp_mean[j * c + ch] + p[i][j] * mb)
+                .collect();
+            let vars: Vec<f64> = (0..k)
+                .map(|j| (1.0 - p[i][j]) * comp_var[j * c + ch] + p[i][j] * vb)
+                .collect();
+            let mu = means.iter().sum::<f64>() / k as f64;
+            // As NORMS.md writes it: mean_k(var) + mean_k(mean^2) - mu^2 (f64 here).
+            let var = vars.iter().sum::<f64>() / k as f64
+                + means.iter().map(|m| m * m).sum::<f64>() / k as f64
+                - mu * mu;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for q in 0..hw {
+                let idx = (i * c + ch) * hw + q;
+                y[idx] = (x[idx] - mu) * rstd * weight[ch] + bias[ch];
+            }
+        }
+    }
+    let mut cm = comp_mean.to_vec();
+    let mut cv = comp_var.to_vec();
+    for j in 0..k {
+        for ch in 0..c {
+            let (mut dm, mut dv) = (0.0, 0.0);
+            for i in 0..n {
+                dm += p[i][j] * (inst[i][ch].0 - comp_mean[j * c + ch]);
+                dv += p[i][j] * (inst[i][ch].1 - comp_var[j * c + ch]);
+            }
+            cm[j * c + ch] += momentum * dm / n as f64;
+            cv[j * c + ch] += momentum * dv / n as f64;
+        }
+    }
+    StatefulOut {
+        y,
+        state_a: cm,
+        state_b: cv,
+    }
+}
+
+/// UnMix-TNS's momentum for a test batch of `n`: `1 - (1 - m_bn)^(n / 64)`.
+pub fn unmix_momentum(m_bn: f64, n: usize) -> f64 {
+    1.0 - (1.0 - m_bn).powf(n as f64 / 64.0)
+}

@@ -1,0 +1,366 @@
+//! IBN-Net, EvoNorm-B0 and UnMix-TNS (statistics from per-instance moments) against the f64
+//! references: several steps in a row for the stateful ones, NCHW and NHWC, odd C, K = 1, f16.
+
+use wgnorm::{
+    Context, DType, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, Layout, Tensor,
+    UnmixTns, UnmixTnsInputs,
+};
+use wgnorm_reference::chnorm::to_nhwc;
+use wgnorm_reference::research::{evonorm_b0, ibn_norm, unmix_momentum, unmix_tns};
+use wgnorm_tests::{assert_close, ctx, noise, round_to};
+
+fn up(c: &Context, v: &[f32]) -> Tensor {
+    c.upload_f32(v, &[v.len()]).unwrap()
+}
+
+fn shape(n: usize, c: usize, h: usize, w: usize, layout: Layout) -> Vec<usize> {
+    match layout {
+        Layout::Nchw => vec![n, c, h, w],
+        Layout::Nhwc => vec![n, h, w, c],
+    }
+}
+
+/// x in the layout (from NCHW values) and the expected y back in the layout.
+fn in_layout(v: &[f64], n: usize, c: usize, hw: usize, layout: Layout) -> Vec<f64> {
+    match layout {
+        Layout::Nchw => v.to_vec(),
+        Layout::Nhwc => to_nhwc(v, n, c, hw),
+    }
+}
+
+fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (2e-5, 2e-5),
+        DType::F16 => (4e-3, 4e-3),
+    }
+}
+
+#[test]
+fn ibn_over_steps() {
+    let c_ = ctx();
+    for (n, c, h, w, ratio, layout, dtype) in [
+        (4, 9, 5, 5, 0.5, Layout::Nchw, DType::F32),
+        (3, 7, 4, 6, 0.5, Layout::Nhwc, DType::F32),
+        (2, 16, 8, 8, 0.25, Layout::Nchw, DType::F16),
+        (5, 3, 1, 7, 1.0, Layout::Nchw, DType::F32),
+        (5, 3, 2, 7, 0.0, Layout::Nhwc, DType::F32),
+    ] {
+        if dtype == DType::F16 && c_.check_dtype(DType::F16).is_err() {
+            continue;
+        }
+        let hw = h * w;
+        let op = IbnNorm::new(c_, ratio, 1e-5, 0.1, layout, dtype).unwrap();
+        let half = op.half(c);
+        let wt: Vec<f32> = noise(1, c).iter().map(|v| v + 1.0).collect();
+        let bt = noise(2, c);
+        let mut rm = vec![0.1f64; c - half];
+        let mut rv = vec![1.5f64; c - half];
+        let rm_t = up(c_, &rm.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let rv_t = up(c_, &rv.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let (w_t, b_t) = (up(c_, &wt), up(c_, &bt));
+        for (step, training) in [(0, true), (1, true), (2, false)] {
+            let x: Vec<f32> = noise(10 + step, n * c * hw)
+                .iter()
+                .map(|v| v * 3.0 + 2.0)
+                .collect();
+            let xr = round_to(dtype, &x);
+            let want = ibn_norm(
+                &xr,
+                n,
+                c,
+                hw,
+                half,
+                &round_to(DType::F32, &wt),
+                &round_to(DType::F32, &bt),
+                &rm,
+                &rv,
+                training,
+                0.1,
+                1e-5,
+            );
+            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let xt = c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap();
+            let inputs = IbnInputs {
+                x: &xt,
+                weight: &w_t,
+                bias: &b_t,
+                running_mean: &rm_t,
+                running_var: &rv_t,
+            };
+            let y = c_
+                .download(&op.forward(&inputs, training).unwrap())
+                .unwrap();
+            let (at, rt) = tol(dtype);
+            let what = format!("ibn {n}x{c}x{h}x{w} {layout:?} {dtype} step {step}");
+            assert_close(&what, &y, &in_layout(&want.y, n, c, hw, layout), at, rt);
+            // Running statistics move by the f32 batch moments: a looser bound for f16 input.
+            assert_close(&what, &c_.download(&rm_t).unwrap(), &want.state_a, at, rt);
+            assert_close(&what, &c_.download(&rv_t).unwrap(), &want.state_b, at, rt);
+            rm = want.state_a;
+            rv = want.state_b;
+        }
+    }
+}
+
+#[test]
+fn evonorm_b0_over_steps() {
+    let c_ = ctx();
+    for (n, c, h, w, running, eps, layout, dtype) in [
+        (
+            4,
+            16,
+            5,
+            5,
+            EvoRunningVar::TimmUnbiased,
+            1e-5,
+            Layout::Nchw,
+            DType::F32,
+        ),
+        (
+            8,
+            6,
+            3,
+            3,
+            EvoRunningVar::TfBiased,
+            1e-3,
+            Layout::Nhwc,
+            DType::F32,
+        ),
+        (
+            2,
+            5,
+            7,
+            1,
+            EvoRunningVar::TimmUnbiased,
+            1e-5,
+            Layout::Nchw,
+            DType::F32,
+        ),
+        (
+            4,
+            8,
+            4,
+            4,
+            EvoRunningVar::TfBiased,
+            1e-5,
+            Layout::Nchw,
+            DType::F16,
+        ),
+    ] {
+        if dtype == DType::F16 && c_.check_dtype(DType::F16).is_err() {
+            continue;
+        }
+        let hw = h * w;
+        let op = EvoNormB0::new(c_, eps as f32, 0.1, running, layout, dtype).unwrap();
+        let wt: Vec<f32> = noise(3, c).iter().map(|v| v + 1.0).collect();
+        let bt = noise(4, c);
+        // v of both signs so that both branches of the max are taken.
+        let vt: Vec<f32> = noise(5, c).iter().map(|v| v * 2.0).collect();
+        let mut rv: Vec<f64> = (0..c).map(|i| 0.5 + i as f64 * 0.1).collect();
+        let rv_t = up(c_, &rv.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let (w_t, b_t, v_t) = (up(c_, &wt), up(c_, &bt), up(c_, &vt));
+        for (step, training) in [(0, true), (1, true), (2, false)] {
+            let x: Vec<f32> = noise(20 + step, n * c * hw)
+                .iter()
+                .map(|v| v * 2.0 + 0.5)
+                .collect();
+            let xr = round_to(dtype, &x);
+            let want = evonorm_b0(
+                &xr,
+                n,
+                c,
+                hw,
+                &round_to(DType::F32, &wt),
+                &round_to(DType::F32, &bt),
+                &round_to(DType::F32, &vt),
+                &rv,
+                training,
+                0.1,
+                running == EvoRunningVar::TimmUnbiased,
+                eps,
+            );
+            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let xt = c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap();
+            let inputs = EvoNormB0Inputs {
+                x: &xt,
+                weight: &w_t,
+                bias: &b_t,
+                v: &v_t,
+                running_var: &rv_t,
+            };
+            let y = c_
+                .download(&op.forward(&inputs, training).unwrap())
+                .unwrap();
+            let (at, rt) = tol(dtype);
+            let what = format!("evonorm_b0 {n}x{c}x{h}x{w} {layout:?} {dtype} step {step}");
+            assert_close(&what, &y, &in_layout(&want.y, n, c, hw, layout), at, rt);
+            assert_close(&what, &c_.download(&rv_t).unwrap(), &want.state_a, at, rt);
+            rv = want.state_a;
+        }
+    }
+}
+
+#[test]
+fn unmix_tns_over_steps() {
+    let c_ = ctx();
+    for (n, c, h, w, k, layout, dtype) in [
+        (6, 8, 4, 4, 4, Layout::Nchw, DType::F32),
+        (3, 5, 3, 5, 1, Layout::Nchw, DType::F32),
+        (16, 12, 2, 3, 16, Layout::Nhwc, DType::F32),
+        (4, 8, 4, 4, 3, Layout::Nchw, DType::F16),
+    ] {
+        if dtype == DType::F16 && c_.check_dtype(DType::F16).is_err() {
+            continue;
+        }
+        let hw = h * w;
+        let op = UnmixTns::new(c_, k, 0.1, 0.07, 1e-5, layout, dtype).unwrap();
+        let src_mean = noise(6, c);
+        let src_var: Vec<f32> = noise(7, c).iter().map(|v| v.abs() + 0.5).collect();
+        let (cm0, cv0) = UnmixTns::init_components(&src_mean, &src_var, k, 0.5, 42);
+        if k == 1 {
+            // K = 1: no noise, alpha = 0: the source statistics themselves.
+            assert_eq!(cm0, src_mean);
+            assert_eq!(cv0, src_var);
+        }
+        let (m_t, v_t) = (up(c_, &cm0), up(c_, &cv0));
+        let mut cm = round_to(DType::F32, &cm0);
+        let mut cv = round_to(DType::F32, &cv0);
+        let wt: Vec<f32> = noise(8, c).iter().map(|v| v + 1.0).collect();
+        let bt = noise(9, c);
+        let (w_t, b_t) = (up(c_, &wt), up(c_, &bt));
+        // The first adaptation step and two more, with a shifting test distribution.
+        for step in 0..3u64 {
+            let x: Vec<f32> = noise(30 + step, n * c * hw)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * 1.5 + ((i / hw) % c) as f32 * 0.1 + step as f32 * 0.3)
+                .collect();
+            let xr = round_to(dtype, &x);
+            let want = unmix_tns(
+                &xr,
+                n,
+                c,
+                hw,
+                &round_to(DType::F32, &wt),
+                &round_to(DType::F32, &bt),
+                &cm,
+                &cv,
+                k,
+                unmix_momentum(0.1, n),
+                0.07,
+                1e-5,
+            );
+            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let xt = c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap();
+            let inputs = UnmixTnsInputs {
+                x: &xt,
+                weight: &w_t,
+                bias: &b_t,
+                component_mean: &m_t,
+                component_var: &v_t,
+            };
+            let y = c_.download(&op.forward(&inputs).unwrap()).unwrap();
+            // The softmax at temperature 0.07 multiplies logit errors by ~14: f32 moments give
+            // ~1e-5 relative.
+            let (at, rt) = match dtype {
+                DType::F32 => (5e-5, 5e-5),
+                DType::F16 => (4e-3, 4e-3),
+            };
+            let what = format!("unmix_tns {n}x{c}x{h}x{w} k={k} {layout:?} {dtype} step {step}");
+            assert_close(&what, &y, &in_layout(&want.y, n, c, hw, layout), at, rt);
+            assert_close(&what, &c_.download(&m_t).unwrap(), &want.state_a, at, rt);
+            assert_close(&what, &c_.download(&v_t).unwrap(), &want.state_b, at, rt);
+            cm = want.state_a;
+            cv = want.state_b;
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let c_ = ctx();
+    assert!(IbnNorm::new(c_, 1.5, 1e-5, 0.1, Layout::Nchw, DType::F32).is_err());
+    assert!(UnmixTns::new(c_, 0, 0.1, 0.07, 1e-5, Layout::Nchw, DType::F32).is_err());
+    let x = c_.empty(&[2, 4, 3, 3], DType::F32).unwrap();
+    let y = c_.empty(&[2, 4, 3, 3], DType::F32).unwrap();
+    let p4 = up(c_, &[1.0; 4]);
+    let p2 = up(c_, &[1.0; 2]);
+    let p3 = up(c_, &[1.0; 3]);
+    let ibn = IbnNorm::new(c_, 0.5, 1e-5, 0.1, Layout::Nchw, DType::F32).unwrap();
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    // Running statistics of the wrong length for C - half = 2.
+    let bad = IbnInputs {
+        x: &x,
+        weight: &p4,
+        bias: &p4,
+        running_mean: &p3,
+        running_var: &p2,
+    };
+    assert!(matches!(
+        ibn.encode(&mut enc, &bad, &y, true),
+        Err(wgnorm::Error::ShapeMismatch { .. })
+    ));
+    // Output aliasing the input.
+    let ok = IbnInputs {
+        x: &x,
+        weight: &p4,
+        bias: &p4,
+        running_mean: &p2,
+        running_var: &p2,
+    };
+    assert!(matches!(
+        ibn.encode(&mut enc, &ok, &x, true),
+        Err(wgnorm::Error::AliasedBuffers { .. })
+    ));
+    let evo = EvoNormB0::new(
+        c_,
+        1e-5,
+        0.1,
+        EvoRunningVar::TimmUnbiased,
+        Layout::Nchw,
+        DType::F32,
+    )
+    .unwrap();
+    let bad = EvoNormB0Inputs {
+        x: &x,
+        weight: &p4,
+        bias: &p4,
+        v: &p2,
+        running_var: &p4,
+    };
+    assert!(evo.encode(&mut enc, &bad, &y, true).is_err());
+    let un = UnmixTns::new(c_, 2, 0.1, 0.07, 1e-5, Layout::Nchw, DType::F32).unwrap();
+    let comp = up(c_, &[0.0; 4]);
+    let bad = UnmixTnsInputs {
+        x: &x,
+        weight: &p4,
+        bias: &p4,
+        component_mean: &comp,
+        component_var: &comp,
+    };
+    assert!(matches!(
+        un.encode(&mut enc, &bad, &y),
+        Err(wgnorm::Error::ShapeMismatch { .. })
+    ));
+    // Empty batch: a no-op.
+    let e = c_.empty(&[0, 4, 3, 3], DType::F32).unwrap();
+    let ye = c_.empty(&[0, 4, 3, 3], DType::F32).unwrap();
+    let ok = IbnInputs {
+        x: &e,
+        weight: &p4,
+        bias: &p4,
+        running_mean: &p2,
+        running_var: &p2,
+    };
+    ibn.encode(&mut enc, &ok, &ye, true).unwrap();
+    c_.queue().submit([enc.finish()]);
+}
