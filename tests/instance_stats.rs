@@ -364,3 +364,86 @@ fn bad_input_is_a_typed_error() {
     ibn.encode(&mut enc, &ok, &ye, true).unwrap();
     c_.queue().submit([enc.finish()]);
 }
+
+#[test]
+fn region_norm_b_matches_the_official_formulation() {
+    use wgnorm::{RegionNormB, RegionNormInputs};
+    use wgnorm_reference::research::{nearest_resize, region_norm_b};
+    let c_ = ctx();
+    // (n, c, h, w, mask h, mask w, mask kind, layout, dtype): a mask larger and smaller than the
+    // feature map, an empty region, a full one.
+    for (n, c, h, w, hm, wm, kind, layout, dtype) in [
+        (2, 6, 8, 8, 8, 8, 0, Layout::Nchw, DType::F32),
+        (2, 5, 6, 7, 24, 28, 0, Layout::Nchw, DType::F32),
+        (3, 4, 9, 9, 3, 3, 0, Layout::Nhwc, DType::F32),
+        (2, 3, 5, 5, 5, 5, 1, Layout::Nchw, DType::F32),
+        (2, 3, 5, 5, 5, 5, 2, Layout::Nhwc, DType::F32),
+        (2, 8, 8, 8, 16, 16, 0, Layout::Nchw, DType::F16),
+    ] {
+        if dtype == DType::F16 && c_.check_dtype(DType::F16).is_err() {
+            continue;
+        }
+        let hw = h * w;
+        let mask_src: Vec<f32> = match kind {
+            0 => noise(40, n * hm * wm)
+                .iter()
+                .map(|v| (*v > 0.2) as u8 as f32)
+                .collect(),
+            1 => vec![0.0; n * hm * wm],
+            _ => vec![1.0; n * hm * wm],
+        };
+        let x: Vec<f32> = noise(41, n * c * hw)
+            .iter()
+            .map(|v| v * 2.0 + 1.0)
+            .collect();
+        let xr = round_to(dtype, &x);
+        let p: Vec<Vec<f32>> = (0..4)
+            .map(|i| noise(42 + i, c).iter().map(|v| v * 0.5).collect())
+            .collect();
+        let mask_feat = nearest_resize(&round_to(DType::F32, &mask_src), n, hm, wm, h, w);
+        let want = region_norm_b(
+            &xr,
+            n,
+            c,
+            hw,
+            &mask_feat,
+            &round_to(DType::F32, &p[0]),
+            &round_to(DType::F32, &p[1]),
+            &round_to(DType::F32, &p[2]),
+            &round_to(DType::F32, &p[3]),
+            1e-5,
+        );
+        let op = RegionNormB::new(c_, 1e-5, layout, dtype).unwrap();
+        let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let xt = c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap();
+        let mshape = match layout {
+            Layout::Nchw => vec![n, 1, hm, wm],
+            Layout::Nhwc => vec![n, hm, wm, 1],
+        };
+        let mt = c_.upload_f32(&mask_src, &mshape).unwrap();
+        let pt: Vec<Tensor> = p.iter().map(|v| up(c_, v)).collect();
+        let y = op
+            .forward(&RegionNormInputs {
+                x: &xt,
+                mask: &mt,
+                gamma_f: &pt[0],
+                gamma_b: &pt[1],
+                beta_f: &pt[2],
+                beta_b: &pt[3],
+            })
+            .unwrap();
+        let (at, rt) = tol(dtype);
+        let what =
+            format!("region_norm_b {n}x{c}x{h}x{w} mask {hm}x{wm} kind {kind} {layout:?} {dtype}");
+        assert_close(
+            &what,
+            &c_.download(&y).unwrap(),
+            &in_layout(&want, n, c, hw, layout),
+            at,
+            rt,
+        );
+    }
+}

@@ -17,9 +17,11 @@ use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statis
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 
 mod instance;
+mod region;
 pub use instance::{
     EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, UnmixTns, UnmixTnsInputs,
 };
+pub use region::{specializations as region_specializations, RegionNormB, RegionNormInputs};
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};

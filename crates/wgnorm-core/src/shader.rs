@@ -38,6 +38,7 @@ const CHANNEL_APPLY: &str = shader_file!("channel_norm/apply.wgsl");
 const CHANNEL_MERGE: &str = shader_file!("channel_norm/merge.wgsl");
 const CHANNEL_INSTANCE_RUNNING: &str = shader_file!("channel_norm/instance_running.wgsl");
 const CHANNEL_INSTANCE_MIX: &str = shader_file!("channel_norm/instance_mix.wgsl");
+const CHANNEL_REGION: &str = shader_file!("channel_norm/region.wgsl");
 const FOLD_BATCH_NORM: &str = shader_file!("channel_norm/fold.wgsl");
 const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
 const POINCARE_COMMON: &str = shader_file!("poincare/common.wgsl");
@@ -121,6 +122,8 @@ pub enum Kernel {
     ChannelInstanceRunning,
     /// Statistics built from per-instance moments (IBN, EvoNorm-B0, UnMix-TNS): apply coefficients.
     ChannelInstanceMix,
+    /// Region Normalization (RN-B): statistics inside and outside a mask, in stages.
+    ChannelRegion,
     /// Folds an inference BatchNorm into the preceding layer's weight and bias.
     FoldBatchNorm,
     /// y = act(x): SELU and the other activations as standalone ops.
@@ -136,7 +139,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -146,6 +149,7 @@ impl Kernel {
         Kernel::ChannelMerge,
         Kernel::ChannelInstanceRunning,
         Kernel::ChannelInstanceMix,
+        Kernel::ChannelRegion,
         Kernel::FoldBatchNorm,
         Kernel::Elementwise,
         Kernel::Copy,
@@ -165,6 +169,7 @@ impl Kernel {
             Kernel::ChannelMerge => "channel_norm/merge",
             Kernel::ChannelInstanceRunning => "channel_norm/instance_running",
             Kernel::ChannelInstanceMix => "channel_norm/instance_mix",
+            Kernel::ChannelRegion => "channel_norm/region",
             Kernel::FoldBatchNorm => "channel_norm/fold",
             Kernel::Elementwise => "elementwise",
             Kernel::Copy => "copy",
@@ -201,6 +206,7 @@ impl Kernel {
             Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
             Kernel::ChannelInstanceRunning => &[MOMENTS, CHANNEL_COMMON, CHANNEL_INSTANCE_RUNNING],
             Kernel::ChannelInstanceMix => &[MOMENTS, CHANNEL_INSTANCE_MIX],
+            Kernel::ChannelRegion => &[MOMENTS, CHANNEL_REGION],
             Kernel::FoldBatchNorm => &[FOLD_BATCH_NORM],
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],

@@ -218,3 +218,85 @@ pub fn unmix_tns(
 pub fn unmix_momentum(m_bn: f64, n: usize) -> f64 {
     1.0 - (1.0 - m_bn).powf(n as f64 / 64.0)
 }
+
+/// PyTorch `interpolate(mode="nearest")` of masks `[n, hm, wm]` to `[n, h, w]`.
+pub fn nearest_resize(
+    mask: &[f64],
+    n: usize,
+    hm: usize,
+    wm: usize,
+    h: usize,
+    w: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n * h * w);
+    for i in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                out.push(mask[(i * hm + y * hm / h) * wm + x * wm / w]);
+            }
+        }
+    }
+    out
+}
+
+/// The official `rn(x, M)` written as the code does it: `BN(x*M + (1-M)*mu) * sqrt(S / NHW)`
+/// with `mu = sum(x M) / S` per channel (S = 0 -> 1), BN without affine, biased, eps.
+fn rn_core(x: &[f64], n: usize, c: usize, hw: usize, m: &[f64], eps: f64) -> Vec<f64> {
+    let mut z = vec![0.0; x.len()];
+    let total = (n * hw) as f64;
+    let s = m.iter().sum::<f64>();
+    let s = if s == 0.0 { 1.0 } else { s };
+    for ch in 0..c {
+        let idx = |i: usize, k: usize| (i * c + ch) * hw + k;
+        let mut mu = 0.0;
+        for i in 0..n {
+            for k in 0..hw {
+                mu += x[idx(i, k)] * m[i * hw + k];
+            }
+        }
+        mu /= s;
+        let t: Vec<f64> = (0..n * hw)
+            .map(|j| {
+                let mj = m[j];
+                x[idx(j / hw, j % hw)] * mj + (1.0 - mj) * mu
+            })
+            .collect();
+        let (tm, tv) = moments(&t);
+        for j in 0..n * hw {
+            z[idx(j / hw, j % hw)] = (t[j] - tm) / (tv + eps).sqrt() * (s / total).sqrt();
+        }
+    }
+    z
+}
+
+/// RN-B on NCHW `x` with a mask `[n, h*w]` (1 = foreground) at the feature size:
+/// `r = rn(x, M) + rn(x, 1 - M)`, `y = r M (1 + gamma_f) + r (1 - M)(1 + gamma_b) + beta_f +
+/// beta_b`.
+#[allow(clippy::too_many_arguments)]
+pub fn region_norm_b(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    mask: &[f64],
+    gamma_f: &[f64],
+    gamma_b: &[f64],
+    beta_f: &[f64],
+    beta_b: &[f64],
+    eps: f64,
+) -> Vec<f64> {
+    let inv: Vec<f64> = mask.iter().map(|m| 1.0 - m).collect();
+    let a = rn_core(x, n, c, hw, mask, eps);
+    let b = rn_core(x, n, c, hw, &inv, eps);
+    (0..x.len())
+        .map(|e| {
+            let ch = (e / hw) % c;
+            let m = mask[(e / (c * hw)) * hw + e % hw];
+            let r = a[e] + b[e];
+            r * m * (1.0 + gamma_f[ch])
+                + r * (1.0 - m) * (1.0 + gamma_b[ch])
+                + beta_f[ch]
+                + beta_b[ch]
+        })
+        .collect()
+}

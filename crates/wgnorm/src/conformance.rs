@@ -162,6 +162,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("ibn_norm", run_ibn_norm),
     ("evonorm_b0", run_evonorm_b0),
     ("unmix_tns", run_unmix_tns),
+    ("region_norm_b", run_region_norm_b),
 ];
 
 /// Whether the runtime implements `op`.
@@ -1057,4 +1058,28 @@ fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         ("component_mean".to_string(), download(ctx, &m)?),
         ("component_var".to_string(), download(ctx, &v)?),
     ]))
+}
+
+fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let op = crate::RegionNormB::new(ctx, a.f64("eps", 1e-5)? as f32, crate::Layout::Nchw, dtype)
+        .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    // U8 mask (0/1) as f32.
+    let mask = upload(ctx, input(case, "mask")?, DType::F32)?;
+    let p = |n: &str| upload(ctx, input(case, n)?, DType::F32);
+    let (gf, gb, bf, bb) = (p("gamma_f")?, p("gamma_b")?, p("beta_f")?, p("beta_b")?);
+    let y = op
+        .forward(&crate::RegionNormInputs {
+            x: &xt,
+            mask: &mask,
+            gamma_f: &gf,
+            gamma_b: &gb,
+            beta_f: &bf,
+            beta_b: &bb,
+        })
+        .map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

@@ -20,7 +20,8 @@ pub mod conformance;
 
 pub use wgnorm_batchnorm::{
     self as batchnorm, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, EvoNormB0,
-    EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, UnmixTns, UnmixTnsInputs,
+    EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, RegionNormB, RegionNormInputs, UnmixTns,
+    UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::{self, Layout};
 pub use wgnorm_core::elementwise::{self, Elementwise};
@@ -115,6 +116,7 @@ pub fn specializations() -> Vec<shader::Specialization> {
         }
     }
     out.extend(chnorm::specializations());
+    out.extend(wgnorm_batchnorm::region_specializations());
     out.extend(wgnorm_poincare::ball_specializations());
     out.extend(wgnorm_poincare::norm_specializations());
     for io in Io::ALL {
