@@ -447,3 +447,205 @@ fn region_norm_b_matches_the_official_formulation() {
         );
     }
 }
+
+#[test]
+fn estbn_and_adaptive_bn_over_steps() {
+    use wgnorm::batchnorm::{exponential_momentum_decay, AdaptNormalize};
+    use wgnorm::{BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs};
+    use wgnorm_reference::chnorm::batch_norm;
+    use wgnorm_reference::research::bn_updated_running;
+    let c_ = ctx();
+    let (n, c, h, w) = (4, 6, 5, 3);
+    let hw = h * w;
+    for (mode, layout) in [
+        ("estbn", Layout::Nchw),
+        ("estbn", Layout::Nhwc),
+        ("adapted", Layout::Nchw),
+        ("batch", Layout::Nhwc),
+    ] {
+        let cfg = BatchNormConfig {
+            layout,
+            ..Default::default()
+        };
+        let bn = BatchNorm::new(c_, cfg).unwrap();
+        let wt: Vec<f32> = noise(50, c).iter().map(|v| v + 1.0).collect();
+        let bt = noise(51, c);
+        let (w_t, b_t) = (up(c_, &wt), up(c_, &bt));
+        let (wd, bd) = (round_to(DType::F32, &wt), round_to(DType::F32, &bt));
+        // Source statistics far from the batch's, so the centring on the old mean matters.
+        let mut rm: Vec<f64> = (0..c).map(|i| i as f64 * 0.3 - 1.0).collect();
+        let mut rv: Vec<f64> = vec![0.7; c];
+        let rm_t = up(c_, &rm.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let rv_t = up(c_, &rv.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        for step in 0..3u64 {
+            let x: Vec<f32> = noise(60 + step, n * c * hw)
+                .iter()
+                .map(|v| v * 2.0 + 1.5)
+                .collect();
+            let xr = round_to(DType::F32, &x);
+            let eta = exponential_momentum_decay(0.5, 0.8, step);
+            let (want_y, want_m, want_v) = match mode {
+                "estbn" => {
+                    let o = bn_updated_running(
+                        &xr, n, c, hw, &wd, &bd, &rm, &rv, 0.01, true, false, 1e-5,
+                    );
+                    (o.y, o.state_a, o.state_b)
+                }
+                "adapted" => {
+                    let o = bn_updated_running(
+                        &xr, n, c, hw, &wd, &bd, &rm, &rv, eta as f64, false, true, 1e-5,
+                    );
+                    (o.y, o.state_a, o.state_b)
+                }
+                _ => {
+                    let o = batch_norm(
+                        &xr,
+                        n,
+                        c,
+                        hw,
+                        Some(&wd),
+                        Some(&bd),
+                        &rm,
+                        &rv,
+                        true,
+                        eta as f64,
+                        true,
+                        1e-5,
+                    );
+                    (o.y, o.running_mean, o.running_var)
+                }
+            };
+            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let xt = c_.upload_f32(&xl, &shape(n, c, h, w, layout)).unwrap();
+            let y = c_.empty(xt.shape(), DType::F32).unwrap();
+            let inputs = BatchNormInputs {
+                x: &xt,
+                weight: Some(&w_t),
+                bias: Some(&b_t),
+                running_mean: Some(&rm_t),
+                running_var: Some(&rv_t),
+            };
+            let outputs = BatchNormOutputs { y: &y, saved: None };
+            let mut enc = c_.device().create_command_encoder(&Default::default());
+            match mode {
+                "estbn" => bn.encode_estbn(&mut enc, &inputs, &outputs, 0.01, true),
+                "adapted" => {
+                    bn.encode_adaptive(&mut enc, &inputs, &outputs, eta, AdaptNormalize::Adapted)
+                }
+                _ => bn.encode_adaptive(&mut enc, &inputs, &outputs, eta, AdaptNormalize::Batch),
+            }
+            .unwrap();
+            c_.queue().submit([enc.finish()]);
+            let what = format!("{mode} {layout:?} step {step}");
+            assert_close(
+                &what,
+                &c_.download(&y).unwrap(),
+                &in_layout(&want_y, n, c, hw, layout),
+                2e-5,
+                2e-5,
+            );
+            assert_close(&what, &c_.download(&rm_t).unwrap(), &want_m, 2e-6, 2e-6);
+            assert_close(&what, &c_.download(&rv_t).unwrap(), &want_v, 2e-6, 2e-6);
+            rm = want_m;
+            rv = want_v;
+        }
+    }
+    // EstBN without running statistics is a typed error.
+    let bn = BatchNorm::new(c_, Default::default()).unwrap();
+    let x = c_.empty(&[2, 3, 2, 2], DType::F32).unwrap();
+    let y = c_.empty(&[2, 3, 2, 2], DType::F32).unwrap();
+    let inputs = BatchNormInputs {
+        x: &x,
+        weight: None,
+        bias: None,
+        running_mean: None,
+        running_var: None,
+    };
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    assert!(matches!(
+        bn.encode_estbn(
+            &mut enc,
+            &inputs,
+            &BatchNormOutputs { y: &y, saved: None },
+            0.01,
+            true
+        ),
+        Err(wgnorm::Error::InvalidParameter { .. })
+    ));
+}
+
+/// The conformance runners of the signatures wgnorm added (estbn, adaptive_bn): a case built in
+/// memory with expected values from the f64 reference must pass, and a perturbed one must fail.
+#[test]
+fn conformance_runners_of_added_signatures() {
+    use std::collections::BTreeMap;
+    use wgnorm::conformance::{run, Case, HostTensor, Outcome};
+    use wgnorm_reference::research::bn_updated_running;
+    let c_ = ctx();
+    let (n, c, hw) = (3, 4, 6);
+    let t = |shape: Vec<usize>, data: Vec<f32>| HostTensor {
+        shape,
+        dtype: "F32".into(),
+        data,
+    };
+    let x = noise(70, n * c * hw);
+    let (rm, rv) = (noise(71, c), vec![0.8f32; c]);
+    let wd = vec![1.0; c];
+    let bd = vec![0.0; c];
+    for (op, attrs, estimated, momentum) in [
+        (
+            "estbn",
+            r#"{"moving_speed": 0.05, "training": true}"#,
+            true,
+            0.05,
+        ),
+        (
+            "adaptive_bn",
+            r#"{"eta0": 0.5, "decay": 0.5, "step": 2, "normalize": "adapted"}"#,
+            false,
+            0.125,
+        ),
+    ] {
+        let want = bn_updated_running(
+            &round_to(DType::F32, &x),
+            n,
+            c,
+            hw,
+            &wd,
+            &bd,
+            &round_to(DType::F32, &rm),
+            &round_to(DType::F32, &rv),
+            momentum,
+            estimated,
+            true,
+            1e-5,
+        );
+        let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<_>>();
+        let mut case = Case {
+            name: op.into(),
+            op: op.into(),
+            attrs: serde_json::from_str(attrs).unwrap(),
+            atol: 1e-5,
+            rtol: 1e-4,
+            inputs: BTreeMap::from([
+                ("x".to_string(), t(vec![n, c, hw], x.clone())),
+                ("running_mean".to_string(), t(vec![c], rm.clone())),
+                ("running_var".to_string(), t(vec![c], rv.clone())),
+            ]),
+            expected: BTreeMap::from([
+                ("y".to_string(), t(vec![n, c, hw], f(&want.y))),
+                ("running_mean".to_string(), t(vec![c], f(&want.state_a))),
+                ("running_var".to_string(), t(vec![c], f(&want.state_b))),
+            ]),
+        };
+        assert_eq!(run(c_, &case), Outcome::Passed, "{op}");
+        case.expected.get_mut("running_var").unwrap().data[1] += 1e-2;
+        assert!(
+            matches!(run(c_, &case), Outcome::Failed(_)),
+            "{op} perturbed"
+        );
+    }
+}

@@ -29,6 +29,11 @@ override AFFINE_PER_SLOT: bool = false;
 // step's update when QM_USE_RUNNING; UPDATE_RUNNING: phi += (psi2 - phi) * w_src (the warm-up
 // average, w_src = 1/t or 0), then phi = (1 - momentum) phi + momentum psi2.
 override QM_USE_RUNNING: bool = false;
+// With UPDATE_RUNNING: normalize with the updated running statistics (EstBN, adaptive BN).
+override NORM_UPDATED: bool = false;
+// EstBN: the variance fed to the running one is mean((x - rm_old)^2) = var_b + (mean - rm_old)^2
+// (a sum of two non-negative terms: no cancellation).
+override EST_VAR: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -99,8 +104,19 @@ fn main(
             if (UNBIASED_RUNNING) {
                 v_run = acc.m2 / (acc.n - 1.0);
             }
-            running_mean[rr] = (1.0 - m) * running_mean[rr] + m * mean;
-            running_var[rr] = (1.0 - m) * running_var[rr] + m * v_run;
+            let rm_old = running_mean[rr];
+            if (EST_VAR) {
+                let d = mean - rm_old;
+                v_run = acc.m2 / acc.n + d * d;
+            }
+            let rm_new = (1.0 - m) * rm_old + m * mean;
+            let rv_new = (1.0 - m) * running_var[rr] + m * v_run;
+            running_mean[rr] = rm_new;
+            running_var[rr] = rv_new;
+            if (NORM_UPDATED) {
+                mean = rm_new;
+                var_b = rv_new;
+            }
         }
     }
     var rstd: f32;

@@ -175,6 +175,63 @@ impl BatchNorm {
         )
     }
 
+    /// EstBN (Batch-Channel Normalization's estimated BN, NORMS.md A6). Training: the
+    /// variance fed to the running one is `var_est = mean((x - rm_old)^2)`, centred on the
+    /// **old** running mean; `rm <- (1 - ms) rm + ms mean_b`, `rv <- (1 - ms) rv + ms var_est`;
+    /// then x is normalized with the **updated** running statistics (and the affine). Inference:
+    /// the running statistics. `moving_speed` (ms, the training script's `estbn_moving_speed`;
+    /// its value is not published, a port uses 0.01). Needs the running statistics.
+    pub fn encode_estbn(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormInputs,
+        outputs: &BatchNormOutputs,
+        moving_speed: f32,
+        training: bool,
+    ) -> Result<()> {
+        require_running(inputs)?;
+        let statistics = if training {
+            Statistics::UpdatedRunning {
+                momentum: moving_speed,
+                unbiased: false,
+                estimated: true,
+            }
+        } else {
+            Statistics::Running
+        };
+        self.encode_with(encoder, inputs, outputs, statistics, None, None)
+    }
+
+    /// Source-free adaptation step with a momentum schedule (NORMS.md A13; no official code):
+    /// the running statistics start at the source ones and move as
+    /// `r <- (1 - eta) r + eta s` with this step's `eta` (e.g. [`exponential_momentum_decay`]:
+    /// `eta_k = eta0 * delta^k`, or any schedule of yours); `normalize` says whether this
+    /// batch is normalized with its own statistics or with the adapted (updated running) ones.
+    /// The variance fed is unbiased unless `BatchNormConfig::running_var_unbiased` is false.
+    pub fn encode_adaptive(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormInputs,
+        outputs: &BatchNormOutputs,
+        eta: f32,
+        normalize: AdaptNormalize,
+    ) -> Result<()> {
+        require_running(inputs)?;
+        let unbiased = self.cfg.running_var_unbiased;
+        let statistics = match normalize {
+            AdaptNormalize::Adapted => Statistics::UpdatedRunning {
+                momentum: eta,
+                unbiased,
+                estimated: false,
+            },
+            AdaptNormalize::Batch => Statistics::Batch(Some(RunningUpdate {
+                momentum: Some(eta),
+                unbiased,
+            })),
+        };
+        self.encode_with(encoder, inputs, outputs, statistics, None, None)
+    }
+
     /// Ghost Batch Normalization (Hoffer et al. 2017; NORMS.md A9): in training, each chunk of
     /// `ghost_size` consecutive samples is normalized with its own per-channel statistics, and
     /// the running statistics get one PyTorch update per chunk, in chunk order (the common
@@ -567,18 +624,46 @@ mod tests {
     }
 }
 
+/// Which statistics normalize an adaptation step ([`BatchNorm::encode_adaptive`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdaptNormalize {
+    /// The running statistics after this step's update (the default: what "adapted statistics"
+    /// means; NORMS.md A13 marks it unverified).
+    #[default]
+    Adapted,
+    /// This batch's own statistics (biased variance), as BatchNorm training does.
+    Batch,
+}
+
+/// `eta_k = eta0 * delta^k`, the exponential momentum decay of NORMS.md A13 (k from 0).
+pub fn exponential_momentum_decay(eta0: f32, delta: f32, k: u64) -> f32 {
+    (eta0 as f64 * (delta as f64).powf(k as f64)) as f32
+}
+
+fn require_running(inputs: &BatchNormInputs) -> Result<()> {
+    if inputs.running_mean.is_none() || inputs.running_var.is_none() {
+        return Err(Error::InvalidParameter {
+            name: "running statistics",
+            value: "None".into(),
+            why: "this method normalizes with the running statistics: pass running_mean and running_var",
+        });
+    }
+    Ok(())
+}
+
 /// Batch-Channel Normalization (Qiao et al.; NORMS.md A6, official `layers.py`, plain-BN variant):
 /// `BCN(x) = GroupAffine(ChannelNorm(BN(x)))` — BatchNorm with its per-channel affine (training:
 /// batch statistics and the running update; inference: running statistics), then per
 /// (sample, group) normalization over the group's channels and the spatial dims (GroupNorm
 /// without affine, same `eps`), then an affine with one weight and bias **per group** (`[G]`).
-/// The BN output is kept in an op-owned scratch tensor of the I/O dtype. EstBN is not
-/// implemented yet.
+/// The BN output is kept in an op-owned scratch tensor of the I/O dtype.
+/// [`BatchChannelNorm::with_estbn`] makes the BN part EstBN ([`BatchNorm::encode_estbn`]).
 pub struct BatchChannelNorm {
     bn: BatchNorm,
     channel: ChannelNorm,
     groups: usize,
     scratch: ScratchCache,
+    estbn: Option<f32>,
 }
 
 /// Inputs of [`BatchChannelNorm`]: the BN part's per-channel `bn_weight`/`bn_bias` and running
@@ -605,7 +690,14 @@ impl BatchChannelNorm {
             channel,
             groups,
             scratch: Default::default(),
+            estbn: None,
         })
+    }
+
+    /// The BN part becomes EstBN with this moving speed (`estbn_moving_speed`).
+    pub fn with_estbn(mut self, moving_speed: f32) -> BatchChannelNorm {
+        self.estbn = Some(moving_speed);
+        self
     }
 
     pub fn encode(
@@ -643,15 +735,16 @@ impl BatchChannelNorm {
         };
         // Check the second pass before recording the first.
         self.channel.check_args(&channel_args)?;
-        self.bn.encode(
-            encoder,
-            &bn_inputs,
-            &BatchNormOutputs {
-                y: &tmp,
-                saved: None,
-            },
-            training,
-        )?;
+        let bn_out = BatchNormOutputs {
+            y: &tmp,
+            saved: None,
+        };
+        match self.estbn {
+            Some(ms) => self
+                .bn
+                .encode_estbn(encoder, &bn_inputs, &bn_out, ms, training)?,
+            None => self.bn.encode(encoder, &bn_inputs, &bn_out, training)?,
+        }
         self.channel.encode(encoder, &channel_args)
     }
 }

@@ -319,6 +319,16 @@ pub enum Statistics {
     Batch(Option<RunningUpdate>),
     /// The running statistics (BatchNorm inference).
     Running,
+    /// Update the running statistics from this batch (`r = (1 - momentum) r + momentum s`), then
+    /// normalize with the **updated** running statistics. `estimated`: the variance fed to the
+    /// running one is EstBN's `mean((x - rm_old)^2) = var_b + (mean_b - rm_old)^2` (centred on
+    /// the old running mean, BCN's EstBN, NORMS.md A6); otherwise the unbiased or biased batch
+    /// variance (adaptive BN with "adapted" statistics, A13).
+    UpdatedRunning {
+        momentum: f32,
+        unbiased: bool,
+        estimated: bool,
+    },
     /// Test-time BN: `w_src * running + (1 - w_src) * batch` for the mean and the variance
     /// (batch variance unbiased); the running (source) statistics are read, not updated.
     Mixed { w_src: f32 },
@@ -688,6 +698,26 @@ impl ChannelNorm {
         let (needs_running, update) = match a.statistics {
             Statistics::Running => (true, None),
             Statistics::Batch(u) => (u.is_some(), u),
+            Statistics::UpdatedRunning {
+                momentum,
+                unbiased,
+                estimated,
+            } => {
+                if !momentum.is_finite() || !(0.0..=1.0).contains(&momentum) {
+                    return Err(Error::InvalidParameter {
+                        name: "momentum",
+                        value: momentum.to_string(),
+                        why: "must be in [0, 1]",
+                    });
+                }
+                (
+                    true,
+                    Some(RunningUpdate {
+                        momentum: Some(momentum),
+                        unbiased: unbiased && !estimated,
+                    }),
+                )
+            }
             Statistics::QuadraticMean {
                 use_running,
                 update,
@@ -947,6 +977,20 @@ impl ChannelNorm {
                 ("MIX", flag(w_src.is_some())),
                 ("UNBIASED_NORM", flag(self.unbiased_norm)),
                 ("AFFINE_PER_SLOT", flag(self.affine_per_slot)),
+                (
+                    "NORM_UPDATED",
+                    flag(matches!(a.statistics, Statistics::UpdatedRunning { .. })),
+                ),
+                (
+                    "EST_VAR",
+                    flag(matches!(
+                        a.statistics,
+                        Statistics::UpdatedRunning {
+                            estimated: true,
+                            ..
+                        }
+                    )),
+                ),
             ],
         )?;
         let apply = ctx.pipeline(
@@ -1436,6 +1480,26 @@ pub fn specializations() -> Vec<Specialization> {
                 ("HAS_BIAS", f(0)),
                 ("HAS_GAMMA", f(1)),
                 ("HAS_BETA", f(2)),
+            ],
+        });
+    }
+    for bits in 0..8u32 {
+        let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
+        // EstBN / adaptive BN: update, then normalize with the updated statistics.
+        out.push(Specialization {
+            kernel: Kernel::ChannelFinalize,
+            io: Io {
+                dtype: DType::F32,
+                vec4: false,
+            },
+            constants: vec![
+                ("WG", FINALIZE_WG as f64),
+                ("UPDATE_RUNNING", 1.0),
+                ("UNBIASED_RUNNING", f(0)),
+                ("HAS_WEIGHT", f(1)),
+                ("HAS_BIAS", f(1)),
+                ("NORM_UPDATED", f(2)),
+                ("EST_VAR", 1.0 - f(0)),
             ],
         });
     }

@@ -300,3 +300,55 @@ pub fn region_norm_b(
         })
         .collect()
 }
+
+/// Running-statistics update from a batch, then normalization with the updated statistics:
+/// EstBN (`estimated`: the variance fed is `mean((x - rm_old)^2)`, NORMS.md A6) or adaptive BN
+/// with adapted statistics (A13, the unbiased or biased batch variance fed). Training only;
+/// returns y and the updated running mean / variance.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_updated_running(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: &[f64],
+    bias: &[f64],
+    running_mean: &[f64],
+    running_var: &[f64],
+    momentum: f64,
+    estimated: bool,
+    unbiased: bool,
+    eps: f64,
+) -> StatefulOut {
+    let mut y = vec![0.0; x.len()];
+    let (mut rm, mut rv) = (running_mean.to_vec(), running_var.to_vec());
+    for ch in 0..c {
+        let vals = channel(x, n, c, hw, ch);
+        let (m, v) = moments(&vals);
+        let cnt = vals.len() as f64;
+        let fed = if estimated {
+            vals.iter()
+                .map(|e| (e - running_mean[ch]).powi(2))
+                .sum::<f64>()
+                / cnt
+        } else if unbiased {
+            v * cnt / (cnt - 1.0)
+        } else {
+            v
+        };
+        rm[ch] = (1.0 - momentum) * running_mean[ch] + momentum * m;
+        rv[ch] = (1.0 - momentum) * running_var[ch] + momentum * fed;
+        let rstd = 1.0 / (rv[ch] + eps).sqrt();
+        for i in 0..n {
+            for k in 0..hw {
+                let idx = (i * c + ch) * hw + k;
+                y[idx] = (x[idx] - rm[ch]) * rstd * weight[ch] + bias[ch];
+            }
+        }
+    }
+    StatefulOut {
+        y,
+        state_a: rm,
+        state_b: rv,
+    }
+}

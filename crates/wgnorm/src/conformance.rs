@@ -163,6 +163,8 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("evonorm_b0", run_evonorm_b0),
     ("unmix_tns", run_unmix_tns),
     ("region_norm_b", run_region_norm_b),
+    ("estbn", run_estbn),
+    ("adaptive_bn", run_adaptive_bn),
 ];
 
 /// Whether the runtime implements `op`.
@@ -609,7 +611,16 @@ fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<Outputs, String> {
 }
 
 fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
-    let a = Attrs::new(case, &["num_groups", "eps", "momentum", "training"])?;
+    let a = Attrs::new(
+        case,
+        &[
+            "num_groups",
+            "eps",
+            "momentum",
+            "training",
+            "estbn_moving_speed",
+        ],
+    )?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
     let cfg = crate::BatchNormConfig {
@@ -620,7 +631,10 @@ fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outputs, String>
     };
     let groups =
         usize::try_from(a.int("num_groups", 32)?).map_err(|_| "num_groups < 0".to_string())?;
-    let op = crate::batchnorm::BatchChannelNorm::new(ctx, cfg, groups).map_err(err)?;
+    let mut op = crate::batchnorm::BatchChannelNorm::new(ctx, cfg, groups).map_err(err)?;
+    if let Some(ms) = a.opt_f64("estbn_moving_speed", None)? {
+        op = op.with_estbn(ms as f32);
+    }
     let xt = upload(ctx, x, dtype)?;
     let p = |name| upload_param(ctx, case, name);
     let (bw, bb, rm, rv, w, b) = (
@@ -1082,4 +1096,62 @@ fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         })
         .map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
+
+fn run_estbn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["eps", "moving_speed", "training"])?;
+    let dtype = io_dtype(input(case, "x")?)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let t = BnTensors::load(ctx, case, dtype)?;
+    let (ms, training) = (
+        a.f64("moving_speed", 0.01)? as f32,
+        a.bool("training", false)?,
+    );
+    t.run(ctx, |enc, i, o| bn.encode_estbn(enc, i, o, ms, training))
+}
+
+fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(
+        case,
+        &[
+            "eps",
+            "eta0",
+            "decay",
+            "step",
+            "normalize",
+            "running_var_unbiased",
+        ],
+    )?;
+    let dtype = io_dtype(input(case, "x")?)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        running_var_unbiased: a.bool("running_var_unbiased", true)?,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let t = BnTensors::load(ctx, case, dtype)?;
+    let step = u64::try_from(a.int("step", 0)?).map_err(|_| "step < 0".to_string())?;
+    let eta = crate::batchnorm::exponential_momentum_decay(
+        a.f64("eta0", 0.1)? as f32,
+        a.f64("decay", 0.9)? as f32,
+        step,
+    );
+    let normalize = match a.str("normalize", "adapted")?.as_str() {
+        "adapted" => crate::batchnorm::AdaptNormalize::Adapted,
+        "batch" => crate::batchnorm::AdaptNormalize::Batch,
+        o => {
+            return Err(format!(
+                "normalize must be \"adapted\" or \"batch\", got {o:?}"
+            ))
+        }
+    };
+    t.run(ctx, |enc, i, o| {
+        bn.encode_adaptive(enc, i, o, eta, normalize)
+    })
 }
