@@ -135,3 +135,63 @@ fn elementwise_activations_including_extremes() {
     );
     assert!(matches!(bad, Err(wgnorm::Error::InvalidParameter { .. })));
 }
+
+#[test]
+fn alpha_dropout_mask_affine_and_moments() {
+    use wgnorm::elementwise::{alpha_dropout_keeps, AlphaDropout};
+    let c_ = ctx();
+    let n = 100_003;
+    // Roughly standard normal input (sum of uniforms), the regime AlphaDropout is built for.
+    let u: Vec<f32> = (0..4).flat_map(|k| noise(80 + k, n)).collect();
+    let x: Vec<f32> = (0..n)
+        .map(|i| (u[i] + u[n + i] + u[2 * n + i] + u[3 * n + i]) * (3.0f32 / 4.0).sqrt())
+        .collect();
+    let xt = c_.upload_f32(&x, &[n]).unwrap();
+    let y = c_.empty(&[n], DType::F32).unwrap();
+    let rate = 0.2;
+    let op = AlphaDropout::new(c_, rate as f32, DType::F32).unwrap();
+    let run = |seed: u64, training: bool| {
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        op.encode(&mut enc, &xt, &y, seed, training).unwrap();
+        c_.queue().submit([enc.finish()]);
+        c_.download(&y).unwrap()
+    };
+    // NORMS.md D2, in f64 from the constants.
+    let q: f64 = 1.0 - rate;
+    let alpha_p = -1.0507009873554804934 * 1.6732632423543772848;
+    let a = (q + alpha_p * alpha_p * q * (1.0 - q)).powf(-0.5);
+    let b = -a * (1.0 - q) * alpha_p;
+    let threshold = (q * 4294967296.0) as u32;
+    let got = run(7, true);
+    let mut kept = 0usize;
+    let want: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let k = alpha_dropout_keeps(7, threshold, i as u32);
+            kept += k as usize;
+            a * if k { v as f64 } else { alpha_p } + b
+        })
+        .collect();
+    assert_close("alpha dropout", &got, &want, 1e-6, 1e-6);
+    // The mask keeps q of the elements (5 sigma), and the output keeps mean 0 / variance 1.
+    let frac = kept as f64 / n as f64;
+    assert!(
+        (frac - q).abs() < 5.0 * (q * (1.0 - q) / n as f64).sqrt(),
+        "kept {frac}"
+    );
+    let mean = got.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let var = got.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+    let xm = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let xv = x.iter().map(|&v| (v as f64 - xm).powi(2)).sum::<f64>() / n as f64;
+    assert!(
+        (mean - xm).abs() < 0.02 && (var - xv).abs() < 0.03,
+        "mean {mean} var {var} (input {xm} {xv})"
+    );
+    // Same seed, same mask; another seed, another mask; inference is the identity.
+    assert_eq!(run(7, true), got);
+    assert_ne!(run(8, true), got);
+    assert_eq!(run(7, false), x);
+    assert!(AlphaDropout::new(c_, 1.0, DType::F32).is_err());
+    assert!(AlphaDropout::new(c_, -0.1, DType::F32).is_err());
+}

@@ -741,3 +741,41 @@ fn fused_residual_add_on_every_kernel_path() {
         "{r:?}"
     );
 }
+
+#[test]
+fn layer_norm_scaling_folds_into_the_gain() {
+    use wgnorm::layernorm::placement::{fold_output_scale, layer_norm_scaling};
+    let c_ = ctx();
+    let (rows, n) = (7, 96);
+    let x = noise(90, rows * n);
+    let (w, b) = (noise(91, n), noise(92, n));
+    let s = layer_norm_scaling(5);
+    let (ws, bs) = fold_output_scale(&w, Some(&b), s);
+    let op = LayerNorm::new(c_, LayerNormConfig::default()).unwrap();
+    let (xt, wt, bt) = (
+        c_.upload_f32(&x, &[rows, n]).unwrap(),
+        c_.upload_f32(&ws, &[n]).unwrap(),
+        c_.upload_f32(&bs.unwrap(), &[n]).unwrap(),
+    );
+    let out = op
+        .forward(&LayerNormInputs {
+            x: &xt,
+            weight: Some(&wt),
+            bias: Some(&bt),
+        })
+        .unwrap();
+    let r = |v: &[f32]| v.iter().map(|&e| e as f64).collect::<Vec<_>>();
+    let want: Vec<f64> =
+        wgnorm_reference::rownorm::layer_norm(&r(&x), n, Some(&r(&w)), Some(&r(&b)), 1e-5)
+            .y
+            .iter()
+            .map(|v| v * s as f64)
+            .collect();
+    assert_close(
+        "layer norm scaling",
+        &c_.download(&out.y).unwrap(),
+        &want,
+        1e-5,
+        1e-5,
+    );
+}

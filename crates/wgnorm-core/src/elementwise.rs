@@ -104,3 +104,132 @@ impl Elementwise {
         Ok(y)
     }
 }
+
+/// AlphaDropout (Klambauer et al. 2017; NORMS.md D2), the dropout that keeps SELU's
+/// self-normalizing mean and variance: with `q = 1 - rate` and `alpha' = -lambda * alpha`,
+/// dropped elements become `alpha'` and `y = a * x' + b`, `a = (q + alpha'^2 q (1 - q))^(-1/2)`,
+/// `b = -a (1 - q) alpha'`. Identity at inference.
+///
+/// The mask is counter-based: element i (row-major index) is kept when
+/// `pcg(pcg(i ^ seed_lo) ^ seed_hi) < q * 2^32` ([`alpha_dropout_keeps`] is the same function on
+/// the host), so a (seed, shape) pair always gives the same mask on every backend, and a call
+/// needs no RNG state; pass a new seed per training step.
+pub struct AlphaDropout {
+    ctx: Context,
+    rate: f32,
+    dtype: DType,
+    binds: BindCache,
+}
+
+const DROP_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+const SELU_LAMBDA: f64 = 1.050_700_987_355_480_5;
+
+fn pcg(v: u32) -> u32 {
+    let state = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
+    (word >> 22) ^ word
+}
+
+/// Whether AlphaDropout with `seed` and keep threshold `threshold` (`q * 2^32`) keeps element
+/// `i`; what the kernel computes.
+pub fn alpha_dropout_keeps(seed: u64, threshold: u32, i: u32) -> bool {
+    pcg(pcg(i ^ seed as u32) ^ (seed >> 32) as u32) < threshold
+}
+
+impl AlphaDropout {
+    /// `rate` in [0, 1): the probability of dropping an element.
+    pub fn new(ctx: &Context, rate: f32, dtype: DType) -> Result<AlphaDropout> {
+        if !(0.0..1.0).contains(&rate) {
+            return Err(Error::InvalidParameter {
+                name: "rate",
+                value: rate.to_string(),
+                why: "must be in [0, 1)",
+            });
+        }
+        ctx.check_io(Io { dtype, vec4: false })?;
+        Ok(AlphaDropout {
+            ctx: ctx.clone(),
+            rate,
+            dtype,
+            binds: BindCache::default(),
+        })
+    }
+
+    /// The keep threshold `q * 2^32` and the affine `(a, b, alpha')` of this rate (f64 math).
+    pub fn coefficients(&self) -> (u32, f64, f64, f64) {
+        let q = 1.0 - self.rate as f64;
+        let alpha_p = -SELU_LAMBDA * SELU_ALPHA;
+        let a = (q + alpha_p * alpha_p * q * (1.0 - q)).powf(-0.5);
+        let b = -a * (1.0 - q) * alpha_p;
+        let threshold = (q * 4_294_967_296.0).min(4_294_967_295.0) as u32;
+        (threshold, a, b, alpha_p)
+    }
+
+    /// Records `y = alpha_dropout(x)`: the seeded mask when `training`, a copy otherwise.
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        seed: u64,
+        training: bool,
+    ) -> Result<()> {
+        for (what, t) in [("x", x), ("y", y)] {
+            if t.dtype() != self.dtype {
+                return Err(Error::DTypeMismatch {
+                    what: what.into(),
+                    expected: self.dtype,
+                    got: t.dtype(),
+                });
+            }
+        }
+        if y.shape() != x.shape() {
+            return Err(Error::ShapeMismatch {
+                what: "y".into(),
+                expected: x.shape().to_vec(),
+                got: y.shape().to_vec(),
+            });
+        }
+        let n = x.numel();
+        if n == 0 {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let n32 = u32::try_from(n).map_err(|_| Error::InvalidParameter {
+            name: "x",
+            value: n.to_string(),
+            why: "more than 2^32 - 1 elements",
+        })?;
+        let (xr, yr) = (
+            binding::storage_range(ctx, "x", x)?,
+            binding::storage_range(ctx, "y", y)?,
+        );
+        binding::check_no_alias(&[("x", Some(&xr), false), ("y", Some(&yr), true)])?;
+        let (threshold, a, b, alpha_p) = self.coefficients();
+        let mut params = [0u32; PARAM_WORDS];
+        params[0] = n32;
+        params[1] = seed as u32;
+        params[2] = (seed >> 32) as u32;
+        params[3] = threshold;
+        params[4] = (a as f32).to_bits();
+        params[5] = (b as f32).to_bits();
+        params[6] = (alpha_p as f32).to_bits();
+        params[7] = (!training || self.rate == 0.0) as u32;
+        let io = Io {
+            dtype: self.dtype,
+            vec4: false,
+        };
+        let pipeline = ctx.pipeline(Kernel::AlphaDropout, io, DROP_SLOTS, &[("WG", WG as f64)])?;
+        let bind = self.binds.get(ctx, DROP_SLOTS, &params, &[&xr, &yr])?;
+        let (gx, gy) = binding::grid(ctx, (n as u64).div_ceil(WG as u64));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm alpha dropout"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+}

@@ -26,6 +26,7 @@ const ACTIVATION: &str = shader_file!("common/activation.wgsl");
 const WG_MOMENTS: &str = shader_file!("common/workgroup_moments.wgsl");
 const TEAM_SUM: &str = shader_file!("common/team.wgsl");
 const ELEMENTWISE: &str = shader_file!("elementwise.wgsl");
+const ALPHA_DROPOUT: &str = shader_file!("dropout.wgsl");
 const ROW_NORM_COMMON: &str = shader_file!("row_norm/common.wgsl");
 const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
 const ROW_NORM_TEAM_REGS: &str = shader_file!("row_norm/team_regs.wgsl");
@@ -128,6 +129,8 @@ pub enum Kernel {
     FoldBatchNorm,
     /// y = act(x): SELU and the other activations as standalone ops.
     Elementwise,
+    /// AlphaDropout with a counter-based mask (seed, index).
+    AlphaDropout,
     /// Plain copy, the bandwidth roofline of the benchmarks.
     Copy,
     /// One invocation per row, three passes: the benchmarks' baseline for row norms.
@@ -139,7 +142,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -152,6 +155,7 @@ impl Kernel {
         Kernel::ChannelRegion,
         Kernel::FoldBatchNorm,
         Kernel::Elementwise,
+        Kernel::AlphaDropout,
         Kernel::Copy,
         Kernel::NaiveRowNorm,
         Kernel::PoincareBall,
@@ -172,6 +176,7 @@ impl Kernel {
             Kernel::ChannelRegion => "channel_norm/region",
             Kernel::FoldBatchNorm => "channel_norm/fold",
             Kernel::Elementwise => "elementwise",
+            Kernel::AlphaDropout => "dropout",
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
             Kernel::PoincareBall => "poincare/ball",
@@ -211,6 +216,7 @@ impl Kernel {
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],
             Kernel::Elementwise => &[ACTIVATION, ELEMENTWISE],
+            Kernel::AlphaDropout => &[ALPHA_DROPOUT],
             Kernel::PoincareBall => &[POINCARE_COMMON, POINCARE_BALL],
             Kernel::PoincareMidpoint => &[POINCARE_COMMON, POINCARE_MIDPOINT],
         }

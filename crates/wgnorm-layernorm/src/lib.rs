@@ -5,6 +5,8 @@
 //! f16, arithmetic f32. Optionally writes the per-row `mean` and `rstd = 1/sqrt(var + eps)` (f32),
 //! as a backward pass needs them.
 
+pub mod placement;
+
 pub use wgnorm_core::rownorm::RowKernel;
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::{Context, DType, Result, Tensor};

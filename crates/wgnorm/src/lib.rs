@@ -24,7 +24,7 @@ pub use wgnorm_batchnorm::{
     UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::{self, Layout};
-pub use wgnorm_core::elementwise::{self, Elementwise};
+pub use wgnorm_core::elementwise::{self, AlphaDropout, Elementwise};
 pub use wgnorm_core::Activation;
 pub use wgnorm_core::{
     self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, Slot, Tensor,
@@ -127,6 +127,13 @@ pub fn specializations() -> Vec<shader::Specialization> {
                 kernel: Kernel::Elementwise,
                 io,
                 constants,
+            });
+        }
+        if !io.vec4 {
+            out.push(Specialization {
+                kernel: Kernel::AlphaDropout,
+                io,
+                constants: vec![("WG", 256.0)],
             });
         }
     }
