@@ -158,7 +158,7 @@ fn alpha_dropout_mask_affine_and_moments() {
     };
     // NORMS.md D2, in f64 from the constants.
     let q: f64 = 1.0 - rate;
-    let alpha_p = -1.0507009873554804934 * 1.6732632423543772848;
+    let alpha_p = -1.050_700_987_355_480_5 * 1.673_263_242_354_377_3;
     let a = (q + alpha_p * alpha_p * q * (1.0 - q)).powf(-0.5);
     let b = -a * (1.0 - q) * alpha_p;
     let threshold = (q * 4294967296.0) as u32;
