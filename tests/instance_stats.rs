@@ -649,3 +649,84 @@ fn conformance_runners_of_added_signatures() {
         );
     }
 }
+
+#[test]
+fn adab2n_task_weighted_over_steps() {
+    use wgnorm::batchnorm::{adab2n_momentum, AdaB2nInputs, AdaB2nTaskWeighted};
+    use wgnorm_reference::research::adab2n_task_weighted;
+    let c_ = ctx();
+    for (n, c, h, w, tasks, layout) in [
+        (6, 5, 4, 3, vec![0usize, 0, 1, 2, 2, 2], Layout::Nchw),
+        (5, 4, 3, 3, vec![1, 1, 1, 1, 1], Layout::Nhwc),
+        (4, 3, 2, 2, vec![3, 0, 3, 1], Layout::Nchw),
+    ] {
+        let hw = h * w;
+        let t_count = tasks.iter().max().unwrap() + 1;
+        let op = AdaB2nTaskWeighted::new(c_, 1e-5, layout, DType::F32).unwrap();
+        let theta: Vec<f32> = noise(100, t_count).to_vec();
+        let wt: Vec<f32> = noise(101, c).iter().map(|v| v + 1.0).collect();
+        let bt = noise(102, c);
+        let ids: Vec<f32> = tasks.iter().map(|&t| t as f32).collect();
+        let (th_t, id_t, w_t, b_t) = (up(c_, &theta), up(c_, &ids), up(c_, &wt), up(c_, &bt));
+        let mut rm = vec![0.2f64; c];
+        let mut rv = vec![1.1f64; c];
+        let rm_t = up(c_, &rm.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let rv_t = up(c_, &rv.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        for step in 1..=3u64 {
+            let eta = adab2n_momentum(0.5, 0.1, step).unwrap();
+            let x: Vec<f32> = noise(110 + step, n * c * hw)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * 2.0 + (i / (c * hw)) as f32 * 0.5)
+                .collect();
+            let xr = round_to(DType::F32, &x);
+            let want = adab2n_task_weighted(
+                &xr,
+                n,
+                c,
+                hw,
+                &round_to(DType::F32, &wt),
+                &round_to(DType::F32, &bt),
+                &rm,
+                &rv,
+                &round_to(DType::F32, &theta),
+                &tasks,
+                eta as f64,
+                1e-5,
+            );
+            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let xt = c_.upload_f32(&xl, &shape(n, c, h, w, layout)).unwrap();
+            let inputs = AdaB2nInputs {
+                x: &xt,
+                weight: &w_t,
+                bias: &b_t,
+                running_mean: &rm_t,
+                running_var: &rv_t,
+                theta: &th_t,
+                task_ids: &id_t,
+            };
+            let y = c_.download(&op.forward(&inputs, eta).unwrap()).unwrap();
+            let what = format!("adab2n weighted {tasks:?} {layout:?} step {step}");
+            assert_close(&what, &y, &in_layout(&want.y, n, c, hw, layout), 2e-5, 2e-5);
+            assert_close(
+                &what,
+                &c_.download(&rm_t).unwrap(),
+                &want.state_a,
+                2e-6,
+                2e-6,
+            );
+            assert_close(
+                &what,
+                &c_.download(&rv_t).unwrap(),
+                &want.state_b,
+                2e-6,
+                2e-6,
+            );
+            rm = want.state_a;
+            rv = want.state_b;
+        }
+    }
+}

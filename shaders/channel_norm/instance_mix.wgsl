@@ -9,6 +9,10 @@
 //   (inference), var_I per (n, c); training updates running_var with the unbiased (timm) or
 //   biased (TF) var_B. Writes [sqrt(var_B + eps)][sqrt(var_I + eps)][weight][bias][v] for
 //   y = x / max(a, v x + b) * weight + bias.
+// MODE 3, AdaB2N with task weights (A10): per-sample weights w_n = p_t / count_t for sample n of
+//   task t (task ids in `assign` as f32), p_t = (exp(theta_t) + count_t) / sum_t'(exp(theta_t') +
+//   count_t') with theta = aux [T]; mean = sum_n w_n mean_n, var = sum_n w_n (var_n + (mean_n -
+//   mean)^2); running mean and (biased) variance move by `momentum` (this step's eta).
 // MODE 2, UnMix-TNS (A12), one workgroup: K components (mean, var) [K, C] mixed per sample by
 //   p_nk = softmax_k(cos(mu_n, mu_k) / temperature), then the components move towards the
 //   samples: mu_k += M mean_n(p_nk (mu_n - mu_k)), same for the variances.
@@ -23,6 +27,7 @@ struct InstanceParams {
     c: u32,
     // IBN: channels of the InstanceNorm part. UnMix-TNS: components K.
     half: u32,
+    // UnMix-TNS: components K. AdaB2N: tasks T.
     k: u32,
     eps: f32,
     momentum: f32,
@@ -42,7 +47,7 @@ struct InstanceParams {
 // IBN: running_var [C - half]; UnMix-TNS: component variances [K, C].
 @group(0) @binding(6) var<storage, read_write> run_b: array<f32>;
 @group(0) @binding(7) var<storage, read_write> coef: array<f32>;
-// UnMix-TNS: the assignment p [N, K].
+// UnMix-TNS: the assignment p [N, K]. AdaB2N: the task id of each sample (read only).
 @group(0) @binding(8) var<storage, read_write> assign: array<f32>;
 
 fn inst(n: u32, ch: u32) -> Moments {
@@ -116,6 +121,49 @@ fn evo_b0(ch: u32) {
         set_coef(5u, n, 2u, ch, weight[ch]);
         set_coef(5u, n, 3u, ch, bias[ch]);
         set_coef(5u, n, 4u, ch, aux[ch]);
+    }
+}
+
+fn task_of(n: u32) -> u32 {
+    return min(u32(max(assign[n], 0.0)), params.k - 1u);
+}
+
+fn task_count(t: u32) -> f32 {
+    var cnt = 0.0;
+    for (var n = 0u; n < params.n; n++) {
+        cnt += select(0.0, 1.0, task_of(n) == t);
+    }
+    return cnt;
+}
+
+// Every channel recomputes the task weights (O(N T) work; N and T are small): no extra pass.
+fn adab2n(ch: u32) {
+    var total = 0.0;
+    for (var t = 0u; t < params.k; t++) {
+        total += exp(aux[t]) + task_count(t);
+    }
+    var mean = 0.0;
+    for (var n = 0u; n < params.n; n++) {
+        let t = task_of(n);
+        let w = (exp(aux[t]) + task_count(t)) / total / task_count(t);
+        mean += w * inst(n, ch).mean;
+    }
+    var var_w = 0.0;
+    for (var n = 0u; n < params.n; n++) {
+        let t = task_of(n);
+        let w = (exp(aux[t]) + task_count(t)) / total / task_count(t);
+        let m = inst(n, ch);
+        let d = m.mean - mean;
+        var_w += w * (m.m2 / m.n + d * d);
+    }
+    let eta = params.momentum;
+    run_a[ch] = run_a[ch] + eta * (mean - run_a[ch]);
+    run_b[ch] = (1.0 - eta) * run_b[ch] + eta * var_w;
+    let sc = inverseSqrt(var_w + params.eps) * weight[ch];
+    for (var n = 0u; n < params.n; n++) {
+        set_coef(3u, n, 0u, ch, mean);
+        set_coef(3u, n, 1u, ch, sc);
+        set_coef(3u, n, 2u, ch, bias[ch]);
     }
 }
 
@@ -221,7 +269,9 @@ fn main(
     }
     if MODE == 0u {
         ibn(ch);
-    } else {
+    } else if MODE == 1u {
         evo_b0(ch);
+    } else {
+        adab2n(ch);
     }
 }

@@ -98,6 +98,7 @@ impl IbnNorm {
                 weight: inputs.weight,
                 bias: inputs.bias,
                 v: None,
+                task_ids: None,
                 state_a: Some(inputs.running_mean),
                 state_b: Some(inputs.running_var),
             },
@@ -180,6 +181,7 @@ impl EvoNormB0 {
                 weight: inputs.weight,
                 bias: inputs.bias,
                 v: Some(inputs.v),
+                task_ids: None,
                 state_a: Some(inputs.running_var),
                 state_b: None,
             },
@@ -312,6 +314,7 @@ impl UnmixTns {
                 weight: inputs.weight,
                 bias: inputs.bias,
                 v: None,
+                task_ids: None,
                 state_a: Some(inputs.component_mean),
                 state_b: Some(inputs.component_var),
             },
@@ -327,6 +330,74 @@ impl UnmixTns {
     pub fn forward(&self, inputs: &UnmixTnsInputs) -> Result<Tensor> {
         let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
         submit(&self.ctx, |enc| self.encode(enc, inputs, &y))?;
+        Ok(y)
+    }
+}
+
+/// AdaB²N training with task-weighted batch statistics (Lyu et al.; NORMS.md A10, official
+/// `adab2n.py`, the `cur_task > 0` branch). Each sample n of task t weighs
+/// `w_n = p_t / count_t`, `p_t = (exp(theta_t) + count_t) / sum_t'(exp(theta_t') + count_t')`
+/// over the T tasks of `theta` (a learnable f32 `[T]` on the GPU); `mean = sum_n w_n mean_hw(x_n)`,
+/// `var = sum_n w_n mean_hw((x_n - mean)^2)`; `y = weight (x - mean)/sqrt(var + eps) + bias`;
+/// `rm += eta (mean - rm)`, `rv = (1 - eta) rv + eta var` (biased), eta from
+/// [`crate::adab2n_momentum`]. Without task weights (first task) and at inference AdaB²N is
+/// [`crate::BatchNorm`] with `encode_train_with` / `encode`.
+pub struct AdaB2nTaskWeighted {
+    ctx: Context,
+    engine: InstanceMix,
+}
+
+/// Tensors of a task-weighted AdaB²N step. `task_ids`: f32 `[N]` with integers in `[0, T)`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdaB2nInputs<'a> {
+    pub x: &'a Tensor,
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    pub theta: &'a Tensor,
+    pub task_ids: &'a Tensor,
+}
+
+impl AdaB2nTaskWeighted {
+    pub fn new(ctx: &Context, eps: f32, layout: Layout, dtype: DType) -> Result<Self> {
+        Ok(AdaB2nTaskWeighted {
+            ctx: ctx.clone(),
+            engine: InstanceMix::new(ctx, eps, layout, dtype)?,
+        })
+    }
+
+    /// Records one training step with this step's `eta`.
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        inputs: &AdaB2nInputs,
+        y: &Tensor,
+        eta: f32,
+    ) -> Result<()> {
+        self.engine.encode(
+            enc,
+            &InstanceMixArgs {
+                x: inputs.x,
+                y,
+                weight: inputs.weight,
+                bias: inputs.bias,
+                v: Some(inputs.theta),
+                task_ids: Some(inputs.task_ids),
+                state_a: Some(inputs.running_mean),
+                state_b: Some(inputs.running_var),
+            },
+            Method::AdaB2n {
+                tasks: inputs.theta.numel(),
+                momentum: eta,
+            },
+        )
+    }
+
+    /// Allocates y, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &AdaB2nInputs, eta: f32) -> Result<Tensor> {
+        let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
+        submit(&self.ctx, |enc| self.encode(enc, inputs, &y, eta))?;
         Ok(y)
     }
 }

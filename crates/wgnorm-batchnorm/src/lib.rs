@@ -19,7 +19,8 @@ pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 mod instance;
 mod region;
 pub use instance::{
-    EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, UnmixTns, UnmixTnsInputs,
+    AdaB2nInputs, AdaB2nTaskWeighted, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs,
+    IbnNorm, UnmixTns, UnmixTnsInputs,
 };
 pub use region::{specializations as region_specializations, RegionNormB, RegionNormInputs};
 use wgnorm_core::scratch::ScratchCache;

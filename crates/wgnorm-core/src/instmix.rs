@@ -42,6 +42,9 @@ pub enum Method {
         momentum: f32,
         unbiased_running: bool,
     },
+    /// AdaB²N with task-weighted statistics over `tasks` tasks (training; `momentum` is this
+    /// step's eta, see `adab2n_momentum`). Needs `v` = theta `[tasks]` and `task_ids` `[N]`.
+    AdaB2n { tasks: usize, momentum: f32 },
     /// UnMix-TNS with `k` components, update rate `momentum` (M, already adjusted for the batch
     /// size) and softmax temperature.
     Unmix {
@@ -57,6 +60,7 @@ impl Method {
             Method::Ibn { .. } => 0.0,
             Method::EvoB0 { .. } => 1.0,
             Method::Unmix { .. } => 2.0,
+            Method::AdaB2n { .. } => 3.0,
         }
     }
 
@@ -68,7 +72,7 @@ impl Method {
                 unbiased_running,
                 ..
             } => (training, unbiased_running),
-            Method::Unmix { .. } => (false, true),
+            Method::Unmix { .. } | Method::AdaB2n { .. } => (false, true),
         };
         let f = |b: bool| if b { 1.0 } else { 0.0 };
         vec![
@@ -89,8 +93,10 @@ pub struct InstanceMixArgs<'a> {
     /// f32 `[C]` (required).
     pub weight: &'a Tensor,
     pub bias: &'a Tensor,
-    /// EvoNorm-B0's `v`, f32 `[C]`.
+    /// EvoNorm-B0's `v`, f32 `[C]`; AdaB²N's task logits theta, f32 `[T]`.
     pub v: Option<&'a Tensor>,
+    /// AdaB²N: the task of each sample, f32 `[N]` holding integers in `[0, T)`.
+    pub task_ids: Option<&'a Tensor>,
     /// IBN: running mean `[C - half]`; EvoNorm-B0: running variance `[C]`; UnMix-TNS: component
     /// means `[K, C]`. f32, updated in place where the method updates state.
     pub state_a: Option<&'a Tensor>,
@@ -174,7 +180,8 @@ impl InstanceMix {
         let momentum = match method {
             Method::Ibn { momentum, .. }
             | Method::EvoB0 { momentum, .. }
-            | Method::Unmix { momentum, .. } => momentum,
+            | Method::Unmix { momentum, .. }
+            | Method::AdaB2n { momentum, .. } => momentum,
         };
         if !(0.0..=1.0).contains(&momentum) {
             return Err(Error::InvalidParameter {
@@ -201,6 +208,20 @@ impl InstanceMix {
             Method::EvoB0 { .. } => {
                 check("v", a.v, c)?;
                 check("running_var", a.state_a, c)?;
+            }
+            Method::AdaB2n { tasks, .. } => {
+                if tasks == 0 {
+                    return Err(Error::InvalidParameter {
+                        name: "tasks",
+                        value: "0".into(),
+                        why: "need at least one task",
+                    });
+                }
+                check("theta", a.v, tasks)?;
+                check("task_ids", a.task_ids, n)?;
+                check("running_mean", a.state_a, c)?;
+                check("running_var", a.state_b, c)?;
+                params[3] = tasks as u32;
             }
             Method::Unmix { k, temperature, .. } => {
                 if k == 0 || !(temperature.is_finite() && temperature > 0.0) {
@@ -231,6 +252,7 @@ impl InstanceMix {
                         + (n * c).div_ceil(wg) * 2 * k
                         + (k * c).div_ceil(wg) * n
                 }
+                Method::AdaB2n { tasks, .. } => 3 * n * (n + 1) + tasks * (n + 1),
                 _ => 2 * n,
             };
             if per_lane as u64 > crate::rownorm::CPU_LOOP_BUDGET {
@@ -248,6 +270,11 @@ impl InstanceMix {
         let moments = self.moments.get(ctx, &key, &[n * c * 3], DType::F32)?;
         let coef = self.coef.get(ctx, &key, &[n * ncoef * c], DType::F32)?;
         let assign = self.assign.get(ctx, &key, &[n * k_assign], DType::F32)?;
+        // AdaB²N reads the task ids where UnMix-TNS keeps its assignment.
+        let assign = match (method, a.task_ids) {
+            (Method::AdaB2n { .. }, Some(t)) => t.clone(),
+            _ => assign,
+        };
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw0 = binding::dummy_range(ctx.dummy_write(0));
@@ -269,6 +296,7 @@ impl InstanceMix {
             ("weight", Some(&wr), false),
             ("bias", Some(&br), false),
             ("v", vr.as_ref(), false),
+            ("task_ids", a.task_ids.map(|_| &ar), false),
             ("state a", sa.as_ref(), true),
             ("state b", sb.as_ref(), true),
             ("y", Some(&yr), true),
@@ -329,7 +357,7 @@ impl InstanceMix {
 /// Specialisations for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
-    for mode in [0.0, 1.0, 2.0] {
+    for mode in [0.0, 1.0, 2.0, 3.0] {
         for bits in 0..4u32 {
             let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
             out.push(Specialization {

@@ -352,3 +352,61 @@ pub fn bn_updated_running(
         state_b: rv,
     }
 }
+
+/// AdaB²N's task-weighted training step (NORMS.md A10) on NCHW x: returns y and the running
+/// mean / biased running variance after `rm += eta (mean - rm)`, `rv = (1 - eta) rv + eta var`.
+#[allow(clippy::too_many_arguments)]
+pub fn adab2n_task_weighted(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: &[f64],
+    bias: &[f64],
+    running_mean: &[f64],
+    running_var: &[f64],
+    theta: &[f64],
+    tasks: &[usize],
+    eta: f64,
+    eps: f64,
+) -> StatefulOut {
+    let t_count = theta.len();
+    let counts: Vec<f64> = (0..t_count)
+        .map(|t| tasks.iter().filter(|&&k| k == t).count() as f64)
+        .collect();
+    let total: f64 = (0..t_count).map(|t| theta[t].exp() + counts[t]).sum();
+    let w: Vec<f64> = tasks
+        .iter()
+        .map(|&t| (theta[t].exp() + counts[t]) / total / counts[t])
+        .collect();
+    let mut y = vec![0.0; x.len()];
+    let (mut rm, mut rv) = (running_mean.to_vec(), running_var.to_vec());
+    for ch in 0..c {
+        let mean: f64 = (0..n)
+            .map(|i| w[i] * slab(x, c, hw, i, ch).iter().sum::<f64>() / hw as f64)
+            .sum();
+        let var: f64 = (0..n)
+            .map(|i| {
+                w[i] * slab(x, c, hw, i, ch)
+                    .iter()
+                    .map(|v| (v - mean).powi(2))
+                    .sum::<f64>()
+                    / hw as f64
+            })
+            .sum();
+        rm[ch] += eta * (mean - rm[ch]);
+        rv[ch] = (1.0 - eta) * rv[ch] + eta * var;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for i in 0..n {
+            for k in 0..hw {
+                let idx = (i * c + ch) * hw + k;
+                y[idx] = (x[idx] - mean) * rstd * weight[ch] + bias[ch];
+            }
+        }
+    }
+    StatefulOut {
+        y,
+        state_a: rm,
+        state_b: rv,
+    }
+}
