@@ -730,3 +730,86 @@ fn adab2n_task_weighted_over_steps() {
         }
     }
 }
+
+#[test]
+fn region_norm_l_matches_reference() {
+    use wgnorm::{RegionNormL, RegionNormLInputs};
+    use wgnorm_reference::research::{region_norm_l, region_norm_l_s};
+    let c_ = ctx();
+    for (n, c, h, w, layout, seed) in [
+        (2, 6, 9, 11, Layout::Nchw, 0u64),
+        (3, 4, 5, 4, Layout::Nhwc, 10),
+        (1, 8, 16, 16, Layout::Nchw, 20),
+    ] {
+        let hw = h * w;
+        let x: Vec<f32> = noise(120 + seed, n * c * hw)
+            .iter()
+            .map(|v| v * 2.0)
+            .collect();
+        let xr = round_to(DType::F32, &x);
+        let gc: Vec<f32> = noise(122 + seed, 49).iter().map(|v| v * 0.1).collect();
+        let bc: Vec<f32> = noise(123 + seed, 49).iter().map(|v| v * 0.1).collect();
+        let (gb, bb) = (0.05f32, -0.1f32);
+        let threshold = 0.6;
+        // A pixel whose s sits on the threshold would flip regions on f32 rounding, and an
+        // empty region tests nothing: take the first mask-conv seed whose s keeps 1e-4 away from
+        // the threshold and populates both regions.
+        let mc = (0..50u64)
+            .map(|k| -> Vec<f32> {
+                noise(1000 * k + 121 + seed, 98)
+                    .iter()
+                    .map(|v| v * 0.3 + 0.03)
+                    .collect()
+            })
+            .find(|mc| {
+                let s = region_norm_l_s(&xr, n, c, h, w, &round_to(DType::F32, mc));
+                let inside = s.iter().filter(|&&v| v >= threshold).count();
+                s.iter().all(|v| (v - threshold).abs() > 1e-4) && inside > 0 && inside < s.len()
+            })
+            .expect("a mask conv that splits the pixels cleanly");
+        let want = region_norm_l(
+            &xr,
+            n,
+            c,
+            h,
+            w,
+            &round_to(DType::F32, &mc),
+            &round_to(DType::F32, &gc),
+            gb as f64,
+            &round_to(DType::F32, &bc),
+            bb as f64,
+            threshold,
+            1e-5,
+        );
+        let op = RegionNormL::new(c_, 1e-5, threshold as f32, layout, DType::F32).unwrap();
+        let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let xt = c_.upload_f32(&xl, &shape(n, c, h, w, layout)).unwrap();
+        let (mt, gt, bt) = (
+            c_.upload_f32(&mc, &[1, 2, 7, 7]).unwrap(),
+            c_.upload_f32(&gc, &[1, 1, 7, 7]).unwrap(),
+            c_.upload_f32(&bc, &[1, 1, 7, 7]).unwrap(),
+        );
+        let (gbt, bbt) = (up(c_, &[gb]), up(c_, &[bb]));
+        let y = op
+            .forward(&RegionNormLInputs {
+                x: &xt,
+                mask_conv: &mt,
+                gamma_conv: &gt,
+                gamma_conv_bias: &gbt,
+                beta_conv: &bt,
+                beta_conv_bias: &bbt,
+            })
+            .unwrap();
+        let what = format!("region_norm_l {n}x{c}x{h}x{w} {layout:?}");
+        assert_close(
+            &what,
+            &c_.download(&y).unwrap(),
+            &in_layout(&want, n, c, hw, layout),
+            2e-5,
+            2e-5,
+        );
+    }
+}

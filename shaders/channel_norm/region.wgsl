@@ -7,11 +7,20 @@
 //   2 FINALIZE per channel: tiles merged in order; [mu_in, scale_in, mu_out, scale_out, shift]
 //   3 APPLY    per element
 // Scratch (f32): [mask (N*HW) | partials (C * tiles * 2 moments) | coefficients (5 * C)].
+//
+// RN-L (RNL): the mask is learned from x: s = sigmoid(conv7x7_{2->1}([mean_c x, max_c x])),
+// M = [s >= threshold]; gamma = conv7x7(s) + b_g and beta = conv7x7(s) + b_b are per-pixel maps;
+// y = r * (1 + gamma) + beta with r the region-normalized x. Stages 4 POOL, 5 CONV_MASK and
+// 6 CONV_AFFINE replace MASK; bindings 2..6 hold the mask conv's weight [2, 7, 7], the gamma
+// conv's weight [7, 7] and bias [1], the beta conv's weight [7, 7] and bias [1]. The scratch
+// continues with [pooled (2 * N*HW) | s (N*HW) | gamma map (N*HW) | beta map (N*HW)]. The
+// convolutions are cross-correlations with zero padding 3, as torch.nn.Conv2d.
 
 override WG: u32 = 256u;
 override STAGE: u32 = 0u;
 // x is (N, H, W, C) instead of (N, C, H, W).
 override NHWC: bool = false;
+override RNL: bool = false;
 
 struct RegionParams {
     n: u32,
@@ -23,7 +32,8 @@ struct RegionParams {
     tiles: u32,
     tile_len: u32,
     eps: f32,
-    _pad0: u32,
+    // RN-L: the mask threshold on s.
+    threshold: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -51,6 +61,19 @@ fn off_coef() -> u32 {
     return off_partials() + params.c * params.tiles * 6u;
 }
 
+fn off_pooled() -> u32 {
+    return off_coef() + 5u * params.c;
+}
+fn off_s() -> u32 {
+    return off_pooled() + 2u * params.n * hw();
+}
+fn off_gamma_map() -> u32 {
+    return off_s() + params.n * hw();
+}
+fn off_beta_map() -> u32 {
+    return off_gamma_map() + params.n * hw();
+}
+
 fn index(n: u32, ch: u32, s: u32) -> u32 {
     if NHWC {
         return (n * hw() + s) * params.c + ch;
@@ -75,6 +98,83 @@ fn resize(i: u32) {
     let sw = ww * params.wm / params.w;
     let m = mask_in[(n * params.hm + sh) * params.wm + sw];
     scratch[i] = select(0.0, 1.0, m > 0.5);
+}
+
+// RN-L stage 4: mean and max over the channels of each pixel.
+fn pool(i: u32) {
+    if i >= params.n * hw() {
+        return;
+    }
+    let n = i / hw();
+    let s = i - n * hw();
+    var sum = 0.0;
+    var mx = -3.0e38;
+    for (var ch = 0u; ch < params.c; ch++) {
+        let v = to_v(x[index(n, ch, s)]);
+        sum += v;
+        mx = max(mx, v);
+    }
+    scratch[off_pooled() + i] = sum / f32(params.c);
+    scratch[off_pooled() + params.n * hw() + i] = mx;
+}
+
+// 7x7 cross-correlation of plane `base` (N*HW pixels per plane) at pixel i, weights w(k) = the
+// k-th of 49, zero padding 3.
+fn conv_at(i: u32, base: u32, which: u32, plane: u32) -> f32 {
+    let n = i / hw();
+    let s = i - n * hw();
+    let hh = i32(s / params.w);
+    let ww = i32(s % params.w);
+    var acc = 0.0;
+    for (var dy = 0; dy < 7; dy++) {
+        let yy = hh + dy - 3;
+        if yy < 0 || yy >= i32(params.h) {
+            continue;
+        }
+        for (var dx = 0; dx < 7; dx++) {
+            let xx = ww + dx - 3;
+            if xx < 0 || xx >= i32(params.w) {
+                continue;
+            }
+            let k = u32(dy * 7 + dx);
+            let v = scratch[base + n * hw() + u32(yy) * params.w + u32(xx)];
+            var wv: f32;
+            switch which {
+                case 0u: {
+                    wv = mask_in[plane * 49u + k];
+                }
+                case 1u: {
+                    wv = gamma_f[k];
+                }
+                default: {
+                    wv = beta_f[k];
+                }
+            }
+            acc += wv * v;
+        }
+    }
+    return acc;
+}
+
+// RN-L stage 5: s = sigmoid(conv(pooled)), M = [s >= threshold].
+fn conv_mask(i: u32) {
+    if i >= params.n * hw() {
+        return;
+    }
+    let plane = params.n * hw();
+    let z = conv_at(i, off_pooled(), 0u, 0u) + conv_at(i, off_pooled() + plane, 0u, 1u);
+    let sv = 1.0 / (1.0 + exp(-z));
+    scratch[off_s() + i] = sv;
+    scratch[i] = select(0.0, 1.0, sv >= params.threshold);
+}
+
+// RN-L stage 6: the gamma and beta maps from s.
+fn conv_affine(i: u32) {
+    if i >= params.n * hw() {
+        return;
+    }
+    scratch[off_gamma_map() + i] = conv_at(i, off_s(), 1u, 0u) + gamma_b[0];
+    scratch[off_beta_map() + i] = conv_at(i, off_s(), 2u, 0u) + beta_b[0];
 }
 
 fn moments_stage(g: u32, lid: u32) {
@@ -136,10 +236,17 @@ fn finalize(ch: u32) {
     let c = params.c;
     let o = off_coef();
     scratch[o + ch] = a_in.mean;
-    scratch[o + c + ch] = rs_in * (1.0 + gamma_f[ch]);
     scratch[o + 2u * c + ch] = a_out.mean;
-    scratch[o + 3u * c + ch] = rs_out * (1.0 + gamma_b[ch]);
-    scratch[o + 4u * c + ch] = beta_f[ch] + beta_b[ch];
+    if RNL {
+        // The affine is per pixel (apply).
+        scratch[o + c + ch] = rs_in;
+        scratch[o + 3u * c + ch] = rs_out;
+        scratch[o + 4u * c + ch] = 0.0;
+    } else {
+        scratch[o + c + ch] = rs_in * (1.0 + gamma_f[ch]);
+        scratch[o + 3u * c + ch] = rs_out * (1.0 + gamma_b[ch]);
+        scratch[o + 4u * c + ch] = beta_f[ch] + beta_b[ch];
+    }
 }
 
 fn apply(i: u32) {
@@ -166,6 +273,9 @@ fn apply(i: u32) {
     } else {
         out = (v - scratch[o + 2u * c + ch]) * scratch[o + 3u * c + ch];
     }
+    if RNL {
+        out = out * (1.0 + scratch[off_gamma_map() + pix]) + scratch[off_beta_map() + pix];
+    }
     y[i] = from_v(out + scratch[o + 4u * c + ch]);
 }
 
@@ -185,6 +295,15 @@ fn main(
         }
         case 2u: {
             finalize(g * WG + lid);
+        }
+        case 4u: {
+            pool(g * WG + lid);
+        }
+        case 5u: {
+            conv_mask(g * WG + lid);
+        }
+        case 6u: {
+            conv_affine(g * WG + lid);
         }
         default: {
             apply(g * WG + lid);

@@ -22,7 +22,10 @@ pub use instance::{
     AdaB2nInputs, AdaB2nTaskWeighted, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs,
     IbnNorm, UnmixTns, UnmixTnsInputs,
 };
-pub use region::{specializations as region_specializations, RegionNormB, RegionNormInputs};
+pub use region::{
+    specializations as region_specializations, RegionNormB, RegionNormInputs, RegionNormL,
+    RegionNormLInputs,
+};
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};

@@ -75,34 +75,7 @@ impl RegionNormB {
         a: &RegionNormInputs,
         y: &Tensor,
     ) -> Result<()> {
-        let s = a.x.shape();
-        if s.len() != 4 {
-            return Err(Error::ShapeMismatch {
-                what: "x (N, C, H, W) or (N, H, W, C)".into(),
-                expected: vec![0; 4],
-                got: s.to_vec(),
-            });
-        }
-        let (n, c, h, w) = match self.layout {
-            Layout::Nchw => (s[0], s[1], s[2], s[3]),
-            Layout::Nhwc => (s[0], s[3], s[1], s[2]),
-        };
-        for (what, t, dtype) in [("x", a.x, self.dtype), ("y", y, self.dtype)] {
-            if t.dtype() != dtype {
-                return Err(Error::DTypeMismatch {
-                    what: what.into(),
-                    expected: dtype,
-                    got: t.dtype(),
-                });
-            }
-        }
-        if y.shape() != s {
-            return Err(Error::ShapeMismatch {
-                what: "y".into(),
-                expected: s.to_vec(),
-                got: y.shape().to_vec(),
-            });
-        }
+        let (n, c, h, w) = dims_of(a.x, y, self.layout, self.dtype)?;
         let ms = a.mask.shape();
         let (mn, hm, wm, one) = match (self.layout, ms) {
             (Layout::Nchw, [mn, one, hm, wm]) => (*mn, *hm, *wm, *one),
@@ -133,90 +106,18 @@ impl RegionNormB {
                 });
             }
         }
-        if a.x.numel() == 0 {
-            return Ok(());
-        }
-        let ctx = &self.ctx;
-        let pixels = n * h * w;
-        let per_tile = WG as usize * if ctx.is_cpu() { 64 } else { 16 };
-        let tiles = pixels.div_ceil(per_tile).clamp(1, 4096);
-        let tile_len = pixels.div_ceil(tiles);
-        if ctx.is_cpu() && (tile_len.div_ceil(WG as usize) + tiles) as u64 > 60_000 {
-            return Err(Error::InvalidParameter {
-                name: "shape",
-                value: format!("{s:?}"),
-                why: "on a CPU adapter an invocation would loop past the driver's 65535-iteration limit",
-            });
-        }
-        let len = pixels + c * tiles * 6 + 5 * c;
-        let scratch = self.scratch.get(ctx, s, &[len], DType::F32)?;
-        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
-        let ranges = [
-            r(a.x, "x")?,
-            r(a.mask, "mask")?,
-            r(a.gamma_f, "gamma_f")?,
-            r(a.gamma_b, "gamma_b")?,
-            r(a.beta_f, "beta_f")?,
-            r(a.beta_b, "beta_b")?,
-            r(&scratch, "scratch")?,
-            r(y, "y")?,
-        ];
-        binding::check_no_alias(&[
-            ("x", Some(&ranges[0]), false),
-            ("mask", Some(&ranges[1]), false),
-            ("gamma_f", Some(&ranges[2]), false),
-            ("gamma_b", Some(&ranges[3]), false),
-            ("beta_f", Some(&ranges[4]), false),
-            ("beta_b", Some(&ranges[5]), false),
-            ("y", Some(&ranges[7]), true),
-        ])?;
-        let mut params = [0u32; PARAM_WORDS];
-        for (i, v) in [n, c, h, w, hm, wm, tiles, tile_len]
-            .into_iter()
-            .enumerate()
-        {
-            params[i] = u32::try_from(v).map_err(|_| Error::InvalidParameter {
-                name: "shape",
-                value: format!("{s:?}"),
-                why: "a dimension exceeds 2^32 - 1",
-            })?;
-        }
-        params[8] = self.eps.to_bits();
-        let bind = self
-            .binds
-            .get(ctx, SLOTS, &params, &ranges.iter().collect::<Vec<_>>())?;
-        let io = Io {
-            dtype: self.dtype,
-            vec4: false,
-        };
-        let nhwc = if self.layout == Layout::Nhwc {
-            1.0
-        } else {
-            0.0
-        };
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm region norm"),
-            timestamp_writes: None,
-        });
-        let groups = [
-            pixels.div_ceil(WG as usize),
-            c * tiles,
-            c.div_ceil(WG as usize),
-            a.x.numel().div_ceil(WG as usize),
-        ];
-        for (stage, g) in groups.into_iter().enumerate() {
-            let pipeline = ctx.pipeline(
-                Kernel::ChannelRegion,
-                io,
-                SLOTS,
-                &[("WG", WG as f64), ("STAGE", stage as f64), ("NHWC", nhwc)],
-            )?;
-            let (gx, gy) = binding::grid(ctx, g as u64);
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        }
-        Ok(())
+        let params = [a.mask, a.gamma_f, a.gamma_b, a.beta_f, a.beta_b];
+        record(
+            &self.ctx,
+            &self.binds,
+            &self.scratch,
+            enc,
+            (a.x, y, params),
+            [n, c, h, w, hm, wm],
+            (self.eps, None),
+            self.layout,
+            self.dtype,
+        )
     }
 
     /// Allocates y, encodes and submits (does not wait).
@@ -232,17 +133,286 @@ impl RegionNormB {
     }
 }
 
+/// Region Normalization RN-L (Yu et al. 2020; NORMS.md A7, official `rn.py`): the region is
+/// learned from x. `s = sigmoid(conv7x7([mean_c x, max_c x]))` (2 -> 1 channels, no bias),
+/// `M = [s >= threshold]` (0.8; detached in training), then RN over the two regions as
+/// [`RegionNormB`] (batch statistics, `eps * NHW / S`), scaled and shifted by the per-pixel maps
+/// `gamma = conv7x7(s) + b_g` and `beta = conv7x7(s) + b_b`: `y = r (1 + gamma) + beta`. The three
+/// small convolutions (zero padding 3, cross-correlation as `torch.nn.Conv2d`) are part of the op.
+pub struct RegionNormL {
+    ctx: Context,
+    eps: f32,
+    threshold: f32,
+    layout: Layout,
+    dtype: DType,
+    binds: BindCache,
+    scratch: ScratchCache,
+}
+
+/// Tensors of an RN-L call (f32): `mask_conv` `[1, 2, 7, 7]` (input channel 0 the channel mean, 1
+/// the channel max), `gamma_conv`, `beta_conv` `[1, 1, 7, 7]` with biases `[1]`.
+#[derive(Clone, Copy, Debug)]
+pub struct RegionNormLInputs<'a> {
+    pub x: &'a Tensor,
+    pub mask_conv: &'a Tensor,
+    pub gamma_conv: &'a Tensor,
+    pub gamma_conv_bias: &'a Tensor,
+    pub beta_conv: &'a Tensor,
+    pub beta_conv_bias: &'a Tensor,
+}
+
+impl RegionNormL {
+    pub fn new(
+        ctx: &Context,
+        eps: f32,
+        threshold: f32,
+        layout: Layout,
+        dtype: DType,
+    ) -> Result<RegionNormL> {
+        if !(eps.is_finite() && eps >= 0.0 && threshold.is_finite()) {
+            return Err(Error::InvalidParameter {
+                name: "eps / threshold",
+                value: format!("{eps} / {threshold}"),
+                why: "eps must be finite and >= 0, the threshold finite",
+            });
+        }
+        ctx.check_dtype(dtype)?;
+        Ok(RegionNormL {
+            ctx: ctx.clone(),
+            eps,
+            threshold,
+            layout,
+            dtype,
+            binds: BindCache::default(),
+            scratch: ScratchCache::default(),
+        })
+    }
+
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        a: &RegionNormLInputs,
+        y: &Tensor,
+    ) -> Result<()> {
+        let (n, c, h, w) = dims_of(a.x, y, self.layout, self.dtype)?;
+        for (what, t, len) in [
+            ("mask_conv", a.mask_conv, 98),
+            ("gamma_conv", a.gamma_conv, 49),
+            ("gamma_conv_bias", a.gamma_conv_bias, 1),
+            ("beta_conv", a.beta_conv, 49),
+            ("beta_conv_bias", a.beta_conv_bias, 1),
+        ] {
+            if t.dtype() != DType::F32 || t.numel() != len {
+                return Err(Error::ShapeMismatch {
+                    what: format!("{what} (f32, {len} values)"),
+                    expected: vec![len],
+                    got: t.shape().to_vec(),
+                });
+            }
+        }
+        record(
+            &self.ctx,
+            &self.binds,
+            &self.scratch,
+            enc,
+            (
+                a.x,
+                y,
+                [
+                    a.mask_conv,
+                    a.gamma_conv,
+                    a.gamma_conv_bias,
+                    a.beta_conv,
+                    a.beta_conv_bias,
+                ],
+            ),
+            [n, c, h, w, h, w],
+            (self.eps, Some(self.threshold)),
+            self.layout,
+            self.dtype,
+        )
+    }
+
+    /// Allocates y, encodes and submits (does not wait).
+    pub fn forward(&self, a: &RegionNormLInputs) -> Result<Tensor> {
+        let y = self.ctx.empty(a.x.shape(), self.dtype)?;
+        let mut enc = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        self.encode(&mut enc, a, &y)?;
+        self.ctx.queue().submit([enc.finish()]);
+        Ok(y)
+    }
+}
+
+/// (N, C, H, W) of a 4-D activation in `layout`, with the dtype and y-shape checks.
+fn dims_of(
+    x: &Tensor,
+    y: &Tensor,
+    layout: Layout,
+    dtype: DType,
+) -> Result<(usize, usize, usize, usize)> {
+    let s = x.shape();
+    if s.len() != 4 {
+        return Err(Error::ShapeMismatch {
+            what: "x (N, C, H, W) or (N, H, W, C)".into(),
+            expected: vec![0; 4],
+            got: s.to_vec(),
+        });
+    }
+    for (what, t) in [("x", x), ("y", y)] {
+        if t.dtype() != dtype {
+            return Err(Error::DTypeMismatch {
+                what: what.into(),
+                expected: dtype,
+                got: t.dtype(),
+            });
+        }
+    }
+    if y.shape() != s {
+        return Err(Error::ShapeMismatch {
+            what: "y".into(),
+            expected: s.to_vec(),
+            got: y.shape().to_vec(),
+        });
+    }
+    Ok(match layout {
+        Layout::Nchw => (s[0], s[1], s[2], s[3]),
+        Layout::Nhwc => (s[0], s[3], s[1], s[2]),
+    })
+}
+
+/// The staged kernel for RN-B (`threshold` None: `params` are mask, gamma_f, gamma_b, beta_f,
+/// beta_b) or RN-L (`params` are the mask conv, gamma conv weight and bias, beta conv weight
+/// and bias).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &Context,
+    binds: &BindCache,
+    scratch_cache: &ScratchCache,
+    enc: &mut wgpu::CommandEncoder,
+    tensors: (&Tensor, &Tensor, [&Tensor; 5]),
+    dims: [usize; 6],
+    eps_threshold: (f32, Option<f32>),
+    layout: Layout,
+    dtype: DType,
+) -> Result<()> {
+    let (x, y, p) = tensors;
+    let [n, c, h, w, hm, wm] = dims;
+    let (eps, threshold) = eps_threshold;
+    let s = x.shape();
+    if x.numel() == 0 {
+        return Ok(());
+    }
+    let pixels = n * h * w;
+    let per_tile = WG as usize * if ctx.is_cpu() { 64 } else { 16 };
+    let tiles = pixels.div_ceil(per_tile).clamp(1, 4096);
+    let tile_len = pixels.div_ceil(tiles);
+    if ctx.is_cpu() && (tile_len.div_ceil(WG as usize) + tiles) as u64 > 60_000 {
+        return Err(Error::InvalidParameter {
+            name: "shape",
+            value: format!("{s:?}"),
+            why:
+                "on a CPU adapter an invocation would loop past the driver's 65535-iteration limit",
+        });
+    }
+    let rnl = threshold.is_some();
+    let len = pixels + c * tiles * 6 + 5 * c + if rnl { 5 * pixels } else { 0 };
+    let scratch = scratch_cache.get(ctx, s, &[len], DType::F32)?;
+    let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+    let ranges = [
+        r(x, "x")?,
+        r(p[0], "mask")?,
+        r(p[1], "gamma_f")?,
+        r(p[2], "gamma_b")?,
+        r(p[3], "beta_f")?,
+        r(p[4], "beta_b")?,
+        r(&scratch, "scratch")?,
+        r(y, "y")?,
+    ];
+    binding::check_no_alias(&[
+        ("x", Some(&ranges[0]), false),
+        ("mask", Some(&ranges[1]), false),
+        ("gamma_f", Some(&ranges[2]), false),
+        ("gamma_b", Some(&ranges[3]), false),
+        ("beta_f", Some(&ranges[4]), false),
+        ("beta_b", Some(&ranges[5]), false),
+        ("y", Some(&ranges[7]), true),
+    ])?;
+    let mut params = [0u32; PARAM_WORDS];
+    for (i, v) in [n, c, h, w, hm, wm, tiles, tile_len]
+        .into_iter()
+        .enumerate()
+    {
+        params[i] = u32::try_from(v).map_err(|_| Error::InvalidParameter {
+            name: "shape",
+            value: format!("{s:?}"),
+            why: "a dimension exceeds 2^32 - 1",
+        })?;
+    }
+    params[8] = eps.to_bits();
+    params[9] = threshold.unwrap_or(0.0).to_bits();
+    let bind = binds.get(ctx, SLOTS, &params, &ranges.iter().collect::<Vec<_>>())?;
+    let io = Io { dtype, vec4: false };
+    let nhwc = if layout == Layout::Nhwc { 1.0 } else { 0.0 };
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("wgnorm region norm"),
+        timestamp_writes: None,
+    });
+    let per_pixel = pixels.div_ceil(WG as usize);
+    let mut stages = if rnl {
+        vec![(4, per_pixel), (5, per_pixel), (6, per_pixel)]
+    } else {
+        vec![(0, per_pixel)]
+    };
+    stages.extend([
+        (1, c * tiles),
+        (2, c.div_ceil(WG as usize)),
+        (3, x.numel().div_ceil(WG as usize)),
+    ]);
+    for (stage, g) in stages {
+        let pipeline = ctx.pipeline(
+            Kernel::ChannelRegion,
+            io,
+            SLOTS,
+            &[
+                ("WG", WG as f64),
+                ("STAGE", stage as f64),
+                ("NHWC", nhwc),
+                ("RNL", if rnl { 1.0 } else { 0.0 }),
+            ],
+        )?;
+        let (gx, gy) = binding::grid(ctx, g as u64);
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+    }
+    Ok(())
+}
+
 /// The pipelines RN-B creates, for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
     for dtype in [DType::F32, DType::F16] {
-        for stage in 0..4 {
-            for nhwc in [0.0, 1.0] {
-                out.push(Specialization {
-                    kernel: Kernel::ChannelRegion,
-                    io: Io { dtype, vec4: false },
-                    constants: vec![("WG", WG as f64), ("STAGE", stage as f64), ("NHWC", nhwc)],
-                });
+        for rnl in [0.0, 1.0] {
+            for stage in 0..7 {
+                // Stage 0 is RN-B's mask resize; 4-6 are RN-L's mask and affine maps.
+                if (stage == 0 && rnl == 1.0) || (stage >= 4 && rnl == 0.0) {
+                    continue;
+                }
+                for nhwc in [0.0, 1.0] {
+                    out.push(Specialization {
+                        kernel: Kernel::ChannelRegion,
+                        io: Io { dtype, vec4: false },
+                        constants: vec![
+                            ("WG", WG as f64),
+                            ("STAGE", stage as f64),
+                            ("NHWC", nhwc),
+                            ("RNL", rnl),
+                        ],
+                    });
+                }
             }
         }
     }

@@ -410,3 +410,95 @@ pub fn adab2n_task_weighted(
         state_b: rv,
     }
 }
+
+/// 7x7 cross-correlation with zero padding 3 of planes `[n, h, w]` (one per input channel, summed)
+/// with weights `[planes, 7, 7]`.
+pub fn conv7x7(planes: &[&[f64]], weight: &[f64], n: usize, h: usize, w: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * h * w];
+    for i in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0.0;
+                for (p, plane) in planes.iter().enumerate() {
+                    for dy in 0..7 {
+                        for dx in 0..7 {
+                            let (yy, xx) =
+                                (y as isize + dy as isize - 3, x as isize + dx as isize - 3);
+                            if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                                continue;
+                            }
+                            acc += weight[p * 49 + dy * 7 + dx]
+                                * plane[(i * h + yy as usize) * w + xx as usize];
+                        }
+                    }
+                }
+                out[(i * h + y) * w + x] = acc;
+            }
+        }
+    }
+    out
+}
+
+/// RN-L's learned region: `s = sigmoid(conv7x7([mean_c x, max_c x]))` per pixel `[n, h*w]`.
+pub fn region_norm_l_s(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    mask_conv: &[f64],
+) -> Vec<f64> {
+    let hw = h * w;
+    let mean: Vec<f64> = (0..n * hw)
+        .map(|p| {
+            (0..c)
+                .map(|ch| x[((p / hw) * c + ch) * hw + p % hw])
+                .sum::<f64>()
+                / c as f64
+        })
+        .collect();
+    let max: Vec<f64> = (0..n * hw)
+        .map(|p| {
+            (0..c)
+                .map(|ch| x[((p / hw) * c + ch) * hw + p % hw])
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
+    conv7x7(&[&mean, &max], mask_conv, n, h, w)
+        .iter()
+        .map(|z| 1.0 / (1.0 + (-z).exp()))
+        .collect()
+}
+
+/// RN-L (NORMS.md A7): `y = (rn(x, M) + rn(x, 1 - M)) (1 + gamma) + beta`, `M = [s >= threshold]`,
+/// gamma and beta per-pixel maps `conv7x7(s) + bias`.
+#[allow(clippy::too_many_arguments)]
+pub fn region_norm_l(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    mask_conv: &[f64],
+    gamma_conv: &[f64],
+    gamma_bias: f64,
+    beta_conv: &[f64],
+    beta_bias: f64,
+    threshold: f64,
+    eps: f64,
+) -> Vec<f64> {
+    let hw = h * w;
+    let s = region_norm_l_s(x, n, c, h, w, mask_conv);
+    let m: Vec<f64> = s.iter().map(|&v| (v >= threshold) as u8 as f64).collect();
+    let inv: Vec<f64> = m.iter().map(|v| 1.0 - v).collect();
+    let gamma = conv7x7(&[&s], gamma_conv, n, h, w);
+    let beta = conv7x7(&[&s], beta_conv, n, h, w);
+    let a = rn_core(x, n, c, hw, &m, eps);
+    let b = rn_core(x, n, c, hw, &inv, eps);
+    (0..x.len())
+        .map(|e| {
+            let p = (e / (c * hw)) * hw + e % hw;
+            (a[e] + b[e]) * (1.0 + gamma[p] + gamma_bias) + beta[p] + beta_bias
+        })
+        .collect()
+}

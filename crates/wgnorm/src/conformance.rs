@@ -165,6 +165,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("region_norm_b", run_region_norm_b),
     ("estbn", run_estbn),
     ("adaptive_bn", run_adaptive_bn),
+    ("region_norm_l", run_region_norm_l),
 ];
 
 /// Whether the runtime implements `op`.
@@ -1154,4 +1155,38 @@ fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     t.run(ctx, |enc, i, o| {
         bn.encode_adaptive(enc, i, o, eta, normalize)
     })
+}
+
+fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["eps", "threshold"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let op = crate::RegionNormL::new(
+        ctx,
+        a.f64("eps", 1e-5)? as f32,
+        a.f64("threshold", 0.8)? as f32,
+        crate::Layout::Nchw,
+        dtype,
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let p = |n: &str| upload(ctx, input(case, n)?, DType::F32);
+    let (mc, gc, gb, bc, bb) = (
+        p("mask_conv")?,
+        p("gamma_conv")?,
+        p("gamma_conv_bias")?,
+        p("beta_conv")?,
+        p("beta_conv_bias")?,
+    );
+    let y = op
+        .forward(&crate::RegionNormLInputs {
+            x: &xt,
+            mask_conv: &mc,
+            gamma_conv: &gc,
+            gamma_conv_bias: &gb,
+            beta_conv: &bc,
+            beta_conv_bias: &bb,
+        })
+        .map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }

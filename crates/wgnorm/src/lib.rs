@@ -20,8 +20,8 @@ pub mod conformance;
 
 pub use wgnorm_batchnorm::{
     self as batchnorm, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, EvoNormB0,
-    EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, RegionNormB, RegionNormInputs, UnmixTns,
-    UnmixTnsInputs,
+    EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, RegionNormB, RegionNormInputs, RegionNormL,
+    RegionNormLInputs, UnmixTns, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::{self, Layout};
 pub use wgnorm_core::elementwise::{self, AlphaDropout, Elementwise};
