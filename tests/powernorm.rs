@@ -213,3 +213,102 @@ fn unified_norm_inference_is_a_per_channel_scale() {
         1e-4,
     );
 }
+
+/// Unified Norm training over steps that cross the window-full and warm-up boundaries, with
+/// padding, an all-padding batch and an outlier batch that the filtration must catch.
+#[test]
+fn unified_norm_training_over_steps() {
+    use wgnorm::powernorm::UnifiedTraining;
+    use wgnorm::UnifiedNorm;
+    use wgnorm_reference::powernorm::{unified_norm_train, UnifiedState};
+    let c_ = ctx();
+    let (b, n, c) = (3, 5, 8);
+    let tokens = b * n;
+    let train = UnifiedTraining {
+        window: 3,
+        warmup: 5,
+        filter: true,
+        momentum: 0.1,
+    };
+    let op = UnifiedNorm::new(c_, 1e-5, DType::F32)
+        .unwrap()
+        .with_training(train);
+    let w: Vec<f32> = noise(1, c).iter().map(|v| v + 1.0).collect();
+    let bias = noise(2, c);
+    let (wt, bt) = (
+        c_.upload_f32(&w, &[c]).unwrap(),
+        c_.upload_f32(&bias, &[c]).unwrap(),
+    );
+    let window_t = c_.upload_f32(&vec![0.0; 3 * c], &[3, c]).unwrap();
+    let rv_t = c_.upload_f32(&vec![1.0; c], &[c]).unwrap();
+    let mut state = UnifiedState {
+        window: vec![0.0; 3 * c],
+        running_var: vec![1.0; c],
+    };
+    let mask: Vec<f32> = (0..tokens)
+        .map(|t| (t % n >= n - 1 - t / n) as u8 as f32)
+        .collect();
+    let mask_t = c_.upload_f32(&mask, &[b, n]).unwrap();
+    let all_pad = c_.upload_f32(&vec![1.0; tokens], &[b, n]).unwrap();
+    let mut flags = Vec::new();
+    for step in 1..=10u64 {
+        // Step 8: a batch 30x larger than the others, which the filtration must reject.
+        let scale = if step == 8 {
+            30.0
+        } else {
+            1.0 + 0.1 * step as f32
+        };
+        let x: Vec<f32> = noise(10 + step, tokens * c)
+            .iter()
+            .map(|v| v * scale + 0.2)
+            .collect();
+        let (m, md): (Option<&wgnorm::Tensor>, Option<Vec<f64>>) = match step {
+            2 => (Some(&all_pad), Some(vec![1.0; tokens])),
+            s if s % 2 == 0 => (Some(&mask_t), Some(round_to(DType::F32, &mask))),
+            _ => (None, None),
+        };
+        let (want, skipped) = unified_norm_train(
+            &round_to(DType::F32, &x),
+            tokens,
+            c,
+            md.as_deref(),
+            &round_to(DType::F32, &w),
+            &round_to(DType::F32, &bias),
+            &mut state,
+            step,
+            3,
+            5,
+            true,
+            0.1,
+            1e-5,
+        );
+        // The GPU's window (compared below) shows it made the same filtration decision.
+        flags.push((step, skipped));
+        let xt = c_.upload_f32(&x, &[b, n, c]).unwrap();
+        let y = c_.empty(&[b, n, c], DType::F32).unwrap();
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        op.encode_train(&mut enc, &xt, m, &wt, &bt, &window_t, &rv_t, &y, step)
+            .unwrap();
+        c_.queue().submit([enc.finish()]);
+        let what = format!("unified_norm train step {step}");
+        assert_close(&what, &c_.download(&y).unwrap(), &want, 1e-5, 1e-5);
+        assert_close(
+            &what,
+            &c_.download(&window_t).unwrap(),
+            &state.window,
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &what,
+            &c_.download(&rv_t).unwrap(),
+            &state.running_var,
+            1e-5,
+            1e-5,
+        );
+    }
+    // The inputs exercise both paths after warm-up: the 30x batch is filtered, and some step
+    // normalizes with the window's geometric mean.
+    assert!(flags.contains(&(8, true)), "{flags:?}");
+    assert!(flags.iter().any(|&(s, k)| s > 5 && !k), "{flags:?}");
+}

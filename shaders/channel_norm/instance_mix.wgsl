@@ -13,6 +13,10 @@
 //   task t (task ids in `assign` as f32), p_t = (exp(theta_t) + count_t) / sum_t'(exp(theta_t') +
 //   count_t') with theta = aux [T]; mean = sum_n w_n mean_n, var = sum_n w_n (var_n + (mean_n -
 //   mean)^2); running mean and (biased) variance move by `momentum` (this step's eta).
+// MODE 4, Unified Normalization training (B3), one workgroup: moments of a token view (count of
+//   kept tokens, 0, sum of squares per channel, n = 1) give q; a window buf [M, C] (run_a) of past
+//   q and the running variance (run_b) decide the variance sigma^2 (q, or the window's geometric
+//   mean, with outlier filtration when FILTER), then y = weight x / sqrt(sigma^2 + eps) + bias.
 // MODE 2, UnMix-TNS (A12), one workgroup: K components (mean, var) [K, C] mixed per sample by
 //   p_nk = softmax_k(cos(mu_n, mu_k) / temperature), then the components move towards the
 //   samples: mu_k += M mean_n(p_nk (mu_n - mu_k)), same for the variances.
@@ -21,18 +25,21 @@ override WG: u32 = 64u;
 override MODE: u32 = 0u;
 override TRAINING: bool = false;
 override UNBIASED_RUNNING: bool = true;
+// Unified Norm: outlier filtration on.
+override FILTER: bool = false;
 
 struct InstanceParams {
     n: u32,
     c: u32,
-    // IBN: channels of the InstanceNorm part. UnMix-TNS: components K.
+    // IBN: channels of the InstanceNorm part. Unified Norm: the step t (>= 1, incremented first).
     half: u32,
-    // UnMix-TNS: components K. AdaB2N: tasks T.
+    // UnMix-TNS: components K. AdaB2N: tasks T. Unified Norm: window M.
     k: u32,
     eps: f32,
     momentum: f32,
     temperature: f32,
-    _pad: u32,
+    // Unified Norm: warm-up steps.
+    warmup: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: InstanceParams;
@@ -121,6 +128,89 @@ fn evo_b0(ch: u32) {
         set_coef(5u, n, 2u, ch, weight[ch]);
         set_coef(5u, n, 3u, ch, bias[ch]);
         set_coef(5u, n, 4u, ch, aux[ch]);
+    }
+}
+
+var<workgroup> red: array<f32, WG>;
+
+// Sum over the workgroup, returned to every invocation (uniform control flow only).
+fn wg_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier();
+    red[lid] = v;
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        workgroupBarrier();
+        if lid < h {
+            red[lid] += red[lid + h];
+        }
+    }
+    workgroupBarrier();
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+fn unified(lid: u32) {
+    let c = params.c;
+    let m = params.k;
+    let t = params.half;
+    let entries = m * c;
+    // r = unbiased variance of sqrt(buf) over all M*C entries, before this step's insertion
+    // (two passes).
+    var part = 0.0;
+    for (var i = lid; i < entries; i += WG) {
+        part += sqrt(max(run_a[i], 0.0));
+    }
+    let mean_sq = wg_sum(lid, part) / f32(entries);
+    part = 0.0;
+    for (var i = lid; i < entries; i += WG) {
+        let d = sqrt(max(run_a[i], 0.0)) - mean_sq;
+        part += d * d;
+    }
+    let r = wg_sum(lid, part) / max(f32(entries) - 1.0, 1.0);
+    let slot = t % m;
+    for (var ch = lid; ch < c; ch += WG) {
+        let mo = inst(0u, ch);
+        // A batch of padding only has no statistic: q = 0 (as PowerNorm's psi2).
+        run_a[slot * c + ch] = select(0.0, mo.m2 / mo.n, mo.n > 0.0);
+    }
+    storageBarrier();
+    // The window's arithmetic and geometric means per channel; filtration needs a full window
+    // (log of the zeros it starts with is -inf).
+    let filtering = FILTER && t >= params.warmup && t >= m;
+    var outlier = 0.0;
+    for (var ch = lid; ch < c; ch += WG) {
+        var am = 0.0;
+        var lg = 0.0;
+        for (var k = 0u; k < m; k++) {
+            let v = run_a[k * c + ch];
+            am += v;
+            lg += log(v);
+        }
+        am /= f32(m);
+        let gm = exp(lg / f32(m));
+        if filtering && am - gm > r * f32(m) {
+            outlier = 1.0;
+        }
+    }
+    let skip = wg_sum(lid, outlier) > 0.0;
+    for (var ch = lid; ch < c; ch += WG) {
+        let mo = inst(0u, ch);
+        let q = select(0.0, mo.m2 / mo.n, mo.n > 0.0);
+        var sigma2 = q;
+        if !(t <= m || t < params.warmup || skip) {
+            var lg = 0.0;
+            for (var k = 0u; k < m; k++) {
+                lg += log(run_a[k * c + ch]);
+            }
+            sigma2 = exp(lg / f32(m));
+        }
+        if skip {
+            run_a[slot * c + ch] = run_b[ch];
+        }
+        set_coef(3u, 0u, 0u, ch, 0.0);
+        set_coef(3u, 0u, 1u, ch, inverseSqrt(sigma2 + params.eps) * weight[ch]);
+        set_coef(3u, 0u, 2u, ch, bias[ch]);
+        run_b[ch] = (1.0 - params.momentum) * run_b[ch] + params.momentum * sigma2;
     }
 }
 
@@ -261,6 +351,10 @@ fn main(
 ) {
     if MODE == 2u {
         unmix(lid);
+        return;
+    }
+    if MODE == 4u {
+        unified(lid);
         return;
     }
     let ch = (wid.x + wid.y * nwg.x) * WG + lid;

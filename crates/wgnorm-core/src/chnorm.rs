@@ -1110,15 +1110,47 @@ impl ChannelNorm {
         view: ChannelView,
         out: &Tensor,
     ) -> Result<()> {
+        self.encode_reduce_masked(encoder, x, view, None, out)
+    }
+
+    /// [`ChannelNorm::encode_reduce`] over the unpadded tokens only: with a
+    /// [`Reduction::QuadraticMean`] engine, a token view `[1, B*N, C, 1]` of `x[B, N, C]` and an
+    /// f32 `mask` of B*N values (1 = padding, token `b*N + n`), the moments hold (count of kept
+    /// tokens, 0, sum of squares) per channel.
+    pub fn encode_reduce_masked(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        view: ChannelView,
+        mask: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
         self.check("x", x, view.numel(), self.dtype)?;
         self.check("moments", out, view.slots() * 3, DType::F32)?;
+        if let Some(m) = mask {
+            self.check("mask", m, view.q, DType::F32)?;
+            if self.reduction != Reduction::QuadraticMean || view.p != 1 || view.s != 1 {
+                return Err(Error::InvalidParameter {
+                    name: "mask",
+                    value: format!("{view:?}"),
+                    why: "a token mask needs a quadratic-mean engine and a token view [1, tokens, C, 1]",
+                });
+            }
+        }
         if view.numel() == 0 {
             return Ok(());
         }
         let ctx = &self.ctx;
         let xr = binding::storage_range(ctx, "x", x)?;
         let or = binding::storage_range(ctx, "moments", out)?;
-        binding::check_no_alias(&[("x", Some(&xr), false), ("moments", Some(&or), true)])?;
+        let mr = mask
+            .map(|m| binding::storage_range(ctx, "mask", m))
+            .transpose()?;
+        binding::check_no_alias(&[
+            ("x", Some(&xr), false),
+            ("mask", mr.as_ref(), false),
+            ("moments", Some(&or), true),
+        ])?;
         let align = Io {
             dtype: self.dtype,
             vec4: true,
@@ -1127,7 +1159,9 @@ impl ChannelNorm {
         let io = self.io_for(&view, xr.offset % align == 0);
         ctx.check_io(io)?;
         let scratch = self.scratch(view)?;
-        let params = channel_params(&view, io, scratch.tiles, scratch.tile_len, self.eps, None);
+        let mut params = channel_params(&view, io, scratch.tiles, scratch.tile_len, self.eps, None);
+        // Token b*N + n is mask[b*N + n]: the moments kernel's [B, T] indexing with B = 1.
+        params[14] = 1;
         let wgm = moments_wg(ctx);
         let moments = ctx.pipeline(
             Kernel::ChannelMoments,
@@ -1136,7 +1170,7 @@ impl ChannelNorm {
             &[
                 ("WG", wgm as f64),
                 ("REDUCE", self.reduction.moments_code()),
-                ("HAS_MASK", 0.0),
+                ("HAS_MASK", if mask.is_some() { 1.0 } else { 0.0 }),
             ],
         )?;
         let merge = ctx.pipeline(
@@ -1150,9 +1184,12 @@ impl ChannelNorm {
         )?;
         let partials = binding::storage_range(ctx, "partials", &scratch.partials)?;
         let dr = binding::dummy_range(ctx.dummy_read());
-        let mb = self
-            .binds
-            .get(ctx, MOMENTS_SLOTS, &params, &[&xr, &partials, &dr])?;
+        let mb = self.binds.get(
+            ctx,
+            MOMENTS_SLOTS,
+            &params,
+            &[&xr, &partials, mr.as_ref().unwrap_or(&dr)],
+        )?;
         let gb = self
             .binds
             .get(ctx, MERGE_SLOTS, &params, &[&partials, &or])?;

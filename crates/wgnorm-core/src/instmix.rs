@@ -45,6 +45,16 @@ pub enum Method {
     /// AdaB²N with task-weighted statistics over `tasks` tasks (training; `momentum` is this
     /// step's eta, see `adab2n_momentum`). Needs `v` = theta `[tasks]` and `task_ids` `[N]`.
     AdaB2n { tasks: usize, momentum: f32 },
+    /// Unified Normalization training step `step` (>= 1) with a window of `window` quadratic
+    /// means, `warmup` steps, running-variance `momentum` (1 - decay) and optional outlier
+    /// filtration (NORMS.md B3).
+    Unified {
+        window: usize,
+        step: u64,
+        warmup: u64,
+        momentum: f32,
+        filter: bool,
+    },
     /// UnMix-TNS with `k` components, update rate `momentum` (M, already adjusted for the batch
     /// size) and softmax temperature.
     Unmix {
@@ -61,6 +71,7 @@ impl Method {
             Method::EvoB0 { .. } => 1.0,
             Method::Unmix { .. } => 2.0,
             Method::AdaB2n { .. } => 3.0,
+            Method::Unified { .. } => 4.0,
         }
     }
 
@@ -72,14 +83,16 @@ impl Method {
                 unbiased_running,
                 ..
             } => (training, unbiased_running),
-            Method::Unmix { .. } | Method::AdaB2n { .. } => (false, true),
+            Method::Unmix { .. } | Method::AdaB2n { .. } | Method::Unified { .. } => (false, true),
         };
         let f = |b: bool| if b { 1.0 } else { 0.0 };
+        let filter = matches!(self, Method::Unified { filter: true, .. });
         vec![
             ("WG", WG as f64),
             ("MODE", self.mode()),
             ("TRAINING", f(training)),
             ("UNBIASED_RUNNING", f(unbiased)),
+            ("FILTER", f(filter)),
         ]
     }
 }
@@ -135,7 +148,8 @@ impl InstanceMix {
     }
 
     /// Records reduce, mix and apply. Needs: IBN `state_a`/`state_b` `[C - half]`; EvoNorm-B0
-    /// `v` and `state_a` `[C]`; UnMix-TNS `state_a`/`state_b` `[K, C]`.
+    /// `v` and `state_a` `[C]`; UnMix-TNS `state_a`/`state_b` `[K, C]`; AdaB²N `v` (theta),
+    /// `task_ids`, `state_a`/`state_b` `[C]`.
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -143,6 +157,31 @@ impl InstanceMix {
         method: Method,
     ) -> Result<()> {
         let view = ChannelView::instance_norm(a.x.shape(), self.layout)?;
+        let engine = &self.engine;
+        self.encode_view(encoder, a, method, view, |enc, moments| {
+            engine.encode_reduce(enc, a.x, view, moments)
+        })
+    }
+
+    /// [`InstanceMix::encode`] over any view with one slot per (p, channel), the moments
+    /// recorded by `reduce` into the given f32 `[slots, 3]` tensor (a masked token reduction for
+    /// Unified Norm). Unified Norm needs `state_a` (the window `[M, C]`) and `state_b` (the
+    /// running variance `[C]`).
+    pub fn encode_view(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &InstanceMixArgs,
+        method: Method,
+        view: ChannelView,
+        reduce: impl FnOnce(&mut wgpu::CommandEncoder, &Tensor) -> Result<()>,
+    ) -> Result<()> {
+        if view.cg != 1 {
+            return Err(Error::InvalidParameter {
+                name: "view",
+                value: format!("{view:?}"),
+                why: "instance statistics need one channel per slot",
+            });
+        }
         if a.y.shape() != a.x.shape() {
             return Err(Error::ShapeMismatch {
                 what: "y".into(),
@@ -181,7 +220,8 @@ impl InstanceMix {
             Method::Ibn { momentum, .. }
             | Method::EvoB0 { momentum, .. }
             | Method::Unmix { momentum, .. }
-            | Method::AdaB2n { momentum, .. } => momentum,
+            | Method::AdaB2n { momentum, .. }
+            | Method::Unified { momentum, .. } => momentum,
         };
         if !(0.0..=1.0).contains(&momentum) {
             return Err(Error::InvalidParameter {
@@ -223,6 +263,32 @@ impl InstanceMix {
                 check("running_var", a.state_b, c)?;
                 params[3] = tasks as u32;
             }
+            Method::Unified {
+                window,
+                step,
+                warmup,
+                ..
+            } => {
+                if window == 0 || step == 0 {
+                    return Err(Error::InvalidParameter {
+                        name: "window / step",
+                        value: format!("{window} / {step}"),
+                        why: "the window holds at least one step and steps count from 1",
+                    });
+                }
+                check("window", a.state_a, window * c)?;
+                check("running_var", a.state_b, c)?;
+                let u = |name, v: u64| {
+                    u32::try_from(v).map_err(|_| Error::InvalidParameter {
+                        name,
+                        value: v.to_string(),
+                        why: "exceeds 2^32 - 1",
+                    })
+                };
+                params[2] = u("step", step)?;
+                params[3] = window as u32;
+                params[7] = u("warmup", warmup)?;
+            }
             Method::Unmix { k, temperature, .. } => {
                 if k == 0 || !(temperature.is_finite() && temperature > 0.0) {
                     return Err(Error::InvalidParameter {
@@ -246,6 +312,9 @@ impl InstanceMix {
             // Per-invocation loops of the mixing kernel (lavapipe's 65535-iteration budget).
             let wg = WG as usize;
             let per_lane = match method {
+                Method::Unified { window, .. } => {
+                    2 * (window * c).div_ceil(wg) + 3 * c.div_ceil(wg) * window
+                }
                 Method::Unmix { k, .. } => {
                     (n * k).div_ceil(wg) * c
                         + n * k
@@ -301,7 +370,7 @@ impl InstanceMix {
             ("state b", sb.as_ref(), true),
             ("y", Some(&yr), true),
         ])?;
-        self.engine.encode_reduce(encoder, a.x, view, &moments)?;
+        reduce(encoder, &moments)?;
         let pipeline = ctx.pipeline(
             Kernel::ChannelInstanceMix,
             Io {
@@ -327,7 +396,7 @@ impl InstanceMix {
             ],
         )?;
         let (gx, gy) = match method {
-            Method::Unmix { .. } => (1, 1),
+            Method::Unmix { .. } | Method::Unified { .. } => (1, 1),
             _ => binding::grid(ctx, (c as u64).div_ceil(WG as u64)),
         };
         {
@@ -357,9 +426,12 @@ impl InstanceMix {
 /// Specialisations for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
-    for mode in [0.0, 1.0, 2.0, 3.0] {
-        for bits in 0..4u32 {
+    for mode in [0.0, 1.0, 2.0, 3.0, 4.0] {
+        for bits in 0..8u32 {
             let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
+            if f(2) == 1.0 && mode != 4.0 {
+                continue;
+            }
             out.push(Specialization {
                 kernel: Kernel::ChannelInstanceMix,
                 io: Io {
@@ -371,6 +443,7 @@ pub fn specializations() -> Vec<Specialization> {
                     ("MODE", mode),
                     ("TRAINING", f(0)),
                     ("UNBIASED_RUNNING", f(1)),
+                    ("FILTER", f(2)),
                 ],
             });
         }

@@ -354,12 +354,51 @@ impl SinkhornNormalize {
     }
 }
 
-/// Unified Normalization (Yang et al. 2022; NORMS.md B3), inference form:
-/// `y = weight * x / sqrt(running_var + eps) + bias` on `x[B, N, C]` (the folded per-channel scale
-/// of the official code). The training form (windowed quadratic means, geometric mean, outlier
-/// filtration) is not implemented yet.
+/// Unified Normalization (Yang et al. 2022; NORMS.md B3, official `unified_normalization.py`)
+/// on `x[B, N, C]`.
+///
+/// Inference: `y = weight * x / sqrt(running_var + eps) + bias` (the folded per-channel scale).
+///
+/// Training step t (the counter after this step's increment, from 1), all on the GPU:
+/// 1. `q[c]` = mean of x^2 over the unpadded tokens (0 for a batch of padding only);
+/// 2. `r` = unbiased variance of `sqrt(window)` over all `M x C` entries, before this step;
+/// 3. `window[t mod M] = q`;
+/// 4. with filtration, once `t >= warmup` and the window is full (`t >= M`: the log of its
+///    initial zeros is -inf, a convention of ours where the paper is silent): per channel the
+///    window's arithmetic mean `am` and geometric mean `gm`; if any channel has
+///    `am - gm > r * M`, `window[t mod M]` is overwritten by `running_var` and the step is an
+///    outlier;
+/// 5. `sigma^2 = q` when `t <= M`, `t < warmup` or an outlier, else `gm`;
+/// 6. `y = weight * x / sqrt(sigma^2 + eps) + bias`;
+/// 7. `running_var = (1 - momentum) running_var + momentum sigma^2` (decay 0.9).
+///
+/// The window (f32 `[M, C]`, zeros at the start) and `running_var` (f32 `[C]`, ones) are yours
+/// to keep between steps; both update in place.
 pub struct UnifiedNorm {
     engine: ChannelNorm,
+    mix: wgnorm_core::instmix::InstanceMix,
+    train: UnifiedTraining,
+}
+
+/// Training settings of [`UnifiedNorm`] (the official defaults: window 4, warm-up 4000,
+/// filtration off for NLP and on for CV, decay 0.9).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UnifiedTraining {
+    pub window: usize,
+    pub warmup: u64,
+    pub filter: bool,
+    pub momentum: f32,
+}
+
+impl Default for UnifiedTraining {
+    fn default() -> Self {
+        UnifiedTraining {
+            window: 4,
+            warmup: 4000,
+            filter: false,
+            momentum: 0.1,
+        }
+    }
 }
 
 impl UnifiedNorm {
@@ -367,7 +406,72 @@ impl UnifiedNorm {
         Ok(UnifiedNorm {
             engine: ChannelNorm::new(ctx, eps, dtype, Default::default())?
                 .with_reduction(Reduction::QuadraticMean),
+            mix: wgnorm_core::instmix::InstanceMix::new(
+                ctx,
+                eps,
+                wgnorm_core::chnorm::Layout::Nchw,
+                dtype,
+            )?,
+            train: UnifiedTraining::default(),
         })
+    }
+
+    /// Training settings (defaults: [`UnifiedTraining::default`]).
+    pub fn with_training(mut self, train: UnifiedTraining) -> UnifiedNorm {
+        self.train = train;
+        self
+    }
+
+    /// Records training step `step` (>= 1) on `x[B, N, C]` with an optional f32 padding mask
+    /// `[B, N]` (1 = padding), f32 `weight`/`bias` `[C]`, the `window` `[M, C]` and
+    /// `running_var` `[C]` (both updated).
+    #[allow(clippy::too_many_arguments)] // one per tensor; all are needed
+    pub fn encode_train(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        pad_mask: Option<&Tensor>,
+        weight: &Tensor,
+        bias: &Tensor,
+        window: &Tensor,
+        running_var: &Tensor,
+        y: &Tensor,
+        step: u64,
+    ) -> Result<()> {
+        let view = token_view(x)?;
+        if let Some(m) = pad_mask {
+            if m.numel() != view.q || m.shape().len() != 2 || m.shape()[0] != x.shape()[0] {
+                return Err(Error::ShapeMismatch {
+                    what: "pad_mask [B, N] (f32, 1 = padding)".into(),
+                    expected: x.shape()[..2].to_vec(),
+                    got: m.shape().to_vec(),
+                });
+            }
+        }
+        let t = self.train;
+        let engine = &self.engine;
+        self.mix.encode_view(
+            encoder,
+            &wgnorm_core::instmix::InstanceMixArgs {
+                x,
+                y,
+                weight,
+                bias,
+                v: None,
+                task_ids: None,
+                state_a: Some(window),
+                state_b: Some(running_var),
+            },
+            wgnorm_core::instmix::Method::Unified {
+                window: t.window,
+                step,
+                warmup: t.warmup,
+                momentum: t.momentum,
+                filter: t.filter,
+            },
+            view,
+            |enc, moments| engine.encode_reduce_masked(enc, x, view, pad_mask, moments),
+        )
     }
 
     /// Records inference on `x[B, N, C]` with f32 `weight`, `bias`, `running_var` `[C]`.
@@ -380,22 +484,7 @@ impl UnifiedNorm {
         running_var: &Tensor,
         y: &Tensor,
     ) -> Result<()> {
-        let shape = x.shape();
-        if shape.len() != 3 {
-            return Err(Error::ShapeMismatch {
-                what: "unified_norm x [B, N, C]".into(),
-                expected: vec![0, 0, 0],
-                got: shape.to_vec(),
-            });
-        }
-        let view = ChannelView {
-            p: 1,
-            q: shape[0] * shape[1],
-            r: shape[2],
-            s: 1,
-            cg: 1,
-            sdiv: 1,
-        };
+        let view = token_view(x)?;
         self.engine.encode(
             encoder,
             &ChannelNormArgs {
@@ -414,4 +503,24 @@ impl UnifiedNorm {
             },
         )
     }
+}
+
+/// `x[B, N, C]` as tokens: `[1, B*N, C, 1]`.
+fn token_view(x: &Tensor) -> Result<ChannelView> {
+    let shape = x.shape();
+    if shape.len() != 3 {
+        return Err(Error::ShapeMismatch {
+            what: "unified_norm x [B, N, C]".into(),
+            expected: vec![0, 0, 0],
+            got: shape.to_vec(),
+        });
+    }
+    Ok(ChannelView {
+        p: 1,
+        q: shape[0] * shape[1],
+        r: shape[2],
+        s: 1,
+        cg: 1,
+        sdiv: 1,
+    })
 }

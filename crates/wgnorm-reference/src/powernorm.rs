@@ -106,3 +106,85 @@ pub fn unified_norm_infer(
         .map(|(i, v)| weight[i % c] * v / (running_var[i % c] + eps).sqrt() + bias[i % c])
         .collect()
 }
+
+/// Unified Normalization state between training steps: the window `[M, C]` of past quadratic
+/// means (zeros at first) and the running variance `[C]` (ones).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnifiedState {
+    pub window: Vec<f64>,
+    pub running_var: Vec<f64>,
+}
+
+/// One Unified Normalization training step (NORMS.md B3) on `x[b, n, c]` with an optional
+/// padding mask `[b, n]` (1 = padding); `step` counts from 1. Filtration needs a full window
+/// (`step >= M`) as well as `step >= warmup`. Returns y and whether the step was filtered as an
+/// outlier; updates `state`.
+#[allow(clippy::too_many_arguments)]
+pub fn unified_norm_train(
+    x: &[f64],
+    tokens: usize,
+    c: usize,
+    mask: Option<&[f64]>,
+    weight: &[f64],
+    bias: &[f64],
+    state: &mut UnifiedState,
+    step: u64,
+    window: usize,
+    warmup: u64,
+    filter: bool,
+    momentum: f64,
+    eps: f64,
+) -> (Vec<f64>, bool) {
+    let keep = |t: usize| mask.is_none_or(|m| m[t] == 0.0);
+    let kept = (0..tokens).filter(|&t| keep(t)).count();
+    let q: Vec<f64> = (0..c)
+        .map(|ch| {
+            if kept == 0 {
+                return 0.0;
+            }
+            (0..tokens)
+                .filter(|&t| keep(t))
+                .map(|t| x[t * c + ch].powi(2))
+                .sum::<f64>()
+                / kept as f64
+        })
+        .collect();
+    let roots: Vec<f64> = state.window.iter().map(|v| v.max(0.0).sqrt()).collect();
+    let mean = roots.iter().sum::<f64>() / roots.len() as f64;
+    let r =
+        roots.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (roots.len() as f64 - 1.0).max(1.0);
+    let slot = (step % window as u64) as usize;
+    state.window[slot * c..(slot + 1) * c].copy_from_slice(&q);
+    let am: Vec<f64> = (0..c)
+        .map(|ch| (0..window).map(|k| state.window[k * c + ch]).sum::<f64>() / window as f64)
+        .collect();
+    let gm: Vec<f64> = (0..c)
+        .map(|ch| {
+            ((0..window)
+                .map(|k| state.window[k * c + ch].ln())
+                .sum::<f64>()
+                / window as f64)
+                .exp()
+        })
+        .collect();
+    let filtering = filter && step >= warmup && step >= window as u64;
+    let skip = filtering && (0..c).any(|ch| am[ch] - gm[ch] > r * window as f64);
+    if skip {
+        let rv = state.running_var.clone();
+        state.window[slot * c..(slot + 1) * c].copy_from_slice(&rv);
+    }
+    let plain = step <= window as u64 || step < warmup || skip;
+    let sigma2: Vec<f64> = (0..c)
+        .map(|ch| if plain { q[ch] } else { gm[ch] })
+        .collect();
+    for (rv, s2) in state.running_var.iter_mut().zip(&sigma2) {
+        *rv = (1.0 - momentum) * *rv + momentum * s2;
+    }
+    let y = (0..tokens * c)
+        .map(|i| {
+            let ch = i % c;
+            weight[ch] * x[i] / (sigma2[ch] + eps).sqrt() + bias[ch]
+        })
+        .collect();
+    (y, skip)
+}
