@@ -1206,3 +1206,95 @@ fn batch_channel_norm_is_bn_then_group_norm_with_group_affine() {
         );
     }
 }
+
+/// SLAB's progressive LN -> RepBN: warm-up calls are LN only (RepBN's running statistics stay
+/// put), then lambda = iter / total_step falls by 1/total_step per call down to 0; inference is
+/// RepBN with the running statistics.
+#[test]
+fn progressive_rep_norm_schedule() {
+    use wgnorm::batchnorm::{ProgressiveRepNorm, ProgressiveRepNormInputs};
+    let c_ = ctx();
+    let (b, t, c) = (3, 4, 8);
+    let tokens = b * t;
+    let op = ProgressiveRepNorm::new(c_, 2, 3, 1e-5, 0.1, DType::F32).unwrap();
+    let lw: Vec<f32> = noise(1, c).iter().map(|v| v + 1.0).collect();
+    let lb = noise(2, c);
+    let bw: Vec<f32> = noise(3, c).iter().map(|v| v * 0.5 + 1.0).collect();
+    let bb = noise(4, c);
+    let alpha = 0.7f32;
+    let up = |v: &[f32]| c_.upload_f32(v, &[v.len()]).unwrap();
+    let (lwt, lbt, bwt, bbt, at) = (up(&lw), up(&lb), up(&bw), up(&bb), up(&[alpha]));
+    let rm_t = up(&vec![0.0; c]);
+    let rv_t = up(&vec![1.0; c]);
+    let (mut rm, mut rv) = (vec![0.0f64; c], vec![1.0f64; c]);
+    let d = |v: &[f32]| v.iter().map(|&e| e as f64).collect::<Vec<f64>>();
+    // (training, expected lambda): 2 warm-up calls, then iter 3, 2, 1, 0, 0.
+    let plan = [
+        (true, 1.0),
+        (true, 1.0),
+        (true, 1.0),
+        (true, 2.0 / 3.0),
+        (true, 1.0 / 3.0),
+        (true, 0.0),
+        (false, 0.0),
+    ];
+    for (call, &(training, lambda_want)) in plan.iter().enumerate() {
+        let x: Vec<f32> = noise(10 + call as u64, tokens * c)
+            .iter()
+            .map(|v| v * 2.0 + 0.5)
+            .collect();
+        let xd = d(&x);
+        let ln =
+            wgnorm_reference::rownorm::layer_norm(&xd, c, Some(&d(&lw)), Some(&d(&lb)), 1e-5).y;
+        // RepBN: BN over all tokens per channel (+ running update in training) + alpha * x.
+        let uses_bn = !(training && call < 2);
+        let mut rep = vec![0.0; tokens * c];
+        if uses_bn {
+            for ch in 0..c {
+                let vals: Vec<f64> = (0..tokens).map(|k| xd[k * c + ch]).collect();
+                let mean = vals.iter().sum::<f64>() / tokens as f64;
+                let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / tokens as f64;
+                let (m, v) = if training {
+                    rm[ch] = 0.9 * rm[ch] + 0.1 * mean;
+                    rv[ch] = 0.9 * rv[ch] + 0.1 * var * tokens as f64 / (tokens as f64 - 1.0);
+                    (mean, var)
+                } else {
+                    (rm[ch], rv[ch])
+                };
+                for k in 0..tokens {
+                    let i = k * c + ch;
+                    rep[i] = (xd[i] - m) / (v + 1e-5).sqrt() * bw[ch] as f64
+                        + bb[ch] as f64
+                        + alpha as f64 * xd[i];
+                }
+            }
+        }
+        let want: Vec<f64> = (0..tokens * c)
+            .map(|i| lambda_want * ln[i] + (1.0 - lambda_want) * rep[i])
+            .collect();
+        let xt = c_.upload_f32(&x, &[b, t, c]).unwrap();
+        let y = c_.empty(&[b, t, c], DType::F32).unwrap();
+        let inputs = ProgressiveRepNormInputs {
+            x: &xt,
+            ln_weight: Some(&lwt),
+            ln_bias: Some(&lbt),
+            bn_weight: Some(&bwt),
+            bn_bias: Some(&bbt),
+            running_mean: &rm_t,
+            running_var: &rv_t,
+            alpha: &at,
+        };
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        let lambda = op.encode(&mut enc, &inputs, &y, training).unwrap();
+        c_.queue().submit([enc.finish()]);
+        assert!(
+            (lambda as f64 - lambda_want).abs() < 1e-7,
+            "call {call}: lambda {lambda}"
+        );
+        let what = format!("progressive rep norm call {call}");
+        assert_close(&what, &c_.download(&y).unwrap(), &want, 2e-5, 2e-5);
+        assert_close(&what, &c_.download(&rm_t).unwrap(), &rm, 1e-6, 1e-6);
+        assert_close(&what, &c_.download(&rv_t).unwrap(), &rv, 1e-6, 1e-6);
+    }
+    assert_eq!(op.counters(), (0, 0));
+}

@@ -17,11 +17,13 @@ use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statis
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 
 mod instance;
+mod progressive;
 mod region;
 pub use instance::{
     AdaB2nInputs, AdaB2nTaskWeighted, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs,
     IbnNorm, UnmixTns, UnmixTnsInputs,
 };
+pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormInputs};
 pub use region::{
     specializations as region_specializations, RegionNormB, RegionNormInputs, RegionNormL,
     RegionNormLInputs,

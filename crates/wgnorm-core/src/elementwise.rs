@@ -233,3 +233,102 @@ impl AlphaDropout {
         Ok(())
     }
 }
+
+/// `y = lambda * a + (1 - lambda) * b` over tensors of one shape and dtype (f32 arithmetic).
+pub struct Blend {
+    ctx: Context,
+    dtype: DType,
+    binds: BindCache,
+}
+
+const BLEND_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite];
+
+impl Blend {
+    pub fn new(ctx: &Context, dtype: DType) -> Result<Blend> {
+        ctx.check_dtype(dtype)?;
+        Ok(Blend {
+            ctx: ctx.clone(),
+            dtype,
+            binds: BindCache::default(),
+        })
+    }
+
+    /// Records the blend; `y` must not alias `a` or `b`.
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &Tensor,
+        b: &Tensor,
+        lambda: f32,
+        y: &Tensor,
+    ) -> Result<()> {
+        for (what, t) in [("a", a), ("b", b), ("y", y)] {
+            if t.dtype() != self.dtype {
+                return Err(Error::DTypeMismatch {
+                    what: what.into(),
+                    expected: self.dtype,
+                    got: t.dtype(),
+                });
+            }
+            if t.shape() != a.shape() {
+                return Err(Error::ShapeMismatch {
+                    what: what.into(),
+                    expected: a.shape().to_vec(),
+                    got: t.shape().to_vec(),
+                });
+            }
+        }
+        if !lambda.is_finite() {
+            return Err(Error::InvalidParameter {
+                name: "lambda",
+                value: lambda.to_string(),
+                why: "must be finite",
+            });
+        }
+        let n = a.numel();
+        if n == 0 {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+        let (ar, br, yr) = (r(a, "a")?, r(b, "b")?, r(y, "y")?);
+        binding::check_no_alias(&[
+            ("a", Some(&ar), false),
+            ("b", Some(&br), false),
+            ("y", Some(&yr), true),
+        ])?;
+        let align = Io {
+            dtype: self.dtype,
+            vec4: true,
+        }
+        .alignment();
+        let io = Io {
+            dtype: self.dtype,
+            vec4: n.is_multiple_of(4) && [&ar, &br, &yr].iter().all(|r| r.offset % align == 0),
+        };
+        ctx.check_io(io)?;
+        let block: u32 = if ctx.is_cpu() { 16 } else { 1 };
+        let pipeline = ctx.pipeline(
+            Kernel::Blend,
+            io,
+            BLEND_SLOTS,
+            &[("WG", WG as f64), ("BLOCK", block as f64)],
+        )?;
+        let n_v = (n / io.width() as usize) as u32;
+        let mut params = [0u32; PARAM_WORDS];
+        params[0] = n_v;
+        params[1] = lambda.to_bits();
+        let bind = self
+            .binds
+            .get(ctx, BLEND_SLOTS, &params, &[&ar, &br, &yr])?;
+        let (gx, gy) = binding::grid(ctx, (n_v as u64).div_ceil(block as u64).div_ceil(WG as u64));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm blend"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+}

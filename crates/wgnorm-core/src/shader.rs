@@ -27,6 +27,7 @@ const WG_MOMENTS: &str = shader_file!("common/workgroup_moments.wgsl");
 const TEAM_SUM: &str = shader_file!("common/team.wgsl");
 const ELEMENTWISE: &str = shader_file!("elementwise.wgsl");
 const ALPHA_DROPOUT: &str = shader_file!("dropout.wgsl");
+const BLEND: &str = shader_file!("blend.wgsl");
 const ROW_NORM_COMMON: &str = shader_file!("row_norm/common.wgsl");
 const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
 const ROW_NORM_TEAM_REGS: &str = shader_file!("row_norm/team_regs.wgsl");
@@ -131,6 +132,8 @@ pub enum Kernel {
     Elementwise,
     /// AlphaDropout with a counter-based mask (seed, index).
     AlphaDropout,
+    /// y = lambda a + (1 - lambda) b (progressive LN -> RepBN).
+    Blend,
     /// Plain copy, the bandwidth roofline of the benchmarks.
     Copy,
     /// One invocation per row, three passes: the benchmarks' baseline for row norms.
@@ -142,7 +145,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -156,6 +159,7 @@ impl Kernel {
         Kernel::FoldBatchNorm,
         Kernel::Elementwise,
         Kernel::AlphaDropout,
+        Kernel::Blend,
         Kernel::Copy,
         Kernel::NaiveRowNorm,
         Kernel::PoincareBall,
@@ -177,6 +181,7 @@ impl Kernel {
             Kernel::FoldBatchNorm => "channel_norm/fold",
             Kernel::Elementwise => "elementwise",
             Kernel::AlphaDropout => "dropout",
+            Kernel::Blend => "blend",
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
             Kernel::PoincareBall => "poincare/ball",
@@ -217,6 +222,7 @@ impl Kernel {
             Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],
             Kernel::Elementwise => &[ACTIVATION, ELEMENTWISE],
             Kernel::AlphaDropout => &[ALPHA_DROPOUT],
+            Kernel::Blend => &[BLEND],
             Kernel::PoincareBall => &[POINCARE_COMMON, POINCARE_BALL],
             Kernel::PoincareMidpoint => &[POINCARE_COMMON, POINCARE_MIDPOINT],
         }

@@ -129,6 +129,13 @@ pub fn specializations() -> Vec<shader::Specialization> {
                 constants,
             });
         }
+        for block in [1.0, 16.0] {
+            out.push(Specialization {
+                kernel: Kernel::Blend,
+                io,
+                constants: vec![("WG", 256.0), ("BLOCK", block)],
+            });
+        }
         if !io.vec4 {
             out.push(Specialization {
                 kernel: Kernel::AlphaDropout,

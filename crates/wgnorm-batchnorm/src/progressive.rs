@@ -1,0 +1,173 @@
+//! SLAB's progressive LayerNorm -> RepBN replacement (Guo et al. 2024; NORMS.md A16, official
+//! `prepbn.py`).
+
+use std::sync::Mutex;
+
+use wgnorm_core::elementwise::Blend;
+use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm_core::scratch::ScratchCache;
+use wgnorm_core::{Context, DType, Error, Result, Tensor};
+
+use crate::{BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, Layout};
+
+/// `y = lambda * LN(x) + (1 - lambda) * RepBN(x)` on tokens `x[B, T, C]`, with the official
+/// schedule: while `warm > 0` a training call decrements it and outputs `LN(x)` only (RepBN is
+/// not run, so its running statistics stay put); afterwards `lambda = r0 * iter / total_step`
+/// (computed before `iter` is decremented, down to 0). Inference is RepBN with its running
+/// statistics. LN over C with its own affine (`ln_weight`/`ln_bias`, the I/O dtype); RepBN as
+/// [`BatchNorm::encode_rep`] (f32 parameters, `alpha` `[1]`).
+///
+/// The counters live on the host, in this object: they depend only on the number of training
+/// calls, so keeping them here needs no GPU state and no readback, and lets the warm-up calls
+/// skip the RepBN pass entirely (a GPU-side counter could not skip a dispatch without a
+/// readback). [`ProgressiveRepNorm::counters`] / [`ProgressiveRepNorm::set_counters`] save and
+/// restore them with a checkpoint.
+pub struct ProgressiveRepNorm {
+    ctx: Context,
+    dtype: DType,
+    ln: RowNorm,
+    bn: BatchNorm,
+    blend: Blend,
+    total_step: u64,
+    r0: f32,
+    counters: Mutex<(u64, u64)>,
+    ln_out: ScratchCache,
+    bn_out: ScratchCache,
+}
+
+/// Tensors of a progressive-norm call.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgressiveRepNormInputs<'a> {
+    pub x: &'a Tensor,
+    pub ln_weight: Option<&'a Tensor>,
+    pub ln_bias: Option<&'a Tensor>,
+    pub bn_weight: Option<&'a Tensor>,
+    pub bn_bias: Option<&'a Tensor>,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    pub alpha: &'a Tensor,
+}
+
+impl ProgressiveRepNorm {
+    /// `warm` warm-up calls (official default 0), then `total_step` blending calls (e.g.
+    /// 60000) with `r0` = 1; `eps` for both norms, `momentum` for RepBN's running statistics.
+    pub fn new(
+        ctx: &Context,
+        warm: u64,
+        total_step: u64,
+        eps: f32,
+        momentum: f32,
+        dtype: DType,
+    ) -> Result<ProgressiveRepNorm> {
+        if total_step == 0 {
+            return Err(Error::InvalidParameter {
+                name: "total_step",
+                value: "0".into(),
+                why: "the blend needs at least one step",
+            });
+        }
+        let ln = RowNorm::new(
+            ctx,
+            RowNormConfig {
+                mode: RowMode::LayerNorm,
+                axis: -1,
+                eps,
+                weight_offset: 0.0,
+                dtype,
+            },
+        )?;
+        let bn = BatchNorm::new(
+            ctx,
+            BatchNormConfig {
+                eps,
+                momentum: Some(momentum),
+                layout: Layout::Nhwc,
+                dtype,
+                ..Default::default()
+            },
+        )?;
+        Ok(ProgressiveRepNorm {
+            ctx: ctx.clone(),
+            dtype,
+            ln,
+            bn,
+            blend: Blend::new(ctx, dtype)?,
+            total_step,
+            r0: 1.0,
+            counters: Mutex::new((warm, total_step)),
+            ln_out: ScratchCache::default(),
+            bn_out: ScratchCache::default(),
+        })
+    }
+
+    /// `(warm, iter)` as they are now.
+    pub fn counters(&self) -> (u64, u64) {
+        *self.counters.lock().unwrap()
+    }
+
+    pub fn set_counters(&self, warm: u64, iter: u64) {
+        *self.counters.lock().unwrap() = (warm, iter);
+    }
+
+    /// Records one call; returns the LN weight lambda this call used (1 in warm-up, 0 at
+    /// inference). Training calls advance the counters once the passes are recorded.
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        a: &ProgressiveRepNormInputs,
+        y: &Tensor,
+        training: bool,
+    ) -> Result<f32> {
+        let bn_inputs = BatchNormInputs {
+            x: a.x,
+            weight: a.bn_weight,
+            bias: a.bn_bias,
+            running_mean: Some(a.running_mean),
+            running_var: Some(a.running_var),
+        };
+        if !training {
+            let out = BatchNormOutputs { y, saved: None };
+            self.bn.encode_rep(enc, &bn_inputs, a.alpha, &out, false)?;
+            return Ok(0.0);
+        }
+        if a.x.shape().len() != 3 {
+            return Err(Error::ShapeMismatch {
+                what: "x [B, T, C]".into(),
+                expected: vec![0, 0, 0],
+                got: a.x.shape().to_vec(),
+            });
+        }
+        let mut counters = self.counters.lock().unwrap();
+        let (warm, iter) = *counters;
+        fn ln_args<'t>(a: &ProgressiveRepNormInputs<'t>, out: &'t Tensor) -> RowNormArgs<'t> {
+            RowNormArgs {
+                x: a.x,
+                weight: a.ln_weight,
+                bias: a.ln_bias,
+                y: out,
+                mean: None,
+                rstd: None,
+                residual: None,
+                sum: None,
+            }
+        }
+        if warm > 0 {
+            self.ln.encode(enc, &ln_args(a, y))?;
+            *counters = (warm - 1, iter);
+            return Ok(1.0);
+        }
+        let lambda = (self.r0 as f64 * iter as f64 / self.total_step as f64) as f32;
+        let shape = a.x.shape();
+        let s1 = self.ln_out.get(&self.ctx, shape, shape, self.dtype)?;
+        let s2 = self.bn_out.get(&self.ctx, shape, shape, self.dtype)?;
+        self.ln.encode(enc, &ln_args(a, &s1))?;
+        let out = BatchNormOutputs {
+            y: &s2,
+            saved: None,
+        };
+        self.bn.encode_rep(enc, &bn_inputs, a.alpha, &out, true)?;
+        self.blend.encode(enc, &s1, &s2, lambda, y)?;
+        *counters = (0, iter.saturating_sub(1));
+        Ok(lambda)
+    }
+}

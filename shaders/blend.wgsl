@@ -1,0 +1,31 @@
+// y = lambda * a + (1 - lambda) * b, elementwise (the progressive LN -> RepBN blend, NORMS.md
+// A16), BLOCK consecutive accesses per invocation.
+
+override WG: u32 = 256u;
+override BLOCK: u32 = 1u;
+
+struct BlendParams {
+    n_v: u32,
+    lambda: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: BlendParams;
+@group(0) @binding(1) var<storage, read> a: array<Elem>;
+@group(0) @binding(2) var<storage, read> b: array<Elem>;
+@group(0) @binding(3) var<storage, read_write> y: array<Elem>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let start = ((wid.x + wid.y * nwg.x) * WG + lid) * BLOCK;
+    let end = min(params.n_v, start + BLOCK);
+    let l = params.lambda;
+    for (var i = start; i < end; i = i + 1u) {
+        y[i] = from_v(l * to_v(a[i]) + (1.0 - l) * to_v(b[i]));
+    }
+}
