@@ -236,6 +236,99 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
     })
 }
 
+/// Fused residual add + LayerNorm writing the sum (pre-LN), against the unfused sequence as its
+/// baseline: an elementwise pass reading x and the residual and writing the sum (the blend
+/// kernel at lambda = 0.5: the same traffic and one multiply-add per element, like an add),
+/// then LayerNorm of the sum. The fused kernel moves 2 reads + 2 writes of the tensor; the
+/// unfused sequence 3 reads + 2 writes.
+fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
+    use wgnorm::elementwise::Blend;
+    let dtype = DType::F32;
+    let op = RowNorm::new(
+        ctx,
+        RowNormConfig {
+            mode: RowMode::LayerNorm,
+            axis: -1,
+            eps: 1e-5,
+            weight_offset: 0.0,
+            dtype,
+        },
+    )?;
+    let x: Vec<f32> = (0..rows * n)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let xt = ctx.upload(&x, &[rows, n], dtype)?;
+    let rt = ctx.upload(&x, &[rows, n], dtype)?;
+    let w = ctx.upload(&vec![1.5; n], &[n], dtype)?;
+    let b = ctx.upload(&vec![0.25; n], &[n], dtype)?;
+    let y = ctx.empty(&[rows, n], dtype)?;
+    let sum = ctx.empty(&[rows, n], dtype)?;
+    let (y2, sum2) = (ctx.empty(&[rows, n], dtype)?, ctx.empty(&[rows, n], dtype)?);
+    let (kernel, io) = op.kernel_for(&xt)?;
+    let fused = {
+        let (xt, rt, w, b, y, sum) = (
+            xt.clone(),
+            rt.clone(),
+            w.clone(),
+            b.clone(),
+            y.clone(),
+            sum.clone(),
+        );
+        let op = RowNorm::new(ctx, *op.config())?;
+        let record = move |enc: &mut wgpu::CommandEncoder| {
+            op.encode(
+                enc,
+                &RowNormArgs {
+                    x: &xt,
+                    weight: Some(&w),
+                    bias: Some(&b),
+                    y: &y,
+                    mean: None,
+                    rstd: None,
+                    residual: Some(&rt),
+                    sum: Some(&sum),
+                },
+            )
+        };
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        record(&mut enc)?;
+        ctx.queue().submit([enc.finish()]);
+        Box::new(move |enc: &mut wgpu::CommandEncoder| record(enc).expect("validated above"))
+            as Record
+    };
+    let blend = Blend::new(ctx, dtype)?;
+    let unfused = move |enc: &mut wgpu::CommandEncoder| -> wgnorm::Result<()> {
+        blend.encode(enc, &xt, &rt, 0.5, &sum2)?;
+        op.encode(
+            enc,
+            &RowNormArgs {
+                x: &sum2,
+                weight: Some(&w),
+                bias: Some(&b),
+                y: &y2,
+                mean: None,
+                rstd: None,
+                residual: None,
+                sum: None,
+            },
+        )
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    unfused(&mut enc)?;
+    ctx.queue().submit([enc.finish()]);
+    Ok(Case {
+        op: "add_layer_norm",
+        shape: vec![rows, n],
+        dtype,
+        layout: "row-major",
+        bytes: (4 * rows * n + 2 * n) as u64 * 4,
+        kernel: format!("{kernel:?} {} (baseline: unfused add + LN)", io.label()),
+        run: fused,
+        naive: Some(Box::new(move |enc| unfused(enc).expect("validated above"))),
+        check: None,
+    })
+}
+
 /// A batch-statistics op on an `(N, C, H, W)` activation in `layout` (no naive baseline: one
 /// thread per channel would loop past lavapipe's per-invocation budget on these shapes).
 fn channel_case(
@@ -537,6 +630,27 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
             out.push(channel_case(ctx, op, shape, layout)?);
         }
     }
+    // Fused residual add + LayerNorm against the unfused sequence.
+    let add_shapes: &[(usize, usize)] = if o.quick {
+        &[(4096, 256)]
+    } else {
+        &[(16384, 256), (1024, 4096)]
+    };
+    for &(rows, n) in add_shapes {
+        if o.ops
+            .as_ref()
+            .is_some_and(|ops| !ops.iter().any(|x| x == "add_layer_norm"))
+        {
+            continue;
+        }
+        if o.shapes
+            .as_ref()
+            .is_some_and(|s| !format!("{rows}x{n}").contains(s.as_str()))
+        {
+            continue;
+        }
+        out.push(add_norm_case(ctx, rows, n)?);
+    }
     // Hyperbolic family.
     let hyper: [usize; 4] = if o.quick {
         [8, 64, 28, 28]
@@ -756,7 +870,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     }
     let info = ctx.adapter_info();
     println!("## wgnorm bench on {} ({:?}, {:?}); timing: {method}; {reps} repetitions x {iters} runs, medians\n", info.name, info.backend, info.device_type);
-    println!("| op | shape | dtype | layout | kernel | median ms | min ms | GB/s | copy GB/s | copy ratio | best copy | b2b GB/s | naive speedup |");
+    println!("| op | shape | dtype | layout | kernel | median ms | min ms | GB/s | copy GB/s | copy ratio | best copy | b2b GB/s | baseline speedup |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut json_results = Vec::new();
     let gbps = |bytes: u64, ms: f64| bytes as f64 / ms / 1e6;
