@@ -1298,3 +1298,60 @@ fn progressive_rep_norm_schedule() {
     }
     assert_eq!(op.counters(), (0, 0));
 }
+
+#[test]
+fn rep_batch_norm_inference_folds_to_scale_and_shift() {
+    use wgnorm::batchnorm::fold_rep_batch_norm;
+    let c_ = ctx();
+    let (b, t, c) = (2, 6, 5);
+    let x: Vec<f32> = noise(95, b * t * c).iter().map(|v| v * 2.0 + 1.0).collect();
+    let (g, be) = (noise(96, c), noise(97, c));
+    let (rm0, rv0): (Vec<f32>, Vec<f32>) = (
+        noise(98, c),
+        noise(99, c).iter().map(|v| v.abs() + 0.5).collect(),
+    );
+    let alpha = 0.3f32;
+    let bn = BatchNorm::new(
+        c_,
+        BatchNormConfig {
+            layout: Layout::Nhwc,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let up = |v: &[f32]| c_.upload_f32(v, &[v.len()]).unwrap();
+    let (gt, bt, rm, rv, at) = (up(&g), up(&be), up(&rm0), up(&rv0), up(&[alpha]));
+    let xt = c_.upload_f32(&x, &[b, t, c]).unwrap();
+    let y = c_.empty(&[b, t, c], DType::F32).unwrap();
+    let inputs = BatchNormInputs {
+        x: &xt,
+        weight: Some(&gt),
+        bias: Some(&bt),
+        running_mean: Some(&rm),
+        running_var: Some(&rv),
+    };
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    bn.encode_rep(
+        &mut enc,
+        &inputs,
+        &at,
+        &BatchNormOutputs { y: &y, saved: None },
+        false,
+    )
+    .unwrap();
+    c_.queue().submit([enc.finish()]);
+    let (scale, shift) = fold_rep_batch_norm(Some(&g), Some(&be), &rm0, &rv0, alpha, 1e-5).unwrap();
+    let folded: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v as f64 * scale[i % c] as f64 + shift[i % c] as f64)
+        .collect();
+    assert_close(
+        "folded RepBN",
+        &c_.download(&y).unwrap(),
+        &folded,
+        1e-5,
+        1e-5,
+    );
+    assert!(fold_rep_batch_norm(Some(&g[..2]), None, &rm0, &rv0, alpha, 1e-5).is_err());
+}

@@ -543,6 +543,42 @@ pub struct FoldArgs<'a> {
     pub bias_out: &'a Tensor,
 }
 
+/// Inference RepBN (NORMS.md A16) as a per-channel affine map, computed in f64:
+/// `BN(x) + alpha x = x * scale + shift` with `scale = gamma / sqrt(rv + eps) + alpha`,
+/// `shift = beta - gamma * rm / sqrt(rv + eps)` — what SLAB folds into the next linear layer.
+/// Returns `(scale, shift)`, one value per channel.
+pub fn fold_rep_batch_norm(
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    alpha: f32,
+    eps: f32,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c = running_mean.len();
+    let lens = [
+        gamma.map(|g| g.len()),
+        beta.map(|b| b.len()),
+        Some(running_var.len()),
+    ];
+    if lens.iter().flatten().any(|&l| l != c) {
+        return Err(Error::ShapeMismatch {
+            what: "fold_rep_batch_norm: gamma, beta, running_var like running_mean".into(),
+            expected: vec![c],
+            got: lens.iter().flatten().copied().collect(),
+        });
+    }
+    let mut scale = Vec::with_capacity(c);
+    let mut shift = Vec::with_capacity(c);
+    for i in 0..c {
+        let g = gamma.map_or(1.0, |g| g[i] as f64);
+        let inv = 1.0 / (running_var[i] as f64 + eps as f64).sqrt();
+        scale.push((g * inv + alpha as f64) as f32);
+        shift.push((beta.map_or(0.0, |b| b[i] as f64) - g * running_mean[i] as f64 * inv) as f32);
+    }
+    Ok((scale, shift))
+}
+
 /// Host-side folding of an inference BatchNorm into the preceding linear or convolution layer
 /// (row-major `weight` `[O, K]`, K = the product of its other dims): returns `(W', b')` with
 /// `W'[o, k] = W[o, k] * s[o]`, `b'[o] = (b[o] - running_mean[o]) * s[o] + beta[o]`,
