@@ -1355,3 +1355,102 @@ fn rep_batch_norm_inference_folds_to_scale_and_shift() {
     );
     assert!(fold_rep_batch_norm(Some(&g[..2]), None, &rm0, &rv0, alpha, 1e-5).is_err());
 }
+
+/// Every lane mapping of the moments pass (contiguous lane blocks or interleaved lanes; one lane
+/// per channel for channels-last views or a workgroup per channel), forced on this adapter, so the
+/// paths GPUs take are checked here too.
+#[test]
+fn every_moments_lane_mapping_matches_reference() {
+    use wgnorm::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, MomentsPlan, Statistics};
+    let c_ = ctx();
+    for (n, c, hw) in [(4, 12, 37), (3, 64, 100), (2, 9, 1024)] {
+        let x: Vec<f32> = noise(200 + c as u64, n * c * hw)
+            .iter()
+            .map(|v| v * 3.0 + 5.0)
+            .collect();
+        let xd = round_to(DType::F32, &x);
+        let bn = reference::batch_norm(
+            &xd,
+            n,
+            c,
+            hw,
+            None,
+            None,
+            &vec![0.0; c],
+            &vec![1.0; c],
+            true,
+            0.1,
+            true,
+            1e-5,
+        )
+        .y;
+        let inn = reference::instance_norm(&xd, n, c, hw, None, None, 1e-5);
+        for lane_blocks in [false, true] {
+            for channel_lanes in [false, true] {
+                let plan = MomentsPlan {
+                    lane_blocks: Some(lane_blocks),
+                    channel_lanes: Some(channel_lanes),
+                };
+                let engine = ChannelNorm::new(c_, 1e-5, DType::F32, Default::default())
+                    .unwrap()
+                    .with_moments_plan(plan);
+                for (layout, what, want) in [
+                    (Layout::Nchw, "bn", &bn),
+                    (Layout::Nhwc, "bn", &bn),
+                    (Layout::Nchw, "in", &inn),
+                    (Layout::Nhwc, "in", &inn),
+                ] {
+                    let (data, shape) = match layout {
+                        Layout::Nchw => (x.clone(), vec![n, c, hw]),
+                        Layout::Nhwc => (
+                            reference::to_nhwc(&xd, n, c, hw)
+                                .iter()
+                                .map(|&v| v as f32)
+                                .collect(),
+                            vec![n, hw, c],
+                        ),
+                    };
+                    let view = if what == "bn" {
+                        ChannelView::batch_norm(&shape, layout).unwrap()
+                    } else {
+                        ChannelView::instance_norm(&shape, layout).unwrap()
+                    };
+                    let xt = c_.upload_f32(&data, &shape).unwrap();
+                    let y = c_.empty(&shape, DType::F32).unwrap();
+                    let mut enc = c_.device().create_command_encoder(&Default::default());
+                    engine
+                        .encode(
+                            &mut enc,
+                            &ChannelNormArgs {
+                                x: &xt,
+                                y: &y,
+                                view,
+                                weight: None,
+                                bias: None,
+                                running_mean: None,
+                                running_var: None,
+                                stats: None,
+                                statistics: Statistics::Batch(None),
+                                moments: None,
+                                aux: None,
+                                mask: None,
+                            },
+                        )
+                        .unwrap();
+                    c_.queue().submit([enc.finish()]);
+                    let want_l = match layout {
+                        Layout::Nchw => want.clone(),
+                        Layout::Nhwc => reference::to_nhwc(want, n, c, hw),
+                    };
+                    assert_close(
+                        &format!("{what} {layout:?} {n}x{c}x{hw} {plan:?}"),
+                        &c_.download(&y).unwrap(),
+                        &want_l,
+                        2e-5,
+                        1e-4,
+                    );
+                }
+            }
+        }
+    }
+}

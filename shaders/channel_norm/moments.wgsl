@@ -6,6 +6,43 @@ override WG: u32 = 256u;
 // sums are kept in the m2 field with mean 0, which Chan's merge adds exactly.
 override REDUCE: u32 = 0u;
 override HAS_MASK: bool = false;
+// Each lane reduces one contiguous block of the tile instead of every WG-th access (CPU
+// adapters: a lane is a loop iteration there, and contiguous blocks stream; GPUs want lanes
+// interleaved so a warp's loads coalesce).
+override LANE_BLOCK: bool = false;
+// Views with S = 1 (channels-last BatchNorm / InstanceNorm): one lane per slot r, so the lanes of
+// a workgroup read consecutive channels of one token (contiguous memory) and each lane walks the
+// tokens of its tile; workgroup g = ((p * chunks + chunk) * tiles + tile). No workgroup merge.
+override CHANNEL_LANES: bool = false;
+
+fn channel_lanes(g: u32, lid: u32) {
+    let chunks = (params.r + WG - 1u) / WG;
+    let tile = g % params.tiles;
+    let rest = g / params.tiles;
+    let chunk = rest % chunks;
+    let pp = rest / chunks;
+    let rr = chunk * WG + lid;
+    if (pp >= params.p || rr >= params.r) {
+        return;
+    }
+    let start = tile * params.tile_len;
+    let end = min(params.q, start + params.tile_len);
+    let stride = params.r * params.s_v;
+    var e = (pp * params.q + start) * stride + rr;
+    var acc = Moments(0.0, 0.0, 0.0);
+    for (var j = start; j < end; j = j + 4u) {
+        let ok1 = j + 1u < end;
+        let ok2 = j + 2u < end;
+        let ok3 = j + 3u < end;
+        let v0 = to_v(x[e]);
+        let v1 = select(V(0.0), to_v(x[select(e, e + stride, ok1)]), ok1);
+        let v2 = select(V(0.0), to_v(x[select(e, e + 2u * stride, ok2)]), ok2);
+        let v3 = select(V(0.0), to_v(x[select(e, e + 3u * stride, ok3)]), ok3);
+        acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
+        e = e + 4u * stride;
+    }
+    partials[(pp * params.r + rr) * params.tiles + tile] = acc;
+}
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -27,6 +64,10 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let g = linear_group(wid, nwg);
+    if (CHANNEL_LANES) {
+        channel_lanes(g, lid);
+        return;
+    }
     let slots = params.p * params.r;
     let live = g < slots * params.tiles;
     let slot = g / params.tiles;
@@ -48,15 +89,45 @@ fn main(
         }
     }
     // Chunks of four accesses: an exact two-pass mean and M2 over the chunk in registers, then
-    // one Chan merge, so the divisions are per chunk rather than per element.
-    for (var j = start + lid; j < select(end, start, HAS_MASK); j = j + 4u * WG) {
-        let ok1 = j + WG < end;
-        let ok2 = j + 2u * WG < end;
-        let ok3 = j + 3u * WG < end;
-        let v0 = load(pp, rr, j);
-        let v1 = select(V(0.0), load(pp, rr, j + WG), ok1);
-        let v2 = select(V(0.0), load(pp, rr, j + 2u * WG), ok2);
-        let v3 = select(V(0.0), load(pp, rr, j + 3u * WG), ok3);
+    // one Chan merge, so the divisions are per chunk rather than per element. Access j is
+    // (q, s) = (j / S_V, j % S_V); the lane steps (q, s) by WG accesses with a carry instead of
+    // dividing per access (integer division per element dominated this loop on CPU adapters).
+    let sv = params.s_v;
+    let row = params.r * sv;
+    let base0 = (pp * params.q * params.r + rr) * sv;
+    // Lane range and stride: every WG-th access from start + lid, or one contiguous block.
+    var j0 = start + lid;
+    var j_end = select(end, start, HAS_MASK);
+    var step = WG;
+    if (LANE_BLOCK) {
+        let per_lane = (params.tile_len + WG - 1u) / WG;
+        j0 = start + lid * per_lane;
+        j_end = min(j_end, j0 + per_lane);
+        step = 1u;
+    }
+    let dq = step / sv;
+    let ds = step - dq * sv;
+    var q = j0 / sv;
+    var s = j0 - q * sv;
+    for (var j = j0; j < j_end; j = j + 4u * step) {
+        let ok1 = j + step < j_end;
+        let ok2 = j + 2u * step < j_end;
+        let ok3 = j + 3u * step < j_end;
+        var e: array<u32, 4>;
+        for (var k = 0u; k < 4u; k++) {
+            e[k] = base0 + q * row + s;
+            q += dq;
+            s += ds;
+            if s >= sv {
+                s -= sv;
+                q += 1u;
+            }
+        }
+        // Past the range's end, read a valid element and drop it.
+        let v0 = to_v(x[e[0]]);
+        let v1 = select(V(0.0), to_v(x[select(e[0], e[1], ok1)]), ok1);
+        let v2 = select(V(0.0), to_v(x[select(e[0], e[2], ok2)]), ok2);
+        let v3 = select(V(0.0), to_v(x[select(e[0], e[3], ok3)]), ok3);
         acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
     }
     let merged = workgroup_merge(acc, lid);

@@ -508,6 +508,19 @@ pub struct ChannelNorm {
     batches: Tensor,
     scratch: Mutex<HashMap<ChannelView, std::sync::Arc<Scratch>>>,
     binds: BindCache,
+    plan: MomentsPlan,
+}
+
+/// How the moments pass maps work to lanes; `None` fields follow the adapter (the defaults).
+/// Forcing them runs the other adapter class's code path, which is how the tests check on a
+/// software rasterizer the paths a GPU takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MomentsPlan {
+    /// Each lane reduces a contiguous block (default on CPU adapters) instead of every WG-th
+    /// access (default on GPUs).
+    pub lane_blocks: Option<bool>,
+    /// Views with S = 1 use one lane per channel (default when there are at least 8 channels).
+    pub channel_lanes: Option<bool>,
 }
 
 fn moments_wg(ctx: &Context) -> u32 {
@@ -547,7 +560,31 @@ impl ChannelNorm {
             batches,
             scratch: Mutex::default(),
             binds: BindCache::default(),
+            plan: MomentsPlan::default(),
         })
+    }
+
+    /// Overrides the moments pass's lane mapping (see [`MomentsPlan`]).
+    pub fn with_moments_plan(mut self, plan: MomentsPlan) -> ChannelNorm {
+        self.plan = plan;
+        self
+    }
+
+    fn lane_blocks(&self) -> bool {
+        self.plan.lane_blocks.unwrap_or(self.ctx.is_cpu())
+    }
+
+    fn channel_lanes(&self, view: &ChannelView) -> bool {
+        view.s == 1 && view.cg == 1 && self.plan.channel_lanes.unwrap_or(view.r >= 8)
+    }
+
+    /// Workgroups of the moments pass.
+    fn moments_groups(&self, view: &ChannelView, tiles: u32, wg: u32, masked: bool) -> u64 {
+        if !masked && self.channel_lanes(view) {
+            (view.p * view.r.div_ceil(wg as usize)) as u64 * tiles as u64
+        } else {
+            view.slots() as u64 * tiles as u64
+        }
     }
 
     pub fn context(&self) -> &Context {
@@ -600,8 +637,14 @@ impl ChannelNorm {
         let io = self.io_for(&view, true);
         let per_slot = (view.count() / io.width() as usize).max(1);
         // Tiles of about 16 accesses per lane: enough workgroups to fill the device, few enough
-        // partials that the finalize merge stays cheap (and inside CPU loop budgets).
-        let target = wg * if self.ctx.is_cpu() { 256 } else { 16 };
+        // partials that the finalize merge stays cheap (and inside CPU loop budgets). With one
+        // lane per channel, a lane walks its whole tile.
+        let target = match (self.channel_lanes(&view), self.ctx.is_cpu()) {
+            (true, true) => 4096,
+            (true, false) => 256,
+            (false, true) => wg * 256,
+            (false, false) => wg * 16,
+        };
         let tiles = per_slot.div_ceil(target).clamp(1, 4096) as u32;
         let tile_len = per_slot.div_ceil(tiles as usize) as u32;
         let slots = view.slots().max(1);
@@ -1053,6 +1096,11 @@ impl ChannelNorm {
                     ("WG", wgm as f64),
                     ("REDUCE", self.reduction.moments_code()),
                     ("HAS_MASK", flag(mk.is_some())),
+                    ("LANE_BLOCK", flag(self.lane_blocks())),
+                    (
+                        "CHANNEL_LANES",
+                        flag(mk.is_none() && self.channel_lanes(&v)),
+                    ),
                 ],
             )?;
             let bg = self.binds.get(
@@ -1082,7 +1130,8 @@ impl ChannelNorm {
             timestamp_writes: None,
         });
         if let Some((p, bg)) = &moments {
-            let (gx, gy) = binding::grid(ctx, v.slots() as u64 * scratch.tiles as u64);
+            let groups = self.moments_groups(&v, scratch.tiles, wgm, mk.is_some());
+            let (gx, gy) = binding::grid(ctx, groups);
             pass.set_pipeline(p);
             pass.set_bind_group(0, bg, &[]);
             pass.dispatch_workgroups(gx, gy, 1);
@@ -1171,6 +1220,15 @@ impl ChannelNorm {
                 ("WG", wgm as f64),
                 ("REDUCE", self.reduction.moments_code()),
                 ("HAS_MASK", if mask.is_some() { 1.0 } else { 0.0 }),
+                ("LANE_BLOCK", if self.lane_blocks() { 1.0 } else { 0.0 }),
+                (
+                    "CHANNEL_LANES",
+                    if mask.is_none() && self.channel_lanes(&view) {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                ),
             ],
         )?;
         let merge = ctx.pipeline(
@@ -1197,7 +1255,8 @@ impl ChannelNorm {
             label: Some("wgnorm channel_norm reduce"),
             timestamp_writes: None,
         });
-        let (gx, gy) = binding::grid(ctx, view.slots() as u64 * scratch.tiles as u64);
+        let groups = self.moments_groups(&view, scratch.tiles, wgm, mask.is_some());
+        let (gx, gy) = binding::grid(ctx, groups);
         pass.set_pipeline(&moments);
         pass.set_bind_group(0, &mb, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
@@ -1440,11 +1499,14 @@ pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
     for io in Io::ALL {
         for wg in [64.0, 256.0] {
-            out.push(Specialization {
-                kernel: Kernel::ChannelMoments,
-                io,
-                constants: vec![("WG", wg)],
-            });
+            for bits in 0..4u32 {
+                let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
+                out.push(Specialization {
+                    kernel: Kernel::ChannelMoments,
+                    io,
+                    constants: vec![("WG", wg), ("LANE_BLOCK", f(0)), ("CHANNEL_LANES", f(1))],
+                });
+            }
         }
         for bits in 0..16u32 {
             let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
