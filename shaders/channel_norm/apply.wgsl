@@ -28,16 +28,16 @@ override EVO_B0: bool = false;
 @group(0) @binding(3) var<storage, read_write> y: array<Elem>;
 @group(0) @binding(4) var<storage, read_write> batches: array<u32>;
 @group(0) @binding(5) var<storage, read> aux: array<f32>;
+// The coefficients again, as vectors: channels-last (CH_VEC) loads four channels at once (the
+// same buffer bound twice, both read-only).
+@group(0) @binding(6) var<storage, read> coef4: array<vec4<f32>>;
 
 // (mean, scale, shift) of channel ch (and the following VW - 1 when CH_VEC) of sample p.
 fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {
     let base = (p * select(3u, 5u, EVO_B0) + which) * c + ch;
     if (CH_VEC) {
-        var v: V;
-        for (var k = 0u; k < VW; k = k + 1u) {
-            v = set_lane(v, k, coef[base + k]);
-        }
-        return v;
+        // c and ch are multiples of 4 here.
+        return v_from4(coef4[base / 4u]);
     }
     return V(coef[base]);
 }

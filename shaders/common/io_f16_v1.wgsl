@@ -8,3 +8,4 @@ fn to_v(e: Elem) -> V { return f32(e); }
 fn from_v(v: V) -> Elem { return f16(v); }
 fn hsum(v: V) -> f32 { return v; }
 fn set_lane(v: V, k: u32, val: f32) -> V { return val; }
+fn v_from4(v: vec4<f32>) -> V { return v.x; }

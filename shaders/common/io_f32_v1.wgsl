@@ -9,3 +9,4 @@ fn to_v(e: Elem) -> V { return e; }
 fn from_v(v: V) -> Elem { return v; }
 fn hsum(v: V) -> f32 { return v; }
 fn set_lane(v: V, k: u32, val: f32) -> V { return val; }
+fn v_from4(v: vec4<f32>) -> V { return v.x; }

@@ -11,3 +11,4 @@ fn set_lane(v: V, k: u32, val: f32) -> V {
     t[k] = val;
     return t;
 }
+fn v_from4(v: vec4<f32>) -> V { return v; }

@@ -459,6 +459,7 @@ const APPLY_SLOTS: &[Slot] = &[
     Slot::ReadWrite, // y
     Slot::ReadWrite, // num_batches_tracked
     Slot::Read,      // aux (RepBN alpha, EvoNorm-S0 v)
+    Slot::Read,      // coefficients as vec4 (the same range)
 ];
 
 const MERGE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
@@ -576,6 +577,19 @@ impl ChannelNorm {
 
     fn channel_lanes(&self, view: &ChannelView) -> bool {
         view.s == 1 && view.cg == 1 && self.plan.channel_lanes.unwrap_or(view.r >= 8)
+    }
+
+    /// The coefficients bound again as `array<vec4<f32>>` need at least one vector; shorter ranges
+    /// (a single channel) never take the vector path and bind the dummy instead.
+    fn vec4_view<'a>(
+        r: &'a binding::BufferRange,
+        dummy: &'a binding::BufferRange,
+    ) -> &'a binding::BufferRange {
+        if r.size >= 16 {
+            r
+        } else {
+            dummy
+        }
     }
 
     /// Workgroups of the moments pass.
@@ -1085,7 +1099,14 @@ impl ChannelNorm {
             ctx,
             APPLY_SLOTS,
             &apply_params,
-            &[&x, &ss, &y, &batches, al.as_ref().unwrap_or(&dr)],
+            &[
+                &x,
+                &ss,
+                &y,
+                &batches,
+                al.as_ref().unwrap_or(&dr),
+                Self::vec4_view(&ss, &dr),
+            ],
         )?;
         let moments = if batch {
             let p = ctx.pipeline(
@@ -1447,9 +1468,12 @@ impl ChannelNorm {
         )?;
         let batches = r(&self.batches, "batches")?;
         let dr = binding::dummy_range(ctx.dummy_read());
-        let bind = self
-            .binds
-            .get(ctx, APPLY_SLOTS, &params, &[&xr, &cr, &yr, &batches, &dr])?;
+        let bind = self.binds.get(
+            ctx,
+            APPLY_SLOTS,
+            &params,
+            &[&xr, &cr, &yr, &batches, &dr, Self::vec4_view(&cr, &dr)],
+        )?;
         let invocations = (total_v as u64).div_ceil(block as u64);
         let (gx, gy) = binding::grid(ctx, invocations.div_ceil(APPLY_WG as u64));
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
