@@ -1357,11 +1357,11 @@ fn rep_batch_norm_inference_folds_to_scale_and_shift() {
 }
 
 /// Every lane mapping of the moments pass (contiguous lane blocks or interleaved lanes; one lane
-/// per channel for channels-last views or a workgroup per channel), forced on this adapter, so the
-/// paths GPUs take are checked here too.
+/// per channel for channels-last views or a workgroup per channel) and of the apply pass (blocks
+/// of 16 accesses or one), forced on this adapter, so the paths GPUs take are checked here too.
 #[test]
 fn every_moments_lane_mapping_matches_reference() {
-    use wgnorm::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, MomentsPlan, Statistics};
+    use wgnorm::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, LanePlan, Statistics};
     let c_ = ctx();
     for (n, c, hw) in [(4, 12, 37), (3, 64, 100), (2, 9, 1024)] {
         let x: Vec<f32> = noise(200 + c as u64, n * c * hw)
@@ -1387,13 +1387,15 @@ fn every_moments_lane_mapping_matches_reference() {
         let inn = reference::instance_norm(&xd, n, c, hw, None, None, 1e-5);
         for lane_blocks in [false, true] {
             for channel_lanes in [false, true] {
-                let plan = MomentsPlan {
+                // The GPU-style apply (one access per lane) with the GPU-style moments.
+                let plan = LanePlan {
                     lane_blocks: Some(lane_blocks),
                     channel_lanes: Some(channel_lanes),
+                    apply_block: Some(if lane_blocks { 16 } else { 1 }),
                 };
                 let engine = ChannelNorm::new(c_, 1e-5, DType::F32, Default::default())
                     .unwrap()
-                    .with_moments_plan(plan);
+                    .with_lane_plan(plan);
                 for (layout, what, want) in [
                     (Layout::Nchw, "bn", &bn),
                     (Layout::Nhwc, "bn", &bn),

@@ -54,6 +54,23 @@ fn aux_at(ch: u32) -> V {
     return V(aux[ch]);
 }
 
+// y for one access with the current channel's coefficients.
+fn apply_one(xv: V, mean: V, scale: V, shift: V, evo_v: V, evo_w: V) -> V {
+    var o: V;
+    if (EVO_S0) {
+        o = xv / (1.0 + exp(-evo_v * xv)) * scale + shift;
+    } else if (EVO_B0) {
+        // mean = a, scale = b, shift = weight, evo_w = bias.
+        o = xv / max(mean, evo_v * xv + scale) * shift + evo_w;
+    } else {
+        o = (xv - mean) * scale + shift;
+    }
+    if (HAS_ALPHA) {
+        o = o + aux[0] * xv;
+    }
+    return activate(o);
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -90,47 +107,58 @@ fn main(
         evo_v = coef_at(p, ch, c, 4u);
     }
     let end = min(params.total_v, start + BLOCK);
+    if (!CH_VEC) {
+        // Runs of one channel: SDIV elements. The inner loop has no counters; the channel (and
+        // at a sample's end the sample) advances between runs. A run never straddles samples.
+        var i = start;
+        loop {
+            if (i >= end) {
+                break;
+            }
+            let left = (params.sdiv - within) / VW;
+            let stop = min(end, i + left);
+            for (; i < stop; i = i + 1u) {
+                y[i] = from_v(apply_one(to_v(x[i]), mean, scale, shift, evo_v, evo_w));
+            }
+            if (i >= end) {
+                break;
+            }
+            within = 0u;
+            ch = ch + 1u;
+            if (ch >= c) {
+                ch = 0u;
+            }
+            pin = pin + left * VW;
+            if (pin >= per_p) {
+                pin = 0u;
+                p = p + 1u;
+            }
+            mean = coef_at(p, ch, c, 0u);
+            scale = coef_at(p, ch, c, 1u);
+            shift = coef_at(p, ch, c, 2u);
+            if (EVO_S0) {
+                evo_v = aux_at(ch);
+            }
+            if (EVO_B0) {
+                evo_w = coef_at(p, ch, c, 3u);
+                evo_v = coef_at(p, ch, c, 4u);
+            }
+        }
+        return;
+    }
+    // Channels-last with four channels per access: the channel advances every access.
     for (var i = start; i < end; i = i + 1u) {
-        let xv = to_v(x[i]);
-        var o: V;
-        if (EVO_S0) {
-            o = xv / (1.0 + exp(-evo_v * xv)) * scale + shift;
-        } else if (EVO_B0) {
-            // mean = a, scale = b, shift = weight, evo_w = bias.
-            o = xv / max(mean, evo_v * xv + scale) * shift + evo_w;
-        } else {
-            o = (xv - mean) * scale + shift;
-        }
-        if (HAS_ALPHA) {
-            o = o + aux[0] * xv;
-        }
-        y[i] = from_v(activate(o));
-        // Advance the counters by one access (VW elements).
-        var moved = false;
+        y[i] = from_v(apply_one(to_v(x[i]), mean, scale, shift, evo_v, evo_w));
         pin = pin + VW;
         if (pin >= per_p) {
             pin = 0u;
             p = p + 1u;
-            moved = true;
         }
-        if (CH_VEC) {
-            ch = ch + VW;
-            if (ch >= c) {
-                ch = 0u;
-            }
-            moved = true;
-        } else {
-            within = within + VW;
-            if (within >= params.sdiv) {
-                within = 0u;
-                ch = ch + 1u;
-                if (ch >= c) {
-                    ch = 0u;
-                }
-                moved = true;
-            }
+        ch = ch + VW;
+        if (ch >= c) {
+            ch = 0u;
         }
-        if (moved && i + 1u < end) {
+        if (i + 1u < end) {
             mean = coef_at(p, ch, c, 0u);
             scale = coef_at(p, ch, c, 1u);
             shift = coef_at(p, ch, c, 2u);

@@ -509,19 +509,22 @@ pub struct ChannelNorm {
     batches: Tensor,
     scratch: Mutex<HashMap<ChannelView, std::sync::Arc<Scratch>>>,
     binds: BindCache,
-    plan: MomentsPlan,
+    plan: LanePlan,
 }
 
-/// How the moments pass maps work to lanes; `None` fields follow the adapter (the defaults).
+/// How the moments and apply passes map work to lanes; `None` fields follow the adapter (the
+/// defaults).
 /// Forcing them runs the other adapter class's code path, which is how the tests check on a
 /// software rasterizer the paths a GPU takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MomentsPlan {
+pub struct LanePlan {
     /// Each lane reduces a contiguous block (default on CPU adapters) instead of every WG-th
     /// access (default on GPUs).
     pub lane_blocks: Option<bool>,
     /// Views with S = 1 use one lane per channel (default when there are at least 8 channels).
     pub channel_lanes: Option<bool>,
+    /// Accesses per lane of the apply pass (default 16 on CPU adapters, 1 on GPUs).
+    pub apply_block: Option<u32>,
 }
 
 fn moments_wg(ctx: &Context) -> u32 {
@@ -561,14 +564,25 @@ impl ChannelNorm {
             batches,
             scratch: Mutex::default(),
             binds: BindCache::default(),
-            plan: MomentsPlan::default(),
+            plan: LanePlan::default(),
         })
     }
 
-    /// Overrides the moments pass's lane mapping (see [`MomentsPlan`]).
-    pub fn with_moments_plan(mut self, plan: MomentsPlan) -> ChannelNorm {
+    /// Overrides the lane mapping of the moments and apply passes (see [`LanePlan`]).
+    pub fn with_lane_plan(mut self, plan: LanePlan) -> ChannelNorm {
         self.plan = plan;
         self
+    }
+
+    fn apply_block(&self) -> u32 {
+        self.plan
+            .apply_block
+            .unwrap_or(if self.ctx.is_cpu() {
+                APPLY_CPU_BLOCK
+            } else {
+                1
+            })
+            .max(1)
     }
 
     fn lane_blocks(&self) -> bool {
@@ -1007,7 +1021,7 @@ impl ChannelNorm {
         params[15] = self.norm_target.to_bits();
         let mut apply_params = params;
         apply_params[11] = total_v;
-        let block: u32 = if ctx.is_cpu() { APPLY_CPU_BLOCK } else { 1 };
+        let block = self.apply_block();
 
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let sio = Io {
@@ -1447,7 +1461,7 @@ impl ChannelNorm {
         let total_v = (view.numel() / aio.width() as usize) as u32;
         let mut params = channel_params(&view, aio, 1, 1, self.eps, None);
         params[11] = total_v;
-        let block: u32 = if ctx.is_cpu() { APPLY_CPU_BLOCK } else { 1 };
+        let block = self.apply_block();
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let apply = ctx.pipeline(
             Kernel::ChannelApply,
