@@ -529,7 +529,7 @@ pub struct LanePlan {
 
 fn moments_wg(ctx: &Context) -> u32 {
     if ctx.is_cpu() {
-        64
+        8
     } else {
         256
     }
@@ -1536,7 +1536,7 @@ fn channel_params(
 pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
     for io in Io::ALL {
-        for wg in [64.0, 256.0] {
+        for wg in [8.0, 256.0] {
             for bits in 0..4u32 {
                 let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
                 out.push(Specialization {
