@@ -54,16 +54,37 @@ fn aux_at(ch: u32) -> V {
     return V(aux[ch]);
 }
 
+// The coefficients of one (sample, channel): mean, scale, shift, and EvoNorm's v and bias.
+struct Coefs {
+    mean: V,
+    scale: V,
+    shift: V,
+    evo_v: V,
+    evo_w: V,
+}
+
+fn load_coefs(p: u32, ch: u32, c: u32) -> Coefs {
+    var k = Coefs(coef_at(p, ch, c, 0u), coef_at(p, ch, c, 1u), coef_at(p, ch, c, 2u), V(0.0), V(0.0));
+    if (EVO_S0) {
+        k.evo_v = aux_at(ch);
+    }
+    if (EVO_B0) {
+        k.evo_w = coef_at(p, ch, c, 3u);
+        k.evo_v = coef_at(p, ch, c, 4u);
+    }
+    return k;
+}
+
 // y for one access with the current channel's coefficients.
-fn apply_one(xv: V, mean: V, scale: V, shift: V, evo_v: V, evo_w: V) -> V {
+fn apply_one(xv: V, k: Coefs) -> V {
     var o: V;
     if (EVO_S0) {
-        o = xv / (1.0 + exp(-evo_v * xv)) * scale + shift;
+        o = xv / (1.0 + exp(-k.evo_v * xv)) * k.scale + k.shift;
     } else if (EVO_B0) {
         // mean = a, scale = b, shift = weight, evo_w = bias.
-        o = xv / max(mean, evo_v * xv + scale) * shift + evo_w;
+        o = xv / max(k.mean, k.evo_v * xv + k.scale) * k.shift + k.evo_w;
     } else {
-        o = (xv - mean) * scale + shift;
+        o = (xv - k.mean) * k.scale + k.shift;
     }
     if (HAS_ALPHA) {
         o = o + aux[0] * xv;
@@ -94,18 +115,7 @@ fn main(
     var ch = (e0 / params.sdiv) % c;
     var pin = e0 % per_p;
     var p = e0 / per_p;
-    var mean = coef_at(p, ch, c, 0u);
-    var scale = coef_at(p, ch, c, 1u);
-    var shift = coef_at(p, ch, c, 2u);
-    var evo_v = V(0.0);
-    var evo_w = V(0.0);
-    if (EVO_S0) {
-        evo_v = aux_at(ch);
-    }
-    if (EVO_B0) {
-        evo_w = coef_at(p, ch, c, 3u);
-        evo_v = coef_at(p, ch, c, 4u);
-    }
+    var k = load_coefs(p, ch, c);
     let end = min(params.total_v, start + BLOCK);
     if (!CH_VEC) {
         // Runs of one channel: SDIV elements. The inner loop has no counters; the channel (and
@@ -118,7 +128,7 @@ fn main(
             let left = (params.sdiv - within) / VW;
             let stop = min(end, i + left);
             for (; i < stop; i = i + 1u) {
-                y[i] = from_v(apply_one(to_v(x[i]), mean, scale, shift, evo_v, evo_w));
+                y[i] = from_v(apply_one(to_v(x[i]), k));
             }
             if (i >= end) {
                 break;
@@ -133,22 +143,13 @@ fn main(
                 pin = 0u;
                 p = p + 1u;
             }
-            mean = coef_at(p, ch, c, 0u);
-            scale = coef_at(p, ch, c, 1u);
-            shift = coef_at(p, ch, c, 2u);
-            if (EVO_S0) {
-                evo_v = aux_at(ch);
-            }
-            if (EVO_B0) {
-                evo_w = coef_at(p, ch, c, 3u);
-                evo_v = coef_at(p, ch, c, 4u);
-            }
+            k = load_coefs(p, ch, c);
         }
         return;
     }
     // Channels-last with four channels per access: the channel advances every access.
     for (var i = start; i < end; i = i + 1u) {
-        y[i] = from_v(apply_one(to_v(x[i]), mean, scale, shift, evo_v, evo_w));
+        y[i] = from_v(apply_one(to_v(x[i]), k));
         pin = pin + VW;
         if (pin >= per_p) {
             pin = 0u;
@@ -159,16 +160,7 @@ fn main(
             ch = 0u;
         }
         if (i + 1u < end) {
-            mean = coef_at(p, ch, c, 0u);
-            scale = coef_at(p, ch, c, 1u);
-            shift = coef_at(p, ch, c, 2u);
-            if (EVO_S0) {
-                evo_v = aux_at(ch);
-            }
-            if (EVO_B0) {
-                evo_w = coef_at(p, ch, c, 3u);
-                evo_v = coef_at(p, ch, c, 4u);
-            }
+            k = load_coefs(p, ch, c);
         }
     }
 }

@@ -208,3 +208,20 @@ pub fn dummy_range(buffer: &wgpu::Buffer) -> BufferRange {
         size: buffer.size(),
     }
 }
+
+/// Records one dispatch of `pipeline` with bind group 0 `bind` in a compute pass of its own.
+pub fn dispatch(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    bind: &wgpu::BindGroup,
+    groups: (u32, u32, u32),
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, bind, &[]);
+    pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+}

@@ -1407,13 +1407,13 @@ impl ChannelNorm {
         let params = channel_params(&view, sio, 1, 1, self.eps, Some(update));
         let bind = self.binds.get(ctx, SLOTS, &params, &[&mr, &rm, &rv])?;
         let (gx, gy) = binding::grid(ctx, (view.r as u64).div_ceil(FINALIZE_WG as u64));
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm running statistics from moments"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
+        binding::dispatch(
+            encoder,
+            "wgnorm running statistics from moments",
+            &pipeline,
+            &bind,
+            (gx, gy, 1),
+        );
         Ok(())
     }
 
@@ -1490,13 +1490,13 @@ impl ChannelNorm {
         )?;
         let invocations = (total_v as u64).div_ceil(block as u64);
         let (gx, gy) = binding::grid(ctx, invocations.div_ceil(APPLY_WG as u64));
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm channel_norm apply"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&apply);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
+        binding::dispatch(
+            encoder,
+            "wgnorm channel_norm apply",
+            &apply,
+            &bind,
+            (gx, gy, 1),
+        );
         Ok(())
     }
 

@@ -82,13 +82,7 @@ impl Elementwise {
         params[0] = n_v;
         let bind = self.binds.get(ctx, SLOTS, &params, &[&xr, &yr])?;
         let (gx, gy) = binding::grid(ctx, (n_v as u64).div_ceil(block as u64).div_ceil(WG as u64));
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm elementwise"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
+        binding::dispatch(encoder, "wgnorm elementwise", &pipeline, &bind, (gx, gy, 1));
         Ok(())
     }
 
@@ -223,13 +217,13 @@ impl AlphaDropout {
         let pipeline = ctx.pipeline(Kernel::AlphaDropout, io, DROP_SLOTS, &[("WG", WG as f64)])?;
         let bind = self.binds.get(ctx, DROP_SLOTS, &params, &[&xr, &yr])?;
         let (gx, gy) = binding::grid(ctx, (n as u64).div_ceil(WG as u64));
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm alpha dropout"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
+        binding::dispatch(
+            encoder,
+            "wgnorm alpha dropout",
+            &pipeline,
+            &bind,
+            (gx, gy, 1),
+        );
         Ok(())
     }
 }
@@ -322,13 +316,7 @@ impl Blend {
             .binds
             .get(ctx, BLEND_SLOTS, &params, &[&ar, &br, &yr])?;
         let (gx, gy) = binding::grid(ctx, (n_v as u64).div_ceil(block as u64).div_ceil(WG as u64));
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm blend"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
+        binding::dispatch(encoder, "wgnorm blend", &pipeline, &bind, (gx, gy, 1));
         Ok(())
     }
 }

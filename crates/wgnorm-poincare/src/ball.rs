@@ -289,13 +289,7 @@ impl BallOps {
             &[&ranges[0], &ranges[1], &ranges[2], &or],
         )?;
         let (gx, gy) = binding::grid(ctx, (p as u64).div_ceil(WG as u64));
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm poincare ball"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
+        binding::dispatch(enc, "wgnorm poincare ball", &pipeline, &bind, (gx, gy, 1));
         Ok(())
     }
 }
