@@ -1385,6 +1385,8 @@ fn every_moments_lane_mapping_matches_reference() {
         )
         .y;
         let inn = reference::instance_norm(&xd, n, c, hw, None, None, 1e-5);
+        let groups = if c % 4 == 0 { c / 4 } else { 3 };
+        let gn = reference::group_norm(&xd, n, c, hw, groups, None, None, 1e-5, false);
         for lane_blocks in [false, true] {
             for channel_lanes in [false, true] {
                 // The GPU-style apply (one access per lane) with the GPU-style moments.
@@ -1401,6 +1403,8 @@ fn every_moments_lane_mapping_matches_reference() {
                     (Layout::Nhwc, "bn", &bn),
                     (Layout::Nchw, "in", &inn),
                     (Layout::Nhwc, "in", &inn),
+                    (Layout::Nchw, "gn", &gn),
+                    (Layout::Nhwc, "gn", &gn),
                 ] {
                     let (data, shape) = match layout {
                         Layout::Nchw => (x.clone(), vec![n, c, hw]),
@@ -1412,10 +1416,10 @@ fn every_moments_lane_mapping_matches_reference() {
                             vec![n, hw, c],
                         ),
                     };
-                    let view = if what == "bn" {
-                        ChannelView::batch_norm(&shape, layout).unwrap()
-                    } else {
-                        ChannelView::instance_norm(&shape, layout).unwrap()
+                    let view = match what {
+                        "bn" => ChannelView::batch_norm(&shape, layout).unwrap(),
+                        "in" => ChannelView::instance_norm(&shape, layout).unwrap(),
+                        _ => ChannelView::group_norm(&shape, layout, groups).unwrap(),
                     };
                     let xt = c_.upload_f32(&data, &shape).unwrap();
                     let y = c_.empty(&shape, DType::F32).unwrap();
