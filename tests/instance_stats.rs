@@ -813,3 +813,32 @@ fn region_norm_l_matches_reference() {
         );
     }
 }
+
+#[test]
+fn adab2n_task_ids_sharing_a_buffer_is_a_typed_error() {
+    use wgnorm::batchnorm::{AdaB2nInputs, AdaB2nTaskWeighted};
+    let c_ = ctx();
+    let op = AdaB2nTaskWeighted::new(c_, 1e-5, Layout::Nchw, DType::F32).unwrap();
+    let x = c_.empty(&[2, 3, 2, 2], DType::F32).unwrap();
+    let y = c_.empty(&[2, 3, 2, 2], DType::F32).unwrap();
+    let p3 = up(c_, &[1.0; 3]);
+    let (rm, rv) = (up(c_, &[0.0; 3]), up(c_, &[1.0; 3]));
+    // theta and task ids as two views of one buffer: [theta (2) | ids (2)].
+    let both = up(c_, &[0.0, 0.5, 0.0, 1.0]);
+    let theta = wgnorm::Tensor::from_buffer(both.buffer().clone(), 0, &[2], DType::F32).unwrap();
+    let ids = wgnorm::Tensor::from_buffer(both.buffer().clone(), 0, &[2], DType::F32).unwrap();
+    let inputs = AdaB2nInputs {
+        x: &x,
+        weight: &p3,
+        bias: &p3,
+        running_mean: &rm,
+        running_var: &rv,
+        theta: &theta,
+        task_ids: &ids,
+    };
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    assert!(matches!(
+        op.encode(&mut enc, &inputs, &y, 0.1),
+        Err(wgnorm::Error::AliasedBuffers { .. })
+    ));
+}

@@ -347,7 +347,9 @@ pub struct AdaB2nTaskWeighted {
     engine: InstanceMix,
 }
 
-/// Tensors of a task-weighted AdaB²N step. `task_ids`: f32 `[N]` with integers in `[0, T)`.
+/// Tensors of a task-weighted AdaB²N step. `task_ids`: f32 `[N]` with integers in `[0, T)`
+/// (values outside are clamped into it on the GPU: the host cannot check GPU data without a
+/// readback); it must be a buffer of its own, as it is bound where UnMix-TNS writes.
 #[derive(Clone, Copy, Debug)]
 pub struct AdaB2nInputs<'a> {
     pub x: &'a Tensor,

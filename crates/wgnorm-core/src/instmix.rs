@@ -365,7 +365,8 @@ impl InstanceMix {
             ("weight", Some(&wr), false),
             ("bias", Some(&br), false),
             ("v", vr.as_ref(), false),
-            ("task_ids", a.task_ids.map(|_| &ar), false),
+            // Bound in the read-write assignment slot: it must not share a buffer with anything.
+            ("task_ids", a.task_ids.map(|_| &ar), true),
             ("state a", sa.as_ref(), true),
             ("state b", sb.as_ref(), true),
             ("y", Some(&yr), true),
