@@ -21,6 +21,9 @@ override EVO_S0: bool = false;
 // EvoNorm-B0: five arrays per sample [a][b][weight][bias][v] (instance_mix.wgsl);
 // y = x / max(a, v * x + b) * weight + bias.
 override EVO_B0: bool = false;
+// Vector accesses over channel runs that are not a multiple of 4 elements long (SDIV >= 4, e.g.
+// 7x7 maps): an access may straddle two channels, whose coefficients it then takes lane by lane.
+override STRADDLE: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -75,6 +78,17 @@ fn load_coefs(p: u32, ch: u32, c: u32) -> Coefs {
     return k;
 }
 
+// Lanes below n from a, the others from b.
+fn mix_coefs(a: Coefs, b: Coefs, n: u32) -> Coefs {
+    return Coefs(
+        first_lanes(a.mean, b.mean, n),
+        first_lanes(a.scale, b.scale, n),
+        first_lanes(a.shift, b.shift, n),
+        first_lanes(a.evo_v, b.evo_v, n),
+        first_lanes(a.evo_w, b.evo_w, n),
+    );
+}
+
 // y for one access with the current channel's coefficients.
 fn apply_one(xv: V, k: Coefs) -> V {
     var o: V;
@@ -117,6 +131,40 @@ fn main(
     var p = e0 / per_p;
     var k = load_coefs(p, ch, c);
     let end = min(params.total_v, start + BLOCK);
+    if (STRADDLE) {
+        // Runs of SDIV elements, in elements: `within` is the offset in the current run, and
+        // the run after it starts at element e_next (its sample and channel by one division
+        // each, once per run).
+        var i = start;
+        var e_next = e0 - within + params.sdiv;
+        loop {
+            if (i >= end) {
+                break;
+            }
+            let stop = min(end, i + (params.sdiv - within) / 4u);
+            within = within + (stop - i) * 4u;
+            for (; i < stop; i = i + 1u) {
+                y[i] = from_v(apply_one(to_v(x[i]), k));
+            }
+            if (i >= end) {
+                break;
+            }
+            let kn = load_coefs(e_next / per_p, (e_next / params.sdiv) % c, c);
+            e_next = e_next + params.sdiv;
+            let rem = params.sdiv - within;
+            if (rem > 0u) {
+                // Access i ends this run and starts the next.
+                y[i] = from_v(apply_one(to_v(x[i]), mix_coefs(k, kn, rem)));
+                i = i + 1u;
+            }
+            within = 4u - rem;
+            if (rem == 0u) {
+                within = 0u;
+            }
+            k = kn;
+        }
+        return;
+    }
     if (!CH_VEC) {
         // Runs of one channel: SDIV elements. The inner loop has no counters; the channel (and
         // at a sample's end the sample) advances between runs. A run never straddles samples.

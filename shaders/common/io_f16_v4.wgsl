@@ -14,3 +14,4 @@ fn set_lane(v: V, k: u32, val: f32) -> V {
     return t;
 }
 fn v_from4(v: vec4<f32>) -> V { return v; }
+fn first_lanes(a: V, b: V, n: u32) -> V { return select(b, a, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n)); }

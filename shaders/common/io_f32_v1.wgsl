@@ -10,3 +10,4 @@ fn from_v(v: V) -> Elem { return v; }
 fn hsum(v: V) -> f32 { return v; }
 fn set_lane(v: V, k: u32, val: f32) -> V { return val; }
 fn v_from4(v: vec4<f32>) -> V { return v.x; }
+fn first_lanes(a: V, b: V, n: u32) -> V { return select(b, a, 0u < n); }

@@ -483,6 +483,7 @@ struct Checked {
     io: Io,
     aio: Io,
     ch_vec: bool,
+    straddle: bool,
     update: Option<RunningUpdate>,
 }
 
@@ -691,16 +692,20 @@ impl ChannelNorm {
 
     /// Access type of the apply pass, and whether one access spans VW channels (channels-last
     /// with C a multiple of 4) rather than lying in one channel.
-    fn apply_io(&self, view: &ChannelView, aligned: bool) -> (Io, bool) {
+    /// Also whether vector accesses straddle channel runs (runs of at least 4 elements that are
+    /// not a multiple of 4 long, e.g. 7x7 maps, over a tensor whose length is).
+    fn apply_io(&self, view: &ChannelView, aligned: bool) -> (Io, bool, bool) {
         let one_channel = view.sdiv.is_multiple_of(4) && view.s.is_multiple_of(4);
         let ch_vec = view.sdiv == 1 && view.channels().is_multiple_of(4) && view.channels() > 0;
-        let vec4 = aligned && (one_channel || ch_vec);
+        let straddle = !one_channel && !ch_vec && view.sdiv >= 4 && view.numel().is_multiple_of(4);
+        let vec4 = aligned && (one_channel || ch_vec || straddle);
         (
             Io {
                 dtype: self.dtype,
                 vec4,
             },
             vec4 && ch_vec && !one_channel,
+            vec4 && straddle,
         )
     }
 
@@ -938,7 +943,7 @@ impl ChannelNorm {
         .alignment();
         let aligned = x.offset % align == 0 && y.offset % align == 0;
         let io = self.io_for(&v, aligned);
-        let (aio, ch_vec) = self.apply_io(&v, aligned);
+        let (aio, ch_vec, straddle) = self.apply_io(&v, aligned);
         ctx.check_io(io)?;
         ctx.check_io(aio)?;
         for (n, what) in [(v.p * v.q * v.r, "p*q*r"), (v.s, "s")] {
@@ -964,6 +969,7 @@ impl ChannelNorm {
             io,
             aio,
             ch_vec,
+            straddle,
             update,
         }))
     }
@@ -985,6 +991,7 @@ impl ChannelNorm {
             io,
             aio,
             ch_vec,
+            straddle,
             update,
         }) = self.validate(a)?
         else {
@@ -1076,6 +1083,7 @@ impl ChannelNorm {
                 ("SELU_LAMBDA", self.activation.constants()[2].1),
                 ("COUNT_BATCH", flag(update.is_some())),
                 ("CH_VEC", flag(ch_vec)),
+                ("STRADDLE", flag(straddle)),
                 ("HAS_ALPHA", flag(matches!(a.aux, Some(Aux::Alpha(_))))),
                 ("EVO_S0", flag(matches!(a.aux, Some(Aux::EvoS0(_))))),
             ],
@@ -1456,7 +1464,8 @@ impl ChannelNorm {
             vec4: true,
         }
         .alignment();
-        let (aio, ch_vec) = self.apply_io(&view, xr.offset % align == 0 && yr.offset % align == 0);
+        let (aio, ch_vec, straddle) =
+            self.apply_io(&view, xr.offset % align == 0 && yr.offset % align == 0);
         ctx.check_io(aio)?;
         let total_v = (view.numel() / aio.width() as usize) as u32;
         let mut params = channel_params(&view, aio, 1, 1, self.eps, None);
@@ -1475,6 +1484,7 @@ impl ChannelNorm {
                 ("SELU_LAMBDA", self.activation.constants()[2].1),
                 ("COUNT_BATCH", 0.0),
                 ("CH_VEC", flag(ch_vec)),
+                ("STRADDLE", flag(straddle)),
                 ("HAS_ALPHA", 0.0),
                 ("EVO_S0", 0.0),
                 ("EVO_B0", flag(evo_b0)),
@@ -1569,8 +1579,14 @@ pub fn specializations() -> Vec<Specialization> {
         }
     }
     for io in Io::ALL {
-        for (block, ch_vec) in [(1.0, 0.0), (APPLY_CPU_BLOCK as f64, 0.0), (1.0, 1.0)] {
-            if ch_vec == 1.0 && !io.vec4 {
+        for (block, ch_vec, straddle) in [
+            (1.0, 0.0, 0.0),
+            (APPLY_CPU_BLOCK as f64, 0.0, 0.0),
+            (1.0, 1.0, 0.0),
+            (1.0, 0.0, 1.0),
+            (APPLY_CPU_BLOCK as f64, 0.0, 1.0),
+        ] {
+            if (ch_vec == 1.0 || straddle == 1.0) && !io.vec4 {
                 continue;
             }
             out.push(Specialization {
@@ -1580,6 +1596,7 @@ pub fn specializations() -> Vec<Specialization> {
                     ("WG", APPLY_WG as f64),
                     ("BLOCK", block),
                     ("CH_VEC", ch_vec),
+                    ("STRADDLE", straddle),
                     ("EVO_B0", 1.0),
                 ],
             });
