@@ -174,7 +174,7 @@ impl ChannelView {
     }
 
     /// One slot per position of the dims not in `axes`, reduced over `axes`
-    /// (MeanVarianceNormalization). The dims must read as [kept][reduced][kept][reduced] (each
+    /// (MeanVarianceNormalization). The dims must read as `[kept][reduced][kept][reduced]` (each
     /// block possibly empty), which covers every contiguous choice and NCHW's [0, 2, 3].
     pub fn over_axes(shape: &[usize], axes: &[isize]) -> Result<ChannelView> {
         let rank = shape.len();

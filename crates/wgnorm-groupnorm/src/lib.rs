@@ -245,7 +245,7 @@ fn forward(
 
 /// MeanVarianceNormalization (ONNX): `y = (x - mean) / (sqrt(var) + eps)` with the mean and
 /// biased variance over `axes` (default `[0, 2, 3]`, per channel of NCHW) — eps outside the
-/// square root (default 1e-9), no affine. Axes must read as [kept][reduced][kept][reduced].
+/// square root (default 1e-9), no affine. Axes must read as `[kept][reduced][kept][reduced]`.
 pub struct MeanVarianceNorm {
     engine: ChannelNorm,
     axes: Vec<isize>,
