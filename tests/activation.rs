@@ -156,23 +156,15 @@ fn alpha_dropout_mask_affine_and_moments() {
         c_.queue().submit([enc.finish()]);
         c_.download(&y).unwrap()
     };
-    // NORMS.md D2, in f64 from the constants.
     let q: f64 = 1.0 - rate;
-    let alpha_p = -1.050_700_987_355_480_5 * 1.673_263_242_354_377_3;
-    let a = (q + alpha_p * alpha_p * q * (1.0 - q)).powf(-0.5);
-    let b = -a * (1.0 - q) * alpha_p;
-    let threshold = (q * 4294967296.0) as u32;
     let got = run(7, true);
-    let mut kept = 0usize;
-    let want: Vec<f64> = x
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let k = alpha_dropout_keeps(7, threshold, i as u32);
-            kept += k as usize;
-            a * if k { v as f64 } else { alpha_p } + b
-        })
-        .collect();
+    // The reference draws the mask with its own copy of the hash; the host helper must agree.
+    let (want, kept) = act::alpha_dropout(&round_to(DType::F32, &x), rate, 7);
+    let threshold = (q * 4294967296.0) as u32;
+    let host_kept = (0..n as u32)
+        .filter(|&i| alpha_dropout_keeps(7, threshold, i))
+        .count();
+    assert_eq!(kept, host_kept);
     assert_close("alpha dropout", &got, &want, 1e-6, 1e-6);
     // The mask keeps q of the elements (5 sigma), and the output keeps mean 0 / variance 1.
     let frac = kept as f64 / n as f64;

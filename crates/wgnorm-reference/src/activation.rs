@@ -49,6 +49,34 @@ pub fn selu(v: f64, alpha: f64, lambda: f64) -> f64 {
     lambda * if v > 0.0 { v } else { alpha * (v.exp() - 1.0) }
 }
 
+fn pcg(v: u32) -> u32 {
+    let state = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
+    (word >> 22) ^ word
+}
+
+/// AlphaDropout (NORMS.md D2) in training, with wgnorm's counter-based mask: element i is kept
+/// when `pcg(pcg(i ^ seed_lo) ^ seed_hi) < floor(q * 2^32)`, q = 1 - rate (the PCG output
+/// permutation of Jarzynski & Olano 2020). Returns y and the number of kept elements.
+pub fn alpha_dropout(x: &[f64], rate: f64, seed: u64) -> (Vec<f64>, usize) {
+    let q = 1.0 - rate;
+    let alpha_p = -1.050_700_987_355_480_5 * 1.673_263_242_354_377_3;
+    let a = (q + alpha_p * alpha_p * q * (1.0 - q)).powf(-0.5);
+    let b = -a * (1.0 - q) * alpha_p;
+    let threshold = (q * 4_294_967_296.0).min(4_294_967_295.0) as u32;
+    let mut kept = 0;
+    let y = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let keep = pcg(pcg(i as u32 ^ seed as u32) ^ (seed >> 32) as u32) < threshold;
+            kept += keep as usize;
+            a * if keep { v } else { alpha_p } + b
+        })
+        .collect();
+    (y, kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
