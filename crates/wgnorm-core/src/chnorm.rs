@@ -468,6 +468,17 @@ const APPLY_WG: u32 = 256;
 /// Accesses per invocation of the apply pass on CPU adapters (a contiguous block per lane).
 const APPLY_CPU_BLOCK: u32 = 16;
 
+/// Pipeline constants of the apply pass besides block size and activation.
+#[derive(Clone, Copy)]
+struct ApplyFlags {
+    count_batch: bool,
+    ch_vec: bool,
+    straddle: bool,
+    alpha: bool,
+    evo_s0: bool,
+    evo_b0: bool,
+}
+
 /// The outcome of [`ChannelNorm::validate`]: bound ranges and access types of a call.
 struct Checked {
     x: binding::BufferRange,
@@ -573,6 +584,30 @@ impl ChannelNorm {
     pub fn with_lane_plan(mut self, plan: LanePlan) -> ChannelNorm {
         self.plan = plan;
         self
+    }
+
+    /// The apply pass's pipeline for this engine's block size and activation.
+    fn apply_pipeline(&self, aio: Io, f: ApplyFlags) -> Result<wgpu::ComputePipeline> {
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let act = self.activation.constants();
+        self.ctx.pipeline(
+            Kernel::ChannelApply,
+            aio,
+            APPLY_SLOTS,
+            &[
+                ("WG", APPLY_WG as f64),
+                ("BLOCK", self.apply_block() as f64),
+                ("ACT", act[0].1),
+                ("SELU_ALPHA", act[1].1),
+                ("SELU_LAMBDA", act[2].1),
+                ("COUNT_BATCH", flag(f.count_batch)),
+                ("CH_VEC", flag(f.ch_vec)),
+                ("STRADDLE", flag(f.straddle)),
+                ("HAS_ALPHA", flag(f.alpha)),
+                ("EVO_S0", flag(f.evo_s0)),
+                ("EVO_B0", flag(f.evo_b0)),
+            ],
+        )
     }
 
     fn apply_block(&self) -> u32 {
@@ -1071,22 +1106,16 @@ impl ChannelNorm {
                 ),
             ],
         )?;
-        let apply = ctx.pipeline(
-            Kernel::ChannelApply,
+        let apply = self.apply_pipeline(
             aio,
-            APPLY_SLOTS,
-            &[
-                ("WG", APPLY_WG as f64),
-                ("BLOCK", block as f64),
-                ("ACT", self.activation.constants()[0].1),
-                ("SELU_ALPHA", self.activation.constants()[1].1),
-                ("SELU_LAMBDA", self.activation.constants()[2].1),
-                ("COUNT_BATCH", flag(update.is_some())),
-                ("CH_VEC", flag(ch_vec)),
-                ("STRADDLE", flag(straddle)),
-                ("HAS_ALPHA", flag(matches!(a.aux, Some(Aux::Alpha(_))))),
-                ("EVO_S0", flag(matches!(a.aux, Some(Aux::EvoS0(_))))),
-            ],
+            ApplyFlags {
+                count_batch: update.is_some(),
+                ch_vec,
+                straddle,
+                alpha: matches!(a.aux, Some(Aux::Alpha(_))),
+                evo_s0: matches!(a.aux, Some(Aux::EvoS0(_))),
+                evo_b0: false,
+            },
         )?;
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let partials = match &given {
@@ -1471,24 +1500,16 @@ impl ChannelNorm {
         let mut params = channel_params(&view, aio, 1, 1, self.eps, None);
         params[11] = total_v;
         let block = self.apply_block();
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let apply = ctx.pipeline(
-            Kernel::ChannelApply,
+        let apply = self.apply_pipeline(
             aio,
-            APPLY_SLOTS,
-            &[
-                ("WG", APPLY_WG as f64),
-                ("BLOCK", block as f64),
-                ("ACT", self.activation.constants()[0].1),
-                ("SELU_ALPHA", self.activation.constants()[1].1),
-                ("SELU_LAMBDA", self.activation.constants()[2].1),
-                ("COUNT_BATCH", 0.0),
-                ("CH_VEC", flag(ch_vec)),
-                ("STRADDLE", flag(straddle)),
-                ("HAS_ALPHA", 0.0),
-                ("EVO_S0", 0.0),
-                ("EVO_B0", flag(evo_b0)),
-            ],
+            ApplyFlags {
+                count_batch: false,
+                ch_vec,
+                straddle,
+                alpha: false,
+                evo_s0: false,
+                evo_b0,
+            },
         )?;
         let batches = r(&self.batches, "batches")?;
         let dr = binding::dummy_range(ctx.dummy_read());
