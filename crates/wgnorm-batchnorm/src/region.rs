@@ -261,22 +261,9 @@ fn dims_of(
             got: s.to_vec(),
         });
     }
-    for (what, t) in [("x", x), ("y", y)] {
-        if t.dtype() != dtype {
-            return Err(Error::DTypeMismatch {
-                what: what.into(),
-                expected: dtype,
-                got: t.dtype(),
-            });
-        }
-    }
-    if y.shape() != s {
-        return Err(Error::ShapeMismatch {
-            what: "y".into(),
-            expected: s.to_vec(),
-            got: y.shape().to_vec(),
-        });
-    }
+    x.expect_dtype("x", dtype)?;
+    y.expect_dtype("y", dtype)?;
+    y.expect_shape("y", s)?;
     Ok(match layout {
         Layout::Nchw => (s[0], s[1], s[2], s[3]),
         Layout::Nhwc => (s[0], s[3], s[1], s[2]),

@@ -38,22 +38,9 @@ impl Elementwise {
 
     /// Records `y = act(x)`; x and y of one shape and this op's dtype, distinct buffers.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, y: &Tensor) -> Result<()> {
-        for (what, t) in [("x", x), ("y", y)] {
-            if t.dtype() != self.dtype {
-                return Err(Error::DTypeMismatch {
-                    what: what.into(),
-                    expected: self.dtype,
-                    got: t.dtype(),
-                });
-            }
-        }
-        if y.shape() != x.shape() {
-            return Err(Error::ShapeMismatch {
-                what: "y".into(),
-                expected: x.shape().to_vec(),
-                got: y.shape().to_vec(),
-            });
-        }
+        x.expect_dtype("x", self.dtype)?;
+        y.expect_dtype("y", self.dtype)?;
+        y.expect_shape("y", x.shape())?;
         let n = x.numel();
         if n == 0 {
             return Ok(());
@@ -169,22 +156,9 @@ impl AlphaDropout {
         seed: u64,
         training: bool,
     ) -> Result<()> {
-        for (what, t) in [("x", x), ("y", y)] {
-            if t.dtype() != self.dtype {
-                return Err(Error::DTypeMismatch {
-                    what: what.into(),
-                    expected: self.dtype,
-                    got: t.dtype(),
-                });
-            }
-        }
-        if y.shape() != x.shape() {
-            return Err(Error::ShapeMismatch {
-                what: "y".into(),
-                expected: x.shape().to_vec(),
-                got: y.shape().to_vec(),
-            });
-        }
+        x.expect_dtype("x", self.dtype)?;
+        y.expect_dtype("y", self.dtype)?;
+        y.expect_shape("y", x.shape())?;
         let n = x.numel();
         if n == 0 {
             return Ok(());
@@ -257,20 +231,8 @@ impl Blend {
         y: &Tensor,
     ) -> Result<()> {
         for (what, t) in [("a", a), ("b", b), ("y", y)] {
-            if t.dtype() != self.dtype {
-                return Err(Error::DTypeMismatch {
-                    what: what.into(),
-                    expected: self.dtype,
-                    got: t.dtype(),
-                });
-            }
-            if t.shape() != a.shape() {
-                return Err(Error::ShapeMismatch {
-                    what: what.into(),
-                    expected: a.shape().to_vec(),
-                    got: t.shape().to_vec(),
-                });
-            }
+            t.expect_dtype(what, self.dtype)?;
+            t.expect_shape(what, a.shape())?;
         }
         if !lambda.is_finite() {
             return Err(Error::InvalidParameter {

@@ -77,4 +77,28 @@ impl Tensor {
             ..self.clone()
         })
     }
+
+    /// `Err(DTypeMismatch)` naming the argument `what` unless this tensor is of `dtype`.
+    pub fn expect_dtype(&self, what: &str, dtype: DType) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(Error::DTypeMismatch {
+                what: what.into(),
+                expected: dtype,
+                got: self.dtype,
+            });
+        }
+        Ok(())
+    }
+
+    /// `Err(ShapeMismatch)` naming the argument `what` unless this tensor has `shape`.
+    pub fn expect_shape(&self, what: &str, shape: &[usize]) -> Result<()> {
+        if self.shape != shape {
+            return Err(Error::ShapeMismatch {
+                what: what.into(),
+                expected: shape.to_vec(),
+                got: self.shape.clone(),
+            });
+        }
+        Ok(())
+    }
 }

@@ -4,7 +4,7 @@ use wgnorm_core::binding::{self, BindCache, BufferRange, PARAM_WORDS};
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
-use crate::{check_curvature, check_dtype, check_u32, max_norm, PointView, CPU_LOOP_BUDGET};
+use crate::{check_curvature, check_u32, max_norm, PointView, CPU_LOOP_BUDGET};
 
 const SLOTS: &[Slot] = &[
     Slot::Uniform,
@@ -209,9 +209,9 @@ impl BallOps {
     ) -> Result<()> {
         const NAMES: [&str; 3] = ["input 0", "input 1", "input 2"];
         for (i, t) in inputs.iter().enumerate() {
-            check_dtype(NAMES[i], t, self.dtype)?;
+            t.expect_dtype(NAMES[i], self.dtype)?;
         }
-        check_dtype("out", out, self.dtype)?;
+        out.expect_dtype("out", self.dtype)?;
         // The full shape: the first input that is not a lone [D] vector, else [D].
         let full = inputs
             .iter()
@@ -243,7 +243,7 @@ impl BallOps {
         } else {
             full.clone()
         };
-        crate::check_shape("out", out, &out_shape)?;
+        out.expect_shape("out", &out_shape)?;
         if view.points() == 0 || view.d == 0 {
             return Ok(());
         }

@@ -28,7 +28,7 @@ pub use norm::{
     PoincareStatistics,
 };
 
-use wgnorm_core::{DType, Error, Result};
+use wgnorm_core::{Error, Result};
 
 /// Projection margin of the f32 kernels: points are kept within `(1 - PROJ_EPS)/sqrt(c)`.
 pub const PROJ_EPS: f32 = 4e-3;
@@ -95,26 +95,4 @@ pub(crate) fn check_u32(what: &'static str, v: usize) -> Result<u32> {
 
 pub(crate) fn max_norm(c: f32) -> f32 {
     (1.0 - PROJ_EPS) / c.sqrt()
-}
-
-pub(crate) fn check_dtype(what: &str, t: &wgnorm_core::Tensor, dtype: DType) -> Result<()> {
-    if t.dtype() != dtype {
-        return Err(Error::DTypeMismatch {
-            what: what.into(),
-            expected: dtype,
-            got: t.dtype(),
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn check_shape(what: &str, t: &wgnorm_core::Tensor, shape: &[usize]) -> Result<()> {
-    if t.shape() != shape {
-        return Err(Error::ShapeMismatch {
-            what: what.into(),
-            expected: shape.to_vec(),
-            got: t.shape().to_vec(),
-        });
-    }
-    Ok(())
 }

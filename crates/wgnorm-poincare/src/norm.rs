@@ -6,9 +6,7 @@ use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
-use crate::{
-    check_curvature, check_dtype, check_shape, check_u32, max_norm, PointView, CPU_LOOP_BUDGET,
-};
+use crate::{check_curvature, check_u32, max_norm, PointView, CPU_LOOP_BUDGET};
 
 const SLOTS: &[Slot] = &[
     Slot::Uniform,
@@ -301,10 +299,10 @@ impl PoincareMidpoint {
     /// Records the midpoint of the points of `x` into `m` (shape `[D]`, this op's dtype).
     /// A batch without points has no midpoint: that is an error, not a no-op.
     pub fn encode(&self, enc: &mut wgpu::CommandEncoder, x: &Tensor, m: &Tensor) -> Result<()> {
-        check_dtype("x", x, self.dtype)?;
-        check_dtype("m", m, self.dtype)?;
+        x.expect_dtype("x", self.dtype)?;
+        m.expect_dtype("m", self.dtype)?;
         let view = PointView::new(x.shape(), self.axis, "poincare midpoint")?;
-        check_shape("m", m, &[view.d])?;
+        m.expect_shape("m", &[view.d])?;
         if view.d == 0 {
             return Ok(());
         }
@@ -454,18 +452,18 @@ impl PoincareBatchNorm {
         statistics: PoincareStatistics,
     ) -> Result<()> {
         let dtype = self.cfg.dtype;
-        check_dtype("x", inputs.x, dtype)?;
-        check_dtype("y", y, dtype)?;
+        inputs.x.expect_dtype("x", dtype)?;
+        y.expect_dtype("y", dtype)?;
         let view = PointView::new(
             inputs.x.shape(),
             self.cfg.feature_axis,
             "poincare batch norm",
         )?;
-        check_shape("y", y, inputs.x.shape())?;
-        check_dtype("bias", inputs.bias, DType::F32)?;
-        check_shape("bias", inputs.bias, &[view.d])?;
-        check_dtype("weight", inputs.weight, DType::F32)?;
-        check_shape("weight", inputs.weight, &[1])?;
+        y.expect_shape("y", inputs.x.shape())?;
+        inputs.bias.expect_dtype("bias", DType::F32)?;
+        inputs.bias.expect_shape("bias", &[view.d])?;
+        inputs.weight.expect_dtype("weight", DType::F32)?;
+        inputs.weight.expect_shape("weight", &[1])?;
         let running = statistics != PoincareStatistics::Batch;
         for (what, t, shape) in [
             ("running_mean", inputs.running_mean, [view.d]),
@@ -473,8 +471,8 @@ impl PoincareBatchNorm {
         ] {
             match t {
                 Some(t) => {
-                    check_dtype(what, t, DType::F32)?;
-                    check_shape(what, t, &shape)?;
+                    t.expect_dtype(what, DType::F32)?;
+                    t.expect_shape(what, &shape)?;
                 }
                 None if running => {
                     return Err(Error::InvalidParameter {
