@@ -226,7 +226,9 @@ fn task_count(t: u32) -> f32 {
     return cnt;
 }
 
-// Every channel recomputes the task weights (O(N T) work; N and T are small): no extra pass.
+// Every channel recomputes the task weights, O(N^2 + N T) per channel (a count per sample):
+// fine for the small batches and task counts of continual learning, and no extra pass or
+// scratch binding (the mixing kernel has none left).
 fn adab2n(ch: u32) {
     var total = 0.0;
     for (var t = 0u; t < params.k; t++) {
