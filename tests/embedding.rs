@@ -104,3 +104,43 @@ fn app_owned_device_buffers_and_encoder() {
     let want = reference::rms_norm(&round_to(DType::F32, &x), n, None, 0.0, 1e-5);
     assert_close("rms y", &ctx.download(&yt).unwrap(), &want.y, 1e-5, 1e-4);
 }
+
+/// The same ops, compiled with every runtime check wgpu offers and with wgnorm's default (the
+/// checks its kernels do not need dropped): both must match the reference, row for row. A
+/// kernel that relied on a clamp it had dropped would differ here.
+#[test]
+fn shader_check_levels_agree_with_reference() {
+    let (rows, n) = (37, 1024);
+    let x = noise(91, rows * n);
+    let w = noise(92, n);
+    let b = noise(93, n);
+    let want = reference::layer_norm(
+        &round_to(DType::F32, &x),
+        n,
+        Some(&round_to(DType::F32, &w)),
+        Some(&round_to(DType::F32, &b)),
+        1e-5,
+    );
+    for checks in [ShaderChecks::Full, ShaderChecks::Auto] {
+        let (device, queue) = app_device(wgpu::Features::SUBGROUP);
+        let ctx = Context::from_device_with_checks(device, queue, checks);
+        let ln = LayerNorm::new(&ctx, LayerNormConfig::default()).unwrap();
+        let xt = ctx.upload_f32(&x, &[rows, n]).unwrap();
+        let wt = ctx.upload_f32(&w, &[n]).unwrap();
+        let bt = ctx.upload_f32(&b, &[n]).unwrap();
+        let out = ln
+            .forward(&LayerNormInputs {
+                x: &xt,
+                weight: Some(&wt),
+                bias: Some(&bt),
+            })
+            .unwrap();
+        assert_close(
+            &format!("{checks:?} layer_norm y"),
+            &ctx.download(&out.y).unwrap(),
+            &want.y,
+            1e-5,
+            1e-4,
+        );
+    }
+}

@@ -47,15 +47,15 @@ fn main(
         let row = first_row + rr;
         let live = row < params.rows;
         let nv = select(0u, params.n_vec, live);
-        let base = row * params.n_vec;
+        // Exact rows load unconditionally (no per-access test): a team past the last row loads
+        // the last row again and stores nothing, so no access leaves the binding.
+        let base = min(row, params.rows - 1u) * params.n_vec;
 
         // Corrected two-pass statistics, as in the team kernel.
         var v: array<V, REGS>;
         var s = 0.0;
         for (var k = 0u; k < PER_LANE; k = k + 1u) {
             let i = lane + k * TEAM;
-            // Exact rows load even past the last row: out-of-range reads are clamped by the
-            // runtime and their results unused; stores below are guarded.
             if (EXACT || i < nv) {
                 v[k] = load_x(base + i);
                 if (WRITE_SUM && live) {

@@ -22,7 +22,7 @@ pub mod shader;
 mod tensor;
 
 pub use activation::Activation;
-pub use context::{Context, Slot};
+pub use context::{Context, ShaderChecks, Slot};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -27,7 +27,8 @@ pub use wgnorm_core::chnorm::{self, Layout};
 pub use wgnorm_core::elementwise::{self, AlphaDropout, Elementwise};
 pub use wgnorm_core::Activation;
 pub use wgnorm_core::{
-    self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, Slot, Tensor,
+    self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, ShaderChecks,
+    Slot, Tensor,
 };
 pub use wgnorm_groupnorm::{
     self as groupnorm, EvoNormS0, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
@@ -55,7 +56,7 @@ pub mod prelude {
         Activation, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, Context, DType,
         GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig,
         LayerNormInputs, LayerNormOutputs, Layout, LpNorm, MeanVarianceNorm, NormInputs,
-        NormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs, RmsNormOutputs, Tensor,
+        NormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs, RmsNormOutputs, ShaderChecks, Tensor,
     };
 }
 
