@@ -329,8 +329,115 @@ fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
     })
 }
 
-/// A batch-statistics op on an `(N, C, H, W)` activation in `layout` (no naive baseline: one
-/// thread per channel would loop past lavapipe's per-invocation budget on these shapes).
+/// Bind-group slots of the naive batch-statistics baseline.
+const NAIVE_CHANNEL_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,      // x
+    Slot::Read,      // weight
+    Slot::Read,      // bias
+    Slot::ReadWrite, // y
+    Slot::ReadWrite, // plane statistics
+    Slot::ReadWrite, // slot statistics
+];
+
+/// The naive baseline of a batch-statistics op (`naive/channel_norm.wgsl`): one invocation per
+/// (sample, channel) plane for its moments (two passes), one per statistic slot to merge them,
+/// one per element to normalize. `op` picks the slots (BatchNorm: channels; GroupNorm: 32
+/// groups per sample; InstanceNorm: planes); inference BatchNorm runs only the last stage, on
+/// the running statistics (mean 0, var 1, as the op's).
+#[allow(clippy::too_many_arguments)]
+fn naive_channel(
+    ctx: &Context,
+    op: &str,
+    nchw: [usize; 4],
+    layout: wgnorm::Layout,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    y: &Tensor,
+) -> Result<Record> {
+    let [n, c, h, w] = nchw;
+    let hw = h * w;
+    let planes = n * c;
+    let (slots, per_slot, slot_div, cpg, kstride, slot_n) = match op {
+        "batch_norm_train" | "batch_norm_infer" => (c, n, c, 1, c, 0),
+        "group_norm_silu" => (n * 32, c / 32, 32, c / 32, 1, 32),
+        _ => (planes, 1, c, 1, 1, c),
+    };
+    let (stride_s, stride_c) = match layout {
+        wgnorm::Layout::Nchw => (1, hw),
+        wgnorm::Layout::Nhwc => (c, 1),
+    };
+    let eps = 1e-5f32;
+    let mut params = [0u32; PARAM_WORDS];
+    for (i, v) in [
+        planes, hw, c, stride_s, stride_c, slots, per_slot, slot_div, cpg, kstride, slot_n,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        params[i] = v as u32;
+    }
+    params[11] = eps.to_bits();
+    let plane_stats = ctx.empty(&[planes, 2], DType::F32)?;
+    let slot_stats = if op == "batch_norm_infer" {
+        let running = [0.0f32, 1.0 / (1.0 + eps).sqrt()].repeat(c);
+        ctx.upload_f32(&running, &[c, 2])?
+    } else {
+        ctx.empty(&[slots, 2], DType::F32)?
+    };
+    let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+    let ranges = [
+        r(x, "x")?,
+        r(weight, "weight")?,
+        r(bias, "bias")?,
+        r(y, "y")?,
+        r(&plane_stats, "plane stats")?,
+        r(&slot_stats, "slot stats")?,
+    ];
+    let bind = BindCache::default().get(
+        ctx,
+        NAIVE_CHANNEL_SLOTS,
+        &params,
+        &ranges.iter().collect::<Vec<_>>(),
+    )?;
+    let act = if op == "group_norm_silu" {
+        wgnorm::Activation::Silu
+    } else {
+        wgnorm::Activation::None
+    };
+    let io = Io {
+        dtype: DType::F32,
+        vec4: false,
+    };
+    let first_stage = if op == "batch_norm_infer" { 2 } else { 0 };
+    let mut stages = Vec::new();
+    for (stage, items) in [(0u32, planes), (1, slots), (2, planes * hw)]
+        .into_iter()
+        .skip(first_stage)
+    {
+        let mut constants = vec![("WG", 64.0), ("STAGE", stage as f64)];
+        constants.extend(act.constants());
+        let pipeline = ctx.pipeline(
+            Kernel::NaiveChannelNorm,
+            io,
+            NAIVE_CHANNEL_SLOTS,
+            &constants,
+        )?;
+        stages.push((pipeline, binding::grid(ctx, (items as u64).div_ceil(64))));
+    }
+    Ok(Box::new(move |enc: &mut wgpu::CommandEncoder| {
+        let _keep = (&plane_stats, &slot_stats);
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (pipeline, (gx, gy)) in &stages {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(*gx, *gy, 1);
+        }
+    }))
+}
+
+/// A batch-statistics op on an `(N, C, H, W)` activation in `layout`, with its naive baseline.
 fn channel_case(
     ctx: &Context,
     op: &'static str,
@@ -452,6 +559,8 @@ fn channel_case(
             })
         }
     };
+    let y_naive = ctx.empty(&shape, dtype)?;
+    let naive = naive_channel(ctx, op, nchw, layout, &xt, &wt, &bt, &y_naive)?;
     let params = if op.starts_with("batch_norm") {
         4 * c
     } else {
@@ -473,8 +582,8 @@ fn channel_case(
             "moments+finalize+apply".into()
         },
         run,
-        naive: None,
-        check: None,
+        naive: Some(naive),
+        check: Some((y, y_naive)),
     })
 }
 

@@ -43,6 +43,7 @@ const CHANNEL_INSTANCE_MIX: &str = shader_file!("channel_norm/instance_mix.wgsl"
 const CHANNEL_REGION: &str = shader_file!("channel_norm/region.wgsl");
 const FOLD_BATCH_NORM: &str = shader_file!("channel_norm/fold.wgsl");
 const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
+const NAIVE_CHANNEL_NORM: &str = shader_file!("naive/channel_norm.wgsl");
 const POINCARE_COMMON: &str = shader_file!("poincare/common.wgsl");
 const POINCARE_BALL: &str = shader_file!("poincare/ball.wgsl");
 const POINCARE_MIDPOINT: &str = shader_file!("poincare/midpoint.wgsl");
@@ -138,6 +139,9 @@ pub enum Kernel {
     Copy,
     /// One invocation per row, three passes: the benchmarks' baseline for row norms.
     NaiveRowNorm,
+    /// One invocation per plane, slot or element, in stages: the benchmarks' baseline for the
+    /// batch-statistics family.
+    NaiveChannelNorm,
     /// Poincaré ball operations, one invocation per point (`OP` selects which).
     PoincareBall,
     /// Gyromidpoint reduction and Poincaré midpoint batch norm, in stages (`STAGE`).
@@ -145,7 +149,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -162,6 +166,7 @@ impl Kernel {
         Kernel::Blend,
         Kernel::Copy,
         Kernel::NaiveRowNorm,
+        Kernel::NaiveChannelNorm,
         Kernel::PoincareBall,
         Kernel::PoincareMidpoint,
     ];
@@ -184,6 +189,7 @@ impl Kernel {
             Kernel::Blend => "blend",
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
+            Kernel::NaiveChannelNorm => "naive/channel_norm",
             Kernel::PoincareBall => "poincare/ball",
             Kernel::PoincareMidpoint => "poincare/midpoint",
         }
@@ -220,6 +226,7 @@ impl Kernel {
             Kernel::FoldBatchNorm => &[FOLD_BATCH_NORM],
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],
+            Kernel::NaiveChannelNorm => &[ACTIVATION, NAIVE_CHANNEL_NORM],
             Kernel::Elementwise => &[ACTIVATION, ELEMENTWISE],
             Kernel::AlphaDropout => &[ALPHA_DROPOUT],
             Kernel::Blend => &[BLEND],

@@ -116,6 +116,21 @@ pub fn specializations() -> Vec<shader::Specialization> {
             });
         }
     }
+    // The batch-statistics baseline of the benchmarks: three stages, with and without SiLU.
+    for stage in [0.0, 1.0, 2.0] {
+        for act in [wgnorm_core::Activation::None, wgnorm_core::Activation::Silu] {
+            let mut constants = vec![("WG", 64.0), ("STAGE", stage)];
+            constants.extend(act.constants());
+            out.push(Specialization {
+                kernel: Kernel::NaiveChannelNorm,
+                io: Io {
+                    dtype: DType::F32,
+                    vec4: false,
+                },
+                constants,
+            });
+        }
+    }
     out.extend(chnorm::specializations());
     out.extend(wgnorm_batchnorm::region_specializations());
     out.extend(wgnorm_poincare::ball_specializations());
