@@ -65,6 +65,9 @@ pub const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // sum
 ];
 
+/// Accesses each lane of a LayerNorm team holds at least on CPU adapters (see `choose_for`).
+const CPU_LN_MIN_PER_LANE: u32 = 8;
+
 /// Rows each register team normalizes on CPU adapters.
 const CPU_ROWS_PER_TEAM: u32 = 8;
 
@@ -95,16 +98,25 @@ fn cache_len_for(budget: u64, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u
 
 /// The per-adapter choice for rows of `n` elements. Software rasterisers punish workgroup
 /// barriers and like few lanes per row; GPUs want a wide, coalesced team per long row.
-pub fn choose(ctx: &Context, n: u64, io: Io) -> RowKernel {
-    choose_for(&AdapterClass::of(ctx), n, io)
+pub fn choose(ctx: &Context, mode: RowMode, n: u64, io: Io) -> RowKernel {
+    choose_for(&AdapterClass::of(ctx), mode, n, io)
 }
 
-fn choose_for(a: &AdapterClass, n: u64, io: Io) -> RowKernel {
+fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> RowKernel {
     let n_vec = n.div_ceil(io.width() as u64).max(1);
     let budget = a.workgroup_storage as u64;
     let (sg_min, sg_max) = (a.subgroup_min.max(1), a.subgroup_max.max(1));
     if a.subgroups && sg_min.is_power_of_two() && sg_max.is_power_of_two() {
-        let team = sg_min.min(32);
+        let mut team = sg_min.min(32);
+        // CPU adapters, LayerNorm on short rows: narrower teams, so each lane holds at least
+        // CPU_LN_MIN_PER_LANE accesses (llvmpipe, N = 64: 0.56 of copy with 8 lanes per row,
+        // 0.65 with 2, medians of 5 runs). RMSNorm has half the arithmetic per element and
+        // runs best with the whole subgroup (0.70 with 8 lanes, 0.59 with 2).
+        if a.cpu && mode == RowMode::LayerNorm {
+            while team > 1 && n_vec < (team * CPU_LN_MIN_PER_LANE) as u64 {
+                team /= 2;
+            }
+        }
         // Rows per group: enough lanes to fill the subgroups, as many as the cache holds, and
         // the workgroup a multiple of the largest subgroup so no subgroup is partial.
         let lanes_target: u32 = if a.cpu { 64 } else { 256 };
@@ -253,9 +265,9 @@ pub fn specializations(lengths: &[u64], classes: &[AdapterClass]) -> Vec<Special
                     continue;
                 }
                 let n_vec = n / io.width() as u64;
-                let kernel = class.choose(n, io);
-                let cache = class.cache_len(kernel, io, n_vec);
                 for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+                    let kernel = class.choose(mode, n, io);
+                    let cache = class.cache_len(kernel, io, n_vec);
                     for bits in 0..64u32 {
                         // A sum is only written with a residual to add.
                         if bits & 0b110000 == 0b100000 {
@@ -341,8 +353,8 @@ impl AdapterClass {
         }
     }
 
-    fn choose(&self, n: u64, io: Io) -> RowKernel {
-        choose_for(self, n, io)
+    fn choose(&self, mode: RowMode, n: u64, io: Io) -> RowKernel {
+        choose_for(self, mode, n, io)
     }
 
     fn cache_len(&self, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u32> {
@@ -472,7 +484,7 @@ impl RowNorm {
         };
         Ok((
             self.forced
-                .unwrap_or_else(|| choose(&self.ctx, n as u64, io)),
+                .unwrap_or_else(|| choose(&self.ctx, self.cfg.mode, n as u64, io)),
             io,
         ))
     }
@@ -665,7 +677,7 @@ impl RowNorm {
         let n_vec = key.n / key.io.width() as u64;
         let kernel = self
             .forced
-            .unwrap_or_else(|| choose_for(&class, key.n, key.io));
+            .unwrap_or_else(|| choose_for(&class, self.cfg.mode, key.n, key.io));
         let cache = cache_len_for(class.workgroup_storage as u64, kernel, key.io, n_vec);
         match kernel {
             RowKernel::Team {
