@@ -5,8 +5,13 @@
 alias Elem = vec2<u32>;
 alias V = vec4<f32>;
 const VW: u32 = 4u;
-fn to_v(e: Elem) -> V { return vec4<f32>(unpack2x16float(e.x), unpack2x16float(e.y)); }
-fn from_v(v: V) -> Elem { return vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw)); }
+fn to_v(e: Elem) -> V {
+    return half_to_f32(vec4<u32>(e.x, e.x >> 16u, e.y, e.y >> 16u) & vec4<u32>(0xffffu));
+}
+fn from_v(v: V) -> Elem {
+    let h = f32_to_half(v);
+    return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
+}
 fn hsum(v: V) -> f32 { return (v.x + v.y) + (v.z + v.w); }
 fn set_lane(v: V, k: u32, val: f32) -> V {
     var t = v;

@@ -20,6 +20,9 @@ const IO_F32_V1: &str = shader_file!("common/io_f32_v1.wgsl");
 const IO_F32_V4: &str = shader_file!("common/io_f32_v4.wgsl");
 const IO_F16_V1: &str = shader_file!("common/io_f16_v1.wgsl");
 const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
+/// The f16 <-> f32 conversions of the packed f16 I/O snippet (`half_to_f32`, `f32_to_half` on
+/// `vec4<u32>` bit patterns), public so tests can check them exhaustively in a shader of their own.
+pub const HALF_CONVERSIONS_WGSL: &str = shader_file!("common/half.wgsl");
 const MOMENTS: &str = shader_file!("common/moments.wgsl");
 const CHUNK: &str = shader_file!("common/chunk.wgsl");
 const ACTIVATION: &str = shader_file!("common/activation.wgsl");
@@ -238,6 +241,10 @@ impl Kernel {
     /// The complete WGSL module for this kernel with this I/O type.
     pub fn source(self, io: Io) -> String {
         let mut s = String::from(io.snippet());
+        if io.dtype == DType::F16 && io.vec4 {
+            s.push('\n');
+            s.push_str(HALF_CONVERSIONS_WGSL);
+        }
         for part in self.parts() {
             s.push('\n');
             s.push_str(part);
