@@ -97,6 +97,12 @@ fn team_kernels() -> Vec<RowKernel> {
         RowKernel::Team {
             team,
             rows_per_group,
+            cached: true,
+        },
+        RowKernel::Team {
+            team,
+            rows_per_group,
+            cached: false,
         },
         RowKernel::TeamRegs {
             team,
@@ -115,7 +121,8 @@ fn team_kernels() -> Vec<RowKernel> {
 /// Whether a forced kernel can serve rows of `n` elements (the team kernels have size limits).
 fn serves(k: RowKernel, n: usize) -> bool {
     match k {
-        RowKernel::Team { .. } => n <= 4096,
+        RowKernel::Team { cached: true, .. } => n <= 4096,
+        RowKernel::Team { cached: false, .. } => true,
         RowKernel::TeamRegs { team, .. } => n <= (team * wgnorm::rownorm::TEAM_REGS) as usize,
         RowKernel::Workgroup { .. } => true,
     }
@@ -530,6 +537,7 @@ fn bad_input_gets_typed_errors_before_anything_is_recorded() {
             .with_kernel(RowKernel::Team {
                 team: c.adapter_info().subgroup_min_size,
                 rows_per_group: 1,
+                cached: true,
             });
         assert!(matches!(
             encode_ln(&forced, &big, None, &big_y),

@@ -11,3 +11,22 @@ fn team_sum(v: f32, sg_size: u32) -> f32 {
     }
     return s;
 }
+
+// Moments merged over a team (Chan's merge along a butterfly), then lane `first`'s result for
+// every lane: merge order differs per lane, and all must normalize with the same statistics.
+fn team_moments(m: Moments, sg_size: u32, first: u32) -> Moments {
+    var r = m;
+    for (var o = TEAM / 2u; o > 0u; o = o >> 1u) {
+        let other = Moments(
+            subgroupShuffleXor(r.n, o),
+            subgroupShuffleXor(r.mean, o),
+            subgroupShuffleXor(r.m2, o),
+        );
+        r = moments_merge(r, other);
+    }
+    return Moments(
+        subgroupShuffle(r.n, first),
+        subgroupShuffle(r.mean, first),
+        subgroupShuffle(r.m2, first),
+    );
+}

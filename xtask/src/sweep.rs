@@ -72,6 +72,15 @@ fn kernels(ctx: &Context) -> Vec<(String, Option<RowKernel>)> {
             Some(RowKernel::Team {
                 team,
                 rows_per_group: rows,
+                cached: true,
+            }),
+        ));
+        k.push((
+            format!("team{team}-uncached"),
+            Some(RowKernel::Team {
+                team,
+                rows_per_group: rows,
+                cached: false,
             }),
         ));
         // Three rows per team: row counts that are not a multiple exercise the tail.

@@ -36,9 +36,15 @@ pub struct RowNormConfig {
 /// A kernel shape and its tuning for one row length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RowKernel {
-    /// `team` lanes of one subgroup per row, `rows_per_group` rows per workgroup, the row cached
-    /// in workgroup memory (needs subgroups, and the rows must fit the cache).
-    Team { team: u32, rows_per_group: u32 },
+    /// `team` lanes of one subgroup per row, `rows_per_group` rows per workgroup (needs
+    /// subgroups). `cached`: the rows are read once into workgroup memory (they must fit);
+    /// otherwise x is read from memory in each pass (LayerNorm: Chan-merged statistics, then
+    /// the output, two reads).
+    Team {
+        team: u32,
+        rows_per_group: u32,
+        cached: bool,
+    },
     /// As `Team`, with each lane's share of the row in registers (at most [`TEAM_REGS`]
     /// accesses per lane): short rows without workgroup-memory traffic.
     /// `rows_per_team` consecutive rows per team reuse the lane's registers of weight and bias.
@@ -84,9 +90,13 @@ fn reduction_bytes(wg: u32) -> u64 {
 fn cache_len_for(budget: u64, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u32> {
     let access = 4 * io.width() as u64;
     match kernel {
-        RowKernel::Team { rows_per_group, .. } => {
+        RowKernel::Team {
+            rows_per_group,
+            cached,
+            ..
+        } => {
             let need = n_vec * rows_per_group as u64;
-            (need * access <= budget).then_some(need.max(1) as u32)
+            (cached && need * access <= budget).then_some(need.max(1) as u32)
         }
         RowKernel::TeamRegs { team, .. } => (n_vec <= (team * TEAM_REGS) as u64).then_some(1),
         RowKernel::Workgroup { wg } => {
@@ -139,6 +149,7 @@ fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> RowKernel {
                 RowKernel::Team {
                     team,
                     rows_per_group: rows,
+                    cached: true,
                 },
                 io,
                 n_vec,
@@ -148,20 +159,25 @@ fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> RowKernel {
         while rows > step && !fits(rows) {
             rows -= step;
         }
+        // CPU adapters: the uncached team (x read twice: Chan-merged statistics, then the
+        // output) beats caching the row in workgroup memory, whose traffic costs as much as
+        // memory's there and the cached LayerNorm's extra pass over it more (llvmpipe,
+        // 1024 x 4096, three runs each: LayerNorm 0.36 -> 0.48 of copy, RMSNorm 0.41 -> 0.57).
+        // It also beats a barrier-bound workgroup, within the loop budget.
+        let uncached = RowKernel::Team {
+            team,
+            rows_per_group: step,
+            cached: false,
+        };
+        if a.cpu && loop_iterations(uncached, n_vec) <= CPU_LOOP_BUDGET {
+            return uncached;
+        }
         if team_fits && rows * team <= a.max_invocations && fits(rows) {
             return RowKernel::Team {
                 team,
                 rows_per_group: rows,
+                cached: true,
             };
-        }
-        // CPU adapters are bound by arithmetic, not memory traffic: an uncached team (x read in
-        // each pass) still beats a barrier-bound workgroup, within the loop budget.
-        let uncached = RowKernel::Team {
-            team,
-            rows_per_group: step,
-        };
-        if a.cpu && loop_iterations(uncached, n_vec) <= CPU_LOOP_BUDGET {
-            return uncached;
         }
     }
     // Wide enough that each lane has a few accesses, narrow enough to keep barriers few.
@@ -224,6 +240,7 @@ fn constants(
         RowKernel::Team {
             team,
             rows_per_group,
+            ..
         } => {
             c.push(("TEAM", team as f64));
             c.push(("WG", (team * rows_per_group) as f64));
@@ -683,6 +700,7 @@ impl RowNorm {
             RowKernel::Team {
                 team,
                 rows_per_group,
+                ..
             }
             | RowKernel::TeamRegs {
                 team,
@@ -693,7 +711,11 @@ impl RowNorm {
                     && team.is_power_of_two()
                     && team <= class.subgroup_min
                     && (team * rows_per_group) % class.subgroup_max.max(1) == 0;
-                let regs_fit = !matches!(kernel, RowKernel::TeamRegs { .. }) || cache.is_some();
+                let needs_cache = matches!(
+                    kernel,
+                    RowKernel::TeamRegs { .. } | RowKernel::Team { cached: true, .. }
+                );
+                let regs_fit = !needs_cache || cache.is_some();
                 if !sg_ok || !regs_fit {
                     return Err(Error::InvalidParameter {
                         name: "kernel",

@@ -208,8 +208,20 @@ impl Kernel {
 
     fn parts(self) -> &'static [&'static str] {
         match self {
-            Kernel::RowNormTeam => &[ACTIVATION, ROW_NORM_COMMON, TEAM_SUM, ROW_NORM_TEAM],
-            Kernel::RowNormTeamRegs => &[ACTIVATION, ROW_NORM_COMMON, TEAM_SUM, ROW_NORM_TEAM_REGS],
+            Kernel::RowNormTeam => &[
+                ACTIVATION,
+                MOMENTS,
+                ROW_NORM_COMMON,
+                TEAM_SUM,
+                ROW_NORM_TEAM,
+            ],
+            Kernel::RowNormTeamRegs => &[
+                ACTIVATION,
+                MOMENTS,
+                ROW_NORM_COMMON,
+                TEAM_SUM,
+                ROW_NORM_TEAM_REGS,
+            ],
             Kernel::RowNormWorkgroup => &[
                 ACTIVATION,
                 MOMENTS,
