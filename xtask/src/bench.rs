@@ -587,6 +587,62 @@ fn channel_case(
     })
 }
 
+/// The naive gyromidpoint (`naive/poincare_midpoint.wgsl`) of the points of NCHW `x`
+/// (points = pixels, dim = C) into `m` ([C]): one invocation per point for its weight, one per
+/// coordinate for the weighted sums over every point, one for the result.
+fn naive_midpoint(
+    ctx: &Context,
+    nchw: [usize; 4],
+    c: f32,
+    x: &Tensor,
+    m: &Tensor,
+) -> Result<Record> {
+    const SLOTS: &[Slot] = &[
+        Slot::Uniform,
+        Slot::Read,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+    ];
+    let [n, d, h, w] = nchw;
+    let (s, p) = (h * w, n * h * w);
+    let mut params = [0u32; PARAM_WORDS];
+    params[0] = d as u32;
+    params[1] = s as u32;
+    params[2] = p as u32;
+    params[4] = c.to_bits();
+    params[5] = ((1.0 - wgnorm::poincare::PROJ_EPS) / c.sqrt()).to_bits();
+    let weights = ctx.empty(&[p, 2], DType::F32)?;
+    let sums = ctx.empty(&[d + 1], DType::F32)?;
+    let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+    let ranges = [
+        r(x, "x")?,
+        r(&weights, "weights")?,
+        r(&sums, "sums")?,
+        r(m, "m")?,
+    ];
+    let bind = BindCache::default().get(ctx, SLOTS, &params, &ranges.iter().collect::<Vec<_>>())?;
+    let io = Io {
+        dtype: DType::F32,
+        vec4: false,
+    };
+    let mut stages = Vec::new();
+    for (stage, items) in [(0u32, p), (1, d + 1), (2, 1)] {
+        let constants = [("WG", 64.0), ("STAGE", stage as f64)];
+        let pipeline = ctx.pipeline(Kernel::NaivePoincareMidpoint, io, SLOTS, &constants)?;
+        stages.push((pipeline, binding::grid(ctx, (items as u64).div_ceil(64))));
+    }
+    Ok(Box::new(move |enc: &mut wgpu::CommandEncoder| {
+        let _keep = (&weights, &sums);
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (pipeline, (gx, gy)) in &stages {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(*gx, *gy, 1);
+        }
+    }))
+}
+
 /// The hyperbolic family on an NCHW activation (points = pixels, dim = C): the gyromidpoint
 /// alone, and the full Poincaré batch norm with batch statistics.
 fn poincare_case(ctx: &Context, op: &'static str, nchw: [usize; 4]) -> Result<Case> {
@@ -601,12 +657,17 @@ fn poincare_case(ctx: &Context, op: &'static str, nchw: [usize; 4]) -> Result<Ca
     let xt = ctx.upload_f32(&x, &nchw)?;
     let bt = ctx.upload_f32(&vec![0.1; c], &[c])?;
     let wt = ctx.upload_f32(&[1.0], &[1])?;
+    let mut naive = None;
+    let mut check = None;
     let (run, out_elems, kernel): (Record, usize, &str) = if op == "poincare_midpoint" {
         let mid = PoincareMidpoint::new(ctx, 0.1, 1, DType::F32)?;
         let m = ctx.empty(&[c], DType::F32)?;
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         mid.encode(&mut enc, &xt, &m)?;
         ctx.queue().submit([enc.finish()]);
+        let m_naive = ctx.empty(&[c], DType::F32)?;
+        naive = Some(naive_midpoint(ctx, nchw, 0.1, &xt, &m_naive)?);
+        check = Some((m.clone(), m_naive));
         let xt = xt.clone();
         (
             Box::new(move |enc| mid.encode(enc, &xt, &m).expect("validated above")),
@@ -651,8 +712,8 @@ fn poincare_case(ctx: &Context, op: &'static str, nchw: [usize; 4]) -> Result<Ca
         bytes: (numel + out_elems + c + 1) as u64 * 4,
         kernel: kernel.into(),
         run,
-        naive: None,
-        check: None,
+        naive,
+        check,
     })
 }
 

@@ -47,6 +47,7 @@ const CHANNEL_REGION: &str = shader_file!("channel_norm/region.wgsl");
 const FOLD_BATCH_NORM: &str = shader_file!("channel_norm/fold.wgsl");
 const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
 const NAIVE_CHANNEL_NORM: &str = shader_file!("naive/channel_norm.wgsl");
+const NAIVE_POINCARE_MIDPOINT: &str = shader_file!("naive/poincare_midpoint.wgsl");
 const POINCARE_COMMON: &str = shader_file!("poincare/common.wgsl");
 const POINCARE_BALL: &str = shader_file!("poincare/ball.wgsl");
 const POINCARE_MIDPOINT: &str = shader_file!("poincare/midpoint.wgsl");
@@ -145,6 +146,9 @@ pub enum Kernel {
     /// One invocation per plane, slot or element, in stages: the benchmarks' baseline for the
     /// batch-statistics family.
     NaiveChannelNorm,
+    /// One invocation per point, coordinate or result, in stages: the benchmarks' baseline for
+    /// the hyperbolic family (the gyromidpoint).
+    NaivePoincareMidpoint,
     /// Poincaré ball operations, one invocation per point (`OP` selects which).
     PoincareBall,
     /// Gyromidpoint reduction and Poincaré midpoint batch norm, in stages (`STAGE`).
@@ -152,7 +156,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::RowNormTeam,
         Kernel::RowNormTeamRegs,
         Kernel::RowNormWorkgroup,
@@ -170,6 +174,7 @@ impl Kernel {
         Kernel::Copy,
         Kernel::NaiveRowNorm,
         Kernel::NaiveChannelNorm,
+        Kernel::NaivePoincareMidpoint,
         Kernel::PoincareBall,
         Kernel::PoincareMidpoint,
     ];
@@ -193,6 +198,7 @@ impl Kernel {
             Kernel::Copy => "copy",
             Kernel::NaiveRowNorm => "naive/row_norm",
             Kernel::NaiveChannelNorm => "naive/channel_norm",
+            Kernel::NaivePoincareMidpoint => "naive/poincare_midpoint",
             Kernel::PoincareBall => "poincare/ball",
             Kernel::PoincareMidpoint => "poincare/midpoint",
         }
@@ -242,6 +248,7 @@ impl Kernel {
             Kernel::Copy => &[COPY],
             Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],
             Kernel::NaiveChannelNorm => &[ACTIVATION, NAIVE_CHANNEL_NORM],
+            Kernel::NaivePoincareMidpoint => &[NAIVE_POINCARE_MIDPOINT],
             Kernel::Elementwise => &[ACTIVATION, ELEMENTWISE],
             Kernel::AlphaDropout => &[ALPHA_DROPOUT],
             Kernel::Blend => &[BLEND],

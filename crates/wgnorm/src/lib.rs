@@ -131,6 +131,16 @@ pub fn specializations() -> Vec<shader::Specialization> {
             });
         }
     }
+    for stage in [0.0, 1.0, 2.0] {
+        out.push(Specialization {
+            kernel: Kernel::NaivePoincareMidpoint,
+            io: Io {
+                dtype: DType::F32,
+                vec4: false,
+            },
+            constants: vec![("WG", 64.0), ("STAGE", stage)],
+        });
+    }
     out.extend(chnorm::specializations());
     out.extend(wgnorm_batchnorm::region_specializations());
     out.extend(wgnorm_poincare::ball_specializations());
