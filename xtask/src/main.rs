@@ -15,12 +15,27 @@ use anyhow::Result;
 
 const USAGE: &str = "usage: cargo xtask <validate | conformance DIR... | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
 
+const HELP: &str = "  validate            naga-validate every shader specialisation, translate it for Vulkan (SPIR-V),
+                      Metal (MSL) and DX12 (HLSL), and check every op against the f64 reference
+  conformance DIR...  run every case file under the DIRs (format: tests/conformance/FORMAT.md)
+  bench               time every op against the best copy shader on the same adapter
+    --quick           small shapes, seconds on software Vulkan
+    --json FILE       every figure plus adapter info
+    --plot FILE.svg   GB/s against row length, with the copy roofline
+    --ops a,b         only these ops (layer_norm, rms_norm, batch_norm_train, ...)
+    --shapes SUBSTR   only shapes whose label (e.g. 1024x4096) contains SUBSTR
+Exit status: 0 when every check passed, non-zero otherwise.";
+
 fn main() -> Result<()> {
     // Mesa's software Vulkan warns about this on headless machines; the warning is noise.
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}\n{HELP}");
+        return Ok(());
+    }
     let ok = match args.first().map(String::as_str) {
         Some("validate") => {
             let shaders_ok = shaders::validate_all()?;
