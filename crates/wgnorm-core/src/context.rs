@@ -23,14 +23,15 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
 /// of a memory-bound kernel (llvmpipe, LayerNorm at row length 1024: 0.35 of copy instrumented,
 /// 0.55 without), and wgnorm's kernels do not need it: every loop is bounded by a uniform, every
 /// private and workgroup array index is within bounds by a host-checked invariant (register and
-/// cache sizes are validated before a pipeline is chosen), divisors come from validated,
-/// non-empty shapes, and no kernel reads past the end of a binding on purpose.
+/// cache sizes are validated before a pipeline is chosen), and no kernel reads past the end of
+/// a binding on purpose. Integer-division guards stay: they cost nothing measurable, and a zero
+/// divisor is undefined behaviour in SPIR-V.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ShaderChecks {
     /// Everything wgpu injects. For debugging a suspected out-of-bounds access in wgnorm.
     Full,
-    /// The default. Loop counters and division guards are dropped everywhere; array index
-    /// clamps are dropped where the backend bounds buffer accesses itself (Vulkan's robust buffer
+    /// The default. Loop counters are dropped everywhere; array index clamps are dropped where
+    /// the backend bounds buffer accesses itself (Vulkan's robust buffer
     /// access, which wgpu enables; DX12's bounded buffer views) and kept elsewhere (Metal, GL),
     /// so a wgnorm bug can never read outside a binding.
     #[default]
@@ -53,7 +54,8 @@ impl ShaderChecks {
             ShaderChecks::Full => wgpu::ShaderRuntimeChecks::checked(),
             ShaderChecks::Auto => wgpu::ShaderRuntimeChecks {
                 bounds_checks: !matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12),
-                ..wgpu::ShaderRuntimeChecks::unchecked()
+                force_loop_bounding: false,
+                ..wgpu::ShaderRuntimeChecks::checked()
             },
         }
     }
@@ -377,7 +379,7 @@ impl Context {
                         source: wgpu::ShaderSource::Wgsl(source.into()),
                     };
                     // SAFETY: wgnorm's kernels keep the invariants `checks` drops (see
-                    // `ShaderChecks`): bounded loops, in-bounds indices, nonzero divisors.
+                    // `ShaderChecks`): bounded loops, in-bounds indices.
                     let m = capture(device, || unsafe {
                         device.create_shader_module_trusted(desc, checks)
                     })?;
@@ -583,6 +585,7 @@ mod tests {
         for backend in [wgpu::Backend::Vulkan, wgpu::Backend::Dx12] {
             let c = ShaderChecks::Auto.runtime_checks(backend);
             assert!(!c.bounds_checks && !c.force_loop_bounding, "{backend:?}");
+            assert!(c.int_div_checks, "{backend:?}");
         }
         for backend in [wgpu::Backend::Metal, wgpu::Backend::Gl] {
             let c = ShaderChecks::Auto.runtime_checks(backend);
