@@ -588,7 +588,7 @@ fn channel_case(
 }
 
 /// The naive gyromidpoint (`naive/poincare_midpoint.wgsl`) of the points of NCHW `x`
-/// (points = pixels, dim = C) into `m` ([C]): one invocation per point for its weight, one per
+/// (points = pixels, dim = C) into `m` (shape `[C]`): one invocation per point for its weight, one per
 /// coordinate for the weighted sums over every point, one for the result.
 fn naive_midpoint(
     ctx: &Context,
