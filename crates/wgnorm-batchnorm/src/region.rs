@@ -51,13 +51,7 @@ pub struct RegionNormInputs<'a> {
 
 impl RegionNormB {
     pub fn new(ctx: &Context, eps: f32, layout: Layout, dtype: DType) -> Result<RegionNormB> {
-        if !(eps.is_finite() && eps >= 0.0) {
-            return Err(Error::InvalidParameter {
-                name: "eps",
-                value: eps.to_string(),
-                why: "must be finite and >= 0",
-            });
-        }
+        wgnorm_core::check_eps(eps)?;
         ctx.check_dtype(dtype)?;
         Ok(RegionNormB {
             ctx: ctx.clone(),

@@ -554,13 +554,7 @@ impl ChannelNorm {
         dtype: DType,
         activation: Activation,
     ) -> Result<ChannelNorm> {
-        if !eps.is_finite() || eps < 0.0 {
-            return Err(Error::InvalidParameter {
-                name: "eps",
-                value: eps.to_string(),
-                why: "must be finite and >= 0",
-            });
-        }
+        crate::check_eps(eps)?;
         ctx.check_dtype(dtype)?;
         let batches = ctx.upload_f32(&[0.0; 4], &[4])?;
         Ok(ChannelNorm {
@@ -814,13 +808,7 @@ impl ChannelNorm {
                 unbiased,
                 estimated,
             } => {
-                if !momentum.is_finite() || !(0.0..=1.0).contains(&momentum) {
-                    return Err(Error::InvalidParameter {
-                        name: "momentum",
-                        value: momentum.to_string(),
-                        why: "must be in [0, 1]",
-                    });
-                }
+                crate::check_unit_interval("momentum", momentum)?;
                 (
                     true,
                     Some(RunningUpdate {
@@ -850,13 +838,7 @@ impl ChannelNorm {
                 (false, None)
             }
             Statistics::Mixed { w_src } => {
-                if !w_src.is_finite() || !(0.0..=1.0).contains(&w_src) {
-                    return Err(Error::InvalidParameter {
-                        name: "w_src",
-                        value: w_src.to_string(),
-                        why: "must be in [0, 1]",
-                    });
-                }
+                crate::check_unit_interval("w_src", w_src)?;
                 if v.count() < 2 && v.numel() > 0 {
                     return Err(Error::InvalidParameter {
                         name: "batch",
@@ -922,13 +904,7 @@ impl ChannelNorm {
         }
         if let Some(u) = update {
             if let Some(m) = u.momentum {
-                if !m.is_finite() || !(0.0..=1.0).contains(&m) {
-                    return Err(Error::InvalidParameter {
-                        name: "momentum",
-                        value: m.to_string(),
-                        why: "must be in [0, 1]",
-                    });
-                }
+                crate::check_unit_interval("momentum", m)?;
             }
             if u.unbiased && v.count() == 1 && v.numel() > 0 {
                 return Err(Error::InvalidParameter {
@@ -1370,13 +1346,7 @@ impl ChannelNorm {
         self.check("moments", merged, view.slots() * 3, DType::F32)?;
         self.check("running_mean", running_mean, view.r, DType::F32)?;
         self.check("running_var", running_var, view.r, DType::F32)?;
-        if !momentum.is_finite() || !(0.0..=1.0).contains(&momentum) {
-            return Err(Error::InvalidParameter {
-                name: "momentum",
-                value: momentum.to_string(),
-                why: "must be in [0, 1]",
-            });
-        }
+        crate::check_unit_interval("momentum", momentum)?;
         if view.count() < 2 && view.numel() > 0 {
             return Err(Error::InvalidParameter {
                 name: "input",

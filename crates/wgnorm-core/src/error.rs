@@ -90,3 +90,27 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `eps`, added to a variance before its square root: finite and >= 0.
+pub fn check_eps(eps: f32) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        return Ok(());
+    }
+    Err(Error::InvalidParameter {
+        name: "eps",
+        value: eps.to_string(),
+        why: "must be finite and >= 0",
+    })
+}
+
+/// A momentum or mixing weight named `name`: in [0, 1] (NaN is not).
+pub fn check_unit_interval(name: &'static str, value: f32) -> Result<()> {
+    if (0.0..=1.0).contains(&value) {
+        return Ok(());
+    }
+    Err(Error::InvalidParameter {
+        name,
+        value: value.to_string(),
+        why: "must be in [0, 1]",
+    })
+}

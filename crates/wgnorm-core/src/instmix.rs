@@ -223,13 +223,7 @@ impl InstanceMix {
             | Method::AdaB2n { momentum, .. }
             | Method::Unified { momentum, .. } => momentum,
         };
-        if !(0.0..=1.0).contains(&momentum) {
-            return Err(Error::InvalidParameter {
-                name: "momentum",
-                value: momentum.to_string(),
-                why: "must be in [0, 1]",
-            });
-        }
+        crate::check_unit_interval("momentum", momentum)?;
         params[5] = momentum.to_bits();
         let mut k_assign = 1;
         match method {

@@ -24,6 +24,6 @@ mod tensor;
 pub use activation::Activation;
 pub use context::{Context, ShaderChecks, Slot};
 pub use dtype::DType;
-pub use error::{Error, Result};
+pub use error::{check_eps, check_unit_interval, Error, Result};
 pub use tensor::Tensor;
 pub use wgpu;

@@ -428,13 +428,7 @@ impl RowNorm {
     /// Checks the configuration (eps finite and >= 0, weight_offset finite, dtype usable on the
     /// device). Pipelines are compiled on the first call of each row length.
     pub fn new(ctx: &Context, cfg: RowNormConfig) -> Result<RowNorm> {
-        if !cfg.eps.is_finite() || cfg.eps < 0.0 {
-            return Err(Error::InvalidParameter {
-                name: "eps",
-                value: cfg.eps.to_string(),
-                why: "must be finite and >= 0",
-            });
-        }
+        crate::check_eps(cfg.eps)?;
         if !cfg.weight_offset.is_finite() {
             return Err(Error::InvalidParameter {
                 name: "weight_offset",

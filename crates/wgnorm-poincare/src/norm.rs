@@ -424,13 +424,7 @@ pub struct PoincareBatchNorm {
 impl PoincareBatchNorm {
     pub fn new(ctx: &Context, cfg: PoincareBatchNormConfig) -> Result<Self> {
         check_curvature(cfg.c)?;
-        if !(0.0..=1.0).contains(&cfg.momentum) {
-            return Err(Error::InvalidParameter {
-                name: "momentum",
-                value: cfg.momentum.to_string(),
-                why: "must be in [0, 1]",
-            });
-        }
+        wgnorm_core::check_unit_interval("momentum", cfg.momentum)?;
         ctx.check_io(Io {
             dtype: cfg.dtype,
             vec4: false,

@@ -71,13 +71,7 @@ pub struct PowerNorm {
 
 impl PowerNorm {
     pub fn new(ctx: &Context, cfg: PowerNormConfig) -> Result<PowerNorm> {
-        if !(0.0..=1.0).contains(&cfg.alpha_fwd) {
-            return Err(Error::InvalidParameter {
-                name: "alpha_fwd",
-                value: cfg.alpha_fwd.to_string(),
-                why: "must be in [0, 1]",
-            });
-        }
+        wgnorm_core::check_unit_interval("alpha_fwd", cfg.alpha_fwd)?;
         if cfg.group_num == 0 {
             return Err(Error::InvalidParameter {
                 name: "group_num",
