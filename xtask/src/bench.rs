@@ -164,15 +164,11 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
     // Naive baseline: lavapipe's loop budget caps a single invocation's passes over a row.
     let naive_ok = !ctx.is_cpu() || 3 * n as u64 + 8 <= rownorm::CPU_LOOP_BUDGET;
     let naive = if naive_ok {
-        let nio = Io { dtype, vec4: false };
-        let flags = [1.0, has_bias as u32 as f64];
-        let consts = [
-            ("WG", 64.0),
+        let consts = vec![
             ("MODE", if mode == RowMode::LayerNorm { 0.0 } else { 1.0 }),
-            ("HAS_WEIGHT", flags[0]),
-            ("HAS_BIAS", flags[1]),
+            ("HAS_WEIGHT", 1.0),
+            ("HAS_BIAS", has_bias as u32 as f64),
         ];
-        let pipeline = ctx.pipeline(Kernel::NaiveRowNorm, nio, rownorm::SLOTS, &consts)?;
         let mut params = [0u32; PARAM_WORDS];
         params[0] = rows as u32;
         params[1] = n as u32;
@@ -180,25 +176,29 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
         params[4] = 1e-5f32.to_bits();
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let (xr, wr, br, yr) = (r(&xt, "x")?, r(&w, "w")?, r(&b, "b")?, r(&y_naive, "y")?);
-        let dummy = ctx.empty(&[4], DType::F32)?;
-        let (d0, d1) = (r(&dummy, "d")?, r(&ctx.empty(&[4], DType::F32)?, "d")?);
-        let (dres, dsum) = (
-            r(&ctx.empty(&[4], DType::F32)?, "d")?,
-            r(&ctx.empty(&[4], DType::F32)?, "d")?,
+        // Statistics, residual and sum are off: the context's dummies stand in, as in RowNorm.
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let (dw0, dw1, dw2) = (
+            binding::dummy_range(ctx.dummy_write(0)),
+            binding::dummy_range(ctx.dummy_write(1)),
+            binding::dummy_range(ctx.dummy_write(2)),
         );
         let bg = BindCache::default().get(
             ctx,
             rownorm::SLOTS,
             &params,
-            &[&xr, &wr, &br, &yr, &d0, &d1, &dres, &dsum],
+            &[&xr, &wr, &br, &yr, &dw0, &dw1, &dr, &dw2],
         )?;
-        let (gx, gy) = binding::grid(ctx, (rows as u64).div_ceil(64));
-        Some(Box::new(move |enc: &mut wgpu::CommandEncoder| {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        }) as Record)
+        let nio = Io { dtype, vec4: false };
+        Some(staged_baseline(
+            ctx,
+            Kernel::NaiveRowNorm,
+            nio,
+            rownorm::SLOTS,
+            bg,
+            vec![(consts, rows)],
+            Vec::new(),
+        )?)
     } else {
         None
     };
@@ -329,6 +329,38 @@ fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
     })
 }
 
+/// A naive baseline recorded as one compute pass: one dispatch of `kernel` per stage
+/// `(constants, invocations)`, 64 invocations per workgroup (`WG` is set here), every stage with
+/// `bind`. `keep` holds the scratch tensors the stages hand results through.
+fn staged_baseline(
+    ctx: &Context,
+    kernel: Kernel,
+    io: Io,
+    slots: &'static [Slot],
+    bind: wgpu::BindGroup,
+    stages: Vec<(Vec<(&'static str, f64)>, usize)>,
+    keep: Vec<Tensor>,
+) -> Result<Record> {
+    let mut passes = Vec::new();
+    for (mut constants, invocations) in stages {
+        constants.push(("WG", 64.0));
+        let pipeline = ctx.pipeline(kernel, io, slots, &constants)?;
+        passes.push((
+            pipeline,
+            binding::grid(ctx, (invocations as u64).div_ceil(64)),
+        ));
+    }
+    Ok(Box::new(move |enc: &mut wgpu::CommandEncoder| {
+        let _keep = &keep;
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (pipeline, (gx, gy)) in &passes {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(*gx, *gy, 1);
+        }
+    }))
+}
+
 /// Bind-group slots of the naive batch-statistics baseline.
 const NAIVE_CHANNEL_SLOTS: &[Slot] = &[
     Slot::Uniform,
@@ -411,30 +443,24 @@ fn naive_channel(
         vec4: false,
     };
     let first_stage = if op == "batch_norm_infer" { 2 } else { 0 };
-    let mut stages = Vec::new();
-    for (stage, items) in [(0u32, planes), (1, slots), (2, planes * hw)]
+    let stages = [(0.0, planes), (1.0, slots), (2.0, planes * hw)]
         .into_iter()
         .skip(first_stage)
-    {
-        let mut constants = vec![("WG", 64.0), ("STAGE", stage as f64)];
-        constants.extend(act.constants());
-        let pipeline = ctx.pipeline(
-            Kernel::NaiveChannelNorm,
-            io,
-            NAIVE_CHANNEL_SLOTS,
-            &constants,
-        )?;
-        stages.push((pipeline, binding::grid(ctx, (items as u64).div_ceil(64))));
-    }
-    Ok(Box::new(move |enc: &mut wgpu::CommandEncoder| {
-        let _keep = (&plane_stats, &slot_stats);
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        for (pipeline, (gx, gy)) in &stages {
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(*gx, *gy, 1);
-        }
-    }))
+        .map(|(stage, items)| {
+            let mut constants = vec![("STAGE", stage)];
+            constants.extend(act.constants());
+            (constants, items)
+        })
+        .collect();
+    staged_baseline(
+        ctx,
+        Kernel::NaiveChannelNorm,
+        io,
+        NAIVE_CHANNEL_SLOTS,
+        bind,
+        stages,
+        vec![plane_stats, slot_stats],
+    )
 }
 
 /// A batch-statistics op on an `(N, C, H, W)` activation in `layout`, with its naive baseline.
@@ -626,21 +652,19 @@ fn naive_midpoint(
         dtype: DType::F32,
         vec4: false,
     };
-    let mut stages = Vec::new();
-    for (stage, items) in [(0u32, p), (1, d + 1), (2, 1)] {
-        let constants = [("WG", 64.0), ("STAGE", stage as f64)];
-        let pipeline = ctx.pipeline(Kernel::NaivePoincareMidpoint, io, SLOTS, &constants)?;
-        stages.push((pipeline, binding::grid(ctx, (items as u64).div_ceil(64))));
-    }
-    Ok(Box::new(move |enc: &mut wgpu::CommandEncoder| {
-        let _keep = (&weights, &sums);
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        for (pipeline, (gx, gy)) in &stages {
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(*gx, *gy, 1);
-        }
-    }))
+    let stages = [(0.0, p), (1.0, d + 1), (2.0, 1)]
+        .into_iter()
+        .map(|(stage, items)| (vec![("STAGE", stage)], items))
+        .collect();
+    staged_baseline(
+        ctx,
+        Kernel::NaivePoincareMidpoint,
+        io,
+        SLOTS,
+        bind,
+        stages,
+        vec![weights, sums],
+    )
 }
 
 /// The hyperbolic family on an NCHW activation (points = pixels, dim = C): the gyromidpoint
