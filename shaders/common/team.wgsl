@@ -14,7 +14,7 @@ fn team_sum(v: f32, sg_size: u32) -> f32 {
 
 // Moments merged over a team (Chan's merge along a butterfly), then lane `first`'s result for
 // every lane: merge order differs per lane, and all must normalize with the same statistics.
-fn team_moments(m: Moments, sg_size: u32, first: u32) -> Moments {
+fn team_moments(m: Moments, first: u32) -> Moments {
     var r = m;
     for (var o = TEAM / 2u; o > 0u; o = o >> 1u) {
         let other = Moments(

@@ -62,7 +62,7 @@ fn main(
         for (var i = lane; i < nv; i = i + TEAM) {
             m = moments_push(m, load_x_first(base + i) - shift);
         }
-        m = team_moments(m, sg_size, sg_lane - lane);
+        m = team_moments(m, sg_lane - lane);
         let rstd = inverseSqrt(max(m.m2 / f32(params.n), 0.0) + params.eps);
         for (var i = lane; i < nv; i = i + TEAM) {
             y[base + i] = from_v(normalize_affine(load_x(base + i) - shift, i, m.mean, rstd));

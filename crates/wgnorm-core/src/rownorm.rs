@@ -130,7 +130,6 @@ fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> RowKernel {
         // Rows per group: enough lanes to fill the subgroups, as many as the cache holds, and
         // the workgroup a multiple of the largest subgroup so no subgroup is partial.
         let lanes_target: u32 = if a.cpu { 64 } else { 256 };
-        let team_fits = a.cpu || n <= 1024;
         let step = (sg_max / team).max(1);
         let mut rows = (lanes_target / team).max(step).div_ceil(step) * step;
         // Registers, with loops of a pipeline-constant trip count that compilers unroll. On CPU
@@ -142,6 +141,19 @@ fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> RowKernel {
                 rows_per_group: rows,
                 rows_per_team: if a.cpu { CPU_ROWS_PER_TEAM } else { 1 },
             };
+        }
+        // CPU adapters: the uncached team (x read twice: Chan-merged statistics, then the
+        // output) beats caching the row in workgroup memory, whose traffic costs as much as
+        // memory's there and the cached LayerNorm's extra pass over it more (llvmpipe,
+        // 1024 x 4096, three runs each: LayerNorm 0.36 -> 0.48 of copy, RMSNorm 0.41 -> 0.57).
+        // It also beats a barrier-bound workgroup, within the loop budget.
+        let uncached = RowKernel::Team {
+            team,
+            rows_per_group: step,
+            cached: false,
+        };
+        if a.cpu && loop_iterations(uncached, n_vec) <= CPU_LOOP_BUDGET {
+            return uncached;
         }
         let fits = |rows: u32| {
             cache_len_for(
@@ -159,19 +171,7 @@ fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> RowKernel {
         while rows > step && !fits(rows) {
             rows -= step;
         }
-        // CPU adapters: the uncached team (x read twice: Chan-merged statistics, then the
-        // output) beats caching the row in workgroup memory, whose traffic costs as much as
-        // memory's there and the cached LayerNorm's extra pass over it more (llvmpipe,
-        // 1024 x 4096, three runs each: LayerNorm 0.36 -> 0.48 of copy, RMSNorm 0.41 -> 0.57).
-        // It also beats a barrier-bound workgroup, within the loop budget.
-        let uncached = RowKernel::Team {
-            team,
-            rows_per_group: step,
-            cached: false,
-        };
-        if a.cpu && loop_iterations(uncached, n_vec) <= CPU_LOOP_BUDGET {
-            return uncached;
-        }
+        let team_fits = a.cpu || n <= 1024;
         if team_fits && rows * team <= a.max_invocations && fits(rows) {
             return RowKernel::Team {
                 team,
