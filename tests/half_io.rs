@@ -3,6 +3,7 @@
 //! every f16 pattern, and f32 patterns around every rounding boundary of every exponent.
 
 use wgnorm_core::shader::HALF_CONVERSIONS_WGSL;
+use wgnorm_core::{DType, Tensor};
 use wgnorm_tests::ctx;
 
 const HARNESS: &str = r#"
@@ -31,8 +32,8 @@ fn pack(@builtin(global_invocation_id) g: vec3<u32>) {
 "#;
 
 /// Runs entry point `entry` over `input` (a multiple of 4 words) and returns the output words.
+/// The words travel as f32 tensors: upload and download copy their bits unchanged.
 fn run(entry: &str, input: &[u32]) -> Vec<u32> {
-    use wgpu::util::DeviceExt;
     let ctx = ctx();
     let device = ctx.device();
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -47,35 +48,27 @@ fn run(entry: &str, input: &[u32]) -> Vec<u32> {
         compilation_options: Default::default(),
         cache: None,
     });
-    let bytes = (input.len() * 4) as u64;
-    let src = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("src"),
-        contents: bytemuck::cast_slice(input),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
-    let dst = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("dst"),
-        size: bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let read = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("read"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let words: Vec<f32> = input.iter().map(|&w| f32::from_bits(w)).collect();
+    let src = ctx.upload_f32(&words, &[words.len()]).unwrap();
+    let dst = ctx.empty(&[words.len()], DType::F32).unwrap();
+    fn binding(t: &Tensor) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: t.buffer(),
+            offset: t.offset(),
+            size: std::num::NonZeroU64::new(t.byte_len()),
+        })
+    }
     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &pipeline.get_bind_group_layout(0),
         entries: &[
             wgpu::BindGroupEntry {
                 binding: 0,
-                resource: src.as_entire_binding(),
+                resource: binding(&src),
             },
             wgpu::BindGroupEntry {
                 binding: 1,
-                resource: dst.as_entire_binding(),
+                resource: binding(&dst),
             },
         ],
     });
@@ -88,15 +81,12 @@ fn run(entry: &str, input: &[u32]) -> Vec<u32> {
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
     }
-    enc.copy_buffer_to_buffer(&dst, 0, &read, 0, bytes);
     ctx.queue().submit([enc.finish()]);
-    read.slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
-    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-    let view = read.slice(..).get_mapped_range().unwrap();
-    let out = bytemuck::cast_slice(&view).to_vec();
-    drop(view);
-    out
+    ctx.download(&dst)
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
 }
 
 #[test]
