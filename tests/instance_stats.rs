@@ -28,6 +28,21 @@ fn in_layout(v: &[f64], n: usize, c: usize, hw: usize, layout: Layout) -> Vec<f6
     }
 }
 
+/// Uploads NCHW values `x` of shape `[n, c, h, w]` as a tensor in `layout` and `dtype`.
+fn upload_in_layout(
+    c_: &Context,
+    x: &[f64],
+    [n, c, h, w]: [usize; 4],
+    layout: Layout,
+    dtype: DType,
+) -> Tensor {
+    let xl: Vec<f32> = in_layout(x, n, c, h * w, layout)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap()
+}
+
 fn tol(dtype: DType) -> (f64, f64) {
     match dtype {
         DType::F32 => (2e-5, 2e-5),
@@ -78,11 +93,7 @@ fn ibn_over_steps() {
                 0.1,
                 1e-5,
             );
-            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let xt = c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap();
+            let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, dtype);
             let inputs = IbnInputs {
                 x: &xt,
                 weight: &w_t,
@@ -182,11 +193,7 @@ fn evonorm_b0_over_steps() {
                 running == EvoRunningVar::TimmUnbiased,
                 eps,
             );
-            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let xt = c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap();
+            let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, dtype);
             let inputs = EvoNormB0Inputs {
                 x: &xt,
                 weight: &w_t,
@@ -256,11 +263,7 @@ fn unmix_tns_over_steps() {
                 0.07,
                 1e-5,
             );
-            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let xt = c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap();
+            let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, dtype);
             let inputs = UnmixTnsInputs {
                 x: &xt,
                 weight: &w_t,
@@ -414,11 +417,7 @@ fn region_norm_b_matches_the_official_formulation() {
             1e-5,
         );
         let op = RegionNormB::new(c_, 1e-5, layout, dtype).unwrap();
-        let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        let xt = c_.upload(&xl, &shape(n, c, h, w, layout), dtype).unwrap();
+        let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, dtype);
         let mshape = match layout {
             Layout::Nchw => vec![n, 1, hm, wm],
             Layout::Nhwc => vec![n, hm, wm, 1],
@@ -515,11 +514,7 @@ fn estbn_and_adaptive_bn_over_steps() {
                     (o.y, o.running_mean, o.running_var)
                 }
             };
-            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let xt = c_.upload_f32(&xl, &shape(n, c, h, w, layout)).unwrap();
+            let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, DType::F32);
             let y = c_.empty(xt.shape(), DType::F32).unwrap();
             let inputs = BatchNormInputs {
                 x: &xt,
@@ -694,11 +689,7 @@ fn adab2n_task_weighted_over_steps() {
                 eta as f64,
                 1e-5,
             );
-            let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let xt = c_.upload_f32(&xl, &shape(n, c, h, w, layout)).unwrap();
+            let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, DType::F32);
             let inputs = AdaB2nInputs {
                 x: &xt,
                 weight: &w_t,
@@ -782,11 +773,7 @@ fn region_norm_l_matches_reference() {
             1e-5,
         );
         let op = RegionNormL::new(c_, 1e-5, threshold as f32, layout, DType::F32).unwrap();
-        let xl: Vec<f32> = in_layout(&xr, n, c, hw, layout)
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        let xt = c_.upload_f32(&xl, &shape(n, c, h, w, layout)).unwrap();
+        let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, DType::F32);
         let (mt, gt, bt) = (
             c_.upload_f32(&mc, &[1, 2, 7, 7]).unwrap(),
             c_.upload_f32(&gc, &[1, 1, 7, 7]).unwrap(),
