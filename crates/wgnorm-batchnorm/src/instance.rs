@@ -6,13 +6,6 @@ use wgnorm_core::chnorm::Layout;
 use wgnorm_core::instmix::{InstanceMix, InstanceMixArgs, Method};
 use wgnorm_core::{Context, DType, Error, Result, Tensor};
 
-fn submit(ctx: &Context, f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    f(&mut enc)?;
-    ctx.queue().submit([enc.finish()]);
-    Ok(())
-}
-
 fn channels(x: &Tensor, layout: Layout) -> Result<usize> {
     let s = x.shape();
     if s.len() < 2 {
@@ -113,7 +106,8 @@ impl IbnNorm {
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &IbnInputs, training: bool) -> Result<Tensor> {
         let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        submit(&self.ctx, |enc| self.encode(enc, inputs, &y, training))?;
+        self.ctx
+            .record_and_submit(|enc| self.encode(enc, inputs, &y, training))?;
         Ok(y)
     }
 }
@@ -196,7 +190,8 @@ impl EvoNormB0 {
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &EvoNormB0Inputs, training: bool) -> Result<Tensor> {
         let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        submit(&self.ctx, |enc| self.encode(enc, inputs, &y, training))?;
+        self.ctx
+            .record_and_submit(|enc| self.encode(enc, inputs, &y, training))?;
         Ok(y)
     }
 }
@@ -329,7 +324,8 @@ impl UnmixTns {
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &UnmixTnsInputs) -> Result<Tensor> {
         let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        submit(&self.ctx, |enc| self.encode(enc, inputs, &y))?;
+        self.ctx
+            .record_and_submit(|enc| self.encode(enc, inputs, &y))?;
         Ok(y)
     }
 }
@@ -399,7 +395,8 @@ impl AdaB2nTaskWeighted {
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &AdaB2nInputs, eta: f32) -> Result<Tensor> {
         let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        submit(&self.ctx, |enc| self.encode(enc, inputs, &y, eta))?;
+        self.ctx
+            .record_and_submit(|enc| self.encode(enc, inputs, &y, eta))?;
         Ok(y)
     }
 }

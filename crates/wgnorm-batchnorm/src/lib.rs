@@ -516,14 +516,14 @@ impl BatchNorm {
     pub fn forward(&self, inputs: &BatchNormInputs, training: bool) -> Result<Tensor> {
         let ctx = self.engine.context();
         let y = ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
-        self.encode(
-            &mut enc,
-            inputs,
-            &BatchNormOutputs { y: &y, saved: None },
-            training,
-        )?;
-        ctx.queue().submit([enc.finish()]);
+        ctx.record_and_submit(|enc| {
+            self.encode(
+                enc,
+                inputs,
+                &BatchNormOutputs { y: &y, saved: None },
+                training,
+            )
+        })?;
         Ok(y)
     }
 }

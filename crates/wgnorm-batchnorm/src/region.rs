@@ -117,12 +117,7 @@ impl RegionNormB {
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, a: &RegionNormInputs) -> Result<Tensor> {
         let y = self.ctx.empty(a.x.shape(), self.dtype)?;
-        let mut enc = self
-            .ctx
-            .device()
-            .create_command_encoder(&Default::default());
-        self.encode(&mut enc, a, &y)?;
-        self.ctx.queue().submit([enc.finish()]);
+        self.ctx.record_and_submit(|enc| self.encode(enc, a, &y))?;
         Ok(y)
     }
 }
@@ -230,12 +225,7 @@ impl RegionNormL {
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, a: &RegionNormLInputs) -> Result<Tensor> {
         let y = self.ctx.empty(a.x.shape(), self.dtype)?;
-        let mut enc = self
-            .ctx
-            .device()
-            .create_command_encoder(&Default::default());
-        self.encode(&mut enc, a, &y)?;
-        self.ctx.queue().submit([enc.finish()]);
+        self.ctx.record_and_submit(|enc| self.encode(enc, a, &y))?;
         Ok(y)
     }
 }

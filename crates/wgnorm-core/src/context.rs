@@ -483,6 +483,21 @@ impl Context {
         }
     }
 
+    /// Records `f` into a new command encoder and submits it, without waiting: the convenience
+    /// `forward` paths (an app records into its own encoder instead).
+    pub fn record_and_submit(
+        &self,
+        f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<()> {
+        let mut enc = self
+            .inner
+            .device
+            .create_command_encoder(&Default::default());
+        f(&mut enc)?;
+        self.inner.queue.submit([enc.finish()]);
+        Ok(())
+    }
+
     /// Copies a tensor back to the host as f32 (f16 widened exactly). Blocks until the GPU is done
     /// with all work submitted so far: for tests and tools, not for a frame loop.
     pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {

@@ -76,12 +76,7 @@ impl Elementwise {
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.ctx.empty(x.shape(), self.dtype)?;
-        let mut enc = self
-            .ctx
-            .device()
-            .create_command_encoder(&Default::default());
-        self.encode(&mut enc, x, &y)?;
-        self.ctx.queue().submit([enc.finish()]);
+        self.ctx.record_and_submit(|enc| self.encode(enc, x, &y))?;
         Ok(y)
     }
 }

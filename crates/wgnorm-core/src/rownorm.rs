@@ -772,24 +772,21 @@ impl RowNorm {
         } else {
             (None, None)
         };
-        let mut enc = self
-            .ctx
-            .device()
-            .create_command_encoder(&Default::default());
-        self.encode(
-            &mut enc,
-            &RowNormArgs {
-                x,
-                weight,
-                bias,
-                y: &y,
-                mean: mean.as_ref(),
-                rstd: rstd.as_ref(),
-                residual: None,
-                sum: None,
-            },
-        )?;
-        self.ctx.queue().submit([enc.finish()]);
+        self.ctx.record_and_submit(|enc| {
+            self.encode(
+                enc,
+                &RowNormArgs {
+                    x,
+                    weight,
+                    bias,
+                    y: &y,
+                    mean: mean.as_ref(),
+                    rstd: rstd.as_ref(),
+                    residual: None,
+                    sum: None,
+                },
+            )
+        })?;
         Ok((y, mean, rstd))
     }
 

@@ -3,9 +3,9 @@
 //! GroupNorm: statistics per (sample, group of C / G channels) over those channels and the
 //! spatial dims (biased variance), per-channel affine, and an optional activation in the same
 //! pass (`Activation::Silu`: the diffusion-UNet GroupNorm+SiLU block). InstanceNorm is GroupNorm
-//! with G = C. Batch statistics in training and inference alike (PyTorch's defaults;
-//! `track_running_stats` for InstanceNorm is not implemented yet). x, y in f32 or f16; weight and
-//! bias f32 `[C]`.
+//! with G = C. Batch statistics in training and inference alike (PyTorch's defaults);
+//! InstanceNorm's `track_running_stats` is [`InstanceNorm::encode_tracked`]. x, y in f32 or f16;
+//! weight and bias f32 `[C]`.
 
 pub use wgnorm_core::chnorm::{Activation, Layout};
 use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
@@ -237,9 +237,7 @@ fn forward(
 ) -> Result<Tensor> {
     let ctx = engine.context();
     let y = ctx.empty(inputs.x.shape(), dtype)?;
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    enc_fn(&mut enc, &NormOutputs { y: &y, saved: None })?;
-    ctx.queue().submit([enc.finish()]);
+    ctx.record_and_submit(|enc| enc_fn(enc, &NormOutputs { y: &y, saved: None }))?;
     Ok(y)
 }
 

@@ -168,15 +168,13 @@ impl LayerNorm {
         let dtype = self.engine.config().dtype;
         let y = ctx.empty(inputs.x.shape(), dtype)?;
         let sum = ctx.empty(inputs.x.shape(), dtype)?;
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
         let outputs = AddLayerNormOutputs {
             y: &y,
             sum: Some(&sum),
             mean: None,
             rstd: None,
         };
-        self.encode_add(&mut enc, inputs, &outputs)?;
-        ctx.queue().submit([enc.finish()]);
+        ctx.record_and_submit(|enc| self.encode_add(enc, inputs, &outputs))?;
         Ok((y, sum))
     }
 

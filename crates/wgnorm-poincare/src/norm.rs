@@ -343,12 +343,7 @@ impl PoincareMidpoint {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let view = PointView::new(x.shape(), self.axis, "poincare midpoint")?;
         let m = self.ctx.empty(&[view.d], self.dtype)?;
-        let mut enc = self
-            .ctx
-            .device()
-            .create_command_encoder(&Default::default());
-        self.encode(&mut enc, x, &m)?;
-        self.ctx.queue().submit([enc.finish()]);
+        self.ctx.record_and_submit(|enc| self.encode(enc, x, &m))?;
         Ok(m)
     }
 }
@@ -516,12 +511,8 @@ impl PoincareBatchNorm {
         statistics: PoincareStatistics,
     ) -> Result<Tensor> {
         let y = self.ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
-        let mut enc = self
-            .ctx
-            .device()
-            .create_command_encoder(&Default::default());
-        self.encode(&mut enc, inputs, &y, statistics)?;
-        self.ctx.queue().submit([enc.finish()]);
+        self.ctx
+            .record_and_submit(|enc| self.encode(enc, inputs, &y, statistics))?;
         Ok(y)
     }
 }

@@ -158,14 +158,12 @@ impl RmsNorm {
         let dtype = self.engine.config().dtype;
         let y = ctx.empty(inputs.x.shape(), dtype)?;
         let sum = ctx.empty(inputs.x.shape(), dtype)?;
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
         let outputs = AddRmsNormOutputs {
             y: &y,
             sum: Some(&sum),
             rstd: None,
         };
-        self.encode_add(&mut enc, inputs, &outputs)?;
-        ctx.queue().submit([enc.finish()]);
+        ctx.record_and_submit(|enc| self.encode_add(enc, inputs, &outputs))?;
         Ok((y, sum))
     }
 
@@ -175,16 +173,16 @@ impl RmsNorm {
         let ctx = self.engine.context();
         let y = ctx.empty(inputs.x.shape(), self.engine.config().dtype)?;
         let rstd = ctx.empty(&[rows], DType::F32)?;
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
-        self.encode(
-            &mut enc,
-            inputs,
-            &RmsNormOutputs {
-                y: &y,
-                rstd: Some(&rstd),
-            },
-        )?;
-        ctx.queue().submit([enc.finish()]);
+        ctx.record_and_submit(|enc| {
+            self.encode(
+                enc,
+                inputs,
+                &RmsNormOutputs {
+                    y: &y,
+                    rstd: Some(&rstd),
+                },
+            )
+        })?;
         Ok(RmsNormOutput { y, rstd })
     }
 }

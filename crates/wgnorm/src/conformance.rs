@@ -656,10 +656,9 @@ fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outputs, String>
         weight: w.as_ref(),
         bias: b.as_ref(),
     };
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    op.encode(&mut enc, &inputs, &y, a.bool("training", false)?)
+    let training = a.bool("training", false)?;
+    ctx.record_and_submit(|enc| op.encode(enc, &inputs, &y, training))
         .map_err(err)?;
-    ctx.queue().submit([enc.finish()]);
     let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
     if let (Some(rm), Some(rv)) = (&rm, &rv) {
         out.insert("running_mean".into(), download(ctx, rm)?);
@@ -714,9 +713,8 @@ impl BnTensors {
             y: &self.y,
             saved: None,
         };
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
-        f(&mut enc, &inputs, &outputs).map_err(err)?;
-        ctx.queue().submit([enc.finish()]);
+        ctx.record_and_submit(|enc| f(enc, &inputs, &outputs))
+            .map_err(err)?;
         let mut out = BTreeMap::from([("y".to_string(), download(ctx, &self.y)?)]);
         if let (Some(rm), Some(rv)) = (&self.rm, &self.rv) {
             out.insert("running_mean".into(), download(ctx, rm)?);
@@ -872,15 +870,14 @@ fn run_power_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         running_phi: &phi,
     };
     let training = a.bool("training", false)?;
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
     if training {
         required(case, "step")?;
         let step = u64::try_from(a.int("step", 0)?).map_err(|_| "step < 0".to_string())?;
-        op.encode_train(&mut enc, &inputs, &y, step).map_err(err)?;
+        ctx.record_and_submit(|enc| op.encode_train(enc, &inputs, &y, step))
     } else {
-        op.encode_infer(&mut enc, &inputs, &y).map_err(err)?;
+        ctx.record_and_submit(|enc| op.encode_infer(enc, &inputs, &y))
     }
-    ctx.queue().submit([enc.finish()]);
+    .map_err(err)?;
     let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
     if training {
         out.insert("running_phi".into(), download(ctx, &phi)?);
@@ -903,7 +900,10 @@ fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Outputs, String>
 fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let a = Attrs::new(case, &["eps", "training"])?;
     if a.bool("training", false)? {
-        return Err("unified_norm: the training form is not implemented yet".into());
+        return Err(
+            "unified_norm: the case format defines only the inference form (a training step needs the window state it does not carry)"
+                .into(),
+        );
     }
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -915,10 +915,8 @@ fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     );
     let rv = upload_param(ctx, case, "running_var")?.ok_or("case lacks input \"running_var\"")?;
     let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    op.encode_infer(&mut enc, &xt, w.as_ref(), b.as_ref(), &rv, &y)
+    ctx.record_and_submit(|enc| op.encode_infer(enc, &xt, w.as_ref(), b.as_ref(), &rv, &y))
         .map_err(err)?;
-    ctx.queue().submit([enc.finish()]);
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }
 
