@@ -131,24 +131,6 @@ fn evo_b0(ch: u32) {
     }
 }
 
-var<workgroup> red: array<f32, WG>;
-
-// Sum over the workgroup, returned to every invocation (uniform control flow only).
-fn wg_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    red[lid] = v;
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if lid < h {
-            red[lid] += red[lid + h];
-        }
-    }
-    workgroupBarrier();
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
 fn unified(lid: u32) {
     let c = params.c;
     let m = params.k;

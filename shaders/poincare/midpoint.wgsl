@@ -58,8 +58,6 @@ const N_SCALARS: u32 = 16u;
 @group(0) @binding(6) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(7) var<storage, read_write> running_var: array<f32>;
 
-var<workgroup> red: array<f32, WG>;
-
 fn off_beta() -> u32 {
     return params.d;
 }
@@ -82,19 +80,6 @@ fn scalar(i: u32) -> f32 {
     return scratch[off_scalars() + i];
 }
 
-// Sum of `v` over the workgroup, returned to every invocation (uniform control flow only).
-fn wg_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    red[lid] = v;
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if lid < h {
-            red[lid] += red[lid + h];
-        }
-    }
-    workgroupBarrier();
-    return red[0];
-}
 
 fn xv(base: u32, k: u32) -> f32 {
     return to_v(x[base + k * params.s]);

@@ -24,6 +24,7 @@ const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
 /// `vec4<u32>` bit patterns), public so tests can check them exhaustively in a shader of their own.
 pub const HALF_CONVERSIONS_WGSL: &str = shader_file!("common/half.wgsl");
 const MOMENTS: &str = shader_file!("common/moments.wgsl");
+const WG_SUM: &str = shader_file!("common/workgroup_sum.wgsl");
 const CHUNK: &str = shader_file!("common/chunk.wgsl");
 const ACTIVATION: &str = shader_file!("common/activation.wgsl");
 const WG_MOMENTS: &str = shader_file!("common/workgroup_moments.wgsl");
@@ -242,7 +243,7 @@ impl Kernel {
             Kernel::ChannelApply => &[ACTIVATION, CHANNEL_COMMON, CHANNEL_APPLY],
             Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
             Kernel::ChannelInstanceRunning => &[MOMENTS, CHANNEL_COMMON, CHANNEL_INSTANCE_RUNNING],
-            Kernel::ChannelInstanceMix => &[MOMENTS, CHANNEL_INSTANCE_MIX],
+            Kernel::ChannelInstanceMix => &[MOMENTS, WG_SUM, CHANNEL_INSTANCE_MIX],
             Kernel::ChannelRegion => &[MOMENTS, CHANNEL_REGION],
             Kernel::FoldBatchNorm => &[FOLD_BATCH_NORM],
             Kernel::Copy => &[COPY],
@@ -253,7 +254,7 @@ impl Kernel {
             Kernel::AlphaDropout => &[ALPHA_DROPOUT],
             Kernel::Blend => &[BLEND],
             Kernel::PoincareBall => &[POINCARE_COMMON, POINCARE_BALL],
-            Kernel::PoincareMidpoint => &[POINCARE_COMMON, POINCARE_MIDPOINT],
+            Kernel::PoincareMidpoint => &[POINCARE_COMMON, WG_SUM, POINCARE_MIDPOINT],
         }
     }
 
