@@ -1361,7 +1361,7 @@ fn rep_batch_norm_inference_folds_to_scale_and_shift() {
 /// of 16 accesses or one), forced on this adapter, so the paths GPUs take are checked here too.
 #[test]
 fn every_moments_lane_mapping_matches_reference() {
-    use wgnorm::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, LanePlan, Statistics};
+    use wgnorm::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, LanePlan};
     let c_ = ctx();
     for (n, c, hw) in [(4, 12, 37), (3, 64, 100), (2, 9, 1024)] {
         let x: Vec<f32> = noise(200 + c as u64, n * c * hw)
@@ -1425,23 +1425,7 @@ fn every_moments_lane_mapping_matches_reference() {
                     let y = c_.empty(&shape, DType::F32).unwrap();
                     let mut enc = c_.device().create_command_encoder(&Default::default());
                     engine
-                        .encode(
-                            &mut enc,
-                            &ChannelNormArgs {
-                                x: &xt,
-                                y: &y,
-                                view,
-                                weight: None,
-                                bias: None,
-                                running_mean: None,
-                                running_var: None,
-                                stats: None,
-                                statistics: Statistics::Batch(None),
-                                moments: None,
-                                aux: None,
-                                mask: None,
-                            },
-                        )
+                        .encode(&mut enc, &ChannelNormArgs::new(&xt, &y, view))
                         .unwrap();
                     c_.queue().submit([enc.finish()]);
                     let want_l = match layout {

@@ -146,9 +146,6 @@ impl BatchNorm {
         self.engine.encode(
             encoder,
             &ChannelNormArgs {
-                x: inputs.x,
-                y: outputs.y,
-                view,
                 weight: inputs.weight,
                 bias: inputs.bias,
                 running_mean: inputs.running_mean,
@@ -157,7 +154,7 @@ impl BatchNorm {
                 statistics,
                 moments,
                 aux: alpha.map(Aux::Alpha),
-                mask: None,
+                ..ChannelNormArgs::new(inputs.x, outputs.y, view)
             },
         )
     }
@@ -283,18 +280,11 @@ impl BatchNorm {
             self.ghost_moments
                 .get(ctx, inputs.x.shape(), &[view.slots(), 3], DType::F32)?;
         let args = ChannelNormArgs {
-            x: inputs.x,
-            y: outputs.y,
-            view,
             weight: inputs.weight,
             bias: inputs.bias,
-            running_mean: None,
-            running_var: None,
             stats: outputs.saved,
-            statistics: Statistics::Batch(None),
             moments: Some(&moments),
-            aux: None,
-            mask: None,
+            ..ChannelNormArgs::new(inputs.x, outputs.y, view)
         };
         // Every pass is checked before the first is recorded.
         self.engine.check_args(&args)?;
@@ -762,18 +752,9 @@ impl BatchChannelNorm {
             running_var: inputs.running_var,
         };
         let channel_args = ChannelNormArgs {
-            x: &tmp,
-            y,
-            view,
             weight: inputs.weight,
             bias: inputs.bias,
-            running_mean: None,
-            running_var: None,
-            stats: None,
-            statistics: Statistics::Batch(None),
-            moments: None,
-            aux: None,
-            mask: None,
+            ..ChannelNormArgs::new(&tmp, y, view)
         };
         // Check the second pass before recording the first.
         self.channel.check_args(&channel_args)?;

@@ -376,6 +376,28 @@ pub struct ChannelNormArgs<'a> {
     pub mask: Option<&'a Tensor>,
 }
 
+impl<'a> ChannelNormArgs<'a> {
+    /// `x` to `y` in `view` with batch statistics and nothing else: no affine, no running
+    /// statistics, no saved statistics, no merged moments, aux input or mask. Set the rest with
+    /// struct update syntax: `ChannelNormArgs { weight, ..ChannelNormArgs::new(x, y, view) }`.
+    pub fn new(x: &'a Tensor, y: &'a Tensor, view: ChannelView) -> ChannelNormArgs<'a> {
+        ChannelNormArgs {
+            x,
+            y,
+            view,
+            weight: None,
+            bias: None,
+            running_mean: None,
+            running_var: None,
+            stats: None,
+            statistics: Statistics::Batch(None),
+            moments: None,
+            aux: None,
+            mask: None,
+        }
+    }
+}
+
 /// Extra inputs of the apply pass.
 #[derive(Clone, Copy, Debug)]
 pub enum Aux<'a> {

@@ -155,18 +155,13 @@ impl InstanceNorm {
     ) -> Result<()> {
         let view = ChannelView::instance_norm(inputs.x.shape(), self.cfg.layout)?;
         let mut args = ChannelNormArgs {
-            x: inputs.x,
-            y: outputs.y,
-            view,
             weight: inputs.weight,
             bias: inputs.bias,
             running_mean: Some(running_mean),
             running_var: Some(running_var),
             stats: outputs.saved,
             statistics: Statistics::Running,
-            moments: None,
-            aux: None,
-            mask: None,
+            ..ChannelNormArgs::new(inputs.x, outputs.y, view)
         };
         if !training {
             return self.engine.encode(encoder, &args);
@@ -213,18 +208,10 @@ fn encode(
     engine.encode(
         encoder,
         &ChannelNormArgs {
-            x: inputs.x,
-            y: outputs.y,
-            view,
             weight: inputs.weight,
             bias: inputs.bias,
-            running_mean: None,
-            running_var: None,
             stats: outputs.saved,
-            statistics: Statistics::Batch(None),
-            moments: None,
-            aux: None,
-            mask: None,
+            ..ChannelNormArgs::new(inputs.x, outputs.y, view)
         },
     )
 }
@@ -497,18 +484,11 @@ impl EvoNormS0 {
         self.engine.encode(
             encoder,
             &ChannelNormArgs {
-                x: inputs.x,
-                y: outputs.y,
-                view,
                 weight: inputs.weight,
                 bias: inputs.bias,
-                running_mean: None,
-                running_var: None,
                 stats: outputs.saved,
-                statistics: Statistics::Batch(None),
-                moments: None,
                 aux: Some(Aux::EvoS0(v)),
-                mask: None,
+                ..ChannelNormArgs::new(inputs.x, outputs.y, view)
             },
         )
     }

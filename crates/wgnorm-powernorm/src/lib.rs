@@ -184,18 +184,12 @@ impl PowerNorm {
             sdiv: 1,
         };
         let args = ChannelNormArgs {
-            x: &scaled,
-            y,
-            view,
             weight: inputs.weight,
             bias: inputs.bias,
-            running_mean: None,
             running_var: Some(inputs.running_phi),
-            stats: None,
             statistics,
-            moments: None,
-            aux: None,
             mask: inputs.pad_mask,
+            ..ChannelNormArgs::new(&scaled, y, view)
         };
         // The second pass is checked before the first is recorded.
         self.engine.check_args(&args)?;
@@ -219,20 +213,7 @@ impl PowerNorm {
 
 /// One L2-normalization pass of SinkGD from `src` into `dst`.
 fn l2_args<'a>(view: ChannelView, src: &'a Tensor, dst: &'a Tensor) -> ChannelNormArgs<'a> {
-    ChannelNormArgs {
-        x: src,
-        y: dst,
-        view,
-        weight: None,
-        bias: None,
-        running_mean: None,
-        running_var: None,
-        stats: None,
-        statistics: Statistics::Batch(None),
-        moments: None,
-        aux: None,
-        mask: None,
-    }
+    ChannelNormArgs::new(src, dst, view)
 }
 
 /// SinkGD's row/column normalization (NORMS.md B4; third-party ports only, so the conventions
@@ -477,18 +458,11 @@ impl UnifiedNorm {
         self.engine.encode(
             encoder,
             &ChannelNormArgs {
-                x,
-                y,
-                view,
                 weight,
                 bias,
-                running_mean: None,
                 running_var: Some(running_var),
-                stats: None,
                 statistics: Statistics::Running,
-                moments: None,
-                aux: None,
-                mask: None,
+                ..ChannelNormArgs::new(x, y, view)
             },
         )
     }
