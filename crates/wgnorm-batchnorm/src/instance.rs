@@ -26,7 +26,6 @@ fn channels(x: &Tensor, layout: Layout) -> Result<usize> {
 /// unbiased running variance), concatenated in that order, in one call; `half = floor(C * ratio)`
 /// (an odd C gives the BatchNorm part the extra channel). IBN-b is an InstanceNorm placement.
 pub struct IbnNorm {
-    ctx: Context,
     ratio: f32,
     momentum: f32,
     layout: Layout,
@@ -62,7 +61,6 @@ impl IbnNorm {
             });
         }
         Ok(IbnNorm {
-            ctx: ctx.clone(),
             ratio,
             momentum,
             layout,
@@ -105,9 +103,9 @@ impl IbnNorm {
 
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &IbnInputs, training: bool) -> Result<Tensor> {
-        let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        self.ctx
-            .record_and_submit(|enc| self.encode(enc, inputs, &y, training))?;
+        let ctx = self.engine.context();
+        let y = ctx.empty(inputs.x.shape(), self.engine.dtype())?;
+        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, training))?;
         Ok(y)
     }
 }
@@ -127,7 +125,6 @@ pub enum EvoRunningVar {
 /// over (N, spatial) (batch in training, `running_var` in inference), var_I per (sample, channel),
 /// both biased; `v`, `weight`, `bias`, `running_var` f32 `[C]`. eps 1e-5 (TF) or 1e-3 (timm).
 pub struct EvoNormB0 {
-    ctx: Context,
     momentum: f32,
     running: EvoRunningVar,
     engine: InstanceMix,
@@ -153,7 +150,6 @@ impl EvoNormB0 {
         dtype: DType,
     ) -> Result<EvoNormB0> {
         Ok(EvoNormB0 {
-            ctx: ctx.clone(),
             momentum,
             running,
             engine: InstanceMix::new(ctx, eps, layout, dtype)?,
@@ -189,9 +185,9 @@ impl EvoNormB0 {
 
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &EvoNormB0Inputs, training: bool) -> Result<Tensor> {
-        let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        self.ctx
-            .record_and_submit(|enc| self.encode(enc, inputs, &y, training))?;
+        let ctx = self.engine.context();
+        let y = ctx.empty(inputs.x.shape(), self.engine.dtype())?;
+        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, training))?;
         Ok(y)
     }
 }
@@ -204,7 +200,6 @@ impl EvoNormB0 {
 /// deviations); then `mu_k += M mean_n(p_nk (mu_n - mu_k))` and the same for the variances, with
 /// `M = 1 - (1 - momentum_bn)^(N / 64)`.
 pub struct UnmixTns {
-    ctx: Context,
     k: usize,
     momentum_bn: f32,
     temperature: f32,
@@ -241,7 +236,6 @@ impl UnmixTns {
             });
         }
         Ok(UnmixTns {
-            ctx: ctx.clone(),
             k,
             momentum_bn,
             temperature,
@@ -323,9 +317,9 @@ impl UnmixTns {
 
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &UnmixTnsInputs) -> Result<Tensor> {
-        let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        self.ctx
-            .record_and_submit(|enc| self.encode(enc, inputs, &y))?;
+        let ctx = self.engine.context();
+        let y = ctx.empty(inputs.x.shape(), self.engine.dtype())?;
+        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y))?;
         Ok(y)
     }
 }
@@ -339,7 +333,6 @@ impl UnmixTns {
 /// [`crate::adab2n_momentum`]. Without task weights (first task) and at inference AdaB²N is
 /// [`crate::BatchNorm`] with `encode_train_with` / `encode`.
 pub struct AdaB2nTaskWeighted {
-    ctx: Context,
     engine: InstanceMix,
 }
 
@@ -360,7 +353,6 @@ pub struct AdaB2nInputs<'a> {
 impl AdaB2nTaskWeighted {
     pub fn new(ctx: &Context, eps: f32, layout: Layout, dtype: DType) -> Result<Self> {
         Ok(AdaB2nTaskWeighted {
-            ctx: ctx.clone(),
             engine: InstanceMix::new(ctx, eps, layout, dtype)?,
         })
     }
@@ -394,9 +386,9 @@ impl AdaB2nTaskWeighted {
 
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &AdaB2nInputs, eta: f32) -> Result<Tensor> {
-        let y = self.ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        self.ctx
-            .record_and_submit(|enc| self.encode(enc, inputs, &y, eta))?;
+        let ctx = self.engine.context();
+        let y = ctx.empty(inputs.x.shape(), self.engine.dtype())?;
+        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, eta))?;
         Ok(y)
     }
 }

@@ -416,6 +416,10 @@ impl InstanceMix {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
 }
 
 /// Specialisations for `cargo xtask validate`.
