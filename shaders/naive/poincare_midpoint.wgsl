@@ -17,6 +17,8 @@ struct NaiveBallParams {
     _pad: u32,
     c: f32,
     max_norm: f32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: NaiveBallParams;

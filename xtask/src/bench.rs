@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use serde_json::json;
-use wgnorm::binding::{self, BindCache, PARAM_WORDS};
+use wgnorm::binding::{self, BindCache};
 use wgnorm::rownorm::{self, RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm::shader::{Io, Kernel};
+use wgnorm::uniform::{CopyParams, NaiveBallParams, NaiveParams, RowParams};
 use wgnorm::{Context, DType, Slot, Tensor};
 
 /// Records one run of a kernel into an encoder.
@@ -97,8 +98,10 @@ fn copies(ctx: &Context, bytes: u64) -> Result<Vec<Copy>> {
             COPY_SLOTS,
             &[("WG", wg as f64), ("BLOCK", block as f64)],
         )?;
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = n_vec;
+        let params = CopyParams {
+            n_vec,
+            ..Default::default()
+        };
         let cache = BindCache::default();
         let s = binding::storage_range(ctx, "src", &src)?;
         let d = binding::storage_range(ctx, "dst", &dst)?;
@@ -169,11 +172,13 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
             ("HAS_WEIGHT", 1.0),
             ("HAS_BIAS", has_bias as u32 as f64),
         ];
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = rows as u32;
-        params[1] = n as u32;
-        params[2] = n as u32;
-        params[4] = 1e-5f32.to_bits();
+        let params = RowParams {
+            rows: rows as u32,
+            n_vec: n as u32,
+            n: n as u32,
+            eps: 1e-5,
+            ..Default::default()
+        };
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let (xr, wr, br, yr) = (r(&xt, "x")?, r(&w, "w")?, r(&b, "b")?, r(&y_naive, "y")?);
         // Statistics, residual and sum are off: the context's dummies stand in, as in RowNorm.
@@ -401,16 +406,20 @@ fn naive_channel(
         wgnorm::Layout::Nhwc => (c, 1),
     };
     let eps = 1e-5f32;
-    let mut params = [0u32; PARAM_WORDS];
-    for (i, v) in [
-        planes, hw, c, stride_s, stride_c, slots, per_slot, slot_div, cpg, kstride, slot_n,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        params[i] = v as u32;
-    }
-    params[11] = eps.to_bits();
+    let params = NaiveParams {
+        planes: planes as u32,
+        hw: hw as u32,
+        c: c as u32,
+        stride_s: stride_s as u32,
+        stride_c: stride_c as u32,
+        slots: slots as u32,
+        per_slot: per_slot as u32,
+        slot_div: slot_div as u32,
+        cpg: cpg as u32,
+        kstride: kstride as u32,
+        slot_n: slot_n as u32,
+        eps,
+    };
     let plane_stats = ctx.empty(&[planes, 2], DType::F32)?;
     let slot_stats = if op == "batch_norm_infer" {
         let running = [0.0f32, 1.0 / (1.0 + eps).sqrt()].repeat(c);
@@ -632,12 +641,14 @@ fn naive_midpoint(
     ];
     let [n, d, h, w] = nchw;
     let (s, p) = (h * w, n * h * w);
-    let mut params = [0u32; PARAM_WORDS];
-    params[0] = d as u32;
-    params[1] = s as u32;
-    params[2] = p as u32;
-    params[4] = c.to_bits();
-    params[5] = ((1.0 - wgnorm::poincare::PROJ_EPS) / c.sqrt()).to_bits();
+    let params = NaiveBallParams {
+        d: d as u32,
+        s: s as u32,
+        p: p as u32,
+        c,
+        max_norm: (1.0 - wgnorm::poincare::PROJ_EPS) / c.sqrt(),
+        ..Default::default()
+    };
     let weights = ctx.empty(&[p, 2], DType::F32)?;
     let sums = ctx.empty(&[d + 1], DType::F32)?;
     let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);

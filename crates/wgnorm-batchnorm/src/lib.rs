@@ -12,7 +12,7 @@
 //! Parameters and state (`weight`, `bias`, `running_mean`, `running_var`, the saved statistics)
 //! are f32 with one value per channel, as PyTorch keeps BatchNorm buffers under autocast.
 
-use wgnorm_core::binding::{self, BindCache, PARAM_WORDS};
+use wgnorm_core::binding::{self, BindCache};
 use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 
@@ -26,11 +26,22 @@ pub use instance::{
 pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormInputs};
 pub use region::{
     specializations as region_specializations, RegionNormB, RegionNormInputs, RegionNormL,
-    RegionNormLInputs,
+    RegionNormLInputs, RegionParams,
 };
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
+
+wgnorm_core::uniform_block! {
+    /// `FoldParams` (`channel_norm/fold.wgsl`): folding an inference BatchNorm into the `[o, k]`
+    /// weight (and `[o]` bias) of the layer before it.
+    pub struct FoldParams {
+        pub o: u32,
+        pub k: u32,
+        pub eps: f32,
+        pub _pad: u32,
+    }
+}
 
 /// What is fixed when the layer is created.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -471,10 +482,12 @@ impl BatchNorm {
                 ("HAS_BETA", flag(be.is_some())),
             ],
         )?;
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = o as u32;
-        params[1] = k as u32;
-        params[2] = self.cfg.eps.to_bits();
+        let params = FoldParams {
+            o: o as u32,
+            k: k as u32,
+            eps: self.cfg.eps,
+            _pad: 0,
+        };
         let dummy = binding::dummy_range(ctx.dummy_read());
         let bind = self.fold_binds.get(
             ctx,

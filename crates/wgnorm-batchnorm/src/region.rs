@@ -1,10 +1,31 @@
 //! Region Normalization, RN-B (Yu et al. 2020; NORMS.md A7, official `rn.py`).
 
-use wgnorm_core::binding::{self, BindCache, PARAM_WORDS};
+use wgnorm_core::binding::{self, BindCache};
 use wgnorm_core::chnorm::Layout;
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
+
+wgnorm_core::uniform_block! {
+    /// `RegionParams` (`channel_norm/region.wgsl`): Region Normalization over `(n, c, h, w)`
+    /// with a mask of `hm x wm`.
+    pub struct RegionParams {
+        pub n: u32,
+        pub c: u32,
+        pub h: u32,
+        pub w: u32,
+        pub hm: u32,
+        pub wm: u32,
+        /// Tiles per (sample, channel) plane and accesses per tile.
+        pub tiles: u32,
+        pub tile_len: u32,
+        pub eps: f32,
+        /// RN-L: the mask threshold on the attention map.
+        pub threshold: f32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
 
 const SLOTS: &[Slot] = &[
     Slot::Uniform,
@@ -311,19 +332,27 @@ fn record(
         ("beta_b", Some(&ranges[5]), false),
         ("y", Some(&ranges[7]), true),
     ])?;
-    let mut params = [0u32; PARAM_WORDS];
-    for (i, v) in [n, c, h, w, hm, wm, tiles, tile_len]
-        .into_iter()
-        .enumerate()
-    {
-        params[i] = u32::try_from(v).map_err(|_| Error::InvalidParameter {
+    let u = |v: usize| {
+        u32::try_from(v).map_err(|_| Error::InvalidParameter {
             name: "shape",
             value: format!("{s:?}"),
             why: "a dimension exceeds 2^32 - 1",
-        })?;
-    }
-    params[8] = eps.to_bits();
-    params[9] = threshold.unwrap_or(0.0).to_bits();
+        })
+    };
+    let params = RegionParams {
+        n: u(n)?,
+        c: u(c)?,
+        h: u(h)?,
+        w: u(w)?,
+        hm: u(hm)?,
+        wm: u(wm)?,
+        tiles: u(tiles)?,
+        tile_len: u(tile_len)?,
+        eps,
+        threshold: threshold.unwrap_or(0.0),
+        _pad1: 0,
+        _pad2: 0,
+    };
     let bind = binds.get(ctx, SLOTS, &params, &ranges.iter().collect::<Vec<_>>())?;
     let io = Io { dtype, vec4: false };
     let nhwc = if layout == Layout::Nhwc { 1.0 } else { 0.0 };

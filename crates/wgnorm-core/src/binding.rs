@@ -5,12 +5,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::context::Slot;
+use crate::uniform::{self, UniformBlock, MAX_UNIFORM_BYTES};
 use crate::{Context, Error, Result, Tensor};
 
 /// Storage bindings a kernel may have after its uniform block.
 pub const MAX_STORAGE: usize = 8;
-/// Uniform words every kernel's parameter block may use.
-pub const PARAM_WORDS: usize = 16;
 
 /// A checked storage binding: buffer, byte offset and byte size.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -87,7 +86,10 @@ pub fn check_no_alias(named: &[(&str, Option<&BufferRange>, bool)]) -> Result<()
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
     slots: &'static [Slot],
-    params: [u32; PARAM_WORDS],
+    /// The block's WGSL name and bytes: two blocks with equal bytes but different types never
+    /// share an entry.
+    block: &'static str,
+    params: [u32; MAX_UNIFORM_BYTES / 4],
     ranges: [Option<BufferRange>; MAX_STORAGE],
 }
 
@@ -112,12 +114,13 @@ impl Default for BindCache {
 }
 
 impl BindCache {
-    /// The bind group for `slots` (slot 0 the uniform block, then one range per storage slot).
-    pub fn get(
+    /// The bind group for `slots` (slot 0 the uniform block `params`, then one range per storage
+    /// slot).
+    pub fn get<P: UniformBlock>(
         &self,
         ctx: &Context,
         slots: &'static [Slot],
-        params: &[u32; PARAM_WORDS],
+        params: &P,
         ranges: &[&BufferRange],
     ) -> Result<wgpu::BindGroup> {
         if slots.len() != ranges.len() + 1 {
@@ -129,7 +132,8 @@ impl BindCache {
         }
         let key = Key {
             slots,
-            params: *params,
+            block: P::WGSL_NAME,
+            params: uniform::key_words(params),
             ranges: std::array::from_fn(|i| ranges.get(i).map(|r| (*r).clone())),
         };
         let mut map = self.map.lock().unwrap();
@@ -142,7 +146,7 @@ impl BindCache {
         let device = ctx.device();
         let uniform = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgnorm params"),
-            size: (PARAM_WORDS * 4) as u64,
+            size: std::mem::size_of::<P>() as u64,
             usage: wgpu::BufferUsages::UNIFORM,
             mapped_at_creation: true,
         });
@@ -150,7 +154,7 @@ impl BindCache {
             .slice(..)
             .get_mapped_range_mut()
             .map_err(|e| Error::Device(e.to_string()))?
-            .copy_from_slice(bytemuck::cast_slice(params));
+            .copy_from_slice(bytemuck::bytes_of(params));
         uniform.unmap();
         let (bgl, _) = ctx.layout(slots);
         let mut entries = Vec::with_capacity(slots.len());

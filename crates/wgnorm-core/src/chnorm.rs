@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::binding::{self, BindCache, PARAM_WORDS};
+use crate::binding::{self, BindCache};
 use crate::context::Slot;
 use crate::shader::{Io, Kernel, Specialization};
+use crate::uniform::ChannelParams;
 use crate::{Context, DType, Error, Result, Tensor};
 
 /// x (row-major) seen as `[p, q, r, s]`, statistics per (p, r) over (q, s). Each slot covers
@@ -1043,8 +1044,6 @@ impl ChannelNorm {
         let total_v = (v.numel() / aio.width() as usize) as u32;
 
         let tiles = if given.is_some() { 1 } else { scratch.tiles };
-        let params = channel_params(&v, io, tiles, scratch.tile_len, self.eps, update);
-        let mut params = params;
         let (qm_running, qm_update) = match a.statistics {
             Statistics::QuadraticMean {
                 use_running,
@@ -1052,15 +1051,16 @@ impl ChannelNorm {
             } => (use_running, update),
             _ => (false, None),
         };
-        // w_src carries the test-time mix weight, or the quadratic mean's warm-up factor.
-        params[13] = w_src.or(qm_update.map(|u| u.warm)).unwrap_or(0.0).to_bits();
-        if let Some(u) = qm_update {
-            params[9] = u.momentum.to_bits();
-        }
-        params[14] = a.mask.map_or(0, |m| m.shape()[0] as u32);
-        params[15] = self.norm_target.to_bits();
-        let mut apply_params = params;
-        apply_params[11] = total_v;
+        let base = channel_params(&v, io, tiles, scratch.tile_len, self.eps, update);
+        let params = ChannelParams {
+            // The test-time mix weight, or the quadratic mean's warm-up factor.
+            w_src: w_src.or(qm_update.map(|u| u.warm)).unwrap_or(0.0),
+            momentum: qm_update.map_or(base.momentum, |u| u.momentum),
+            mask_b: a.mask.map_or(0, |m| m.shape()[0] as u32),
+            norm_target: self.norm_target,
+            ..base
+        };
+        let apply_params = ChannelParams { total_v, ..params };
         let block = self.apply_block();
 
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
@@ -1278,9 +1278,11 @@ impl ChannelNorm {
         let io = self.io_for(&view, xr.offset % align == 0);
         ctx.check_io(io)?;
         let scratch = self.scratch(view)?;
-        let mut params = channel_params(&view, io, scratch.tiles, scratch.tile_len, self.eps, None);
-        // Token b*N + n is mask[b*N + n]: the moments kernel's [B, T] indexing with B = 1.
-        params[14] = 1;
+        let params = ChannelParams {
+            // Token b*N + n is mask[b*N + n]: the moments kernel's [B, T] indexing with B = 1.
+            mask_b: 1,
+            ..channel_params(&view, io, scratch.tiles, scratch.tile_len, self.eps, None)
+        };
         let wgm = moments_wg(ctx);
         let moments = ctx.pipeline(
             Kernel::ChannelMoments,
@@ -1489,8 +1491,10 @@ impl ChannelNorm {
             self.apply_io(&view, xr.offset % align == 0 && yr.offset % align == 0);
         ctx.check_io(aio)?;
         let total_v = (view.numel() / aio.width() as usize) as u32;
-        let mut params = channel_params(&view, aio, 1, 1, self.eps, None);
-        params[11] = total_v;
+        let params = ChannelParams {
+            total_v,
+            ..channel_params(&view, aio, 1, 1, self.eps, None)
+        };
         let block = self.apply_block();
         let apply = self.apply_pipeline(
             aio,
@@ -1529,7 +1533,7 @@ impl ChannelNorm {
     }
 }
 
-/// The uniform block of every channel-norm kernel (`ChannelParams` in common.wgsl).
+/// The uniform block of every channel-norm kernel for a view, its access type and tiling.
 fn channel_params(
     v: &ChannelView,
     io: Io,
@@ -1537,22 +1541,25 @@ fn channel_params(
     tile_len: u32,
     eps: f32,
     update: Option<RunningUpdate>,
-) -> [u32; PARAM_WORDS] {
-    let mut params = [0u32; PARAM_WORDS];
-    params[0] = v.p as u32;
-    params[1] = v.q as u32;
-    params[2] = v.r as u32;
-    params[3] = (v.s / io.width() as usize) as u32;
-    params[4] = v.cg as u32;
-    params[5] = v.sdiv as u32;
-    params[6] = tiles;
-    params[7] = tile_len;
-    params[8] = eps.to_bits();
-    params[9] = update.and_then(|u| u.momentum).unwrap_or(0.0).to_bits();
-    params[10] = update.is_some_and(|u| u.momentum.is_none()) as u32;
-    params[11] = (v.numel() / io.width() as usize) as u32;
-    params[12] = (v.q * v.r * v.s) as u32;
-    params
+) -> ChannelParams {
+    ChannelParams {
+        p: v.p as u32,
+        q: v.q as u32,
+        r: v.r as u32,
+        s_v: (v.s / io.width() as usize) as u32,
+        cg: v.cg as u32,
+        sdiv: v.sdiv as u32,
+        tiles,
+        tile_len,
+        eps,
+        momentum: update.and_then(|u| u.momentum).unwrap_or(0.0),
+        cumulative: update.is_some_and(|u| u.momentum.is_none()) as u32,
+        total_v: (v.numel() / io.width() as usize) as u32,
+        per_p: (v.q * v.r * v.s) as u32,
+        w_src: 0.0,
+        mask_b: 0,
+        norm_target: 0.0,
+    }
 }
 
 /// Specialisations for `cargo xtask validate`.

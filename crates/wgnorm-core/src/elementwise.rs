@@ -1,9 +1,10 @@
 //! Elementwise activations as standalone ops (SELU, ...): `y = act(x)` over any shape.
 
 use crate::activation::Activation;
-use crate::binding::{self, BindCache, PARAM_WORDS};
+use crate::binding::{self, BindCache};
 use crate::context::Slot;
 use crate::shader::{Io, Kernel};
+use crate::uniform::{BlendParams, DropParams, EwParams};
 use crate::{Context, DType, Error, Result, Tensor};
 
 const SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
@@ -65,8 +66,10 @@ impl Elementwise {
         constants.extend(self.activation.constants());
         let pipeline = ctx.pipeline(Kernel::Elementwise, io, SLOTS, &constants)?;
         let n_v = (n / io.width() as usize) as u32;
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = n_v;
+        let params = EwParams {
+            n_v,
+            ..Default::default()
+        };
         let bind = self.binds.get(ctx, SLOTS, &params, &[&xr, &yr])?;
         let (gx, gy) = binding::grid(ctx, (n_v as u64).div_ceil(block as u64).div_ceil(WG as u64));
         binding::dispatch(encoder, "wgnorm elementwise", &pipeline, &bind, (gx, gy, 1));
@@ -170,15 +173,16 @@ impl AlphaDropout {
         );
         binding::check_no_alias(&[("x", Some(&xr), false), ("y", Some(&yr), true)])?;
         let (threshold, a, b, alpha_p) = self.coefficients();
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = n32;
-        params[1] = seed as u32;
-        params[2] = (seed >> 32) as u32;
-        params[3] = threshold;
-        params[4] = (a as f32).to_bits();
-        params[5] = (b as f32).to_bits();
-        params[6] = (alpha_p as f32).to_bits();
-        params[7] = (!training || self.rate == 0.0) as u32;
+        let params = DropParams {
+            n: n32,
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            keep_threshold: threshold,
+            a: a as f32,
+            b: b as f32,
+            alpha_p: alpha_p as f32,
+            keep_all: (!training || self.rate == 0.0) as u32,
+        };
         let io = Io {
             dtype: self.dtype,
             vec4: false,
@@ -266,9 +270,11 @@ impl Blend {
             &[("WG", WG as f64), ("BLOCK", block as f64)],
         )?;
         let n_v = (n / io.width() as usize) as u32;
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = n_v;
-        params[1] = lambda.to_bits();
+        let params = BlendParams {
+            n_v,
+            lambda,
+            ..Default::default()
+        };
         let bind = self
             .binds
             .get(ctx, BLEND_SLOTS, &params, &[&ar, &br, &yr])?;

@@ -4,7 +4,7 @@
 //! coefficients (merging over n with Chan's formula where a method needs batch statistics, and
 //! updating its running state); the channel engine's apply pass writes y. x is read twice.
 
-use crate::binding::{self, BindCache, PARAM_WORDS};
+use crate::binding::{self, BindCache};
 use crate::chnorm::{ChannelNorm, ChannelView, Layout};
 use crate::context::Slot;
 use crate::scratch::ScratchCache;
@@ -23,6 +23,24 @@ const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // assignment (UnMix-TNS)
 ];
 const WG: u32 = 64;
+
+crate::uniform_block! {
+    /// `InstanceParams` (`channel_norm/instance_mix.wgsl`): the mixing kernel over per-(n, c)
+    /// instance moments.
+    pub struct InstanceParams {
+        pub n: u32,
+        pub c: u32,
+        /// IBN: channels of the InstanceNorm part. Unified Norm: the step t (>= 1).
+        pub half: u32,
+        /// UnMix-TNS: components K. AdaB2N: tasks T. Unified Norm: window M.
+        pub k: u32,
+        pub eps: f32,
+        pub momentum: f32,
+        pub temperature: f32,
+        /// Unified Norm: warm-up steps.
+        pub warmup: u32,
+    }
+}
 
 /// Which method, with its per-call settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -207,10 +225,12 @@ impl InstanceMix {
         };
         check("weight", Some(a.weight), c)?;
         check("bias", Some(a.bias), c)?;
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = n as u32;
-        params[1] = c as u32;
-        params[4] = self.eps.to_bits();
+        let mut params = InstanceParams {
+            n: n as u32,
+            c: c as u32,
+            eps: self.eps,
+            ..Default::default()
+        };
         let ncoef = if matches!(method, Method::EvoB0 { .. }) {
             5
         } else {
@@ -224,7 +244,7 @@ impl InstanceMix {
             | Method::Unified { momentum, .. } => momentum,
         };
         crate::check_unit_interval("momentum", momentum)?;
-        params[5] = momentum.to_bits();
+        params.momentum = momentum;
         let mut k_assign = 1;
         match method {
             Method::Ibn { half, .. } => {
@@ -237,7 +257,7 @@ impl InstanceMix {
                 }
                 check("running_mean", a.state_a, c - half)?;
                 check("running_var", a.state_b, c - half)?;
-                params[2] = half as u32;
+                params.half = half as u32;
             }
             Method::EvoB0 { .. } => {
                 check("v", a.v, c)?;
@@ -255,7 +275,7 @@ impl InstanceMix {
                 check("task_ids", a.task_ids, n)?;
                 check("running_mean", a.state_a, c)?;
                 check("running_var", a.state_b, c)?;
-                params[3] = tasks as u32;
+                params.k = tasks as u32;
             }
             Method::Unified {
                 window,
@@ -279,9 +299,9 @@ impl InstanceMix {
                         why: "exceeds 2^32 - 1",
                     })
                 };
-                params[2] = u("step", step)?;
-                params[3] = window as u32;
-                params[7] = u("warmup", warmup)?;
+                params.half = u("step", step)?;
+                params.k = window as u32;
+                params.warmup = u("warmup", warmup)?;
             }
             Method::Unmix { k, temperature, .. } => {
                 if k == 0 || !(temperature.is_finite() && temperature > 0.0) {
@@ -293,8 +313,8 @@ impl InstanceMix {
                 }
                 check("component_mean", a.state_a, k * c)?;
                 check("component_var", a.state_b, k * c)?;
-                params[3] = k as u32;
-                params[6] = temperature.to_bits();
+                params.k = k as u32;
+                params.temperature = temperature;
                 k_assign = k;
             }
         }

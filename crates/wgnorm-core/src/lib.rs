@@ -20,6 +20,7 @@ pub mod rownorm;
 pub mod scratch;
 pub mod shader;
 mod tensor;
+pub mod uniform;
 
 pub use activation::Activation;
 pub use context::{Context, ShaderChecks, Slot};

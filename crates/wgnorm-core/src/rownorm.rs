@@ -5,9 +5,10 @@
 //! (adapter, row length, I/O) to one, and [`specializations`] lists every pipeline the choice can
 //! produce so `cargo xtask validate` checks exactly what runs.
 
-use crate::binding::{self, BindCache, PARAM_WORDS};
+use crate::binding::{self, BindCache};
 use crate::context::Slot;
 use crate::shader::{Io, Kernel, Specialization};
+use crate::uniform::RowParams;
 use crate::{Context, DType, Error, Result, Tensor};
 
 /// Centred (LayerNorm) or quadratic-mean (RMSNorm) statistics.
@@ -626,12 +627,14 @@ impl RowNorm {
         let plan = self.plan(key)?;
 
         let n_vec = (n / io.width() as usize) as u32;
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = rows as u32;
-        params[1] = n_vec;
-        params[2] = n as u32;
-        params[4] = self.cfg.eps.to_bits();
-        params[5] = self.cfg.weight_offset.to_bits();
+        let params = RowParams {
+            rows: rows as u32,
+            n_vec,
+            n: n as u32,
+            eps: self.cfg.eps,
+            weight_offset: self.cfg.weight_offset,
+            ..Default::default()
+        };
 
         let dr = binding::dummy_range(self.ctx.dummy_read());
         let dw0 = binding::dummy_range(self.ctx.dummy_write(0));

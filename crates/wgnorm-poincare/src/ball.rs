@@ -1,6 +1,7 @@
 //! Batched ball operations: one invocation per point, the op chosen by a pipeline constant.
 
-use wgnorm_core::binding::{self, BindCache, BufferRange, PARAM_WORDS};
+use crate::BallParams;
+use wgnorm_core::binding::{self, BindCache, BufferRange};
 use wgnorm_core::shader::{Io, Kernel};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
@@ -270,13 +271,15 @@ impl BallOps {
             ("out", Some(&or), true),
         ])?;
         let p = check_u32("points", view.points())?;
-        let mut params = [0u32; PARAM_WORDS];
-        params[0] = check_u32("feature dim", view.d)?;
-        params[1] = check_u32("stride", view.s)?;
-        params[2] = p;
-        params[3] = bcast;
-        params[8] = self.c.to_bits();
-        params[9] = max_norm(self.c).to_bits();
+        let params = BallParams {
+            d: check_u32("feature dim", view.d)?,
+            s: check_u32("stride", view.s)?,
+            p,
+            bcast,
+            c: self.c,
+            max_norm: max_norm(self.c),
+            ..Default::default()
+        };
         let io = Io {
             dtype: self.dtype,
             vec4: false,

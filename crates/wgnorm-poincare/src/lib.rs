@@ -30,6 +30,31 @@ pub use norm::{
 
 use wgnorm_core::{Error, Result};
 
+wgnorm_core::uniform_block! {
+    /// `BallParams` (`poincare/common.wgsl`): Poincaré ball operations and the midpoint reduction
+    /// over points of `d` coordinates with stride `s`.
+    pub struct BallParams {
+        pub d: u32,
+        pub s: u32,
+        /// Points (`n * s`).
+        pub p: u32,
+        /// Ball ops: bit i set = input i is one point shared by all points.
+        pub bcast: u32,
+        /// Midpoint: tiles of `tile_points` points, `ppt` per invocation, and `ctiles` tiles of
+        /// `ct_points` points for the coordinate sums.
+        pub tiles: u32,
+        pub tile_points: u32,
+        pub ppt: u32,
+        pub ctiles: u32,
+        /// Curvature magnitude (the ball has curvature -c).
+        pub c: f32,
+        /// `(1 - eps) / sqrt(c)`: the projection radius.
+        pub max_norm: f32,
+        pub momentum: f32,
+        pub ct_points: u32,
+    }
+}
+
 /// Projection margin of the f32 kernels: points are kept within `(1 - PROJ_EPS)/sqrt(c)`.
 pub const PROJ_EPS: f32 = 4e-3;
 

@@ -1,7 +1,8 @@
 //! The gyromidpoint reduction and Poincaré midpoint batch normalization: the staged kernel of
 //! `shaders/poincare/midpoint.wgsl` and the host plan around it.
 
-use wgnorm_core::binding::{self, BindCache, BufferRange, PARAM_WORDS};
+use crate::BallParams;
+use wgnorm_core::binding::{self, BindCache, BufferRange};
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
@@ -237,18 +238,20 @@ fn prepare<'a>(
     let key = [view.n, view.d, view.s, usize::MAX];
     let st = scratch.get(ctx, &key, &[len], DType::F32)?;
     let sr = binding::storage_range(ctx, "scratch", &st)?;
-    let mut params = [0u32; PARAM_WORDS];
-    params[0] = check_u32("feature dim", view.d)?;
-    params[1] = check_u32("stride", view.s)?;
-    params[2] = check_u32("points", view.points())?;
-    params[4] = tiling.tiles as u32;
-    params[5] = (WG * tiling.ppt) as u32;
-    params[6] = tiling.ppt as u32;
-    params[7] = check_u32("tiles", tiling.ctiles)?;
-    params[11] = tiling.ct_points as u32;
-    params[8] = c.to_bits();
-    params[9] = max_norm(c).to_bits();
-    params[10] = momentum.to_bits();
+    let params = BallParams {
+        d: check_u32("feature dim", view.d)?,
+        s: check_u32("stride", view.s)?,
+        p: check_u32("points", view.points())?,
+        bcast: 0,
+        tiles: tiling.tiles as u32,
+        tile_points: (WG * tiling.ppt) as u32,
+        ppt: tiling.ppt as u32,
+        ctiles: check_u32("tiles", tiling.ctiles)?,
+        c,
+        max_norm: max_norm(c),
+        momentum,
+        ct_points: tiling.ct_points as u32,
+    };
     check_u32("scratch length", len)?;
     let bind = binds.get(ctx, SLOTS, &params, &[&xr, &br, &wr, &sr, &yr, &rmr, &rvr])?;
     Ok(Engine {

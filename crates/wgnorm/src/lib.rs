@@ -27,8 +27,8 @@ pub use wgnorm_core::chnorm::{self, Layout};
 pub use wgnorm_core::elementwise::{self, AlphaDropout, Elementwise};
 pub use wgnorm_core::Activation;
 pub use wgnorm_core::{
-    self as core, binding, rownorm, shader, wgpu, Context, DType, Error, Result, ShaderChecks,
-    Slot, Tensor,
+    self as core, binding, rownorm, shader, uniform, wgpu, Context, DType, Error, Result,
+    ShaderChecks, Slot, Tensor,
 };
 pub use wgnorm_groupnorm::{
     self as groupnorm, EvoNormS0, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,

@@ -1,0 +1,239 @@
+//! Typed uniform blocks: every kernel's parameters are a `#[repr(C)]` Pod struct whose WGSL twin
+//! (same struct name, same field names, same order) is read by the shader as
+//! `@group(0) @binding(0) var<uniform> params: Name;`.
+//!
+//! Declare one with [`uniform_block!`](crate::uniform_block); the macro proves at compile time that
+//! the struct has no padding and fits a bind group's parameter block, and records each field's
+//! name, byte offset and size so a test can compare them with the WGSL struct that naga reads
+//! (`tests/uniform_layout.rs`): reordering or renaming a field on one side fails that test instead
+//! of silently corrupting a kernel.
+
+/// Largest uniform block any kernel uses, in bytes (16 words).
+pub const MAX_UNIFORM_BYTES: usize = 64;
+
+/// One field of a uniform block: name, byte offset and byte size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub name: &'static str,
+    pub offset: usize,
+    pub size: usize,
+}
+
+/// A kernel's parameter block. Implemented by [`uniform_block!`](crate::uniform_block) only.
+pub trait UniformBlock: bytemuck::Pod + Send + Sync + 'static {
+    /// The name of the WGSL struct this mirrors.
+    const WGSL_NAME: &'static str;
+    /// Fields in declaration order.
+    fn fields() -> Vec<Field>;
+}
+
+/// The bytes of a block, zero-padded to [`MAX_UNIFORM_BYTES`] (the bind-group cache key).
+pub(crate) fn key_words<P: UniformBlock>(p: &P) -> [u32; MAX_UNIFORM_BYTES / 4] {
+    let mut words = [0u32; MAX_UNIFORM_BYTES / 4];
+    let bytes: &[u8] = bytemuck::bytes_of(p);
+    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    words
+}
+
+#[doc(hidden)]
+pub use bytemuck as __bytemuck;
+
+/// Declares a uniform block: a `#[repr(C)]` struct of `u32`/`f32`/`i32` fields that mirrors the
+/// WGSL struct of the same name.
+///
+/// ```
+/// wgnorm_core::uniform_block! {
+///     /// Parameters of a hypothetical kernel.
+///     pub struct ExampleParams {
+///         /// Elements.
+///         pub n: u32,
+///         pub eps: f32,
+///         pub _pad0: u32,
+///         pub _pad1: u32,
+///     }
+/// }
+/// use wgnorm_core::uniform::UniformBlock;
+/// assert_eq!(ExampleParams::fields()[1].offset, 4);
+/// ```
+#[macro_export]
+macro_rules! uniform_block {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty ),*
+        }
+
+        // No padding (so every byte is a field's), a multiple of 16 bytes (WGSL's uniform struct
+        // rule) and at most MAX_UNIFORM_BYTES: proven here, at compile time.
+        const _: () = {
+            let fields = 0 $( + ::core::mem::size_of::<$ty>() )*;
+            assert!(::core::mem::size_of::<$name>() == fields, "uniform block has padding");
+            assert!(::core::mem::size_of::<$name>() % 16 == 0, "uniform block size must be a multiple of 16 bytes");
+            assert!(::core::mem::size_of::<$name>() <= $crate::uniform::MAX_UNIFORM_BYTES, "uniform block too large");
+            $( assert!(::core::mem::size_of::<$ty>() == 4, "uniform fields are 4-byte scalars"); )*
+        };
+
+        // SAFETY: repr(C), every field a 4-byte Pod scalar (u32/f32/i32, checked above by size and
+        // by the bounds below), no padding (checked above).
+        unsafe impl $crate::uniform::__bytemuck::Zeroable for $name {}
+        unsafe impl $crate::uniform::__bytemuck::Pod for $name {}
+        const _: fn() = || {
+            fn pod<T: $crate::uniform::__bytemuck::Pod>() {}
+            $( pod::<$ty>(); )*
+        };
+
+        impl $crate::uniform::UniformBlock for $name {
+            const WGSL_NAME: &'static str = stringify!($name);
+            fn fields() -> ::std::vec::Vec<$crate::uniform::Field> {
+                ::std::vec![$(
+                    $crate::uniform::Field {
+                        name: stringify!($field),
+                        offset: ::core::mem::offset_of!($name, $field),
+                        size: ::core::mem::size_of::<$ty>(),
+                    }
+                ),*]
+            }
+        }
+    };
+}
+
+uniform_block! {
+    /// `ChannelParams` (`channel_norm/common.wgsl`): the channel-statistics engine's view of x as
+    /// `[p, q, r, s]` and its per-call settings, shared by the moments, finalize, merge, apply and
+    /// running-statistics kernels.
+    pub struct ChannelParams {
+        pub p: u32,
+        pub q: u32,
+        pub r: u32,
+        /// S in accesses of the I/O vector width.
+        pub s_v: u32,
+        /// Channels per slot.
+        pub cg: u32,
+        /// Elements of s per channel.
+        pub sdiv: u32,
+        /// Tiles each slot's accesses are split into, and accesses per tile.
+        pub tiles: u32,
+        pub tile_len: u32,
+        pub eps: f32,
+        pub momentum: f32,
+        /// 1: the momentum is 1 / num_batches_tracked (PyTorch `momentum=None`).
+        pub cumulative: u32,
+        /// Total accesses of x (apply pass).
+        pub total_v: u32,
+        /// Elements per p (`q * r * s`).
+        pub per_p: u32,
+        /// Test-time mixing weight of the source statistics, or the quadratic mean's warm-up
+        /// factor.
+        pub w_src: f32,
+        /// Batch size B of a token mask `[B, T]`.
+        pub mask_b: u32,
+        /// Lp norms: the norm each slot is scaled to.
+        pub norm_target: f32,
+    }
+}
+
+uniform_block! {
+    /// `RowParams` (`row_norm/common.wgsl`): LayerNorm / RMSNorm over `[rows, n]`.
+    pub struct RowParams {
+        pub rows: u32,
+        /// Row length in accesses of the I/O vector width.
+        pub n_vec: u32,
+        /// Row length in elements.
+        pub n: u32,
+        pub _pad0: u32,
+        pub eps: f32,
+        /// Added to the weight before it multiplies (Gemma's RMSNorm stores `weight - 1`).
+        pub weight_offset: f32,
+        pub _pad1: f32,
+        pub _pad2: f32,
+    }
+}
+
+uniform_block! {
+    /// `EwParams` (`elementwise.wgsl`): a standalone activation over `n_v` accesses.
+    pub struct EwParams {
+        pub n_v: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+uniform_block! {
+    /// `CopyParams` (`copy.wgsl`): the bandwidth roofline's copy of `n_vec` accesses.
+    pub struct CopyParams {
+        pub n_vec: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+uniform_block! {
+    /// `BlendParams` (`blend.wgsl`): `y = lambda a + (1 - lambda) b` over `n_v` accesses.
+    pub struct BlendParams {
+        pub n_v: u32,
+        pub lambda: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+uniform_block! {
+    /// `DropParams` (`dropout.wgsl`): AlphaDropout's counter-based mask and affine correction.
+    pub struct DropParams {
+        pub n: u32,
+        /// The 64-bit seed as two words.
+        pub seed_lo: u32,
+        pub seed_hi: u32,
+        /// An element is kept when its hash is at or above this threshold.
+        pub keep_threshold: u32,
+        pub a: f32,
+        pub b: f32,
+        pub alpha_p: f32,
+        /// 1: identity (inference, or rate 0).
+        pub keep_all: u32,
+    }
+}
+
+uniform_block! {
+    /// `NaiveParams` (`naive/channel_norm.wgsl`): the batch family's naive baseline.
+    pub struct NaiveParams {
+        /// Planes (N * C), elements per plane (H * W), channels.
+        pub planes: u32,
+        pub hw: u32,
+        pub c: u32,
+        /// Element strides between positions of a plane and between channels.
+        pub stride_s: u32,
+        pub stride_c: u32,
+        /// Statistic slots and planes per slot.
+        pub slots: u32,
+        pub per_slot: u32,
+        pub slot_div: u32,
+        pub cpg: u32,
+        pub kstride: u32,
+        pub slot_n: u32,
+        pub eps: f32,
+    }
+}
+
+uniform_block! {
+    /// `NaiveBallParams` (`naive/poincare_midpoint.wgsl`): the gyromidpoint's naive baseline.
+    pub struct NaiveBallParams {
+        pub d: u32,
+        pub s: u32,
+        pub p: u32,
+        pub _pad: u32,
+        pub c: f32,
+        pub max_norm: f32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}

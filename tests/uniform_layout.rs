@@ -1,0 +1,125 @@
+//! Every uniform block's Rust struct against its WGSL twin, as naga lays the WGSL out: the same
+//! fields in the same order with the same byte offsets and sizes, the same total size, and the
+//! kernel's `params` uniform really of that type. Reordering, renaming, adding or dropping a field
+//! on either side fails here (instead of silently feeding a kernel the wrong values).
+
+use naga::proc::GlobalCtx;
+use wgnorm::shader::{Io, Kernel};
+use wgnorm::uniform::{Field, UniformBlock};
+use wgnorm::DType;
+
+/// The `(name, offset, size)` of each member of the WGSL struct `name` in `kernel`'s module, and
+/// the struct's size; also checks that the module's uniform binding is of that struct type.
+fn wgsl_layout(kernel: Kernel, name: &str) -> (Vec<Field>, usize) {
+    let io = Io {
+        dtype: DType::F32,
+        vec4: false,
+    };
+    let source = kernel.source(io);
+    let module = naga::front::wgsl::parse_str(&source)
+        .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+    let gctx: GlobalCtx = module.to_ctx();
+    let (handle, ty) = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("{}: no WGSL struct named {name}", kernel.name()));
+    let uniform_types: Vec<_> = module
+        .global_variables
+        .iter()
+        .filter(|(_, g)| g.space == naga::AddressSpace::Uniform)
+        .map(|(_, g)| g.ty)
+        .collect();
+    assert_eq!(
+        uniform_types,
+        vec![handle],
+        "{}: its uniform binding is not a {name}",
+        kernel.name()
+    );
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("{name} is not a struct");
+    };
+    let fields = members
+        .iter()
+        .map(|m| Field {
+            name: leak(m.name.clone().unwrap_or_default()),
+            offset: m.offset as usize,
+            size: module.types[m.ty].inner.size(gctx) as usize,
+        })
+        .collect();
+    (fields, *span as usize)
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn check<P: UniformBlock>(kernel: Kernel) {
+    let (wgsl, span) = wgsl_layout(kernel, P::WGSL_NAME);
+    assert_eq!(
+        P::fields(),
+        wgsl,
+        "Rust {} and its WGSL twin in {} differ (left: Rust, right: WGSL)",
+        P::WGSL_NAME,
+        kernel.name()
+    );
+    assert_eq!(
+        std::mem::size_of::<P>(),
+        span,
+        "{}: Rust size vs WGSL size",
+        P::WGSL_NAME
+    );
+}
+
+macro_rules! layout_tests {
+    ($($test:ident: $block:ty => $kernel:expr;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                check::<$block>($kernel);
+            }
+        )*
+    };
+}
+
+layout_tests! {
+    channel_params_matches_channel_norm_common: wgnorm::uniform::ChannelParams => Kernel::ChannelApply;
+    channel_params_matches_moments: wgnorm::uniform::ChannelParams => Kernel::ChannelMoments;
+    channel_params_matches_finalize: wgnorm::uniform::ChannelParams => Kernel::ChannelFinalize;
+    channel_params_matches_merge: wgnorm::uniform::ChannelParams => Kernel::ChannelMerge;
+    channel_params_matches_instance_running: wgnorm::uniform::ChannelParams => Kernel::ChannelInstanceRunning;
+    row_params_matches_team: wgnorm::uniform::RowParams => Kernel::RowNormTeam;
+    row_params_matches_team_regs: wgnorm::uniform::RowParams => Kernel::RowNormTeamRegs;
+    row_params_matches_workgroup: wgnorm::uniform::RowParams => Kernel::RowNormWorkgroup;
+    row_params_matches_naive_row_norm: wgnorm::uniform::RowParams => Kernel::NaiveRowNorm;
+    ew_params_matches_elementwise: wgnorm::uniform::EwParams => Kernel::Elementwise;
+    copy_params_matches_copy: wgnorm::uniform::CopyParams => Kernel::Copy;
+    blend_params_matches_blend: wgnorm::uniform::BlendParams => Kernel::Blend;
+    drop_params_matches_dropout: wgnorm::uniform::DropParams => Kernel::AlphaDropout;
+    naive_params_matches_naive_channel_norm: wgnorm::uniform::NaiveParams => Kernel::NaiveChannelNorm;
+    naive_ball_params_matches_naive_midpoint: wgnorm::uniform::NaiveBallParams => Kernel::NaivePoincareMidpoint;
+    instance_params_matches_instance_mix: wgnorm::core::instmix::InstanceParams => Kernel::ChannelInstanceMix;
+    region_params_matches_region: wgnorm::batchnorm::RegionParams => Kernel::ChannelRegion;
+    fold_params_matches_fold: wgnorm::batchnorm::FoldParams => Kernel::FoldBatchNorm;
+    ball_params_matches_ball: wgnorm::poincare::BallParams => Kernel::PoincareBall;
+    ball_params_matches_midpoint: wgnorm::poincare::BallParams => Kernel::PoincareMidpoint;
+}
+
+/// The check itself can fail: a block whose fields are the right ones in another order.
+#[test]
+fn a_reordered_block_is_caught() {
+    wgnorm::core::uniform_block! {
+        /// `EwParams` with its padding first.
+        pub struct EwParams {
+            pub _pad0: u32,
+            pub n_v: u32,
+            pub _pad1: u32,
+            pub _pad2: u32,
+        }
+    }
+    let caught = std::panic::catch_unwind(|| check::<EwParams>(Kernel::Elementwise));
+    assert!(
+        caught.is_err(),
+        "a reordered EwParams passed the layout check"
+    );
+}
