@@ -62,7 +62,7 @@ fn encode_cost(c: &mut Criterion) {
         vec4: true,
     };
     let pipeline = ctx
-        .pipeline(wgnorm::shader::Kernel::Copy, io, slots, &[])
+        .pipeline(&wgnorm::core::baseline::copy_spec(io, 256, 1))
         .unwrap();
     let (bgl, _) = ctx.layout(slots);
     let u = ctx.device().create_buffer(&wgpu::BufferDescriptor {

@@ -7,9 +7,10 @@ override BLOCK: u32 = 1u;
 struct EwParams {
     // Number of accesses of VW elements.
     n_v: u32,
+    // SELU epilogue constants (the activation snippet reads them).
+    selu_alpha: f32,
+    selu_lambda: f32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: EwParams;

@@ -57,19 +57,14 @@ fn warm_encode_adds_no_allocation_over_a_bare_pass() {
 
     // A bare pass with a pipeline and bind group of the same shape, built by hand.
     let pipeline = c
-        .pipeline(
-            wgnorm::shader::Kernel::Copy,
+        .pipeline(&wgnorm::core::baseline::copy_spec(
             wgnorm::shader::Io {
                 dtype: DType::F32,
                 vec4: false,
             },
-            &[
-                wgnorm::Slot::Uniform,
-                wgnorm::Slot::Read,
-                wgnorm::Slot::ReadWrite,
-            ],
-            &[],
-        )
+            256,
+            1,
+        ))
         .unwrap();
     let (bgl, _) = c.layout(&[
         wgnorm::Slot::Uniform,

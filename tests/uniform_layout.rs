@@ -83,26 +83,26 @@ macro_rules! layout_tests {
 }
 
 layout_tests! {
-    channel_params_matches_channel_norm_common: wgnorm::uniform::ChannelParams => Kernel::ChannelApply;
-    channel_params_matches_moments: wgnorm::uniform::ChannelParams => Kernel::ChannelMoments;
-    channel_params_matches_finalize: wgnorm::uniform::ChannelParams => Kernel::ChannelFinalize;
-    channel_params_matches_merge: wgnorm::uniform::ChannelParams => Kernel::ChannelMerge;
-    channel_params_matches_instance_running: wgnorm::uniform::ChannelParams => Kernel::ChannelInstanceRunning;
-    row_params_matches_team: wgnorm::uniform::RowParams => Kernel::RowNormTeam;
-    row_params_matches_team_regs: wgnorm::uniform::RowParams => Kernel::RowNormTeamRegs;
-    row_params_matches_workgroup: wgnorm::uniform::RowParams => Kernel::RowNormWorkgroup;
-    row_params_matches_naive_row_norm: wgnorm::uniform::RowParams => Kernel::NaiveRowNorm;
-    ew_params_matches_elementwise: wgnorm::uniform::EwParams => Kernel::Elementwise;
-    copy_params_matches_copy: wgnorm::uniform::CopyParams => Kernel::Copy;
-    blend_params_matches_blend: wgnorm::uniform::BlendParams => Kernel::Blend;
-    drop_params_matches_dropout: wgnorm::uniform::DropParams => Kernel::AlphaDropout;
-    naive_params_matches_naive_channel_norm: wgnorm::uniform::NaiveParams => Kernel::NaiveChannelNorm;
-    naive_ball_params_matches_naive_midpoint: wgnorm::uniform::NaiveBallParams => Kernel::NaivePoincareMidpoint;
-    instance_params_matches_instance_mix: wgnorm::core::instmix::InstanceParams => Kernel::ChannelInstanceMix;
-    region_params_matches_region: wgnorm::batchnorm::RegionParams => Kernel::ChannelRegion;
-    fold_params_matches_fold: wgnorm::batchnorm::FoldParams => Kernel::FoldBatchNorm;
-    ball_params_matches_ball: wgnorm::poincare::BallParams => Kernel::PoincareBall;
-    ball_params_matches_midpoint: wgnorm::poincare::BallParams => Kernel::PoincareMidpoint;
+    channel_params_matches_channel_norm_common: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::APPLY_KERNEL;
+    channel_params_matches_moments: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::MOMENTS_KERNEL;
+    channel_params_matches_finalize: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::FINALIZE_KERNEL;
+    channel_params_matches_merge: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::MERGE_KERNEL;
+    channel_params_matches_instance_running: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::RUNNING_KERNEL;
+    row_params_matches_team: wgnorm::uniform::RowParams => wgnorm::rownorm::TEAM_KERNEL;
+    row_params_matches_team_regs: wgnorm::uniform::RowParams => wgnorm::rownorm::TEAM_REGS_KERNEL;
+    row_params_matches_workgroup: wgnorm::uniform::RowParams => wgnorm::rownorm::WORKGROUP_KERNEL;
+    row_params_matches_naive_row_norm: wgnorm::uniform::RowParams => wgnorm::rownorm::NAIVE_KERNEL;
+    ew_params_matches_elementwise: wgnorm::uniform::EwParams => wgnorm::elementwise::ELEMENTWISE_KERNEL;
+    copy_params_matches_copy: wgnorm::uniform::CopyParams => wgnorm::core::baseline::COPY_KERNEL;
+    blend_params_matches_blend: wgnorm::uniform::BlendParams => wgnorm::elementwise::BLEND_KERNEL;
+    drop_params_matches_dropout: wgnorm::uniform::DropParams => wgnorm::elementwise::DROPOUT_KERNEL;
+    naive_params_matches_naive_channel_norm: wgnorm::uniform::NaiveParams => wgnorm::core::baseline::NAIVE_CHANNEL_KERNEL;
+    naive_ball_params_matches_naive_midpoint: wgnorm::uniform::NaiveBallParams => wgnorm::poincare::NAIVE_MIDPOINT_KERNEL;
+    instance_params_matches_instance_mix: wgnorm::core::instmix::InstanceParams => wgnorm::core::instmix::INSTANCE_MIX_KERNEL;
+    region_params_matches_region: wgnorm::batchnorm::RegionParams => wgnorm::batchnorm::REGION_KERNEL;
+    fold_params_matches_fold: wgnorm::batchnorm::FoldParams => wgnorm::batchnorm::FOLD_KERNEL;
+    ball_params_matches_ball: wgnorm::poincare::BallParams => wgnorm::poincare::BALL_KERNEL;
+    ball_params_matches_midpoint: wgnorm::poincare::BallParams => wgnorm::poincare::MIDPOINT_KERNEL;
 }
 
 /// The check itself can fail: a block whose fields are the right ones in another order.
@@ -117,7 +117,8 @@ fn a_reordered_block_is_caught() {
             pub _pad2: u32,
         }
     }
-    let caught = std::panic::catch_unwind(|| check::<EwParams>(Kernel::Elementwise));
+    let caught =
+        std::panic::catch_unwind(|| check::<EwParams>(wgnorm::elementwise::ELEMENTWISE_KERNEL));
     assert!(
         caught.is_err(),
         "a reordered EwParams passed the layout check"

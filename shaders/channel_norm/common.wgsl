@@ -34,6 +34,11 @@ struct ChannelParams {
     mask_b: u32,
     // Lp norms: the norm each slot is scaled to (1 for LpNorm, sqrt(n) for SinkGD).
     norm_target: f32,
+    // SELU epilogue constants (the activation snippet reads them).
+    selu_alpha: f32,
+    selu_lambda: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {

@@ -1,9 +1,10 @@
 // Activation epilogues, chosen by the ACT pipeline constant:
 // 0 none, 1 SiLU x*sigmoid(x), 2 GELU (tanh approximation), 3 GELU (erf), 4 ReLU,
 // 5 SELU lambda * (x > 0 ? x : alpha * (exp(x) - 1)).
+// SELU's alpha and lambda are read from the kernel's uniform block (`params.selu_alpha`,
+// `params.selu_lambda`): every kernel composed with this snippet has those fields, and custom
+// values do not make new pipelines.
 override ACT: u32 = 0u;
-override SELU_ALPHA: f32 = 1.6732632423543772;
-override SELU_LAMBDA: f32 = 1.0507009873554805;
 
 // erf with |error| < 1.5e-7 (Abramowitz & Stegun 7.1.26): WGSL has no erf.
 fn erf_approx(v: V) -> V {
@@ -31,7 +32,7 @@ fn activate(v: V) -> V {
             return max(v, V(0.0));
         }
         case 5u: {
-            return SELU_LAMBDA * select(SELU_ALPHA * (exp(min(v, V(0.0))) - 1.0), v, v > V(0.0));
+            return params.selu_lambda * select(params.selu_alpha * (exp(min(v, V(0.0))) - 1.0), v, v > V(0.0));
         }
         default: {
             return v;

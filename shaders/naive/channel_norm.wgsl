@@ -32,6 +32,11 @@ struct NaiveParams {
     // Element (n, c)'s slot: n * slot_n + c / cpg.
     slot_n: u32,
     eps: f32,
+    // SELU epilogue constants (the activation snippet reads them).
+    selu_alpha: f32,
+    selu_lambda: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: NaiveParams;

@@ -8,8 +8,6 @@
 override MODE: u32 = 0u;
 override HAS_WEIGHT: bool = false;
 override HAS_BIAS: bool = false;
-override WRITE_MEAN: bool = false;
-override WRITE_RSTD: bool = false;
 // Fused residual add (add_layer_norm / add_rms_norm): the row normalized is x + residual, and
 // WRITE_SUM also stores that sum (pre-LN transformers carry it to the next residual).
 override HAS_RESIDUAL: bool = false;
@@ -21,12 +19,14 @@ struct RowParams {
     n_vec: u32,
     // Row length in elements.
     n: u32,
-    _pad0: u32,
+    // Bit 0: write the row means; bit 1: write the row rstd.
+    write_stats: u32,
     eps: f32,
     // Added to the weight before it multiplies (Gemma's RMSNorm stores weight - 1).
     weight_offset: f32,
-    _pad1: f32,
-    _pad2: f32,
+    // SELU epilogue constants (the activation snippet reads them).
+    selu_alpha: f32,
+    selu_lambda: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: RowParams;
@@ -74,11 +74,13 @@ fn normalize_affine(v: V, i: u32, mean: f32, rstd: f32) -> V {
     return activate(o);
 }
 
+// The saved statistics are a per-row store, so whether to write them is a uniform
+// (`params.write_stats`: bit 0 mean, bit 1 rstd), not a pipeline constant.
 fn write_stats(row: u32, mean: f32, rstd: f32) {
-    if (WRITE_MEAN) {
+    if ((params.write_stats & 1u) != 0u) {
         mean_out[row] = mean;
     }
-    if (WRITE_RSTD) {
+    if ((params.write_stats & 2u) != 0u) {
         rstd_out[row] = rstd;
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use wgnorm::binding::{self, BindCache};
 use wgnorm::rownorm::{self, RowMode, RowNorm, RowNormArgs, RowNormConfig};
-use wgnorm::shader::{Io, Kernel};
+use wgnorm::shader::{Io, Specialization};
 use wgnorm::uniform::{CopyParams, NaiveBallParams, NaiveParams, RowParams};
 use wgnorm::{Context, DType, Slot, Tensor};
 
@@ -92,12 +92,7 @@ fn copies(ctx: &Context, bytes: u64) -> Result<Vec<Copy>> {
         ("copy 256 vec4/lane", 8, 256),
         ("copy 64 vec4/lane", 64, 64),
     ] {
-        let pipeline = ctx.pipeline(
-            Kernel::Copy,
-            io,
-            COPY_SLOTS,
-            &[("WG", wg as f64), ("BLOCK", block as f64)],
-        )?;
+        let pipeline = ctx.pipeline(&wgnorm::core::baseline::copy_spec(io, wg, block))?;
         let params = CopyParams {
             n_vec,
             ..Default::default()
@@ -167,11 +162,6 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
     // Naive baseline: lavapipe's loop budget caps a single invocation's passes over a row.
     let naive_ok = !ctx.is_cpu() || 3 * n as u64 + 8 <= rownorm::CPU_LOOP_BUDGET;
     let naive = if naive_ok {
-        let consts = vec![
-            ("MODE", if mode == RowMode::LayerNorm { 0.0 } else { 1.0 }),
-            ("HAS_WEIGHT", 1.0),
-            ("HAS_BIAS", has_bias as u32 as f64),
-        ];
         let params = RowParams {
             rows: rows as u32,
             n_vec: n as u32,
@@ -197,11 +187,8 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
         let nio = Io { dtype, vec4: false };
         Some(staged_baseline(
             ctx,
-            Kernel::NaiveRowNorm,
-            nio,
-            rownorm::SLOTS,
             bg,
-            vec![(consts, rows)],
+            vec![(rownorm::naive_spec(mode, has_bias, nio), rows)],
             Vec::new(),
         )?)
     } else {
@@ -334,22 +321,18 @@ fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
     })
 }
 
-/// A naive baseline recorded as one compute pass: one dispatch of `kernel` per stage
-/// `(constants, invocations)`, 64 invocations per workgroup (`WG` is set here), every stage with
-/// `bind`. `keep` holds the scratch tensors the stages hand results through.
+/// A naive baseline recorded as one compute pass: one dispatch per stage
+/// `(pipeline, invocations)`, 64 invocations per workgroup, every stage with `bind`. `keep` holds
+/// the scratch tensors the stages hand results through.
 fn staged_baseline(
     ctx: &Context,
-    kernel: Kernel,
-    io: Io,
-    slots: &'static [Slot],
     bind: wgpu::BindGroup,
-    stages: Vec<(Vec<(&'static str, f64)>, usize)>,
+    stages: Vec<(Specialization, usize)>,
     keep: Vec<Tensor>,
 ) -> Result<Record> {
     let mut passes = Vec::new();
-    for (mut constants, invocations) in stages {
-        constants.push(("WG", 64.0));
-        let pipeline = ctx.pipeline(kernel, io, slots, &constants)?;
+    for (spec, invocations) in stages {
+        let pipeline = ctx.pipeline(&spec)?;
         passes.push((
             pipeline,
             binding::grid(ctx, (invocations as u64).div_ceil(64)),
@@ -365,17 +348,6 @@ fn staged_baseline(
         }
     }))
 }
-
-/// Bind-group slots of the naive batch-statistics baseline.
-const NAIVE_CHANNEL_SLOTS: &[Slot] = &[
-    Slot::Uniform,
-    Slot::Read,      // x
-    Slot::Read,      // weight
-    Slot::Read,      // bias
-    Slot::ReadWrite, // y
-    Slot::ReadWrite, // plane statistics
-    Slot::ReadWrite, // slot statistics
-];
 
 /// The naive baseline of a batch-statistics op (`naive/channel_norm.wgsl`): one invocation per
 /// (sample, channel) plane for its moments (two passes), one per statistic slot to merge them,
@@ -406,6 +378,11 @@ fn naive_channel(
         wgnorm::Layout::Nhwc => (c, 1),
     };
     let eps = 1e-5f32;
+    let act = if op == "group_norm_silu" {
+        wgnorm::Activation::Silu
+    } else {
+        wgnorm::Activation::None
+    };
     let params = NaiveParams {
         planes: planes as u32,
         hw: hw as u32,
@@ -419,6 +396,10 @@ fn naive_channel(
         kstride: kstride as u32,
         slot_n: slot_n as u32,
         eps,
+        selu_alpha: act.selu_params().0,
+        selu_lambda: act.selu_params().1,
+        _pad0: 0,
+        _pad1: 0,
     };
     let plane_stats = ctx.empty(&[planes, 2], DType::F32)?;
     let slot_stats = if op == "batch_norm_infer" {
@@ -438,38 +419,22 @@ fn naive_channel(
     ];
     let bind = BindCache::default().get(
         ctx,
-        NAIVE_CHANNEL_SLOTS,
+        wgnorm::core::baseline::NAIVE_CHANNEL_SLOTS,
         &params,
         &ranges.iter().collect::<Vec<_>>(),
     )?;
-    let act = if op == "group_norm_silu" {
-        wgnorm::Activation::Silu
-    } else {
-        wgnorm::Activation::None
-    };
-    let io = Io {
-        dtype: DType::F32,
-        vec4: false,
-    };
     let first_stage = if op == "batch_norm_infer" { 2 } else { 0 };
-    let stages = [(0.0, planes), (1.0, slots), (2.0, planes * hw)]
+    let stages = [(0, planes), (1, slots), (2, planes * hw)]
         .into_iter()
         .skip(first_stage)
         .map(|(stage, items)| {
-            let mut constants = vec![("STAGE", stage)];
-            constants.extend(act.constants());
-            (constants, items)
+            (
+                wgnorm::core::baseline::naive_channel_spec(stage, act),
+                items,
+            )
         })
         .collect();
-    staged_baseline(
-        ctx,
-        Kernel::NaiveChannelNorm,
-        io,
-        NAIVE_CHANNEL_SLOTS,
-        bind,
-        stages,
-        vec![plane_stats, slot_stats],
-    )
+    staged_baseline(ctx, bind, stages, vec![plane_stats, slot_stats])
 }
 
 /// A batch-statistics op on an `(N, C, H, W)` activation in `layout`, with its naive baseline.
@@ -659,23 +624,11 @@ fn naive_midpoint(
         r(m, "m")?,
     ];
     let bind = BindCache::default().get(ctx, SLOTS, &params, &ranges.iter().collect::<Vec<_>>())?;
-    let io = Io {
-        dtype: DType::F32,
-        vec4: false,
-    };
-    let stages = [(0.0, p), (1.0, d + 1), (2.0, 1)]
+    let stages = [(0, p), (1, d + 1), (2, 1)]
         .into_iter()
-        .map(|(stage, items)| (vec![("STAGE", stage)], items))
+        .map(|(stage, items)| (wgnorm::poincare::naive_midpoint_spec(stage), items))
         .collect();
-    staged_baseline(
-        ctx,
-        Kernel::NaivePoincareMidpoint,
-        io,
-        SLOTS,
-        bind,
-        stages,
-        vec![weights, sums],
-    )
+    staged_baseline(ctx, bind, stages, vec![weights, sums])
 }
 
 /// The hyperbolic family on an NCHW activation (points = pixels, dim = C): the gyromidpoint

@@ -13,10 +13,12 @@ mod sweep;
 
 use anyhow::Result;
 
-const USAGE: &str = "usage: cargo xtask <validate | conformance DIR... | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
+const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance DIR... | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
 
 const HELP: &str = "  validate            naga-validate every shader specialisation, translate it for Vulkan (SPIR-V),
                       Metal (MSL) and DX12 (HLSL), and check every op against the f64 reference
+    --list            print one key per specialisation instead (the format the runtime writes
+                      to WGNORM_LOG_PIPELINES=FILE for every pipeline it creates)
   conformance DIR...  run every case file under the DIRs (format: tests/conformance/FORMAT.md)
   bench               time every op against the best copy shader on the same adapter
     --quick           small shapes, seconds on software Vulkan
@@ -37,6 +39,12 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let ok = match args.first().map(String::as_str) {
+        Some("validate") if args.get(1).map(String::as_str) == Some("--list") => {
+            for spec in wgnorm::specializations() {
+                println!("{}", spec.key());
+            }
+            true
+        }
         Some("validate") => {
             let shaders_ok = shaders::validate_all()?;
             let sweep_ok = sweep::run()?;

@@ -26,10 +26,10 @@ pub use instance::{
 pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormInputs};
 pub use region::{
     specializations as region_specializations, RegionNormB, RegionNormInputs, RegionNormL,
-    RegionNormLInputs, RegionParams,
+    RegionNormLInputs, RegionParams, REGION_KERNEL,
 };
 use wgnorm_core::scratch::ScratchCache;
-use wgnorm_core::shader::{Io, Kernel};
+use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
 wgnorm_core::uniform_block! {
@@ -41,6 +41,40 @@ wgnorm_core::uniform_block! {
         pub eps: f32,
         pub _pad: u32,
     }
+}
+
+const FOLD_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,      // weight
+    Slot::Read,      // bias
+    Slot::Read,      // gamma
+    Slot::Read,      // beta
+    Slot::Read,      // running_mean
+    Slot::Read,      // running_var
+    Slot::ReadWrite, // weight_out
+    Slot::ReadWrite, // bias_out
+];
+
+/// Folds an inference BatchNorm into the preceding layer's weight and bias.
+pub const FOLD_KERNEL: Kernel = Kernel::new(
+    "channel_norm/fold",
+    &[wgnorm_core::shader_file!("channel_norm/fold.wgsl")],
+    FOLD_SLOTS,
+);
+
+fn fold_spec(has_bias: bool, has_gamma: bool, has_beta: bool) -> Specialization {
+    Specialization::new(FOLD_KERNEL, Io::F32)
+        .set("WG", 256)
+        .flag("HAS_BIAS", has_bias)
+        .flag("HAS_GAMMA", has_gamma)
+        .flag("HAS_BETA", has_beta)
+}
+
+/// The fold pipelines, for `cargo xtask validate`.
+pub fn fold_specializations() -> Vec<Specialization> {
+    (0..8u32)
+        .map(|b| fold_spec(b & 1 != 0, b & 2 != 0, b & 4 != 0))
+        .collect()
 }
 
 /// What is fixed when the layer is created.
@@ -456,32 +490,7 @@ impl BatchNorm {
             ("weight_out", Some(&wo), true),
             ("bias_out", Some(&bo), true),
         ])?;
-        const SLOTS: &[Slot] = &[
-            Slot::Uniform,
-            Slot::Read,
-            Slot::Read,
-            Slot::Read,
-            Slot::Read,
-            Slot::Read,
-            Slot::Read,
-            Slot::ReadWrite,
-            Slot::ReadWrite,
-        ];
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let pipeline = ctx.pipeline(
-            Kernel::FoldBatchNorm,
-            Io {
-                dtype: DType::F32,
-                vec4: false,
-            },
-            SLOTS,
-            &[
-                ("WG", 256.0),
-                ("HAS_BIAS", flag(b.is_some())),
-                ("HAS_GAMMA", flag(g.is_some())),
-                ("HAS_BETA", flag(be.is_some())),
-            ],
-        )?;
+        let pipeline = ctx.pipeline(&fold_spec(b.is_some(), g.is_some(), be.is_some()))?;
         let params = FoldParams {
             o: o as u32,
             k: k as u32,
@@ -491,7 +500,7 @@ impl BatchNorm {
         let dummy = binding::dummy_range(ctx.dummy_read());
         let bind = self.fold_binds.get(
             ctx,
-            SLOTS,
+            FOLD_SLOTS,
             &params,
             &[
                 &w,

@@ -3,7 +3,7 @@
 use wgnorm_core::binding::{self, BindCache};
 use wgnorm_core::chnorm::Layout;
 use wgnorm_core::scratch::ScratchCache;
-use wgnorm_core::shader::{Io, Kernel, Specialization};
+use wgnorm_core::shader::{snippet, Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
 wgnorm_core::uniform_block! {
@@ -355,7 +355,6 @@ fn record(
     };
     let bind = binds.get(ctx, SLOTS, &params, &ranges.iter().collect::<Vec<_>>())?;
     let io = Io { dtype, vec4: false };
-    let nhwc = if layout == Layout::Nhwc { 1.0 } else { 0.0 };
     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("wgnorm region norm"),
         timestamp_writes: None,
@@ -372,17 +371,7 @@ fn record(
         (3, x.numel().div_ceil(WG as usize)),
     ]);
     for (stage, g) in stages {
-        let pipeline = ctx.pipeline(
-            Kernel::ChannelRegion,
-            io,
-            SLOTS,
-            &[
-                ("WG", WG as f64),
-                ("STAGE", stage as f64),
-                ("NHWC", nhwc),
-                ("RNL", if rnl { 1.0 } else { 0.0 }),
-            ],
-        )?;
+        let pipeline = ctx.pipeline(&region_spec(io, stage, layout == Layout::Nhwc, rnl))?;
         let (gx, gy) = binding::grid(ctx, g as u64);
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
@@ -391,27 +380,34 @@ fn record(
     Ok(())
 }
 
-/// The pipelines RN-B creates, for `cargo xtask validate`.
+/// The staged Region Normalization kernel.
+pub const REGION_KERNEL: Kernel = Kernel::new(
+    "channel_norm/region",
+    &[
+        snippet::MOMENTS,
+        wgnorm_core::shader_file!("channel_norm/region.wgsl"),
+    ],
+    SLOTS,
+);
+
+/// Stage `stage` (0: RN-B's mask resize; 1-3: statistics, merge, output; 4-6: RN-L's mask and
+/// affine maps) of the region kernel.
+fn region_spec(io: Io, stage: u32, nhwc: bool, rnl: bool) -> Specialization {
+    Specialization::new(REGION_KERNEL, io)
+        .set("WG", WG)
+        .set("STAGE", stage)
+        .flag("NHWC", nhwc)
+        .flag("RNL", rnl)
+}
+
+/// The pipelines RN-B and RN-L create, for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
     for dtype in [DType::F32, DType::F16] {
-        for rnl in [0.0, 1.0] {
+        for rnl in [false, true] {
             for stage in 0..7 {
-                // Stage 0 is RN-B's mask resize; 4-6 are RN-L's mask and affine maps.
-                if (stage == 0 && rnl == 1.0) || (stage >= 4 && rnl == 0.0) {
-                    continue;
-                }
-                for nhwc in [0.0, 1.0] {
-                    out.push(Specialization {
-                        kernel: Kernel::ChannelRegion,
-                        io: Io { dtype, vec4: false },
-                        constants: vec![
-                            ("WG", WG as f64),
-                            ("STAGE", stage as f64),
-                            ("NHWC", nhwc),
-                            ("RNL", rnl),
-                        ],
-                    });
+                for nhwc in [false, true] {
+                    out.push(region_spec(Io { dtype, vec4: false }, stage, nhwc, rnl));
                 }
             }
         }

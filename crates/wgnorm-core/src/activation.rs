@@ -28,27 +28,32 @@ impl Activation {
         lambda: 1.050_701,
     };
 
+    /// The `ACT` pipeline constant selecting this activation. SELU's alpha and lambda are not
+    /// constants: they travel in the kernel's uniform block ([`Activation::selu_params`]), so
+    /// custom values share one pipeline.
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Silu => 1,
+            Activation::GeluTanh => 2,
+            Activation::GeluErf => 3,
+            Activation::Relu => 4,
+            Activation::Selu { .. } => 5,
+        }
+    }
+
     /// The pipeline constants selecting this activation.
-    pub fn constants(self) -> [(&'static str, f64); 3] {
-        let (code, alpha, lambda) = match self {
-            Activation::None => (0.0, 0.0, 0.0),
-            Activation::Silu => (1.0, 0.0, 0.0),
-            Activation::GeluTanh => (2.0, 0.0, 0.0),
-            Activation::GeluErf => (3.0, 0.0, 0.0),
-            Activation::Relu => (4.0, 0.0, 0.0),
-            Activation::Selu { alpha, lambda } => (5.0, alpha as f64, lambda as f64),
-        };
-        // Unused SELU constants are pinned so every other activation shares one pipeline.
-        let (alpha, lambda) = if code == 5.0 {
-            (alpha, lambda)
-        } else {
-            (1.6732632423543772, 1.0507009873554805)
-        };
-        [
-            ("ACT", code),
-            ("SELU_ALPHA", alpha),
-            ("SELU_LAMBDA", lambda),
-        ]
+    pub fn constants(self) -> [(&'static str, f64); 1] {
+        [("ACT", self.code() as f64)]
+    }
+
+    /// `(alpha, lambda)` for the uniform block's `selu_alpha`/`selu_lambda` (read by the
+    /// activation snippet); the standard constants for other activations.
+    pub fn selu_params(self) -> (f32, f32) {
+        match self {
+            Activation::Selu { alpha, lambda } => (alpha, lambda),
+            _ => (1.673_263_2, 1.050_701),
+        }
     }
 
     /// Parses the names used by the conformance cases and configuration files.

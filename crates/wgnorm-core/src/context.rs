@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::shader::{self, Io, Kernel};
+use crate::shader::{self, Io, Kernel, Specialization};
 use crate::{DType, Error, Result, Tensor};
 
 /// Optional features wgnorm uses when the adapter has them; every kernel has a path without them,
@@ -85,6 +85,8 @@ struct Inner {
     modules: Mutex<HashMap<(Kernel, Io), wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<&'static [Slot], (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    /// `WGNORM_LOG_PIPELINES`: the file every created pipeline's key is appended to.
+    pipeline_log: Option<std::path::PathBuf>,
     /// Bound in place of absent optional inputs / outputs (read, and distinct writes so absent
     /// outputs never alias).
     dummy_read: wgpu::Buffer,
@@ -95,7 +97,6 @@ struct Inner {
 struct PipelineKey {
     kernel: Kernel,
     io: Io,
-    layout: &'static [Slot],
     constants: Vec<(&'static str, u64)>,
 }
 
@@ -232,6 +233,7 @@ impl Context {
                 modules: Mutex::default(),
                 layouts: Mutex::default(),
                 pipelines: Mutex::default(),
+                pipeline_log: std::env::var_os("WGNORM_LOG_PIPELINES").map(Into::into),
                 dummy_read,
                 dummy_write,
             }),
@@ -340,19 +342,19 @@ impl Context {
     }
 
     /// The compute pipeline for a kernel specialisation, compiled on first use and cached.
-    /// Shader validation errors come back as [`Error::Device`], never as a panic.
-    pub fn pipeline(
-        &self,
-        kernel: Kernel,
-        io: Io,
-        slots: &'static [Slot],
-        constants: &[(&'static str, f64)],
-    ) -> Result<wgpu::ComputePipeline> {
+    /// Shader validation errors come back as [`Error::Device`], never as a panic. With
+    /// `WGNORM_LOG_PIPELINES=FILE` set when the context was made, each pipeline created appends
+    /// its [`Specialization::key`] to FILE (the format of `cargo xtask validate --list`).
+    pub fn pipeline(&self, spec: &Specialization) -> Result<wgpu::ComputePipeline> {
+        let (kernel, io) = (spec.kernel, spec.io);
         let key = PipelineKey {
             kernel,
             io,
-            layout: slots,
-            constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
+            constants: spec
+                .constants
+                .iter()
+                .map(|&(k, v)| (k, v.to_bits()))
+                .collect(),
         };
         if let Some(p) = self.inner.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
@@ -367,28 +369,8 @@ impl Context {
             )));
         }
         let device = &self.inner.device;
-        let module = {
-            let mut modules = self.inner.modules.lock().unwrap();
-            match modules.get(&(kernel, io)) {
-                Some(m) => m.clone(),
-                None => {
-                    let source = kernel.source(io);
-                    let checks = self.inner.checks.runtime_checks(self.inner.info.backend);
-                    let desc = wgpu::ShaderModuleDescriptor {
-                        label: Some(kernel.name()),
-                        source: wgpu::ShaderSource::Wgsl(source.into()),
-                    };
-                    // SAFETY: wgnorm's kernels keep the invariants `checks` drops (see
-                    // `ShaderChecks`): bounded loops, in-bounds indices.
-                    let m = capture(device, || unsafe {
-                        device.create_shader_module_trusted(desc, checks)
-                    })?;
-                    modules.insert((kernel, io), m.clone());
-                    m
-                }
-            }
-        };
-        let (_, layout) = self.layout(slots);
+        let module = self.module(kernel, io)?;
+        let (_, layout) = self.layout(kernel.slots());
         let pipeline = capture(device, || {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.name()),
@@ -396,18 +378,55 @@ impl Context {
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
+                    constants: &spec.constants,
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
             })
         })?;
+        self.log_pipeline(spec)?;
         self.inner
             .pipelines
             .lock()
             .unwrap()
             .insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// The shader module of a kernel and I/O type, compiled once per context.
+    fn module(&self, kernel: Kernel, io: Io) -> Result<wgpu::ShaderModule> {
+        let device = &self.inner.device;
+        let mut modules = self.inner.modules.lock().unwrap();
+        if let Some(m) = modules.get(&(kernel, io)) {
+            return Ok(m.clone());
+        }
+        let source = kernel.source(io);
+        let checks = self.inner.checks.runtime_checks(self.inner.info.backend);
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name()),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        };
+        // SAFETY: wgnorm's kernels keep the invariants `checks` drops (see `ShaderChecks`):
+        // bounded loops, in-bounds indices.
+        let m = capture(device, || unsafe {
+            device.create_shader_module_trusted(desc, checks)
+        })?;
+        modules.insert((kernel, io), m.clone());
+        Ok(m)
+    }
+
+    fn log_pipeline(&self, spec: &Specialization) -> Result<()> {
+        use std::io::Write;
+        let Some(path) = &self.inner.pipeline_log else {
+            return Ok(());
+        };
+        let line = format!("{}\n", spec.key());
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| Error::Device(format!("WGNORM_LOG_PIPELINES={}: {e}", path.display())))
     }
 
     /// Number of pipelines compiled so far (for tests of the caches).

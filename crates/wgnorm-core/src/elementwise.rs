@@ -3,12 +3,68 @@
 use crate::activation::Activation;
 use crate::binding::{self, BindCache};
 use crate::context::Slot;
-use crate::shader::{Io, Kernel};
+use crate::shader::{snippet, Io, Kernel, Specialization};
 use crate::uniform::{BlendParams, DropParams, EwParams};
 use crate::{Context, DType, Error, Result, Tensor};
 
 const SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
 const WG: u32 = 256;
+
+/// `y = act(x)`.
+pub const ELEMENTWISE_KERNEL: Kernel = Kernel::new(
+    "elementwise",
+    &[snippet::ACTIVATION, crate::shader_file!("elementwise.wgsl")],
+    SLOTS,
+);
+/// AlphaDropout with a counter-based mask (seed, index).
+pub const DROPOUT_KERNEL: Kernel =
+    Kernel::new("dropout", &[crate::shader_file!("dropout.wgsl")], SLOTS);
+/// `y = lambda a + (1 - lambda) b`.
+pub const BLEND_KERNEL: Kernel =
+    Kernel::new("blend", &[crate::shader_file!("blend.wgsl")], BLEND_SLOTS);
+
+/// Accesses per lane of the elementwise kernels: a contiguous block on CPU adapters.
+fn block(cpu: bool) -> u32 {
+    if cpu {
+        16
+    } else {
+        1
+    }
+}
+
+fn elementwise_spec(io: Io, cpu: bool, act: Activation) -> Specialization {
+    Specialization::new(ELEMENTWISE_KERNEL, io)
+        .set("WG", WG)
+        .set("BLOCK", block(cpu))
+        .with(&act.constants())
+}
+
+fn dropout_spec(io: Io) -> Specialization {
+    Specialization::new(DROPOUT_KERNEL, io).set("WG", WG)
+}
+
+fn blend_spec(io: Io, cpu: bool) -> Specialization {
+    Specialization::new(BLEND_KERNEL, io)
+        .set("WG", WG)
+        .set("BLOCK", block(cpu))
+}
+
+/// Every pipeline of this module, for `cargo xtask validate`.
+pub fn specializations() -> Vec<Specialization> {
+    let mut out = Vec::new();
+    for io in Io::ALL {
+        for cpu in [false, true] {
+            for act in Activation::ALL {
+                out.push(elementwise_spec(io, cpu, act));
+            }
+            out.push(blend_spec(io, cpu));
+        }
+        if !io.vec4 {
+            out.push(dropout_spec(io));
+        }
+    }
+    out
+}
 
 /// An activation applied elementwise, f32 or f16 storage with f32 arithmetic.
 pub struct Elementwise {
@@ -61,13 +117,14 @@ impl Elementwise {
             dtype: self.dtype,
             vec4: n.is_multiple_of(4) && xr.offset % align == 0 && yr.offset % align == 0,
         };
-        let block: u32 = if ctx.is_cpu() { 16 } else { 1 };
-        let mut constants = vec![("WG", WG as f64), ("BLOCK", block as f64)];
-        constants.extend(self.activation.constants());
-        let pipeline = ctx.pipeline(Kernel::Elementwise, io, SLOTS, &constants)?;
+        let block = block(ctx.is_cpu());
+        let pipeline = ctx.pipeline(&elementwise_spec(io, ctx.is_cpu(), self.activation))?;
         let n_v = (n / io.width() as usize) as u32;
+        let (selu_alpha, selu_lambda) = self.activation.selu_params();
         let params = EwParams {
             n_v,
+            selu_alpha,
+            selu_lambda,
             ..Default::default()
         };
         let bind = self.binds.get(ctx, SLOTS, &params, &[&xr, &yr])?;
@@ -187,7 +244,7 @@ impl AlphaDropout {
             dtype: self.dtype,
             vec4: false,
         };
-        let pipeline = ctx.pipeline(Kernel::AlphaDropout, io, DROP_SLOTS, &[("WG", WG as f64)])?;
+        let pipeline = ctx.pipeline(&dropout_spec(io))?;
         let bind = self.binds.get(ctx, DROP_SLOTS, &params, &[&xr, &yr])?;
         let (gx, gy) = binding::grid(ctx, (n as u64).div_ceil(WG as u64));
         binding::dispatch(
@@ -262,13 +319,8 @@ impl Blend {
             vec4: n.is_multiple_of(4) && [&ar, &br, &yr].iter().all(|r| r.offset % align == 0),
         };
         ctx.check_io(io)?;
-        let block: u32 = if ctx.is_cpu() { 16 } else { 1 };
-        let pipeline = ctx.pipeline(
-            Kernel::Blend,
-            io,
-            BLEND_SLOTS,
-            &[("WG", WG as f64), ("BLOCK", block as f64)],
-        )?;
+        let block = block(ctx.is_cpu());
+        let pipeline = ctx.pipeline(&blend_spec(io, ctx.is_cpu()))?;
         let n_v = (n / io.width() as usize) as u32;
         let params = BlendParams {
             n_v,

@@ -8,7 +8,7 @@ use crate::binding::{self, BindCache};
 use crate::chnorm::{ChannelNorm, ChannelView, Layout};
 use crate::context::Slot;
 use crate::scratch::ScratchCache;
-use crate::shader::{Io, Kernel, Specialization};
+use crate::shader::{snippet, Io, Kernel, Specialization};
 use crate::{Activation, Context, DType, Error, Result, Tensor};
 
 const SLOTS: &[Slot] = &[
@@ -23,6 +23,18 @@ const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // assignment (UnMix-TNS)
 ];
 const WG: u32 = 64;
+
+/// Statistics built from per-instance moments: the apply pass's coefficients and the methods'
+/// GPU state.
+pub const INSTANCE_MIX_KERNEL: Kernel = Kernel::new(
+    "channel_norm/instance_mix",
+    &[
+        snippet::MOMENTS,
+        snippet::WG_SUM,
+        crate::shader_file!("channel_norm/instance_mix.wgsl"),
+    ],
+    SLOTS,
+);
 
 crate::uniform_block! {
     /// `InstanceParams` (`channel_norm/instance_mix.wgsl`): the mixing kernel over per-(n, c)
@@ -93,7 +105,7 @@ impl Method {
         }
     }
 
-    fn constants(&self) -> Vec<(&'static str, f64)> {
+    fn spec(&self) -> Specialization {
         let (training, unbiased) = match *self {
             Method::Ibn { training, .. } => (training, true),
             Method::EvoB0 {
@@ -103,16 +115,22 @@ impl Method {
             } => (training, unbiased_running),
             Method::Unmix { .. } | Method::AdaB2n { .. } | Method::Unified { .. } => (false, true),
         };
-        let f = |b: bool| if b { 1.0 } else { 0.0 };
-        let filter = matches!(self, Method::Unified { filter: true, .. });
-        vec![
-            ("WG", WG as f64),
-            ("MODE", self.mode()),
-            ("TRAINING", f(training)),
-            ("UNBIASED_RUNNING", f(unbiased)),
-            ("FILTER", f(filter)),
-        ]
+        mix_spec(
+            self.mode(),
+            training,
+            unbiased,
+            matches!(self, Method::Unified { filter: true, .. }),
+        )
     }
+}
+
+fn mix_spec(mode: f64, training: bool, unbiased: bool, filter: bool) -> Specialization {
+    Specialization::new(INSTANCE_MIX_KERNEL, Io::F32)
+        .set("WG", WG)
+        .set("MODE", mode)
+        .flag("TRAINING", training)
+        .flag("UNBIASED_RUNNING", unbiased)
+        .flag("FILTER", filter)
 }
 
 /// Tensors of one call; which ones a method needs is said at [`InstanceMix::encode`].
@@ -386,15 +404,7 @@ impl InstanceMix {
             ("y", Some(&yr), true),
         ])?;
         reduce(encoder, &moments)?;
-        let pipeline = ctx.pipeline(
-            Kernel::ChannelInstanceMix,
-            Io {
-                dtype: DType::F32,
-                vec4: false,
-            },
-            SLOTS,
-            &method.constants(),
-        )?;
+        let pipeline = ctx.pipeline(&method.spec())?;
         let bind = self.binds.get(
             ctx,
             SLOTS,
@@ -429,7 +439,11 @@ impl InstanceMix {
             a.y,
             view,
             &coef,
-            matches!(method, Method::EvoB0 { .. }),
+            if matches!(method, Method::EvoB0 { .. }) {
+                crate::chnorm::Epilogue::MaxDenominator
+            } else {
+                crate::chnorm::Epilogue::Affine
+            },
         )
     }
 
@@ -447,24 +461,8 @@ pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
     for mode in [0.0, 1.0, 2.0, 3.0, 4.0] {
         for bits in 0..8u32 {
-            let f = |i: u32| if bits & (1 << i) != 0 { 1.0 } else { 0.0 };
-            if f(2) == 1.0 && mode != 4.0 {
-                continue;
-            }
-            out.push(Specialization {
-                kernel: Kernel::ChannelInstanceMix,
-                io: Io {
-                    dtype: DType::F32,
-                    vec4: false,
-                },
-                constants: vec![
-                    ("WG", WG as f64),
-                    ("MODE", mode),
-                    ("TRAINING", f(0)),
-                    ("UNBIASED_RUNNING", f(1)),
-                    ("FILTER", f(2)),
-                ],
-            });
+            let f = |i: u32| bits & (1 << i) != 0;
+            out.push(mix_spec(mode, f(0), f(1), f(2)));
         }
     }
     out

@@ -9,6 +9,7 @@
 //! - [`Error`]: one typed error for everything.
 
 pub mod activation;
+pub mod baseline;
 pub mod binding;
 pub mod chnorm;
 pub mod context;

@@ -7,7 +7,7 @@
 
 use crate::binding::{self, BindCache};
 use crate::context::Slot;
-use crate::shader::{Io, Kernel, Specialization};
+use crate::shader::{snippet, Io, Kernel, Specialization};
 use crate::uniform::RowParams;
 use crate::{Context, DType, Error, Result, Tensor};
 
@@ -72,6 +72,60 @@ pub const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // sum
 ];
 
+const ROW_COMMON: &str = crate::shader_file!("row_norm/common.wgsl");
+
+/// A subgroup team per row (needs `SUBGROUP`).
+pub const TEAM_KERNEL: Kernel = Kernel::new(
+    "row_norm/team",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        ROW_COMMON,
+        snippet::TEAM_SUM,
+        crate::shader_file!("row_norm/team.wgsl"),
+    ],
+    SLOTS,
+)
+.with_features(wgpu::Features::SUBGROUP);
+
+/// A subgroup team per row, the row in registers (needs `SUBGROUP`).
+pub const TEAM_REGS_KERNEL: Kernel = Kernel::new(
+    "row_norm/team_regs",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        ROW_COMMON,
+        snippet::TEAM_SUM,
+        crate::shader_file!("row_norm/team_regs.wgsl"),
+    ],
+    SLOTS,
+)
+.with_features(wgpu::Features::SUBGROUP);
+
+/// A workgroup per row (no optional feature).
+pub const WORKGROUP_KERNEL: Kernel = Kernel::new(
+    "row_norm/workgroup",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        snippet::WG_MOMENTS,
+        ROW_COMMON,
+        crate::shader_file!("row_norm/workgroup.wgsl"),
+    ],
+    SLOTS,
+);
+
+/// One invocation per row, three passes: the benchmarks' baseline for row norms.
+pub const NAIVE_KERNEL: Kernel = Kernel::new(
+    "naive/row_norm",
+    &[
+        snippet::ACTIVATION,
+        ROW_COMMON,
+        crate::shader_file!("naive/row_norm.wgsl"),
+    ],
+    SLOTS,
+);
+
 /// Accesses each lane of a LayerNorm team holds at least on CPU adapters (see `choose_for`).
 const CPU_LN_MIN_PER_LANE: u32 = 8;
 
@@ -88,8 +142,13 @@ fn reduction_bytes(wg: u32) -> u64 {
 
 /// Accesses (of `io.width()` elements, cached as f32) of workgroup cache `kernel` gets for rows of
 /// `n_vec` accesses, or `None` when they do not fit `budget` bytes of workgroup memory.
+///
+/// Lengths are rounded up to a power of two (capped at what the budget holds): the cache size is
+/// a pipeline constant, and rounding keeps the pipelines a small finite set that `cargo xtask
+/// validate` can list, shared by neighbouring row lengths.
 fn cache_len_for(budget: u64, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u32> {
     let access = 4 * io.width() as u64;
+    let bucket = |need: u64, cap: u64| need.max(1).next_power_of_two().min(cap).max(1) as u32;
     match kernel {
         RowKernel::Team {
             rows_per_group,
@@ -97,12 +156,13 @@ fn cache_len_for(budget: u64, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u
             ..
         } => {
             let need = n_vec * rows_per_group as u64;
-            (cached && need * access <= budget).then_some(need.max(1) as u32)
+            let cap = budget / access;
+            (cached && need <= cap).then(|| bucket(need, cap))
         }
         RowKernel::TeamRegs { team, .. } => (n_vec <= (team * TEAM_REGS) as u64).then_some(1),
         RowKernel::Workgroup { wg } => {
-            let fits = n_vec * access + reduction_bytes(wg) <= budget;
-            fits.then_some(n_vec.max(1) as u32)
+            let cap = budget.saturating_sub(reduction_bytes(wg)) / access;
+            (n_vec <= cap).then(|| bucket(n_vec, cap))
         }
     }
 }
@@ -220,64 +280,140 @@ fn prev_power_of_two(v: u32) -> u32 {
     1 << (31 - v.leading_zeros())
 }
 
-fn constants(
-    mode: RowMode,
-    flags: [bool; 6],
-    kernel: RowKernel,
-    n_vec: u64,
-    cache: Option<u32>,
-) -> (Kernel, Vec<(&'static str, f64)>) {
-    let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    let mut c = vec![
-        ("MODE", if mode == RowMode::LayerNorm { 0.0 } else { 1.0 }),
-        ("HAS_WEIGHT", flag(flags[0])),
-        ("HAS_BIAS", flag(flags[1])),
-        ("WRITE_MEAN", flag(flags[2])),
-        ("WRITE_RSTD", flag(flags[3])),
-        ("HAS_RESIDUAL", flag(flags[4])),
-        ("WRITE_SUM", flag(flags[5])),
-    ];
-    let k = match kernel {
-        RowKernel::Team {
-            team,
-            rows_per_group,
-            ..
-        } => {
-            c.push(("TEAM", team as f64));
-            c.push(("WG", (team * rows_per_group) as f64));
-            c.push(("USE_CACHE", flag(cache.is_some())));
-            c.push(("CACHE_V", cache.unwrap_or(1) as f64));
-            Kernel::RowNormTeam
-        }
-        RowKernel::TeamRegs {
-            team,
-            rows_per_group,
-            rows_per_team,
-        } => {
-            c.push(("ROWS_PER_TEAM", rows_per_team as f64));
-            c.push(("TEAM", team as f64));
-            c.push(("WG", (team * rows_per_group) as f64));
-            c.push(("PER_LANE", n_vec.div_ceil(team as u64).max(1) as f64));
-            c.push(("EXACT", flag(n_vec.is_multiple_of(team as u64))));
-            Kernel::RowNormTeamRegs
-        }
-        RowKernel::Workgroup { wg } => {
-            c.push(("WG", wg as f64));
-            c.push(("USE_CACHE", flag(cache.is_some())));
-            c.push(("CACHE_V", cache.unwrap_or(1) as f64));
-            Kernel::RowNormWorkgroup
-        }
-    };
-    (k, c)
+/// Which optional per-element tensors a row-norm call binds; each is an override constant of the
+/// kernels (the per-row saved statistics are a uniform flag, `RowParams::write_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RowFlags {
+    pub has_weight: bool,
+    pub has_bias: bool,
+    pub has_residual: bool,
+    /// Store `x + residual` (only with a residual).
+    pub write_sum: bool,
 }
 
-/// Every specialisation the runtime can create for rows of the given lengths on adapters like
-/// `classes` (each: is_cpu, subgroup min, subgroup max, has subgroups, workgroup storage bytes).
-/// Used by `cargo xtask validate`.
-pub fn specializations(lengths: &[u64], classes: &[AdapterClass]) -> Vec<Specialization> {
-    let mut out: Vec<Specialization> = Vec::new();
+impl RowFlags {
+    /// Every combination a call can bind (a sum needs a residual).
+    pub fn all() -> impl Iterator<Item = RowFlags> {
+        (0..16u32)
+            .map(|bits| {
+                let f = |i: u32| bits & (1 << i) != 0;
+                RowFlags {
+                    has_weight: f(0),
+                    has_bias: f(1),
+                    has_residual: f(2),
+                    write_sum: f(3),
+                }
+            })
+            .filter(|f| f.has_residual || !f.write_sum)
+    }
+}
+
+/// The override constants of a row-norm pipeline, as typed values: the one place their WGSL
+/// names are written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowConstants {
+    pub mode: RowMode,
+    pub flags: RowFlags,
+    pub kernel: RowKernel,
+    /// Row length in accesses.
+    pub n_vec: u64,
+    /// Accesses of workgroup cache, or `None` to read x from memory in each pass.
+    pub cache: Option<u32>,
+    pub activation: crate::Activation,
+}
+
+impl RowConstants {
+    /// The pipeline these constants select for I/O type `io`.
+    pub fn spec(&self, io: Io) -> Specialization {
+        let f = self.flags;
+        let kernel = match self.kernel {
+            RowKernel::Team { .. } => TEAM_KERNEL,
+            RowKernel::TeamRegs { .. } => TEAM_REGS_KERNEL,
+            RowKernel::Workgroup { .. } => WORKGROUP_KERNEL,
+        };
+        let s = Specialization::new(kernel, io)
+            .set(
+                "MODE",
+                if self.mode == RowMode::LayerNorm {
+                    0
+                } else {
+                    1
+                },
+            )
+            .flag("HAS_WEIGHT", f.has_weight)
+            .flag("HAS_BIAS", f.has_bias)
+            .flag("HAS_RESIDUAL", f.has_residual)
+            .flag("WRITE_SUM", f.write_sum)
+            .with(&self.activation.constants());
+        match self.kernel {
+            RowKernel::Team {
+                team,
+                rows_per_group,
+                ..
+            } => s
+                .set("TEAM", team)
+                .set("WG", team * rows_per_group)
+                .flag("USE_CACHE", self.cache.is_some())
+                .set("CACHE_V", self.cache.unwrap_or(1)),
+            RowKernel::TeamRegs {
+                team,
+                rows_per_group,
+                rows_per_team,
+            } => s
+                .set("ROWS_PER_TEAM", rows_per_team)
+                .set("TEAM", team)
+                .set("WG", team * rows_per_group)
+                .set("PER_LANE", regs_per_lane(self.n_vec, team).0)
+                .flag("EXACT", regs_per_lane(self.n_vec, team).1),
+            RowKernel::Workgroup { wg } => s
+                .set("WG", wg)
+                .flag("USE_CACHE", self.cache.is_some())
+                .set("CACHE_V", self.cache.unwrap_or(1)),
+        }
+    }
+}
+
+/// The naive baseline's constants (benchmarks only).
+pub fn naive_spec(mode: RowMode, has_bias: bool, io: Io) -> Specialization {
+    Specialization::new(NAIVE_KERNEL, io)
+        .set("WG", 64)
+        .set("MODE", if mode == RowMode::LayerNorm { 0 } else { 1 })
+        .flag("HAS_WEIGHT", true)
+        .flag("HAS_BIAS", has_bias)
+}
+
+/// Accesses each lane of the register kernel holds for rows of `n_vec` accesses, and whether the
+/// team's lanes hold exactly the row (no bounds test). The count is rounded up to one of two
+/// values per octave (1, 2, 3, 4, 6, 8, ..., 24, 32): it is the unrolled trip count, a pipeline
+/// constant, and the rounding keeps one pipeline for neighbouring row lengths (at most a third
+/// of a lane's iterations are masked).
+fn regs_per_lane(n_vec: u64, team: u32) -> (u32, bool) {
+    const BUCKETS: [u32; 10] = [1, 2, 3, 4, 6, 8, 12, 16, 24, TEAM_REGS];
+    let need = n_vec.div_ceil(team as u64).max(1);
+    let per = BUCKETS
+        .into_iter()
+        .find(|&b| b as u64 >= need)
+        .unwrap_or(TEAM_REGS);
+    (per, n_vec == per as u64 * team as u64)
+}
+
+/// Row lengths that reach every kernel shape [`choose`] can make: every length up to 65536 (the
+/// longest row any adapter class caches), then powers of two up to 2^26 (each workgroup size of
+/// the uncached kernels is chosen for a range `(a, 2a]` of lengths, which holds a power of two).
+fn enumerated_lengths() -> impl Iterator<Item = u64> {
+    (1..=65536u64).chain((17..=26).map(|e| 1u64 << e))
+}
+
+/// Every specialisation the runtime can create on adapters like `classes`: the kernel choice
+/// replayed over every row length that makes a different choice, each with every flag
+/// combination and activation. Used by `cargo xtask validate`.
+pub fn specializations(classes: &[AdapterClass]) -> Vec<Specialization> {
+    // (mode, io, kernel, cache, PER_LANE/EXACT of the register kernel): what a length decides.
+    type Shape = (RowMode, Io, RowKernel, Option<u32>, Option<(u32, bool)>);
+    let mut shapes: Vec<(Shape, u64)> = Vec::new();
+    let mut seen = std::collections::HashSet::<Shape>::new();
     for class in classes {
-        for &n in lengths {
+        for n in enumerated_lengths() {
             for io in Io::ALL {
                 if io.vec4 && n % 4 != 0 {
                     continue;
@@ -286,24 +422,31 @@ pub fn specializations(lengths: &[u64], classes: &[AdapterClass]) -> Vec<Special
                 for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
                     let kernel = class.choose(mode, n, io);
                     let cache = class.cache_len(kernel, io, n_vec);
-                    for bits in 0..64u32 {
-                        // A sum is only written with a residual to add.
-                        if bits & 0b110000 == 0b100000 {
-                            continue;
-                        }
-                        let flags = std::array::from_fn(|i| bits & (1 << i) != 0);
-                        let (k, mut c) = constants(mode, flags, kernel, n_vec, cache);
-                        c.extend(crate::Activation::None.constants());
-                        let s = Specialization {
-                            kernel: k,
-                            io,
-                            constants: c,
-                        };
-                        if !out.contains(&s) {
-                            out.push(s);
-                        }
+                    let regs = match kernel {
+                        RowKernel::TeamRegs { team, .. } => Some(regs_per_lane(n_vec, team)),
+                        _ => None,
+                    };
+                    let shape = (mode, io, kernel, cache, regs);
+                    if seen.insert(shape) {
+                        shapes.push((shape, n_vec));
                     }
                 }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((mode, io, kernel, cache, _), n_vec) in shapes {
+        for flags in RowFlags::all() {
+            for activation in crate::Activation::ALL {
+                let c = RowConstants {
+                    mode,
+                    flags,
+                    kernel,
+                    n_vec,
+                    cache,
+                    activation,
+                };
+                out.push(c.spec(io));
             }
         }
     }
@@ -400,12 +543,7 @@ pub struct RowNormArgs<'a> {
 struct PlanKey {
     n: u64,
     io: Io,
-    has_w: bool,
-    has_b: bool,
-    has_mean: bool,
-    has_rstd: bool,
-    has_residual: bool,
-    write_sum: bool,
+    flags: RowFlags,
 }
 
 #[derive(Clone)]
@@ -617,12 +755,12 @@ impl RowNorm {
         let key = PlanKey {
             n: n as u64,
             io,
-            has_w: w.is_some(),
-            has_b: b.is_some(),
-            has_mean: m.is_some(),
-            has_rstd: r.is_some(),
-            has_residual: res.is_some(),
-            write_sum: sum.is_some(),
+            flags: RowFlags {
+                has_weight: w.is_some(),
+                has_bias: b.is_some(),
+                has_residual: res.is_some(),
+                write_sum: sum.is_some(),
+            },
         };
         let plan = self.plan(key)?;
 
@@ -631,9 +769,11 @@ impl RowNorm {
             rows: rows as u32,
             n_vec,
             n: n as u32,
+            write_stats: m.is_some() as u32 | (r.is_some() as u32) << 1,
             eps: self.cfg.eps,
             weight_offset: self.cfg.weight_offset,
-            ..Default::default()
+            selu_alpha: self.activation.selu_params().0,
+            selu_lambda: self.activation.selu_params().1,
         };
 
         let dr = binding::dummy_range(self.ctx.dummy_read());
@@ -732,14 +872,6 @@ impl RowNorm {
                 }
             }
         }
-        let flags = [
-            key.has_w,
-            key.has_b,
-            key.has_mean,
-            key.has_rstd,
-            key.has_residual,
-            key.write_sum,
-        ];
         if class.cpu && loop_iterations(kernel, n_vec) > CPU_LOOP_BUDGET {
             return Err(Error::InvalidParameter {
                 name: "kernel",
@@ -747,9 +879,16 @@ impl RowNorm {
                 why: "on a CPU adapter each lane of this kernel would loop past the driver's silent 65535-iteration limit for this row length: use more lanes",
             });
         }
-        let (k, mut constants) = constants(self.cfg.mode, flags, kernel, n_vec, cache);
-        constants.extend(self.activation.constants());
-        let pipeline = self.ctx.pipeline(k, key.io, SLOTS, &constants)?;
+        let spec = RowConstants {
+            mode: self.cfg.mode,
+            flags: key.flags,
+            kernel,
+            n_vec,
+            cache,
+            activation: self.activation,
+        }
+        .spec(key.io);
+        let pipeline = self.ctx.pipeline(&spec)?;
         let plan = Plan { kernel, pipeline };
         self.plans.lock().unwrap().insert(key, plan.clone());
         Ok(plan)

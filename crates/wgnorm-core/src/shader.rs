@@ -3,9 +3,18 @@
 //! WGSL has no `#include`: a kernel module is the concatenation of an I/O snippet (storage type
 //! and vector width), the shared snippets it needs and the kernel body, all embedded at compile
 //! time. Everything else is specialised with `override` constants at pipeline creation.
+//!
+//! A [`Kernel`] is a value, not a closed list: the engines here declare theirs, and each family
+//! crate declares its own kernels from its own WGSL file plus the shared [`snippet`]s. A
+//! [`Specialization`] (kernel, I/O type, override constants) names one pipeline; it is built only
+//! from a kernel family's typed constants (e.g. [`crate::rownorm::RowConstants`]) so the runtime
+//! and `cargo xtask validate --list` describe a pipeline with the same [`Specialization::key`].
 
+use crate::context::Slot;
 use crate::DType;
 
+/// Embeds a file of the workspace's `shaders/` directory (path relative to it).
+#[macro_export]
 macro_rules! shader_file {
     ($path:literal) => {
         include_str!(concat!(
@@ -16,6 +25,24 @@ macro_rules! shader_file {
     };
 }
 
+/// The shared WGSL snippets kernels are composed from.
+pub mod snippet {
+    /// Welford / Chan moment merging on scalars.
+    pub const MOMENTS: &str = shader_file!("common/moments.wgsl");
+    /// A workgroup tree sum.
+    pub const WG_SUM: &str = shader_file!("common/workgroup_sum.wgsl");
+    /// Chunked Welford over four accesses.
+    pub const CHUNK: &str = shader_file!("common/chunk.wgsl");
+    /// The activation epilogues (`ACT`).
+    pub const ACTIVATION: &str = shader_file!("common/activation.wgsl");
+    /// Workgroup moment merging (Chan) in workgroup memory.
+    pub const WG_MOMENTS: &str = shader_file!("common/workgroup_moments.wgsl");
+    /// Subgroup team sums.
+    pub const TEAM_SUM: &str = shader_file!("common/team.wgsl");
+    /// The channel engine's view and uniform block (`ChannelParams`).
+    pub const CHANNEL_COMMON: &str = shader_file!("channel_norm/common.wgsl");
+}
+
 const IO_F32_V1: &str = shader_file!("common/io_f32_v1.wgsl");
 const IO_F32_V4: &str = shader_file!("common/io_f32_v4.wgsl");
 const IO_F16_V1: &str = shader_file!("common/io_f16_v1.wgsl");
@@ -23,35 +50,6 @@ const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
 /// The f16 <-> f32 conversions of the packed f16 I/O snippet (`half_to_f32`, `f32_to_half` on
 /// `vec4<u32>` bit patterns), public so tests can check them exhaustively in a shader of their own.
 pub const HALF_CONVERSIONS_WGSL: &str = shader_file!("common/half.wgsl");
-const MOMENTS: &str = shader_file!("common/moments.wgsl");
-const WG_SUM: &str = shader_file!("common/workgroup_sum.wgsl");
-const CHUNK: &str = shader_file!("common/chunk.wgsl");
-const ACTIVATION: &str = shader_file!("common/activation.wgsl");
-const WG_MOMENTS: &str = shader_file!("common/workgroup_moments.wgsl");
-const TEAM_SUM: &str = shader_file!("common/team.wgsl");
-const ELEMENTWISE: &str = shader_file!("elementwise.wgsl");
-const ALPHA_DROPOUT: &str = shader_file!("dropout.wgsl");
-const BLEND: &str = shader_file!("blend.wgsl");
-const ROW_NORM_COMMON: &str = shader_file!("row_norm/common.wgsl");
-const ROW_NORM_TEAM: &str = shader_file!("row_norm/team.wgsl");
-const ROW_NORM_TEAM_REGS: &str = shader_file!("row_norm/team_regs.wgsl");
-const ROW_NORM_WORKGROUP: &str = shader_file!("row_norm/workgroup.wgsl");
-const COPY: &str = shader_file!("copy.wgsl");
-const CHANNEL_COMMON: &str = shader_file!("channel_norm/common.wgsl");
-const CHANNEL_MOMENTS: &str = shader_file!("channel_norm/moments.wgsl");
-const CHANNEL_FINALIZE: &str = shader_file!("channel_norm/finalize.wgsl");
-const CHANNEL_APPLY: &str = shader_file!("channel_norm/apply.wgsl");
-const CHANNEL_MERGE: &str = shader_file!("channel_norm/merge.wgsl");
-const CHANNEL_INSTANCE_RUNNING: &str = shader_file!("channel_norm/instance_running.wgsl");
-const CHANNEL_INSTANCE_MIX: &str = shader_file!("channel_norm/instance_mix.wgsl");
-const CHANNEL_REGION: &str = shader_file!("channel_norm/region.wgsl");
-const FOLD_BATCH_NORM: &str = shader_file!("channel_norm/fold.wgsl");
-const NAIVE_ROW_NORM: &str = shader_file!("naive/row_norm.wgsl");
-const NAIVE_CHANNEL_NORM: &str = shader_file!("naive/channel_norm.wgsl");
-const NAIVE_POINCARE_MIDPOINT: &str = shader_file!("naive/poincare_midpoint.wgsl");
-const POINCARE_COMMON: &str = shader_file!("poincare/common.wgsl");
-const POINCARE_BALL: &str = shader_file!("poincare/ball.wgsl");
-const POINCARE_MIDPOINT: &str = shader_file!("poincare/midpoint.wgsl");
 
 /// Storage type and access width of a kernel's tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,6 +60,12 @@ pub struct Io {
 }
 
 impl Io {
+    /// Scalar f32: the statistics and state kernels' access type.
+    pub const F32: Io = Io {
+        dtype: DType::F32,
+        vec4: false,
+    };
+
     pub const ALL: [Io; 4] = [
         Io {
             dtype: DType::F32,
@@ -109,163 +113,75 @@ impl Io {
     }
 }
 
-/// A kernel body: one compute entry point `main`, specialised by `override` constants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kernel {
-    /// LayerNorm/RMSNorm, a subgroup team per row (needs `Features::SUBGROUP`).
-    RowNormTeam,
-    /// LayerNorm/RMSNorm, a subgroup team per row, the row in registers (needs `SUBGROUP`).
-    RowNormTeamRegs,
-    /// LayerNorm/RMSNorm, a workgroup per row (no optional feature).
-    RowNormWorkgroup,
-    /// Channel statistics, phase 1: partial moments per (slot, tile).
-    ChannelMoments,
-    /// Channel statistics, phase 2: merge, running statistics, scale and shift.
-    ChannelFinalize,
-    /// Channel statistics, phase 3: y = act((x - mean) * scale + shift).
-    ChannelApply,
-    /// Channel statistics: partial moments merged into one (count, mean, M2) per slot.
-    ChannelMerge,
-    /// InstanceNorm running statistics: instance moments averaged over samples per channel.
-    ChannelInstanceRunning,
-    /// Statistics built from per-instance moments (IBN, EvoNorm-B0, UnMix-TNS): apply coefficients.
-    ChannelInstanceMix,
-    /// Region Normalization (RN-B): statistics inside and outside a mask, in stages.
-    ChannelRegion,
-    /// Folds an inference BatchNorm into the preceding layer's weight and bias.
-    FoldBatchNorm,
-    /// y = act(x): SELU and the other activations as standalone ops.
-    Elementwise,
-    /// AlphaDropout with a counter-based mask (seed, index).
-    AlphaDropout,
-    /// y = lambda a + (1 - lambda) b (progressive LN -> RepBN).
-    Blend,
-    /// Plain copy, the bandwidth roofline of the benchmarks.
-    Copy,
-    /// One invocation per row, three passes: the benchmarks' baseline for row norms.
-    NaiveRowNorm,
-    /// One invocation per plane, slot or element, in stages: the benchmarks' baseline for the
-    /// batch-statistics family.
-    NaiveChannelNorm,
-    /// One invocation per point, coordinate or result, in stages: the benchmarks' baseline for
-    /// the hyperbolic family (the gyromidpoint).
-    NaivePoincareMidpoint,
-    /// Poincaré ball operations, one invocation per point (`OP` selects which).
-    PoincareBall,
-    /// Gyromidpoint reduction and Poincaré midpoint batch norm, in stages (`STAGE`).
-    PoincareMidpoint,
+/// A kernel: a WGSL body with one compute entry point `main`, the snippets it is composed with,
+/// its bind-group layout (slot 0 the uniform block, then its storage bindings in order) and the
+/// device features it needs beyond its I/O type's. Two kernels are the same kernel when their
+/// names are equal: a name is unique in the workspace (it is the path of the body under
+/// `shaders/` without `.wgsl`).
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    name: &'static str,
+    parts: &'static [&'static str],
+    slots: &'static [Slot],
+    features: wgpu::Features,
+}
+
+impl PartialEq for Kernel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for Kernel {}
+impl std::hash::Hash for Kernel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 20] = [
-        Kernel::RowNormTeam,
-        Kernel::RowNormTeamRegs,
-        Kernel::RowNormWorkgroup,
-        Kernel::ChannelMoments,
-        Kernel::ChannelFinalize,
-        Kernel::ChannelApply,
-        Kernel::ChannelMerge,
-        Kernel::ChannelInstanceRunning,
-        Kernel::ChannelInstanceMix,
-        Kernel::ChannelRegion,
-        Kernel::FoldBatchNorm,
-        Kernel::Elementwise,
-        Kernel::AlphaDropout,
-        Kernel::Blend,
-        Kernel::Copy,
-        Kernel::NaiveRowNorm,
-        Kernel::NaiveChannelNorm,
-        Kernel::NaivePoincareMidpoint,
-        Kernel::PoincareBall,
-        Kernel::PoincareMidpoint,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::RowNormTeam => "row_norm/team",
-            Kernel::RowNormTeamRegs => "row_norm/team_regs",
-            Kernel::RowNormWorkgroup => "row_norm/workgroup",
-            Kernel::ChannelMoments => "channel_norm/moments",
-            Kernel::ChannelFinalize => "channel_norm/finalize",
-            Kernel::ChannelApply => "channel_norm/apply",
-            Kernel::ChannelMerge => "channel_norm/merge",
-            Kernel::ChannelInstanceRunning => "channel_norm/instance_running",
-            Kernel::ChannelInstanceMix => "channel_norm/instance_mix",
-            Kernel::ChannelRegion => "channel_norm/region",
-            Kernel::FoldBatchNorm => "channel_norm/fold",
-            Kernel::Elementwise => "elementwise",
-            Kernel::AlphaDropout => "dropout",
-            Kernel::Blend => "blend",
-            Kernel::Copy => "copy",
-            Kernel::NaiveRowNorm => "naive/row_norm",
-            Kernel::NaiveChannelNorm => "naive/channel_norm",
-            Kernel::NaivePoincareMidpoint => "naive/poincare_midpoint",
-            Kernel::PoincareBall => "poincare/ball",
-            Kernel::PoincareMidpoint => "poincare/midpoint",
+    /// A kernel from its name, its WGSL parts in order (snippets first, the body last) and its
+    /// binding layout.
+    pub const fn new(
+        name: &'static str,
+        parts: &'static [&'static str],
+        slots: &'static [Slot],
+    ) -> Kernel {
+        Kernel {
+            name,
+            parts,
+            slots,
+            features: wgpu::Features::empty(),
         }
+    }
+
+    /// The same kernel needing `features` (e.g. `SUBGROUP`) besides those of its I/O type.
+    pub const fn with_features(self, features: wgpu::Features) -> Kernel {
+        Kernel { features, ..self }
+    }
+
+    /// The kernel's name: its body's path under `shaders/` without `.wgsl`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The bind-group layout: slot 0 the uniform block, then one per storage binding.
+    pub fn slots(&self) -> &'static [Slot] {
+        self.slots
     }
 
     /// Device features the module needs besides those its `Io` needs.
-    pub fn required_features(self) -> wgpu::Features {
-        match self {
-            Kernel::RowNormTeam | Kernel::RowNormTeamRegs => wgpu::Features::SUBGROUP,
-            _ => wgpu::Features::empty(),
-        }
-    }
-
-    fn parts(self) -> &'static [&'static str] {
-        match self {
-            Kernel::RowNormTeam => &[
-                ACTIVATION,
-                MOMENTS,
-                ROW_NORM_COMMON,
-                TEAM_SUM,
-                ROW_NORM_TEAM,
-            ],
-            Kernel::RowNormTeamRegs => &[
-                ACTIVATION,
-                MOMENTS,
-                ROW_NORM_COMMON,
-                TEAM_SUM,
-                ROW_NORM_TEAM_REGS,
-            ],
-            Kernel::RowNormWorkgroup => &[
-                ACTIVATION,
-                MOMENTS,
-                WG_MOMENTS,
-                ROW_NORM_COMMON,
-                ROW_NORM_WORKGROUP,
-            ],
-            Kernel::ChannelMoments => {
-                &[MOMENTS, WG_MOMENTS, CHANNEL_COMMON, CHANNEL_MOMENTS, CHUNK]
-            }
-            Kernel::ChannelFinalize => &[MOMENTS, CHANNEL_COMMON, CHANNEL_FINALIZE],
-            Kernel::ChannelApply => &[ACTIVATION, CHANNEL_COMMON, CHANNEL_APPLY],
-            Kernel::ChannelMerge => &[MOMENTS, CHANNEL_COMMON, CHANNEL_MERGE],
-            Kernel::ChannelInstanceRunning => &[MOMENTS, CHANNEL_COMMON, CHANNEL_INSTANCE_RUNNING],
-            Kernel::ChannelInstanceMix => &[MOMENTS, WG_SUM, CHANNEL_INSTANCE_MIX],
-            Kernel::ChannelRegion => &[MOMENTS, CHANNEL_REGION],
-            Kernel::FoldBatchNorm => &[FOLD_BATCH_NORM],
-            Kernel::Copy => &[COPY],
-            Kernel::NaiveRowNorm => &[ACTIVATION, ROW_NORM_COMMON, NAIVE_ROW_NORM],
-            Kernel::NaiveChannelNorm => &[ACTIVATION, NAIVE_CHANNEL_NORM],
-            Kernel::NaivePoincareMidpoint => &[NAIVE_POINCARE_MIDPOINT],
-            Kernel::Elementwise => &[ACTIVATION, ELEMENTWISE],
-            Kernel::AlphaDropout => &[ALPHA_DROPOUT],
-            Kernel::Blend => &[BLEND],
-            Kernel::PoincareBall => &[POINCARE_COMMON, POINCARE_BALL],
-            Kernel::PoincareMidpoint => &[POINCARE_COMMON, WG_SUM, POINCARE_MIDPOINT],
-        }
+    pub fn required_features(&self) -> wgpu::Features {
+        self.features
     }
 
     /// The complete WGSL module for this kernel with this I/O type.
-    pub fn source(self, io: Io) -> String {
+    pub fn source(&self, io: Io) -> String {
         let mut s = String::from(io.snippet());
         if io.dtype == DType::F16 && io.vec4 {
             s.push('\n');
             s.push_str(HALF_CONVERSIONS_WGSL);
         }
-        for part in self.parts() {
+        for part in self.parts {
             s.push('\n');
             s.push_str(part);
         }
@@ -283,10 +199,53 @@ pub fn required_features(kernel: Kernel, io: Io) -> wgpu::Features {
     f
 }
 
-/// One pipeline the runtime can create: a kernel, its I/O type and its override constants.
+/// One pipeline: a kernel, its I/O type and its override constants. Built by a kernel family's
+/// typed constants, never by hand at a call site.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Specialization {
     pub kernel: Kernel,
     pub io: Io,
     pub constants: Vec<(&'static str, f64)>,
+}
+
+impl Specialization {
+    /// A specialisation with no constants yet; add them with [`Specialization::set`] and
+    /// [`Specialization::flag`].
+    pub fn new(kernel: Kernel, io: Io) -> Specialization {
+        Specialization {
+            kernel,
+            io,
+            constants: Vec::with_capacity(16),
+        }
+    }
+
+    /// Sets override constant `name` to `value`.
+    pub fn set(mut self, name: &'static str, value: impl Into<f64>) -> Specialization {
+        self.constants.push((name, value.into()));
+        self
+    }
+
+    /// Sets a boolean override constant (`true` = 1).
+    pub fn flag(self, name: &'static str, value: bool) -> Specialization {
+        self.set(name, if value { 1.0 } else { 0.0 })
+    }
+
+    /// Sets several constants at once (an activation's three, say).
+    pub fn with(mut self, constants: &[(&'static str, f64)]) -> Specialization {
+        self.constants.extend_from_slice(constants);
+        self
+    }
+
+    /// One line naming this pipeline: `kernel [io] NAME=value ...` with the constants sorted by
+    /// name. `cargo xtask validate --list` prints these, and the runtime writes the same line for
+    /// every pipeline it creates when `WGNORM_LOG_PIPELINES` names a file.
+    pub fn key(&self) -> String {
+        let mut c = self.constants.clone();
+        c.sort_by(|a, b| a.0.cmp(b.0));
+        let mut s = format!("{} [{}]", self.kernel.name(), self.io.label());
+        for (k, v) in c {
+            s.push_str(&format!(" {k}={v}"));
+        }
+        s
+    }
 }

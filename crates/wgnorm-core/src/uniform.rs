@@ -8,8 +8,8 @@
 //! (`tests/uniform_layout.rs`): reordering or renaming a field on one side fails that test instead
 //! of silently corrupting a kernel.
 
-/// Largest uniform block any kernel uses, in bytes (16 words).
-pub const MAX_UNIFORM_BYTES: usize = 64;
+/// Largest uniform block a kernel may use, in bytes.
+pub const MAX_UNIFORM_BYTES: usize = 128;
 
 /// One field of a uniform block: name, byte offset and byte size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +136,11 @@ uniform_block! {
         pub mask_b: u32,
         /// Lp norms: the norm each slot is scaled to.
         pub norm_target: f32,
+        /// SELU epilogue constants.
+        pub selu_alpha: f32,
+        pub selu_lambda: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
     }
 }
 
@@ -147,12 +152,14 @@ uniform_block! {
         pub n_vec: u32,
         /// Row length in elements.
         pub n: u32,
-        pub _pad0: u32,
+        /// Bit 0: write the row means; bit 1: write the row rstd.
+        pub write_stats: u32,
         pub eps: f32,
         /// Added to the weight before it multiplies (Gemma's RMSNorm stores `weight - 1`).
         pub weight_offset: f32,
-        pub _pad1: f32,
-        pub _pad2: f32,
+        /// SELU epilogue constants.
+        pub selu_alpha: f32,
+        pub selu_lambda: f32,
     }
 }
 
@@ -160,9 +167,10 @@ uniform_block! {
     /// `EwParams` (`elementwise.wgsl`): a standalone activation over `n_v` accesses.
     pub struct EwParams {
         pub n_v: u32,
+        /// SELU constants.
+        pub selu_alpha: f32,
+        pub selu_lambda: f32,
         pub _pad0: u32,
-        pub _pad1: u32,
-        pub _pad2: u32,
     }
 }
 
@@ -221,6 +229,11 @@ uniform_block! {
         pub kstride: u32,
         pub slot_n: u32,
         pub eps: f32,
+        /// SELU epilogue constants.
+        pub selu_alpha: f32,
+        pub selu_lambda: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::BallParams;
 use wgnorm_core::binding::{self, BindCache, BufferRange};
-use wgnorm_core::shader::{Io, Kernel};
+use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
 use crate::{check_curvature, check_u32, max_norm, PointView, CPU_LOOP_BUDGET};
@@ -15,6 +15,16 @@ const SLOTS: &[Slot] = &[
     Slot::ReadWrite,
 ];
 const WG: u32 = 64;
+
+/// Poincaré ball operations, one invocation per point (`OP` selects which).
+pub const BALL_KERNEL: Kernel = Kernel::new(
+    "poincare/ball",
+    &[
+        crate::POINCARE_COMMON,
+        wgnorm_core::shader_file!("poincare/ball.wgsl"),
+    ],
+    SLOTS,
+);
 
 /// Which operation (the `OP` constant of `shaders/poincare/ball.wgsl`) and its input count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,12 +78,11 @@ impl Op {
         }
     }
 
-    fn constants(self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("WG", WG as f64),
-            ("OP", self as u32 as f64),
-            ("N_IN", self.inputs() as f64),
-        ]
+    fn spec(self, io: Io) -> Specialization {
+        Specialization::new(BALL_KERNEL, io)
+            .set("WG", WG)
+            .set("OP", self as u32)
+            .set("N_IN", self.inputs() as u32)
     }
 }
 
@@ -284,7 +293,7 @@ impl BallOps {
             dtype: self.dtype,
             vec4: false,
         };
-        let pipeline = ctx.pipeline(Kernel::PoincareBall, io, SLOTS, &op.constants())?;
+        let pipeline = ctx.pipeline(&op.spec(io))?;
         let bind = self.binds.get(
             ctx,
             SLOTS,
@@ -298,15 +307,11 @@ impl BallOps {
 }
 
 /// The pipelines the ball ops create, for `cargo xtask validate`.
-pub fn specializations() -> Vec<wgnorm_core::shader::Specialization> {
+pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
     for dtype in [DType::F32, DType::F16] {
         for op in Op::ALL {
-            out.push(wgnorm_core::shader::Specialization {
-                kernel: Kernel::PoincareBall,
-                io: Io { dtype, vec4: false },
-                constants: op.constants(),
-            });
+            out.push(op.spec(Io { dtype, vec4: false }));
         }
     }
     out

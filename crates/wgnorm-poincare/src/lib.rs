@@ -21,11 +21,11 @@ mod ball;
 mod norm;
 
 pub use ball::specializations as ball_specializations;
-pub use ball::BallOps;
+pub use ball::{BallOps, BALL_KERNEL};
 pub use norm::specializations as norm_specializations;
 pub use norm::{
     PoincareBatchNorm, PoincareBatchNormConfig, PoincareBatchNormInputs, PoincareMidpoint,
-    PoincareStatistics,
+    PoincareStatistics, MIDPOINT_KERNEL,
 };
 
 use wgnorm_core::{Error, Result};
@@ -53,6 +53,31 @@ wgnorm_core::uniform_block! {
         pub momentum: f32,
         pub ct_points: u32,
     }
+}
+
+/// The shared ball algebra and `BallParams` of the hyperbolic kernels.
+const POINCARE_COMMON: &str = wgnorm_core::shader_file!("poincare/common.wgsl");
+
+/// One invocation per point, coordinate or result, in stages: the benchmarks' baseline for the
+/// gyromidpoint.
+pub const NAIVE_MIDPOINT_KERNEL: wgnorm_core::shader::Kernel = wgnorm_core::shader::Kernel::new(
+    "naive/poincare_midpoint",
+    &[wgnorm_core::shader_file!("naive/poincare_midpoint.wgsl")],
+    &[
+        wgnorm_core::Slot::Uniform,
+        wgnorm_core::Slot::Read,
+        wgnorm_core::Slot::ReadWrite,
+        wgnorm_core::Slot::ReadWrite,
+        wgnorm_core::Slot::ReadWrite,
+    ],
+);
+
+/// Stage `stage` (0: per-point weights, 1: coordinate sums, 2: the result) of the naive
+/// gyromidpoint.
+pub fn naive_midpoint_spec(stage: u32) -> wgnorm_core::shader::Specialization {
+    wgnorm_core::shader::Specialization::new(NAIVE_MIDPOINT_KERNEL, wgnorm_core::shader::Io::F32)
+        .set("WG", 64)
+        .set("STAGE", stage)
 }
 
 /// Projection margin of the f32 kernels: points are kept within `(1 - PROJ_EPS)/sqrt(c)`.

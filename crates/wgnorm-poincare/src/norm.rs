@@ -51,21 +51,31 @@ struct Flags {
     dw: usize,
 }
 
-fn constants(stage: Stage, f: Flags) -> Vec<(&'static str, f64)> {
-    let b = |v: bool| if v { 1.0 } else { 0.0 };
-    let mut out = vec![
-        ("WG", WG as f64),
-        ("STAGE", stage as u32 as f64),
-        ("TANGENT", b(f.tangent)),
-        ("ROWS", b(f.rows)),
-        ("USE_RUNNING", b(f.use_running)),
-        ("UPDATE_RUNNING", b(f.update_running)),
-        ("OUT_M", b(f.out_m)),
-    ];
+/// The staged gyromidpoint / midpoint batch-norm kernel (`STAGE` selects the stage).
+pub const MIDPOINT_KERNEL: Kernel = Kernel::new(
+    "poincare/midpoint",
+    &[
+        crate::POINCARE_COMMON,
+        wgnorm_core::shader::snippet::WG_SUM,
+        wgnorm_core::shader_file!("poincare/midpoint.wgsl"),
+    ],
+    SLOTS,
+);
+
+fn stage_spec(io: Io, stage: Stage, f: Flags) -> Specialization {
+    let s = Specialization::new(MIDPOINT_KERNEL, io)
+        .set("WG", WG as u32)
+        .set("STAGE", stage as u32)
+        .flag("TANGENT", f.tangent)
+        .flag("ROWS", f.rows)
+        .flag("USE_RUNNING", f.use_running)
+        .flag("UPDATE_RUNNING", f.update_running)
+        .flag("OUT_M", f.out_m);
     if stage == Stage::Colsum && f.rows {
-        out.push(("DW", f.dw as f64));
+        s.set("DW", f.dw as u32)
+    } else {
+        s
     }
-    out
 }
 
 /// How points are tiled over workgroups.
@@ -140,12 +150,7 @@ struct Engine<'a> {
 
 impl Engine<'_> {
     fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, stage: Stage, flags: Flags) -> Result<()> {
-        let pipeline = self.ctx.pipeline(
-            Kernel::PoincareMidpoint,
-            self.io,
-            SLOTS,
-            &constants(stage, flags),
-        )?;
+        let pipeline = self.ctx.pipeline(&stage_spec(self.io, stage, flags))?;
         let (gx, gy, gz) = match stage {
             Stage::Mean | Stage::Var => (1, 1, 1),
             Stage::Colsum => {
@@ -554,11 +559,11 @@ pub fn specializations() -> Vec<Specialization> {
                     vec![WG]
                 };
                 for dw in dws {
-                    out.push(Specialization {
-                        kernel: Kernel::PoincareMidpoint,
-                        io: Io { dtype, vec4: false },
-                        constants: constants(stage, Flags { dw, ..f }),
-                    });
+                    out.push(stage_spec(
+                        Io { dtype, vec4: false },
+                        stage,
+                        Flags { dw, ..f },
+                    ));
                 }
             }
         }

@@ -60,115 +60,26 @@ pub mod prelude {
     };
 }
 
-/// Every pipeline specialisation the runtime can create, for `cargo xtask validate`: the kernel
-/// choice replayed for typical adapter classes over row lengths that reach every branch, plus the
-/// copy kernels of the benchmarks.
+/// Every pipeline specialisation the runtime can create, for `cargo xtask validate`: each
+/// engine's and family's own enumeration of its planning code (the row-norm kernel choice
+/// replayed for typical adapter classes over every row length that changes it), plus the
+/// benchmarks' copy kernels and naive baselines. Deduplicated by [`shader::Specialization::key`].
 pub fn specializations() -> Vec<shader::Specialization> {
-    use shader::{Io, Kernel, Specialization};
-    let lengths = [
-        1,
-        4,
-        7,
-        64,
-        256,
-        768,
-        1000,
-        1024,
-        4096,
-        4097,
-        8192,
-        65536,
-        1 << 20,
+    let all = [
+        rownorm::specializations(&rownorm::AdapterClass::TYPICAL),
+        wgnorm_core::baseline::specializations(),
+        chnorm::specializations(),
+        wgnorm_core::instmix::specializations(),
+        elementwise::specializations(),
+        wgnorm_batchnorm::region_specializations(),
+        wgnorm_batchnorm::fold_specializations(),
+        wgnorm_poincare::ball_specializations(),
+        wgnorm_poincare::norm_specializations(),
+        (0..3).map(wgnorm_poincare::naive_midpoint_spec).collect(),
     ];
-    let mut out = rownorm::specializations(&lengths, &rownorm::AdapterClass::TYPICAL);
-    for io in Io::ALL {
-        for block in [1.0, 256.0] {
-            out.push(Specialization {
-                kernel: Kernel::Copy,
-                io,
-                constants: vec![
-                    ("WG", if block == 1.0 { 256.0 } else { 8.0 }),
-                    ("BLOCK", block),
-                ],
-            });
-        }
-    }
-    for io in [
-        Io {
-            dtype: DType::F32,
-            vec4: false,
-        },
-        Io {
-            dtype: DType::F16,
-            vec4: false,
-        },
-    ] {
-        for mode in [0.0, 1.0] {
-            out.push(Specialization {
-                kernel: Kernel::NaiveRowNorm,
-                io,
-                constants: vec![
-                    ("WG", 64.0),
-                    ("MODE", mode),
-                    ("HAS_WEIGHT", 1.0),
-                    ("HAS_BIAS", mode),
-                ],
-            });
-        }
-    }
-    // The batch-statistics baseline of the benchmarks: three stages, with and without SiLU.
-    for stage in [0.0, 1.0, 2.0] {
-        for act in [wgnorm_core::Activation::None, wgnorm_core::Activation::Silu] {
-            let mut constants = vec![("WG", 64.0), ("STAGE", stage)];
-            constants.extend(act.constants());
-            out.push(Specialization {
-                kernel: Kernel::NaiveChannelNorm,
-                io: Io {
-                    dtype: DType::F32,
-                    vec4: false,
-                },
-                constants,
-            });
-        }
-    }
-    for stage in [0.0, 1.0, 2.0] {
-        out.push(Specialization {
-            kernel: Kernel::NaivePoincareMidpoint,
-            io: Io {
-                dtype: DType::F32,
-                vec4: false,
-            },
-            constants: vec![("WG", 64.0), ("STAGE", stage)],
-        });
-    }
-    out.extend(chnorm::specializations());
-    out.extend(wgnorm_batchnorm::region_specializations());
-    out.extend(wgnorm_poincare::ball_specializations());
-    out.extend(wgnorm_poincare::norm_specializations());
-    for io in Io::ALL {
-        for act in wgnorm_core::Activation::ALL {
-            let mut constants = vec![("WG", 256.0), ("BLOCK", 16.0)];
-            constants.extend(act.constants());
-            out.push(Specialization {
-                kernel: Kernel::Elementwise,
-                io,
-                constants,
-            });
-        }
-        for block in [1.0, 16.0] {
-            out.push(Specialization {
-                kernel: Kernel::Blend,
-                io,
-                constants: vec![("WG", 256.0), ("BLOCK", block)],
-            });
-        }
-        if !io.vec4 {
-            out.push(Specialization {
-                kernel: Kernel::AlphaDropout,
-                io,
-                constants: vec![("WG", 256.0)],
-            });
-        }
-    }
-    out
+    let mut seen = std::collections::HashSet::new();
+    all.into_iter()
+        .flatten()
+        .filter(|s| seen.insert(s.key()))
+        .collect()
 }

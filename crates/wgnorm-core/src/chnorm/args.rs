@@ -1,0 +1,206 @@
+//! What a call of the channel engine asks for: the statistics kind, the running-statistics
+//! update, the tensors, and the host-side mergeable moments of synchronised normalization.
+
+use super::ChannelView;
+use crate::Tensor;
+
+/// What the slot statistics are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// Mean and variance: `y = (x - mean) * rstd` (then affine).
+    #[default]
+    MeanVariance,
+    /// `y = x / ||x||_2` over the slot, 0 where the norm is 0.
+    L2,
+    /// `y = x / ||x||_1` over the slot, 0 where the norm is 0.
+    L1,
+    /// Quadratic mean without centring, `y = x / sqrt(mean(x^2) + eps)` (PowerNorm's batch
+    /// statistic), optionally over the unmasked tokens only and with a running value.
+    QuadraticMean,
+}
+
+impl Reduction {
+    /// Every reduction.
+    pub const ALL: [Reduction; 4] = [
+        Reduction::MeanVariance,
+        Reduction::L2,
+        Reduction::L1,
+        Reduction::QuadraticMean,
+    ];
+
+    /// REDUCE of the finalize pass.
+    pub(crate) fn code(self) -> f64 {
+        match self {
+            Reduction::MeanVariance => 0.0,
+            Reduction::L2 => 1.0,
+            Reduction::L1 => 2.0,
+            Reduction::QuadraticMean => 3.0,
+        }
+    }
+
+    /// REDUCE of the moments pass (a quadratic mean accumulates the sum of squares).
+    pub(crate) fn moments_code(self) -> f64 {
+        match self {
+            Reduction::QuadraticMean => 1.0,
+            other => other.code(),
+        }
+    }
+}
+
+/// A running-value update of the quadratic mean (PowerNorm): `phi += (psi2 - phi) * warm`
+/// (`warm` = 1/t during warm-up, else 0), then `phi = (1 - momentum) phi + momentum psi2`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QmUpdate {
+    pub momentum: f32,
+    pub warm: f32,
+}
+
+/// Which statistics normalize.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Statistics {
+    /// Statistics of this batch; optionally update running statistics (BatchNorm training).
+    Batch(Option<RunningUpdate>),
+    /// The running statistics (BatchNorm inference).
+    Running,
+    /// Update the running statistics from this batch (`r = (1 - momentum) r + momentum s`), then
+    /// normalize with the **updated** running statistics. `estimated`: the variance fed to the
+    /// running one is EstBN's `mean((x - rm_old)^2) = var_b + (mean_b - rm_old)^2` (centred on
+    /// the old running mean, BCN's EstBN, NORMS.md A6); otherwise the unbiased or biased batch
+    /// variance (adaptive BN with "adapted" statistics, A13).
+    UpdatedRunning {
+        momentum: f32,
+        unbiased: bool,
+        estimated: bool,
+    },
+    /// Test-time BN: `w_src * running + (1 - w_src) * batch` for the mean and the variance
+    /// (batch variance unbiased); the running (source) statistics are read, not updated.
+    Mixed { w_src: f32 },
+    /// With [`Reduction::QuadraticMean`]: normalize with this batch's quadratic mean or (when
+    /// `use_running`) the running value in `running_var` as it was before this step, and
+    /// optionally update the running value.
+    QuadraticMean {
+        use_running: bool,
+        update: Option<QmUpdate>,
+    },
+}
+
+/// How running statistics are updated from a batch: `r = (1 - m) r + m s` (PyTorch convention).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunningUpdate {
+    /// `None`: cumulative moving average, `m = 1 / num_batches_tracked` (PyTorch momentum=None).
+    pub momentum: Option<f32>,
+    /// Feed the unbiased variance `n / (n - 1) var` to the running variance (PyTorch); else biased.
+    pub unbiased: bool,
+}
+
+/// Tensors of one call. `weight`/`bias` are f32 with one value per channel;
+/// `running_mean`/`running_var` are f32 with one value per slot of `r` (BatchNorm: per channel),
+/// updated in place; `stats` receives `(mean, rstd)` f32 pairs per slot (`[slots, 2]`).
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelNormArgs<'a> {
+    pub x: &'a Tensor,
+    pub y: &'a Tensor,
+    pub view: ChannelView,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub running_mean: Option<&'a Tensor>,
+    pub running_var: Option<&'a Tensor>,
+    pub stats: Option<&'a Tensor>,
+    pub statistics: Statistics,
+    /// With `Statistics::Batch`: normalize with these merged moments (f32 `[slots, 3]`:
+    /// count, mean, M2 per slot, see [`Moments`]) instead of this tensor's own; the running
+    /// update uses them too. The seam for synchronised BatchNorm across devices.
+    pub moments: Option<&'a Tensor>,
+    /// An extra per-call input of the apply pass: RepBN's `alpha` or EvoNorm-S0's `v`.
+    pub aux: Option<Aux<'a>>,
+    /// Token padding mask, f32 `[B, T]` with 1 = padding, for token views `[1, T*B, C, 1]` of
+    /// `x[T, B, C]` with a quadratic mean: padded tokens are left out of the statistics (they are
+    /// still normalized).
+    pub mask: Option<&'a Tensor>,
+}
+
+impl<'a> ChannelNormArgs<'a> {
+    /// `x` to `y` in `view` with batch statistics and nothing else: no affine, no running
+    /// statistics, no saved statistics, no merged moments, aux input or mask. Set the rest with
+    /// struct update syntax: `ChannelNormArgs { weight, ..ChannelNormArgs::new(x, y, view) }`.
+    pub fn new(x: &'a Tensor, y: &'a Tensor, view: ChannelView) -> ChannelNormArgs<'a> {
+        ChannelNormArgs {
+            x,
+            y,
+            view,
+            weight: None,
+            bias: None,
+            running_mean: None,
+            running_var: None,
+            stats: None,
+            statistics: Statistics::Batch(None),
+            moments: None,
+            aux: None,
+            mask: None,
+        }
+    }
+}
+
+/// Extra inputs of the apply pass.
+#[derive(Clone, Copy, Debug)]
+pub enum Aux<'a> {
+    /// RepBN: f32 `[1]` scalar; `y = norm(x) + alpha * x`.
+    Alpha(&'a Tensor),
+    /// EvoNorm-S0: f32 `[C]`; `y = x * sigmoid(v * x) * rstd * weight + bias` (no centring).
+    EvoS0(&'a Tensor),
+}
+
+/// Mergeable per-slot statistics on the host: count, mean and M2 (sum of squared deviations).
+/// GPU tensors of moments are f32 `[slots, 3]` in this order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moments {
+    pub count: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub m2: Vec<f64>,
+}
+
+impl Moments {
+    /// From the f32 `[slots, 3]` layout of a downloaded moments tensor.
+    pub fn from_f32(data: &[f32]) -> Moments {
+        let g = |k: usize| data.iter().skip(k).step_by(3).map(|&v| v as f64).collect();
+        Moments {
+            count: g(0),
+            mean: g(1),
+            m2: g(2),
+        }
+    }
+
+    /// The f32 `[slots, 3]` layout, for uploading merged moments.
+    pub fn to_f32(&self) -> Vec<f32> {
+        (0..self.count.len())
+            .flat_map(|i| [self.count[i] as f32, self.mean[i] as f32, self.m2[i] as f32])
+            .collect()
+    }
+
+    /// Chan et al.'s pairwise merge, slot by slot, in f64: the moments of the union of both
+    /// sets of values. Associative, so any all-reduce tree gives the same result up to rounding.
+    pub fn merge(&self, other: &Moments) -> Moments {
+        let mut out = self.clone();
+        for i in 0..self.count.len() {
+            let (na, nb) = (self.count[i], other.count[i]);
+            let n = na + nb;
+            if n == 0.0 {
+                continue;
+            }
+            let delta = other.mean[i] - self.mean[i];
+            out.count[i] = n;
+            out.mean[i] = self.mean[i] + delta * nb / n;
+            out.m2[i] = self.m2[i] + other.m2[i] + delta * delta * na * nb / n;
+        }
+        out
+    }
+
+    /// Biased variance per slot.
+    pub fn variance(&self) -> Vec<f64> {
+        self.m2
+            .iter()
+            .zip(&self.count)
+            .map(|(m, n)| m / n)
+            .collect()
+    }
+}

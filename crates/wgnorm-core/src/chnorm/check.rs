@@ -1,0 +1,352 @@
+//! Every check of a channel-engine call, before anything is recorded: shapes, dtypes, what each
+//! kind of statistics needs, buffer bindings and aliasing, and the per-lane loop budget of CPU
+//! adapters. The result is a [`Checked`] call that recording cannot reject.
+
+use super::plan::{self, CallShape, Epilogue, StatKind, ViewFacts};
+use super::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Reduction, Statistics};
+use crate::binding::{self, BufferRange};
+use crate::shader::Io;
+use crate::{DType, Error, Result, Tensor};
+
+/// The bound ranges of a call's tensors.
+pub(super) struct Ranges {
+    pub x: BufferRange,
+    pub y: BufferRange,
+    pub weight: Option<BufferRange>,
+    pub bias: Option<BufferRange>,
+    pub running_mean: Option<BufferRange>,
+    pub running_var: Option<BufferRange>,
+    pub stats: Option<BufferRange>,
+    pub moments: Option<BufferRange>,
+    pub aux: Option<BufferRange>,
+    pub mask: Option<BufferRange>,
+}
+
+/// A call that passed every check: its ranges, its shape for planning, and the moments pass's
+/// tiling.
+pub(super) struct Checked {
+    pub ranges: Ranges,
+    pub shape: CallShape,
+    pub facts: ViewFacts,
+    pub tiles: u32,
+    pub tile_len: u32,
+}
+
+/// `t` has `numel` elements of `dtype`.
+pub(super) fn expect(what: &str, t: &Tensor, numel: usize, dtype: DType) -> Result<()> {
+    if t.numel() != numel {
+        return Err(Error::ShapeMismatch {
+            what: what.into(),
+            expected: vec![numel],
+            got: t.shape().to_vec(),
+        });
+    }
+    if t.dtype() != dtype {
+        return Err(Error::DTypeMismatch {
+            what: what.into(),
+            expected: dtype,
+            got: t.dtype(),
+        });
+    }
+    Ok(())
+}
+
+fn missing_running(what: &str) -> Error {
+    Error::InvalidParameter {
+        name: "running statistics",
+        value: format!("{what} missing"),
+        why: "running statistics are read (inference) or updated (training): pass running_mean and running_var",
+    }
+}
+
+impl ChannelNorm {
+    /// Checks a call without recording anything (what [`ChannelNorm::encode`] checks first), so a
+    /// caller recording several passes can fail before the first.
+    pub fn check_args(&self, a: &ChannelNormArgs) -> Result<()> {
+        self.validate(a).map(|_| ())
+    }
+
+    /// Every check of a call; the checked call, or `None` for an empty tensor.
+    pub(super) fn validate(&self, a: &ChannelNormArgs) -> Result<Option<Checked>> {
+        let v = a.view;
+        self.check_tensors(a)?;
+        self.check_statistics(a)?;
+        self.check_extras(a)?;
+        if v.numel() == 0 {
+            return Ok(None);
+        }
+        let ranges = self.bind_ranges(a)?;
+        let align = Io {
+            dtype: self.dtype(),
+            vec4: true,
+        }
+        .alignment();
+        let aligned = ranges.x.offset % align == 0 && ranges.y.offset % align == 0;
+        let shape = CallShape {
+            stats: StatKind::of(&a.statistics),
+            has_weight: a.weight.is_some(),
+            has_bias: a.bias.is_some(),
+            epilogue: match a.aux {
+                None => Epilogue::Affine,
+                Some(Aux::Alpha(_)) => Epilogue::ScaledResidual,
+                Some(Aux::EvoS0(_)) => Epilogue::SigmoidGate,
+            },
+            mask: a.mask.is_some(),
+            given_moments: a.moments.is_some(),
+            aligned,
+        };
+        let facts = ViewFacts::of(&v);
+        let io = plan::moments_io(self.dtype(), &facts, aligned);
+        let (aio, _, _) = plan::apply_io(self.dtype(), &facts, aligned);
+        self.ctx.check_io(io)?;
+        self.ctx.check_io(aio)?;
+        check_u32_indexing(&v)?;
+        let lanes = plan::channel_lanes(&self.config.lanes, &facts, shape.mask);
+        let (tiles, tile_len) = super::tiling(&v, io.width(), self.ctx.is_cpu(), lanes);
+        self.check_loop_budget(&v, tiles, tile_len)?;
+        Ok(Some(Checked {
+            ranges,
+            shape,
+            facts,
+            tiles,
+            tile_len,
+        }))
+    }
+
+    /// The view and the shapes and dtypes of x, y, weight and bias.
+    fn check_tensors(&self, a: &ChannelNormArgs) -> Result<()> {
+        let v = a.view;
+        if v.cg == 0 || v.sdiv == 0 || (v.s != 0 && v.s != v.cg * v.sdiv) {
+            return Err(Error::InvalidParameter {
+                name: "view",
+                value: format!("{v:?}"),
+                why: "inconsistent channel view",
+            });
+        }
+        expect("x", a.x, v.numel(), self.dtype())?;
+        if a.y.shape() != a.x.shape() {
+            return Err(Error::ShapeMismatch {
+                what: "y".into(),
+                expected: a.x.shape().to_vec(),
+                got: a.y.shape().to_vec(),
+            });
+        }
+        expect("y", a.y, v.numel(), self.dtype())?;
+        let affine_len = if self.config.affine_per_slot {
+            v.r
+        } else {
+            v.channels()
+        };
+        for (what, t) in [("weight", a.weight), ("bias", a.bias)] {
+            if let Some(t) = t {
+                expect(what, t, affine_len, DType::F32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What each kind of statistics needs: running statistics, parameters in range, enough
+    /// values per slot.
+    fn check_statistics(&self, a: &ChannelNormArgs) -> Result<()> {
+        let v = a.view;
+        let qm_engine = self.config.reduction == Reduction::QuadraticMean;
+        let needs_running = match a.statistics {
+            Statistics::Running => true,
+            Statistics::Batch(u) => u.is_some(),
+            Statistics::UpdatedRunning { momentum, .. } => {
+                crate::check_unit_interval("momentum", momentum)?;
+                true
+            }
+            Statistics::QuadraticMean {
+                use_running,
+                update,
+            } => {
+                if !qm_engine {
+                    return Err(Error::InvalidParameter {
+                        name: "statistics",
+                        value: "QuadraticMean".into(),
+                        why: "needs an engine created with Reduction::QuadraticMean",
+                    });
+                }
+                if (use_running || update.is_some()) && a.running_var.is_none() {
+                    return Err(Error::InvalidParameter {
+                        name: "running statistics",
+                        value: "running_var missing".into(),
+                        why: "the running quadratic mean lives in running_var: pass it",
+                    });
+                }
+                false
+            }
+            Statistics::Mixed { w_src } => {
+                crate::check_unit_interval("w_src", w_src)?;
+                if v.count() < 2 && v.numel() > 0 {
+                    return Err(Error::InvalidParameter {
+                        name: "batch",
+                        value: "1 value per channel".into(),
+                        why:
+                            "the unbiased test-batch variance needs more than one value per channel",
+                    });
+                }
+                true
+            }
+        };
+        // A quadratic mean has no running mean: only its running_var is read.
+        match (a.running_mean, a.running_var) {
+            (None, _) if needs_running && !qm_engine => {
+                return Err(missing_running("running_mean"))
+            }
+            (_, None) if needs_running => return Err(missing_running("running_var")),
+            _ => {}
+        }
+        for (what, t) in [
+            ("running_mean", a.running_mean),
+            ("running_var", a.running_var),
+        ] {
+            if let Some(t) = t {
+                expect(what, t, v.r, DType::F32)?;
+            }
+        }
+        self.check_update(a)
+    }
+
+    /// The running update's momentum, and enough values for an unbiased variance.
+    fn check_update(&self, a: &ChannelNormArgs) -> Result<()> {
+        let v = a.view;
+        let update = match a.statistics {
+            Statistics::Batch(u) => u,
+            Statistics::UpdatedRunning {
+                momentum,
+                unbiased,
+                estimated,
+            } => Some(super::RunningUpdate {
+                momentum: Some(momentum),
+                unbiased: unbiased && !estimated,
+            }),
+            _ => None,
+        };
+        if let Some(u) = update {
+            if let Some(m) = u.momentum {
+                crate::check_unit_interval("momentum", m)?;
+            }
+            if u.unbiased && v.count() == 1 && v.numel() > 0 {
+                return Err(Error::InvalidParameter {
+                    name: "batch",
+                    value: "1 value per channel".into(),
+                    why: "training needs more than one value per channel to estimate the unbiased variance (as in PyTorch)",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The epilogue's input, saved statistics, token mask and given moments.
+    fn check_extras(&self, a: &ChannelNormArgs) -> Result<()> {
+        let v = a.view;
+        match a.aux {
+            Some(Aux::Alpha(t)) => expect("alpha", t, 1, DType::F32)?,
+            Some(Aux::EvoS0(t)) => expect("v", t, v.channels(), DType::F32)?,
+            None => {}
+        }
+        if let Some(s) = a.stats {
+            expect("stats", s, v.slots() * 2, DType::F32)?;
+        }
+        if let Some(m) = a.mask {
+            let ok = self.config.reduction == Reduction::QuadraticMean
+                && v.p == 1
+                && v.s == 1
+                && m.shape().len() == 2
+                && m.numel() == v.q
+                && m.shape()[0] > 0;
+            if !ok {
+                return Err(Error::InvalidParameter {
+                    name: "mask",
+                    value: format!("{:?}", m.shape()),
+                    why: "a padding mask is [B, T] for a token tensor [T, B, C] with a quadratic mean",
+                });
+            }
+            expect("mask", m, v.q, DType::F32)?;
+        }
+        if let Some(m) = a.moments {
+            expect("moments", m, v.slots() * 3, DType::F32)?;
+            if !matches!(a.statistics, Statistics::Batch(_)) {
+                return Err(Error::InvalidParameter {
+                    name: "moments",
+                    value: "with running or mixed statistics".into(),
+                    why: "merged moments replace batch statistics: use Statistics::Batch",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Storage ranges of every tensor, and no output sharing a buffer with another binding.
+    fn bind_ranges(&self, a: &ChannelNormArgs) -> Result<Ranges> {
+        let ctx = &self.ctx;
+        let opt =
+            |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
+        let r = Ranges {
+            x: binding::storage_range(ctx, "x", a.x)?,
+            y: binding::storage_range(ctx, "y", a.y)?,
+            weight: opt("weight", a.weight)?,
+            bias: opt("bias", a.bias)?,
+            running_mean: opt("running_mean", a.running_mean)?,
+            running_var: opt("running_var", a.running_var)?,
+            stats: opt("stats", a.stats)?,
+            moments: opt("moments", a.moments)?,
+            mask: opt("mask", a.mask)?,
+            aux: opt(
+                "aux",
+                a.aux.map(|x| match x {
+                    Aux::Alpha(t) | Aux::EvoS0(t) => t,
+                }),
+            )?,
+        };
+        binding::check_no_alias(&[
+            ("alpha", r.aux.as_ref(), false),
+            ("mask", r.mask.as_ref(), false),
+            ("x", Some(&r.x), false),
+            ("weight", r.weight.as_ref(), false),
+            ("bias", r.bias.as_ref(), false),
+            ("y", Some(&r.y), true),
+            ("running_mean", r.running_mean.as_ref(), true),
+            ("running_var", r.running_var.as_ref(), true),
+            ("stats", r.stats.as_ref(), true),
+            ("moments", r.moments.as_ref(), false),
+        ])?;
+        Ok(r)
+    }
+
+    /// lavapipe stops a lane's loops after 65535 iterations in total: refuse views whose moments
+    /// and finalize lanes would loop past that on CPU adapters.
+    pub(super) fn check_loop_budget(
+        &self,
+        v: &ChannelView,
+        tiles: u32,
+        tile_len: u32,
+    ) -> Result<()> {
+        let wgm = plan::moments_wg(true);
+        let per_lane = tile_len.div_ceil(wgm) as u64 + tiles as u64 + v.cg as u64;
+        if self.ctx.is_cpu() && per_lane > crate::rownorm::CPU_LOOP_BUDGET {
+            return Err(Error::InvalidParameter {
+                name: "shape",
+                value: format!("{v:?}"),
+                why: "a lane would loop past the software rasterizer's 65535-iteration limit",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Every index the kernels compute fits in 32 bits.
+pub(super) fn check_u32_indexing(v: &ChannelView) -> Result<()> {
+    for (n, what) in [(v.p * v.q * v.r, "p*q*r"), (v.s, "s")] {
+        if n > u32::MAX as usize / 2 {
+            return Err(Error::InvalidParameter {
+                name: "shape",
+                value: format!("{what} = {n}"),
+                why: "too large for 32-bit indexing",
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Channel-statistics normalization, the engine behind BatchNorm, GroupNorm and InstanceNorm (and
+//! the research methods built on them): statistics per slot of a `[P, Q, R, S]` view of x (see
+//! [`ChannelView`]), then one multiply-add per element.
+//!
+//! Three dispatches in one compute pass: partial moments per (slot, tile) (skipped when the
+//! running statistics normalize), a finalize pass per slot (Chan merge in a fixed order, running
+//! statistics update, statistics and affine folded into a scale and shift per (p, channel)), and
+//! the elementwise apply pass. Scratch buffers are allocated once per view and reused.
+//!
+//! The modules follow a call: [`view`] (what is reduced), [`args`] (what the call asks for),
+//! `check` (every input checked, nothing recorded), [`plan`] (pipelines as a pure function of
+//! the checked call) and `record` (bind and dispatch; fails only on device errors).
+
+mod args;
+mod check;
+pub mod plan;
+mod record;
+mod view;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use crate::activation::Activation;
+pub use args::{Aux, ChannelNormArgs, Moments, QmUpdate, Reduction, RunningUpdate, Statistics};
+pub use plan::{specializations, Epilogue};
+pub use view::{ChannelView, Layout};
+
+use crate::binding::BindCache;
+use crate::{Context, DType, Result, Tensor};
+use plan::{ActivationKey, EngineConfig};
+
+/// How the moments and apply passes map work to lanes; `None` fields follow the adapter (the
+/// defaults). Forcing them runs the other adapter class's code path, which is how the tests
+/// check on a software rasterizer the paths a GPU takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LanePlan {
+    /// Each lane reduces a contiguous block (default on CPU adapters) instead of every WG-th
+    /// access (default on GPUs).
+    pub lane_blocks: Option<bool>,
+    /// Views with S = 1 use one lane per channel (default when there are at least 8 channels).
+    pub channel_lanes: Option<bool>,
+    /// Accesses per lane of the apply pass: 16 (default on CPU adapters) or 1 (GPUs).
+    pub apply_block: Option<u32>,
+}
+
+impl LanePlan {
+    /// The defaults and every forced choice, for the pipeline enumeration.
+    pub(crate) const ALL_FORCED: [LanePlan; 27] = {
+        let opts = [None, Some(false), Some(true)];
+        let blocks = [None, Some(1), Some(plan::APPLY_CPU_BLOCK)];
+        let mut out = [LanePlan {
+            lane_blocks: None,
+            channel_lanes: None,
+            apply_block: None,
+        }; 27];
+        let mut i = 0;
+        while i < 27 {
+            out[i] = LanePlan {
+                lane_blocks: opts[i % 3],
+                channel_lanes: opts[(i / 3) % 3],
+                apply_block: blocks[i / 9],
+            };
+            i += 1;
+        }
+        out
+    };
+}
+
+/// Scratch of one view: partial moments, per-slot statistics, per-(p, channel) scale/shift.
+struct Scratch {
+    partials: Tensor,
+    stats: Tensor,
+    scale_shift: Tensor,
+}
+
+/// The engine: checks calls, owns scratch and the num_batches_tracked counter, records passes.
+pub struct ChannelNorm {
+    ctx: Context,
+    eps: f32,
+    norm_target: f32,
+    /// The epilogue (its kind is in `config`; SELU's values go in the uniform block).
+    activation: Activation,
+    config: EngineConfig,
+    batches: Tensor,
+    scratch: Mutex<HashMap<ChannelView, Arc<Scratch>>>,
+    pipelines: Mutex<HashMap<(plan::CallShape, plan::ViewFacts), Arc<record::Pipelines>>>,
+    binds: BindCache,
+}
+
+/// Tiles of a slot's accesses and accesses per tile for the moments pass: enough workgroups to
+/// fill the device, few enough partials that the finalize merge stays cheap (and inside CPU loop
+/// budgets). With one lane per channel, a lane walks its whole tile.
+fn tiling(view: &ChannelView, width: u32, cpu: bool, channel_lanes: bool) -> (u32, u32) {
+    let wg = plan::moments_wg(cpu) as usize;
+    let per_slot = (view.count() / width as usize).max(1);
+    let target = match (channel_lanes, cpu) {
+        (true, true) => 4096,
+        (true, false) => 256,
+        (false, true) => wg * 256,
+        (false, false) => wg * 16,
+    };
+    let tiles = per_slot.div_ceil(target).clamp(1, 4096) as u32;
+    (tiles, per_slot.div_ceil(tiles as usize) as u32)
+}
+
+impl ChannelNorm {
+    /// An engine normalizing by mean and variance with `eps` inside the square root, tensors of
+    /// `dtype` and `activation` after the affine. The `with_*` methods change the rest.
+    pub fn new(
+        ctx: &Context,
+        eps: f32,
+        dtype: DType,
+        activation: Activation,
+    ) -> Result<ChannelNorm> {
+        crate::check_eps(eps)?;
+        ctx.check_dtype(dtype)?;
+        let batches = ctx.upload_f32(&[0.0; 4], &[4])?;
+        Ok(ChannelNorm {
+            ctx: ctx.clone(),
+            eps,
+            norm_target: 1.0,
+            activation,
+            config: EngineConfig {
+                reduction: Reduction::MeanVariance,
+                eps_outside: false,
+                unbiased_norm: false,
+                affine_per_slot: false,
+                dtype,
+                activation: ActivationKey::of(activation),
+                lanes: LanePlan::default(),
+            },
+            batches,
+            scratch: Mutex::default(),
+            pipelines: Mutex::default(),
+            binds: BindCache::default(),
+        })
+    }
+
+    /// Overrides the lane mapping of the moments and apply passes (see [`LanePlan`]).
+    pub fn with_lane_plan(mut self, plan: LanePlan) -> ChannelNorm {
+        self.config.lanes = plan;
+        self
+    }
+
+    /// Normalizes by an L1/L2 norm or a quadratic mean instead of mean and variance.
+    pub fn with_reduction(mut self, reduction: Reduction) -> ChannelNorm {
+        self.config.reduction = reduction;
+        self
+    }
+
+    /// L1/L2 reductions scale each slot to this norm instead of 1 (`sqrt(n)` for Sinkhorn
+    /// normalization); with `eps > 0` the norm is clamped at eps from below instead of mapping 0
+    /// to 0.
+    pub fn with_norm_target(mut self, target: f32) -> ChannelNorm {
+        self.norm_target = target;
+        self
+    }
+
+    /// Weight and bias have one value per slot `r` (per group) instead of per channel.
+    pub fn with_affine_per_slot(mut self, per_slot: bool) -> ChannelNorm {
+        self.config.affine_per_slot = per_slot;
+        self
+    }
+
+    /// Normalize with the unbiased variance `n / (n - 1) var`.
+    pub fn with_unbiased_variance(mut self, unbiased: bool) -> ChannelNorm {
+        self.config.unbiased_norm = unbiased;
+        self
+    }
+
+    /// `1 / (sqrt(var) + eps)` instead of `1 / sqrt(var + eps)`.
+    pub fn with_eps_outside_sqrt(mut self, outside: bool) -> ChannelNorm {
+        self.config.eps_outside = outside;
+        self
+    }
+
+    /// The context the engine records for.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The num_batches_tracked counter (a u32 in the first word), advanced by every call that
+    /// updates running statistics.
+    pub fn batches_tracked(&self) -> &Tensor {
+        &self.batches
+    }
+
+    /// Bind groups cached so far.
+    pub fn cached_bind_groups(&self) -> usize {
+        self.binds.len()
+    }
+
+    fn dtype(&self) -> DType {
+        self.config.dtype
+    }
+
+    /// Scratch for `view`, sized by the moments pass's tiling (`tiles` partials per slot).
+    fn scratch(&self, view: ChannelView, tiles: u32) -> Result<Arc<Scratch>> {
+        if let Some(s) = self.scratch.lock().unwrap().get(&view) {
+            if s.partials.numel() >= view.slots().max(1) * tiles as usize * 3 {
+                return Ok(s.clone());
+            }
+        }
+        let slots = view.slots().max(1);
+        let s = Arc::new(Scratch {
+            partials: self.ctx.empty(&[slots * tiles as usize * 3], DType::F32)?,
+            stats: self.ctx.empty(&[slots * 2], DType::F32)?,
+            scale_shift: self
+                .ctx
+                .empty(&[view.p * view.channels() * 3], DType::F32)?,
+        });
+        self.scratch.lock().unwrap().insert(view, s.clone());
+        Ok(s)
+    }
+}

@@ -1,0 +1,528 @@
+//! Recording checked calls: pipelines from the plan (cached per call shape), bind groups
+//! (cached per buffers and parameters), and the dispatches. Nothing here rejects user input;
+//! what can fail is the device (out of memory, lost, a driver's validation error).
+
+use std::sync::Arc;
+
+use super::check::{self, expect, Checked};
+use super::plan::{self, CallShape, Epilogue, ViewFacts};
+use super::{ChannelNorm, ChannelNormArgs, ChannelView, Reduction, RunningUpdate, Statistics};
+use crate::binding::{self, BufferRange};
+use crate::shader::Io;
+use crate::uniform::ChannelParams;
+use crate::{DType, Error, Result, Tensor};
+
+/// The compiled pipelines of one call shape.
+pub(super) struct Pipelines {
+    plan: plan::ChannelPlan,
+    moments: Option<wgpu::ComputePipeline>,
+    finalize: wgpu::ComputePipeline,
+    apply: wgpu::ComputePipeline,
+}
+
+/// The uniform block of every channel-norm kernel for a view, its access width and tiling.
+fn channel_params(
+    v: &ChannelView,
+    width: u32,
+    tiles: u32,
+    tile_len: u32,
+    eps: f32,
+    update: Option<RunningUpdate>,
+) -> ChannelParams {
+    let (selu_alpha, selu_lambda) = crate::Activation::None.selu_params();
+    ChannelParams {
+        p: v.p as u32,
+        q: v.q as u32,
+        r: v.r as u32,
+        s_v: (v.s / width as usize) as u32,
+        cg: v.cg as u32,
+        sdiv: v.sdiv as u32,
+        tiles,
+        tile_len,
+        eps,
+        momentum: update.and_then(|u| u.momentum).unwrap_or(0.0),
+        cumulative: update.is_some_and(|u| u.momentum.is_none()) as u32,
+        total_v: (v.numel() / width as usize) as u32,
+        per_p: (v.q * v.r * v.s) as u32,
+        w_src: 0.0,
+        mask_b: 0,
+        norm_target: 0.0,
+        selu_alpha,
+        selu_lambda,
+        _pad0: 0,
+        _pad1: 0,
+    }
+}
+
+/// The coefficients bound again as `array<vec4<f32>>` need at least one vector; shorter ranges
+/// (a single channel) never take the vector path and bind the dummy instead.
+fn vec4_view<'a>(r: &'a BufferRange, dummy: &'a BufferRange) -> &'a BufferRange {
+    if r.size >= 16 {
+        r
+    } else {
+        dummy
+    }
+}
+
+/// The running update a call's statistics make, with its momentum.
+fn running_update(s: &Statistics) -> Option<RunningUpdate> {
+    match *s {
+        Statistics::Batch(u) => u,
+        Statistics::UpdatedRunning {
+            momentum,
+            unbiased,
+            estimated,
+        } => Some(RunningUpdate {
+            momentum: Some(momentum),
+            unbiased: unbiased && !estimated,
+        }),
+        _ => None,
+    }
+}
+
+impl ChannelNorm {
+    /// The pipelines of a call shape, planned and compiled on first use.
+    fn pipelines(&self, shape: &CallShape, facts: &ViewFacts) -> Result<Arc<Pipelines>> {
+        let key = (*shape, *facts);
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let plan = plan::plan(&self.config, shape, facts, self.ctx.is_cpu());
+        let p = Arc::new(Pipelines {
+            moments: plan
+                .moments
+                .as_ref()
+                .map(|s| self.ctx.pipeline(s))
+                .transpose()?,
+            finalize: self.ctx.pipeline(&plan.finalize)?,
+            apply: self.ctx.pipeline(&plan.apply)?,
+            plan,
+        });
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Workgroups of the moments pass.
+    fn moments_groups(&self, view: &ChannelView, tiles: u32, channel_lanes: bool) -> u64 {
+        let wg = plan::moments_wg(self.ctx.is_cpu()) as usize;
+        if channel_lanes {
+            (view.p * view.r.div_ceil(wg)) as u64 * tiles as u64
+        } else {
+            view.slots() as u64 * tiles as u64
+        }
+    }
+
+    /// Records the passes into `encoder`. Everything is checked first; nothing is recorded on
+    /// error, and nothing for an empty tensor.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
+        let Some(c) = self.validate(a)? else {
+            return Ok(());
+        };
+        let v = a.view;
+        let ctx = &self.ctx;
+        let p = self.pipelines(&c.shape, &c.facts)?;
+        let (io, aio) = (p.plan.io, p.plan.aio);
+        let scratch = self.scratch(v, c.tiles)?;
+        let update = running_update(&a.statistics);
+        let qm_update = match a.statistics {
+            Statistics::QuadraticMean { update, .. } => update,
+            _ => None,
+        };
+        let w_src = match a.statistics {
+            Statistics::Mixed { w_src } => Some(w_src),
+            _ => None,
+        };
+        let tiles = if c.ranges.moments.is_some() {
+            1
+        } else {
+            c.tiles
+        };
+        let base = channel_params(&v, io.width(), tiles, c.tile_len, self.eps, update);
+        let params = ChannelParams {
+            // The test-time mix weight, or the quadratic mean's warm-up factor.
+            w_src: w_src.or(qm_update.map(|u| u.warm)).unwrap_or(0.0),
+            momentum: qm_update.map_or(base.momentum, |u| u.momentum),
+            mask_b: a.mask.map_or(0, |m| m.shape()[0] as u32),
+            norm_target: self.norm_target,
+            ..base
+        };
+        let total_v = (v.numel() / aio.width() as usize) as u32;
+        let (selu_alpha, selu_lambda) = self.activation.selu_params();
+        let apply_params = ChannelParams {
+            total_v,
+            selu_alpha,
+            selu_lambda,
+            ..params
+        };
+        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+        let Checked { ranges: rg, .. } = c;
+        let partials = match &rg.moments {
+            Some(g) => g.clone(),
+            None => r(&scratch.partials, "partials")?,
+        };
+        let ss = r(&scratch.scale_shift, "scale_shift")?;
+        let stats = match rg.stats {
+            Some(s) => s,
+            None => r(&scratch.stats, "stats")?,
+        };
+        let batches = r(&self.batches, "batches")?;
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw0 = binding::dummy_range(ctx.dummy_write(0));
+        let dw1 = binding::dummy_range(ctx.dummy_write(1));
+        let fin_bind = self.binds.get(
+            ctx,
+            plan::FINALIZE_SLOTS,
+            &params,
+            &[
+                &partials,
+                rg.weight.as_ref().unwrap_or(&dr),
+                rg.bias.as_ref().unwrap_or(&dr),
+                rg.running_mean.as_ref().unwrap_or(&dw0),
+                rg.running_var.as_ref().unwrap_or(&dw1),
+                &stats,
+                &ss,
+                &batches,
+            ],
+        )?;
+        let apply_bind = self.binds.get(
+            ctx,
+            plan::APPLY_SLOTS,
+            &apply_params,
+            &[
+                &rg.x,
+                &ss,
+                &rg.y,
+                &batches,
+                rg.aux.as_ref().unwrap_or(&dr),
+                vec4_view(&ss, &dr),
+            ],
+        )?;
+        let moments_bind = match &p.moments {
+            Some(_) => Some(self.binds.get(
+                ctx,
+                plan::MOMENTS_SLOTS,
+                &params,
+                &[&rg.x, &partials, rg.mask.as_ref().unwrap_or(&dr)],
+            )?),
+            None => None,
+        };
+
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm channel_norm"),
+            timestamp_writes: None,
+        });
+        if let (Some(mp), Some(bg)) = (&p.moments, &moments_bind) {
+            let groups = self.moments_groups(&v, c.tiles, p.plan.channel_lanes);
+            let (gx, gy) = binding::grid(ctx, groups);
+            pass.set_pipeline(mp);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        }
+        let finalize_groups = (v.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
+        let (gx, gy) = binding::grid(ctx, finalize_groups);
+        pass.set_pipeline(&p.finalize);
+        pass.set_bind_group(0, &fin_bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        let invocations = (total_v as u64).div_ceil(p.plan.apply_block as u64);
+        let (gx, gy) = binding::grid(ctx, invocations.div_ceil(plan::APPLY_WG as u64));
+        pass.set_pipeline(&p.apply);
+        pass.set_bind_group(0, &apply_bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+
+    /// Records the statistics of `x` per slot into `out` (f32 `[slots, 3]`: count, mean, M2),
+    /// the first half of a synchronised normalization: reduce on every device, merge (e.g.
+    /// [`super::Moments::merge`] after an all-reduce of the downloaded moments), upload the
+    /// merged moments and pass them as [`ChannelNormArgs::moments`]. An empty `x` records
+    /// nothing.
+    pub fn encode_reduce(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        view: ChannelView,
+        out: &Tensor,
+    ) -> Result<()> {
+        self.encode_reduce_masked(encoder, x, view, None, out)
+    }
+
+    /// [`ChannelNorm::encode_reduce`] over the unpadded tokens only: with a
+    /// [`Reduction::QuadraticMean`] engine, a token view `[1, B*N, C, 1]` of `x[B, N, C]` and an
+    /// f32 `mask` of B*N values (1 = padding, token `b*N + n`), the moments hold (count of kept
+    /// tokens, 0, sum of squares) per channel.
+    pub fn encode_reduce_masked(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        view: ChannelView,
+        mask: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        expect("x", x, view.numel(), self.dtype())?;
+        expect("moments", out, view.slots() * 3, DType::F32)?;
+        if let Some(m) = mask {
+            expect("mask", m, view.q, DType::F32)?;
+            let qm = self.config.reduction == Reduction::QuadraticMean;
+            if !qm || view.p != 1 || view.s != 1 {
+                return Err(Error::InvalidParameter {
+                    name: "mask",
+                    value: format!("{view:?}"),
+                    why: "a token mask needs a quadratic-mean engine and a token view [1, tokens, C, 1]",
+                });
+            }
+        }
+        if view.numel() == 0 {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let xr = binding::storage_range(ctx, "x", x)?;
+        let or = binding::storage_range(ctx, "moments", out)?;
+        let mr = mask
+            .map(|m| binding::storage_range(ctx, "mask", m))
+            .transpose()?;
+        binding::check_no_alias(&[
+            ("x", Some(&xr), false),
+            ("mask", mr.as_ref(), false),
+            ("moments", Some(&or), true),
+        ])?;
+        let facts = ViewFacts::of(&view);
+        let align = Io {
+            dtype: self.dtype(),
+            vec4: true,
+        }
+        .alignment();
+        let io = plan::moments_io(self.dtype(), &facts, xr.offset % align == 0);
+        ctx.check_io(io)?;
+        check::check_u32_indexing(&view)?;
+        let cpu = ctx.is_cpu();
+        let lanes = plan::channel_lanes(&self.config.lanes, &facts, mask.is_some());
+        let (tiles, tile_len) = super::tiling(&view, io.width(), cpu, lanes);
+        self.check_loop_budget(&view, tiles, tile_len)?;
+
+        let scratch = self.scratch(view, tiles)?;
+        let params = ChannelParams {
+            // Token b*N + n is mask[b*N + n]: the moments kernel's [B, T] indexing with B = 1.
+            mask_b: 1,
+            ..channel_params(&view, io.width(), tiles, tile_len, self.eps, None)
+        };
+        let spec = plan::moments_spec(
+            self.config.reduction,
+            io,
+            cpu,
+            &self.config.lanes,
+            mask.is_some(),
+            lanes,
+        );
+        let moments = ctx.pipeline(&spec)?;
+        let merge = ctx.pipeline(&plan::merge_spec())?;
+        let partials = binding::storage_range(ctx, "partials", &scratch.partials)?;
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let mb = self.binds.get(
+            ctx,
+            plan::MOMENTS_SLOTS,
+            &params,
+            &[&xr, &partials, mr.as_ref().unwrap_or(&dr)],
+        )?;
+        let gb = self
+            .binds
+            .get(ctx, plan::MERGE_SLOTS, &params, &[&partials, &or])?;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm channel_norm reduce"),
+            timestamp_writes: None,
+        });
+        let (gx, gy) = binding::grid(ctx, self.moments_groups(&view, tiles, lanes));
+        pass.set_pipeline(&moments);
+        pass.set_bind_group(0, &mb, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        let (gx, gy) = binding::grid(
+            ctx,
+            (view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64),
+        );
+        pass.set_pipeline(&merge);
+        pass.set_bind_group(0, &gb, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
+    }
+
+    /// Every check of [`ChannelNorm::encode_running_from_moments`], recording nothing.
+    pub fn check_running_from_moments(
+        &self,
+        view: ChannelView,
+        merged: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f32,
+    ) -> Result<()> {
+        self.running_ranges(view, merged, running_mean, running_var, momentum)
+            .map(|_| ())
+    }
+
+    fn running_ranges(
+        &self,
+        view: ChannelView,
+        merged: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f32,
+    ) -> Result<Option<[BufferRange; 3]>> {
+        expect("moments", merged, view.slots() * 3, DType::F32)?;
+        expect("running_mean", running_mean, view.r, DType::F32)?;
+        expect("running_var", running_var, view.r, DType::F32)?;
+        crate::check_unit_interval("momentum", momentum)?;
+        if view.count() < 2 && view.numel() > 0 {
+            return Err(Error::InvalidParameter {
+                name: "input",
+                value: "1 value per instance".into(),
+                why: "tracking running statistics needs more than one spatial value per instance",
+            });
+        }
+        if view.numel() == 0 {
+            return Ok(None);
+        }
+        let ctx = &self.ctx;
+        let r = |what: &str, t: &Tensor| binding::storage_range(ctx, what, t);
+        let (mr, rm, rv) = (
+            r("moments", merged)?,
+            r("running_mean", running_mean)?,
+            r("running_var", running_var)?,
+        );
+        binding::check_no_alias(&[
+            ("moments", Some(&mr), false),
+            ("running_mean", Some(&rm), true),
+            ("running_var", Some(&rv), true),
+        ])?;
+        Ok(Some([mr, rm, rv]))
+    }
+
+    /// Running statistics (f32 `[C]`, `r = (1 - momentum) r + momentum s`, unbiased variance)
+    /// from merged per-(p, channel) moments written by [`ChannelNorm::encode_reduce`]:
+    /// `sequential = false` averages the P statistics first and updates once (InstanceNorm
+    /// `track_running_stats`); `sequential = true` updates once per p, in order (per-chunk
+    /// statistics).
+    #[allow(clippy::too_many_arguments)] // one per tensor and setting; all are needed
+    pub fn encode_running_from_moments(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        view: ChannelView,
+        merged: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f32,
+        sequential: bool,
+    ) -> Result<()> {
+        let Some([mr, rm, rv]) =
+            self.running_ranges(view, merged, running_mean, running_var, momentum)?
+        else {
+            return Ok(());
+        };
+        let ctx = &self.ctx;
+        let pipeline = ctx.pipeline(&plan::running_spec(sequential))?;
+        let update = RunningUpdate {
+            momentum: Some(momentum),
+            unbiased: true,
+        };
+        let params = channel_params(&view, 1, 1, 1, self.eps, Some(update));
+        let bind = self
+            .binds
+            .get(ctx, plan::RUNNING_SLOTS, &params, &[&mr, &rm, &rv])?;
+        let (gx, gy) = binding::grid(ctx, (view.r as u64).div_ceil(plan::FINALIZE_WG as u64));
+        binding::dispatch(
+            encoder,
+            "wgnorm running statistics from moments",
+            &pipeline,
+            &bind,
+            (gx, gy, 1),
+        );
+        Ok(())
+    }
+
+    /// Records only the apply pass, with coefficients computed elsewhere (f32, per sample p of
+    /// `view`: `[mean][scale][shift]` arrays of C, or five arrays `[a][b][weight][bias][v]` with
+    /// [`Epilogue::MaxDenominator`]): `y = act((x - mean) * scale + shift)` or
+    /// `y = x / max(a, v x + b) * weight + bias`. For engines built on this one; `coef` must not
+    /// alias x or y.
+    pub fn encode_apply(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        view: ChannelView,
+        coef: &Tensor,
+        epilogue: Epilogue,
+    ) -> Result<()> {
+        expect("x", x, view.numel(), self.dtype())?;
+        expect("y", y, view.numel(), self.dtype())?;
+        let ncoef = match epilogue {
+            Epilogue::Affine => 3,
+            Epilogue::MaxDenominator => 5,
+            _ => {
+                return Err(Error::InvalidParameter {
+                    name: "epilogue",
+                    value: format!("{epilogue:?}"),
+                    why: "an apply pass with given coefficients takes the affine or the max-denominator epilogue",
+                })
+            }
+        };
+        expect(
+            "coefficients",
+            coef,
+            view.p * ncoef * view.channels(),
+            DType::F32,
+        )?;
+        if view.numel() == 0 {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+        let (xr, yr, cr) = (r(x, "x")?, r(y, "y")?, r(coef, "coefficients")?);
+        binding::check_no_alias(&[
+            ("x", Some(&xr), false),
+            ("coefficients", Some(&cr), false),
+            ("y", Some(&yr), true),
+        ])?;
+        let align = Io {
+            dtype: self.dtype(),
+            vec4: true,
+        }
+        .alignment();
+        let aligned = xr.offset % align == 0 && yr.offset % align == 0;
+        let (aio, ch_vec, straddle) = plan::apply_io(self.dtype(), &ViewFacts::of(&view), aligned);
+        ctx.check_io(aio)?;
+        check::check_u32_indexing(&view)?;
+        let total_v = (view.numel() / aio.width() as usize) as u32;
+        let (selu_alpha, selu_lambda) = self.activation.selu_params();
+        let params = ChannelParams {
+            total_v,
+            selu_alpha,
+            selu_lambda,
+            ..channel_params(&view, aio.width(), 1, 1, self.eps, None)
+        };
+        let block = plan::apply_block(&self.config.lanes, ctx.is_cpu());
+        let apply = ctx.pipeline(&plan::apply_spec(
+            aio,
+            block,
+            self.config.activation,
+            false,
+            (ch_vec, straddle),
+            epilogue,
+        ))?;
+        let batches = r(&self.batches, "batches")?;
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let bind = self.binds.get(
+            ctx,
+            plan::APPLY_SLOTS,
+            &params,
+            &[&xr, &cr, &yr, &batches, &dr, vec4_view(&cr, &dr)],
+        )?;
+        let invocations = (total_v as u64).div_ceil(block as u64);
+        let (gx, gy) = binding::grid(ctx, invocations.div_ceil(plan::APPLY_WG as u64));
+        binding::dispatch(
+            encoder,
+            "wgnorm channel_norm apply",
+            &apply,
+            &bind,
+            (gx, gy, 1),
+        );
+        Ok(())
+    }
+}

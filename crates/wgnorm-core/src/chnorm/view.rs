@@ -1,0 +1,257 @@
+//! Channel views: a row-major activation seen as `[p, q, r, s]` with one statistics slot per
+//! `(p, r)`, reduced over `(q, s)`. Every batch-statistics op is a choice of view; channels-last
+//! is another view, not a transpose.
+
+use crate::{Error, Result};
+
+/// x (row-major) seen as `[p, q, r, s]`, statistics per (p, r) over (q, s). Each slot covers
+/// `cg` channels; element (p, q, r, s) belongs to channel `r * cg + s / sdiv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChannelView {
+    pub p: usize,
+    pub q: usize,
+    pub r: usize,
+    pub s: usize,
+    pub cg: usize,
+    pub sdiv: usize,
+}
+
+/// Memory layout of a `(N, C, *)` activation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Channels first: `(N, C, *spatial)`.
+    #[default]
+    Nchw,
+    /// Channels last: `(N, *spatial, C)`; no transpose pass is made.
+    Nhwc,
+}
+
+fn split_nc(shape: &[usize], layout: Layout, what: &'static str) -> Result<(usize, usize, usize)> {
+    if shape.len() < 2 {
+        return Err(Error::AxisOutOfRange {
+            what,
+            axis: 1,
+            rank: shape.len(),
+        });
+    }
+    let n = shape[0];
+    Ok(match layout {
+        Layout::Nchw => (n, shape[1], shape[2..].iter().product()),
+        Layout::Nhwc => (
+            n,
+            shape[shape.len() - 1],
+            shape[1..shape.len() - 1].iter().product(),
+        ),
+    })
+}
+
+impl ChannelView {
+    /// BatchNorm: statistics per channel over N and the spatial dims.
+    pub fn batch_norm(shape: &[usize], layout: Layout) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(shape, layout, "batch_norm (input must be (N, C, *))")?;
+        Ok(match layout {
+            Layout::Nchw => ChannelView {
+                p: 1,
+                q: n,
+                r: c,
+                s: hw,
+                cg: 1,
+                sdiv: hw.max(1),
+            },
+            Layout::Nhwc => ChannelView {
+                p: 1,
+                q: n * hw,
+                r: c,
+                s: 1,
+                cg: 1,
+                sdiv: 1,
+            },
+        })
+    }
+
+    /// Ghost BatchNorm: statistics per (chunk of `ghost` consecutive samples, channel) over the
+    /// chunk and the spatial dims. `ghost` must divide N.
+    pub fn ghost_batch_norm(shape: &[usize], layout: Layout, ghost: usize) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(shape, layout, "ghost_batch_norm (input must be (N, C, *))")?;
+        if ghost == 0 || n % ghost != 0 {
+            return Err(Error::InvalidParameter {
+                name: "ghost_size",
+                value: format!("{ghost} for a batch of {n}"),
+                why: "must be >= 1 and divide the batch (a smaller last chunk is not supported: pad or drop it)",
+            });
+        }
+        Ok(match layout {
+            Layout::Nchw => ChannelView {
+                p: n / ghost,
+                q: ghost,
+                r: c,
+                s: hw,
+                cg: 1,
+                sdiv: hw.max(1),
+            },
+            Layout::Nhwc => ChannelView {
+                p: n / ghost,
+                q: ghost * hw,
+                r: c,
+                s: 1,
+                cg: 1,
+                sdiv: 1,
+            },
+        })
+    }
+
+    /// InstanceNorm: statistics per (sample, channel) over the spatial dims.
+    pub fn instance_norm(shape: &[usize], layout: Layout) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(shape, layout, "instance_norm (input must be (N, C, *))")?;
+        Ok(match layout {
+            Layout::Nchw => ChannelView {
+                p: n,
+                q: 1,
+                r: c,
+                s: hw,
+                cg: 1,
+                sdiv: hw.max(1),
+            },
+            Layout::Nhwc => ChannelView {
+                p: n,
+                q: hw,
+                r: c,
+                s: 1,
+                cg: 1,
+                sdiv: 1,
+            },
+        })
+    }
+
+    /// One slot per position of the other dims, reduced along `axis` alone (LpNorm).
+    pub fn along_axis(shape: &[usize], axis: isize) -> Result<ChannelView> {
+        let rank = shape.len();
+        let a = if axis < 0 { axis + rank as isize } else { axis };
+        if a < 0 || a >= rank as isize {
+            return Err(Error::AxisOutOfRange {
+                what: "lp_norm",
+                axis,
+                rank,
+            });
+        }
+        let a = a as usize;
+        let (pre, n, post) = (
+            shape[..a].iter().product(),
+            shape[a],
+            shape[a + 1..].iter().product::<usize>(),
+        );
+        Ok(if post == 1 {
+            // Contiguous rows: vector access along them.
+            ChannelView {
+                p: pre,
+                q: 1,
+                r: 1,
+                s: n,
+                cg: 1,
+                sdiv: n.max(1),
+            }
+        } else {
+            ChannelView {
+                p: pre,
+                q: n,
+                r: post,
+                s: 1,
+                cg: 1,
+                sdiv: 1,
+            }
+        })
+    }
+
+    /// One slot per position of the dims not in `axes`, reduced over `axes`
+    /// (MeanVarianceNormalization). The dims must read as `[kept][reduced][kept][reduced]` (each
+    /// block possibly empty), which covers every contiguous choice and NCHW's [0, 2, 3].
+    pub fn over_axes(shape: &[usize], axes: &[isize]) -> Result<ChannelView> {
+        let rank = shape.len();
+        let mut reduced = vec![false; rank];
+        for &ax in axes {
+            let a = if ax < 0 { ax + rank as isize } else { ax };
+            if a < 0 || a >= rank as isize {
+                return Err(Error::AxisOutOfRange {
+                    what: "mean_variance_norm",
+                    axis: ax,
+                    rank,
+                });
+            }
+            reduced[a as usize] = true;
+        }
+        // Runs of kept / reduced dims and their sizes.
+        let mut runs: Vec<(bool, usize)> = Vec::new();
+        for (d, &red) in reduced.iter().enumerate() {
+            match runs.last_mut() {
+                Some((r, size)) if *r == red => *size *= shape[d],
+                _ => runs.push((red, shape[d])),
+            }
+        }
+        if runs.first().is_some_and(|r| r.0) {
+            runs.insert(0, (false, 1));
+        }
+        if runs.len() > 4 {
+            return Err(Error::InvalidParameter {
+                name: "axes",
+                value: format!("{axes:?}"),
+                why: "reduced and kept dims alternate more than [kept][reduced][kept][reduced]: transpose first",
+            });
+        }
+        let get = |i: usize| runs.get(i).map_or(1, |r| r.1);
+        let s = get(3);
+        Ok(ChannelView {
+            p: get(0),
+            q: get(1),
+            r: get(2),
+            s,
+            cg: 1,
+            sdiv: s.max(1),
+        })
+    }
+
+    /// GroupNorm: statistics per (sample, group of C / groups channels) over those channels and
+    /// the spatial dims. `groups` must divide C.
+    pub fn group_norm(shape: &[usize], layout: Layout, groups: usize) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(shape, layout, "group_norm (input must be (N, C, *))")?;
+        if groups == 0 || c % groups != 0 {
+            return Err(Error::InvalidParameter {
+                name: "num_groups",
+                value: groups.to_string(),
+                why: "must be >= 1 and divide the channel count",
+            });
+        }
+        let cg = c / groups;
+        Ok(match layout {
+            Layout::Nchw => ChannelView {
+                p: n,
+                q: 1,
+                r: groups,
+                s: cg * hw,
+                cg,
+                sdiv: hw.max(1),
+            },
+            Layout::Nhwc => ChannelView {
+                p: n,
+                q: hw,
+                r: groups,
+                s: cg,
+                cg,
+                sdiv: 1,
+            },
+        })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.p * self.r
+    }
+    pub fn channels(&self) -> usize {
+        self.r * self.cg
+    }
+    pub fn numel(&self) -> usize {
+        self.p * self.q * self.r * self.s
+    }
+    /// Elements each slot's statistics are taken over.
+    pub fn count(&self) -> usize {
+        self.q * self.s
+    }
+}
