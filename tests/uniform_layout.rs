@@ -98,7 +98,11 @@ layout_tests! {
     drop_params_matches_dropout: wgnorm::uniform::DropParams => wgnorm::elementwise::DROPOUT_KERNEL;
     naive_params_matches_naive_channel_norm: wgnorm::uniform::NaiveParams => wgnorm::core::baseline::NAIVE_CHANNEL_KERNEL;
     naive_ball_params_matches_naive_midpoint: wgnorm::uniform::NaiveBallParams => wgnorm::poincare::NAIVE_MIDPOINT_KERNEL;
-    instance_params_matches_instance_mix: wgnorm::core::instmix::InstanceParams => wgnorm::core::instmix::INSTANCE_MIX_KERNEL;
+    ibn_params_matches_ibn: wgnorm::batchnorm::IbnParams => wgnorm::batchnorm::IBN_KERNEL;
+    evo_b0_params_matches_evonorm_b0: wgnorm::batchnorm::EvoB0Params => wgnorm::batchnorm::EVONORM_B0_KERNEL;
+    unmix_params_matches_unmix_tns: wgnorm::batchnorm::UnmixParams => wgnorm::batchnorm::UNMIX_TNS_KERNEL;
+    adab2n_params_matches_adab2n: wgnorm::batchnorm::AdaB2nParams => wgnorm::batchnorm::ADAB2N_KERNEL;
+    unified_params_matches_unified: wgnorm::powernorm::UnifiedParams => wgnorm::powernorm::UNIFIED_KERNEL;
     region_params_matches_region: wgnorm::batchnorm::RegionParams => wgnorm::batchnorm::REGION_KERNEL;
     fold_params_matches_fold: wgnorm::batchnorm::FoldParams => wgnorm::batchnorm::FOLD_KERNEL;
     ball_params_matches_ball: wgnorm::poincare::BallParams => wgnorm::poincare::BALL_KERNEL;

@@ -1,24 +1,156 @@
-//! Methods whose statistics are built from per-instance moments (the `instmix` engine of
-//! wgnorm-core): IBN-Net, EvoNorm-B0 and UnMix-TNS. Each reads x twice (reduce, apply) and keeps
-//! its state on the GPU. Parameters and state are f32; x and y f32 or f16, NCHW or NHWC.
+//! Methods whose statistics are built from per-instance moments (the instance-statistics engine
+//! of wgnorm-core): IBN-Net, EvoNorm-B0, UnMix-TNS and task-weighted AdaB²N. Each has its own
+//! mixing kernel (`shaders/batch_norm/*.wgsl`) and uniform block; each reads x twice (reduce,
+//! apply) and keeps its state on the GPU. Parameters and state are f32; x and y f32 or f16,
+//! NCHW or NHWC.
 
-use wgnorm_core::chnorm::Layout;
-use wgnorm_core::instmix::{InstanceMix, InstanceMixArgs, Method};
+use wgnorm_core::chnorm::{Epilogue, Layout};
+use wgnorm_core::instmix::{
+    expect_f32, InstanceMix, MixDispatch, MixTensors, Mixer, MIX_COMMON, MIX_SLOTS, MIX_WG,
+};
+use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Tensor};
 
-fn channels(x: &Tensor, layout: Layout) -> Result<usize> {
-    let s = x.shape();
-    if s.len() < 2 {
-        return Err(Error::AxisOutOfRange {
-            what: "channels",
-            axis: 1,
-            rank: s.len(),
-        });
+const fn mix_kernel(name: &'static str, parts: &'static [&'static str]) -> Kernel {
+    Kernel::new(name, parts, MIX_SLOTS)
+}
+
+/// IBN-Net's mixing kernel.
+pub const IBN_KERNEL: Kernel = mix_kernel(
+    "batch_norm/ibn",
+    &[
+        MIX_COMMON[0],
+        MIX_COMMON[1],
+        MIX_COMMON[2],
+        wgnorm_core::shader_file!("batch_norm/ibn.wgsl"),
+    ],
+);
+/// EvoNorm-B0's mixing kernel.
+pub const EVONORM_B0_KERNEL: Kernel = mix_kernel(
+    "batch_norm/evonorm_b0",
+    &[
+        MIX_COMMON[0],
+        MIX_COMMON[1],
+        MIX_COMMON[2],
+        wgnorm_core::shader_file!("batch_norm/evonorm_b0.wgsl"),
+    ],
+);
+/// UnMix-TNS's mixing kernel.
+pub const UNMIX_TNS_KERNEL: Kernel = mix_kernel(
+    "batch_norm/unmix_tns",
+    &[
+        MIX_COMMON[0],
+        MIX_COMMON[1],
+        MIX_COMMON[2],
+        wgnorm_core::shader_file!("batch_norm/unmix_tns.wgsl"),
+    ],
+);
+/// Task-weighted AdaB²N's mixing kernel.
+pub const ADAB2N_KERNEL: Kernel = mix_kernel(
+    "batch_norm/adab2n",
+    &[
+        MIX_COMMON[0],
+        MIX_COMMON[1],
+        MIX_COMMON[2],
+        wgnorm_core::shader_file!("batch_norm/adab2n.wgsl"),
+    ],
+);
+
+wgnorm_core::uniform_block! {
+    /// `IbnParams` (`batch_norm/ibn.wgsl`).
+    pub struct IbnParams {
+        pub n: u32,
+        pub c: u32,
+        /// Channels of the InstanceNorm part.
+        pub half: u32,
+        pub _pad0: u32,
+        pub eps: f32,
+        pub momentum: f32,
+        pub _pad1: u32,
+        pub _pad2: u32,
     }
-    Ok(match layout {
-        Layout::Nchw => s[1],
-        Layout::Nhwc => s[s.len() - 1],
-    })
+}
+
+wgnorm_core::uniform_block! {
+    /// `EvoB0Params` (`batch_norm/evonorm_b0.wgsl`).
+    pub struct EvoB0Params {
+        pub n: u32,
+        pub c: u32,
+        pub eps: f32,
+        pub momentum: f32,
+    }
+}
+
+wgnorm_core::uniform_block! {
+    /// `UnmixParams` (`batch_norm/unmix_tns.wgsl`).
+    pub struct UnmixParams {
+        pub n: u32,
+        pub c: u32,
+        /// Components K.
+        pub k: u32,
+        pub _pad0: u32,
+        pub eps: f32,
+        /// The update rate M.
+        pub momentum: f32,
+        pub temperature: f32,
+        pub _pad1: u32,
+    }
+}
+
+wgnorm_core::uniform_block! {
+    /// `AdaB2nParams` (`batch_norm/adab2n.wgsl`).
+    pub struct AdaB2nParams {
+        pub n: u32,
+        pub c: u32,
+        pub tasks: u32,
+        pub _pad0: u32,
+        pub eps: f32,
+        pub momentum: f32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+fn ibn_spec(training: bool) -> Specialization {
+    Specialization::new(IBN_KERNEL, Io::F32)
+        .set("WG", MIX_WG)
+        .flag("TRAINING", training)
+}
+
+fn evo_b0_spec(training: bool, unbiased: bool) -> Specialization {
+    Specialization::new(EVONORM_B0_KERNEL, Io::F32)
+        .set("WG", MIX_WG)
+        .flag("TRAINING", training)
+        .flag("UNBIASED_RUNNING", unbiased)
+}
+
+fn unmix_spec() -> Specialization {
+    Specialization::new(UNMIX_TNS_KERNEL, Io::F32).set("WG", MIX_WG)
+}
+
+fn adab2n_spec() -> Specialization {
+    Specialization::new(ADAB2N_KERNEL, Io::F32).set("WG", MIX_WG)
+}
+
+/// The mixing pipelines of this module, for `cargo xtask validate`.
+pub fn specializations() -> Vec<Specialization> {
+    let mut out = vec![unmix_spec(), adab2n_spec()];
+    for training in [false, true] {
+        out.push(ibn_spec(training));
+        for unbiased in [false, true] {
+            out.push(evo_b0_spec(training, unbiased));
+        }
+    }
+    out
+}
+
+/// Lanes' loop iterations of a per-channel mixing kernel that merges over the batch.
+fn per_channel_iterations(n: usize) -> u64 {
+    2 * n as u64
+}
+
+fn check_momentum(m: f32) -> Result<()> {
+    wgnorm_core::check_unit_interval("momentum", m)
 }
 
 /// IBN-Net's IBN-a block (Pan et al. 2018; NORMS.md A8, official `IBN` module): channels
@@ -27,8 +159,8 @@ fn channels(x: &Tensor, layout: Layout) -> Result<usize> {
 /// (an odd C gives the BatchNorm part the extra channel). IBN-b is an InstanceNorm placement.
 pub struct IbnNorm {
     ratio: f32,
+    eps: f32,
     momentum: f32,
-    layout: Layout,
     engine: InstanceMix,
 }
 
@@ -60,11 +192,13 @@ impl IbnNorm {
                 why: "the InstanceNorm share of the channels must be in [0, 1]",
             });
         }
+        wgnorm_core::check_eps(eps)?;
+        check_momentum(momentum)?;
         Ok(IbnNorm {
             ratio,
+            eps,
             momentum,
-            layout,
-            engine: InstanceMix::new(ctx, eps, layout, dtype)?,
+            engine: InstanceMix::new(ctx, layout, dtype)?,
         })
     }
 
@@ -80,25 +214,37 @@ impl IbnNorm {
         y: &Tensor,
         training: bool,
     ) -> Result<()> {
-        let half = self.half(channels(inputs.x, self.layout)?);
-        self.engine.encode(
-            enc,
-            &InstanceMixArgs {
-                x: inputs.x,
-                y,
-                weight: inputs.weight,
-                bias: inputs.bias,
-                v: None,
-                task_ids: None,
-                state_a: Some(inputs.running_mean),
-                state_b: Some(inputs.running_var),
-            },
-            Method::Ibn {
-                half,
-                training,
+        let view = self.engine.view(inputs.x)?;
+        let (n, c) = (view.p, view.r);
+        let half = self.half(c);
+        expect_f32("running_mean", Some(inputs.running_mean), c - half)?;
+        expect_f32("running_var", Some(inputs.running_var), c - half)?;
+        let mixer = Mixer {
+            spec: ibn_spec(training),
+            params: IbnParams {
+                n: n as u32,
+                c: c as u32,
+                half: half as u32,
+                eps: self.eps,
                 momentum: self.momentum,
+                ..Default::default()
             },
-        )
+            epilogue: Epilogue::Affine,
+            per_sample: 1,
+            dispatch: MixDispatch::PerChannel,
+            lane_iterations: per_channel_iterations(n),
+        };
+        let tensors = MixTensors {
+            x: inputs.x,
+            y,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            aux: None,
+            state_a: Some(inputs.running_mean),
+            state_b: Some(inputs.running_var),
+            per_sample_input: None,
+        };
+        self.engine.encode(enc, &tensors, &mixer)
     }
 
     /// Allocates y, encodes and submits (does not wait).
@@ -125,6 +271,7 @@ pub enum EvoRunningVar {
 /// over (N, spatial) (batch in training, `running_var` in inference), var_I per (sample, channel),
 /// both biased; `v`, `weight`, `bias`, `running_var` f32 `[C]`. eps 1e-5 (TF) or 1e-3 (timm).
 pub struct EvoNormB0 {
+    eps: f32,
     momentum: f32,
     running: EvoRunningVar,
     engine: InstanceMix,
@@ -149,10 +296,13 @@ impl EvoNormB0 {
         layout: Layout,
         dtype: DType,
     ) -> Result<EvoNormB0> {
+        wgnorm_core::check_eps(eps)?;
+        check_momentum(momentum)?;
         Ok(EvoNormB0 {
+            eps,
             momentum,
             running,
-            engine: InstanceMix::new(ctx, eps, layout, dtype)?,
+            engine: InstanceMix::new(ctx, layout, dtype)?,
         })
     }
 
@@ -163,24 +313,34 @@ impl EvoNormB0 {
         y: &Tensor,
         training: bool,
     ) -> Result<()> {
-        self.engine.encode(
-            enc,
-            &InstanceMixArgs {
-                x: inputs.x,
-                y,
-                weight: inputs.weight,
-                bias: inputs.bias,
-                v: Some(inputs.v),
-                task_ids: None,
-                state_a: Some(inputs.running_var),
-                state_b: None,
-            },
-            Method::EvoB0 {
-                training,
+        let view = self.engine.view(inputs.x)?;
+        let (n, c) = (view.p, view.r);
+        expect_f32("v", Some(inputs.v), c)?;
+        expect_f32("running_var", Some(inputs.running_var), c)?;
+        let mixer = Mixer {
+            spec: evo_b0_spec(training, self.running == EvoRunningVar::TimmUnbiased),
+            params: EvoB0Params {
+                n: n as u32,
+                c: c as u32,
+                eps: self.eps,
                 momentum: self.momentum,
-                unbiased_running: self.running == EvoRunningVar::TimmUnbiased,
             },
-        )
+            epilogue: Epilogue::MaxDenominator,
+            per_sample: 1,
+            dispatch: MixDispatch::PerChannel,
+            lane_iterations: per_channel_iterations(n),
+        };
+        let tensors = MixTensors {
+            x: inputs.x,
+            y,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            aux: Some(inputs.v),
+            state_a: Some(inputs.running_var),
+            state_b: None,
+            per_sample_input: None,
+        };
+        self.engine.encode(enc, &tensors, &mixer)
     }
 
     /// Allocates y, encodes and submits (does not wait).
@@ -201,6 +361,7 @@ impl EvoNormB0 {
 /// `M = 1 - (1 - momentum_bn)^(N / 64)`.
 pub struct UnmixTns {
     k: usize,
+    eps: f32,
     momentum_bn: f32,
     temperature: f32,
     engine: InstanceMix,
@@ -235,11 +396,20 @@ impl UnmixTns {
                 why: "need k >= 1 and momentum_bn in [0, 1]",
             });
         }
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::InvalidParameter {
+                name: "temperature",
+                value: temperature.to_string(),
+                why: "the softmax temperature must be positive and finite",
+            });
+        }
+        wgnorm_core::check_eps(eps)?;
         Ok(UnmixTns {
             k,
+            eps,
             momentum_bn,
             temperature,
-            engine: InstanceMix::new(ctx, eps, layout, dtype)?,
+            engine: InstanceMix::new(ctx, layout, dtype)?,
         })
     }
 
@@ -294,25 +464,42 @@ impl UnmixTns {
         inputs: &UnmixTnsInputs,
         y: &Tensor,
     ) -> Result<()> {
-        let n = inputs.x.shape().first().copied().unwrap_or(0);
-        self.engine.encode(
-            enc,
-            &InstanceMixArgs {
-                x: inputs.x,
-                y,
-                weight: inputs.weight,
-                bias: inputs.bias,
-                v: None,
-                task_ids: None,
-                state_a: Some(inputs.component_mean),
-                state_b: Some(inputs.component_var),
-            },
-            Method::Unmix {
-                k: self.k,
+        let view = self.engine.view(inputs.x)?;
+        let (n, c, k) = (view.p, view.r, self.k);
+        expect_f32("component_mean", Some(inputs.component_mean), k * c)?;
+        expect_f32("component_var", Some(inputs.component_var), k * c)?;
+        let wg = MIX_WG as usize;
+        let lane_iterations = (n * k).div_ceil(wg) * c
+            + n * k
+            + (n * c).div_ceil(wg) * 2 * k
+            + (k * c).div_ceil(wg) * n;
+        let mixer = Mixer {
+            spec: unmix_spec(),
+            params: UnmixParams {
+                n: n as u32,
+                c: c as u32,
+                k: k as u32,
+                eps: self.eps,
                 momentum: self.momentum(n),
                 temperature: self.temperature,
+                ..Default::default()
             },
-        )
+            epilogue: Epilogue::Affine,
+            per_sample: k,
+            dispatch: MixDispatch::OneWorkgroup,
+            lane_iterations: lane_iterations as u64,
+        };
+        let tensors = MixTensors {
+            x: inputs.x,
+            y,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            aux: None,
+            state_a: Some(inputs.component_mean),
+            state_b: Some(inputs.component_var),
+            per_sample_input: None,
+        };
+        self.engine.encode(enc, &tensors, &mixer)
     }
 
     /// Allocates y, encodes and submits (does not wait).
@@ -333,6 +520,7 @@ impl UnmixTns {
 /// [`crate::adab2n_momentum`]. Without task weights (first task) and at inference AdaB²N is
 /// [`crate::BatchNorm`] with `encode_train_with` / `encode`.
 pub struct AdaB2nTaskWeighted {
+    eps: f32,
     engine: InstanceMix,
 }
 
@@ -352,8 +540,10 @@ pub struct AdaB2nInputs<'a> {
 
 impl AdaB2nTaskWeighted {
     pub fn new(ctx: &Context, eps: f32, layout: Layout, dtype: DType) -> Result<Self> {
+        wgnorm_core::check_eps(eps)?;
         Ok(AdaB2nTaskWeighted {
-            engine: InstanceMix::new(ctx, eps, layout, dtype)?,
+            eps,
+            engine: InstanceMix::new(ctx, layout, dtype)?,
         })
     }
 
@@ -365,23 +555,47 @@ impl AdaB2nTaskWeighted {
         y: &Tensor,
         eta: f32,
     ) -> Result<()> {
-        self.engine.encode(
-            enc,
-            &InstanceMixArgs {
-                x: inputs.x,
-                y,
-                weight: inputs.weight,
-                bias: inputs.bias,
-                v: Some(inputs.theta),
-                task_ids: Some(inputs.task_ids),
-                state_a: Some(inputs.running_mean),
-                state_b: Some(inputs.running_var),
-            },
-            Method::AdaB2n {
-                tasks: inputs.theta.numel(),
+        let view = self.engine.view(inputs.x)?;
+        let (n, c) = (view.p, view.r);
+        let tasks = inputs.theta.numel();
+        if tasks == 0 {
+            return Err(Error::InvalidParameter {
+                name: "theta",
+                value: "0 tasks".into(),
+                why: "need at least one task",
+            });
+        }
+        check_momentum(eta)?;
+        expect_f32("theta", Some(inputs.theta), tasks)?;
+        expect_f32("task_ids", Some(inputs.task_ids), n)?;
+        expect_f32("running_mean", Some(inputs.running_mean), c)?;
+        expect_f32("running_var", Some(inputs.running_var), c)?;
+        let mixer = Mixer {
+            spec: adab2n_spec(),
+            params: AdaB2nParams {
+                n: n as u32,
+                c: c as u32,
+                tasks: tasks as u32,
+                eps: self.eps,
                 momentum: eta,
+                ..Default::default()
             },
-        )
+            epilogue: Epilogue::Affine,
+            per_sample: 1,
+            dispatch: MixDispatch::PerChannel,
+            lane_iterations: (3 * n * (n + 1) + tasks * (n + 1)) as u64,
+        };
+        let tensors = MixTensors {
+            x: inputs.x,
+            y,
+            weight: inputs.weight,
+            bias: inputs.bias,
+            aux: Some(inputs.theta),
+            state_a: Some(inputs.running_mean),
+            state_b: Some(inputs.running_var),
+            per_sample_input: Some(inputs.task_ids),
+        };
+        self.engine.encode(enc, &tensors, &mixer)
     }
 
     /// Allocates y, encodes and submits (does not wait).

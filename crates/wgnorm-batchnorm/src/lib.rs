@@ -20,8 +20,10 @@ mod instance;
 mod progressive;
 mod region;
 pub use instance::{
-    AdaB2nInputs, AdaB2nTaskWeighted, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs,
-    IbnNorm, UnmixTns, UnmixTnsInputs,
+    specializations as mixing_specializations, AdaB2nInputs, AdaB2nParams, AdaB2nTaskWeighted,
+    EvoB0Params, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, IbnParams,
+    UnmixParams, UnmixTns, UnmixTnsInputs, ADAB2N_KERNEL, EVONORM_B0_KERNEL, IBN_KERNEL,
+    UNMIX_TNS_KERNEL,
 };
 pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormInputs};
 pub use region::{

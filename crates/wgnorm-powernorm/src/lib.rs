@@ -17,10 +17,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use wgnorm_core::chnorm::{
-    ChannelNorm, ChannelNormArgs, ChannelView, QmUpdate, Reduction, Statistics,
+    ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, QmUpdate, Reduction, Statistics,
+};
+use wgnorm_core::instmix::{
+    expect_f32, InstanceMix, MixDispatch, MixTensors, Mixer, MIX_COMMON, MIX_SLOTS, MIX_WG,
 };
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::scratch::ScratchCache;
+use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Tensor};
 
 /// What is fixed when a PowerNorm is created.
@@ -345,9 +349,50 @@ impl SinkhornNormalize {
 /// The window (f32 `[M, C]`, zeros at the start) and `running_var` (f32 `[C]`, ones) are yours
 /// to keep between steps; both update in place.
 pub struct UnifiedNorm {
+    eps: f32,
     engine: ChannelNorm,
-    mix: wgnorm_core::instmix::InstanceMix,
+    mix: InstanceMix,
     train: UnifiedTraining,
+}
+
+/// Unified Normalization's training kernel (one workgroup: window, filtration, coefficients).
+pub const UNIFIED_KERNEL: Kernel = Kernel::new(
+    "power_norm/unified",
+    &[
+        MIX_COMMON[0],
+        MIX_COMMON[1],
+        MIX_COMMON[2],
+        wgnorm_core::shader_file!("power_norm/unified.wgsl"),
+    ],
+    MIX_SLOTS,
+);
+
+wgnorm_core::uniform_block! {
+    /// `UnifiedParams` (`power_norm/unified.wgsl`).
+    pub struct UnifiedParams {
+        pub n: u32,
+        pub c: u32,
+        /// The step t (>= 1).
+        pub step: u32,
+        /// The window M.
+        pub window: u32,
+        pub eps: f32,
+        pub momentum: f32,
+        /// Warm-up steps.
+        pub warmup: u32,
+        pub _pad0: u32,
+    }
+}
+
+fn unified_spec(filter: bool) -> Specialization {
+    Specialization::new(UNIFIED_KERNEL, Io::F32)
+        .set("WG", MIX_WG)
+        .flag("FILTER", filter)
+}
+
+/// Unified Normalization's training pipelines, for `cargo xtask validate`.
+pub fn unified_specializations() -> Vec<Specialization> {
+    vec![unified_spec(false), unified_spec(true)]
 }
 
 /// Training settings of [`UnifiedNorm`] (the official defaults: window 4, warm-up 4000,
@@ -374,14 +419,10 @@ impl Default for UnifiedTraining {
 impl UnifiedNorm {
     pub fn new(ctx: &Context, eps: f32, dtype: DType) -> Result<UnifiedNorm> {
         Ok(UnifiedNorm {
+            eps,
             engine: ChannelNorm::new(ctx, eps, dtype, Default::default())?
                 .with_reduction(Reduction::QuadraticMean),
-            mix: wgnorm_core::instmix::InstanceMix::new(
-                ctx,
-                eps,
-                wgnorm_core::chnorm::Layout::Nchw,
-                dtype,
-            )?,
+            mix: InstanceMix::new(ctx, wgnorm_core::chnorm::Layout::Nchw, dtype)?,
             train: UnifiedTraining::default(),
         })
     }
@@ -419,29 +460,58 @@ impl UnifiedNorm {
             }
         }
         let t = self.train;
-        let engine = &self.engine;
-        self.mix.encode_view(
-            encoder,
-            &wgnorm_core::instmix::InstanceMixArgs {
-                x,
-                y,
-                weight,
-                bias,
-                v: None,
-                task_ids: None,
-                state_a: Some(window),
-                state_b: Some(running_var),
-            },
-            wgnorm_core::instmix::Method::Unified {
-                window: t.window,
-                step,
-                warmup: t.warmup,
+        let c = view.r;
+        if t.window == 0 || step == 0 {
+            return Err(Error::InvalidParameter {
+                name: "window / step",
+                value: format!("{} / {step}", t.window),
+                why: "the window holds at least one step and steps count from 1",
+            });
+        }
+        wgnorm_core::check_unit_interval("momentum", t.momentum)?;
+        expect_f32("window", Some(window), t.window * c)?;
+        expect_f32("running_var", Some(running_var), c)?;
+        let u = |name, v: u64| {
+            u32::try_from(v).map_err(|_| Error::InvalidParameter {
+                name,
+                value: v.to_string(),
+                why: "exceeds 2^32 - 1",
+            })
+        };
+        let wg = MIX_WG as usize;
+        let mixer = Mixer {
+            spec: unified_spec(t.filter),
+            params: UnifiedParams {
+                n: 1,
+                c: c as u32,
+                step: u("step", step)?,
+                window: t.window as u32,
+                eps: self.eps,
                 momentum: t.momentum,
-                filter: t.filter,
+                warmup: u("warmup", t.warmup)?,
+                _pad0: 0,
             },
-            view,
-            |enc, moments| engine.encode_reduce_masked(enc, x, view, pad_mask, moments),
-        )
+            epilogue: Epilogue::Affine,
+            per_sample: 1,
+            dispatch: MixDispatch::OneWorkgroup,
+            lane_iterations: (2 * (t.window * c).div_ceil(wg) + 3 * c.div_ceil(wg) * t.window)
+                as u64,
+        };
+        let tensors = MixTensors {
+            x,
+            y,
+            weight,
+            bias,
+            aux: None,
+            state_a: Some(window),
+            state_b: Some(running_var),
+            per_sample_input: None,
+        };
+        let engine = &self.engine;
+        self.mix
+            .encode_view(encoder, &tensors, &mixer, view, |enc, moments| {
+                engine.encode_reduce_masked(enc, x, view, pad_mask, moments)
+            })
     }
 
     /// Records inference on `x[B, N, C]` with f32 `weight`, `bias`, `running_var` `[C]`.
