@@ -1,0 +1,257 @@
+//! Kernel choice: which kernel shape and tuning a row length gets on an adapter, as a pure
+//! function of a few adapter facts ([`AdapterClass`]) so `cargo xtask validate` can replay it
+//! without a device.
+
+use crate::shader::Io;
+use crate::Context;
+
+use super::RowMode;
+
+/// A kernel shape and its tuning for one row length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowKernel {
+    /// `team` lanes of one subgroup per row, `rows_per_group` rows per workgroup (needs
+    /// subgroups). `cached`: the rows are read once into workgroup memory (they must fit);
+    /// otherwise x is read from memory in each pass (LayerNorm: Chan-merged statistics, then
+    /// the output, two reads).
+    Team {
+        team: u32,
+        rows_per_group: u32,
+        cached: bool,
+    },
+    /// As `Team`, with each lane's share of the row in registers (at most [`TEAM_REGS`]
+    /// accesses per lane): short rows without workgroup-memory traffic.
+    /// `rows_per_team` consecutive rows per team reuse the lane's registers of weight and bias.
+    TeamRegs {
+        team: u32,
+        rows_per_group: u32,
+        rows_per_team: u32,
+    },
+    /// One workgroup of `wg` lanes (a power of two) per row; caches the row when it fits,
+    /// otherwise reads x twice.
+    Workgroup { wg: u32 },
+}
+
+/// Accesses each lane of a LayerNorm team holds at least on CPU adapters (see `choose_for`).
+const CPU_LN_MIN_PER_LANE: u32 = 8;
+
+/// Rows each register team normalizes on CPU adapters.
+const CPU_ROWS_PER_TEAM: u32 = 8;
+
+/// Accesses each lane of the register team kernel holds (`REGS` in `team_regs.wgsl`).
+pub const TEAM_REGS: u32 = 32;
+
+/// Bytes of workgroup memory the workgroup kernel needs besides its cache (three f32 per lane).
+fn reduction_bytes(wg: u32) -> u64 {
+    3 * 4 * wg as u64
+}
+
+/// Accesses (of `io.width()` elements, cached as f32) of workgroup cache `kernel` gets for rows of
+/// `n_vec` accesses, or `None` when they do not fit `budget` bytes of workgroup memory.
+///
+/// Lengths are rounded up to a power of two (capped at what the budget holds): the cache size is
+/// a pipeline constant, and rounding keeps the pipelines a small finite set that `cargo xtask
+/// validate` can list, shared by neighbouring row lengths.
+pub(super) fn cache_len_for(budget: u64, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u32> {
+    let access = 4 * io.width() as u64;
+    let bucket = |need: u64, cap: u64| need.max(1).next_power_of_two().min(cap).max(1) as u32;
+    match kernel {
+        RowKernel::Team {
+            rows_per_group,
+            cached,
+            ..
+        } => {
+            let need = n_vec * rows_per_group as u64;
+            let cap = budget / access;
+            (cached && need <= cap).then(|| bucket(need, cap))
+        }
+        RowKernel::TeamRegs { team, .. } => (n_vec <= (team * TEAM_REGS) as u64).then_some(1),
+        RowKernel::Workgroup { wg } => {
+            let cap = budget.saturating_sub(reduction_bytes(wg)) / access;
+            (n_vec <= cap).then(|| bucket(n_vec, cap))
+        }
+    }
+}
+
+/// The per-adapter choice for rows of `n` elements. Software rasterisers punish workgroup
+/// barriers and like few lanes per row; GPUs want a wide, coalesced team per long row.
+pub fn choose(ctx: &Context, mode: RowMode, n: u64, io: Io) -> RowKernel {
+    choose_for(&AdapterClass::of(ctx), mode, n, io)
+}
+
+pub(super) fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> RowKernel {
+    let n_vec = n.div_ceil(io.width() as u64).max(1);
+    let budget = a.workgroup_storage as u64;
+    let (sg_min, sg_max) = (a.subgroup_min.max(1), a.subgroup_max.max(1));
+    if a.subgroups && sg_min.is_power_of_two() && sg_max.is_power_of_two() {
+        let mut team = sg_min.min(32);
+        // CPU adapters, LayerNorm on short rows: narrower teams, so each lane holds at least
+        // CPU_LN_MIN_PER_LANE accesses (llvmpipe, N = 64: 0.56 of copy with 8 lanes per row,
+        // 0.65 with 2, medians of 5 runs). RMSNorm has half the arithmetic per element and
+        // runs best with the whole subgroup (0.70 with 8 lanes, 0.59 with 2).
+        if a.cpu && mode == RowMode::LayerNorm {
+            while team > 1 && n_vec < (team * CPU_LN_MIN_PER_LANE) as u64 {
+                team /= 2;
+            }
+        }
+        // Rows per group: enough lanes to fill the subgroups, as many as the cache holds, and
+        // the workgroup a multiple of the largest subgroup so no subgroup is partial.
+        let lanes_target: u32 = if a.cpu { 64 } else { 256 };
+        let step = (sg_max / team).max(1);
+        let mut rows = (lanes_target / team).max(step).div_ceil(step) * step;
+        // Registers, with loops of a pipeline-constant trip count that compilers unroll. On CPU
+        // adapters each team also takes several rows, so the weight and bias it keeps in
+        // registers are loaded once per several rows (each load is a gather there).
+        if n_vec <= (team * TEAM_REGS) as u64 && rows * team <= a.max_invocations {
+            return RowKernel::TeamRegs {
+                team,
+                rows_per_group: rows,
+                rows_per_team: if a.cpu { CPU_ROWS_PER_TEAM } else { 1 },
+            };
+        }
+        // CPU adapters: the uncached team (x read twice: Chan-merged statistics, then the
+        // output) beats caching the row in workgroup memory, whose traffic costs as much as
+        // memory's there and the cached LayerNorm's extra pass over it more (llvmpipe,
+        // 1024 x 4096, three runs each: LayerNorm 0.36 -> 0.48 of copy, RMSNorm 0.41 -> 0.57).
+        // It also beats a barrier-bound workgroup, within the loop budget.
+        let uncached = RowKernel::Team {
+            team,
+            rows_per_group: step,
+            cached: false,
+        };
+        if a.cpu && loop_iterations(uncached, n_vec) <= CPU_LOOP_BUDGET {
+            return uncached;
+        }
+        let fits = |rows: u32| {
+            cache_len_for(
+                budget,
+                RowKernel::Team {
+                    team,
+                    rows_per_group: rows,
+                    cached: true,
+                },
+                io,
+                n_vec,
+            )
+            .is_some()
+        };
+        while rows > step && !fits(rows) {
+            rows -= step;
+        }
+        let team_fits = a.cpu || n <= 1024;
+        if team_fits && rows * team <= a.max_invocations && fits(rows) {
+            return RowKernel::Team {
+                team,
+                rows_per_group: rows,
+                cached: true,
+            };
+        }
+    }
+    // Wide enough that each lane has a few accesses, narrow enough to keep barriers few.
+    let hard_cap = prev_power_of_two(a.max_invocations.max(1));
+    let cap = (if a.cpu { 128 } else { 1024 }).min(hard_cap);
+    let mut wg = 32u32.min(cap);
+    while wg < cap && (wg as u64) * 4 < n_vec {
+        wg *= 2;
+    }
+    // CPU adapters: widen past the preferred size when a lane's loops would exceed the budget.
+    while a.cpu
+        && wg < hard_cap
+        && loop_iterations(RowKernel::Workgroup { wg }, n_vec) > CPU_LOOP_BUDGET
+    {
+        wg *= 2;
+    }
+    RowKernel::Workgroup { wg }
+}
+
+/// Loop iterations one invocation may run on a CPU adapter. lavapipe (llvmpipe) gives each
+/// invocation a budget of 65535 loop iterations *shared by all loops of the shader* and silently
+/// stops looping past it; keep a margin for the reduction loops.
+pub const CPU_LOOP_BUDGET: u64 = 60_000;
+
+/// Loop iterations per invocation of `kernel` on rows of `n_vec` accesses (upper bound).
+pub fn loop_iterations(kernel: RowKernel, n_vec: u64) -> u64 {
+    match kernel {
+        // Three passes over the lane's share of the row, three team reductions.
+        RowKernel::Team { team, .. } => 3 * n_vec.div_ceil(team as u64) + 3 * 6,
+        RowKernel::TeamRegs { rows_per_team, .. } => {
+            2 * TEAM_REGS as u64 + rows_per_team as u64 * (3 * TEAM_REGS as u64 + 3 * 6)
+        }
+        // Two passes over the lane's share, one tree reduction.
+        RowKernel::Workgroup { wg } => 2 * n_vec.div_ceil(wg as u64) + 32,
+    }
+}
+
+fn prev_power_of_two(v: u32) -> u32 {
+    1 << (31 - v.leading_zeros())
+}
+
+/// The adapter facts kernel choice depends on, so the choice can be replayed without a device.
+#[derive(Clone, Copy, Debug)]
+pub struct AdapterClass {
+    pub cpu: bool,
+    pub subgroups: bool,
+    pub subgroup_min: u32,
+    pub subgroup_max: u32,
+    pub workgroup_storage: u32,
+    pub max_invocations: u32,
+}
+
+impl AdapterClass {
+    /// lavapipe (AVX2), an NVIDIA-like GPU, an AMD-like GPU with 32..64 subgroups, and a
+    /// device without subgroups at the WebGPU minimum of 16 KiB workgroup memory.
+    pub const TYPICAL: [AdapterClass; 4] = [
+        AdapterClass {
+            cpu: true,
+            subgroups: true,
+            subgroup_min: 8,
+            subgroup_max: 8,
+            workgroup_storage: 32768,
+            max_invocations: 1024,
+        },
+        AdapterClass {
+            cpu: false,
+            subgroups: true,
+            subgroup_min: 32,
+            subgroup_max: 32,
+            workgroup_storage: 49152,
+            max_invocations: 1024,
+        },
+        AdapterClass {
+            cpu: false,
+            subgroups: true,
+            subgroup_min: 32,
+            subgroup_max: 64,
+            workgroup_storage: 65536,
+            max_invocations: 1024,
+        },
+        AdapterClass {
+            cpu: false,
+            subgroups: false,
+            subgroup_min: 4,
+            subgroup_max: 128,
+            workgroup_storage: 16384,
+            max_invocations: 256,
+        },
+    ];
+
+    pub fn of(ctx: &Context) -> AdapterClass {
+        let info = ctx.adapter_info();
+        AdapterClass {
+            cpu: ctx.is_cpu(),
+            subgroups: ctx.has_subgroups(),
+            subgroup_min: info.subgroup_min_size,
+            subgroup_max: info.subgroup_max_size,
+            workgroup_storage: ctx.limits().max_compute_workgroup_storage_size,
+            max_invocations: ctx.limits().max_compute_invocations_per_workgroup,
+        }
+    }
+
+    pub(super) fn choose(&self, mode: RowMode, n: u64, io: Io) -> RowKernel {
+        choose_for(self, mode, n, io)
+    }
+
+    pub(super) fn cache_len(&self, kernel: RowKernel, io: Io, n_vec: u64) -> Option<u32> {
+        cache_len_for(self.workgroup_storage as u64, kernel, io, n_vec)
+    }
+}

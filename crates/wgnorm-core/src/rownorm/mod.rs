@@ -1,0 +1,207 @@
+//! Row normalization, the engine behind LayerNorm and RMSNorm (and, later, their fused variants):
+//! every row of a row-major `[rows, n]` view is normalized on its own.
+//!
+//! Kernel choice is data: [`RowKernel`] names a kernel shape and its tuning, [`choose`] maps
+//! (adapter, row length, I/O) to one, and [`specializations`] lists every pipeline the choice can
+//! produce so `cargo xtask validate` checks exactly what runs.
+
+//!
+//! Modules: `choose` (kernel choice per adapter and row length), [`plan`] (kernels, typed
+//! constants, the validation enumeration), `record` (checks and recording of a call).
+
+mod choose;
+pub mod plan;
+mod record;
+
+pub use choose::{choose, loop_iterations, AdapterClass, RowKernel, CPU_LOOP_BUDGET, TEAM_REGS};
+pub use plan::{
+    naive_spec, specializations, RowConstants, RowFlags, NAIVE_KERNEL, SLOTS, TEAM_KERNEL,
+    TEAM_REGS_KERNEL, WORKGROUP_KERNEL,
+};
+
+use crate::binding::BindCache;
+use crate::shader::Io;
+use crate::{Context, DType, Error, Result, Tensor};
+
+/// Centred (LayerNorm) or quadratic-mean (RMSNorm) statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowMode {
+    /// `y = (x - mean) / sqrt(var_biased + eps) * w + b`.
+    LayerNorm,
+    /// `y = x / sqrt(mean(x^2) + eps) * (w + weight_offset)`.
+    RmsNorm,
+}
+
+/// Configuration fixed when a row-norm op is created (everything but the data).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowNormConfig {
+    pub mode: RowMode,
+    /// First reduced dim; negative counts from the end. Every dim from `axis` on is reduced.
+    pub axis: isize,
+    /// Added to the variance (or mean square) inside the square root. Finite, >= 0.
+    pub eps: f32,
+    /// Added to the weight before it multiplies (RMSNorm: 1.0 for Gemma's `1 + w`). Finite.
+    pub weight_offset: f32,
+    /// Storage type of x, y, weight and bias. Statistics are always f32.
+    pub dtype: DType,
+}
+
+/// Tensors of one row-norm call. `x` and `y` have the same shape; `weight`/`bias` have the
+/// reduced shape `x.shape[axis..]`; `mean`/`rstd` are f32 with one element per row.
+#[derive(Clone, Copy, Debug)]
+pub struct RowNormArgs<'a> {
+    pub x: &'a Tensor,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub y: &'a Tensor,
+    pub mean: Option<&'a Tensor>,
+    pub rstd: Option<&'a Tensor>,
+    /// Fused residual add: normalize `x + residual` (same shape and dtype as x).
+    pub residual: Option<&'a Tensor>,
+    /// With `residual`: also store `x + residual` here (same shape and dtype as x).
+    pub sum: Option<&'a Tensor>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PlanKey {
+    n: u64,
+    io: Io,
+    flags: RowFlags,
+}
+
+#[derive(Clone)]
+struct Plan {
+    kernel: RowKernel,
+    pipeline: wgpu::ComputePipeline,
+}
+
+/// A row-norm op bound to a device: validates calls, picks and caches pipelines and bind groups,
+/// and records one dispatch per call.
+pub struct RowNorm {
+    ctx: Context,
+    cfg: RowNormConfig,
+    activation: crate::Activation,
+    forced: Option<RowKernel>,
+    plans: std::sync::Mutex<std::collections::HashMap<PlanKey, Plan>>,
+    binds: BindCache,
+}
+
+impl RowNorm {
+    /// Checks the configuration (eps finite and >= 0, weight_offset finite, dtype usable on the
+    /// device). Pipelines are compiled on the first call of each row length.
+    pub fn new(ctx: &Context, cfg: RowNormConfig) -> Result<RowNorm> {
+        crate::check_eps(cfg.eps)?;
+        if !cfg.weight_offset.is_finite() {
+            return Err(Error::InvalidParameter {
+                name: "weight_offset",
+                value: cfg.weight_offset.to_string(),
+                why: "must be finite",
+            });
+        }
+        ctx.check_dtype(cfg.dtype)?;
+        Ok(RowNorm {
+            ctx: ctx.clone(),
+            cfg,
+            activation: crate::Activation::None,
+            forced: None,
+            plans: Default::default(),
+            binds: BindCache::default(),
+        })
+    }
+
+    /// Uses `kernel` for every row length instead of the per-adapter choice (tests, benchmarks,
+    /// autotuning). A call it cannot serve fails with [`Error::InvalidParameter`].
+    pub fn with_kernel(mut self, kernel: RowKernel) -> RowNorm {
+        self.forced = Some(kernel);
+        self.plans.get_mut().unwrap().clear();
+        self
+    }
+
+    /// Applies `activation` after the affine, in the same kernel (LayerNorm + GELU, ...).
+    pub fn with_activation(mut self, activation: crate::Activation) -> RowNorm {
+        self.activation = activation;
+        self.plans.get_mut().unwrap().clear();
+        self
+    }
+
+    pub fn config(&self) -> &RowNormConfig {
+        &self.cfg
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Splits `shape` at the configured axis into (rows, row length).
+    pub fn split(&self, shape: &[usize]) -> Result<(usize, usize)> {
+        let rank = shape.len();
+        let axis = self.cfg.axis;
+        let a = if axis < 0 { axis + rank as isize } else { axis };
+        if rank == 0 || a < 0 || a >= rank as isize {
+            return Err(Error::AxisOutOfRange {
+                what: "row norm",
+                axis,
+                rank,
+            });
+        }
+        let a = a as usize;
+        Ok((shape[..a].iter().product(), shape[a..].iter().product()))
+    }
+
+    /// The kernel a call on `x` would run (after validation), for reports.
+    pub fn kernel_for(&self, x: &Tensor) -> Result<(RowKernel, Io)> {
+        let (_, n) = self.split(x.shape())?;
+        let io = Io {
+            dtype: self.cfg.dtype,
+            vec4: n % 4 == 0 && x.offset().is_multiple_of(16),
+        };
+        Ok((
+            self.forced
+                .unwrap_or_else(|| choose(&self.ctx, self.cfg.mode, n as u64, io)),
+            io,
+        ))
+    }
+
+    /// Convenience path: allocates `y` (and f32 `mean`/`rstd`, one per row, when `stats`), encodes
+    /// and submits.
+    /// Returns without waiting for the GPU.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        stats: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        let (rows, _) = self.split(x.shape())?;
+        let y = self.ctx.empty(x.shape(), self.cfg.dtype)?;
+        let (mean, rstd) = if stats {
+            (
+                Some(self.ctx.empty(&[rows], DType::F32)?),
+                Some(self.ctx.empty(&[rows], DType::F32)?),
+            )
+        } else {
+            (None, None)
+        };
+        self.ctx.record_and_submit(|enc| {
+            self.encode(
+                enc,
+                &RowNormArgs {
+                    x,
+                    weight,
+                    bias,
+                    y: &y,
+                    mean: mean.as_ref(),
+                    rstd: rstd.as_ref(),
+                    residual: None,
+                    sum: None,
+                },
+            )
+        })?;
+        Ok((y, mean, rstd))
+    }
+
+    /// Bind groups cached so far (tests of the no-allocation path).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.binds.len()
+    }
+}

@@ -1,0 +1,248 @@
+//! Pipelines of the row-norm kernels: their binding layout, the kernels, their typed override
+//! constants, and the enumeration `cargo xtask validate` translates.
+
+use crate::context::Slot;
+use crate::shader::{snippet, Io, Kernel, Specialization};
+
+use super::choose::{AdapterClass, RowKernel, TEAM_REGS};
+use super::RowMode;
+
+/// Bind-group slots of every row-norm kernel (the naive baseline too).
+pub const SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,      // x
+    Slot::Read,      // weight
+    Slot::Read,      // bias
+    Slot::ReadWrite, // y
+    Slot::ReadWrite, // mean
+    Slot::ReadWrite, // rstd
+    Slot::Read,      // residual
+    Slot::ReadWrite, // sum
+];
+
+const ROW_COMMON: &str = crate::shader_file!("row_norm/common.wgsl");
+
+/// A subgroup team per row (needs `SUBGROUP`).
+pub const TEAM_KERNEL: Kernel = Kernel::new(
+    "row_norm/team",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        ROW_COMMON,
+        snippet::TEAM_SUM,
+        crate::shader_file!("row_norm/team.wgsl"),
+    ],
+    SLOTS,
+)
+.with_features(wgpu::Features::SUBGROUP);
+
+/// A subgroup team per row, the row in registers (needs `SUBGROUP`).
+pub const TEAM_REGS_KERNEL: Kernel = Kernel::new(
+    "row_norm/team_regs",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        ROW_COMMON,
+        snippet::TEAM_SUM,
+        crate::shader_file!("row_norm/team_regs.wgsl"),
+    ],
+    SLOTS,
+)
+.with_features(wgpu::Features::SUBGROUP);
+
+/// A workgroup per row (no optional feature).
+pub const WORKGROUP_KERNEL: Kernel = Kernel::new(
+    "row_norm/workgroup",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        snippet::WG_MOMENTS,
+        ROW_COMMON,
+        crate::shader_file!("row_norm/workgroup.wgsl"),
+    ],
+    SLOTS,
+);
+
+/// One invocation per row, three passes: the benchmarks' baseline for row norms.
+pub const NAIVE_KERNEL: Kernel = Kernel::new(
+    "naive/row_norm",
+    &[
+        snippet::ACTIVATION,
+        ROW_COMMON,
+        crate::shader_file!("naive/row_norm.wgsl"),
+    ],
+    SLOTS,
+);
+
+/// Which optional per-element tensors a row-norm call binds; each is an override constant of the
+/// kernels (the per-row saved statistics are a uniform flag, `RowParams::write_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RowFlags {
+    pub has_weight: bool,
+    pub has_bias: bool,
+    pub has_residual: bool,
+    /// Store `x + residual` (only with a residual).
+    pub write_sum: bool,
+}
+
+impl RowFlags {
+    /// Every combination a call can bind (a sum needs a residual).
+    pub fn all() -> impl Iterator<Item = RowFlags> {
+        (0..16u32)
+            .map(|bits| {
+                let f = |i: u32| bits & (1 << i) != 0;
+                RowFlags {
+                    has_weight: f(0),
+                    has_bias: f(1),
+                    has_residual: f(2),
+                    write_sum: f(3),
+                }
+            })
+            .filter(|f| f.has_residual || !f.write_sum)
+    }
+}
+
+/// The override constants of a row-norm pipeline, as typed values: the one place their WGSL
+/// names are written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowConstants {
+    pub mode: RowMode,
+    pub flags: RowFlags,
+    pub kernel: RowKernel,
+    /// Row length in accesses.
+    pub n_vec: u64,
+    /// Accesses of workgroup cache, or `None` to read x from memory in each pass.
+    pub cache: Option<u32>,
+    pub activation: crate::Activation,
+}
+
+impl RowConstants {
+    /// The pipeline these constants select for I/O type `io`.
+    pub fn spec(&self, io: Io) -> Specialization {
+        let f = self.flags;
+        let kernel = match self.kernel {
+            RowKernel::Team { .. } => TEAM_KERNEL,
+            RowKernel::TeamRegs { .. } => TEAM_REGS_KERNEL,
+            RowKernel::Workgroup { .. } => WORKGROUP_KERNEL,
+        };
+        let s = Specialization::new(kernel, io)
+            .set(
+                "MODE",
+                if self.mode == RowMode::LayerNorm {
+                    0
+                } else {
+                    1
+                },
+            )
+            .flag("HAS_WEIGHT", f.has_weight)
+            .flag("HAS_BIAS", f.has_bias)
+            .flag("HAS_RESIDUAL", f.has_residual)
+            .flag("WRITE_SUM", f.write_sum)
+            .with(&self.activation.constants());
+        match self.kernel {
+            RowKernel::Team {
+                team,
+                rows_per_group,
+                ..
+            } => s
+                .set("TEAM", team)
+                .set("WG", team * rows_per_group)
+                .flag("USE_CACHE", self.cache.is_some())
+                .set("CACHE_V", self.cache.unwrap_or(1)),
+            RowKernel::TeamRegs {
+                team,
+                rows_per_group,
+                rows_per_team,
+            } => s
+                .set("ROWS_PER_TEAM", rows_per_team)
+                .set("TEAM", team)
+                .set("WG", team * rows_per_group)
+                .set("PER_LANE", regs_per_lane(self.n_vec, team).0)
+                .flag("EXACT", regs_per_lane(self.n_vec, team).1),
+            RowKernel::Workgroup { wg } => s
+                .set("WG", wg)
+                .flag("USE_CACHE", self.cache.is_some())
+                .set("CACHE_V", self.cache.unwrap_or(1)),
+        }
+    }
+}
+
+/// The naive baseline's constants (benchmarks only).
+pub fn naive_spec(mode: RowMode, has_bias: bool, io: Io) -> Specialization {
+    Specialization::new(NAIVE_KERNEL, io)
+        .set("WG", 64)
+        .set("MODE", if mode == RowMode::LayerNorm { 0 } else { 1 })
+        .flag("HAS_WEIGHT", true)
+        .flag("HAS_BIAS", has_bias)
+}
+
+/// Accesses each lane of the register kernel holds for rows of `n_vec` accesses, and whether the
+/// team's lanes hold exactly the row (no bounds test). The count is rounded up to one of two
+/// values per octave (1, 2, 3, 4, 6, 8, ..., 24, 32): it is the unrolled trip count, a pipeline
+/// constant, and the rounding keeps one pipeline for neighbouring row lengths (at most a third
+/// of a lane's iterations are masked).
+fn regs_per_lane(n_vec: u64, team: u32) -> (u32, bool) {
+    const BUCKETS: [u32; 10] = [1, 2, 3, 4, 6, 8, 12, 16, 24, TEAM_REGS];
+    let need = n_vec.div_ceil(team as u64).max(1);
+    let per = BUCKETS
+        .into_iter()
+        .find(|&b| b as u64 >= need)
+        .unwrap_or(TEAM_REGS);
+    (per, n_vec == per as u64 * team as u64)
+}
+
+/// Row lengths that reach every kernel shape [`choose`] can make: every length up to 65536 (the
+/// longest row any adapter class caches), then powers of two up to 2^26 (each workgroup size of
+/// the uncached kernels is chosen for a range `(a, 2a]` of lengths, which holds a power of two).
+fn enumerated_lengths() -> impl Iterator<Item = u64> {
+    (1..=65536u64).chain((17..=26).map(|e| 1u64 << e))
+}
+
+/// Every specialisation the runtime can create on adapters like `classes`: the kernel choice
+/// replayed over every row length that makes a different choice, each with every flag
+/// combination and activation. Used by `cargo xtask validate`.
+pub fn specializations(classes: &[AdapterClass]) -> Vec<Specialization> {
+    // (mode, io, kernel, cache, PER_LANE/EXACT of the register kernel): what a length decides.
+    type Shape = (RowMode, Io, RowKernel, Option<u32>, Option<(u32, bool)>);
+    let mut shapes: Vec<(Shape, u64)> = Vec::new();
+    let mut seen = std::collections::HashSet::<Shape>::new();
+    for class in classes {
+        for n in enumerated_lengths() {
+            for io in Io::ALL {
+                if io.vec4 && n % 4 != 0 {
+                    continue;
+                }
+                let n_vec = n / io.width() as u64;
+                for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+                    let kernel = class.choose(mode, n, io);
+                    let cache = class.cache_len(kernel, io, n_vec);
+                    let regs = match kernel {
+                        RowKernel::TeamRegs { team, .. } => Some(regs_per_lane(n_vec, team)),
+                        _ => None,
+                    };
+                    let shape = (mode, io, kernel, cache, regs);
+                    if seen.insert(shape) {
+                        shapes.push((shape, n_vec));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((mode, io, kernel, cache, _), n_vec) in shapes {
+        for flags in RowFlags::all() {
+            for activation in crate::Activation::ALL {
+                let c = RowConstants {
+                    mode,
+                    flags,
+                    kernel,
+                    n_vec,
+                    cache,
+                    activation,
+                };
+                out.push(c.spec(io));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,288 @@
+//! Checking and recording a row-norm call: every input checked first (a [`Checked`] call),
+//! then the pipeline from the plan cache, the bind group and one dispatch.
+
+use crate::binding::{self, BufferRange};
+use crate::shader::Io;
+use crate::uniform::RowParams;
+use crate::{DType, Error, Result, Tensor};
+
+use super::choose::CPU_LOOP_BUDGET;
+use super::choose::{cache_len_for, choose_for, loop_iterations, AdapterClass, RowKernel};
+use super::plan::{RowConstants, RowFlags, SLOTS};
+use super::{Plan, PlanKey, RowMode, RowNorm, RowNormArgs};
+
+/// A call that passed every check: its row count and the bound ranges of its tensors.
+struct Checked {
+    rows: usize,
+    key: PlanKey,
+    x: BufferRange,
+    y: BufferRange,
+    weight: Option<BufferRange>,
+    bias: Option<BufferRange>,
+    mean: Option<BufferRange>,
+    rstd: Option<BufferRange>,
+    residual: Option<BufferRange>,
+    sum: Option<BufferRange>,
+}
+
+impl RowNorm {
+    fn check_tensor(&self, what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+        if t.shape() != shape {
+            return Err(Error::ShapeMismatch {
+                what: what.into(),
+                expected: shape.to_vec(),
+                got: t.shape().to_vec(),
+            });
+        }
+        if t.dtype() != dtype {
+            return Err(Error::DTypeMismatch {
+                what: what.into(),
+                expected: dtype,
+                got: t.dtype(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_stats(&self, what: &str, t: &Tensor, rows: usize) -> Result<()> {
+        if t.numel() != rows {
+            return Err(Error::ShapeMismatch {
+                what: format!("{what} (one value per row)"),
+                expected: vec![rows],
+                got: t.shape().to_vec(),
+            });
+        }
+        if t.dtype() != DType::F32 {
+            return Err(Error::DTypeMismatch {
+                what: what.into(),
+                expected: DType::F32,
+                got: t.dtype(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every check of a call: shapes, dtypes, bindings, aliasing; `None` for an empty tensor.
+    fn check(&self, a: &RowNormArgs) -> Result<Option<Checked>> {
+        let dtype = self.cfg.dtype;
+        let shape = a.x.shape();
+        let (rows, n) = self.split(shape)?;
+        let reduced = &shape[self.axis_index(shape)..];
+        self.check_tensor("x", a.x, shape, dtype)?;
+        self.check_tensor("y", a.y, shape, dtype)?;
+        if let Some(t) = a.residual {
+            self.check_tensor("residual", t, shape, dtype)?;
+        }
+        if let Some(t) = a.sum {
+            if a.residual.is_none() {
+                return Err(Error::InvalidParameter {
+                    name: "sum",
+                    value: "without residual".into(),
+                    why: "the sum output is x + residual: pass the residual too",
+                });
+            }
+            self.check_tensor("sum", t, shape, dtype)?;
+        }
+        for (what, t) in [("weight", a.weight), ("bias", a.bias)] {
+            if let Some(t) = t {
+                self.check_tensor(what, t, reduced, dtype)?;
+            }
+        }
+        for (what, t) in [("mean", a.mean), ("rstd", a.rstd)] {
+            if let Some(t) = t {
+                self.check_stats(what, t, rows)?;
+            }
+        }
+        if rows == 0 || n == 0 {
+            return Ok(None);
+        }
+        let ctx = &self.ctx;
+        let opt =
+            |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
+        let c = Checked {
+            rows,
+            key: PlanKey {
+                n: n as u64,
+                io: Io::F32,
+                flags: RowFlags::default(),
+            },
+            x: binding::storage_range(ctx, "x", a.x)?,
+            y: binding::storage_range(ctx, "y", a.y)?,
+            weight: opt("weight", a.weight)?,
+            bias: opt("bias", a.bias)?,
+            mean: opt("mean", a.mean)?,
+            rstd: opt("rstd", a.rstd)?,
+            residual: opt("residual", a.residual)?,
+            sum: opt("sum", a.sum)?,
+        };
+        binding::check_no_alias(&[
+            ("residual", c.residual.as_ref(), false),
+            ("sum", c.sum.as_ref(), true),
+            ("x", Some(&c.x), false),
+            ("weight", c.weight.as_ref(), false),
+            ("bias", c.bias.as_ref(), false),
+            ("y", Some(&c.y), true),
+            ("mean", c.mean.as_ref(), true),
+            ("rstd", c.rstd.as_ref(), true),
+        ])?;
+        let vec_align = Io { dtype, vec4: true }.alignment();
+        let aligned = [
+            Some(&c.x),
+            Some(&c.y),
+            c.weight.as_ref(),
+            c.bias.as_ref(),
+            c.residual.as_ref(),
+            c.sum.as_ref(),
+        ]
+        .iter()
+        .flatten()
+        .all(|r| r.offset % vec_align == 0);
+        let key = PlanKey {
+            n: n as u64,
+            io: Io {
+                dtype,
+                vec4: n % 4 == 0 && aligned,
+            },
+            flags: RowFlags {
+                has_weight: c.weight.is_some(),
+                has_bias: c.bias.is_some(),
+                has_residual: c.residual.is_some(),
+                write_sum: c.sum.is_some(),
+            },
+        };
+        Ok(Some(Checked { key, ..c }))
+    }
+
+    /// Records the op into `encoder`: one compute pass with one dispatch, or nothing for an empty
+    /// tensor. Everything is checked before anything is recorded. Never submits or blocks; after
+    /// the first call with given buffers and shape it creates no GPU object.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &RowNormArgs) -> Result<()> {
+        let Some(c) = self.check(a)? else {
+            return Ok(());
+        };
+        let plan = self.plan(c.key)?;
+        let (n, io) = (c.key.n, c.key.io);
+        let (selu_alpha, selu_lambda) = self.activation.selu_params();
+        let params = RowParams {
+            rows: c.rows as u32,
+            n_vec: (n / io.width() as u64) as u32,
+            n: n as u32,
+            write_stats: c.mean.is_some() as u32 | (c.rstd.is_some() as u32) << 1,
+            eps: self.cfg.eps,
+            weight_offset: self.cfg.weight_offset,
+            selu_alpha,
+            selu_lambda,
+        };
+        let ctx = &self.ctx;
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        let bind = self.binds.get(
+            ctx,
+            SLOTS,
+            &params,
+            &[
+                &c.x,
+                c.weight.as_ref().unwrap_or(&dr),
+                c.bias.as_ref().unwrap_or(&dr),
+                &c.y,
+                c.mean.as_ref().unwrap_or(&dw[0]),
+                c.rstd.as_ref().unwrap_or(&dw[1]),
+                c.residual.as_ref().unwrap_or(&dr),
+                c.sum.as_ref().unwrap_or(&dw[2]),
+            ],
+        )?;
+        let rows = c.rows as u64;
+        let groups = match plan.kernel {
+            RowKernel::Team { rows_per_group, .. } => rows.div_ceil(rows_per_group as u64),
+            RowKernel::TeamRegs {
+                rows_per_group,
+                rows_per_team,
+                ..
+            } => rows.div_ceil(rows_per_group as u64 * rows_per_team as u64),
+            RowKernel::Workgroup { .. } => rows,
+        };
+        let label = match self.cfg.mode {
+            RowMode::LayerNorm => "wgnorm layer_norm",
+            RowMode::RmsNorm => "wgnorm rms_norm",
+        };
+        let (gx, gy) = binding::grid(ctx, groups);
+        binding::dispatch(encoder, label, &plan.pipeline, &bind, (gx, gy, 1));
+        Ok(())
+    }
+
+    fn axis_index(&self, shape: &[usize]) -> usize {
+        let a = self.cfg.axis;
+        (if a < 0 { a + shape.len() as isize } else { a }) as usize
+    }
+
+    fn plan(&self, key: PlanKey) -> Result<Plan> {
+        if let Some(p) = self.plans.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let class = AdapterClass::of(&self.ctx);
+        let n_vec = key.n / key.io.width() as u64;
+        let kernel = self
+            .forced
+            .unwrap_or_else(|| choose_for(&class, self.cfg.mode, key.n, key.io));
+        let cache = cache_len_for(class.workgroup_storage as u64, kernel, key.io, n_vec);
+        match kernel {
+            RowKernel::Team {
+                team,
+                rows_per_group,
+                ..
+            }
+            | RowKernel::TeamRegs {
+                team,
+                rows_per_group,
+                ..
+            } => {
+                let sg_ok = class.subgroups
+                    && team.is_power_of_two()
+                    && team <= class.subgroup_min
+                    && (team * rows_per_group) % class.subgroup_max.max(1) == 0;
+                let needs_cache = matches!(
+                    kernel,
+                    RowKernel::TeamRegs { .. } | RowKernel::Team { cached: true, .. }
+                );
+                let regs_fit = !needs_cache || cache.is_some();
+                if !sg_ok || !regs_fit {
+                    return Err(Error::InvalidParameter {
+                        name: "kernel",
+                        value: format!("{kernel:?}"),
+                        why: "the team kernels need subgroups, team <= the minimum subgroup size, a workgroup that is a multiple of the maximum subgroup size, and rows that fit workgroup memory (or TEAM_REGS accesses per lane)",
+                    });
+                }
+            }
+            RowKernel::Workgroup { wg } => {
+                if !wg.is_power_of_two() || wg > class.max_invocations {
+                    return Err(Error::InvalidParameter {
+                        name: "kernel",
+                        value: format!("{kernel:?}"),
+                        why:
+                            "the workgroup kernel needs a power-of-two size within the device limit",
+                    });
+                }
+            }
+        }
+        if class.cpu && loop_iterations(kernel, n_vec) > CPU_LOOP_BUDGET {
+            return Err(Error::InvalidParameter {
+                name: "kernel",
+                value: format!("{kernel:?}"),
+                why: "on a CPU adapter each lane of this kernel would loop past the driver's silent 65535-iteration limit for this row length: use more lanes",
+            });
+        }
+        let spec = RowConstants {
+            mode: self.cfg.mode,
+            flags: key.flags,
+            kernel,
+            n_vec,
+            cache,
+            activation: self.activation,
+        }
+        .spec(key.io);
+        let pipeline = self.ctx.pipeline(&spec)?;
+        let plan = Plan { kernel, pipeline };
+        self.plans.lock().unwrap().insert(key, plan.clone());
+        Ok(plan)
+    }
+}
