@@ -1,0 +1,254 @@
+//! Conformance cases (`shared/conformance/FORMAT.md`): one `.safetensors` file per case holding
+//! inputs, `expected.<output>` tensors (f32) and metadata (`op`, `attrs` JSON, `atol`, `rtol`).
+//!
+//! The op registry here is the one place the case format is implemented: the xtask runner and the
+//! integration tests both call [`run_file`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+mod attrs;
+mod batch;
+mod research;
+mod rows;
+
+use batch::*;
+use research::*;
+use rows::*;
+
+use crate::Context;
+
+/// A tensor read from a case file, widened to f32.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    /// Storage type in the file: `F32`, `F16` (the I/O dtype to run with) or `U8` (masks).
+    pub dtype: String,
+    pub data: Vec<f32>,
+}
+
+/// A parsed case.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    pub op: String,
+    pub attrs: serde_json::Map<String, Value>,
+    pub atol: f64,
+    pub rtol: f64,
+    pub inputs: BTreeMap<String, HostTensor>,
+    pub expected: BTreeMap<String, HostTensor>,
+}
+
+/// How a case ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Passed,
+    /// The op ran and an output was wrong, or the case was malformed: says which and where.
+    Failed(String),
+    /// The op is not implemented yet.
+    Skipped,
+}
+
+/// Reads a case file. Errors are strings naming the file and what is wrong.
+pub fn load(path: &Path) -> Result<Case, String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
+    let md = meta
+        .metadata()
+        .clone()
+        .ok_or(format!("{name}: no __metadata__"))?;
+    let get = |k: &str| {
+        md.get(k)
+            .cloned()
+            .ok_or(format!("{name}: metadata lacks {k:?}"))
+    };
+    let op = get("op")?;
+    let attrs = match md.get("attrs") {
+        Some(a) => match serde_json::from_str(a) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(format!("{name}: attrs is not a JSON object")),
+        },
+        None => Default::default(),
+    };
+    let num = |k: &str| -> Result<f64, String> {
+        get(k)?
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}: {k} is not a number"))
+    };
+    let (atol, rtol) = (num("atol")?, num("rtol")?);
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
+    let mut inputs = BTreeMap::new();
+    let mut expected = BTreeMap::new();
+    for (tname, view) in st.tensors() {
+        let raw = view.data();
+        let (dtype, data): (&str, Vec<f32>) = match view.dtype() {
+            safetensors::Dtype::F32 => ("F32", bytemuck_f32(raw)),
+            safetensors::Dtype::F16 => (
+                "F16",
+                raw.chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            safetensors::Dtype::U8 => ("U8", raw.iter().map(|&b| b as f32).collect()),
+            other => {
+                return Err(format!(
+                    "{name}: tensor {tname} has unsupported dtype {other:?}"
+                ))
+            }
+        };
+        let t = HostTensor {
+            shape: view.shape().to_vec(),
+            dtype: dtype.into(),
+            data,
+        };
+        match tname.strip_prefix("expected.") {
+            Some(out) => {
+                expected.insert(out.to_string(), t);
+            }
+            None => {
+                inputs.insert(tname, t);
+            }
+        }
+    }
+    if expected.is_empty() {
+        return Err(format!("{name}: no expected.* tensor"));
+    }
+    Ok(Case {
+        name,
+        op,
+        attrs,
+        atol,
+        rtol,
+        inputs,
+        expected,
+    })
+}
+
+fn bytemuck_f32(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Named outputs an op produced, as f32.
+pub type Outputs = BTreeMap<String, Vec<f32>>;
+
+type RunFn = fn(&Context, &Case) -> Result<Outputs, String>;
+
+/// The op registry: case op name → runner. Ops not listed are reported as skipped.
+pub const OPS: &[(&str, RunFn)] = &[
+    ("layer_norm", run_layer_norm),
+    ("rms_norm", run_rms_norm),
+    ("batch_norm", run_batch_norm),
+    ("group_norm", run_group_norm),
+    ("instance_norm", run_instance_norm),
+    ("lp_norm", run_lp_norm),
+    ("add_layer_norm", run_add_layer_norm),
+    ("selu", run_selu),
+    ("test_time_bn", run_test_time_bn),
+    ("adab2n", run_adab2n),
+    ("ghost_batch_norm", run_ghost_batch_norm),
+    ("weight_standardization", run_weight_standardization),
+    ("evonorm_s0", run_evonorm_s0),
+    ("batch_channel_norm", run_batch_channel_norm),
+    ("power_norm", run_power_norm),
+    ("sinkhorn_normalize", run_sinkhorn_normalize),
+    ("unified_norm", run_unified_norm),
+    ("rep_batch_norm", run_rep_batch_norm),
+    ("add_rms_norm", run_add_rms_norm),
+    ("mean_variance_norm", run_mean_variance_norm),
+    ("poincare_midpoint", run_poincare_midpoint),
+    ("poincare_batch_norm", run_poincare_batch_norm),
+    ("ibn_norm", run_ibn_norm),
+    ("evonorm_b0", run_evonorm_b0),
+    ("unmix_tns", run_unmix_tns),
+    ("region_norm_b", run_region_norm_b),
+    ("estbn", run_estbn),
+    ("adaptive_bn", run_adaptive_bn),
+    ("region_norm_l", run_region_norm_l),
+];
+
+/// Whether the runtime implements `op`.
+pub fn implemented(op: &str) -> bool {
+    OPS.iter().any(|(n, _)| *n == op)
+}
+
+/// Loads and runs one case file. `Err` means the file could not be read at all.
+pub fn run_file(ctx: &Context, path: &Path) -> Result<(Case, Outcome), String> {
+    let case = load(path)?;
+    let outcome = run(ctx, &case);
+    Ok((case, outcome))
+}
+
+/// Runs a parsed case and compares every expected output.
+pub fn run(ctx: &Context, case: &Case) -> Outcome {
+    let Some((_, f)) = OPS.iter().find(|(n, _)| *n == case.op) else {
+        return Outcome::Skipped;
+    };
+    let got = match f(ctx, case) {
+        Ok(g) => g,
+        Err(e) => return Outcome::Failed(e),
+    };
+    for (name, want) in &case.expected {
+        let Some(g) = got.get(name) else {
+            return Outcome::Failed(format!("op produced no output {name:?}"));
+        };
+        if let Err(e) = compare(name, g, &want.data, case.atol, case.rtol) {
+            return Outcome::Failed(e);
+        }
+    }
+    Outcome::Passed
+}
+
+/// `|got - want| <= atol + rtol * |want|` element-wise; NaN must match NaN and an infinity the
+/// same infinity. The error names the worst element.
+pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{name}: {} elements, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let mut worst: Option<(usize, f64)> = None;
+    let mut bad = 0usize;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g as f64, w as f64);
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= atol + rtol * w.abs()
+        };
+        if !ok {
+            bad += 1;
+            let err = if g.is_finite() {
+                (g - w).abs()
+            } else {
+                f64::INFINITY
+            };
+            if worst.is_none_or(|(_, e)| err > e) {
+                worst = Some((i, err));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, err)) => Err(format!(
+            "{name}[{i}] = {} expected {} (|error| {err:.3e}, atol {atol}, rtol {rtol}; {bad} of {} elements out)",
+            got[i],
+            want[i],
+            got.len()
+        )),
+    }
+}

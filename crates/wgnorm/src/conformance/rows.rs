@@ -1,0 +1,130 @@
+//! Runners of the row-norm ops (LayerNorm, RMSNorm, their fused residual forms) and SELU.
+
+use std::collections::BTreeMap;
+
+use super::attrs::*;
+use super::{Case, Outputs};
+use crate::Context;
+
+pub(super) fn run_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::LayerNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+    };
+    let ln = crate::LayerNorm::new(ctx, cfg).map_err(|e| e.to_string())?;
+    let xt = upload(ctx, x, dtype)?;
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let b = upload_opt(ctx, case, "bias", dtype)?;
+    let out = ln
+        .forward(&crate::LayerNormInputs {
+            x: &xt,
+            weight: w.as_ref(),
+            bias: b.as_ref(),
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &out.y)?),
+        ("mean".to_string(), download(ctx, &out.mean)?),
+        ("rstd".to_string(), download(ctx, &out.rstd)?),
+    ]))
+}
+
+pub(super) fn run_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::RmsNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        eps: a.f64("eps", 1e-5)? as f32,
+        weight_offset: a.f64("weight_offset", 0.0)? as f32,
+        dtype,
+    };
+    let rn = crate::RmsNorm::new(ctx, cfg).map_err(|e| e.to_string())?;
+    let xt = upload(ctx, x, dtype)?;
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let out = rn
+        .forward(&crate::RmsNormInputs {
+            x: &xt,
+            weight: w.as_ref(),
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &out.y)?),
+        ("rstd".to_string(), download(ctx, &out.rstd)?),
+    ]))
+}
+
+pub(super) fn run_add_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::LayerNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+    };
+    let ln = crate::LayerNorm::new(ctx, cfg).map_err(err)?;
+    let (xt, rt) = (
+        upload(ctx, x, dtype)?,
+        upload(ctx, input(case, "residual")?, dtype)?,
+    );
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let b = upload_opt(ctx, case, "bias", dtype)?;
+    let inputs = crate::AddLayerNormInputs {
+        x: &xt,
+        residual: &rt,
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+    };
+    let (y, sum) = ln.forward_add(&inputs).map_err(err)?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &y)?),
+        ("sum".to_string(), download(ctx, &sum)?),
+    ]))
+}
+
+pub(super) fn run_add_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::RmsNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        eps: a.f64("eps", 1e-5)? as f32,
+        weight_offset: a.f64("weight_offset", 0.0)? as f32,
+        dtype,
+    };
+    let rn = crate::RmsNorm::new(ctx, cfg).map_err(err)?;
+    let (xt, rt) = (
+        upload(ctx, x, dtype)?,
+        upload(ctx, input(case, "residual")?, dtype)?,
+    );
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let (y, sum) = rn
+        .forward_add(&crate::AddRmsNormInputs {
+            x: &xt,
+            residual: &rt,
+            weight: w.as_ref(),
+        })
+        .map_err(err)?;
+    Ok(BTreeMap::from([
+        ("y".to_string(), download(ctx, &y)?),
+        ("sum".to_string(), download(ctx, &sum)?),
+    ]))
+}
+
+pub(super) fn run_selu(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(case, &["alpha", "gamma"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let act = crate::Activation::Selu {
+        alpha: a.f64("alpha", 1.6732632423543772)? as f32,
+        lambda: a.f64("gamma", 1.0507009873554805)? as f32,
+    };
+    let op = crate::Elementwise::new(ctx, act, dtype).map_err(err)?;
+    let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
+    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+}
