@@ -74,9 +74,15 @@ fn normalize_affine(v: V, i: u32, mean: f32, rstd: f32) -> V {
     return activate(o);
 }
 
-// The saved statistics are a per-row store, so whether to write them is a uniform
-// (`params.write_stats`: bit 0 mean, bit 1 rstd), not a pipeline constant.
+// Saved statistics: WRITE_STATS (a pipeline constant) says whether any are written, so calls
+// without them pay nothing per row; which ones is a uniform (`params.write_stats`: bit 0 mean,
+// bit 1 rstd), so the two outputs do not multiply the pipelines.
+override WRITE_STATS: bool = false;
+
 fn write_stats(row: u32, mean: f32, rstd: f32) {
+    if (!WRITE_STATS) {
+        return;
+    }
     if ((params.write_stats & 1u) != 0u) {
         mean_out[row] = mean;
     }

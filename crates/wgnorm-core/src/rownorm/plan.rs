@@ -74,12 +74,13 @@ pub const NAIVE_KERNEL: Kernel = Kernel::new(
     SLOTS,
 );
 
-/// Which optional per-element tensors a row-norm call binds; each is an override constant of the
-/// kernels (the per-row saved statistics are a uniform flag, `RowParams::write_stats`).
+/// Which optional tensors a row-norm call binds; each is an override constant of the kernels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RowFlags {
     pub has_weight: bool,
     pub has_bias: bool,
+    /// Any saved statistics (which ones is `RowParams::write_stats`).
+    pub write_stats: bool,
     pub has_residual: bool,
     /// Store `x + residual` (only with a residual).
     pub write_sum: bool,
@@ -88,7 +89,7 @@ pub struct RowFlags {
 impl RowFlags {
     /// Every combination a call can bind (a sum needs a residual).
     pub fn all() -> impl Iterator<Item = RowFlags> {
-        (0..16u32)
+        (0..32u32)
             .map(|bits| {
                 let f = |i: u32| bits & (1 << i) != 0;
                 RowFlags {
@@ -96,6 +97,7 @@ impl RowFlags {
                     has_bias: f(1),
                     has_residual: f(2),
                     write_sum: f(3),
+                    write_stats: f(4),
                 }
             })
             .filter(|f| f.has_residual || !f.write_sum)
@@ -136,6 +138,7 @@ impl RowConstants {
             )
             .flag("HAS_WEIGHT", f.has_weight)
             .flag("HAS_BIAS", f.has_bias)
+            .flag("WRITE_STATS", f.write_stats)
             .flag("HAS_RESIDUAL", f.has_residual)
             .flag("WRITE_SUM", f.write_sum)
             .with(&self.activation.constants());

@@ -148,6 +148,7 @@ impl RowNorm {
                 has_bias: c.bias.is_some(),
                 has_residual: c.residual.is_some(),
                 write_sum: c.sum.is_some(),
+                write_stats: c.mean.is_some() || c.rstd.is_some(),
             },
         };
         Ok(Some(Checked { key, ..c }))
