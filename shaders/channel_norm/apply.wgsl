@@ -1,5 +1,11 @@
-// Phase 3: y = act((x - mean) * scale + shift), with (mean, scale, shift) per (p, channel) from
-// the finalize pass, stored structure-of-arrays per p: [mean x C][scale x C][shift x C].
+// Phase 3: y = act(epilogue(x, coefficients)), with the coefficients per (p, channel) from the
+// finalize pass, stored structure-of-arrays per p: [mean x C][scale x C][shift x C] (and, for
+// epilogues with more, COEF_ARRAYS arrays in all).
+//
+// The epilogue is a snippet composed before this body (channel_norm/epilogue_affine.wgsl is the
+// engine's `(x - mean) * scale + shift`; methods bring their own). It defines COEF_ARRAYS,
+// `epilogue_extra(p, ch, c, k) -> Coefs` (fills `e0`/`e1` from further coefficient arrays or the
+// per-call `aux` input) and `epilogue(x, k) -> V`.
 //
 // Element e of x belongs to sample p = e / (Q*R*S) and channel (e / SDIV) % C in every view of
 // common.wgsl, so apply needs no 4D decomposition. Each invocation handles BLOCK consecutive
@@ -13,14 +19,6 @@ override WG: u32 = 256u;
 override BLOCK: u32 = 1u;
 override COUNT_BATCH: bool = false;
 override CH_VEC: bool = false;
-// RepBN (SLAB): y = BN(x) + alpha * x, alpha = aux[0], a learnable scalar on the GPU.
-override HAS_ALPHA: bool = false;
-// EvoNorm-S0: y = x * sigmoid(v * x) * scale + shift with v = aux[channel] (no centring; the
-// finalize pass folded rstd of the group into scale).
-override EVO_S0: bool = false;
-// EvoNorm-B0: five arrays per sample [a][b][weight][bias][v] (instance_mix.wgsl);
-// y = x / max(a, v * x + b) * weight + bias.
-override EVO_B0: bool = false;
 // Vector accesses over channel runs that are not a multiple of 4 elements long (SDIV >= 4, e.g.
 // 7x7 maps): an access may straddle two channels, whose coefficients it then takes lane by lane.
 override STRADDLE: bool = false;
@@ -37,7 +35,7 @@ override STRADDLE: bool = false;
 
 // (mean, scale, shift) of channel ch (and the following VW - 1 when CH_VEC) of sample p.
 fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {
-    let base = (p * select(3u, 5u, EVO_B0) + which) * c + ch;
+    let base = (p * COEF_ARRAYS + which) * c + ch;
     if (CH_VEC) {
         // c and ch are multiples of 4 here.
         return v_from4(coef4[base / 4u]);
@@ -45,7 +43,8 @@ fn coef_at(p: u32, ch: u32, c: u32, which: u32) -> V {
     return V(coef[base]);
 }
 
-// The per-channel aux value(s) of channel ch (EvoNorm-S0's v), like coef_at.
+// The per-channel aux value(s) of channel ch, like coef_at (for epilogues with a per-channel
+// input).
 fn aux_at(ch: u32) -> V {
     if (CH_VEC) {
         var v: V;
@@ -57,25 +56,19 @@ fn aux_at(ch: u32) -> V {
     return V(aux[ch]);
 }
 
-// The coefficients of one (sample, channel): mean, scale, shift, and EvoNorm's v and bias.
+// The coefficients of one (sample, channel): mean, scale, shift, and two values an epilogue may
+// add (e0, e1).
 struct Coefs {
     mean: V,
     scale: V,
     shift: V,
-    evo_v: V,
-    evo_w: V,
+    e0: V,
+    e1: V,
 }
 
 fn load_coefs(p: u32, ch: u32, c: u32) -> Coefs {
-    var k = Coefs(coef_at(p, ch, c, 0u), coef_at(p, ch, c, 1u), coef_at(p, ch, c, 2u), V(0.0), V(0.0));
-    if (EVO_S0) {
-        k.evo_v = aux_at(ch);
-    }
-    if (EVO_B0) {
-        k.evo_w = coef_at(p, ch, c, 3u);
-        k.evo_v = coef_at(p, ch, c, 4u);
-    }
-    return k;
+    let k = Coefs(coef_at(p, ch, c, 0u), coef_at(p, ch, c, 1u), coef_at(p, ch, c, 2u), V(0.0), V(0.0));
+    return epilogue_extra(p, ch, c, k);
 }
 
 // Lanes below n from a, the others from b.
@@ -84,26 +77,14 @@ fn mix_coefs(a: Coefs, b: Coefs, n: u32) -> Coefs {
         first_lanes(a.mean, b.mean, n),
         first_lanes(a.scale, b.scale, n),
         first_lanes(a.shift, b.shift, n),
-        first_lanes(a.evo_v, b.evo_v, n),
-        first_lanes(a.evo_w, b.evo_w, n),
+        first_lanes(a.e0, b.e0, n),
+        first_lanes(a.e1, b.e1, n),
     );
 }
 
 // y for one access with the current channel's coefficients.
 fn apply_one(xv: V, k: Coefs) -> V {
-    var o: V;
-    if (EVO_S0) {
-        o = xv / (1.0 + exp(-k.evo_v * xv)) * k.scale + k.shift;
-    } else if (EVO_B0) {
-        // mean = a, scale = b, shift = weight, evo_w = bias.
-        o = xv / max(k.mean, k.evo_v * xv + k.scale) * k.shift + k.evo_w;
-    } else {
-        o = (xv - k.mean) * k.scale + k.shift;
-    }
-    if (HAS_ALPHA) {
-        o = o + aux[0] * xv;
-    }
-    return activate(o);
+    return activate(epilogue(xv, k));
 }
 
 @compute @workgroup_size(WG)

@@ -229,7 +229,7 @@ impl IbnNorm {
                 momentum: self.momentum,
                 ..Default::default()
             },
-            epilogue: Epilogue::Affine,
+            epilogue: Epilogue::AFFINE,
             per_sample: 1,
             dispatch: MixDispatch::PerChannel,
             lane_iterations: per_channel_iterations(n),
@@ -325,7 +325,7 @@ impl EvoNormB0 {
                 eps: self.eps,
                 momentum: self.momentum,
             },
-            epilogue: Epilogue::MaxDenominator,
+            epilogue: crate::MAX_DENOMINATOR,
             per_sample: 1,
             dispatch: MixDispatch::PerChannel,
             lane_iterations: per_channel_iterations(n),
@@ -484,7 +484,7 @@ impl UnmixTns {
                 temperature: self.temperature,
                 ..Default::default()
             },
-            epilogue: Epilogue::Affine,
+            epilogue: Epilogue::AFFINE,
             per_sample: k,
             dispatch: MixDispatch::OneWorkgroup,
             lane_iterations: lane_iterations as u64,
@@ -580,7 +580,7 @@ impl AdaB2nTaskWeighted {
                 momentum: eta,
                 ..Default::default()
             },
-            epilogue: Epilogue::Affine,
+            epilogue: Epilogue::AFFINE,
             per_sample: 1,
             dispatch: MixDispatch::PerChannel,
             lane_iterations: (3 * n * (n + 1) + tasks * (n + 1)) as u64,

@@ -13,7 +13,9 @@
 //! are f32 with one value per channel, as PyTorch keeps BatchNorm buffers under autocast.
 
 use wgnorm_core::binding::{self, BindCache};
-use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
+use wgnorm_core::chnorm::{
+    ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, EpilogueInput, Statistics,
+};
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 
 mod instance;
@@ -44,6 +46,33 @@ wgnorm_core::uniform_block! {
         pub _pad: u32,
     }
 }
+
+/// RepBN's apply epilogue: `y = BN(x) + alpha * x` with a scalar `alpha` on the GPU.
+pub const SCALED_RESIDUAL: Epilogue = Epilogue::new(
+    "channel_norm/apply+scaled_residual",
+    &[
+        wgnorm_core::shader::snippet::ACTIVATION,
+        wgnorm_core::shader::snippet::CHANNEL_COMMON,
+        wgnorm_core::shader_file!("batch_norm/epilogue_scaled_residual.wgsl"),
+        wgnorm_core::chnorm::plan::APPLY_BODY,
+    ],
+    3,
+    EpilogueInput::Scalar,
+);
+
+/// EvoNorm-B0's apply epilogue: `y = x / max(a, v x + b) * weight + bias` from five coefficient
+/// arrays per sample written by its mixing kernel.
+pub const MAX_DENOMINATOR: Epilogue = Epilogue::new(
+    "channel_norm/apply+max_denominator",
+    &[
+        wgnorm_core::shader::snippet::ACTIVATION,
+        wgnorm_core::shader::snippet::CHANNEL_COMMON,
+        wgnorm_core::shader_file!("batch_norm/epilogue_max_denominator.wgsl"),
+        wgnorm_core::chnorm::plan::APPLY_BODY,
+    ],
+    5,
+    EpilogueInput::None,
+);
 
 const FOLD_SLOTS: &[Slot] = &[
     Slot::Uniform,
@@ -200,7 +229,12 @@ impl BatchNorm {
                 stats: outputs.saved,
                 statistics,
                 moments,
-                aux: alpha.map(Aux::Alpha),
+                epilogue: if alpha.is_some() {
+                    SCALED_RESIDUAL
+                } else {
+                    Epilogue::AFFINE
+                },
+                aux: alpha,
                 ..ChannelNormArgs::new(inputs.x, outputs.y, view)
             },
         )

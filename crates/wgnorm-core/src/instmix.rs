@@ -9,7 +9,7 @@
 //! engine a [`Mixer`].
 
 use crate::binding::{self, BindCache};
-use crate::chnorm::{ChannelNorm, ChannelView, Epilogue, Layout};
+use crate::chnorm::{ChannelNorm, ChannelView, Epilogue, EpilogueInput, Layout};
 use crate::context::Slot;
 use crate::scratch::ScratchCache;
 use crate::shader::{snippet, Specialization};
@@ -58,8 +58,8 @@ pub struct Mixer<P: UniformBlock> {
     pub spec: Specialization,
     /// Its uniform block.
     pub params: P,
-    /// The apply pass's epilogue: [`Epilogue::Affine`] (three coefficient arrays per sample) or
-    /// [`Epilogue::MaxDenominator`] (five).
+    /// The apply pass's epilogue, reading the coefficient arrays the mixing kernel writes
+    /// (`epilogue.coef_arrays` per sample) and no per-call input.
     pub epilogue: Epilogue,
     /// f32 scratch values per sample in the assignment slot (at least 1).
     pub per_sample: usize,
@@ -166,11 +166,7 @@ impl InstanceMix {
         }
         let ctx = &self.ctx;
         let (n, c) = (view.p, view.r);
-        let ncoef = if mixer.epilogue == Epilogue::MaxDenominator {
-            5
-        } else {
-            3
-        };
+        let ncoef = mixer.epilogue.coef_arrays as usize;
         // Keyed by the input shape and the method's sizes.
         let mut key = t.x.shape().to_vec();
         key.extend([ncoef, mixer.per_sample]);
@@ -261,11 +257,11 @@ impl InstanceMix {
         t.y.expect_shape("y", t.x.shape())?;
         expect_f32("weight", Some(t.weight), view.r)?;
         expect_f32("bias", Some(t.bias), view.r)?;
-        if !matches!(mixer.epilogue, Epilogue::Affine | Epilogue::MaxDenominator) {
+        if mixer.epilogue.input != EpilogueInput::None || mixer.epilogue.coef_arrays < 3 {
             return Err(Error::InvalidParameter {
                 name: "epilogue",
-                value: format!("{:?}", mixer.epilogue),
-                why: "a mixing kernel writes affine or max-denominator coefficients",
+                value: mixer.epilogue.kernel.name().into(),
+                why: "a mixing kernel's epilogue reads its coefficient arrays (at least 3) and no per-call input",
             });
         }
         if self.ctx.is_cpu()

@@ -8,8 +8,23 @@
 //! weight and bias f32 `[C]`.
 
 pub use wgnorm_core::chnorm::{Activation, Layout};
-use wgnorm_core::chnorm::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Statistics};
+use wgnorm_core::chnorm::{
+    ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, EpilogueInput, Statistics,
+};
 use wgnorm_core::{Context, DType, Result, Tensor};
+
+/// EvoNorm-S0's apply epilogue: `y = x * sigmoid(v x) * scale + shift` with a per-channel `v`.
+pub const SIGMOID_GATE: Epilogue = Epilogue::new(
+    "channel_norm/apply+sigmoid_gate",
+    &[
+        wgnorm_core::shader::snippet::ACTIVATION,
+        wgnorm_core::shader::snippet::CHANNEL_COMMON,
+        wgnorm_core::shader_file!("group_norm/epilogue_sigmoid_gate.wgsl"),
+        wgnorm_core::chnorm::plan::APPLY_BODY,
+    ],
+    3,
+    EpilogueInput::PerChannel,
+);
 
 /// What is fixed when a GroupNorm is created.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -487,7 +502,8 @@ impl EvoNormS0 {
                 weight: inputs.weight,
                 bias: inputs.bias,
                 stats: outputs.saved,
-                aux: Some(Aux::EvoS0(v)),
+                epilogue: SIGMOID_GATE,
+                aux: Some(v),
                 ..ChannelNormArgs::new(inputs.x, outputs.y, view)
             },
         )

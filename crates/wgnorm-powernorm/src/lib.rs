@@ -491,7 +491,7 @@ impl UnifiedNorm {
                 warmup: u("warmup", t.warmup)?,
                 _pad0: 0,
             },
-            epilogue: Epilogue::Affine,
+            epilogue: Epilogue::AFFINE,
             per_sample: 1,
             dispatch: MixDispatch::OneWorkgroup,
             lane_iterations: (2 * (t.window * c).div_ceil(wg) + 3 * c.div_ceil(wg) * t.window)

@@ -68,7 +68,12 @@ pub fn specializations() -> Vec<shader::Specialization> {
     let all = [
         rownorm::specializations(&rownorm::AdapterClass::TYPICAL),
         wgnorm_core::baseline::specializations(),
-        chnorm::specializations(),
+        chnorm::specializations_with(&[
+            chnorm::Epilogue::AFFINE,
+            wgnorm_batchnorm::SCALED_RESIDUAL,
+            wgnorm_batchnorm::MAX_DENOMINATOR,
+            wgnorm_groupnorm::SIGMOID_GATE,
+        ]),
         wgnorm_batchnorm::mixing_specializations(),
         wgnorm_powernorm::unified_specializations(),
         elementwise::specializations(),

@@ -1,7 +1,7 @@
 //! What a call of the channel engine asks for: the statistics kind, the running-statistics
 //! update, the tensors, and the host-side mergeable moments of synchronised normalization.
 
-use super::ChannelView;
+use super::{ChannelView, Epilogue};
 use crate::Tensor;
 
 /// What the slot statistics are.
@@ -14,8 +14,8 @@ pub enum Reduction {
     L2,
     /// `y = x / ||x||_1` over the slot, 0 where the norm is 0.
     L1,
-    /// Quadratic mean without centring, `y = x / sqrt(mean(x^2) + eps)` (PowerNorm's batch
-    /// statistic), optionally over the unmasked tokens only and with a running value.
+    /// Quadratic mean without centring, `y = x / sqrt(mean(x^2) + eps)`, optionally over the
+    /// unmasked tokens only and with a running value.
     QuadraticMean,
 }
 
@@ -47,7 +47,7 @@ impl Reduction {
     }
 }
 
-/// A running-value update of the quadratic mean (PowerNorm): `phi += (psi2 - phi) * warm`
+/// A running-value update of the quadratic mean: `phi += (psi2 - phi) * warm`
 /// (`warm` = 1/t during warm-up, else 0), then `phi = (1 - momentum) phi + momentum psi2`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QmUpdate {
@@ -64,16 +64,15 @@ pub enum Statistics {
     Running,
     /// Update the running statistics from this batch (`r = (1 - momentum) r + momentum s`), then
     /// normalize with the **updated** running statistics. `estimated`: the variance fed to the
-    /// running one is EstBN's `mean((x - rm_old)^2) = var_b + (mean_b - rm_old)^2` (centred on
-    /// the old running mean, BCN's EstBN, NORMS.md A6); otherwise the unbiased or biased batch
-    /// variance (adaptive BN with "adapted" statistics, A13).
+    /// running one is `mean((x - rm_old)^2) = var_b + (mean_b - rm_old)^2`, centred on the old
+    /// running mean; otherwise the unbiased or biased batch variance.
     UpdatedRunning {
         momentum: f32,
         unbiased: bool,
         estimated: bool,
     },
-    /// Test-time BN: `w_src * running + (1 - w_src) * batch` for the mean and the variance
-    /// (batch variance unbiased); the running (source) statistics are read, not updated.
+    /// `w_src * running + (1 - w_src) * batch` for the mean and the variance (batch variance
+    /// unbiased); the running (source) statistics are read, not updated.
     Mixed { w_src: f32 },
     /// With [`Reduction::QuadraticMean`]: normalize with this batch's quadratic mean or (when
     /// `use_running`) the running value in `running_var` as it was before this step, and
@@ -111,8 +110,11 @@ pub struct ChannelNormArgs<'a> {
     /// count, mean, M2 per slot, see [`Moments`]) instead of this tensor's own; the running
     /// update uses them too. The seam for synchronised BatchNorm across devices.
     pub moments: Option<&'a Tensor>,
-    /// An extra per-call input of the apply pass: RepBN's `alpha` or EvoNorm-S0's `v`.
-    pub aux: Option<Aux<'a>>,
+    /// The apply pass's epilogue ([`Epilogue::AFFINE`] unless a method brings its own).
+    pub epilogue: Epilogue,
+    /// The epilogue's per-call input, f32: one value or one per channel (see
+    /// [`Epilogue::input`]).
+    pub aux: Option<&'a Tensor>,
     /// Token padding mask, f32 `[B, T]` with 1 = padding, for token views `[1, T*B, C, 1]` of
     /// `x[T, B, C]` with a quadratic mean: padded tokens are left out of the statistics (they are
     /// still normalized).
@@ -121,7 +123,8 @@ pub struct ChannelNormArgs<'a> {
 
 impl<'a> ChannelNormArgs<'a> {
     /// `x` to `y` in `view` with batch statistics and nothing else: no affine, no running
-    /// statistics, no saved statistics, no merged moments, aux input or mask. Set the rest with
+    /// statistics, no saved statistics, no merged moments, the affine epilogue, no mask. Set the
+    /// rest with
     /// struct update syntax: `ChannelNormArgs { weight, ..ChannelNormArgs::new(x, y, view) }`.
     pub fn new(x: &'a Tensor, y: &'a Tensor, view: ChannelView) -> ChannelNormArgs<'a> {
         ChannelNormArgs {
@@ -135,19 +138,11 @@ impl<'a> ChannelNormArgs<'a> {
             stats: None,
             statistics: Statistics::Batch(None),
             moments: None,
+            epilogue: Epilogue::AFFINE,
             aux: None,
             mask: None,
         }
     }
-}
-
-/// Extra inputs of the apply pass.
-#[derive(Clone, Copy, Debug)]
-pub enum Aux<'a> {
-    /// RepBN: f32 `[1]` scalar; `y = norm(x) + alpha * x`.
-    Alpha(&'a Tensor),
-    /// EvoNorm-S0: f32 `[C]`; `y = x * sigmoid(v * x) * rstd * weight + bias` (no centring).
-    EvoS0(&'a Tensor),
 }
 
 /// Mergeable per-slot statistics on the host: count, mean and M2 (sum of squared deviations).

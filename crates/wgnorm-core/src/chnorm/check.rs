@@ -2,8 +2,8 @@
 //! kind of statistics needs, buffer bindings and aliasing, and the per-lane loop budget of CPU
 //! adapters. The result is a [`Checked`] call that recording cannot reject.
 
-use super::plan::{self, CallShape, Epilogue, StatKind, ViewFacts};
-use super::{Aux, ChannelNorm, ChannelNormArgs, ChannelView, Reduction, Statistics};
+use super::plan::{self, CallShape, EpilogueInput, StatKind, ViewFacts};
+use super::{ChannelNorm, ChannelNormArgs, ChannelView, Reduction, Statistics};
 use crate::binding::{self, BufferRange};
 use crate::shader::Io;
 use crate::{DType, Error, Result, Tensor};
@@ -86,11 +86,7 @@ impl ChannelNorm {
             stats: StatKind::of(&a.statistics),
             has_weight: a.weight.is_some(),
             has_bias: a.bias.is_some(),
-            epilogue: match a.aux {
-                None => Epilogue::Affine,
-                Some(Aux::Alpha(_)) => Epilogue::ScaledResidual,
-                Some(Aux::EvoS0(_)) => Epilogue::SigmoidGate,
-            },
+            epilogue: a.epilogue,
             mask: a.mask.is_some(),
             given_moments: a.moments.is_some(),
             aligned,
@@ -242,10 +238,26 @@ impl ChannelNorm {
     /// The epilogue's input, saved statistics, token mask and given moments.
     fn check_extras(&self, a: &ChannelNormArgs) -> Result<()> {
         let v = a.view;
-        match a.aux {
-            Some(Aux::Alpha(t)) => expect("alpha", t, 1, DType::F32)?,
-            Some(Aux::EvoS0(t)) => expect("v", t, v.channels(), DType::F32)?,
-            None => {}
+        if a.epilogue.coef_arrays != 3 {
+            return Err(Error::InvalidParameter {
+                name: "epilogue",
+                value: a.epilogue.kernel.name().into(),
+                why: "its coefficient arrays come from a mixing pass, not from batch statistics",
+            });
+        }
+        match (a.epilogue.input, a.aux) {
+            (EpilogueInput::None, None) => {}
+            (EpilogueInput::Scalar, Some(t)) => expect("epilogue input", t, 1, DType::F32)?,
+            (EpilogueInput::PerChannel, Some(t)) => {
+                expect("epilogue input", t, v.channels(), DType::F32)?
+            }
+            (input, aux) => {
+                return Err(Error::InvalidParameter {
+                    name: "aux",
+                    value: format!("{:?} for {input:?}", aux.map(|t| t.shape().to_vec())),
+                    why: "pass the epilogue's input (one f32, or one per channel) exactly when it has one",
+                })
+            }
         }
         if let Some(s) = a.stats {
             expect("stats", s, v.slots() * 2, DType::F32)?;
@@ -294,15 +306,10 @@ impl ChannelNorm {
             stats: opt("stats", a.stats)?,
             moments: opt("moments", a.moments)?,
             mask: opt("mask", a.mask)?,
-            aux: opt(
-                "aux",
-                a.aux.map(|x| match x {
-                    Aux::Alpha(t) | Aux::EvoS0(t) => t,
-                }),
-            )?,
+            aux: opt("aux", a.aux)?,
         };
         binding::check_no_alias(&[
-            ("alpha", r.aux.as_ref(), false),
+            ("aux", r.aux.as_ref(), false),
             ("mask", r.mask.as_ref(), false),
             ("x", Some(&r.x), false),
             ("weight", r.weight.as_ref(), false),

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use crate::activation::Activation;
-pub use args::{Aux, ChannelNormArgs, Moments, QmUpdate, Reduction, RunningUpdate, Statistics};
-pub use plan::{specializations, Epilogue};
+pub use args::{ChannelNormArgs, Moments, QmUpdate, Reduction, RunningUpdate, Statistics};
+pub use plan::{specializations, specializations_with, Epilogue, EpilogueInput};
 pub use view::{ChannelView, Layout};
 
 use crate::binding::BindCache;
@@ -148,9 +148,8 @@ impl ChannelNorm {
         self
     }
 
-    /// L1/L2 reductions scale each slot to this norm instead of 1 (`sqrt(n)` for Sinkhorn
-    /// normalization); with `eps > 0` the norm is clamped at eps from below instead of mapping 0
-    /// to 0.
+    /// L1/L2 reductions scale each slot to this norm instead of 1; with `eps > 0` the norm is
+    /// clamped at eps from below instead of mapping 0 to 0.
     pub fn with_norm_target(mut self, target: f32) -> ChannelNorm {
         self.norm_target = target;
         self

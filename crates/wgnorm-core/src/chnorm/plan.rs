@@ -56,16 +56,13 @@ pub const FINALIZE_KERNEL: Kernel = Kernel::new(
     ],
     FINALIZE_SLOTS,
 );
-/// Phase 3: `y = epilogue((x - mean) * scale + shift)`.
-pub const APPLY_KERNEL: Kernel = Kernel::new(
-    "channel_norm/apply",
-    &[
-        snippet::ACTIVATION,
-        snippet::CHANNEL_COMMON,
-        crate::shader_file!("channel_norm/apply.wgsl"),
-    ],
-    APPLY_SLOTS,
-);
+/// The apply pass's body; an apply kernel is `[ACTIVATION, CHANNEL_COMMON, <epilogue>,
+/// APPLY_BODY]` (see [`Epilogue::new`]).
+pub const APPLY_BODY: &str = crate::shader_file!("channel_norm/apply.wgsl");
+
+/// Phase 3 with the engine's own epilogue: `y = act((x - mean) * scale + shift)`.
+pub const APPLY_KERNEL: Kernel = Epilogue::AFFINE.kernel;
+
 /// Partial moments merged into one (count, mean, M2) per slot.
 pub const MERGE_KERNEL: Kernel = Kernel::new(
     "channel_norm/merge",
@@ -240,27 +237,79 @@ impl From<RunningUpdate> for (bool, bool) {
     }
 }
 
-/// The epilogue of the apply pass: the engine's own `(x - mean) * scale + shift`, or a method's
-/// variation composed in (an extra per-call input or other coefficients).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Epilogue {
-    #[default]
-    Affine,
-    /// `+ alpha * x` with a scalar alpha (a residual scaled by a learned scalar).
-    ScaledResidual,
-    /// `x * sigmoid(v * x) * rstd * weight + bias` with a per-channel `v` (no centring).
-    SigmoidGate,
-    /// `x / max(a, v x + b) * weight + bias` from five coefficient arrays.
-    MaxDenominator,
+/// The per-call input an epilogue reads (bound as `aux`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EpilogueInput {
+    None,
+    /// One f32.
+    Scalar,
+    /// One f32 per channel.
+    PerChannel,
+}
+
+/// The epilogue of the apply pass: a WGSL snippet composed into the apply kernel, like the I/O
+/// snippets. The engine's own is [`Epilogue::AFFINE`], `(x - mean) * scale + shift`; a method
+/// declares its own (a scaled residual, a gate, a different denominator) in its family crate
+/// with [`Epilogue::new`]. Two epilogues are the same when their kernels are.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue {
+    /// The apply kernel composed with this epilogue.
+    pub kernel: Kernel,
+    /// Coefficient arrays per sample it reads: 3 (mean, scale, shift) from the finalize pass, or
+    /// more, written by a mixing pass.
+    pub coef_arrays: u32,
+    /// Its per-call input.
+    pub input: EpilogueInput,
+}
+
+impl PartialEq for Epilogue {
+    fn eq(&self, other: &Self) -> bool {
+        self.kernel == other.kernel
+    }
+}
+impl Eq for Epilogue {}
+impl std::hash::Hash for Epilogue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kernel.hash(state)
+    }
 }
 
 impl Epilogue {
-    const ALL: [Epilogue; 4] = [
-        Epilogue::Affine,
-        Epilogue::ScaledResidual,
-        Epilogue::SigmoidGate,
-        Epilogue::MaxDenominator,
-    ];
+    /// The engine's `(x - mean) * scale + shift`.
+    pub const AFFINE: Epilogue = Epilogue::new(
+        "channel_norm/apply",
+        &[
+            snippet::ACTIVATION,
+            snippet::CHANNEL_COMMON,
+            crate::shader_file!("channel_norm/epilogue_affine.wgsl"),
+            APPLY_BODY,
+        ],
+        3,
+        EpilogueInput::None,
+    );
+
+    /// An epilogue from its apply kernel's name and parts: `[snippet::ACTIVATION,
+    /// snippet::CHANNEL_COMMON, <the epilogue's WGSL>, APPLY_BODY]`. The snippet defines
+    /// `COEF_ARRAYS`, `epilogue_extra(p, ch, c, k: Coefs) -> Coefs` and
+    /// `epilogue(x: V, k: Coefs) -> V` (see `shaders/channel_norm/apply.wgsl`).
+    pub const fn new(
+        name: &'static str,
+        parts: &'static [&'static str],
+        coef_arrays: u32,
+        input: EpilogueInput,
+    ) -> Epilogue {
+        Epilogue {
+            kernel: Kernel::new(name, parts, APPLY_SLOTS),
+            coef_arrays,
+            input,
+        }
+    }
+}
+
+impl Default for Epilogue {
+    fn default() -> Self {
+        Epilogue::AFFINE
+    }
 }
 
 /// A call's shape as far as pipelines are concerned.
@@ -389,16 +438,13 @@ pub(crate) fn apply_spec(
     (ch_vec, straddle): (bool, bool),
     epilogue: Epilogue,
 ) -> Specialization {
-    Specialization::new(APPLY_KERNEL, aio)
+    Specialization::new(epilogue.kernel, aio)
         .set("WG", APPLY_WG)
         .set("BLOCK", block)
         .set("ACT", activation.0)
         .flag("COUNT_BATCH", count_batch)
         .flag("CH_VEC", ch_vec)
         .flag("STRADDLE", straddle)
-        .flag("HAS_ALPHA", epilogue == Epilogue::ScaledResidual)
-        .flag("EVO_S0", epilogue == Epilogue::SigmoidGate)
-        .flag("EVO_B0", epilogue == Epilogue::MaxDenominator)
 }
 
 fn finalize_spec(e: &EngineConfig, c: &CallShape) -> Specialization {
@@ -476,11 +522,17 @@ pub(crate) fn running_spec(sequential: bool) -> Specialization {
         .flag("SEQUENTIAL", sequential)
 }
 
-/// Every pipeline the channel engine can create, for `cargo xtask validate`. Each pass's
+/// Every pipeline the channel engine can create with its own epilogue, for `cargo xtask
+/// validate`; [`specializations_with`] adds the family crates' epilogues.
+pub fn specializations() -> Vec<Specialization> {
+    specializations_with(&[Epilogue::AFFINE])
+}
+
+/// Every pipeline the channel engine can create with these epilogues. Each pass's
 /// specialisation is made by the same functions [`plan`] composes, over the whole space of the
 /// inputs that pass depends on (a pass's constants depend on a few of a call's facts, so the
 /// passes are enumerated one by one rather than as one product).
-pub fn specializations() -> Vec<Specialization> {
+pub fn specializations_with(epilogues: &[Epilogue]) -> Vec<Specialization> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut push = |s: Specialization| {
@@ -505,7 +557,7 @@ pub fn specializations() -> Vec<Specialization> {
                         let block = apply_block(&lanes, cpu);
                         for act in Activation::ALL {
                             for count_batch in [false, true] {
-                                for epilogue in Epilogue::ALL {
+                                for &epilogue in epilogues {
                                     push(apply_spec(
                                         aio,
                                         block,
@@ -538,7 +590,7 @@ pub fn specializations() -> Vec<Specialization> {
                     stats,
                     has_weight: bits & 8 != 0,
                     has_bias: bits & 16 != 0,
-                    epilogue: Epilogue::Affine,
+                    epilogue: Epilogue::AFFINE,
                     mask: false,
                     given_moments: false,
                     aligned: false,

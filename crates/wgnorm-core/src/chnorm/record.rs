@@ -437,10 +437,8 @@ impl ChannelNorm {
     }
 
     /// Records only the apply pass, with coefficients computed elsewhere (f32, per sample p of
-    /// `view`: `[mean][scale][shift]` arrays of C, or five arrays `[a][b][weight][bias][v]` with
-    /// [`Epilogue::MaxDenominator`]): `y = act((x - mean) * scale + shift)` or
-    /// `y = x / max(a, v x + b) * weight + bias`. For engines built on this one; `coef` must not
-    /// alias x or y.
+    /// `view`: `epilogue.coef_arrays` arrays of C, `[mean][scale][shift]` for
+    /// [`Epilogue::AFFINE`]). For engines built on this one; `coef` must not alias x or y.
     pub fn encode_apply(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -452,17 +450,14 @@ impl ChannelNorm {
     ) -> Result<()> {
         expect("x", x, view.numel(), self.dtype())?;
         expect("y", y, view.numel(), self.dtype())?;
-        let ncoef = match epilogue {
-            Epilogue::Affine => 3,
-            Epilogue::MaxDenominator => 5,
-            _ => {
-                return Err(Error::InvalidParameter {
-                    name: "epilogue",
-                    value: format!("{epilogue:?}"),
-                    why: "an apply pass with given coefficients takes the affine or the max-denominator epilogue",
-                })
-            }
-        };
+        if epilogue.input != super::EpilogueInput::None {
+            return Err(Error::InvalidParameter {
+                name: "epilogue",
+                value: epilogue.kernel.name().into(),
+                why: "an apply pass with given coefficients binds no per-call epilogue input",
+            });
+        }
+        let ncoef = epilogue.coef_arrays as usize;
         expect(
             "coefficients",
             coef,
