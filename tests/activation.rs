@@ -138,7 +138,7 @@ fn elementwise_activations_including_extremes() {
 
 #[test]
 fn alpha_dropout_mask_affine_and_moments() {
-    use wgnorm::elementwise::{alpha_dropout_keeps, AlphaDropout};
+    use wgnorm::selfnorm::{alpha_dropout_keeps, AlphaDropout};
     let c_ = ctx();
     let n = 100_003;
     // Roughly standard normal input (sum of uniforms), the regime AlphaDropout is built for.

@@ -95,9 +95,9 @@ layout_tests! {
     ew_params_matches_elementwise: wgnorm::uniform::EwParams => wgnorm::elementwise::ELEMENTWISE_KERNEL;
     copy_params_matches_copy: wgnorm::uniform::CopyParams => wgnorm::core::baseline::COPY_KERNEL;
     blend_params_matches_blend: wgnorm::uniform::BlendParams => wgnorm::elementwise::BLEND_KERNEL;
-    drop_params_matches_dropout: wgnorm::uniform::DropParams => wgnorm::elementwise::DROPOUT_KERNEL;
+    drop_params_matches_dropout: wgnorm::selfnorm::DropParams => wgnorm::selfnorm::DROPOUT_KERNEL;
     naive_params_matches_naive_channel_norm: wgnorm::uniform::NaiveParams => wgnorm::core::baseline::NAIVE_CHANNEL_KERNEL;
-    naive_ball_params_matches_naive_midpoint: wgnorm::uniform::NaiveBallParams => wgnorm::poincare::NAIVE_MIDPOINT_KERNEL;
+    naive_ball_params_matches_naive_midpoint: wgnorm::poincare::NaiveBallParams => wgnorm::poincare::NAIVE_MIDPOINT_KERNEL;
     ibn_params_matches_ibn: wgnorm::batchnorm::IbnParams => wgnorm::batchnorm::IBN_KERNEL;
     evo_b0_params_matches_evonorm_b0: wgnorm::batchnorm::EvoB0Params => wgnorm::batchnorm::EVONORM_B0_KERNEL;
     unmix_params_matches_unmix_tns: wgnorm::batchnorm::UnmixParams => wgnorm::batchnorm::UNMIX_TNS_KERNEL;

@@ -12,9 +12,10 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde_json::json;
 use wgnorm::binding::{self, BindCache};
+use wgnorm::poincare::NaiveBallParams;
 use wgnorm::rownorm::{self, RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm::shader::{Io, Specialization};
-use wgnorm::uniform::{CopyParams, NaiveBallParams, NaiveParams, RowParams};
+use wgnorm::uniform::{CopyParams, NaiveParams, RowParams};
 use wgnorm::{Context, DType, Slot, Tensor};
 
 /// Records one run of a kernel into an encoder.

@@ -330,7 +330,15 @@ impl BatchNorm {
         ghost_size: usize,
         training: bool,
     ) -> Result<()> {
-        let view = ChannelView::ghost_batch_norm(inputs.x.shape(), self.cfg.layout, ghost_size)?;
+        let n = inputs.x.shape().first().copied().unwrap_or(0);
+        if ghost_size == 0 || n % ghost_size != 0 {
+            return Err(Error::InvalidParameter {
+                name: "ghost_size",
+                value: format!("{ghost_size} for a batch of {n}"),
+                why: "must be >= 1 and divide the batch (a smaller last chunk is not supported: pad or drop it)",
+            });
+        }
+        let view = ChannelView::per_chunk(inputs.x.shape(), self.cfg.layout, ghost_size)?;
         if !training {
             return self.encode(encoder, inputs, outputs, false);
         }

@@ -195,23 +195,6 @@ uniform_block! {
 }
 
 uniform_block! {
-    /// `DropParams` (`dropout.wgsl`): AlphaDropout's counter-based mask and affine correction.
-    pub struct DropParams {
-        pub n: u32,
-        /// The 64-bit seed as two words.
-        pub seed_lo: u32,
-        pub seed_hi: u32,
-        /// An element is kept when its hash is at or above this threshold.
-        pub keep_threshold: u32,
-        pub a: f32,
-        pub b: f32,
-        pub alpha_p: f32,
-        /// 1: identity (inference, or rate 0).
-        pub keep_all: u32,
-    }
-}
-
-uniform_block! {
     /// `NaiveParams` (`naive/channel_norm.wgsl`): the batch family's naive baseline.
     pub struct NaiveParams {
         /// Planes (N * C), elements per plane (H * W), channels.
@@ -234,19 +217,5 @@ uniform_block! {
         pub selu_lambda: f32,
         pub _pad0: u32,
         pub _pad1: u32,
-    }
-}
-
-uniform_block! {
-    /// `NaiveBallParams` (`naive/poincare_midpoint.wgsl`): the gyromidpoint's naive baseline.
-    pub struct NaiveBallParams {
-        pub d: u32,
-        pub s: u32,
-        pub p: u32,
-        pub _pad: u32,
-        pub c: f32,
-        pub max_norm: f32,
-        pub _pad1: u32,
-        pub _pad2: u32,
     }
 }

@@ -72,6 +72,20 @@ pub const NAIVE_MIDPOINT_KERNEL: wgnorm_core::shader::Kernel = wgnorm_core::shad
     ],
 );
 
+wgnorm_core::uniform_block! {
+    /// `NaiveBallParams` (`naive/poincare_midpoint.wgsl`): the gyromidpoint's naive baseline.
+    pub struct NaiveBallParams {
+        pub d: u32,
+        pub s: u32,
+        pub p: u32,
+        pub _pad: u32,
+        pub c: f32,
+        pub max_norm: f32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
 /// Stage `stage` (0: per-point weights, 1: coordinate sums, 2: the result) of the naive
 /// gyromidpoint.
 pub fn naive_midpoint_spec(stage: u32) -> wgnorm_core::shader::Specialization {

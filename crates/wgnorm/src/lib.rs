@@ -24,7 +24,7 @@ pub use wgnorm_batchnorm::{
     RegionNormLInputs, UnmixTns, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::{self, Layout};
-pub use wgnorm_core::elementwise::{self, AlphaDropout, Elementwise};
+pub use wgnorm_core::elementwise::{self, Elementwise};
 pub use wgnorm_core::Activation;
 pub use wgnorm_core::{
     self as core, binding, rownorm, shader, uniform, wgpu, Context, DType, Error, Result,
@@ -49,6 +49,7 @@ pub use wgnorm_rmsnorm::{
     self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs,
     RmsNormOutputs,
 };
+pub use wgnorm_selfnorm::{self as selfnorm, AlphaDropout};
 
 /// Everything an app needs to run a layer.
 pub mod prelude {
@@ -77,6 +78,7 @@ pub fn specializations() -> Vec<shader::Specialization> {
         wgnorm_batchnorm::mixing_specializations(),
         wgnorm_powernorm::unified_specializations(),
         elementwise::specializations(),
+        wgnorm_selfnorm::specializations(),
         wgnorm_batchnorm::region_specializations(),
         wgnorm_batchnorm::fold_specializations(),
         wgnorm_poincare::ball_specializations(),

@@ -69,29 +69,33 @@ impl ChannelView {
         })
     }
 
-    /// Ghost BatchNorm: statistics per (chunk of `ghost` consecutive samples, channel) over the
-    /// chunk and the spatial dims. `ghost` must divide N.
-    pub fn ghost_batch_norm(shape: &[usize], layout: Layout, ghost: usize) -> Result<ChannelView> {
-        let (n, c, hw) = split_nc(shape, layout, "ghost_batch_norm (input must be (N, C, *))")?;
-        if ghost == 0 || n % ghost != 0 {
+    /// Batch statistics per chunk: per (chunk of `chunk` consecutive samples, channel) over the
+    /// chunk and the spatial dims. `chunk` must divide N.
+    pub fn per_chunk(shape: &[usize], layout: Layout, chunk: usize) -> Result<ChannelView> {
+        let (n, c, hw) = split_nc(
+            shape,
+            layout,
+            "per-chunk statistics (input must be (N, C, *))",
+        )?;
+        if chunk == 0 || n % chunk != 0 {
             return Err(Error::InvalidParameter {
-                name: "ghost_size",
-                value: format!("{ghost} for a batch of {n}"),
+                name: "chunk size",
+                value: format!("{chunk} for a batch of {n}"),
                 why: "must be >= 1 and divide the batch (a smaller last chunk is not supported: pad or drop it)",
             });
         }
         Ok(match layout {
             Layout::Nchw => ChannelView {
-                p: n / ghost,
-                q: ghost,
+                p: n / chunk,
+                q: chunk,
                 r: c,
                 s: hw,
                 cg: 1,
                 sdiv: hw.max(1),
             },
             Layout::Nhwc => ChannelView {
-                p: n / ghost,
-                q: ghost * hw,
+                p: n / chunk,
+                q: chunk * hw,
                 r: c,
                 s: 1,
                 cg: 1,
