@@ -1,4 +1,4 @@
-// y = lambda * a + (1 - lambda) * b, elementwise (the progressive LN -> RepBN blend, NORMS.md
+// y = lambda * a + (1 - lambda) * b, elementwise (the progressive LN -> RepBN blend, docs/methods.md
 // A16), BLOCK consecutive accesses per invocation.
 
 override WG: u32 = 256u;

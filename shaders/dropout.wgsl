@@ -1,4 +1,4 @@
-// AlphaDropout (NORMS.md D2, Klambauer et al. 2017): keeps SELU's mean and variance.
+// AlphaDropout (docs/methods.md D2, Klambauer et al. 2017): keeps SELU's mean and variance.
 // x' = x where kept, alpha' = -lambda*alpha where dropped; y = a*x' + b. Element i is kept when
 // hash(i, seed) < keep_threshold (q * 2^32): the mask is a pure function of (seed, index), so a
 // call is reproducible and needs no RNG state. keep_all: identity (inference).

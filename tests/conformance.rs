@@ -1,4 +1,4 @@
-//! Every vendored conformance case (tests/conformance/cases, copied from shared/conformance) as a
+//! Every vendored conformance case (tests/conformance/cases, the project's shared case set) as a
 //! test of its own, named `case::<file>`, through the same registry `cargo xtask conformance`
 //! uses; a skipped case (an op the registry does not know) fails. Plus checks that the runner
 //! itself can fail.

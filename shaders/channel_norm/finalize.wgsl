@@ -24,7 +24,7 @@ override UNBIASED_NORM: bool = false;
 // Weight and bias indexed per slot r (one per group: Batch-Channel Norm's group affine)
 // instead of per channel.
 override AFFINE_PER_SLOT: bool = false;
-// REDUCE 3 (PowerNorm's quadratic mean, NORMS.md B2): psi2 = mean of x^2 over the kept tokens;
+// REDUCE 3 (PowerNorm's quadratic mean, docs/methods.md B2): psi2 = mean of x^2 over the kept tokens;
 // normalize by sqrt(psi2 + eps), or by sqrt(phi + eps) with phi = running_var before this
 // step's update when QM_USE_RUNNING; UPDATE_RUNNING: phi += (psi2 - phi) * w_src (the warm-up
 // average, w_src = 1/t or 0), then phi = (1 - momentum) phi + momentum psi2.

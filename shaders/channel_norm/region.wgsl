@@ -1,4 +1,4 @@
-// Region Normalization RN-B (NORMS.md A7, geekyutao/RN): BatchNorm statistics per channel
+// Region Normalization RN-B (docs/methods.md A7, geekyutao/RN): BatchNorm statistics per channel
 // computed separately inside the region mask M and outside it (batch statistics, biased, also at
 // inference), y = (x - mu_r) / sqrt(var_r + eps * NHW / S_r) * (1 + gamma_r) + beta_f + beta_b
 // for the pixel's region r (S_r its pixel count, 1 when empty). Stages (STAGE):

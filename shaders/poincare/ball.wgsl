@@ -1,4 +1,4 @@
-// Poincaré ball operations, one invocation per point (NORMS.md C1). OP selects the operation;
+// Poincaré ball operations, one invocation per point (docs/methods.md C1). OP selects the operation;
 // inputs a, b, w are points or tangent vectors as the op defines, each either one vector per
 // point or one vector for all (params.bcast). Vector ops write y with the layout of the inputs;
 // DIST and LAMBDA write one value per point.

@@ -1,4 +1,4 @@
-// Poincaré ball of curvature -c (NORMS.md C1): the scalar algebra shared by the ball ops and the
+// Poincaré ball of curvature -c (docs/methods.md C1): the scalar algebra shared by the ball ops and the
 // midpoint / batch-norm kernels, and the view of a tensor as points.
 //
 // A tensor is seen as points along a feature axis: shape [n, d, s] (s = product of the dims after

@@ -1,4 +1,4 @@
-// Gyromidpoint reduction and Poincaré midpoint batch normalization (NORMS.md C1), in stages
+// Gyromidpoint reduction and Poincaré midpoint batch normalization (docs/methods.md C1), in stages
 // selected by STAGE. Points are tiled: tile t holds points [t*tile_points, (t+1)*tile_points);
 // every per-point stage runs one workgroup per tile, `ppt` points per invocation.
 //

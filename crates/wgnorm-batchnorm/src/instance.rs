@@ -153,7 +153,7 @@ fn check_momentum(m: f32) -> Result<()> {
     wgnorm_core::check_unit_interval("momentum", m)
 }
 
-/// IBN-Net's IBN-a block (Pan et al. 2018; NORMS.md A8, official `IBN` module): channels
+/// IBN-Net's IBN-a block (Pan et al. 2018; docs/methods.md A8, official `IBN` module): channels
 /// `[0, half)` through InstanceNorm (affine), `[half, C)` through BatchNorm (PyTorch semantics,
 /// unbiased running variance), concatenated in that order, in one call; `half = floor(C * ratio)`
 /// (an odd C gives the BatchNorm part the extra channel). IBN-b is an InstanceNorm placement.
@@ -266,7 +266,7 @@ pub enum EvoRunningVar {
     TfBiased,
 }
 
-/// EvoNorm-B0 (Liu et al. 2020; NORMS.md A14):
+/// EvoNorm-B0 (Liu et al. 2020; docs/methods.md A14):
 /// `y = x / max(sqrt(var_B + eps), v * x + sqrt(var_I + eps)) * weight + bias`, var_B per channel
 /// over (N, spatial) (batch in training, `running_var` in inference), var_I per (sample, channel),
 /// both biased; `v`, `weight`, `bias`, `running_var` f32 `[C]`. eps 1e-5 (TF) or 1e-3 (timm).
@@ -352,7 +352,7 @@ impl EvoNormB0 {
     }
 }
 
-/// UnMix-TNS (Tomar et al. 2024; NORMS.md A12, official `unmixtns.py`): test-time normalization
+/// UnMix-TNS (Tomar et al. 2024; docs/methods.md A12, official `unmixtns.py`): test-time normalization
 /// with K statistics components `[K, C]` kept on the GPU. Per sample, the instance means pick
 /// components by `p_k = softmax_k(cos(mu_n, mu_k) / temperature)`; the sample is normalized with
 /// the mixture of `((1 - p) mu_k + p mu_n, (1 - p) var_k + p var_n)` (instance statistics biased;
@@ -418,7 +418,7 @@ impl UnmixTns {
         (1.0 - (1.0 - self.momentum_bn as f64).powf(n as f64 / 64.0)) as f32
     }
 
-    /// The seeded initial components from the source statistics `[C]` (NORMS.md A12):
+    /// The seeded initial components from the source statistics `[C]` (docs/methods.md A12):
     /// `mu_k = mu_s + sqrt(alpha K / (K - 1)) sigma_s eps_k`, `var_k = (1 - alpha) var_s`, eps ~
     /// N(0, 1) from `seed` (Box-Muller over a xorshift stream: reproducible, not PyTorch's
     /// generator); K = 1 uses the source statistics (alpha = 0). Host-side, done once: upload
@@ -511,7 +511,7 @@ impl UnmixTns {
     }
 }
 
-/// AdaB²N training with task-weighted batch statistics (Lyu et al.; NORMS.md A10, official
+/// AdaB²N training with task-weighted batch statistics (Lyu et al.; docs/methods.md A10, official
 /// `adab2n.py`, the `cur_task > 0` branch). Each sample n of task t weighs
 /// `w_n = p_t / count_t`, `p_t = (exp(theta_t) + count_t) / sum_t'(exp(theta_t') + count_t')`
 /// over the T tasks of `theta` (a learnable f32 `[T]` on the GPU); `mean = sum_n w_n mean_hw(x_n)`,

@@ -241,7 +241,7 @@ impl BatchNorm {
     }
 
     /// Training step with an explicit running-statistics momentum and variance convention for
-    /// this call (schedules such as AdaB²N's or exponential momentum decay, NORMS.md A10/A13).
+    /// this call (schedules such as AdaB²N's or exponential momentum decay, docs/methods.md A10/A13).
     pub fn encode_train_with(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -259,7 +259,7 @@ impl BatchNorm {
         )
     }
 
-    /// EstBN (Batch-Channel Normalization's estimated BN, NORMS.md A6). Training: the
+    /// EstBN (Batch-Channel Normalization's estimated BN, docs/methods.md A6). Training: the
     /// variance fed to the running one is `var_est = mean((x - rm_old)^2)`, centred on the
     /// **old** running mean; `rm <- (1 - ms) rm + ms mean_b`, `rv <- (1 - ms) rv + ms var_est`;
     /// then x is normalized with the **updated** running statistics (and the affine). Inference:
@@ -286,7 +286,7 @@ impl BatchNorm {
         self.encode_with(encoder, inputs, outputs, statistics, None, None)
     }
 
-    /// Source-free adaptation step with a momentum schedule (NORMS.md A13; no official code):
+    /// Source-free adaptation step with a momentum schedule (docs/methods.md A13; no official code):
     /// the running statistics start at the source ones and move as
     /// `r <- (1 - eta) r + eta s` with this step's `eta` (e.g. [`exponential_momentum_decay`]:
     /// `eta_k = eta0 * delta^k`, or any schedule of yours); `normalize` says whether this
@@ -316,7 +316,7 @@ impl BatchNorm {
         self.encode_with(encoder, inputs, outputs, statistics, None, None)
     }
 
-    /// Ghost Batch Normalization (Hoffer et al. 2017; NORMS.md A9): in training, each chunk of
+    /// Ghost Batch Normalization (Hoffer et al. 2017; docs/methods.md A9): in training, each chunk of
     /// `ghost_size` consecutive samples is normalized with its own per-channel statistics, and
     /// the running statistics get one PyTorch update per chunk, in chunk order (the common
     /// implementations' convention; the paper's Algorithm 1 may weight chunks differently).
@@ -390,7 +390,7 @@ impl BatchNorm {
         self.engine.encode(encoder, &args)
     }
 
-    /// Test-time BN calibration (alpha-BN; TBN is `w_src = 0`, NORMS.md A11): normalizes with
+    /// Test-time BN calibration (alpha-BN; TBN is `w_src = 0`, docs/methods.md A11): normalizes with
     /// `mu = w_src * running_mean + (1 - w_src) * mu_batch` and
     /// `var = w_src * running_var + (1 - w_src) * var_batch_unbiased`; the running (source)
     /// statistics are read, not updated. `w_src` is the weight on the source statistics (codebases
@@ -412,7 +412,7 @@ impl BatchNorm {
         )
     }
 
-    /// SLAB's RepBN (NORMS.md A16): `y = BN(x) + alpha * x` with `alpha` a learnable f32 `[1]`
+    /// SLAB's RepBN (docs/methods.md A16): `y = BN(x) + alpha * x` with `alpha` a learnable f32 `[1]`
     /// scalar on the GPU. Token tensors `[B, T, C]` use `Layout::Nhwc` (BN over B and T per
     /// channel); training updates the running statistics as [`BatchNorm::encode`] does.
     pub fn encode_rep(
@@ -599,7 +599,7 @@ pub struct FoldArgs<'a> {
     pub bias_out: &'a Tensor,
 }
 
-/// Inference RepBN (NORMS.md A16) as a per-channel affine map, computed in f64:
+/// Inference RepBN (docs/methods.md A16) as a per-channel affine map, computed in f64:
 /// `BN(x) + alpha x = x * scale + shift` with `scale = gamma / sqrt(rv + eps) + alpha`,
 /// `shift = beta - gamma * rm / sqrt(rv + eps)` — what SLAB folds into the next linear layer.
 /// Returns `(scale, shift)`, one value per channel.
@@ -683,7 +683,7 @@ pub fn fold_batch_norm(
 }
 
 /// AdaB²N's running-statistics momentum at training step `t` (t >= 1, after this step's
-/// increment), NORMS.md A10 (official code): `eta_1 = m^kappa`,
+/// increment), docs/methods.md A10 (official code): `eta_1 = m^kappa`,
 /// `eta_t = eta_{t-1} / (eta_{t-1} + (1 - m)^kappa)`. kappa = 1 gives the constant m, kappa = 0
 /// the cumulative average 1/t. Use it with [`BatchNorm::encode_train_with`] and
 /// `unbiased: false` (AdaB²N keeps the biased variance).
@@ -726,14 +726,14 @@ mod tests {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AdaptNormalize {
     /// The running statistics after this step's update (the default: what "adapted statistics"
-    /// means; NORMS.md A13 marks it unverified).
+    /// means; docs/methods.md A13 marks it unverified).
     #[default]
     Adapted,
     /// This batch's own statistics (biased variance), as BatchNorm training does.
     Batch,
 }
 
-/// `eta_k = eta0 * delta^k`, the exponential momentum decay of NORMS.md A13 (k from 0).
+/// `eta_k = eta0 * delta^k`, the exponential momentum decay of docs/methods.md A13 (k from 0).
 pub fn exponential_momentum_decay(eta0: f32, delta: f32, k: u64) -> f32 {
     (eta0 as f64 * (delta as f64).powf(k as f64)) as f32
 }
@@ -749,7 +749,7 @@ fn require_running(inputs: &BatchNormInputs) -> Result<()> {
     Ok(())
 }
 
-/// Batch-Channel Normalization (Qiao et al.; NORMS.md A6, official `layers.py`, plain-BN variant):
+/// Batch-Channel Normalization (Qiao et al.; docs/methods.md A6, official `layers.py`, plain-BN variant):
 /// `BCN(x) = GroupAffine(ChannelNorm(BN(x)))` — BatchNorm with its per-channel affine (training:
 /// batch statistics and the running update; inference: running statistics), then per
 /// (sample, group) normalization over the group's channels and the spatial dims (GroupNorm

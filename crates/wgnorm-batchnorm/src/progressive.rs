@@ -1,4 +1,4 @@
-//! SLAB's progressive LayerNorm -> RepBN replacement (Guo et al. 2024; NORMS.md A16, official
+//! SLAB's progressive LayerNorm -> RepBN replacement (Guo et al. 2024; docs/methods.md A16, official
 //! `prepbn.py`).
 
 use std::sync::Mutex;

@@ -1,4 +1,4 @@
-//! Region Normalization, RN-B (Yu et al. 2020; NORMS.md A7, official `rn.py`).
+//! Region Normalization, RN-B (Yu et al. 2020; docs/methods.md A7, official `rn.py`).
 
 use wgnorm_core::binding::{self, BindCache};
 use wgnorm_core::chnorm::Layout;
@@ -45,7 +45,7 @@ const WG: u32 = 256;
 /// `y = (x - mu_r) / sqrt(var_r + eps * NHW / S_r) * (1 + gamma_r) + beta_f + beta_b`, r the
 /// foreground (mask 1, `gamma_f`) or background (`gamma_b`), `S_r` the region's pixel count (an
 /// empty region counts 1; it has no pixels to normalize). This is the official
-/// `BN(x*M + (1-M)*mu) * sqrt(S/NHW)` written without the detour (NORMS.md A7).
+/// `BN(x*M + (1-M)*mu) * sqrt(S/NHW)` written without the detour (docs/methods.md A7).
 ///
 /// The mask, f32 with 1 = foreground (values > 0.5), `[N, 1, Hm, Wm]` for NCHW or
 /// `[N, Hm, Wm, 1]` for NHWC, is resized to the feature size by nearest neighbour on the GPU
@@ -143,7 +143,7 @@ impl RegionNormB {
     }
 }
 
-/// Region Normalization RN-L (Yu et al. 2020; NORMS.md A7, official `rn.py`): the region is
+/// Region Normalization RN-L (Yu et al. 2020; docs/methods.md A7, official `rn.py`): the region is
 /// learned from x. `s = sigmoid(conv7x7([mean_c x, max_c x]))` (2 -> 1 channels, no bias),
 /// `M = [s >= threshold]` (0.8; detached in training), then RN over the two regions as
 /// [`RegionNormB`] (batch statistics, `eps * NHW / S`), scaled and shifted by the per-pixel maps

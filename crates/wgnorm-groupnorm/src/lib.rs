@@ -345,7 +345,7 @@ impl LpNorm {
     }
 }
 
-/// Which Weight Standardization (Qiao et al. 2019; NORMS.md A5) formula, per output channel over
+/// Which Weight Standardization (Qiao et al. 2019; docs/methods.md A5) formula, per output channel over
 /// the remaining dims of `W[O, ..]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WsVariant {
@@ -460,7 +460,7 @@ impl WeightStandardization {
     }
 }
 
-/// EvoNorm-S0 (Liu et al. 2020; NORMS.md A15, TF and timm agree):
+/// EvoNorm-S0 (Liu et al. 2020; docs/methods.md A15, TF and timm agree):
 /// `y = x * sigmoid(v * x) / sqrt(var_G(x) + eps) * weight + bias` with `var_G` the biased
 /// variance per (sample, group) over the group's channels and the spatial dims, of x before the
 /// gating; `v`, `weight`, `bias` f32 `[C]`. `groups` must divide C (timm asserts; TF lowers G

@@ -1,4 +1,4 @@
-//! Where the norms of a transformer block go (NORMS.md A17, lmsdss/LayerNorm-Scaling): Pre-LN,
+//! Where the norms of a transformer block go (docs/methods.md A17, lmsdss/LayerNorm-Scaling): Pre-LN,
 //! Post-LN, Mix-LN's split between them, and LayerNorm Scaling. All reuse the fused
 //! residual-add + norm kernels: Pre-LN is `encode_add` writing the sum (the next residual),
 //! Post-LN is `encode_add` without it.
@@ -14,7 +14,7 @@ pub enum Placement {
 
 /// Mix-LN (Li et al. 2024): layers `layer < P` (0-based) Post-LN, the rest Pre-LN, with
 /// `P = round(post_ratio * num_layers)` (Python's round, ties to even; the paper's ratio 0.25 is
-/// marked unverified in NORMS.md).
+/// marked unverified in docs/methods.md).
 pub fn mix_ln(layer: usize, num_layers: usize, post_ratio: f32) -> Placement {
     let p = (post_ratio as f64 * num_layers as f64).round_ties_even() as usize;
     if layer < p {

@@ -1,4 +1,4 @@
-//! The hyperbolic family (NORMS.md C1): batched Poincaré-ball operations, the gyromidpoint
+//! The hyperbolic family (docs/methods.md C1): batched Poincaré-ball operations, the gyromidpoint
 //! reduction and Poincaré midpoint batch normalization, as wgpu kernels.
 //!
 //! Conventions:

@@ -273,7 +273,7 @@ fn prepare<'a>(
     })
 }
 
-/// The gyromidpoint (Möbius gyromidpoint, NORMS.md C1) of a batch of points:
+/// The gyromidpoint (Möbius gyromidpoint, docs/methods.md C1) of a batch of points:
 /// `z = sum_i lambda_i x_i / sum_i (lambda_i - 1)`, `m = z / (1 + sqrt(1 - c|z|^2))`, with the
 /// conformal factors `lambda_i = 2 / (1 - c|x_i|^2)`. Points along the feature axis (see the
 /// crate docs); inputs are projected into the ball first.
@@ -407,7 +407,7 @@ pub struct PoincareBatchNormInputs<'a> {
     pub running_var: Option<&'a Tensor>,
 }
 
-/// Poincaré midpoint batch normalization (van Spengler et al. 2023, NORMS.md C1):
+/// Poincaré midpoint batch normalization (van Spengler et al. 2023, docs/methods.md C1):
 ///
 /// 1. `x_i = exp0(v_i)`;
 /// 2. `m` = gyromidpoint of the `x_i`, `sigma^2 = (1/P) sum_i d(x_i, m)^2` (one scalar, biased);

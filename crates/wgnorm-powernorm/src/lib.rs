@@ -1,4 +1,4 @@
-//! PowerNorm (Shen et al. 2020; NORMS.md B2, official fairseq `mask_powernorm.py`) on token
+//! PowerNorm (Shen et al. 2020; docs/methods.md B2, official fairseq `mask_powernorm.py`) on token
 //! tensors `x[T, B, C]` with an optional padding mask `[B, T]` (f32, 1 = padding).
 //!
 //! 1. GroupScaling1D: per token and group of `C / group_num` channels,
@@ -220,7 +220,7 @@ fn l2_args<'a>(view: ChannelView, src: &'a Tensor, dst: &'a Tensor) -> ChannelNo
     ChannelNormArgs::new(src, dst, view)
 }
 
-/// SinkGD's row/column normalization (NORMS.md B4; third-party ports only, so the conventions
+/// SinkGD's row/column normalization (docs/methods.md B4; third-party ports only, so the conventions
 /// follow the spec): `iterations` times, scale every row of `x[m, n]` to L2 norm `sqrt(n)`, then
 /// every column to `sqrt(m)`, each norm clamped below at `eps`. Two ping-pong scratch tensors per
 /// shape; `2 * iterations` normalization passes recorded into one encoder.
@@ -328,7 +328,7 @@ impl SinkhornNormalize {
     }
 }
 
-/// Unified Normalization (Yang et al. 2022; NORMS.md B3, official `unified_normalization.py`)
+/// Unified Normalization (Yang et al. 2022; docs/methods.md B3, official `unified_normalization.py`)
 /// on `x[B, N, C]`.
 ///
 /// Inference: `y = weight * x / sqrt(running_var + eps) + bias` (the folded per-channel scale).

@@ -55,7 +55,7 @@ fn pcg(v: u32) -> u32 {
     (word >> 22) ^ word
 }
 
-/// AlphaDropout (NORMS.md D2) in training, with wgnorm's counter-based mask: element i is kept
+/// AlphaDropout (docs/methods.md D2) in training, with wgnorm's counter-based mask: element i is kept
 /// when `pcg(pcg(i ^ seed_lo) ^ seed_hi) < floor(q * 2^32)`, q = 1 - rate (the PCG output
 /// permutation of Jarzynski & Olano 2020). Returns y and the number of kept elements.
 pub fn alpha_dropout(x: &[f64], rate: f64, seed: u64) -> (Vec<f64>, usize) {

@@ -1,5 +1,5 @@
 //! BatchNorm, GroupNorm and InstanceNorm on NCHW `(N, C, *)` data (`hw` = product of the
-//! spatial dims), per NORMS.md A2-A4. Two-pass statistics in f64.
+//! spatial dims), per docs/methods.md A2-A4. Two-pass statistics in f64.
 
 /// Mean and biased variance of `vals`.
 fn moments(vals: &[f64]) -> (f64, f64) {
@@ -270,7 +270,7 @@ pub fn evonorm_s0(
 }
 
 /// Test-time BN: normalize with `w_src * running + (1 - w_src) * batch` statistics, the batch
-/// variance unbiased (NORMS.md A11).
+/// variance unbiased (docs/methods.md A11).
 #[allow(clippy::too_many_arguments)]
 pub fn test_time_bn(
     x: &[f64],

@@ -1,4 +1,4 @@
-//! Poincaré ball of curvature `-c` (`c > 0`), NORMS.md C1: the ball operations, the gyromidpoint
+//! Poincaré ball of curvature `-c` (`c > 0`), docs/methods.md C1: the ball operations, the gyromidpoint
 //! and Poincaré midpoint batch normalization, written on plain `&[f64]` vectors.
 //!
 //! A *point* lies in the open ball `|x| < 1/sqrt(c)`; a *tangent vector* is any vector of R^D (at

@@ -1,4 +1,4 @@
-//! PowerNorm (NORMS.md B2) on `x[T, B, C]` with an optional padding mask `[B, T]` (1 = padding).
+//! PowerNorm (docs/methods.md B2) on `x[T, B, C]` with an optional padding mask `[B, T]` (1 = padding).
 
 /// Settings of one PowerNorm call.
 #[derive(Clone, Copy, Debug)]
@@ -115,7 +115,7 @@ pub struct UnifiedState {
     pub running_var: Vec<f64>,
 }
 
-/// One Unified Normalization training step (NORMS.md B3) on `x[b, n, c]` with an optional
+/// One Unified Normalization training step (docs/methods.md B3) on `x[b, n, c]` with an optional
 /// padding mask `[b, n]` (1 = padding); `step` counts from 1. Filtration needs a full window
 /// (`step >= M`) as well as `step >= warmup`. Returns y and whether the step was filtered as an
 /// outlier; updates `state`.

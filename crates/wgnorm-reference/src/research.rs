@@ -1,4 +1,4 @@
-//! References of the research methods built on instance statistics (NORMS.md A8, A12, A14), on
+//! References of the research methods built on instance statistics (docs/methods.md A8, A12, A14), on
 //! NCHW `x` seen as `[n, c, hw]`.
 
 fn moments(vals: &[f64]) -> (f64, f64) {
@@ -183,7 +183,7 @@ pub fn unmix_tns(
                 .map(|j| (1.0 - p[i][j]) * comp_var[j * c + ch] + p[i][j] * vb)
                 .collect();
             let mu = means.iter().sum::<f64>() / k as f64;
-            // As NORMS.md writes it: mean_k(var) + mean_k(mean^2) - mu^2 (f64 here).
+            // As docs/methods.md writes it: mean_k(var) + mean_k(mean^2) - mu^2 (f64 here).
             let var = vars.iter().sum::<f64>() / k as f64
                 + means.iter().map(|m| m * m).sum::<f64>() / k as f64
                 - mu * mu;
@@ -302,7 +302,7 @@ pub fn region_norm_b(
 }
 
 /// Running-statistics update from a batch, then normalization with the updated statistics:
-/// EstBN (`estimated`: the variance fed is `mean((x - rm_old)^2)`, NORMS.md A6) or adaptive BN
+/// EstBN (`estimated`: the variance fed is `mean((x - rm_old)^2)`, docs/methods.md A6) or adaptive BN
 /// with adapted statistics (A13, the unbiased or biased batch variance fed). Training only;
 /// returns y and the updated running mean / variance.
 #[allow(clippy::too_many_arguments)]
@@ -353,7 +353,7 @@ pub fn bn_updated_running(
     }
 }
 
-/// AdaB²N's task-weighted training step (NORMS.md A10) on NCHW x: returns y and the running
+/// AdaB²N's task-weighted training step (docs/methods.md A10) on NCHW x: returns y and the running
 /// mean / biased running variance after `rm += eta (mean - rm)`, `rv = (1 - eta) rv + eta var`.
 #[allow(clippy::too_many_arguments)]
 pub fn adab2n_task_weighted(
@@ -470,7 +470,7 @@ pub fn region_norm_l_s(
         .collect()
 }
 
-/// RN-L (NORMS.md A7): `y = (rn(x, M) + rn(x, 1 - M)) (1 + gamma) + beta`, `M = [s >= threshold]`,
+/// RN-L (docs/methods.md A7): `y = (rn(x, M) + rn(x, 1 - M)) (1 + gamma) + beta`, `M = [s >= threshold]`,
 /// gamma and beta per-pixel maps `conv7x7(s) + bias`.
 #[allow(clippy::too_many_arguments)]
 pub fn region_norm_l(

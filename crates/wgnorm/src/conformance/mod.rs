@@ -1,4 +1,4 @@
-//! Conformance cases (`shared/conformance/FORMAT.md`): one `.safetensors` file per case holding
+//! Conformance cases (`tests/conformance/FORMAT.md`): one `.safetensors` file per case holding
 //! inputs, `expected.<output>` tensors (f32) and metadata (`op`, `attrs` JSON, `atol`, `rtol`).
 //!
 //! The op registry here is the one place the case format is implemented: the xtask runner and the
