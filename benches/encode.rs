@@ -5,6 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use wgnorm::prelude::*;
+use wgnorm::Mode;
 
 fn ctx() -> Context {
     Context::new().unwrap_or_else(|e| panic!("benchmarks need an adapter: {e}"))
@@ -111,7 +112,7 @@ fn encode_cost(c: &mut Criterion) {
     });
     group.bench_function("batch_norm train 8x16x8x8 (3 dispatches)", |b| {
         let mut enc = ctx.device().create_command_encoder(&Default::default());
-        b.iter(|| bn.encode(&mut enc, &bn_in, &bn_out, true).unwrap())
+        b.iter(|| bn.encode(&mut enc, &bn_in, &bn_out, Mode::Train).unwrap())
     });
     group.finish();
 }

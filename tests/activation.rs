@@ -1,6 +1,7 @@
 //! Activation epilogues fused into the norms, and SELU as an elementwise op, against f64.
 
 use wgnorm::prelude::*;
+use wgnorm::Mode;
 use wgnorm::{Activation, Elementwise};
 use wgnorm_reference::activation as act;
 use wgnorm_reference::{chnorm, rownorm};
@@ -152,7 +153,8 @@ fn alpha_dropout_mask_affine_and_moments() {
     let op = AlphaDropout::new(c_, rate as f32, DType::F32).unwrap();
     let run = |seed: u64, training: bool| {
         let mut enc = c_.device().create_command_encoder(&Default::default());
-        op.encode(&mut enc, &xt, &y, seed, training).unwrap();
+        op.encode(&mut enc, &xt, &y, seed, Mode::training(training))
+            .unwrap();
         c_.queue().submit([enc.finish()]);
         c_.download(&y).unwrap()
     };

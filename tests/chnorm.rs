@@ -3,6 +3,7 @@
 
 use wgnorm::prelude::*;
 use wgnorm::Error;
+use wgnorm::Mode;
 use wgnorm_reference::chnorm as reference;
 use wgnorm_tests::{assert_close, ctx, noise, round_to};
 
@@ -128,7 +129,7 @@ fn batch_norm_training_and_inference_match_reference() {
                             y: &y,
                             saved: Some(&saved),
                         },
-                        training,
+                        Mode::training(training),
                     )
                     .unwrap();
                     c_.queue().submit([enc.finish()]);
@@ -207,7 +208,7 @@ fn running_statistics_over_several_steps() {
                     running_mean: Some(&rm),
                     running_var: Some(&rv),
                 };
-                let y = bn.forward(&inputs, true).unwrap();
+                let y = bn.forward(&inputs, Mode::Train).unwrap();
                 let m = momentum.map(f64::from).unwrap_or(1.0 / step as f64);
                 let want = reference::batch_norm(
                     &round_to(DType::F32, &x),
@@ -407,7 +408,7 @@ fn huge_reductions_with_few_channels() {
                     running_mean: None,
                     running_var: None,
                 },
-                true,
+                Mode::Train,
             )
             .unwrap();
         let want = reference::batch_norm(
@@ -454,7 +455,7 @@ fn batch_family_bad_input_gets_typed_errors() {
         running_var: None,
     };
     assert!(matches!(
-        bn.forward(&none, false),
+        bn.forward(&none, Mode::Infer),
         Err(Error::InvalidParameter {
             name: "running statistics",
             ..
@@ -467,7 +468,7 @@ fn batch_family_bad_input_gets_typed_errors() {
                 weight: Some(&w_bad),
                 ..none
             },
-            true
+            Mode::Train
         ),
         Err(Error::ShapeMismatch { .. })
     ));
@@ -478,7 +479,7 @@ fn batch_family_bad_input_gets_typed_errors() {
                 weight: Some(&w_f16),
                 ..none
             },
-            true
+            Mode::Train
         ),
         Err(Error::DTypeMismatch { .. })
     ));
@@ -495,7 +496,7 @@ fn batch_family_bad_input_gets_typed_errors() {
             running_mean: Some(&rm),
             running_var: Some(&rv),
         },
-        true,
+        Mode::Train,
     );
     assert!(
         matches!(r, Err(Error::InvalidParameter { name: "batch", .. })),
@@ -518,7 +519,7 @@ fn batch_family_bad_input_gets_typed_errors() {
             running_mean: Some(&rm),
             running_var: Some(&rv),
         },
-        true,
+        Mode::Train,
     );
     assert!(
         matches!(
@@ -532,7 +533,7 @@ fn batch_family_bad_input_gets_typed_errors() {
     );
     let vec_x = c_.upload_f32(&[1.0; 4], &[4]).unwrap();
     assert!(matches!(
-        bn.forward(&BatchNormInputs { x: &vec_x, ..none }, true),
+        bn.forward(&BatchNormInputs { x: &vec_x, ..none }, Mode::Train),
         Err(Error::AxisOutOfRange { .. })
     ));
     assert!(matches!(
@@ -709,7 +710,7 @@ fn instance_norm_tracking_running_statistics() {
                     &rm,
                     &rv,
                     &NormOutputs { y: &y, saved: None },
-                    true,
+                    Mode::Train,
                 )
                 .unwrap();
             c_.queue().submit([enc.finish()]);
@@ -772,7 +773,7 @@ fn instance_norm_tracking_running_statistics() {
                 &rm,
                 &rv,
                 &NormOutputs { y: &y, saved: None },
-                false,
+                Mode::Infer,
             )
             .unwrap();
         c_.queue().submit([enc.finish()]);
@@ -932,7 +933,7 @@ fn rep_batch_norm_adds_alpha_x() {
             &inputs,
             &at,
             &BatchNormOutputs { y: &y, saved: None },
-            training,
+            Mode::training(training),
         )
         .unwrap();
         c_.queue().submit([enc.finish()]);
@@ -1015,7 +1016,7 @@ fn ghost_batch_norm_per_chunk_statistics_and_sequential_updates() {
             &inputs,
             &BatchNormOutputs { y: &y, saved: None },
             g,
-            true,
+            Mode::Train,
         )
         .unwrap();
         c_.queue().submit([enc.finish()]);
@@ -1055,7 +1056,7 @@ fn ghost_batch_norm_per_chunk_statistics_and_sequential_updates() {
             &inputs,
             &BatchNormOutputs { y: &y, saved: None },
             4,
-            true,
+            Mode::Train,
         );
         assert!(
             matches!(
@@ -1169,7 +1170,8 @@ fn batch_channel_norm_is_bn_then_group_norm_with_group_affine() {
             bias: Some(&gbt),
         };
         let mut enc = c_.device().create_command_encoder(&Default::default());
-        op.encode(&mut enc, &inputs, &y, training).unwrap();
+        op.encode(&mut enc, &inputs, &y, Mode::training(training))
+            .unwrap();
         c_.queue().submit([enc.finish()]);
         let bn = reference::batch_norm(
             &xd,
@@ -1285,7 +1287,9 @@ fn progressive_rep_norm_schedule() {
             alpha: &at,
         };
         let mut enc = c_.device().create_command_encoder(&Default::default());
-        let lambda = op.encode(&mut enc, &inputs, &y, training).unwrap();
+        let lambda = op
+            .encode(&mut enc, &inputs, &y, Mode::training(training))
+            .unwrap();
         c_.queue().submit([enc.finish()]);
         assert!(
             (lambda as f64 - lambda_want).abs() < 1e-7,
@@ -1336,7 +1340,7 @@ fn rep_batch_norm_inference_folds_to_scale_and_shift() {
         &inputs,
         &at,
         &BatchNormOutputs { y: &y, saved: None },
-        false,
+        Mode::Infer,
     )
     .unwrap();
     c_.queue().submit([enc.finish()]);

@@ -1,6 +1,7 @@
 //! IBN-Net, EvoNorm-B0 and UnMix-TNS (statistics from per-instance moments) against the f64
 //! references: several steps in a row for the stateful ones, NCHW and NHWC, odd C, K = 1, f16.
 
+use wgnorm::Mode;
 use wgnorm::{
     Context, DType, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, Layout, Tensor,
     UnmixTns, UnmixTnsInputs,
@@ -102,7 +103,7 @@ fn ibn_over_steps() {
                 running_var: &rv_t,
             };
             let y = c_
-                .download(&op.forward(&inputs, training).unwrap())
+                .download(&op.forward(&inputs, Mode::training(training)).unwrap())
                 .unwrap();
             let (at, rt) = tol(dtype);
             let what = format!("ibn {n}x{c}x{h}x{w} {layout:?} {dtype} step {step}");
@@ -202,7 +203,7 @@ fn evonorm_b0_over_steps() {
                 running_var: &rv_t,
             };
             let y = c_
-                .download(&op.forward(&inputs, training).unwrap())
+                .download(&op.forward(&inputs, Mode::training(training)).unwrap())
                 .unwrap();
             let (at, rt) = tol(dtype);
             let what = format!("evonorm_b0 {n}x{c}x{h}x{w} {layout:?} {dtype} step {step}");
@@ -309,7 +310,7 @@ fn bad_input_is_a_typed_error() {
         running_var: &p2,
     };
     assert!(matches!(
-        ibn.encode(&mut enc, &bad, &y, true),
+        ibn.encode(&mut enc, &bad, &y, Mode::Train),
         Err(wgnorm::Error::ShapeMismatch { .. })
     ));
     // Output aliasing the input.
@@ -321,7 +322,7 @@ fn bad_input_is_a_typed_error() {
         running_var: &p2,
     };
     assert!(matches!(
-        ibn.encode(&mut enc, &ok, &x, true),
+        ibn.encode(&mut enc, &ok, &x, Mode::Train),
         Err(wgnorm::Error::AliasedBuffers { .. })
     ));
     let evo = EvoNormB0::new(
@@ -340,7 +341,7 @@ fn bad_input_is_a_typed_error() {
         v: &p2,
         running_var: &p4,
     };
-    assert!(evo.encode(&mut enc, &bad, &y, true).is_err());
+    assert!(evo.encode(&mut enc, &bad, &y, Mode::Train).is_err());
     let un = UnmixTns::new(c_, 2, 0.1, 0.07, 1e-5, Layout::Nchw, DType::F32).unwrap();
     let comp = up(c_, &[0.0; 4]);
     let bad = UnmixTnsInputs {
@@ -364,7 +365,7 @@ fn bad_input_is_a_typed_error() {
         running_mean: &p2,
         running_var: &p2,
     };
-    ibn.encode(&mut enc, &ok, &ye, true).unwrap();
+    ibn.encode(&mut enc, &ok, &ye, Mode::Train).unwrap();
     c_.queue().submit([enc.finish()]);
 }
 
@@ -526,7 +527,7 @@ fn estbn_and_adaptive_bn_over_steps() {
             let outputs = BatchNormOutputs { y: &y, saved: None };
             let mut enc = c_.device().create_command_encoder(&Default::default());
             match mode {
-                "estbn" => bn.encode_estbn(&mut enc, &inputs, &outputs, 0.01, true),
+                "estbn" => bn.encode_estbn(&mut enc, &inputs, &outputs, 0.01, Mode::Train),
                 "adapted" => {
                     bn.encode_adaptive(&mut enc, &inputs, &outputs, eta, AdaptNormalize::Adapted)
                 }
@@ -566,7 +567,7 @@ fn estbn_and_adaptive_bn_over_steps() {
             &inputs,
             &BatchNormOutputs { y: &y, saved: None },
             0.01,
-            true
+            Mode::Train
         ),
         Err(wgnorm::Error::InvalidParameter { .. })
     ));

@@ -8,6 +8,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
+use wgnorm::Mode;
 
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -487,7 +488,7 @@ fn channel_case(
                 &mut enc,
                 &inputs,
                 &BatchNormOutputs { y: &y, saved: None },
-                training,
+                Mode::training(training),
             )?;
             ctx.queue().submit([enc.finish()]);
             let (xt, y, wt, bt, rm, rv) = (
@@ -510,7 +511,7 @@ fn channel_case(
                     enc,
                     &inputs,
                     &BatchNormOutputs { y: &y, saved: None },
-                    training,
+                    Mode::training(training),
                 )
                 .expect("validated above");
             })

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use wgnorm::rownorm::{RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm::Mode;
 use wgnorm::{Context, DType};
 use wgnorm_reference::rownorm as reference;
 
@@ -387,7 +388,7 @@ fn channel_ops(
                                 running_mean: Some(&rm),
                                 running_var: Some(&rv),
                             },
-                            op.ends_with("train"),
+                            Mode::training(op.ends_with("train")),
                         ),
                         "lp_norm p1" => LpNorm::new(ctx, 1, 1, dtype)?.forward(&xt),
                         "lp_norm p2" => LpNorm::new(ctx, 1, 2, dtype)?.forward(&xt),

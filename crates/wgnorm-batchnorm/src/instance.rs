@@ -9,7 +9,7 @@ use wgnorm_core::instmix::{
     expect_f32, InstanceMix, MixDispatch, MixTensors, Mixer, MIX_COMMON, MIX_SLOTS, MIX_WG,
 };
 use wgnorm_core::shader::{Io, Kernel, Specialization};
-use wgnorm_core::{Context, DType, Error, Result, Tensor};
+use wgnorm_core::{Context, DType, Error, Mode, Result, Tensor};
 
 const fn mix_kernel(name: &'static str, parts: &'static [&'static str]) -> Kernel {
     Kernel::new(name, parts, MIX_SLOTS)
@@ -212,8 +212,9 @@ impl IbnNorm {
         enc: &mut wgpu::CommandEncoder,
         inputs: &IbnInputs,
         y: &Tensor,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
+        let training = mode.is_train();
         let view = self.engine.view(inputs.x)?;
         let (n, c) = (view.p, view.r);
         let half = self.half(c);
@@ -248,10 +249,10 @@ impl IbnNorm {
     }
 
     /// Allocates y, encodes and submits (does not wait).
-    pub fn forward(&self, inputs: &IbnInputs, training: bool) -> Result<Tensor> {
+    pub fn forward(&self, inputs: &IbnInputs, mode: Mode) -> Result<Tensor> {
         let ctx = self.engine.context();
         let y = ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, training))?;
+        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, mode))?;
         Ok(y)
     }
 }
@@ -311,8 +312,9 @@ impl EvoNormB0 {
         enc: &mut wgpu::CommandEncoder,
         inputs: &EvoNormB0Inputs,
         y: &Tensor,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
+        let training = mode.is_train();
         let view = self.engine.view(inputs.x)?;
         let (n, c) = (view.p, view.r);
         expect_f32("v", Some(inputs.v), c)?;
@@ -344,10 +346,10 @@ impl EvoNormB0 {
     }
 
     /// Allocates y, encodes and submits (does not wait).
-    pub fn forward(&self, inputs: &EvoNormB0Inputs, training: bool) -> Result<Tensor> {
+    pub fn forward(&self, inputs: &EvoNormB0Inputs, mode: Mode) -> Result<Tensor> {
         let ctx = self.engine.context();
         let y = ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, training))?;
+        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, mode))?;
         Ok(y)
     }
 }

@@ -34,7 +34,7 @@ pub use region::{
 };
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel, Specialization};
-use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
+use wgnorm_core::{Context, DType, Error, Mode, Result, Slot, Tensor};
 
 wgnorm_core::uniform_block! {
     /// `FoldParams` (`channel_norm/fold.wgsl`): folding an inference BatchNorm into the `[o, k]`
@@ -185,8 +185,9 @@ impl BatchNorm {
         encoder: &mut wgpu::CommandEncoder,
         inputs: &BatchNormInputs,
         outputs: &BatchNormOutputs,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
+        let training = mode.is_train();
         self.encode_with(
             encoder,
             inputs,
@@ -271,8 +272,9 @@ impl BatchNorm {
         inputs: &BatchNormInputs,
         outputs: &BatchNormOutputs,
         moving_speed: f32,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
+        let training = mode.is_train();
         require_running(inputs)?;
         let statistics = if training {
             Statistics::UpdatedRunning {
@@ -328,8 +330,9 @@ impl BatchNorm {
         inputs: &BatchNormInputs,
         outputs: &BatchNormOutputs,
         ghost_size: usize,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
+        let training = mode.is_train();
         let n = inputs.x.shape().first().copied().unwrap_or(0);
         if ghost_size == 0 || n % ghost_size != 0 {
             return Err(Error::InvalidParameter {
@@ -340,7 +343,7 @@ impl BatchNorm {
         }
         let view = ChannelView::per_chunk(inputs.x.shape(), self.cfg.layout, ghost_size)?;
         if !training {
-            return self.encode(encoder, inputs, outputs, false);
+            return self.encode(encoder, inputs, outputs, Mode::Infer);
         }
         let running = match (inputs.running_mean, inputs.running_var) {
             (Some(m), Some(v)) => Some((m, v)),
@@ -421,8 +424,9 @@ impl BatchNorm {
         inputs: &BatchNormInputs,
         alpha: &Tensor,
         outputs: &BatchNormOutputs,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
+        let training = mode.is_train();
         let statistics = self.statistics(inputs, training);
         self.encode_with(encoder, inputs, outputs, statistics, Some(alpha), None)
     }
@@ -569,16 +573,11 @@ impl BatchNorm {
     }
 
     /// Allocates `y`, encodes and submits (does not wait).
-    pub fn forward(&self, inputs: &BatchNormInputs, training: bool) -> Result<Tensor> {
+    pub fn forward(&self, inputs: &BatchNormInputs, mode: Mode) -> Result<Tensor> {
         let ctx = self.engine.context();
         let y = ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
         ctx.record_and_submit(|enc| {
-            self.encode(
-                enc,
-                inputs,
-                &BatchNormOutputs { y: &y, saved: None },
-                training,
-            )
+            self.encode(enc, inputs, &BatchNormOutputs { y: &y, saved: None }, mode)
         })?;
         Ok(y)
     }
@@ -803,7 +802,7 @@ impl BatchChannelNorm {
         encoder: &mut wgpu::CommandEncoder,
         inputs: &BatchChannelNormInputs,
         y: &Tensor,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
         let shape = inputs.x.shape();
         let view = ChannelView::group_norm(shape, self.bn.cfg.layout, self.groups)?;
@@ -831,8 +830,8 @@ impl BatchChannelNorm {
         match self.estbn {
             Some(ms) => self
                 .bn
-                .encode_estbn(encoder, &bn_inputs, &bn_out, ms, training)?,
-            None => self.bn.encode(encoder, &bn_inputs, &bn_out, training)?,
+                .encode_estbn(encoder, &bn_inputs, &bn_out, ms, mode)?,
+            None => self.bn.encode(encoder, &bn_inputs, &bn_out, mode)?,
         }
         self.channel.encode(encoder, &channel_args)
     }

@@ -2,6 +2,7 @@
 //! `prepbn.py`).
 
 use std::sync::Mutex;
+use wgnorm_core::Mode;
 
 use wgnorm_core::elementwise::Blend;
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
@@ -116,8 +117,9 @@ impl ProgressiveRepNorm {
         enc: &mut wgpu::CommandEncoder,
         a: &ProgressiveRepNormInputs,
         y: &Tensor,
-        training: bool,
+        mode: Mode,
     ) -> Result<f32> {
+        let training = mode.is_train();
         let bn_inputs = BatchNormInputs {
             x: a.x,
             weight: a.bn_weight,
@@ -127,7 +129,8 @@ impl ProgressiveRepNorm {
         };
         if !training {
             let out = BatchNormOutputs { y, saved: None };
-            self.bn.encode_rep(enc, &bn_inputs, a.alpha, &out, false)?;
+            self.bn
+                .encode_rep(enc, &bn_inputs, a.alpha, &out, Mode::Infer)?;
             return Ok(0.0);
         }
         if a.x.shape().len() != 3 {
@@ -165,7 +168,8 @@ impl ProgressiveRepNorm {
             y: &s2,
             saved: None,
         };
-        self.bn.encode_rep(enc, &bn_inputs, a.alpha, &out, true)?;
+        self.bn
+            .encode_rep(enc, &bn_inputs, a.alpha, &out, Mode::Train)?;
         self.blend.encode(enc, &s1, &s2, lambda, y)?;
         *counters = (0, iter.saturating_sub(1));
         Ok(lambda)

@@ -23,6 +23,33 @@ pub mod shader;
 mod tensor;
 pub mod uniform;
 
+/// Whether a layer trains (batch statistics, state updated) or infers (running statistics or
+/// none, state read only). Every op with both behaviours takes one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Training: batch statistics; running statistics and other state are updated.
+    Train,
+    /// Inference: running statistics where the op has them; nothing is updated.
+    #[default]
+    Infer,
+}
+
+impl Mode {
+    /// `Mode::Train` for `true`.
+    pub fn training(train: bool) -> Mode {
+        if train {
+            Mode::Train
+        } else {
+            Mode::Infer
+        }
+    }
+
+    /// Whether this is `Mode::Train`.
+    pub fn is_train(self) -> bool {
+        self == Mode::Train
+    }
+}
+
 pub use activation::Activation;
 pub use context::{Context, ShaderChecks, Slot};
 pub use dtype::DType;

@@ -11,7 +11,7 @@ pub use wgnorm_core::chnorm::{Activation, Layout};
 use wgnorm_core::chnorm::{
     ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, EpilogueInput, Statistics,
 };
-use wgnorm_core::{Context, DType, Result, Tensor};
+use wgnorm_core::{Context, DType, Mode, Result, Tensor};
 
 /// EvoNorm-S0's apply epilogue: `y = x * sigmoid(v x) * scale + shift` with a per-channel `v`.
 pub const SIGMOID_GATE: Epilogue = Epilogue::new(
@@ -166,8 +166,9 @@ impl InstanceNorm {
         running_mean: &Tensor,
         running_var: &Tensor,
         outputs: &NormOutputs,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
+        let training = mode.is_train();
         let view = ChannelView::instance_norm(inputs.x.shape(), self.cfg.layout)?;
         let mut args = ChannelNormArgs {
             weight: inputs.weight,

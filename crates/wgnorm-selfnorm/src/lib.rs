@@ -4,7 +4,7 @@
 
 use wgnorm_core::binding::{self, BindCache};
 use wgnorm_core::shader::{Io, Kernel, Specialization};
-use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
+use wgnorm_core::{Context, DType, Error, Mode, Result, Slot, Tensor};
 
 const WG: u32 = 256;
 
@@ -113,8 +113,9 @@ impl AlphaDropout {
         x: &Tensor,
         y: &Tensor,
         seed: u64,
-        training: bool,
+        mode: Mode,
     ) -> Result<()> {
+        let training = mode.is_train();
         x.expect_dtype("x", self.dtype)?;
         y.expect_dtype("y", self.dtype)?;
         y.expect_shape("y", x.shape())?;

@@ -27,7 +27,7 @@ pub use wgnorm_core::chnorm::{self, Layout};
 pub use wgnorm_core::elementwise::{self, Elementwise};
 pub use wgnorm_core::Activation;
 pub use wgnorm_core::{
-    self as core, binding, rownorm, shader, uniform, wgpu, Context, DType, Error, Result,
+    self as core, binding, rownorm, shader, uniform, wgpu, Context, DType, Error, Mode, Result,
     ShaderChecks, Slot, Tensor,
 };
 pub use wgnorm_groupnorm::{

@@ -1,5 +1,6 @@
 //! Runners of the batch-statistics family.
 
+use crate::Mode;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -189,7 +190,7 @@ pub(super) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outpu
         bias: b.as_ref(),
     };
     let training = a.bool("training", false)?;
-    ctx.record_and_submit(|enc| op.encode(enc, &inputs, &y, training))
+    ctx.record_and_submit(|enc| op.encode(enc, &inputs, &y, Mode::training(training)))
         .map_err(err)?;
     let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
     if let (Some(rm), Some(rv)) = (&rm, &rv) {
@@ -271,7 +272,9 @@ pub(super) fn run_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, Stri
         dtype,
     };
     let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| bn.encode(enc, i, o, training))
+    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| {
+        bn.encode(enc, i, o, Mode::training(training))
+    })
 }
 
 pub(super) fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -301,8 +304,9 @@ pub(super) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, 
     };
     let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
     let alpha = upload(ctx, input(case, "alpha")?, DType::F32)?;
-    BnTensors::load(ctx, case, dtype)?
-        .run(ctx, |enc, i, o| bn.encode_rep(enc, i, &alpha, o, training))
+    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| {
+        bn.encode_rep(enc, i, &alpha, o, Mode::training(training))
+    })
 }
 
 pub(super) fn run_adab2n(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -327,7 +331,7 @@ pub(super) fn run_adab2n(ctx: &Context, case: &Case) -> Result<Outputs, String> 
         if training {
             bn.encode_train_with(enc, i, o, update)
         } else {
-            bn.encode(enc, i, o, false)
+            bn.encode(enc, i, o, Mode::Infer)
         }
     })
 }
@@ -346,8 +350,9 @@ pub(super) fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs
         ..Default::default()
     };
     let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    BnTensors::load(ctx, case, dtype)?
-        .run(ctx, |enc, i, o| bn.encode_ghost(enc, i, o, ghost, training))
+    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| {
+        bn.encode_ghost(enc, i, o, ghost, Mode::training(training))
+    })
 }
 
 pub(super) fn run_estbn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -364,7 +369,9 @@ pub(super) fn run_estbn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         a.f64("moving_speed", 0.01)? as f32,
         a.bool("training", false)?,
     );
-    t.run(ctx, |enc, i, o| bn.encode_estbn(enc, i, o, ms, training))
+    t.run(ctx, |enc, i, o| {
+        bn.encode_estbn(enc, i, o, ms, Mode::training(training))
+    })
 }
 
 pub(super) fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {

@@ -1,6 +1,7 @@
 //! Runners of the research methods: PowerNorm, Unified Norm, Sinkhorn, the hyperbolic ops,
 //! IBN, EvoNorm-B0, UnMix-TNS and Region Norm.
 
+use crate::Mode;
 use std::collections::BTreeMap;
 
 use super::attrs::*;
@@ -167,7 +168,7 @@ pub(super) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<Outputs, String
         running_mean: &rm,
         running_var: &rv,
     };
-    let y = op.forward(&inputs, training).map_err(err)?;
+    let y = op.forward(&inputs, Mode::training(training)).map_err(err)?;
     let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
     if training {
         out.insert("running_mean".into(), download(ctx, &rm)?);
@@ -208,7 +209,7 @@ pub(super) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<Outputs, Stri
         v: &v,
         running_var: &rv,
     };
-    let y = op.forward(&inputs, training).map_err(err)?;
+    let y = op.forward(&inputs, Mode::training(training)).map_err(err)?;
     let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
     if training {
         out.insert("running_var".into(), download(ctx, &rv)?);
