@@ -1115,7 +1115,16 @@ fn evonorm_s0_in_both_layouts() {
     let f = |v: &[f32]| round_to(DType::F32, v);
     let want = reference::evonorm_s0(&xd, n, c, hw, g, &f(&v), &f(&w), &f(&b), 1e-5);
     for layout in [Layout::Nchw, Layout::Nhwc] {
-        let op = EvoNormS0::new(c_, g, 1e-5, layout, DType::F32).unwrap();
+        let op = EvoNormS0::new(
+            c_,
+            wgnorm::EvoNormS0Config {
+                groups: g,
+                eps: 1e-5,
+                layout,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
         let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
         let up = |d: &[f32]| c_.upload_f32(d, &[c]).unwrap();
         let y = op
@@ -1218,7 +1227,17 @@ fn progressive_rep_norm_schedule() {
     let c_ = ctx();
     let (b, t, c) = (3, 4, 8);
     let tokens = b * t;
-    let op = ProgressiveRepNorm::new(c_, 2, 3, 1e-5, 0.1, DType::F32).unwrap();
+    let op = ProgressiveRepNorm::new(
+        c_,
+        wgnorm::ProgressiveRepNormConfig {
+            warm: 2,
+            total_step: 3,
+            eps: 1e-5,
+            momentum: 0.1,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let lw: Vec<f32> = noise(1, c).iter().map(|v| v + 1.0).collect();
     let lb = noise(2, c);
     let bw: Vec<f32> = noise(3, c).iter().map(|v| v * 0.5 + 1.0).collect();

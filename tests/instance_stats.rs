@@ -65,7 +65,17 @@ fn ibn_over_steps() {
             continue;
         }
         let hw = h * w;
-        let op = IbnNorm::new(c_, ratio, 1e-5, 0.1, layout, dtype).unwrap();
+        let op = IbnNorm::new(
+            c_,
+            wgnorm::IbnConfig {
+                ratio,
+                eps: 1e-5,
+                momentum: 0.1,
+                layout,
+                dtype,
+            },
+        )
+        .unwrap();
         let half = op.half(c);
         let wt: Vec<f32> = noise(1, c).iter().map(|v| v + 1.0).collect();
         let bt = noise(2, c);
@@ -166,7 +176,17 @@ fn evonorm_b0_over_steps() {
             continue;
         }
         let hw = h * w;
-        let op = EvoNormB0::new(c_, eps as f32, 0.1, running, layout, dtype).unwrap();
+        let op = EvoNormB0::new(
+            c_,
+            wgnorm::EvoNormB0Config {
+                eps: eps as f32,
+                momentum: 0.1,
+                running,
+                layout,
+                dtype,
+            },
+        )
+        .unwrap();
         let wt: Vec<f32> = noise(3, c).iter().map(|v| v + 1.0).collect();
         let bt = noise(4, c);
         // v of both signs so that both branches of the max are taken.
@@ -227,7 +247,18 @@ fn unmix_tns_over_steps() {
             continue;
         }
         let hw = h * w;
-        let op = UnmixTns::new(c_, k, 0.1, 0.07, 1e-5, layout, dtype).unwrap();
+        let op = UnmixTns::new(
+            c_,
+            wgnorm::UnmixTnsConfig {
+                k,
+                momentum_bn: 0.1,
+                temperature: 0.07,
+                eps: 1e-5,
+                layout,
+                dtype,
+            },
+        )
+        .unwrap();
         let src_mean = noise(6, c);
         let src_var: Vec<f32> = noise(7, c).iter().map(|v| v.abs() + 0.5).collect();
         let (cm0, cv0) = UnmixTns::init_components(&src_mean, &src_var, k, 0.5, 42);
@@ -292,14 +323,45 @@ fn unmix_tns_over_steps() {
 #[test]
 fn bad_input_is_a_typed_error() {
     let c_ = ctx();
-    assert!(IbnNorm::new(c_, 1.5, 1e-5, 0.1, Layout::Nchw, DType::F32).is_err());
-    assert!(UnmixTns::new(c_, 0, 0.1, 0.07, 1e-5, Layout::Nchw, DType::F32).is_err());
+    assert!(IbnNorm::new(
+        c_,
+        wgnorm::IbnConfig {
+            ratio: 1.5,
+            eps: 1e-5,
+            momentum: 0.1,
+            layout: Layout::Nchw,
+            dtype: DType::F32
+        }
+    )
+    .is_err());
+    assert!(UnmixTns::new(
+        c_,
+        wgnorm::UnmixTnsConfig {
+            k: 0,
+            momentum_bn: 0.1,
+            temperature: 0.07,
+            eps: 1e-5,
+            layout: Layout::Nchw,
+            dtype: DType::F32
+        }
+    )
+    .is_err());
     let x = c_.empty(&[2, 4, 3, 3], DType::F32).unwrap();
     let y = c_.empty(&[2, 4, 3, 3], DType::F32).unwrap();
     let p4 = up(c_, &[1.0; 4]);
     let p2 = up(c_, &[1.0; 2]);
     let p3 = up(c_, &[1.0; 3]);
-    let ibn = IbnNorm::new(c_, 0.5, 1e-5, 0.1, Layout::Nchw, DType::F32).unwrap();
+    let ibn = IbnNorm::new(
+        c_,
+        wgnorm::IbnConfig {
+            ratio: 0.5,
+            eps: 1e-5,
+            momentum: 0.1,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let mut enc = c_.device().create_command_encoder(&Default::default());
     // Running statistics of the wrong length for C - half = 2.
     let bad = IbnInputs {
@@ -327,11 +389,13 @@ fn bad_input_is_a_typed_error() {
     ));
     let evo = EvoNormB0::new(
         c_,
-        1e-5,
-        0.1,
-        EvoRunningVar::TimmUnbiased,
-        Layout::Nchw,
-        DType::F32,
+        wgnorm::EvoNormB0Config {
+            eps: 1e-5,
+            momentum: 0.1,
+            running: EvoRunningVar::TimmUnbiased,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        },
     )
     .unwrap();
     let bad = EvoNormB0Inputs {
@@ -342,7 +406,18 @@ fn bad_input_is_a_typed_error() {
         running_var: &p4,
     };
     assert!(evo.encode(&mut enc, &bad, &y, Mode::Train).is_err());
-    let un = UnmixTns::new(c_, 2, 0.1, 0.07, 1e-5, Layout::Nchw, DType::F32).unwrap();
+    let un = UnmixTns::new(
+        c_,
+        wgnorm::UnmixTnsConfig {
+            k: 2,
+            momentum_bn: 0.1,
+            temperature: 0.07,
+            eps: 1e-5,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let comp = up(c_, &[0.0; 4]);
     let bad = UnmixTnsInputs {
         x: &x,
@@ -773,7 +848,16 @@ fn region_norm_l_matches_reference() {
             threshold,
             1e-5,
         );
-        let op = RegionNormL::new(c_, 1e-5, threshold as f32, layout, DType::F32).unwrap();
+        let op = RegionNormL::new(
+            c_,
+            wgnorm::RegionNormLConfig {
+                eps: 1e-5,
+                threshold: threshold as f32,
+                layout,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
         let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, DType::F32);
         let (mt, gt, bt) = (
             c_.upload_f32(&mc, &[1, 2, 7, 7]).unwrap(),

@@ -162,7 +162,15 @@ fn sinkhorn_rows_then_columns() {
         let mut x = noise((m * n) as u64, m * n);
         x[..n].iter_mut().for_each(|v| *v = 0.0); // a zero row: the eps clamp keeps it 0
         let r = wgnorm_reference::powernorm::sinkhorn(&round_to(DType::F32, &x), m, n, iters, 1e-8);
-        let op = SinkhornNormalize::new(c_, iters, 1e-8, DType::F32).unwrap();
+        let op = SinkhornNormalize::new(
+            c_,
+            wgnorm::SinkhornConfig {
+                iterations: iters,
+                eps: 1e-8,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
         let y = op.forward(&c_.upload_f32(&x, &[m, n]).unwrap()).unwrap();
         assert_close(
             &format!("sinkhorn {m}x{n} L={iters}"),
@@ -172,7 +180,15 @@ fn sinkhorn_rows_then_columns() {
             1e-4,
         );
     }
-    assert!(SinkhornNormalize::new(c_, 0, 1e-8, DType::F32).is_err());
+    assert!(SinkhornNormalize::new(
+        c_,
+        wgnorm::SinkhornConfig {
+            iterations: 0,
+            eps: 1e-8,
+            dtype: DType::F32
+        }
+    )
+    .is_err());
 }
 
 #[test]

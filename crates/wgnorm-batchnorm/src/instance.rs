@@ -175,16 +175,43 @@ pub struct IbnInputs<'a> {
     pub running_var: &'a Tensor,
 }
 
+/// What [`IbnNorm::new`] takes; `Default` gives the paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IbnConfig {
+    /// Share of the channels normalized per instance (`half = floor(C * ratio)`); 0.5 in the paper.
+    pub ratio: f32,
+    /// Added to the variances inside the square root.
+    pub eps: f32,
+    /// Running-statistics momentum of the BatchNorm part (PyTorch convention).
+    pub momentum: f32,
+    /// Layout of x and y.
+    pub layout: Layout,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for IbnConfig {
+    fn default() -> Self {
+        IbnConfig {
+            ratio: 0.5,
+            eps: 1e-5,
+            momentum: 0.1,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
 impl IbnNorm {
     /// `ratio` 0.5 in the paper; `momentum` of the BN part (PyTorch convention, 0.1).
-    pub fn new(
-        ctx: &Context,
-        ratio: f32,
-        eps: f32,
-        momentum: f32,
-        layout: Layout,
-        dtype: DType,
-    ) -> Result<IbnNorm> {
+    pub fn new(ctx: &Context, cfg: IbnConfig) -> Result<IbnNorm> {
+        let IbnConfig {
+            ratio,
+            eps,
+            momentum,
+            layout,
+            dtype,
+        } = cfg;
         if !(0.0..=1.0).contains(&ratio) {
             return Err(Error::InvalidParameter {
                 name: "ratio",
@@ -288,15 +315,42 @@ pub struct EvoNormB0Inputs<'a> {
     pub running_var: &'a Tensor,
 }
 
+/// What [`EvoNormB0::new`] takes; `Default` gives the paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvoNormB0Config {
+    /// Added inside both square roots: 1e-5 (TF) or 1e-3 (timm).
+    pub eps: f32,
+    /// Running-variance momentum (PyTorch convention; TF decay 0.9 is 0.1).
+    pub momentum: f32,
+    /// Which variance feeds the running one.
+    pub running: EvoRunningVar,
+    /// Layout of x and y.
+    pub layout: Layout,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for EvoNormB0Config {
+    fn default() -> Self {
+        EvoNormB0Config {
+            eps: 1e-5,
+            momentum: 0.1,
+            running: EvoRunningVar::TimmUnbiased,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
 impl EvoNormB0 {
-    pub fn new(
-        ctx: &Context,
-        eps: f32,
-        momentum: f32,
-        running: EvoRunningVar,
-        layout: Layout,
-        dtype: DType,
-    ) -> Result<EvoNormB0> {
+    pub fn new(ctx: &Context, cfg: EvoNormB0Config) -> Result<EvoNormB0> {
+        let EvoNormB0Config {
+            eps,
+            momentum,
+            running,
+            layout,
+            dtype,
+        } = cfg;
         wgnorm_core::check_eps(eps)?;
         check_momentum(momentum)?;
         Ok(EvoNormB0 {
@@ -380,17 +434,47 @@ pub struct UnmixTnsInputs<'a> {
     pub component_var: &'a Tensor,
 }
 
+/// What [`UnmixTns::new`] takes; `Default` gives the paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UnmixTnsConfig {
+    /// Statistics components K.
+    pub k: usize,
+    /// The source BatchNorm momentum the update rate is derived from.
+    pub momentum_bn: f32,
+    /// Softmax temperature of the component assignment.
+    pub temperature: f32,
+    /// Added to the variance inside the square root.
+    pub eps: f32,
+    /// Layout of x and y.
+    pub layout: Layout,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for UnmixTnsConfig {
+    fn default() -> Self {
+        UnmixTnsConfig {
+            k: 16,
+            momentum_bn: 0.1,
+            temperature: 0.07,
+            eps: 1e-5,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
 impl UnmixTns {
     /// `k` components (16 in the paper), `momentum_bn` 0.1, `temperature` 0.07, eps 1e-5.
-    pub fn new(
-        ctx: &Context,
-        k: usize,
-        momentum_bn: f32,
-        temperature: f32,
-        eps: f32,
-        layout: Layout,
-        dtype: DType,
-    ) -> Result<UnmixTns> {
+    pub fn new(ctx: &Context, cfg: UnmixTnsConfig) -> Result<UnmixTns> {
+        let UnmixTnsConfig {
+            k,
+            momentum_bn,
+            temperature,
+            eps,
+            layout,
+            dtype,
+        } = cfg;
         if k == 0 || !(0.0..=1.0).contains(&momentum_bn) {
             return Err(Error::InvalidParameter {
                 name: "k / momentum_bn",

@@ -23,14 +23,14 @@ mod progressive;
 mod region;
 pub use instance::{
     specializations as mixing_specializations, AdaB2nInputs, AdaB2nParams, AdaB2nTaskWeighted,
-    EvoB0Params, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, IbnParams,
-    UnmixParams, UnmixTns, UnmixTnsInputs, ADAB2N_KERNEL, EVONORM_B0_KERNEL, IBN_KERNEL,
-    UNMIX_TNS_KERNEL,
+    EvoB0Params, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar, IbnConfig, IbnInputs,
+    IbnNorm, IbnParams, UnmixParams, UnmixTns, UnmixTnsConfig, UnmixTnsInputs, ADAB2N_KERNEL,
+    EVONORM_B0_KERNEL, IBN_KERNEL, UNMIX_TNS_KERNEL,
 };
-pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormInputs};
+pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormConfig, ProgressiveRepNormInputs};
 pub use region::{
     specializations as region_specializations, RegionNormB, RegionNormInputs, RegionNormL,
-    RegionNormLInputs, RegionParams, REGION_KERNEL,
+    RegionNormLConfig, RegionNormLInputs, RegionParams, REGION_KERNEL,
 };
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel, Specialization};

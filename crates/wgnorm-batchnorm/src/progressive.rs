@@ -49,17 +49,44 @@ pub struct ProgressiveRepNormInputs<'a> {
     pub alpha: &'a Tensor,
 }
 
+/// What [`ProgressiveRepNorm::new`] takes; `Default` gives the paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProgressiveRepNormConfig {
+    /// Warm-up calls that output LayerNorm alone.
+    pub warm: u64,
+    /// Calls over which the blend moves from LayerNorm to RepBN.
+    pub total_step: u64,
+    /// Added to the variances inside the square root.
+    pub eps: f32,
+    /// RepBN running-statistics momentum (PyTorch convention).
+    pub momentum: f32,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for ProgressiveRepNormConfig {
+    fn default() -> Self {
+        ProgressiveRepNormConfig {
+            warm: 0,
+            total_step: 60000,
+            eps: 1e-5,
+            momentum: 0.1,
+            dtype: DType::F32,
+        }
+    }
+}
+
 impl ProgressiveRepNorm {
     /// `warm` warm-up calls (official default 0), then `total_step` blending calls (e.g.
     /// 60000) with `r0` = 1; `eps` for both norms, `momentum` for RepBN's running statistics.
-    pub fn new(
-        ctx: &Context,
-        warm: u64,
-        total_step: u64,
-        eps: f32,
-        momentum: f32,
-        dtype: DType,
-    ) -> Result<ProgressiveRepNorm> {
+    pub fn new(ctx: &Context, cfg: ProgressiveRepNormConfig) -> Result<ProgressiveRepNorm> {
+        let ProgressiveRepNormConfig {
+            warm,
+            total_step,
+            eps,
+            momentum,
+            dtype,
+        } = cfg;
         if total_step == 0 {
             return Err(Error::InvalidParameter {
                 name: "total_step",

@@ -171,14 +171,38 @@ pub struct RegionNormLInputs<'a> {
     pub beta_conv_bias: &'a Tensor,
 }
 
+/// What [`RegionNormL::new`] takes; `Default` gives the paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RegionNormLConfig {
+    /// Added to the region variances (scaled by NHW/S as the official code).
+    pub eps: f32,
+    /// Mask threshold on the sigmoid attention map.
+    pub threshold: f32,
+    /// Layout of x and y.
+    pub layout: Layout,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for RegionNormLConfig {
+    fn default() -> Self {
+        RegionNormLConfig {
+            eps: 1e-5,
+            threshold: 0.8,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
 impl RegionNormL {
-    pub fn new(
-        ctx: &Context,
-        eps: f32,
-        threshold: f32,
-        layout: Layout,
-        dtype: DType,
-    ) -> Result<RegionNormL> {
+    pub fn new(ctx: &Context, cfg: RegionNormLConfig) -> Result<RegionNormL> {
+        let RegionNormLConfig {
+            eps,
+            threshold,
+            layout,
+            dtype,
+        } = cfg;
         if !(eps.is_finite() && eps >= 0.0 && threshold.is_finite()) {
             return Err(Error::InvalidParameter {
                 name: "eps / threshold",

@@ -473,14 +473,38 @@ pub struct EvoNormS0 {
     dtype: DType,
 }
 
+/// What [`EvoNormS0::new`] takes; `Default` gives the paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvoNormS0Config {
+    /// Channel groups G (must divide C).
+    pub groups: usize,
+    /// Added to the group variance inside the square root.
+    pub eps: f32,
+    /// Layout of x and y.
+    pub layout: Layout,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for EvoNormS0Config {
+    fn default() -> Self {
+        EvoNormS0Config {
+            groups: 32,
+            eps: 1e-5,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
 impl EvoNormS0 {
-    pub fn new(
-        ctx: &Context,
-        groups: usize,
-        eps: f32,
-        layout: Layout,
-        dtype: DType,
-    ) -> Result<EvoNormS0> {
+    pub fn new(ctx: &Context, cfg: EvoNormS0Config) -> Result<EvoNormS0> {
+        let EvoNormS0Config {
+            groups,
+            eps,
+            layout,
+            dtype,
+        } = cfg;
         Ok(EvoNormS0 {
             engine: ChannelNorm::new(ctx, eps, dtype, Activation::None)?,
             groups,

@@ -239,14 +239,35 @@ struct SinkhornState {
     b: Tensor,
 }
 
+/// What [`SinkhornNormalize::new`] takes; `Default` gives the paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SinkhornConfig {
+    /// Alternating row/column normalizations L.
+    pub iterations: usize,
+    /// Lower clamp of the row and column norms.
+    pub eps: f32,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for SinkhornConfig {
+    fn default() -> Self {
+        SinkhornConfig {
+            iterations: 5,
+            eps: 1e-8,
+            dtype: DType::F32,
+        }
+    }
+}
+
 impl SinkhornNormalize {
     /// `iterations` >= 1 (default 5 in the spec), `eps` > 0 (default 1e-8).
-    pub fn new(
-        ctx: &Context,
-        iterations: usize,
-        eps: f32,
-        dtype: DType,
-    ) -> Result<SinkhornNormalize> {
+    pub fn new(ctx: &Context, cfg: SinkhornConfig) -> Result<SinkhornNormalize> {
+        let SinkhornConfig {
+            iterations,
+            eps,
+            dtype,
+        } = cfg;
         if iterations == 0 {
             return Err(Error::InvalidParameter {
                 name: "iterations",

@@ -20,8 +20,9 @@ pub mod conformance;
 
 pub use wgnorm_batchnorm::{
     self as batchnorm, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, EvoNormB0,
-    EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, RegionNormB, RegionNormInputs, RegionNormL,
-    RegionNormLInputs, UnmixTns, UnmixTnsInputs,
+    EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar, IbnConfig, IbnInputs, IbnNorm,
+    ProgressiveRepNormConfig, RegionNormB, RegionNormInputs, RegionNormL, RegionNormLConfig,
+    RegionNormLInputs, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::{self, Layout};
 pub use wgnorm_core::elementwise::{self, Elementwise};
@@ -31,8 +32,9 @@ pub use wgnorm_core::{
     ShaderChecks, Slot, Tensor,
 };
 pub use wgnorm_groupnorm::{
-    self as groupnorm, EvoNormS0, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
-    LpNorm, MeanVarianceNorm, NormInputs, NormOutputs, WeightStandardization, WsVariant,
+    self as groupnorm, EvoNormS0, EvoNormS0Config, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, LpNorm, MeanVarianceNorm, NormInputs, NormOutputs, WeightStandardization,
+    WsVariant,
 };
 pub use wgnorm_layernorm::{
     self as layernorm, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm, LayerNormConfig,
@@ -43,7 +45,8 @@ pub use wgnorm_poincare::{
     PoincareMidpoint, PoincareStatistics,
 };
 pub use wgnorm_powernorm::{
-    self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornNormalize, UnifiedNorm,
+    self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornConfig,
+    SinkhornNormalize, UnifiedNorm,
 };
 pub use wgnorm_rmsnorm::{
     self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs,

@@ -119,10 +119,12 @@ pub(super) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<Outputs, Stri
     let groups = usize::try_from(a.int("groups", 32)?).map_err(|_| "groups < 0".to_string())?;
     let op = crate::EvoNormS0::new(
         ctx,
-        groups,
-        a.f64("eps", 1e-5)? as f32,
-        crate::Layout::Nchw,
-        dtype,
+        crate::EvoNormS0Config {
+            groups,
+            eps: a.f64("eps", 1e-5)? as f32,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
     )
     .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;

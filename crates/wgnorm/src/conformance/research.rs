@@ -74,8 +74,15 @@ pub(super) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Outpu
     let dtype = io_dtype(x)?;
     let iterations =
         usize::try_from(a.int("iterations", 5)?).map_err(|_| "iterations < 0".to_string())?;
-    let op = crate::SinkhornNormalize::new(ctx, iterations, a.f64("eps", 1e-8)? as f32, dtype)
-        .map_err(err)?;
+    let op = crate::SinkhornNormalize::new(
+        ctx,
+        crate::SinkhornConfig {
+            iterations,
+            eps: a.f64("eps", 1e-8)? as f32,
+            dtype,
+        },
+    )
+    .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }
@@ -145,11 +152,13 @@ pub(super) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<Outputs, String
     let dtype = io_dtype(x)?;
     let op = crate::IbnNorm::new(
         ctx,
-        a.f64("ratio", 0.5)? as f32,
-        a.f64("eps", 1e-5)? as f32,
-        a.f64("momentum", 0.1)? as f32,
-        crate::Layout::Nchw,
-        dtype,
+        crate::IbnConfig {
+            ratio: a.f64("ratio", 0.5)? as f32,
+            eps: a.f64("eps", 1e-5)? as f32,
+            momentum: a.f64("momentum", 0.1)? as f32,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
     )
     .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
@@ -191,11 +200,13 @@ pub(super) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<Outputs, Stri
     };
     let op = crate::EvoNormB0::new(
         ctx,
-        a.f64("eps", 1e-5)? as f32,
-        a.f64("momentum", 0.1)? as f32,
-        running,
-        crate::Layout::Nchw,
-        dtype,
+        crate::EvoNormB0Config {
+            eps: a.f64("eps", 1e-5)? as f32,
+            momentum: a.f64("momentum", 0.1)? as f32,
+            running,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
     )
     .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
@@ -225,12 +236,14 @@ pub(super) fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<Outputs, Strin
     let k = *cm.shape.first().ok_or("component_mean has no shape")?;
     let op = crate::UnmixTns::new(
         ctx,
-        k,
-        a.f64("momentum_bn", 0.1)? as f32,
-        a.f64("temperature", 0.07)? as f32,
-        a.f64("eps", 1e-5)? as f32,
-        crate::Layout::Nchw,
-        dtype,
+        crate::UnmixTnsConfig {
+            k,
+            momentum_bn: a.f64("momentum_bn", 0.1)? as f32,
+            temperature: a.f64("temperature", 0.07)? as f32,
+            eps: a.f64("eps", 1e-5)? as f32,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
     )
     .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
@@ -286,10 +299,12 @@ pub(super) fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<Outputs, S
     let dtype = io_dtype(x)?;
     let op = crate::RegionNormL::new(
         ctx,
-        a.f64("eps", 1e-5)? as f32,
-        a.f64("threshold", 0.8)? as f32,
-        crate::Layout::Nchw,
-        dtype,
+        crate::RegionNormLConfig {
+            eps: a.f64("eps", 1e-5)? as f32,
+            threshold: a.f64("threshold", 0.8)? as f32,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
     )
     .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
