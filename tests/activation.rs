@@ -110,7 +110,16 @@ fn elementwise_activations_including_extremes() {
             lambda: 2.0,
         });
         for a in acts {
-            let y = Elementwise::new(c, a, dtype).unwrap().forward(&xt).unwrap();
+            let y = Elementwise::new(
+                c,
+                wgnorm::ElementwiseConfig {
+                    activation: a,
+                    dtype,
+                },
+            )
+            .unwrap()
+            .forward(&xt)
+            .unwrap();
             let want: Vec<f64> = xd.iter().map(|&v| reference(a, v)).collect();
             let (atol, rtol) = if dtype == DType::F32 {
                 (1e-6, 1e-5)
@@ -128,11 +137,13 @@ fn elementwise_activations_including_extremes() {
     }
     let bad = Elementwise::new(
         c,
-        Activation::Selu {
-            alpha: f32::NAN,
-            lambda: 1.0,
+        wgnorm::ElementwiseConfig {
+            activation: Activation::Selu {
+                alpha: f32::NAN,
+                lambda: 1.0,
+            },
+            dtype: DType::F32,
         },
-        DType::F32,
     );
     assert!(matches!(bad, Err(wgnorm::Error::InvalidParameter { .. })));
 }
@@ -150,7 +161,14 @@ fn alpha_dropout_mask_affine_and_moments() {
     let xt = c_.upload_f32(&x, &[n]).unwrap();
     let y = c_.empty(&[n], DType::F32).unwrap();
     let rate = 0.2;
-    let op = AlphaDropout::new(c_, rate as f32, DType::F32).unwrap();
+    let op = AlphaDropout::new(
+        c_,
+        wgnorm::AlphaDropoutConfig {
+            rate: rate as f32,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let run = |seed: u64, training: bool| {
         let mut enc = c_.device().create_command_encoder(&Default::default());
         op.encode(&mut enc, &xt, &y, seed, Mode::training(training))
@@ -186,6 +204,20 @@ fn alpha_dropout_mask_affine_and_moments() {
     assert_eq!(run(7, true), got);
     assert_ne!(run(8, true), got);
     assert_eq!(run(7, false), x);
-    assert!(AlphaDropout::new(c_, 1.0, DType::F32).is_err());
-    assert!(AlphaDropout::new(c_, -0.1, DType::F32).is_err());
+    assert!(AlphaDropout::new(
+        c_,
+        wgnorm::AlphaDropoutConfig {
+            rate: 1.0,
+            dtype: DType::F32
+        }
+    )
+    .is_err());
+    assert!(AlphaDropout::new(
+        c_,
+        wgnorm::AlphaDropoutConfig {
+            rate: -0.1,
+            dtype: DType::F32
+        }
+    )
+    .is_err());
 }

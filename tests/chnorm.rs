@@ -610,7 +610,7 @@ fn lp_norm_along_any_axis() {
                 x[..n].iter_mut().for_each(|v| *v = 0.0);
             }
             for p in [1u32, 2] {
-                let op = LpNorm::new(c_, axis, p, dtype).unwrap();
+                let op = LpNorm::new(c_, wgnorm::LpNormConfig { axis, p, dtype }).unwrap();
                 let y = op.forward(&c_.upload(&x, shape, dtype).unwrap()).unwrap();
                 let want = reference::lp_norm(&round_to(dtype, &x), shape, axis, p);
                 let (atol, rtol) = tol(dtype);
@@ -625,7 +625,14 @@ fn lp_norm_along_any_axis() {
         }
     }
     assert!(matches!(
-        LpNorm::new(c_, -1, 3, DType::F32),
+        LpNorm::new(
+            c_,
+            wgnorm::LpNormConfig {
+                axis: -1,
+                p: 3,
+                dtype: DType::F32
+            }
+        ),
         Err(Error::InvalidParameter { name: "p", .. })
     ));
 }
@@ -647,7 +654,15 @@ fn mean_variance_norm_over_axes() {
             .iter()
             .map(|v| v * 4.0 + 2.0)
             .collect();
-        let op = MeanVarianceNorm::new(c_, axes, 1e-9, DType::F32).unwrap();
+        let op = MeanVarianceNorm::new(
+            c_,
+            wgnorm::MeanVarianceNormConfig {
+                axes: axes.to_vec(),
+                eps: 1e-9,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
         let y = op.forward(&c_.upload_f32(&x, shape).unwrap()).unwrap();
         let want = reference::mean_variance_norm(&round_to(DType::F32, &x), shape, axes, 1e-9);
         assert_close(
@@ -659,7 +674,15 @@ fn mean_variance_norm_over_axes() {
         );
     }
     // Kept and reduced dims alternating too often need a transpose first: a typed error.
-    let op = MeanVarianceNorm::new(c_, &[0, 2, 4], 1e-9, DType::F32).unwrap();
+    let op = MeanVarianceNorm::new(
+        c_,
+        wgnorm::MeanVarianceNormConfig {
+            axes: [0, 2, 4].to_vec(),
+            eps: 1e-9,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let x = c_.empty(&[2, 2, 2, 2, 2, 2], DType::F32).unwrap();
     assert!(matches!(
         op.forward(&x),
@@ -1085,7 +1108,15 @@ fn weight_standardization_variants() {
         (WsVariant::BiasedStdPlusEps, false, false),
         (WsVariant::BiasedVarInsideSqrt, false, true),
     ] {
-        let op = WeightStandardization::new(c_, variant, eps as f32, DType::F32).unwrap();
+        let op = WeightStandardization::new(
+            c_,
+            wgnorm::WeightStandardizationConfig {
+                variant,
+                eps: eps as f32,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
         let y = op
             .forward(&c_.upload_f32(&w, &[o, 5, 3, 3]).unwrap())
             .unwrap();
@@ -1164,7 +1195,14 @@ fn batch_channel_norm_is_bn_then_group_norm_with_group_affine() {
             c_.upload_f32(&[0.1; 8], &[c]).unwrap(),
             c_.upload_f32(&[1.2; 8], &[c]).unwrap(),
         );
-        let op = BatchChannelNorm::new(c_, BatchNormConfig::default(), g).unwrap();
+        let op = BatchChannelNorm::new(
+            c_,
+            wgnorm::batchnorm::BatchChannelNormConfig {
+                batch_norm: BatchNormConfig::default(),
+                groups: g,
+            },
+        )
+        .unwrap();
         let up = |v: &[f32], len| c_.upload_f32(v, &[len]).unwrap();
         let (bwt, bbt, gwt, gbt) = (up(&bw, c), up(&bb, c), up(&gw, g), up(&gb, g));
         let xt = c_.upload_f32(&x, &[n, c, 2, 3]).unwrap();

@@ -492,7 +492,15 @@ fn region_norm_b_matches_the_official_formulation() {
             &round_to(DType::F32, &p[3]),
             1e-5,
         );
-        let op = RegionNormB::new(c_, 1e-5, layout, dtype).unwrap();
+        let op = RegionNormB::new(
+            c_,
+            wgnorm::RegionNormBConfig {
+                eps: 1e-5,
+                layout,
+                dtype,
+            },
+        )
+        .unwrap();
         let xt = upload_in_layout(c_, &xr, [n, c, h, w], layout, dtype);
         let mshape = match layout {
             Layout::Nchw => vec![n, 1, hm, wm],
@@ -733,7 +741,15 @@ fn adab2n_task_weighted_over_steps() {
     ] {
         let hw = h * w;
         let t_count = tasks.iter().max().unwrap() + 1;
-        let op = AdaB2nTaskWeighted::new(c_, 1e-5, layout, DType::F32).unwrap();
+        let op = AdaB2nTaskWeighted::new(
+            c_,
+            wgnorm::AdaB2nConfig {
+                eps: 1e-5,
+                layout,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
         let theta: Vec<f32> = noise(100, t_count).to_vec();
         let wt: Vec<f32> = noise(101, c).iter().map(|v| v + 1.0).collect();
         let bt = noise(102, c);
@@ -890,7 +906,15 @@ fn region_norm_l_matches_reference() {
 fn adab2n_task_ids_sharing_a_buffer_is_a_typed_error() {
     use wgnorm::batchnorm::{AdaB2nInputs, AdaB2nTaskWeighted};
     let c_ = ctx();
-    let op = AdaB2nTaskWeighted::new(c_, 1e-5, Layout::Nchw, DType::F32).unwrap();
+    let op = AdaB2nTaskWeighted::new(
+        c_,
+        wgnorm::AdaB2nConfig {
+            eps: 1e-5,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let x = c_.empty(&[2, 3, 2, 2], DType::F32).unwrap();
     let y = c_.empty(&[2, 3, 2, 2], DType::F32).unwrap();
     let p3 = up(c_, &[1.0; 3]);

@@ -92,7 +92,15 @@ fn ball_ops_match_reference() {
                 vs[5 * d + k] = 1e4;
             }
             let ws: Vec<f32> = noise(seed + 13, p * d).to_vec();
-            let ops = BallOps::new(c_, c as f32, -1, DType::F32).unwrap();
+            let ops = BallOps::new(
+                c_,
+                wgnorm::BallConfig {
+                    c: c as f32,
+                    feature_axis: -1,
+                    dtype: DType::F32,
+                },
+            )
+            .unwrap();
             let ball = Ball::new(c, PROJ_EPS_F32);
             let (xt, yt, vt, wt) = (
                 up(c_, &xs, &[p, d]),
@@ -220,7 +228,15 @@ fn ball_ops_broadcast_and_channel_axis() {
     let nchw = scatter_points(&rows(&pts_d, ch), ch, h * w);
     let nchw_f: Vec<f32> = nchw.iter().map(|&v| v as f32).collect();
     let base = ball_points(4, 1, ch, c);
-    let ops = BallOps::new(c_, c as f32, 1, DType::F32).unwrap();
+    let ops = BallOps::new(
+        c_,
+        wgnorm::BallConfig {
+            c: c as f32,
+            feature_axis: 1,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let xt = up(c_, &nchw_f, &shape);
     let bt = up(c_, &base, &[ch]);
     let out = c_.empty(&shape, DType::F32).unwrap();
@@ -260,7 +276,15 @@ fn midpoint_case(shape: &[usize], axis: isize, c: f64, pts_rows: Vec<f32>) {
     // pts_rows holds the points as rows; lay them out along the axis.
     let x = scatter_points(&rows(&round_to(DType::F32, &pts_rows), d), d, s);
     let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-    let op = PoincareMidpoint::new(c_, c as f32, axis, DType::F32).unwrap();
+    let op = PoincareMidpoint::new(
+        c_,
+        wgnorm::BallConfig {
+            c: c as f32,
+            feature_axis: axis,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let m = op.forward(&up(c_, &xf, shape)).unwrap();
     let ball = Ball::new(c, PROJ_EPS_F32);
     let (points, _, _) = points_along(&x, shape, ax);
@@ -304,7 +328,15 @@ fn midpoint_of_identical_points_is_the_point() {
     let c_ = ctx();
     let x0 = [0.3f32, -1.2, 0.7];
     let xs: Vec<f32> = (0..5000).flat_map(|_| x0).collect();
-    let op = PoincareMidpoint::new(c_, 0.1, -1, DType::F32).unwrap();
+    let op = PoincareMidpoint::new(
+        c_,
+        wgnorm::BallConfig {
+            c: 0.1,
+            feature_axis: -1,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let m = c_
         .download(&op.forward(&up(c_, &xs, &[5000, 3])).unwrap())
         .unwrap();
@@ -596,7 +628,15 @@ fn f16_io() {
     );
     // One f16 rounding of the output (2^-11 relative) dominates.
     check("poincare bn f16", &got, &want, 1e-3);
-    let mid = PoincareMidpoint::new(c_, 0.1, -1, DType::F16).unwrap();
+    let mid = PoincareMidpoint::new(
+        c_,
+        wgnorm::BallConfig {
+            c: 0.1,
+            feature_axis: -1,
+            dtype: DType::F16,
+        },
+    )
+    .unwrap();
     let pts = ball_points(52, 300, 4, 0.1);
     let m = c_
         .download(
@@ -611,10 +651,42 @@ fn f16_io() {
 #[test]
 fn bad_input_is_a_typed_error() {
     let c_ = ctx();
-    assert!(BallOps::new(c_, 0.0, -1, DType::F32).is_err());
-    assert!(BallOps::new(c_, f32::NAN, -1, DType::F32).is_err());
-    assert!(PoincareMidpoint::new(c_, -1.0, -1, DType::F32).is_err());
-    let ops = BallOps::new(c_, 1.0, -1, DType::F32).unwrap();
+    assert!(BallOps::new(
+        c_,
+        wgnorm::BallConfig {
+            c: 0.0,
+            feature_axis: -1,
+            dtype: DType::F32
+        }
+    )
+    .is_err());
+    assert!(BallOps::new(
+        c_,
+        wgnorm::BallConfig {
+            c: f32::NAN,
+            feature_axis: -1,
+            dtype: DType::F32
+        }
+    )
+    .is_err());
+    assert!(PoincareMidpoint::new(
+        c_,
+        wgnorm::BallConfig {
+            c: -1.0,
+            feature_axis: -1,
+            dtype: DType::F32
+        }
+    )
+    .is_err());
+    let ops = BallOps::new(
+        c_,
+        wgnorm::BallConfig {
+            c: 1.0,
+            feature_axis: -1,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let x = c_.empty(&[4, 3], DType::F32).unwrap();
     let y = c_.empty(&[4, 2], DType::F32).unwrap();
     let out = c_.empty(&[4, 3], DType::F32).unwrap();
@@ -632,13 +704,29 @@ fn bad_input_is_a_typed_error() {
         ops.exp0(&mut enc, &x, &x),
         Err(wgnorm::Error::AliasedBuffers { .. })
     ));
-    let bad_axis = BallOps::new(c_, 1.0, 2, DType::F32).unwrap();
+    let bad_axis = BallOps::new(
+        c_,
+        wgnorm::BallConfig {
+            c: 1.0,
+            feature_axis: 2,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     assert!(matches!(
         bad_axis.exp0(&mut enc, &x, &out),
         Err(wgnorm::Error::AxisOutOfRange { .. })
     ));
     // Midpoint: wrong m shape, no points.
-    let mid = PoincareMidpoint::new(c_, 1.0, -1, DType::F32).unwrap();
+    let mid = PoincareMidpoint::new(
+        c_,
+        wgnorm::BallConfig {
+            c: 1.0,
+            feature_axis: -1,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let m2 = c_.empty(&[2], DType::F32).unwrap();
     assert!(matches!(
         mid.encode(&mut enc, &x, &m2),
@@ -725,7 +813,15 @@ fn guards_on_and_outside_the_boundary() {
         ]
         .concat();
         let p = xs.len() / d;
-        let ops = BallOps::new(c_, c as f32, -1, DType::F32).unwrap();
+        let ops = BallOps::new(
+            c_,
+            wgnorm::BallConfig {
+                c: c as f32,
+                feature_axis: -1,
+                dtype: DType::F32,
+            },
+        )
+        .unwrap();
         let ball = Ball::new(c, PROJ_EPS_F32);
         let xt = up(c_, &xs, &[p, d]);
         let out = c_.empty(&[p, d], DType::F32).unwrap();

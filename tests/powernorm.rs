@@ -207,7 +207,14 @@ fn unified_norm_inference_is_a_per_channel_scale() {
         up(&rv, &[c]),
     );
     let y = c_.empty(&[b, n, c], DType::F32).unwrap();
-    let op = UnifiedNorm::new(c_, 1e-5, DType::F32).unwrap();
+    let op = UnifiedNorm::new(
+        c_,
+        wgnorm::UnifiedNormConfig {
+            eps: 1e-5,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let mut enc = c_.device().create_command_encoder(&Default::default());
     op.encode_infer(&mut enc, &xt, Some(&wt), Some(&bt), &rvt, &y)
         .unwrap();
@@ -246,9 +253,15 @@ fn unified_norm_training_over_steps() {
         filter: true,
         momentum: 0.1,
     };
-    let op = UnifiedNorm::new(c_, 1e-5, DType::F32)
-        .unwrap()
-        .with_training(train);
+    let op = UnifiedNorm::new(
+        c_,
+        wgnorm::UnifiedNormConfig {
+            eps: 1e-5,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap()
+    .with_training(train);
     let w: Vec<f32> = noise(1, c).iter().map(|v| v + 1.0).collect();
     let bias = noise(2, c);
     let (wt, bt) = (

@@ -650,7 +650,14 @@ fn poincare_case(ctx: &Context, op: &'static str, nchw: [usize; 4]) -> Result<Ca
     let mut naive = None;
     let mut check = None;
     let (run, out_elems, kernel): (Record, usize, &str) = if op == "poincare_midpoint" {
-        let mid = PoincareMidpoint::new(ctx, 0.1, 1, DType::F32)?;
+        let mid = PoincareMidpoint::new(
+            ctx,
+            wgnorm::BallConfig {
+                c: 0.1,
+                feature_axis: 1,
+                dtype: DType::F32,
+            },
+        )?;
         let m = ctx.empty(&[c], DType::F32)?;
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         mid.encode(&mut enc, &xt, &m)?;

@@ -390,13 +390,37 @@ fn channel_ops(
                             },
                             Mode::training(op.ends_with("train")),
                         ),
-                        "lp_norm p1" => LpNorm::new(ctx, 1, 1, dtype)?.forward(&xt),
-                        "lp_norm p2" => LpNorm::new(ctx, 1, 2, dtype)?.forward(&xt),
+                        "lp_norm p1" => LpNorm::new(
+                            ctx,
+                            wgnorm::LpNormConfig {
+                                axis: 1,
+                                p: 1,
+                                dtype,
+                            },
+                        )?
+                        .forward(&xt),
+                        "lp_norm p2" => LpNorm::new(
+                            ctx,
+                            wgnorm::LpNormConfig {
+                                axis: 1,
+                                p: 2,
+                                dtype,
+                            },
+                        )?
+                        .forward(&xt),
                         "mean_variance_norm" => {
                             // Every axis but the channel (ONNX's default [0, 2, 3] for NCHW).
                             let axes: Vec<isize> =
                                 (0..shape.len() as isize).filter(|&d| d != 1).collect();
-                            MeanVarianceNorm::new(ctx, &axes, 1e-9, dtype)?.forward(&xt)
+                            MeanVarianceNorm::new(
+                                ctx,
+                                wgnorm::MeanVarianceNormConfig {
+                                    axes: axes.to_vec(),
+                                    eps: 1e-9,
+                                    dtype,
+                                },
+                            )?
+                            .forward(&xt)
                         }
                         "group_norm+silu" => GroupNorm::new(
                             ctx,
@@ -517,7 +541,15 @@ fn poincare_ops(
                     let fd: Vec<f64> = flat.iter().map(|&x| x as f64).collect();
                     let (pts, _, _) = hyp::points_along(&fd, shape, 1);
                     let pt = ctx.upload(&flat, shape, dtype)?;
-                    let m = PoincareMidpoint::new(ctx, c as f32, 1, dtype)?.forward(&pt)?;
+                    let m = PoincareMidpoint::new(
+                        ctx,
+                        wgnorm::BallConfig {
+                            c: c as f32,
+                            feature_axis: 1,
+                            dtype,
+                        },
+                    )?
+                    .forward(&pt)?;
                     (ctx.download(&m)?, ball.midpoint(&pts))
                 } else {
                     let b = noise(si as u64 + 9, d, 0.0);

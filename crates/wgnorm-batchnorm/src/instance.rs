@@ -597,6 +597,27 @@ impl UnmixTns {
     }
 }
 
+/// What [`AdaB2nTaskWeighted::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdaB2nConfig {
+    /// Added to the weighted variance inside the square root.
+    pub eps: f32,
+    /// Layout of x and y.
+    pub layout: Layout,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for AdaB2nConfig {
+    fn default() -> Self {
+        AdaB2nConfig {
+            eps: 1e-5,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// AdaB²N training with task-weighted batch statistics (Lyu et al.; docs/methods.md A10, official
 /// `adab2n.py`, the `cur_task > 0` branch). Each sample n of task t weighs
 /// `w_n = p_t / count_t`, `p_t = (exp(theta_t) + count_t) / sum_t'(exp(theta_t') + count_t')`
@@ -625,7 +646,8 @@ pub struct AdaB2nInputs<'a> {
 }
 
 impl AdaB2nTaskWeighted {
-    pub fn new(ctx: &Context, eps: f32, layout: Layout, dtype: DType) -> Result<Self> {
+    pub fn new(ctx: &Context, cfg: AdaB2nConfig) -> Result<Self> {
+        let AdaB2nConfig { eps, layout, dtype } = cfg;
         wgnorm_core::check_eps(eps)?;
         Ok(AdaB2nTaskWeighted {
             eps,

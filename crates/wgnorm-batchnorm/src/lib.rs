@@ -22,15 +22,15 @@ mod instance;
 mod progressive;
 mod region;
 pub use instance::{
-    specializations as mixing_specializations, AdaB2nInputs, AdaB2nParams, AdaB2nTaskWeighted,
-    EvoB0Params, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar, IbnConfig, IbnInputs,
-    IbnNorm, IbnParams, UnmixParams, UnmixTns, UnmixTnsConfig, UnmixTnsInputs, ADAB2N_KERNEL,
-    EVONORM_B0_KERNEL, IBN_KERNEL, UNMIX_TNS_KERNEL,
+    specializations as mixing_specializations, AdaB2nConfig, AdaB2nInputs, AdaB2nParams,
+    AdaB2nTaskWeighted, EvoB0Params, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar,
+    IbnConfig, IbnInputs, IbnNorm, IbnParams, UnmixParams, UnmixTns, UnmixTnsConfig,
+    UnmixTnsInputs, ADAB2N_KERNEL, EVONORM_B0_KERNEL, IBN_KERNEL, UNMIX_TNS_KERNEL,
 };
 pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormConfig, ProgressiveRepNormInputs};
 pub use region::{
-    specializations as region_specializations, RegionNormB, RegionNormInputs, RegionNormL,
-    RegionNormLConfig, RegionNormLInputs, RegionParams, REGION_KERNEL,
+    specializations as region_specializations, RegionNormB, RegionNormBConfig, RegionNormInputs,
+    RegionNormL, RegionNormLConfig, RegionNormLInputs, RegionParams, REGION_KERNEL,
 };
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel, Specialization};
@@ -776,10 +776,32 @@ pub struct BatchChannelNormInputs<'a> {
     pub bias: Option<&'a Tensor>,
 }
 
+/// What [`BatchChannelNorm::new`] takes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchChannelNormConfig {
+    /// The BatchNorm part (its eps is also the channel part's).
+    pub batch_norm: BatchNormConfig,
+    /// Channel groups of the channel part and of the per-group affine; must divide C. 32 in
+    /// the paper.
+    pub groups: usize,
+}
+
+impl Default for BatchChannelNormConfig {
+    fn default() -> Self {
+        BatchChannelNormConfig {
+            batch_norm: BatchNormConfig::default(),
+            groups: 32,
+        }
+    }
+}
+
 impl BatchChannelNorm {
-    /// `cfg` configures the BatchNorm part (its eps is also the channel part's); `groups` must
-    /// divide C.
-    pub fn new(ctx: &Context, cfg: BatchNormConfig, groups: usize) -> Result<BatchChannelNorm> {
+    /// A Batch-Channel Norm bound to `ctx`.
+    pub fn new(ctx: &Context, config: BatchChannelNormConfig) -> Result<BatchChannelNorm> {
+        let BatchChannelNormConfig {
+            batch_norm: cfg,
+            groups,
+        } = config;
         let channel = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?
             .with_affine_per_slot(true);
         Ok(BatchChannelNorm {

@@ -40,6 +40,27 @@ const SLOTS: &[Slot] = &[
 ];
 const WG: u32 = 256;
 
+/// What [`RegionNormB::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RegionNormBConfig {
+    /// Added to the region variances (scaled by NHW/S as the official code).
+    pub eps: f32,
+    /// Layout of x and y.
+    pub layout: Layout,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for RegionNormBConfig {
+    fn default() -> Self {
+        RegionNormBConfig {
+            eps: 1e-5,
+            layout: Layout::Nchw,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// RN-B: per channel, BatchNorm statistics (batch, biased, also at inference, as the official
 /// code) inside the region mask and outside it; each pixel is normalized with its region's:
 /// `y = (x - mu_r) / sqrt(var_r + eps * NHW / S_r) * (1 + gamma_r) + beta_f + beta_b`, r the
@@ -71,7 +92,8 @@ pub struct RegionNormInputs<'a> {
 }
 
 impl RegionNormB {
-    pub fn new(ctx: &Context, eps: f32, layout: Layout, dtype: DType) -> Result<RegionNormB> {
+    pub fn new(ctx: &Context, cfg: RegionNormBConfig) -> Result<RegionNormB> {
+        let RegionNormBConfig { eps, layout, dtype } = cfg;
         wgnorm_core::check_eps(eps)?;
         ctx.check_dtype(dtype)?;
         Ok(RegionNormB {

@@ -57,6 +57,24 @@ pub fn specializations() -> Vec<Specialization> {
     out
 }
 
+/// What [`Elementwise::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ElementwiseConfig {
+    /// The activation applied.
+    pub activation: Activation,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for ElementwiseConfig {
+    fn default() -> Self {
+        ElementwiseConfig {
+            activation: Activation::SELU,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// An activation applied elementwise, f32 or f16 storage with f32 arithmetic.
 pub struct Elementwise {
     ctx: Context,
@@ -66,7 +84,8 @@ pub struct Elementwise {
 }
 
 impl Elementwise {
-    pub fn new(ctx: &Context, activation: Activation, dtype: DType) -> Result<Elementwise> {
+    pub fn new(ctx: &Context, cfg: ElementwiseConfig) -> Result<Elementwise> {
+        let ElementwiseConfig { activation, dtype } = cfg;
         if let Activation::Selu { alpha, lambda } = activation {
             if !alpha.is_finite() || !lambda.is_finite() {
                 return Err(Error::InvalidParameter {

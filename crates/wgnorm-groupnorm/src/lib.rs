@@ -244,6 +244,27 @@ fn forward(
     Ok(y)
 }
 
+/// What [`MeanVarianceNorm::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeanVarianceNormConfig {
+    /// The reduced axes (negative from the end); ONNX default `[0, 2, 3]`.
+    pub axes: Vec<isize>,
+    /// Added to the standard deviation (outside the square root, as ONNX).
+    pub eps: f32,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for MeanVarianceNormConfig {
+    fn default() -> Self {
+        MeanVarianceNormConfig {
+            axes: vec![0, 2, 3],
+            eps: 1e-9,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// MeanVarianceNormalization (ONNX): `y = (x - mean) / (sqrt(var) + eps)` with the mean and
 /// biased variance over `axes` (default `[0, 2, 3]`, per channel of NCHW) — eps outside the
 /// square root (default 1e-9), no affine. Axes must read as `[kept][reduced][kept][reduced]`.
@@ -254,7 +275,8 @@ pub struct MeanVarianceNorm {
 }
 
 impl MeanVarianceNorm {
-    pub fn new(ctx: &Context, axes: &[isize], eps: f32, dtype: DType) -> Result<MeanVarianceNorm> {
+    pub fn new(ctx: &Context, cfg: MeanVarianceNormConfig) -> Result<MeanVarianceNorm> {
+        let MeanVarianceNormConfig { axes, eps, dtype } = cfg;
         let engine =
             ChannelNorm::new(ctx, eps, dtype, Activation::None)?.with_eps_outside_sqrt(true);
         Ok(MeanVarianceNorm {
@@ -291,6 +313,27 @@ impl MeanVarianceNorm {
     }
 }
 
+/// What [`LpNorm::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LpNormConfig {
+    /// The reduced axis (negative from the end).
+    pub axis: isize,
+    /// The norm: 1 or 2.
+    pub p: u32,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for LpNormConfig {
+    fn default() -> Self {
+        LpNormConfig {
+            axis: -1,
+            p: 2,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// LpNorm (ONNX): `y = x / ||x||_p` along one `axis`, p = 1 or 2, 0 where the norm is 0.
 pub struct LpNorm {
     engine: ChannelNorm,
@@ -299,7 +342,8 @@ pub struct LpNorm {
 }
 
 impl LpNorm {
-    pub fn new(ctx: &Context, axis: isize, p: u32, dtype: DType) -> Result<LpNorm> {
+    pub fn new(ctx: &Context, cfg: LpNormConfig) -> Result<LpNorm> {
+        let LpNormConfig { axis, p, dtype } = cfg;
         let reduction = match p {
             1 => wgnorm_core::chnorm::Reduction::L1,
             2 => wgnorm_core::chnorm::Reduction::L2,
@@ -373,6 +417,27 @@ impl WsVariant {
     }
 }
 
+/// What [`WeightStandardization::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightStandardizationConfig {
+    /// Which of the published formulas.
+    pub variant: WsVariant,
+    /// The variant's eps.
+    pub eps: f32,
+    /// Storage type of the weights.
+    pub dtype: DType,
+}
+
+impl Default for WeightStandardizationConfig {
+    fn default() -> Self {
+        WeightStandardizationConfig {
+            variant: WsVariant::default(),
+            eps: 1e-5,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// Weight Standardization of convolution / linear weights `W[O, ..]`: statistics per output
 /// channel over the other dims. For inference standardize once and keep the result (the weights
 /// do not change between calls).
@@ -382,12 +447,12 @@ pub struct WeightStandardization {
 }
 
 impl WeightStandardization {
-    pub fn new(
-        ctx: &Context,
-        variant: WsVariant,
-        eps: f32,
-        dtype: DType,
-    ) -> Result<WeightStandardization> {
+    pub fn new(ctx: &Context, cfg: WeightStandardizationConfig) -> Result<WeightStandardization> {
+        let WeightStandardizationConfig {
+            variant,
+            eps,
+            dtype,
+        } = cfg;
         let unbiased = matches!(
             variant,
             WsVariant::UnbiasedStdPlusEps | WsVariant::UnbiasedVarInsideSqrt

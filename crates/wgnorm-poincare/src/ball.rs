@@ -86,6 +86,27 @@ impl Op {
     }
 }
 
+/// What [`BallOps::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BallConfig {
+    /// Curvature magnitude: the ball has curvature -c (Poincaré ResNet: 0.1).
+    pub c: f32,
+    /// The axis holding a point's coordinates (`[P, D]`: -1; NCHW: 1).
+    pub feature_axis: isize,
+    /// Storage type of inputs and outputs.
+    pub dtype: DType,
+}
+
+impl Default for BallConfig {
+    fn default() -> Self {
+        BallConfig {
+            c: 0.1,
+            feature_axis: -1,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// Poincaré-ball operations on batches of points along a feature axis (see the crate docs for
 /// the conventions). Every input is either a full tensor (one vector per point, all of one shape)
 /// or a single vector of shape `[D]` used for every point (e.g. one base point). Vector outputs
@@ -103,7 +124,12 @@ pub struct BallOps {
 impl BallOps {
     /// Ops on the ball of curvature `-c`, points along `feature_axis` (may be negative), tensors
     /// of `dtype`.
-    pub fn new(ctx: &Context, c: f32, feature_axis: isize, dtype: DType) -> Result<BallOps> {
+    pub fn new(ctx: &Context, cfg: BallConfig) -> Result<BallOps> {
+        let BallConfig {
+            c,
+            feature_axis,
+            dtype,
+        } = cfg;
         check_curvature(c)?;
         ctx.check_io(Io { dtype, vec4: false })?;
         Ok(BallOps {

@@ -21,7 +21,7 @@ mod ball;
 mod norm;
 
 pub use ball::specializations as ball_specializations;
-pub use ball::{BallOps, BALL_KERNEL};
+pub use ball::{BallConfig, BallOps, BALL_KERNEL};
 pub use norm::specializations as norm_specializations;
 pub use norm::{
     PoincareBatchNorm, PoincareBatchNormConfig, PoincareBatchNormInputs, PoincareMidpoint,

@@ -1,7 +1,7 @@
 //! The gyromidpoint reduction and Poincaré midpoint batch normalization: the staged kernel of
 //! `shaders/poincare/midpoint.wgsl` and the host plan around it.
 
-use crate::BallParams;
+use crate::{BallConfig, BallParams};
 use wgnorm_core::binding::{self, BindCache, BufferRange};
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::shader::{Io, Kernel, Specialization};
@@ -291,7 +291,12 @@ pub struct PoincareMidpoint {
 }
 
 impl PoincareMidpoint {
-    pub fn new(ctx: &Context, c: f32, feature_axis: isize, dtype: DType) -> Result<Self> {
+    pub fn new(ctx: &Context, cfg: BallConfig) -> Result<Self> {
+        let BallConfig {
+            c,
+            feature_axis,
+            dtype,
+        } = cfg;
         check_curvature(c)?;
         ctx.check_io(Io { dtype, vec4: false })?;
         Ok(PoincareMidpoint {

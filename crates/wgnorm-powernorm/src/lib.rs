@@ -349,6 +349,24 @@ impl SinkhornNormalize {
     }
 }
 
+/// What [`UnifiedNorm::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UnifiedNormConfig {
+    /// Added to the variance inside the square root.
+    pub eps: f32,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for UnifiedNormConfig {
+    fn default() -> Self {
+        UnifiedNormConfig {
+            eps: 1e-5,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// Unified Normalization (Yang et al. 2022; docs/methods.md B3, official `unified_normalization.py`)
 /// on `x[B, N, C]`.
 ///
@@ -438,7 +456,8 @@ impl Default for UnifiedTraining {
 }
 
 impl UnifiedNorm {
-    pub fn new(ctx: &Context, eps: f32, dtype: DType) -> Result<UnifiedNorm> {
+    pub fn new(ctx: &Context, cfg: UnifiedNormConfig) -> Result<UnifiedNorm> {
+        let UnifiedNormConfig { eps, dtype } = cfg;
         Ok(UnifiedNorm {
             eps,
             engine: ChannelNorm::new(ctx, eps, dtype, Default::default())?

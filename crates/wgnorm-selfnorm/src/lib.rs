@@ -45,6 +45,24 @@ pub fn specializations() -> Vec<Specialization> {
         .collect()
 }
 
+/// What [`AlphaDropout::new`] takes; `Default` gives the usual defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AlphaDropoutConfig {
+    /// Probability of dropping an element, in [0, 1).
+    pub rate: f32,
+    /// Storage type of x and y.
+    pub dtype: DType,
+}
+
+impl Default for AlphaDropoutConfig {
+    fn default() -> Self {
+        AlphaDropoutConfig {
+            rate: 0.1,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// AlphaDropout (Klambauer et al. 2017; see `docs/methods.md`), the dropout that keeps SELU's
 /// self-normalizing mean and variance: with `q = 1 - rate` and `alpha' = -lambda * alpha`,
 /// dropped elements become `alpha'` and `y = a * x' + b`, `a = (q + alpha'^2 q (1 - q))^(-1/2)`,
@@ -79,7 +97,8 @@ pub fn alpha_dropout_keeps(seed: u64, threshold: u32, i: u32) -> bool {
 
 impl AlphaDropout {
     /// `rate` in [0, 1): the probability of dropping an element.
-    pub fn new(ctx: &Context, rate: f32, dtype: DType) -> Result<AlphaDropout> {
+    pub fn new(ctx: &Context, cfg: AlphaDropoutConfig) -> Result<AlphaDropout> {
+        let AlphaDropoutConfig { rate, dtype } = cfg;
         if !(0.0..1.0).contains(&rate) {
             return Err(Error::InvalidParameter {
                 name: "rate",

@@ -19,13 +19,14 @@
 pub mod conformance;
 
 pub use wgnorm_batchnorm::{
-    self as batchnorm, BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, EvoNormB0,
-    EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar, IbnConfig, IbnInputs, IbnNorm,
-    ProgressiveRepNormConfig, RegionNormB, RegionNormInputs, RegionNormL, RegionNormLConfig,
-    RegionNormLInputs, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
+    self as batchnorm, AdaB2nConfig, AdaB2nInputs, AdaB2nTaskWeighted, BatchNorm, BatchNormConfig,
+    BatchNormInputs, BatchNormOutputs, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar,
+    IbnConfig, IbnInputs, IbnNorm, ProgressiveRepNormConfig, RegionNormB, RegionNormBConfig,
+    RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs, UnmixTns, UnmixTnsConfig,
+    UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::{self, Layout};
-pub use wgnorm_core::elementwise::{self, Elementwise};
+pub use wgnorm_core::elementwise::{self, Elementwise, ElementwiseConfig};
 pub use wgnorm_core::Activation;
 pub use wgnorm_core::{
     self as core, binding, rownorm, shader, uniform, wgpu, Context, DType, Error, Mode, Result,
@@ -33,26 +34,26 @@ pub use wgnorm_core::{
 };
 pub use wgnorm_groupnorm::{
     self as groupnorm, EvoNormS0, EvoNormS0Config, GroupNorm, GroupNormConfig, InstanceNorm,
-    InstanceNormConfig, LpNorm, MeanVarianceNorm, NormInputs, NormOutputs, WeightStandardization,
-    WsVariant,
+    InstanceNormConfig, LpNorm, LpNormConfig, MeanVarianceNorm, MeanVarianceNormConfig, NormInputs,
+    NormOutputs, WeightStandardization, WeightStandardizationConfig, WsVariant,
 };
 pub use wgnorm_layernorm::{
     self as layernorm, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm, LayerNormConfig,
     LayerNormInputs, LayerNormOutputs,
 };
 pub use wgnorm_poincare::{
-    self as poincare, BallOps, PoincareBatchNorm, PoincareBatchNormConfig, PoincareBatchNormInputs,
-    PoincareMidpoint, PoincareStatistics,
+    self as poincare, BallConfig, BallOps, PoincareBatchNorm, PoincareBatchNormConfig,
+    PoincareBatchNormInputs, PoincareMidpoint, PoincareStatistics,
 };
 pub use wgnorm_powernorm::{
     self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornConfig,
-    SinkhornNormalize, UnifiedNorm,
+    SinkhornNormalize, UnifiedNorm, UnifiedNormConfig,
 };
 pub use wgnorm_rmsnorm::{
     self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs,
     RmsNormOutputs,
 };
-pub use wgnorm_selfnorm::{self as selfnorm, AlphaDropout};
+pub use wgnorm_selfnorm::{self as selfnorm, AlphaDropout, AlphaDropoutConfig};
 
 /// Everything an app needs to run a layer.
 pub mod prelude {

@@ -69,9 +69,11 @@ pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<Outputs, String>
     let p = a.int("p", 2)?;
     let op = crate::LpNorm::new(
         ctx,
-        a.int("axis", -1)? as isize,
-        u32::try_from(p).unwrap_or(0),
-        dtype,
+        crate::LpNormConfig {
+            axis: a.int("axis", -1)? as isize,
+            p: u32::try_from(p).unwrap_or(0),
+            dtype,
+        },
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
@@ -95,7 +97,15 @@ pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Outpu
         Some(v) => return Err(format!("attribute axes is not a list: {v}")),
     };
     let _ = a;
-    let op = crate::MeanVarianceNorm::new(ctx, &axes, 1e-9, dtype).map_err(err)?;
+    let op = crate::MeanVarianceNorm::new(
+        ctx,
+        crate::MeanVarianceNormConfig {
+            axes: axes.to_vec(),
+            eps: 1e-9,
+            dtype,
+        },
+    )
+    .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }
@@ -106,8 +116,15 @@ pub(super) fn run_weight_standardization(ctx: &Context, case: &Case) -> Result<O
     let dtype = io_dtype(w)?;
     let variant =
         crate::WsVariant::from_flags(a.bool("unbiased", true)?, a.bool("eps_inside_sqrt", false)?);
-    let op = crate::WeightStandardization::new(ctx, variant, a.f64("eps", 1e-5)? as f32, dtype)
-        .map_err(err)?;
+    let op = crate::WeightStandardization::new(
+        ctx,
+        crate::WeightStandardizationConfig {
+            variant,
+            eps: a.f64("eps", 1e-5)? as f32,
+            dtype,
+        },
+    )
+    .map_err(err)?;
     let y = op.forward(&upload(ctx, w, dtype)?).map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }
@@ -167,7 +184,14 @@ pub(super) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outpu
     };
     let groups =
         usize::try_from(a.int("num_groups", 32)?).map_err(|_| "num_groups < 0".to_string())?;
-    let mut op = crate::batchnorm::BatchChannelNorm::new(ctx, cfg, groups).map_err(err)?;
+    let mut op = crate::batchnorm::BatchChannelNorm::new(
+        ctx,
+        crate::batchnorm::BatchChannelNormConfig {
+            batch_norm: cfg,
+            groups,
+        },
+    )
+    .map_err(err)?;
     if let Some(ms) = a.opt_f64("estbn_moving_speed", None)? {
         op = op.with_estbn(ms as f32);
     }

@@ -97,7 +97,14 @@ pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, St
     }
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
-    let op = crate::UnifiedNorm::new(ctx, a.f64("eps", 1e-5)? as f32, dtype).map_err(err)?;
+    let op = crate::UnifiedNorm::new(
+        ctx,
+        crate::UnifiedNormConfig {
+            eps: a.f64("eps", 1e-5)? as f32,
+            dtype,
+        },
+    )
+    .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
     let (w, b) = (
         upload_param(ctx, case, "weight")?,
@@ -114,7 +121,15 @@ pub(super) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<Output
     let a = Attrs::new(case, &["c"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
-    let op = crate::PoincareMidpoint::new(ctx, a.f64("c", 0.1)? as f32, -1, dtype).map_err(err)?;
+    let op = crate::PoincareMidpoint::new(
+        ctx,
+        crate::BallConfig {
+            c: a.f64("c", 0.1)? as f32,
+            feature_axis: -1,
+            dtype,
+        },
+    )
+    .map_err(err)?;
     let m = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     Ok(BTreeMap::from([("m".to_string(), download(ctx, &m)?)]))
 }
@@ -273,8 +288,15 @@ pub(super) fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<Outputs, S
     let a = Attrs::new(case, &["eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
-    let op = crate::RegionNormB::new(ctx, a.f64("eps", 1e-5)? as f32, crate::Layout::Nchw, dtype)
-        .map_err(err)?;
+    let op = crate::RegionNormB::new(
+        ctx,
+        crate::RegionNormBConfig {
+            eps: a.f64("eps", 1e-5)? as f32,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
+    )
+    .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
     // U8 mask (0/1) as f32.
     let mask = upload(ctx, input(case, "mask")?, DType::F32)?;

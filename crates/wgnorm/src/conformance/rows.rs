@@ -124,7 +124,14 @@ pub(super) fn run_selu(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         alpha: a.f64("alpha", 1.6732632423543772)? as f32,
         lambda: a.f64("gamma", 1.0507009873554805)? as f32,
     };
-    let op = crate::Elementwise::new(ctx, act, dtype).map_err(err)?;
+    let op = crate::Elementwise::new(
+        ctx,
+        crate::ElementwiseConfig {
+            activation: act,
+            dtype,
+        },
+    )
+    .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }
