@@ -54,16 +54,16 @@ fn encode_cost(c: &mut Criterion) {
 
     // The floor: one pass, one pipeline, one bind group, one dispatch, recorded directly.
     let slots = &[
-        wgnorm::Slot::Uniform,
-        wgnorm::Slot::Read,
-        wgnorm::Slot::ReadWrite,
+        wgnorm::engine::Slot::Uniform,
+        wgnorm::engine::Slot::Read,
+        wgnorm::engine::Slot::ReadWrite,
     ];
-    let io = wgnorm::shader::Io {
+    let io = wgnorm::engine::shader::Io {
         dtype: DType::F32,
         vec4: true,
     };
     let pipeline = ctx
-        .pipeline(&wgnorm::core::baseline::copy_spec(io, 256, 1))
+        .pipeline(&wgnorm::engine::core::baseline::copy_spec(io, 256, 1))
         .unwrap();
     let (bgl, _) = ctx.layout(slots);
     let u = ctx.device().create_buffer(&wgpu::BufferDescriptor {

@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let adapter =
         pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: adapter.features() & wgnorm::core::context::OPTIONAL_FEATURES,
+        required_features: adapter.features() & wgnorm::OPTIONAL_FEATURES,
         required_limits: adapter.limits(),
         ..Default::default()
     }))?;

@@ -57,8 +57,8 @@ fn warm_encode_adds_no_allocation_over_a_bare_pass() {
 
     // A bare pass with a pipeline and bind group of the same shape, built by hand.
     let pipeline = c
-        .pipeline(&wgnorm::core::baseline::copy_spec(
-            wgnorm::shader::Io {
+        .pipeline(&wgnorm::engine::core::baseline::copy_spec(
+            wgnorm::engine::shader::Io {
                 dtype: DType::F32,
                 vec4: false,
             },
@@ -67,9 +67,9 @@ fn warm_encode_adds_no_allocation_over_a_bare_pass() {
         ))
         .unwrap();
     let (bgl, _) = c.layout(&[
-        wgnorm::Slot::Uniform,
-        wgnorm::Slot::Read,
-        wgnorm::Slot::ReadWrite,
+        wgnorm::engine::Slot::Uniform,
+        wgnorm::engine::Slot::Read,
+        wgnorm::engine::Slot::ReadWrite,
     ]);
     let u = c.device().create_buffer(&wgpu::BufferDescriptor {
         label: None,

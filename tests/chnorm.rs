@@ -1422,7 +1422,7 @@ fn rep_batch_norm_inference_folds_to_scale_and_shift() {
 /// of 16 accesses or one), forced on this adapter, so the paths GPUs take are checked here too.
 #[test]
 fn every_moments_lane_mapping_matches_reference() {
-    use wgnorm::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, LanePlan};
+    use wgnorm::engine::chnorm::{ChannelNorm, ChannelNormArgs, ChannelView, LanePlan};
     let c_ = ctx();
     for (n, c, hw) in [(4, 12, 37), (3, 64, 100), (2, 9, 1024)] {
         let x: Vec<f32> = noise(200 + c as u64, n * c * hw)

@@ -1,8 +1,8 @@
 //! LayerNorm / RMSNorm on the GPU against the f64 reference, kernel paths, limits, caches and
 //! bad input.
 
+use wgnorm::engine::rownorm::{RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm::prelude::*;
-use wgnorm::rownorm::{RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm::Error;
 use wgnorm_reference::rownorm as reference;
 use wgnorm_tests::{assert_close, ctx, noise, round_to};
@@ -123,7 +123,9 @@ fn serves(k: RowKernel, n: usize) -> bool {
     match k {
         RowKernel::Team { cached: true, .. } => n <= 4096,
         RowKernel::Team { cached: false, .. } => true,
-        RowKernel::TeamRegs { team, .. } => n <= (team * wgnorm::rownorm::TEAM_REGS) as usize,
+        RowKernel::TeamRegs { team, .. } => {
+            n <= (team * wgnorm::engine::rownorm::TEAM_REGS) as usize
+        }
         RowKernel::Workgroup { .. } => true,
     }
 }

@@ -4,8 +4,8 @@
 //! on either side fails here (instead of silently feeding a kernel the wrong values).
 
 use naga::proc::GlobalCtx;
-use wgnorm::shader::{Io, Kernel};
-use wgnorm::uniform::{Field, UniformBlock};
+use wgnorm::engine::shader::{Io, Kernel};
+use wgnorm::engine::uniform::{Field, UniformBlock};
 use wgnorm::DType;
 
 /// The `(name, offset, size)` of each member of the WGSL struct `name` in `kernel`'s module, and
@@ -83,20 +83,20 @@ macro_rules! layout_tests {
 }
 
 layout_tests! {
-    channel_params_matches_channel_norm_common: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::APPLY_KERNEL;
-    channel_params_matches_moments: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::MOMENTS_KERNEL;
-    channel_params_matches_finalize: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::FINALIZE_KERNEL;
-    channel_params_matches_merge: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::MERGE_KERNEL;
-    channel_params_matches_instance_running: wgnorm::uniform::ChannelParams => wgnorm::chnorm::plan::RUNNING_KERNEL;
-    row_params_matches_team: wgnorm::uniform::RowParams => wgnorm::rownorm::TEAM_KERNEL;
-    row_params_matches_team_regs: wgnorm::uniform::RowParams => wgnorm::rownorm::TEAM_REGS_KERNEL;
-    row_params_matches_workgroup: wgnorm::uniform::RowParams => wgnorm::rownorm::WORKGROUP_KERNEL;
-    row_params_matches_naive_row_norm: wgnorm::uniform::RowParams => wgnorm::rownorm::NAIVE_KERNEL;
-    ew_params_matches_elementwise: wgnorm::uniform::EwParams => wgnorm::elementwise::ELEMENTWISE_KERNEL;
-    copy_params_matches_copy: wgnorm::uniform::CopyParams => wgnorm::core::baseline::COPY_KERNEL;
-    blend_params_matches_blend: wgnorm::uniform::BlendParams => wgnorm::elementwise::BLEND_KERNEL;
+    channel_params_matches_channel_norm_common: wgnorm::engine::uniform::ChannelParams => wgnorm::engine::chnorm::plan::APPLY_KERNEL;
+    channel_params_matches_moments: wgnorm::engine::uniform::ChannelParams => wgnorm::engine::chnorm::plan::MOMENTS_KERNEL;
+    channel_params_matches_finalize: wgnorm::engine::uniform::ChannelParams => wgnorm::engine::chnorm::plan::FINALIZE_KERNEL;
+    channel_params_matches_merge: wgnorm::engine::uniform::ChannelParams => wgnorm::engine::chnorm::plan::MERGE_KERNEL;
+    channel_params_matches_instance_running: wgnorm::engine::uniform::ChannelParams => wgnorm::engine::chnorm::plan::RUNNING_KERNEL;
+    row_params_matches_team: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::TEAM_KERNEL;
+    row_params_matches_team_regs: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::TEAM_REGS_KERNEL;
+    row_params_matches_workgroup: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::WORKGROUP_KERNEL;
+    row_params_matches_naive_row_norm: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::NAIVE_KERNEL;
+    ew_params_matches_elementwise: wgnorm::engine::uniform::EwParams => wgnorm::engine::elementwise::ELEMENTWISE_KERNEL;
+    copy_params_matches_copy: wgnorm::engine::uniform::CopyParams => wgnorm::engine::core::baseline::COPY_KERNEL;
+    blend_params_matches_blend: wgnorm::engine::uniform::BlendParams => wgnorm::engine::elementwise::BLEND_KERNEL;
     drop_params_matches_dropout: wgnorm::selfnorm::DropParams => wgnorm::selfnorm::DROPOUT_KERNEL;
-    naive_params_matches_naive_channel_norm: wgnorm::uniform::NaiveParams => wgnorm::core::baseline::NAIVE_CHANNEL_KERNEL;
+    naive_params_matches_naive_channel_norm: wgnorm::engine::uniform::NaiveParams => wgnorm::engine::core::baseline::NAIVE_CHANNEL_KERNEL;
     naive_ball_params_matches_naive_midpoint: wgnorm::poincare::NaiveBallParams => wgnorm::poincare::NAIVE_MIDPOINT_KERNEL;
     ibn_params_matches_ibn: wgnorm::batchnorm::IbnParams => wgnorm::batchnorm::IBN_KERNEL;
     evo_b0_params_matches_evonorm_b0: wgnorm::batchnorm::EvoB0Params => wgnorm::batchnorm::EVONORM_B0_KERNEL;
@@ -112,7 +112,7 @@ layout_tests! {
 /// The check itself can fail: a block whose fields are the right ones in another order.
 #[test]
 fn a_reordered_block_is_caught() {
-    wgnorm::core::uniform_block! {
+    wgnorm::engine::core::uniform_block! {
         /// `EwParams` with its padding first.
         pub struct EwParams {
             pub _pad0: u32,
@@ -121,8 +121,9 @@ fn a_reordered_block_is_caught() {
             pub _pad2: u32,
         }
     }
-    let caught =
-        std::panic::catch_unwind(|| check::<EwParams>(wgnorm::elementwise::ELEMENTWISE_KERNEL));
+    let caught = std::panic::catch_unwind(|| {
+        check::<EwParams>(wgnorm::engine::elementwise::ELEMENTWISE_KERNEL)
+    });
     assert!(
         caught.is_err(),
         "a reordered EwParams passed the layout check"

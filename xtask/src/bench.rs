@@ -12,12 +12,13 @@ use wgnorm::Mode;
 
 use anyhow::{bail, Result};
 use serde_json::json;
-use wgnorm::binding::{self, BindCache};
+use wgnorm::engine::binding::{self, BindCache};
+use wgnorm::engine::rownorm::{self, RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm::engine::shader::{Io, Specialization};
+use wgnorm::engine::uniform::{CopyParams, NaiveParams, RowParams};
+use wgnorm::engine::Slot;
 use wgnorm::poincare::NaiveBallParams;
-use wgnorm::rownorm::{self, RowMode, RowNorm, RowNormArgs, RowNormConfig};
-use wgnorm::shader::{Io, Specialization};
-use wgnorm::uniform::{CopyParams, NaiveParams, RowParams};
-use wgnorm::{Context, DType, Slot, Tensor};
+use wgnorm::{Context, DType, Tensor};
 
 /// Records one run of a kernel into an encoder.
 type Record = Box<dyn Fn(&mut wgpu::CommandEncoder)>;
@@ -94,7 +95,7 @@ fn copies(ctx: &Context, bytes: u64) -> Result<Vec<Copy>> {
         ("copy 256 vec4/lane", 8, 256),
         ("copy 64 vec4/lane", 64, 64),
     ] {
-        let pipeline = ctx.pipeline(&wgnorm::core::baseline::copy_spec(io, wg, block))?;
+        let pipeline = ctx.pipeline(&wgnorm::engine::core::baseline::copy_spec(io, wg, block))?;
         let params = CopyParams {
             n_vec,
             ..Default::default()
@@ -236,7 +237,7 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
 /// then LayerNorm of the sum. The fused kernel moves 2 reads + 2 writes of the tensor; the
 /// unfused sequence 3 reads + 2 writes.
 fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
-    use wgnorm::elementwise::Blend;
+    use wgnorm::engine::elementwise::Blend;
     let dtype = DType::F32;
     let op = RowNorm::new(
         ctx,
@@ -421,7 +422,7 @@ fn naive_channel(
     ];
     let bind = BindCache::default().get(
         ctx,
-        wgnorm::core::baseline::NAIVE_CHANNEL_SLOTS,
+        wgnorm::engine::core::baseline::NAIVE_CHANNEL_SLOTS,
         &params,
         &ranges.iter().collect::<Vec<_>>(),
     )?;
@@ -431,7 +432,7 @@ fn naive_channel(
         .skip(first_stage)
         .map(|(stage, items)| {
             (
-                wgnorm::core::baseline::naive_channel_spec(stage, act),
+                wgnorm::engine::core::baseline::naive_channel_spec(stage, act),
                 items,
             )
         })

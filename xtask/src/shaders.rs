@@ -5,7 +5,7 @@ use anyhow::{anyhow, Result};
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-use wgnorm::shader::Specialization;
+use wgnorm::engine::shader::Specialization;
 
 fn capabilities() -> Capabilities {
     // What every backend can express; SUBGROUP_BARRIER has no HLSL path and no kernel uses it.

@@ -3,7 +3,7 @@
 //! shape the adapter can run forced in turn as well as the per-adapter choice.
 
 use anyhow::Result;
-use wgnorm::rownorm::{RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm::engine::rownorm::{RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm::Mode;
 use wgnorm::{Context, DType};
 use wgnorm_reference::rownorm as reference;

@@ -25,13 +25,23 @@ pub use wgnorm_batchnorm::{
     RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs, UnmixTns, UnmixTnsConfig,
     UnmixTnsInputs,
 };
-pub use wgnorm_core::chnorm::{self, Layout};
-pub use wgnorm_core::elementwise::{self, Elementwise, ElementwiseConfig};
+pub use wgnorm_core::chnorm::Layout;
+pub use wgnorm_core::context::OPTIONAL_FEATURES;
+pub use wgnorm_core::elementwise::{Elementwise, ElementwiseConfig};
 pub use wgnorm_core::Activation;
-pub use wgnorm_core::{
-    self as core, binding, rownorm, shader, uniform, wgpu, Context, DType, Error, Mode, Result,
-    ShaderChecks, Slot, Tensor,
-};
+pub use wgnorm_core::{wgpu, Context, DType, Error, Mode, Result, ShaderChecks, Tensor};
+
+/// The engines and plumbing under the ops, for tools and for apps that build their own kernels
+/// on wgnorm's: kernels and their specialisations (`shader`), typed uniform blocks (`uniform`),
+/// bind-group caching and binding checks (`binding`), the row-statistics (`rownorm`),
+/// channel-statistics (`chnorm`) and instance-statistics (`instmix`) engines, the benchmarks'
+/// reference kernels (`baseline`). Not needed to run the ops.
+pub mod engine {
+    pub use wgnorm_core as core;
+    pub use wgnorm_core::{
+        baseline, binding, chnorm, elementwise, instmix, rownorm, scratch, shader, uniform, Slot,
+    };
+}
 pub use wgnorm_groupnorm::{
     self as groupnorm, EvoNormS0, EvoNormS0Config, GroupNorm, GroupNormConfig, InstanceNorm,
     InstanceNormConfig, LpNorm, LpNormConfig, MeanVarianceNorm, MeanVarianceNormConfig, NormInputs,
@@ -68,20 +78,21 @@ pub mod prelude {
 /// Every pipeline specialisation the runtime can create, for `cargo xtask validate`: each
 /// engine's and family's own enumeration of its planning code (the row-norm kernel choice
 /// replayed for typical adapter classes over every row length that changes it), plus the
-/// benchmarks' copy kernels and naive baselines. Deduplicated by [`shader::Specialization::key`].
-pub fn specializations() -> Vec<shader::Specialization> {
+/// benchmarks' copy kernels and naive baselines. Deduplicated by
+/// [`engine::shader::Specialization::key`].
+pub fn specializations() -> Vec<engine::shader::Specialization> {
     let all = [
-        rownorm::specializations(&rownorm::AdapterClass::TYPICAL),
+        engine::rownorm::specializations(&engine::rownorm::AdapterClass::TYPICAL),
         wgnorm_core::baseline::specializations(),
-        chnorm::specializations_with(&[
-            chnorm::Epilogue::AFFINE,
+        engine::chnorm::specializations_with(&[
+            engine::chnorm::Epilogue::AFFINE,
             wgnorm_batchnorm::SCALED_RESIDUAL,
             wgnorm_batchnorm::MAX_DENOMINATOR,
             wgnorm_groupnorm::SIGMOID_GATE,
         ]),
         wgnorm_batchnorm::mixing_specializations(),
         wgnorm_powernorm::unified_specializations(),
-        elementwise::specializations(),
+        engine::elementwise::specializations(),
         wgnorm_selfnorm::specializations(),
         wgnorm_batchnorm::region_specializations(),
         wgnorm_batchnorm::fold_specializations(),

@@ -7,7 +7,7 @@
 //! statistics update, statistics and affine folded into a scale and shift per (p, channel)), and
 //! the elementwise apply pass. Scratch buffers are allocated once per view and reused.
 //!
-//! The modules follow a call: [`view`] (what is reduced), [`args`] (what the call asks for),
+//! The modules follow a call: `view` (what is reduced), `args` (what the call asks for),
 //! `check` (every input checked, nothing recorded), [`plan`] (pipelines as a pure function of
 //! the checked call) and `record` (bind and dispatch; fails only on device errors).
 
