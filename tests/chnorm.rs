@@ -1505,3 +1505,44 @@ fn every_moments_lane_mapping_matches_reference() {
         }
     }
 }
+
+#[test]
+fn progressive_rep_norm_bad_running_stats_fail_before_any_pass() {
+    use wgnorm::batchnorm::{ProgressiveRepNorm, ProgressiveRepNormInputs};
+    let c_ = ctx();
+    let (b, t, c) = (2, 3, 4);
+    // No warm-up: the first training call records LN, RepBN and the blend.
+    let op = ProgressiveRepNorm::new(
+        c_,
+        wgnorm::ProgressiveRepNormConfig {
+            warm: 0,
+            total_step: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let up = |v: &[f32]| c_.upload_f32(v, &[v.len()]).unwrap();
+    let xt = c_.upload_f32(&noise(1, b * t * c), &[b, t, c]).unwrap();
+    let sentinel = vec![7.0f32; b * t * c];
+    let y = c_.upload_f32(&sentinel, &[b, t, c]).unwrap();
+    let (rm, rv_bad, alpha) = (up(&[0.0; 4]), up(&[1.0; 3]), up(&[0.5]));
+    let inputs = ProgressiveRepNormInputs {
+        x: &xt,
+        ln_weight: None,
+        ln_bias: None,
+        bn_weight: None,
+        bn_bias: None,
+        running_mean: &rm,
+        running_var: &rv_bad,
+        alpha: &alpha,
+    };
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    let r = op.encode(&mut enc, &inputs, &y, Mode::Train);
+    assert!(
+        matches!(r, Err(Error::ShapeMismatch { .. })),
+        "a running_var of the wrong length gave {r:?}"
+    );
+    c_.queue().submit([enc.finish()]);
+    assert_eq!(op.counters(), (0, 3), "a failed call advanced the schedule");
+    assert_eq!(c_.download(&y).unwrap(), sentinel, "a failed call wrote y");
+}

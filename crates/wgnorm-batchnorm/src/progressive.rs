@@ -190,11 +190,17 @@ impl ProgressiveRepNorm {
         let shape = a.x.shape();
         let s1 = self.ln_out.get(&self.ctx, shape, shape, self.dtype)?;
         let s2 = self.bn_out.get(&self.ctx, shape, shape, self.dtype)?;
-        self.ln.encode(enc, &ln_args(a, &s1))?;
         let out = BatchNormOutputs {
             y: &s2,
             saved: None,
         };
+        // Three passes: every input is checked before the first is recorded.
+        self.ln.check_args(&ln_args(a, &s1))?;
+        self.bn.check_rep(&bn_inputs, a.alpha, &out, Mode::Train)?;
+        y.expect_dtype("y", self.dtype)?;
+        y.expect_shape("y", shape)?;
+        wgnorm_core::binding::storage_range(&self.ctx, "y", y)?;
+        self.ln.encode(enc, &ln_args(a, &s1))?;
         self.bn
             .encode_rep(enc, &bn_inputs, a.alpha, &out, Mode::Train)?;
         self.blend.encode(enc, &s1, &s2, lambda, y)?;

@@ -112,6 +112,49 @@ impl ChannelNorm {
         }
     }
 
+    /// The uniform blocks of a checked call: the statistics passes' and the apply pass's.
+    fn call_params(
+        &self,
+        a: &ChannelNormArgs,
+        c: &Checked,
+        io: Io,
+        aio: Io,
+    ) -> (ChannelParams, ChannelParams) {
+        let v = a.view;
+        let update = running_update(&a.statistics);
+        let qm_update = match a.statistics {
+            Statistics::QuadraticMean { update, .. } => update,
+            _ => None,
+        };
+        let w_src = match a.statistics {
+            Statistics::Mixed { w_src } => Some(w_src),
+            _ => None,
+        };
+        // Given moments are one merged partial per slot.
+        let tiles = if c.ranges.moments.is_some() {
+            1
+        } else {
+            c.tiles
+        };
+        let base = channel_params(&v, io.width(), tiles, c.tile_len, self.eps, update);
+        let params = ChannelParams {
+            // The source-statistics weight, or the quadratic mean's warm-up factor.
+            w_src: w_src.or(qm_update.map(|u| u.warm)).unwrap_or(0.0),
+            momentum: qm_update.map_or(base.momentum, |u| u.momentum),
+            mask_b: a.mask.map_or(0, |m| m.shape()[0] as u32),
+            norm_target: self.norm_target,
+            ..base
+        };
+        let (selu_alpha, selu_lambda) = self.activation.selu_params();
+        let apply_params = ChannelParams {
+            total_v: (v.numel() / aio.width() as usize) as u32,
+            selu_alpha,
+            selu_lambda,
+            ..params
+        };
+        (params, apply_params)
+    }
+
     /// Records the passes into `encoder`. Everything is checked first; nothing is recorded on
     /// error, and nothing for an empty tensor.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
@@ -123,37 +166,8 @@ impl ChannelNorm {
         let p = self.pipelines(&c.shape, &c.facts)?;
         let (io, aio) = (p.plan.io, p.plan.aio);
         let scratch = self.scratch(v, c.tiles)?;
-        let update = running_update(&a.statistics);
-        let qm_update = match a.statistics {
-            Statistics::QuadraticMean { update, .. } => update,
-            _ => None,
-        };
-        let w_src = match a.statistics {
-            Statistics::Mixed { w_src } => Some(w_src),
-            _ => None,
-        };
-        let tiles = if c.ranges.moments.is_some() {
-            1
-        } else {
-            c.tiles
-        };
-        let base = channel_params(&v, io.width(), tiles, c.tile_len, self.eps, update);
-        let params = ChannelParams {
-            // The test-time mix weight, or the quadratic mean's warm-up factor.
-            w_src: w_src.or(qm_update.map(|u| u.warm)).unwrap_or(0.0),
-            momentum: qm_update.map_or(base.momentum, |u| u.momentum),
-            mask_b: a.mask.map_or(0, |m| m.shape()[0] as u32),
-            norm_target: self.norm_target,
-            ..base
-        };
-        let total_v = (v.numel() / aio.width() as usize) as u32;
-        let (selu_alpha, selu_lambda) = self.activation.selu_params();
-        let apply_params = ChannelParams {
-            total_v,
-            selu_alpha,
-            selu_lambda,
-            ..params
-        };
+        let (params, apply_params) = self.call_params(a, &c, io, aio);
+        let total_v = apply_params.total_v;
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let Checked { ranges: rg, .. } = c;
         let partials = match &rg.moments {

@@ -154,6 +154,15 @@ impl RowNorm {
         Ok(Some(Checked { key, ..c }))
     }
 
+    /// Every check of [`RowNorm::encode`], recording nothing (for ops that record several passes
+    /// and must fail before the first).
+    pub fn check_args(&self, a: &RowNormArgs) -> Result<()> {
+        let Some(c) = self.check(a)? else {
+            return Ok(());
+        };
+        self.plan(c.key).map(|_| ())
+    }
+
     /// Records the op into `encoder`: one compute pass with one dispatch, or nothing for an empty
     /// tensor. Everything is checked before anything is recorded. Never submits or blocks; after
     /// the first call with given buffers and shape it creates no GPU object.
