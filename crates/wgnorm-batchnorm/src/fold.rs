@@ -58,13 +58,21 @@ pub fn fold_specializations() -> Vec<Specialization> {
 /// (shape of `weight`) and `bias_out` `[O]`. All f32.
 #[derive(Clone, Copy, Debug)]
 pub struct FoldArgs<'a> {
+    /// The preceding layer's weight `[O, ..]`.
     pub weight: &'a Tensor,
+    /// The preceding layer's bias `[O]`; `None`: 0.
     pub bias: Option<&'a Tensor>,
+    /// The BatchNorm's scale `[O]`; `None`: 1.
     pub gamma: Option<&'a Tensor>,
+    /// The BatchNorm's shift `[O]`; `None`: 0.
     pub beta: Option<&'a Tensor>,
+    /// The BatchNorm's running mean `[O]` (read).
     pub running_mean: &'a Tensor,
+    /// The BatchNorm's running variance `[O]` (read).
     pub running_var: &'a Tensor,
+    /// Receives the folded weight (the shape of `weight`).
     pub weight_out: &'a Tensor,
+    /// Receives the folded bias `[O]`.
     pub bias_out: &'a Tensor,
 }
 

@@ -168,10 +168,15 @@ pub struct IbnNorm {
 /// `running_mean`/`running_var` `[C - half]` (the BN part, updated in training).
 #[derive(Clone, Copy, Debug)]
 pub struct IbnInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing.
     pub weight: &'a Tensor,
+    /// Shift (beta) added after the scale.
     pub bias: &'a Tensor,
+    /// Running mean (f32, one per channel): read at inference, updated in training.
     pub running_mean: &'a Tensor,
+    /// Running variance (f32, one per channel): read at inference, updated in training.
     pub running_var: &'a Tensor,
 }
 
@@ -234,6 +239,8 @@ impl IbnNorm {
         (c as f64 * self.ratio as f64).floor() as usize
     }
 
+    /// Records reduce, mix and apply: IN on the first `half` channels, BN (batch statistics
+    /// and a running update in training, running statistics at inference) on the rest.
     pub fn encode(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -308,10 +315,15 @@ pub struct EvoNormB0 {
 /// Tensors of an EvoNorm-B0 call.
 #[derive(Clone, Copy, Debug)]
 pub struct EvoNormB0Inputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing.
     pub weight: &'a Tensor,
+    /// Shift (beta) added after the scale.
     pub bias: &'a Tensor,
+    /// The per-channel `v` of the denominator's `v x` term, f32 `[C]`.
     pub v: &'a Tensor,
+    /// Running variance (f32, one per channel): read at inference, updated in training.
     pub running_var: &'a Tensor,
 }
 
@@ -343,6 +355,7 @@ impl Default for EvoNormB0Config {
 }
 
 impl EvoNormB0 {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: EvoNormB0Config) -> Result<EvoNormB0> {
         let EvoNormB0Config {
             eps,
@@ -361,6 +374,7 @@ impl EvoNormB0 {
         })
     }
 
+    /// Records reduce, mix and apply; training also updates `running_var`.
     pub fn encode(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -427,10 +441,15 @@ pub struct UnmixTns {
 /// `component_mean`/`component_var` `[K, C]`, updated in place.
 #[derive(Clone, Copy, Debug)]
 pub struct UnmixTnsInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing.
     pub weight: &'a Tensor,
+    /// Shift (beta) added after the scale.
     pub bias: &'a Tensor,
+    /// Component means `[K, C]`, updated in place.
     pub component_mean: &'a Tensor,
+    /// Component variances `[K, C]`, updated in place.
     pub component_var: &'a Tensor,
 }
 
@@ -544,6 +563,8 @@ impl UnmixTns {
         (mean, var)
     }
 
+    /// Records one test-time step: reduce, mix (assignment, mixed statistics, component update)
+    /// and apply.
     pub fn encode(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -636,16 +657,24 @@ pub struct AdaB2nTaskWeighted {
 /// readback); it must be a buffer of its own, as it is bound where UnMix-TNS writes.
 #[derive(Clone, Copy, Debug)]
 pub struct AdaB2nInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing.
     pub weight: &'a Tensor,
+    /// Shift (beta) added after the scale.
     pub bias: &'a Tensor,
+    /// Running mean (f32, one per channel): read at inference, updated in training.
     pub running_mean: &'a Tensor,
+    /// Running variance (f32, one per channel): read at inference, updated in training.
     pub running_var: &'a Tensor,
+    /// The learnable task logits theta, f32 `[T]`.
     pub theta: &'a Tensor,
+    /// The task of each sample, f32 `[N]` holding integers in `[0, T)`.
     pub task_ids: &'a Tensor,
 }
 
 impl AdaB2nTaskWeighted {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: AdaB2nConfig) -> Result<Self> {
         let AdaB2nConfig { eps, layout, dtype } = cfg;
         wgnorm_core::check_eps(eps)?;

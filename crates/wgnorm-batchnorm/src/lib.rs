@@ -12,6 +12,8 @@
 //! Parameters and state (`weight`, `bias`, `running_mean`, `running_var`, the saved statistics)
 //! are f32 with one value per channel, as PyTorch keeps BatchNorm buffers under autocast.
 
+#![deny(missing_docs)]
+
 use wgnorm_core::binding::BindCache;
 use wgnorm_core::chnorm::{
     ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, EpilogueInput, Statistics,
@@ -76,7 +78,9 @@ pub struct BatchNormConfig {
     pub momentum: Option<f32>,
     /// Feed the unbiased batch variance to `running_var` (PyTorch). Default true.
     pub running_var_unbiased: bool,
+    /// Layout of x and y: NCHW or channels-last.
     pub layout: Layout,
+    /// Storage type of x and y (arithmetic is f32).
     pub dtype: DType,
 }
 
@@ -97,10 +101,15 @@ impl Default for BatchNormConfig {
 /// PyTorch's `track_running_stats=False`).
 #[derive(Clone, Copy, Debug)]
 pub struct BatchNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// Shift (beta) added after the scale; `None`: 0.
     pub bias: Option<&'a Tensor>,
+    /// Running mean (f32, one per channel): read at inference, updated in training.
     pub running_mean: Option<&'a Tensor>,
+    /// Running variance (f32, one per channel): read at inference, updated in training.
     pub running_var: Option<&'a Tensor>,
 }
 
@@ -108,7 +117,9 @@ pub struct BatchNormInputs<'a> {
 /// backward pass needs them (the running statistics in inference).
 #[derive(Clone, Copy, Debug)]
 pub struct BatchNormOutputs<'a> {
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// Receives the per-slot `(mean, rstd)` pairs (f32) when given.
     pub saved: Option<&'a Tensor>,
 }
 
@@ -122,6 +133,7 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: BatchNormConfig) -> Result<BatchNorm> {
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?;
         Ok(BatchNorm {
@@ -132,6 +144,7 @@ impl BatchNorm {
         })
     }
 
+    /// The channel engine under this op (for tools that inspect it).
     pub fn engine(&self) -> &ChannelNorm {
         &self.engine
     }
@@ -540,12 +553,19 @@ pub struct BatchChannelNorm {
 /// statistics, and the per-group `weight`/`bias` (f32 `[G]`).
 #[derive(Clone, Copy, Debug)]
 pub struct BatchChannelNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// The BatchNorm part's per-channel scale `[C]`; `None`: 1.
     pub bn_weight: Option<&'a Tensor>,
+    /// The BatchNorm part's per-channel shift `[C]`; `None`: 0.
     pub bn_bias: Option<&'a Tensor>,
+    /// Running mean (f32, one per channel): read at inference, updated in training.
     pub running_mean: Option<&'a Tensor>,
+    /// Running variance (f32, one per channel): read at inference, updated in training.
     pub running_var: Option<&'a Tensor>,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// Shift (beta) added after the scale; `None`: 0.
     pub bias: Option<&'a Tensor>,
 }
 
@@ -592,6 +612,8 @@ impl BatchChannelNorm {
         self
     }
 
+    /// Records the BatchNorm part (or EstBN), the per-group normalization and the per-group
+    /// affine; training updates the running statistics.
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,

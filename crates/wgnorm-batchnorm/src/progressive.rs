@@ -39,13 +39,21 @@ pub struct ProgressiveRepNorm {
 /// Tensors of a progressive-norm call.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgressiveRepNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// LayerNorm's scale `[C]`; `None`: 1.
     pub ln_weight: Option<&'a Tensor>,
+    /// LayerNorm's shift `[C]`; `None`: 0.
     pub ln_bias: Option<&'a Tensor>,
+    /// RepBN's BatchNorm scale `[C]`; `None`: 1.
     pub bn_weight: Option<&'a Tensor>,
+    /// RepBN's BatchNorm shift `[C]`; `None`: 0.
     pub bn_bias: Option<&'a Tensor>,
+    /// Running mean (f32, one per channel): read at inference, updated in training.
     pub running_mean: &'a Tensor,
+    /// Running variance (f32, one per channel): read at inference, updated in training.
     pub running_var: &'a Tensor,
+    /// RepBN's learnable scalar alpha, f32 `[1]`.
     pub alpha: &'a Tensor,
 }
 
@@ -133,6 +141,7 @@ impl ProgressiveRepNorm {
         *self.counters.lock().unwrap()
     }
 
+    /// Sets `(warm, iter)`, e.g. when resuming training from a checkpoint.
     pub fn set_counters(&self, warm: u64, iter: u64) {
         *self.counters.lock().unwrap() = (warm, iter);
     }

@@ -83,15 +83,22 @@ pub struct RegionNormB {
 /// Tensors of an RN-B call.
 #[derive(Clone, Copy, Debug)]
 pub struct RegionNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// The binary region mask (f32, 1 = inside), resized to x's spatial size by nearest neighbour.
     pub mask: &'a Tensor,
+    /// Per-channel scale offsets inside (`1 + gamma_f`) and outside (`1 + gamma_b`) the region.
     pub gamma_f: &'a Tensor,
+    /// See `gamma_f`.
     pub gamma_b: &'a Tensor,
+    /// Per-channel shifts, both added at every pixel.
     pub beta_f: &'a Tensor,
+    /// See `beta_f`.
     pub beta_b: &'a Tensor,
 }
 
 impl RegionNormB {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: RegionNormBConfig) -> Result<RegionNormB> {
         let RegionNormBConfig { eps, layout, dtype } = cfg;
         wgnorm_core::check_eps(eps)?;
@@ -106,6 +113,7 @@ impl RegionNormB {
         })
     }
 
+    /// Records RN-B: the resized mask, the statistics inside and outside it, the output.
     pub fn encode(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -185,11 +193,17 @@ pub struct RegionNormL {
 /// the channel max), `gamma_conv`, `beta_conv` `[1, 1, 7, 7]` with biases `[1]`.
 #[derive(Clone, Copy, Debug)]
 pub struct RegionNormLInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// The 7x7 mask convolution `[1, 2, 7, 7]` over `[mean_c x, max_c x]` (no bias).
     pub mask_conv: &'a Tensor,
+    /// The 7x7 convolution `[1, 1, 7, 7]` giving the spatial gamma map from the attention map.
     pub gamma_conv: &'a Tensor,
+    /// Its bias `[1]`.
     pub gamma_conv_bias: &'a Tensor,
+    /// The 7x7 convolution `[1, 1, 7, 7]` giving the spatial beta map.
     pub beta_conv: &'a Tensor,
+    /// Its bias `[1]`.
     pub beta_conv_bias: &'a Tensor,
 }
 
@@ -218,6 +232,7 @@ impl Default for RegionNormLConfig {
 }
 
 impl RegionNormL {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: RegionNormLConfig) -> Result<RegionNormL> {
         let RegionNormLConfig {
             eps,
@@ -244,6 +259,7 @@ impl RegionNormL {
         })
     }
 
+    /// Records RN-L: the attention map and its mask, the two region statistics, the spatial affine.
     pub fn encode(
         &self,
         enc: &mut wgpu::CommandEncoder,

@@ -66,6 +66,7 @@ macro_rules! uniform_block {
         $(#[$meta])*
         #[repr(C)]
         #[derive(Clone, Copy, Debug, Default, PartialEq)]
+        #[allow(missing_docs)] // a field's meaning is documented on its WGSL twin
         pub struct $name {
             $( $(#[$fmeta])* pub $field: $ty ),*
         }

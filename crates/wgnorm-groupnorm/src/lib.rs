@@ -7,6 +7,8 @@
 //! InstanceNorm's `track_running_stats` is [`InstanceNorm::encode_tracked`]. x, y in f32 or f16;
 //! weight and bias f32 `[C]`.
 
+#![deny(missing_docs)]
+
 pub use wgnorm_core::chnorm::{Activation, Layout};
 use wgnorm_core::chnorm::{
     ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, EpilogueInput, Statistics,
@@ -33,12 +35,16 @@ pub struct GroupNormConfig {
     pub num_groups: usize,
     /// Default 1e-5.
     pub eps: f32,
+    /// Activation fused after the affine.
     pub activation: Activation,
+    /// Layout of x and y: NCHW or channels-last.
     pub layout: Layout,
+    /// Storage type of x and y (arithmetic is f32).
     pub dtype: DType,
 }
 
 impl GroupNormConfig {
+    /// GroupNorm over `num_groups` groups with the other fields at their defaults.
     pub fn new(num_groups: usize) -> GroupNormConfig {
         GroupNormConfig {
             num_groups,
@@ -53,15 +59,20 @@ impl GroupNormConfig {
 /// Inputs of GroupNorm and InstanceNorm: `x` `(N, C, *)` (or `(N, *, C)`), f32 weight/bias `[C]`.
 #[derive(Clone, Copy, Debug)]
 pub struct NormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// Shift (beta) added after the scale; `None`: 0.
     pub bias: Option<&'a Tensor>,
 }
 
 /// Outputs: `y` like x; optional f32 `[N * groups, 2]` of (mean, rstd) per (sample, group).
 #[derive(Clone, Copy, Debug)]
 pub struct NormOutputs<'a> {
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// Receives the per-slot `(mean, rstd)` pairs (f32) when given.
     pub saved: Option<&'a Tensor>,
 }
 
@@ -72,6 +83,7 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: GroupNormConfig) -> Result<GroupNorm> {
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, cfg.activation)?;
         Ok(GroupNorm { engine, cfg })
@@ -99,11 +111,14 @@ impl GroupNorm {
 /// What is fixed when an InstanceNorm is created.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InstanceNormConfig {
+    /// Added to the variance inside the square root (finite, >= 0).
     pub eps: f32,
     /// Weight of the new value in the running-statistics update of
     /// [`InstanceNorm::encode_tracked`] (PyTorch convention, default 0.1).
     pub momentum: f32,
+    /// Layout of x and y: NCHW or channels-last.
     pub layout: Layout,
+    /// Storage type of x and y (arithmetic is f32).
     pub dtype: DType,
 }
 
@@ -127,6 +142,7 @@ pub struct InstanceNorm {
 }
 
 impl InstanceNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: InstanceNormConfig) -> Result<InstanceNorm> {
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Activation::None)?;
         Ok(InstanceNorm {
@@ -275,6 +291,7 @@ pub struct MeanVarianceNorm {
 }
 
 impl MeanVarianceNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: MeanVarianceNormConfig) -> Result<MeanVarianceNorm> {
         let MeanVarianceNormConfig { axes, eps, dtype } = cfg;
         let engine =
@@ -286,6 +303,7 @@ impl MeanVarianceNorm {
         })
     }
 
+    /// Records `y = (x - mean) / (std + eps)` over the configured axes.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, y: &Tensor) -> Result<()> {
         let view = ChannelView::over_axes(x.shape(), &self.axes)?;
         encode(
@@ -301,6 +319,7 @@ impl MeanVarianceNorm {
         )
     }
 
+    /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let inputs = NormInputs {
             x,
@@ -342,6 +361,7 @@ pub struct LpNorm {
 }
 
 impl LpNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: LpNormConfig) -> Result<LpNorm> {
         let LpNormConfig { axis, p, dtype } = cfg;
         let reduction = match p {
@@ -363,6 +383,7 @@ impl LpNorm {
         })
     }
 
+    /// Records `y = x / ||x||_p` along the axis (0 where the norm is 0).
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, y: &Tensor) -> Result<()> {
         let view = ChannelView::along_axis(x.shape(), self.axis)?;
         encode(
@@ -378,6 +399,7 @@ impl LpNorm {
         )
     }
 
+    /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let inputs = NormInputs {
             x,
@@ -447,6 +469,7 @@ pub struct WeightStandardization {
 }
 
 impl WeightStandardization {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: WeightStandardizationConfig) -> Result<WeightStandardization> {
         let WeightStandardizationConfig {
             variant,
@@ -467,6 +490,7 @@ impl WeightStandardization {
         Ok(WeightStandardization { engine, dtype })
     }
 
+    /// Records the standardized weights `[O, ..]` (statistics per output channel) into `out`.
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -563,6 +587,7 @@ impl Default for EvoNormS0Config {
 }
 
 impl EvoNormS0 {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: EvoNormS0Config) -> Result<EvoNormS0> {
         let EvoNormS0Config {
             groups,
@@ -578,6 +603,7 @@ impl EvoNormS0 {
         })
     }
 
+    /// Records `y = x * sigmoid(v x) / sqrt(var_G + eps) * weight + bias` with `v` f32 `[C]`.
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,

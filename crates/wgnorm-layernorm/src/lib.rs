@@ -5,6 +5,8 @@
 //! f16, arithmetic f32. Optionally writes the per-row `mean` and `rstd = 1/sqrt(var + eps)` (f32),
 //! as a backward pass needs them.
 
+#![deny(missing_docs)]
+
 pub mod placement;
 
 pub use wgnorm_core::rownorm::RowKernel;
@@ -35,33 +37,46 @@ impl Default for LayerNormConfig {
 /// Inputs: `x`, and optional `weight` / `bias` of shape `x.shape[axis..]`.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// Shift (beta) added after the scale; `None`: 0.
     pub bias: Option<&'a Tensor>,
 }
 
 /// Outputs: `y` shaped like `x`; optional f32 `mean` and `rstd` with one element per row.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerNormOutputs<'a> {
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// Saved statistics: the mean of each normalized row or slot (f32), written when given.
     pub mean: Option<&'a Tensor>,
+    /// Saved statistics: `1/sqrt(var + eps)` of each normalized row or slot (f32), written when given.
     pub rstd: Option<&'a Tensor>,
 }
 
 /// Tensors allocated by [`LayerNorm::forward`].
 #[derive(Clone, Debug)]
 pub struct LayerNormOutput {
+    /// Output: the shape and dtype of `x`.
     pub y: Tensor,
+    /// Saved statistics: the mean of each normalized row or slot (f32).
     pub mean: Tensor,
+    /// Saved statistics: `1/sqrt(var + eps)` of each normalized row or slot (f32).
     pub rstd: Tensor,
 }
 
 /// Inputs of the fused residual add: the row normalized is `x + residual` (same shape as x).
 #[derive(Clone, Copy, Debug)]
 pub struct AddLayerNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Added to `x` before normalizing (the residual stream), same shape and dtype.
     pub residual: &'a Tensor,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// Shift (beta) added after the scale; `None`: 0.
     pub bias: Option<&'a Tensor>,
 }
 
@@ -69,9 +84,13 @@ pub struct AddLayerNormInputs<'a> {
 /// (pre-LN blocks carry it to the next residual) and the statistics.
 #[derive(Clone, Copy, Debug)]
 pub struct AddLayerNormOutputs<'a> {
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// Receives `x + residual` (the next block's residual stream), same shape and dtype, written when given.
     pub sum: Option<&'a Tensor>,
+    /// Saved statistics: the mean of each normalized row or slot (f32), written when given.
     pub mean: Option<&'a Tensor>,
+    /// Saved statistics: `1/sqrt(var + eps)` of each normalized row or slot (f32), written when given.
     pub rstd: Option<&'a Tensor>,
 }
 
@@ -82,6 +101,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: LayerNormConfig) -> Result<LayerNorm> {
         let engine = RowNorm::new(
             ctx,

@@ -17,6 +17,8 @@
 //!   its argument at `1 - 1e-7` and is computed as `0.5*log((1+u)/(1-u))` (a series near 0);
 //!   `tanh` cannot overflow; norms and denominators are clamped at 1e-15; `1 - c|z|^2` at 0.
 
+#![deny(missing_docs)]
+
 mod ball;
 mod norm;
 

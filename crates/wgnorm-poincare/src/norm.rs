@@ -291,6 +291,7 @@ pub struct PoincareMidpoint {
 }
 
 impl PoincareMidpoint {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: BallConfig) -> Result<Self> {
         let BallConfig {
             c,
@@ -370,6 +371,7 @@ pub struct PoincareBatchNormConfig {
     pub feature_axis: isize,
     /// Weight of the batch statistics in the running update (the extension). Default 0.1.
     pub momentum: f32,
+    /// Storage type of x and y (arithmetic is f32).
     pub dtype: DType,
 }
 
@@ -405,10 +407,15 @@ pub enum PoincareStatistics {
 /// a point) and `running_var` (`[1]`), f32, for the running-statistics modes.
 #[derive(Clone, Copy, Debug)]
 pub struct PoincareBatchNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Shift (beta) added after the scale.
     pub bias: &'a Tensor,
+    /// Scale (gamma) applied after normalizing.
     pub weight: &'a Tensor,
+    /// Running mean (f32, one per channel): read at inference, updated in training.
     pub running_mean: Option<&'a Tensor>,
+    /// Running variance (f32, one per channel): read at inference, updated in training.
     pub running_var: Option<&'a Tensor>,
 }
 
@@ -430,6 +437,7 @@ pub struct PoincareBatchNorm {
 }
 
 impl PoincareBatchNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: PoincareBatchNormConfig) -> Result<Self> {
         check_curvature(cfg.c)?;
         wgnorm_core::check_unit_interval("momentum", cfg.momentum)?;

@@ -13,6 +13,8 @@
 //!
 //! The approximate backward pass of the paper is not implemented.
 
+#![deny(missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -38,6 +40,7 @@ pub struct PowerNormConfig {
     pub warmup_iters: u64,
     /// GroupScaling groups (fairseq passes the head count). Must divide C. Default 1.
     pub group_num: usize,
+    /// Storage type of x and y (arithmetic is f32).
     pub dtype: DType,
 }
 
@@ -57,10 +60,15 @@ impl Default for PowerNormConfig {
 /// and the running value `running_phi` (f32 `[C]`, updated in place in training).
 #[derive(Clone, Copy, Debug)]
 pub struct PowerNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Token padding mask (f32, 1 = padding): padded tokens are left out of the statistics.
     pub pad_mask: Option<&'a Tensor>,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// Shift (beta) added after the scale; `None`: 0.
     pub bias: Option<&'a Tensor>,
+    /// The running quadratic mean φ (f32 `[C]`): read after warm-up, updated in training.
     pub running_phi: &'a Tensor,
 }
 
@@ -74,6 +82,7 @@ pub struct PowerNorm {
 }
 
 impl PowerNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: PowerNormConfig) -> Result<PowerNorm> {
         wgnorm_core::check_unit_interval("alpha_fwd", cfg.alpha_fwd)?;
         if cfg.group_num == 0 {
@@ -438,9 +447,13 @@ pub fn unified_specializations() -> Vec<Specialization> {
 /// filtration off for NLP and on for CV, decay 0.9).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct UnifiedTraining {
+    /// Steps M of quadratic means the window keeps.
     pub window: usize,
+    /// Steps before the window's geometric mean (and filtration) is used.
     pub warmup: u64,
+    /// Outlier filtration on.
     pub filter: bool,
+    /// Running-statistics momentum, PyTorch convention (weight of the new value).
     pub momentum: f32,
 }
 
@@ -456,6 +469,7 @@ impl Default for UnifiedTraining {
 }
 
 impl UnifiedNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: UnifiedNormConfig) -> Result<UnifiedNorm> {
         let UnifiedNormConfig { eps, dtype } = cfg;
         Ok(UnifiedNorm {

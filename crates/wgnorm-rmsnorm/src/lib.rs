@@ -5,6 +5,8 @@
 //! convention (the checkpoint stores `weight - 1`). Storage f32 or f16, arithmetic f32.
 //! Optionally writes `rstd = 1/sqrt(mean(x^2) + eps)` per row (f32).
 
+#![deny(missing_docs)]
+
 pub use wgnorm_core::rownorm::RowKernel;
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::{Context, DType, Result, Tensor};
@@ -19,6 +21,7 @@ pub struct RmsNormConfig {
     pub eps: f32,
     /// Added to the weight before it multiplies: 0.0 (default), 1.0 for Gemma.
     pub weight_offset: f32,
+    /// Storage type of x and y (arithmetic is f32).
     pub dtype: DType,
 }
 
@@ -36,37 +39,49 @@ impl Default for RmsNormConfig {
 /// Inputs: `x` and an optional `weight` of shape `x.shape[axis..]`.
 #[derive(Clone, Copy, Debug)]
 pub struct RmsNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
 }
 
 /// Outputs: `y` shaped like `x`; optional f32 `rstd`, one element per row.
 #[derive(Clone, Copy, Debug)]
 pub struct RmsNormOutputs<'a> {
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// Saved statistics: `1/sqrt(var + eps)` of each normalized row or slot (f32), written when given.
     pub rstd: Option<&'a Tensor>,
 }
 
 /// Tensors allocated by [`RmsNorm::forward`].
 #[derive(Clone, Debug)]
 pub struct RmsNormOutput {
+    /// Output: the shape and dtype of `x`.
     pub y: Tensor,
+    /// Saved statistics: `1/sqrt(var + eps)` of each normalized row or slot (f32).
     pub rstd: Tensor,
 }
 
 /// Inputs of the fused residual add: the row normalized is `x + residual` (same shape as x).
 #[derive(Clone, Copy, Debug)]
 pub struct AddRmsNormInputs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Added to `x` before normalizing (the residual stream), same shape and dtype.
     pub residual: &'a Tensor,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
 }
 
 /// Outputs of the fused residual add: `y = rms_norm(x + residual)`, optionally the sum.
 #[derive(Clone, Copy, Debug)]
 pub struct AddRmsNormOutputs<'a> {
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// Receives `x + residual` (the next block's residual stream), same shape and dtype, written when given.
     pub sum: Option<&'a Tensor>,
+    /// Saved statistics: `1/sqrt(var + eps)` of each normalized row or slot (f32), written when given.
     pub rstd: Option<&'a Tensor>,
 }
 
@@ -76,6 +91,7 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: RmsNormConfig) -> Result<RmsNorm> {
         let engine = RowNorm::new(
             ctx,
@@ -104,6 +120,7 @@ impl RmsNorm {
         }
     }
 
+    /// The row engine under this op (for tools that inspect its kernel choice).
     pub fn engine(&self) -> &RowNorm {
         &self.engine
     }

@@ -2,6 +2,8 @@
 //! dropout that keeps SELU's fixed point of mean 0 and variance 1. SELU itself is an activation
 //! of the core ([`wgnorm_core::Activation::SELU`], standalone or fused after any norm).
 
+#![deny(missing_docs)]
+
 use wgnorm_core::binding::{self, BindCache};
 use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Mode, Result, Slot, Tensor};
