@@ -5,6 +5,7 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Activation {
     #[default]
+    /// No activation.
     None,
     /// `x * sigmoid(x)` (GroupNorm + SiLU, the diffusion-UNet block).
     Silu,
@@ -12,11 +13,14 @@ pub enum Activation {
     GeluTanh,
     /// GELU with erf (erf approximated to 1.5e-7 in the shader).
     GeluErf,
+    /// `max(x, 0)`.
     Relu,
     /// SELU `lambda * (x > 0 ? x : alpha * (exp(x) - 1))` (Klambauer et al. 2017; ONNX calls
     /// lambda `gamma`). [`Activation::SELU`] has the standard constants.
     Selu {
+        /// SELU's alpha (1.6732632423543772 standard).
         alpha: f32,
+        /// SELU's lambda (ONNX: gamma; 1.0507009873554805 standard).
         lambda: f32,
     },
 }

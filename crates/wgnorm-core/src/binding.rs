@@ -14,8 +14,11 @@ pub const MAX_STORAGE: usize = 8;
 /// A checked storage binding: buffer, byte offset and byte size.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BufferRange {
+    /// The buffer.
     pub buffer: wgpu::Buffer,
+    /// Byte offset of the range.
     pub offset: u64,
+    /// Byte size of the range (a multiple of 4).
     pub size: u64,
 }
 
@@ -188,6 +191,7 @@ impl BindCache {
         self.map.lock().unwrap().len()
     }
 
+    /// Whether no bind group is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -64,8 +64,11 @@ impl ShaderChecks {
 /// What a bind-group slot holds. Every wgnorm layout is a list of these in binding order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Slot {
+    /// The uniform parameter block.
     Uniform,
+    /// A read-only storage buffer.
     Read,
+    /// A read-write storage buffer.
     ReadWrite,
 }
 
@@ -124,6 +127,7 @@ impl Context {
         pollster::block_on(Self::new_async())
     }
 
+    /// [`Context::new`] without blocking.
     pub async fn new_async() -> Result<Context> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -240,21 +244,27 @@ impl Context {
         }
     }
 
+    /// The device.
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device
     }
+    /// The queue.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.queue
     }
+    /// The adapter's description.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.inner.info
     }
+    /// The features wgnorm may use on this device.
     pub fn features(&self) -> wgpu::Features {
         self.inner.features
     }
+    /// The device's limits (wgnorm honours them, not the adapter's).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
     }
+    /// Whether the device has subgroup operations.
     pub fn has_subgroups(&self) -> bool {
         self.inner.features.contains(wgpu::Features::SUBGROUP)
     }

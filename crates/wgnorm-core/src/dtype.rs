@@ -6,6 +6,7 @@ use std::fmt;
 /// rounding to the storage type on store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float.
     F32,
     /// IEEE binary16. Kernels with four elements per access need no device feature; element-wise
     /// access (odd lengths) needs `wgpu::Features::SHADER_F16`.
@@ -21,6 +22,7 @@ impl DType {
         }
     }
 
+    /// The name used in messages and case files (`f32`, `f16`).
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",

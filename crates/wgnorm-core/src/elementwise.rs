@@ -84,6 +84,7 @@ pub struct Elementwise {
 }
 
 impl Elementwise {
+    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: ElementwiseConfig) -> Result<Elementwise> {
         let ElementwiseConfig { activation, dtype } = cfg;
         if let Activation::Selu { alpha, lambda } = activation {
@@ -161,6 +162,7 @@ pub struct Blend {
 const BLEND_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite];
 
 impl Blend {
+    /// A blend of tensors of `dtype` bound to `ctx`.
     pub fn new(ctx: &Context, dtype: DType) -> Result<Blend> {
         ctx.check_dtype(dtype)?;
         Ok(Blend {

@@ -6,89 +6,152 @@ use crate::DType;
 /// Everything that can go wrong in wgnorm, checked before anything is recorded into an encoder.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No adapter could be had (the backends and what was found are in the message).
     #[error("no GPU adapter found ({0}); install a Vulkan driver (on Debian/Ubuntu without a GPU: `apt-get install -y mesa-vulkan-drivers`) or set WGPU_BACKEND")]
     NoAdapter(String),
 
+    /// `WGNORM_ADAPTER` (or `WGPU_ADAPTER_NAME`) matched no adapter.
     #[error("no adapter matches WGNORM_ADAPTER={filter:?}; available: {available}")]
-    AdapterFilter { filter: String, available: String },
+    AdapterFilter {
+        /// The filter that was set.
+        filter: String,
+        /// The adapters there are.
+        available: String,
+    },
 
+    /// The adapter refused the device request.
     #[error("requesting the device failed: {0}")]
     RequestDevice(String),
 
+    /// An axis outside `-rank..rank`.
     #[error(
         "{what}: axis {axis} is out of range for a tensor of rank {rank} (use -{rank}..{rank})"
     )]
     AxisOutOfRange {
+        /// The op or argument.
         what: &'static str,
+        /// The axis given (negative counts from the end).
         axis: isize,
+        /// The tensor's rank.
         rank: usize,
     },
 
+    /// A tensor of the wrong shape or element count.
     #[error("{what}: expected shape {expected:?}, got {got:?}")]
     ShapeMismatch {
+        /// The argument.
         what: String,
+        /// The shape (or element count) it needs.
         expected: Vec<usize>,
+        /// The shape it has.
         got: Vec<usize>,
     },
 
+    /// A tensor of the wrong dtype.
     #[error("{what}: expected dtype {expected}, got {got}")]
     DTypeMismatch {
+        /// The argument.
         what: String,
+        /// The dtype it needs.
         expected: DType,
+        /// The dtype it has.
         got: DType,
     },
 
+    /// A dtype the device cannot run (f16 element access without `SHADER_F16`).
     #[error("dtype {dtype} is not supported on this device: {why}")]
-    UnsupportedDType { dtype: DType, why: &'static str },
-
-    #[error("{what}: buffer is too small: the tensor needs bytes {offset}..{end} but the buffer has {size}")]
-    BufferTooSmall {
-        what: String,
-        offset: u64,
-        end: u64,
-        size: u64,
-    },
-
-    #[error("{what}: buffer lacks usage {missing:?} (create it with BufferUsages::{missing:?})")]
-    MissingUsage {
-        what: String,
-        missing: wgpu::BufferUsages,
-    },
-
-    #[error("{what}: byte offset {offset} is not a multiple of {alignment} (the device's min_storage_buffer_offset_alignment)")]
-    MisalignedOffset {
-        what: String,
-        offset: u64,
-        alignment: u64,
-    },
-
-    #[error("{what}: {bytes} bytes exceed the device's max_storage_buffer_binding_size of {limit} bytes; split the tensor along its rows")]
-    TooLargeForBinding {
-        what: String,
-        bytes: u64,
-        limit: u64,
-    },
-
-    #[error("{what} and {other} share one buffer; wgnorm does not run in place: give the output its own buffer")]
-    AliasedBuffers { what: String, other: String },
-
-    #[error("invalid parameter {name} = {value}: {why}")]
-    InvalidParameter {
-        name: &'static str,
-        value: String,
+    UnsupportedDType {
+        /// The dtype.
+        dtype: DType,
+        /// What the device lacks.
         why: &'static str,
     },
 
-    #[error("{what}: {n} elements do not fit the data length {len}")]
-    DataLength { what: String, n: usize, len: usize },
+    /// A tensor that runs past the end of its buffer.
+    #[error("{what}: buffer is too small: the tensor needs bytes {offset}..{end} but the buffer has {size}")]
+    BufferTooSmall {
+        /// The argument.
+        what: String,
+        /// First byte of the tensor in its buffer.
+        offset: u64,
+        /// One past its last byte (bindings round up to 4 bytes).
+        end: u64,
+        /// The buffer's size in bytes.
+        size: u64,
+    },
 
+    /// A buffer created without a usage wgnorm needs (`STORAGE`, `COPY_SRC` to download).
+    #[error("{what}: buffer lacks usage {missing:?} (create it with BufferUsages::{missing:?})")]
+    MissingUsage {
+        /// The argument.
+        what: String,
+        /// The usages its buffer needs and lacks.
+        missing: wgpu::BufferUsages,
+    },
+
+    /// A tensor offset the device cannot bind.
+    #[error("{what}: byte offset {offset} is not a multiple of {alignment} (the device's min_storage_buffer_offset_alignment)")]
+    MisalignedOffset {
+        /// The argument.
+        what: String,
+        /// Its byte offset.
+        offset: u64,
+        /// The device's `min_storage_buffer_offset_alignment`.
+        alignment: u64,
+    },
+
+    /// A tensor larger than one storage binding may be.
+    #[error("{what}: {bytes} bytes exceed the device's max_storage_buffer_binding_size of {limit} bytes; split the tensor along its rows")]
+    TooLargeForBinding {
+        /// The argument.
+        what: String,
+        /// Its size in bytes.
+        bytes: u64,
+        /// The device's `max_storage_buffer_binding_size`.
+        limit: u64,
+    },
+
+    /// An output sharing a buffer with another binding of the call.
+    #[error("{what} and {other} share one buffer; wgnorm does not run in place: give the output its own buffer")]
+    AliasedBuffers {
+        /// One argument.
+        what: String,
+        /// The argument it shares a buffer with.
+        other: String,
+    },
+
+    /// A parameter out of its range, or a combination the op does not support.
+    #[error("invalid parameter {name} = {value}: {why}")]
+    InvalidParameter {
+        /// The parameter.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        why: &'static str,
+    },
+
+    /// Host data whose length does not match the shape it is uploaded as.
+    #[error("{what}: {n} elements do not fit the data length {len}")]
+    DataLength {
+        /// The argument.
+        what: String,
+        /// Elements of the shape.
+        n: usize,
+        /// Elements of the data.
+        len: usize,
+    },
+
+    /// A wgpu validation, out-of-memory or internal error, captured instead of panicking.
     #[error("the device reported an error: {0}")]
     Device(String),
 
+    /// Polling the device (downloads, `Context::wait`) failed.
     #[error("waiting for the GPU failed: {0}")]
     Poll(String),
 }
 
+/// wgnorm's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `eps`, added to a variance before its square root: finite and >= 0.

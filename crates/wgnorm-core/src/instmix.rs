@@ -63,6 +63,7 @@ pub struct Mixer<P: UniformBlock> {
     pub epilogue: Epilogue,
     /// f32 scratch values per sample in the assignment slot (at least 1).
     pub per_sample: usize,
+    /// How the mixing kernel is dispatched.
     pub dispatch: MixDispatch,
     /// Loop iterations of one lane (lavapipe stops a lane past 65535 in total).
     pub lane_iterations: u64,
@@ -73,13 +74,17 @@ pub struct Mixer<P: UniformBlock> {
 pub struct MixTensors<'a> {
     /// `(N, C, *)` in the engine's layout and dtype.
     pub x: &'a Tensor,
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// Scale (gamma) applied after normalizing.
     pub weight: &'a Tensor,
+    /// Shift (beta) added after the scale.
     pub bias: &'a Tensor,
     /// The method's per-call input (read only).
     pub aux: Option<&'a Tensor>,
     /// The method's state, updated in place.
     pub state_a: Option<&'a Tensor>,
+    /// The method's second state tensor, updated in place.
     pub state_b: Option<&'a Tensor>,
     /// A per-sample input bound in the scratch slot (read-write there: it may share a buffer with
     /// nothing else).

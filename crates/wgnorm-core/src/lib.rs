@@ -8,6 +8,8 @@
 //! - [`chnorm`]: the channel-statistics engine behind BatchNorm, GroupNorm and InstanceNorm.
 //! - [`Error`]: one typed error for everything.
 
+#![deny(missing_docs)]
+
 pub mod activation;
 pub mod baseline;
 pub mod binding;

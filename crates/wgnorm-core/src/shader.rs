@@ -54,6 +54,7 @@ pub const HALF_CONVERSIONS_WGSL: &str = shader_file!("common/half.wgsl");
 /// Storage type and access width of a kernel's tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Io {
+    /// Storage type of x and y (arithmetic is f32).
     pub dtype: DType,
     /// Four consecutive elements per access (the reduced length must be a multiple of 4).
     pub vec4: bool,
@@ -66,6 +67,7 @@ impl Io {
         vec4: false,
     };
 
+    /// Every storage type and access width.
     pub const ALL: [Io; 4] = [
         Io {
             dtype: DType::F32,
@@ -108,6 +110,7 @@ impl Io {
         self.dtype.size() * self.width() as u64
     }
 
+    /// `f32x4` and the like, for messages and keys.
     pub fn label(self) -> String {
         format!("{}x{}", self.dtype, self.width())
     }
@@ -203,8 +206,11 @@ pub fn required_features(kernel: Kernel, io: Io) -> wgpu::Features {
 /// typed constants, never by hand at a call site.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Specialization {
+    /// The kernel.
     pub kernel: Kernel,
+    /// Its I/O type.
     pub io: Io,
+    /// Its override constants, in the order its typed constants wrote them.
     pub constants: Vec<(&'static str, f64)>,
 }
 

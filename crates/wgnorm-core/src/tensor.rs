@@ -42,6 +42,7 @@ impl Tensor {
         Ok(t)
     }
 
+    /// The buffer the tensor views.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
@@ -49,12 +50,15 @@ impl Tensor {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+    /// The shape (row-major).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// Elements: the product of the shape.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

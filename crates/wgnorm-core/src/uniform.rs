@@ -14,8 +14,11 @@ pub const MAX_UNIFORM_BYTES: usize = 128;
 /// One field of a uniform block: name, byte offset and byte size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Field {
+    /// The field's name.
     pub name: &'static str,
+    /// Its byte offset in the block.
     pub offset: usize,
+    /// Its size in bytes.
     pub size: usize,
 }
 

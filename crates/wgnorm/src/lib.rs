@@ -16,6 +16,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod conformance;
 
 pub use wgnorm_batchnorm::{

@@ -51,7 +51,9 @@ impl Reduction {
 /// (`warm` = 1/t during warm-up, else 0), then `phi = (1 - momentum) phi + momentum psi2`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QmUpdate {
+    /// Running-statistics momentum, PyTorch convention (weight of the new value).
     pub momentum: f32,
+    /// `1/t` during warm-up step t, else 0.
     pub warm: f32,
 }
 
@@ -67,18 +69,26 @@ pub enum Statistics {
     /// running one is `mean((x - rm_old)^2) = var_b + (mean_b - rm_old)^2`, centred on the old
     /// running mean; otherwise the unbiased or biased batch variance.
     UpdatedRunning {
+        /// Weight of the new value (PyTorch convention).
         momentum: f32,
+        /// Feed the unbiased batch variance to the running one.
         unbiased: bool,
+        /// Feed the variance centred on the old running mean instead.
         estimated: bool,
     },
     /// `w_src * running + (1 - w_src) * batch` for the mean and the variance (batch variance
     /// unbiased); the running (source) statistics are read, not updated.
-    Mixed { w_src: f32 },
+    Mixed {
+        /// Weight of the running (source) statistics.
+        w_src: f32,
+    },
     /// With [`Reduction::QuadraticMean`]: normalize with this batch's quadratic mean or (when
     /// `use_running`) the running value in `running_var` as it was before this step, and
     /// optionally update the running value.
     QuadraticMean {
+        /// Normalize with the running value instead of the batch's.
         use_running: bool,
+        /// Update the running value from this batch.
         update: Option<QmUpdate>,
     },
 }
@@ -97,14 +107,23 @@ pub struct RunningUpdate {
 /// updated in place; `stats` receives `(mean, rstd)` f32 pairs per slot (`[slots, 2]`).
 #[derive(Clone, Copy, Debug)]
 pub struct ChannelNormArgs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// How x is seen for the reduction.
     pub view: ChannelView,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// Shift (beta) added after the scale; `None`: 0.
     pub bias: Option<&'a Tensor>,
+    /// Running mean (f32, one per channel): read at inference, updated in training.
     pub running_mean: Option<&'a Tensor>,
+    /// Running variance (f32, one per channel): read at inference, updated in training.
     pub running_var: Option<&'a Tensor>,
+    /// Receives `(mean, rstd)` per slot (f32 `[slots, 2]`) when given.
     pub stats: Option<&'a Tensor>,
+    /// Which statistics normalize, and what they update.
     pub statistics: Statistics,
     /// With `Statistics::Batch`: normalize with these merged moments (f32 `[slots, 3]`:
     /// count, mean, M2 per slot, see [`Moments`]) instead of this tensor's own; the running
@@ -149,8 +168,11 @@ impl<'a> ChannelNormArgs<'a> {
 /// GPU tensors of moments are f32 `[slots, 3]` in this order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Moments {
+    /// Values per slot.
     pub count: Vec<f64>,
+    /// Saved statistics: the mean of each normalized row or slot (f32).
     pub mean: Vec<f64>,
+    /// Sum of squared deviations from the mean per slot.
     pub m2: Vec<f64>,
 }
 

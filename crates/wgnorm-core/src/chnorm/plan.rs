@@ -103,12 +103,19 @@ pub(crate) fn moments_wg(cpu: bool) -> u32 {
 /// The engine's configuration: what is fixed when it is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EngineConfig {
+    /// What the slot statistics are.
     pub reduction: Reduction,
+    /// eps outside the square root.
     pub eps_outside: bool,
+    /// Normalize with the unbiased variance.
     pub unbiased_norm: bool,
+    /// Weight and bias per slot instead of per channel.
     pub affine_per_slot: bool,
+    /// Storage type of x and y (arithmetic is f32).
     pub dtype: DType,
+    /// Activation fused after the affine.
     pub activation: ActivationKey,
+    /// Lane mapping (defaults follow the adapter).
     pub lanes: LanePlan,
 }
 
@@ -117,6 +124,7 @@ pub struct EngineConfig {
 pub struct ActivationKey(u32);
 
 impl ActivationKey {
+    /// The key of an activation.
     pub fn of(a: Activation) -> ActivationKey {
         ActivationKey(a.code())
     }
@@ -127,21 +135,31 @@ impl ActivationKey {
 pub enum StatKind {
     /// Batch statistics, with a running update (cumulative or not, unbiased or not) or none.
     Batch {
+        /// `(cumulative, unbiased)` of the running update, if any.
         update: Option<(bool, bool)>,
     },
+    /// The running statistics normalize.
     Running,
+    /// Update the running statistics, then normalize with them.
     UpdatedRunning {
+        /// Feed the unbiased variance.
         unbiased: bool,
+        /// Feed the variance centred on the old running mean.
         estimated: bool,
     },
+    /// A mix of running and batch statistics.
     Mixed,
+    /// A quadratic mean (batch or running).
     QuadraticMean {
+        /// Normalize with the running value.
         use_running: bool,
+        /// Update the running value.
         update: bool,
     },
 }
 
 impl StatKind {
+    /// The kind of these statistics.
     pub fn of(s: &Statistics) -> StatKind {
         match *s {
             Statistics::Batch(u) => StatKind::Batch {
@@ -240,6 +258,7 @@ impl From<RunningUpdate> for (bool, bool) {
 /// The per-call input an epilogue reads (bound as `aux`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EpilogueInput {
+    /// No per-call input.
     None,
     /// One f32.
     Scalar,
@@ -315,10 +334,15 @@ impl Default for Epilogue {
 /// A call's shape as far as pipelines are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CallShape {
+    /// The statistics' kind.
     pub stats: StatKind,
+    /// A weight is bound.
     pub has_weight: bool,
+    /// A bias is bound.
     pub has_bias: bool,
+    /// The apply pass's epilogue.
     pub epilogue: Epilogue,
+    /// A token mask is bound.
     pub mask: bool,
     /// Merged moments are given: no moments pass.
     pub given_moments: bool,
@@ -342,6 +366,7 @@ pub struct ViewFacts {
 }
 
 impl ViewFacts {
+    /// The facts of a view.
     pub fn of(v: &ChannelView) -> ViewFacts {
         let one_channel = v.sdiv.is_multiple_of(4) && v.s.is_multiple_of(4);
         let ch_vec = v.sdiv == 1 && v.channels().is_multiple_of(4) && v.channels() > 0;
@@ -374,10 +399,13 @@ pub struct ChannelPlan {
     pub aio: Io,
     /// `None` when the statistics are not computed here (running or given).
     pub moments: Option<Specialization>,
+    /// The finalize pass.
     pub finalize: Specialization,
+    /// The apply pass.
     pub apply: Specialization,
     /// Lanes per channel in the moments pass (its dispatch size depends on it).
     pub channel_lanes: bool,
+    /// Accesses per lane of the apply pass.
     pub apply_block: u32,
 }
 

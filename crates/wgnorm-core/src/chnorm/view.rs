@@ -8,11 +8,17 @@ use crate::{Error, Result};
 /// `cg` channels; element (p, q, r, s) belongs to channel `r * cg + s / sdiv`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ChannelView {
+    /// Outer dim: each p has its own slots.
     pub p: usize,
+    /// Reduced dim between p and r.
     pub q: usize,
+    /// Slot dim: one slot per (p, r).
     pub r: usize,
+    /// Inner dim, reduced (contiguous).
     pub s: usize,
+    /// Channels per slot (groups: C/G; otherwise 1).
     pub cg: usize,
+    /// Elements of s per channel.
     pub sdiv: usize,
 }
 
@@ -245,12 +251,15 @@ impl ChannelView {
         })
     }
 
+    /// Statistics slots: `p * r`.
     pub fn slots(&self) -> usize {
         self.p * self.r
     }
+    /// Channels: `r * cg`.
     pub fn channels(&self) -> usize {
         self.r * self.cg
     }
+    /// Elements: `p * q * r * s`.
     pub fn numel(&self) -> usize {
         self.p * self.q * self.r * self.s
     }

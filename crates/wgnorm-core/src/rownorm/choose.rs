@@ -15,21 +15,30 @@ pub enum RowKernel {
     /// otherwise x is read from memory in each pass (LayerNorm: Chan-merged statistics, then
     /// the output, two reads).
     Team {
+        /// Lanes per row (a power of two, at most the minimum subgroup size).
         team: u32,
+        /// Rows per workgroup.
         rows_per_group: u32,
+        /// Rows read once into workgroup memory.
         cached: bool,
     },
     /// As `Team`, with each lane's share of the row in registers (at most [`TEAM_REGS`]
     /// accesses per lane): short rows without workgroup-memory traffic.
     /// `rows_per_team` consecutive rows per team reuse the lane's registers of weight and bias.
     TeamRegs {
+        /// Lanes per row.
         team: u32,
+        /// Teams per workgroup.
         rows_per_group: u32,
+        /// Consecutive rows each team normalizes.
         rows_per_team: u32,
     },
     /// One workgroup of `wg` lanes (a power of two) per row; caches the row when it fits,
     /// otherwise reads x twice.
-    Workgroup { wg: u32 },
+    Workgroup {
+        /// Lanes per workgroup (a power of two).
+        wg: u32,
+    },
 }
 
 /// Accesses each lane of a LayerNorm team holds at least on CPU adapters (see `choose_for`).
@@ -189,11 +198,17 @@ fn prev_power_of_two(v: u32) -> u32 {
 /// The adapter facts kernel choice depends on, so the choice can be replayed without a device.
 #[derive(Clone, Copy, Debug)]
 pub struct AdapterClass {
+    /// A CPU adapter (software rasterizer).
     pub cpu: bool,
+    /// Subgroup operations are available.
     pub subgroups: bool,
+    /// The adapter's minimum subgroup size.
     pub subgroup_min: u32,
+    /// The adapter's maximum subgroup size.
     pub subgroup_max: u32,
+    /// Bytes of workgroup memory.
     pub workgroup_storage: u32,
+    /// Invocations per workgroup.
     pub max_invocations: u32,
 }
 
@@ -235,6 +250,7 @@ impl AdapterClass {
         },
     ];
 
+    /// The class of `ctx`'s adapter and device.
     pub fn of(ctx: &Context) -> AdapterClass {
         let info = ctx.adapter_info();
         AdapterClass {

@@ -35,6 +35,7 @@ pub enum RowMode {
 /// Configuration fixed when a row-norm op is created (everything but the data).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RowNormConfig {
+    /// LayerNorm or RMSNorm statistics.
     pub mode: RowMode,
     /// First reduced dim; negative counts from the end. Every dim from `axis` on is reduced.
     pub axis: isize,
@@ -50,11 +51,17 @@ pub struct RowNormConfig {
 /// reduced shape `x.shape[axis..]`; `mean`/`rstd` are f32 with one element per row.
 #[derive(Clone, Copy, Debug)]
 pub struct RowNormArgs<'a> {
+    /// Input, row-major, in the op's dtype.
     pub x: &'a Tensor,
+    /// Scale (gamma) applied after normalizing; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// Shift (beta) added after the scale; `None`: 0.
     pub bias: Option<&'a Tensor>,
+    /// Output: the shape and dtype of `x`.
     pub y: &'a Tensor,
+    /// Saved statistics: the mean of each normalized row or slot (f32), written when given.
     pub mean: Option<&'a Tensor>,
+    /// Saved statistics: `1/sqrt(var + eps)` of each normalized row or slot (f32), written when given.
     pub rstd: Option<&'a Tensor>,
     /// Fused residual add: normalize `x + residual` (same shape and dtype as x).
     pub residual: Option<&'a Tensor>,
@@ -124,10 +131,12 @@ impl RowNorm {
         self
     }
 
+    /// The configuration.
     pub fn config(&self) -> &RowNormConfig {
         &self.cfg
     }
 
+    /// The context the op records for.
     pub fn context(&self) -> &Context {
         &self.ctx
     }

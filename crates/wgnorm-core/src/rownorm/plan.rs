@@ -77,10 +77,13 @@ pub const NAIVE_KERNEL: Kernel = Kernel::new(
 /// Which optional tensors a row-norm call binds; each is an override constant of the kernels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RowFlags {
+    /// A weight is bound.
     pub has_weight: bool,
+    /// A bias is bound.
     pub has_bias: bool,
     /// Any saved statistics (which ones is `RowParams::write_stats`).
     pub write_stats: bool,
+    /// A residual is added first.
     pub has_residual: bool,
     /// Store `x + residual` (only with a residual).
     pub write_sum: bool,
@@ -108,13 +111,17 @@ impl RowFlags {
 /// names are written.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RowConstants {
+    /// LayerNorm or RMSNorm.
     pub mode: RowMode,
+    /// The bound optional tensors.
     pub flags: RowFlags,
+    /// The kernel shape and its tuning.
     pub kernel: RowKernel,
     /// Row length in accesses.
     pub n_vec: u64,
     /// Accesses of workgroup cache, or `None` to read x from memory in each pass.
     pub cache: Option<u32>,
+    /// Activation fused after the affine.
     pub activation: crate::Activation,
 }
 

@@ -23,27 +23,37 @@ use crate::Context;
 /// A tensor read from a case file, widened to f32.
 #[derive(Clone, Debug)]
 pub struct HostTensor {
+    /// The tensor's shape.
     pub shape: Vec<usize>,
     /// Storage type in the file: `F32`, `F16` (the I/O dtype to run with) or `U8` (masks).
     pub dtype: String,
+    /// The values, row-major, widened to f32.
     pub data: Vec<f32>,
 }
 
 /// A parsed case.
 #[derive(Clone, Debug)]
 pub struct Case {
+    /// The case's name (its file stem).
     pub name: String,
+    /// The op it runs (`layer_norm`, `batch_norm`, ...: tests/conformance/FORMAT.md).
     pub op: String,
+    /// The op's attributes (JSON).
     pub attrs: serde_json::Map<String, Value>,
+    /// Absolute tolerance of the comparison.
     pub atol: f64,
+    /// Relative tolerance of the comparison.
     pub rtol: f64,
+    /// Input tensors by name.
     pub inputs: BTreeMap<String, HostTensor>,
+    /// Expected outputs by name (`expected.<name>` in the file).
     pub expected: BTreeMap<String, HostTensor>,
 }
 
 /// How a case ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
+    /// Every expected output matched.
     Passed,
     /// The op ran and an output was wrong, or the case was malformed: says which and where.
     Failed(String),
