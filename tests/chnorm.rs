@@ -1,6 +1,9 @@
 //! BatchNorm, GroupNorm and InstanceNorm on the GPU against the f64 reference: layouts, dtypes,
 //! multi-step running statistics, large reductions and bad input.
 
+use wgnorm::batchnorm::{
+    GhostBatchNorm, GhostBatchNormConfig, RepBatchNorm, TestTimeBn, TestTimeBnConfig,
+};
 use wgnorm::prelude::*;
 use wgnorm::Error;
 use wgnorm::Mode;
@@ -842,7 +845,14 @@ fn test_time_bn_mixes_source_and_batch_statistics() {
     );
     let w = noise(64, c);
     for w_src in [0.0f32, 0.3, 1.0] {
-        let bn = BatchNorm::new(c_, BatchNormConfig::default()).unwrap();
+        let bn = TestTimeBn::new(
+            c_,
+            TestTimeBnConfig {
+                w_src,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let xt = c_.upload_f32(&x, &[n, c, 3, 3]).unwrap();
         let (rm, rv) = (
             c_.upload_f32(&rm0, &[c]).unwrap(),
@@ -858,13 +868,8 @@ fn test_time_bn_mixes_source_and_batch_statistics() {
             running_mean: Some(&rm),
             running_var: Some(&rv),
         };
-        bn.encode_test_time(
-            &mut enc,
-            &inputs,
-            &BatchNormOutputs { y: &y, saved: None },
-            w_src,
-        )
-        .unwrap();
+        bn.encode(&mut enc, &inputs, &BatchNormOutputs { y: &y, saved: None })
+            .unwrap();
         c_.queue().submit([enc.finish()]);
         let want_y = reference::test_time_bn(
             &xd,
@@ -894,28 +899,18 @@ fn test_time_bn_mixes_source_and_batch_statistics() {
             0.0,
         );
     }
-    let bn = BatchNorm::new(c_, BatchNormConfig::default()).unwrap();
-    let xt = c_.upload_f32(&x, &[n, c, 3, 3]).unwrap();
-    let rm = c_.upload_f32(&rm0, &[c]).unwrap();
-    let rv = c_.upload_f32(&rv0, &[c]).unwrap();
-    let y = c_.empty(&[n, c, 3, 3], DType::F32).unwrap();
-    let mut enc = c_.device().create_command_encoder(&Default::default());
-    let inputs = BatchNormInputs {
-        x: &xt,
-        weight: None,
-        bias: None,
-        running_mean: Some(&rm),
-        running_var: Some(&rv),
-    };
-    let r = bn.encode_test_time(
-        &mut enc,
-        &inputs,
-        &BatchNormOutputs { y: &y, saved: None },
-        1.5,
+    // A weight outside [0, 1] is refused when the op is made.
+    let r = TestTimeBn::new(
+        c_,
+        TestTimeBnConfig {
+            w_src: 1.5,
+            ..Default::default()
+        },
     );
     assert!(
         matches!(r, Err(Error::InvalidParameter { name: "w_src", .. })),
-        "{r:?}"
+        "{:?}",
+        r.err()
     );
 }
 
@@ -927,7 +922,7 @@ fn rep_batch_norm_adds_alpha_x() {
     let x: Vec<f32> = noise(91, b * t * c).iter().map(|v| v * 3.0).collect();
     let alpha = 0.7f32;
     for training in [true, false] {
-        let bn = BatchNorm::new(
+        let bn = RepBatchNorm::new(
             c_,
             BatchNormConfig {
                 layout: Layout::Nhwc,
@@ -951,7 +946,7 @@ fn rep_batch_norm_adds_alpha_x() {
             running_mean: Some(&rm),
             running_var: Some(&rv),
         };
-        bn.encode_rep(
+        bn.encode(
             &mut enc,
             &inputs,
             &at,
@@ -1011,15 +1006,21 @@ fn ghost_batch_norm_per_chunk_statistics_and_sequential_updates() {
         .collect();
     let xd = round_to(DType::F32, &x);
     for layout in [Layout::Nchw, Layout::Nhwc] {
-        let bn = BatchNorm::new(
-            c_,
-            BatchNormConfig {
-                layout,
-                momentum: Some(0.2),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let ghost = |ghost_size| {
+            GhostBatchNorm::new(
+                c_,
+                GhostBatchNormConfig {
+                    batch_norm: BatchNormConfig {
+                        layout,
+                        momentum: Some(0.2),
+                        ..Default::default()
+                    },
+                    ghost_size,
+                },
+            )
+            .unwrap()
+        };
+        let bn = ghost(g);
         let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
         let (rm, rv) = (
             c_.upload_f32(&[0.0; 4], &[c]).unwrap(),
@@ -1034,11 +1035,10 @@ fn ghost_batch_norm_per_chunk_statistics_and_sequential_updates() {
             running_mean: Some(&rm),
             running_var: Some(&rv),
         };
-        bn.encode_ghost(
+        bn.encode(
             &mut enc,
             &inputs,
             &BatchNormOutputs { y: &y, saved: None },
-            g,
             Mode::Train,
         )
         .unwrap();
@@ -1074,11 +1074,10 @@ fn ghost_batch_norm_per_chunk_statistics_and_sequential_updates() {
             1e-6,
             1e-5,
         );
-        let r = bn.encode_ghost(
+        let r = ghost(4).encode(
             &mut c_.device().create_command_encoder(&Default::default()),
             &inputs,
             &BatchNormOutputs { y: &y, saved: None },
-            4,
             Mode::Train,
         );
         assert!(
@@ -1372,7 +1371,7 @@ fn rep_batch_norm_inference_folds_to_scale_and_shift() {
         noise(99, c).iter().map(|v| v.abs() + 0.5).collect(),
     );
     let alpha = 0.3f32;
-    let bn = BatchNorm::new(
+    let bn = RepBatchNorm::new(
         c_,
         BatchNormConfig {
             layout: Layout::Nhwc,
@@ -1392,7 +1391,7 @@ fn rep_batch_norm_inference_folds_to_scale_and_shift() {
         running_var: Some(&rv),
     };
     let mut enc = c_.device().create_command_encoder(&Default::default());
-    bn.encode_rep(
+    bn.encode(
         &mut enc,
         &inputs,
         &at,

@@ -1,6 +1,7 @@
 //! IBN-Net, EvoNorm-B0 and UnMix-TNS (statistics from per-instance moments) against the f64
 //! references: several steps in a row for the stateful ones, NCHW and NHWC, odd C, K = 1, f16.
 
+use wgnorm::batchnorm::{AdaptiveBn, AdaptiveBnConfig, EstBn, EstBnConfig};
 use wgnorm::Mode;
 use wgnorm::{
     Context, DType, EvoNormB0, EvoNormB0Inputs, EvoRunningVar, IbnInputs, IbnNorm, Layout, Tensor,
@@ -534,7 +535,7 @@ fn region_norm_b_matches_the_official_formulation() {
 #[test]
 fn estbn_and_adaptive_bn_over_steps() {
     use wgnorm::batchnorm::{exponential_momentum_decay, AdaptNormalize};
-    use wgnorm::{BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs};
+    use wgnorm::{BatchNormConfig, BatchNormInputs, BatchNormOutputs};
     use wgnorm_reference::chnorm::batch_norm;
     use wgnorm_reference::research::bn_updated_running;
     let c_ = ctx();
@@ -550,7 +551,28 @@ fn estbn_and_adaptive_bn_over_steps() {
             layout,
             ..Default::default()
         };
-        let bn = BatchNorm::new(c_, cfg).unwrap();
+        let estbn = EstBn::new(
+            c_,
+            EstBnConfig {
+                batch_norm: cfg,
+                moving_speed: 0.01,
+            },
+        )
+        .unwrap();
+        let adaptive = |normalize| {
+            AdaptiveBn::new(
+                c_,
+                AdaptiveBnConfig {
+                    batch_norm: cfg,
+                    normalize,
+                },
+            )
+            .unwrap()
+        };
+        let (adapted, batch) = (
+            adaptive(AdaptNormalize::Adapted),
+            adaptive(AdaptNormalize::Batch),
+        );
         let wt: Vec<f32> = noise(50, c).iter().map(|v| v + 1.0).collect();
         let bt = noise(51, c);
         let (w_t, b_t) = (up(c_, &wt), up(c_, &bt));
@@ -610,11 +632,9 @@ fn estbn_and_adaptive_bn_over_steps() {
             let outputs = BatchNormOutputs { y: &y, saved: None };
             let mut enc = c_.device().create_command_encoder(&Default::default());
             match mode {
-                "estbn" => bn.encode_estbn(&mut enc, &inputs, &outputs, 0.01, Mode::Train),
-                "adapted" => {
-                    bn.encode_adaptive(&mut enc, &inputs, &outputs, eta, AdaptNormalize::Adapted)
-                }
-                _ => bn.encode_adaptive(&mut enc, &inputs, &outputs, eta, AdaptNormalize::Batch),
+                "estbn" => estbn.encode(&mut enc, &inputs, &outputs, Mode::Train),
+                "adapted" => adapted.encode(&mut enc, &inputs, &outputs, eta),
+                _ => batch.encode(&mut enc, &inputs, &outputs, eta),
             }
             .unwrap();
             c_.queue().submit([enc.finish()]);
@@ -633,7 +653,7 @@ fn estbn_and_adaptive_bn_over_steps() {
         }
     }
     // EstBN without running statistics is a typed error.
-    let bn = BatchNorm::new(c_, Default::default()).unwrap();
+    let bn = EstBn::new(c_, EstBnConfig::default()).unwrap();
     let x = c_.empty(&[2, 3, 2, 2], DType::F32).unwrap();
     let y = c_.empty(&[2, 3, 2, 2], DType::F32).unwrap();
     let inputs = BatchNormInputs {
@@ -645,11 +665,10 @@ fn estbn_and_adaptive_bn_over_steps() {
     };
     let mut enc = c_.device().create_command_encoder(&Default::default());
     assert!(matches!(
-        bn.encode_estbn(
+        bn.encode(
             &mut enc,
             &inputs,
             &BatchNormOutputs { y: &y, saved: None },
-            0.01,
             Mode::Train
         ),
         Err(wgnorm::Error::InvalidParameter { .. })

@@ -24,6 +24,7 @@ mod fold;
 mod instance;
 mod progressive;
 mod region;
+mod variants;
 pub use fold::{
     fold_batch_norm, fold_rep_batch_norm, fold_specializations, FoldArgs, FoldParams, FOLD_KERNEL,
 };
@@ -37,6 +38,10 @@ pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormConfig, ProgressiveR
 pub use region::{
     specializations as region_specializations, RegionNormB, RegionNormBConfig, RegionNormInputs,
     RegionNormL, RegionNormLConfig, RegionNormLInputs, RegionParams, REGION_KERNEL,
+};
+pub use variants::{
+    AdaptiveBn, AdaptiveBnConfig, EstBn, EstBnConfig, GhostBatchNorm, GhostBatchNormConfig,
+    RepBatchNorm, TestTimeBn, TestTimeBnConfig,
 };
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::{Context, DType, Error, Mode, Result, Tensor};
@@ -222,9 +227,9 @@ impl BatchNorm {
         self.engine.encode(encoder, &args)
     }
 
-    /// Every check of [`BatchNorm::encode_rep`], recording nothing (for ops that record several
+    /// Every check of `BatchNorm::encode_rep`, recording nothing (for ops that record several
     /// passes and must fail before the first).
-    pub fn check_rep(
+    pub(crate) fn check_rep(
         &self,
         inputs: &BatchNormInputs,
         alpha: &Tensor,
@@ -261,7 +266,7 @@ impl BatchNorm {
     /// then x is normalized with the **updated** running statistics (and the affine). Inference:
     /// the running statistics. `moving_speed` (ms, the training script's `estbn_moving_speed`;
     /// its value is not published, a port uses 0.01). Needs the running statistics.
-    pub fn encode_estbn(
+    pub(crate) fn encode_estbn(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         inputs: &BatchNormInputs,
@@ -289,7 +294,7 @@ impl BatchNorm {
     /// `eta_k = eta0 * delta^k`, or any schedule of yours); `normalize` says whether this
     /// batch is normalized with its own statistics or with the adapted (updated running) ones.
     /// The variance fed is unbiased unless `BatchNormConfig::running_var_unbiased` is false.
-    pub fn encode_adaptive(
+    pub(crate) fn encode_adaptive(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         inputs: &BatchNormInputs,
@@ -319,7 +324,7 @@ impl BatchNorm {
     /// implementations' convention; the paper's Algorithm 1 may weight chunks differently).
     /// `ghost_size` must divide N: a smaller last chunk is rejected with a typed error rather than
     /// given statistics of a different sample size. Inference is plain BatchNorm.
-    pub fn encode_ghost(
+    pub(crate) fn encode_ghost(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         inputs: &BatchNormInputs,
@@ -393,7 +398,7 @@ impl BatchNorm {
     /// `var = w_src * running_var + (1 - w_src) * var_batch_unbiased`; the running (source)
     /// statistics are read, not updated. `w_src` is the weight on the source statistics (codebases
     /// call it alpha with either meaning).
-    pub fn encode_test_time(
+    pub(crate) fn encode_test_time(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         inputs: &BatchNormInputs,
@@ -413,7 +418,7 @@ impl BatchNorm {
     /// SLAB's RepBN (docs/methods.md A16): `y = BN(x) + alpha * x` with `alpha` a learnable f32 `[1]`
     /// scalar on the GPU. Token tensors `[B, T, C]` use `Layout::Nhwc` (BN over B and T per
     /// channel); training updates the running statistics as [`BatchNorm::encode`] does.
-    pub fn encode_rep(
+    pub(crate) fn encode_rep(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         inputs: &BatchNormInputs,
@@ -507,7 +512,7 @@ mod tests {
     }
 }
 
-/// Which statistics normalize an adaptation step ([`BatchNorm::encode_adaptive`]).
+/// Which statistics normalize an adaptation step ([`crate::AdaptiveBn`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AdaptNormalize {
     /// The running statistics after this step's update (the default: what "adapted statistics"
@@ -540,7 +545,7 @@ fn require_running(inputs: &BatchNormInputs) -> Result<()> {
 /// (sample, group) normalization over the group's channels and the spatial dims (GroupNorm
 /// without affine, same `eps`), then an affine with one weight and bias **per group** (`[G]`).
 /// The BN output is kept in an op-owned scratch tensor of the I/O dtype.
-/// [`BatchChannelNorm::with_estbn`] makes the BN part EstBN ([`BatchNorm::encode_estbn`]).
+/// [`BatchChannelNorm::with_estbn`] makes the BN part EstBN ([`crate::EstBn`]).
 pub struct BatchChannelNorm {
     bn: BatchNorm,
     channel: ChannelNorm,

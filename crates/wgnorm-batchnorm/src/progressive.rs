@@ -16,7 +16,7 @@ use crate::{BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, Layou
 /// not run, so its running statistics stay put); afterwards `lambda = r0 * iter / total_step`
 /// (computed before `iter` is decremented, down to 0). Inference is RepBN with its running
 /// statistics. LN over C with its own affine (`ln_weight`/`ln_bias`, the I/O dtype); RepBN as
-/// [`BatchNorm::encode_rep`] (f32 parameters, `alpha` `[1]`).
+/// [`crate::RepBatchNorm`] (f32 parameters, `alpha` `[1]`).
 ///
 /// The counters live on the host, in this object: they depend only on the number of training
 /// calls, so keeping them here needs no GPU state and no readback, and lets the warm-up calls

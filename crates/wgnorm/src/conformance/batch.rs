@@ -313,8 +313,15 @@ pub(super) fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<Outputs, St
         dtype,
         ..Default::default()
     };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| bn.encode_test_time(enc, i, o, w_src))
+    let bn = crate::batchnorm::TestTimeBn::new(
+        ctx,
+        crate::batchnorm::TestTimeBnConfig {
+            batch_norm: cfg,
+            w_src,
+        },
+    )
+    .map_err(err)?;
+    BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| bn.encode(enc, i, o))
 }
 
 pub(super) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -328,10 +335,10 @@ pub(super) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, 
         dtype,
         ..Default::default()
     };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let bn = crate::batchnorm::RepBatchNorm::new(ctx, cfg).map_err(err)?;
     let alpha = upload(ctx, input(case, "alpha")?, DType::F32)?;
     BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| {
-        bn.encode_rep(enc, i, &alpha, o, Mode::training(training))
+        bn.encode(enc, i, &alpha, o, Mode::training(training))
     })
 }
 
@@ -375,9 +382,16 @@ pub(super) fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs
         dtype,
         ..Default::default()
     };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let bn = crate::batchnorm::GhostBatchNorm::new(
+        ctx,
+        crate::batchnorm::GhostBatchNormConfig {
+            batch_norm: cfg,
+            ghost_size: ghost,
+        },
+    )
+    .map_err(err)?;
     BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| {
-        bn.encode_ghost(enc, i, o, ghost, Mode::training(training))
+        bn.encode(enc, i, o, Mode::training(training))
     })
 }
 
@@ -389,14 +403,21 @@ pub(super) fn run_estbn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
         dtype,
         ..Default::default()
     };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
-    let t = BnTensors::load(ctx, case, dtype)?;
     let (ms, training) = (
         a.f64("moving_speed", 0.01)? as f32,
         a.bool("training", false)?,
     );
+    let bn = crate::batchnorm::EstBn::new(
+        ctx,
+        crate::batchnorm::EstBnConfig {
+            batch_norm: cfg,
+            moving_speed: ms,
+        },
+    )
+    .map_err(err)?;
+    let t = BnTensors::load(ctx, case, dtype)?;
     t.run(ctx, |enc, i, o| {
-        bn.encode_estbn(enc, i, o, ms, Mode::training(training))
+        bn.encode(enc, i, o, Mode::training(training))
     })
 }
 
@@ -419,7 +440,6 @@ pub(super) fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<Outputs, Str
         dtype,
         ..Default::default()
     };
-    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
     let t = BnTensors::load(ctx, case, dtype)?;
     let step = u64::try_from(a.int("step", 0)?).map_err(|_| "step < 0".to_string())?;
     let eta = crate::batchnorm::exponential_momentum_decay(
@@ -436,7 +456,13 @@ pub(super) fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<Outputs, Str
             ))
         }
     };
-    t.run(ctx, |enc, i, o| {
-        bn.encode_adaptive(enc, i, o, eta, normalize)
-    })
+    let bn = crate::batchnorm::AdaptiveBn::new(
+        ctx,
+        crate::batchnorm::AdaptiveBnConfig {
+            batch_norm: cfg,
+            normalize,
+        },
+    )
+    .map_err(err)?;
+    t.run(ctx, |enc, i, o| bn.encode(enc, i, o, eta))
 }
