@@ -32,7 +32,7 @@ struct ChannelParams {
     w_src: f32,
     // Batch size B of a token mask (moments HAS_MASK).
     mask_b: u32,
-    // Lp norms: the norm each slot is scaled to (1 for LpNorm, sqrt(n) for SinkGD).
+    // L1/L2 reductions: the norm each slot is scaled to.
     norm_target: f32,
     // SELU epilogue constants (the activation snippet reads them).
     selu_alpha: f32,

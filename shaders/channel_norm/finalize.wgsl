@@ -14,24 +14,23 @@ override HAS_WEIGHT: bool = false;
 override HAS_BIAS: bool = false;
 // As in moments.wgsl: 0 mean/variance, 1 L2 norm, 2 L1 norm (y = x / norm, 0 where norm = 0).
 override REDUCE: u32 = 0u;
-// rstd = 1 / (sqrt(var) + eps) instead of 1 / sqrt(var + eps) (MeanVarianceNormalization).
+// rstd = 1 / (sqrt(var) + eps) instead of 1 / sqrt(var + eps).
 override EPS_OUTSIDE: bool = false;
-// Test-time BN (alpha-BN / TBN): normalize with w_src * running + (1 - w_src) * batch
-// statistics, the batch variance unbiased; running statistics are read, not updated.
+// Normalize with w_src * running + (1 - w_src) * batch statistics, the batch variance
+// unbiased; running statistics are read, not updated.
 override MIX: bool = false;
-// Normalize with the unbiased variance n / (n - 1) var (Weight Standardization's variants).
+// Normalize with the unbiased variance n / (n - 1) var.
 override UNBIASED_NORM: bool = false;
-// Weight and bias indexed per slot r (one per group: Batch-Channel Norm's group affine)
-// instead of per channel.
+// Weight and bias indexed per slot r (one per group) instead of per channel.
 override AFFINE_PER_SLOT: bool = false;
-// REDUCE 3 (PowerNorm's quadratic mean, docs/methods.md B2): psi2 = mean of x^2 over the kept tokens;
+// REDUCE 3 (quadratic mean): psi2 = mean of x^2 over the kept tokens;
 // normalize by sqrt(psi2 + eps), or by sqrt(phi + eps) with phi = running_var before this
 // step's update when QM_USE_RUNNING; UPDATE_RUNNING: phi += (psi2 - phi) * w_src (the warm-up
 // average, w_src = 1/t or 0), then phi = (1 - momentum) phi + momentum psi2.
 override QM_USE_RUNNING: bool = false;
-// With UPDATE_RUNNING: normalize with the updated running statistics (EstBN, adaptive BN).
+// With UPDATE_RUNNING: normalize with the updated running statistics.
 override NORM_UPDATED: bool = false;
-// EstBN: the variance fed to the running one is mean((x - rm_old)^2) = var_b + (mean - rm_old)^2
+// The variance fed to the running one is mean((x - rm_old)^2) = var_b + (mean - rm_old)^2
 // (a sum of two non-negative terms: no cancellation).
 override EST_VAR: bool = false;
 
@@ -132,7 +131,7 @@ fn main(
         if (REDUCE == 1u) {
             norm = sqrt(norm);
         }
-        // eps > 0 clamps the norm from below (SinkGD); eps = 0 maps a zero norm to 0 (LpNorm).
+        // eps > 0 clamps the norm from below; eps = 0 maps a zero norm to 0.
         if (params.eps > 0.0) {
             rstd = params.norm_target / max(norm, params.eps);
         } else {

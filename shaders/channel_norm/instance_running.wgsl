@@ -2,7 +2,7 @@
 // invocation per channel, r = (1 - m) r + m s with the unbiased variance:
 // - InstanceNorm with track_running_stats (PyTorch): s = the average over the P samples of the
 //   instance statistics, one update.
-// - Ghost BatchNorm (SEQUENTIAL): one update per chunk p, in chunk order.
+// - SEQUENTIAL (per-chunk batch statistics): one update per chunk p, in chunk order.
 
 override WG: u32 = 64u;
 override SEQUENTIAL: bool = false;

@@ -9,7 +9,7 @@ use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 use crate::BatchNorm;
 
 wgnorm_core::uniform_block! {
-    /// `FoldParams` (`channel_norm/fold.wgsl`): folding an inference BatchNorm into the `[o, k]`
+    /// `FoldParams` (`batch_norm/fold.wgsl`): folding an inference BatchNorm into the `[o, k]`
     /// weight (and `[o]` bias) of the layer before it.
     pub struct FoldParams {
         pub o: u32,
@@ -33,8 +33,8 @@ const FOLD_SLOTS: &[Slot] = &[
 
 /// Folds an inference BatchNorm into the preceding layer's weight and bias.
 pub const FOLD_KERNEL: Kernel = Kernel::new(
-    "channel_norm/fold",
-    &[wgnorm_core::shader_file!("channel_norm/fold.wgsl")],
+    "batch_norm/fold",
+    &[wgnorm_core::shader_file!("batch_norm/fold.wgsl")],
     FOLD_SLOTS,
 );
 

@@ -7,7 +7,7 @@ use wgnorm_core::shader::{snippet, Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Result, Slot, Tensor};
 
 wgnorm_core::uniform_block! {
-    /// `RegionParams` (`channel_norm/region.wgsl`): Region Normalization over `(n, c, h, w)`
+    /// `RegionParams` (`batch_norm/region.wgsl`): Region Normalization over `(n, c, h, w)`
     /// with a mask of `hm x wm`.
     pub struct RegionParams {
         pub n: u32,
@@ -444,10 +444,10 @@ fn record(
 
 /// The staged Region Normalization kernel.
 pub const REGION_KERNEL: Kernel = Kernel::new(
-    "channel_norm/region",
+    "batch_norm/region",
     &[
         snippet::MOMENTS,
-        wgnorm_core::shader_file!("channel_norm/region.wgsl"),
+        wgnorm_core::shader_file!("batch_norm/region.wgsl"),
     ],
     SLOTS,
 );

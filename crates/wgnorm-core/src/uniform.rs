@@ -133,7 +133,7 @@ uniform_block! {
         pub total_v: u32,
         /// Elements per p (`q * r * s`).
         pub per_p: u32,
-        /// Test-time mixing weight of the source statistics, or the quadratic mean's warm-up
+        /// Mixing weight of the source (running) statistics, or the quadratic mean's warm-up
         /// factor.
         pub w_src: f32,
         /// Batch size B of a token mask `[B, T]`.
