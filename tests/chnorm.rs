@@ -17,16 +17,6 @@ fn tol(dtype: DType) -> (f64, f64) {
     }
 }
 
-/// (n, c, spatial dims)
-const SHAPES: &[(usize, usize, &[usize])] = &[
-    (2, 3, &[4, 5]),
-    (16, 32, &[]),
-    (4, 8, &[10]),
-    (8, 64, &[7, 7]),
-    (3, 5, &[1]),
-    (2, 4, &[3, 3]),
-];
-
 fn shape_of(n: usize, c: usize, sp: &[usize], layout: Layout) -> Vec<usize> {
     match layout {
         Layout::Nchw => [&[n, c][..], sp].concat(),
@@ -66,116 +56,149 @@ fn want_in_layout(want: &[f64], n: usize, c: usize, hw: usize, layout: Layout) -
     }
 }
 
-#[test]
-fn batch_norm_training_and_inference_match_reference() {
+/// BatchNorm in one layout, dtype and shape, training and inference, against the reference:
+/// y, the running statistics and the saved statistics.
+fn batch_norm_case(layout: Layout, dtype: DType, n: usize, c: usize, sp: &[usize]) {
     let c_ = ctx();
-    for layout in [Layout::Nchw, Layout::Nhwc] {
-        for dtype in [DType::F32, DType::F16] {
-            for &(n, c, sp) in SHAPES {
-                let hw: usize = sp.iter().product();
-                let x: Vec<f32> = noise((n * c * hw) as u64, n * c * hw)
-                    .iter()
-                    .map(|v| v * 3.0 + 0.5)
-                    .collect();
-                let w: Vec<f32> = noise(3, c).iter().map(|v| v + 1.0).collect();
-                let b = noise(4, c);
-                let rm0 = noise(5, c);
-                let rv0: Vec<f32> = noise(6, c).iter().map(|v| v.abs() + 0.5).collect();
-                let xd = round_to(dtype, &x);
-                let f = |v: &[f32]| round_to(DType::F32, v);
-                for training in [true, false] {
-                    let want = reference::batch_norm(
-                        &xd,
-                        n,
-                        c,
-                        hw,
-                        Some(&f(&w)),
-                        Some(&f(&b)),
-                        &f(&rm0),
-                        &f(&rv0),
-                        training,
-                        0.1,
-                        true,
-                        1e-5,
-                    );
-                    let bn = BatchNorm::new(
-                        c_,
-                        BatchNormConfig {
-                            layout,
-                            dtype,
-                            ..Default::default()
-                        },
-                    )
-                    .unwrap();
-                    let xt = upload_layout(&x, n, c, sp, layout, dtype);
-                    let (wt, bt) = (
-                        c_.upload_f32(&w, &[c]).unwrap(),
-                        c_.upload_f32(&b, &[c]).unwrap(),
-                    );
-                    let (rm, rv) = (
-                        c_.upload_f32(&rm0, &[c]).unwrap(),
-                        c_.upload_f32(&rv0, &[c]).unwrap(),
-                    );
-                    let y = c_.empty(xt.shape(), dtype).unwrap();
-                    let saved = c_.empty(&[c, 2], DType::F32).unwrap();
-                    let mut enc = c_.device().create_command_encoder(&Default::default());
-                    bn.encode(
-                        &mut enc,
-                        &BatchNormInputs {
-                            x: &xt,
-                            weight: Some(&wt),
-                            bias: Some(&bt),
-                            running_mean: Some(&rm),
-                            running_var: Some(&rv),
-                        },
-                        &BatchNormOutputs {
-                            y: &y,
-                            saved: Some(&saved),
-                        },
-                        Mode::training(training),
-                    )
-                    .unwrap();
-                    c_.queue().submit([enc.finish()]);
-                    let what = format!("bn {layout:?} {dtype} {n}x{c}x{sp:?} training={training}");
-                    let (atol, rtol) = tol(dtype);
-                    assert_close(
-                        &format!("{what} y"),
-                        &c_.download(&y).unwrap(),
-                        &want_in_layout(&want.y, n, c, hw, layout),
-                        atol,
-                        rtol,
-                    );
-                    assert_close(
-                        &format!("{what} running_mean"),
-                        &c_.download(&rm).unwrap(),
-                        &want.running_mean,
-                        1e-6,
-                        1e-5,
-                    );
-                    assert_close(
-                        &format!("{what} running_var"),
-                        &c_.download(&rv).unwrap(),
-                        &want.running_var,
-                        1e-6,
-                        1e-5,
-                    );
-                    let s = c_.download(&saved).unwrap();
-                    let means: Vec<f32> = s.iter().step_by(2).copied().collect();
-                    let rstd: Vec<f32> = s.iter().skip(1).step_by(2).copied().collect();
-                    let want_rstd: Vec<f64> =
-                        want.var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
-                    assert_close(
-                        &format!("{what} saved mean"),
-                        &means,
-                        &want.mean,
-                        1e-5,
-                        1e-5,
-                    );
-                    assert_close(&format!("{what} saved rstd"), &rstd, &want_rstd, 1e-5, 1e-4);
-                }
-            }
-        }
+    let hw: usize = sp.iter().product();
+    let x: Vec<f32> = noise((n * c * hw) as u64, n * c * hw)
+        .iter()
+        .map(|v| v * 3.0 + 0.5)
+        .collect();
+    let w: Vec<f32> = noise(3, c).iter().map(|v| v + 1.0).collect();
+    let b = noise(4, c);
+    let rm0 = noise(5, c);
+    let rv0: Vec<f32> = noise(6, c).iter().map(|v| v.abs() + 0.5).collect();
+    let xd = round_to(dtype, &x);
+    let f = |v: &[f32]| round_to(DType::F32, v);
+    for training in [true, false] {
+        let want = reference::batch_norm(
+            &xd,
+            n,
+            c,
+            hw,
+            Some(&f(&w)),
+            Some(&f(&b)),
+            &f(&rm0),
+            &f(&rv0),
+            training,
+            0.1,
+            true,
+            1e-5,
+        );
+        let bn = BatchNorm::new(
+            c_,
+            BatchNormConfig {
+                layout,
+                dtype,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let xt = upload_layout(&x, n, c, sp, layout, dtype);
+        let (wt, bt) = (
+            c_.upload_f32(&w, &[c]).unwrap(),
+            c_.upload_f32(&b, &[c]).unwrap(),
+        );
+        let (rm, rv) = (
+            c_.upload_f32(&rm0, &[c]).unwrap(),
+            c_.upload_f32(&rv0, &[c]).unwrap(),
+        );
+        let y = c_.empty(xt.shape(), dtype).unwrap();
+        let saved = c_.empty(&[c, 2], DType::F32).unwrap();
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        bn.encode(
+            &mut enc,
+            &BatchNormInputs {
+                x: &xt,
+                weight: Some(&wt),
+                bias: Some(&bt),
+                running_mean: Some(&rm),
+                running_var: Some(&rv),
+            },
+            &BatchNormOutputs {
+                y: &y,
+                saved: Some(&saved),
+            },
+            Mode::training(training),
+        )
+        .unwrap();
+        c_.queue().submit([enc.finish()]);
+        let what = format!("bn {layout:?} {dtype} {n}x{c}x{sp:?} training={training}");
+        let (atol, rtol) = tol(dtype);
+        assert_close(
+            &format!("{what} y"),
+            &c_.download(&y).unwrap(),
+            &want_in_layout(&want.y, n, c, hw, layout),
+            atol,
+            rtol,
+        );
+        assert_close(
+            &format!("{what} running_mean"),
+            &c_.download(&rm).unwrap(),
+            &want.running_mean,
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("{what} running_var"),
+            &c_.download(&rv).unwrap(),
+            &want.running_var,
+            1e-6,
+            1e-5,
+        );
+        let s = c_.download(&saved).unwrap();
+        let means: Vec<f32> = s.iter().step_by(2).copied().collect();
+        let rstd: Vec<f32> = s.iter().skip(1).step_by(2).copied().collect();
+        let want_rstd: Vec<f64> = want.var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+        assert_close(
+            &format!("{what} saved mean"),
+            &means,
+            &want.mean,
+            1e-5,
+            1e-5,
+        );
+        assert_close(&format!("{what} saved rstd"), &rstd, &want_rstd, 1e-5, 1e-4);
     }
+}
+
+/// One test per (layout, dtype, shape).
+macro_rules! batch_norm_tests {
+    ($($name:ident: $layout:ident, $dtype:ident, $n:expr, $c:expr, $sp:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                batch_norm_case(Layout::$layout, DType::$dtype, $n, $c, $sp);
+            }
+        )*
+    };
+}
+
+batch_norm_tests! {
+    batch_norm_nchw_f32_2x3x4x5: Nchw, F32, 2, 3, &[4, 5];
+    batch_norm_nchw_f16_2x3x4x5: Nchw, F16, 2, 3, &[4, 5];
+    batch_norm_nhwc_f32_2x3x4x5: Nhwc, F32, 2, 3, &[4, 5];
+    batch_norm_nhwc_f16_2x3x4x5: Nhwc, F16, 2, 3, &[4, 5];
+    batch_norm_nchw_f32_16x32: Nchw, F32, 16, 32, &[];
+    batch_norm_nchw_f16_16x32: Nchw, F16, 16, 32, &[];
+    batch_norm_nhwc_f32_16x32: Nhwc, F32, 16, 32, &[];
+    batch_norm_nhwc_f16_16x32: Nhwc, F16, 16, 32, &[];
+    batch_norm_nchw_f32_4x8x10: Nchw, F32, 4, 8, &[10];
+    batch_norm_nchw_f16_4x8x10: Nchw, F16, 4, 8, &[10];
+    batch_norm_nhwc_f32_4x8x10: Nhwc, F32, 4, 8, &[10];
+    batch_norm_nhwc_f16_4x8x10: Nhwc, F16, 4, 8, &[10];
+    batch_norm_nchw_f32_8x64x7x7: Nchw, F32, 8, 64, &[7, 7];
+    batch_norm_nchw_f16_8x64x7x7: Nchw, F16, 8, 64, &[7, 7];
+    batch_norm_nhwc_f32_8x64x7x7: Nhwc, F32, 8, 64, &[7, 7];
+    batch_norm_nhwc_f16_8x64x7x7: Nhwc, F16, 8, 64, &[7, 7];
+    batch_norm_nchw_f32_3x5x1: Nchw, F32, 3, 5, &[1];
+    batch_norm_nchw_f16_3x5x1: Nchw, F16, 3, 5, &[1];
+    batch_norm_nhwc_f32_3x5x1: Nhwc, F32, 3, 5, &[1];
+    batch_norm_nhwc_f16_3x5x1: Nhwc, F16, 3, 5, &[1];
+    batch_norm_nchw_f32_2x4x3x3: Nchw, F32, 2, 4, &[3, 3];
+    batch_norm_nchw_f16_2x4x3x3: Nchw, F16, 2, 4, &[3, 3];
+    batch_norm_nhwc_f32_2x4x3x3: Nhwc, F32, 2, 4, &[3, 3];
+    batch_norm_nhwc_f16_2x4x3x3: Nhwc, F16, 2, 4, &[3, 3];
 }
 
 #[test]
@@ -311,77 +334,106 @@ fn nchw_and_nhwc_give_the_same_result() {
     assert_close("gn+silu", &outs[0], &r, 2e-5, 1e-4);
 }
 
-#[test]
-fn group_and_instance_norm_match_reference() {
+/// GroupNorm (g groups) and InstanceNorm in one layout, dtype and shape against the reference.
+fn group_and_instance_case(
+    layout: Layout,
+    dtype: DType,
+    n: usize,
+    c: usize,
+    sp: &[usize],
+    g: usize,
+) {
     let c_ = ctx();
-    for layout in [Layout::Nchw, Layout::Nhwc] {
-        for dtype in [DType::F32, DType::F16] {
-            for &(n, c, sp, g) in &[
-                (2usize, 32usize, &[8usize, 8][..], 8usize),
-                (1, 64, &[16, 16], 32),
-                (2, 6, &[5], 1),
-                (3, 4, &[2, 2], 2),
-                (2, 6, &[5], 6),
-            ] {
-                let hw: usize = sp.iter().product();
-                let x: Vec<f32> = noise((n * c * hw + g) as u64, n * c * hw)
-                    .iter()
-                    .map(|v| v * 2.0 - 0.3)
-                    .collect();
-                let (w, b) = (noise(11, c), noise(12, c));
-                let xd = round_to(dtype, &x);
-                let (wd, bd) = (round_to(DType::F32, &w), round_to(DType::F32, &b));
-                let xt = upload_layout(&x, n, c, sp, layout, dtype);
-                let (wt, bt) = (
-                    c_.upload_f32(&w, &[c]).unwrap(),
-                    c_.upload_f32(&b, &[c]).unwrap(),
-                );
-                let inputs = NormInputs {
-                    x: &xt,
-                    weight: Some(&wt),
-                    bias: Some(&bt),
-                };
-                let (atol, rtol) = tol(dtype);
-                let gn = GroupNorm::new(
-                    c_,
-                    GroupNormConfig {
-                        layout,
-                        dtype,
-                        ..GroupNormConfig::new(g)
-                    },
-                )
-                .unwrap();
-                let want =
-                    reference::group_norm(&xd, n, c, hw, g, Some(&wd), Some(&bd), 1e-5, false);
-                let what = format!("gn {layout:?} {dtype} {n}x{c}x{sp:?} g{g}");
-                assert_close(
-                    &what,
-                    &c_.download(&gn.forward(&inputs).unwrap()).unwrap(),
-                    &want_in_layout(&want, n, c, hw, layout),
-                    atol,
-                    rtol,
-                );
-                let inorm = InstanceNorm::new(
-                    c_,
-                    InstanceNormConfig {
-                        layout,
-                        dtype,
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
-                let want = reference::instance_norm(&xd, n, c, hw, Some(&wd), Some(&bd), 1e-5);
-                let what = format!("in {layout:?} {dtype} {n}x{c}x{sp:?}");
-                assert_close(
-                    &what,
-                    &c_.download(&inorm.forward(&inputs).unwrap()).unwrap(),
-                    &want_in_layout(&want, n, c, hw, layout),
-                    atol,
-                    rtol,
-                );
+    let hw: usize = sp.iter().product();
+    let x: Vec<f32> = noise((n * c * hw + g) as u64, n * c * hw)
+        .iter()
+        .map(|v| v * 2.0 - 0.3)
+        .collect();
+    let (w, b) = (noise(11, c), noise(12, c));
+    let xd = round_to(dtype, &x);
+    let (wd, bd) = (round_to(DType::F32, &w), round_to(DType::F32, &b));
+    let xt = upload_layout(&x, n, c, sp, layout, dtype);
+    let (wt, bt) = (
+        c_.upload_f32(&w, &[c]).unwrap(),
+        c_.upload_f32(&b, &[c]).unwrap(),
+    );
+    let inputs = NormInputs {
+        x: &xt,
+        weight: Some(&wt),
+        bias: Some(&bt),
+    };
+    let (atol, rtol) = tol(dtype);
+    let gn = GroupNorm::new(
+        c_,
+        GroupNormConfig {
+            layout,
+            dtype,
+            ..GroupNormConfig::new(g)
+        },
+    )
+    .unwrap();
+    let want = reference::group_norm(&xd, n, c, hw, g, Some(&wd), Some(&bd), 1e-5, false);
+    let what = format!("gn {layout:?} {dtype} {n}x{c}x{sp:?} g{g}");
+    assert_close(
+        &what,
+        &c_.download(&gn.forward(&inputs).unwrap()).unwrap(),
+        &want_in_layout(&want, n, c, hw, layout),
+        atol,
+        rtol,
+    );
+    let inorm = InstanceNorm::new(
+        c_,
+        InstanceNormConfig {
+            layout,
+            dtype,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let want = reference::instance_norm(&xd, n, c, hw, Some(&wd), Some(&bd), 1e-5);
+    let what = format!("in {layout:?} {dtype} {n}x{c}x{sp:?}");
+    assert_close(
+        &what,
+        &c_.download(&inorm.forward(&inputs).unwrap()).unwrap(),
+        &want_in_layout(&want, n, c, hw, layout),
+        atol,
+        rtol,
+    );
+}
+
+/// One test per (layout, dtype, shape, groups).
+macro_rules! group_norm_tests {
+    ($($name:ident: $layout:ident, $dtype:ident, $n:expr, $c:expr, $sp:expr, $g:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                group_and_instance_case(Layout::$layout, DType::$dtype, $n, $c, $sp, $g);
             }
-        }
-    }
+        )*
+    };
+}
+
+group_norm_tests! {
+    group_norm_nchw_f32_2x32x8x8_g8: Nchw, F32, 2, 32, &[8, 8], 8;
+    group_norm_nchw_f16_2x32x8x8_g8: Nchw, F16, 2, 32, &[8, 8], 8;
+    group_norm_nhwc_f32_2x32x8x8_g8: Nhwc, F32, 2, 32, &[8, 8], 8;
+    group_norm_nhwc_f16_2x32x8x8_g8: Nhwc, F16, 2, 32, &[8, 8], 8;
+    group_norm_nchw_f32_1x64x16x16_g32: Nchw, F32, 1, 64, &[16, 16], 32;
+    group_norm_nchw_f16_1x64x16x16_g32: Nchw, F16, 1, 64, &[16, 16], 32;
+    group_norm_nhwc_f32_1x64x16x16_g32: Nhwc, F32, 1, 64, &[16, 16], 32;
+    group_norm_nhwc_f16_1x64x16x16_g32: Nhwc, F16, 1, 64, &[16, 16], 32;
+    group_norm_nchw_f32_2x6x5_g1: Nchw, F32, 2, 6, &[5], 1;
+    group_norm_nchw_f16_2x6x5_g1: Nchw, F16, 2, 6, &[5], 1;
+    group_norm_nhwc_f32_2x6x5_g1: Nhwc, F32, 2, 6, &[5], 1;
+    group_norm_nhwc_f16_2x6x5_g1: Nhwc, F16, 2, 6, &[5], 1;
+    group_norm_nchw_f32_3x4x2x2_g2: Nchw, F32, 3, 4, &[2, 2], 2;
+    group_norm_nchw_f16_3x4x2x2_g2: Nchw, F16, 3, 4, &[2, 2], 2;
+    group_norm_nhwc_f32_3x4x2x2_g2: Nhwc, F32, 3, 4, &[2, 2], 2;
+    group_norm_nhwc_f16_3x4x2x2_g2: Nhwc, F16, 3, 4, &[2, 2], 2;
+    group_norm_nchw_f32_2x6x5_g6: Nchw, F32, 2, 6, &[5], 6;
+    group_norm_nchw_f16_2x6x5_g6: Nchw, F16, 2, 6, &[5], 6;
+    group_norm_nhwc_f32_2x6x5_g6: Nhwc, F32, 2, 6, &[5], 6;
+    group_norm_nhwc_f16_2x6x5_g6: Nhwc, F16, 2, 6, &[5], 6;
 }
 
 #[test]

@@ -130,57 +130,70 @@ fn serves(k: RowKernel, n: usize) -> bool {
     }
 }
 
-const SHAPES: &[(usize, usize)] = &[
-    (1, 1),
-    (2, 3),
-    (3, 5),
-    (5, 7),
-    (9, 64),
-    (4, 768),
-    (3, 1000),
-    (2, 1024),
-    (2, 4097),
-    (1, 8192),
-];
-
-#[test]
-fn layer_norm_matches_reference_on_every_kernel_path() {
-    for dtype in [DType::F32, DType::F16] {
-        for &(rows, n) in SHAPES {
-            check(RowMode::LayerNorm, dtype, rows, n, None, 0.0);
-            check(
-                RowMode::LayerNorm,
-                dtype,
-                rows,
-                n,
-                Some(RowKernel::Workgroup { wg: 32 }),
-                0.0,
-            );
-            for k in team_kernels().into_iter().filter(|&k| serves(k, n)) {
-                check(RowMode::LayerNorm, dtype, rows, n, Some(k), 0.0);
-            }
-        }
+/// One mode, dtype and shape through the default kernel, the workgroup kernel and every team
+/// kernel that serves the row length.
+fn every_kernel_path(mode: RowMode, dtype: DType, rows: usize, n: usize) {
+    let wg = if mode == RowMode::LayerNorm { 32 } else { 64 };
+    check(mode, dtype, rows, n, None, 0.0);
+    check(mode, dtype, rows, n, Some(RowKernel::Workgroup { wg }), 0.0);
+    for k in team_kernels().into_iter().filter(|&k| serves(k, n)) {
+        check(mode, dtype, rows, n, Some(k), 0.0);
     }
 }
 
-#[test]
-fn rms_norm_matches_reference_on_every_kernel_path() {
-    for dtype in [DType::F32, DType::F16] {
-        for &(rows, n) in SHAPES {
-            check(RowMode::RmsNorm, dtype, rows, n, None, 0.0);
-            check(
-                RowMode::RmsNorm,
-                dtype,
-                rows,
-                n,
-                Some(RowKernel::Workgroup { wg: 64 }),
-                0.0,
-            );
-            for k in team_kernels().into_iter().filter(|&k| serves(k, n)) {
-                check(RowMode::RmsNorm, dtype, rows, n, Some(k), 0.0);
+/// One test per (mode, dtype, shape), so a failure names its case and the others still run.
+macro_rules! kernel_path_tests {
+    ($($name:ident: $mode:ident, $dtype:ident, $rows:expr, $n:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                every_kernel_path(RowMode::$mode, DType::$dtype, $rows, $n);
             }
-        }
-    }
+        )*
+    };
+}
+
+kernel_path_tests! {
+    layer_norm_f32_1x1: LayerNorm, F32, 1, 1;
+    layer_norm_f32_2x3: LayerNorm, F32, 2, 3;
+    layer_norm_f32_3x5: LayerNorm, F32, 3, 5;
+    layer_norm_f32_5x7: LayerNorm, F32, 5, 7;
+    layer_norm_f32_9x64: LayerNorm, F32, 9, 64;
+    layer_norm_f32_4x768: LayerNorm, F32, 4, 768;
+    layer_norm_f32_3x1000: LayerNorm, F32, 3, 1000;
+    layer_norm_f32_2x1024: LayerNorm, F32, 2, 1024;
+    layer_norm_f32_2x4097: LayerNorm, F32, 2, 4097;
+    layer_norm_f32_1x8192: LayerNorm, F32, 1, 8192;
+    layer_norm_f16_1x1: LayerNorm, F16, 1, 1;
+    layer_norm_f16_2x3: LayerNorm, F16, 2, 3;
+    layer_norm_f16_3x5: LayerNorm, F16, 3, 5;
+    layer_norm_f16_5x7: LayerNorm, F16, 5, 7;
+    layer_norm_f16_9x64: LayerNorm, F16, 9, 64;
+    layer_norm_f16_4x768: LayerNorm, F16, 4, 768;
+    layer_norm_f16_3x1000: LayerNorm, F16, 3, 1000;
+    layer_norm_f16_2x1024: LayerNorm, F16, 2, 1024;
+    layer_norm_f16_2x4097: LayerNorm, F16, 2, 4097;
+    layer_norm_f16_1x8192: LayerNorm, F16, 1, 8192;
+    rms_norm_f32_1x1: RmsNorm, F32, 1, 1;
+    rms_norm_f32_2x3: RmsNorm, F32, 2, 3;
+    rms_norm_f32_3x5: RmsNorm, F32, 3, 5;
+    rms_norm_f32_5x7: RmsNorm, F32, 5, 7;
+    rms_norm_f32_9x64: RmsNorm, F32, 9, 64;
+    rms_norm_f32_4x768: RmsNorm, F32, 4, 768;
+    rms_norm_f32_3x1000: RmsNorm, F32, 3, 1000;
+    rms_norm_f32_2x1024: RmsNorm, F32, 2, 1024;
+    rms_norm_f32_2x4097: RmsNorm, F32, 2, 4097;
+    rms_norm_f32_1x8192: RmsNorm, F32, 1, 8192;
+    rms_norm_f16_1x1: RmsNorm, F16, 1, 1;
+    rms_norm_f16_2x3: RmsNorm, F16, 2, 3;
+    rms_norm_f16_3x5: RmsNorm, F16, 3, 5;
+    rms_norm_f16_5x7: RmsNorm, F16, 5, 7;
+    rms_norm_f16_9x64: RmsNorm, F16, 9, 64;
+    rms_norm_f16_4x768: RmsNorm, F16, 4, 768;
+    rms_norm_f16_3x1000: RmsNorm, F16, 3, 1000;
+    rms_norm_f16_2x1024: RmsNorm, F16, 2, 1024;
+    rms_norm_f16_2x4097: RmsNorm, F16, 2, 4097;
+    rms_norm_f16_1x8192: RmsNorm, F16, 1, 8192;
 }
 
 #[test]
