@@ -477,6 +477,10 @@ impl BatchNorm {
 /// `eta_t = eta_{t-1} / (eta_{t-1} + (1 - m)^kappa)`. kappa = 1 gives the constant m, kappa = 0
 /// the cumulative average 1/t. Use it with [`BatchNorm::encode_train_with`] and
 /// `unbiased: false` (AdaB²N keeps the biased variance).
+///
+/// Closed form, O(1) in `t`: with `a = m^kappa` and `d = (1 - m)^kappa`, `u_t = 1/eta_t`
+/// satisfies `u_t = 1 + d u_{t-1}`, so `u_t = (1 - d^(t-1)) / (1 - d) + d^(t-1) / a`
+/// (`(t - 1) + 1/a` when `d = 1`), evaluated with `expm1` so that `d` near 1 keeps its digits.
 pub fn adab2n_momentum(kappa: f64, momentum: f64, t: u64) -> Result<f32> {
     if !(0.0..=1.0).contains(&kappa) || !(0.0..=1.0).contains(&momentum) || t == 0 {
         return Err(Error::InvalidParameter {
@@ -485,12 +489,28 @@ pub fn adab2n_momentum(kappa: f64, momentum: f64, t: u64) -> Result<f32> {
             why: "kappa and momentum must be in [0, 1] and the step >= 1",
         });
     }
-    let decay = (1.0 - momentum).powf(kappa);
-    let mut eta = momentum.powf(kappa);
-    for _ in 1..t {
-        eta /= eta + decay;
+    let a = momentum.powf(kappa);
+    if a == 0.0 {
+        // eta_1 = 0 and every later step stays 0.
+        return Ok(0.0);
     }
-    Ok(eta as f32)
+    // ln d = kappa ln(1 - m); the steps after the first are t - 1.
+    let ln_d = kappa * (-momentum).ln_1p();
+    let steps = (t - 1) as f64;
+    let u = if ln_d == 0.0 {
+        steps + 1.0 / a
+    } else if ln_d == f64::NEG_INFINITY {
+        // m = 1 (d = 0): u_t = 1 for t >= 2.
+        if t == 1 {
+            1.0 / a
+        } else {
+            1.0
+        }
+    } else {
+        let geometric = (ln_d * steps).exp_m1() / ln_d.exp_m1();
+        geometric + (ln_d * steps).exp() / a
+    };
+    Ok((1.0 / u) as f32)
 }
 
 #[cfg(test)]
@@ -509,6 +529,43 @@ mod tests {
         assert!((adab2n_momentum(0.5, 0.1, 2).unwrap() as f64 - e2).abs() < 1e-7);
         assert!(adab2n_momentum(0.5, 0.1, 0).is_err());
         assert!(adab2n_momentum(1.5, 0.1, 1).is_err());
+    }
+
+    /// The closed form against the official recursion, step by step.
+    #[test]
+    fn adab2n_closed_form_matches_the_recursion() {
+        for &(kappa, m) in &[
+            (0.5, 0.1),
+            (0.25, 0.3),
+            (0.9, 0.01),
+            (0.1, 0.9),
+            (0.5, 1.0),
+            (0.7, 1e-6),
+        ] {
+            let (a, d) = (f64::powf(m, kappa), f64::powf(1.0 - m, kappa));
+            let mut eta = a;
+            for t in 1..=500u64 {
+                if t > 1 {
+                    eta /= eta + d;
+                }
+                let got = adab2n_momentum(kappa, m, t).unwrap() as f64;
+                assert!(
+                    (got - eta).abs() <= 1e-6 * eta.max(1e-30),
+                    "kappa {kappa} m {m} step {t}: {got} vs {eta}"
+                );
+            }
+        }
+    }
+
+    /// A huge step returns at once (the recursion looped t times) and stays in [0, 1].
+    #[test]
+    fn adab2n_huge_step_is_constant_time() {
+        let eta = adab2n_momentum(0.5, 0.1, u64::MAX).unwrap();
+        assert!(eta.is_finite() && (0.0..=1.0).contains(&eta), "{eta}");
+        assert_eq!(
+            adab2n_momentum(0.0, 0.1, u64::MAX).unwrap(),
+            1.0 / u64::MAX as f32
+        );
     }
 }
 
