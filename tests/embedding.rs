@@ -61,6 +61,19 @@ fn app_owned_device_buffers_and_encoder() {
         matches!(r, Err(wgnorm::Error::UnsupportedDType { .. })),
         "{r:?}"
     );
+    // Region Norm reads f16 element by element: refused when it is made, typed.
+    let rn = wgnorm::RegionNormB::new(
+        &ctx,
+        wgnorm::RegionNormBConfig {
+            dtype: DType::F16,
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(rn, Err(wgnorm::Error::UnsupportedDType { .. })),
+        "{:?}",
+        rn.err()
+    );
 
     // The app's own buffer holds x at a (device-aligned) offset, y in another of its buffers.
     let (rows, n) = (5, 300);

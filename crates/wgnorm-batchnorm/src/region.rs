@@ -102,7 +102,8 @@ impl RegionNormB {
     pub fn new(ctx: &Context, cfg: RegionNormBConfig) -> Result<RegionNormB> {
         let RegionNormBConfig { eps, layout, dtype } = cfg;
         wgnorm_core::check_eps(eps)?;
-        ctx.check_dtype(dtype)?;
+        // Region Norm reads f16 element by element: it needs SHADER_F16 for f16.
+        ctx.check_io(Io { dtype, vec4: false })?;
         Ok(RegionNormB {
             ctx: ctx.clone(),
             eps,
@@ -247,7 +248,8 @@ impl RegionNormL {
                 why: "eps must be finite and >= 0, the threshold finite",
             });
         }
-        ctx.check_dtype(dtype)?;
+        // Region Norm reads f16 element by element: it needs SHADER_F16 for f16.
+        ctx.check_io(Io { dtype, vec4: false })?;
         Ok(RegionNormL {
             ctx: ctx.clone(),
             eps,

@@ -273,16 +273,10 @@ impl Context {
         self.inner.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    /// Checks that tensors of `dtype` can be used on this device.
-    ///
-    /// f16 tensors can always be stored and moved; kernels read and write them as packed u32
-    /// words when their length allows four elements per access. Element-wise f16 access (odd row
-    /// lengths) needs `Features::SHADER_F16`: see [`Context::check_io`].
-    pub fn check_dtype(&self, _dtype: DType) -> Result<()> {
-        Ok(())
-    }
-
-    /// Checks that a kernel can access tensors as `io` on this device.
+    /// Checks that a kernel can access tensors as `io` on this device. f16 tensors can always be
+    /// stored and moved, and kernels read and write them as packed u32 words when their length
+    /// allows four elements per access; element-wise f16 access (odd row lengths, kernels
+    /// without a packed path) needs `Features::SHADER_F16`.
     pub fn check_io(&self, io: shader::Io) -> Result<()> {
         if io.dtype == DType::F16
             && !io.vec4
@@ -453,7 +447,6 @@ impl Context {
 
     /// A new uninitialised tensor (its buffer padded to a multiple of 16 bytes, at least 16).
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        self.check_dtype(dtype)?;
         let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
         let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgnorm tensor"),
@@ -465,7 +458,6 @@ impl Context {
     }
 
     fn upload_bytes(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        self.check_dtype(dtype)?;
         let n: usize = shape.iter().product();
         if n as u64 * dtype.size() != bytes.len() as u64 {
             return Err(Error::DataLength {

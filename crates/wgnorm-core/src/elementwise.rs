@@ -164,7 +164,6 @@ const BLEND_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::Read
 impl Blend {
     /// A blend of tensors of `dtype` bound to `ctx`.
     pub fn new(ctx: &Context, dtype: DType) -> Result<Blend> {
-        ctx.check_dtype(dtype)?;
         Ok(Blend {
             ctx: ctx.clone(),
             dtype,

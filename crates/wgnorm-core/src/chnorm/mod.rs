@@ -113,7 +113,6 @@ impl ChannelNorm {
         activation: Activation,
     ) -> Result<ChannelNorm> {
         crate::check_eps(eps)?;
-        ctx.check_dtype(dtype)?;
         let batches = ctx.upload_f32(&[0.0; 4], &[4])?;
         Ok(ChannelNorm {
             ctx: ctx.clone(),

@@ -105,7 +105,6 @@ impl RowNorm {
                 why: "must be finite",
             });
         }
-        ctx.check_dtype(cfg.dtype)?;
         Ok(RowNorm {
             ctx: ctx.clone(),
             cfg,
