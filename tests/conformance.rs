@@ -83,6 +83,156 @@ fn compare_follows_the_nan_and_infinity_rules() -> Result<(), Failed> {
     }
 }
 
+/// Writes a case file with these metadata entries and one expected tensor.
+fn write_case(name: &str, meta: &[(&str, &str)]) -> PathBuf {
+    let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &data)
+        .expect("a valid view");
+    let meta: std::collections::HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let bytes = safetensors::serialize([("expected.y", view)], Some(meta)).expect("serialize");
+    let path = std::env::temp_dir().join(format!(
+        "wgnorm-case-{}-{name}.safetensors",
+        std::process::id()
+    ));
+    std::fs::write(&path, bytes).expect("write");
+    path
+}
+
+/// Malformed files: a clear error naming the file, never a panic.
+fn malformed_files_are_errors_naming_the_file() -> Result<(), Failed> {
+    let garbage = std::env::temp_dir().join(format!(
+        "wgnorm-case-{}-garbage.safetensors",
+        std::process::id()
+    ));
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7f not a header").unwrap();
+    let ok_meta = [
+        ("op", "layer_norm"),
+        ("attrs", "{}"),
+        ("atol", "1e-5"),
+        ("rtol", "1e-5"),
+    ];
+    let good = write_case("good", &ok_meta);
+    let truncated = std::env::temp_dir().join(format!(
+        "wgnorm-case-{}-truncated.safetensors",
+        std::process::id()
+    ));
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 3]).unwrap();
+    let cases = [
+        (garbage, "not a safetensors file"),
+        (truncated, "not a safetensors file"),
+        (
+            write_case("no_op", &[("atol", "0"), ("rtol", "0")]),
+            "lacks \"op\"",
+        ),
+        (
+            write_case(
+                "atol_text",
+                &[("op", "layer_norm"), ("atol", "abc"), ("rtol", "0")],
+            ),
+            "atol is not a number",
+        ),
+        (
+            write_case(
+                "atol_negative",
+                &[("op", "layer_norm"), ("atol", "-1"), ("rtol", "0")],
+            ),
+            "must be finite and >= 0",
+        ),
+        (
+            write_case(
+                "rtol_nan",
+                &[("op", "layer_norm"), ("atol", "0"), ("rtol", "NaN")],
+            ),
+            "must be finite and >= 0",
+        ),
+        (
+            write_case(
+                "attrs_array",
+                &[
+                    ("op", "layer_norm"),
+                    ("attrs", "[1, 2]"),
+                    ("atol", "0"),
+                    ("rtol", "0"),
+                ],
+            ),
+            "attrs is not a JSON object",
+        ),
+    ];
+    for (path, want) in &cases {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        match conformance::run_file(ctx(), path) {
+            Err(e) if e.contains(&file) && e.contains(want) => {}
+            other => {
+                return Err(
+                    format!("{file}: expected an error with {want:?}, got {other:?}").into(),
+                )
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(&good);
+    Ok(())
+}
+
+/// An op the runner does not know is a skip, which the harness and `cargo xtask conformance`
+/// count as a failure.
+fn unknown_op_is_skipped() -> Result<(), Failed> {
+    let path = write_case(
+        "unknown_op",
+        &[("op", "no_such_norm"), ("atol", "0"), ("rtol", "0")],
+    );
+    let r = conformance::run_file(ctx(), &path);
+    let _ = std::fs::remove_file(&path);
+    match r {
+        Ok((_, Outcome::Skipped)) => Ok(()),
+        other => Err(format!("an unknown op gave {other:?}").into()),
+    }
+}
+
+/// A change to every input of a case.
+type Mutation = fn(&mut conformance::HostTensor);
+
+/// Every op's runner on inputs of the wrong rank or size (one vendored case per op, its
+/// inputs reshaped, shortened or emptied): an error or a comparison failure, never a panic.
+fn every_runner_refuses_wrong_shapes_without_panicking() -> Result<(), Failed> {
+    let mut seen = std::collections::BTreeSet::new();
+    for path in case_files() {
+        let case = conformance::load(&path)?;
+        if !seen.insert(case.op.clone()) {
+            continue;
+        }
+        let mutations: [(&str, Mutation); 3] = [
+            ("flattened", |t| t.shape = vec![t.data.len()]),
+            ("rank - 1", |t| {
+                if t.shape.pop().is_some() {
+                    let n: usize = t.shape.iter().product();
+                    t.data.truncate(n);
+                }
+            }),
+            ("empty", |t| {
+                t.shape = vec![0; t.shape.len().max(1)];
+                t.data.clear();
+            }),
+        ];
+        for (what, mutate) in mutations {
+            let mut bad = case.clone();
+            for t in bad.inputs.values_mut() {
+                mutate(t);
+            }
+            if let Outcome::Failed(m) = conformance::run(ctx(), &bad) {
+                if m.contains("panicked") {
+                    return Err(format!("{} ({what} inputs): {m}", case.name).into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![
@@ -101,6 +251,15 @@ fn main() {
         Trial::test(
             "runner::compare_follows_the_nan_and_infinity_rules",
             compare_follows_the_nan_and_infinity_rules,
+        ),
+        Trial::test(
+            "runner::malformed_files_are_errors_naming_the_file",
+            malformed_files_are_errors_naming_the_file,
+        ),
+        Trial::test("runner::unknown_op_is_skipped", unknown_op_is_skipped),
+        Trial::test(
+            "runner::every_runner_refuses_wrong_shapes_without_panicking",
+            every_runner_refuses_wrong_shapes_without_panicking,
         ),
     ];
     for path in case_files() {

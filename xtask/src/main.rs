@@ -13,13 +13,15 @@ mod sweep;
 
 use anyhow::Result;
 
-const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance DIR... | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
+const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] DIR... | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
 
 const HELP: &str = "  validate            naga-validate every shader specialisation, translate it for Vulkan (SPIR-V),
                       Metal (MSL) and DX12 (HLSL), and check every op against the f64 reference
     --list            print one key per specialisation instead (the format the runtime writes
                       to WGNORM_LOG_PIPELINES=FILE for every pipeline it creates)
-  conformance DIR...  run every case file under the DIRs (format: tests/conformance/FORMAT.md)
+  conformance DIR...  run every case file under the DIRs (format: tests/conformance/FORMAT.md);
+                      a case of an op the runner does not know fails the run
+    --allow-skipped   accept such cases as skipped
   bench               time every op against the best copy shader on the same adapter
     --quick           small shapes, seconds on software Vulkan
     --json FILE       every figure plus adapter info
@@ -44,6 +46,10 @@ fn main() -> Result<()> {
                 println!("{}", spec.key());
             }
             true
+        }
+        Some("validate") if args.len() > 1 => {
+            eprintln!("unknown option {}\n{USAGE}", args[1]);
+            std::process::exit(2);
         }
         Some("validate") => {
             let shaders_ok = shaders::validate_all()?;

@@ -94,6 +94,11 @@ pub fn load(path: &Path) -> Result<Case, String> {
             .map_err(|_| format!("{name}: {k} is not a number"))
     };
     let (atol, rtol) = (num("atol")?, num("rtol")?);
+    if !(atol.is_finite() && atol >= 0.0 && rtol.is_finite() && rtol >= 0.0) {
+        return Err(format!(
+            "{name}: atol {atol} and rtol {rtol} must be finite and >= 0"
+        ));
+    }
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
     let mut inputs = BTreeMap::new();
@@ -199,14 +204,27 @@ pub fn run_file(ctx: &Context, path: &Path) -> Result<(Case, Outcome), String> {
     Ok((case, outcome))
 }
 
-/// Runs a parsed case and compares every expected output.
+/// Runs a parsed case and compares every expected output. A runner that panics on a case it
+/// should have refused is reported as a failed case (naming the panic), never unwound into the
+/// caller: case files are user data.
 pub fn run(ctx: &Context, case: &Case) -> Outcome {
     let Some((_, f)) = OPS.iter().find(|(n, _)| *n == case.op) else {
         return Outcome::Skipped;
     };
-    let got = match f(ctx, case) {
-        Ok(g) => g,
-        Err(e) => return Outcome::Failed(e),
+    let got = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, case))) {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => return Outcome::Failed(e),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            return Outcome::Failed(format!(
+                "the {} runner panicked on this case: {msg} (a wgnorm bug: it should be a typed error)",
+                case.op
+            ));
+        }
     };
     for (name, want) in &case.expected {
         let Some(g) = got.get(name) else {
