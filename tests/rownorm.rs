@@ -802,3 +802,109 @@ fn layer_norm_scaling_folds_into_the_gain() {
         1e-5,
     );
 }
+
+/// Runs `x` `[4, n]` through one kernel path with eps `eps`, returning y, mean and rstd.
+fn run_rows(
+    mode: RowMode,
+    kernel: Option<RowKernel>,
+    x: &[f32],
+    n: usize,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = ctx();
+    let mut op = RowNorm::new(
+        c,
+        RowNormConfig {
+            eps,
+            ..cfg(mode, DType::F32)
+        },
+    )
+    .unwrap();
+    if let Some(k) = kernel {
+        op = op.with_kernel(k);
+    }
+    let rows = x.len() / n;
+    let xt = c.upload_f32(x, &[rows, n]).unwrap();
+    let (y, mean, rstd) = op.forward(&xt, None, None, true).unwrap();
+    let d = |t: &Tensor| c.download(t).unwrap();
+    (d(&y), d(&mean.unwrap()), d(&rstd.unwrap()))
+}
+
+/// NaN and Inf stay in their row and make it NaN (y and the saved statistics) on every kernel
+/// path; eps = 0 on a constant row gives rstd = inf and y = NaN on every path (PyTorch's
+/// 0 * inf), never whatever inverseSqrt(0) happens to be. The other rows match the reference.
+#[test]
+fn nan_inf_and_eps_zero_on_every_kernel_path() {
+    for n in [16usize, 96, 1000] {
+        for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+            let mut kernels = vec![None, Some(RowKernel::Workgroup { wg: 32 })];
+            kernels.extend(
+                team_kernels()
+                    .into_iter()
+                    .filter(|&k| serves(k, n))
+                    .map(Some),
+            );
+            for kernel in kernels {
+                let what = format!("{mode:?} n={n} {kernel:?}");
+                // Rows: ordinary, a NaN, an Inf, ordinary.
+                let mut x = noise(n as u64, 4 * n);
+                x[n + n / 2] = f32::NAN;
+                x[2 * n + 1] = f32::INFINITY;
+                let (y, mean, rstd) = run_rows(mode, kernel, &x, n, 1e-5);
+                for r in [0, 3] {
+                    let xr = round_to(DType::F32, &x[r * n..(r + 1) * n]);
+                    let want = match mode {
+                        RowMode::LayerNorm => reference::layer_norm(&xr, n, None, None, 1e-5),
+                        RowMode::RmsNorm => reference::rms_norm(&xr, n, None, 0.0, 1e-5),
+                    };
+                    assert_close(
+                        &format!("{what} row {r}"),
+                        &y[r * n..(r + 1) * n],
+                        &want.y,
+                        1e-5,
+                        1e-4,
+                    );
+                }
+                let nan_row = &y[n..2 * n];
+                assert!(
+                    nan_row.iter().all(|v| v.is_nan()),
+                    "{what}: NaN row y {nan_row:?}"
+                );
+                assert!(rstd[1].is_nan(), "{what}: NaN row rstd {}", rstd[1]);
+                if mode == RowMode::LayerNorm {
+                    assert!(mean[1].is_nan(), "{what}: NaN row mean {}", mean[1]);
+                    let inf_row = &y[2 * n..3 * n];
+                    assert!(
+                        inf_row.iter().all(|v| v.is_nan()),
+                        "{what}: Inf row y {inf_row:?}"
+                    );
+                    assert!(rstd[2].is_nan(), "{what}: Inf row rstd {}", rstd[2]);
+                } else {
+                    // mean(x^2) = inf: rstd = 0, so y = 0 where x is finite and NaN at the inf.
+                    assert_eq!(rstd[2], 0.0, "{what}: Inf row rstd");
+                    assert!(y[2 * n + 1].is_nan(), "{what}: Inf element");
+                    assert!(y[2 * n..3 * n]
+                        .iter()
+                        .enumerate()
+                        .all(|(i, v)| i == 1 || *v == 0.0));
+                }
+
+                // eps = 0: a constant row (zero variance; zero mean square for RMSNorm).
+                let mut z = noise(n as u64 + 1, 4 * n);
+                let constant = if mode == RowMode::LayerNorm { 3.5 } else { 0.0 };
+                z[n..2 * n].fill(constant);
+                let (y, _, rstd) = run_rows(mode, kernel, &z, n, 0.0);
+                assert_eq!(rstd[1], f32::INFINITY, "{what}: eps 0 constant row rstd");
+                assert!(
+                    y[n..2 * n].iter().all(|v| v.is_nan()),
+                    "{what}: eps 0 constant row y {:?}",
+                    &y[n..2 * n]
+                );
+                assert!(
+                    y[..n].iter().all(|v| v.is_finite()),
+                    "{what}: eps 0 ordinary row"
+                );
+            }
+        }
+    }
+}

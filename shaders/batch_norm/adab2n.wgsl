@@ -56,7 +56,7 @@ fn adab2n(ch: u32) {
     let eta = params.momentum;
     run_a[ch] = run_a[ch] + eta * (mean - run_a[ch]);
     run_b[ch] = (1.0 - eta) * run_b[ch] + eta * var_w;
-    let sc = inverseSqrt(var_w + params.eps) * weight[ch];
+    let sc = rsqrt_var(var_w + params.eps) * weight[ch];
     for (var n = 0u; n < params.n; n++) {
         set_coef(3u, n, 0u, ch, mean);
         set_coef(3u, n, 1u, ch, sc);

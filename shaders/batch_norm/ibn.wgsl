@@ -27,7 +27,7 @@ fn ibn(ch: u32) {
         for (var n = 0u; n < params.n; n++) {
             let m = inst(n, ch);
             set_coef(3u, n, 0u, ch, m.mean);
-            set_coef(3u, n, 1u, ch, inverseSqrt(m.m2 / m.n + params.eps) * weight[ch]);
+            set_coef(3u, n, 1u, ch, rsqrt_var(m.m2 / m.n + params.eps) * weight[ch]);
             set_coef(3u, n, 2u, ch, bias[ch]);
         }
         return;
@@ -43,7 +43,7 @@ fn ibn(ch: u32) {
         run_a[rc] = (1.0 - m) * run_a[rc] + m * mean;
         run_b[rc] = (1.0 - m) * run_b[rc] + m * running_variance(acc, UNBIASED_RUNNING);
     }
-    let sc = inverseSqrt(var_b + params.eps) * weight[ch];
+    let sc = rsqrt_var(var_b + params.eps) * weight[ch];
     for (var n = 0u; n < params.n; n++) {
         set_coef(3u, n, 0u, ch, mean);
         set_coef(3u, n, 1u, ch, sc);

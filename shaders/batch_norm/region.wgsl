@@ -231,8 +231,8 @@ fn finalize(ch: u32) {
     // An empty region counts 1 pixel, as the official code's S = 0 -> 1 (its pixels: none).
     let s_in = max(a_in.n, 1.0);
     let s_out = max(a_out.n, 1.0);
-    let rs_in = inverseSqrt(a_in.m2 / s_in + params.eps * total / s_in);
-    let rs_out = inverseSqrt(a_out.m2 / s_out + params.eps * total / s_out);
+    let rs_in = rsqrt_var(a_in.m2 / s_in + params.eps * total / s_in);
+    let rs_out = rsqrt_var(a_out.m2 / s_out + params.eps * total / s_out);
     let c = params.c;
     let o = off_coef();
     scratch[o + ch] = a_in.mean;

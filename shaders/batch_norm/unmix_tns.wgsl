@@ -83,7 +83,7 @@ fn unmix(lid: u32) {
         }
         let var_mix = vv * inv_k + spread * inv_k;
         set_coef(3u, n, 0u, ch, mu);
-        set_coef(3u, n, 1u, ch, inverseSqrt(var_mix + params.eps) * weight[ch]);
+        set_coef(3u, n, 1u, ch, rsqrt_var(var_mix + params.eps) * weight[ch]);
         set_coef(3u, n, 2u, ch, bias[ch]);
     }
     storageBarrier();

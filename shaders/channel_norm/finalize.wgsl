@@ -123,7 +123,7 @@ fn main(
         if (EPS_OUTSIDE) {
             rstd = 1.0 / (sqrt(var_b) + params.eps);
         } else {
-            rstd = inverseSqrt(var_b + params.eps);
+            rstd = rsqrt_var(var_b + params.eps);
         }
     } else {
         // The sum sits in M2; the mean stays 0.

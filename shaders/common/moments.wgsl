@@ -30,3 +30,16 @@ fn moments_push(acc: Moments, v: V) -> Moments {
     return moments_merge(acc, Moments(k, m, hsum(d * d)));
 }
 
+
+// max(v, 0) that keeps a NaN: SPIR-V's FMax may return the other operand when one is NaN, which
+// would make a NaN row's variance 0 and its output finite.
+fn nonneg(v: f32) -> f32 {
+    return select(v, 0.0, v < 0.0);
+}
+
+// 1 / sqrt(v) for a variance plus eps: +inf at exactly 0 (eps = 0 on a constant slice), where
+// inverseSqrt is undefined in SPIR-V, so every backend gives rstd = inf and y = 0 * inf = NaN,
+// as PyTorch does; NaN stays NaN.
+fn rsqrt_var(v: f32) -> f32 {
+    return select(inverseSqrt(v), bitcast<f32>(0x7f800000u), v == 0.0);
+}

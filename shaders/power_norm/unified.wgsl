@@ -83,7 +83,7 @@ fn unified(lid: u32) {
             run_a[slot * c + ch] = run_b[ch];
         }
         set_coef(3u, 0u, 0u, ch, 0.0);
-        set_coef(3u, 0u, 1u, ch, inverseSqrt(sigma2 + params.eps) * weight[ch]);
+        set_coef(3u, 0u, 1u, ch, rsqrt_var(sigma2 + params.eps) * weight[ch]);
         set_coef(3u, 0u, 2u, ch, bias[ch]);
         run_b[ch] = (1.0 - params.momentum) * run_b[ch] + params.momentum * sigma2;
     }

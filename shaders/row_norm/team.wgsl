@@ -63,7 +63,7 @@ fn main(
             m = moments_push(m, load_x_first(base + i) - shift);
         }
         m = team_moments(m, sg_lane - lane);
-        let rstd = inverseSqrt(max(m.m2 / f32(params.n), 0.0) + params.eps);
+        let rstd = rsqrt_var(nonneg(m.m2 / f32(params.n)) + params.eps);
         for (var i = lane; i < nv; i = i + TEAM) {
             y[base + i] = from_v(normalize_affine(load_x(base + i) - shift, i, m.mean, rstd));
         }
@@ -95,8 +95,8 @@ fn main(
     if (MODE == 0u) {
         c = team_sum(r, sg_size) * inv_n;
     }
-    let var_ = max(team_sum(q, sg_size) * inv_n - c * c, 0.0);
-    let rstd = inverseSqrt(var_ + params.eps);
+    let var_ = nonneg(team_sum(q, sg_size) * inv_n - c * c);
+    let rstd = rsqrt_var(var_ + params.eps);
     for (var i = lane; i < nv; i = i + TEAM) {
         y[base + i] = from_v(normalize_affine(row_value(cbase, base, i) - mean0, i, c, rstd));
     }

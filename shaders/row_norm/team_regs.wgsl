@@ -81,8 +81,8 @@ fn main(
         if (MODE == 0u) {
             c = team_sum(r, sg_size) * inv_n;
         }
-        let var_ = max(team_sum(q, sg_size) * inv_n - c * c, 0.0);
-        let rstd = inverseSqrt(var_ + params.eps);
+        let var_ = nonneg(team_sum(q, sg_size) * inv_n - c * c);
+        let rstd = rsqrt_var(var_ + params.eps);
         for (var k = 0u; k < PER_LANE; k = k + 1u) {
             let i = lane + k * TEAM;
             if (live && (EXACT || i < nv)) {

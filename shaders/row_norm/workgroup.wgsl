@@ -45,7 +45,7 @@ fn main(
 
     let merged = workgroup_merge(acc, lid);
     let mean = merged.mean;
-    let rstd = inverseSqrt(merged.m2 / f32(params.n) + params.eps);
+    let rstd = rsqrt_var(merged.m2 / f32(params.n) + params.eps);
 
     for (var i = lid; i < nv; i = i + WG) {
         var v: V;
