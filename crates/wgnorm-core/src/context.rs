@@ -72,7 +72,16 @@ pub enum Slot {
     ReadWrite,
 }
 
-/// Handle to a device and wgnorm's per-device caches. Cheap to clone; share one per device.
+// An app shares one context (and the ops made from it) between threads: that is a promise, not
+// an accident of the fields, so losing it fails the build here.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Context>();
+    send_sync::<crate::Tensor>();
+};
+
+/// Handle to a device and wgnorm's per-device caches. Cheap to clone; share one per device
+/// (`Send + Sync`: ops made from it can record from several threads at once).
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<Inner>,
