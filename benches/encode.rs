@@ -65,7 +65,7 @@ fn encode_cost(c: &mut Criterion) {
     let pipeline = ctx
         .pipeline(&wgnorm::engine::core::baseline::copy_spec(io, 256, 1))
         .unwrap();
-    let (bgl, _) = ctx.layout(slots);
+    let (bgl, _) = ctx.layout(slots).unwrap();
     let u = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: 64,

@@ -66,11 +66,13 @@ fn warm_encode_adds_no_allocation_over_a_bare_pass() {
             1,
         ))
         .unwrap();
-    let (bgl, _) = c.layout(&[
-        wgnorm::engine::Slot::Uniform,
-        wgnorm::engine::Slot::Read,
-        wgnorm::engine::Slot::ReadWrite,
-    ]);
+    let (bgl, _) = c
+        .layout(&[
+            wgnorm::engine::Slot::Uniform,
+            wgnorm::engine::Slot::Read,
+            wgnorm::engine::Slot::ReadWrite,
+        ])
+        .unwrap();
     let u = c.device().create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: 64,

@@ -138,12 +138,12 @@ impl ProgressiveRepNorm {
 
     /// `(warm, iter)` as they are now.
     pub fn counters(&self) -> (u64, u64) {
-        *self.counters.lock().unwrap()
+        *wgnorm_core::locked(&self.counters)
     }
 
     /// Sets `(warm, iter)`, e.g. when resuming training from a checkpoint.
     pub fn set_counters(&self, warm: u64, iter: u64) {
-        *self.counters.lock().unwrap() = (warm, iter);
+        *wgnorm_core::locked(&self.counters) = (warm, iter);
     }
 
     /// Records one call; returns the LN weight lambda this call used (1 in warm-up, 0 at
@@ -176,7 +176,7 @@ impl ProgressiveRepNorm {
                 got: a.x.shape().to_vec(),
             });
         }
-        let mut counters = self.counters.lock().unwrap();
+        let mut counters = wgnorm_core::locked(&self.counters);
         let (warm, iter) = *counters;
         fn ln_args<'t>(a: &ProgressiveRepNormInputs<'t>, out: &'t Tensor) -> RowNormArgs<'t> {
             RowNormArgs {

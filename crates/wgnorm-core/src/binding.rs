@@ -139,27 +139,20 @@ impl BindCache {
             params: uniform::key_words(params),
             ranges: std::array::from_fn(|i| ranges.get(i).map(|r| (*r).clone())),
         };
-        let mut map = self.map.lock().unwrap();
-        if let Some(bg) = map.get(&key) {
+        if let Some(bg) = crate::locked(&self.map).get(&key) {
             return Ok(bg.clone());
         }
-        if map.len() >= self.capacity {
-            map.clear();
-        }
-        let device = ctx.device();
-        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgnorm params"),
-            size: std::mem::size_of::<P>() as u64,
-            usage: wgpu::BufferUsages::UNIFORM,
-            mapped_at_creation: true,
-        });
+        // Created outside the lock: a device error here must not poison the cache.
+        let size = std::mem::size_of::<P>() as u64;
+        let uniform =
+            ctx.create_buffer("wgnorm params", size, wgpu::BufferUsages::UNIFORM, true)?;
         uniform
             .slice(..)
             .get_mapped_range_mut()
             .map_err(|e| Error::Device(e.to_string()))?
             .copy_from_slice(bytemuck::bytes_of(params));
         uniform.unmap();
-        let (bgl, _) = ctx.layout(slots);
+        let (bgl, _) = ctx.layout(slots)?;
         let mut entries = Vec::with_capacity(slots.len());
         entries.push(wgpu::BindGroupEntry {
             binding: 0,
@@ -175,20 +168,25 @@ impl BindCache {
                 }),
             });
         }
-        let bg = crate::context::capture(device, || {
+        let device = ctx.device();
+        let bg = ctx.capture("wgnorm bind group", 0, || {
             device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("wgnorm"),
                 layout: &bgl,
                 entries: &entries,
             })
         })?;
+        let mut map = crate::locked(&self.map);
+        if map.len() >= self.capacity {
+            map.clear();
+        }
         map.insert(key, bg.clone());
         Ok(bg)
     }
 
     /// Entries currently cached.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap().len()
+        crate::locked(&self.map).len()
     }
 
     /// Whether no bind group is cached.

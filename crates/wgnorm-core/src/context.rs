@@ -99,6 +99,8 @@ struct Inner {
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     /// `WGNORM_LOG_PIPELINES`: the file every created pipeline's key is appended to.
     pipeline_log: Option<std::path::PathBuf>,
+    /// Set by the device-lost callback of devices wgnorm created: why the device was lost.
+    lost: Arc<Mutex<Option<String>>>,
     /// Bound in place of absent optional inputs / outputs (read, and distinct writes so absent
     /// outputs never alias).
     dummy_read: wgpu::Buffer,
@@ -196,11 +198,16 @@ impl Context {
             })
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        Ok(Self::from_device_with_checks(
-            device,
-            queue,
-            ShaderChecks::from_env(),
-        ))
+        let ctx = Self::from_device_with_checks(device, queue, ShaderChecks::from_env());
+        // wgnorm owns this device, so it may take its (single) device-lost callback; an app's
+        // device keeps the app's own.
+        let lost = ctx.inner.lost.clone();
+        ctx.inner
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                *crate::locked(&lost) = Some(format!("{reason:?}: {message}"));
+            });
+        Ok(ctx)
     }
 
     /// Wraps a device and queue the application already owns. wgnorm uses whatever optional
@@ -247,6 +254,7 @@ impl Context {
                 layouts: Mutex::default(),
                 pipelines: Mutex::default(),
                 pipeline_log: std::env::var_os("WGNORM_LOG_PIPELINES").map(Into::into),
+                lost: Arc::default(),
                 dummy_read,
                 dummy_write,
             }),
@@ -309,49 +317,111 @@ impl Context {
     }
 
     /// The bind-group layout and pipeline layout for a slot list, created once per device.
-    pub fn layout(&self, slots: &'static [Slot]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
-        let mut layouts = self.inner.layouts.lock().unwrap();
-        layouts
-            .entry(slots)
-            .or_insert_with(|| {
-                let entries: Vec<_> = slots
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| wgpu::BindGroupLayoutEntry {
-                        binding: i as u32,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: match s {
-                                Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                                Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                                Slot::ReadWrite => {
-                                    wgpu::BufferBindingType::Storage { read_only: false }
-                                }
-                            },
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                        count: None,
-                    })
-                    .collect();
-                let bgl =
-                    self.inner
-                        .device
-                        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                            label: Some("wgnorm"),
-                            entries: &entries,
-                        });
-                let pl =
-                    self.inner
-                        .device
-                        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                            label: Some("wgnorm"),
-                            bind_group_layouts: &[Some(&bgl)],
-                            immediate_size: 0,
-                        });
-                (bgl, pl)
+    pub fn layout(
+        &self,
+        slots: &'static [Slot],
+    ) -> Result<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
+        if let Some(l) = crate::locked(&self.inner.layouts).get(slots) {
+            return Ok(l.clone());
+        }
+        let entries: Vec<_> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match s {
+                        Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                        Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
             })
-            .clone()
+            .collect();
+        let device = &self.inner.device;
+        // Created outside the lock: a device error here must not poison the cache.
+        let pair = self.capture("bind group layout", 0, || {
+            let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("wgnorm"),
+                entries: &entries,
+            });
+            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("wgnorm"),
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+            (bgl, pl)
+        })?;
+        Ok(crate::locked(&self.inner.layouts)
+            .entry(slots)
+            .or_insert(pair)
+            .clone())
+    }
+
+    /// `Err(DeviceLost)` once the device is gone.
+    pub fn check_alive(&self) -> Result<()> {
+        match crate::locked(&self.inner.lost).as_ref() {
+            Some(why) => Err(Error::DeviceLost(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` (wgpu calls creating `what`) inside out-of-memory, validation and internal error
+    /// scopes: their errors come back typed ([`Error::OutOfMemory`], [`Error::Device`]) instead of
+    /// reaching wgpu's uncaptured-error handler, which panics. `bytes` is the size requested,
+    /// for the message.
+    pub fn capture<T>(&self, what: &str, bytes: u64, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_alive()?;
+        let device = &self.inner.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let value = f();
+        let errors = [
+            pollster::block_on(internal.pop()),
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+        ];
+        self.check_alive()?;
+        match errors.into_iter().flatten().next() {
+            None => Ok(value),
+            Some(wgpu::Error::OutOfMemory { .. }) => Err(Error::OutOfMemory {
+                what: what.into(),
+                bytes,
+            }),
+            Some(e) => Err(Error::Device(format!("{what}: {e}"))),
+        }
+    }
+
+    /// A buffer of `size` bytes for `what`: refused as [`Error::TooLarge`] beyond the device's
+    /// `max_buffer_size`, created inside error scopes.
+    pub fn create_buffer(
+        &self,
+        what: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        mapped_at_creation: bool,
+    ) -> Result<wgpu::Buffer> {
+        let limit = self.inner.limits.max_buffer_size;
+        if size > limit {
+            return Err(Error::TooLarge {
+                what: format!("{what} (bytes)"),
+                value: size,
+                limit,
+            });
+        }
+        self.capture(what, size, || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size,
+                usage,
+                mapped_at_creation,
+            })
+        })
     }
 
     /// The compute pipeline for a kernel specialisation, compiled on first use and cached.
@@ -369,7 +439,7 @@ impl Context {
                 .map(|&(k, v)| (k, v.to_bits()))
                 .collect(),
         };
-        if let Some(p) = self.inner.pipelines.lock().unwrap().get(&key) {
+        if let Some(p) = crate::locked(&self.inner.pipelines).get(&key) {
             return Ok(p.clone());
         }
         self.check_io(io)?;
@@ -383,8 +453,8 @@ impl Context {
         }
         let device = &self.inner.device;
         let module = self.module(kernel, io)?;
-        let (_, layout) = self.layout(kernel.slots());
-        let pipeline = capture(device, || {
+        let (_, layout) = self.layout(kernel.slots())?;
+        let pipeline = self.capture(kernel.name(), 0, || {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.name()),
                 layout: Some(&layout),
@@ -398,19 +468,14 @@ impl Context {
             })
         })?;
         self.log_pipeline(spec)?;
-        self.inner
-            .pipelines
-            .lock()
-            .unwrap()
-            .insert(key, pipeline.clone());
+        crate::locked(&self.inner.pipelines).insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
     /// The shader module of a kernel and I/O type, compiled once per context.
     fn module(&self, kernel: Kernel, io: Io) -> Result<wgpu::ShaderModule> {
         let device = &self.inner.device;
-        let mut modules = self.inner.modules.lock().unwrap();
-        if let Some(m) = modules.get(&(kernel, io)) {
+        if let Some(m) = crate::locked(&self.inner.modules).get(&(kernel, io)) {
             return Ok(m.clone());
         }
         let source = kernel.source(io);
@@ -421,10 +486,10 @@ impl Context {
         };
         // SAFETY: wgnorm's kernels keep the invariants `checks` drops (see `ShaderChecks`):
         // bounded loops, in-bounds indices.
-        let m = capture(device, || unsafe {
+        let m = self.capture(kernel.name(), 0, || unsafe {
             device.create_shader_module_trusted(desc, checks)
         })?;
-        modules.insert((kernel, io), m.clone());
+        crate::locked(&self.inner.modules).insert((kernel, io), m.clone());
         Ok(m)
     }
 
@@ -444,7 +509,11 @@ impl Context {
 
     /// Number of pipelines compiled so far (for tests of the caches).
     pub fn pipeline_count(&self) -> usize {
-        self.inner.pipelines.lock().unwrap().len()
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     // ---- host transfers (tests, tools, the convenience `forward` paths) ----
@@ -456,31 +525,27 @@ impl Context {
 
     /// A new uninitialised tensor (its buffer padded to a multiple of 16 bytes, at least 16).
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
-        let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgnorm tensor"),
-            size: padded(bytes),
-            usage: Self::TENSOR_USAGE,
-            mapped_at_creation: false,
-        });
+        let bytes = crate::checked_bytes("tensor", shape, dtype)?;
+        let buffer =
+            self.create_buffer("wgnorm tensor", padded(bytes), Self::TENSOR_USAGE, false)?;
         Tensor::from_buffer(buffer, 0, shape, dtype)
     }
 
     fn upload_bytes(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n as u64 * dtype.size() != bytes.len() as u64 {
+        let n = crate::checked_numel("upload", shape)?;
+        if crate::checked_bytes("upload", shape, dtype)? != bytes.len() as u64 {
             return Err(Error::DataLength {
                 what: format!("upload of shape {shape:?}"),
                 n,
                 len: bytes.len() / dtype.size() as usize,
             });
         }
-        let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgnorm tensor"),
-            size: padded(bytes.len() as u64),
-            usage: Self::TENSOR_USAGE,
-            mapped_at_creation: true,
-        });
+        let buffer = self.create_buffer(
+            "wgnorm tensor",
+            padded(bytes.len() as u64),
+            Self::TENSOR_USAGE,
+            true,
+        )?;
         // Mapped ranges are 4-byte granular: map the whole (padded) buffer, fill the prefix.
         buffer
             .slice(..)
@@ -564,12 +629,12 @@ impl Context {
             });
         }
         let device = &self.inner.device;
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgnorm readback"),
-            size: end - start,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.create_buffer(
+            "wgnorm readback",
+            end - start,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            false,
+        )?;
         let mut enc = device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(t.buffer(), start, &staging, 0, end - start);
         let index = self.inner.queue.submit([enc.finish()]);
@@ -608,17 +673,6 @@ impl Context {
 /// its whole range are always valid.
 pub fn padded(bytes: u64) -> u64 {
     bytes.max(16).div_ceil(16) * 16
-}
-
-/// Runs a wgpu call inside a validation error scope and returns its error, if any, as
-/// [`Error::Device`] instead of letting the uncaptured-error handler panic.
-pub fn capture<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let value = f();
-    match pollster::block_on(scope.pop()) {
-        Some(e) => Err(Error::Device(e.to_string())),
-        None => Ok(value),
-    }
 }
 
 #[cfg(test)]

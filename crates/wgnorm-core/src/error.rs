@@ -142,7 +142,33 @@ pub enum Error {
         len: usize,
     },
 
-    /// A wgpu validation, out-of-memory or internal error, captured instead of panicking.
+    /// A size or count beyond what a buffer, binding or 32-bit kernel index can hold.
+    #[error(
+        "{what}: {value} exceeds {limit}; split the tensor or use a device with higher limits"
+    )]
+    TooLarge {
+        /// The argument or quantity.
+        what: String,
+        /// Its value.
+        value: u64,
+        /// The most it can be.
+        limit: u64,
+    },
+
+    /// The device could not allocate memory for an object wgnorm creates.
+    #[error("{what}: out of device memory allocating {bytes} bytes")]
+    OutOfMemory {
+        /// What was being created.
+        what: String,
+        /// Bytes requested (0 when not a buffer).
+        bytes: u64,
+    },
+
+    /// The device was lost (driver reset, GPU removed); make a new context.
+    #[error("the device was lost ({0}); create a new Context")]
+    DeviceLost(String),
+
+    /// A wgpu validation or internal error, captured instead of panicking.
     #[error("the device reported an error: {0}")]
     Device(String),
 

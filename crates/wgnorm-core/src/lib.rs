@@ -56,5 +56,12 @@ pub use activation::Activation;
 pub use context::{Context, ShaderChecks, Slot};
 pub use dtype::DType;
 pub use error::{check_eps, check_unit_interval, Error, Result};
-pub use tensor::Tensor;
+pub use tensor::{checked_bytes, checked_numel, Tensor};
+
+/// Locks `m`, recovering the data if a thread panicked while holding it: wgnorm's caches hold
+/// no invariant a panic could break (no GPU call is made under a lock), so a poisoned lock must
+/// not turn every later call into a panic.
+pub fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 pub use wgpu;

@@ -21,12 +21,15 @@ impl ScratchCache {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Tensor> {
-        let mut map = self.map.lock().unwrap();
-        if let Some(t) = map.get(key) {
+        if let Some(t) = crate::locked(&self.map).get(key) {
             return Ok(t.clone());
         }
+        // Allocated outside the lock (a device error must not poison it); a racing thread's
+        // tensor, if it got there first, is the one kept.
         let t = ctx.empty(shape, dtype)?;
-        map.insert(key.to_vec(), t.clone());
-        Ok(t)
+        Ok(crate::locked(&self.map)
+            .entry(key.to_vec())
+            .or_insert(t)
+            .clone())
     }
 }

@@ -24,13 +24,18 @@ impl Tensor {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Self> {
+        let bytes = checked_bytes("tensor", shape, dtype)?;
+        let end = offset.checked_add(bytes).ok_or_else(|| Error::TooLarge {
+            what: "tensor offset + bytes".into(),
+            value: bytes,
+            limit: u64::MAX - offset,
+        })?;
         let t = Tensor {
             buffer,
             offset,
             shape: shape.to_vec(),
             dtype,
         };
-        let end = t.offset + t.byte_len();
         if end > t.buffer.size() {
             return Err(Error::BufferTooSmall {
                 what: "tensor".into(),
@@ -58,7 +63,8 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
-    /// Elements: the product of the shape.
+    /// Elements: the product of the shape (checked when the tensor was made: it fits its
+    /// buffer, so it cannot overflow).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -68,7 +74,7 @@ impl Tensor {
     }
     /// The same data seen with another shape of the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = checked_numel("reshape", shape)?;
         if n != self.numel() {
             return Err(Error::ShapeMismatch {
                 what: "reshape (element count)".into(),
@@ -105,4 +111,25 @@ impl Tensor {
         }
         Ok(())
     }
+}
+
+/// The element count of `shape`, or `TooLarge` when it overflows.
+pub fn checked_numel(what: &str, shape: &[usize]) -> Result<usize> {
+    shape.iter().try_fold(1usize, |n, &d| {
+        n.checked_mul(d).ok_or_else(|| Error::TooLarge {
+            what: format!("{what}: elements of shape {shape:?}"),
+            value: u64::MAX,
+            limit: usize::MAX as u64,
+        })
+    })
+}
+
+/// The bytes of `shape` in `dtype`, or `TooLarge` when they overflow.
+pub fn checked_bytes(what: &str, shape: &[usize], dtype: DType) -> Result<u64> {
+    let n = checked_numel(what, shape)? as u64;
+    n.checked_mul(dtype.size()).ok_or_else(|| Error::TooLarge {
+        what: format!("{what}: bytes of shape {shape:?}"),
+        value: n,
+        limit: u64::MAX / dtype.size(),
+    })
 }

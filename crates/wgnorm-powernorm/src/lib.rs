@@ -301,7 +301,7 @@ impl SinkhornNormalize {
     }
 
     fn state(&self, m: usize, n: usize) -> Result<std::sync::Arc<SinkhornState>> {
-        if let Some(s) = self.shapes.lock().unwrap().get(&(m, n)) {
+        if let Some(s) = wgnorm_core::locked(&self.shapes).get(&(m, n)) {
             return Ok(s.clone());
         }
         let engine = |target: usize| -> Result<ChannelNorm> {
@@ -317,7 +317,7 @@ impl SinkhornNormalize {
             a: self.ctx.empty(&[m, n], self.dtype)?,
             b: self.ctx.empty(&[m, n], self.dtype)?,
         });
-        self.shapes.lock().unwrap().insert((m, n), s.clone());
+        wgnorm_core::locked(&self.shapes).insert((m, n), s.clone());
         Ok(s)
     }
 

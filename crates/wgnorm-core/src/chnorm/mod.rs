@@ -194,7 +194,7 @@ impl ChannelNorm {
 
     /// Scratch for `view`, sized by the moments pass's tiling (`tiles` partials per slot).
     fn scratch(&self, view: ChannelView, tiles: u32) -> Result<Arc<Scratch>> {
-        if let Some(s) = self.scratch.lock().unwrap().get(&view) {
+        if let Some(s) = crate::locked(&self.scratch).get(&view) {
             if s.partials.numel() >= view.slots().max(1) * tiles as usize * 3 {
                 return Ok(s.clone());
             }
@@ -207,7 +207,7 @@ impl ChannelNorm {
                 .ctx
                 .empty(&[view.p * view.channels() * 3], DType::F32)?,
         });
-        self.scratch.lock().unwrap().insert(view, s.clone());
+        crate::locked(&self.scratch).insert(view, s.clone());
         Ok(s)
     }
 }

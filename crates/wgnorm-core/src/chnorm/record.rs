@@ -84,7 +84,7 @@ impl ChannelNorm {
     /// The pipelines of a call shape, planned and compiled on first use.
     fn pipelines(&self, shape: &CallShape, facts: &ViewFacts) -> Result<Arc<Pipelines>> {
         let key = (*shape, *facts);
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+        if let Some(p) = crate::locked(&self.pipelines).get(&key) {
             return Ok(p.clone());
         }
         let plan = plan::plan(&self.config, shape, facts, self.ctx.is_cpu());
@@ -98,7 +98,7 @@ impl ChannelNorm {
             apply: self.ctx.pipeline(&plan.apply)?,
             plan,
         });
-        self.pipelines.lock().unwrap().insert(key, p.clone());
+        crate::locked(&self.pipelines).insert(key, p.clone());
         Ok(p)
     }
 

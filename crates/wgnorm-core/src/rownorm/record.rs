@@ -96,6 +96,16 @@ impl RowNorm {
         if rows == 0 || n == 0 {
             return Ok(None);
         }
+        // Kernels index rows and elements with u32.
+        for (what, v) in [("rows", rows), ("row length", n)] {
+            if v > u32::MAX as usize {
+                return Err(Error::TooLarge {
+                    what: what.into(),
+                    value: v as u64,
+                    limit: u32::MAX as u64,
+                });
+            }
+        }
         let ctx = &self.ctx;
         let opt =
             |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
@@ -226,7 +236,7 @@ impl RowNorm {
     }
 
     fn plan(&self, key: PlanKey) -> Result<Plan> {
-        if let Some(p) = self.plans.lock().unwrap().get(&key) {
+        if let Some(p) = crate::locked(&self.plans).get(&key) {
             return Ok(p.clone());
         }
         let class = AdapterClass::of(&self.ctx);
@@ -292,7 +302,7 @@ impl RowNorm {
         .spec(key.io);
         let pipeline = self.ctx.pipeline(&spec)?;
         let plan = Plan { kernel, pipeline };
-        self.plans.lock().unwrap().insert(key, plan.clone());
+        crate::locked(&self.plans).insert(key, plan.clone());
         Ok(plan)
     }
 }
