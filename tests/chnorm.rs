@@ -1597,3 +1597,98 @@ fn progressive_rep_norm_bad_running_stats_fail_before_any_pass() {
     assert_eq!(op.counters(), (0, 3), "a failed call advanced the schedule");
     assert_eq!(c_.download(&y).unwrap(), sentinel, "a failed call wrote y");
 }
+
+/// Offset data (a common offset of 1e2..1e4 per channel, unit spread): the batch statistics are
+/// taken around a per-slot shift, so BatchNorm, InstanceNorm and GroupNorm stay as accurate as
+/// on centred data (an f32 mean near 1e4 alone is off by up to 5e-4).
+#[test]
+fn offset_channels_are_as_accurate_as_centred_ones() {
+    let c_ = ctx();
+    let (n, c, sp) = (4usize, 8usize, [6usize, 5]);
+    let hw: usize = sp.iter().product();
+    for offset in [1e2f32, 1e3, 1e4] {
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let x: Vec<f32> = noise(offset as u64, n * c * hw)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| offset * (1.0 + ((i / hw) % c) as f32 * 0.1) + v)
+                .collect();
+            let xd = round_to(DType::F32, &x);
+            let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
+            let what = format!("offset {offset} {layout:?}");
+            let inputs = NormInputs {
+                x: &xt,
+                weight: None,
+                bias: None,
+            };
+            // BatchNorm, training (batch statistics).
+            let bn = BatchNorm::new(
+                c_,
+                BatchNormConfig {
+                    layout,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let y = bn
+                .forward(
+                    &BatchNormInputs {
+                        x: &xt,
+                        weight: None,
+                        bias: None,
+                        running_mean: None,
+                        running_var: None,
+                    },
+                    Mode::Train,
+                )
+                .unwrap();
+            let zeros = vec![0.0; c];
+            let ones = vec![1.0; c];
+            let want = reference::batch_norm(
+                &xd, n, c, hw, None, None, &zeros, &ones, true, 0.1, true, 1e-5,
+            );
+            assert_close(
+                &format!("{what} batch_norm"),
+                &c_.download(&y).unwrap(),
+                &want_in_layout(&want.y, n, c, hw, layout),
+                2e-5,
+                1e-4,
+            );
+            // InstanceNorm and GroupNorm (2 groups).
+            let inorm = InstanceNorm::new(
+                c_,
+                InstanceNormConfig {
+                    layout,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let want = reference::instance_norm(&xd, n, c, hw, None, None, 1e-5);
+            assert_close(
+                &format!("{what} instance_norm"),
+                &c_.download(&inorm.forward(&inputs).unwrap()).unwrap(),
+                &want_in_layout(&want, n, c, hw, layout),
+                2e-5,
+                1e-4,
+            );
+            let gn = GroupNorm::new(
+                c_,
+                GroupNormConfig {
+                    layout,
+                    ..GroupNormConfig::new(2)
+                },
+            )
+            .unwrap();
+            let want = reference::group_norm(&xd, n, c, hw, 2, None, None, 1e-5, false);
+            assert_close(
+                &format!("{what} group_norm"),
+                &c_.download(&gn.forward(&inputs).unwrap()).unwrap(),
+                &want_in_layout(&want, n, c, hw, layout),
+                // A group spans channels whose offsets differ by 10 %: its spread is ~offset/10,
+                // so its y has ordinary magnitude and the same relative accuracy.
+                2e-5,
+                1e-4,
+            );
+        }
+    }
+}

@@ -33,6 +33,13 @@ override NORM_UPDATED: bool = false;
 // The variance fed to the running one is mean((x - rm_old)^2) = var_b + (mean - rm_old)^2
 // (a sum of two non-negative terms: no cancellation).
 override EST_VAR: bool = false;
+// The partials are moments of x - shift (moments.wgsl SHIFTED), the slot's shift stored after
+// them. The statistics (saved, running) get the shift added back; when batch statistics
+// normalize and CENTRED (the epilogue computes x - mean), the coefficients keep it apart:
+// mean = shift and the mean of x - shift folded into the additive term, so the apply pass's
+// x - shift is exact and the small remainder keeps its digits.
+override SHIFTED: bool = false;
+override CENTRED: bool = true;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -59,6 +66,9 @@ fn main(
     var mean: f32;
     var var_b: f32;
     var m2_sum = 0.0;
+    // Coefficient mean and the part of the mean folded into the additive term.
+    var shift = 0.0;
+    var folded = 0.0;
     if (INFER) {
         mean = select(running_mean[rr], 0.0, REDUCE == 3u);
         var_b = running_var[rr];
@@ -82,7 +92,11 @@ fn main(
         for (var t = 0u; t < params.tiles; t = t + 1u) {
             acc = moments_merge(acc, partials[slot * params.tiles + t]);
         }
-        mean = acc.mean;
+        if (SHIFTED) {
+            shift = partials[params.p * params.r * params.tiles + slot].mean;
+        }
+        mean = shift + acc.mean;
+        folded = acc.mean;
         var_b = acc.m2 / acc.n;
         m2_sum = acc.m2;
         if (UNBIASED_NORM) {
@@ -151,12 +165,17 @@ fn main(
         if (HAS_BIAS) {
             sh = bias[ai];
         }
+        var coef_mean = mean;
+        if (SHIFTED && CENTRED && !MIX && !NORM_UPDATED && !INFER && REDUCE == 0u) {
+            coef_mean = shift;
+            sh = sh - folded * sc;
+        }
         // (mean, scale, shift): apply computes (x - mean) * scale + shift. Folding the mean into
         // the shift (x * scale + (shift - mean * scale)) would cancel two large terms whenever
         // the spread is small against the mean.
         // Structure of arrays per sample, so channels-last apply loads 4 channels at once.
         let base = pp * 3u * c_total + ch;
-        coef[base] = mean;
+        coef[base] = coef_mean;
         coef[base + c_total] = sc;
         coef[base + 2u * c_total] = sh;
     }

@@ -2,6 +2,8 @@
 // mergeable statistics an application all-reduces across devices for synchronised BatchNorm.
 
 override WG: u32 = 64u;
+// The partials are moments of x - shift (moments.wgsl SHIFTED): add the slot's shift back.
+override SHIFTED: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -20,6 +22,9 @@ fn main(
     var acc = Moments(0.0, 0.0, 0.0);
     for (var t = 0u; t < params.tiles; t = t + 1u) {
         acc = moments_merge(acc, partials[slot * params.tiles + t]);
+    }
+    if (SHIFTED) {
+        acc.mean = acc.mean + partials[params.p * params.r * params.tiles + slot].mean;
     }
     merged[slot] = acc;
 }

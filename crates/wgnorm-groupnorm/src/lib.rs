@@ -26,7 +26,8 @@ pub const SIGMOID_GATE: Epilogue = Epilogue::new(
     ],
     3,
     EpilogueInput::PerChannel,
-);
+)
+.not_centred();
 
 /// What is fixed when a GroupNorm is created.
 #[derive(Clone, Copy, Debug, PartialEq)]

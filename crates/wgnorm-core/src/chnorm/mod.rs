@@ -195,13 +195,16 @@ impl ChannelNorm {
     /// Scratch for `view`, sized by the moments pass's tiling (`tiles` partials per slot).
     fn scratch(&self, view: ChannelView, tiles: u32) -> Result<Arc<Scratch>> {
         if let Some(s) = crate::locked(&self.scratch).get(&view) {
-            if s.partials.numel() >= view.slots().max(1) * tiles as usize * 3 {
+            if s.partials.numel() >= view.slots().max(1) * (tiles as usize + 1) * 3 {
                 return Ok(s.clone());
             }
         }
         let slots = view.slots().max(1);
         let s = Arc::new(Scratch {
-            partials: self.ctx.empty(&[slots * tiles as usize * 3], DType::F32)?,
+            // The tiles' partial moments, then one shift per slot (moments.wgsl SHIFTED).
+            partials: self
+                .ctx
+                .empty(&[slots * (tiles as usize + 1) * 3], DType::F32)?,
             stats: self.ctx.empty(&[slots * 2], DType::F32)?,
             scale_shift: self
                 .ctx

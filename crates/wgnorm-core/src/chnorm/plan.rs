@@ -279,6 +279,8 @@ pub struct Epilogue {
     pub coef_arrays: u32,
     /// Its per-call input.
     pub input: EpilogueInput,
+    /// It computes `x - mean` (so the finalize pass may keep a shift apart from the mean).
+    pub centred: bool,
 }
 
 impl PartialEq for Epilogue {
@@ -321,6 +323,15 @@ impl Epilogue {
             kernel: Kernel::new(name, parts, APPLY_SLOTS),
             coef_arrays,
             input,
+            centred: true,
+        }
+    }
+
+    /// The same epilogue, declared as not reading the mean coefficient (a gate of x itself).
+    pub const fn not_centred(self) -> Epilogue {
+        Epilogue {
+            centred: false,
+            ..self
         }
     }
 }
@@ -440,6 +451,12 @@ pub(crate) fn apply_io(dtype: DType, f: &ViewFacts, aligned: bool) -> (Io, bool,
     )
 }
 
+/// Whether a reduction's moments are taken of `x - shift` (mean and variance without a token
+/// mask: the sums of squares of the other reductions need no shift).
+pub(crate) fn shifted(reduction: Reduction, mask: bool) -> bool {
+    reduction == Reduction::MeanVariance && !mask
+}
+
 /// The moments pass of a reduction (also the first half of [`super::ChannelNorm::encode_reduce`]).
 pub(crate) fn moments_spec(
     reduction: Reduction,
@@ -455,6 +472,7 @@ pub(crate) fn moments_spec(
         .flag("HAS_MASK", mask)
         .flag("LANE_BLOCK", lanes.lane_blocks.unwrap_or(cpu))
         .flag("CHANNEL_LANES", channel_lanes)
+        .flag("SHIFTED", shifted(reduction, mask))
 }
 
 /// The apply pass (also [`super::ChannelNorm::encode_apply`]'s only pass).
@@ -484,8 +502,11 @@ fn finalize_spec(e: &EngineConfig, c: &CallShape) -> Specialization {
         } => (use_running, update),
         _ => (false, false),
     };
+    let moments_here = c.stats != StatKind::Running && !c.given_moments;
     Specialization::new(FINALIZE_KERNEL, Io::F32)
         .set("WG", FINALIZE_WG)
+        .flag("SHIFTED", moments_here && shifted(e.reduction, c.mask))
+        .flag("CENTRED", c.epilogue.centred)
         .flag("INFER", c.stats == StatKind::Running)
         .flag("UPDATE_RUNNING", update.is_some() || qm_update)
         .flag("UNBIASED_RUNNING", update.is_none_or(|u| u.1))
@@ -538,9 +559,12 @@ pub fn plan(e: &EngineConfig, c: &CallShape, f: &ViewFacts, cpu: bool) -> Channe
     }
 }
 
-/// The merge pass of [`super::ChannelNorm::encode_reduce`].
-pub(crate) fn merge_spec() -> Specialization {
-    Specialization::new(MERGE_KERNEL, Io::F32).set("WG", FINALIZE_WG)
+/// The merge pass of [`super::ChannelNorm::encode_reduce`], after a moments pass that did
+/// (`shifted`) or did not take moments of `x - shift`.
+pub(crate) fn merge_spec(shifted: bool) -> Specialization {
+    Specialization::new(MERGE_KERNEL, Io::F32)
+        .set("WG", FINALIZE_WG)
+        .flag("SHIFTED", shifted)
 }
 
 /// The running-statistics pass of [`super::ChannelNorm::encode_running_from_moments`].
@@ -603,7 +627,7 @@ pub fn specializations_with(epilogues: &[Epilogue]) -> Vec<Specialization> {
         }
     }
     for reduction in Reduction::ALL {
-        for bits in 0..32u32 {
+        for bits in 0..128u32 {
             let e = EngineConfig {
                 reduction,
                 eps_outside: bits & 1 != 0,
@@ -614,20 +638,23 @@ pub fn specializations_with(epilogues: &[Epilogue]) -> Vec<Specialization> {
                 lanes: LanePlan::default(),
             };
             for stats in StatKind::ALL {
-                let c = CallShape {
-                    stats,
-                    has_weight: bits & 8 != 0,
-                    has_bias: bits & 16 != 0,
-                    epilogue: Epilogue::AFFINE,
-                    mask: false,
-                    given_moments: false,
-                    aligned: false,
-                };
-                push(finalize_spec(&e, &c));
+                for &epilogue in epilogues {
+                    let c = CallShape {
+                        stats,
+                        has_weight: bits & 8 != 0,
+                        has_bias: bits & 16 != 0,
+                        epilogue,
+                        mask: bits & 32 != 0,
+                        given_moments: bits & 64 != 0,
+                        aligned: false,
+                    };
+                    push(finalize_spec(&e, &c));
+                }
             }
         }
     }
-    push(merge_spec());
+    push(merge_spec(false));
+    push(merge_spec(true));
     for seq in [false, true] {
         push(running_spec(seq));
     }

@@ -328,7 +328,10 @@ impl ChannelNorm {
             lanes,
         );
         let moments = ctx.pipeline(&spec)?;
-        let merge = ctx.pipeline(&plan::merge_spec())?;
+        let merge = ctx.pipeline(&plan::merge_spec(plan::shifted(
+            self.config.reduction,
+            mask.is_some(),
+        )))?;
         let partials = binding::storage_range(ctx, "partials", &scratch.partials)?;
         let dr = binding::dummy_range(ctx.dummy_read());
         let mb = self.binds.get(
