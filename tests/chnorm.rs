@@ -1692,3 +1692,117 @@ fn offset_channels_are_as_accurate_as_centred_ones() {
         }
     }
 }
+
+/// eps that matters for the batch family: variances at or below eps (eps 1e-5..1e-2) for
+/// BatchNorm (training, and inference with running variances below eps), GroupNorm and
+/// InstanceNorm in both layouts. Ignoring eps, or adding it outside the square root, changes y
+/// by a factor of ~2 here.
+#[test]
+fn eps_at_and_above_the_variance_for_the_batch_family() {
+    let c_ = ctx();
+    let (n, c, sp) = (3usize, 8usize, [5usize, 4]);
+    let hw: usize = sp.iter().product();
+    for eps in [1e-5f32, 1e-3, 1e-2] {
+        let scale = eps.sqrt();
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let x: Vec<f32> = noise(eps.to_bits() as u64, n * c * hw)
+                .iter()
+                .map(|v| v * scale + 0.25)
+                .collect();
+            let xd = round_to(DType::F32, &x);
+            let xt = upload_layout(&x, n, c, &sp, layout, DType::F32);
+            let what = format!("eps {eps} {layout:?}");
+            let e = eps as f64;
+            let rm0 = vec![0.25f32; c];
+            let rv0: Vec<f32> = (0..c).map(|i| eps * (0.2 + 0.1 * i as f32)).collect();
+            for mode in [Mode::Train, Mode::Infer] {
+                let bn = BatchNorm::new(
+                    c_,
+                    BatchNormConfig {
+                        eps,
+                        layout,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let (rm, rv) = (
+                    c_.upload_f32(&rm0, &[c]).unwrap(),
+                    c_.upload_f32(&rv0, &[c]).unwrap(),
+                );
+                let y = bn
+                    .forward(
+                        &BatchNormInputs {
+                            x: &xt,
+                            weight: None,
+                            bias: None,
+                            running_mean: Some(&rm),
+                            running_var: Some(&rv),
+                        },
+                        mode,
+                    )
+                    .unwrap();
+                let f = |v: &[f32]| round_to(DType::F32, v);
+                let want = reference::batch_norm(
+                    &xd,
+                    n,
+                    c,
+                    hw,
+                    None,
+                    None,
+                    &f(&rm0),
+                    &f(&rv0),
+                    mode.is_train(),
+                    0.1,
+                    true,
+                    e,
+                );
+                assert_close(
+                    &format!("{what} batch_norm {mode:?}"),
+                    &c_.download(&y).unwrap(),
+                    &want_in_layout(&want.y, n, c, hw, layout),
+                    2e-5,
+                    1e-4,
+                );
+            }
+            let inputs = NormInputs {
+                x: &xt,
+                weight: None,
+                bias: None,
+            };
+            let gn = GroupNorm::new(
+                c_,
+                GroupNormConfig {
+                    eps,
+                    layout,
+                    ..GroupNormConfig::new(4)
+                },
+            )
+            .unwrap();
+            let want = reference::group_norm(&xd, n, c, hw, 4, None, None, e, false);
+            assert_close(
+                &format!("{what} group_norm"),
+                &c_.download(&gn.forward(&inputs).unwrap()).unwrap(),
+                &want_in_layout(&want, n, c, hw, layout),
+                2e-5,
+                1e-4,
+            );
+            let inorm = InstanceNorm::new(
+                c_,
+                InstanceNormConfig {
+                    eps,
+                    layout,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let want = reference::instance_norm(&xd, n, c, hw, None, None, e);
+            assert_close(
+                &format!("{what} instance_norm"),
+                &c_.download(&inorm.forward(&inputs).unwrap()).unwrap(),
+                &want_in_layout(&want, n, c, hw, layout),
+                2e-5,
+                1e-4,
+            );
+        }
+    }
+}

@@ -33,14 +33,36 @@ fn check(
     kernel: Option<RowKernel>,
     offset: f32,
 ) {
+    check_with(mode, dtype, rows, n, kernel, offset, 1.0, 1e-5);
+}
+
+/// [`check`] with x scaled by `scale` (its variance is about `scale^2 / 3`) and this `eps`.
+#[allow(clippy::too_many_arguments)]
+fn check_with(
+    mode: RowMode,
+    dtype: DType,
+    rows: usize,
+    n: usize,
+    kernel: Option<RowKernel>,
+    offset: f32,
+    scale: f32,
+    eps: f32,
+) {
     let c = ctx();
-    let mut op = RowNorm::new(c, cfg(mode, dtype)).unwrap();
+    let mut op = RowNorm::new(
+        c,
+        RowNormConfig {
+            eps,
+            ..cfg(mode, dtype)
+        },
+    )
+    .unwrap();
     if let Some(k) = kernel {
         op = op.with_kernel(k);
     }
     let x: Vec<f32> = noise(rows as u64 * 31 + n as u64, rows * n)
         .iter()
-        .map(|v| v + offset)
+        .map(|v| v * scale + offset)
         .collect();
     let w: Vec<f32> = noise(7, n).iter().map(|v| v + 1.0).collect();
     let b = noise(9, n);
@@ -49,9 +71,10 @@ fn check(
         round_to(dtype, &w),
         round_to(dtype, &b),
     );
+    let eps64 = eps as f64;
     let want = match mode {
-        RowMode::LayerNorm => reference::layer_norm(&xd, n, Some(&wd), Some(&bd), 1e-5),
-        RowMode::RmsNorm => reference::rms_norm(&xd, n, Some(&wd), 0.0, 1e-5),
+        RowMode::LayerNorm => reference::layer_norm(&xd, n, Some(&wd), Some(&bd), eps64),
+        RowMode::RmsNorm => reference::rms_norm(&xd, n, Some(&wd), 0.0, eps64),
     };
     let xt = c.upload(&x, &[rows, n], dtype).unwrap();
     let wt = c.upload(&w, &[n], dtype).unwrap();
@@ -60,7 +83,7 @@ fn check(
     let (y, mean, rstd) = op
         .forward(&xt, Some(&wt), has_bias.then_some(&bt), true)
         .unwrap();
-    let what = format!("{mode:?} {dtype} {rows}x{n} {kernel:?}");
+    let what = format!("{mode:?} {dtype} {rows}x{n} {kernel:?} eps {eps} scale {scale}");
     let (atol, rtol) = tol(dtype);
     assert_close(
         &format!("{what} y"),
@@ -904,6 +927,31 @@ fn nan_inf_and_eps_zero_on_every_kernel_path() {
                     y[..n].iter().all(|v| v.is_finite()),
                     "{what}: eps 0 ordinary row"
                 );
+            }
+        }
+    }
+}
+
+/// eps that matters: the variance (or mean square) at or below eps, eps from 1e-5 to 1e-2, on
+/// every kernel path. Dropping eps, or adding it outside the square root, changes y by a factor
+/// of ~2 here: no kernel that mishandles it passes.
+#[test]
+fn eps_at_and_above_the_variance_on_every_kernel_path() {
+    for eps in [1e-5f32, 1e-3, 1e-2] {
+        let scale = eps.sqrt();
+        for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+            for n in [64usize, 768, 4097] {
+                let wg = if mode == RowMode::LayerNorm { 32 } else { 64 };
+                let mut kernels = vec![None, Some(RowKernel::Workgroup { wg })];
+                kernels.extend(
+                    team_kernels()
+                        .into_iter()
+                        .filter(|&k| serves(k, n))
+                        .map(Some),
+                );
+                for kernel in kernels {
+                    check_with(mode, DType::F32, 3, n, kernel, 0.0, scale, eps);
+                }
             }
         }
     }
