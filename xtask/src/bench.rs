@@ -71,8 +71,67 @@ struct Case {
     kernel: String,
     run: Record,
     naive: Option<Record>,
-    /// Output tensors of the op and of the naive baseline, compared once as a sanity check.
-    check: Option<(Tensor, Tensor)>,
+    /// How the op's output is checked after the timed runs (a failed check fails the command).
+    check: Option<Check>,
+}
+
+/// A bench row's correctness check.
+enum Check {
+    /// The op's output against the naive baseline's.
+    Naive(Tensor, Tensor),
+    /// The op's output against an f64 reference computed on the host.
+    Reference(Tensor, Vec<f64>),
+}
+
+impl Check {
+    /// The largest `|got - want|` relative to the largest `|want|` (so small outputs such as a
+    /// midpoint near 0.01 are held to the same relative standard); NaN or an infinity anywhere is
+    /// infinite.
+    fn max_diff(&self, ctx: &Context) -> Result<f64> {
+        let (got, want): (Vec<f32>, Vec<f64>) = match self {
+            Check::Naive(a, b) => (
+                ctx.download(a)?,
+                ctx.download(b)?.iter().map(|&v| v as f64).collect(),
+            ),
+            Check::Reference(a, want) => (ctx.download(a)?, want.clone()),
+        };
+        if got.len() != want.len() {
+            return Ok(f64::INFINITY);
+        }
+        let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs())).max(1e-30);
+        Ok(got
+            .iter()
+            .zip(&want)
+            .map(|(&g, &w)| {
+                let d = (g as f64 - w).abs() / scale;
+                if d.is_finite() {
+                    d
+                } else {
+                    f64::INFINITY
+                }
+            })
+            .fold(0.0, f64::max))
+    }
+}
+
+/// Deterministic values in `[center - spread / 2, center + spread / 2)` for `seed` (per-channel
+/// parameters that differ from channel to channel, so indexing bugs show).
+fn pattern(seed: usize, len: usize, center: f32, spread: f32) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let v = ((i + seed * 13) * 7919 + seed * 104_729) % 1000;
+            v as f32 * 1e-3 * spread + center - spread / 2.0
+        })
+        .collect()
+}
+
+fn f64s(v: &[f32], dtype: DType) -> Vec<f64> {
+    v.iter()
+        .map(|&x| match dtype {
+            DType::F32 => x as f64,
+            DType::F16 => half::f16::from_f32(x).to_f64(),
+        })
+        .collect()
 }
 
 struct Copy {
@@ -139,8 +198,9 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
         .collect();
     let xt = ctx.upload(&x, &[rows, n], dtype)?;
-    let w = ctx.upload(&vec![1.5; n], &[n], dtype)?;
-    let b = ctx.upload(&vec![0.25; n], &[n], dtype)?;
+    let (wv, bv) = (pattern(1, n, 1.0, 1.0), pattern(2, n, 0.0, 0.5));
+    let w = ctx.upload(&wv, &[n], dtype)?;
+    let b = ctx.upload(&bv, &[n], dtype)?;
     let y = ctx.empty(&[rows, n], dtype)?;
     let y_naive = ctx.empty(&[rows, n], dtype)?;
     let has_bias = mode == RowMode::LayerNorm;
@@ -197,7 +257,24 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
     } else {
         None
     };
-    let check = naive.is_some().then(|| (y.clone(), y_naive.clone()));
+    let check = if naive.is_some() {
+        Check::Naive(y.clone(), y_naive.clone())
+    } else {
+        // No naive baseline (rows past the software loop budget): the f64 reference.
+        let (xd, wd, bd) = (f64s(&x, dtype), f64s(&wv, dtype), f64s(&bv, dtype));
+        let want = match mode {
+            RowMode::LayerNorm => wgnorm_reference::rownorm::layer_norm(
+                &xd,
+                n,
+                Some(&wd),
+                has_bias.then_some(&bd[..]),
+                1e-5,
+            ),
+            RowMode::RmsNorm => wgnorm_reference::rownorm::rms_norm(&xd, n, Some(&wd), 0.0, 1e-5),
+        };
+        Check::Reference(y.clone(), want.y)
+    };
+    let check = Some(check);
     let yc = y.clone();
     Ok(Case {
         op: if mode == RowMode::LayerNorm {
@@ -252,11 +329,27 @@ fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
     let x: Vec<f32> = (0..rows * n)
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
         .collect();
+    let res = pattern(3, rows * n, 0.0, 1.0);
     let xt = ctx.upload(&x, &[rows, n], dtype)?;
-    let rt = ctx.upload(&x, &[rows, n], dtype)?;
-    let w = ctx.upload(&vec![1.5; n], &[n], dtype)?;
-    let b = ctx.upload(&vec![0.25; n], &[n], dtype)?;
+    let rt = ctx.upload(&res, &[rows, n], dtype)?;
+    let (wv, bv) = (pattern(1, n, 1.0, 1.0), pattern(2, n, 0.0, 0.5));
+    let w = ctx.upload(&wv, &[n], dtype)?;
+    let b = ctx.upload(&bv, &[n], dtype)?;
+    let sum_d: Vec<f64> = x
+        .iter()
+        .zip(&res)
+        .map(|(&a, &r)| a as f64 + r as f64)
+        .collect();
+    let want = wgnorm_reference::rownorm::layer_norm(
+        &sum_d,
+        n,
+        Some(&f64s(&wv, dtype)),
+        Some(&f64s(&bv, dtype)),
+        1e-5,
+    )
+    .y;
     let y = ctx.empty(&[rows, n], dtype)?;
+    let y_out = y.clone();
     let sum = ctx.empty(&[rows, n], dtype)?;
     let (y2, sum2) = (ctx.empty(&[rows, n], dtype)?, ctx.empty(&[rows, n], dtype)?);
     let (kernel, io) = op.kernel_for(&xt)?;
@@ -320,7 +413,7 @@ fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
         kernel: format!("{kernel:?} {} (baseline: unfused add + LN)", io.label()),
         run: fused,
         naive: Some(Box::new(move |enc| unfused(enc).expect("validated above"))),
-        check: None,
+        check: Some(Check::Reference(y_out, want)),
     })
 }
 
@@ -356,17 +449,14 @@ fn staged_baseline(
 /// (sample, channel) plane for its moments (two passes), one per statistic slot to merge them,
 /// one per element to normalize. `op` picks the slots (BatchNorm: channels; GroupNorm: 32
 /// groups per sample; InstanceNorm: planes); inference BatchNorm runs only the last stage, on
-/// the running statistics (mean 0, var 1, as the op's).
-#[allow(clippy::too_many_arguments)]
+/// `running` (per channel: mean and 1/sqrt(var + eps), the op's running statistics).
 fn naive_channel(
     ctx: &Context,
     op: &str,
     nchw: [usize; 4],
     layout: wgnorm::Layout,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    y: &Tensor,
+    [x, weight, bias, y]: [&Tensor; 4],
+    running: &[f32],
 ) -> Result<Record> {
     let [n, c, h, w] = nchw;
     let hw = h * w;
@@ -406,8 +496,7 @@ fn naive_channel(
     };
     let plane_stats = ctx.empty(&[planes, 2], DType::F32)?;
     let slot_stats = if op == "batch_norm_infer" {
-        let running = [0.0f32, 1.0 / (1.0 + eps).sqrt()].repeat(c);
-        ctx.upload_f32(&running, &[c, 2])?
+        ctx.upload_f32(running, &[c, 2])?
     } else {
         ctx.empty(&[slots, 2], DType::F32)?
     };
@@ -463,10 +552,11 @@ fn channel_case(
     let dtype = DType::F32;
     let xt = ctx.upload(&x, &shape, dtype)?;
     let y = ctx.empty(&shape, dtype)?;
-    let wt = ctx.upload_f32(&vec![1.5; c], &[c])?;
-    let bt = ctx.upload_f32(&vec![0.25; c], &[c])?;
-    let rm = ctx.upload_f32(&vec![0.0; c], &[c])?;
-    let rv = ctx.upload_f32(&vec![1.0; c], &[c])?;
+    let (rm_v, rv_v) = (pattern(5, c, 0.0, 0.2), pattern(6, c, 1.0, 1.0));
+    let wt = ctx.upload_f32(&pattern(1, c, 1.0, 1.0), &[c])?;
+    let bt = ctx.upload_f32(&pattern(2, c, 0.0, 0.5), &[c])?;
+    let rm = ctx.upload_f32(&rm_v, &[c])?;
+    let rv = ctx.upload_f32(&rv_v, &[c])?;
     let run: Record = match op {
         "batch_norm_train" | "batch_norm_infer" => {
             let training = op.ends_with("train");
@@ -563,7 +653,12 @@ fn channel_case(
         }
     };
     let y_naive = ctx.empty(&shape, dtype)?;
-    let naive = naive_channel(ctx, op, nchw, layout, &xt, &wt, &bt, &y_naive)?;
+    let running: Vec<f32> = rm_v
+        .iter()
+        .zip(&rv_v)
+        .flat_map(|(&m, &v)| [m, 1.0 / (v + 1e-5).sqrt()])
+        .collect();
+    let naive = naive_channel(ctx, op, nchw, layout, [&xt, &wt, &bt, &y_naive], &running)?;
     let params = if op.starts_with("batch_norm") {
         4 * c
     } else {
@@ -586,7 +681,7 @@ fn channel_case(
         },
         run,
         naive: Some(naive),
-        check: Some((y, y_naive)),
+        check: Some(Check::Naive(y, y_naive)),
     })
 }
 
@@ -649,7 +744,7 @@ fn poincare_case(ctx: &Context, op: &'static str, nchw: [usize; 4]) -> Result<Ca
     let bt = ctx.upload_f32(&vec![0.1; c], &[c])?;
     let wt = ctx.upload_f32(&[1.0], &[1])?;
     let mut naive = None;
-    let mut check = None;
+    let check;
     let (run, out_elems, kernel): (Record, usize, &str) = if op == "poincare_midpoint" {
         let mid = PoincareMidpoint::new(
             ctx,
@@ -665,7 +760,7 @@ fn poincare_case(ctx: &Context, op: &'static str, nchw: [usize; 4]) -> Result<Ca
         ctx.queue().submit([enc.finish()]);
         let m_naive = ctx.empty(&[c], DType::F32)?;
         naive = Some(naive_midpoint(ctx, nchw, 0.1, &xt, &m_naive)?);
-        check = Some((m.clone(), m_naive));
+        check = Some(Check::Naive(m.clone(), m_naive));
         let xt = xt.clone();
         (
             Box::new(move |enc| mid.encode(enc, &xt, &m).expect("validated above")),
@@ -675,6 +770,18 @@ fn poincare_case(ctx: &Context, op: &'static str, nchw: [usize; 4]) -> Result<Ca
     } else {
         let bn = PoincareBatchNorm::new(ctx, Default::default())?;
         let y = ctx.empty(&nchw, DType::F32)?;
+        // The f64 reference (the official code's batch statistics), bias 0.1, weight 1.
+        let ball = wgnorm_reference::poincare::Ball::new(0.1, wgnorm::poincare::PROJ_EPS as f64);
+        let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let want = wgnorm_reference::poincare::poincare_batch_norm(
+            &ball,
+            &xd,
+            &nchw,
+            1,
+            &vec![0.1; c],
+            1.0,
+        );
+        check = Some(Check::Reference(y.clone(), want));
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         let inputs = PoincareBatchNormInputs {
             x: &xt,
@@ -1008,18 +1115,7 @@ pub fn run(args: &[String]) -> Result<bool> {
             .map(|i| (i, med[i]))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap();
-        let naive_diff = match &c.check {
-            Some((a, b)) => {
-                let (a, b) = (ctx.download(a)?, ctx.download(b)?);
-                Some(
-                    a.iter()
-                        .zip(&b)
-                        .map(|(x, y)| (x - y).abs() as f64)
-                        .fold(0.0, f64::max),
-                )
-            }
-            None => None,
-        };
+        let naive_diff = c.check.as_ref().map(|k| k.max_diff(&ctx)).transpose()?;
         results.push(Result1 {
             case_idx: ci,
             median_ms: med[0],
@@ -1058,7 +1154,7 @@ pub fn run(args: &[String]) -> Result<bool> {
             if !agree {
                 ok = false;
                 println!(
-                    "FAIL naive baseline and kernel disagree on {} {shape}: max |diff| {d}",
+                    "FAIL the kernel disagrees with its check (naive baseline or f64 reference) on {} {shape}: max |diff| / max |want| = {d}",
                     c.op
                 );
             }
