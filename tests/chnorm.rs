@@ -1806,3 +1806,33 @@ fn eps_at_and_above_the_variance_for_the_batch_family() {
         }
     }
 }
+
+/// An empty tensor is a no-op even when its empty dim is the channel dim (found by the fuzzer:
+/// GroupNorm channels-last with C = 0 was refused as an inconsistent view).
+#[test]
+fn zero_channels_is_a_no_op() {
+    let c_ = ctx();
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let shape = match layout {
+            Layout::Nchw => [2usize, 0, 3, 3],
+            Layout::Nhwc => [2, 3, 3, 0],
+        };
+        let x = c_.empty(&shape, DType::F32).unwrap();
+        let gn = GroupNorm::new(
+            c_,
+            GroupNormConfig {
+                layout,
+                ..GroupNormConfig::new(2)
+            },
+        )
+        .unwrap();
+        let y = gn
+            .forward(&NormInputs {
+                x: &x,
+                weight: None,
+                bias: None,
+            })
+            .unwrap();
+        assert_eq!(y.numel(), 0, "{layout:?}");
+    }
+}

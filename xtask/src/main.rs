@@ -5,15 +5,17 @@
 //!   shapes and prints the error table. Exits non-zero on any failure.
 //! - `conformance DIR...`: runs every `.safetensors` case in the directories.
 //! - `bench`: kernel throughput as a ratio to a copy kernel timed in the same run.
+//! - `fuzz`: random valid and invalid calls of the public ops (see `fuzz.rs`).
 
 mod bench;
 mod conformance;
+mod fuzz;
 mod shaders;
 mod sweep;
 
 use anyhow::Result;
 
-const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] DIR... | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
+const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] DIR... | fuzz [--iterations N] [--seed S] | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
 
 const HELP: &str = "  validate            naga-validate every shader specialisation, translate it for Vulkan (SPIR-V),
                       Metal (MSL) and DX12 (HLSL), and check every op against the f64 reference
@@ -22,6 +24,11 @@ const HELP: &str = "  validate            naga-validate every shader specialisat
   conformance DIR...  run every case file under the DIRs (format: tests/conformance/FORMAT.md);
                       a case of an op the runner does not know fails the run
     --allow-skipped   accept such cases as skipped
+  fuzz                random calls of the public ops, valid and invalid (shapes, dtypes, axes,
+                      parameters, aliasing, short buffers, missing usages, misaligned offsets):
+                      each must match the f64 reference or be a typed error that wrote nothing
+    --iterations N    calls (default 2000)
+    --seed S          the generator's seed (default 1)
   bench               time every op against the best copy shader on the same adapter
     --quick           small shapes, seconds on software Vulkan
     --json FILE       every figure plus adapter info
@@ -58,6 +65,7 @@ fn main() -> Result<()> {
         }
         Some("conformance") => conformance::run(&args[1..])?,
         Some("bench") => bench::run(&args[1..])?,
+        Some("fuzz") => fuzz::run(&args[1..])?,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -112,7 +112,9 @@ impl ChannelNorm {
     /// The view and the shapes and dtypes of x, y, weight and bias.
     fn check_tensors(&self, a: &ChannelNormArgs) -> Result<()> {
         let v = a.view;
-        if v.cg == 0 || v.sdiv == 0 || (v.s != 0 && v.s != v.cg * v.sdiv) {
+        // An empty tensor (a 0-sized dim, C = 0 included) is a no-op whatever its view.
+        let inconsistent = v.cg == 0 || v.sdiv == 0 || (v.s != 0 && v.s != v.cg * v.sdiv);
+        if inconsistent && v.numel() > 0 {
             return Err(Error::InvalidParameter {
                 name: "view",
                 value: format!("{v:?}"),

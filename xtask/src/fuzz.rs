@@ -1,0 +1,544 @@
+//! `cargo xtask fuzz [--iterations N] [--seed S]`: random calls of the public ops — shapes with
+//! 0- and 1-sized dims and odd sizes, both dtypes, any axis, parameters that are NaN, negative
+//! or huge, outputs that alias inputs, buffers that are too small, lack a usage or sit at a
+//! misaligned offset. Every call must either return `Ok` and match the f64 reference, or return
+//! a typed error having written nothing (its output keeps a sentinel); no call may panic and the
+//! device may report no uncaptured error. Prints `N calls, N ok, N typed errors, N panics`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use wgnorm::prelude::*;
+use wgnorm::Mode;
+use wgnorm_reference::{chnorm as rc, rownorm as rr};
+
+/// xorshift64*: a fixed seed gives the same calls on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+    fn values(&mut self, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| (self.below(2001) as f32 - 1000.0) * 2e-3)
+            .collect()
+    }
+}
+
+/// What went wrong with a call, if anything.
+enum Verdict {
+    Ok,
+    Typed,
+}
+
+/// The op a call exercises, with the parameters the reference needs.
+#[derive(Clone, Copy, Debug)]
+#[allow(clippy::enum_variant_names)] // the ops' own names
+enum Op {
+    LayerNorm {
+        axis: isize,
+        eps: f32,
+    },
+    RmsNorm {
+        axis: isize,
+        eps: f32,
+    },
+    BatchNorm {
+        layout: Layout,
+        eps: f32,
+        momentum: f32,
+        train: bool,
+    },
+    GroupNorm {
+        layout: Layout,
+        groups: usize,
+        eps: f32,
+    },
+    InstanceNorm {
+        layout: Layout,
+        eps: f32,
+    },
+    LpNorm {
+        axis: isize,
+        p: u32,
+    },
+}
+
+fn random_eps(rng: &mut Rng) -> f32 {
+    rng.pick(&[
+        1e-5,
+        1e-5,
+        1e-3,
+        1e-2,
+        0.0,
+        -1e-5,
+        f32::NAN,
+        f32::INFINITY,
+        1e30,
+    ])
+}
+
+fn random_op(rng: &mut Rng, rank: usize) -> Op {
+    let axis = rng.below(rank as u64 + 3) as isize - rank as isize - 1;
+    let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
+    match rng.below(6) {
+        0 => Op::LayerNorm {
+            axis,
+            eps: random_eps(rng),
+        },
+        1 => Op::RmsNorm {
+            axis,
+            eps: random_eps(rng),
+        },
+        2 => Op::BatchNorm {
+            layout,
+            eps: random_eps(rng),
+            momentum: rng.pick(&[0.1, 0.5, 1.0, -0.1, 2.0, f32::NAN]),
+            train: rng.chance(2),
+        },
+        3 => Op::GroupNorm {
+            layout,
+            groups: rng.below(5) as usize,
+            eps: random_eps(rng),
+        },
+        4 => Op::InstanceNorm {
+            layout,
+            eps: random_eps(rng),
+        },
+        _ => Op::LpNorm {
+            axis,
+            p: rng.below(4) as u32,
+        },
+    }
+}
+
+/// `(N, C, spatial)` of an NCHW/NHWC shape.
+fn nc_hw(shape: &[usize], layout: Layout) -> (usize, usize, usize) {
+    let c = match layout {
+        Layout::Nchw => shape[1],
+        Layout::Nhwc => shape[shape.len() - 1],
+    };
+    (
+        shape[0],
+        c,
+        shape.iter().product::<usize>() / (shape[0] * c).max(1),
+    )
+}
+
+/// NCHW data to the layout's order (and back with `inverse`).
+fn relayout(x: &[f64], n: usize, c: usize, hw: usize, layout: Layout, inverse: bool) -> Vec<f64> {
+    if layout == Layout::Nchw || x.is_empty() {
+        return x.to_vec();
+    }
+    let mut out = vec![0.0; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for s in 0..hw {
+                let (a, b) = ((i * c + ch) * hw + s, (i * hw + s) * c + ch);
+                if inverse {
+                    out[a] = x[b];
+                } else {
+                    out[b] = x[a];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The f64 reference of `op` on `x` (in the tensor's own order), or `None` when the call is not
+/// one the reference defines (then an `Ok` from wgnorm is itself a failure).
+fn reference(op: Op, x: &[f64], shape: &[usize]) -> Option<Vec<f64>> {
+    let rank = shape.len() as isize;
+    let norm_axis = |a: isize| if a < 0 { a + rank } else { a };
+    match op {
+        Op::LayerNorm { axis, eps } | Op::RmsNorm { axis, eps } => {
+            let a = norm_axis(axis);
+            if !((0..rank).contains(&a) && eps.is_finite() && eps >= 0.0) {
+                return None;
+            }
+            let n: usize = shape[a as usize..].iter().product();
+            if n == 0 || x.is_empty() {
+                return Some(vec![]);
+            }
+            Some(match op {
+                Op::LayerNorm { .. } => rr::layer_norm(x, n, None, None, eps as f64).y,
+                _ => rr::rms_norm(x, n, None, 0.0, eps as f64).y,
+            })
+        }
+        Op::BatchNorm {
+            layout,
+            eps,
+            momentum,
+            train,
+        } => {
+            if shape.len() < 2 || !(eps.is_finite() && eps >= 0.0) {
+                return None;
+            }
+            if train && !(0.0..=1.0).contains(&momentum) {
+                return None;
+            }
+            let (n, c, hw) = nc_hw(shape, layout);
+            if x.is_empty() {
+                return Some(vec![]);
+            }
+            if train && n * hw < 2 {
+                return None;
+            }
+            let xd = relayout(x, n, c, hw, layout, true);
+            let (rm, rv) = (vec![0.1; c], vec![0.9; c]);
+            let m = momentum as f64;
+            let y = rc::batch_norm(
+                &xd, n, c, hw, None, None, &rm, &rv, train, m, true, eps as f64,
+            )
+            .y;
+            Some(relayout(&y, n, c, hw, layout, false))
+        }
+        Op::GroupNorm {
+            layout,
+            groups,
+            eps,
+        } => {
+            if shape.len() < 2 || !(eps.is_finite() && eps >= 0.0) {
+                return None;
+            }
+            let (n, c, hw) = nc_hw(shape, layout);
+            if groups == 0 || c % groups != 0 {
+                return None;
+            }
+            if x.is_empty() {
+                return Some(vec![]);
+            }
+            let xd = relayout(x, n, c, hw, layout, true);
+            let y = rc::group_norm(&xd, n, c, hw, groups, None, None, eps as f64, false);
+            Some(relayout(&y, n, c, hw, layout, false))
+        }
+        Op::InstanceNorm { layout, eps } => {
+            if shape.len() < 2 || !(eps.is_finite() && eps >= 0.0) {
+                return None;
+            }
+            let (n, c, hw) = nc_hw(shape, layout);
+            if x.is_empty() {
+                return Some(vec![]);
+            }
+            let xd = relayout(x, n, c, hw, layout, true);
+            let y = rc::instance_norm(&xd, n, c, hw, None, None, eps as f64);
+            Some(relayout(&y, n, c, hw, layout, false))
+        }
+        Op::LpNorm { axis, p } => {
+            let a = norm_axis(axis);
+            if !(0..rank).contains(&a) || !(1..=2).contains(&p) {
+                return None;
+            }
+            if x.is_empty() {
+                return Some(vec![]);
+            }
+            Some(rc::lp_norm(x, shape, axis, p))
+        }
+    }
+}
+
+/// Records `op` from `x` into `y`.
+fn encode(
+    ctx: &Context,
+    op: Op,
+    dtype: DType,
+    x: &Tensor,
+    y: &Tensor,
+    enc: &mut wgpu::CommandEncoder,
+) -> wgnorm::Result<()> {
+    match op {
+        Op::LayerNorm { axis, eps } => {
+            let ln = LayerNorm::new(ctx, LayerNormConfig { axis, eps, dtype })?;
+            ln.encode(
+                enc,
+                &LayerNormInputs {
+                    x,
+                    weight: None,
+                    bias: None,
+                },
+                &LayerNormOutputs {
+                    y,
+                    mean: None,
+                    rstd: None,
+                },
+            )
+        }
+        Op::RmsNorm { axis, eps } => {
+            let rms = RmsNorm::new(
+                ctx,
+                RmsNormConfig {
+                    axis,
+                    eps,
+                    dtype,
+                    ..Default::default()
+                },
+            )?;
+            rms.encode(
+                enc,
+                &RmsNormInputs { x, weight: None },
+                &RmsNormOutputs { y, rstd: None },
+            )
+        }
+        Op::BatchNorm {
+            layout,
+            eps,
+            momentum,
+            train,
+        } => {
+            let bn = BatchNorm::new(
+                ctx,
+                BatchNormConfig {
+                    eps,
+                    momentum: Some(momentum),
+                    layout,
+                    dtype,
+                    ..Default::default()
+                },
+            )?;
+            let c = match layout {
+                Layout::Nchw => x.shape().get(1),
+                Layout::Nhwc => x.shape().last(),
+            }
+            .copied()
+            .unwrap_or(0);
+            let rm = ctx.upload_f32(&vec![0.1; c], &[c])?;
+            let rv = ctx.upload_f32(&vec![0.9; c], &[c])?;
+            let inputs = BatchNormInputs {
+                x,
+                weight: None,
+                bias: None,
+                running_mean: Some(&rm),
+                running_var: Some(&rv),
+            };
+            bn.encode(
+                enc,
+                &inputs,
+                &BatchNormOutputs { y, saved: None },
+                Mode::training(train),
+            )
+        }
+        Op::GroupNorm {
+            layout,
+            groups,
+            eps,
+        } => {
+            let gn = GroupNorm::new(
+                ctx,
+                GroupNormConfig {
+                    eps,
+                    layout,
+                    dtype,
+                    ..GroupNormConfig::new(groups)
+                },
+            )?;
+            gn.encode(
+                enc,
+                &NormInputs {
+                    x,
+                    weight: None,
+                    bias: None,
+                },
+                &NormOutputs { y, saved: None },
+            )
+        }
+        Op::InstanceNorm { layout, eps } => {
+            let inorm = InstanceNorm::new(
+                ctx,
+                InstanceNormConfig {
+                    eps,
+                    layout,
+                    dtype,
+                    ..Default::default()
+                },
+            )?;
+            inorm.encode(
+                enc,
+                &NormInputs {
+                    x,
+                    weight: None,
+                    bias: None,
+                },
+                &NormOutputs { y, saved: None },
+            )
+        }
+        Op::LpNorm { axis, p } => {
+            let lp = LpNorm::new(ctx, wgnorm::LpNormConfig { axis, p, dtype })?;
+            lp.encode(enc, x, y)
+        }
+    }
+}
+
+/// A buffer fault injected into a call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    None,
+    Aliased,
+    ShortOutput,
+    NoStorage,
+    Misaligned,
+}
+
+/// One random call; `Err` describes a wrong result or a write by a failed call.
+fn one_call(ctx: &Context, rng: &mut Rng) -> Result<Verdict> {
+    let rank = rng.below(5) as usize;
+    let shape: Vec<usize> = (0..rank)
+        .map(|_| {
+            if rng.chance(12) {
+                0
+            } else {
+                rng.pick(&[1, 1, 2, 3, 4, 5, 7, 8, 12, 16, 33])
+            }
+        })
+        .collect();
+    let numel: usize = shape.iter().product();
+    let dtype = rng.pick(&[DType::F32, DType::F32, DType::F16]);
+    let op = random_op(rng, rank);
+    // An empty tensor is a no-op (as in PyTorch) before any binding: no fault applies to it.
+    let fault = if rng.chance(4) && numel > 0 {
+        rng.pick(&[
+            Fault::Aliased,
+            Fault::ShortOutput,
+            Fault::NoStorage,
+            Fault::Misaligned,
+        ])
+    } else {
+        Fault::None
+    };
+    let data = rng.values(numel);
+    let x = ctx.upload(&data, &shape, dtype)?;
+    let bytes = (numel as u64 * dtype.size()).max(4).div_ceil(16) * 16 + 256;
+    let usage = match fault {
+        Fault::NoStorage => wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        _ => Context::TENSOR_USAGE,
+    };
+    let out = ctx.create_buffer("fuzz output", bytes, usage, false)?;
+    let sentinel = vec![0x5Au8; bytes as usize];
+    ctx.queue().write_buffer(&out, 0, &sentinel);
+    let y = match fault {
+        Fault::Aliased => x.clone(),
+        Fault::ShortOutput if numel > 0 => {
+            Tensor::from_buffer(out.clone(), 0, &[numel - 1], dtype)?.reshape(&[numel - 1])?
+        }
+        Fault::Misaligned => Tensor::from_buffer(out.clone(), 4, &shape, dtype)?,
+        _ => Tensor::from_buffer(out.clone(), 0, &shape, dtype)?,
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let r = encode(ctx, op, dtype, &x, &y, &mut enc);
+    ctx.queue().submit([enc.finish()]);
+    let want = reference(op, &x_values(&data, dtype), &shape);
+    match (r, want) {
+        (Ok(()), Some(want)) if fault == Fault::None => {
+            let got = ctx.download(&y)?;
+            let tol = if dtype == DType::F16 { 2e-2 } else { 2e-4 };
+            let scale = want.iter().fold(1.0f64, |m, w| m.max(w.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = (w.is_nan() && g.is_nan()) || ((*g as f64) - w).abs() <= tol * scale;
+                if !ok {
+                    bail!("{op:?} {dtype} {shape:?}: y[{i}] = {g}, reference {w}");
+                }
+            }
+            Ok(Verdict::Ok)
+        }
+        (Ok(()), want) => bail!(
+            "{op:?} {dtype} {shape:?} with {fault:?}: Ok, but the reference says {}",
+            if want.is_some() {
+                "the fault must be refused"
+            } else {
+                "invalid"
+            }
+        ),
+        (Err(e), Some(_)) if fault == Fault::None => {
+            bail!("{op:?} {dtype} {shape:?}: a valid call was refused: {e}")
+        }
+        (Err(e), _) => {
+            if fault != Fault::NoStorage {
+                let after = read_bytes(ctx, &out)?;
+                if after != sentinel {
+                    bail!("{op:?} {dtype} {shape:?} with {fault:?}: failed ({e}) but wrote its output");
+                }
+            }
+            Ok(Verdict::Typed)
+        }
+    }
+}
+
+/// The values the device sees (f16 rounds).
+fn x_values(data: &[f32], dtype: DType) -> Vec<f64> {
+    data.iter()
+        .map(|&v| match dtype {
+            DType::F32 => v as f64,
+            DType::F16 => half::f16::from_f32(v).to_f64(),
+        })
+        .collect()
+}
+
+fn read_bytes(ctx: &Context, buf: &wgpu::Buffer) -> Result<Vec<u8>> {
+    let words = (buf.size() / 4) as usize;
+    let t = Tensor::from_buffer(buf.clone(), 0, &[words], DType::F32)?;
+    Ok(ctx
+        .download(&t)?
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect())
+}
+
+/// Runs the fuzzer; returns success.
+pub fn run(args: &[String]) -> Result<bool> {
+    let (mut iterations, mut seed) = (2000u64, 1u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<u64> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("{name} needs a number"))
+        };
+        match a.as_str() {
+            "--iterations" => iterations = value("--iterations")?,
+            "--seed" => seed = value("--seed")?,
+            other => bail!("unknown fuzz option {other}\n{}", crate::USAGE),
+        }
+    }
+    let ctx = crate::context()?;
+    let uncaptured = Arc::new(AtomicUsize::new(0));
+    let counter = uncaptured.clone();
+    ctx.device().on_uncaptured_error(Arc::new(move |e| {
+        eprintln!("uncaptured wgpu error: {e}");
+        counter.fetch_add(1, Ordering::SeqCst);
+    }));
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let (mut ok, mut typed, mut panics, mut wrong) = (0u64, 0u64, 0u64, 0u64);
+    for i in 0..iterations {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one_call(&ctx, &mut rng))) {
+            Ok(Ok(Verdict::Ok)) => ok += 1,
+            Ok(Ok(Verdict::Typed)) => typed += 1,
+            Ok(Err(e)) => {
+                wrong += 1;
+                println!("FAIL call {i}: {e}");
+            }
+            Err(_) => {
+                panics += 1;
+                println!("FAIL call {i}: panicked");
+            }
+        }
+    }
+    let uncaptured = uncaptured.load(Ordering::SeqCst);
+    println!(
+        "{iterations} calls, {ok} ok, {typed} typed errors, {panics} panics, {wrong} wrong, {uncaptured} uncaptured device errors (seed {seed})"
+    );
+    Ok(panics == 0 && wrong == 0 && uncaptured == 0)
+}
