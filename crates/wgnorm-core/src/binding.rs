@@ -25,6 +25,21 @@ pub struct BufferRange {
 /// Checks that `t` can be bound as a storage buffer on this device and returns its range.
 /// `what` names the argument in the error.
 pub fn storage_range(ctx: &Context, what: &str, t: &Tensor) -> Result<BufferRange> {
+    let r = storage_range_unbounded(ctx, what, t)?;
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    if t.byte_len() > limit {
+        return Err(Error::TooLargeForBinding {
+            what: what.into(),
+            bytes: t.byte_len(),
+            limit,
+        });
+    }
+    Ok(r)
+}
+
+/// [`storage_range`] without the binding-size limit: for engines that bind the range in
+/// windows ([`BufferRange::window`]).
+pub fn storage_range_unbounded(ctx: &Context, what: &str, t: &Tensor) -> Result<BufferRange> {
     let buffer = t.buffer();
     if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
         return Err(Error::MissingUsage {
@@ -32,8 +47,7 @@ pub fn storage_range(ctx: &Context, what: &str, t: &Tensor) -> Result<BufferRang
             missing: wgpu::BufferUsages::STORAGE,
         });
     }
-    let limits = ctx.limits();
-    let align = limits.min_storage_buffer_offset_alignment as u64;
+    let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
     if !t.offset().is_multiple_of(align) {
         return Err(Error::MisalignedOffset {
             what: what.into(),
@@ -41,17 +55,8 @@ pub fn storage_range(ctx: &Context, what: &str, t: &Tensor) -> Result<BufferRang
             alignment: align,
         });
     }
-    let bytes = t.byte_len();
-    let limit = limits.max_storage_buffer_binding_size;
-    if bytes > limit {
-        return Err(Error::TooLargeForBinding {
-            what: what.into(),
-            bytes,
-            limit,
-        });
-    }
     // Storage bindings are sized in multiples of 4 bytes (an odd count of f16 needs 2 more).
-    let size = bytes.max(4).div_ceil(4) * 4;
+    let size = t.byte_len().max(4).div_ceil(4) * 4;
     let end = t.offset() + size;
     if end > buffer.size() {
         return Err(Error::BufferTooSmall {
@@ -66,6 +71,45 @@ pub fn storage_range(ctx: &Context, what: &str, t: &Tensor) -> Result<BufferRang
         offset: t.offset(),
         size,
     })
+}
+
+impl BufferRange {
+    /// The sub-range of `len` bytes from byte `start` of this range (rounded up to 4 bytes,
+    /// within the buffer): one window of a tensor bound in pieces. `start` must keep the
+    /// device's offset alignment (the caller's window plan guarantees it).
+    pub fn window(&self, start: u64, len: u64) -> BufferRange {
+        let offset = self.offset + start;
+        let size = len.max(4).div_ceil(4) * 4;
+        BufferRange {
+            buffer: self.buffer.clone(),
+            offset,
+            size: size.min(self.buffer.size() - offset),
+        }
+    }
+}
+
+/// Rows per window when `rows` rows are bound in windows of at most `limit` bytes, each window
+/// starting at a multiple of `align` bytes in every bound tensor: `row_bytes` lists the bytes per
+/// row of each windowed tensor. `None` when one row alone exceeds the limit.
+pub fn window_rows(rows: usize, row_bytes: &[u64], limit: u64, align: u64) -> Option<usize> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let step = row_bytes.iter().filter(|&&b| b > 0).fold(1u64, |l, &b| {
+        let need = align / gcd(b, align);
+        l / gcd(l, need) * need
+    });
+    let widest = row_bytes.iter().copied().max().unwrap_or(0).max(1);
+    let fit = limit / widest;
+    if rows as u64 * widest <= limit {
+        return Some(rows.max(1));
+    }
+    let chunk = fit / step * step;
+    (chunk > 0).then_some(chunk as usize)
 }
 
 /// Rejects an output that shares a buffer with any other binding: wgpu forbids a buffer being

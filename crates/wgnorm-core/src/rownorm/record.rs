@@ -11,9 +11,11 @@ use super::choose::{cache_len_for, choose_for, loop_iterations, AdapterClass, Ro
 use super::plan::{RowConstants, RowFlags, SLOTS};
 use super::{Plan, PlanKey, RowMode, RowNorm, RowNormArgs};
 
-/// A call that passed every check: its row count and the bound ranges of its tensors.
+/// A call that passed every check: its row count, the bound ranges of its tensors (whole), and
+/// the rows per binding window (all of them unless x is larger than one storage binding).
 struct Checked {
     rows: usize,
+    window: usize,
     key: PlanKey,
     x: BufferRange,
     y: BufferRange,
@@ -23,6 +25,16 @@ struct Checked {
     rstd: Option<BufferRange>,
     residual: Option<BufferRange>,
     sum: Option<BufferRange>,
+}
+
+/// The row-indexed ranges of one binding window.
+struct Ranges {
+    x: BufferRange,
+    y: BufferRange,
+    residual: Option<BufferRange>,
+    sum: Option<BufferRange>,
+    mean: Option<BufferRange>,
+    rstd: Option<BufferRange>,
 }
 
 impl RowNorm {
@@ -107,23 +119,30 @@ impl RowNorm {
             }
         }
         let ctx = &self.ctx;
+        // Row-indexed tensors may be bound in windows of rows; weight and bias are bound whole.
+        let rows_of = |what, t: Option<&Tensor>| {
+            t.map(|t| binding::storage_range_unbounded(ctx, what, t))
+                .transpose()
+        };
         let opt =
             |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
+        let window = self.window_rows(a, rows, n)?;
         let c = Checked {
             rows,
+            window,
             key: PlanKey {
                 n: n as u64,
                 io: Io::F32,
                 flags: RowFlags::default(),
             },
-            x: binding::storage_range(ctx, "x", a.x)?,
-            y: binding::storage_range(ctx, "y", a.y)?,
+            x: binding::storage_range_unbounded(ctx, "x", a.x)?,
+            y: binding::storage_range_unbounded(ctx, "y", a.y)?,
             weight: opt("weight", a.weight)?,
             bias: opt("bias", a.bias)?,
-            mean: opt("mean", a.mean)?,
-            rstd: opt("rstd", a.rstd)?,
-            residual: opt("residual", a.residual)?,
-            sum: opt("sum", a.sum)?,
+            mean: rows_of("mean", a.mean)?,
+            rstd: rows_of("rstd", a.rstd)?,
+            residual: rows_of("residual", a.residual)?,
+            sum: rows_of("sum", a.sum)?,
         };
         binding::check_no_alias(&[
             ("residual", c.residual.as_ref(), false),
@@ -173,8 +192,8 @@ impl RowNorm {
         self.plan(c.key).map(|_| ())
     }
 
-    /// Records the op into `encoder`: one compute pass with one dispatch, or nothing for an empty
-    /// tensor. Everything is checked before anything is recorded. Never submits or blocks; after
+    /// Records the op into `encoder`: one dispatch, or one per window of rows when x is larger
+    /// than one storage binding, or nothing for an empty tensor. Everything is checked before anything is recorded. Never submits or blocks; after
     /// the first call with given buffers and shape it creates no GPU object.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &RowNormArgs) -> Result<()> {
         let Some(c) = self.check(a)? else {
@@ -184,7 +203,7 @@ impl RowNorm {
         let (n, io) = (c.key.n, c.key.io);
         let (selu_alpha, selu_lambda) = self.activation.selu_params();
         let params = RowParams {
-            rows: c.rows as u32,
+            rows: c.window as u32,
             n_vec: (n / io.width() as u64) as u32,
             n: n as u32,
             write_stats: c.mean.is_some() as u32 | (c.rstd.is_some() as u32) << 1,
@@ -193,25 +212,98 @@ impl RowNorm {
             selu_alpha,
             selu_lambda,
         };
+        let label = match self.cfg.mode {
+            RowMode::LayerNorm => "wgnorm layer_norm",
+            RowMode::RmsNorm => "wgnorm rms_norm",
+        };
+        let row_bytes = n * self.cfg.dtype.size();
+        let mut r0 = 0;
+        while r0 < c.rows {
+            let rows_w = c.window.min(c.rows - r0);
+            let (start, len) = (r0 as u64 * row_bytes, rows_w as u64 * row_bytes);
+            let (s4, l4) = (r0 as u64 * 4, rows_w as u64 * 4);
+            let win = |r: &BufferRange, whole: bool| {
+                if whole {
+                    r.clone()
+                } else {
+                    r.window(start, len)
+                }
+            };
+            let whole = rows_w == c.rows;
+            let stat = |r: &Option<BufferRange>| {
+                r.as_ref()
+                    .map(|r| if whole { r.clone() } else { r.window(s4, l4) })
+            };
+            let ranges = Ranges {
+                x: win(&c.x, whole),
+                y: win(&c.y, whole),
+                residual: c.residual.as_ref().map(|r| win(r, whole)),
+                sum: c.sum.as_ref().map(|r| win(r, whole)),
+                mean: stat(&c.mean),
+                rstd: stat(&c.rstd),
+            };
+            let params = RowParams {
+                rows: rows_w as u32,
+                ..params
+            };
+            self.record_window(encoder, label, &plan, &c, &ranges, &params)?;
+            r0 += rows_w;
+        }
+        Ok(())
+    }
+
+    /// Rows per binding window: all of them when every row-indexed tensor fits one storage
+    /// binding, otherwise the most that fit with window starts the device can bind.
+    fn window_rows(&self, a: &RowNormArgs, rows: usize, n: usize) -> Result<usize> {
+        let limits = self.ctx.limits();
+        let row_bytes = n as u64 * self.cfg.dtype.size();
+        let stat_bytes = if a.mean.is_some() || a.rstd.is_some() {
+            4
+        } else {
+            0
+        };
+        binding::window_rows(
+            rows,
+            &[row_bytes, stat_bytes],
+            limits.max_storage_buffer_binding_size,
+            limits.min_storage_buffer_offset_alignment as u64,
+        )
+        .ok_or_else(|| Error::TooLargeForBinding {
+            what: "x (one row)".into(),
+            bytes: row_bytes,
+            limit: limits.max_storage_buffer_binding_size,
+        })
+    }
+
+    /// Binds one window of rows and records its dispatch.
+    fn record_window(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        label: &str,
+        plan: &Plan,
+        c: &Checked,
+        w: &Ranges,
+        params: &RowParams,
+    ) -> Result<()> {
         let ctx = &self.ctx;
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
         let bind = self.binds.get(
             ctx,
             SLOTS,
-            &params,
+            params,
             &[
-                &c.x,
+                &w.x,
                 c.weight.as_ref().unwrap_or(&dr),
                 c.bias.as_ref().unwrap_or(&dr),
-                &c.y,
-                c.mean.as_ref().unwrap_or(&dw[0]),
-                c.rstd.as_ref().unwrap_or(&dw[1]),
-                c.residual.as_ref().unwrap_or(&dr),
-                c.sum.as_ref().unwrap_or(&dw[2]),
+                &w.y,
+                w.mean.as_ref().unwrap_or(&dw[0]),
+                w.rstd.as_ref().unwrap_or(&dw[1]),
+                w.residual.as_ref().unwrap_or(&dr),
+                w.sum.as_ref().unwrap_or(&dw[2]),
             ],
         )?;
-        let rows = c.rows as u64;
+        let rows = params.rows as u64;
         let groups = match plan.kernel {
             RowKernel::Team { rows_per_group, .. } => rows.div_ceil(rows_per_group as u64),
             RowKernel::TeamRegs {
@@ -220,10 +312,6 @@ impl RowNorm {
                 ..
             } => rows.div_ceil(rows_per_group as u64 * rows_per_team as u64),
             RowKernel::Workgroup { .. } => rows,
-        };
-        let label = match self.cfg.mode {
-            RowMode::LayerNorm => "wgnorm layer_norm",
-            RowMode::RmsNorm => "wgnorm rms_norm",
         };
         let (gx, gy) = binding::grid(ctx, groups);
         binding::dispatch(encoder, label, &plan.pipeline, &bind, (gx, gy, 1));
