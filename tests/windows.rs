@@ -117,7 +117,10 @@ fn a_tensor_past_the_default_binding_limit() {
     let limit = c.limits().max_storage_buffer_binding_size;
     let n = 4096usize;
     let rows = (limit as usize / (n * 4)) + 9; // just past one binding
-    eprintln!("binding limit {limit} bytes: {rows} rows of {n} f32 ({} bytes)", rows * n * 4);
+    eprintln!(
+        "binding limit {limit} bytes: {rows} rows of {n} f32 ({} bytes)",
+        rows * n * 4
+    );
     if (rows * n * 4) as u64 > c.limits().max_buffer_size {
         panic!(
             "the device cannot allocate a tensor past its binding limit: {:?}",

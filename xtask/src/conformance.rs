@@ -3,17 +3,26 @@
 use anyhow::{bail, Result};
 use wgnorm::conformance::{self, Outcome};
 
-const USAGE: &str = "usage: cargo xtask conformance [--allow-skipped] DIR...";
+const USAGE: &str =
+    "usage: cargo xtask conformance [--allow-skipped] [--max-binding-size BYTES] DIR...";
 
 /// Runs every case under the directories. A case whose op the runner does not know is skipped,
 /// and a skip fails the run unless `--allow-skipped` is given; an unreadable or malformed file
 /// is a failed case naming the file.
 pub fn run(args: &[String]) -> Result<bool> {
     let mut allow_skipped = false;
+    let mut max_binding = None;
     let mut dirs = Vec::new();
-    for a in args {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--allow-skipped" => allow_skipped = true,
+            "--max-binding-size" => {
+                let v = it.next().and_then(|v| v.parse::<u64>().ok());
+                max_binding = Some(v.ok_or_else(|| {
+                    anyhow::anyhow!("--max-binding-size needs a byte count\n{USAGE}")
+                })?);
+            }
             flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
             dir => dirs.push(dir.to_string()),
         }
@@ -32,7 +41,7 @@ pub fn run(args: &[String]) -> Result<bool> {
         }
     }
     files.sort();
-    let ctx = crate::context()?;
+    let ctx = crate::context_with_binding_limit(max_binding)?;
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     let mut skipped_ops = std::collections::BTreeMap::<String, usize>::new();
     for f in &files {

@@ -15,7 +15,7 @@ mod sweep;
 
 use anyhow::Result;
 
-const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] DIR... | fuzz [--iterations N] [--seed S] | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
+const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] [--max-binding-size BYTES] DIR... | fuzz [--iterations N] [--seed S] | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
 
 const HELP: &str = "  validate            naga-validate every shader specialisation, translate it for Vulkan (SPIR-V),
                       Metal (MSL) and DX12 (HLSL), and check every op against the f64 reference
@@ -24,6 +24,8 @@ const HELP: &str = "  validate            naga-validate every shader specialisat
   conformance DIR...  run every case file under the DIRs (format: tests/conformance/FORMAT.md);
                       a case of an op the runner does not know fails the run
     --allow-skipped   accept such cases as skipped
+    --max-binding-size BYTES
+                      run on a device whose storage bindings hold at most BYTES (windows)
   fuzz                random calls of the public ops, valid and invalid (shapes, dtypes, axes,
                       parameters, aliasing, short buffers, missing usages, misaligned offsets):
                       each must match the f64 reference or be a typed error that wrote nothing
@@ -79,7 +81,16 @@ fn main() -> Result<()> {
 
 /// The headless context, with the adapter named on stderr.
 fn context() -> Result<wgnorm::Context> {
-    let ctx = wgnorm::Context::new()?;
+    context_with_binding_limit(None)
+}
+
+/// The headless context, its storage bindings limited to `max_binding` bytes when given.
+fn context_with_binding_limit(max_binding: Option<u64>) -> Result<wgnorm::Context> {
+    let ctx = wgnorm::Context::new_with_limits(|l| {
+        if let Some(b) = max_binding {
+            l.max_storage_buffer_binding_size = b.min(l.max_storage_buffer_binding_size);
+        }
+    })?;
     let info = ctx.adapter_info();
     eprintln!(
         "adapter: {} ({:?}, {:?}, driver {} {}), features: {:?}",

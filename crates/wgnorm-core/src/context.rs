@@ -140,6 +140,19 @@ impl Context {
 
     /// [`Context::new`] without blocking.
     pub async fn new_async() -> Result<Context> {
+        Self::new_async_with_limits(|_| {}).await
+    }
+
+    /// [`Context::new`] with the device's limits adjusted from the adapter's by `adjust` (lower
+    /// ones to test what an app's device would have: `max_storage_buffer_binding_size` of 1 MiB
+    /// exercises windowed bindings, say). wgnorm honours the limits of the device, not the
+    /// adapter's.
+    pub fn new_with_limits(adjust: impl FnOnce(&mut wgpu::Limits)) -> Result<Context> {
+        pollster::block_on(Self::new_async_with_limits(adjust))
+    }
+
+    /// [`Context::new_with_limits`] without blocking.
+    pub async fn new_async_with_limits(adjust: impl FnOnce(&mut wgpu::Limits)) -> Result<Context> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
@@ -188,7 +201,8 @@ impl Context {
             (None, None) => unreachable!("adapters is not empty"),
         };
         let features = adapter.features() & OPTIONAL_FEATURES;
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        adjust(&mut limits);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgnorm"),
