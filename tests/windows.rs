@@ -41,6 +41,9 @@ fn row_norms_bind_large_tensors_in_windows() {
         (RowMode::RmsNorm, DType::F32, 3000, 256),   // windows of 1024 rows
         (RowMode::LayerNorm, DType::F16, 1200, 777), // odd rows, f16, element-wise
         (RowMode::RmsNorm, DType::F16, 64, 16384),   // 32 KiB rows
+        // 256 KiB rows: windows of 4 rows, so the saved statistics start at rows 4 and 8,
+        // which no window of a 4-byte-per-row tensor aligned to 32..256 bytes could bind.
+        (RowMode::LayerNorm, DType::F32, 10, 65536),
     ] {
         let x = noise(n as u64 + rows as u64, rows * n);
         let w: Vec<f32> = noise(3, n).iter().map(|v| v + 1.0).collect();

@@ -27,6 +27,12 @@ struct RowParams {
     // SELU epilogue constants (the activation snippet reads them).
     selu_alpha: f32,
     selu_lambda: f32,
+    // This window's first row in mean_out / rstd_out (bound whole: a window of 4-byte
+    // statistics would need a start aligned to 64 rows).
+    stat_base: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: RowParams;
@@ -84,9 +90,9 @@ fn write_stats(row: u32, mean: f32, rstd: f32) {
         return;
     }
     if ((params.write_stats & 1u) != 0u) {
-        mean_out[row] = mean;
+        mean_out[params.stat_base + row] = mean;
     }
     if ((params.write_stats & 2u) != 0u) {
-        rstd_out[row] = rstd;
+        rstd_out[params.stat_base + row] = rstd;
     }
 }

@@ -164,6 +164,12 @@ uniform_block! {
         /// SELU epilogue constants.
         pub selu_alpha: f32,
         pub selu_lambda: f32,
+        /// Index of this window's first row in `mean_out` / `rstd_out`, which are bound whole
+        /// (a window's statistics would otherwise need a 64-row-aligned start).
+        pub stat_base: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
     }
 }
 

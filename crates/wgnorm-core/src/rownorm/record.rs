@@ -211,6 +211,10 @@ impl RowNorm {
             weight_offset: self.cfg.weight_offset,
             selu_alpha,
             selu_lambda,
+            stat_base: 0,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         };
         let label = match self.cfg.mode {
             RowMode::LayerNorm => "wgnorm layer_norm",
@@ -221,7 +225,6 @@ impl RowNorm {
         while r0 < c.rows {
             let rows_w = c.window.min(c.rows - r0);
             let (start, len) = (r0 as u64 * row_bytes, rows_w as u64 * row_bytes);
-            let (s4, l4) = (r0 as u64 * 4, rows_w as u64 * 4);
             let win = |r: &BufferRange, whole: bool| {
                 if whole {
                     r.clone()
@@ -230,20 +233,17 @@ impl RowNorm {
                 }
             };
             let whole = rows_w == c.rows;
-            let stat = |r: &Option<BufferRange>| {
-                r.as_ref()
-                    .map(|r| if whole { r.clone() } else { r.window(s4, l4) })
-            };
             let ranges = Ranges {
                 x: win(&c.x, whole),
                 y: win(&c.y, whole),
                 residual: c.residual.as_ref().map(|r| win(r, whole)),
                 sum: c.sum.as_ref().map(|r| win(r, whole)),
-                mean: stat(&c.mean),
-                rstd: stat(&c.rstd),
+                mean: c.mean.clone(),
+                rstd: c.rstd.clone(),
             };
             let params = RowParams {
                 rows: rows_w as u32,
+                stat_base: r0 as u32,
                 ..params
             };
             self.record_window(encoder, label, &plan, &c, &ranges, &params)?;
@@ -256,22 +256,28 @@ impl RowNorm {
     /// binding, otherwise the most that fit with window starts the device can bind.
     fn window_rows(&self, a: &RowNormArgs, rows: usize, n: usize) -> Result<usize> {
         let limits = self.ctx.limits();
+        let limit = limits.max_storage_buffer_binding_size;
         let row_bytes = n as u64 * self.cfg.dtype.size();
-        let stat_bytes = if a.mean.is_some() || a.rstd.is_some() {
-            4
-        } else {
-            0
-        };
-        binding::window_rows(
-            rows,
-            &[row_bytes, stat_bytes],
-            limits.max_storage_buffer_binding_size,
-            limits.min_storage_buffer_offset_alignment as u64,
-        )
-        .ok_or_else(|| Error::TooLargeForBinding {
-            what: "x (one row)".into(),
-            bytes: row_bytes,
-            limit: limits.max_storage_buffer_binding_size,
+        // The saved statistics are bound whole (the kernel offsets into them by `stat_base`).
+        let stat_bytes = rows as u64 * 4;
+        if (a.mean.is_some() || a.rstd.is_some()) && stat_bytes > limit {
+            return Err(Error::TooLargeForBinding {
+                what: "mean/rstd".into(),
+                bytes: stat_bytes,
+                limit,
+            });
+        }
+        let align = limits.min_storage_buffer_offset_alignment as u64;
+        binding::window_rows(rows, &[row_bytes], limit, align).ok_or_else(|| {
+            Error::TooLargeForBinding {
+                what: if row_bytes > limit {
+                    "x (one row)".into()
+                } else {
+                    format!("x (windows of rows starting at {align}-byte multiples)")
+                },
+                bytes: row_bytes,
+                limit,
+            }
         })
     }
 
