@@ -1,6 +1,7 @@
-//! Tensors larger than one storage binding: the row norms bind them in windows of rows. A device
-//! created with a 1 MiB binding limit runs multi-MiB tensors against the f64 reference; a single
-//! row past the limit is still refused, typed.
+//! Tensors larger than one storage binding: the row norms bind them in windows of rows, the
+//! elementwise ops in windows of elements. A device created with a 1 MiB binding limit runs
+//! multi-MiB tensors against the f64 reference; a single row past the limit is still refused,
+//! typed.
 
 use wgnorm::engine::rownorm::{RowMode, RowNorm, RowNormConfig};
 use wgnorm::prelude::*;
@@ -152,6 +153,63 @@ fn a_tensor_past_the_default_binding_limit() {
             &want,
             2e-5,
             1e-4,
+        );
+    }
+}
+
+/// Elementwise ops bind windows of elements: every element of a 2.5 MiB tensor (f32 and f16,
+/// vec4 and scalar access) matches the f64 activation / blend.
+#[test]
+fn elementwise_ops_bind_large_tensors_in_windows() {
+    use wgnorm::engine::elementwise::Blend;
+    use wgnorm::{Elementwise, ElementwiseConfig};
+    use wgnorm_reference::activation as act;
+    let c = limited_context(1 << 20);
+    for (dtype, n) in [
+        (DType::F32, 655_360),   // vec4: 3 windows
+        (DType::F32, 655_363),   // scalar: odd length
+        (DType::F16, 1_310_721), // f16 scalar: odd length, windows of 2-byte accesses
+    ] {
+        let x = noise(n as u64, n);
+        let b = noise(n as u64 + 1, n);
+        let xt = c.upload(&x, &[n], dtype).unwrap();
+        let bt = c.upload(&b, &[n], dtype).unwrap();
+        let (xd, bd) = (round_to(dtype, &x), round_to(dtype, &b));
+        let (at, rt) = if dtype == DType::F16 {
+            (2e-3, 2e-3)
+        } else {
+            (1e-6, 1e-5)
+        };
+        let silu = Elementwise::new(
+            &c,
+            ElementwiseConfig {
+                activation: Activation::Silu,
+                dtype,
+            },
+        )
+        .unwrap();
+        let y = c.download(&silu.forward(&xt).unwrap()).unwrap();
+        let want: Vec<f64> = xd.iter().map(|&v| act::silu(v)).collect();
+        assert_close(
+            &format!("silu {dtype} n={n} (1 MiB bindings)"),
+            &y,
+            &want,
+            at,
+            rt,
+        );
+
+        let blend = Blend::new(&c, dtype).unwrap();
+        let yt = c.empty(&[n], dtype).unwrap();
+        c.record_and_submit(|enc| blend.encode(enc, &xt, &bt, 0.25, &yt))
+            .unwrap();
+        let y = c.download(&yt).unwrap();
+        let want: Vec<f64> = (0..n).map(|i| 0.25 * xd[i] + 0.75 * bd[i]).collect();
+        assert_close(
+            &format!("blend {dtype} n={n} (1 MiB bindings)"),
+            &y,
+            &want,
+            at,
+            rt,
         );
     }
 }

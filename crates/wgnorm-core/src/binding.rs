@@ -112,6 +112,25 @@ pub fn window_rows(rows: usize, row_bytes: &[u64], limit: u64, align: u64) -> Op
     (chunk > 0).then_some(chunk as usize)
 }
 
+/// Accesses per binding window when `accesses` accesses of `access_bytes` bytes each are bound
+/// in windows of at most the device's storage-binding limit, each window starting at a multiple
+/// of its offset alignment: all of them when they fit one binding. For elementwise ops, whose
+/// windows are independent. `what` names the tensor in the error.
+pub fn window_accesses(ctx: &Context, what: &str, accesses: u64, access_bytes: u64) -> Result<u64> {
+    let limits = ctx.limits();
+    let limit = limits.max_storage_buffer_binding_size;
+    let align = limits.min_storage_buffer_offset_alignment as u64;
+    usize::try_from(accesses)
+        .ok()
+        .and_then(|a| window_rows(a, &[access_bytes], limit, align))
+        .map(|w| w as u64)
+        .ok_or_else(|| Error::TooLargeForBinding {
+            what: what.into(),
+            bytes: accesses.saturating_mul(access_bytes),
+            limit,
+        })
+}
+
 /// Rejects an output that shares a buffer with any other binding: wgpu forbids a buffer being
 /// both read-only and writable storage in one dispatch.
 pub fn check_no_alias(named: &[(&str, Option<&BufferRange>, bool)]) -> Result<()> {

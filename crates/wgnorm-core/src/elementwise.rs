@@ -2,7 +2,7 @@
 //! two tensors.
 
 use crate::activation::Activation;
-use crate::binding::{self, BindCache};
+use crate::binding::{self, BindCache, BufferRange};
 use crate::context::Slot;
 use crate::shader::{snippet, Io, Kernel, Specialization};
 use crate::uniform::{BlendParams, EwParams};
@@ -115,8 +115,8 @@ impl Elementwise {
         }
         let ctx = &self.ctx;
         let (xr, yr) = (
-            binding::storage_range(ctx, "x", x)?,
-            binding::storage_range(ctx, "y", y)?,
+            binding::storage_range_unbounded(ctx, "x", x)?,
+            binding::storage_range_unbounded(ctx, "y", y)?,
         );
         binding::check_no_alias(&[("x", Some(&xr), false), ("y", Some(&yr), true)])?;
         let align = Io {
@@ -128,19 +128,32 @@ impl Elementwise {
             dtype: self.dtype,
             vec4: n.is_multiple_of(4) && xr.offset % align == 0 && yr.offset % align == 0,
         };
-        let block = block(ctx.is_cpu());
+        ctx.check_io(io)?;
         let pipeline = ctx.pipeline(&elementwise_spec(io, ctx.is_cpu(), self.activation))?;
-        let n_v = (n / io.width() as usize) as u32;
         let (selu_alpha, selu_lambda) = self.activation.selu_params();
-        let params = EwParams {
-            n_v,
-            selu_alpha,
-            selu_lambda,
-            ..Default::default()
-        };
-        let bind = self.binds.get(ctx, SLOTS, &params, &[&xr, &yr])?;
-        let (gx, gy) = binding::grid(ctx, (n_v as u64).div_ceil(block as u64).div_ceil(WG as u64));
-        binding::dispatch(encoder, "wgnorm elementwise", &pipeline, &bind, (gx, gy, 1));
+        let windows = Windows::new(ctx, (n / io.width() as usize) as u64, io)?;
+        // Every bind group first, so that an error records nothing; then the dispatches.
+        for pass in [false, true] {
+            for (first, len) in windows.iter() {
+                let params = EwParams {
+                    n_v: len as u32,
+                    selu_alpha,
+                    selu_lambda,
+                    ..Default::default()
+                };
+                let ranges = [
+                    windows.range(&xr, first, len),
+                    windows.range(&yr, first, len),
+                ];
+                let bind = self
+                    .binds
+                    .get(ctx, SLOTS, &params, &[&ranges[0], &ranges[1]])?;
+                if pass {
+                    let groups = windows.groups(ctx, len);
+                    binding::dispatch(encoder, "wgnorm elementwise", &pipeline, &bind, groups);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -196,7 +209,7 @@ impl Blend {
             return Ok(());
         }
         let ctx = &self.ctx;
-        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+        let r = |t: &Tensor, what| binding::storage_range_unbounded(ctx, what, t);
         let (ar, br, yr) = (r(a, "a")?, r(b, "b")?, r(y, "y")?);
         binding::check_no_alias(&[
             ("a", Some(&ar), false),
@@ -213,19 +226,68 @@ impl Blend {
             vec4: n.is_multiple_of(4) && [&ar, &br, &yr].iter().all(|r| r.offset % align == 0),
         };
         ctx.check_io(io)?;
-        let block = block(ctx.is_cpu());
         let pipeline = ctx.pipeline(&blend_spec(io, ctx.is_cpu()))?;
-        let n_v = (n / io.width() as usize) as u32;
-        let params = BlendParams {
-            n_v,
-            lambda,
-            ..Default::default()
-        };
-        let bind = self
-            .binds
-            .get(ctx, BLEND_SLOTS, &params, &[&ar, &br, &yr])?;
-        let (gx, gy) = binding::grid(ctx, (n_v as u64).div_ceil(block as u64).div_ceil(WG as u64));
-        binding::dispatch(encoder, "wgnorm blend", &pipeline, &bind, (gx, gy, 1));
+        let windows = Windows::new(ctx, (n / io.width() as usize) as u64, io)?;
+        // Every bind group first, so that an error records nothing; then the dispatches.
+        for pass in [false, true] {
+            for (first, len) in windows.iter() {
+                let params = BlendParams {
+                    n_v: len as u32,
+                    lambda,
+                    ..Default::default()
+                };
+                let w = |r: &BufferRange| windows.range(r, first, len);
+                let bind =
+                    self.binds
+                        .get(ctx, BLEND_SLOTS, &params, &[&w(&ar), &w(&br), &w(&yr)])?;
+                if pass {
+                    let groups = windows.groups(ctx, len);
+                    binding::dispatch(encoder, "wgnorm blend", &pipeline, &bind, groups);
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// An elementwise call's binding windows: `total` accesses of the I/O width, split so that
+/// each window fits one storage binding (one window unless the tensors are larger).
+struct Windows {
+    total: u64,
+    per_window: u64,
+    access_bytes: u64,
+    block: u32,
+}
+
+impl Windows {
+    fn new(ctx: &Context, total: u64, io: Io) -> Result<Windows> {
+        let access_bytes = io.width() as u64 * io.dtype.size();
+        Ok(Windows {
+            total,
+            per_window: binding::window_accesses(ctx, "x", total, access_bytes)?,
+            access_bytes,
+            block: block(ctx.is_cpu()),
+        })
+    }
+
+    /// `(first access, accesses)` of each window.
+    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.total)
+            .step_by(self.per_window as usize)
+            .map(|first| (first, self.per_window.min(self.total - first)))
+    }
+
+    /// The window of `r` (the whole range when there is one window).
+    fn range(&self, r: &BufferRange, first: u64, len: u64) -> BufferRange {
+        if len == self.total {
+            r.clone()
+        } else {
+            r.window(first * self.access_bytes, len * self.access_bytes)
+        }
+    }
+
+    fn groups(&self, ctx: &Context, len: u64) -> (u32, u32, u32) {
+        let (gx, gy) = binding::grid(ctx, len.div_ceil(self.block as u64).div_ceil(WG as u64));
+        (gx, gy, 1)
     }
 }
