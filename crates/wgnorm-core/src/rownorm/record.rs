@@ -74,12 +74,11 @@ impl RowNorm {
         Ok(())
     }
 
-    /// Every check of a call: shapes, dtypes, bindings, aliasing; `None` for an empty tensor.
-    fn check(&self, a: &RowNormArgs) -> Result<Option<Checked>> {
+    /// Shapes and dtypes of every tensor of a call: x-shaped ones, weight/bias over the reduced
+    /// dims, one f32 statistic per row.
+    fn check_tensors(&self, a: &RowNormArgs, rows: usize, reduced: &[usize]) -> Result<()> {
         let dtype = self.cfg.dtype;
         let shape = a.x.shape();
-        let (rows, n) = self.split(shape)?;
-        let reduced = &shape[self.axis_index(shape)..];
         self.check_tensor("x", a.x, shape, dtype)?;
         self.check_tensor("y", a.y, shape, dtype)?;
         if let Some(t) = a.residual {
@@ -105,6 +104,16 @@ impl RowNorm {
                 self.check_stats(what, t, rows)?;
             }
         }
+        Ok(())
+    }
+
+    /// Every check of a call: shapes, dtypes, bindings, aliasing; `None` for an empty tensor.
+    fn check(&self, a: &RowNormArgs) -> Result<Option<Checked>> {
+        let dtype = self.cfg.dtype;
+        let shape = a.x.shape();
+        let (rows, n) = self.split(shape)?;
+        let reduced = &shape[self.axis_index(shape)..];
+        self.check_tensors(a, rows, reduced)?;
         if rows == 0 || n == 0 {
             return Ok(None);
         }
@@ -221,33 +230,36 @@ impl RowNorm {
             RowMode::RmsNorm => "wgnorm rms_norm",
         };
         let row_bytes = n * self.cfg.dtype.size();
-        let mut r0 = 0;
-        while r0 < c.rows {
-            let rows_w = c.window.min(c.rows - r0);
-            let (start, len) = (r0 as u64 * row_bytes, rows_w as u64 * row_bytes);
-            let win = |r: &BufferRange, whole: bool| {
-                if whole {
-                    r.clone()
-                } else {
-                    r.window(start, len)
-                }
-            };
-            let whole = rows_w == c.rows;
-            let ranges = Ranges {
-                x: win(&c.x, whole),
-                y: win(&c.y, whole),
-                residual: c.residual.as_ref().map(|r| win(r, whole)),
-                sum: c.sum.as_ref().map(|r| win(r, whole)),
-                mean: c.mean.clone(),
-                rstd: c.rstd.clone(),
-            };
-            let params = RowParams {
-                rows: rows_w as u32,
-                stat_base: r0 as u32,
-                ..params
-            };
-            self.record_window(encoder, label, &plan, &c, &ranges, &params)?;
-            r0 += rows_w;
+        // Every window's bind group first, then the dispatches: an error records nothing.
+        for record in [false, true] {
+            let mut r0 = 0;
+            while r0 < c.rows {
+                let rows_w = c.window.min(c.rows - r0);
+                let (start, len) = (r0 as u64 * row_bytes, rows_w as u64 * row_bytes);
+                let win = |r: &BufferRange, whole: bool| {
+                    if whole {
+                        r.clone()
+                    } else {
+                        r.window(start, len)
+                    }
+                };
+                let whole = rows_w == c.rows;
+                let ranges = Ranges {
+                    x: win(&c.x, whole),
+                    y: win(&c.y, whole),
+                    residual: c.residual.as_ref().map(|r| win(r, whole)),
+                    sum: c.sum.as_ref().map(|r| win(r, whole)),
+                    mean: c.mean.clone(),
+                    rstd: c.rstd.clone(),
+                };
+                let params = RowParams {
+                    rows: rows_w as u32,
+                    stat_base: r0 as u32,
+                    ..params
+                };
+                self.record_window(encoder, label, &plan, &c, &ranges, &params, record)?;
+                r0 += rows_w;
+            }
         }
         Ok(())
     }
@@ -281,7 +293,9 @@ impl RowNorm {
         })
     }
 
-    /// Binds one window of rows and records its dispatch.
+    /// Binds one window of rows and, when `record`, records its dispatch (`encode` makes every
+    /// window's bind group before recording any, so that an error records nothing).
+    #[allow(clippy::too_many_arguments)]
     fn record_window(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -290,6 +304,7 @@ impl RowNorm {
         c: &Checked,
         w: &Ranges,
         params: &RowParams,
+        record: bool,
     ) -> Result<()> {
         let ctx = &self.ctx;
         let dr = binding::dummy_range(ctx.dummy_read());
@@ -309,6 +324,9 @@ impl RowNorm {
                 w.sum.as_ref().unwrap_or(&dw[2]),
             ],
         )?;
+        if !record {
+            return Ok(());
+        }
         let rows = params.rows as u64;
         let groups = match plan.kernel {
             RowKernel::Team { rows_per_group, .. } => rows.div_ceil(rows_per_group as u64),
