@@ -213,3 +213,67 @@ fn elementwise_ops_bind_large_tensors_in_windows() {
         );
     }
 }
+
+/// GroupNorm and InstanceNorm (one sample's statistics each) bind windows of samples: a
+/// 20-sample batch of 128 KiB samples on 1 MiB bindings runs in windows of 8, 8 and 4 samples,
+/// both layouts and dtypes, against the f64 reference.
+#[test]
+fn group_and_instance_norm_bind_large_tensors_in_windows_of_samples() {
+    use wgnorm_reference::chnorm as cref;
+    let c = limited_context(1 << 20);
+    let (n, ch, hw, g) = (20usize, 32usize, 1024usize, 8usize);
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        for dtype in [DType::F32, DType::F16] {
+            let x: Vec<f32> = noise(hw as u64, n * ch * hw)
+                .iter()
+                .map(|v| v * 2.0 + 3.0)
+                .collect();
+            let (w, b) = (noise(11, ch), noise(12, ch));
+            let xd = round_to(dtype, &x);
+            let in_layout = |v: &[f64]| match layout {
+                Layout::Nchw => v.to_vec(),
+                Layout::Nhwc => cref::to_nhwc(v, n, ch, hw),
+            };
+            let shape = match layout {
+                Layout::Nchw => [n, ch, 32, 32],
+                Layout::Nhwc => [n, 32, 32, ch],
+            };
+            let xl: Vec<f32> = in_layout(&xd).iter().map(|&v| v as f32).collect();
+            let xt = c.upload(&xl, &shape, dtype).unwrap();
+            let (wt, bt) = (
+                c.upload_f32(&w, &[ch]).unwrap(),
+                c.upload_f32(&b, &[ch]).unwrap(),
+            );
+            let inputs = NormInputs {
+                x: &xt,
+                weight: Some(&wt),
+                bias: Some(&bt),
+            };
+            let (wd, bd) = (round_to(DType::F32, &w), round_to(DType::F32, &b));
+            let (at, rt) = if dtype == DType::F16 {
+                (2e-3, 2e-3)
+            } else {
+                (2e-5, 1e-4)
+            };
+            let what = format!("{layout:?} {dtype} {n}x{ch}x32x32 (1 MiB bindings)");
+            let gn_cfg = GroupNormConfig {
+                layout,
+                dtype,
+                ..GroupNormConfig::new(g)
+            };
+            let gn = GroupNorm::new(&c, gn_cfg).unwrap();
+            let want = cref::group_norm(&xd, n, ch, hw, g, Some(&wd), Some(&bd), 1e-5, false);
+            let y = c.download(&gn.forward(&inputs).unwrap()).unwrap();
+            assert_close(&format!("gn {what}"), &y, &in_layout(&want), at, rt);
+            let in_cfg = InstanceNormConfig {
+                layout,
+                dtype,
+                ..Default::default()
+            };
+            let inorm = InstanceNorm::new(&c, in_cfg).unwrap();
+            let want = cref::instance_norm(&xd, n, ch, hw, Some(&wd), Some(&bd), 1e-5);
+            let y = c.download(&inorm.forward(&inputs).unwrap()).unwrap();
+            assert_close(&format!("in {what}"), &y, &in_layout(&want), at, rt);
+        }
+    }
+}

@@ -37,7 +37,9 @@ struct ChannelParams {
     // SELU epilogue constants (the activation snippet reads them).
     selu_alpha: f32,
     selu_lambda: f32,
-    _pad0: u32,
+    // This window's first slot in `stats` (finalize; bound whole): x may be bound in windows of
+    // samples p.
+    slot_base: u32,
     _pad1: u32,
 }
 

@@ -152,7 +152,7 @@ fn main(
             rstd = select(0.0, params.norm_target / norm, norm > 0.0);
         }
     }
-    stats[slot] = vec2<f32>(mean, rstd);
+    stats[params.slot_base + slot] = vec2<f32>(mean, rstd);
     let c_total = params.r * params.cg;
     for (var k = 0u; k < params.cg; k = k + 1u) {
         let ch = rr * params.cg + k;

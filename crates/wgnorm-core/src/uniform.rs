@@ -143,7 +143,9 @@ uniform_block! {
         /// SELU epilogue constants.
         pub selu_alpha: f32,
         pub selu_lambda: f32,
-        pub _pad0: u32,
+        /// The first slot of this call's window of samples in the saved statistics (finalize),
+        /// which are bound whole; 0 unless x is bound in windows of samples.
+        pub slot_base: u32,
         pub _pad1: u32,
     }
 }

@@ -298,9 +298,17 @@ impl ChannelNorm {
         let ctx = &self.ctx;
         let opt =
             |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
+        // x and y of a call whose samples are independent may be bound in windows of samples.
+        let whole = |what, t| {
+            if windowable(a) {
+                binding::storage_range_unbounded(ctx, what, t)
+            } else {
+                binding::storage_range(ctx, what, t)
+            }
+        };
         let r = Ranges {
-            x: binding::storage_range(ctx, "x", a.x)?,
-            y: binding::storage_range(ctx, "y", a.y)?,
+            x: whole("x", a.x)?,
+            y: whole("y", a.y)?,
             weight: opt("weight", a.weight)?,
             bias: opt("bias", a.bias)?,
             running_mean: opt("running_mean", a.running_mean)?,
@@ -344,6 +352,18 @@ impl ChannelNorm {
         }
         Ok(())
     }
+}
+
+/// Whether a call may bind x and y in windows of samples p: each sample has its own slots
+/// (GroupNorm, InstanceNorm, per-sample views), the statistics are the batch's own with no
+/// running update (which would count each window as a step), and no tensor besides x, y and the
+/// saved statistics is indexed by sample.
+pub(super) fn windowable(a: &ChannelNormArgs) -> bool {
+    a.view.p > 1
+        && matches!(a.statistics, Statistics::Batch(None))
+        && a.aux.is_none()
+        && a.mask.is_none()
+        && a.moments.is_none()
 }
 
 /// Every index the kernels compute fits in 32 bits.

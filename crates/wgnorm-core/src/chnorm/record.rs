@@ -12,6 +12,15 @@ use crate::shader::Io;
 use crate::uniform::ChannelParams;
 use crate::{DType, Error, Result, Tensor};
 
+/// The bind groups of one window of samples (the whole call unless x is bound in windows).
+struct WindowBinds {
+    view: ChannelView,
+    total_v: u32,
+    moments: Option<wgpu::BindGroup>,
+    finalize: wgpu::BindGroup,
+    apply: wgpu::BindGroup,
+}
+
 /// The compiled pipelines of one call shape.
 pub(super) struct Pipelines {
     plan: plan::ChannelPlan,
@@ -49,7 +58,7 @@ fn channel_params(
         norm_target: 0.0,
         selu_alpha,
         selu_lambda,
-        _pad0: 0,
+        slot_base: 0,
         _pad1: 0,
     }
 }
@@ -112,15 +121,16 @@ impl ChannelNorm {
         }
     }
 
-    /// The uniform blocks of a checked call: the statistics passes' and the apply pass's.
+    /// The uniform blocks of a checked call over view `v` (the call's, or a window of its
+    /// samples): the statistics passes' and the apply pass's.
     fn call_params(
         &self,
         a: &ChannelNormArgs,
+        v: &ChannelView,
         c: &Checked,
         io: Io,
         aio: Io,
     ) -> (ChannelParams, ChannelParams) {
-        let v = a.view;
         let update = running_update(&a.statistics);
         let qm_update = match a.statistics {
             Statistics::QuadraticMean { update, .. } => update,
@@ -136,7 +146,7 @@ impl ChannelNorm {
         } else {
             c.tiles
         };
-        let base = channel_params(&v, io.width(), tiles, c.tile_len, self.eps, update);
+        let base = channel_params(v, io.width(), tiles, c.tile_len, self.eps, update);
         let params = ChannelParams {
             // The source-statistics weight, or the quadratic mean's warm-up factor.
             w_src: w_src.or(qm_update.map(|u| u.warm)).unwrap_or(0.0),
@@ -155,35 +165,98 @@ impl ChannelNorm {
         (params, apply_params)
     }
 
-    /// Records the passes into `encoder`. Everything is checked first; nothing is recorded on
-    /// error, and nothing for an empty tensor.
+    /// Samples p per binding window: all of them unless x (or y) is larger than one storage
+    /// binding, which only a call whose samples are independent may be ([`check::windowable`]).
+    fn window_samples(&self, a: &ChannelNormArgs) -> Result<usize> {
+        let v = a.view;
+        let limits = self.ctx.limits();
+        let limit = limits.max_storage_buffer_binding_size;
+        if a.x.byte_len() <= limit && a.y.byte_len() <= limit {
+            return Ok(v.p);
+        }
+        let sample_bytes = (v.q * v.r * v.s) as u64 * self.dtype().size();
+        let align = limits.min_storage_buffer_offset_alignment as u64;
+        binding::window_rows(v.p, &[sample_bytes], limit, align).ok_or_else(|| {
+            Error::TooLargeForBinding {
+                what: "x (one sample)".into(),
+                bytes: sample_bytes,
+                limit,
+            }
+        })
+    }
+
+    /// Records the passes into `encoder`: once, or once per window of samples when x is larger
+    /// than one storage binding. Everything is checked and every bind group made first; nothing
+    /// is recorded on error, and nothing for an empty tensor.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
         let Some(c) = self.validate(a)? else {
             return Ok(());
         };
-        let v = a.view;
-        let ctx = &self.ctx;
         let p = self.pipelines(&c.shape, &c.facts)?;
+        let per = self.window_samples(a)?;
+        let windows = (0..a.view.p)
+            .step_by(per)
+            .map(|p0| (p0, per.min(a.view.p - p0)));
+        for (p0, k) in windows.clone() {
+            self.window_binds(a, &c, &p, p0, k)?;
+        }
+        for (p0, k) in windows {
+            let b = self.window_binds(a, &c, &p, p0, k)?;
+            self.record_passes(encoder, &c, &p, &b);
+        }
+        Ok(())
+    }
+
+    /// The bind groups of samples `p0..p0 + k` of a checked call (all of them when
+    /// `k == view.p`): x and y windowed, the saved statistics whole from slot `p0 * r`.
+    fn window_binds(
+        &self,
+        a: &ChannelNormArgs,
+        c: &Checked,
+        p: &Pipelines,
+        p0: usize,
+        k: usize,
+    ) -> Result<WindowBinds> {
+        let ctx = &self.ctx;
+        let v = ChannelView { p: k, ..a.view };
         let (io, aio) = (p.plan.io, p.plan.aio);
-        let scratch = self.scratch(v, c.tiles)?;
-        let (params, apply_params) = self.call_params(a, &c, io, aio);
-        let total_v = apply_params.total_v;
+        let scratch = self.scratch(a.view, c.tiles)?;
+        let (params, apply_params) = self.call_params(a, &v, c, io, aio);
+        let (params, apply_params) = (
+            ChannelParams {
+                slot_base: (p0 * v.r) as u32,
+                ..params
+            },
+            ChannelParams {
+                slot_base: (p0 * v.r) as u32,
+                ..apply_params
+            },
+        );
+        let sample_bytes = (v.q * v.r * v.s) as u64 * self.dtype().size();
+        let win = |r: &BufferRange| {
+            if k == a.view.p {
+                r.clone()
+            } else {
+                r.window(p0 as u64 * sample_bytes, k as u64 * sample_bytes)
+            }
+        };
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
-        let Checked { ranges: rg, .. } = c;
+        let rg = &c.ranges;
+        let (x, y) = (win(&rg.x), win(&rg.y));
         let partials = match &rg.moments {
             Some(g) => g.clone(),
             None => r(&scratch.partials, "partials")?,
         };
         let ss = r(&scratch.scale_shift, "scale_shift")?;
-        let stats = match rg.stats {
-            Some(s) => s,
+        let stats = match &rg.stats {
+            Some(s) => s.clone(),
             None => r(&scratch.stats, "stats")?,
         };
         let batches = r(&self.batches, "batches")?;
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw0 = binding::dummy_range(ctx.dummy_write(0));
         let dw1 = binding::dummy_range(ctx.dummy_write(1));
-        let fin_bind = self.binds.get(
+        let finalize = self.binds.get(
             ctx,
             plan::FINALIZE_SLOTS,
             &params,
@@ -198,51 +271,68 @@ impl ChannelNorm {
                 &batches,
             ],
         )?;
-        let apply_bind = self.binds.get(
+        let apply = self.binds.get(
             ctx,
             plan::APPLY_SLOTS,
             &apply_params,
             &[
-                &rg.x,
+                &x,
                 &ss,
-                &rg.y,
+                &y,
                 &batches,
                 rg.aux.as_ref().unwrap_or(&dr),
                 vec4_view(&ss, &dr),
             ],
         )?;
-        let moments_bind = match &p.moments {
+        let moments = match &p.moments {
             Some(_) => Some(self.binds.get(
                 ctx,
                 plan::MOMENTS_SLOTS,
                 &params,
-                &[&rg.x, &partials, rg.mask.as_ref().unwrap_or(&dr)],
+                &[&x, &partials, rg.mask.as_ref().unwrap_or(&dr)],
             )?),
             None => None,
         };
+        Ok(WindowBinds {
+            view: v,
+            total_v: apply_params.total_v,
+            moments,
+            finalize,
+            apply,
+        })
+    }
 
+    /// Records the moments (unless the moments are given), finalize and apply passes of one
+    /// window.
+    fn record_passes(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        c: &Checked,
+        p: &Pipelines,
+        b: &WindowBinds,
+    ) {
+        let ctx = &self.ctx;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgnorm channel_norm"),
             timestamp_writes: None,
         });
-        if let (Some(mp), Some(bg)) = (&p.moments, &moments_bind) {
-            let groups = self.moments_groups(&v, c.tiles, p.plan.channel_lanes);
+        if let (Some(mp), Some(bg)) = (&p.moments, &b.moments) {
+            let groups = self.moments_groups(&b.view, c.tiles, p.plan.channel_lanes);
             let (gx, gy) = binding::grid(ctx, groups);
             pass.set_pipeline(mp);
             pass.set_bind_group(0, bg, &[]);
             pass.dispatch_workgroups(gx, gy, 1);
         }
-        let finalize_groups = (v.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
+        let finalize_groups = (b.view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
         let (gx, gy) = binding::grid(ctx, finalize_groups);
         pass.set_pipeline(&p.finalize);
-        pass.set_bind_group(0, &fin_bind, &[]);
+        pass.set_bind_group(0, &b.finalize, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
-        let invocations = (total_v as u64).div_ceil(p.plan.apply_block as u64);
+        let invocations = (b.total_v as u64).div_ceil(p.plan.apply_block as u64);
         let (gx, gy) = binding::grid(ctx, invocations.div_ceil(plan::APPLY_WG as u64));
         pass.set_pipeline(&p.apply);
-        pass.set_bind_group(0, &apply_bind, &[]);
+        pass.set_bind_group(0, &b.apply, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
-        Ok(())
     }
 
     /// Records the statistics of `x` per slot into `out` (f32 `[slots, 3]`: count, mean, M2),
