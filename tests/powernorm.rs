@@ -216,8 +216,15 @@ fn unified_norm_inference_is_a_per_channel_scale() {
     )
     .unwrap();
     let mut enc = c_.device().create_command_encoder(&Default::default());
-    op.encode_infer(&mut enc, &xt, Some(&wt), Some(&bt), &rvt, &y)
-        .unwrap();
+    let inputs = wgnorm::UnifiedNormInputs {
+        x: &xt,
+        pad_mask: None,
+        weight: Some(&wt),
+        bias: Some(&bt),
+        running_var: &rvt,
+        window: None,
+    };
+    op.encode_infer(&mut enc, &inputs, &y).unwrap();
     c_.queue().submit([enc.finish()]);
     let f = |v: &[f32]| round_to(DType::F32, v);
     let want = wgnorm_reference::powernorm::unified_norm_infer(
@@ -316,8 +323,15 @@ fn unified_norm_training_over_steps() {
         let xt = c_.upload_f32(&x, &[b, n, c]).unwrap();
         let y = c_.empty(&[b, n, c], DType::F32).unwrap();
         let mut enc = c_.device().create_command_encoder(&Default::default());
-        op.encode_train(&mut enc, &xt, m, &wt, &bt, &window_t, &rv_t, &y, step)
-            .unwrap();
+        let inputs = wgnorm::UnifiedNormInputs {
+            x: &xt,
+            pad_mask: m,
+            weight: Some(&wt),
+            bias: Some(&bt),
+            running_var: &rv_t,
+            window: Some(&window_t),
+        };
+        op.encode_train(&mut enc, &inputs, &y, step).unwrap();
         c_.queue().submit([enc.finish()]);
         let what = format!("unified_norm train step {step}");
         assert_close(&what, &c_.download(&y).unwrap(), &want, 1e-5, 1e-5);
@@ -340,4 +354,34 @@ fn unified_norm_training_over_steps() {
     // normalizes with the window's geometric mean.
     assert!(flags.contains(&(8, true)), "{flags:?}");
     assert!(flags.iter().any(|&(s, k)| s > 5 && !k), "{flags:?}");
+}
+
+/// Training Unified Norm without its window (or weight/bias) is a typed error, and nothing is
+/// recorded: the window and running variance keep their values.
+#[test]
+fn unified_norm_training_without_window_is_typed() {
+    use wgnorm::{UnifiedNorm, UnifiedNormInputs};
+    let c_ = ctx();
+    let (b, n, c) = (2, 3, 4);
+    let xt = c_.upload_f32(&noise(1, b * n * c), &[b, n, c]).unwrap();
+    let wt = c_.upload_f32(&[1.0; 4], &[c]).unwrap();
+    let rv = c_.upload_f32(&[1.0; 4], &[c]).unwrap();
+    let y = c_.empty(&[b, n, c], DType::F32).unwrap();
+    let op = UnifiedNorm::new(c_, Default::default()).unwrap();
+    let inputs = UnifiedNormInputs {
+        x: &xt,
+        pad_mask: None,
+        weight: Some(&wt),
+        bias: Some(&wt),
+        running_var: &rv,
+        window: None,
+    };
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    let r = op.encode_train(&mut enc, &inputs, &y, 1);
+    assert!(
+        matches!(r, Err(wgnorm::Error::InvalidParameter { name, .. }) if name.contains("window")),
+        "{r:?}"
+    );
+    c_.queue().submit([enc.finish()]);
+    assert_eq!(c_.download(&rv).unwrap(), vec![1.0; 4]);
 }

@@ -443,6 +443,26 @@ pub fn unified_specializations() -> Vec<Specialization> {
     vec![unified_spec(false), unified_spec(true)]
 }
 
+/// Tensors of a [`UnifiedNorm`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct UnifiedNormInputs<'a> {
+    /// Input `x[B, N, C]` (tokens), row-major, in the op's dtype.
+    pub x: &'a Tensor,
+    /// Token padding mask (f32 `[B, N]`, 1 = padding): padded tokens are left out of the
+    /// statistics (training).
+    pub pad_mask: Option<&'a Tensor>,
+    /// Scale (f32 `[C]`); required in training, `None` in inference: 1.
+    pub weight: Option<&'a Tensor>,
+    /// Shift (f32 `[C]`); required in training, `None` in inference: 0.
+    pub bias: Option<&'a Tensor>,
+    /// The running variance (f32 `[C]`, ones at the start): read in inference, updated in
+    /// training.
+    pub running_var: &'a Tensor,
+    /// The window of quadratic means (f32 `[M, C]`, zeros at the start); required in training,
+    /// where it is updated.
+    pub window: Option<&'a Tensor>,
+}
+
 /// Training settings of [`UnifiedNorm`] (the official defaults: window 4, warm-up 4000,
 /// filtration off for NLP and on for CV, decay 0.9).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -487,22 +507,29 @@ impl UnifiedNorm {
         self
     }
 
-    /// Records training step `step` (>= 1) on `x[B, N, C]` with an optional f32 padding mask
-    /// `[B, N]` (1 = padding), f32 `weight`/`bias` `[C]`, the `window` `[M, C]` and
-    /// `running_var` `[C]` (both updated).
-    #[allow(clippy::too_many_arguments)] // one per tensor; all are needed
+    /// Records training step `step` (>= 1): `weight`, `bias` and `window` are required, and
+    /// `window` and `running_var` are updated on the GPU.
     pub fn encode_train(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        x: &Tensor,
-        pad_mask: Option<&Tensor>,
-        weight: &Tensor,
-        bias: &Tensor,
-        window: &Tensor,
-        running_var: &Tensor,
+        inputs: &UnifiedNormInputs,
         y: &Tensor,
         step: u64,
     ) -> Result<()> {
+        let UnifiedNormInputs {
+            x,
+            pad_mask,
+            running_var,
+            ..
+        } = *inputs;
+        let (Some(weight), Some(bias), Some(window)) = (inputs.weight, inputs.bias, inputs.window)
+        else {
+            return Err(Error::InvalidParameter {
+                name: "weight / bias / window",
+                value: "None".into(),
+                why: "training needs all three: pass them",
+            });
+        };
         let view = token_view(x)?;
         if let Some(m) = pad_mask {
             if m.numel() != view.q || m.shape().len() != 2 || m.shape()[0] != x.shape()[0] {
@@ -568,16 +595,21 @@ impl UnifiedNorm {
             })
     }
 
-    /// Records inference on `x[B, N, C]` with f32 `weight`, `bias`, `running_var` `[C]`.
+    /// Records inference: the running variance normalizes, `weight`/`bias` are optional,
+    /// `pad_mask` and `window` are not read.
     pub fn encode_infer(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        x: &Tensor,
-        weight: Option<&Tensor>,
-        bias: Option<&Tensor>,
-        running_var: &Tensor,
+        inputs: &UnifiedNormInputs,
         y: &Tensor,
     ) -> Result<()> {
+        let UnifiedNormInputs {
+            x,
+            weight,
+            bias,
+            running_var,
+            ..
+        } = *inputs;
         let view = token_view(x)?;
         self.engine.encode(
             encoder,

@@ -59,7 +59,7 @@ pub use wgnorm_poincare::{
 };
 pub use wgnorm_powernorm::{
     self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornConfig,
-    SinkhornNormalize, UnifiedNorm, UnifiedNormConfig,
+    SinkhornNormalize, UnifiedNorm, UnifiedNormConfig, UnifiedNormInputs,
 };
 pub use wgnorm_rmsnorm::{
     self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs,

@@ -112,7 +112,15 @@ pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, St
     );
     let rv = upload_param(ctx, case, "running_var")?.ok_or("case lacks input \"running_var\"")?;
     let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
-    ctx.record_and_submit(|enc| op.encode_infer(enc, &xt, w.as_ref(), b.as_ref(), &rv, &y))
+    let inputs = crate::UnifiedNormInputs {
+        x: &xt,
+        pad_mask: None,
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+        running_var: &rv,
+        window: None,
+    };
+    ctx.record_and_submit(|enc| op.encode_infer(enc, &inputs, &y))
         .map_err(err)?;
     Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
 }
