@@ -76,6 +76,15 @@ enum Op {
         axis: isize,
         p: u32,
     },
+    /// LayerNorm of `x + residual` with `residual = x` (a read-only input bound twice).
+    AddLayerNorm {
+        axis: isize,
+        eps: f32,
+    },
+    /// A standalone activation.
+    Activation {
+        act: Activation,
+    },
 }
 
 fn random_eps(rng: &mut Rng) -> f32 {
@@ -95,7 +104,7 @@ fn random_eps(rng: &mut Rng) -> f32 {
 fn random_op(rng: &mut Rng, rank: usize) -> Op {
     let axis = rng.below(rank as u64 + 3) as isize - rank as isize - 1;
     let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
-    match rng.below(6) {
+    match rng.below(8) {
         0 => Op::LayerNorm {
             axis,
             eps: random_eps(rng),
@@ -119,9 +128,31 @@ fn random_op(rng: &mut Rng, rank: usize) -> Op {
             layout,
             eps: random_eps(rng),
         },
-        _ => Op::LpNorm {
+        5 => Op::LpNorm {
             axis,
             p: rng.below(4) as u32,
+        },
+        6 => Op::AddLayerNorm {
+            axis,
+            eps: random_eps(rng),
+        },
+        _ => Op::Activation {
+            act: rng.pick(&[
+                Activation::None,
+                Activation::Silu,
+                Activation::GeluTanh,
+                Activation::GeluErf,
+                Activation::Relu,
+                Activation::SELU,
+                Activation::Selu {
+                    alpha: 1.0,
+                    lambda: 2.0,
+                },
+                Activation::Selu {
+                    alpha: f32::NAN,
+                    lambda: 1.0,
+                },
+            ]),
         },
     }
 }
@@ -248,6 +279,27 @@ fn reference(op: Op, x: &[f64], shape: &[usize]) -> Option<Vec<f64>> {
                 return Some(vec![]);
             }
             Some(rc::lp_norm(x, shape, axis, p))
+        }
+        Op::AddLayerNorm { axis, eps } => {
+            let doubled: Vec<f64> = x.iter().map(|v| v + v).collect();
+            reference(Op::LayerNorm { axis, eps }, &doubled, shape)
+        }
+        Op::Activation { act } => {
+            use wgnorm_reference::activation as ra;
+            let f = |v: f64| match act {
+                Activation::None => v,
+                Activation::Silu => ra::silu(v),
+                Activation::GeluTanh => ra::gelu_tanh(v),
+                Activation::GeluErf => ra::gelu_erf(v),
+                Activation::Relu => ra::relu(v),
+                Activation::Selu { alpha, lambda } => ra::selu(v, alpha as f64, lambda as f64),
+            };
+            if let Activation::Selu { alpha, lambda } = act {
+                if !(alpha.is_finite() && lambda.is_finite()) {
+                    return None;
+                }
+            }
+            Some(x.iter().map(|&v| f(v)).collect())
         }
     }
 }
@@ -379,6 +431,34 @@ fn encode(
         Op::LpNorm { axis, p } => {
             let lp = LpNorm::new(ctx, wgnorm::LpNormConfig { axis, p, dtype })?;
             lp.encode(enc, x, y)
+        }
+        Op::AddLayerNorm { axis, eps } => {
+            let ln = LayerNorm::new(ctx, LayerNormConfig { axis, eps, dtype })?;
+            ln.encode_add(
+                enc,
+                &wgnorm::AddLayerNormInputs {
+                    x,
+                    residual: x,
+                    weight: None,
+                    bias: None,
+                },
+                &wgnorm::AddLayerNormOutputs {
+                    y,
+                    sum: None,
+                    mean: None,
+                    rstd: None,
+                },
+            )
+        }
+        Op::Activation { act } => {
+            let ew = wgnorm::Elementwise::new(
+                ctx,
+                wgnorm::ElementwiseConfig {
+                    activation: act,
+                    dtype,
+                },
+            )?;
+            ew.encode(enc, x, y)
         }
     }
 }
