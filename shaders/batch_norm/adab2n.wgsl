@@ -58,9 +58,7 @@ fn adab2n(ch: u32) {
     run_b[ch] = (1.0 - eta) * run_b[ch] + eta * var_w;
     let sc = rsqrt_var(var_w + params.eps) * weight[ch];
     for (var n = 0u; n < params.n; n++) {
-        set_coef(3u, n, 0u, ch, mean);
-        set_coef(3u, n, 1u, ch, sc);
-        set_coef(3u, n, 2u, ch, bias[ch]);
+        set_norm_coefs(n, ch, mean, sc);
     }
 }
 

@@ -26,9 +26,7 @@ fn ibn(ch: u32) {
     if ch < params.half {
         for (var n = 0u; n < params.n; n++) {
             let m = inst(n, ch);
-            set_coef(3u, n, 0u, ch, m.mean);
-            set_coef(3u, n, 1u, ch, rsqrt_var(m.m2 / m.n + params.eps) * weight[ch]);
-            set_coef(3u, n, 2u, ch, bias[ch]);
+            set_norm_coefs(n, ch, m.mean, rsqrt_var(m.m2 / m.n + params.eps) * weight[ch]);
         }
         return;
     }
@@ -45,9 +43,7 @@ fn ibn(ch: u32) {
     }
     let sc = rsqrt_var(var_b + params.eps) * weight[ch];
     for (var n = 0u; n < params.n; n++) {
-        set_coef(3u, n, 0u, ch, mean);
-        set_coef(3u, n, 1u, ch, sc);
-        set_coef(3u, n, 2u, ch, bias[ch]);
+        set_norm_coefs(n, ch, mean, sc);
     }
 }
 

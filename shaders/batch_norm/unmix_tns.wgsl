@@ -82,9 +82,7 @@ fn unmix(lid: u32) {
             spread += d * d;
         }
         let var_mix = vv * inv_k + spread * inv_k;
-        set_coef(3u, n, 0u, ch, mu);
-        set_coef(3u, n, 1u, ch, rsqrt_var(var_mix + params.eps) * weight[ch]);
-        set_coef(3u, n, 2u, ch, bias[ch]);
+        set_norm_coefs(n, ch, mu, rsqrt_var(var_mix + params.eps) * weight[ch]);
     }
     storageBarrier();
     let inv_n = 1.0 / f32(nb);

@@ -46,6 +46,13 @@ fn set_coef(ncoef: u32, n: u32, which: u32, ch: u32, v: f32) {
     coef[(n * ncoef + which) * params.c + ch] = v;
 }
 
+// The three coefficients of a normalization followed by the affine: y = (x - mean) * scale + bias.
+fn set_norm_coefs(n: u32, ch: u32, mean: f32, scale: f32) {
+    set_coef(3u, n, 0u, ch, mean);
+    set_coef(3u, n, 1u, ch, scale);
+    set_coef(3u, n, 2u, ch, bias[ch]);
+}
+
 // The channel of a per-channel mixing kernel, or c (past the end) for lanes with none.
 fn mix_channel(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return min((wid.x + wid.y * nwg.x) * WG + lid, params.c);
