@@ -131,6 +131,37 @@ pub fn window_accesses(ctx: &Context, what: &str, accesses: u64, access_bytes: u
         })
 }
 
+/// A tensor bound in windows of whole units (rows, samples, vector accesses): `total` units of
+/// `unit_bytes` bytes, `per_window` to a window (all of them when they fit one binding).
+#[derive(Clone, Copy, Debug)]
+pub struct Windows {
+    /// Units in the tensor.
+    pub total: u64,
+    /// Units per window (the last window may hold fewer); at least 1.
+    pub per_window: u64,
+    /// Bytes per unit.
+    pub unit_bytes: u64,
+}
+
+impl Windows {
+    /// `(first unit, units)` of each window.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.total)
+            .step_by(self.per_window.max(1) as usize)
+            .map(|first| (first, self.per_window.min(self.total - first)))
+    }
+
+    /// The window of `r` holding units `first..first + len` (`r` itself when there is one
+    /// window).
+    pub fn range(&self, r: &BufferRange, first: u64, len: u64) -> BufferRange {
+        if len == self.total {
+            r.clone()
+        } else {
+            r.window(first * self.unit_bytes, len * self.unit_bytes)
+        }
+    }
+}
+
 /// Rejects an output that shares a buffer with any other binding: wgpu forbids a buffer being
 /// both read-only and writable storage in one dispatch.
 pub fn check_no_alias(named: &[(&str, Option<&BufferRange>, bool)]) -> Result<()> {

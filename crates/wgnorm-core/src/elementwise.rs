@@ -2,7 +2,7 @@
 //! two tensors.
 
 use crate::activation::Activation;
-use crate::binding::{self, BindCache, BufferRange};
+use crate::binding::{self, BindCache, BufferRange, Windows};
 use crate::context::Slot;
 use crate::shader::{snippet, Io, Kernel, Specialization};
 use crate::uniform::{BlendParams, EwParams};
@@ -131,7 +131,7 @@ impl Elementwise {
         ctx.check_io(io)?;
         let pipeline = ctx.pipeline(&elementwise_spec(io, ctx.is_cpu(), self.activation))?;
         let (selu_alpha, selu_lambda) = self.activation.selu_params();
-        let windows = Windows::new(ctx, (n / io.width() as usize) as u64, io)?;
+        let windows = windows(ctx, (n / io.width() as usize) as u64, io)?;
         // Every bind group first, so that an error records nothing; then the dispatches.
         for pass in [false, true] {
             for (first, len) in windows.iter() {
@@ -149,7 +149,7 @@ impl Elementwise {
                     .binds
                     .get(ctx, SLOTS, &params, &[&ranges[0], &ranges[1]])?;
                 if pass {
-                    let groups = windows.groups(ctx, len);
+                    let groups = groups(ctx, len);
                     binding::dispatch(encoder, "wgnorm elementwise", &pipeline, &bind, groups);
                 }
             }
@@ -227,7 +227,7 @@ impl Blend {
         };
         ctx.check_io(io)?;
         let pipeline = ctx.pipeline(&blend_spec(io, ctx.is_cpu()))?;
-        let windows = Windows::new(ctx, (n / io.width() as usize) as u64, io)?;
+        let windows = windows(ctx, (n / io.width() as usize) as u64, io)?;
         // Every bind group first, so that an error records nothing; then the dispatches.
         for pass in [false, true] {
             for (first, len) in windows.iter() {
@@ -241,7 +241,7 @@ impl Blend {
                     self.binds
                         .get(ctx, BLEND_SLOTS, &params, &[&w(&ar), &w(&br), &w(&yr)])?;
                 if pass {
-                    let groups = windows.groups(ctx, len);
+                    let groups = groups(ctx, len);
                     binding::dispatch(encoder, "wgnorm blend", &pipeline, &bind, groups);
                 }
             }
@@ -252,42 +252,20 @@ impl Blend {
 
 /// An elementwise call's binding windows: `total` accesses of the I/O width, split so that
 /// each window fits one storage binding (one window unless the tensors are larger).
-struct Windows {
-    total: u64,
-    per_window: u64,
-    access_bytes: u64,
-    block: u32,
+fn windows(ctx: &Context, total: u64, io: Io) -> Result<Windows> {
+    let unit_bytes = io.width() as u64 * io.dtype.size();
+    Ok(Windows {
+        total,
+        per_window: binding::window_accesses(ctx, "x", total, unit_bytes)?,
+        unit_bytes,
+    })
 }
 
-impl Windows {
-    fn new(ctx: &Context, total: u64, io: Io) -> Result<Windows> {
-        let access_bytes = io.width() as u64 * io.dtype.size();
-        Ok(Windows {
-            total,
-            per_window: binding::window_accesses(ctx, "x", total, access_bytes)?,
-            access_bytes,
-            block: block(ctx.is_cpu()),
-        })
-    }
-
-    /// `(first access, accesses)` of each window.
-    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (0..self.total)
-            .step_by(self.per_window as usize)
-            .map(|first| (first, self.per_window.min(self.total - first)))
-    }
-
-    /// The window of `r` (the whole range when there is one window).
-    fn range(&self, r: &BufferRange, first: u64, len: u64) -> BufferRange {
-        if len == self.total {
-            r.clone()
-        } else {
-            r.window(first * self.access_bytes, len * self.access_bytes)
-        }
-    }
-
-    fn groups(&self, ctx: &Context, len: u64) -> (u32, u32, u32) {
-        let (gx, gy) = binding::grid(ctx, len.div_ceil(self.block as u64).div_ceil(WG as u64));
-        (gx, gy, 1)
-    }
+/// Workgroups of one window of `len` accesses.
+fn groups(ctx: &Context, len: u64) -> (u32, u32, u32) {
+    let (gx, gy) = binding::grid(
+        ctx,
+        len.div_ceil(block(ctx.is_cpu()) as u64).div_ceil(WG as u64),
+    );
+    (gx, gy, 1)
 }

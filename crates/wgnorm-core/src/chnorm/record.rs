@@ -165,23 +165,26 @@ impl ChannelNorm {
         (params, apply_params)
     }
 
-    /// Samples p per binding window: all of them unless x (or y) is larger than one storage
-    /// binding, which only a call whose samples are independent may be ([`check::windowable`]).
-    fn window_samples(&self, a: &ChannelNormArgs) -> Result<usize> {
+    /// Windows of samples p: one window unless x (and y, of x's size) is larger than one
+    /// storage binding, which only a call whose samples are independent may be
+    /// ([`check::windowable`]).
+    fn sample_windows(&self, a: &ChannelNormArgs) -> Result<binding::Windows> {
         let v = a.view;
         let limits = self.ctx.limits();
         let limit = limits.max_storage_buffer_binding_size;
-        if a.x.byte_len() <= limit && a.y.byte_len() <= limit {
-            return Ok(v.p);
-        }
-        let sample_bytes = (v.q * v.r * v.s) as u64 * self.dtype().size();
+        let unit_bytes = (v.q * v.r * v.s) as u64 * self.dtype().size();
         let align = limits.min_storage_buffer_offset_alignment as u64;
-        binding::window_rows(v.p, &[sample_bytes], limit, align).ok_or_else(|| {
+        let per_window = binding::window_rows(v.p, &[unit_bytes], limit, align).ok_or(
             Error::TooLargeForBinding {
                 what: "x (one sample)".into(),
-                bytes: sample_bytes,
+                bytes: unit_bytes,
                 limit,
-            }
+            },
+        )?;
+        Ok(binding::Windows {
+            total: v.p as u64,
+            per_window: per_window as u64,
+            unit_bytes,
         })
     }
 
@@ -193,15 +196,12 @@ impl ChannelNorm {
             return Ok(());
         };
         let p = self.pipelines(&c.shape, &c.facts)?;
-        let per = self.window_samples(a)?;
-        let windows = (0..a.view.p)
-            .step_by(per)
-            .map(|p0| (p0, per.min(a.view.p - p0)));
-        for (p0, k) in windows.clone() {
-            self.window_binds(a, &c, &p, p0, k)?;
+        let windows = self.sample_windows(a)?;
+        for (p0, k) in windows.iter() {
+            self.window_binds(a, &c, &p, &windows, p0, k)?;
         }
-        for (p0, k) in windows {
-            let b = self.window_binds(a, &c, &p, p0, k)?;
+        for (p0, k) in windows.iter() {
+            let b = self.window_binds(a, &c, &p, &windows, p0, k)?;
             self.record_passes(encoder, &c, &p, &b);
         }
         Ok(())
@@ -214,32 +214,29 @@ impl ChannelNorm {
         a: &ChannelNormArgs,
         c: &Checked,
         p: &Pipelines,
-        p0: usize,
-        k: usize,
+        windows: &binding::Windows,
+        p0: u64,
+        k: u64,
     ) -> Result<WindowBinds> {
         let ctx = &self.ctx;
-        let v = ChannelView { p: k, ..a.view };
+        let v = ChannelView {
+            p: k as usize,
+            ..a.view
+        };
         let (io, aio) = (p.plan.io, p.plan.aio);
         let scratch = self.scratch(a.view, c.tiles)?;
         let (params, apply_params) = self.call_params(a, &v, c, io, aio);
         let (params, apply_params) = (
             ChannelParams {
-                slot_base: (p0 * v.r) as u32,
+                slot_base: (p0 as usize * v.r) as u32,
                 ..params
             },
             ChannelParams {
-                slot_base: (p0 * v.r) as u32,
+                slot_base: (p0 as usize * v.r) as u32,
                 ..apply_params
             },
         );
-        let sample_bytes = (v.q * v.r * v.s) as u64 * self.dtype().size();
-        let win = |r: &BufferRange| {
-            if k == a.view.p {
-                r.clone()
-            } else {
-                r.window(p0 as u64 * sample_bytes, k as u64 * sample_bytes)
-            }
-        };
+        let win = |r: &BufferRange| windows.range(r, p0, k);
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let rg = &c.ranges;
         let (x, y) = (win(&rg.x), win(&rg.y));

@@ -128,14 +128,15 @@ impl RowNorm {
             }
         }
         let ctx = &self.ctx;
-        // Row-indexed tensors may be bound in windows of rows; weight and bias are bound whole.
+        // x-shaped tensors may be bound in windows of rows; weight, bias and the saved
+        // statistics (offset per window by `stat_base`) are bound whole.
         let rows_of = |what, t: Option<&Tensor>| {
             t.map(|t| binding::storage_range_unbounded(ctx, what, t))
                 .transpose()
         };
         let opt =
             |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
-        let window = self.window_rows(a, rows, n)?;
+        let window = self.window_rows(rows, n)?;
         let c = Checked {
             rows,
             window,
@@ -148,8 +149,8 @@ impl RowNorm {
             y: binding::storage_range_unbounded(ctx, "y", a.y)?,
             weight: opt("weight", a.weight)?,
             bias: opt("bias", a.bias)?,
-            mean: rows_of("mean", a.mean)?,
-            rstd: rows_of("rstd", a.rstd)?,
+            mean: opt("mean", a.mean)?,
+            rstd: opt("rstd", a.rstd)?,
             residual: rows_of("residual", a.residual)?,
             sum: rows_of("sum", a.sum)?,
         };
@@ -229,26 +230,20 @@ impl RowNorm {
             RowMode::LayerNorm => "wgnorm layer_norm",
             RowMode::RmsNorm => "wgnorm rms_norm",
         };
-        let row_bytes = n * self.cfg.dtype.size();
+        let windows = binding::Windows {
+            total: c.rows as u64,
+            per_window: c.window as u64,
+            unit_bytes: n * self.cfg.dtype.size(),
+        };
         // Every window's bind group first, then the dispatches: an error records nothing.
         for record in [false, true] {
-            let mut r0 = 0;
-            while r0 < c.rows {
-                let rows_w = c.window.min(c.rows - r0);
-                let (start, len) = (r0 as u64 * row_bytes, rows_w as u64 * row_bytes);
-                let win = |r: &BufferRange, whole: bool| {
-                    if whole {
-                        r.clone()
-                    } else {
-                        r.window(start, len)
-                    }
-                };
-                let whole = rows_w == c.rows;
+            for (r0, rows_w) in windows.iter() {
+                let win = |r: &BufferRange| windows.range(r, r0, rows_w);
                 let ranges = Ranges {
-                    x: win(&c.x, whole),
-                    y: win(&c.y, whole),
-                    residual: c.residual.as_ref().map(|r| win(r, whole)),
-                    sum: c.sum.as_ref().map(|r| win(r, whole)),
+                    x: win(&c.x),
+                    y: win(&c.y),
+                    residual: c.residual.as_ref().map(win),
+                    sum: c.sum.as_ref().map(win),
                     mean: c.mean.clone(),
                     rstd: c.rstd.clone(),
                 };
@@ -258,7 +253,6 @@ impl RowNorm {
                     ..params
                 };
                 self.record_window(encoder, label, &plan, &c, &ranges, &params, record)?;
-                r0 += rows_w;
             }
         }
         Ok(())
@@ -266,19 +260,10 @@ impl RowNorm {
 
     /// Rows per binding window: all of them when every row-indexed tensor fits one storage
     /// binding, otherwise the most that fit with window starts the device can bind.
-    fn window_rows(&self, a: &RowNormArgs, rows: usize, n: usize) -> Result<usize> {
+    fn window_rows(&self, rows: usize, n: usize) -> Result<usize> {
         let limits = self.ctx.limits();
         let limit = limits.max_storage_buffer_binding_size;
         let row_bytes = n as u64 * self.cfg.dtype.size();
-        // The saved statistics are bound whole (the kernel offsets into them by `stat_base`).
-        let stat_bytes = rows as u64 * 4;
-        if (a.mean.is_some() || a.rstd.is_some()) && stat_bytes > limit {
-            return Err(Error::TooLargeForBinding {
-                what: "mean/rstd".into(),
-                bytes: stat_bytes,
-                limit,
-            });
-        }
         let align = limits.min_storage_buffer_offset_alignment as u64;
         binding::window_rows(rows, &[row_bytes], limit, align).ok_or_else(|| {
             Error::TooLargeForBinding {
