@@ -103,6 +103,14 @@ pub(super) fn download(ctx: &Context, t: &Tensor) -> Result<Vec<f32>, String> {
     ctx.download(t).map_err(|e| e.to_string())
 }
 
+/// The outputs of an op whose only output is `y`.
+pub(super) fn only_y(ctx: &Context, y: &Tensor) -> Result<super::Outputs, String> {
+    Ok(std::collections::BTreeMap::from([(
+        "y".to_string(),
+        download(ctx, y)?,
+    )]))
+}
+
 /// Per-channel parameters and state are f32 in wgnorm whatever the file's float dtype.
 pub(super) fn upload_param(
     ctx: &Context,

@@ -36,7 +36,7 @@ pub(super) fn run_group_norm(ctx: &Context, case: &Case) -> Result<Outputs, Stri
             bias: b.as_ref(),
         })
         .map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_instance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -59,7 +59,7 @@ pub(super) fn run_instance_norm(ctx: &Context, case: &Case) -> Result<Outputs, S
             bias: b.as_ref(),
         })
         .map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -77,7 +77,7 @@ pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<Outputs, String>
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -107,7 +107,7 @@ pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Outpu
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_weight_standardization(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -126,7 +126,7 @@ pub(super) fn run_weight_standardization(ctx: &Context, case: &Case) -> Result<O
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, w, dtype)?).map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -160,7 +160,7 @@ pub(super) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<Outputs, Stri
             &v,
         )
         .map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {

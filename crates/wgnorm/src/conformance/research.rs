@@ -84,7 +84,7 @@ pub(super) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Outpu
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -122,7 +122,7 @@ pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, St
     };
     ctx.record_and_submit(|enc| op.encode_infer(enc, &inputs, &y))
         .map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -166,7 +166,7 @@ pub(super) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<Outp
     let y = op
         .forward(&inputs, crate::PoincareStatistics::Batch)
         .map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -320,7 +320,7 @@ pub(super) fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<Outputs, S
             beta_b: &bb,
         })
         .map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
 
 pub(super) fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<Outputs, String> {
@@ -356,5 +356,5 @@ pub(super) fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<Outputs, S
             beta_conv_bias: &bb,
         })
         .map_err(err)?;
-    Ok(BTreeMap::from([("y".to_string(), download(ctx, &y)?)]))
+    only_y(ctx, &y)
 }
