@@ -5,6 +5,7 @@
 
 use wgnorm::engine::rownorm::{RowMode, RowNorm, RowNormConfig};
 use wgnorm::prelude::*;
+use wgnorm::Mode;
 use wgnorm_reference::rownorm as reference;
 use wgnorm_tests::{assert_close, noise, round_to};
 
@@ -275,5 +276,247 @@ fn group_and_instance_norm_bind_large_tensors_in_windows_of_samples() {
             let y = c.download(&inorm.forward(&inputs).unwrap()).unwrap();
             assert_close(&format!("in {what}"), &y, &in_layout(&want), at, rt);
         }
+    }
+}
+
+/// BatchNorm (statistics across the batch) binds windows of q (samples for NCHW, tokens for
+/// NHWC): each window's moments go to their own tiles and one finalize merges them. A 2.5 MiB
+/// batch on 1 MiB bindings with a common offset of 1e3 (every window must centre on the first
+/// window's shift), training (running statistics, saved statistics) and inference, both
+/// layouts and dtypes, against the f64 reference.
+#[test]
+fn batch_norm_binds_large_tensors_in_windows_of_the_batch() {
+    use wgnorm_reference::chnorm as cref;
+    let c = limited_context(1 << 20);
+    let (n, ch, hw) = (5usize, 32usize, 4096usize);
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        for dtype in [DType::F32, DType::F16] {
+            let offset = if dtype == DType::F16 { 1e2 } else { 1e3 };
+            let x: Vec<f32> = noise(7, n * ch * hw)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * (1.0 + ((i / hw) % ch) as f32 * 0.1) + offset)
+                .collect();
+            let (w, b) = (noise(11, ch), noise(12, ch));
+            let rm0: Vec<f32> = noise(13, ch).iter().map(|v| v + offset).collect();
+            let rv0: Vec<f32> = noise(14, ch).iter().map(|v| v.abs() + 0.5).collect();
+            let xd = round_to(dtype, &x);
+            let in_layout = |v: &[f64]| match layout {
+                Layout::Nchw => v.to_vec(),
+                Layout::Nhwc => cref::to_nhwc(v, n, ch, hw),
+            };
+            let shape = match layout {
+                Layout::Nchw => [n, ch, 64, 64],
+                Layout::Nhwc => [n, 64, 64, ch],
+            };
+            let xl: Vec<f32> = in_layout(&xd).iter().map(|&v| v as f32).collect();
+            let xt = c.upload(&xl, &shape, dtype).unwrap();
+            let up = |v: &[f32]| c.upload_f32(v, &[ch]).unwrap();
+            let (wt, bt, rm, rv) = (up(&w), up(&b), up(&rm0), up(&rv0));
+            let f64s = |v: &[f32]| round_to(DType::F32, v);
+            let (at, rt) = if dtype == DType::F16 {
+                (4e-3, 4e-3)
+            } else {
+                (2e-5, 1e-4)
+            };
+            let bn = BatchNorm::new(
+                &c,
+                BatchNormConfig {
+                    layout,
+                    dtype,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            for training in [true, false] {
+                let want = cref::batch_norm(
+                    &xd,
+                    n,
+                    ch,
+                    hw,
+                    Some(&f64s(&w)),
+                    Some(&f64s(&b)),
+                    &f64s(&c.download(&rm).unwrap()),
+                    &f64s(&c.download(&rv).unwrap()),
+                    training,
+                    0.1,
+                    true,
+                    1e-5,
+                );
+                let y = c.empty(xt.shape(), dtype).unwrap();
+                let saved = c.empty(&[ch, 2], DType::F32).unwrap();
+                let mut enc = c.device().create_command_encoder(&Default::default());
+                bn.encode(
+                    &mut enc,
+                    &BatchNormInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        bias: Some(&bt),
+                        running_mean: Some(&rm),
+                        running_var: Some(&rv),
+                    },
+                    &BatchNormOutputs {
+                        y: &y,
+                        saved: Some(&saved),
+                    },
+                    Mode::training(training),
+                )
+                .unwrap();
+                c.queue().submit([enc.finish()]);
+                let what = format!("bn {layout:?} {dtype} {n}x{ch}x64x64 training={training}");
+                let y = c.download(&y).unwrap();
+                assert_close(&format!("{what} y"), &y, &in_layout(&want.y), at, rt);
+                let rmv = c.download(&rm).unwrap();
+                let rvv = c.download(&rv).unwrap();
+                assert_close(
+                    &format!("{what} running_mean"),
+                    &rmv,
+                    &want.running_mean,
+                    1e-5,
+                    1e-6,
+                );
+                assert_close(
+                    &format!("{what} running_var"),
+                    &rvv,
+                    &want.running_var,
+                    1e-5,
+                    1e-5,
+                );
+                let saved = c.download(&saved).unwrap();
+                let mean: Vec<f32> = saved.iter().step_by(2).copied().collect();
+                assert_close(&format!("{what} saved mean"), &mean, &want.mean, 1e-5, 1e-6);
+            }
+        }
+    }
+}
+
+/// InstanceNorm with `track_running_stats` binds windows of samples in training (the reduce
+/// pass writes each window's merged moments from its first slot; normalize reads them from
+/// there) and in inference; BatchNorm's synchronised reduce binds windows of the batch axis.
+/// 2.5 MiB on 1 MiB bindings, against the f64 reference.
+#[test]
+fn tracked_instance_norm_and_synced_batch_norm_bind_windows() {
+    use wgnorm_reference::chnorm as cref;
+    let c = limited_context(1 << 20);
+    let (n, ch, hw) = (20usize, 32usize, 1024usize);
+    let x: Vec<f32> = noise(21, n * ch * hw)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 + (i / hw % ch) as f32 * 0.05) + 50.0)
+        .collect();
+    let xd = round_to(DType::F32, &x);
+    let xt = c.upload_f32(&x, &[n, ch, 32, 32]).unwrap();
+    let w = noise(22, ch);
+    let wd = round_to(DType::F32, &w);
+    let wt = c.upload_f32(&w, &[ch]).unwrap();
+    let inorm = InstanceNorm::new(
+        &c,
+        InstanceNormConfig {
+            momentum: 0.2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let rm = c.upload_f32(&vec![0.0; ch], &[ch]).unwrap();
+    let rv = c.upload_f32(&vec![1.0; ch], &[ch]).unwrap();
+    let inputs = NormInputs {
+        x: &xt,
+        weight: Some(&wt),
+        bias: None,
+    };
+    let run = |mode: Mode| {
+        let y = c.empty(xt.shape(), DType::F32).unwrap();
+        let mut enc = c.device().create_command_encoder(&Default::default());
+        inorm
+            .encode_tracked(
+                &mut enc,
+                &inputs,
+                &rm,
+                &rv,
+                &NormOutputs { y: &y, saved: None },
+                mode,
+            )
+            .unwrap();
+        c.queue().submit([enc.finish()]);
+        c.download(&y).unwrap()
+    };
+    let y = run(Mode::Train);
+    let want = cref::instance_norm(&xd, n, ch, hw, Some(&wd), None, 1e-5);
+    assert_close("tracked IN train y", &y, &want, 2e-5, 1e-4);
+    let (mut want_rm, mut want_rv) = (vec![0.0f64; ch], vec![1.0f64; ch]);
+    for k in 0..ch {
+        let (mut m_sum, mut v_sum) = (0.0, 0.0);
+        for i in 0..n {
+            let vals = &xd[(i * ch + k) * hw..(i * ch + k + 1) * hw];
+            let m = vals.iter().sum::<f64>() / hw as f64;
+            m_sum += m;
+            v_sum += vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (hw - 1) as f64;
+        }
+        want_rm[k] = 0.8 * want_rm[k] + 0.2 * m_sum / n as f64;
+        want_rv[k] = 0.8 * want_rv[k] + 0.2 * v_sum / n as f64;
+    }
+    let (rmv, rvv) = (c.download(&rm).unwrap(), c.download(&rv).unwrap());
+    assert_close("tracked IN running_mean", &rmv, &want_rm, 1e-5, 1e-5);
+    assert_close("tracked IN running_var", &rvv, &want_rv, 1e-5, 1e-5);
+    let y = run(Mode::Infer);
+    let (rmd, rvd) = (round_to(DType::F32, &rmv), round_to(DType::F32, &rvv));
+    let want = cref::batch_norm(
+        &xd,
+        n,
+        ch,
+        hw,
+        Some(&wd),
+        None,
+        &rmd,
+        &rvd,
+        false,
+        0.1,
+        true,
+        1e-5,
+    );
+    assert_close("tracked IN infer y", &y, &want.y, 2e-5, 1e-4);
+
+    // Synchronised BatchNorm on one device: reduce (windows of the batch axis), then normalize
+    // with the merged moments.
+    let bn = BatchNorm::new(&c, BatchNormConfig::default()).unwrap();
+    let moments = c.empty(&[ch, 3], DType::F32).unwrap();
+    let y = c.empty(xt.shape(), DType::F32).unwrap();
+    let mut enc = c.device().create_command_encoder(&Default::default());
+    bn.encode_reduce(&mut enc, &xt, &moments).unwrap();
+    let bn_inputs = BatchNormInputs {
+        x: &xt,
+        weight: Some(&wt),
+        bias: None,
+        running_mean: None,
+        running_var: None,
+    };
+    let outputs = BatchNormOutputs { y: &y, saved: None };
+    bn.encode_synced(&mut enc, &bn_inputs, &outputs, &moments)
+        .unwrap();
+    c.queue().submit([enc.finish()]);
+    let zeros = vec![0.0; ch];
+    let want = cref::batch_norm(
+        &xd,
+        n,
+        ch,
+        hw,
+        Some(&wd),
+        None,
+        &zeros,
+        &zeros,
+        true,
+        0.1,
+        true,
+        1e-5,
+    );
+    assert_close("synced BN y", &c.download(&y).unwrap(), &want.y, 2e-5, 1e-4);
+    let m = c.download(&moments).unwrap();
+    for k in 0..ch {
+        assert_eq!(m[3 * k], (n * hw) as f32, "channel {k} count");
+        let mean = m[3 * k + 1] as f64;
+        assert!(
+            (mean - want.mean[k]).abs() < 1e-5 * 50.0,
+            "channel {k} mean {mean}"
+        );
     }
 }

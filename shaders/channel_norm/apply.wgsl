@@ -94,7 +94,8 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let inv = (wid.x + wid.y * nwg.x) * WG + lid;
-    if (COUNT_BATCH && inv == 0u) {
+    // Once per call: windows of q after the first have tile_base > 0.
+    if (COUNT_BATCH && inv == 0u && params.tile_base == 0u) {
         batches[0] = batches[0] + 1u;
     }
     let c = params.r * params.cg;

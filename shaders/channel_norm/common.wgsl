@@ -40,7 +40,15 @@ struct ChannelParams {
     // This window's first slot in `stats` (finalize; bound whole): x may be bound in windows of
     // samples p.
     slot_base: u32,
+    // Tiles this moments dispatch covers and the first of them in the partials (stride per slot:
+    // tiles), when x is bound in windows of q (a single sample larger than one binding).
+    // tile_base 0: the first window, which alone stores the shift and counts the batch.
+    window_tiles: u32,
+    tile_base: u32,
+    // First slot of this window of samples in the given merged moments (finalize, bound whole).
+    moments_base: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {

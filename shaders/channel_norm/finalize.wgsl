@@ -75,7 +75,7 @@ fn main(
     } else if (REDUCE == 3u) {
         var acc = Moments(0.0, 0.0, 0.0);
         for (var t = 0u; t < params.tiles; t = t + 1u) {
-            acc = moments_merge(acc, partials[slot * params.tiles + t]);
+            acc = moments_merge(acc, partials[(params.moments_base + slot) * params.tiles + t]);
         }
         // A batch of padding only has no statistics: psi2 = 0 (documented choice).
         let psi2 = select(0.0, acc.m2 / acc.n, acc.n > 0.0);
@@ -90,7 +90,7 @@ fn main(
     } else {
         var acc = Moments(0.0, 0.0, 0.0);
         for (var t = 0u; t < params.tiles; t = t + 1u) {
-            acc = moments_merge(acc, partials[slot * params.tiles + t]);
+            acc = moments_merge(acc, partials[(params.moments_base + slot) * params.tiles + t]);
         }
         if (SHIFTED) {
             shift = partials[params.p * params.r * params.tiles + slot].mean;

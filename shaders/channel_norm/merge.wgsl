@@ -26,5 +26,6 @@ fn main(
     if (SHIFTED) {
         acc.mean = acc.mean + partials[params.p * params.r * params.tiles + slot].mean;
     }
-    merged[slot] = acc;
+    // x may be bound in windows of samples: this window's slots start at slot_base.
+    merged[params.slot_base + slot] = acc;
 }

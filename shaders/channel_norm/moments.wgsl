@@ -17,27 +17,39 @@ override CHANNEL_LANES: bool = false;
 // REDUCE 0: moments of x - shift, with shift the mean of the slot's first access, so a large
 // common offset does not limit the precision of the mean (an f32 mean of values near 1e4 is off
 // by up to 5e-4). Tile 0 stores the shift after the partials, at slots * tiles + slot, as
-// Moments(0, shift, 0); finalize and merge add it back.
+// Moments(0, shift, 0); finalize and merge add it back. Windows of q after the first
+// (tile_base > 0) read the first window's shift back, so every tile of a slot shares one shift.
 override SHIFTED: bool = false;
+
+fn shift_index(pp: u32, rr: u32) -> u32 {
+    return params.p * params.r * params.tiles + pp * params.r + rr;
+}
 
 fn slot_shift(pp: u32, rr: u32) -> f32 {
     if (!SHIFTED) {
         return 0.0;
     }
+    if (params.tile_base > 0u) {
+        return partials[shift_index(pp, rr)].mean;
+    }
     return hsum(to_v(x[(pp * params.q * params.r + rr) * params.s_v])) / f32(VW);
 }
 
 fn store_shift(pp: u32, rr: u32, tile: u32, shift: f32) {
-    if (SHIFTED && tile == 0u) {
-        let slots = params.p * params.r;
-        partials[slots * params.tiles + pp * params.r + rr] = Moments(0.0, shift, 0.0);
+    if (SHIFTED && tile == 0u && params.tile_base == 0u) {
+        partials[shift_index(pp, rr)] = Moments(0.0, shift, 0.0);
     }
+}
+
+// Where tile `tile` of this dispatch keeps its partial moments.
+fn partial_index(slot: u32, tile: u32) -> u32 {
+    return slot * params.tiles + params.tile_base + tile;
 }
 
 fn channel_lanes(g: u32, lid: u32) {
     let chunks = (params.r + WG - 1u) / WG;
-    let tile = g % params.tiles;
-    let rest = g / params.tiles;
+    let tile = g % params.window_tiles;
+    let rest = g / params.window_tiles;
     let chunk = rest % chunks;
     let pp = rest / chunks;
     let rr = chunk * WG + lid;
@@ -63,7 +75,7 @@ fn channel_lanes(g: u32, lid: u32) {
         acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
         e = e + 4u * stride;
     }
-    partials[(pp * params.r + rr) * params.tiles + tile] = acc;
+    partials[partial_index(pp * params.r + rr, tile)] = acc;
 }
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
@@ -91,9 +103,9 @@ fn main(
         return;
     }
     let slots = params.p * params.r;
-    let live = g < slots * params.tiles;
-    let slot = g / params.tiles;
-    let tile = g % params.tiles;
+    let live = g < slots * params.window_tiles;
+    let slot = g / params.window_tiles;
+    let tile = g % params.window_tiles;
     let pp = slot / params.r;
     let rr = slot % params.r;
     let len = params.q * params.s_v;
@@ -163,6 +175,6 @@ fn main(
     }
     let merged = workgroup_merge(acc, lid);
     if (live && lid == 0u) {
-        partials[g] = merged;
+        partials[partial_index(slot, tile)] = merged;
     }
 }

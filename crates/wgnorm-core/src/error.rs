@@ -101,7 +101,7 @@ pub enum Error {
     },
 
     /// A tensor larger than one storage binding may be.
-    #[error("{what}: {bytes} bytes exceed the device's max_storage_buffer_binding_size of {limit} bytes, and the op cannot bind it in windows (row norms window whole rows; the batch-statistics family binds x whole): split the call along rows or samples, or request a higher limit when creating the device")]
+    #[error("{what}: {bytes} bytes exceed the device's max_storage_buffer_binding_size of {limit} bytes, and the op cannot bind it in windows (row norms window whole rows, the batch-statistics family whole samples or steps of the batch axis): split the call along rows or samples, or request a higher limit when creating the device")]
     TooLargeForBinding {
         /// The argument.
         what: String,

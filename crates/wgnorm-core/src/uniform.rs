@@ -146,7 +146,19 @@ uniform_block! {
         /// The first slot of this call's window of samples in the saved statistics (finalize),
         /// which are bound whole; 0 unless x is bound in windows of samples.
         pub slot_base: u32,
+        /// Tiles of the slot's accesses this moments dispatch covers, and the first of them in
+        /// the partials (whose stride per slot is `tiles`): a call larger than one storage
+        /// binding with a single sample reduces one window of q per dispatch, each window's
+        /// tiles after the previous one's. `tile_base` 0 marks the first window, which alone
+        /// stores the shift and counts the batch; later windows read the shift it stored.
+        pub window_tiles: u32,
+        pub tile_base: u32,
+        /// First slot of this window of samples in the given merged moments (finalize), which
+        /// are bound whole; 0 for the engine's own partials, which each window rewrites from
+        /// slot 0.
+        pub moments_base: u32,
         pub _pad1: u32,
+        pub _pad2: u32,
     }
 }
 

@@ -3,6 +3,7 @@
 //! adapters. The result is a [`Checked`] call that recording cannot reject.
 
 use super::plan::{self, CallShape, EpilogueInput, StatKind, ViewFacts};
+use super::split::{Split, Windowing};
 use super::{ChannelNorm, ChannelNormArgs, ChannelView, Reduction, Statistics};
 use crate::binding::{self, BufferRange};
 use crate::shader::Io;
@@ -22,14 +23,24 @@ pub(super) struct Ranges {
     pub mask: Option<BufferRange>,
 }
 
+/// The bound ranges of a checked reduce call.
+pub(super) struct ReduceRanges {
+    pub x: BufferRange,
+    pub moments: BufferRange,
+    pub mask: Option<BufferRange>,
+}
+
 /// A call that passed every check: its ranges, its shape for planning, and the moments pass's
 /// tiling.
 pub(super) struct Checked {
     pub ranges: Ranges,
     pub shape: CallShape,
     pub facts: ViewFacts,
+    /// Tiles per slot in the partials (every window's), and accesses per tile.
     pub tiles: u32,
     pub tile_len: u32,
+    /// How x and y are bound: whole or in windows.
+    pub split: Split,
 }
 
 /// `t` has `numel` elements of `dtype`.
@@ -99,6 +110,19 @@ impl ChannelNorm {
         check_u32_indexing(&v)?;
         let lanes = plan::channel_lanes(&self.config.lanes, &facts, shape.mask);
         let (tiles, tile_len) = super::tiling(&v, io.width(), self.ctx.is_cpu(), lanes);
+        let limits = self.ctx.limits();
+        let split = Split::of(
+            v,
+            Windowing::of(a),
+            io.width(),
+            tile_len,
+            self.dtype().size(),
+            (
+                limits.max_storage_buffer_binding_size,
+                limits.min_storage_buffer_offset_alignment as u64,
+            ),
+        )?;
+        let tiles = split.tiles(tiles)?;
         self.check_loop_budget(&v, tiles, tile_len)?;
         Ok(Some(Checked {
             ranges,
@@ -106,6 +130,7 @@ impl ChannelNorm {
             facts,
             tiles,
             tile_len,
+            split,
         }))
     }
 
@@ -300,7 +325,7 @@ impl ChannelNorm {
             |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
         // x and y of a call whose samples are independent may be bound in windows of samples.
         let whole = |what, t| {
-            if windowable(a) {
+            if super::split::windowable(a) {
                 binding::storage_range_unbounded(ctx, what, t)
             } else {
                 binding::storage_range(ctx, what, t)
@@ -333,6 +358,53 @@ impl ChannelNorm {
         Ok(r)
     }
 
+    /// The checks of [`ChannelNorm::encode_reduce_masked`] and its bound ranges (x, moments,
+    /// mask); `None` for an empty tensor.
+    pub(super) fn reduce_ranges(
+        &self,
+        x: &Tensor,
+        view: ChannelView,
+        mask: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<Option<ReduceRanges>> {
+        expect("x", x, view.numel(), self.dtype())?;
+        expect("moments", out, view.slots() * 3, DType::F32)?;
+        if let Some(m) = mask {
+            expect("mask", m, view.q, DType::F32)?;
+            let qm = self.config.reduction == Reduction::QuadraticMean;
+            if !qm || view.p != 1 || view.s != 1 {
+                return Err(Error::InvalidParameter {
+                    name: "mask",
+                    value: format!("{view:?}"),
+                    why: "a token mask needs a quadratic-mean engine and a token view [1, tokens, C, 1]",
+                });
+            }
+        }
+        if view.numel() == 0 {
+            return Ok(None);
+        }
+        let ctx = &self.ctx;
+        // x may be bound in windows past the binding limit unless a token mask indexes it.
+        let xr = match mask {
+            None => binding::storage_range_unbounded(ctx, "x", x)?,
+            Some(_) => binding::storage_range(ctx, "x", x)?,
+        };
+        let or = binding::storage_range(ctx, "moments", out)?;
+        let mr = mask
+            .map(|m| binding::storage_range(ctx, "mask", m))
+            .transpose()?;
+        binding::check_no_alias(&[
+            ("x", Some(&xr), false),
+            ("mask", mr.as_ref(), false),
+            ("moments", Some(&or), true),
+        ])?;
+        Ok(Some(ReduceRanges {
+            x: xr,
+            moments: or,
+            mask: mr,
+        }))
+    }
+
     /// lavapipe stops a lane's loops after 65535 iterations in total: refuse views whose moments
     /// and finalize lanes would loop past that on CPU adapters.
     pub(super) fn check_loop_budget(
@@ -352,18 +424,6 @@ impl ChannelNorm {
         }
         Ok(())
     }
-}
-
-/// Whether a call may bind x and y in windows of samples p: each sample has its own slots
-/// (GroupNorm, InstanceNorm, per-sample views), the statistics are the batch's own with no
-/// running update (which would count each window as a step), and no tensor besides x, y and the
-/// saved statistics is indexed by sample.
-pub(super) fn windowable(a: &ChannelNormArgs) -> bool {
-    a.view.p > 1
-        && matches!(a.statistics, Statistics::Batch(None))
-        && a.aux.is_none()
-        && a.mask.is_none()
-        && a.moments.is_none()
 }
 
 /// Every index the kernels compute fits in 32 bits.

@@ -15,6 +15,7 @@ mod args;
 mod check;
 pub mod plan;
 mod record;
+mod split;
 mod view;
 
 use std::collections::HashMap;

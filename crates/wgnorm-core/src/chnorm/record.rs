@@ -6,16 +6,18 @@ use std::sync::Arc;
 
 use super::check::{self, expect, Checked};
 use super::plan::{self, CallShape, Epilogue, ViewFacts};
-use super::{ChannelNorm, ChannelNormArgs, ChannelView, Reduction, RunningUpdate, Statistics};
+use super::split::{Split, Window, Windowing};
+use super::{ChannelNorm, ChannelNormArgs, ChannelView, RunningUpdate, Statistics};
 use crate::binding::{self, BufferRange};
 use crate::shader::Io;
 use crate::uniform::ChannelParams;
 use crate::{DType, Error, Result, Tensor};
 
-/// The bind groups of one window of samples (the whole call unless x is bound in windows).
+/// The bind groups of one binding window (the whole call unless x is bound in windows).
 struct WindowBinds {
     view: ChannelView,
     total_v: u32,
+    window_tiles: u32,
     moments: Option<wgpu::BindGroup>,
     finalize: wgpu::BindGroup,
     apply: wgpu::BindGroup,
@@ -59,7 +61,11 @@ fn channel_params(
         selu_alpha,
         selu_lambda,
         slot_base: 0,
+        window_tiles: tiles,
+        tile_base: 0,
+        moments_base: 0,
         _pad1: 0,
+        _pad2: 0,
     }
 }
 
@@ -165,78 +171,76 @@ impl ChannelNorm {
         (params, apply_params)
     }
 
-    /// Windows of samples p: one window unless x (and y, of x's size) is larger than one
-    /// storage binding, which only a call whose samples are independent may be
-    /// ([`check::windowable`]).
-    fn sample_windows(&self, a: &ChannelNormArgs) -> Result<binding::Windows> {
-        let v = a.view;
-        let limits = self.ctx.limits();
-        let limit = limits.max_storage_buffer_binding_size;
-        let unit_bytes = (v.q * v.r * v.s) as u64 * self.dtype().size();
-        let align = limits.min_storage_buffer_offset_alignment as u64;
-        let per_window = binding::window_rows(v.p, &[unit_bytes], limit, align).ok_or(
-            Error::TooLargeForBinding {
-                what: "x (one sample)".into(),
-                bytes: unit_bytes,
-                limit,
-            },
-        )?;
-        Ok(binding::Windows {
-            total: v.p as u64,
-            per_window: per_window as u64,
-            unit_bytes,
-        })
-    }
-
-    /// Records the passes into `encoder`: once, or once per window of samples when x is larger
-    /// than one storage binding. Everything is checked and every bind group made first; nothing
-    /// is recorded on error, and nothing for an empty tensor.
+    /// Records the passes into `encoder`: once, or once per binding window when x is larger
+    /// than one storage binding ([`Split`]). Everything is checked and every bind group made
+    /// first; nothing is recorded on error, and nothing for an empty tensor.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
         let Some(c) = self.validate(a)? else {
             return Ok(());
         };
         let p = self.pipelines(&c.shape, &c.facts)?;
-        let windows = self.sample_windows(a)?;
-        for (p0, k) in windows.iter() {
-            self.window_binds(a, &c, &p, &windows, p0, k)?;
-        }
-        for (p0, k) in windows.iter() {
-            let b = self.window_binds(a, &c, &p, &windows, p0, k)?;
-            self.record_passes(encoder, &c, &p, &b);
+        let binds = c
+            .split
+            .windows(a.view, c.tiles)
+            .iter()
+            .map(|w| self.window_binds(a, &c, &p, w))
+            .collect::<Result<Vec<_>>>()?;
+        let ctx = &self.ctx;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm channel_norm"),
+            timestamp_writes: None,
+        });
+        if c.split.finalize_once() {
+            // Windows of q: every window's moments, one merge of all tiles, every window's apply.
+            for b in &binds {
+                self.record_moments(&mut pass, &p, b);
+            }
+            record_finalize(ctx, &mut pass, &p, &binds[0]);
+            for b in &binds {
+                record_apply(ctx, &mut pass, &p, b);
+            }
+        } else {
+            // Windows of samples reuse the partials and coefficients: one window at a time.
+            for b in &binds {
+                self.record_moments(&mut pass, &p, b);
+                record_finalize(ctx, &mut pass, &p, b);
+                record_apply(ctx, &mut pass, &p, b);
+            }
         }
         Ok(())
     }
 
-    /// The bind groups of samples `p0..p0 + k` of a checked call (all of them when
-    /// `k == view.p`): x and y windowed, the saved statistics whole from slot `p0 * r`.
+    /// The bind groups of one window of a checked call (the whole call when it is not split):
+    /// x and y windowed, the saved statistics whole from the window's first slot.
     fn window_binds(
         &self,
         a: &ChannelNormArgs,
         c: &Checked,
         p: &Pipelines,
-        windows: &binding::Windows,
-        p0: u64,
-        k: u64,
+        w: &Window,
     ) -> Result<WindowBinds> {
         let ctx = &self.ctx;
-        let v = ChannelView {
-            p: k as usize,
-            ..a.view
-        };
+        let v = w.view;
         let (io, aio) = (p.plan.io, p.plan.aio);
         let scratch = self.scratch(a.view, c.tiles)?;
         let (params, apply_params) = self.call_params(a, &v, c, io, aio);
-        let (params, apply_params) = (
-            ChannelParams {
-                slot_base: (p0 as usize * v.r) as u32,
-                ..params
+        let place = |pr: ChannelParams| ChannelParams {
+            slot_base: w.slot_base,
+            tile_base: w.tile_base,
+            moments_base: if c.ranges.moments.is_some() {
+                w.slot_base
+            } else {
+                0
             },
-            ChannelParams {
-                slot_base: (p0 as usize * v.r) as u32,
-                ..apply_params
+            window_tiles: if c.ranges.moments.is_some() {
+                1
+            } else {
+                w.window_tiles
             },
-        );
-        let win = |r: &BufferRange| windows.range(r, p0, k);
+            ..pr
+        };
+        let (params, apply_params) = (place(params), place(apply_params));
+        let win = |r: &BufferRange| c.split.range(r, w);
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let rg = &c.ranges;
         let (x, y) = (win(&rg.x), win(&rg.y));
@@ -293,43 +297,22 @@ impl ChannelNorm {
         Ok(WindowBinds {
             view: v,
             total_v: apply_params.total_v,
+            window_tiles: params.window_tiles,
             moments,
             finalize,
             apply,
         })
     }
 
-    /// Records the moments (unless the moments are given), finalize and apply passes of one
-    /// window.
-    fn record_passes(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        c: &Checked,
-        p: &Pipelines,
-        b: &WindowBinds,
-    ) {
-        let ctx = &self.ctx;
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm channel_norm"),
-            timestamp_writes: None,
-        });
+    /// Records a window's moments pass (none when the moments are given).
+    fn record_moments(&self, pass: &mut wgpu::ComputePass, p: &Pipelines, b: &WindowBinds) {
         if let (Some(mp), Some(bg)) = (&p.moments, &b.moments) {
-            let groups = self.moments_groups(&b.view, c.tiles, p.plan.channel_lanes);
-            let (gx, gy) = binding::grid(ctx, groups);
+            let groups = self.moments_groups(&b.view, b.window_tiles, p.plan.channel_lanes);
+            let (gx, gy) = binding::grid(&self.ctx, groups);
             pass.set_pipeline(mp);
             pass.set_bind_group(0, bg, &[]);
             pass.dispatch_workgroups(gx, gy, 1);
         }
-        let finalize_groups = (b.view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
-        let (gx, gy) = binding::grid(ctx, finalize_groups);
-        pass.set_pipeline(&p.finalize);
-        pass.set_bind_group(0, &b.finalize, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
-        let invocations = (b.total_v as u64).div_ceil(p.plan.apply_block as u64);
-        let (gx, gy) = binding::grid(ctx, invocations.div_ceil(plan::APPLY_WG as u64));
-        pass.set_pipeline(&p.apply);
-        pass.set_bind_group(0, &b.apply, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
     }
 
     /// Records the statistics of `x` per slot into `out` (f32 `[slots, 3]`: count, mean, M2),
@@ -359,33 +342,15 @@ impl ChannelNorm {
         mask: Option<&Tensor>,
         out: &Tensor,
     ) -> Result<()> {
-        expect("x", x, view.numel(), self.dtype())?;
-        expect("moments", out, view.slots() * 3, DType::F32)?;
-        if let Some(m) = mask {
-            expect("mask", m, view.q, DType::F32)?;
-            let qm = self.config.reduction == Reduction::QuadraticMean;
-            if !qm || view.p != 1 || view.s != 1 {
-                return Err(Error::InvalidParameter {
-                    name: "mask",
-                    value: format!("{view:?}"),
-                    why: "a token mask needs a quadratic-mean engine and a token view [1, tokens, C, 1]",
-                });
-            }
-        }
-        if view.numel() == 0 {
+        let Some(check::ReduceRanges {
+            x: xr,
+            moments: or,
+            mask: mr,
+        }) = self.reduce_ranges(x, view, mask, out)?
+        else {
             return Ok(());
-        }
+        };
         let ctx = &self.ctx;
-        let xr = binding::storage_range(ctx, "x", x)?;
-        let or = binding::storage_range(ctx, "moments", out)?;
-        let mr = mask
-            .map(|m| binding::storage_range(ctx, "mask", m))
-            .transpose()?;
-        binding::check_no_alias(&[
-            ("x", Some(&xr), false),
-            ("mask", mr.as_ref(), false),
-            ("moments", Some(&or), true),
-        ])?;
         let facts = ViewFacts::of(&view);
         let align = Io {
             dtype: self.dtype(),
@@ -398,14 +363,25 @@ impl ChannelNorm {
         let cpu = ctx.is_cpu();
         let lanes = plan::channel_lanes(&self.config.lanes, &facts, mask.is_some());
         let (tiles, tile_len) = super::tiling(&view, io.width(), cpu, lanes);
+        let limits = ctx.limits();
+        let split = Split::of(
+            view,
+            Windowing {
+                samples: mask.is_none(),
+                q: mask.is_none(),
+            },
+            io.width(),
+            tile_len,
+            self.dtype().size(),
+            (
+                limits.max_storage_buffer_binding_size,
+                limits.min_storage_buffer_offset_alignment as u64,
+            ),
+        )?;
+        let tiles = split.tiles(tiles)?;
         self.check_loop_budget(&view, tiles, tile_len)?;
 
         let scratch = self.scratch(view, tiles)?;
-        let params = ChannelParams {
-            // Token b*N + n is mask[b*N + n]: the moments kernel's [B, T] indexing with B = 1.
-            mask_b: 1,
-            ..channel_params(&view, io.width(), tiles, tile_len, self.eps, None)
-        };
         let spec = plan::moments_spec(
             self.config.reduction,
             io,
@@ -421,31 +397,69 @@ impl ChannelNorm {
         )))?;
         let partials = binding::storage_range(ctx, "partials", &scratch.partials)?;
         let dr = binding::dummy_range(ctx.dummy_read());
-        let mb = self.binds.get(
-            ctx,
-            plan::MOMENTS_SLOTS,
-            &params,
-            &[&xr, &partials, mr.as_ref().unwrap_or(&dr)],
-        )?;
-        let gb = self
-            .binds
-            .get(ctx, plan::MERGE_SLOTS, &params, &[&partials, &or])?;
+        let mut binds = Vec::new();
+        for w in split.windows(view, tiles) {
+            let params = ChannelParams {
+                // Token b*N + n is mask[b*N + n]: the moments kernel's [B, T] indexing, B = 1.
+                mask_b: 1,
+                slot_base: w.slot_base,
+                window_tiles: w.window_tiles,
+                tile_base: w.tile_base,
+                ..channel_params(&w.view, io.width(), tiles, tile_len, self.eps, None)
+            };
+            let xw = split.range(&xr, &w);
+            let mb = self.binds.get(
+                ctx,
+                plan::MOMENTS_SLOTS,
+                &params,
+                &[&xw, &partials, mr.as_ref().unwrap_or(&dr)],
+            )?;
+            let gb = self
+                .binds
+                .get(ctx, plan::MERGE_SLOTS, &params, &[&partials, &or])?;
+            binds.push((w, mb, gb));
+        }
+        self.record_reduce(encoder, &split, &binds, [&moments, &merge], lanes);
+        Ok(())
+    }
+
+    /// Records the reduce passes of [`ChannelNorm::encode_reduce_masked`]: per window its
+    /// moments (and, for windows of samples, its merge); one merge of every tile for windows of
+    /// q.
+    fn record_reduce(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        split: &Split,
+        binds: &[(Window, wgpu::BindGroup, wgpu::BindGroup)],
+        [moments, merge]: [&wgpu::ComputePipeline; 2],
+        lanes: bool,
+    ) {
+        let ctx = &self.ctx;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgnorm channel_norm reduce"),
             timestamp_writes: None,
         });
-        let (gx, gy) = binding::grid(ctx, self.moments_groups(&view, tiles, lanes));
-        pass.set_pipeline(&moments);
-        pass.set_bind_group(0, &mb, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
-        let (gx, gy) = binding::grid(
-            ctx,
-            (view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64),
-        );
-        pass.set_pipeline(&merge);
-        pass.set_bind_group(0, &gb, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
-        Ok(())
+        let record_merge = |pass: &mut wgpu::ComputePass, w: &Window, gb: &wgpu::BindGroup| {
+            let groups = (w.view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
+            let (gx, gy) = binding::grid(ctx, groups);
+            pass.set_pipeline(merge);
+            pass.set_bind_group(0, gb, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        };
+        for (w, mb, gb) in binds {
+            let groups = self.moments_groups(&w.view, w.window_tiles, lanes);
+            let (gx, gy) = binding::grid(ctx, groups);
+            pass.set_pipeline(moments);
+            pass.set_bind_group(0, mb, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+            // Windows of samples merge their own slots; windows of q are merged once, below.
+            if !split.finalize_once() {
+                record_merge(&mut pass, w, gb);
+            }
+        }
+        if split.finalize_once() {
+            record_merge(&mut pass, &binds[0].0, &binds[0].2);
+        }
     }
 
     /// Every check of [`ChannelNorm::encode_running_from_moments`], recording nothing.
@@ -624,4 +638,32 @@ impl ChannelNorm {
         );
         Ok(())
     }
+}
+
+/// Records the finalize pass: one invocation per slot of the window's view.
+fn record_finalize(
+    ctx: &crate::Context,
+    pass: &mut wgpu::ComputePass,
+    p: &Pipelines,
+    b: &WindowBinds,
+) {
+    let groups = (b.view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
+    let (gx, gy) = binding::grid(ctx, groups);
+    pass.set_pipeline(&p.finalize);
+    pass.set_bind_group(0, &b.finalize, &[]);
+    pass.dispatch_workgroups(gx, gy, 1);
+}
+
+/// Records the apply pass over the window's elements.
+fn record_apply(
+    ctx: &crate::Context,
+    pass: &mut wgpu::ComputePass,
+    p: &Pipelines,
+    b: &WindowBinds,
+) {
+    let invocations = (b.total_v as u64).div_ceil(p.plan.apply_block as u64);
+    let (gx, gy) = binding::grid(ctx, invocations.div_ceil(plan::APPLY_WG as u64));
+    pass.set_pipeline(&p.apply);
+    pass.set_bind_group(0, &b.apply, &[]);
+    pass.dispatch_workgroups(gx, gy, 1);
 }
