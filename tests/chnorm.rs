@@ -702,6 +702,10 @@ fn mean_variance_norm_over_axes() {
         (&[4, 6, 5], &[1]),
         (&[4, 6, 5], &[0, 2]),
         (&[3, 4, 5, 6], &[1, 3]),
+        // A size-1 dim between reduced ones joins their run (found by the fuzzer: it was
+        // refused as alternating too often).
+        (&[5, 1, 7, 3], &[0, 2]),
+        (&[1, 4, 1, 6, 1], &[0, 3]),
     ];
     for &(shape, axes) in cases {
         let numel: usize = shape.iter().product();
@@ -743,6 +747,67 @@ fn mean_variance_norm_over_axes() {
         op.forward(&x),
         Err(Error::InvalidParameter { name: "axes", .. })
     ));
+    // An axis listed twice (-1 and 2 of a 3-D tensor) is refused, as PyTorch and NumPy do.
+    let op = MeanVarianceNorm::new(
+        c_,
+        wgnorm::MeanVarianceNormConfig {
+            axes: [-1, 2].to_vec(),
+            eps: 1e-9,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
+    let x = c_.empty(&[2, 3, 4], DType::F32).unwrap();
+    let r = op.forward(&x);
+    assert!(
+        matches!(r, Err(Error::InvalidParameter { name: "axes", .. })),
+        "{:?}",
+        r.err()
+    );
+}
+
+#[test]
+fn ibn_and_evonorm_b0_training_on_one_value_per_channel_is_typed() {
+    // The unbiased batch variance fed to the running statistics needs two values per channel
+    // (found by the fuzzer: IBN accepted a [1, 1] batch and wrote NaN running statistics).
+    let c_ = ctx();
+    let x = c_.upload_f32(&[0.5, -0.5], &[1, 2, 1, 1]).unwrap();
+    let ones = c_.upload_f32(&[1.0, 1.0], &[2]).unwrap();
+    let zeros = c_.upload_f32(&[0.0, 0.0], &[2]).unwrap();
+    let (rm, rv) = (
+        c_.upload_f32(&[0.0], &[1]).unwrap(),
+        c_.upload_f32(&[1.0], &[1]).unwrap(),
+    );
+    let ibn = wgnorm::IbnNorm::new(c_, wgnorm::IbnConfig::default()).unwrap();
+    let inputs = wgnorm::IbnInputs {
+        x: &x,
+        weight: &ones,
+        bias: &zeros,
+        running_mean: &rm,
+        running_var: &rv,
+    };
+    let r = ibn.forward(&inputs, Mode::Train);
+    assert!(
+        matches!(r, Err(Error::InvalidParameter { name: "batch", .. })),
+        "{:?}",
+        r.err()
+    );
+    // Inference reads the running statistics: fine.
+    assert!(ibn.forward(&inputs, Mode::Infer).is_ok());
+    let evo = wgnorm::EvoNormB0::new(c_, wgnorm::EvoNormB0Config::default()).unwrap();
+    let inputs = wgnorm::EvoNormB0Inputs {
+        x: &x,
+        weight: &ones,
+        bias: &zeros,
+        v: &ones,
+        running_var: &ones,
+    };
+    let r = evo.forward(&inputs, Mode::Train);
+    assert!(
+        matches!(r, Err(Error::InvalidParameter { name: "batch", .. })),
+        "{:?}",
+        r.err()
+    );
 }
 
 #[test]

@@ -152,6 +152,21 @@ fn bad_input_is_typed() {
         op.encode_train(&mut enc, &inputs, &y, 0),
         Err(wgnorm::Error::InvalidParameter { name: "step", .. })
     ));
+    // y aliasing x: the passes bind different pairs, so the op checks it itself (found by the
+    // fuzzer: PowerNorm and Sinkhorn accepted it).
+    let x = c_.empty(&[2, 2, 8], DType::F32).unwrap();
+    let r = op.encode_train(&mut enc, &PowerNormInputs { x: &x, ..inputs }, &x, 1);
+    assert!(
+        matches!(r, Err(wgnorm::Error::AliasedBuffers { .. })),
+        "{r:?}"
+    );
+    let sk = wgnorm::SinkhornNormalize::new(c_, Default::default()).unwrap();
+    let x = c_.empty(&[4, 8], DType::F32).unwrap();
+    let r = sk.encode(&mut enc, &x, &x);
+    assert!(
+        matches!(r, Err(wgnorm::Error::AliasedBuffers { .. })),
+        "{r:?}"
+    );
 }
 
 #[test]

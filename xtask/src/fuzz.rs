@@ -13,8 +13,10 @@ use wgnorm::prelude::*;
 use wgnorm::Mode;
 use wgnorm_reference::{chnorm as rc, rownorm as rr};
 
+use crate::fuzz_research::ResearchOp;
+
 /// xorshift64*: a fixed seed gives the same calls on every machine.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -23,13 +25,13 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    fn chance(&mut self, one_in: u64) -> bool {
+    pub fn chance(&mut self, one_in: u64) -> bool {
         self.below(one_in) == 0
     }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
     }
     fn values(&mut self, len: usize) -> Vec<f32> {
@@ -41,8 +43,18 @@ impl Rng {
 
 /// What went wrong with a call, if anything.
 enum Verdict {
-    Ok,
+    /// A call that matched the reference, with its op's name.
+    Ok(String),
     Typed,
+}
+
+/// The op's name for the tally: the variant, or the research method's.
+fn op_name(op: &Op) -> String {
+    let s = match op {
+        Op::Research(r) => format!("{r:?}"),
+        _ => format!("{op:?}"),
+    };
+    s.split([' ', '{', '(']).next().unwrap_or("").to_string()
 }
 
 /// The op a call exercises, with the parameters the reference needs.
@@ -85,9 +97,11 @@ enum Op {
     Activation {
         act: Activation,
     },
+    /// One of the research methods.
+    Research(ResearchOp),
 }
 
-fn random_eps(rng: &mut Rng) -> f32 {
+pub fn random_eps(rng: &mut Rng) -> f32 {
     rng.pick(&[
         1e-5,
         1e-5,
@@ -104,6 +118,10 @@ fn random_eps(rng: &mut Rng) -> f32 {
 fn random_op(rng: &mut Rng, rank: usize) -> Op {
     let axis = rng.below(rank as u64 + 3) as isize - rank as isize - 1;
     let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
+    // About one call in three exercises a research method.
+    if rng.chance(3) {
+        return Op::Research(ResearchOp::random(rng, rank));
+    }
     match rng.below(8) {
         0 => Op::LayerNorm {
             axis,
@@ -158,7 +176,7 @@ fn random_op(rng: &mut Rng, rank: usize) -> Op {
 }
 
 /// `(N, C, spatial)` of an NCHW/NHWC shape.
-fn nc_hw(shape: &[usize], layout: Layout) -> (usize, usize, usize) {
+pub fn nc_hw(shape: &[usize], layout: Layout) -> (usize, usize, usize) {
     let c = match layout {
         Layout::Nchw => shape[1],
         Layout::Nhwc => shape[shape.len() - 1],
@@ -171,7 +189,14 @@ fn nc_hw(shape: &[usize], layout: Layout) -> (usize, usize, usize) {
 }
 
 /// NCHW data to the layout's order (and back with `inverse`).
-fn relayout(x: &[f64], n: usize, c: usize, hw: usize, layout: Layout, inverse: bool) -> Vec<f64> {
+pub fn relayout(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    layout: Layout,
+    inverse: bool,
+) -> Vec<f64> {
     if layout == Layout::Nchw || x.is_empty() {
         return x.to_vec();
     }
@@ -301,6 +326,7 @@ fn reference(op: Op, x: &[f64], shape: &[usize]) -> Option<Vec<f64>> {
             }
             Some(x.iter().map(|&v| f(v)).collect())
         }
+        Op::Research(r) => r.reference(x, shape),
     }
 }
 
@@ -460,6 +486,7 @@ fn encode(
             )?;
             ew.encode(enc, x, y)
         }
+        Op::Research(r) => r.encode(ctx, dtype, x, y, enc),
     }
 }
 
@@ -527,12 +554,14 @@ fn one_call(ctx: &Context, rng: &mut Rng) -> Result<Verdict> {
             let tol = if dtype == DType::F16 { 2e-2 } else { 2e-4 };
             let scale = want.iter().fold(1.0f64, |m, w| m.max(w.abs()));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let ok = (w.is_nan() && g.is_nan()) || ((*g as f64) - w).abs() <= tol * scale;
+                let ok = (w.is_nan() && g.is_nan())
+                    || (w.is_infinite() && *g as f64 == *w)
+                    || ((*g as f64) - w).abs() <= tol * scale;
                 if !ok {
                     bail!("{op:?} {dtype} {shape:?}: y[{i}] = {g}, reference {w}");
                 }
             }
-            Ok(Verdict::Ok)
+            Ok(Verdict::Ok(op_name(&op)))
         }
         (Ok(()), want) => bail!(
             "{op:?} {dtype} {shape:?} with {fault:?}: Ok, but the reference says {}",
@@ -602,9 +631,13 @@ pub fn run(args: &[String]) -> Result<bool> {
     }));
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let (mut ok, mut typed, mut panics, mut wrong) = (0u64, 0u64, 0u64, 0u64);
+    let mut ok_by_op = std::collections::BTreeMap::new();
     for i in 0..iterations {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one_call(&ctx, &mut rng))) {
-            Ok(Ok(Verdict::Ok)) => ok += 1,
+            Ok(Ok(Verdict::Ok(name))) => {
+                ok += 1;
+                *ok_by_op.entry(name).or_insert(0u64) += 1;
+            }
             Ok(Ok(Verdict::Typed)) => typed += 1,
             Ok(Err(e)) => {
                 wrong += 1;
@@ -616,6 +649,8 @@ pub fn run(args: &[String]) -> Result<bool> {
             }
         }
     }
+    let tally: Vec<String> = ok_by_op.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("matched the reference, by op: {}", tally.join(", "));
     let uncaptured = uncaptured.load(Ordering::SeqCst);
     println!(
         "{iterations} calls, {ok} ok, {typed} typed errors, {panics} panics, {wrong} wrong, {uncaptured} uncaptured device errors (seed {seed})"

@@ -4,7 +4,7 @@
 //! apply) and keeps its state on the GPU. Parameters and state are f32; x and y f32 or f16,
 //! NCHW or NHWC.
 
-use wgnorm_core::chnorm::{Epilogue, Layout};
+use wgnorm_core::chnorm::{ChannelView, Epilogue, Layout};
 use wgnorm_core::instmix::{
     expect_f32, InstanceMix, MixDispatch, MixTensors, Mixer, MIX_COMMON, MIX_SLOTS, MIX_WG,
 };
@@ -144,6 +144,20 @@ pub fn specializations() -> Vec<Specialization> {
     out
 }
 
+/// A training step that feeds an unbiased batch variance to running statistics needs more than
+/// one value per channel over (N, spatial), as PyTorch's BatchNorm (`unbiased`: whether the
+/// call does).
+fn check_batch_spread(view: &ChannelView, unbiased: bool) -> Result<()> {
+    if unbiased && view.numel() > 0 && view.p * view.count() < 2 {
+        return Err(Error::InvalidParameter {
+            name: "batch",
+            value: "1 value per channel".into(),
+            why: "training needs more than one value per channel to estimate the unbiased variance (as in PyTorch)",
+        });
+    }
+    Ok(())
+}
+
 /// Lanes' loop iterations of a per-channel mixing kernel that merges over the batch.
 fn per_channel_iterations(n: usize) -> u64 {
     2 * n as u64
@@ -252,6 +266,7 @@ impl IbnNorm {
         let view = self.engine.view(inputs.x)?;
         let (n, c) = (view.p, view.r);
         let half = self.half(c);
+        check_batch_spread(&view, training && half < c)?;
         expect_f32("running_mean", Some(inputs.running_mean), c - half)?;
         expect_f32("running_var", Some(inputs.running_var), c - half)?;
         let mixer = Mixer {
@@ -385,6 +400,10 @@ impl EvoNormB0 {
         let training = mode.is_train();
         let view = self.engine.view(inputs.x)?;
         let (n, c) = (view.p, view.r);
+        check_batch_spread(
+            &view,
+            training && self.running == EvoRunningVar::TimmUnbiased,
+        )?;
         expect_f32("v", Some(inputs.v), c)?;
         expect_f32("running_var", Some(inputs.running_var), c)?;
         let mixer = Mixer {

@@ -162,6 +162,22 @@ impl Windows {
     }
 }
 
+/// Rejects an output of a composite op that shares a buffer with one of its inputs: each pass
+/// of such an op binds a different pair of tensors, so no single dispatch would see the overlap,
+/// and one rule (an output never aliases an input) is simpler for callers than a list of the
+/// ops that happen to compute in place correctly.
+pub fn check_output_distinct(output: (&str, &Tensor), inputs: &[(&str, &Tensor)]) -> Result<()> {
+    for (name, t) in inputs {
+        if t.buffer() == output.1.buffer() {
+            return Err(Error::AliasedBuffers {
+                what: output.0.to_string(),
+                other: name.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Rejects an output that shares a buffer with any other binding: wgpu forbids a buffer being
 /// both read-only and writable storage in one dispatch.
 pub fn check_no_alias(named: &[(&str, Option<&BufferRange>, bool)]) -> Result<()> {

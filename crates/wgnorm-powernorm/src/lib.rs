@@ -167,6 +167,9 @@ impl PowerNorm {
                 got: shape.to_vec(),
             });
         }
+        let mut inputs_named = vec![("x", inputs.x), ("running_phi", inputs.running_phi)];
+        inputs_named.extend(inputs.pad_mask.map(|m| ("pad_mask", m)));
+        wgnorm_core::binding::check_output_distinct(("y", y), &inputs_named)?;
         let (t, b, c) = (shape[0], shape[1], shape[2]);
         let g = self.cfg.group_num;
         if c % g != 0 {
@@ -331,6 +334,7 @@ impl SinkhornNormalize {
                 got: shape.to_vec(),
             });
         }
+        wgnorm_core::binding::check_output_distinct(("y", y), &[("x", x)])?;
         let (m, n) = (shape[0], shape[1]);
         let st = self.state(m, n)?;
         let rows_view = ChannelView::along_axis(shape, 1)?;

@@ -187,7 +187,22 @@ impl ChannelView {
                     rank,
                 });
             }
+            // As PyTorch and NumPy: an axis listed twice is a mistake in the caller's list.
+            if reduced[a as usize] {
+                return Err(Error::InvalidParameter {
+                    name: "axes",
+                    value: format!("{axes:?}"),
+                    why: "an axis appears more than once",
+                });
+            }
             reduced[a as usize] = true;
+        }
+        // A dim of size 1 is neither kept nor reduced in effect: join it to the run before it,
+        // so [5, 1, 7, 3] over axes (0, 2) is one reduced run [35] and a kept [3].
+        for d in 1..rank {
+            if shape[d] == 1 {
+                reduced[d] = reduced[d - 1];
+            }
         }
         // Runs of kept / reduced dims and their sizes.
         let mut runs: Vec<(bool, usize)> = Vec::new();
