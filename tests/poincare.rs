@@ -829,3 +829,37 @@ fn guards_on_and_outside_the_boundary() {
         }
     }
 }
+
+/// Batch statistics of a single point are refused (found by the fuzzer: its variance is 0, so
+/// y was the f32 rounding of the midpoint amplified by 1/sqrt(eps)); the running statistics
+/// normalize one point fine.
+#[test]
+fn batch_norm_of_one_point_is_typed() {
+    let c_ = ctx();
+    let op = PoincareBatchNorm::new(c_, PoincareBatchNormConfig::default()).unwrap();
+    let (xt, bt, wt) = (
+        up(c_, &[0.3, -0.2, 0.1, 0.4, 0.0], &[1, 5]),
+        up(c_, &[0.0; 5], &[5]),
+        up(c_, &[1.0], &[1]),
+    );
+    let (rm, rv) = (up(c_, &[0.0; 5], &[5]), up(c_, &[1.0], &[1]));
+    let inputs = PoincareBatchNormInputs {
+        x: &xt,
+        bias: &bt,
+        weight: &wt,
+        running_mean: Some(&rm),
+        running_var: Some(&rv),
+    };
+    for stats in [
+        PoincareStatistics::Batch,
+        PoincareStatistics::BatchUpdateRunning,
+    ] {
+        let r = op.forward(&inputs, stats);
+        assert!(
+            matches!(r, Err(wgnorm::Error::InvalidParameter { name: "x", .. })),
+            "{stats:?}: {:?}",
+            r.err()
+        );
+    }
+    assert!(op.forward(&inputs, PoincareStatistics::Running).is_ok());
+}

@@ -70,6 +70,22 @@ pub enum ResearchOp {
     UnifiedNorm {
         eps: f32,
     },
+    /// Adaptive BN (exponential momentum decay at `step`), normalizing with the adapted
+    /// statistics or the batch's.
+    AdaptiveBn {
+        step: u64,
+        adapted: bool,
+    },
+    /// Poincaré midpoint BatchNorm over the features of axis 1, batch statistics.
+    PoincareBatchNorm {
+        c: f32,
+    },
+    /// AlphaDropout in training (counter-based mask from the seed) or inference (identity).
+    AlphaDropout {
+        rate: f32,
+        seed: u64,
+        train: bool,
+    },
 }
 
 /// Per-channel values that differ between channels: `base + 0.1 * (i % 7)`.
@@ -94,7 +110,7 @@ impl ResearchOp {
         let pick = match rank {
             3 if rng.chance(3) => rng.pick(&[6, 11]),
             2 if rng.chance(4) => 7,
-            _ => rng.below(12),
+            _ => rng.below(15),
         };
         match pick {
             0 => ResearchOp::MeanVarianceNorm {
@@ -146,7 +162,19 @@ impl ResearchOp {
                 train: rng.chance(2),
                 eps,
             },
-            _ => ResearchOp::UnifiedNorm { eps },
+            11 => ResearchOp::UnifiedNorm { eps },
+            12 => ResearchOp::AdaptiveBn {
+                step: rng.below(4),
+                adapted: rng.chance(2),
+            },
+            13 => ResearchOp::PoincareBatchNorm {
+                c: rng.pick(&[0.1, 0.5, 1.0, 0.0, -1.0, f32::NAN]),
+            },
+            _ => ResearchOp::AlphaDropout {
+                rate: rng.pick(&[0.0, 0.1, 0.5, 0.9, 1.0, -0.1, f32::NAN]),
+                seed: rng.next(),
+                train: rng.chance(2),
+            },
         }
     }
 
@@ -166,6 +194,9 @@ impl ResearchOp {
             | ResearchOp::EvoNormB0 { .. }
             | ResearchOp::PowerNorm { .. }
             | ResearchOp::Sinkhorn { .. } => self.reference_mixed(x, shape),
+            ResearchOp::AdaptiveBn { .. }
+            | ResearchOp::PoincareBatchNorm { .. }
+            | ResearchOp::AlphaDropout { .. } => self.reference_other(x, shape),
         }
     }
 
@@ -455,6 +486,69 @@ impl ResearchOp {
         }
     }
 
+    /// [`ResearchOp::reference`] of adaptive BN, Poincaré BN and AlphaDropout.
+    fn reference_other(self, x: &[f64], shape: &[usize]) -> Option<Vec<f64>> {
+        let rank = shape.len();
+        match self {
+            ResearchOp::AdaptiveBn { step, adapted } => {
+                if rank < 2 {
+                    return None;
+                }
+                let (n, c, hw) = nc_hw(shape, Layout::Nchw);
+                if x.is_empty() {
+                    return Some(vec![]);
+                }
+                if n * hw < 2 {
+                    return None;
+                }
+                let (rm, rv) = (f64s(&per_channel(c, 0.1)), f64s(&per_channel(c, 0.9)));
+                let eta = wgnorm::batchnorm::exponential_momentum_decay(0.1, 0.9, step) as f64;
+                if !adapted {
+                    let bn =
+                        rc::batch_norm(x, n, c, hw, None, None, &rm, &rv, true, eta, true, 1e-5);
+                    return Some(bn.y);
+                }
+                let (ones, zeros) = (vec![1.0; c], vec![0.0; c]);
+                let out = rr::bn_updated_running(
+                    x, n, c, hw, &ones, &zeros, &rm, &rv, eta, false, true, 1e-5,
+                );
+                Some(out.y)
+            }
+            ResearchOp::PoincareBatchNorm { c } => {
+                if rank < 2 || !(c.is_finite() && c > 0.0) {
+                    return None;
+                }
+                if x.is_empty() {
+                    return Some(vec![]);
+                }
+                let d = shape[1];
+                let ball = wgnorm_reference::poincare::Ball::new(
+                    c as f64,
+                    wgnorm_reference::poincare::PROJ_EPS_F32,
+                );
+                let bias = f64s(&per_channel(d, -0.3));
+                // Points are the feature vectors along axis 1: their count is the rest; one
+                // point has no spread and is refused.
+                if x.len() / d < 2 {
+                    return None;
+                }
+                Some(wgnorm_reference::poincare::poincare_batch_norm(
+                    &ball, x, shape, 1, &bias, 0.9,
+                ))
+            }
+            ResearchOp::AlphaDropout { rate, seed, train } => {
+                if !(0.0..1.0).contains(&rate) {
+                    return None;
+                }
+                if !train {
+                    return Some(x.to_vec());
+                }
+                Some(wgnorm_reference::activation::alpha_dropout(x, rate as f64, seed).0)
+            }
+            _ => unreachable!("dispatched by reference"),
+        }
+    }
+
     /// Records the op from `x` into `y`.
     pub fn encode(
         self,
@@ -477,6 +571,9 @@ impl ResearchOp {
             | ResearchOp::EvoNormB0 { .. }
             | ResearchOp::PowerNorm { .. }
             | ResearchOp::Sinkhorn { .. } => self.encode_mixed(ctx, dtype, x, y, enc),
+            ResearchOp::AdaptiveBn { .. }
+            | ResearchOp::PoincareBatchNorm { .. }
+            | ResearchOp::AlphaDropout { .. } => self.encode_other(ctx, dtype, x, y, enc),
         }
     }
 
@@ -740,6 +837,66 @@ impl ResearchOp {
                     },
                 )?;
                 op.encode(enc, x, y)
+            }
+            _ => unreachable!("dispatched by encode"),
+        }
+    }
+
+    /// [`ResearchOp::encode`] of adaptive BN, Poincaré BN and AlphaDropout.
+    fn encode_other(
+        self,
+        ctx: &Context,
+        dtype: DType,
+        x: &Tensor,
+        y: &Tensor,
+        enc: &mut wgpu::CommandEncoder,
+    ) -> wgnorm::Result<()> {
+        match self {
+            ResearchOp::AdaptiveBn { step, adapted } => {
+                let c = channels(x, Layout::Nchw);
+                let (rm, rv) = (vector(ctx, c, 0.1)?, vector(ctx, c, 0.9)?);
+                let normalize = if adapted {
+                    wgnorm::batchnorm::AdaptNormalize::Adapted
+                } else {
+                    wgnorm::batchnorm::AdaptNormalize::Batch
+                };
+                let op = wgnorm::batchnorm::AdaptiveBn::new(
+                    ctx,
+                    wgnorm::batchnorm::AdaptiveBnConfig {
+                        batch_norm: bn_cfg(1e-5, Layout::Nchw, dtype),
+                        normalize,
+                    },
+                )?;
+                let eta = wgnorm::batchnorm::exponential_momentum_decay(0.1, 0.9, step);
+                let inputs = bn_inputs(x, Some(&rm), Some(&rv));
+                op.encode(enc, &inputs, &BatchNormOutputs { y, saved: None }, eta)
+            }
+            ResearchOp::PoincareBatchNorm { c } => {
+                let d = x.shape().get(1).copied().unwrap_or(0);
+                let bias = vector(ctx, d, -0.3)?;
+                let weight = ctx.upload_f32(&[0.9], &[1])?;
+                let op = wgnorm::PoincareBatchNorm::new(
+                    ctx,
+                    wgnorm::PoincareBatchNormConfig {
+                        c,
+                        feature_axis: 1,
+                        dtype,
+                        ..Default::default()
+                    },
+                )?;
+                let inputs = wgnorm::PoincareBatchNormInputs {
+                    x,
+                    bias: &bias,
+                    weight: &weight,
+                    running_mean: None,
+                    running_var: None,
+                };
+                op.encode(enc, &inputs, y, wgnorm::PoincareStatistics::Batch)
+            }
+            ResearchOp::AlphaDropout { rate, seed, train } => {
+                let op =
+                    wgnorm::AlphaDropout::new(ctx, wgnorm::AlphaDropoutConfig { rate, dtype })?;
+                op.encode(enc, x, y, seed, Mode::training(train))
             }
             _ => unreachable!("dispatched by encode"),
         }

@@ -497,6 +497,16 @@ impl PoincareBatchNorm {
         if view.points() == 0 || view.d == 0 {
             return Ok(());
         }
+        // One point is its own midpoint with variance 0: y would be its f32 distance from the
+        // computed midpoint divided by sqrt(eps), rounding error amplified ~300x. Refused, as
+        // BatchNorm refuses one value per channel in training.
+        if statistics != PoincareStatistics::Running && view.points() < 2 {
+            return Err(Error::InvalidParameter {
+                name: "x",
+                value: "1 point".into(),
+                why: "batch statistics need more than one point (the variance of one point is 0)",
+            });
+        }
         let b = Bound {
             x: inputs.x,
             bias: Some(inputs.bias),
