@@ -1901,3 +1901,36 @@ fn zero_channels_is_a_no_op() {
         assert_eq!(y.numel(), 0, "{layout:?}");
     }
 }
+
+/// Batch-Channel Norm's passes bind x and y separately (x -> scratch -> y), so it checks an
+/// aliased output itself (found by the fuzzer).
+#[test]
+fn batch_channel_norm_refuses_y_aliasing_x() {
+    use wgnorm::batchnorm::{BatchChannelNorm, BatchChannelNormConfig, BatchChannelNormInputs};
+    let c_ = ctx();
+    let op = BatchChannelNorm::new(
+        c_,
+        BatchChannelNormConfig {
+            batch_norm: BatchNormConfig::default(),
+            groups: 2,
+        },
+    )
+    .unwrap();
+    let x = c_.empty(&[4, 8, 3], DType::F32).unwrap();
+    let inputs = BatchChannelNormInputs {
+        x: &x,
+        bn_weight: None,
+        bn_bias: None,
+        running_mean: None,
+        running_var: None,
+        weight: None,
+        bias: None,
+    };
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    let r = op.encode(&mut enc, &inputs, &x, Mode::Train);
+    assert!(
+        matches!(r, Err(Error::AliasedBuffers { .. })),
+        "{:?}",
+        r.err()
+    );
+}

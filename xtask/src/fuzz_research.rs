@@ -86,6 +86,12 @@ pub enum ResearchOp {
         seed: u64,
         train: bool,
     },
+    /// Batch-Channel Norm: BatchNorm, then GroupNorm of its output.
+    BatchChannelNorm {
+        groups: usize,
+        train: bool,
+        eps: f32,
+    },
 }
 
 /// Per-channel values that differ between channels: `base + 0.1 * (i % 7)`.
@@ -110,7 +116,7 @@ impl ResearchOp {
         let pick = match rank {
             3 if rng.chance(3) => rng.pick(&[6, 11]),
             2 if rng.chance(4) => 7,
-            _ => rng.below(15),
+            _ => rng.below(16),
         };
         match pick {
             0 => ResearchOp::MeanVarianceNorm {
@@ -170,6 +176,11 @@ impl ResearchOp {
             13 => ResearchOp::PoincareBatchNorm {
                 c: rng.pick(&[0.1, 0.5, 1.0, 0.0, -1.0, f32::NAN]),
             },
+            15 => ResearchOp::BatchChannelNorm {
+                groups: rng.below(5) as usize,
+                train: rng.chance(2),
+                eps,
+            },
             _ => ResearchOp::AlphaDropout {
                 rate: rng.pick(&[0.0, 0.1, 0.5, 0.9, 1.0, -0.1, f32::NAN]),
                 seed: rng.next(),
@@ -196,6 +207,7 @@ impl ResearchOp {
             | ResearchOp::Sinkhorn { .. } => self.reference_mixed(x, shape),
             ResearchOp::AdaptiveBn { .. }
             | ResearchOp::PoincareBatchNorm { .. }
+            | ResearchOp::BatchChannelNorm { .. }
             | ResearchOp::AlphaDropout { .. } => self.reference_other(x, shape),
         }
     }
@@ -545,6 +557,27 @@ impl ResearchOp {
                 }
                 Some(wgnorm_reference::activation::alpha_dropout(x, rate as f64, seed).0)
             }
+            ResearchOp::BatchChannelNorm { groups, train, eps } => {
+                if rank < 2 || !eps_ok(eps) {
+                    return None;
+                }
+                let (n, c, hw) = nc_hw(shape, Layout::Nchw);
+                if groups == 0 || c % groups != 0 {
+                    return None;
+                }
+                if x.is_empty() {
+                    return Some(vec![]);
+                }
+                if train && n * hw < 2 {
+                    return None;
+                }
+                let (rm, rv) = (f64s(&per_channel(c, 0.1)), f64s(&per_channel(c, 0.9)));
+                let e = eps as f64;
+                let bn = rc::batch_norm(x, n, c, hw, None, None, &rm, &rv, train, 0.1, true, e);
+                Some(rc::group_norm(
+                    &bn.y, n, c, hw, groups, None, None, e, false,
+                ))
+            }
             _ => unreachable!("dispatched by reference"),
         }
     }
@@ -573,6 +606,7 @@ impl ResearchOp {
             | ResearchOp::Sinkhorn { .. } => self.encode_mixed(ctx, dtype, x, y, enc),
             ResearchOp::AdaptiveBn { .. }
             | ResearchOp::PoincareBatchNorm { .. }
+            | ResearchOp::BatchChannelNorm { .. }
             | ResearchOp::AlphaDropout { .. } => self.encode_other(ctx, dtype, x, y, enc),
         }
     }
@@ -897,6 +931,27 @@ impl ResearchOp {
                 let op =
                     wgnorm::AlphaDropout::new(ctx, wgnorm::AlphaDropoutConfig { rate, dtype })?;
                 op.encode(enc, x, y, seed, Mode::training(train))
+            }
+            ResearchOp::BatchChannelNorm { groups, train, eps } => {
+                let c = channels(x, Layout::Nchw);
+                let (rm, rv) = (vector(ctx, c, 0.1)?, vector(ctx, c, 0.9)?);
+                let op = wgnorm::batchnorm::BatchChannelNorm::new(
+                    ctx,
+                    wgnorm::batchnorm::BatchChannelNormConfig {
+                        batch_norm: bn_cfg(eps, Layout::Nchw, dtype),
+                        groups,
+                    },
+                )?;
+                let inputs = wgnorm::batchnorm::BatchChannelNormInputs {
+                    x,
+                    bn_weight: None,
+                    bn_bias: None,
+                    running_mean: Some(&rm),
+                    running_var: Some(&rv),
+                    weight: None,
+                    bias: None,
+                };
+                op.encode(enc, &inputs, y, Mode::training(train))
             }
             _ => unreachable!("dispatched by encode"),
         }

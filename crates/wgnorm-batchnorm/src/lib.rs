@@ -685,6 +685,17 @@ impl BatchChannelNorm {
     ) -> Result<()> {
         let shape = inputs.x.shape();
         let view = ChannelView::group_norm(shape, self.bn.cfg.layout, self.groups)?;
+        // The BatchNorm pass reads x and the group pass writes y: check their overlap here.
+        let mut named = vec![("x", inputs.x)];
+        for (what, t) in [
+            ("bn_weight", inputs.bn_weight),
+            ("bn_bias", inputs.bn_bias),
+            ("running_mean", inputs.running_mean),
+            ("running_var", inputs.running_var),
+        ] {
+            named.extend(t.map(|t| (what, t)));
+        }
+        wgnorm_core::binding::check_output_distinct(("y", y), &named)?;
         let tmp = self
             .scratch
             .get(self.bn.engine.context(), shape, shape, self.bn.cfg.dtype)?;
