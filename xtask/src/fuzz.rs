@@ -13,6 +13,7 @@ use wgnorm::prelude::*;
 use wgnorm::Mode;
 use wgnorm_reference::{chnorm as rc, rownorm as rr};
 
+use crate::fuzz_inputs::InputsOp;
 use crate::fuzz_research::ResearchOp;
 
 /// xorshift64*: a fixed seed gives the same calls on every machine.
@@ -52,6 +53,7 @@ enum Verdict {
 fn op_name(op: &Op) -> String {
     let s = match op {
         Op::Research(r) => format!("{r:?}"),
+        Op::Inputs(r) => format!("{r:?}"),
         _ => format!("{op:?}"),
     };
     s.split([' ', '{', '(']).next().unwrap_or("").to_string()
@@ -99,6 +101,8 @@ enum Op {
     },
     /// One of the research methods.
     Research(ResearchOp),
+    /// A research method with specialised inputs or outputs.
+    Inputs(InputsOp),
 }
 
 pub fn random_eps(rng: &mut Rng) -> f32 {
@@ -121,6 +125,9 @@ fn random_op(rng: &mut Rng, rank: usize) -> Op {
     // About one call in three exercises a research method.
     if rng.chance(3) {
         return Op::Research(ResearchOp::random(rng, rank));
+    }
+    if rng.chance(8) {
+        return Op::Inputs(InputsOp::random(rng));
     }
     match rng.below(8) {
         0 => Op::LayerNorm {
@@ -327,6 +334,7 @@ fn reference(op: Op, x: &[f64], shape: &[usize]) -> Option<Vec<f64>> {
             Some(x.iter().map(|&v| f(v)).collect())
         }
         Op::Research(r) => r.reference(x, shape),
+        Op::Inputs(r) => r.reference(x, shape),
     }
 }
 
@@ -487,6 +495,7 @@ fn encode(
             ew.encode(enc, x, y)
         }
         Op::Research(r) => r.encode(ctx, dtype, x, y, enc),
+        Op::Inputs(r) => r.encode(ctx, dtype, x, y, enc),
     }
 }
 
@@ -516,7 +525,12 @@ fn one_call(ctx: &Context, rng: &mut Rng) -> Result<Verdict> {
     let dtype = rng.pick(&[DType::F32, DType::F32, DType::F16]);
     let op = random_op(rng, rank);
     // An empty tensor is a no-op (as in PyTorch) before any binding: no fault applies to it.
-    let fault = if rng.chance(4) && numel > 0 {
+    let yshape = match op {
+        Op::Inputs(r) => r.out_shape(&shape),
+        _ => shape.clone(),
+    };
+    let ynumel: usize = yshape.iter().product();
+    let fault = if rng.chance(4) && numel > 0 && ynumel > 0 {
         rng.pick(&[
             Fault::Aliased,
             Fault::ShortOutput,
@@ -528,7 +542,7 @@ fn one_call(ctx: &Context, rng: &mut Rng) -> Result<Verdict> {
     };
     let data = rng.values(numel);
     let x = ctx.upload(&data, &shape, dtype)?;
-    let bytes = (numel as u64 * dtype.size()).max(4).div_ceil(16) * 16 + 256;
+    let bytes = (ynumel as u64 * dtype.size()).max(4).div_ceil(16) * 16 + 256;
     let usage = match fault {
         Fault::NoStorage => wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         _ => Context::TENSOR_USAGE,
@@ -538,11 +552,11 @@ fn one_call(ctx: &Context, rng: &mut Rng) -> Result<Verdict> {
     ctx.queue().write_buffer(&out, 0, &sentinel);
     let y = match fault {
         Fault::Aliased => x.clone(),
-        Fault::ShortOutput if numel > 0 => {
-            Tensor::from_buffer(out.clone(), 0, &[numel - 1], dtype)?.reshape(&[numel - 1])?
+        Fault::ShortOutput if ynumel > 0 => {
+            Tensor::from_buffer(out.clone(), 0, &[ynumel - 1], dtype)?.reshape(&[ynumel - 1])?
         }
-        Fault::Misaligned => Tensor::from_buffer(out.clone(), 4, &shape, dtype)?,
-        _ => Tensor::from_buffer(out.clone(), 0, &shape, dtype)?,
+        Fault::Misaligned => Tensor::from_buffer(out.clone(), 4, &yshape, dtype)?,
+        _ => Tensor::from_buffer(out.clone(), 0, &yshape, dtype)?,
     };
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     let r = encode(ctx, op, dtype, &x, &y, &mut enc);

@@ -10,6 +10,7 @@
 mod bench;
 mod conformance;
 mod fuzz;
+mod fuzz_inputs;
 mod fuzz_research;
 mod shaders;
 mod sweep;
