@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod chnorm;
+pub mod grad;
 pub mod poincare;
 pub mod powernorm;
 pub mod research;

@@ -1,0 +1,374 @@
+//! Gradients of the core norms: for an upstream gradient `dy` of `y`, the gradients of
+//! `sum(y * dy)` with respect to `x`, `weight` and `bias`, written out from the chain rule
+//! (training-mode statistics differentiated through). Each is checked in this module's tests
+//! against central finite differences of the f64 forward in [`crate::rownorm`] and
+//! [`crate::chnorm`]: the oracle is checked, not trusted.
+//!
+//! Row norms see `x` as row-major `[rows, n]`; the batch family NCHW `(N, C, hw)`.
+
+/// Gradients of a norm: `dx` like `x`; `dweight` and `dbias` one per parameter (empty when the
+/// layer has none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grads {
+    pub dx: Vec<f64>,
+    pub dweight: Vec<f64>,
+    pub dbias: Vec<f64>,
+}
+
+/// LayerNorm's gradients per row: with `xhat = (x - mean) rstd` and `g = dy * weight`,
+/// `dx = rstd (g - mean(g) - xhat mean(g xhat))`, `dweight = sum_rows dy xhat`,
+/// `dbias = sum_rows dy`.
+pub fn layer_norm_grad(x: &[f64], n: usize, weight: Option<&[f64]>, dy: &[f64], eps: f64) -> Grads {
+    row_grad(
+        x,
+        n,
+        dy,
+        |row| {
+            let mean = row.iter().sum::<f64>() / n as f64;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+            (mean, 1.0 / (var + eps).sqrt())
+        },
+        weight.map(|w| (w, 0.0)),
+        true,
+    )
+}
+
+/// RMSNorm's gradients per row: with `xhat = x rstd` and `g = dy * (weight_offset + weight)`,
+/// `dx = rstd (g - xhat mean(g xhat))`, `dweight = sum_rows dy xhat`.
+pub fn rms_norm_grad(
+    x: &[f64],
+    n: usize,
+    weight: Option<&[f64]>,
+    weight_offset: f64,
+    dy: &[f64],
+    eps: f64,
+) -> Grads {
+    let mut g = row_grad(
+        x,
+        n,
+        dy,
+        |row| {
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
+            (0.0, 1.0 / (ms + eps).sqrt())
+        },
+        weight.map(|w| (w, weight_offset)),
+        false,
+    );
+    g.dbias.clear();
+    g
+}
+
+/// Both row norms: `stats` gives a row's (mean, rstd); `centred` subtracts mean(g) (LayerNorm).
+fn row_grad(
+    x: &[f64],
+    n: usize,
+    dy: &[f64],
+    stats: impl Fn(&[f64]) -> (f64, f64),
+    weight: Option<(&[f64], f64)>,
+    centred: bool,
+) -> Grads {
+    let mut out = Grads {
+        dx: Vec::with_capacity(x.len()),
+        dweight: vec![0.0; if weight.is_some() { n } else { 0 }],
+        dbias: vec![0.0; if weight.is_some() { n } else { 0 }],
+    };
+    for (row, dyr) in x.chunks(n).zip(dy.chunks(n)) {
+        let (mean, rstd) = stats(row);
+        let xhat: Vec<f64> = row.iter().map(|v| (v - mean) * rstd).collect();
+        let g: Vec<f64> = (0..n)
+            .map(|i| dyr[i] * weight.map_or(1.0, |(w, off)| off + w[i]))
+            .collect();
+        let mean_g = if centred {
+            g.iter().sum::<f64>() / n as f64
+        } else {
+            0.0
+        };
+        let mean_gx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / n as f64;
+        for i in 0..n {
+            out.dx.push(rstd * (g[i] - mean_g - xhat[i] * mean_gx));
+        }
+        if weight.is_some() {
+            for i in 0..n {
+                out.dweight[i] += dyr[i] * xhat[i];
+                out.dbias[i] += dyr[i];
+            }
+        }
+    }
+    out
+}
+
+/// `(n, c, hw)` NCHW index of sample `i`, channel `ch`, position `k`.
+fn at(c: usize, hw: usize, i: usize, ch: usize, k: usize) -> usize {
+    (i * c + ch) * hw + k
+}
+
+/// BatchNorm's gradients. Training (through the batch statistics of each channel over
+/// `M = n * hw` values): `dx = rstd (g - mean(g) - xhat mean(g xhat))` with `g = dy * weight`;
+/// inference (running statistics, constants): `dx = g * rstd_running`.
+/// `dweight = sum dy xhat`, `dbias = sum dy` per channel.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_grad(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: Option<&[f64]>,
+    dy: &[f64],
+    running: Option<(&[f64], &[f64])>,
+    eps: f64,
+) -> Grads {
+    let mut out = Grads {
+        dx: vec![0.0; x.len()],
+        dweight: vec![0.0; c],
+        dbias: vec![0.0; c],
+    };
+    let m = (n * hw) as f64;
+    for ch in 0..c {
+        let idx: Vec<usize> = (0..n)
+            .flat_map(|i| (0..hw).map(move |k| at(c, hw, i, ch, k)))
+            .collect();
+        let (mean, var) = match running {
+            Some((rm, rv)) => (rm[ch], rv[ch]),
+            None => {
+                let mean = idx.iter().map(|&e| x[e]).sum::<f64>() / m;
+                let var = idx.iter().map(|&e| (x[e] - mean).powi(2)).sum::<f64>() / m;
+                (mean, var)
+            }
+        };
+        let rstd = 1.0 / (var + eps).sqrt();
+        let w = weight.map_or(1.0, |w| w[ch]);
+        let xhat = |e: usize| (x[e] - mean) * rstd;
+        let (mut sum_g, mut sum_gx) = (0.0, 0.0);
+        for &e in &idx {
+            sum_g += dy[e] * w;
+            sum_gx += dy[e] * w * xhat(e);
+            out.dweight[ch] += dy[e] * xhat(e);
+            out.dbias[ch] += dy[e];
+        }
+        for &e in &idx {
+            let g = dy[e] * w;
+            out.dx[e] = match running {
+                Some(_) => g * rstd,
+                None => rstd * (g - sum_g / m - xhat(e) * sum_gx / m),
+            };
+        }
+    }
+    out
+}
+
+/// GroupNorm's gradients (InstanceNorm: `groups = c`), the SiLU after the affine differentiated
+/// when `silu_after`: with `z = xhat * weight + bias` and `dz = dy * silu'(z)`, each group of
+/// `cg * hw` values of a sample gets `dx = rstd (g - mean(g) - xhat mean(g xhat))`,
+/// `g = dz * weight[channel]`; `dweight = sum dz xhat`, `dbias = sum dz` per channel.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_grad(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    weight: &[f64],
+    bias: &[f64],
+    dy: &[f64],
+    eps: f64,
+    silu_after: bool,
+) -> Grads {
+    let cg = c / groups;
+    let mut out = Grads {
+        dx: vec![0.0; x.len()],
+        dweight: vec![0.0; c],
+        dbias: vec![0.0; c],
+    };
+    let len = (cg * hw) as f64;
+    for i in 0..n {
+        for grp in 0..groups {
+            let start = (i * c + grp * cg) * hw;
+            let slab = &x[start..start + cg * hw];
+            let mean = slab.iter().sum::<f64>() / len;
+            let var = slab.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / len;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let ch = |k: usize| grp * cg + k / hw;
+            let xhat: Vec<f64> = slab.iter().map(|v| (v - mean) * rstd).collect();
+            let dz: Vec<f64> = (0..slab.len())
+                .map(|k| {
+                    let z = xhat[k] * weight[ch(k)] + bias[ch(k)];
+                    let d = dy[start + k];
+                    if silu_after {
+                        let s = 1.0 / (1.0 + (-z).exp());
+                        d * s * (1.0 + z * (1.0 - s))
+                    } else {
+                        d
+                    }
+                })
+                .collect();
+            let g: Vec<f64> = (0..slab.len()).map(|k| dz[k] * weight[ch(k)]).collect();
+            let mean_g = g.iter().sum::<f64>() / len;
+            let mean_gx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / len;
+            for k in 0..slab.len() {
+                out.dx[start + k] = rstd * (g[k] - mean_g - xhat[k] * mean_gx);
+                out.dweight[ch(k)] += dz[k] * xhat[k];
+                out.dbias[ch(k)] += dz[k];
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{chnorm, rownorm};
+
+    /// Deterministic values in about [-1, 1].
+    fn values(seed: u64, len: usize) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 20001) as f64 / 10000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Central differences of `loss` at `v`, one coordinate at a time.
+    fn numeric(v: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+        let h = 1e-5;
+        (0..v.len())
+            .map(|i| {
+                let (mut a, mut b) = (v.to_vec(), v.to_vec());
+                a[i] += h;
+                b[i] -= h;
+                (loss(&a) - loss(&b)) / (2.0 * h)
+            })
+            .collect()
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    fn close(what: &str, got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 + 1e-5 * w.abs(),
+                "{what}[{i}]: analytic {g}, numeric {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_grad_matches_finite_differences() {
+        // A small variance (0.01 * values) next to eps = 1e-3 makes eps matter.
+        let (rows, n, eps) = (3, 7, 1e-3);
+        let x: Vec<f64> = values(1, rows * n).iter().map(|v| 0.1 * v + 2.0).collect();
+        let (w, b, dy) = (values(2, n), values(3, n), values(4, rows * n));
+        let g = layer_norm_grad(&x, n, Some(&w), &dy, eps);
+        let fwd = |x: &[f64], w: &[f64], b: &[f64]| {
+            dot(&rownorm::layer_norm(x, n, Some(w), Some(b), eps).y, &dy)
+        };
+        close("dx", &g.dx, &numeric(&x, |v| fwd(v, &w, &b)));
+        close("dweight", &g.dweight, &numeric(&w, |v| fwd(&x, v, &b)));
+        close("dbias", &g.dbias, &numeric(&b, |v| fwd(&x, &w, v)));
+        let plain = layer_norm_grad(&x, n, None, &dy, eps);
+        let want = numeric(&x, |v| {
+            dot(&rownorm::layer_norm(v, n, None, None, eps).y, &dy)
+        });
+        close("dx without affine", &plain.dx, &want);
+        assert!(plain.dweight.is_empty());
+    }
+
+    #[test]
+    fn rms_norm_grad_matches_finite_differences() {
+        let (rows, n, eps) = (4, 9, 1e-2);
+        let x = values(5, rows * n);
+        let (w, dy) = (values(6, n), values(7, rows * n));
+        for offset in [0.0, 1.0] {
+            let g = rms_norm_grad(&x, n, Some(&w), offset, &dy, eps);
+            let fwd =
+                |x: &[f64], w: &[f64]| dot(&rownorm::rms_norm(x, n, Some(w), offset, eps).y, &dy);
+            close("dx", &g.dx, &numeric(&x, |v| fwd(v, &w)));
+            close("dweight", &g.dweight, &numeric(&w, |v| fwd(&x, v)));
+            assert!(g.dbias.is_empty());
+        }
+    }
+
+    #[test]
+    fn batch_norm_grad_matches_finite_differences_in_training_and_inference() {
+        let (n, c, hw, eps) = (3, 4, 5, 1e-3);
+        let x: Vec<f64> = values(8, n * c * hw)
+            .iter()
+            .map(|v| 0.05 * v - 1.0)
+            .collect();
+        let (w, b, dy) = (values(9, c), values(10, c), values(11, n * c * hw));
+        let (rm, rv) = (
+            values(12, c),
+            values(13, c)
+                .iter()
+                .map(|v| v.abs() + 0.1)
+                .collect::<Vec<_>>(),
+        );
+        for training in [true, false] {
+            let running = (!training).then_some((rm.as_slice(), rv.as_slice()));
+            let g = batch_norm_grad(&x, n, c, hw, Some(&w), &dy, running, eps);
+            let fwd = |x: &[f64], w: &[f64], b: &[f64]| {
+                let y = chnorm::batch_norm(
+                    x,
+                    n,
+                    c,
+                    hw,
+                    Some(w),
+                    Some(b),
+                    &rm,
+                    &rv,
+                    training,
+                    0.1,
+                    true,
+                    eps,
+                )
+                .y;
+                dot(&y, &dy)
+            };
+            close("dx", &g.dx, &numeric(&x, |v| fwd(v, &w, &b)));
+            close("dweight", &g.dweight, &numeric(&w, |v| fwd(&x, v, &b)));
+            close("dbias", &g.dbias, &numeric(&b, |v| fwd(&x, &w, v)));
+        }
+    }
+
+    #[test]
+    fn group_norm_grad_matches_finite_differences_with_and_without_silu() {
+        let (n, c, hw, groups, eps) = (2, 6, 4, 3, 1e-3);
+        let x: Vec<f64> = values(14, n * c * hw)
+            .iter()
+            .map(|v| 0.1 * v + 0.5)
+            .collect();
+        let (w, b, dy) = (values(15, c), values(16, c), values(17, n * c * hw));
+        for (groups, silu) in [(groups, false), (groups, true), (c, false)] {
+            let g = group_norm_grad(&x, n, c, hw, groups, &w, &b, &dy, eps, silu);
+            let fwd = |x: &[f64], w: &[f64], b: &[f64]| {
+                dot(
+                    &chnorm::group_norm(x, n, c, hw, groups, Some(w), Some(b), eps, silu),
+                    &dy,
+                )
+            };
+            let what = format!("groups {groups} silu {silu}");
+            close(
+                &format!("{what} dx"),
+                &g.dx,
+                &numeric(&x, |v| fwd(v, &w, &b)),
+            );
+            close(
+                &format!("{what} dweight"),
+                &g.dweight,
+                &numeric(&w, |v| fwd(&x, v, &b)),
+            );
+            close(
+                &format!("{what} dbias"),
+                &g.dbias,
+                &numeric(&b, |v| fwd(&x, &w, v)),
+            );
+        }
+    }
+}
