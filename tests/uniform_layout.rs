@@ -92,6 +92,9 @@ layout_tests! {
     row_params_matches_team_regs: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::TEAM_REGS_KERNEL;
     row_params_matches_workgroup: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::WORKGROUP_KERNEL;
     row_params_matches_naive_row_norm: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::NAIVE_KERNEL;
+    row_grad_params_matches_dx: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::DX_KERNEL;
+    row_grad_params_matches_params: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::PARAMS_KERNEL;
+    row_grad_params_matches_reduce: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::REDUCE_KERNEL;
     ew_params_matches_elementwise: wgnorm::engine::uniform::EwParams => wgnorm::engine::elementwise::ELEMENTWISE_KERNEL;
     copy_params_matches_copy: wgnorm::engine::uniform::CopyParams => wgnorm::engine::core::baseline::COPY_KERNEL;
     blend_params_matches_blend: wgnorm::engine::uniform::BlendParams => wgnorm::engine::elementwise::BLEND_KERNEL;

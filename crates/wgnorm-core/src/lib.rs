@@ -19,6 +19,7 @@ mod dtype;
 pub mod elementwise;
 mod error;
 pub mod instmix;
+pub mod rowgrad;
 pub mod rownorm;
 pub mod scratch;
 pub mod shader;

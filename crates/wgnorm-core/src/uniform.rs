@@ -188,6 +188,23 @@ uniform_block! {
 }
 
 uniform_block! {
+    /// `RowGradParams` (`row_grad/common.wgsl`): row-norm backward over `[rows, n]`.
+    pub struct RowGradParams {
+        pub rows: u32,
+        /// Row length in accesses of the I/O vector width, and in elements.
+        pub n_vec: u32,
+        pub n: u32,
+        pub eps: f32,
+        /// Added to the weight before it multiplies (Gemma's RMSNorm).
+        pub weight_offset: f32,
+        /// Rows per block of the parameter-gradient pass, and the number of blocks.
+        pub row_block: u32,
+        pub blocks: u32,
+        pub _pad0: u32,
+    }
+}
+
+uniform_block! {
     /// `EwParams` (`elementwise.wgsl`): a standalone activation over `n_v` accesses.
     pub struct EwParams {
         pub n_v: u32,

@@ -9,6 +9,7 @@
 
 pub mod placement;
 
+use wgnorm_core::rowgrad::{RowGrad, RowGradArgs, RowGradConfig};
 pub use wgnorm_core::rownorm::RowKernel;
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::{Context, DType, Result, Tensor};
@@ -94,10 +95,71 @@ pub struct AddLayerNormOutputs<'a> {
     pub rstd: Option<&'a Tensor>,
 }
 
+/// Inputs of the backward: the forward's `x` and `weight`, the upstream gradient `dy` (x's shape
+/// and dtype) and, when the caller kept them, the forward's saved `mean` and `rstd` (f32, one
+/// per row; both or neither: recomputed from x otherwise).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormGradInputs<'a> {
+    /// The forward's input.
+    pub x: &'a Tensor,
+    /// The forward's weight; `None`: 1.
+    pub weight: Option<&'a Tensor>,
+    /// Upstream gradient of y.
+    pub dy: &'a Tensor,
+    /// The forward's saved row means.
+    pub mean: Option<&'a Tensor>,
+    /// The forward's saved row rstd.
+    pub rstd: Option<&'a Tensor>,
+}
+
+/// Inputs of the fused add's backward: as [`LayerNormGradInputs`] plus the residual, and `dsum`,
+/// the upstream gradient of the `sum` output when a pre-LN block used it (added to dx).
+#[derive(Clone, Copy, Debug)]
+pub struct AddLayerNormGradInputs<'a> {
+    /// The forward's input.
+    pub x: &'a Tensor,
+    /// The forward's residual.
+    pub residual: &'a Tensor,
+    /// The forward's weight; `None`: 1.
+    pub weight: Option<&'a Tensor>,
+    /// Upstream gradient of y.
+    pub dy: &'a Tensor,
+    /// Upstream gradient of the sum output.
+    pub dsum: Option<&'a Tensor>,
+    /// The forward's saved row means.
+    pub mean: Option<&'a Tensor>,
+    /// The forward's saved row rstd.
+    pub rstd: Option<&'a Tensor>,
+}
+
+/// Outputs of the backward: `dx` (x's shape and dtype; for the fused add also the gradient of
+/// the residual), and `dweight` / `dbias` (the weight's shape and dtype) when wanted.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormGradOutputs<'a> {
+    /// Gradient of x.
+    pub dx: &'a Tensor,
+    /// Gradient of the weight, written when given.
+    pub dweight: Option<&'a Tensor>,
+    /// Gradient of the bias, written when given.
+    pub dbias: Option<&'a Tensor>,
+}
+
+/// Tensors allocated by [`LayerNorm::backward`].
+#[derive(Clone, Debug)]
+pub struct LayerNormGrads {
+    /// Gradient of x.
+    pub dx: Tensor,
+    /// Gradients of the weight and the bias (of the reduced shape).
+    pub dweight: Tensor,
+    /// Gradient of the bias.
+    pub dbias: Tensor,
+}
+
 /// A LayerNorm bound to a device. Create once, call many times: pipelines and bind groups are
 /// cached, so warm calls allocate no GPU objects.
 pub struct LayerNorm {
     engine: RowNorm,
+    grad: RowGrad,
 }
 
 impl LayerNorm {
@@ -113,13 +175,25 @@ impl LayerNorm {
                 dtype: cfg.dtype,
             },
         )?;
-        Ok(LayerNorm { engine })
+        let grad = RowGrad::new(
+            ctx,
+            RowGradConfig {
+                mode: RowMode::LayerNorm,
+                axis: cfg.axis,
+                eps: cfg.eps,
+                weight_offset: 0.0,
+                dtype: cfg.dtype,
+            },
+        )?;
+        Ok(LayerNorm { engine, grad })
     }
 
     /// Applies an activation after the affine in the same kernel (e.g. `Activation::GeluErf`).
+    /// (The backward differentiates the plain LayerNorm: it refuses a layer with an activation.)
     pub fn with_activation(self, activation: wgnorm_core::Activation) -> LayerNorm {
         LayerNorm {
             engine: self.engine.with_activation(activation),
+            ..self
         }
     }
 
@@ -127,6 +201,7 @@ impl LayerNorm {
     pub fn with_kernel(self, kernel: RowKernel) -> LayerNorm {
         LayerNorm {
             engine: self.engine.with_kernel(kernel),
+            ..self
         }
     }
 
@@ -208,5 +283,87 @@ impl LayerNorm {
             mean: mean.expect("requested"),
             rstd: rstd.expect("requested"),
         })
+    }
+
+    /// Records the backward into the caller's encoder: `dx` (one workgroup per row: the two row
+    /// reductions `sum(dy w)` and `sum(dy w xhat)` in f32 tree sums) and, when wanted, `dweight` /
+    /// `dbias` (per-block partial sums reduced in a fixed order: bitwise reproducible). Checked
+    /// first; nothing is recorded on error; no allocation once warm.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &LayerNormGradInputs,
+        outputs: &LayerNormGradOutputs,
+    ) -> Result<()> {
+        self.check_plain()?;
+        self.grad.encode(
+            encoder,
+            &RowGradArgs {
+                x: inputs.x,
+                residual: None,
+                weight: inputs.weight,
+                dy: inputs.dy,
+                dsum: None,
+                mean: inputs.mean,
+                rstd: inputs.rstd,
+                dx: outputs.dx,
+                dweight: outputs.dweight,
+                dbias: outputs.dbias,
+            },
+        )
+    }
+
+    /// The fused add's backward: `dx` is the gradient of both `x` and `residual` (plus `dsum`).
+    pub fn encode_add_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &AddLayerNormGradInputs,
+        outputs: &LayerNormGradOutputs,
+    ) -> Result<()> {
+        self.check_plain()?;
+        self.grad.encode(
+            encoder,
+            &RowGradArgs {
+                x: inputs.x,
+                residual: Some(inputs.residual),
+                weight: inputs.weight,
+                dy: inputs.dy,
+                dsum: inputs.dsum,
+                mean: inputs.mean,
+                rstd: inputs.rstd,
+                dx: outputs.dx,
+                dweight: outputs.dweight,
+                dbias: outputs.dbias,
+            },
+        )
+    }
+
+    /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
+    pub fn backward(&self, inputs: &LayerNormGradInputs) -> Result<LayerNormGrads> {
+        let ctx = self.engine.context();
+        let dtype = self.engine.config().dtype;
+        let shape = inputs.x.shape();
+        let reduced = self.engine.reduced_shape(shape)?;
+        let dx = ctx.empty(shape, dtype)?;
+        let dweight = ctx.empty(&reduced, dtype)?;
+        let dbias = ctx.empty(&reduced, dtype)?;
+        let outputs = LayerNormGradOutputs {
+            dx: &dx,
+            dweight: Some(&dweight),
+            dbias: Some(&dbias),
+        };
+        ctx.record_and_submit(|enc| self.encode_backward(enc, inputs, &outputs))?;
+        Ok(LayerNormGrads { dx, dweight, dbias })
+    }
+
+    fn check_plain(&self) -> Result<()> {
+        if self.engine.activation() != wgnorm_core::Activation::None {
+            return Err(wgnorm_core::Error::InvalidParameter {
+                name: "activation",
+                value: format!("{:?}", self.engine.activation()),
+                why: "the backward differentiates LayerNorm without a fused activation",
+            });
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+use wgnorm_core::rowgrad::{RowGrad, RowGradArgs, RowGradConfig};
 pub use wgnorm_core::rownorm::RowKernel;
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::{Context, DType, Result, Tensor};
@@ -85,9 +86,39 @@ pub struct AddRmsNormOutputs<'a> {
     pub rstd: Option<&'a Tensor>,
 }
 
+/// Inputs of the backward: the forward's `x` and `weight`, the upstream gradient `dy` (x's shape
+/// and dtype), the residual and `dsum` (the upstream gradient of the sum output) for the fused
+/// add, and the forward's saved `rstd` (f32, one per row) when the caller kept it.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormGradInputs<'a> {
+    /// The forward's input.
+    pub x: &'a Tensor,
+    /// The fused add's residual (`None`: plain RMSNorm).
+    pub residual: Option<&'a Tensor>,
+    /// The forward's weight; `None`: 1 (plus the offset).
+    pub weight: Option<&'a Tensor>,
+    /// Upstream gradient of y.
+    pub dy: &'a Tensor,
+    /// Upstream gradient of the fused add's sum output, added to dx.
+    pub dsum: Option<&'a Tensor>,
+    /// The forward's saved row rstd.
+    pub rstd: Option<&'a Tensor>,
+}
+
+/// Outputs of the backward: `dx` (x's shape and dtype; for the fused add also the residual's
+/// gradient) and `dweight` (the weight's shape and dtype) when wanted.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormGradOutputs<'a> {
+    /// Gradient of x.
+    pub dx: &'a Tensor,
+    /// Gradient of the weight, written when given.
+    pub dweight: Option<&'a Tensor>,
+}
+
 /// An RMSNorm bound to a device; pipelines and bind groups are cached.
 pub struct RmsNorm {
     engine: RowNorm,
+    grad: RowGrad,
 }
 
 impl RmsNorm {
@@ -103,13 +134,24 @@ impl RmsNorm {
                 dtype: cfg.dtype,
             },
         )?;
-        Ok(RmsNorm { engine })
+        let grad = RowGrad::new(
+            ctx,
+            RowGradConfig {
+                mode: RowMode::RmsNorm,
+                axis: cfg.axis,
+                eps: cfg.eps,
+                weight_offset: cfg.weight_offset,
+                dtype: cfg.dtype,
+            },
+        )?;
+        Ok(RmsNorm { engine, grad })
     }
 
     /// Applies an activation after the affine in the same kernel (e.g. `Activation::GeluErf`).
     pub fn with_activation(self, activation: wgnorm_core::Activation) -> RmsNorm {
         RmsNorm {
             engine: self.engine.with_activation(activation),
+            ..self
         }
     }
 
@@ -117,6 +159,7 @@ impl RmsNorm {
     pub fn with_kernel(self, kernel: RowKernel) -> RmsNorm {
         RmsNorm {
             engine: self.engine.with_kernel(kernel),
+            ..self
         }
     }
 
@@ -201,5 +244,54 @@ impl RmsNorm {
             )
         })?;
         Ok(RmsNormOutput { y, rstd })
+    }
+
+    /// Records the backward into the caller's encoder: `dx` (one workgroup per row) and, when
+    /// wanted, `dweight` (per-block partials reduced in a fixed order: bitwise reproducible). The
+    /// weight offset is differentiated through (`d/dw (w + offset) = 1`). Checked first; nothing
+    /// is recorded on error.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &RmsNormGradInputs,
+        outputs: &RmsNormGradOutputs,
+    ) -> Result<()> {
+        if self.engine.activation() != wgnorm_core::Activation::None {
+            return Err(wgnorm_core::Error::InvalidParameter {
+                name: "activation",
+                value: format!("{:?}", self.engine.activation()),
+                why: "the backward differentiates RMSNorm without a fused activation",
+            });
+        }
+        self.grad.encode(
+            encoder,
+            &RowGradArgs {
+                x: inputs.x,
+                residual: inputs.residual,
+                weight: inputs.weight,
+                dy: inputs.dy,
+                dsum: inputs.dsum,
+                mean: None,
+                rstd: inputs.rstd,
+                dx: outputs.dx,
+                dweight: outputs.dweight,
+                dbias: None,
+            },
+        )
+    }
+
+    /// Allocates dx and dweight, encodes the backward and submits (does not wait).
+    pub fn backward(&self, inputs: &RmsNormGradInputs) -> Result<(Tensor, Tensor)> {
+        let ctx = self.engine.context();
+        let dtype = self.engine.config().dtype;
+        let shape = inputs.x.shape();
+        let dx = ctx.empty(shape, dtype)?;
+        let dweight = ctx.empty(&self.engine.reduced_shape(shape)?, dtype)?;
+        let outputs = RmsNormGradOutputs {
+            dx: &dx,
+            dweight: Some(&dweight),
+        };
+        ctx.record_and_submit(|enc| self.encode_backward(enc, inputs, &outputs))?;
+        Ok((dx, dweight))
     }
 }

@@ -41,7 +41,8 @@ pub use wgnorm_core::{wgpu, Context, DType, Error, Mode, Result, ShaderChecks, T
 pub mod engine {
     pub use wgnorm_core as core;
     pub use wgnorm_core::{
-        baseline, binding, chnorm, elementwise, instmix, rownorm, scratch, shader, uniform, Slot,
+        baseline, binding, chnorm, elementwise, instmix, rowgrad, rownorm, scratch, shader,
+        uniform, Slot,
     };
 }
 pub use wgnorm_groupnorm::{
@@ -50,8 +51,9 @@ pub use wgnorm_groupnorm::{
     NormOutputs, WeightStandardization, WeightStandardizationConfig, WsVariant,
 };
 pub use wgnorm_layernorm::{
-    self as layernorm, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm, LayerNormConfig,
-    LayerNormInputs, LayerNormOutputs,
+    self as layernorm, AddLayerNormGradInputs, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm,
+    LayerNormConfig, LayerNormGradInputs, LayerNormGradOutputs, LayerNormGrads, LayerNormInputs,
+    LayerNormOutputs,
 };
 pub use wgnorm_poincare::{
     self as poincare, BallConfig, BallOps, PoincareBatchNorm, PoincareBatchNormConfig,
@@ -62,8 +64,8 @@ pub use wgnorm_powernorm::{
     SinkhornNormalize, UnifiedNorm, UnifiedNormConfig, UnifiedNormInputs,
 };
 pub use wgnorm_rmsnorm::{
-    self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig, RmsNormInputs,
-    RmsNormOutputs,
+    self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig,
+    RmsNormGradInputs, RmsNormGradOutputs, RmsNormInputs, RmsNormOutputs,
 };
 pub use wgnorm_selfnorm::{self as selfnorm, AlphaDropout, AlphaDropoutConfig};
 
@@ -95,6 +97,7 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         wgnorm_batchnorm::mixing_specializations(),
         wgnorm_powernorm::unified_specializations(),
         engine::elementwise::specializations(),
+        engine::rowgrad::specializations(),
         wgnorm_selfnorm::specializations(),
         wgnorm_batchnorm::region_specializations(),
         wgnorm_batchnorm::fold_specializations(),

@@ -156,6 +156,19 @@ impl RowNorm {
         Ok((shape[..a].iter().product(), shape[a..].iter().product()))
     }
 
+    /// The reduced dims of `shape` (the weight's shape): `shape[axis..]`.
+    pub fn reduced_shape(&self, shape: &[usize]) -> Result<Vec<usize>> {
+        self.split(shape)?;
+        let a = self.cfg.axis;
+        let a = if a < 0 { a + shape.len() as isize } else { a } as usize;
+        Ok(shape[a..].to_vec())
+    }
+
+    /// The activation applied after the affine.
+    pub fn activation(&self) -> crate::Activation {
+        self.activation
+    }
+
     /// The kernel a call on `x` would run (after validation), for reports.
     pub fn kernel_for(&self, x: &Tensor) -> Result<(RowKernel, Io)> {
         let (_, n) = self.split(x.shape())?;

@@ -11,10 +11,12 @@ use serde_json::Value;
 
 mod attrs;
 mod batch;
+mod grads;
 mod research;
 mod rows;
 
 use batch::*;
+use grads::*;
 use research::*;
 use rows::*;
 
@@ -190,6 +192,10 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("estbn", run_estbn),
     ("adaptive_bn", run_adaptive_bn),
     ("region_norm_l", run_region_norm_l),
+    ("layer_norm_grad", run_layer_norm_grad),
+    ("rms_norm_grad", run_rms_norm_grad),
+    ("add_layer_norm_grad", run_add_layer_norm_grad),
+    ("add_rms_norm_grad", run_add_rms_norm_grad),
 ];
 
 /// Whether the runtime implements `op`.

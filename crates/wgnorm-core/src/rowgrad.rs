@@ -1,0 +1,384 @@
+//! The row-norm backward engine (LayerNorm, RMSNorm and their fused residual adds): for an
+//! upstream gradient `dy` of `y`, the gradients of `sum(y * dy)` with respect to `x` (and the
+//! residual, which is the same), `weight` and `bias`.
+//!
+//! Three kernels (`shaders/row_grad/`): `dx` (one workgroup per row: statistics, the two row
+//! reductions in f32 tree sums, dx), `params` (dweight/dbias partial sums per block of rows) and
+//! `reduce` (the blocks summed in a fixed order). No float atomics: every gradient is the same
+//! bit for bit from run to run. Layout as the forward's: row-major `[rows, n]` with every dim
+//! from `axis` on reduced.
+
+use crate::binding::{self, BindCache, BufferRange};
+use crate::context::Slot;
+use crate::rownorm::RowMode;
+use crate::scratch::ScratchCache;
+use crate::shader::{snippet, Io, Kernel, Specialization};
+use crate::uniform::RowGradParams;
+use crate::{Context, DType, Error, Result, Tensor};
+
+const COMMON: &str = crate::shader_file!("row_grad/common.wgsl");
+
+/// dx: uniform, x, residual, weight, dy, dsum, mean, rstd, dx, stats.
+pub const DX_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+];
+/// params: uniform, x, residual, dy, stats, partials.
+pub const PARAMS_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+];
+/// reduce: uniform, partials, dweight, dbias.
+pub const REDUCE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite, Slot::ReadWrite];
+
+/// dx, one workgroup per row.
+pub const DX_KERNEL: Kernel = Kernel::new(
+    "row_grad/dx",
+    &[
+        snippet::WG_SUM,
+        COMMON,
+        crate::shader_file!("row_grad/dx.wgsl"),
+    ],
+    DX_SLOTS,
+);
+/// dweight/dbias partials per block of rows.
+pub const PARAMS_KERNEL: Kernel = Kernel::new(
+    "row_grad/params",
+    &[COMMON, crate::shader_file!("row_grad/params.wgsl")],
+    PARAMS_SLOTS,
+);
+/// dweight/dbias from the partials, in block order.
+pub const REDUCE_KERNEL: Kernel = Kernel::new(
+    "row_grad/reduce",
+    &[COMMON, crate::shader_file!("row_grad/reduce.wgsl")],
+    REDUCE_SLOTS,
+);
+
+/// Workgroup sizes: the dx kernel's lanes per row, the column kernels'.
+const DX_WG: u32 = 256;
+const COL_WG: u32 = 64;
+/// Blocks of rows in the parameter-gradient pass, at most: enough workgroups for a GPU, few
+/// enough partials to stay small (blocks * 2 * n f32).
+const MAX_BLOCKS: usize = 128;
+/// Rows one lane of the partials pass sums, at most (software rasterisers stop long loops).
+const MAX_ROW_BLOCK: usize = 4096;
+
+/// Which optional tensors a call binds: the override constants of the three kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GradFlags {
+    /// A weight multiplies the normalized value.
+    pub weight: bool,
+    /// The fused add: the row is `x + residual`.
+    pub residual: bool,
+    /// An upstream gradient of the fused add's sum is added to dx.
+    pub dsum: bool,
+    /// The forward's saved statistics are reused.
+    pub given_stats: bool,
+    /// dweight is written.
+    pub dweight: bool,
+    /// dbias is written.
+    pub dbias: bool,
+}
+
+fn mode_value(mode: RowMode) -> u32 {
+    match mode {
+        RowMode::LayerNorm => 0,
+        RowMode::RmsNorm => 1,
+    }
+}
+
+/// The dx pipeline of a call shape.
+pub fn dx_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
+    Specialization::new(DX_KERNEL, io)
+        .set("WG", DX_WG)
+        .set("MODE", mode_value(mode))
+        .flag("HAS_RESIDUAL", f.residual)
+        .flag("HAS_WEIGHT", f.weight)
+        .flag("HAS_DSUM", f.dsum)
+        .flag("GIVEN_STATS", f.given_stats)
+}
+
+/// The partials pipeline.
+pub fn params_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
+    Specialization::new(PARAMS_KERNEL, io)
+        .set("WG", COL_WG)
+        .set("MODE", mode_value(mode))
+        .flag("HAS_RESIDUAL", f.residual)
+}
+
+/// The reduce pipeline.
+pub fn reduce_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
+    Specialization::new(REDUCE_KERNEL, io)
+        .set("WG", COL_WG)
+        .set("MODE", mode_value(mode))
+        .flag("HAS_DWEIGHT", f.dweight)
+        .flag("HAS_DBIAS", f.dbias)
+}
+
+/// Every pipeline the engine can create, for `cargo xtask validate`.
+pub fn specializations() -> Vec<Specialization> {
+    let mut out = Vec::new();
+    for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+        for io in Io::ALL {
+            for bits in 0..16u32 {
+                let b = |k: u32| bits & (1 << k) != 0;
+                let f = GradFlags {
+                    weight: b(0),
+                    residual: b(1),
+                    dsum: b(2),
+                    given_stats: b(3),
+                    ..Default::default()
+                };
+                out.push(dx_spec(mode, io, f));
+            }
+            for residual in [false, true] {
+                let f = GradFlags {
+                    residual,
+                    ..Default::default()
+                };
+                out.push(params_spec(mode, io, f));
+            }
+            for (dweight, dbias) in [(true, false), (false, true), (true, true)] {
+                let f = GradFlags {
+                    dweight,
+                    dbias,
+                    ..Default::default()
+                };
+                out.push(reduce_spec(mode, io, f));
+            }
+        }
+    }
+    out
+}
+
+/// Configuration fixed when a row-norm backward is created: the forward's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowGradConfig {
+    /// LayerNorm or RMSNorm statistics.
+    pub mode: RowMode,
+    /// First reduced dim; negative counts from the end.
+    pub axis: isize,
+    /// The forward's eps.
+    pub eps: f32,
+    /// RMSNorm: added to the weight before it multiplies (Gemma: 1).
+    pub weight_offset: f32,
+    /// Storage type of x, residual, weight, dy, dsum, dx, dweight and dbias.
+    pub dtype: DType,
+}
+
+/// Tensors of one backward call. `dy`, `dx`, `residual` and `dsum` have x's shape and dtype;
+/// `weight`, `dweight`, `dbias` the reduced shape `x.shape[axis..]` in the same dtype; `mean`
+/// and `rstd` (f32, one per row) are the forward's saved statistics when the caller kept them
+/// (LayerNorm needs both, RMSNorm `rstd`), recomputed from x otherwise.
+#[derive(Clone, Copy, Debug)]
+pub struct RowGradArgs<'a> {
+    /// The forward's input.
+    pub x: &'a Tensor,
+    /// The fused add's second input: the row normalized is `x + residual`.
+    pub residual: Option<&'a Tensor>,
+    /// The forward's weight (`None`: 1, plus the offset).
+    pub weight: Option<&'a Tensor>,
+    /// Upstream gradient of y.
+    pub dy: &'a Tensor,
+    /// Upstream gradient of the fused add's `sum` output, added to dx.
+    pub dsum: Option<&'a Tensor>,
+    /// The forward's saved row means (LayerNorm).
+    pub mean: Option<&'a Tensor>,
+    /// The forward's saved row rstd.
+    pub rstd: Option<&'a Tensor>,
+    /// Output: the gradient of x (and of the residual).
+    pub dx: &'a Tensor,
+    /// Output: the gradient of the weight, when wanted.
+    pub dweight: Option<&'a Tensor>,
+    /// Output: the gradient of the bias (LayerNorm), when wanted.
+    pub dbias: Option<&'a Tensor>,
+}
+
+/// Bound ranges of a checked call.
+struct Ranges {
+    x: BufferRange,
+    residual: Option<BufferRange>,
+    weight: Option<BufferRange>,
+    dy: BufferRange,
+    dsum: Option<BufferRange>,
+    mean: Option<BufferRange>,
+    rstd: Option<BufferRange>,
+    dx: BufferRange,
+    dweight: Option<BufferRange>,
+    dbias: Option<BufferRange>,
+}
+
+/// A row-norm backward bound to a device.
+pub struct RowGrad {
+    ctx: Context,
+    cfg: RowGradConfig,
+    binds: BindCache,
+    stats: ScratchCache,
+    partials: ScratchCache,
+}
+
+mod check;
+
+impl RowGrad {
+    /// Checks the configuration (eps finite and >= 0, weight_offset finite).
+    pub fn new(ctx: &Context, cfg: RowGradConfig) -> Result<RowGrad> {
+        crate::check_eps(cfg.eps)?;
+        if !cfg.weight_offset.is_finite() {
+            return Err(Error::InvalidParameter {
+                name: "weight_offset",
+                value: cfg.weight_offset.to_string(),
+                why: "must be finite",
+            });
+        }
+        Ok(RowGrad {
+            ctx: ctx.clone(),
+            cfg,
+            binds: BindCache::default(),
+            stats: ScratchCache::default(),
+            partials: ScratchCache::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RowGradConfig {
+        &self.cfg
+    }
+
+    /// Records the backward passes into `encoder`. Everything is checked and every bind group
+    /// made before the first pass is recorded; nothing is recorded on error. An empty x records
+    /// nothing, except that dweight/dbias of a call with no rows are zeroed (the sum over no
+    /// rows).
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &RowGradArgs) -> Result<()> {
+        let Some((rows, n, r)) = self.check(a)? else {
+            return Ok(());
+        };
+        let ctx = &self.ctx;
+        let dtype = self.cfg.dtype;
+        let aligned = [
+            Some(&r.x),
+            r.residual.as_ref(),
+            Some(&r.dy),
+            r.dsum.as_ref(),
+            Some(&r.dx),
+        ]
+        .into_iter()
+        .chain([r.weight.as_ref(), r.dweight.as_ref(), r.dbias.as_ref()])
+        .flatten()
+        .all(|b| b.offset % Io { dtype, vec4: true }.alignment() == 0);
+        let io = Io {
+            dtype,
+            vec4: n % 4 == 0 && aligned,
+        };
+        ctx.check_io(io)?;
+        let flags = GradFlags {
+            weight: r.weight.is_some(),
+            residual: r.residual.is_some(),
+            dsum: r.dsum.is_some(),
+            given_stats: r.rstd.is_some(),
+            dweight: r.dweight.is_some(),
+            dbias: r.dbias.is_some(),
+        };
+        // At most MAX_BLOCKS blocks, each at most MAX_ROW_BLOCK rows (a lane's loop).
+        let row_block = rows.div_ceil(MAX_BLOCKS).clamp(1, MAX_ROW_BLOCK);
+        let blocks = rows.div_ceil(row_block);
+        let params = RowGradParams {
+            rows: rows as u32,
+            n_vec: (n / io.width() as usize) as u32,
+            n: n as u32,
+            eps: self.cfg.eps,
+            weight_offset: self.cfg.weight_offset,
+            row_block: row_block as u32,
+            blocks: blocks as u32,
+            _pad0: 0,
+        };
+        let key = a.x.shape();
+        let stats = self.stats.get(ctx, key, &[rows.max(1), 2], DType::F32)?;
+        let stats = binding::storage_range(ctx, "stats", &stats)?;
+        let want_params = flags.dweight || flags.dbias;
+        let partials = if want_params {
+            let t = self
+                .partials
+                .get(ctx, key, &[(blocks * 2 * n).max(4)], DType::F32)?;
+            Some(binding::storage_range(ctx, "partials", &t)?)
+        } else {
+            None
+        };
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw = binding::dummy_range(ctx.dummy_write(0));
+        let mode = self.cfg.mode;
+        let mut passes: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32))> = Vec::new();
+        if rows > 0 {
+            let bind = self.binds.get(
+                ctx,
+                DX_SLOTS,
+                &params,
+                &[
+                    &r.x,
+                    r.residual.as_ref().unwrap_or(&dr),
+                    r.weight.as_ref().unwrap_or(&dr),
+                    &r.dy,
+                    r.dsum.as_ref().unwrap_or(&dr),
+                    r.mean.as_ref().unwrap_or(&dr),
+                    r.rstd.as_ref().unwrap_or(&dr),
+                    &r.dx,
+                    &stats,
+                ],
+            )?;
+            let groups = binding::grid(ctx, rows as u64);
+            passes.push((ctx.pipeline(&dx_spec(mode, io, flags))?, bind, groups));
+        }
+        if let Some(partials) = &partials {
+            let col_groups = (params.n_vec as u64).div_ceil(COL_WG as u64) as u32;
+            if rows > 0 {
+                let bind = self.binds.get(
+                    ctx,
+                    PARAMS_SLOTS,
+                    &params,
+                    &[
+                        &r.x,
+                        r.residual.as_ref().unwrap_or(&dr),
+                        &r.dy,
+                        &stats,
+                        partials,
+                    ],
+                )?;
+                let pipeline = ctx.pipeline(&params_spec(mode, io, flags))?;
+                passes.push((pipeline, bind, (col_groups, blocks as u32)));
+            }
+            let bind = self.binds.get(
+                ctx,
+                REDUCE_SLOTS,
+                &params,
+                &[
+                    partials,
+                    r.dweight.as_ref().unwrap_or(&dw),
+                    r.dbias.as_ref().unwrap_or(&dw),
+                ],
+            )?;
+            let pipeline = ctx.pipeline(&reduce_spec(mode, io, flags))?;
+            passes.push((pipeline, bind, (col_groups, 1)));
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm row_grad"),
+            timestamp_writes: None,
+        });
+        for (pipeline, bind, (gx, gy)) in &passes {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(*gx, *gy, 1);
+        }
+        Ok(())
+    }
+}

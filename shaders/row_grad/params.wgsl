@@ -1,0 +1,42 @@
+// Row-norm backward, parameter gradients, phase 1: invocation (i, block) sums dy * xhat and dy
+// over the block's rows for column access i, in row order, into partials[block] (f32): no
+// atomics, so the result is the same bit for bit on every run.
+
+override WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> params: RowGradParams;
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
+@group(0) @binding(2) var<storage, read> residual: array<Elem>;
+@group(0) @binding(3) var<storage, read> dy: array<Elem>;
+@group(0) @binding(4) var<storage, read> stats: array<vec2<f32>>;
+// [blocks][2][n_vec]: dweight partials, then dbias partials, per block.
+@group(0) @binding(5) var<storage, read_write> partials: array<V>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = wid.x * WG + lid;
+    let block = wid.y;
+    if (i >= params.n_vec) {
+        return;
+    }
+    let r0 = block * params.row_block;
+    let r1 = min(params.rows, r0 + params.row_block);
+    var aw = V(0.0);
+    var ab = V(0.0);
+    for (var r = r0; r < r1; r++) {
+        let st = stats[r];
+        let e = r * params.n_vec + i;
+        var s = to_v(x[e]);
+        if (HAS_RESIDUAL) {
+            s += to_v(residual[e]);
+        }
+        let d = to_v(dy[e]);
+        aw += d * ((s - V(st.x)) * st.y);
+        ab += d;
+    }
+    partials[(block * 2u) * params.n_vec + i] = aw;
+    partials[(block * 2u + 1u) * params.n_vec + i] = ab;
+}
