@@ -95,6 +95,9 @@ layout_tests! {
     row_grad_params_matches_dx: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::DX_KERNEL;
     row_grad_params_matches_params: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::PARAMS_KERNEL;
     row_grad_params_matches_reduce: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::REDUCE_KERNEL;
+    channel_grad_params_matches_partials: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::PARTIALS_KERNEL;
+    channel_grad_params_matches_finalize: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::FINALIZE_KERNEL;
+    channel_grad_params_matches_dx: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::DX_KERNEL;
     ew_params_matches_elementwise: wgnorm::engine::uniform::EwParams => wgnorm::engine::elementwise::ELEMENTWISE_KERNEL;
     copy_params_matches_copy: wgnorm::engine::uniform::CopyParams => wgnorm::engine::core::baseline::COPY_KERNEL;
     blend_params_matches_blend: wgnorm::engine::uniform::BlendParams => wgnorm::engine::elementwise::BLEND_KERNEL;

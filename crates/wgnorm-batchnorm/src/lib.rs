@@ -21,6 +21,7 @@ use wgnorm_core::chnorm::{
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 
 mod fold;
+mod grad;
 mod instance;
 mod progressive;
 mod region;
@@ -28,6 +29,7 @@ mod variants;
 pub use fold::{
     fold_batch_norm, fold_rep_batch_norm, fold_specializations, FoldArgs, FoldParams, FOLD_KERNEL,
 };
+pub use grad::{BatchNormGradInputs, BatchNormGradOutputs, BatchNormGrads};
 pub use instance::{
     specializations as mixing_specializations, AdaB2nConfig, AdaB2nInputs, AdaB2nParams,
     AdaB2nTaskWeighted, EvoB0Params, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar,
@@ -135,17 +137,21 @@ pub struct BatchNorm {
     fold_binds: BindCache,
     /// Per-(chunk, channel) moments of Ghost BN training, one tensor per input shape.
     ghost_moments: ScratchCache,
+    grad: wgnorm_core::chgrad::ChannelGrad,
 }
 
 impl BatchNorm {
     /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: BatchNormConfig) -> Result<BatchNorm> {
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?;
+        let grad =
+            wgnorm_core::chgrad::ChannelGrad::new(ctx, cfg.eps, cfg.dtype, Default::default())?;
         Ok(BatchNorm {
             engine,
             cfg,
             fold_binds: BindCache::default(),
             ghost_moments: Default::default(),
+            grad,
         })
     }
 

@@ -13,6 +13,7 @@
 pub mod activation;
 pub mod baseline;
 pub mod binding;
+pub mod chgrad;
 pub mod chnorm;
 pub mod context;
 mod dtype;

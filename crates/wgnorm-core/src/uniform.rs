@@ -205,6 +205,28 @@ uniform_block! {
 }
 
 uniform_block! {
+    /// `ChannelGradParams` (`channel_grad/common.wgsl`): batch-statistics backward over the
+    /// forward's `[p, q, r, s]` view.
+    pub struct ChannelGradParams {
+        pub p: u32,
+        pub q: u32,
+        pub r: u32,
+        pub s: u32,
+        /// Channels per slot, and elements of s per channel.
+        pub cg: u32,
+        pub sdiv: u32,
+        /// Tiles of each (p, channel)'s `q * sdiv` elements, and elements per tile.
+        pub tiles: u32,
+        pub tile_len: u32,
+        pub eps: f32,
+        /// Elements of x.
+        pub total: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+uniform_block! {
     /// `EwParams` (`elementwise.wgsl`): a standalone activation over `n_v` accesses.
     pub struct EwParams {
         pub n_v: u32,

@@ -9,6 +9,9 @@
 
 #![deny(missing_docs)]
 
+mod grad;
+
+pub use grad::{NormGradInputs, NormGradOutputs, NormGrads};
 pub use wgnorm_core::chnorm::{Activation, Layout};
 use wgnorm_core::chnorm::{
     ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, EpilogueInput, Statistics,
@@ -81,13 +84,15 @@ pub struct NormOutputs<'a> {
 pub struct GroupNorm {
     engine: ChannelNorm,
     cfg: GroupNormConfig,
+    grad: wgnorm_core::chgrad::ChannelGrad,
 }
 
 impl GroupNorm {
     /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: GroupNormConfig) -> Result<GroupNorm> {
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, cfg.activation)?;
-        Ok(GroupNorm { engine, cfg })
+        let grad = wgnorm_core::chgrad::ChannelGrad::new(ctx, cfg.eps, cfg.dtype, cfg.activation)?;
+        Ok(GroupNorm { engine, cfg, grad })
     }
 
     /// Records the op into the caller's encoder.
@@ -140,16 +145,20 @@ pub struct InstanceNorm {
     cfg: InstanceNormConfig,
     /// Per-(sample, channel) moments of the tracked training path, one tensor per shape.
     moments: wgnorm_core::scratch::ScratchCache,
+    grad: wgnorm_core::chgrad::ChannelGrad,
 }
 
 impl InstanceNorm {
     /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
     pub fn new(ctx: &Context, cfg: InstanceNormConfig) -> Result<InstanceNorm> {
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Activation::None)?;
+        let grad =
+            wgnorm_core::chgrad::ChannelGrad::new(ctx, cfg.eps, cfg.dtype, Activation::None)?;
         Ok(InstanceNorm {
             engine,
             cfg,
             moments: Default::default(),
+            grad,
         })
     }
 

@@ -22,10 +22,10 @@ pub mod conformance;
 
 pub use wgnorm_batchnorm::{
     self as batchnorm, AdaB2nConfig, AdaB2nInputs, AdaB2nTaskWeighted, BatchNorm, BatchNormConfig,
-    BatchNormInputs, BatchNormOutputs, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar,
-    IbnConfig, IbnInputs, IbnNorm, ProgressiveRepNormConfig, RegionNormB, RegionNormBConfig,
-    RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs, UnmixTns, UnmixTnsConfig,
-    UnmixTnsInputs,
+    BatchNormGradInputs, BatchNormGradOutputs, BatchNormGrads, BatchNormInputs, BatchNormOutputs,
+    EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar, IbnConfig, IbnInputs, IbnNorm,
+    ProgressiveRepNormConfig, RegionNormB, RegionNormBConfig, RegionNormInputs, RegionNormL,
+    RegionNormLConfig, RegionNormLInputs, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::Layout;
 pub use wgnorm_core::context::OPTIONAL_FEATURES;
@@ -41,14 +41,15 @@ pub use wgnorm_core::{wgpu, Context, DType, Error, Mode, Result, ShaderChecks, T
 pub mod engine {
     pub use wgnorm_core as core;
     pub use wgnorm_core::{
-        baseline, binding, chnorm, elementwise, instmix, rowgrad, rownorm, scratch, shader,
+        baseline, binding, chgrad, chnorm, elementwise, instmix, rowgrad, rownorm, scratch, shader,
         uniform, Slot,
     };
 }
 pub use wgnorm_groupnorm::{
     self as groupnorm, EvoNormS0, EvoNormS0Config, GroupNorm, GroupNormConfig, InstanceNorm,
-    InstanceNormConfig, LpNorm, LpNormConfig, MeanVarianceNorm, MeanVarianceNormConfig, NormInputs,
-    NormOutputs, WeightStandardization, WeightStandardizationConfig, WsVariant,
+    InstanceNormConfig, LpNorm, LpNormConfig, MeanVarianceNorm, MeanVarianceNormConfig,
+    NormGradInputs, NormGradOutputs, NormGrads, NormInputs, NormOutputs, WeightStandardization,
+    WeightStandardizationConfig, WsVariant,
 };
 pub use wgnorm_layernorm::{
     self as layernorm, AddLayerNormGradInputs, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm,
@@ -98,6 +99,7 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         wgnorm_powernorm::unified_specializations(),
         engine::elementwise::specializations(),
         engine::rowgrad::specializations(),
+        engine::chgrad::specializations(),
         wgnorm_selfnorm::specializations(),
         wgnorm_batchnorm::region_specializations(),
         wgnorm_batchnorm::fold_specializations(),

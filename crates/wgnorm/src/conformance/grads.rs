@@ -125,3 +125,96 @@ pub(super) fn run_rms_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, S
 pub(super) fn run_add_rms_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     rms_norm_grad(ctx, case, true)
 }
+
+/// `batch_norm_grad`: training through the batch statistics, inference with the running ones.
+pub(super) fn run_batch_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    let a = Attrs::new(
+        case,
+        &["eps", "training", "momentum", "running_var_unbiased"],
+    )?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::BatchNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let w = upload_param(ctx, case, "weight")?;
+    let rm = upload_param(ctx, case, "running_mean")?;
+    let rv = upload_param(ctx, case, "running_var")?;
+    let training = a.bool("training", true)?;
+    let g = bn
+        .backward(
+            &crate::BatchNormGradInputs {
+                x: &xt,
+                weight: w.as_ref(),
+                dy: &dy,
+                saved: None,
+                running_mean: rm.as_ref(),
+                running_var: rv.as_ref(),
+            },
+            crate::Mode::training(training),
+        )
+        .map_err(err)?;
+    grads_out(ctx, case, &g.dx, Some(&g.dweight), Some(&g.dbias))
+}
+
+/// `group_norm_grad` (with its activation) and `instance_norm_grad`.
+fn channel_norm_grad(ctx: &Context, case: &Case, group: bool) -> Result<Outputs, String> {
+    let names: &[&str] = if group {
+        &["num_groups", "eps", "activation"]
+    } else {
+        &["eps"]
+    };
+    let a = Attrs::new(case, names)?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let eps = a.f64("eps", 1e-5)? as f32;
+    let xt = upload(ctx, x, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let w = upload_param(ctx, case, "weight")?;
+    let b = upload_param(ctx, case, "bias")?;
+    let inputs = crate::NormGradInputs {
+        x: &xt,
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+        dy: &dy,
+        saved: None,
+    };
+    let g = if group {
+        required(case, "num_groups")?;
+        let groups = a.int("num_groups", 0)?;
+        let name = a.str("activation", "none")?;
+        let activation =
+            crate::Activation::from_name(&name).ok_or(format!("unknown activation {name:?}"))?;
+        let cfg = crate::GroupNormConfig {
+            num_groups: usize::try_from(groups).map_err(|_| format!("num_groups {groups} < 0"))?,
+            eps,
+            activation,
+            layout: crate::Layout::Nchw,
+            dtype,
+        };
+        let gn = crate::GroupNorm::new(ctx, cfg).map_err(err)?;
+        gn.backward(&inputs)
+    } else {
+        let cfg = crate::InstanceNormConfig {
+            eps,
+            dtype,
+            ..Default::default()
+        };
+        crate::InstanceNorm::new(ctx, cfg).and_then(|op| op.backward(&inputs))
+    }
+    .map_err(err)?;
+    grads_out(ctx, case, &g.dx, Some(&g.dweight), Some(&g.dbias))
+}
+
+pub(super) fn run_group_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    channel_norm_grad(ctx, case, true)
+}
+
+pub(super) fn run_instance_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    channel_norm_grad(ctx, case, false)
+}

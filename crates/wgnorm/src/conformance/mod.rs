@@ -196,6 +196,9 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("rms_norm_grad", run_rms_norm_grad),
     ("add_layer_norm_grad", run_add_layer_norm_grad),
     ("add_rms_norm_grad", run_add_rms_norm_grad),
+    ("batch_norm_grad", run_batch_norm_grad),
+    ("group_norm_grad", run_group_norm_grad),
+    ("instance_norm_grad", run_instance_norm_grad),
 ];
 
 /// Whether the runtime implements `op`.

@@ -1,0 +1,105 @@
+//! BatchNorm's backward: training through the batch statistics (the forward's saved ones when
+//! kept, recomputed otherwise), inference with the running statistics as constants; NCHW and
+//! channels-last. On the batch-statistics backward engine ([`wgnorm_core::chgrad`]).
+
+use wgnorm_core::chgrad::{ChannelGradArgs, GradStats};
+use wgnorm_core::chnorm::ChannelView;
+use wgnorm_core::{DType, Mode, Result, Tensor};
+
+use crate::BatchNorm;
+
+/// Inputs of the backward: the forward's `x` and `weight` (f32 `[C]`), the upstream gradient
+/// `dy` (x's shape and dtype), the forward's saved `(mean, rstd)` pairs (f32 `[C, 2]`) when kept
+/// (training), and the running statistics (f32 `[C]`; inference).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNormGradInputs<'a> {
+    /// The forward's input.
+    pub x: &'a Tensor,
+    /// The forward's weight; `None`: 1.
+    pub weight: Option<&'a Tensor>,
+    /// Upstream gradient of y.
+    pub dy: &'a Tensor,
+    /// Training: the forward's saved statistics (recomputed from x when `None`).
+    pub saved: Option<&'a Tensor>,
+    /// Inference: the running mean the forward normalized with.
+    pub running_mean: Option<&'a Tensor>,
+    /// Inference: the running variance the forward normalized with.
+    pub running_var: Option<&'a Tensor>,
+}
+
+/// Outputs of the backward: `dx` like x; `dweight`, `dbias` f32 `[C]` when wanted.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNormGradOutputs<'a> {
+    /// Gradient of x.
+    pub dx: &'a Tensor,
+    /// Gradient of the weight, written when given.
+    pub dweight: Option<&'a Tensor>,
+    /// Gradient of the bias, written when given.
+    pub dbias: Option<&'a Tensor>,
+}
+
+/// Tensors allocated by [`BatchNorm::backward`].
+#[derive(Clone, Debug)]
+pub struct BatchNormGrads {
+    /// Gradient of x.
+    pub dx: Tensor,
+    /// Gradient of the weight (f32 `[C]`).
+    pub dweight: Tensor,
+    /// Gradient of the bias (f32 `[C]`).
+    pub dbias: Tensor,
+}
+
+impl BatchNorm {
+    /// Records the backward of a `mode` forward into the caller's encoder: training goes through
+    /// the batch statistics (`dx = rstd (g - mean(g) - xhat mean(g xhat))`, `g = dy w`),
+    /// inference treats the running statistics as constants (`dx = g rstd`). Per-channel sums
+    /// in a fixed order: bitwise reproducible. Checked first; nothing is recorded on error.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormGradInputs,
+        outputs: &BatchNormGradOutputs,
+        mode: Mode,
+    ) -> Result<()> {
+        let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
+        let stats = match (mode.is_train(), inputs.saved.is_some()) {
+            (false, _) => GradStats::Running,
+            (true, true) => GradStats::Saved,
+            (true, false) => GradStats::Batch,
+        };
+        self.grad.encode(
+            encoder,
+            &ChannelGradArgs {
+                x: inputs.x,
+                dy: inputs.dy,
+                view,
+                stats,
+                weight: inputs.weight,
+                bias: None,
+                saved: inputs.saved,
+                running_mean: inputs.running_mean,
+                running_var: inputs.running_var,
+                dx: outputs.dx,
+                dweight: outputs.dweight,
+                dbias: outputs.dbias,
+            },
+        )
+    }
+
+    /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
+    pub fn backward(&self, inputs: &BatchNormGradInputs, mode: Mode) -> Result<BatchNormGrads> {
+        let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
+        let ctx = self.engine.context();
+        let c = view.channels();
+        let dx = ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
+        let dweight = ctx.empty(&[c], DType::F32)?;
+        let dbias = ctx.empty(&[c], DType::F32)?;
+        let outputs = BatchNormGradOutputs {
+            dx: &dx,
+            dweight: Some(&dweight),
+            dbias: Some(&dbias),
+        };
+        ctx.record_and_submit(|enc| self.encode_backward(enc, inputs, &outputs, mode))?;
+        Ok(BatchNormGrads { dx, dweight, dbias })
+    }
+}

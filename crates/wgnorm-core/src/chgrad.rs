@@ -1,0 +1,475 @@
+//! The batch-statistics backward engine (BatchNorm, GroupNorm, InstanceNorm; NCHW and
+//! channels-last through the forward's [`ChannelView`]): for an upstream gradient `dy`, the
+//! gradients of `sum(y * dy)` with respect to x, the per-channel weight and bias, the SiLU after
+//! the affine differentiated when the forward had it.
+//!
+//! Passes (`shaders/channel_grad/`): the slot statistics (the forward's saved ones, the running
+//! ones, or a reduce pass of the forward engine), `partials` (per (sample, channel, tile): the
+//! sums of dz and dz * xhat, workgroup tree sums), `finalize` (per slot the two coefficients of
+//! dx, per channel dweight/dbias, summed in a fixed order), `dx` (elementwise). No atomics:
+//! bitwise reproducible.
+
+use crate::binding::{self, BindCache, BufferRange};
+use crate::chnorm::{ChannelNorm, ChannelView};
+use crate::context::Slot;
+use crate::scratch::ScratchCache;
+use crate::shader::{snippet, Io, Kernel, Specialization};
+use crate::uniform::ChannelGradParams;
+use crate::{Activation, Context, DType, Result, Tensor};
+
+mod check;
+
+const COMMON: &str = crate::shader_file!("channel_grad/common.wgsl");
+const STATS: &str = crate::shader_file!("channel_grad/stats.wgsl");
+
+/// partials: uniform, moments, running_mean, running_var, x, dy, weight, bias, partials.
+pub const PARTIALS_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+];
+/// finalize: uniform, moments, running_mean, running_var, partials, weight, coef, dweight, dbias.
+pub const FINALIZE_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+];
+/// dx: uniform, x, dy, weight, bias, coef, dx.
+pub const DX_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+];
+
+/// Per (sample, channel, tile) sums of dz and dz * xhat.
+pub const PARTIALS_KERNEL: Kernel = Kernel::new(
+    "channel_grad/partials",
+    &[
+        snippet::WG_SUM,
+        COMMON,
+        STATS,
+        crate::shader_file!("channel_grad/partials.wgsl"),
+    ],
+    PARTIALS_SLOTS,
+);
+/// Per-slot dx coefficients and per-channel parameter gradients.
+pub const FINALIZE_KERNEL: Kernel = Kernel::new(
+    "channel_grad/finalize",
+    &[
+        COMMON,
+        STATS,
+        crate::shader_file!("channel_grad/finalize.wgsl"),
+    ],
+    FINALIZE_SLOTS,
+);
+/// dx, elementwise.
+pub const DX_KERNEL: Kernel = Kernel::new(
+    "channel_grad/dx",
+    &[COMMON, crate::shader_file!("channel_grad/dx.wgsl")],
+    DX_SLOTS,
+);
+
+const PARTIALS_WG: u32 = 256;
+const SMALL_WG: u32 = 64;
+
+/// Where the backward's slot statistics come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GradStats {
+    /// Recomputed from x by the forward engine's reduce pass (training, statistics not kept).
+    Batch,
+    /// The forward's saved `(mean, rstd)` pairs (training).
+    Saved,
+    /// The running statistics (BatchNorm inference): constants, dx = dy * w * rstd.
+    Running,
+}
+
+impl GradStats {
+    fn value(self) -> u32 {
+        match self {
+            GradStats::Batch => 0,
+            GradStats::Saved => 1,
+            GradStats::Running => 2,
+        }
+    }
+}
+
+/// The override constants of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GradShape {
+    /// The statistics' source.
+    pub stats: GradStats,
+    /// A weight / bias is bound.
+    pub weight: bool,
+    /// A bias is bound.
+    pub bias: bool,
+    /// SiLU after the affine.
+    pub silu: bool,
+    /// dweight / dbias are written.
+    pub dweight: bool,
+    /// dbias is written.
+    pub dbias: bool,
+}
+
+fn base(kernel: Kernel, io: Io, s: GradShape) -> Specialization {
+    Specialization::new(kernel, io)
+        .set("STATS", s.stats.value())
+        .flag("HAS_WEIGHT", s.weight)
+        .set("ACT", s.silu as u32)
+}
+
+/// The partials pipeline.
+pub fn partials_spec(io: Io, s: GradShape) -> Specialization {
+    base(PARTIALS_KERNEL, io, s)
+        .set("WG", PARTIALS_WG)
+        .flag("HAS_BIAS", s.bias)
+}
+
+/// The finalize pipeline of a role (0: dx coefficients, 1: parameter gradients).
+pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
+    let s = if role == 1 {
+        GradShape {
+            stats: GradStats::Batch,
+            weight: false,
+            silu: false,
+            ..s
+        }
+    } else {
+        GradShape {
+            dweight: false,
+            dbias: false,
+            ..s
+        }
+    };
+    base(FINALIZE_KERNEL, Io::F32, s)
+        .set("WG", SMALL_WG)
+        .set("ROLE", role)
+        .flag("THROUGH_STATS", s.stats != GradStats::Running)
+        .flag("HAS_DWEIGHT", s.dweight)
+        .flag("HAS_DBIAS", s.dbias)
+}
+
+/// The dx pipeline.
+pub fn dx_spec(io: Io, s: GradShape) -> Specialization {
+    base(
+        DX_KERNEL,
+        io,
+        GradShape {
+            stats: GradStats::Batch,
+            ..s
+        },
+    )
+    .set("WG", SMALL_WG)
+    .flag("HAS_BIAS", s.bias)
+}
+
+/// Every pipeline the engine can create, for `cargo xtask validate`.
+pub fn specializations() -> Vec<Specialization> {
+    let mut out = Vec::new();
+    for stats in [GradStats::Batch, GradStats::Saved, GradStats::Running] {
+        for bits in 0..32u32 {
+            let b = |k: u32| bits & (1 << k) != 0;
+            let s = GradShape {
+                stats,
+                weight: b(0),
+                bias: b(1),
+                silu: b(2),
+                dweight: b(3),
+                dbias: b(4),
+            };
+            for dtype in [DType::F32, DType::F16] {
+                let io = Io { dtype, vec4: false };
+                out.push(partials_spec(io, s));
+                out.push(dx_spec(io, s));
+            }
+            out.push(finalize_spec(s, 0));
+            out.push(finalize_spec(s, 1));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|s| seen.insert(s.key()));
+    out
+}
+
+/// Tensors of one backward call over `view` (the forward's). `dy` and `dx` have x's shape and
+/// dtype; `weight`, `bias`, `dweight`, `dbias`, `running_mean` and `running_var` are f32, one per
+/// channel; `saved` the forward's f32 `(mean, rstd)` pairs, one per slot.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelGradArgs<'a> {
+    /// The forward's input.
+    pub x: &'a Tensor,
+    /// Upstream gradient of y.
+    pub dy: &'a Tensor,
+    /// The forward's view of x.
+    pub view: ChannelView,
+    /// The statistics' source.
+    pub stats: GradStats,
+    /// The forward's weight; `None`: 1.
+    pub weight: Option<&'a Tensor>,
+    /// The forward's bias (needed only with the SiLU: it shifts z); `None`: 0.
+    pub bias: Option<&'a Tensor>,
+    /// With [`GradStats::Saved`]: the forward's saved statistics.
+    pub saved: Option<&'a Tensor>,
+    /// With [`GradStats::Running`]: the running statistics.
+    pub running_mean: Option<&'a Tensor>,
+    /// With [`GradStats::Running`].
+    pub running_var: Option<&'a Tensor>,
+    /// Output: the gradient of x.
+    pub dx: &'a Tensor,
+    /// Output: the gradient of the weight, when wanted.
+    pub dweight: Option<&'a Tensor>,
+    /// Output: the gradient of the bias, when wanted.
+    pub dbias: Option<&'a Tensor>,
+}
+
+/// Bound ranges of a checked call.
+struct Ranges {
+    x: BufferRange,
+    dy: BufferRange,
+    weight: Option<BufferRange>,
+    bias: Option<BufferRange>,
+    saved: Option<BufferRange>,
+    running_mean: Option<BufferRange>,
+    running_var: Option<BufferRange>,
+    dx: BufferRange,
+    dweight: Option<BufferRange>,
+    dbias: Option<BufferRange>,
+}
+
+/// A batch-statistics backward bound to a device.
+pub struct ChannelGrad {
+    ctx: Context,
+    eps: f32,
+    dtype: DType,
+    activation: Activation,
+    silu: bool,
+    reduce: ChannelNorm,
+    binds: BindCache,
+    moments: ScratchCache,
+    partials: ScratchCache,
+    coef: ScratchCache,
+}
+
+impl ChannelGrad {
+    /// The backward of a forward with `eps`, tensors of `dtype` and `activation` after the
+    /// affine (`None` or `Silu`).
+    /// Another activation is refused when a call is recorded (the forward op stays usable).
+    pub fn new(
+        ctx: &Context,
+        eps: f32,
+        dtype: DType,
+        activation: Activation,
+    ) -> Result<ChannelGrad> {
+        Ok(ChannelGrad {
+            ctx: ctx.clone(),
+            eps,
+            dtype,
+            activation,
+            silu: activation == Activation::Silu,
+            reduce: ChannelNorm::new(ctx, eps, dtype, Activation::None)?,
+            binds: BindCache::default(),
+            moments: ScratchCache::default(),
+            partials: ScratchCache::default(),
+            coef: ScratchCache::default(),
+        })
+    }
+
+    /// Tiles of each (p, channel)'s `q * sdiv` elements.
+    fn tiling(&self, v: &ChannelView) -> (u32, u32) {
+        let len = (v.q * v.sdiv).max(1);
+        let target = if self.ctx.is_cpu() {
+            256 * 64
+        } else {
+            256 * 16
+        };
+        let tiles = len.div_ceil(target).clamp(1, 256);
+        (tiles as u32, len.div_ceil(tiles) as u32)
+    }
+
+    /// Records the backward into `encoder`: the statistics (a reduce pass of x unless saved or
+    /// running ones are given), partials, finalize and dx. Everything is checked and every bind
+    /// group made first; nothing is recorded on error. An empty x records only the zeroing of
+    /// dweight/dbias (sums over nothing).
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelGradArgs) -> Result<()> {
+        let r = self.check(a)?;
+        let v = a.view;
+        let ctx = &self.ctx;
+        let io = Io {
+            dtype: self.dtype,
+            vec4: false,
+        };
+        ctx.check_io(io)?;
+        let shape = GradShape {
+            stats: a.stats,
+            weight: r.weight.is_some(),
+            bias: r.bias.is_some() && self.silu,
+            silu: self.silu,
+            dweight: r.dweight.is_some(),
+            dbias: r.dbias.is_some(),
+        };
+        let (tiles, tile_len) = self.tiling(&v);
+        let params = ChannelGradParams {
+            p: v.p as u32,
+            q: v.q as u32,
+            r: v.r as u32,
+            s: v.s as u32,
+            cg: v.cg as u32,
+            sdiv: v.sdiv as u32,
+            tiles,
+            tile_len,
+            eps: self.eps,
+            total: v.numel() as u32,
+            _pad0: 0,
+            _pad1: 0,
+        };
+        let key = a.x.shape();
+        let c = v.channels();
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        let f32_range = |cache: &ScratchCache, what, len: usize| -> Result<BufferRange> {
+            let t = cache.get(ctx, key, &[len.max(1)], DType::F32)?;
+            binding::storage_range(ctx, what, &t)
+        };
+        if v.numel() == 0 {
+            return self.encode_empty(encoder, params, shape, &r, c);
+        }
+        // The statistics' source, bound at slots 1-3 of partials and finalize.
+        let moments_t = match a.stats {
+            GradStats::Batch => Some(self.moments.get(ctx, key, &[v.slots(), 3], DType::F32)?),
+            _ => None,
+        };
+        let moments = match (&moments_t, &r.saved) {
+            (Some(t), _) => binding::storage_range(ctx, "moments", t)?,
+            (None, Some(s)) => s.clone(),
+            (None, None) => dr.clone(),
+        };
+        let rm = r.running_mean.clone().unwrap_or_else(|| dr.clone());
+        let rv = r.running_var.clone().unwrap_or_else(|| dr.clone());
+        let partials = f32_range(&self.partials, "partials", v.p * c * tiles as usize * 2)?;
+        let coef = f32_range(&self.coef, "coef", v.slots() * 4)?;
+        let weight = r.weight.clone().unwrap_or_else(|| dr.clone());
+        let bias = r
+            .bias
+            .clone()
+            .filter(|_| self.silu)
+            .unwrap_or_else(|| dr.clone());
+        let pb = self.binds.get(
+            ctx,
+            PARTIALS_SLOTS,
+            &params,
+            &[&moments, &rm, &rv, &r.x, &r.dy, &weight, &bias, &partials],
+        )?;
+        let fb0 = self.binds.get(
+            ctx,
+            FINALIZE_SLOTS,
+            &params,
+            &[
+                &moments, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2],
+            ],
+        )?;
+        let fb1 = self.finalize_params_bind(params, &partials, &r)?;
+        let db = self.binds.get(
+            ctx,
+            DX_SLOTS,
+            &params,
+            &[&r.x, &r.dy, &weight, &bias, &coef, &r.dx],
+        )?;
+        let pipes = [
+            ctx.pipeline(&partials_spec(io, shape))?,
+            ctx.pipeline(&finalize_spec(shape, 0))?,
+            ctx.pipeline(&finalize_spec(shape, 1))?,
+            ctx.pipeline(&dx_spec(io, shape))?,
+        ];
+        if let Some(m) = &moments_t {
+            self.reduce.encode_reduce(encoder, a.x, v, m)?;
+        }
+        let groups = [
+            (v.p * c) as u64 * tiles as u64,
+            (v.slots() as u64).div_ceil(SMALL_WG as u64),
+            (c as u64).div_ceil(SMALL_WG as u64),
+            (v.numel() as u64).div_ceil(SMALL_WG as u64),
+        ];
+        let binds = [Some(&pb), Some(&fb0), fb1.as_ref(), Some(&db)];
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm channel_grad"),
+            timestamp_writes: None,
+        });
+        for ((pipe, bind), n) in pipes.iter().zip(binds).zip(groups) {
+            if let Some(bind) = bind {
+                let (gx, gy) = binding::grid(ctx, n);
+                pass.set_pipeline(pipe);
+                pass.set_bind_group(0, bind, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// The bind group of the parameter-gradient role, when dweight or dbias is wanted.
+    fn finalize_params_bind(
+        &self,
+        params: ChannelGradParams,
+        partials: &BufferRange,
+        r: &Ranges,
+    ) -> Result<Option<wgpu::BindGroup>> {
+        if r.dweight.is_none() && r.dbias.is_none() {
+            return Ok(None);
+        }
+        let ctx = &self.ctx;
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw = [0, 1].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        Ok(Some(self.binds.get(
+            ctx,
+            FINALIZE_SLOTS,
+            &params,
+            &[
+                &dr,
+                &dr,
+                &dr,
+                partials,
+                &dr,
+                &dw[0],
+                r.dweight.as_ref().unwrap_or(&dw[1]),
+                r.dbias.as_ref().unwrap_or(&dw[1]),
+            ],
+        )?))
+    }
+
+    /// An empty x: dweight and dbias (one per channel) are zeros; nothing else is recorded.
+    fn encode_empty(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        params: ChannelGradParams,
+        shape: GradShape,
+        r: &Ranges,
+        c: usize,
+    ) -> Result<()> {
+        if c == 0 {
+            return Ok(());
+        }
+        let dr = binding::dummy_range(self.ctx.dummy_read());
+        let params = ChannelGradParams { p: 0, ..params };
+        let Some(bind) = self.finalize_params_bind(params, &dr, r)? else {
+            return Ok(());
+        };
+        let pipe = self.ctx.pipeline(&finalize_spec(shape, 1))?;
+        let (gx, gy) = binding::grid(&self.ctx, (c as u64).div_ceil(SMALL_WG as u64));
+        binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (gx, gy, 1));
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! Every check of a batch-statistics backward call, before anything is recorded.
+
+use super::{ChannelGrad, ChannelGradArgs, GradStats, Ranges};
+use crate::binding;
+use crate::{Activation, DType, Error, Result, Tensor};
+
+fn expect(what: &str, t: &Tensor, numel: usize, dtype: DType) -> Result<()> {
+    if t.numel() != numel {
+        return Err(Error::ShapeMismatch {
+            what: what.into(),
+            expected: vec![numel],
+            got: t.shape().to_vec(),
+        });
+    }
+    if t.dtype() != dtype {
+        return Err(Error::DTypeMismatch {
+            what: what.into(),
+            expected: dtype,
+            got: t.dtype(),
+        });
+    }
+    Ok(())
+}
+
+impl ChannelGrad {
+    /// Shapes, dtypes, what the statistics' source needs, bindings, aliasing and sizes.
+    pub(super) fn check(&self, a: &ChannelGradArgs) -> Result<Ranges> {
+        if !matches!(self.activation, Activation::None | Activation::Silu) {
+            return Err(Error::InvalidParameter {
+                name: "activation",
+                value: format!("{:?}", self.activation),
+                why: "the batch-statistics backward differentiates no activation or SiLU",
+            });
+        }
+        let v = a.view;
+        let (numel, c) = (v.numel(), v.channels());
+        if a.x.numel() != numel {
+            return Err(Error::InvalidParameter {
+                name: "view",
+                value: format!("{v:?}"),
+                why: "the view does not cover x",
+            });
+        }
+        expect("x", a.x, numel, self.dtype)?;
+        for (what, t) in [("dy", a.dy), ("dx", a.dx)] {
+            expect(what, t, numel, self.dtype)?;
+            if t.shape() != a.x.shape() {
+                return Err(Error::ShapeMismatch {
+                    what: what.into(),
+                    expected: a.x.shape().to_vec(),
+                    got: t.shape().to_vec(),
+                });
+            }
+        }
+        for (what, t) in [
+            ("weight", a.weight),
+            ("bias", a.bias),
+            ("dweight", a.dweight),
+            ("dbias", a.dbias),
+            ("running_mean", a.running_mean),
+            ("running_var", a.running_var),
+        ] {
+            if let Some(t) = t {
+                expect(what, t, c, DType::F32)?;
+            }
+        }
+        self.check_source(a)?;
+        for (what, n) in [("elements", numel), ("slots", v.slots())] {
+            if n > u32::MAX as usize / 2 {
+                return Err(Error::TooLarge {
+                    what: what.into(),
+                    value: n as u64,
+                    limit: u32::MAX as u64 / 2,
+                });
+            }
+        }
+        let (tiles, _) = self.tiling(&v);
+        let loops = (v.p.max(v.cg) * tiles as usize) as u64;
+        if self.ctx.is_cpu() && loops > crate::rownorm::CPU_LOOP_BUDGET {
+            return Err(Error::InvalidParameter {
+                name: "shape",
+                value: format!("{v:?}"),
+                why: "a lane would loop past the software rasterizer's 65535-iteration limit",
+            });
+        }
+        let ctx = &self.ctx;
+        let r = |what, t: &Tensor| binding::storage_range(ctx, what, t);
+        let opt = |what, t: Option<&Tensor>| t.map(|t| r(what, t)).transpose();
+        let ranges = Ranges {
+            x: r("x", a.x)?,
+            dy: r("dy", a.dy)?,
+            weight: opt("weight", a.weight)?,
+            bias: opt("bias", a.bias)?,
+            saved: opt("saved", a.saved)?,
+            running_mean: opt("running_mean", a.running_mean)?,
+            running_var: opt("running_var", a.running_var)?,
+            dx: r("dx", a.dx)?,
+            dweight: opt("dweight", a.dweight)?,
+            dbias: opt("dbias", a.dbias)?,
+        };
+        binding::check_no_alias(&[
+            ("x", Some(&ranges.x), false),
+            ("dy", Some(&ranges.dy), false),
+            ("weight", ranges.weight.as_ref(), false),
+            ("bias", ranges.bias.as_ref(), false),
+            ("saved", ranges.saved.as_ref(), false),
+            ("running_mean", ranges.running_mean.as_ref(), false),
+            ("running_var", ranges.running_var.as_ref(), false),
+            ("dx", Some(&ranges.dx), true),
+            ("dweight", ranges.dweight.as_ref(), true),
+            ("dbias", ranges.dbias.as_ref(), true),
+        ])?;
+        Ok(ranges)
+    }
+
+    /// What the statistics' source needs: saved pairs, or running statistics of a view with one
+    /// slot per channel (BatchNorm's).
+    fn check_source(&self, a: &ChannelGradArgs) -> Result<()> {
+        let v = a.view;
+        match a.stats {
+            GradStats::Batch => Ok(()),
+            GradStats::Saved => match a.saved {
+                Some(s) => expect("saved (mean, rstd) pairs", s, v.slots() * 2, DType::F32),
+                None => Err(Error::InvalidParameter {
+                    name: "saved",
+                    value: "None".into(),
+                    why: "GradStats::Saved reads the forward's saved statistics: pass them",
+                }),
+            },
+            GradStats::Running => {
+                if a.running_mean.is_none() || a.running_var.is_none() || v.p != 1 || v.cg != 1 {
+                    return Err(Error::InvalidParameter {
+                        name: "running statistics",
+                        value: format!("{v:?}"),
+                        why: "the inference backward reads running_mean and running_var, one per channel of a BatchNorm view",
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! GroupNorm's and InstanceNorm's backward: the gradients of `sum(y * dy)` through the
+//! per-(sample, group) statistics (the SiLU after the affine differentiated when the layer has
+//! it), on the batch-statistics backward engine ([`wgnorm_core::chgrad`]).
+
+use wgnorm_core::chgrad::{ChannelGradArgs, GradStats};
+use wgnorm_core::chnorm::ChannelView;
+use wgnorm_core::{DType, Result, Tensor};
+
+use crate::{GroupNorm, InstanceNorm};
+
+/// Inputs of the backward: the forward's `x`, `weight` and `bias` (f32 `[C]`; the bias matters
+/// only with the SiLU), the upstream gradient `dy` (x's shape and dtype) and, when the caller
+/// kept them, the forward's saved `(mean, rstd)` pairs (f32 `[N * groups, 2]`; recomputed from x
+/// otherwise).
+#[derive(Clone, Copy, Debug)]
+pub struct NormGradInputs<'a> {
+    /// The forward's input.
+    pub x: &'a Tensor,
+    /// The forward's weight; `None`: 1.
+    pub weight: Option<&'a Tensor>,
+    /// The forward's bias; `None`: 0.
+    pub bias: Option<&'a Tensor>,
+    /// Upstream gradient of y.
+    pub dy: &'a Tensor,
+    /// The forward's saved statistics.
+    pub saved: Option<&'a Tensor>,
+}
+
+/// Outputs of the backward: `dx` like x; `dweight`, `dbias` f32 `[C]` when wanted.
+#[derive(Clone, Copy, Debug)]
+pub struct NormGradOutputs<'a> {
+    /// Gradient of x.
+    pub dx: &'a Tensor,
+    /// Gradient of the weight, written when given.
+    pub dweight: Option<&'a Tensor>,
+    /// Gradient of the bias, written when given.
+    pub dbias: Option<&'a Tensor>,
+}
+
+/// Tensors allocated by the `backward` convenience calls.
+#[derive(Clone, Debug)]
+pub struct NormGrads {
+    /// Gradient of x.
+    pub dx: Tensor,
+    /// Gradient of the weight (f32 `[C]`).
+    pub dweight: Tensor,
+    /// Gradient of the bias (f32 `[C]`).
+    pub dbias: Tensor,
+}
+
+fn args<'a>(
+    view: ChannelView,
+    inputs: &NormGradInputs<'a>,
+    outputs: &NormGradOutputs<'a>,
+) -> ChannelGradArgs<'a> {
+    ChannelGradArgs {
+        x: inputs.x,
+        dy: inputs.dy,
+        view,
+        stats: if inputs.saved.is_some() {
+            GradStats::Saved
+        } else {
+            GradStats::Batch
+        },
+        weight: inputs.weight,
+        bias: inputs.bias,
+        saved: inputs.saved,
+        running_mean: None,
+        running_var: None,
+        dx: outputs.dx,
+        dweight: outputs.dweight,
+        dbias: outputs.dbias,
+    }
+}
+
+/// Allocates dx, dweight and dbias for `x` with `c` channels and submits `encode`.
+fn backward(
+    ctx: &wgnorm_core::Context,
+    dtype: DType,
+    x: &Tensor,
+    c: usize,
+    encode: impl FnOnce(&mut wgpu::CommandEncoder, &NormGradOutputs) -> Result<()>,
+) -> Result<NormGrads> {
+    let dx = ctx.empty(x.shape(), dtype)?;
+    let dweight = ctx.empty(&[c], DType::F32)?;
+    let dbias = ctx.empty(&[c], DType::F32)?;
+    let outputs = NormGradOutputs {
+        dx: &dx,
+        dweight: Some(&dweight),
+        dbias: Some(&dbias),
+    };
+    ctx.record_and_submit(|enc| encode(enc, &outputs))?;
+    Ok(NormGrads { dx, dweight, dbias })
+}
+
+impl GroupNorm {
+    /// Records the backward into the caller's encoder: per (sample, channel) tree sums, per-slot
+    /// coefficients and per-channel dweight/dbias in a fixed order (bitwise reproducible), then
+    /// dx elementwise. Checked first; nothing is recorded on error.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &NormGradInputs,
+        outputs: &NormGradOutputs,
+    ) -> Result<()> {
+        let view = ChannelView::group_norm(inputs.x.shape(), self.cfg.layout, self.cfg.num_groups)?;
+        self.grad.encode(encoder, &args(view, inputs, outputs))
+    }
+
+    /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
+    pub fn backward(&self, inputs: &NormGradInputs) -> Result<NormGrads> {
+        let view = ChannelView::group_norm(inputs.x.shape(), self.cfg.layout, self.cfg.num_groups)?;
+        backward(
+            self.engine.context(),
+            self.cfg.dtype,
+            inputs.x,
+            view.channels(),
+            |enc, o| self.encode_backward(enc, inputs, o),
+        )
+    }
+}
+
+impl InstanceNorm {
+    /// Records the backward (statistics per (sample, channel)); see [`GroupNorm::encode_backward`].
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &NormGradInputs,
+        outputs: &NormGradOutputs,
+    ) -> Result<()> {
+        let view = ChannelView::instance_norm(inputs.x.shape(), self.cfg.layout)?;
+        self.grad.encode(encoder, &args(view, inputs, outputs))
+    }
+
+    /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
+    pub fn backward(&self, inputs: &NormGradInputs) -> Result<NormGrads> {
+        let view = ChannelView::instance_norm(inputs.x.shape(), self.cfg.layout)?;
+        backward(
+            self.engine.context(),
+            self.cfg.dtype,
+            inputs.x,
+            view.channels(),
+            |enc, o| self.encode_backward(enc, inputs, o),
+        )
+    }
+}

@@ -1,0 +1,54 @@
+// Batch-statistics backward (BatchNorm, GroupNorm, InstanceNorm): the view, the parameter block
+// and the per-slot statistics.
+//
+// x is seen as [P, Q, R, S] as in the forward (channel_norm/common.wgsl): one statistics slot
+// per (p, r), CG channels per slot, channel of element (p, q, r, s) = r * CG + s / SDIV. With
+// z = xhat * w + b (xhat = (x - mean) * rstd), dz = dy * act'(z) and g = dz * w:
+//   dx = rstd * (g - sum_slot(g) / M - xhat * sum_slot(g * xhat) / M)    (batch statistics)
+//   dx = g * rstd                                                       (running statistics)
+//   dweight[ch] = sum dz * xhat,  dbias[ch] = sum dz                      (over p and the slot)
+// Scalar accesses; arithmetic f32; weight, bias, dweight and dbias f32.
+
+// Where the slot statistics come from: 0 merged moments (count, mean, M2) of a reduce pass,
+// 1 the forward's saved (mean, rstd) pairs, 2 the running statistics (BatchNorm inference).
+override STATS: u32 = 0u;
+override HAS_WEIGHT: bool = false;
+override HAS_BIAS: bool = false;
+// 1: SiLU after the affine (GroupNorm + SiLU), differentiated.
+override ACT: u32 = 0u;
+
+struct ChannelGradParams {
+    p: u32,
+    q: u32,
+    r: u32,
+    s: u32,
+    cg: u32,
+    sdiv: u32,
+    // Tiles each (p, channel)'s Q * SDIV elements are split into, and elements per tile.
+    tiles: u32,
+    tile_len: u32,
+    eps: f32,
+    // Elements of x.
+    total: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: ChannelGradParams;
+
+fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+fn channels() -> u32 {
+    return params.r * params.cg;
+}
+
+// dz = dy * act'(z) for z = xhat * w + b.
+fn act_grad(dy: f32, z: f32) -> f32 {
+    if (ACT == 1u) {
+        let sg = 1.0 / (1.0 + exp(-z));
+        return dy * sg * (1.0 + z * (1.0 - sg));
+    }
+    return dy;
+}
