@@ -95,6 +95,7 @@ layout_tests! {
     row_grad_params_matches_dx: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::DX_KERNEL;
     row_grad_params_matches_params: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::PARAMS_KERNEL;
     row_grad_params_matches_reduce: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::REDUCE_KERNEL;
+    row_grad_params_matches_naive_row_grad: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::NAIVE_DX_KERNEL;
     channel_grad_params_matches_partials: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::PARTIALS_KERNEL;
     channel_grad_params_matches_finalize: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::FINALIZE_KERNEL;
     channel_grad_params_matches_dx: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::DX_KERNEL;

@@ -25,26 +25,52 @@ fn bias_at(ch: u32) -> f32 {
     return 0.0;
 }
 
+// Elements per invocation, walked with carried indices (CPU adapters: integer division per
+// element dominated; GPUs: 1, so lanes stay interleaved and loads coalesce).
+override BLOCK: u32 = 1u;
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let e = linear_group(wid, nwg) * WG + lid;
-    if (e >= params.total) {
+    let e0 = (linear_group(wid, nwg) * WG + lid) * BLOCK;
+    if (e0 >= params.total) {
         return;
     }
-    // e = ((p * Q + q) * R + r) * S + s.
-    let s = e % params.s;
-    let rest = e / params.s;
-    let rr = rest % params.r;
-    let pp = rest / (params.r * params.q);
-    let ch = rr * params.cg + s / params.sdiv;
-    let k = coef[pp * params.r + rr];
-    let w = weight_at(ch);
-    let b = bias_at(ch);
-    let xhat = (to_v(x[e]) - k.x) * k.y;
-    let g = act_grad(to_v(dy[e]), xhat * w + b) * w;
-    dx[e] = from_v(k.y * (g - k.z - xhat * k.w));
+    let end = min(params.total, e0 + BLOCK);
+    // e = ((p * Q + q) * R + r) * S + s, s = k * SDIV + t: decomposed once, then carried.
+    var s = e0 % params.s;
+    let rest = e0 / params.s;
+    var rr = rest % params.r;
+    var pq = rest / params.r;
+    var k = s / params.sdiv;
+    var t = s - k * params.sdiv;
+    for (var e = e0; e < end; e++) {
+        let pp = pq / params.q;
+        let ch = rr * params.cg + k;
+        let kc = coef[pp * params.r + rr];
+        let w = weight_at(ch);
+        let b = bias_at(ch);
+        let xhat = (to_v(x[e]) - kc.x) * kc.y;
+        let g = act_grad(to_v(dy[e]), xhat * w + b) * w;
+        dx[e] = from_v(kc.y * (g - kc.z - xhat * kc.w));
+        t += 1u;
+        if (t == params.sdiv) {
+            t = 0u;
+            k += 1u;
+        }
+        s += 1u;
+        if (s == params.s) {
+            s = 0u;
+            k = 0u;
+            t = 0u;
+            rr += 1u;
+            if (rr == params.r) {
+                rr = 0u;
+                pq += 1u;
+            }
+        }
+    }
 }

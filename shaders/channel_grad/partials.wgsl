@@ -4,6 +4,22 @@
 
 override WG: u32 = 256u;
 
+var<workgroup> red2: array<vec2<f32>, WG>;
+
+// Tree sum of two values over the workgroup, returned to every lane (uniform control flow).
+fn wg_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    workgroupBarrier();
+    red2[lid] = v;
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        workgroupBarrier();
+        if lid < h {
+            red2[lid] += red2[lid + h];
+        }
+    }
+    workgroupBarrier();
+    return red2[0];
+}
+
 @group(0) @binding(4) var<storage, read> x: array<Elem>;
 @group(0) @binding(5) var<storage, read> dy: array<Elem>;
 @group(0) @binding(6) var<storage, read> weight: array<f32>;
@@ -48,19 +64,28 @@ fn main(
     let start = tile * params.tile_len;
     let end = min(len, start + params.tile_len);
     let s0 = (ch % params.cg) * params.sdiv;
-    var a = 0.0;
-    var bsum = 0.0;
-    for (var j = start + lid; j < end; j += WG) {
-        let qq = j / params.sdiv;
-        let e = ((pp * params.q + qq) * params.r + rr) * params.s + s0 + (j - qq * params.sdiv);
+    // Element j of the channel is (q, t) = (j / SDIV, j % SDIV); lanes step by WG with a carry
+    // instead of dividing per element.
+    let dq = WG / params.sdiv;
+    let dt = WG - dq * params.sdiv;
+    let j0 = start + lid;
+    var qq = j0 / params.sdiv;
+    var t = j0 - qq * params.sdiv;
+    var acc = vec2<f32>(0.0);
+    for (var j = j0; j < end; j += WG) {
+        let e = ((pp * params.q + qq) * params.r + rr) * params.s + s0 + t;
         let xhat = (to_v(x[e]) - st.x) * st.y;
         let dz = act_grad(to_v(dy[e]), xhat * w + b);
-        a += dz;
-        bsum += dz * xhat;
+        acc += vec2<f32>(dz, dz * xhat);
+        t += dt;
+        qq += dq;
+        if (t >= params.sdiv) {
+            t -= params.sdiv;
+            qq += 1u;
+        }
     }
-    let sa = wg_sum(lid, a);
-    let sb = wg_sum(lid, bsum);
+    let sums = wg_sum2(lid, acc);
     if (lid == 0u) {
-        partials[g] = vec2<f32>(sa, sb);
+        partials[g] = sums;
     }
 }

@@ -1,13 +1,33 @@
-// Row-norm backward, dx: one workgroup per row, three passes over the row (the statistics, the
-// two reductions sum(g) and sum(g * (s - mean)), then dx), each a strided loop whose re-reads
-// hit the cache. Also stores the row's (mean, rstd) for the parameter-gradient pass.
+// Row-norm backward, dx: a team of TEAM lanes per row, ROWS rows per workgroup (WG = TEAM *
+// ROWS), three strided passes over the row (the statistics; the two reductions sum(g) and
+// sum(g * (s - mean)); dx) whose re-reads hit the cache. Team sums are tree sums in workgroup
+// memory, two values per tree. Also stores the row's (mean, rstd) for the parameter pass.
 
-override WG: u32 = 256u;
+override TEAM: u32 = 64u;
+override ROWS: u32 = 1u;
+override WG: u32 = 64u;
 override HAS_WEIGHT: bool = false;
 // Add the upstream gradient of the fused add's sum output (pre-LN blocks) to dx.
 override HAS_DSUM: bool = false;
 // Use the forward's saved statistics (mean_in for LayerNorm, rstd_in) instead of recomputing.
 override GIVEN_STATS: bool = false;
+
+var<workgroup> red2: array<vec2<f32>, WG>;
+
+// The sums of `v` over each team, returned to every lane of the team (uniform control flow).
+fn team_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    workgroupBarrier();
+    red2[lid] = v;
+    let lane = lid % TEAM;
+    for (var h = TEAM / 2u; h > 0u; h >>= 1u) {
+        workgroupBarrier();
+        if lane < h {
+            red2[lid] += red2[lid + h];
+        }
+    }
+    workgroupBarrier();
+    return red2[lid - lane];
+}
 
 @group(0) @binding(0) var<uniform> params: RowGradParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -42,11 +62,12 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // Uniform per workgroup: every invocation of a workgroup returns or none does.
-    let row = linear_group(wid, nwg);
-    if (row >= params.rows) {
-        return;
-    }
+    // Every lane reaches every barrier: a team past the last row computes on row 0 and stores
+    // nothing.
+    let want = linear_group(wid, nwg) * ROWS + lid / TEAM;
+    let live = want < params.rows;
+    let row = select(0u, want, live);
+    let lane = lid % TEAM;
     let base = row * params.n_vec;
     let nf = f32(params.n);
     // Pass 1: sum(s - shift) with the row's first element as the shift (LayerNorm), and sum(g).
@@ -54,43 +75,41 @@ fn main(
     if (MODE == 0u && !GIVEN_STATS) {
         shift = hsum(first_lanes(load_s(base), V(0.0), 1u));
     }
-    var a1 = 0.0;
-    var ag = 0.0;
-    for (var i = lid; i < params.n_vec; i += WG) {
+    var a1 = vec2<f32>(0.0);
+    for (var i = lane; i < params.n_vec; i += TEAM) {
         if (MODE == 0u && !GIVEN_STATS) {
-            a1 += hsum(load_s(base + i) - V(shift));
+            a1.x += hsum(load_s(base + i) - V(shift));
         }
-        ag += hsum(load_g(base + i, i));
+        a1.y += hsum(load_g(base + i, i));
     }
-    let sum1 = wg_sum(lid, a1);
-    let sum_g = wg_sum(lid, ag);
+    let sums1 = team_sum2(lid, a1);
     var mean = 0.0;
     if (MODE == 0u) {
-        mean = shift + sum1 / nf;
+        mean = shift + sums1.x / nf;
         // (An if, not select: the dummy bound without saved statistics has no element `row`.)
         if (GIVEN_STATS) {
             mean = mean_in[row];
         }
     }
     // Pass 2: the centred squares (or squares) and sum(g * (s - mean)).
-    var a2 = 0.0;
-    var agd = 0.0;
-    for (var i = lid; i < params.n_vec; i += WG) {
+    var a2 = vec2<f32>(0.0);
+    for (var i = lane; i < params.n_vec; i += TEAM) {
         let d = load_s(base + i) - V(mean);
-        a2 += hsum(d * d);
-        agd += hsum(load_g(base + i, i) * d);
+        a2 += vec2<f32>(hsum(d * d), hsum(load_g(base + i, i) * d));
     }
-    let m2 = wg_sum(lid, a2);
-    let sum_gd = wg_sum(lid, agd);
+    let sums2 = team_sum2(lid, a2);
     // 1 / sqrt, not inverseSqrt: eps = 0 on a constant row gives +inf (then NaN), as the forward.
-    var rstd = 1.0 / sqrt(m2 / nf + params.eps);
+    var rstd = 1.0 / sqrt(sums2.x / nf + params.eps);
     if (GIVEN_STATS) {
         rstd = rstd_in[row];
     }
-    let mean_g = select(0.0, sum_g / nf, MODE == 0u);
-    let mean_gx = rstd * sum_gd / nf;
+    let mean_g = select(0.0, sums1.y / nf, MODE == 0u);
+    let mean_gx = rstd * sums2.y / nf;
+    if (!live) {
+        return;
+    }
     // Pass 3: dx.
-    for (var i = lid; i < params.n_vec; i += WG) {
+    for (var i = lane; i < params.n_vec; i += TEAM) {
         let e = base + i;
         let xhat = (load_s(e) - V(mean)) * rstd;
         var d = rstd * (load_g(e, i) - V(mean_g) - xhat * mean_gx);
@@ -99,7 +118,7 @@ fn main(
         }
         dx[e] = from_v(d);
     }
-    if (lid == 0u) {
+    if (lane == 0u) {
         stats[row] = vec2<f32>(mean, rstd);
     }
 }

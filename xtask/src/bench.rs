@@ -21,7 +21,7 @@ use wgnorm::poincare::NaiveBallParams;
 use wgnorm::{Context, DType, Tensor};
 
 /// Records one run of a kernel into an encoder.
-type Record = Box<dyn Fn(&mut wgpu::CommandEncoder)>;
+pub(crate) type Record = Box<dyn Fn(&mut wgpu::CommandEncoder)>;
 
 const COPY_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
 
@@ -61,22 +61,22 @@ fn parse(args: &[String]) -> Result<Options> {
 }
 
 /// One timed configuration.
-struct Case {
-    op: &'static str,
-    shape: Vec<usize>,
-    dtype: DType,
-    layout: &'static str,
+pub(crate) struct Case {
+    pub op: &'static str,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub layout: &'static str,
     /// Bytes of every input read once plus every output written once.
-    bytes: u64,
-    kernel: String,
-    run: Record,
-    naive: Option<Record>,
+    pub bytes: u64,
+    pub kernel: String,
+    pub run: Record,
+    pub naive: Option<Record>,
     /// How the op's output is checked after the timed runs (a failed check fails the command).
-    check: Option<Check>,
+    pub check: Option<Check>,
 }
 
 /// A bench row's correctness check.
-enum Check {
+pub(crate) enum Check {
     /// The op's output against the naive baseline's.
     Naive(Tensor, Tensor),
     /// The op's output against an f64 reference computed on the host.
@@ -116,7 +116,7 @@ impl Check {
 
 /// Deterministic values in `[center - spread / 2, center + spread / 2)` for `seed` (per-channel
 /// parameters that differ from channel to channel, so indexing bugs show).
-fn pattern(seed: usize, len: usize, center: f32, spread: f32) -> Vec<f32> {
+pub(crate) fn pattern(seed: usize, len: usize, center: f32, spread: f32) -> Vec<f32> {
     (0..len)
         .map(|i| {
             let v = ((i + seed * 13) * 7919 + seed * 104_729) % 1000;
@@ -924,6 +924,39 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
         }
         out.push(add_norm_case(ctx, rows, n)?);
     }
+    // Backward passes.
+    let grad_rows: &[(usize, usize)] = if o.quick {
+        &[(1024, 1024), (256, 4096)]
+    } else {
+        &[(4096, 1024), (1024, 4096), (64, 65536)]
+    };
+    for (mode, name) in [
+        (RowMode::LayerNorm, "layer_norm_backward"),
+        (RowMode::RmsNorm, "rms_norm_backward"),
+    ] {
+        for &(rows, n) in grad_rows {
+            if wanted(o, name, &format!("{rows}x{n}")) {
+                out.push(crate::bench_grad::row_grad_case(ctx, mode, rows, n)?);
+            }
+        }
+    }
+    let grad_channel: &[(&'static str, [usize; 4])] = if o.quick {
+        &[
+            ("batch_norm_backward", [8, 64, 28, 28]),
+            ("group_norm_silu_backward", [1, 320, 32, 32]),
+        ]
+    } else {
+        &[
+            ("batch_norm_backward", [32, 64, 56, 56]),
+            ("batch_norm_backward", [256, 512, 7, 7]),
+            ("group_norm_silu_backward", [2, 320, 64, 64]),
+        ]
+    };
+    for &(op, shape) in grad_channel {
+        if wanted(o, op, &shape.map(|d| d.to_string()).join("x")) {
+            out.push(crate::bench_grad::channel_grad_case(ctx, op, shape)?);
+        }
+    }
     // Hyperbolic family.
     let hyper: [usize; 4] = if o.quick {
         [8, 64, 28, 28]
@@ -947,6 +980,16 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
         out.push(poincare_case(ctx, op, hyper)?);
     }
     Ok(out)
+}
+
+/// Whether `--ops` / `--shapes` select the row `op` of shape `label`.
+fn wanted(o: &Options, op: &str, label: &str) -> bool {
+    let op_ok = o
+        .ops
+        .as_ref()
+        .is_none_or(|ops| ops.iter().any(|x| op.starts_with(x.as_str())));
+    let shape_ok = o.shapes.as_ref().is_none_or(|s| label.contains(s.as_str()));
+    op_ok && shape_ok
 }
 
 /// Times `runs` (each `iters` times in a row) within one command buffer per repetition; returns

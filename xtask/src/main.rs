@@ -8,6 +8,7 @@
 //! - `fuzz`: random valid and invalid calls of the public ops (see `fuzz.rs`).
 
 mod bench;
+mod bench_grad;
 mod conformance;
 mod fuzz;
 mod fuzz_inputs;

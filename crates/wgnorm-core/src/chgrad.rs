@@ -13,7 +13,7 @@ use crate::binding::{self, BindCache, BufferRange};
 use crate::chnorm::{ChannelNorm, ChannelView};
 use crate::context::Slot;
 use crate::scratch::ScratchCache;
-use crate::shader::{snippet, Io, Kernel, Specialization};
+use crate::shader::{Io, Kernel, Specialization};
 use crate::uniform::ChannelGradParams;
 use crate::{Activation, Context, DType, Result, Tensor};
 
@@ -61,7 +61,6 @@ pub const DX_SLOTS: &[Slot] = &[
 pub const PARTIALS_KERNEL: Kernel = Kernel::new(
     "channel_grad/partials",
     &[
-        snippet::WG_SUM,
         COMMON,
         STATS,
         crate::shader_file!("channel_grad/partials.wgsl"),
@@ -85,7 +84,15 @@ pub const DX_KERNEL: Kernel = Kernel::new(
     DX_SLOTS,
 );
 
-const PARTIALS_WG: u32 = 256;
+/// Lanes of a partials workgroup: 64 on CPU adapters (a workgroup is a loop there, each tree
+/// level a pass over it), 256 on GPUs.
+fn partials_wg(cpu: bool) -> u32 {
+    if cpu {
+        64
+    } else {
+        256
+    }
+}
 const SMALL_WG: u32 = 64;
 
 /// Where the backward's slot statistics come from.
@@ -134,9 +141,9 @@ fn base(kernel: Kernel, io: Io, s: GradShape) -> Specialization {
 }
 
 /// The partials pipeline.
-pub fn partials_spec(io: Io, s: GradShape) -> Specialization {
+pub fn partials_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
     base(PARTIALS_KERNEL, io, s)
-        .set("WG", PARTIALS_WG)
+        .set("WG", partials_wg(cpu))
         .flag("HAS_BIAS", s.bias)
 }
 
@@ -164,8 +171,17 @@ pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
         .flag("HAS_DBIAS", s.dbias)
 }
 
+/// Elements per invocation of the dx kernel.
+fn dx_block(cpu: bool) -> u32 {
+    if cpu {
+        16
+    } else {
+        1
+    }
+}
+
 /// The dx pipeline.
-pub fn dx_spec(io: Io, s: GradShape) -> Specialization {
+pub fn dx_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
     base(
         DX_KERNEL,
         io,
@@ -175,6 +191,7 @@ pub fn dx_spec(io: Io, s: GradShape) -> Specialization {
         },
     )
     .set("WG", SMALL_WG)
+    .set("BLOCK", dx_block(cpu))
     .flag("HAS_BIAS", s.bias)
 }
 
@@ -194,8 +211,10 @@ pub fn specializations() -> Vec<Specialization> {
             };
             for dtype in [DType::F32, DType::F16] {
                 let io = Io { dtype, vec4: false };
-                out.push(partials_spec(io, s));
-                out.push(dx_spec(io, s));
+                out.push(partials_spec(io, s, true));
+                out.push(partials_spec(io, s, false));
+                out.push(dx_spec(io, s, true));
+                out.push(dx_spec(io, s, false));
             }
             out.push(finalize_spec(s, 0));
             out.push(finalize_spec(s, 1));
@@ -314,6 +333,57 @@ impl ChannelGrad {
             vec4: false,
         };
         ctx.check_io(io)?;
+        let (shape, params) = self.call_params(a, &r);
+        if v.numel() == 0 {
+            return self.encode_empty(encoder, params, shape, &r, v.channels());
+        }
+        let moments = match a.stats {
+            GradStats::Batch => {
+                Some(
+                    self.moments
+                        .get(ctx, a.x.shape(), &[v.slots(), 3], DType::F32)?,
+                )
+            }
+            _ => None,
+        };
+        let binds = self.bind_groups(a, &r, params, moments.as_ref())?;
+        let cpu = ctx.is_cpu();
+        let pipes = [
+            ctx.pipeline(&partials_spec(io, shape, cpu))?,
+            ctx.pipeline(&finalize_spec(shape, 0))?,
+            ctx.pipeline(&finalize_spec(shape, 1))?,
+            ctx.pipeline(&dx_spec(io, shape, cpu))?,
+        ];
+        if let Some(m) = &moments {
+            self.reduce.encode_reduce(encoder, a.x, v, m)?;
+        }
+        let c = v.channels() as u64;
+        let groups = [
+            v.p as u64 * c * params.tiles as u64,
+            (v.slots() as u64).div_ceil(SMALL_WG as u64),
+            c.div_ceil(SMALL_WG as u64),
+            (v.numel() as u64)
+                .div_ceil(dx_block(cpu) as u64)
+                .div_ceil(SMALL_WG as u64),
+        ];
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm channel_grad"),
+            timestamp_writes: None,
+        });
+        for ((pipe, bind), n) in pipes.iter().zip(&binds).zip(groups) {
+            if let Some(bind) = bind {
+                let (gx, gy) = binding::grid(ctx, n);
+                pass.set_pipeline(pipe);
+                pass.set_bind_group(0, bind, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// The override constants and parameter block of a checked call.
+    fn call_params(&self, a: &ChannelGradArgs, r: &Ranges) -> (GradShape, ChannelGradParams) {
+        let v = a.view;
         let shape = GradShape {
             stats: a.stats,
             weight: r.weight.is_some(),
@@ -337,87 +407,65 @@ impl ChannelGrad {
             _pad0: 0,
             _pad1: 0,
         };
+        (shape, params)
+    }
+
+    /// The bind groups of the partials, finalize (both roles; the second only when dweight or
+    /// dbias is wanted) and dx passes. `moments`: the reduce pass's output, when it runs.
+    fn bind_groups(
+        &self,
+        a: &ChannelGradArgs,
+        r: &Ranges,
+        params: ChannelGradParams,
+        moments: Option<&Tensor>,
+    ) -> Result<[Option<wgpu::BindGroup>; 4]> {
+        let ctx = &self.ctx;
+        let v = a.view;
         let key = a.x.shape();
-        let c = v.channels();
         let dr = binding::dummy_range(ctx.dummy_read());
-        let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        let dw = [1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
         let f32_range = |cache: &ScratchCache, what, len: usize| -> Result<BufferRange> {
             let t = cache.get(ctx, key, &[len.max(1)], DType::F32)?;
             binding::storage_range(ctx, what, &t)
         };
-        if v.numel() == 0 {
-            return self.encode_empty(encoder, params, shape, &r, c);
-        }
         // The statistics' source, bound at slots 1-3 of partials and finalize.
-        let moments_t = match a.stats {
-            GradStats::Batch => Some(self.moments.get(ctx, key, &[v.slots(), 3], DType::F32)?),
-            _ => None,
-        };
-        let moments = match (&moments_t, &r.saved) {
+        let source = match (moments, &r.saved) {
             (Some(t), _) => binding::storage_range(ctx, "moments", t)?,
             (None, Some(s)) => s.clone(),
             (None, None) => dr.clone(),
         };
         let rm = r.running_mean.clone().unwrap_or_else(|| dr.clone());
         let rv = r.running_var.clone().unwrap_or_else(|| dr.clone());
-        let partials = f32_range(&self.partials, "partials", v.p * c * tiles as usize * 2)?;
+        let len = v.p * v.channels() * params.tiles as usize * 2;
+        let partials = f32_range(&self.partials, "partials", len)?;
         let coef = f32_range(&self.coef, "coef", v.slots() * 4)?;
         let weight = r.weight.clone().unwrap_or_else(|| dr.clone());
-        let bias = r
-            .bias
-            .clone()
-            .filter(|_| self.silu)
-            .unwrap_or_else(|| dr.clone());
-        let pb = self.binds.get(
+        let bias = r.bias.clone().filter(|_| self.silu).unwrap_or(dr);
+        let partials_bind = self.binds.get(
             ctx,
             PARTIALS_SLOTS,
             &params,
-            &[&moments, &rm, &rv, &r.x, &r.dy, &weight, &bias, &partials],
+            &[&source, &rm, &rv, &r.x, &r.dy, &weight, &bias, &partials],
         )?;
-        let fb0 = self.binds.get(
+        let coef_bind = self.binds.get(
             ctx,
             FINALIZE_SLOTS,
             &params,
-            &[
-                &moments, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2],
-            ],
+            &[&source, &rm, &rv, &partials, &weight, &coef, &dw[0], &dw[1]],
         )?;
-        let fb1 = self.finalize_params_bind(params, &partials, &r)?;
-        let db = self.binds.get(
+        let params_bind = self.finalize_params_bind(params, &partials, r)?;
+        let dx_bind = self.binds.get(
             ctx,
             DX_SLOTS,
             &params,
             &[&r.x, &r.dy, &weight, &bias, &coef, &r.dx],
         )?;
-        let pipes = [
-            ctx.pipeline(&partials_spec(io, shape))?,
-            ctx.pipeline(&finalize_spec(shape, 0))?,
-            ctx.pipeline(&finalize_spec(shape, 1))?,
-            ctx.pipeline(&dx_spec(io, shape))?,
-        ];
-        if let Some(m) = &moments_t {
-            self.reduce.encode_reduce(encoder, a.x, v, m)?;
-        }
-        let groups = [
-            (v.p * c) as u64 * tiles as u64,
-            (v.slots() as u64).div_ceil(SMALL_WG as u64),
-            (c as u64).div_ceil(SMALL_WG as u64),
-            (v.numel() as u64).div_ceil(SMALL_WG as u64),
-        ];
-        let binds = [Some(&pb), Some(&fb0), fb1.as_ref(), Some(&db)];
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm channel_grad"),
-            timestamp_writes: None,
-        });
-        for ((pipe, bind), n) in pipes.iter().zip(binds).zip(groups) {
-            if let Some(bind) = bind {
-                let (gx, gy) = binding::grid(ctx, n);
-                pass.set_pipeline(pipe);
-                pass.set_bind_group(0, bind, &[]);
-                pass.dispatch_workgroups(gx, gy, 1);
-            }
-        }
-        Ok(())
+        Ok([
+            Some(partials_bind),
+            Some(coef_bind),
+            params_bind,
+            Some(dx_bind),
+        ])
     }
 
     /// The bind group of the parameter-gradient role, when dweight or dbias is wanted.

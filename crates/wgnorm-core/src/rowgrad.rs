@@ -12,7 +12,7 @@ use crate::binding::{self, BindCache, BufferRange};
 use crate::context::Slot;
 use crate::rownorm::RowMode;
 use crate::scratch::ScratchCache;
-use crate::shader::{snippet, Io, Kernel, Specialization};
+use crate::shader::{Io, Kernel, Specialization};
 use crate::uniform::RowGradParams;
 use crate::{Context, DType, Error, Result, Tensor};
 
@@ -46,11 +46,7 @@ pub const REDUCE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite, 
 /// dx, one workgroup per row.
 pub const DX_KERNEL: Kernel = Kernel::new(
     "row_grad/dx",
-    &[
-        snippet::WG_SUM,
-        COMMON,
-        crate::shader_file!("row_grad/dx.wgsl"),
-    ],
+    &[COMMON, crate::shader_file!("row_grad/dx.wgsl")],
     DX_SLOTS,
 );
 /// dweight/dbias partials per block of rows.
@@ -66,8 +62,23 @@ pub const REDUCE_KERNEL: Kernel = Kernel::new(
     REDUCE_SLOTS,
 );
 
-/// Workgroup sizes: the dx kernel's lanes per row, the column kernels'.
-const DX_WG: u32 = 256;
+/// The benchmarks' baseline for dx: one invocation per row, three serial passes (bindings and
+/// parameters as [`DX_KERNEL`]).
+pub const NAIVE_DX_KERNEL: Kernel = Kernel::new(
+    "naive/row_grad",
+    &[COMMON, crate::shader_file!("naive/row_grad.wgsl")],
+    DX_SLOTS,
+);
+
+/// The naive baseline's pipeline (64 rows per workgroup).
+pub fn naive_dx_spec(mode: RowMode, io: Io, weight: bool) -> Specialization {
+    Specialization::new(NAIVE_DX_KERNEL, io)
+        .set("WG", 64)
+        .set("MODE", mode_value(mode))
+        .flag("HAS_WEIGHT", weight)
+}
+
+/// Workgroup size of the column kernels.
 const COL_WG: u32 = 64;
 /// Blocks of rows in the parameter-gradient pass, at most: enough workgroups for a GPU, few
 /// enough partials to stay small (blocks * 2 * n f32).
@@ -99,10 +110,41 @@ fn mode_value(mode: RowMode) -> u32 {
     }
 }
 
+/// Lanes per row and rows per workgroup of the dx kernel: on CPU adapters a short team and
+/// several rows per workgroup (a workgroup is a loop there, and each barrier level a pass over
+/// it), on GPUs a wide team for long rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DxShape {
+    /// Lanes per row (a power of two).
+    pub team: u32,
+    /// Rows per workgroup.
+    pub rows: u32,
+}
+
+impl DxShape {
+    /// The shape for rows of `n_vec` accesses.
+    pub fn choose(cpu: bool, n_vec: usize) -> DxShape {
+        match (cpu, n_vec) {
+            (true, _) => DxShape { team: 8, rows: 8 },
+            (false, 0..=1024) => DxShape { team: 32, rows: 8 },
+            (false, _) => DxShape { team: 256, rows: 1 },
+        }
+    }
+
+    /// Every shape [`DxShape::choose`] returns.
+    pub const ALL: [DxShape; 3] = [
+        DxShape { team: 8, rows: 8 },
+        DxShape { team: 32, rows: 8 },
+        DxShape { team: 256, rows: 1 },
+    ];
+}
+
 /// The dx pipeline of a call shape.
-pub fn dx_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
+pub fn dx_spec(mode: RowMode, io: Io, f: GradFlags, shape: DxShape) -> Specialization {
     Specialization::new(DX_KERNEL, io)
-        .set("WG", DX_WG)
+        .set("WG", shape.team * shape.rows)
+        .set("TEAM", shape.team)
+        .set("ROWS", shape.rows)
         .set("MODE", mode_value(mode))
         .flag("HAS_RESIDUAL", f.residual)
         .flag("HAS_WEIGHT", f.weight)
@@ -141,8 +183,11 @@ pub fn specializations() -> Vec<Specialization> {
                     given_stats: b(3),
                     ..Default::default()
                 };
-                out.push(dx_spec(mode, io, f));
+                for shape in DxShape::ALL {
+                    out.push(dx_spec(mode, io, f, shape));
+                }
             }
+            out.push(naive_dx_spec(mode, Io { vec4: false, ..io }, true));
             for residual in [false, true] {
                 let f = GradFlags {
                     residual,
@@ -220,6 +265,9 @@ struct Ranges {
     dbias: Option<BufferRange>,
 }
 
+/// One recorded dispatch: pipeline, bind group and grid.
+type Pass = (wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32));
+
 /// A row-norm backward bound to a device.
 pub struct RowGrad {
     ctx: Context,
@@ -264,7 +312,27 @@ impl RowGrad {
         let Some((rows, n, r)) = self.check(a)? else {
             return Ok(());
         };
-        let ctx = &self.ctx;
+        let (io, flags, params) = self.call_params(rows, n, &r)?;
+        let passes = self.passes(a.x.shape(), io, flags, params, &r)?;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnorm row_grad"),
+            timestamp_writes: None,
+        });
+        for (pipeline, bind, (gx, gy)) in &passes {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(*gx, *gy, 1);
+        }
+        Ok(())
+    }
+
+    /// The I/O type, override flags and parameter block of a checked call.
+    fn call_params(
+        &self,
+        rows: usize,
+        n: usize,
+        r: &Ranges,
+    ) -> Result<(Io, GradFlags, RowGradParams)> {
         let dtype = self.cfg.dtype;
         let aligned = [
             Some(&r.x),
@@ -272,16 +340,18 @@ impl RowGrad {
             Some(&r.dy),
             r.dsum.as_ref(),
             Some(&r.dx),
+            r.weight.as_ref(),
+            r.dweight.as_ref(),
+            r.dbias.as_ref(),
         ]
         .into_iter()
-        .chain([r.weight.as_ref(), r.dweight.as_ref(), r.dbias.as_ref()])
         .flatten()
         .all(|b| b.offset % Io { dtype, vec4: true }.alignment() == 0);
         let io = Io {
             dtype,
             vec4: n % 4 == 0 && aligned,
         };
-        ctx.check_io(io)?;
+        self.ctx.check_io(io)?;
         let flags = GradFlags {
             weight: r.weight.is_some(),
             residual: r.residual.is_some(),
@@ -292,7 +362,6 @@ impl RowGrad {
         };
         // At most MAX_BLOCKS blocks, each at most MAX_ROW_BLOCK rows (a lane's loop).
         let row_block = rows.div_ceil(MAX_BLOCKS).clamp(1, MAX_ROW_BLOCK);
-        let blocks = rows.div_ceil(row_block);
         let params = RowGradParams {
             rows: rows as u32,
             n_vec: (n / io.width() as usize) as u32,
@@ -300,25 +369,30 @@ impl RowGrad {
             eps: self.cfg.eps,
             weight_offset: self.cfg.weight_offset,
             row_block: row_block as u32,
-            blocks: blocks as u32,
+            blocks: rows.div_ceil(row_block) as u32,
             _pad0: 0,
         };
-        let key = a.x.shape();
+        Ok((io, flags, params))
+    }
+
+    /// The pipelines, bind groups and grids of a call: dx (when there are rows), then the
+    /// partials and the reduce (when dweight or dbias is wanted).
+    fn passes(
+        &self,
+        key: &[usize],
+        io: Io,
+        flags: GradFlags,
+        params: RowGradParams,
+        r: &Ranges,
+    ) -> Result<Vec<Pass>> {
+        let ctx = &self.ctx;
+        let (rows, n) = (params.rows as usize, params.n as usize);
         let stats = self.stats.get(ctx, key, &[rows.max(1), 2], DType::F32)?;
         let stats = binding::storage_range(ctx, "stats", &stats)?;
-        let want_params = flags.dweight || flags.dbias;
-        let partials = if want_params {
-            let t = self
-                .partials
-                .get(ctx, key, &[(blocks * 2 * n).max(4)], DType::F32)?;
-            Some(binding::storage_range(ctx, "partials", &t)?)
-        } else {
-            None
-        };
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw = binding::dummy_range(ctx.dummy_write(0));
         let mode = self.cfg.mode;
-        let mut passes: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32))> = Vec::new();
+        let mut passes = Vec::new();
         if rows > 0 {
             let bind = self.binds.get(
                 ctx,
@@ -336,49 +410,37 @@ impl RowGrad {
                     &stats,
                 ],
             )?;
-            let groups = binding::grid(ctx, rows as u64);
-            passes.push((ctx.pipeline(&dx_spec(mode, io, flags))?, bind, groups));
+            let shape = DxShape::choose(ctx.is_cpu(), params.n_vec as usize);
+            let groups = binding::grid(ctx, (rows as u64).div_ceil(shape.rows as u64));
+            let pipeline = ctx.pipeline(&dx_spec(mode, io, flags, shape))?;
+            passes.push((pipeline, bind, groups));
         }
-        if let Some(partials) = &partials {
-            let col_groups = (params.n_vec as u64).div_ceil(COL_WG as u64) as u32;
-            if rows > 0 {
-                let bind = self.binds.get(
-                    ctx,
-                    PARAMS_SLOTS,
-                    &params,
-                    &[
-                        &r.x,
-                        r.residual.as_ref().unwrap_or(&dr),
-                        &r.dy,
-                        &stats,
-                        partials,
-                    ],
-                )?;
-                let pipeline = ctx.pipeline(&params_spec(mode, io, flags))?;
-                passes.push((pipeline, bind, (col_groups, blocks as u32)));
-            }
+        if !(flags.dweight || flags.dbias) {
+            return Ok(passes);
+        }
+        let blocks = params.blocks as usize;
+        let partials = self
+            .partials
+            .get(ctx, key, &[(blocks * 2 * n).max(4)], DType::F32)?;
+        let partials = binding::storage_range(ctx, "partials", &partials)?;
+        let col_groups = (params.n_vec as u64).div_ceil(COL_WG as u64) as u32;
+        if rows > 0 {
+            let residual = r.residual.as_ref().unwrap_or(&dr);
             let bind = self.binds.get(
                 ctx,
-                REDUCE_SLOTS,
+                PARAMS_SLOTS,
                 &params,
-                &[
-                    partials,
-                    r.dweight.as_ref().unwrap_or(&dw),
-                    r.dbias.as_ref().unwrap_or(&dw),
-                ],
+                &[&r.x, residual, &r.dy, &stats, &partials],
             )?;
-            let pipeline = ctx.pipeline(&reduce_spec(mode, io, flags))?;
-            passes.push((pipeline, bind, (col_groups, 1)));
+            let pipeline = ctx.pipeline(&params_spec(mode, io, flags))?;
+            passes.push((pipeline, bind, (col_groups, blocks as u32)));
         }
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("wgnorm row_grad"),
-            timestamp_writes: None,
-        });
-        for (pipeline, bind, (gx, gy)) in &passes {
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bind, &[]);
-            pass.dispatch_workgroups(*gx, *gy, 1);
-        }
-        Ok(())
+        let outs = [r.dweight.as_ref(), r.dbias.as_ref()].map(|o| o.unwrap_or(&dw));
+        let bind = self
+            .binds
+            .get(ctx, REDUCE_SLOTS, &params, &[&partials, outs[0], outs[1]])?;
+        let pipeline = ctx.pipeline(&reduce_spec(mode, io, flags))?;
+        passes.push((pipeline, bind, (col_groups, 1)));
+        Ok(passes)
     }
 }
