@@ -349,7 +349,7 @@ impl RowGrad {
         .all(|b| b.offset % Io { dtype, vec4: true }.alignment() == 0);
         let io = Io {
             dtype,
-            vec4: n % 4 == 0 && aligned,
+            vec4: n.is_multiple_of(4) && aligned,
         };
         self.ctx.check_io(io)?;
         let flags = GradFlags {
