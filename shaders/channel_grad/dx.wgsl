@@ -40,28 +40,47 @@ fn main(
         return;
     }
     let end = min(params.total, e0 + BLOCK);
-    // e = ((p * Q + q) * R + r) * S + s, s = k * SDIV + t: decomposed once, then carried.
+    // e = ((p * Q + q) * R + r) * S + s, s = k * SDIV + t: decomposed once, then walked in runs
+    // of one channel (t up to SDIV) with the coefficients loaded once per run.
     var s = e0 % params.s;
     let rest = e0 / params.s;
     var rr = rest % params.r;
     var pq = rest / params.r;
     var k = s / params.sdiv;
     var t = s - k * params.sdiv;
-    for (var e = e0; e < end; e++) {
+    var e = e0;
+    loop {
+        if (e >= end) {
+            break;
+        }
         let pp = pq / params.q;
         let ch = rr * params.cg + k;
         let kc = coef[pp * params.r + rr];
         let w = weight_at(ch);
         let b = bias_at(ch);
-        let xhat = (to_v(x[e]) - kc.x) * kc.y;
-        let g = act_grad(to_v(dy[e]), xhat * w + b) * w;
-        dx[e] = from_v(kc.y * (g - kc.z - xhat * kc.w));
-        t += 1u;
+        let run = min(end - e, params.sdiv - t);
+        if (ACT == 1u) {
+            for (var i = e; i < e + run; i++) {
+                let xhat = (to_v(x[i]) - kc.x) * kc.y;
+                let g = act_grad(to_v(dy[i]), xhat * w + b) * w;
+                dx[i] = from_v(kc.y * (g - kc.z - xhat * kc.w));
+            }
+        } else {
+            // dx = A dy + B (x - mean) + C: rstd (w dy - c1 - xhat c2) expanded.
+            let ca = kc.y * w;
+            let cb = -kc.y * kc.y * kc.w;
+            let cc = -kc.y * kc.z;
+            for (var i = e; i < e + run; i++) {
+                dx[i] = from_v(ca * to_v(dy[i]) + cb * (to_v(x[i]) - kc.x) + cc);
+            }
+        }
+        e += run;
+        s += run;
+        t += run;
         if (t == params.sdiv) {
             t = 0u;
             k += 1u;
         }
-        s += 1u;
         if (s == params.s) {
             s = 0u;
             k = 0u;

@@ -3,6 +3,10 @@
 // (p, channel, tile)). No atomics: fixed-order sums, bitwise reproducible.
 
 override WG: u32 = 256u;
+// Each lane sums one contiguous block of the tile, in runs along s with no index arithmetic per
+// element (CPU adapters, where a lane is a loop iteration); otherwise lanes interleave so a
+// warp's loads coalesce (GPUs).
+override LANE_BLOCK: bool = false;
 
 var<workgroup> red2: array<vec2<f32>, WG>;
 
@@ -41,6 +45,45 @@ fn bias_at(ch: u32) -> f32 {
     return 0.0;
 }
 
+// Sums of (dz, dz * xhat) over elements lo..hi of a channel's Q * SDIV, walked in runs of
+// consecutive s (one channel plane row each).
+fn block_sums(pp: u32, rr: u32, s0: u32, st: vec2<f32>, w: f32, b: f32, lo: u32, hi: u32) -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    var j = lo;
+    var qq = lo / params.sdiv;
+    var t = lo - qq * params.sdiv;
+    loop {
+        if (j >= hi) {
+            break;
+        }
+        let run = min(hi - j, params.sdiv - t);
+        let base = ((pp * params.q + qq) * params.r + rr) * params.s + s0 + t;
+        var a = 0.0;
+        var c = 0.0;
+        for (var k = 0u; k < run; k++) {
+            let xv = to_v(x[base + k]);
+            let d = to_v(dy[base + k]);
+            if (ACT == 1u) {
+                let xhat = (xv - st.x) * st.y;
+                let dz = act_grad(d, xhat * w + b);
+                a += dz;
+                c += dz * xhat;
+            } else {
+                a += d;
+                c += d * (xv - st.x);
+            }
+        }
+        if (ACT != 1u) {
+            c *= st.y;
+        }
+        acc += vec2<f32>(a, c);
+        j += run;
+        qq += 1u;
+        t = 0u;
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -64,6 +107,16 @@ fn main(
     let start = tile * params.tile_len;
     let end = min(len, start + params.tile_len);
     let s0 = (ch % params.cg) * params.sdiv;
+    if (LANE_BLOCK) {
+        let per_lane = (params.tile_len + WG - 1u) / WG;
+        let lo = min(end, start + lid * per_lane);
+        let hi = min(end, lo + per_lane);
+        let sums = wg_sum2(lid, block_sums(pp, rr, s0, st, w, b, lo, hi));
+        if (lid == 0u) {
+            partials[g] = sums;
+        }
+        return;
+    }
     // Element j of the channel is (q, t) = (j / SDIV, j % SDIV); lanes step by WG with a carry
     // instead of dividing per element.
     let dq = WG / params.sdiv;

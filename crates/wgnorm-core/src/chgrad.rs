@@ -144,6 +144,7 @@ fn base(kernel: Kernel, io: Io, s: GradShape) -> Specialization {
 pub fn partials_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
     base(PARTIALS_KERNEL, io, s)
         .set("WG", partials_wg(cpu))
+        .flag("LANE_BLOCK", cpu)
         .flag("HAS_BIAS", s.bias)
 }
 
@@ -174,7 +175,7 @@ pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
 /// Elements per invocation of the dx kernel.
 fn dx_block(cpu: bool) -> u32 {
     if cpu {
-        16
+        256
     } else {
         1
     }
