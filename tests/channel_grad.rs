@@ -59,7 +59,8 @@ fn batch_norm_backward_training_and_inference() {
         (8, 16, &[5, 5], 2.0, 1e3, 1e-5),
         (32, 12, &[], 1.0, 0.0, 1e-5),
         (3, 4, &[2, 3, 2], 0.01, 0.0, 1e-4), // 5-D, variance at eps
-        (2, 3, &[40, 40], 0.5, -3.0, 1e-3),  // several tiles per channel
+        (2, 3, &[40, 40], 0.5, -3.0, 1e-3),
+        (20, 2, &[30, 30], 1.0, 0.5, 1e-5), // 18,000 values per channel: two tiles on CPU
     ];
     for &(n, c, sp, spread, offset, eps) in cases {
         let hw: usize = sp.iter().product::<usize>().max(1);
