@@ -454,3 +454,126 @@ fn channel_backward_bad_input_is_typed() {
         r.err()
     );
 }
+
+/// RepBN (`y = BN(x) + alpha x`, tokens channels-last): BatchNorm's gradients plus `alpha dy`,
+/// and `dalpha = sum(dy x)`, training and inference; an empty batch gives dalpha = 0.
+#[test]
+fn rep_batch_norm_backward_adds_alpha_and_its_gradient() {
+    use wgnorm::batchnorm::RepBatchNorm;
+    let c_ = ctx();
+    let (b, t, c) = (3usize, 5usize, 8usize);
+    let x: Vec<f32> = noise(41, b * t * c).iter().map(|v| v * 2.0 + 1.0).collect();
+    let (w, dy) = (noise(42, c), noise(43, b * t * c));
+    let (rm, rv) = (
+        noise(44, c),
+        noise(45, c)
+            .iter()
+            .map(|v| v.abs() + 0.3)
+            .collect::<Vec<_>>(),
+    );
+    let alpha = 0.35f32;
+    let op = RepBatchNorm::new(
+        c_,
+        BatchNormConfig {
+            layout: Layout::Nhwc,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let xt = c_.upload_f32(&x, &[b, t, c]).unwrap();
+    let dyt = c_.upload_f32(&dy, &[b, t, c]).unwrap();
+    let up = |v: &[f32], len: usize| c_.upload_f32(v, &[len]).unwrap();
+    let (wt, rmt, rvt, at) = (up(&w, c), up(&rm, c), up(&rv, c), up(&[alpha], 1));
+    let f = |v: &[f32]| round_to(DType::F32, v);
+    for training in [true, false] {
+        let dx = c_.empty(&[b, t, c], DType::F32).unwrap();
+        let dw = c_.empty(&[c], DType::F32).unwrap();
+        let dalpha = c_.empty(&[1], DType::F32).unwrap();
+        c_.record_and_submit(|enc| {
+            op.encode_backward(
+                enc,
+                &BatchNormGradInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    dy: &dyt,
+                    saved: None,
+                    running_mean: Some(&rmt),
+                    running_var: Some(&rvt),
+                },
+                &at,
+                &wgnorm::BatchNormGradOutputs {
+                    dx: &dx,
+                    dweight: Some(&dw),
+                    dbias: None,
+                },
+                Some(&dalpha),
+                Mode::training(training),
+            )
+        })
+        .unwrap();
+        // Channels-last [BT, C] is NCHW with N = BT, hw = 1.
+        let running = (!training).then(|| (f(&rm), f(&rv)));
+        let (want, want_dalpha) = grad::rep_batch_norm_grad(
+            &f(&x),
+            b * t,
+            c,
+            1,
+            Some(&f(&w)),
+            alpha as f64,
+            &f(&dy),
+            running.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
+            1e-5,
+        );
+        let what = format!("repbn training {training}");
+        assert_close(
+            &format!("{what} dx"),
+            &c_.download(&dx).unwrap(),
+            &want.dx,
+            1e-4,
+            3e-4,
+        );
+        assert_close(
+            &format!("{what} dweight"),
+            &c_.download(&dw).unwrap(),
+            &want.dweight,
+            1e-4,
+            3e-4,
+        );
+        assert_close(
+            &format!("{what} dalpha"),
+            &c_.download(&dalpha).unwrap(),
+            &[want_dalpha],
+            1e-4,
+            3e-4,
+        );
+    }
+    let e = c_.empty(&[0, t, c], DType::F32).unwrap();
+    let dalpha = c_.upload_f32(&[5.0], &[1]).unwrap();
+    c_.record_and_submit(|enc| {
+        op.encode_backward(
+            enc,
+            &BatchNormGradInputs {
+                x: &e,
+                weight: None,
+                dy: &c_.empty(&[0, t, c], DType::F32).unwrap(),
+                saved: None,
+                running_mean: None,
+                running_var: None,
+            },
+            &at,
+            &wgnorm::BatchNormGradOutputs {
+                dx: &c_.empty(&[0, t, c], DType::F32).unwrap(),
+                dweight: None,
+                dbias: None,
+            },
+            Some(&dalpha),
+            Mode::Train,
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        c_.download(&dalpha).unwrap(),
+        vec![0.0],
+        "dalpha of an empty batch"
+    );
+}

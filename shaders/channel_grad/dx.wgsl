@@ -9,6 +9,17 @@ override WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read> coef: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> dx: array<Elem>;
+// RepBN: y = BN(x) + alpha * x, so dx gains alpha * dy (alpha: one f32).
+@group(0) @binding(7) var<storage, read> alpha: array<f32>;
+
+override HAS_ALPHA: bool = false;
+
+fn alpha_value() -> f32 {
+    if (HAS_ALPHA) {
+        return alpha[0];
+    }
+    return 0.0;
+}
 
 // (Ifs, not select: without a weight or bias a dummy without element `ch` is bound.)
 fn weight_at(ch: u32) -> f32 {
@@ -49,6 +60,7 @@ fn main(
     var k = s / params.sdiv;
     var t = s - k * params.sdiv;
     var e = e0;
+    let al = alpha_value();
     loop {
         if (e >= end) {
             break;
@@ -63,11 +75,11 @@ fn main(
             for (var i = e; i < e + run; i++) {
                 let xhat = (to_v(x[i]) - kc.x) * kc.y;
                 let g = act_grad(to_v(dy[i]), xhat * w + b) * w;
-                dx[i] = from_v(kc.y * (g - kc.z - xhat * kc.w));
+                dx[i] = from_v(kc.y * (g - kc.z - xhat * kc.w) + al * to_v(dy[i]));
             }
         } else {
             // dx = A dy + B (x - mean) + C: rstd (w dy - c1 - xhat c2) expanded.
-            let ca = kc.y * w;
+            let ca = kc.y * w + al;
             let cb = -kc.y * kc.y * kc.w;
             let cc = -kc.y * kc.z;
             for (var i = e; i < e + run; i++) {

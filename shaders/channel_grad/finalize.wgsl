@@ -1,7 +1,9 @@
 // Batch-statistics backward, phase 2, one invocation per item in a fixed order:
 //   ROLE 0, item = slot (p, r): coef[slot] = (mean, rstd, sum(g) / M, sum(g * xhat) / M) with
 //     g = dz * w summed over the slot's channels and tiles (0, 0 with running statistics);
-//   ROLE 1, item = channel: dweight = sum over p and tiles of dz * xhat, dbias = of dz.
+//   ROLE 1, item = channel: dweight = sum over p and tiles of dz * xhat, dbias = of dz;
+//   ROLE 2, item 0 (RepBN, a BatchNorm view: slot = channel, no activation): dalpha =
+//     sum(dy * x) = sum over channels of sum(dy * xhat) / rstd + mean * sum(dy).
 
 override WG: u32 = 64u;
 override ROLE: u32 = 0u;
@@ -15,6 +17,7 @@ override HAS_DBIAS: bool = false;
 @group(0) @binding(6) var<storage, read_write> coef: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dbias: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dalpha: array<f32>;
 
 // (Ifs, not select: without a weight or bias a dummy without element `ch` is bound.)
 fn weight_at(ch: u32) -> f32 {
@@ -32,6 +35,26 @@ fn main(
 ) {
     let item = linear_group(wid, nwg) * WG + lid;
     let c = channels();
+    if (ROLE == 2u) {
+        if (item != 0u) {
+            return;
+        }
+        var acc = 0.0;
+        // No samples (p = 0): the sum over nothing.
+        for (var ch = 0u; ch < c && params.p > 0u; ch++) {
+            let st = slot_stats(ch);
+            var a = 0.0;
+            var b = 0.0;
+            for (var t = 0u; t < params.tiles; t++) {
+                let v = partials[ch * params.tiles + t];
+                a += v.x;
+                b += v.y;
+            }
+            acc += b / st.y + st.x * a;
+        }
+        dalpha[0] = acc;
+        return;
+    }
     if (ROLE == 1u) {
         if (item >= c) {
             return;

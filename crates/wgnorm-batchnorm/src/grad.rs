@@ -61,6 +61,20 @@ impl BatchNorm {
         outputs: &BatchNormGradOutputs,
         mode: Mode,
     ) -> Result<()> {
+        self.encode_backward_with(encoder, inputs, outputs, mode, None, None)
+    }
+
+    /// [`BatchNorm::encode_backward`] with RepBN's `alpha * x` term: `alpha * dy` added to dx and
+    /// `dalpha = sum(dy * x)` written when given.
+    pub(crate) fn encode_backward_with(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormGradInputs,
+        outputs: &BatchNormGradOutputs,
+        mode: Mode,
+        alpha: Option<&Tensor>,
+        dalpha: Option<&Tensor>,
+    ) -> Result<()> {
         let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
         let stats = match (mode.is_train(), inputs.saved.is_some()) {
             (false, _) => GradStats::Running,
@@ -82,6 +96,8 @@ impl BatchNorm {
                 dx: outputs.dx,
                 dweight: outputs.dweight,
                 dbias: outputs.dbias,
+                alpha,
+                dalpha,
             },
         )
     }

@@ -282,4 +282,20 @@ impl RepBatchNorm {
             self.encode(enc, inputs, alpha, o, mode)
         })
     }
+
+    /// Records RepBN's backward: BatchNorm's (training through the batch statistics, inference
+    /// with the running ones) plus `alpha * dy` in dx, and `dalpha = sum(dy * x)` (f32 `[1]`)
+    /// when given. `alpha` is the forward's (f32 `[1]`).
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &crate::BatchNormGradInputs,
+        alpha: &Tensor,
+        outputs: &crate::BatchNormGradOutputs,
+        dalpha: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<()> {
+        self.bn
+            .encode_backward_with(encoder, inputs, outputs, mode, Some(alpha), dalpha)
+    }
 }

@@ -34,7 +34,8 @@ pub const PARTIALS_SLOTS: &[Slot] = &[
     Slot::Read,
     Slot::ReadWrite,
 ];
-/// finalize: uniform, moments, running_mean, running_var, partials, weight, coef, dweight, dbias.
+/// finalize: uniform, moments, running_mean, running_var, partials, weight, coef, dweight, dbias,
+/// dalpha.
 pub const FINALIZE_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
@@ -45,8 +46,9 @@ pub const FINALIZE_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::ReadWrite,
     Slot::ReadWrite,
+    Slot::ReadWrite,
 ];
-/// dx: uniform, x, dy, weight, bias, coef, dx.
+/// dx: uniform, x, dy, weight, bias, coef, dx, alpha.
 pub const DX_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
@@ -55,6 +57,7 @@ pub const DX_SLOTS: &[Slot] = &[
     Slot::Read,
     Slot::Read,
     Slot::ReadWrite,
+    Slot::Read,
 ];
 
 /// Per (sample, channel, tile) sums of dz and dz * xhat.
@@ -131,6 +134,8 @@ pub struct GradShape {
     pub dweight: bool,
     /// dbias is written.
     pub dbias: bool,
+    /// RepBN: `alpha * dy` is added to dx.
+    pub alpha: bool,
 }
 
 fn base(kernel: Kernel, io: Io, s: GradShape) -> Specialization {
@@ -148,21 +153,31 @@ pub fn partials_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
         .flag("HAS_BIAS", s.bias)
 }
 
-/// The finalize pipeline of a role (0: dx coefficients, 1: parameter gradients).
+/// The finalize pipeline of a role (0: dx coefficients, 1: parameter gradients, 2: RepBN's
+/// dalpha).
 pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
-    let s = if role == 1 {
-        GradShape {
+    let s = match role {
+        1 => GradShape {
             stats: GradStats::Batch,
             weight: false,
             silu: false,
+            alpha: false,
             ..s
-        }
-    } else {
-        GradShape {
+        },
+        2 => GradShape {
+            weight: false,
+            bias: false,
+            silu: false,
             dweight: false,
             dbias: false,
             ..s
-        }
+        },
+        _ => GradShape {
+            dweight: false,
+            dbias: false,
+            alpha: false,
+            ..s
+        },
     };
     base(FINALIZE_KERNEL, Io::F32, s)
         .set("WG", SMALL_WG)
@@ -194,13 +209,14 @@ pub fn dx_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
     .set("WG", SMALL_WG)
     .set("BLOCK", dx_block(cpu))
     .flag("HAS_BIAS", s.bias)
+    .flag("HAS_ALPHA", s.alpha)
 }
 
 /// Every pipeline the engine can create, for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
     for stats in [GradStats::Batch, GradStats::Saved, GradStats::Running] {
-        for bits in 0..32u32 {
+        for bits in 0..64u32 {
             let b = |k: u32| bits & (1 << k) != 0;
             let s = GradShape {
                 stats,
@@ -209,6 +225,7 @@ pub fn specializations() -> Vec<Specialization> {
                 silu: b(2),
                 dweight: b(3),
                 dbias: b(4),
+                alpha: b(5),
             };
             for dtype in [DType::F32, DType::F16] {
                 let io = Io { dtype, vec4: false };
@@ -219,6 +236,7 @@ pub fn specializations() -> Vec<Specialization> {
             }
             out.push(finalize_spec(s, 0));
             out.push(finalize_spec(s, 1));
+            out.push(finalize_spec(s, 2));
         }
     }
     let mut seen = std::collections::HashSet::new();
@@ -255,6 +273,10 @@ pub struct ChannelGradArgs<'a> {
     pub dweight: Option<&'a Tensor>,
     /// Output: the gradient of the bias, when wanted.
     pub dbias: Option<&'a Tensor>,
+    /// RepBN (`y = BN(x) + alpha * x`, a BatchNorm view): the forward's alpha, f32 `[1]`.
+    pub alpha: Option<&'a Tensor>,
+    /// RepBN: output, the gradient of alpha (f32 `[1]`), when wanted.
+    pub dalpha: Option<&'a Tensor>,
 }
 
 /// Bound ranges of a checked call.
@@ -269,6 +291,8 @@ struct Ranges {
     dx: BufferRange,
     dweight: Option<BufferRange>,
     dbias: Option<BufferRange>,
+    alpha: Option<BufferRange>,
+    dalpha: Option<BufferRange>,
 }
 
 /// A batch-statistics backward bound to a device.
@@ -353,6 +377,7 @@ impl ChannelGrad {
             ctx.pipeline(&partials_spec(io, shape, cpu))?,
             ctx.pipeline(&finalize_spec(shape, 0))?,
             ctx.pipeline(&finalize_spec(shape, 1))?,
+            ctx.pipeline(&finalize_spec(shape, 2))?,
             ctx.pipeline(&dx_spec(io, shape, cpu))?,
         ];
         if let Some(m) = &moments {
@@ -363,6 +388,7 @@ impl ChannelGrad {
             v.p as u64 * c * params.tiles as u64,
             (v.slots() as u64).div_ceil(SMALL_WG as u64),
             c.div_ceil(SMALL_WG as u64),
+            1,
             (v.numel() as u64)
                 .div_ceil(dx_block(cpu) as u64)
                 .div_ceil(SMALL_WG as u64),
@@ -392,6 +418,7 @@ impl ChannelGrad {
             silu: self.silu,
             dweight: r.dweight.is_some(),
             dbias: r.dbias.is_some(),
+            alpha: r.alpha.is_some(),
         };
         let (tiles, tile_len) = self.tiling(&v);
         let params = ChannelGradParams {
@@ -419,12 +446,12 @@ impl ChannelGrad {
         r: &Ranges,
         params: ChannelGradParams,
         moments: Option<&Tensor>,
-    ) -> Result<[Option<wgpu::BindGroup>; 4]> {
+    ) -> Result<[Option<wgpu::BindGroup>; 5]> {
         let ctx = &self.ctx;
         let v = a.view;
         let key = a.x.shape();
         let dr = binding::dummy_range(ctx.dummy_read());
-        let dw = [1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
         let f32_range = |cache: &ScratchCache, what, len: usize| -> Result<BufferRange> {
             let t = cache.get(ctx, key, &[len.max(1)], DType::F32)?;
             binding::storage_range(ctx, what, &t)
@@ -441,7 +468,11 @@ impl ChannelGrad {
         let partials = f32_range(&self.partials, "partials", len)?;
         let coef = f32_range(&self.coef, "coef", v.slots() * 4)?;
         let weight = r.weight.clone().unwrap_or_else(|| dr.clone());
-        let bias = r.bias.clone().filter(|_| self.silu).unwrap_or(dr);
+        let bias = r
+            .bias
+            .clone()
+            .filter(|_| self.silu)
+            .unwrap_or_else(|| dr.clone());
         let partials_bind = self.binds.get(
             ctx,
             PARTIALS_SLOTS,
@@ -452,19 +483,24 @@ impl ChannelGrad {
             ctx,
             FINALIZE_SLOTS,
             &params,
-            &[&source, &rm, &rv, &partials, &weight, &coef, &dw[0], &dw[1]],
+            &[
+                &source, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2], &dw[0],
+            ],
         )?;
         let params_bind = self.finalize_params_bind(params, &partials, r)?;
+        let dalpha_bind = self.finalize_dalpha_bind(params, [&source, &rm, &rv], &partials, r)?;
+        let alpha = r.alpha.as_ref().unwrap_or(&dr);
         let dx_bind = self.binds.get(
             ctx,
             DX_SLOTS,
             &params,
-            &[&r.x, &r.dy, &weight, &bias, &coef, &r.dx],
+            &[&r.x, &r.dy, &weight, &bias, &coef, &r.dx, alpha],
         )?;
         Ok([
             Some(partials_bind),
             Some(coef_bind),
             params_bind,
+            dalpha_bind,
             Some(dx_bind),
         ])
     }
@@ -481,7 +517,9 @@ impl ChannelGrad {
         }
         let ctx = &self.ctx;
         let dr = binding::dummy_range(ctx.dummy_read());
-        let dw = [0, 1].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        // Every writable binding distinct: dalpha takes whichever dummy the others left free.
+        let dalpha = if r.dweight.is_some() { &dw[1] } else { &dw[2] };
         Ok(Some(self.binds.get(
             ctx,
             FINALIZE_SLOTS,
@@ -494,7 +532,33 @@ impl ChannelGrad {
                 &dr,
                 &dw[0],
                 r.dweight.as_ref().unwrap_or(&dw[1]),
-                r.dbias.as_ref().unwrap_or(&dw[1]),
+                r.dbias.as_ref().unwrap_or(&dw[2]),
+                dalpha,
+            ],
+        )?))
+    }
+
+    /// The bind group of RepBN's dalpha role, when dalpha is wanted: the statistics' source
+    /// (`[moments, running_mean, running_var]`) and the partials in, dalpha out.
+    fn finalize_dalpha_bind(
+        &self,
+        params: ChannelGradParams,
+        source: [&BufferRange; 3],
+        partials: &BufferRange,
+        r: &Ranges,
+    ) -> Result<Option<wgpu::BindGroup>> {
+        let Some(dalpha) = &r.dalpha else {
+            return Ok(None);
+        };
+        let ctx = &self.ctx;
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        Ok(Some(self.binds.get(
+            ctx,
+            FINALIZE_SLOTS,
+            &params,
+            &[
+                source[0], source[1], source[2], partials, &dr, &dw[0], &dw[1], &dw[2], dalpha,
             ],
         )?))
     }
@@ -513,12 +577,15 @@ impl ChannelGrad {
         }
         let dr = binding::dummy_range(self.ctx.dummy_read());
         let params = ChannelGradParams { p: 0, ..params };
-        let Some(bind) = self.finalize_params_bind(params, &dr, r)? else {
-            return Ok(());
-        };
-        let pipe = self.ctx.pipeline(&finalize_spec(shape, 1))?;
-        let (gx, gy) = binding::grid(&self.ctx, (c as u64).div_ceil(SMALL_WG as u64));
-        binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (gx, gy, 1));
+        if let Some(bind) = self.finalize_params_bind(params, &dr, r)? {
+            let pipe = self.ctx.pipeline(&finalize_spec(shape, 1))?;
+            let (gx, gy) = binding::grid(&self.ctx, (c as u64).div_ceil(SMALL_WG as u64));
+            binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (gx, gy, 1));
+        }
+        if let Some(bind) = self.finalize_dalpha_bind(params, [&dr, &dr, &dr], &dr, r)? {
+            let pipe = self.ctx.pipeline(&finalize_spec(shape, 2))?;
+            binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (1, 1, 1));
+        }
         Ok(())
     }
 }

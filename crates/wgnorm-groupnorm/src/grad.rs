@@ -70,6 +70,8 @@ fn args<'a>(
         dx: outputs.dx,
         dweight: outputs.dweight,
         dbias: outputs.dbias,
+        alpha: None,
+        dalpha: None,
     }
 }
 

@@ -156,6 +156,27 @@ pub fn batch_norm_grad(
     out
 }
 
+/// RepBN's gradients (`y = BN(x) + alpha * x`): BatchNorm's plus `alpha * dy` in dx, and
+/// `dalpha = sum(dy * x)` (returned beside the BatchNorm gradients).
+#[allow(clippy::too_many_arguments)]
+pub fn rep_batch_norm_grad(
+    x: &[f64],
+    n: usize,
+    c: usize,
+    hw: usize,
+    weight: Option<&[f64]>,
+    alpha: f64,
+    dy: &[f64],
+    running: Option<(&[f64], &[f64])>,
+    eps: f64,
+) -> (Grads, f64) {
+    let mut g = batch_norm_grad(x, n, c, hw, weight, dy, running, eps);
+    for (d, v) in g.dx.iter_mut().zip(dy) {
+        *d += alpha * v;
+    }
+    (g, x.iter().zip(dy).map(|(a, b)| a * b).sum())
+}
+
 /// GroupNorm's gradients (InstanceNorm: `groups = c`), the SiLU after the affine differentiated
 /// when `silu_after`: with `z = xhat * weight + bias` and `dz = dy * silu'(z)`, each group of
 /// `cg * hw` values of a sample gets `dx = rstd (g - mean(g) - xhat mean(g xhat))`,
@@ -335,6 +356,36 @@ mod tests {
             close("dweight", &g.dweight, &numeric(&w, |v| fwd(&x, v, &b)));
             close("dbias", &g.dbias, &numeric(&b, |v| fwd(&x, &w, v)));
         }
+    }
+
+    #[test]
+    fn rep_batch_norm_grad_matches_finite_differences() {
+        let (n, c, hw, eps, alpha) = (2, 3, 4, 1e-5, 0.7);
+        let x = values(18, n * c * hw);
+        let (w, b, dy) = (values(19, c), values(20, c), values(21, n * c * hw));
+        let (rm, rv) = (vec![0.0; c], vec![1.0; c]);
+        let fwd = |x: &[f64], alpha: f64| {
+            let y = chnorm::batch_norm(
+                x,
+                n,
+                c,
+                hw,
+                Some(&w),
+                Some(&b),
+                &rm,
+                &rv,
+                true,
+                0.1,
+                true,
+                eps,
+            )
+            .y;
+            let y: Vec<f64> = y.iter().zip(x).map(|(a, v)| a + alpha * v).collect();
+            dot(&y, &dy)
+        };
+        let (g, dalpha) = rep_batch_norm_grad(&x, n, c, hw, Some(&w), alpha, &dy, None, eps);
+        close("dx", &g.dx, &numeric(&x, |v| fwd(v, alpha)));
+        close("dalpha", &[dalpha], &numeric(&[alpha], |a| fwd(&x, a[0])));
     }
 
     #[test]

@@ -64,6 +64,18 @@ impl ChannelGrad {
                 expect(what, t, c, DType::F32)?;
             }
         }
+        for (what, t) in [("alpha", a.alpha), ("dalpha", a.dalpha)] {
+            if let Some(t) = t {
+                expect(what, t, 1, DType::F32)?;
+            }
+        }
+        if (a.alpha.is_some() || a.dalpha.is_some()) && (v.p != 1 || v.cg != 1 || self.silu) {
+            return Err(Error::InvalidParameter {
+                name: "alpha",
+                value: format!("{v:?}"),
+                why: "the RepBN term alpha * x belongs to a BatchNorm view without an activation",
+            });
+        }
         self.check_source(a)?;
         for (what, n) in [("elements", numel), ("slots", v.slots())] {
             if n > u32::MAX as usize / 2 {
@@ -97,6 +109,8 @@ impl ChannelGrad {
             dx: r("dx", a.dx)?,
             dweight: opt("dweight", a.dweight)?,
             dbias: opt("dbias", a.dbias)?,
+            alpha: opt("alpha", a.alpha)?,
+            dalpha: opt("dalpha", a.dalpha)?,
         };
         binding::check_no_alias(&[
             ("x", Some(&ranges.x), false),
@@ -109,6 +123,8 @@ impl ChannelGrad {
             ("dx", Some(&ranges.dx), true),
             ("dweight", ranges.dweight.as_ref(), true),
             ("dbias", ranges.dbias.as_ref(), true),
+            ("alpha", ranges.alpha.as_ref(), false),
+            ("dalpha", ranges.dalpha.as_ref(), true),
         ])?;
         Ok(ranges)
     }
