@@ -577,3 +577,48 @@ fn rep_batch_norm_backward_adds_alpha_and_its_gradient() {
         "dalpha of an empty batch"
     );
 }
+
+/// Weight Standardization's backward in its four variants (unbiased or biased variance, eps
+/// inside the square root or added to the deviation), f32 and f16, conv-shaped weights.
+#[test]
+fn weight_standardization_backward_in_every_variant() {
+    let c_ = ctx();
+    let (o, shape) = (16usize, [16usize, 8, 3, 3]);
+    let k = 8 * 9;
+    let w: Vec<f32> = noise(51, o * k).iter().map(|v| 0.05 * v + 0.02).collect();
+    let dy = noise(52, o * k);
+    for dtype in [DType::F32, DType::F16] {
+        for (unbiased, inside) in [(true, false), (true, true), (false, false), (false, true)] {
+            let op = wgnorm::WeightStandardization::new(
+                c_,
+                wgnorm::WeightStandardizationConfig {
+                    variant: wgnorm::WsVariant::from_flags(unbiased, inside),
+                    eps: 1e-4,
+                    dtype,
+                },
+            )
+            .unwrap();
+            let wt = c_.upload(&w, &shape, dtype).unwrap();
+            let dyt = c_.upload(&dy, &shape, dtype).unwrap();
+            let dw = c_.empty(&shape, dtype).unwrap();
+            c_.record_and_submit(|enc| op.encode_backward(enc, &wt, &dyt, &dw))
+                .unwrap();
+            let want = grad::weight_standardization_grad(
+                &round_to(dtype, &w),
+                o,
+                unbiased,
+                inside,
+                1e-4,
+                &round_to(dtype, &dy),
+            );
+            let (atol, rtol) = tol(dtype);
+            assert_close(
+                &format!("ws {dtype} unbiased {unbiased} inside {inside}"),
+                &c_.download(&dw).unwrap(),
+                &want,
+                atol * scale(&want),
+                rtol,
+            );
+        }
+    }
+}

@@ -11,6 +11,10 @@ override HAS_WEIGHT: bool = false;
 override HAS_DSUM: bool = false;
 // Use the forward's saved statistics (mean_in for LayerNorm, rstd_in) instead of recomputing.
 override GIVEN_STATS: bool = false;
+// Weight Standardization's variants: the variance over n - 1 (unbiased), and the denominator
+// std + eps instead of sqrt(var + eps).
+override UNBIASED: bool = false;
+override EPS_OUTSIDE: bool = false;
 
 var<workgroup> red2: array<vec2<f32>, WG>;
 
@@ -98,21 +102,32 @@ fn main(
         a2 += vec2<f32>(hsum(d * d), hsum(load_g(base + i, i) * d));
     }
     let sums2 = team_sum2(lid, a2);
+    // With D the variance's divisor and u = s - mean: dx = inv_d (g - mean(g)) - u * cu, where
+    // sqrt(var + eps) gives inv_d = rstd, cu = rstd^3 sum(g u) / D (LayerNorm, RMSNorm), and
+    // std + eps gives inv_d = 1 / (std + eps), cu = sum(g u) / ((std + eps)^2 D std).
+    let dn = select(nf, nf - 1.0, UNBIASED);
     // 1 / sqrt, not inverseSqrt: eps = 0 on a constant row gives +inf (then NaN), as the forward.
-    var rstd = 1.0 / sqrt(sums2.x / nf + params.eps);
+    var rstd = 1.0 / sqrt(sums2.x / dn + params.eps);
     if (GIVEN_STATS) {
         rstd = rstd_in[row];
     }
+    var inv_d = rstd;
+    var cu = rstd * rstd * rstd * sums2.y / dn;
+    if (EPS_OUTSIDE) {
+        let sd = sqrt(sums2.x / dn);
+        let d = sd + params.eps;
+        inv_d = 1.0 / d;
+        cu = sums2.y / (d * d * dn * sd);
+        rstd = inv_d;
+    }
     let mean_g = select(0.0, sums1.y / nf, MODE == 0u);
-    let mean_gx = rstd * sums2.y / nf;
     if (!live) {
         return;
     }
     // Pass 3: dx.
     for (var i = lane; i < params.n_vec; i += TEAM) {
         let e = base + i;
-        let xhat = (load_s(e) - V(mean)) * rstd;
-        var d = rstd * (load_g(e, i) - V(mean_g) - xhat * mean_gx);
+        var d = inv_d * (load_g(e, i) - V(mean_g)) - (load_s(e) - V(mean)) * cu;
         if (HAS_DSUM) {
             d += to_v(dsum[e]);
         }

@@ -25,6 +25,8 @@ pub fn row_grad_case(ctx: &Context, mode: RowMode, rows: usize, n: usize) -> Res
             eps: 1e-5,
             weight_offset: 0.0,
             dtype,
+            unbiased: false,
+            eps_outside: false,
         },
     )?;
     let x = pattern(3, rows * n, 0.2, 2.0);

@@ -139,9 +139,32 @@ impl DxShape {
     ];
 }
 
+/// The variance convention of a backward: the row norms' (biased, eps inside the square root)
+/// or one of Weight Standardization's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Variance {
+    /// Divide by `n - 1`.
+    pub unbiased: bool,
+    /// `std + eps` instead of `sqrt(var + eps)`.
+    pub eps_outside: bool,
+}
+
 /// The dx pipeline of a call shape.
 pub fn dx_spec(mode: RowMode, io: Io, f: GradFlags, shape: DxShape) -> Specialization {
+    dx_spec_with(mode, io, f, shape, Variance::default())
+}
+
+/// [`dx_spec`] with a variance convention.
+pub fn dx_spec_with(
+    mode: RowMode,
+    io: Io,
+    f: GradFlags,
+    shape: DxShape,
+    var: Variance,
+) -> Specialization {
     Specialization::new(DX_KERNEL, io)
+        .flag("UNBIASED", var.unbiased)
+        .flag("EPS_OUTSIDE", var.eps_outside)
         .set("WG", shape.team * shape.rows)
         .set("TEAM", shape.team)
         .set("ROWS", shape.rows)
@@ -188,6 +211,19 @@ pub fn specializations() -> Vec<Specialization> {
                 }
             }
             out.push(naive_dx_spec(mode, Io { vec4: false, ..io }, true));
+            if mode == RowMode::LayerNorm {
+                // Weight Standardization: plain rows, each variance convention.
+                for (unbiased, eps_outside) in [(true, false), (false, true), (true, true)] {
+                    for shape in DxShape::ALL {
+                        let var = Variance {
+                            unbiased,
+                            eps_outside,
+                        };
+                        let f = GradFlags::default();
+                        out.push(dx_spec_with(mode, io, f, shape, var));
+                    }
+                }
+            }
             for residual in [false, true] {
                 let f = GradFlags {
                     residual,
@@ -221,6 +257,11 @@ pub struct RowGradConfig {
     pub weight_offset: f32,
     /// Storage type of x, residual, weight, dy, dsum, dx, dweight and dbias.
     pub dtype: DType,
+    /// The variance over `n - 1` (Weight Standardization's unbiased variants); false for the
+    /// row norms.
+    pub unbiased: bool,
+    /// The denominator `std + eps` instead of `sqrt(var + eps)` (Weight Standardization).
+    pub eps_outside: bool,
 }
 
 /// Tensors of one backward call. `dy`, `dx`, `residual` and `dsum` have x's shape and dtype;
@@ -412,7 +453,11 @@ impl RowGrad {
             )?;
             let shape = DxShape::choose(ctx.is_cpu(), params.n_vec as usize);
             let groups = binding::grid(ctx, (rows as u64).div_ceil(shape.rows as u64));
-            let pipeline = ctx.pipeline(&dx_spec(mode, io, flags, shape))?;
+            let var = Variance {
+                unbiased: self.cfg.unbiased,
+                eps_outside: self.cfg.eps_outside,
+            };
+            let pipeline = ctx.pipeline(&dx_spec_with(mode, io, flags, shape, var))?;
             passes.push((pipeline, bind, groups));
         }
         if !(flags.dweight || flags.dbias) {

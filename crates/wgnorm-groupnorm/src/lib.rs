@@ -476,6 +476,7 @@ impl Default for WeightStandardizationConfig {
 pub struct WeightStandardization {
     engine: ChannelNorm,
     dtype: DType,
+    grad: wgnorm_core::rowgrad::RowGrad,
 }
 
 impl WeightStandardization {
@@ -497,7 +498,60 @@ impl WeightStandardization {
         let engine = ChannelNorm::new(ctx, eps, dtype, Activation::None)?
             .with_unbiased_variance(unbiased)
             .with_eps_outside_sqrt(outside);
-        Ok(WeightStandardization { engine, dtype })
+        // The backward sees the weight as rows [O, K] (every dim after the first reduced).
+        let grad = wgnorm_core::rowgrad::RowGrad::new(
+            ctx,
+            wgnorm_core::rowgrad::RowGradConfig {
+                mode: wgnorm_core::rownorm::RowMode::LayerNorm,
+                axis: 1,
+                eps,
+                weight_offset: 0.0,
+                dtype,
+                unbiased,
+                eps_outside: outside,
+            },
+        )?;
+        Ok(WeightStandardization {
+            engine,
+            dtype,
+            grad,
+        })
+    }
+
+    /// Records the backward of the standardization into `dw`: for the upstream gradient `dy` of
+    /// the standardized weights (w's shape and dtype), the gradient of the raw weights `w`,
+    /// through each output channel's mean and standard deviation (the variant's variance and
+    /// eps placement). One workgroup team per output channel. Checked first; nothing recorded
+    /// on error.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        w: &Tensor,
+        dy: &Tensor,
+        dw: &Tensor,
+    ) -> Result<()> {
+        if w.shape().len() < 2 || w.numel() / w.shape()[0].max(1) < 2 {
+            return Err(wgnorm_core::Error::InvalidParameter {
+                name: "weight",
+                value: format!("{:?}", w.shape()),
+                why: "one value per output channel has no spread to standardize",
+            });
+        }
+        self.grad.encode(
+            encoder,
+            &wgnorm_core::rowgrad::RowGradArgs {
+                x: w,
+                residual: None,
+                weight: None,
+                dy,
+                dsum: None,
+                mean: None,
+                rstd: None,
+                dx: dw,
+                dweight: None,
+                dbias: None,
+            },
+        )
     }
 
     /// Records the standardized weights `[O, ..]` (statistics per output channel) into `out`.

@@ -183,6 +183,8 @@ impl LayerNorm {
                 eps: cfg.eps,
                 weight_offset: 0.0,
                 dtype: cfg.dtype,
+                unbiased: false,
+                eps_outside: false,
             },
         )?;
         Ok(LayerNorm { engine, grad })

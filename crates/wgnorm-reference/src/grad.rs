@@ -177,6 +177,42 @@ pub fn rep_batch_norm_grad(
     (g, x.iter().zip(dy).map(|(a, b)| a * b).sum())
 }
 
+/// Weight Standardization's gradient: for `dy` the upstream gradient of the standardized
+/// `[o, k]` weights, the gradient of the raw weights through each row's mean and deviation
+/// (variance over `k - 1` when `unbiased`; denominator `sqrt(var + eps)` or `std + eps`).
+pub fn weight_standardization_grad(
+    w: &[f64],
+    o: usize,
+    unbiased: bool,
+    eps_inside_sqrt: bool,
+    eps: f64,
+    dy: &[f64],
+) -> Vec<f64> {
+    let k = w.len() / o;
+    let dn = if unbiased { (k - 1) as f64 } else { k as f64 };
+    let mut out = Vec::with_capacity(w.len());
+    for (row, d) in w.chunks(k).zip(dy.chunks(k)) {
+        let m = row.iter().sum::<f64>() / k as f64;
+        let u: Vec<f64> = row.iter().map(|v| v - m).collect();
+        let var = u.iter().map(|v| v * v).sum::<f64>() / dn;
+        let mean_dy = d.iter().sum::<f64>() / k as f64;
+        let sum_du = d.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>();
+        // y = u / den: dy/dw = (d - mean(d)) / den - u * sum(d u) / den^2 * dden/dvar * 2 / dn.
+        let (den, dden_dvar) = if eps_inside_sqrt {
+            let den = (var + eps).sqrt();
+            (den, 0.5 / den)
+        } else {
+            let sd = var.sqrt();
+            (sd + eps, 0.5 / sd)
+        };
+        for i in 0..k {
+            let g = (d[i] - mean_dy) / den - u[i] * sum_du / (den * den) * dden_dvar * 2.0 / dn;
+            out.push(g);
+        }
+    }
+    out
+}
+
 /// GroupNorm's gradients (InstanceNorm: `groups = c`), the SiLU after the affine differentiated
 /// when `silu_after`: with `z = xhat * weight + bias` and `dz = dy * silu'(z)`, each group of
 /// `cg * hw` values of a sample gets `dx = rstd (g - mean(g) - xhat mean(g xhat))`,
@@ -386,6 +422,28 @@ mod tests {
         let (g, dalpha) = rep_batch_norm_grad(&x, n, c, hw, Some(&w), alpha, &dy, None, eps);
         close("dx", &g.dx, &numeric(&x, |v| fwd(v, alpha)));
         close("dalpha", &[dalpha], &numeric(&[alpha], |a| fwd(&x, a[0])));
+    }
+
+    #[test]
+    fn weight_standardization_grad_matches_finite_differences_in_every_variant() {
+        let (o, k) = (3, 8);
+        let w: Vec<f64> = values(22, o * k).iter().map(|v| 0.05 * v + 0.3).collect();
+        let dy = values(23, o * k);
+        for (unbiased, inside) in [(true, false), (true, true), (false, false), (false, true)] {
+            let eps = 1e-3;
+            let g = weight_standardization_grad(&w, o, unbiased, inside, eps, &dy);
+            let fwd = |w: &[f64]| {
+                dot(
+                    &chnorm::weight_standardization(w, o, unbiased, inside, eps),
+                    &dy,
+                )
+            };
+            close(
+                &format!("unbiased {unbiased} inside {inside}"),
+                &g,
+                &numeric(&w, fwd),
+            );
+        }
     }
 
     #[test]

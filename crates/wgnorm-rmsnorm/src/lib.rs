@@ -142,6 +142,8 @@ impl RmsNorm {
                 eps: cfg.eps,
                 weight_offset: cfg.weight_offset,
                 dtype: cfg.dtype,
+                unbiased: false,
+                eps_outside: false,
             },
         )?;
         Ok(RmsNorm { engine, grad })
