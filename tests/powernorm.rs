@@ -400,3 +400,130 @@ fn unified_norm_training_without_window_is_typed() {
     c_.queue().submit([enc.finish()]);
     assert_eq!(c_.download(&rv).unwrap(), vec![1.0; 4]);
 }
+
+/// PowerNorm's approximate backward over training steps across the warm-up boundary, with
+/// padding and GroupScaling groups: dx, dweight, dbias and the running estimate `ema_gz`
+/// against the f64 reference (whose dx is checked against finite differences where the
+/// approximation is exact).
+#[test]
+fn power_norm_approximate_backward_over_steps() {
+    use wgnorm::powernorm::{PowerNormGradInputs, PowerNormGradOutputs};
+    use wgnorm_reference::powernorm::power_norm_grad;
+    let c_ = ctx();
+    let (t, b, c, groups, warmup) = (5usize, 3usize, 8usize, 2usize, 2u64);
+    let mut mask = vec![0.0f32; b * t];
+    mask[t - 1] = 1.0; // sample 0's last token
+    mask[2 * t - 2] = 1.0; // sample 1's two last tokens
+    mask[2 * t - 1] = 1.0;
+    let mask_d: Vec<f64> = mask.iter().map(|&v| v as f64).collect();
+    let op = PowerNorm::new(
+        c_,
+        PowerNormConfig {
+            warmup_iters: warmup,
+            group_num: groups,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let w = noise(61, c);
+    let wt = c_.upload_f32(&w, &[c]).unwrap();
+    let bt = c_.upload_f32(&noise(62, c), &[c]).unwrap();
+    let mask_t = c_.upload_f32(&mask, &[b, t]).unwrap();
+    let phi_t = c_.upload_f32(&vec![1.0; c], &[c]).unwrap();
+    let ema_t = c_.upload_f32(&vec![0.0; c], &[c]).unwrap();
+    let saved = c_.empty(&[c, 2], DType::F32).unwrap();
+    let mut nu = vec![0.0f64; c];
+    for step in 1..=4u64 {
+        let x: Vec<f32> = noise(70 + step, t * b * c)
+            .iter()
+            .map(|v| v * 1.5 + 0.2)
+            .collect();
+        let dy = noise(80 + step, t * b * c);
+        let xt = c_.upload_f32(&x, &[t, b, c]).unwrap();
+        let dyt = c_.upload_f32(&dy, &[t, b, c]).unwrap();
+        let phi_old: Vec<f64> = round_to(DType::F32, &c_.download(&phi_t).unwrap());
+        let y = c_.empty(&[t, b, c], DType::F32).unwrap();
+        let (dx, dw, db) = (
+            c_.empty(&[t, b, c], DType::F32).unwrap(),
+            c_.empty(&[c], DType::F32).unwrap(),
+            c_.empty(&[c], DType::F32).unwrap(),
+        );
+        c_.record_and_submit(|enc| {
+            let inputs = PowerNormInputs {
+                x: &xt,
+                pad_mask: Some(&mask_t),
+                weight: Some(&wt),
+                bias: Some(&bt),
+                running_phi: &phi_t,
+            };
+            op.encode_train_saving(enc, &inputs, &y, step, &saved)?;
+            op.encode_backward(
+                enc,
+                &PowerNormGradInputs {
+                    x: &xt,
+                    pad_mask: Some(&mask_t),
+                    weight: Some(&wt),
+                    dy: &dyt,
+                    saved: &saved,
+                    ema_gz: &ema_t,
+                },
+                &PowerNormGradOutputs {
+                    dx: &dx,
+                    dweight: Some(&dw),
+                    dbias: Some(&db),
+                },
+            )
+        })
+        .unwrap();
+        let s = PowerNormRef {
+            eps: 1e-5,
+            alpha_fwd: 0.9,
+            warmup,
+            group_num: groups,
+            step: Some(step),
+        };
+        let f = |v: &[f32]| round_to(DType::F32, v);
+        let want = power_norm_grad(
+            &f(&x),
+            t,
+            b,
+            c,
+            Some(&mask_d),
+            &f(&w),
+            &f(&dy),
+            &phi_old,
+            s,
+            0.9,
+            &mut nu,
+        );
+        let what = format!("power_norm backward step {step}");
+        assert_close(
+            &format!("{what} dx"),
+            &c_.download(&dx).unwrap(),
+            &want.dx,
+            5e-5,
+            5e-4,
+        );
+        assert_close(
+            &format!("{what} dweight"),
+            &c_.download(&dw).unwrap(),
+            &want.dweight,
+            5e-5,
+            5e-4,
+        );
+        assert_close(
+            &format!("{what} dbias"),
+            &c_.download(&db).unwrap(),
+            &want.dbias,
+            5e-5,
+            5e-4,
+        );
+        assert_close(
+            &format!("{what} ema_gz"),
+            &c_.download(&ema_t).unwrap(),
+            &nu,
+            5e-5,
+            5e-4,
+        );
+    }
+}

@@ -99,6 +99,9 @@ layout_tests! {
     channel_grad_params_matches_partials: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::PARTIALS_KERNEL;
     channel_grad_params_matches_finalize: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::FINALIZE_KERNEL;
     channel_grad_params_matches_dx: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::DX_KERNEL;
+    power_grad_params_matches_partials: wgnorm::powernorm::PowerGradParams => wgnorm::powernorm::GRAD_PARTIALS_KERNEL;
+    power_grad_params_matches_finalize: wgnorm::powernorm::PowerGradParams => wgnorm::powernorm::GRAD_FINALIZE_KERNEL;
+    power_grad_params_matches_dx: wgnorm::powernorm::PowerGradParams => wgnorm::powernorm::GRAD_DX_KERNEL;
     ew_params_matches_elementwise: wgnorm::engine::uniform::EwParams => wgnorm::engine::elementwise::ELEMENTWISE_KERNEL;
     copy_params_matches_copy: wgnorm::engine::uniform::CopyParams => wgnorm::engine::core::baseline::COPY_KERNEL;
     blend_params_matches_blend: wgnorm::engine::uniform::BlendParams => wgnorm::engine::elementwise::BLEND_KERNEL;

@@ -340,6 +340,12 @@ impl RowGrad {
         })
     }
 
+    /// Checks a call without recording anything (what [`RowGrad::encode`] checks first), so a
+    /// caller recording several passes can fail before the first.
+    pub fn check_args(&self, a: &RowGradArgs) -> Result<()> {
+        self.check(a).map(|_| ())
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RowGradConfig {
         &self.cfg

@@ -11,12 +11,18 @@
 //!    `phi <- phi (t-1)/t + psi2 / t`, then always `phi <- alpha_fwd phi + (1 - alpha_fwd) psi2`.
 //! 4. `y = weight * z + bias`. Inference normalizes with phi.
 //!
-//! The approximate backward pass of the paper is not implemented.
+//! The approximate backward pass of the paper is [`PowerNorm::encode_backward`] (module `grad`).
 
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+mod grad;
+pub use grad::{
+    grad_specializations, PowerGradParams, PowerNormGradInputs, PowerNormGradOutputs,
+    GRAD_DX_KERNEL, GRAD_FINALIZE_KERNEL, GRAD_PARTIALS_KERNEL,
+};
 
 use wgnorm_core::chnorm::{
     ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, QmUpdate, Reduction, Statistics,
@@ -79,6 +85,9 @@ pub struct PowerNorm {
     engine: ChannelNorm,
     /// Group-scaled x, one tensor per input shape.
     scaled: ScratchCache,
+    /// The backward through the GroupScaling (an RMSNorm per token group).
+    scaling_grad: wgnorm_core::rowgrad::RowGrad,
+    grad: grad::GradState,
 }
 
 impl PowerNorm {
@@ -104,11 +113,25 @@ impl PowerNorm {
         )?;
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?
             .with_reduction(Reduction::QuadraticMean);
+        let scaling_grad = wgnorm_core::rowgrad::RowGrad::new(
+            ctx,
+            wgnorm_core::rowgrad::RowGradConfig {
+                mode: RowMode::RmsNorm,
+                axis: -1,
+                eps: 1e-5,
+                weight_offset: 0.0,
+                dtype: cfg.dtype,
+                unbiased: false,
+                eps_outside: false,
+            },
+        )?;
         Ok(PowerNorm {
             cfg,
             scaling,
             engine,
             scaled: ScratchCache::default(),
+            scaling_grad,
+            grad: Default::default(),
         })
     }
 
@@ -119,6 +142,31 @@ impl PowerNorm {
         inputs: &PowerNormInputs,
         y: &Tensor,
         step: u64,
+    ) -> Result<()> {
+        self.encode_train_with(encoder, inputs, y, step, None)
+    }
+
+    /// [`PowerNorm::encode_train`] that also writes, per channel, the pair `(0, 1 / sqrt(v +
+    /// eps))` of the statistic `v` this step normalized with (f32 `[C, 2]`): what
+    /// [`PowerNorm::encode_backward`] needs.
+    pub fn encode_train_saving(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &PowerNormInputs,
+        y: &Tensor,
+        step: u64,
+        saved: &Tensor,
+    ) -> Result<()> {
+        self.encode_train_with(encoder, inputs, y, step, Some(saved))
+    }
+
+    fn encode_train_with(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &PowerNormInputs,
+        y: &Tensor,
+        step: u64,
+        saved: Option<&Tensor>,
     ) -> Result<()> {
         if step == 0 {
             return Err(Error::InvalidParameter {
@@ -139,7 +187,7 @@ impl PowerNorm {
                 },
             }),
         };
-        self.encode_with(encoder, inputs, y, statistics)
+        self.encode_with(encoder, inputs, y, statistics, saved)
     }
 
     /// Records inference: GroupScaling, then `weight * x / sqrt(phi + eps) + bias`.
@@ -149,7 +197,7 @@ impl PowerNorm {
         inputs: &PowerNormInputs,
         y: &Tensor,
     ) -> Result<()> {
-        self.encode_with(encoder, inputs, y, Statistics::Running)
+        self.encode_with(encoder, inputs, y, Statistics::Running, None)
     }
 
     fn encode_with(
@@ -158,6 +206,7 @@ impl PowerNorm {
         inputs: &PowerNormInputs,
         y: &Tensor,
         statistics: Statistics,
+        saved: Option<&Tensor>,
     ) -> Result<()> {
         let shape = inputs.x.shape();
         if shape.len() != 3 {
@@ -205,6 +254,7 @@ impl PowerNorm {
             running_var: Some(inputs.running_phi),
             statistics,
             mask: inputs.pad_mask,
+            stats: saved,
             ..ChannelNormArgs::new(&scaled, y, view)
         };
         // The second pass is checked before the first is recorded.

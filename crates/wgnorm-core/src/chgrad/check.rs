@@ -33,51 +33,9 @@ impl ChannelGrad {
             });
         }
         let v = a.view;
-        let (numel, c) = (v.numel(), v.channels());
-        if a.x.numel() != numel {
-            return Err(Error::InvalidParameter {
-                name: "view",
-                value: format!("{v:?}"),
-                why: "the view does not cover x",
-            });
-        }
-        expect("x", a.x, numel, self.dtype)?;
-        for (what, t) in [("dy", a.dy), ("dx", a.dx)] {
-            expect(what, t, numel, self.dtype)?;
-            if t.shape() != a.x.shape() {
-                return Err(Error::ShapeMismatch {
-                    what: what.into(),
-                    expected: a.x.shape().to_vec(),
-                    got: t.shape().to_vec(),
-                });
-            }
-        }
-        for (what, t) in [
-            ("weight", a.weight),
-            ("bias", a.bias),
-            ("dweight", a.dweight),
-            ("dbias", a.dbias),
-            ("running_mean", a.running_mean),
-            ("running_var", a.running_var),
-        ] {
-            if let Some(t) = t {
-                expect(what, t, c, DType::F32)?;
-            }
-        }
-        for (what, t) in [("alpha", a.alpha), ("dalpha", a.dalpha)] {
-            if let Some(t) = t {
-                expect(what, t, 1, DType::F32)?;
-            }
-        }
-        if (a.alpha.is_some() || a.dalpha.is_some()) && (v.p != 1 || v.cg != 1 || self.silu) {
-            return Err(Error::InvalidParameter {
-                name: "alpha",
-                value: format!("{v:?}"),
-                why: "the RepBN term alpha * x belongs to a BatchNorm view without an activation",
-            });
-        }
+        self.check_shapes(a)?;
         self.check_source(a)?;
-        for (what, n) in [("elements", numel), ("slots", v.slots())] {
+        for (what, n) in [("elements", v.numel()), ("slots", v.slots())] {
             if n > u32::MAX as usize / 2 {
                 return Err(Error::TooLarge {
                     what: what.into(),
@@ -127,6 +85,55 @@ impl ChannelGrad {
             ("dalpha", ranges.dalpha.as_ref(), true),
         ])?;
         Ok(ranges)
+    }
+
+    /// Shapes and dtypes of every tensor of a call, and where the RepBN term may be.
+    fn check_shapes(&self, a: &ChannelGradArgs) -> Result<()> {
+        let v = a.view;
+        let (numel, c) = (v.numel(), v.channels());
+        if a.x.numel() != numel {
+            return Err(Error::InvalidParameter {
+                name: "view",
+                value: format!("{v:?}"),
+                why: "the view does not cover x",
+            });
+        }
+        expect("x", a.x, numel, self.dtype)?;
+        for (what, t) in [("dy", a.dy), ("dx", a.dx)] {
+            expect(what, t, numel, self.dtype)?;
+            if t.shape() != a.x.shape() {
+                return Err(Error::ShapeMismatch {
+                    what: what.into(),
+                    expected: a.x.shape().to_vec(),
+                    got: t.shape().to_vec(),
+                });
+            }
+        }
+        for (what, t) in [
+            ("weight", a.weight),
+            ("bias", a.bias),
+            ("dweight", a.dweight),
+            ("dbias", a.dbias),
+            ("running_mean", a.running_mean),
+            ("running_var", a.running_var),
+        ] {
+            if let Some(t) = t {
+                expect(what, t, c, DType::F32)?;
+            }
+        }
+        for (what, t) in [("alpha", a.alpha), ("dalpha", a.dalpha)] {
+            if let Some(t) = t {
+                expect(what, t, 1, DType::F32)?;
+            }
+        }
+        if (a.alpha.is_some() || a.dalpha.is_some()) && (v.p != 1 || v.cg != 1 || self.silu) {
+            return Err(Error::InvalidParameter {
+                name: "alpha",
+                value: format!("{v:?}"),
+                why: "the RepBN term alpha * x belongs to a BatchNorm view without an activation",
+            });
+        }
+        Ok(())
     }
 
     /// What the statistics' source needs: saved pairs, or running statistics of a view with one
