@@ -104,6 +104,17 @@ impl BatchNorm {
 
     /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
     pub fn backward(&self, inputs: &BatchNormGradInputs, mode: Mode) -> Result<BatchNormGrads> {
+        self.backward_with(inputs, mode, None, None)
+    }
+
+    /// [`BatchNorm::backward`] with RepBN's alpha term.
+    pub(crate) fn backward_with(
+        &self,
+        inputs: &BatchNormGradInputs,
+        mode: Mode,
+        alpha: Option<&Tensor>,
+        dalpha: Option<&Tensor>,
+    ) -> Result<BatchNormGrads> {
         let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
         let ctx = self.engine.context();
         let c = view.channels();
@@ -115,7 +126,9 @@ impl BatchNorm {
             dweight: Some(&dweight),
             dbias: Some(&dbias),
         };
-        ctx.record_and_submit(|enc| self.encode_backward(enc, inputs, &outputs, mode))?;
+        ctx.record_and_submit(|enc| {
+            self.encode_backward_with(enc, inputs, &outputs, mode, alpha, dalpha)
+        })?;
         Ok(BatchNormGrads { dx, dweight, dbias })
     }
 }

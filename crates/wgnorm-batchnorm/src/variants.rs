@@ -298,4 +298,19 @@ impl RepBatchNorm {
         self.bn
             .encode_backward_with(encoder, inputs, outputs, mode, Some(alpha), dalpha)
     }
+
+    /// Allocates dx, dweight, dbias and dalpha, encodes the backward and submits (does not wait).
+    pub fn backward(
+        &self,
+        inputs: &crate::BatchNormGradInputs,
+        alpha: &Tensor,
+        mode: Mode,
+    ) -> Result<(crate::BatchNormGrads, Tensor)> {
+        let ctx = self.bn.engine().context();
+        let dalpha = ctx.empty(&[1], wgnorm_core::DType::F32)?;
+        let grads = self
+            .bn
+            .backward_with(inputs, mode, Some(alpha), Some(&dalpha))?;
+        Ok((grads, dalpha))
+    }
 }

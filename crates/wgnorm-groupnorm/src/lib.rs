@@ -518,6 +518,14 @@ impl WeightStandardization {
         })
     }
 
+    /// Allocates dw, encodes the backward and submits (does not wait).
+    pub fn backward(&self, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let ctx = self.engine.context();
+        let dw = ctx.empty(w.shape(), self.dtype)?;
+        ctx.record_and_submit(|enc| self.encode_backward(enc, w, dy, &dw))?;
+        Ok(dw)
+    }
+
     /// Records the backward of the standardization into `dw`: for the upstream gradient `dy` of
     /// the standardized weights (w's shape and dtype), the gradient of the raw weights `w`,
     /// through each output channel's mean and standard deviation (the variant's variance and

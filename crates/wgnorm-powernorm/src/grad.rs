@@ -329,6 +329,22 @@ impl PowerNorm {
         Ok((passes, scaled, dxs))
     }
 
+    /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
+    pub fn backward(&self, inputs: &PowerNormGradInputs) -> Result<(Tensor, Tensor, Tensor)> {
+        let ctx = self.engine.context();
+        let c = inputs.x.shape().last().copied().unwrap_or(0);
+        let dx = ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
+        let dweight = ctx.empty(&[c], DType::F32)?;
+        let dbias = ctx.empty(&[c], DType::F32)?;
+        let outputs = PowerNormGradOutputs {
+            dx: &dx,
+            dweight: Some(&dweight),
+            dbias: Some(&dbias),
+        };
+        ctx.record_and_submit(|enc| self.encode_backward(enc, inputs, &outputs))?;
+        Ok((dx, dweight, dbias))
+    }
+
     /// Shapes and dtypes of a backward call; `(T, B, C)`.
     fn check_backward(
         &self,
