@@ -102,6 +102,7 @@ layout_tests! {
     power_grad_params_matches_partials: wgnorm::powernorm::PowerGradParams => wgnorm::powernorm::GRAD_PARTIALS_KERNEL;
     power_grad_params_matches_finalize: wgnorm::powernorm::PowerGradParams => wgnorm::powernorm::GRAD_FINALIZE_KERNEL;
     power_grad_params_matches_dx: wgnorm::powernorm::PowerGradParams => wgnorm::powernorm::GRAD_DX_KERNEL;
+    qk_rope_params_matches_qk_rope: wgnorm::rmsnorm::qk_rope::QkRopeParams => wgnorm::rmsnorm::qk_rope::QK_ROPE_KERNEL;
     ew_params_matches_elementwise: wgnorm::engine::uniform::EwParams => wgnorm::engine::elementwise::ELEMENTWISE_KERNEL;
     copy_params_matches_copy: wgnorm::engine::uniform::CopyParams => wgnorm::engine::core::baseline::COPY_KERNEL;
     blend_params_matches_blend: wgnorm::engine::uniform::BlendParams => wgnorm::engine::elementwise::BLEND_KERNEL;

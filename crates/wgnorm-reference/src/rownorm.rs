@@ -119,3 +119,56 @@ mod tests {
         assert!((o.y[1] - 8.0 * r).abs() < 1e-12);
     }
 }
+
+/// RoPE angles of the reference: none, from positions and a base, or cos/sin tables
+/// `[tokens, rot / 2]`.
+#[derive(Clone, Copy, Debug)]
+pub enum RopeRef<'a> {
+    None,
+    Positions { pos: &'a [f64], base: f64 },
+    Table { cos: &'a [f64], sin: &'a [f64] },
+}
+
+/// Per-head RMSNorm of `x[tokens, heads, d]` (`weight + weight_offset`, shared by the heads), then
+/// the first `rot` dims rotated in pairs: NeoX `(p, p + rot/2)` or GPT-J `(2p, 2p + 1)`, by the
+/// token's angle for pair p (`pos * base^(-2p / rot)` or the tables).
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope(
+    x: &[f64],
+    heads: usize,
+    d: usize,
+    weight: Option<&[f64]>,
+    weight_offset: f64,
+    eps: f64,
+    rot: usize,
+    neox: bool,
+    angles: RopeRef,
+) -> Vec<f64> {
+    let mut y = rms_norm(x, d, weight, weight_offset, eps).y;
+    if matches!(angles, RopeRef::None) {
+        return y;
+    }
+    let half = rot / 2;
+    for (r, row) in y.chunks_mut(d).enumerate() {
+        let t = r / heads;
+        let normed = row.to_vec();
+        for p in 0..half {
+            let (i, j) = if neox {
+                (p, p + half)
+            } else {
+                (2 * p, 2 * p + 1)
+            };
+            let (c, s) = match angles {
+                RopeRef::Positions { pos, base } => {
+                    let a = pos[t] * base.powf(-2.0 * p as f64 / rot as f64);
+                    (a.cos(), a.sin())
+                }
+                RopeRef::Table { cos, sin } => (cos[t * half + p], sin[t * half + p]),
+                RopeRef::None => (1.0, 0.0),
+            };
+            row[i] = normed[i] * c - normed[j] * s;
+            row[j] = normed[i] * s + normed[j] * c;
+        }
+    }
+    y
+}

@@ -8,6 +8,9 @@
 #![deny(missing_docs)]
 
 use wgnorm_core::rowgrad::{RowGrad, RowGradArgs, RowGradConfig};
+pub mod qk_rope;
+
+pub use qk_rope::{QkNormRope, QkNormRopeConfig, QkNormRopeInputs, RopeAngles, RopeLayout};
 pub use wgnorm_core::rownorm::RowKernel;
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::{Context, DType, Result, Tensor};

@@ -101,6 +101,7 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         engine::rowgrad::specializations(),
         engine::chgrad::specializations(),
         wgnorm_powernorm::grad_specializations(),
+        wgnorm_rmsnorm::qk_rope::qk_rope_specializations(),
         wgnorm_selfnorm::specializations(),
         wgnorm_batchnorm::region_specializations(),
         wgnorm_batchnorm::fold_specializations(),

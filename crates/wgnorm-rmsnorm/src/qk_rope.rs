@@ -1,0 +1,351 @@
+//! Per-head RMSNorm with a rotary-embedding epilogue in one pass (QK-norm as in Qwen3, Gemma 3,
+//! OLMo 2): `x[tokens, heads, D]`, every head's D values normalized by their RMS and scaled by
+//! `weight + weight_offset` (`[D]`, shared by the heads), then the first `rotary_dim` dims rotated
+//! in pairs by the token's angles (NeoX half-split or GPT-J interleaved), the rest passed through.
+//! One workgroup per (token, head) row, the row in workgroup memory (D <= 512).
+
+use wgnorm_core::binding::{self, BindCache};
+use wgnorm_core::context::Slot;
+use wgnorm_core::shader::{Io, Kernel, Specialization};
+use wgnorm_core::{Context, DType, Error, Result, Tensor};
+
+wgnorm_core::uniform_block! {
+    /// `QkRopeParams` (`rms_norm/qk_rope.wgsl`).
+    pub struct QkRopeParams {
+        pub rows: u32,
+        pub heads: u32,
+        /// Head dim, and the rotated dims (even, at most the head dim).
+        pub d: u32,
+        pub rot: u32,
+        pub eps: f32,
+        pub weight_offset: f32,
+        /// RoPE base (theta), for angles computed from positions.
+        pub base: f32,
+        pub _pad0: u32,
+    }
+}
+
+/// uniform, x, weight, positions, cos, sin, y.
+pub const QK_ROPE_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+];
+
+/// The fused kernel.
+pub const QK_ROPE_KERNEL: Kernel = Kernel::new(
+    "rms_norm/qk_rope",
+    &[wgnorm_core::shader_file!("rms_norm/qk_rope.wgsl")],
+    QK_ROPE_SLOTS,
+);
+
+/// Which dims a rotation pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RopeLayout {
+    /// GPT-NeoX / LLaMA (`rotate_half`): pairs `(p, p + rot/2)`.
+    #[default]
+    NeoX,
+    /// GPT-J: interleaved pairs `(2p, 2p + 1)`.
+    GptJ,
+}
+
+/// What is fixed when the op is created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QkNormRopeConfig {
+    /// Added to the mean square. Default 1e-6 (Qwen3).
+    pub eps: f32,
+    /// Added to the weight (Gemma: 1). Default 0.
+    pub weight_offset: f32,
+    /// The pairing of rotated dims.
+    pub layout: RopeLayout,
+    /// Dims rotated (`None`: the whole head); even.
+    pub rotary_dim: Option<usize>,
+    /// RoPE base theta for angles from positions. Default 10000.
+    pub base: f32,
+    /// Storage type of x, weight and y.
+    pub dtype: DType,
+}
+
+impl Default for QkNormRopeConfig {
+    fn default() -> Self {
+        QkNormRopeConfig {
+            eps: 1e-6,
+            weight_offset: 0.0,
+            layout: RopeLayout::NeoX,
+            rotary_dim: None,
+            base: 10_000.0,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// The rotation angles of a call.
+#[derive(Clone, Copy, Debug)]
+pub enum RopeAngles<'a> {
+    /// No rotation: per-head RMSNorm alone.
+    None,
+    /// f32 `[tokens]` positions; angle of pair p = `pos * base^(-2p / rotary_dim)`.
+    Positions(&'a Tensor),
+    /// f32 `[tokens, rotary_dim / 2]` tables of cos and sin (what inference engines cache).
+    Table {
+        /// cos of each token's angles.
+        cos: &'a Tensor,
+        /// sin of each token's angles.
+        sin: &'a Tensor,
+    },
+}
+
+/// Inputs of a call.
+#[derive(Clone, Copy, Debug)]
+pub struct QkNormRopeInputs<'a> {
+    /// `[tokens, heads, head_dim]` in the op's dtype.
+    pub x: &'a Tensor,
+    /// `[head_dim]` in the op's dtype; `None`: 1 (plus the offset).
+    pub weight: Option<&'a Tensor>,
+    /// The rotation.
+    pub angles: RopeAngles<'a>,
+}
+
+/// The largest head dim; workgroup memory holds one row.
+pub const MAX_HEAD_DIM: usize = 512;
+const WG: u32 = 64;
+
+/// The row buffer size for head dim `d`.
+fn max_d(d: usize) -> u32 {
+    [64u32, 128, 256, 512]
+        .into_iter()
+        .find(|&m| m as usize >= d)
+        .unwrap_or(512)
+}
+
+fn angles_value(a: &RopeAngles) -> u32 {
+    match a {
+        RopeAngles::Positions(_) => 0,
+        RopeAngles::Table { .. } => 1,
+        RopeAngles::None => 2,
+    }
+}
+
+/// The pipeline of a call shape.
+pub fn qk_rope_spec(
+    io: Io,
+    d: usize,
+    weight: bool,
+    layout: RopeLayout,
+    angles: u32,
+) -> Specialization {
+    Specialization::new(QK_ROPE_KERNEL, io)
+        .set("WG", WG)
+        .set("MAX_D", max_d(d))
+        .flag("HAS_WEIGHT", weight)
+        .set("LAYOUT", (layout == RopeLayout::GptJ) as u32)
+        .set("ANGLES", angles)
+}
+
+/// Every pipeline the op can create, for `cargo xtask validate`.
+pub fn qk_rope_specializations() -> Vec<Specialization> {
+    let mut out = Vec::new();
+    for dtype in [DType::F32, DType::F16] {
+        for d in [64, 128, 256, 512] {
+            for weight in [false, true] {
+                for layout in [RopeLayout::NeoX, RopeLayout::GptJ] {
+                    for angles in 0..3 {
+                        out.push(qk_rope_spec(
+                            Io { dtype, vec4: false },
+                            d,
+                            weight,
+                            layout,
+                            angles,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The fused per-head RMSNorm + RoPE bound to a device.
+pub struct QkNormRope {
+    ctx: Context,
+    cfg: QkNormRopeConfig,
+    binds: BindCache,
+}
+
+impl QkNormRope {
+    /// Checks the configuration (eps finite >= 0, offset finite, base finite > 1, rotary_dim
+    /// even).
+    pub fn new(ctx: &Context, cfg: QkNormRopeConfig) -> Result<QkNormRope> {
+        wgnorm_core::check_eps(cfg.eps)?;
+        let bad = |name, value: String, why| Err(Error::InvalidParameter { name, value, why });
+        if !cfg.weight_offset.is_finite() {
+            return bad(
+                "weight_offset",
+                cfg.weight_offset.to_string(),
+                "must be finite",
+            );
+        }
+        if !(cfg.base.is_finite() && cfg.base > 1.0) {
+            return bad("base", cfg.base.to_string(), "must be finite and > 1");
+        }
+        if cfg.rotary_dim.is_some_and(|r| r % 2 == 1) {
+            return bad(
+                "rotary_dim",
+                format!("{:?}", cfg.rotary_dim),
+                "must be even",
+            );
+        }
+        Ok(QkNormRope {
+            ctx: ctx.clone(),
+            cfg,
+            binds: BindCache::default(),
+        })
+    }
+
+    /// Records the op into the caller's encoder; `y` has x's shape and dtype. Checked first;
+    /// nothing recorded on error; an empty x records nothing.
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &QkNormRopeInputs,
+        y: &Tensor,
+    ) -> Result<()> {
+        let (params, ranges) = match self.check(inputs, y)? {
+            Some(c) => c,
+            None => return Ok(()),
+        };
+        let io = Io {
+            dtype: self.cfg.dtype,
+            vec4: false,
+        };
+        self.ctx.check_io(io)?;
+        let spec = qk_rope_spec(
+            io,
+            params.d as usize,
+            inputs.weight.is_some(),
+            self.cfg.layout,
+            angles_value(&inputs.angles),
+        );
+        let pipeline = self.ctx.pipeline(&spec)?;
+        let refs: Vec<&binding::BufferRange> = ranges.iter().collect();
+        let bind = self.binds.get(&self.ctx, QK_ROPE_SLOTS, &params, &refs)?;
+        let groups = binding::grid(&self.ctx, params.rows as u64);
+        binding::dispatch(
+            encoder,
+            "wgnorm qk_norm_rope",
+            &pipeline,
+            &bind,
+            (groups.0, groups.1, 1),
+        );
+        Ok(())
+    }
+
+    /// Allocates y, encodes and submits (does not wait).
+    pub fn forward(&self, inputs: &QkNormRopeInputs) -> Result<Tensor> {
+        let y = self.ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
+        self.ctx
+            .record_and_submit(|enc| self.encode(enc, inputs, &y))?;
+        Ok(y)
+    }
+
+    /// Shapes, dtypes, bindings; the parameters and the six bound ranges, or `None` when empty.
+    fn check(
+        &self,
+        inputs: &QkNormRopeInputs,
+        y: &Tensor,
+    ) -> Result<Option<(QkRopeParams, Vec<binding::BufferRange>)>> {
+        let shape = inputs.x.shape();
+        if shape.len() != 3 {
+            return Err(Error::ShapeMismatch {
+                what: "qk_norm_rope x [tokens, heads, head_dim]".into(),
+                expected: vec![0, 0, 0],
+                got: shape.to_vec(),
+            });
+        }
+        let (tokens, heads, d) = (shape[0], shape[1], shape[2]);
+        let dtype = self.cfg.dtype;
+        inputs.x.expect_dtype("x", dtype)?;
+        y.expect_dtype("y", dtype)?;
+        y.expect_shape("y", shape)?;
+        if let Some(w) = inputs.weight {
+            w.expect_dtype("weight", dtype)?;
+            w.expect_shape("weight", &[d])?;
+        }
+        let rot = self.cfg.rotary_dim.unwrap_or(d);
+        if d > MAX_HEAD_DIM
+            || rot > d
+            || (rot % 2 == 1 && !matches!(inputs.angles, RopeAngles::None))
+        {
+            return Err(Error::InvalidParameter {
+                name: "head_dim / rotary_dim",
+                value: format!("{d} / {rot}"),
+                why: "need head_dim <= 512 and an even rotary_dim <= head_dim",
+            });
+        }
+        match inputs.angles {
+            RopeAngles::Positions(p) => {
+                p.expect_dtype("positions", DType::F32)?;
+                p.expect_shape("positions", &[tokens])?;
+            }
+            RopeAngles::Table { cos, sin } => {
+                for (what, t) in [("cos", cos), ("sin", sin)] {
+                    t.expect_dtype(what, DType::F32)?;
+                    t.expect_shape(what, &[tokens, rot / 2])?;
+                }
+            }
+            RopeAngles::None => {}
+        }
+        if tokens * heads * d == 0 {
+            return Ok(None);
+        }
+        let rows = tokens * heads;
+        if rows > u32::MAX as usize / 2 {
+            return Err(Error::TooLarge {
+                what: "rows".into(),
+                value: rows as u64,
+                limit: u32::MAX as u64 / 2,
+            });
+        }
+        let ctx = &self.ctx;
+        let r = |what, t: &Tensor| binding::storage_range(ctx, what, t);
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let (pos, cos, sin) = match inputs.angles {
+            RopeAngles::Positions(p) => (r("positions", p)?, dr.clone(), dr.clone()),
+            RopeAngles::Table { cos, sin } => (dr.clone(), r("cos", cos)?, r("sin", sin)?),
+            RopeAngles::None => (dr.clone(), dr.clone(), dr.clone()),
+        };
+        let weight = inputs.weight.map(|w| r("weight", w)).transpose()?;
+        let ranges = vec![
+            r("x", inputs.x)?,
+            weight.unwrap_or_else(|| dr.clone()),
+            pos,
+            cos,
+            sin,
+            r("y", y)?,
+        ];
+        binding::check_no_alias(&[
+            ("x", Some(&ranges[0]), false),
+            ("weight", inputs.weight.map(|_| &ranges[1]), false),
+            ("y", Some(&ranges[5]), true),
+        ])?;
+        let params = QkRopeParams {
+            rows: rows as u32,
+            heads: heads as u32,
+            d: d as u32,
+            rot: if matches!(inputs.angles, RopeAngles::None) {
+                0
+            } else {
+                rot as u32
+            },
+            eps: self.cfg.eps,
+            weight_offset: self.cfg.weight_offset,
+            base: self.cfg.base,
+            _pad0: 0,
+        };
+        Ok(Some((params, ranges)))
+    }
+}

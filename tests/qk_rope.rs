@@ -1,0 +1,149 @@
+//! Per-head RMSNorm + rotary embedding (QK-norm) against the f64 reference: both pair layouts,
+//! angles from positions or tables, partial rotary dims, Gemma's weight offset, f16, and bad
+//! input.
+
+use wgnorm::rmsnorm::{QkNormRope, QkNormRopeConfig, QkNormRopeInputs, RopeAngles, RopeLayout};
+use wgnorm::{DType, Error};
+use wgnorm_reference::rownorm::{qk_norm_rope, RopeRef};
+use wgnorm_tests::{assert_close, ctx, noise, round_to};
+
+#[test]
+fn qk_norm_rope_matches_the_reference() {
+    let c_ = ctx();
+    let (tokens, heads) = (5usize, 3usize);
+    for (d, rot, layout, offset) in [
+        (64usize, None, RopeLayout::NeoX, 0.0f32),
+        (128, Some(64), RopeLayout::GptJ, 1.0),
+        (96, None, RopeLayout::GptJ, 0.0),
+    ] {
+        for dtype in [DType::F32, DType::F16] {
+            let x: Vec<f32> = noise(d as u64, tokens * heads * d)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            let w = noise(7, d);
+            let pos: Vec<f32> = (0..tokens).map(|t| (t * 37 + 5) as f32).collect();
+            let r = rot.unwrap_or(d);
+            let cos: Vec<f32> = (0..tokens * r / 2)
+                .map(|i| (i as f32 * 0.37).cos())
+                .collect();
+            let sin: Vec<f32> = (0..tokens * r / 2)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let op = QkNormRope::new(
+                c_,
+                QkNormRopeConfig {
+                    weight_offset: offset,
+                    layout,
+                    rotary_dim: rot,
+                    base: 10_000.0,
+                    dtype,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let xt = c_.upload(&x, &[tokens, heads, d], dtype).unwrap();
+            let wt = c_.upload(&w, &[d], dtype).unwrap();
+            let pt = c_.upload_f32(&pos, &[tokens]).unwrap();
+            let (ct, st) = (
+                c_.upload_f32(&cos, &[tokens, r / 2]).unwrap(),
+                c_.upload_f32(&sin, &[tokens, r / 2]).unwrap(),
+            );
+            let f = |v: &[f32]| round_to(DType::F32, v);
+            let (pd, cd, sd) = (f(&pos), f(&cos), f(&sin));
+            let neox = layout == RopeLayout::NeoX;
+            for (name, angles, want_angles) in [
+                (
+                    "positions",
+                    RopeAngles::Positions(&pt),
+                    RopeRef::Positions {
+                        pos: &pd,
+                        base: 10_000.0,
+                    },
+                ),
+                (
+                    "table",
+                    RopeAngles::Table { cos: &ct, sin: &st },
+                    RopeRef::Table { cos: &cd, sin: &sd },
+                ),
+                ("none", RopeAngles::None, RopeRef::None),
+            ] {
+                let y = op
+                    .forward(&QkNormRopeInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        angles,
+                    })
+                    .unwrap();
+                let want = qk_norm_rope(
+                    &round_to(dtype, &x),
+                    heads,
+                    d,
+                    Some(&round_to(dtype, &w)),
+                    offset as f64,
+                    1e-6,
+                    r,
+                    neox,
+                    want_angles,
+                );
+                let (atol, rtol) = if dtype == DType::F16 {
+                    (4e-3, 4e-3)
+                } else {
+                    (2e-5, 1e-4)
+                };
+                let what =
+                    format!("qk_rope d {d} rot {r} {layout:?} offset {offset} {dtype} {name}");
+                assert_close(&what, &c_.download(&y).unwrap(), &want, atol * 4.0, rtol);
+            }
+        }
+    }
+}
+
+#[test]
+fn qk_norm_rope_bad_input_is_typed() {
+    let c_ = ctx();
+    let op = QkNormRope::new(c_, QkNormRopeConfig::default()).unwrap();
+    let x = c_.empty(&[2, 2, 64], DType::F32).unwrap();
+    let y = c_.empty(&[2, 2, 64], DType::F32).unwrap();
+    let pos = c_.empty(&[3], DType::F32).unwrap();
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    let r = op.encode(
+        &mut enc,
+        &QkNormRopeInputs {
+            x: &x,
+            weight: None,
+            angles: RopeAngles::Positions(&pos),
+        },
+        &y,
+    );
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+    let big = c_.empty(&[1, 1, 1024], DType::F32).unwrap();
+    let r = op.encode(
+        &mut enc,
+        &QkNormRopeInputs {
+            x: &big,
+            weight: None,
+            angles: RopeAngles::None,
+        },
+        &c_.empty(&[1, 1, 1024], DType::F32).unwrap(),
+    );
+    assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{r:?}");
+    let r = QkNormRope::new(
+        c_,
+        QkNormRopeConfig {
+            rotary_dim: Some(7),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(r, Err(Error::InvalidParameter { .. })));
+    let r = op.encode(
+        &mut enc,
+        &QkNormRopeInputs {
+            x: &x,
+            weight: None,
+            angles: RopeAngles::None,
+        },
+        &x,
+    );
+    assert!(matches!(r, Err(Error::AliasedBuffers { .. })), "{r:?}");
+}
