@@ -13,14 +13,23 @@ fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/cases")
 }
 
-fn case_files() -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(cases_dir())
-        .expect("vendored cases")
+/// The project's own cases (ops the shared set lacks), written by `cargo xtask cases`.
+fn own_cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/wgnorm")
+}
+
+fn files_in(dir: PathBuf) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("case directory")
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
     files
+}
+
+fn case_files() -> Vec<PathBuf> {
+    files_in(cases_dir())
 }
 
 fn run_case(path: &Path) -> Result<(), Failed> {
@@ -265,6 +274,12 @@ fn main() {
     for path in case_files() {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         trials.push(Trial::test(format!("case::{name}"), move || {
+            run_case(&path)
+        }));
+    }
+    for path in files_in(own_cases_dir()) {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        trials.push(Trial::test(format!("own_case::{name}"), move || {
             run_case(&path)
         }));
     }

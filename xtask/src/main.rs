@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_grad;
+mod cases;
 mod conformance;
 mod fuzz;
 mod fuzz_inputs;
@@ -18,7 +19,7 @@ mod sweep;
 
 use anyhow::Result;
 
-const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] [--max-binding-size BYTES] DIR... | fuzz [--iterations N] [--seed S] | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
+const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] [--max-binding-size BYTES] DIR... | fuzz [--iterations N] [--seed S] | cases DIR | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
 
 const HELP: &str = "  validate            naga-validate every shader specialisation, translate it for Vulkan (SPIR-V),
                       Metal (MSL) and DX12 (HLSL), and check every op against the f64 reference
@@ -34,6 +35,8 @@ const HELP: &str = "  validate            naga-validate every shader specialisat
                       each must match the f64 reference or be a typed error that wrote nothing
     --iterations N    calls (default 2000)
     --seed S          the generator's seed (default 1)
+  cases DIR           write the project's own conformance cases (ops the shared set lacks) into
+                      DIR, expected values from the f64 reference
   bench               time every op against the best copy shader on the same adapter
     --quick           small shapes, seconds on software Vulkan
     --json FILE       every figure plus adapter info
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         Some("conformance") => conformance::run(&args[1..])?,
         Some("bench") => bench::run(&args[1..])?,
         Some("fuzz") => fuzz::run(&args[1..])?,
+        Some("cases") => cases::run(&args[1..])?,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -199,6 +199,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("batch_norm_grad", run_batch_norm_grad),
     ("group_norm_grad", run_group_norm_grad),
     ("instance_norm_grad", run_instance_norm_grad),
+    ("qk_norm_rope", run_qk_norm_rope),
 ];
 
 /// Whether the runtime implements `op`.

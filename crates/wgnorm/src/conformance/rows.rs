@@ -135,3 +135,63 @@ pub(super) fn run_selu(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     only_y(ctx, &y)
 }
+
+/// `qk_norm_rope` (the project's own signature, FORMAT.md): per-head RMSNorm of `x[tokens, heads,
+/// D]` with a rotary epilogue; angles from `positions` or from `cos`/`sin` tables.
+pub(super) fn run_qk_norm_rope(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+    use crate::rmsnorm::{QkNormRope, QkNormRopeConfig, QkNormRopeInputs, RopeAngles, RopeLayout};
+    let a = Attrs::new(
+        case,
+        &["eps", "weight_offset", "layout", "rotary_dim", "base"],
+    )?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let layout = match a.str("layout", "neox")?.as_str() {
+        "neox" => RopeLayout::NeoX,
+        "gptj" => RopeLayout::GptJ,
+        o => return Err(format!("layout must be \"neox\" or \"gptj\", got {o:?}")),
+    };
+    let rotary_dim = match case.attrs.get("rotary_dim") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or(format!("rotary_dim {v} is not a non-negative integer"))?
+                as usize,
+        ),
+    };
+    let op = QkNormRope::new(
+        ctx,
+        QkNormRopeConfig {
+            eps: a.f64("eps", 1e-6)? as f32,
+            weight_offset: a.f64("weight_offset", 0.0)? as f32,
+            layout,
+            rotary_dim,
+            base: a.f64("base", 10_000.0)? as f32,
+            dtype,
+        },
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let w = upload_opt(ctx, case, "weight", dtype)?;
+    let f32_in = |name: &str| {
+        case.inputs
+            .get(name)
+            .map(|t| upload(ctx, t, crate::DType::F32))
+            .transpose()
+    };
+    let (pos, cos, sin) = (f32_in("positions")?, f32_in("cos")?, f32_in("sin")?);
+    let angles = match (&pos, &cos, &sin) {
+        (Some(p), None, None) => RopeAngles::Positions(p),
+        (None, Some(c), Some(s)) => RopeAngles::Table { cos: c, sin: s },
+        (None, None, None) => RopeAngles::None,
+        _ => return Err("give positions, or cos and sin, or none of them".into()),
+    };
+    let y = op
+        .forward(&QkNormRopeInputs {
+            x: &xt,
+            weight: w.as_ref(),
+            angles,
+        })
+        .map_err(err)?;
+    only_y(ctx, &y)
+}
