@@ -13,6 +13,7 @@ use wgnorm::prelude::*;
 use wgnorm::Mode;
 use wgnorm_reference::{chnorm as rc, rownorm as rr};
 
+use crate::fuzz_grad::GradOp;
 use crate::fuzz_inputs::InputsOp;
 use crate::fuzz_research::ResearchOp;
 
@@ -54,6 +55,7 @@ fn op_name(op: &Op) -> String {
     let s = match op {
         Op::Research(r) => format!("{r:?}"),
         Op::Inputs(r) => format!("{r:?}"),
+        Op::Grad(g) => format!("{g:?}"),
         _ => format!("{op:?}"),
     };
     s.split([' ', '{', '(']).next().unwrap_or("").to_string()
@@ -103,6 +105,8 @@ enum Op {
     Research(ResearchOp),
     /// A research method with specialised inputs or outputs.
     Inputs(InputsOp),
+    /// A backward op (the output is dx).
+    Grad(GradOp),
 }
 
 pub fn random_eps(rng: &mut Rng) -> f32 {
@@ -128,6 +132,9 @@ fn random_op(rng: &mut Rng, rank: usize) -> Op {
     }
     if rng.chance(8) {
         return Op::Inputs(InputsOp::random(rng));
+    }
+    if rng.chance(6) {
+        return Op::Grad(GradOp::random(rng, rank));
     }
     match rng.below(8) {
         0 => Op::LayerNorm {
@@ -225,7 +232,7 @@ pub fn relayout(
 
 /// The f64 reference of `op` on `x` (in the tensor's own order), or `None` when the call is not
 /// one the reference defines (then an `Ok` from wgnorm is itself a failure).
-fn reference(op: Op, x: &[f64], shape: &[usize]) -> Option<Vec<f64>> {
+fn reference(op: Op, x: &[f64], shape: &[usize], dtype: DType) -> Option<Vec<f64>> {
     let rank = shape.len() as isize;
     let norm_axis = |a: isize| if a < 0 { a + rank } else { a };
     match op {
@@ -314,7 +321,7 @@ fn reference(op: Op, x: &[f64], shape: &[usize]) -> Option<Vec<f64>> {
         }
         Op::AddLayerNorm { axis, eps } => {
             let doubled: Vec<f64> = x.iter().map(|v| v + v).collect();
-            reference(Op::LayerNorm { axis, eps }, &doubled, shape)
+            reference(Op::LayerNorm { axis, eps }, &doubled, shape, dtype)
         }
         Op::Activation { act } => {
             use wgnorm_reference::activation as ra;
@@ -335,6 +342,7 @@ fn reference(op: Op, x: &[f64], shape: &[usize]) -> Option<Vec<f64>> {
         }
         Op::Research(r) => r.reference(x, shape),
         Op::Inputs(r) => r.reference(x, shape),
+        Op::Grad(g) => g.reference(x, shape, dtype),
     }
 }
 
@@ -496,6 +504,7 @@ fn encode(
         }
         Op::Research(r) => r.encode(ctx, dtype, x, y, enc),
         Op::Inputs(r) => r.encode(ctx, dtype, x, y, enc),
+        Op::Grad(g) => g.encode(ctx, dtype, x, y, enc),
     }
 }
 
@@ -561,7 +570,7 @@ fn one_call(ctx: &Context, rng: &mut Rng) -> Result<Verdict> {
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     let r = encode(ctx, op, dtype, &x, &y, &mut enc);
     ctx.queue().submit([enc.finish()]);
-    let want = reference(op, &x_values(&data, dtype), &shape);
+    let want = reference(op, &x_values(&data, dtype), &shape, dtype);
     match (r, want) {
         (Ok(()), Some(want)) if fault == Fault::None => {
             let got = ctx.download(&y)?;

@@ -12,6 +12,7 @@ mod bench_grad;
 mod cases;
 mod conformance;
 mod fuzz;
+mod fuzz_grad;
 mod fuzz_inputs;
 mod fuzz_research;
 mod shaders;
