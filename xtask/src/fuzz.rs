@@ -55,7 +55,7 @@ fn op_name(op: &Op) -> String {
     let s = match op {
         Op::Research(r) => format!("{r:?}"),
         Op::Inputs(r) => format!("{r:?}"),
-        Op::Grad(g) => format!("{g:?}"),
+        Op::Grad(g) => format!("Backward{g:?}"),
         _ => format!("{op:?}"),
     };
     s.split([' ', '{', '(']).next().unwrap_or("").to_string()

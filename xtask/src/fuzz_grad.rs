@@ -8,23 +8,24 @@ use wgnorm_reference::grad as rg;
 
 use crate::fuzz::{nc_hw, random_eps, relayout, Rng};
 
-/// A backward op with the parameters the reference needs.
+/// A backward op with the parameters the reference needs (named for its forward op).
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::enum_variant_names)] // the ops' own names
 pub enum GradOp {
-    LayerNormBackward {
+    LayerNorm {
         axis: isize,
         eps: f32,
     },
-    RmsNormBackward {
+    RmsNorm {
         axis: isize,
         eps: f32,
     },
-    BatchNormBackward {
+    BatchNorm {
         layout: Layout,
         eps: f32,
         train: bool,
     },
-    GroupNormBackward {
+    GroupNorm {
         layout: Layout,
         groups: usize,
         eps: f32,
@@ -57,14 +58,14 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         match rng.below(4) {
-            0 => GradOp::LayerNormBackward { axis, eps },
-            1 => GradOp::RmsNormBackward { axis, eps },
-            2 => GradOp::BatchNormBackward {
+            0 => GradOp::LayerNorm { axis, eps },
+            1 => GradOp::RmsNorm { axis, eps },
+            2 => GradOp::BatchNorm {
                 layout,
                 eps,
                 train: rng.chance(2),
             },
-            _ => GradOp::GroupNormBackward {
+            _ => GradOp::GroupNorm {
                 layout,
                 groups: rng.below(5) as usize,
                 eps,
@@ -78,7 +79,7 @@ impl GradOp {
         let rank = shape.len() as isize;
         let dy = rounded(dtype, &dy_values(x.len()));
         match self {
-            GradOp::LayerNormBackward { axis, eps } | GradOp::RmsNormBackward { axis, eps } => {
+            GradOp::LayerNorm { axis, eps } | GradOp::RmsNorm { axis, eps } => {
                 let a = if axis < 0 { axis + rank } else { axis };
                 if !((0..rank).contains(&a) && eps_ok(eps)) {
                     return None;
@@ -88,13 +89,11 @@ impl GradOp {
                     return Some(vec![]);
                 }
                 Some(match self {
-                    GradOp::LayerNormBackward { .. } => {
-                        rg::layer_norm_grad(x, n, None, &dy, eps as f64).dx
-                    }
+                    GradOp::LayerNorm { .. } => rg::layer_norm_grad(x, n, None, &dy, eps as f64).dx,
                     _ => rg::rms_norm_grad(x, n, None, 0.0, &dy, eps as f64).dx,
                 })
             }
-            GradOp::BatchNormBackward { layout, eps, train } => {
+            GradOp::BatchNorm { layout, eps, train } => {
                 if shape.len() < 2 || !eps_ok(eps) {
                     return None;
                 }
@@ -109,7 +108,7 @@ impl GradOp {
                 let g = rg::batch_norm_grad(&xd, n, c, hw, None, &dyd, running, eps as f64);
                 Some(relayout(&g.dx, n, c, hw, layout, false))
             }
-            GradOp::GroupNormBackward {
+            GradOp::GroupNorm {
                 layout,
                 groups,
                 eps,
@@ -144,7 +143,7 @@ impl GradOp {
     ) -> wgnorm::Result<()> {
         let dy = ctx.upload(&dy_values(x.numel()), x.shape(), dtype)?;
         match self {
-            GradOp::LayerNormBackward { axis, eps } => {
+            GradOp::LayerNorm { axis, eps } => {
                 let ln = LayerNorm::new(ctx, LayerNormConfig { axis, eps, dtype })?;
                 ln.encode_backward(
                     enc,
@@ -162,7 +161,7 @@ impl GradOp {
                     },
                 )
             }
-            GradOp::RmsNormBackward { axis, eps } => {
+            GradOp::RmsNorm { axis, eps } => {
                 let rms = RmsNorm::new(
                     ctx,
                     RmsNormConfig {
@@ -185,7 +184,7 @@ impl GradOp {
                     &wgnorm::RmsNormGradOutputs { dx, dweight: None },
                 )
             }
-            GradOp::BatchNormBackward { layout, eps, train } => {
+            GradOp::BatchNorm { layout, eps, train } => {
                 let bn = BatchNorm::new(
                     ctx,
                     BatchNormConfig {
@@ -221,7 +220,7 @@ impl GradOp {
                     Mode::training(train),
                 )
             }
-            GradOp::GroupNormBackward {
+            GradOp::GroupNorm {
                 layout,
                 groups,
                 eps,
