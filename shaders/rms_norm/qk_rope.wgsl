@@ -11,6 +11,9 @@ override MAX_D: u32 = 256u;
 override HAS_WEIGHT: bool = false;
 override LAYOUT: u32 = 0u;
 override ANGLES: u32 = 0u;
+// False: the rotation alone (rstd 1, no weight): the second pass of the benchmarks' unfused
+// baseline.
+override NORM: bool = true;
 
 struct QkRopeParams {
     rows: u32,
@@ -84,8 +87,10 @@ fn main(
     workgroupBarrier();
     // 1 / sqrt: eps = 0 on a zero row gives +inf, then NaN, as RMSNorm.
     let rstd = 1.0 / sqrt(red[0] / f32(params.d) + params.eps);
-    for (var i = lid; i < params.d; i += WG) {
-        row[i] = row[i] * rstd * scale(i);
+    if (NORM) {
+        for (var i = lid; i < params.d; i += WG) {
+            row[i] = row[i] * rstd * scale(i);
+        }
     }
     workgroupBarrier();
     let t = r / params.heads;

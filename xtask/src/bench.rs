@@ -957,6 +957,15 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
             out.push(crate::bench_grad::channel_grad_case(ctx, op, shape)?);
         }
     }
+    // QK-norm + RoPE fused, against norm then rope.
+    let qk: [usize; 3] = if o.quick {
+        [512, 16, 128]
+    } else {
+        [2048, 32, 128]
+    };
+    if wanted(o, "qk_norm_rope", &qk.map(|d| d.to_string()).join("x")) {
+        out.push(crate::bench_fused::qk_rope_case(ctx, qk)?);
+    }
     // Hyperbolic family.
     let hyper: [usize; 4] = if o.quick {
         [8, 64, 28, 28]

@@ -225,9 +225,13 @@ impl Specialization {
         }
     }
 
-    /// Sets override constant `name` to `value`.
+    /// Sets override constant `name` to `value` (replacing an earlier value of it).
     pub fn set(mut self, name: &'static str, value: impl Into<f64>) -> Specialization {
-        self.constants.push((name, value.into()));
+        let value = value.into();
+        match self.constants.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.constants.push((name, value)),
+        }
         self
     }
 

@@ -138,12 +138,41 @@ pub fn qk_rope_spec(
     layout: RopeLayout,
     angles: u32,
 ) -> Specialization {
+    qk_rope_spec_with(io, d, weight, layout, angles, true)
+}
+
+/// Lanes per row: a workgroup is a loop on CPU adapters and each tree level a pass over it, so
+/// few lanes there; 64 on GPUs.
+pub fn qk_rope_wg(cpu: bool) -> u32 {
+    if cpu {
+        8
+    } else {
+        WG
+    }
+}
+
+/// [`qk_rope_spec`], or with `norm` false the rotation alone: the benchmarks' unfused baseline
+/// runs a norm-only pass (`angles` 2) and a rotation-only one.
+pub fn qk_rope_spec_with(
+    io: Io,
+    d: usize,
+    weight: bool,
+    layout: RopeLayout,
+    angles: u32,
+    norm: bool,
+) -> Specialization {
     Specialization::new(QK_ROPE_KERNEL, io)
+        .flag("NORM", norm)
         .set("WG", WG)
         .set("MAX_D", max_d(d))
         .flag("HAS_WEIGHT", weight)
         .set("LAYOUT", (layout == RopeLayout::GptJ) as u32)
         .set("ANGLES", angles)
+}
+
+/// A pipeline with `wg` lanes per row ([`qk_rope_wg`]).
+pub fn with_wg(spec: Specialization, wg: u32) -> Specialization {
+    spec.set("WG", wg)
 }
 
 /// Every pipeline the op can create, for `cargo xtask validate`.
@@ -153,14 +182,13 @@ pub fn qk_rope_specializations() -> Vec<Specialization> {
         for d in [64, 128, 256, 512] {
             for weight in [false, true] {
                 for layout in [RopeLayout::NeoX, RopeLayout::GptJ] {
-                    for angles in 0..3 {
-                        out.push(qk_rope_spec(
-                            Io { dtype, vec4: false },
-                            d,
-                            weight,
-                            layout,
-                            angles,
-                        ));
+                    let io = Io { dtype, vec4: false };
+                    for wg in [qk_rope_wg(true), qk_rope_wg(false)] {
+                        for angles in 0..3 {
+                            out.push(with_wg(qk_rope_spec(io, d, weight, layout, angles), wg));
+                        }
+                        let rot_only = qk_rope_spec_with(io, d, false, layout, 0, false);
+                        out.push(with_wg(rot_only, wg));
                     }
                 }
             }
@@ -230,7 +258,9 @@ impl QkNormRope {
             self.cfg.layout,
             angles_value(&inputs.angles),
         );
-        let pipeline = self.ctx.pipeline(&spec)?;
+        let pipeline = self
+            .ctx
+            .pipeline(&with_wg(spec, qk_rope_wg(self.ctx.is_cpu())))?;
         let refs: Vec<&binding::BufferRange> = ranges.iter().collect();
         let bind = self.binds.get(&self.ctx, QK_ROPE_SLOTS, &params, &refs)?;
         let groups = binding::grid(&self.ctx, params.rows as u64);

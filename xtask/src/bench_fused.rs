@@ -1,0 +1,123 @@
+//! The QK-norm row of `cargo xtask bench`: per-head RMSNorm + RoPE in one pass against the
+//! unfused sequence (a norm-only pass writing a temporary, then a rotation-only pass), checked
+//! against the f64 reference. Bytes counted: x read once, y written once.
+
+use anyhow::Result;
+use wgnorm::engine::binding::{self, BindCache};
+use wgnorm::engine::shader::Io;
+use wgnorm::rmsnorm::qk_rope::{self, QkRopeParams};
+use wgnorm::rmsnorm::{QkNormRope, QkNormRopeConfig, QkNormRopeInputs, RopeAngles, RopeLayout};
+use wgnorm::{Context, DType, Tensor};
+
+use crate::bench::{pattern, Case, Check, Record};
+
+/// `x[tokens, heads, d]`, NeoX rotation of the whole head from positions, with a weight.
+pub fn qk_rope_case(ctx: &Context, [tokens, heads, d]: [usize; 3]) -> Result<Case> {
+    let numel = tokens * heads * d;
+    let x = pattern(11, numel, 0.0, 4.0);
+    let w = pattern(12, d, 1.0, 0.5);
+    let pos: Vec<f32> = (0..tokens).map(|t| t as f32).collect();
+    let xt = ctx.upload_f32(&x, &[tokens, heads, d])?;
+    let wt = ctx.upload_f32(&w, &[d])?;
+    let pt = ctx.upload_f32(&pos, &[tokens])?;
+    let y = ctx.empty(&[tokens, heads, d], DType::F32)?;
+    let op = QkNormRope::new(ctx, QkNormRopeConfig::default())?;
+    let run: Record = {
+        let (xt, wt, pt, y) = (xt.clone(), wt.clone(), pt.clone(), y.clone());
+        let rec = move |enc: &mut wgpu::CommandEncoder| {
+            op.encode(
+                enc,
+                &QkNormRopeInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    angles: RopeAngles::Positions(&pt),
+                },
+                &y,
+            )
+        };
+        ctx.record_and_submit(&rec)?;
+        Box::new(move |enc| rec(enc).expect("validated above"))
+    };
+    let naive = unfused(ctx, [tokens, heads, d], [&xt, &wt, &pt])?;
+    let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+    let want = wgnorm_reference::rownorm::qk_norm_rope(
+        &f(&x),
+        heads,
+        d,
+        Some(&f(&w)),
+        0.0,
+        1e-6,
+        d,
+        true,
+        wgnorm_reference::rownorm::RopeRef::Positions {
+            pos: &f(&pos),
+            base: 10_000.0,
+        },
+    );
+    Ok(Case {
+        op: "qk_norm_rope",
+        shape: vec![tokens, heads, d],
+        dtype: DType::F32,
+        layout: "row-major",
+        bytes: 2 * numel as u64 * 4,
+        kernel: "qk_rope (norm + rotation in one pass)".into(),
+        run,
+        naive: Some(naive),
+        check: Some(Check::Reference(y, want)),
+    })
+}
+
+/// The unfused baseline: the norm alone into a temporary, then the rotation alone.
+fn unfused(
+    ctx: &Context,
+    [tokens, heads, d]: [usize; 3],
+    [xt, wt, pt]: [&Tensor; 3],
+) -> Result<Record> {
+    let tmp = ctx.empty(&[tokens, heads, d], DType::F32)?;
+    let y2 = ctx.empty(&[tokens, heads, d], DType::F32)?;
+    let params = QkRopeParams {
+        rows: (tokens * heads) as u32,
+        heads: heads as u32,
+        d: d as u32,
+        rot: d as u32,
+        eps: 1e-6,
+        weight_offset: 0.0,
+        base: 10_000.0,
+        _pad0: 0,
+    };
+    let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+    let dr = binding::dummy_range(ctx.dummy_read());
+    let binds = BindCache::default();
+    let (xr, wr, pr, tr, yr) = (
+        r(xt, "x")?,
+        r(wt, "w")?,
+        r(pt, "pos")?,
+        r(&tmp, "tmp")?,
+        r(&y2, "y")?,
+    );
+    let norm_params = QkRopeParams { rot: 0, ..params };
+    let slots = qk_rope::QK_ROPE_SLOTS;
+    let b_norm = binds.get(ctx, slots, &norm_params, &[&xr, &wr, &dr, &dr, &dr, &tr])?;
+    let b_rot = binds.get(ctx, slots, &params, &[&tr, &dr, &pr, &dr, &dr, &yr])?;
+    let io = Io::F32;
+    let p_norm = ctx.pipeline(&qk_rope::qk_rope_spec(io, d, true, RopeLayout::NeoX, 2))?;
+    let p_rot = ctx.pipeline(&qk_rope::qk_rope_spec_with(
+        io,
+        d,
+        false,
+        RopeLayout::NeoX,
+        0,
+        false,
+    ))?;
+    let groups = binding::grid(ctx, (tokens * heads) as u64);
+    let keep = (tmp, y2);
+    Ok(Box::new(move |enc: &mut wgpu::CommandEncoder| {
+        let _keep = &keep;
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (pipe, bind) in [(&p_norm, &b_norm), (&p_rot, &b_rot)] {
+            pass.set_pipeline(pipe);
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        }
+    }))
+}
