@@ -527,3 +527,42 @@ fn power_norm_approximate_backward_over_steps() {
         );
     }
 }
+
+/// No tokens: PowerNorm's backward zeroes dweight and dbias (sums over nothing) and leaves
+/// `ema_gz` alone, as the other backward ops.
+#[test]
+fn power_norm_backward_of_no_tokens_zeroes_the_parameter_gradients() {
+    use wgnorm::powernorm::{PowerNormGradInputs, PowerNormGradOutputs};
+    let c_ = ctx();
+    let c = 6;
+    let op = PowerNorm::new(c_, PowerNormConfig::default()).unwrap();
+    let x = c_.empty(&[0, 2, c], DType::F32).unwrap();
+    let saved = c_.upload_f32(&[0.0, 1.0].repeat(c), &[c, 2]).unwrap();
+    let ema = c_.upload_f32(&[0.5; 6], &[c]).unwrap();
+    let (dw, db) = (
+        c_.upload_f32(&[7.0; 6], &[c]).unwrap(),
+        c_.upload_f32(&[7.0; 6], &[c]).unwrap(),
+    );
+    c_.record_and_submit(|enc| {
+        op.encode_backward(
+            enc,
+            &PowerNormGradInputs {
+                x: &x,
+                pad_mask: None,
+                weight: None,
+                dy: &c_.empty(&[0, 2, c], DType::F32).unwrap(),
+                saved: &saved,
+                ema_gz: &ema,
+            },
+            &PowerNormGradOutputs {
+                dx: &c_.empty(&[0, 2, c], DType::F32).unwrap(),
+                dweight: Some(&dw),
+                dbias: Some(&db),
+            },
+        )
+    })
+    .unwrap();
+    assert_eq!(c_.download(&dw).unwrap(), vec![0.0; c]);
+    assert_eq!(c_.download(&db).unwrap(), vec![0.0; c]);
+    assert_eq!(c_.download(&ema).unwrap(), vec![0.5; c]);
+}

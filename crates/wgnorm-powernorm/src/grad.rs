@@ -184,7 +184,7 @@ impl PowerNorm {
         let dtype = self.cfg.dtype;
         let tokens = t * b;
         if tokens * c == 0 {
-            return Ok(());
+            return self.encode_empty_backward(encoder, inputs, outputs, c);
         }
         let io = Io { dtype, vec4: false };
         ctx.check_io(io)?;
@@ -343,6 +343,74 @@ impl PowerNorm {
         };
         ctx.record_and_submit(|enc| self.encode_backward(enc, inputs, &outputs))?;
         Ok((dx, dweight, dbias))
+    }
+
+    /// No tokens: dweight and dbias are sums over nothing (zeros), `ema_gz` stays; the finalize
+    /// pass alone, over zero tiles.
+    fn encode_empty_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &PowerNormGradInputs,
+        outputs: &PowerNormGradOutputs,
+        c: usize,
+    ) -> Result<()> {
+        if c == 0 || (outputs.dweight.is_none() && outputs.dbias.is_none()) {
+            return Ok(());
+        }
+        let ctx = self.engine.context();
+        let params = PowerGradParams {
+            tokens: 0,
+            c: c as u32,
+            b: 0,
+            t: 0,
+            tiles: 0,
+            tile_len: 1,
+            eps: self.cfg.eps,
+            one_minus_alpha: 1.0 - ALPHA_BKW,
+        };
+        let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw = [0, 1].map(|i| binding::dummy_range(ctx.dummy_write(i)));
+        let coef = self
+            .grad
+            .coef
+            .get(ctx, inputs.x.shape(), &[c, 2], DType::F32)?;
+        let outs = [
+            outputs.dweight.map(|t| r(t, "dweight")).transpose()?,
+            outputs.dbias.map(|t| r(t, "dbias")).transpose()?,
+        ];
+        let bind = self.grad.binds.get(
+            ctx,
+            GRAD_FINALIZE_SLOTS,
+            &params,
+            &[
+                &r(inputs.saved, "saved")?,
+                &dr,
+                &dr,
+                &dr,
+                &r(inputs.ema_gz, "ema_gz")?,
+                &r(&coef, "coef")?,
+                outs[0].as_ref().unwrap_or(&dw[0]),
+                outs[1].as_ref().unwrap_or(&dw[1]),
+            ],
+        )?;
+        let spec = specs(
+            Io::F32,
+            false,
+            false,
+            outputs.dweight.is_some(),
+            outputs.dbias.is_some(),
+        );
+        let pipe = ctx.pipeline(&spec[1])?;
+        let (gx, gy) = binding::grid(ctx, (c as u64).div_ceil(WG));
+        binding::dispatch(
+            encoder,
+            "wgnorm power_norm backward",
+            &pipe,
+            &bind,
+            (gx, gy, 1),
+        );
+        Ok(())
     }
 
     /// Shapes and dtypes of a backward call; `(T, B, C)`.
