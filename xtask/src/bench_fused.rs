@@ -1,6 +1,8 @@
 //! The QK-norm row of `cargo xtask bench`: per-head RMSNorm + RoPE in one pass against the
 //! unfused sequence (a norm-only pass writing a temporary, then a rotation-only pass), checked
-//! against the f64 reference. Bytes counted: x read once, y written once.
+//! against the f64 reference. The angles come from cos/sin tables computed in f64 on the host,
+//! as inference engines cache them (angles computed in f32 from positions lose ~pos * 6e-8 rad,
+//! 1e-4 at 2k tokens). Bytes counted: x read once, y written once.
 
 use anyhow::Result;
 use wgnorm::engine::binding::{self, BindCache};
@@ -11,26 +13,31 @@ use wgnorm::{Context, DType, Tensor};
 
 use crate::bench::{pattern, Case, Check, Record};
 
-/// `x[tokens, heads, d]`, NeoX rotation of the whole head from positions, with a weight.
+/// `x[tokens, heads, d]`, NeoX rotation of the whole head from cos/sin tables, with a weight.
 pub fn qk_rope_case(ctx: &Context, [tokens, heads, d]: [usize; 3]) -> Result<Case> {
     let numel = tokens * heads * d;
     let x = pattern(11, numel, 0.0, 4.0);
     let w = pattern(12, d, 1.0, 0.5);
-    let pos: Vec<f32> = (0..tokens).map(|t| t as f32).collect();
+    // Angles of token t, pair p: t * 10000^(-2p / d), in f64.
+    let half = d / 2;
+    let angle = |i: usize| (i / half) as f64 * 10_000f64.powf(-2.0 * (i % half) as f64 / d as f64);
+    let cos: Vec<f32> = (0..tokens * half).map(|i| angle(i).cos() as f32).collect();
+    let sin: Vec<f32> = (0..tokens * half).map(|i| angle(i).sin() as f32).collect();
     let xt = ctx.upload_f32(&x, &[tokens, heads, d])?;
     let wt = ctx.upload_f32(&w, &[d])?;
-    let pt = ctx.upload_f32(&pos, &[tokens])?;
+    let ct = ctx.upload_f32(&cos, &[tokens, half])?;
+    let st = ctx.upload_f32(&sin, &[tokens, half])?;
     let y = ctx.empty(&[tokens, heads, d], DType::F32)?;
     let op = QkNormRope::new(ctx, QkNormRopeConfig::default())?;
     let run: Record = {
-        let (xt, wt, pt, y) = (xt.clone(), wt.clone(), pt.clone(), y.clone());
+        let (xt, wt, ct, st, y) = (xt.clone(), wt.clone(), ct.clone(), st.clone(), y.clone());
         let rec = move |enc: &mut wgpu::CommandEncoder| {
             op.encode(
                 enc,
                 &QkNormRopeInputs {
                     x: &xt,
                     weight: Some(&wt),
-                    angles: RopeAngles::Positions(&pt),
+                    angles: RopeAngles::Table { cos: &ct, sin: &st },
                 },
                 &y,
             )
@@ -38,7 +45,7 @@ pub fn qk_rope_case(ctx: &Context, [tokens, heads, d]: [usize; 3]) -> Result<Cas
         ctx.record_and_submit(&rec)?;
         Box::new(move |enc| rec(enc).expect("validated above"))
     };
-    let naive = unfused(ctx, [tokens, heads, d], [&xt, &wt, &pt])?;
+    let naive = unfused(ctx, [tokens, heads, d], [&xt, &wt, &ct, &st])?;
     let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
     let want = wgnorm_reference::rownorm::qk_norm_rope(
         &f(&x),
@@ -49,9 +56,9 @@ pub fn qk_rope_case(ctx: &Context, [tokens, heads, d]: [usize; 3]) -> Result<Cas
         1e-6,
         d,
         true,
-        wgnorm_reference::rownorm::RopeRef::Positions {
-            pos: &f(&pos),
-            base: 10_000.0,
+        wgnorm_reference::rownorm::RopeRef::Table {
+            cos: &f(&cos),
+            sin: &f(&sin),
         },
     );
     Ok(Case {
@@ -71,7 +78,7 @@ pub fn qk_rope_case(ctx: &Context, [tokens, heads, d]: [usize; 3]) -> Result<Cas
 fn unfused(
     ctx: &Context,
     [tokens, heads, d]: [usize; 3],
-    [xt, wt, pt]: [&Tensor; 3],
+    [xt, wt, ct, st]: [&Tensor; 4],
 ) -> Result<Record> {
     let tmp = ctx.empty(&[tokens, heads, d], DType::F32)?;
     let y2 = ctx.empty(&[tokens, heads, d], DType::F32)?;
@@ -88,27 +95,24 @@ fn unfused(
     let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
     let dr = binding::dummy_range(ctx.dummy_read());
     let binds = BindCache::default();
-    let (xr, wr, pr, tr, yr) = (
+    let (xr, wr, cr, sr, tr, yr) = (
         r(xt, "x")?,
         r(wt, "w")?,
-        r(pt, "pos")?,
+        r(ct, "cos")?,
+        r(st, "sin")?,
         r(&tmp, "tmp")?,
         r(&y2, "y")?,
     );
     let norm_params = QkRopeParams { rot: 0, ..params };
     let slots = qk_rope::QK_ROPE_SLOTS;
     let b_norm = binds.get(ctx, slots, &norm_params, &[&xr, &wr, &dr, &dr, &dr, &tr])?;
-    let b_rot = binds.get(ctx, slots, &params, &[&tr, &dr, &pr, &dr, &dr, &yr])?;
-    let io = Io::F32;
-    let p_norm = ctx.pipeline(&qk_rope::qk_rope_spec(io, d, true, RopeLayout::NeoX, 2))?;
-    let p_rot = ctx.pipeline(&qk_rope::qk_rope_spec_with(
-        io,
-        d,
-        false,
-        RopeLayout::NeoX,
-        0,
-        false,
-    ))?;
+    let b_rot = binds.get(ctx, slots, &params, &[&tr, &dr, &dr, &cr, &sr, &yr])?;
+    // The same lanes per row as the fused op on this adapter.
+    let (io, wg) = (Io::F32, qk_rope::qk_rope_wg(ctx.is_cpu()));
+    let norm_spec = qk_rope::qk_rope_spec(io, d, true, RopeLayout::NeoX, 2);
+    let rot_spec = qk_rope::qk_rope_spec_with(io, d, false, RopeLayout::NeoX, 1, false);
+    let p_norm = ctx.pipeline(&qk_rope::with_wg(norm_spec, wg))?;
+    let p_rot = ctx.pipeline(&qk_rope::with_wg(rot_spec, wg))?;
     let groups = binding::grid(ctx, (tokens * heads) as u64);
     let keep = (tmp, y2);
     Ok(Box::new(move |enc: &mut wgpu::CommandEncoder| {
