@@ -610,7 +610,7 @@ fn one_call(ctx: &Context, rng: &mut Rng) -> Result<Verdict> {
 }
 
 /// The values the device sees (f16 rounds).
-fn x_values(data: &[f32], dtype: DType) -> Vec<f64> {
+pub fn x_values(data: &[f32], dtype: DType) -> Vec<f64> {
     data.iter()
         .map(|&v| match dtype {
             DType::F32 => v as f64,

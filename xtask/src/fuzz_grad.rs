@@ -6,7 +6,7 @@ use wgnorm::prelude::*;
 use wgnorm::Mode;
 use wgnorm_reference::grad as rg;
 
-use crate::fuzz::{nc_hw, random_eps, relayout, Rng};
+use crate::fuzz::{nc_hw, random_eps, relayout, x_values, Rng};
 
 /// A backward op with the parameters the reference needs (named for its forward op).
 #[derive(Clone, Copy, Debug)]
@@ -39,15 +39,6 @@ fn dy_values(len: usize) -> Vec<f32> {
         .collect()
 }
 
-fn rounded(dtype: DType, v: &[f32]) -> Vec<f64> {
-    v.iter()
-        .map(|&x| match dtype {
-            DType::F32 => x as f64,
-            DType::F16 => half::f16::from_f32(x).to_f64(),
-        })
-        .collect()
-}
-
 fn eps_ok(eps: f32) -> bool {
     eps.is_finite() && eps >= 0.0
 }
@@ -77,7 +68,7 @@ impl GradOp {
     /// define.
     pub fn reference(self, x: &[f64], shape: &[usize], dtype: DType) -> Option<Vec<f64>> {
         let rank = shape.len() as isize;
-        let dy = rounded(dtype, &dy_values(x.len()));
+        let dy = x_values(&dy_values(x.len()), dtype);
         match self {
             GradOp::LayerNorm { axis, eps } | GradOp::RmsNorm { axis, eps } => {
                 let a = if axis < 0 { axis + rank } else { axis };

@@ -7,6 +7,7 @@ use wgnorm::prelude::*;
 use wgnorm_reference::{chnorm as rc, poincare as rpo, research as rr};
 
 use crate::fuzz::{nc_hw, Rng};
+use crate::fuzz_research::{f64s, per_channel};
 
 /// An op with specialised inputs, with the parameters the reference needs.
 #[derive(Clone, Copy, Debug)]
@@ -28,14 +29,6 @@ pub enum InputsOp {
         kappa: f64,
         step: u64,
     },
-}
-
-fn per_channel(c: usize, base: f32) -> Vec<f32> {
-    (0..c).map(|i| base + 0.1 * (i % 7) as f32).collect()
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
 }
 
 /// The region mask: pixel j of sample i is foreground when `(i + j) % 3 == 0`.

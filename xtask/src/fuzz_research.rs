@@ -95,11 +95,12 @@ pub enum ResearchOp {
 }
 
 /// Per-channel values that differ between channels: `base + 0.1 * (i % 7)`.
-fn per_channel(c: usize, base: f32) -> Vec<f32> {
+pub fn per_channel(c: usize, base: f32) -> Vec<f32> {
     (0..c).map(|i| base + 0.1 * (i % 7) as f32).collect()
 }
 
-fn f64s(v: &[f32]) -> Vec<f64> {
+/// f32 values as f64 (exact).
+pub fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 

@@ -2,25 +2,8 @@
 
 use super::{ChannelGrad, ChannelGradArgs, GradStats, Ranges};
 use crate::binding;
+use crate::chnorm::expect;
 use crate::{Activation, DType, Error, Result, Tensor};
-
-fn expect(what: &str, t: &Tensor, numel: usize, dtype: DType) -> Result<()> {
-    if t.numel() != numel {
-        return Err(Error::ShapeMismatch {
-            what: what.into(),
-            expected: vec![numel],
-            got: t.shape().to_vec(),
-        });
-    }
-    if t.dtype() != dtype {
-        return Err(Error::DTypeMismatch {
-            what: what.into(),
-            expected: dtype,
-            got: t.dtype(),
-        });
-    }
-    Ok(())
-}
 
 impl ChannelGrad {
     /// Shapes, dtypes, what the statistics' source needs, bindings, aliasing and sizes.

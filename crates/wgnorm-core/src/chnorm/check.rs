@@ -44,7 +44,7 @@ pub(super) struct Checked {
 }
 
 /// `t` has `numel` elements of `dtype`.
-pub(super) fn expect(what: &str, t: &Tensor, numel: usize, dtype: DType) -> Result<()> {
+pub(crate) fn expect(what: &str, t: &Tensor, numel: usize, dtype: DType) -> Result<()> {
     if t.numel() != numel {
         return Err(Error::ShapeMismatch {
             what: what.into(),

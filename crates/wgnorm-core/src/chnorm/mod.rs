@@ -13,6 +13,7 @@
 
 mod args;
 mod check;
+pub(crate) use check::expect;
 pub mod plan;
 mod record;
 mod split;

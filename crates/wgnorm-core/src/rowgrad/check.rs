@@ -5,22 +5,10 @@ use crate::binding;
 use crate::rownorm::RowMode;
 use crate::{DType, Error, Result, Tensor};
 
+/// `t` has `shape` and `dtype`.
 fn expect(what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
-    if t.shape() != shape {
-        return Err(Error::ShapeMismatch {
-            what: what.into(),
-            expected: shape.to_vec(),
-            got: t.shape().to_vec(),
-        });
-    }
-    if t.dtype() != dtype {
-        return Err(Error::DTypeMismatch {
-            what: what.into(),
-            expected: dtype,
-            got: t.dtype(),
-        });
-    }
-    Ok(())
+    t.expect_shape(what, shape)?;
+    t.expect_dtype(what, dtype)
 }
 
 impl RowGrad {
