@@ -1242,106 +1242,21 @@ pub fn run(args: &[String]) -> Result<bool> {
         eprintln!("wrote {path}");
     }
     if let Some(path) = &o.plot {
-        std::fs::write(path, plot(&cases, &results))?;
+        let points: Vec<crate::bench_plot::Point> = results
+            .iter()
+            .map(|r| {
+                let c = &cases[r.case_idx];
+                crate::bench_plot::Point {
+                    op: c.op,
+                    shape: c.shape.clone(),
+                    dtype: c.dtype.name(),
+                    layout: c.layout,
+                    ratio: r.copy_ms / r.median_ms,
+                }
+            })
+            .collect();
+        std::fs::write(path, crate::bench_plot::svg(&points)?)?;
         eprintln!("wrote {path}");
     }
     Ok(ok)
-}
-
-/// SVG: effective GB/s against row length (log2 axis) per op and dtype, with the copy roofline.
-fn plot(cases: &[Case], results: &[Result1]) -> String {
-    let (w, h, m) = (760.0, 420.0, 60.0);
-    let pts: Vec<(String, f64, f64, f64)> = results
-        .iter()
-        .filter_map(|r| {
-            let c = &cases[r.case_idx];
-            let n = *c.shape.last()? as f64;
-            (c.shape[0] > 8).then(|| {
-                (
-                    format!("{} {}", c.op, c.dtype),
-                    n.log2(),
-                    c.bytes as f64 / r.median_ms / 1e6,
-                    c.bytes as f64 / r.copy_ms / 1e6,
-                )
-            })
-        })
-        .collect();
-    if pts.is_empty() {
-        return "<svg xmlns=\"http://www.w3.org/2000/svg\"/>".into();
-    }
-    let xmin = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let xmax = pts
-        .iter()
-        .map(|p| p.1)
-        .fold(f64::NEG_INFINITY, f64::max)
-        .max(xmin + 1.0);
-    let ymax = pts.iter().map(|p| p.2.max(p.3)).fold(0.0, f64::max) * 1.1;
-    let sx = |x: f64| m + (x - xmin) / (xmax - xmin) * (w - 2.0 * m);
-    let sy = |y: f64| h - m - y / ymax * (h - 2.0 * m);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    s += &format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m, h - m);
-    s += &format!(
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">row length (elements, log2)</text>\n",
-        w / 2.0,
-        h - 15.0
-    );
-    s += &format!("<text x=\"15\" y=\"{}\" transform=\"rotate(-90 15 {})\" text-anchor=\"middle\">effective GB/s</text>\n", h / 2.0, h / 2.0);
-    let mut x = xmin.ceil();
-    while x <= xmax {
-        s += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
-            sx(x),
-            h - m + 16.0,
-            2f64.powf(x) as u64
-        );
-        x += 2.0;
-    }
-    for i in 0..=4 {
-        let y = ymax * i as f64 / 4.0;
-        s += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.1}</text>\n",
-            m - 5.0,
-            sy(y) + 4.0
-        );
-    }
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
-    ];
-    let mut series: Vec<String> = pts.iter().map(|p| p.0.clone()).collect();
-    series.dedup();
-    series.sort();
-    series.dedup();
-    let mut roof: Vec<(f64, f64)> = pts.iter().map(|p| (p.1, p.3)).collect();
-    roof.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let line = |v: &[(f64, f64)]| {
-        v.iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    s += &format!("<polyline fill=\"none\" stroke=\"gray\" stroke-dasharray=\"6 4\" stroke-width=\"2\" points=\"{}\"/>\n", line(&roof));
-    s += &format!(
-        "<text x=\"{}\" y=\"{}\" fill=\"gray\">copy roofline</text>\n",
-        w - m - 120.0,
-        m - 10.0
-    );
-    for (i, name) in series.iter().enumerate() {
-        let mut v: Vec<(f64, f64)> = pts
-            .iter()
-            .filter(|p| &p.0 == name)
-            .map(|p| (p.1, p.2))
-            .collect();
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let col = colors[i % colors.len()];
-        s += &format!(
-            "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"2\" points=\"{}\"/>\n",
-            line(&v)
-        );
-        s += &format!(
-            "<text x=\"{}\" y=\"{}\" fill=\"{col}\">{name}</text>\n",
-            m + 10.0,
-            m + 14.0 * i as f64
-        );
-    }
-    s + "</svg>\n"
 }

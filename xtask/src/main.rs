@@ -10,6 +10,7 @@
 mod bench;
 mod bench_fused;
 mod bench_grad;
+mod bench_plot;
 mod cases;
 mod conformance;
 mod fuzz;
@@ -42,7 +43,7 @@ const HELP: &str = "  validate            naga-validate every shader specialisat
   bench               time every op against the best copy shader on the same adapter
     --quick           small shapes, seconds on software Vulkan
     --json FILE       every figure plus adapter info
-    --plot FILE.svg   GB/s against row length, with the copy roofline
+    --plot FILE.svg   copy ratio per family (one panel each) against the size that matters
     --ops a,b         only these ops (layer_norm, rms_norm, batch_norm_train, ...)
     --shapes SUBSTR   only shapes whose label (e.g. 1024x4096) contains SUBSTR
 Exit status: 0 when every check passed, non-zero otherwise.";
