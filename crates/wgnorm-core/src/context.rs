@@ -105,6 +105,8 @@ struct Inner {
     /// outputs never alias).
     dummy_read: wgpu::Buffer,
     dummy_write: [wgpu::Buffer; 3],
+    /// Measured kernel choices for this adapter ([`Context::set_tuning`]).
+    tuning: std::sync::RwLock<Option<Arc<crate::tuning::Tuning>>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -213,6 +215,12 @@ impl Context {
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
         let ctx = Self::from_device_with_checks(device, queue, ShaderChecks::from_env());
+        if let Some(path) = std::env::var_os("WGNORM_TUNING").filter(|p| !p.is_empty()) {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::Tuning(format!("WGNORM_TUNING={}: {e}", path.to_string_lossy()))
+            })?;
+            ctx.set_tuning(crate::tuning::Tuning::from_json(&text)?)?;
+        }
         // wgnorm owns this device, so it may take its (single) device-lost callback; an app's
         // device keeps the app's own.
         let lost = ctx.inner.lost.clone();
@@ -271,8 +279,34 @@ impl Context {
                 lost: Arc::default(),
                 dummy_read,
                 dummy_write,
+                tuning: Default::default(),
             }),
         }
+    }
+
+    /// Makes `tuning` (measured by `cargo xtask bench --autotune` on this adapter) the kernel
+    /// choice wherever it has an entry that can serve the call; the built-in choice elsewhere.
+    /// Ops pick their kernels when a shape is first seen, so set it before the first calls.
+    /// A table measured on another adapter (by name) is refused.
+    pub fn set_tuning(&self, tuning: crate::tuning::Tuning) -> Result<()> {
+        if tuning.adapter() != self.inner.info.name {
+            return Err(Error::Tuning(format!(
+                "measured on adapter {:?}, this context's is {:?}: run `cargo xtask bench --autotune` on this adapter",
+                tuning.adapter(),
+                self.inner.info.name
+            )));
+        }
+        *self.inner.tuning.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(tuning));
+        Ok(())
+    }
+
+    /// The tuning table in use, if any.
+    pub fn tuning(&self) -> Option<Arc<crate::tuning::Tuning>> {
+        self.inner
+            .tuning
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The device.

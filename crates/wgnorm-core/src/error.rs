@@ -172,6 +172,10 @@ pub enum Error {
     #[error("the device reported an error: {0}")]
     Device(String),
 
+    /// A tuning table that cannot be read or belongs to another adapter.
+    #[error("tuning table: {0}")]
+    Tuning(String),
+
     /// Polling the device (downloads, `Context::wait`) failed.
     #[error("waiting for the GPU failed: {0}")]
     Poll(String),

@@ -25,6 +25,7 @@ pub mod rownorm;
 pub mod scratch;
 pub mod shader;
 mod tensor;
+pub mod tuning;
 pub mod uniform;
 
 /// Whether a layer trains (batch statistics, state updated) or infers (running statistics or

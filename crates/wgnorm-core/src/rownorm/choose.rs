@@ -271,3 +271,97 @@ impl AdapterClass {
         cache_len_for(self.workgroup_storage as u64, kernel, io, n_vec)
     }
 }
+
+/// The names the bench and tuning tables use: `team{lanes}x{rows}` (cached),
+/// `team{lanes}x{rows}-uncached`, `regs{lanes}x{teams}x{rows per team}`, `workgroup{lanes}`.
+impl std::fmt::Display for RowKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            RowKernel::Team {
+                team,
+                rows_per_group,
+                cached,
+            } => {
+                let tail = if cached { "" } else { "-uncached" };
+                write!(f, "team{team}x{rows_per_group}{tail}")
+            }
+            RowKernel::TeamRegs {
+                team,
+                rows_per_group,
+                rows_per_team,
+            } => write!(f, "regs{team}x{rows_per_group}x{rows_per_team}"),
+            RowKernel::Workgroup { wg } => write!(f, "workgroup{wg}"),
+        }
+    }
+}
+
+impl std::str::FromStr for RowKernel {
+    type Err = String;
+
+    /// Parses the [`Display`](std::fmt::Display) names back.
+    fn from_str(s: &str) -> std::result::Result<RowKernel, String> {
+        let nums = |body: &str, count: usize| -> Option<Vec<u32>> {
+            let v: Vec<u32> = body
+                .split('x')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()?;
+            (v.len() == count && v.iter().all(|&x| x > 0)).then_some(v)
+        };
+        let parsed = if let Some(b) = s.strip_prefix("workgroup") {
+            nums(b, 1).map(|v| RowKernel::Workgroup { wg: v[0] })
+        } else if let Some(b) = s.strip_prefix("regs") {
+            nums(b, 3).map(|v| RowKernel::TeamRegs {
+                team: v[0],
+                rows_per_group: v[1],
+                rows_per_team: v[2],
+            })
+        } else if let Some(b) = s.strip_prefix("team") {
+            let (b, cached) = match b.strip_suffix("-uncached") {
+                Some(b) => (b, false),
+                None => (b, true),
+            };
+            nums(b, 2).map(|v| RowKernel::Team {
+                team: v[0],
+                rows_per_group: v[1],
+                cached,
+            })
+        } else {
+            None
+        };
+        parsed.ok_or_else(|| {
+            format!("unknown row kernel {s:?} (teamAxB, teamAxB-uncached, regsAxBxC, workgroupA)")
+        })
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_name_parses_back() {
+        for k in [
+            RowKernel::Team {
+                team: 8,
+                rows_per_group: 16,
+                cached: true,
+            },
+            RowKernel::Team {
+                team: 2,
+                rows_per_group: 4,
+                cached: false,
+            },
+            RowKernel::TeamRegs {
+                team: 32,
+                rows_per_group: 8,
+                rows_per_team: 1,
+            },
+            RowKernel::Workgroup { wg: 256 },
+        ] {
+            assert_eq!(k.to_string().parse::<RowKernel>(), Ok(k));
+        }
+        for bad in ["team8", "regs8x8", "workgroup0", "warp32", "team8x8-cached"] {
+            assert!(bad.parse::<RowKernel>().is_err(), "{bad}");
+        }
+    }
+}

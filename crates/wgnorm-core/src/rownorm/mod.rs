@@ -176,11 +176,8 @@ impl RowNorm {
             dtype: self.cfg.dtype,
             vec4: n % 4 == 0 && x.offset().is_multiple_of(16),
         };
-        Ok((
-            self.forced
-                .unwrap_or_else(|| choose(&self.ctx, self.cfg.mode, n as u64, io)),
-            io,
-        ))
+        let class = AdapterClass::of(&self.ctx);
+        Ok((self.select(&class, n as u64, io), io))
     }
 
     /// Convenience path: allocates `y` (and f32 `mean`/`rstd`, one per row, when `stats`), encodes

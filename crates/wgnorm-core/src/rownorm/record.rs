@@ -338,56 +338,8 @@ impl RowNorm {
         }
         let class = AdapterClass::of(&self.ctx);
         let n_vec = key.n / key.io.width() as u64;
-        let kernel = self
-            .forced
-            .unwrap_or_else(|| choose_for(&class, self.cfg.mode, key.n, key.io));
-        let cache = cache_len_for(class.workgroup_storage as u64, kernel, key.io, n_vec);
-        match kernel {
-            RowKernel::Team {
-                team,
-                rows_per_group,
-                ..
-            }
-            | RowKernel::TeamRegs {
-                team,
-                rows_per_group,
-                ..
-            } => {
-                let sg_ok = class.subgroups
-                    && team.is_power_of_two()
-                    && team <= class.subgroup_min
-                    && (team * rows_per_group) % class.subgroup_max.max(1) == 0;
-                let needs_cache = matches!(
-                    kernel,
-                    RowKernel::TeamRegs { .. } | RowKernel::Team { cached: true, .. }
-                );
-                let regs_fit = !needs_cache || cache.is_some();
-                if !sg_ok || !regs_fit {
-                    return Err(Error::InvalidParameter {
-                        name: "kernel",
-                        value: format!("{kernel:?}"),
-                        why: "the team kernels need subgroups, team <= the minimum subgroup size, a workgroup that is a multiple of the maximum subgroup size, and rows that fit workgroup memory (or TEAM_REGS accesses per lane)",
-                    });
-                }
-            }
-            RowKernel::Workgroup { wg } => {
-                if !wg.is_power_of_two() || wg > class.max_invocations {
-                    return Err(Error::InvalidParameter {
-                        name: "kernel",
-                        value: format!("{kernel:?}"),
-                        why:
-                            "the workgroup kernel needs a power-of-two size within the device limit",
-                    });
-                }
-            }
-        }
-        if class.cpu && loop_iterations(kernel, n_vec) > CPU_LOOP_BUDGET {
-            return Err(Error::InvalidParameter {
-                name: "kernel",
-                value: format!("{kernel:?}"),
-                why: "on a CPU adapter each lane of this kernel would loop past the driver's silent 65535-iteration limit for this row length: use more lanes",
-            });
-        }
+        let kernel = self.select(&class, key.n, key.io);
+        let cache = check_kernel(&class, kernel, key.io, n_vec)?;
         let spec = RowConstants {
             mode: self.cfg.mode,
             flags: key.flags,
@@ -402,4 +354,77 @@ impl RowNorm {
         crate::locked(&self.plans).insert(key, plan.clone());
         Ok(plan)
     }
+}
+
+impl RowNorm {
+    /// The kernel for rows of `n` elements: the forced one, else the context's tuning table's
+    /// when it can serve them, else the built-in choice.
+    pub(super) fn select(&self, class: &AdapterClass, n: u64, io: Io) -> RowKernel {
+        if let Some(k) = self.forced {
+            return k;
+        }
+        let n_vec = n / io.width() as u64;
+        self.ctx
+            .tuning()
+            .and_then(|t| t.row_kernel(self.cfg.mode, self.cfg.dtype, n))
+            .filter(|&k| check_kernel(class, k, io, n_vec).is_ok())
+            .unwrap_or_else(|| choose_for(class, self.cfg.mode, n, io))
+    }
+}
+
+/// Whether `kernel` can serve rows of `n_vec` accesses on `class`; its cache length when so.
+fn check_kernel(
+    class: &AdapterClass,
+    kernel: RowKernel,
+    io: Io,
+    n_vec: u64,
+) -> Result<Option<u32>> {
+    let cache = cache_len_for(class.workgroup_storage as u64, kernel, io, n_vec);
+    match kernel {
+        RowKernel::Team {
+            team,
+            rows_per_group,
+            ..
+        }
+        | RowKernel::TeamRegs {
+            team,
+            rows_per_group,
+            ..
+        } => {
+            let sg_ok = class.subgroups
+                && team.is_power_of_two()
+                && team <= class.subgroup_min
+                && (team * rows_per_group) % class.subgroup_max.max(1) == 0
+                && team * rows_per_group <= class.max_invocations;
+            let needs_cache = matches!(
+                kernel,
+                RowKernel::TeamRegs { .. } | RowKernel::Team { cached: true, .. }
+            );
+            let regs_fit = !needs_cache || cache.is_some();
+            if !sg_ok || !regs_fit {
+                return Err(Error::InvalidParameter {
+                    name: "kernel",
+                    value: format!("{kernel:?}"),
+                    why: "the team kernels need subgroups, team <= the minimum subgroup size, a workgroup that is a multiple of the maximum subgroup size within the device limit, and rows that fit workgroup memory (or TEAM_REGS accesses per lane)",
+                });
+            }
+        }
+        RowKernel::Workgroup { wg } => {
+            if !wg.is_power_of_two() || wg > class.max_invocations {
+                return Err(Error::InvalidParameter {
+                    name: "kernel",
+                    value: format!("{kernel:?}"),
+                    why: "the workgroup kernel needs a power-of-two size within the device limit",
+                });
+            }
+        }
+    }
+    if class.cpu && loop_iterations(kernel, n_vec) > CPU_LOOP_BUDGET {
+        return Err(Error::InvalidParameter {
+            name: "kernel",
+            value: format!("{kernel:?}"),
+            why: "on a CPU adapter each lane of this kernel would loop past the driver's silent 65535-iteration limit for this row length: use more lanes",
+        });
+    }
+    Ok(cache)
 }
