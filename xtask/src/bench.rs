@@ -27,6 +27,7 @@ const COPY_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
 
 struct Options {
     quick: bool,
+    autotune: bool,
     json: Option<String>,
     plot: Option<String>,
     ops: Option<Vec<String>>,
@@ -36,6 +37,7 @@ struct Options {
 fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
         quick: false,
+        autotune: false,
         json: None,
         plot: None,
         ops: None,
@@ -50,6 +52,7 @@ fn parse(args: &[String]) -> Result<Options> {
         };
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--autotune" => o.autotune = true,
             "--json" => o.json = Some(value()?),
             "--plot" => o.plot = Some(value()?),
             "--ops" => o.ops = Some(value()?.split(',').map(str::to_string).collect()),
@@ -286,7 +289,7 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
         dtype,
         layout: "row-major",
         bytes,
-        kernel: format!("{kernel:?} {}", io.label()),
+        kernel: format!("{kernel} {}", io.label()),
         run: Box::new(move |enc| {
             op.encode(
                 enc,
@@ -1003,7 +1006,7 @@ fn wanted(o: &Options, op: &str, label: &str) -> bool {
 
 /// Times `runs` (each `iters` times in a row) within one command buffer per repetition; returns
 /// per-run milliseconds for each repetition.
-struct Timer {
+pub(crate) struct Timer {
     ctx: Context,
     gpu: bool,
     set: Option<wgpu::QuerySet>,
@@ -1013,7 +1016,7 @@ struct Timer {
 }
 
 impl Timer {
-    fn new(ctx: &Context, slots: u32) -> Timer {
+    pub(crate) fn new(ctx: &Context, slots: u32) -> Timer {
         let gpu = ctx.features().contains(
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
         );
@@ -1052,7 +1055,11 @@ impl Timer {
         }
     }
 
-    fn time(&self, runs: &[&dyn Fn(&mut wgpu::CommandEncoder)], iters: u32) -> Result<Vec<f64>> {
+    pub(crate) fn time(
+        &self,
+        runs: &[&dyn Fn(&mut wgpu::CommandEncoder)],
+        iters: u32,
+    ) -> Result<Vec<f64>> {
         let ctx = &self.ctx;
         if !self.gpu {
             let mut out = Vec::new();
@@ -1101,7 +1108,7 @@ impl Timer {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -1120,6 +1127,9 @@ struct Result1 {
 pub fn run(args: &[String]) -> Result<bool> {
     let o = parse(args)?;
     let ctx = crate::context()?;
+    if o.autotune {
+        return crate::autotune::run(&ctx, o.quick, o.json.as_deref());
+    }
     let cases = cases(&ctx, &o)?;
     if cases.is_empty() {
         bail!("no benchmark matches the filters");

@@ -7,6 +7,7 @@
 //! - `bench`: kernel throughput as a ratio to a copy kernel timed in the same run.
 //! - `fuzz`: random valid and invalid calls of the public ops (see `fuzz.rs`).
 
+mod autotune;
 mod bench;
 mod bench_fused;
 mod bench_grad;
@@ -22,7 +23,7 @@ mod sweep;
 
 use anyhow::Result;
 
-const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] [--max-binding-size BYTES] DIR... | fuzz [--iterations N] [--seed S] | cases DIR | bench [--quick] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
+const USAGE: &str = "usage: cargo xtask <validate [--list] | conformance [--allow-skipped] [--max-binding-size BYTES] DIR... | fuzz [--iterations N] [--seed S] | cases DIR | bench [--quick] [--autotune] [--json FILE] [--plot FILE.svg] [--ops a,b] [--shapes substr]>";
 
 const HELP: &str = "  validate            naga-validate every shader specialisation, translate it for Vulkan (SPIR-V),
                       Metal (MSL) and DX12 (HLSL), and check every op against the f64 reference
@@ -42,6 +43,9 @@ const HELP: &str = "  validate            naga-validate every shader specialisat
                       DIR, expected values from the f64 reference
   bench               time every op against the best copy shader on the same adapter
     --quick           small shapes, seconds on software Vulkan
+    --autotune        instead of the bench rows: time every row kernel that serves each bench
+                      shape, print the fastest beside the runtime's choice; with --json, the
+                      table an app loads with wgnorm::Tuning::from_json (or WGNORM_TUNING=FILE)
     --json FILE       every figure plus adapter info
     --plot FILE.svg   copy ratio per family (one panel each) against the size that matters
     --ops a,b         only these ops (layer_norm, rms_norm, batch_norm_train, ...)

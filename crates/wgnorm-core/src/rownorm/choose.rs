@@ -41,8 +41,8 @@ pub enum RowKernel {
     },
 }
 
-/// Accesses each lane of a LayerNorm team holds at least on CPU adapters (see `choose_for`).
-const CPU_LN_MIN_PER_LANE: u32 = 8;
+/// Accesses each lane of a team holds at least on CPU adapters (see `choose_for`).
+const CPU_MIN_PER_LANE: u32 = 8;
 
 /// Rows each register team normalizes on CPU adapters.
 const CPU_ROWS_PER_TEAM: u32 = 8;
@@ -88,18 +88,18 @@ pub fn choose(ctx: &Context, mode: RowMode, n: u64, io: Io) -> RowKernel {
     choose_for(&AdapterClass::of(ctx), mode, n, io)
 }
 
-pub(super) fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> RowKernel {
+pub(super) fn choose_for(a: &AdapterClass, _mode: RowMode, n: u64, io: Io) -> RowKernel {
     let n_vec = n.div_ceil(io.width() as u64).max(1);
     let budget = a.workgroup_storage as u64;
     let (sg_min, sg_max) = (a.subgroup_min.max(1), a.subgroup_max.max(1));
     if a.subgroups && sg_min.is_power_of_two() && sg_max.is_power_of_two() {
         let mut team = sg_min.min(32);
-        // CPU adapters, LayerNorm on short rows: narrower teams, so each lane holds at least
-        // CPU_LN_MIN_PER_LANE accesses (llvmpipe, N = 64: 0.56 of copy with 8 lanes per row,
-        // 0.65 with 2, medians of 5 runs). RMSNorm has half the arithmetic per element and
-        // runs best with the whole subgroup (0.70 with 8 lanes, 0.59 with 2).
-        if a.cpu && mode == RowMode::LayerNorm {
-            while team > 1 && n_vec < (team * CPU_LN_MIN_PER_LANE) as u64 {
+        // CPU adapters, short rows: narrower teams, so each lane holds at least
+        // CPU_MIN_PER_LANE accesses (`cargo xtask bench --autotune` on llvmpipe, 16384 x 64,
+        // both ops and dtypes: 2 lanes per row within 10% of the best; 8 lanes up to 1.7x and
+        // one lane up to 3x slower).
+        if a.cpu {
+            while team > 1 && n_vec < (team * CPU_MIN_PER_LANE) as u64 {
                 team /= 2;
             }
         }
@@ -123,9 +123,11 @@ pub(super) fn choose_for(a: &AdapterClass, mode: RowMode, n: u64, io: Io) -> Row
         // memory's there and the cached LayerNorm's extra pass over it more (llvmpipe,
         // 1024 x 4096, three runs each: LayerNorm 0.36 -> 0.48 of copy, RMSNorm 0.41 -> 0.57).
         // It also beats a barrier-bound workgroup, within the loop budget.
+        // Several rows per workgroup (llvmpipe, 256 x 4096 f16 LayerNorm: 64 lanes per group
+        // 1.4x faster than one row's 8).
         let uncached = RowKernel::Team {
             team,
-            rows_per_group: step,
+            rows_per_group: rows,
             cached: false,
         };
         if a.cpu && loop_iterations(uncached, n_vec) <= CPU_LOOP_BUDGET {
