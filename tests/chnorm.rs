@@ -434,6 +434,11 @@ group_norm_tests! {
     group_norm_nchw_f16_2x6x5_g6: Nchw, F16, 2, 6, &[5], 6;
     group_norm_nhwc_f32_2x6x5_g6: Nhwc, F32, 2, 6, &[5], 6;
     group_norm_nhwc_f16_2x6x5_g6: Nhwc, F16, 2, 6, &[5], 6;
+    // Channels-last apply blocks of tokens that cross samples (7 tokens per sample) and end
+    // short of a block (35 and 162 tokens).
+    group_norm_nhwc_f32_5x12x7_g3: Nhwc, F32, 5, 12, &[7], 3;
+    group_norm_nhwc_f16_5x12x7_g3: Nhwc, F16, 5, 12, &[7], 3;
+    group_norm_nhwc_f32_2x64x9x9_g32: Nhwc, F32, 2, 64, &[9, 9], 32;
 }
 
 #[test]

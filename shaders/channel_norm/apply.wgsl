@@ -87,6 +87,39 @@ fn apply_one(xv: V, k: Coefs) -> V {
     return activate(epilogue(xv, k));
 }
 
+// Channels-last with four channels per access: invocation inv takes channel vector
+// j = inv % (C / VW) of BLOCK consecutive tokens (C / VW accesses apart), so its coefficients
+// load once per block (or per sample crossed) instead of once per access, and neighbouring
+// invocations read neighbouring vectors of one token (coalesced on GPUs). The host
+// dispatches (C / VW) * ceil(tokens / BLOCK) invocations for this mapping.
+fn channels_last(inv: u32) {
+    let c = params.r * params.cg;
+    let per_p = params.per_p;
+    let cv = c / VW;
+    let tokens = params.total_v / cv;
+    let j = inv % cv;
+    let t0 = (inv / cv) * BLOCK;
+    if (t0 >= tokens) {
+        return;
+    }
+    let t_end = min(tokens, t0 + BLOCK);
+    let per_sample = per_p / c;
+    var ps = t0 / per_sample;
+    var left = (ps + 1u) * per_sample - t0;
+    var kc = load_coefs(ps, j * VW, c);
+    var i = t0 * cv + j;
+    for (var t = t0; t < t_end; t = t + 1u) {
+        if (left == 0u) {
+            ps = ps + 1u;
+            left = per_sample;
+            kc = load_coefs(ps, j * VW, c);
+        }
+        y[i] = from_v(apply_one(to_v(x[i]), kc));
+        i = i + cv;
+        left = left - 1u;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -97,6 +130,10 @@ fn main(
     // Once per call: windows of q after the first have tile_base > 0.
     if (COUNT_BATCH && inv == 0u && params.tile_base == 0u) {
         batches[0] = batches[0] + 1u;
+    }
+    if (CH_VEC) {
+        channels_last(inv);
+        return;
     }
     let c = params.r * params.cg;
     // Counters in elements: position within the current channel run (SDIV elements), channel,
@@ -176,21 +213,5 @@ fn main(
             k = load_coefs(p, ch, c);
         }
         return;
-    }
-    // Channels-last with four channels per access: the channel advances every access.
-    for (var i = start; i < end; i = i + 1u) {
-        y[i] = from_v(apply_one(to_v(x[i]), k));
-        pin = pin + VW;
-        if (pin >= per_p) {
-            pin = 0u;
-            p = p + 1u;
-        }
-        ch = ch + VW;
-        if (ch >= c) {
-            ch = 0u;
-        }
-        if (i + 1u < end) {
-            k = load_coefs(p, ch, c);
-        }
     }
 }

@@ -418,6 +418,21 @@ pub struct ChannelPlan {
     pub channel_lanes: bool,
     /// Accesses per lane of the apply pass.
     pub apply_block: u32,
+    /// The apply pass maps channels-last vectors of four channels (see [`apply_invocations`]).
+    pub ch_vec: bool,
+}
+
+/// Invocations of the apply pass over `total_v` accesses of `channels` channels, `block` per
+/// invocation. Channels-last vectors (`ch_vec`) give each invocation `block` tokens of one
+/// channel vector, so every channel vector's last block of tokens is an invocation of its own.
+pub fn apply_invocations(total_v: u32, block: u32, ch_vec: bool, channels: usize) -> u64 {
+    let block = block.max(1) as u64;
+    if ch_vec {
+        let cv = (channels / 4).max(1) as u64;
+        cv * (total_v as u64 / cv).div_ceil(block)
+    } else {
+        (total_v as u64).div_ceil(block)
+    }
 }
 
 /// Accesses per lane of the apply pass.
@@ -556,6 +571,7 @@ pub fn plan(e: &EngineConfig, c: &CallShape, f: &ViewFacts, cpu: bool) -> Channe
         ),
         channel_lanes: lanes,
         apply_block: block,
+        ch_vec,
     }
 }
 

@@ -627,7 +627,7 @@ impl ChannelNorm {
             &params,
             &[&xr, &cr, &yr, &batches, &dr, vec4_view(&cr, &dr)],
         )?;
-        let invocations = (total_v as u64).div_ceil(block as u64);
+        let invocations = plan::apply_invocations(total_v, block, ch_vec, view.channels());
         let (gx, gy) = binding::grid(ctx, invocations.div_ceil(plan::APPLY_WG as u64));
         binding::dispatch(
             encoder,
@@ -661,7 +661,12 @@ fn record_apply(
     p: &Pipelines,
     b: &WindowBinds,
 ) {
-    let invocations = (b.total_v as u64).div_ceil(p.plan.apply_block as u64);
+    let invocations = plan::apply_invocations(
+        b.total_v,
+        p.plan.apply_block,
+        p.plan.ch_vec,
+        b.view.channels(),
+    );
     let (gx, gy) = binding::grid(ctx, invocations.div_ceil(plan::APPLY_WG as u64));
     pass.set_pipeline(&p.apply);
     pass.set_bind_group(0, &b.apply, &[]);
