@@ -67,4 +67,6 @@ pub use tensor::{checked_bytes, checked_numel, Tensor};
 pub fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+#[doc(hidden)]
+pub use wgnorm_shaders as __shaders;
 pub use wgpu;

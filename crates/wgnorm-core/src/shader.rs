@@ -13,15 +13,13 @@
 use crate::context::Slot;
 use crate::DType;
 
-/// Embeds a file of the workspace's `shaders/` directory (path relative to it).
+/// A file of the `wgnorm-shaders` package (the workspace's `shaders/` directory), by its path
+/// there; an unknown path does not compile.
 #[macro_export]
 macro_rules! shader_file {
-    ($path:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shaders/",
-            $path
-        ))
+    // `tt`, not `literal`: a forwarded `literal` fragment is opaque and matches no string arm.
+    ($path:tt) => {
+        $crate::__shaders::wgsl!($path)
     };
 }
 

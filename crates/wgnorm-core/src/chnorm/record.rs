@@ -172,7 +172,7 @@ impl ChannelNorm {
     }
 
     /// Records the passes into `encoder`: once, or once per binding window when x is larger
-    /// than one storage binding ([`Split`]). Everything is checked and every bind group made
+    /// than one storage binding (windows of samples or of the batch axis). Everything is checked and every bind group made
     /// first; nothing is recorded on error, and nothing for an empty tensor.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
         let Some(c) = self.validate(a)? else {
@@ -331,7 +331,7 @@ impl ChannelNorm {
     }
 
     /// [`ChannelNorm::encode_reduce`] over the unpadded tokens only: with a
-    /// [`Reduction::QuadraticMean`] engine, a token view `[1, B*N, C, 1]` of `x[B, N, C]` and an
+    /// [`Reduction::QuadraticMean`](super::Reduction::QuadraticMean) engine, a token view `[1, B*N, C, 1]` of `x[B, N, C]` and an
     /// f32 `mask` of B*N values (1 = padding, token `b*N + n`), the moments hold (count of kept
     /// tokens, 0, sum of squares) per channel.
     pub fn encode_reduce_masked(
