@@ -25,42 +25,29 @@ pub(crate) type Record = Box<dyn Fn(&mut wgpu::CommandEncoder)>;
 
 const COPY_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
 
-struct Options {
+/// `cargo xtask bench` options.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct Options {
+    /// Small shapes, seconds on software Vulkan.
+    #[arg(long)]
     quick: bool,
+    /// Instead of the bench rows: time every row kernel that serves each bench shape and print
+    /// the fastest beside the runtime's choice; with --json, the table an app loads with
+    /// wgnorm::Tuning::from_json (or WGNORM_TUNING=FILE).
+    #[arg(long)]
     autotune: bool,
+    /// Write every figure plus adapter info to FILE.
+    #[arg(long, value_name = "FILE")]
     json: Option<String>,
+    /// Draw the copy ratio per family (one panel each) against the size that matters, as SVG.
+    #[arg(long, value_name = "FILE.svg")]
     plot: Option<String>,
+    /// Only these ops (layer_norm, rms_norm, batch_norm_train, ...; a prefix selects a family).
+    #[arg(long, value_delimiter = ',')]
     ops: Option<Vec<String>>,
+    /// Only shapes whose label (e.g. 1024x4096) contains SUBSTR.
+    #[arg(long, value_name = "SUBSTR")]
     shapes: Option<String>,
-}
-
-fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options {
-        quick: false,
-        autotune: false,
-        json: None,
-        plot: None,
-        ops: None,
-        shapes: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
-        };
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--autotune" => o.autotune = true,
-            "--json" => o.json = Some(value()?),
-            "--plot" => o.plot = Some(value()?),
-            "--ops" => o.ops = Some(value()?.split(',').map(str::to_string).collect()),
-            "--shapes" => o.shapes = Some(value()?),
-            _ => bail!("unknown bench option {a}\n{}", crate::USAGE),
-        }
-    }
-    Ok(o)
 }
 
 /// One timed configuration.
@@ -1124,13 +1111,12 @@ struct Result1 {
     naive_diff: Option<f64>,
 }
 
-pub fn run(args: &[String]) -> Result<bool> {
-    let o = parse(args)?;
+pub fn run(o: &Options) -> Result<bool> {
     let ctx = crate::context()?;
     if o.autotune {
         return crate::autotune::run(&ctx, o.quick, o.json.as_deref());
     }
-    let cases = cases(&ctx, &o)?;
+    let cases = cases(&ctx, o)?;
     if cases.is_empty() {
         bail!("no benchmark matches the filters");
     }

@@ -195,11 +195,7 @@ fn qk_norm_rope_cases(dir: &Path) -> Result<()> {
 }
 
 /// Writes every case into `args[0]`.
-pub fn run(args: &[String]) -> Result<bool> {
-    let Some(dir) = args.first() else {
-        anyhow::bail!("usage: cargo xtask cases DIR");
-    };
-    let dir = Path::new(dir);
+pub fn run(dir: &Path) -> Result<bool> {
     std::fs::create_dir_all(dir)?;
     qk_norm_rope_cases(dir)?;
     Ok(true)

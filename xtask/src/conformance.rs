@@ -1,37 +1,29 @@
 //! `cargo xtask conformance DIR...`: every `.safetensors` case of the directories on the GPU.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use wgnorm::conformance::{self, Outcome};
 
-const USAGE: &str =
-    "usage: cargo xtask conformance [--allow-skipped] [--max-binding-size BYTES] DIR...";
+/// `cargo xtask conformance` options.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Accept cases of ops the runner does not know as skipped (a skip fails the run otherwise).
+    #[arg(long)]
+    allow_skipped: bool,
+    /// Run on a device whose storage bindings hold at most BYTES (exercises windows).
+    #[arg(long, value_name = "BYTES")]
+    max_binding_size: Option<u64>,
+    /// Directories of case files (format: tests/conformance/FORMAT.md).
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<String>,
+}
 
 /// Runs every case under the directories. A case whose op the runner does not know is skipped,
 /// and a skip fails the run unless `--allow-skipped` is given; an unreadable or malformed file
 /// is a failed case naming the file.
-pub fn run(args: &[String]) -> Result<bool> {
-    let mut allow_skipped = false;
-    let mut max_binding = None;
-    let mut dirs = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--allow-skipped" => allow_skipped = true,
-            "--max-binding-size" => {
-                let v = it.next().and_then(|v| v.parse::<u64>().ok());
-                max_binding = Some(v.ok_or_else(|| {
-                    anyhow::anyhow!("--max-binding-size needs a byte count\n{USAGE}")
-                })?);
-            }
-            flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
-            dir => dirs.push(dir.to_string()),
-        }
-    }
-    if dirs.is_empty() {
-        bail!("{USAGE}");
-    }
+pub fn run(o: &Options) -> Result<bool> {
+    let (allow_skipped, max_binding, dirs) = (o.allow_skipped, o.max_binding_size, &o.dirs);
     let mut files = Vec::new();
-    for d in &dirs {
+    for d in dirs {
         let entries = std::fs::read_dir(d).map_err(|e| anyhow::anyhow!("{d}: {e}"))?;
         for e in entries {
             let p = e?.path();

@@ -630,21 +630,19 @@ fn read_bytes(ctx: &Context, buf: &wgpu::Buffer) -> Result<Vec<u8>> {
 }
 
 /// Runs the fuzzer; returns success.
-pub fn run(args: &[String]) -> Result<bool> {
-    let (mut iterations, mut seed) = (2000u64, 1u64);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| -> Result<u64> {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("{name} needs a number"))
-        };
-        match a.as_str() {
-            "--iterations" => iterations = value("--iterations")?,
-            "--seed" => seed = value("--seed")?,
-            other => bail!("unknown fuzz option {other}\n{}", crate::USAGE),
-        }
-    }
+/// `cargo xtask fuzz` options.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Calls to make.
+    #[arg(long, default_value_t = 2000)]
+    iterations: u64,
+    /// The generator's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn run(o: &Options) -> Result<bool> {
+    let (iterations, seed) = (o.iterations, o.seed);
     let ctx = crate::context()?;
     let uncaptured = Arc::new(AtomicUsize::new(0));
     let counter = uncaptured.clone();
