@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One run on a machine with a real GPU: validate every shader specialisation, check every
-# conformance case on that device, and run the full bench (JSON + SVG), writing everything under
+# conformance case on that device, run the full bench (JSON + SVG) and the autotune (a tuning
+# table for this adapter, then the row bench again with it loaded), writing everything under
 # OUT_DIR. Usage: scripts/gpu-bench.sh OUT_DIR
 #
 # Builds with cargo when the machine has it; otherwise runs a prebuilt target/release/xtask
@@ -41,4 +42,9 @@ run() {
 run validate "$XTASK" validate
 run conformance "$XTASK" conformance tests/conformance/cases
 run bench "$XTASK" bench --json "$OUT_DIR/bench.json" --plot "$OUT_DIR/bench.svg"
+# The kernel choices measured on this adapter: the JSON is a tuning table the runtime loads
+# (wgnorm::Tuning::from_json, WGNORM_TUNING=FILE); the log prints best beside default per shape.
+run autotune "$XTASK" bench --autotune --json "$OUT_DIR/tuning.json"
+# The bench again with that table loaded: what an app shipping it gets.
+WGNORM_TUNING="$OUT_DIR/tuning.json" run bench-tuned "$XTASK" bench --ops layer_norm,rms_norm --json "$OUT_DIR/bench-tuned.json"
 exit $status
