@@ -108,15 +108,20 @@ fn channels_last(inv: u32) {
     var left = (ps + 1u) * per_sample - t0;
     var kc = load_coefs(ps, j * VW, c);
     var i = t0 * cv + j;
-    for (var t = t0; t < t_end; t = t + 1u) {
-        if (left == 0u) {
-            ps = ps + 1u;
-            left = per_sample;
-            kc = load_coefs(ps, j * VW, c);
+    var t = t0;
+    // Runs of tokens of one sample: no test inside the inner loop.
+    loop {
+        let stop = min(t_end, t + left);
+        for (; t < stop; t = t + 1u) {
+            y[i] = from_v(apply_one(to_v(x[i]), kc));
+            i = i + cv;
         }
-        y[i] = from_v(apply_one(to_v(x[i]), kc));
-        i = i + cv;
-        left = left - 1u;
+        if (t >= t_end) {
+            break;
+        }
+        ps = ps + 1u;
+        left = per_sample;
+        kc = load_coefs(ps, j * VW, c);
     }
 }
 
