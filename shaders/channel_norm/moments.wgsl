@@ -78,6 +78,71 @@ fn channel_lanes(g: u32, lid: u32) {
     partials[partial_index(pp * params.r + rr, tile)] = acc;
 }
 
+// CHANNEL_LANES with vector accesses (VW = 4: channels-last, C a multiple of 4, mean and
+// variance without a mask): each lane takes four consecutive channels as one access, so a token
+// row is read with a quarter of the loads, and keeps per-channel moments in vector registers
+// (one count: every channel of a token is present). The shift is per channel, as above.
+fn channel_vec_lanes(g: u32, lid: u32) {
+    let cv = params.r / VW;
+    let chunks = (cv + WG - 1u) / WG;
+    let tile = g % params.window_tiles;
+    let rest = g / params.window_tiles;
+    let chunk = rest % chunks;
+    let pp = rest / chunks;
+    let jv = chunk * WG + lid;
+    if (pp >= params.p || jv >= cv) {
+        return;
+    }
+    let start = tile * params.tile_len;
+    let end = min(params.q, start + params.tile_len);
+    let ch0 = jv * VW;
+    var sh = V(0.0);
+    if (SHIFTED) {
+        if (params.tile_base > 0u) {
+            for (var k = 0u; k < VW; k++) {
+                sh = set_lane(sh, k, partials[shift_index(pp, ch0 + k)].mean);
+            }
+        } else {
+            sh = to_v(x[pp * params.q * cv + jv]);
+            if (tile == 0u) {
+                for (var k = 0u; k < VW; k++) {
+                    partials[shift_index(pp, ch0 + k)] = Moments(0.0, get_lane(sh, k), 0.0);
+                }
+            }
+        }
+    }
+    var n = 0.0;
+    var mean = V(0.0);
+    var m2 = V(0.0);
+    var e = (pp * params.q + start) * cv + jv;
+    for (var j = start; j < end; j = j + 4u) {
+        let ok1 = j + 1u < end;
+        let ok2 = j + 2u < end;
+        let ok3 = j + 3u < end;
+        let v0 = to_v(x[e]) - sh;
+        let v1 = select(V(0.0), to_v(x[select(e, e + cv, ok1)]) - sh, ok1);
+        let v2 = select(V(0.0), to_v(x[select(e, e + 2u * cv, ok2)]) - sh, ok2);
+        let v3 = select(V(0.0), to_v(x[select(e, e + 3u * cv, ok3)]) - sh, ok3);
+        // The chunk's own mean and centred M2 per channel, then one Chan merge.
+        let k = 1.0 + f32(ok1) + f32(ok2) + f32(ok3);
+        let cm = (v0 + v1 + v2 + v3) / k;
+        let d0 = v0 - cm;
+        let d1 = select(V(0.0), v1 - cm, ok1);
+        let d2 = select(V(0.0), v2 - cm, ok2);
+        let d3 = select(V(0.0), v3 - cm, ok3);
+        let nn = n + k;
+        let delta = cm - mean;
+        mean = mean + delta * (k / nn);
+        m2 = m2 + (d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3) + delta * delta * (n * k / nn);
+        n = nn;
+        e = e + 4u * cv;
+    }
+    for (var k = 0u; k < VW; k++) {
+        let m = Moments(n, get_lane(mean, k), get_lane(m2, k));
+        partials[partial_index(pp * params.r + ch0 + k, tile)] = m;
+    }
+}
+
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> partials: array<Moments>;
@@ -98,6 +163,10 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let g = linear_group(wid, nwg);
+    if (CHANNEL_LANES && VW == 4u) {
+        channel_vec_lanes(g, lid);
+        return;
+    }
     if (CHANNEL_LANES) {
         channel_lanes(g, lid);
         return;

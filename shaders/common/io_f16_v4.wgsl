@@ -18,5 +18,6 @@ fn set_lane(v: V, k: u32, val: f32) -> V {
     t[k] = val;
     return t;
 }
+fn get_lane(v: V, k: u32) -> f32 { return v[k]; }
 fn v_from4(v: vec4<f32>) -> V { return v; }
 fn first_lanes(a: V, b: V, n: u32) -> V { return select(b, a, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n)); }

@@ -9,5 +9,6 @@ fn to_v(e: Elem) -> V { return e; }
 fn from_v(v: V) -> Elem { return v; }
 fn hsum(v: V) -> f32 { return v; }
 fn set_lane(v: V, k: u32, val: f32) -> V { return val; }
+fn get_lane(v: V, k: u32) -> f32 { return v; }
 fn v_from4(v: vec4<f32>) -> V { return v.x; }
 fn first_lanes(a: V, b: V, n: u32) -> V { return select(b, a, 0u < n); }

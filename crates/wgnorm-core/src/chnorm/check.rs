@@ -103,18 +103,20 @@ impl ChannelNorm {
             aligned,
         };
         let facts = ViewFacts::of(&v);
-        let io = plan::moments_io(self.dtype(), &facts, aligned);
+        let lanes = plan::channel_lanes(&self.config.lanes, &facts, shape.mask);
+        let vec_lanes = plan::vec_channel_lanes(self.config.reduction, &facts, shape.mask, lanes);
+        let io = plan::moments_io(self.dtype(), &facts, aligned, vec_lanes);
         let (aio, _, _) = plan::apply_io(self.dtype(), &facts, aligned);
         self.ctx.check_io(io)?;
         self.ctx.check_io(aio)?;
         check_u32_indexing(&v)?;
-        let lanes = plan::channel_lanes(&self.config.lanes, &facts, shape.mask);
-        let (tiles, tile_len) = super::tiling(&v, io.width(), self.ctx.is_cpu(), lanes);
+        let width = plan::reduced_width(io, vec_lanes);
+        let (tiles, tile_len) = super::tiling(&v, width, self.ctx.is_cpu(), lanes);
         let limits = self.ctx.limits();
         let split = Split::of(
             v,
             Windowing::of(a),
-            io.width(),
+            width,
             tile_len,
             self.dtype().size(),
             (

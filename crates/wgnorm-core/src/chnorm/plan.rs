@@ -416,6 +416,8 @@ pub struct ChannelPlan {
     pub apply: Specialization,
     /// Lanes per channel in the moments pass (its dispatch size depends on it).
     pub channel_lanes: bool,
+    /// Elements per access along the reduced axes in the moments pass ([`reduced_width`]).
+    pub reduced_width: u32,
     /// Accesses per lane of the apply pass.
     pub apply_block: u32,
     /// The apply pass maps channels-last vectors of four channels (see [`apply_invocations`]).
@@ -448,11 +450,32 @@ pub(crate) fn channel_lanes(lanes: &LanePlan, f: &ViewFacts, mask: bool) -> bool
     !mask && f.token_view && lanes.channel_lanes.unwrap_or(f.many_channels)
 }
 
-/// Access type of the moments pass.
-pub(crate) fn moments_io(dtype: DType, f: &ViewFacts, aligned: bool) -> Io {
+/// Whether the moments pass's channel lanes take four channels per vector access
+/// (channels-last, C a multiple of 4, mean and variance without a mask).
+pub(crate) fn vec_channel_lanes(
+    reduction: Reduction,
+    f: &ViewFacts,
+    mask: bool,
+    channel_lanes: bool,
+) -> bool {
+    channel_lanes && f.ch_vec && reduction == Reduction::MeanVariance && !mask
+}
+
+/// Access type of the moments pass (`vec_lanes`: see [`vec_channel_lanes`]).
+pub(crate) fn moments_io(dtype: DType, f: &ViewFacts, aligned: bool, vec_lanes: bool) -> Io {
     Io {
         dtype,
-        vec4: aligned && f.one_channel,
+        vec4: aligned && (f.one_channel || vec_lanes),
+    }
+}
+
+/// Elements per access along the reduced axes in the moments pass: its tiles, windows and
+/// uniform block count accesses of this width (vector channel lanes read one token per access).
+pub(crate) fn reduced_width(io: Io, vec_lanes: bool) -> u32 {
+    if vec_lanes {
+        1
+    } else {
+        io.width()
     }
 }
 
@@ -551,9 +574,10 @@ fn finalize_spec(e: &EngineConfig, c: &CallShape) -> Specialization {
 
 /// The pipelines of one [`super::ChannelNorm::encode`] call.
 pub fn plan(e: &EngineConfig, c: &CallShape, f: &ViewFacts, cpu: bool) -> ChannelPlan {
-    let io = moments_io(e.dtype, f, c.aligned);
-    let (aio, ch_vec, straddle) = apply_io(e.dtype, f, c.aligned);
     let lanes = channel_lanes(&e.lanes, f, c.mask);
+    let vec_lanes = vec_channel_lanes(e.reduction, f, c.mask, lanes);
+    let io = moments_io(e.dtype, f, c.aligned, vec_lanes);
+    let (aio, ch_vec, straddle) = apply_io(e.dtype, f, c.aligned);
     let block = apply_block(&e.lanes, cpu);
     let batch = c.stats != StatKind::Running && !c.given_moments;
     ChannelPlan {
@@ -570,6 +594,7 @@ pub fn plan(e: &EngineConfig, c: &CallShape, f: &ViewFacts, cpu: bool) -> Channe
             c.epilogue,
         ),
         channel_lanes: lanes,
+        reduced_width: reduced_width(io, vec_lanes),
         apply_block: block,
         ch_vec,
     }
@@ -615,9 +640,10 @@ pub fn specializations_with(epilogues: &[Epilogue]) -> Vec<Specialization> {
                 for f in &facts {
                     for aligned in [false, true] {
                         for mask in [false, true] {
-                            let io = moments_io(dtype, f, aligned);
                             let cl = channel_lanes(&lanes, f, mask);
                             for reduction in Reduction::ALL {
+                                let vec = vec_channel_lanes(reduction, f, mask, cl);
+                                let io = moments_io(dtype, f, aligned, vec);
                                 push(moments_spec(reduction, io, cpu, &lanes, mask, cl));
                             }
                         }

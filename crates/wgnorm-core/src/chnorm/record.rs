@@ -118,10 +118,18 @@ impl ChannelNorm {
     }
 
     /// Workgroups of the moments pass.
-    fn moments_groups(&self, view: &ChannelView, tiles: u32, channel_lanes: bool) -> u64 {
+    /// `vec`: the channel lanes take four channels each (vector accesses).
+    fn moments_groups(
+        &self,
+        view: &ChannelView,
+        tiles: u32,
+        channel_lanes: bool,
+        vec: bool,
+    ) -> u64 {
         let wg = plan::moments_wg(self.ctx.is_cpu()) as usize;
         if channel_lanes {
-            (view.p * view.r.div_ceil(wg)) as u64 * tiles as u64
+            let lanes = if vec { view.r / 4 } else { view.r };
+            (view.p * lanes.div_ceil(wg)) as u64 * tiles as u64
         } else {
             view.slots() as u64 * tiles as u64
         }
@@ -134,7 +142,7 @@ impl ChannelNorm {
         a: &ChannelNormArgs,
         v: &ChannelView,
         c: &Checked,
-        io: Io,
+        width: u32,
         aio: Io,
     ) -> (ChannelParams, ChannelParams) {
         let update = running_update(&a.statistics);
@@ -152,7 +160,7 @@ impl ChannelNorm {
         } else {
             c.tiles
         };
-        let base = channel_params(v, io.width(), tiles, c.tile_len, self.eps, update);
+        let base = channel_params(v, width, tiles, c.tile_len, self.eps, update);
         let params = ChannelParams {
             // The source-statistics weight, or the quadratic mean's warm-up factor.
             w_src: w_src.or(qm_update.map(|u| u.warm)).unwrap_or(0.0),
@@ -221,9 +229,9 @@ impl ChannelNorm {
     ) -> Result<WindowBinds> {
         let ctx = &self.ctx;
         let v = w.view;
-        let (io, aio) = (p.plan.io, p.plan.aio);
+        let aio = p.plan.aio;
         let scratch = self.scratch(a.view, c.tiles)?;
-        let (params, apply_params) = self.call_params(a, &v, c, io, aio);
+        let (params, apply_params) = self.call_params(a, &v, c, p.plan.reduced_width, aio);
         let place = |pr: ChannelParams| ChannelParams {
             slot_base: w.slot_base,
             tile_base: w.tile_base,
@@ -307,7 +315,12 @@ impl ChannelNorm {
     /// Records a window's moments pass (none when the moments are given).
     fn record_moments(&self, pass: &mut wgpu::ComputePass, p: &Pipelines, b: &WindowBinds) {
         if let (Some(mp), Some(bg)) = (&p.moments, &b.moments) {
-            let groups = self.moments_groups(&b.view, b.window_tiles, p.plan.channel_lanes);
+            let groups = self.moments_groups(
+                &b.view,
+                b.window_tiles,
+                p.plan.channel_lanes,
+                p.plan.io.vec4,
+            );
             let (gx, gy) = binding::grid(&self.ctx, groups);
             pass.set_pipeline(mp);
             pass.set_bind_group(0, bg, &[]);
@@ -357,12 +370,15 @@ impl ChannelNorm {
             vec4: true,
         }
         .alignment();
-        let io = plan::moments_io(self.dtype(), &facts, xr.offset % align == 0);
+        let lanes = plan::channel_lanes(&self.config.lanes, &facts, mask.is_some());
+        let vec_lanes =
+            plan::vec_channel_lanes(self.config.reduction, &facts, mask.is_some(), lanes);
+        let io = plan::moments_io(self.dtype(), &facts, xr.offset % align == 0, vec_lanes);
         ctx.check_io(io)?;
         check::check_u32_indexing(&view)?;
         let cpu = ctx.is_cpu();
-        let lanes = plan::channel_lanes(&self.config.lanes, &facts, mask.is_some());
-        let (tiles, tile_len) = super::tiling(&view, io.width(), cpu, lanes);
+        let width = plan::reduced_width(io, vec_lanes);
+        let (tiles, tile_len) = super::tiling(&view, width, cpu, lanes);
         let limits = ctx.limits();
         let split = Split::of(
             view,
@@ -370,7 +386,7 @@ impl ChannelNorm {
                 samples: mask.is_none(),
                 q: mask.is_none(),
             },
-            io.width(),
+            width,
             tile_len,
             self.dtype().size(),
             (
@@ -405,7 +421,7 @@ impl ChannelNorm {
                 slot_base: w.slot_base,
                 window_tiles: w.window_tiles,
                 tile_base: w.tile_base,
-                ..channel_params(&w.view, io.width(), tiles, tile_len, self.eps, None)
+                ..channel_params(&w.view, width, tiles, tile_len, self.eps, None)
             };
             let xw = split.range(&xr, &w);
             let mb = self.binds.get(
@@ -419,7 +435,13 @@ impl ChannelNorm {
                 .get(ctx, plan::MERGE_SLOTS, &params, &[&partials, &or])?;
             binds.push((w, mb, gb));
         }
-        self.record_reduce(encoder, &split, &binds, [&moments, &merge], lanes);
+        self.record_reduce(
+            encoder,
+            &split,
+            &binds,
+            [&moments, &merge],
+            (lanes, io.vec4),
+        );
         Ok(())
     }
 
@@ -432,7 +454,7 @@ impl ChannelNorm {
         split: &Split,
         binds: &[(Window, wgpu::BindGroup, wgpu::BindGroup)],
         [moments, merge]: [&wgpu::ComputePipeline; 2],
-        lanes: bool,
+        (lanes, vec): (bool, bool),
     ) {
         let ctx = &self.ctx;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -447,7 +469,7 @@ impl ChannelNorm {
             pass.dispatch_workgroups(gx, gy, 1);
         };
         for (w, mb, gb) in binds {
-            let groups = self.moments_groups(&w.view, w.window_tiles, lanes);
+            let groups = self.moments_groups(&w.view, w.window_tiles, lanes, vec);
             let (gx, gy) = binding::grid(ctx, groups);
             pass.set_pipeline(moments);
             pass.set_bind_group(0, mb, &[]);
