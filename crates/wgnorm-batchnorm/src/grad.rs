@@ -103,6 +103,32 @@ impl BatchNorm {
     }
 
     /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_batchnorm::{BatchNorm, BatchNormConfig, BatchNormGradInputs};
+    /// use wgnorm_core::{Context, Mode};
+    ///
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[1.0, 2.0, 4.0, 8.0], &[4, 1])?; // [N, C], C = 1
+    /// let dy = ctx.upload_f32(&[1.0, 1.0, 1.0, 1.0], &[4, 1])?;
+    /// let bn = BatchNorm::new(&ctx, BatchNormConfig::default())?;
+    /// let g = bn.backward(
+    ///     &BatchNormGradInputs {
+    ///         x: &x,
+    ///         weight: None,
+    ///         dy: &dy,
+    ///         saved: None, // the batch statistics are recomputed
+    ///         running_mean: None,
+    ///         running_var: None,
+    ///     },
+    ///     Mode::Train,
+    /// )?;
+    /// // Training BN subtracts the batch mean: a constant gradient does not reach x.
+    /// assert!(ctx.download(&g.dx)?.iter().all(|d| d.abs() < 1e-5));
+    /// assert_eq!(ctx.download(&g.dbias)?, vec![4.0]);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn backward(&self, inputs: &BatchNormGradInputs, mode: Mode) -> Result<BatchNormGrads> {
         self.backward_with(inputs, mode, None, None)
     }

@@ -468,6 +468,36 @@ impl BatchNorm {
     }
 
     /// Allocates `y`, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_batchnorm::{BatchNorm, BatchNormConfig, BatchNormInputs};
+    /// use wgnorm_core::{Context, Mode};
+    ///
+    /// // x: NCHW [2, 2, 1, 2]; channel 0 holds 1, 3, 5, 7 and channel 1 holds 10 everywhere.
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[1.0, 3.0, 10.0, 10.0, 5.0, 7.0, 10.0, 10.0], &[2, 2, 1, 2])?;
+    /// let rm = ctx.upload_f32(&[0.0, 0.0], &[2])?;
+    /// let rv = ctx.upload_f32(&[1.0, 1.0], &[2])?;
+    /// let bn = BatchNorm::new(&ctx, BatchNormConfig { eps: 0.0, ..Default::default() })?;
+    /// let inputs = BatchNormInputs {
+    ///     x: &x,
+    ///     weight: None,
+    ///     bias: None,
+    ///     running_mean: Some(&rm),
+    ///     running_var: Some(&rv),
+    /// };
+    /// // Training: the batch's statistics, and the running ones move by momentum 0.1.
+    /// let y = ctx.download(&bn.forward(&inputs, Mode::Train)?)?;
+    /// let s = 5.0f32.sqrt(); // channel 0: mean 4, biased variance 5
+    /// assert!((y[0] + 3.0 / s).abs() < 1e-6 && (y[4] - 1.0 / s).abs() < 1e-6);
+    /// let rm_now = ctx.download(&rm)?;
+    /// assert!((rm_now[0] - 0.4).abs() < 1e-6 && (rm_now[1] - 1.0).abs() < 1e-6);
+    /// // Inference: the running statistics.
+    /// let y = ctx.download(&bn.forward(&inputs, Mode::Infer)?)?;
+    /// assert!(y.iter().all(|v| v.is_finite()));
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, inputs: &BatchNormInputs, mode: Mode) -> Result<Tensor> {
         let ctx = self.engine.context();
         let y = ctx.empty(inputs.x.shape(), self.cfg.dtype)?;

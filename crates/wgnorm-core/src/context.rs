@@ -616,6 +616,21 @@ impl Context {
     }
 
     /// Uploads f32 data, rounding it to `dtype`.
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::{Context, DType};
+    ///
+    /// // Headless: the default adapter (software Vulkan on a machine without a GPU). An app that
+    /// // owns its device wraps it with `Context::from_device(device, queue)` instead.
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload(&[1.0, 2.5, -3.0, 4.0], &[2, 2], DType::F16)?;
+    /// assert_eq!((x.shape(), x.dtype()), (&[2, 2][..], DType::F16));
+    /// assert_eq!(ctx.download(&x)?, vec![1.0, 2.5, -3.0, 4.0]); // exact in f16
+    /// // Bad input is a typed error, never a panic.
+    /// assert!(ctx.upload_f32(&[1.0, 2.0, 3.0], &[2, 2]).is_err());
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
         match dtype {
             DType::F32 => self.upload_f32(data, shape),

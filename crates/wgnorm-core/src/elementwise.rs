@@ -158,6 +158,21 @@ impl Elementwise {
     }
 
     /// Allocates y, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::elementwise::{Elementwise, ElementwiseConfig};
+    /// use wgnorm_core::{Activation, Context, DType};
+    ///
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[-1.0, 0.0, 2.0], &[3])?;
+    /// let relu = Elementwise::new(
+    ///     &ctx,
+    ///     ElementwiseConfig { activation: Activation::Relu, dtype: DType::F32 },
+    /// )?;
+    /// assert_eq!(ctx.download(&relu.forward(&x)?)?, vec![0.0, 0.0, 2.0]);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.ctx.empty(x.shape(), self.dtype)?;
         self.ctx.record_and_submit(|enc| self.encode(enc, x, &y))?;

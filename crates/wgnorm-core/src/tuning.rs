@@ -69,6 +69,26 @@ impl Tuning {
     /// Reads the document `cargo xtask bench --autotune --json` writes: `adapter.name` and the
     /// `autotune` array (`op`, `shape`, `dtype`, `best`). Entries of ops the runtime does not
     /// tune yet are skipped; a malformed entry is an error naming it.
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::rownorm::{RowKernel, RowMode};
+    /// use wgnorm_core::tuning::Tuning;
+    /// use wgnorm_core::DType;
+    ///
+    /// // What `cargo xtask bench --autotune --json FILE` writes (abridged).
+    /// let table = Tuning::from_json(r#"{
+    ///     "adapter": {"name": "NVIDIA H200"},
+    ///     "autotune": [{"op": "rms_norm", "shape": [1024, 4096], "dtype": "f16",
+    ///                   "best": "team32x8-uncached", "best_ms": 0.05, "default": "workgroup256"}]
+    /// }"#)?;
+    /// assert_eq!(table.adapter(), "NVIDIA H200");
+    /// // Rows of 2049..4096 elements share the entry (row lengths round up to a power of two).
+    /// let k = table.row_kernel(RowMode::RmsNorm, DType::F16, 3000);
+    /// assert_eq!(k, Some(RowKernel::Team { team: 32, rows_per_group: 8, cached: false }));
+    /// // On a context of that adapter: ctx.set_tuning(table)? (another adapter's table is refused).
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn from_json(text: &str) -> Result<Tuning> {
         let bad = |what: String| Error::Tuning(what);
         let doc: serde_json::Value =

@@ -110,6 +110,30 @@ impl GroupNorm {
     }
 
     /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_groupnorm::{GroupNorm, GroupNormConfig, NormGradInputs};
+    ///
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[1.0, 2.0, 3.0, 5.0], &[1, 2, 2])?; // [N, C, L]
+    /// let w = ctx.upload_f32(&[2.0, 2.0], &[2])?;
+    /// let dy = ctx.upload_f32(&[1.0, 0.0, 0.0, 0.0], &[1, 2, 2])?;
+    /// let gn = GroupNorm::new(&ctx, GroupNormConfig::new(1))?;
+    /// let g = gn.backward(&NormGradInputs {
+    ///     x: &x,
+    ///     weight: Some(&w),
+    ///     bias: None,
+    ///     dy: &dy,
+    ///     saved: None, // statistics recomputed
+    /// })?;
+    /// // The normalization's gradient sums to zero over each group.
+    /// let dx = ctx.download(&g.dx)?;
+    /// assert!(dx.iter().sum::<f32>().abs() < 1e-5 && dx[0] > 0.0);
+    /// assert_eq!(ctx.download(&g.dbias)?, vec![1.0, 0.0]);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn backward(&self, inputs: &NormGradInputs) -> Result<NormGrads> {
         let view = ChannelView::group_norm(inputs.x.shape(), self.cfg.layout, self.cfg.num_groups)?;
         backward(

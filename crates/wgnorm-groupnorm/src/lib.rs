@@ -107,6 +107,33 @@ impl GroupNorm {
     }
 
     /// Allocates `y`, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::chnorm::Layout;
+    /// use wgnorm_core::{Activation, Context};
+    /// use wgnorm_groupnorm::{GroupNorm, GroupNormConfig, NormInputs};
+    ///
+    /// // A diffusion ResNet block's GroupNorm(2) + SiLU, channels-last: x is NHWC [1, 1, 2, 4].
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[0.0, 2.0, 5.0, 5.0, 4.0, 6.0, 5.0, 5.0], &[1, 1, 2, 4])?;
+    /// let gn = GroupNorm::new(
+    ///     &ctx,
+    ///     GroupNormConfig {
+    ///         eps: 0.0,
+    ///         activation: Activation::Silu,
+    ///         layout: Layout::Nhwc,
+    ///         ..GroupNormConfig::new(2)
+    ///     },
+    /// )?;
+    /// let y = ctx.download(&gn.forward(&NormInputs { x: &x, weight: None, bias: None })?)?;
+    /// // Group 0 is channels 0-1 (values 0, 2, 4, 6: mean 3, std sqrt(5)); group 1 is constant.
+    /// let z = 3.0 / 5.0f32.sqrt();
+    /// let silu = |v: f32| v / (1.0 + (-v).exp());
+    /// assert!((y[0] - silu(-z)).abs() < 1e-6 && (y[5] - silu(z)).abs() < 1e-6);
+    /// assert!(y[2].is_nan(), "a constant group with eps = 0 is 0/0, as in PyTorch");
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, inputs: &NormInputs) -> Result<Tensor> {
         forward(&self.engine, self.cfg.dtype, inputs, |enc, o| {
             self.encode(enc, inputs, o)
@@ -174,6 +201,22 @@ impl InstanceNorm {
     }
 
     /// Allocates `y`, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_groupnorm::{InstanceNorm, InstanceNormConfig, NormInputs};
+    ///
+    /// // Style transfer: statistics per (sample, channel) over H*W. x: NCHW [2, 1, 1, 2].
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[1.0, 3.0, 100.0, 300.0], &[2, 1, 1, 2])?;
+    /// let inorm = InstanceNorm::new(&ctx, InstanceNormConfig { eps: 0.0, ..Default::default() })?;
+    /// let y = ctx.download(&inorm.forward(&NormInputs { x: &x, weight: None, bias: None })?)?;
+    /// for (got, want) in y.iter().zip([-1.0f32, 1.0, -1.0, 1.0]) {
+    ///     assert!((got - want).abs() < 1e-6, "{got} {want}");
+    /// }
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, inputs: &NormInputs) -> Result<Tensor> {
         forward(&self.engine, self.cfg.dtype, inputs, |enc, o| {
             self.encode(enc, inputs, o)
@@ -330,6 +373,22 @@ impl MeanVarianceNorm {
     }
 
     /// Allocates y, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_groupnorm::{MeanVarianceNorm, MeanVarianceNormConfig};
+    ///
+    /// // ONNX MeanVarianceNormalization over axes [0, 2, 3] of NCHW: per channel.
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[1.0, 3.0, 7.0, 7.0, 5.0, 7.0, 9.0, 9.0], &[2, 2, 1, 2])?;
+    /// let mvn = MeanVarianceNorm::new(&ctx, MeanVarianceNormConfig::default())?;
+    /// let y = ctx.download(&mvn.forward(&x)?)?;
+    /// // Channel 0 holds 1, 3, 5, 7: mean 4, std sqrt(5).
+    /// let s = 5.0f32.sqrt();
+    /// assert!((y[0] + 3.0 / s).abs() < 1e-5 && (y[5] - 3.0 / s).abs() < 1e-5);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let inputs = NormInputs {
             x,
@@ -410,6 +469,20 @@ impl LpNorm {
     }
 
     /// Allocates y, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_groupnorm::{LpNorm, LpNormConfig};
+    ///
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[3.0, 4.0, 0.0, 0.0], &[2, 2])?;
+    /// let l2 = LpNorm::new(&ctx, LpNormConfig::default())?; // p = 2 along the last axis
+    /// let y = ctx.download(&l2.forward(&x)?)?;
+    /// assert!((y[0] - 0.6).abs() < 1e-6 && (y[1] - 0.8).abs() < 1e-6);
+    /// assert_eq!(&y[2..], &[0.0, 0.0], "a zero row stays zero (ONNX)");
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let inputs = NormInputs {
             x,
@@ -610,6 +683,24 @@ impl WeightStandardization {
     }
 
     /// Allocates the standardized weights, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_groupnorm::{WeightStandardization, WeightStandardizationConfig};
+    ///
+    /// // Conv weights [out, in, kh, kw] standardized per output channel before the convolution.
+    /// let ctx = Context::new()?;
+    /// let w = ctx.upload_f32(&[1.0, 2.0, 3.0, 4.0, -2.0, 2.0, -2.0, 2.0], &[2, 1, 2, 2])?;
+    /// let ws = WeightStandardization::new(&ctx, WeightStandardizationConfig::default())?;
+    /// let out = ctx.download(&ws.forward(&w)?)?;
+    /// for filter in out.chunks(4) {
+    ///     let mean = filter.iter().sum::<f32>() / 4.0;
+    ///     assert!(mean.abs() < 1e-5, "each filter is centred: {mean}");
+    /// }
+    /// assert!(out[0] < 0.0 && out[3] > 0.0);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, w: &Tensor) -> Result<Tensor> {
         let inputs = NormInputs {
             x: w,

@@ -260,6 +260,28 @@ impl LayerNorm {
     }
 
     /// Allocates `y` and the sum, encodes the fused add + LayerNorm and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_layernorm::{AddLayerNormInputs, LayerNorm, LayerNormConfig};
+    ///
+    /// // Pre-norm transformer block: h = x + attn_out; y = LayerNorm(h), in one pass.
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[1.0, 2.0, 3.0, 4.0], &[1, 4])?;
+    /// let attn = ctx.upload_f32(&[0.5, 0.5, 0.5, 0.5], &[1, 4])?;
+    /// let ln = LayerNorm::new(&ctx, LayerNormConfig::default())?;
+    /// let (y, sum) = ln.forward_add(&AddLayerNormInputs {
+    ///     x: &x,
+    ///     residual: &attn,
+    ///     weight: None,
+    ///     bias: None,
+    /// })?;
+    /// assert_eq!(ctx.download(&sum)?, vec![1.5, 2.5, 3.5, 4.5]);
+    /// let y = ctx.download(&y)?;
+    /// assert!(y[0] < 0.0 && y[3] > 0.0 && y.iter().sum::<f32>().abs() < 1e-5);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward_add(&self, inputs: &AddLayerNormInputs) -> Result<(Tensor, Tensor)> {
         let ctx = self.engine.context();
         let dtype = self.engine.config().dtype;
@@ -276,6 +298,28 @@ impl LayerNorm {
     }
 
     /// Allocates the outputs, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::{Context, DType};
+    /// use wgnorm_layernorm::{LayerNorm, LayerNormConfig, LayerNormInputs};
+    ///
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.5], &[2, 4])?;
+    /// let ln = LayerNorm::new(&ctx, LayerNormConfig::default())?;
+    /// let out = ln.forward(&LayerNormInputs { x: &x, weight: None, bias: None })?;
+    /// let y = ctx.download(&out.y)?;
+    /// // Each row of [rows, n] now has mean 0 and (biased) variance 1, up to eps.
+    /// for row in y.chunks(4) {
+    ///     let mean = row.iter().sum::<f32>() / 4.0;
+    ///     let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 4.0;
+    ///     assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{mean} {var}");
+    /// }
+    /// let mean = ctx.download(&out.mean)?;
+    /// assert!((mean[0] - 2.5).abs() < 1e-6 && (mean[1] - 10.125).abs() < 1e-5);
+    /// # assert_eq!(out.y.dtype(), DType::F32);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, inputs: &LayerNormInputs) -> Result<LayerNormOutput> {
         let (y, mean, rstd) = self
             .engine
@@ -341,6 +385,30 @@ impl LayerNorm {
     }
 
     /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_layernorm::{LayerNorm, LayerNormConfig, LayerNormGradInputs, LayerNormInputs};
+    ///
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[0.0, 1.0, 3.0, 8.0], &[1, 4])?;
+    /// let w = ctx.upload_f32(&[1.0, 1.0, 1.0, 1.0], &[4])?;
+    /// let dy = ctx.upload_f32(&[1.0, 1.0, 1.0, 1.0], &[1, 4])?;
+    /// let ln = LayerNorm::new(&ctx, LayerNormConfig::default())?;
+    /// let fwd = ln.forward(&LayerNormInputs { x: &x, weight: Some(&w), bias: None })?;
+    /// let g = ln.backward(&LayerNormGradInputs {
+    ///     x: &x,
+    ///     weight: Some(&w),
+    ///     dy: &dy,
+    ///     mean: Some(&fwd.mean), // saved by the forward; None recomputes them
+    ///     rstd: Some(&fwd.rstd),
+    /// })?;
+    /// // A constant upstream gradient moves every output alike: LayerNorm is blind to it.
+    /// assert!(ctx.download(&g.dx)?.iter().all(|d| d.abs() < 1e-5));
+    /// assert_eq!(ctx.download(&g.dbias)?, vec![1.0; 4]);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn backward(&self, inputs: &LayerNormGradInputs) -> Result<LayerNormGrads> {
         let ctx = self.engine.context();
         let dtype = self.engine.config().dtype;

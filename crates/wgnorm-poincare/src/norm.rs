@@ -354,6 +354,21 @@ impl PoincareMidpoint {
     }
 
     /// Allocates `m`, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_poincare::{BallConfig, PoincareMidpoint};
+    ///
+    /// // The gyromidpoint of points of the Poincare ball (curvature -c), features on the last axis.
+    /// let ctx = Context::new()?;
+    /// let pts = ctx.upload_f32(&[0.5, 0.0, -0.5, 0.0, 0.0, 0.3, 0.0, -0.3], &[4, 2])?;
+    /// let mid = PoincareMidpoint::new(&ctx, BallConfig { c: 1.0, ..Default::default() })?;
+    /// let m = ctx.download(&mid.forward(&pts)?)?;
+    /// // Points symmetric about the origin have the origin as their midpoint.
+    /// assert!(m.len() == 2 && m.iter().all(|v| v.abs() < 1e-6), "{m:?}");
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let view = PointView::new(x.shape(), self.axis, "poincare midpoint")?;
         let m = self.ctx.empty(&[view.d], self.dtype)?;

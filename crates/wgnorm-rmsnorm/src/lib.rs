@@ -218,6 +218,24 @@ impl RmsNorm {
     }
 
     /// Allocates `y` and the sum, encodes the fused add + RMSNorm and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_rmsnorm::{AddRmsNormInputs, RmsNorm, RmsNormConfig};
+    ///
+    /// // A LLaMA-style decoder carries the residual stream: h = h + block_out; y = RMSNorm(h) * w.
+    /// let ctx = Context::new()?;
+    /// let h = ctx.upload_f32(&[1.0, -1.0, 1.0, -1.0], &[1, 4])?;
+    /// let out = ctx.upload_f32(&[1.0, 1.0, 1.0, 1.0], &[1, 4])?;
+    /// let rms = RmsNorm::new(&ctx, RmsNormConfig { eps: 0.0, ..Default::default() })?;
+    /// let (y, h_next) = rms.forward_add(&AddRmsNormInputs { x: &h, residual: &out, weight: None })?;
+    /// assert_eq!(ctx.download(&h_next)?, vec![2.0, 0.0, 2.0, 0.0]);
+    /// // rms([2, 0, 2, 0]) = sqrt(2)
+    /// let y = ctx.download(&y)?;
+    /// assert!((y[0] - std::f32::consts::SQRT_2).abs() < 1e-6 && y[1] == 0.0);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward_add(&self, inputs: &AddRmsNormInputs) -> Result<(Tensor, Tensor)> {
         let ctx = self.engine.context();
         let dtype = self.engine.config().dtype;
@@ -233,6 +251,23 @@ impl RmsNorm {
     }
 
     /// Allocates the outputs, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_rmsnorm::{RmsNorm, RmsNormConfig, RmsNormInputs};
+    ///
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[3.0, 4.0, 0.0, 0.0], &[1, 4])?;
+    /// let w = ctx.upload_f32(&[1.0, 2.0, 1.0, 1.0], &[4])?;
+    /// let rms = RmsNorm::new(&ctx, RmsNormConfig { eps: 0.0, ..Default::default() })?;
+    /// let out = rms.forward(&RmsNormInputs { x: &x, weight: Some(&w) })?;
+    /// // The root mean square of [3, 4, 0, 0] is 2.5.
+    /// let y = ctx.download(&out.y)?;
+    /// assert!((y[0] - 1.2).abs() < 1e-6 && (y[1] - 3.2).abs() < 1e-6 && y[2] == 0.0);
+    /// assert!((ctx.download(&out.rstd)?[0] - 0.4).abs() < 1e-7);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, inputs: &RmsNormInputs) -> Result<RmsNormOutput> {
         let (rows, _) = self.engine.split(inputs.x.shape())?;
         let ctx = self.engine.context();
@@ -286,6 +321,31 @@ impl RmsNorm {
     }
 
     /// Allocates dx and dweight, encodes the backward and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_rmsnorm::{RmsNorm, RmsNormConfig, RmsNormGradInputs};
+    ///
+    /// let ctx = Context::new()?;
+    /// let x = ctx.upload_f32(&[3.0, 4.0], &[1, 2])?;
+    /// let dy = ctx.upload_f32(&[4.0, -3.0], &[1, 2])?; // orthogonal to x
+    /// let rms = RmsNorm::new(&ctx, RmsNormConfig { eps: 0.0, ..Default::default() })?;
+    /// let (dx, dweight) = rms.backward(&RmsNormGradInputs {
+    ///     x: &x,
+    ///     residual: None,
+    ///     weight: None,
+    ///     dy: &dy,
+    ///     dsum: None,
+    ///     rstd: None, // recomputed
+    /// })?;
+    /// // dx = rstd * (dy - x * mean(dy * x) * rstd^2); dy . x = 0, rstd = 1 / sqrt(12.5).
+    /// let r = 1.0 / 12.5f32.sqrt();
+    /// let dx = ctx.download(&dx)?;
+    /// assert!((dx[0] - 4.0 * r).abs() < 1e-6 && (dx[1] + 3.0 * r).abs() < 1e-6);
+    /// assert_eq!(ctx.download(&dweight)?.len(), 2);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn backward(&self, inputs: &RmsNormGradInputs) -> Result<(Tensor, Tensor)> {
         let ctx = self.engine.context();
         let dtype = self.engine.config().dtype;

@@ -279,6 +279,35 @@ impl QkNormRope {
     }
 
     /// Allocates y, encodes and submits (does not wait).
+    ///
+    /// # Example
+    /// ```
+    /// use wgnorm_core::Context;
+    /// use wgnorm_rmsnorm::{QkNormRope, QkNormRopeConfig, QkNormRopeInputs, RopeAngles, RopeLayout};
+    ///
+    /// // Queries [tokens, heads, head_dim]: RMSNorm per head, then rotate pairs (NeoX: i, i + D/2).
+    /// let ctx = Context::new()?;
+    /// let (tokens, heads, d) = (2, 1, 4);
+    /// let q = ctx.upload_f32(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], &[tokens, heads, d])?;
+    /// // Token 0 is not rotated, token 1 by a quarter turn in its first pair.
+    /// let cos = ctx.upload_f32(&[1.0, 1.0, 0.0, 1.0], &[tokens, d / 2])?;
+    /// let sin = ctx.upload_f32(&[0.0, 0.0, 1.0, 0.0], &[tokens, d / 2])?;
+    /// let op = QkNormRope::new(
+    ///     &ctx,
+    ///     QkNormRopeConfig { eps: 0.0, layout: RopeLayout::NeoX, ..Default::default() },
+    /// )?;
+    /// let y = op.forward(&QkNormRopeInputs {
+    ///     x: &q,
+    ///     weight: None,
+    ///     angles: RopeAngles::Table { cos: &cos, sin: &sin },
+    /// })?;
+    /// let y = ctx.download(&y)?;
+    /// // rms([1, 0, 0, 0]) = 1/2: the normalized head is [2, 0, 0, 0]; the rotation moves token 1's
+    /// // first pair (x0, x2) = (2, 0) to (0, 2).
+    /// assert_eq!(&y[..4], &[2.0, 0.0, 0.0, 0.0]);
+    /// assert!(y[4].abs() < 1e-6 && (y[6] - 2.0).abs() < 1e-6);
+    /// # Ok::<(), wgnorm_core::Error>(())
+    /// ```
     pub fn forward(&self, inputs: &QkNormRopeInputs) -> Result<Tensor> {
         let y = self.ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
         self.ctx

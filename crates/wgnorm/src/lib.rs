@@ -1,20 +1,65 @@
-//! wgnorm: normalization layers as WGSL compute kernels on wgpu.
+//! wgnorm: normalization layers as WGSL compute kernels on wgpu — one code path on Vulkan,
+//! Metal and DX12, and headless on software Vulkan.
 //!
-//! This facade re-exports the runtime ([`Context`], [`Tensor`], [`DType`], [`Error`]) and every
-//! layer family, and holds the op registry that the conformance runner, the tests and the xtask
-//! share ([`conformance`]).
-//!
-//! ```no_run
+//! ```
 //! use wgnorm::prelude::*;
 //!
-//! # fn main() -> wgnorm::Result<()> {
 //! let ctx = Context::new()?; // or Context::from_device(device, queue) in an app
 //! let x = ctx.upload_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
 //! let ln = LayerNorm::new(&ctx, LayerNormConfig::default())?;
 //! let out = ln.forward(&LayerNormInputs { x: &x, weight: None, bias: None })?;
-//! let y = ctx.download(&out.y)?;
-//! # Ok(()) }
+//! let y = ctx.download(&out.y)?; // waits for the GPU
+//! assert!((y[0] + 1.2247).abs() < 1e-3 && y[1].abs() < 1e-6);
+//! # Ok::<(), wgnorm::Error>(())
 //! ```
+//!
+//! # Which op for which model
+//!
+//! | model | op |
+//! |---|---|
+//! | BERT, GPT-2, ViT (post/pre-norm transformers) | [`LayerNorm`], fused residual add: [`LayerNorm::forward_add`] |
+//! | LLaMA, Mistral, Qwen, Gemma decoders | [`RmsNorm`] (Gemma: `weight_offset = 1`), fused add: [`RmsNorm::forward_add`] |
+//! | QK-norm (Qwen3, Gemma 3, OLMo 2) + rotary embedding | [`rmsnorm::QkNormRope`] |
+//! | ResNet, ConvNets, training or inference | [`BatchNorm`] (inference can also fold into the conv: [`batchnorm`]) |
+//! | Stable Diffusion / VAE ResNet blocks | [`GroupNorm`] with [`Activation::Silu`] fused, channels-last |
+//! | style transfer, per-sample statistics | [`InstanceNorm`] |
+//! | weight-standardized convs (BiT, NFNets) | [`WeightStandardization`] |
+//! | ONNX graphs | [`MeanVarianceNorm`], [`LpNorm`] |
+//! | research methods (PowerNorm, Poincare BN, EvoNorm, Region Norm, Ghost/test-time BN, ...) | the family crates re-exported here |
+//!
+//! # Layouts and dtypes
+//!
+//! Tensors are dense and row-major. Row norms normalize the last axis (or a chosen axis and every
+//! axis after it) of `[rows, n]`. The batch-statistics family takes `(N, C, *)` as
+//! [`Layout::Nchw`] (channels first) or [`Layout::Nhwc`] (channels last, no transpose pass).
+//! Storage is f32 or f16 ([`DType`]); arithmetic and statistics are f32, saved statistics
+//! (`mean`, `rstd`) are f32. f16 uses packed loads on any device and element-wise f16 where the
+//! device has `SHADER_F16`.
+//!
+//! # What is promised
+//!
+//! - Bad input (shapes, dtypes, aliasing, short or misaligned buffers, missing usages) is a
+//!   typed [`Error`] and nothing is recorded; wgpu validation errors, out-of-memory and a lost
+//!   device become errors too, never panics.
+//! - Empty tensors are a no-op; a NaN or infinity stays within its own row, group or channel.
+//! - Statistics never use `E[x^2] - E[x]^2`: means are shifted and merged with Chan's formula, so
+//!   large offsets keep their precision. Reductions use no atomics: results are bitwise
+//!   reproducible run to run on one device.
+//! - Tensors larger than one storage binding are bound in windows where the op supports it,
+//!   otherwise refused with [`Error::TooLargeForBinding`].
+//!
+//! # Embedding
+//!
+//! An app that owns a `wgpu::Device` wraps it once ([`Context::from_device`]), wraps its buffers
+//! ([`Tensor::from_buffer`]) and calls each op's `encode*` method with its own command encoder:
+//! nothing blocks, and after the first call of a shape nothing is allocated (pipelines and bind
+//! groups are cached). The `forward`/`backward` methods are conveniences that allocate outputs
+//! and submit. Measured kernel choices for an adapter load with [`Context::set_tuning`]
+//! (see [`Tuning`]).
+//!
+//! This facade re-exports the runtime ([`Context`], [`Tensor`], [`DType`], [`Error`]) and every
+//! layer family, and holds the op registry that the conformance runner, the tests and the xtask
+//! share ([`conformance`]).
 
 #![deny(missing_docs)]
 

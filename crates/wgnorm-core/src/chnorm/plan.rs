@@ -416,7 +416,7 @@ pub struct ChannelPlan {
     pub apply: Specialization,
     /// Lanes per channel in the moments pass (its dispatch size depends on it).
     pub channel_lanes: bool,
-    /// Elements per access along the reduced axes in the moments pass ([`reduced_width`]).
+    /// Elements per access along the reduced axes in the moments pass (see `reduced_width`).
     pub reduced_width: u32,
     /// Accesses per lane of the apply pass.
     pub apply_block: u32,
