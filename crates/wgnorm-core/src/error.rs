@@ -172,6 +172,16 @@ pub enum Error {
     #[error("the device reported an error: {0}")]
     Device(String),
 
+    /// A checkpoint tensor that is missing, of the wrong shape or dtype, or a file that is not
+    /// a safetensors checkpoint (`name` is then the file).
+    #[error("checkpoint tensor {name}: {why}")]
+    Checkpoint {
+        /// The tensor (or file).
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+
     /// A tuning table that cannot be read or belongs to another adapter.
     #[error("tuning table: {0}")]
     Tuning(String),

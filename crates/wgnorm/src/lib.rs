@@ -63,6 +63,7 @@
 
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod conformance;
 
 pub use wgnorm_batchnorm::{
