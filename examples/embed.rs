@@ -44,10 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         make("w", hidden),
         make("y", tokens * hidden),
     );
-    let x: Vec<f32> = (0..tokens * hidden)
+    let x_host: Vec<f32> = (0..tokens * hidden)
         .map(|i| (i as f32 * 0.37).sin())
         .collect();
-    queue.write_buffer(&xb, 0, bytemuck::cast_slice(&x));
+    queue.write_buffer(&xb, 0, bytemuck::cast_slice(&x_host));
     queue.write_buffer(&wb, 0, bytemuck::cast_slice(&vec![1.0f32; hidden]));
     let x = Tensor::from_buffer(xb, 0, &[tokens, hidden], DType::F32)?;
     let w = Tensor::from_buffer(wb, 0, &[hidden], DType::F32)?;
@@ -67,10 +67,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     queue.submit([encoder.finish()]);
 
+    // Check: with unit weights every row of y has mean square 1 (up to eps = 1e-6), and keeps
+    // the direction of its row of x.
     let out = ctx.download(&y)?;
-    for row in out.chunks(hidden) {
+    for (row, xr) in out.chunks(hidden).zip(x_host.chunks(hidden)) {
         let ms = row.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
         println!("{row:.3?}  mean square {ms:.4}");
+        let aligned = row.iter().zip(xr).all(|(a, b)| a * b >= 0.0);
+        if (ms - 1.0).abs() > 1e-3 || !aligned {
+            return Err(format!("row {row:?} is not x / rms(x)").into());
+        }
     }
+    println!("ok");
     Ok(())
 }

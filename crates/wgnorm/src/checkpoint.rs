@@ -2,8 +2,8 @@
 //! `state_dict` naming: `model.layers.3.input_layernorm.weight`, `bn1.running_mean`, ...).
 //!
 //! The file is memory-mapped, not read into memory: each tensor is converted from its stored
-//! dtype (f32, f16 or bf16; BatchNorm's `num_batches_tracked` as i64) straight into the f32 or
-//! f16 upload of the layer's storage type. Every check names the tensor it is about.
+//! dtype (f32, f16 or bf16; BatchNorm's `num_batches_tracked` as i64) straight into the upload
+//! in the dtype the op takes (the storage type for row norms, f32 for the batch family). Every check names the tensor it is about.
 //!
 //! ```
 //! use wgnorm::checkpoint::Checkpoint;
@@ -54,9 +54,10 @@ pub struct Checkpoint {
 /// no tensor of that name). All are 1-D with one value per normalized channel / feature.
 #[derive(Debug, Default)]
 pub struct NormParams {
-    /// `prefix.weight` (gamma), in the layer's storage type.
+    /// `prefix.weight` (gamma), in the dtype the op takes: the storage type for the row norms,
+    /// f32 for the batch-statistics family.
     pub weight: Option<Tensor>,
-    /// `prefix.bias` (beta), in the layer's storage type.
+    /// `prefix.bias` (beta), like `weight`.
     pub bias: Option<Tensor>,
     /// `prefix.running_mean`, f32 (BatchNorm).
     pub running_mean: Option<Tensor>,
@@ -276,7 +277,8 @@ impl Checkpoint {
         prefix: &str,
         cfg: GroupNormConfig,
     ) -> Result<(GroupNorm, NormParams)> {
-        let p = self.norm_params(ctx, prefix, None, cfg.dtype)?;
+        // The batch-statistics family takes f32 affine parameters whatever x's storage type.
+        let p = self.norm_params(ctx, prefix, None, DType::F32)?;
         if cfg.num_groups == 0 || !p.channels.is_multiple_of(cfg.num_groups) {
             return Err(bad(
                 &format!("{prefix}.weight"),
@@ -294,7 +296,7 @@ impl Checkpoint {
         prefix: &str,
         cfg: BatchNormConfig,
     ) -> Result<(BatchNorm, NormParams)> {
-        let p = self.norm_params(ctx, prefix, None, cfg.dtype)?;
+        let p = self.norm_params(ctx, prefix, None, DType::F32)?;
         require(&p.running_mean, prefix, "running_mean")?;
         require(&p.running_var, prefix, "running_var")?;
         Ok((BatchNorm::new(ctx, cfg)?, p))
