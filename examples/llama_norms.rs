@@ -44,7 +44,9 @@ fn bf16(v: &[f32]) -> Vec<u8> {
 }
 
 /// Writes the checkpoint with HF names; returns its path and the weights (bf16-exact values).
-fn write_checkpoint() -> Result<(std::path::PathBuf, Vec<Vec<f32>>), Box<dyn std::error::Error>> {
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn write_checkpoint() -> Res<(std::path::PathBuf, Vec<Vec<f32>>)> {
     let mut names = Vec::new();
     for l in 0..LAYERS {
         names.push(format!("model.layers.{l}.input_layernorm.weight"));
