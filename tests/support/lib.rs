@@ -45,6 +45,10 @@ pub fn round_to(dtype: wgnorm_core::DType, v: &[f32]) -> Vec<f64> {
     match dtype {
         wgnorm_core::DType::F32 => v.iter().map(|&x| x as f64).collect(),
         wgnorm_core::DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect(),
+        wgnorm_core::DType::BF16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f64())
+            .collect(),
     }
 }
 

@@ -615,6 +615,7 @@ pub fn x_values(data: &[f32], dtype: DType) -> Vec<f64> {
         .map(|&v| match dtype {
             DType::F32 => v as f64,
             DType::F16 => half::f16::from_f32(v).to_f64(),
+            DType::BF16 => half::bf16::from_f32(v).to_f64(),
         })
         .collect()
 }

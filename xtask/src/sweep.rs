@@ -42,6 +42,10 @@ fn rounded(dtype: DType, v: &[f32]) -> Vec<f32> {
     match dtype {
         DType::F32 => v.to_vec(),
         DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        DType::BF16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect(),
     }
 }
 
@@ -49,6 +53,8 @@ fn tolerance(dtype: DType) -> (f64, f64) {
     match dtype {
         DType::F32 => (1e-5, 1e-4),
         DType::F16 => (2e-3, 2e-3),
+        // 8 significant bits: half an ulp is 2^-9 of the value.
+        DType::BF16 => (1e-2, 1e-2),
     }
 }
 
@@ -98,7 +104,7 @@ fn kernels(ctx: &Context) -> Vec<(String, Option<RowKernel>)> {
 /// Runs the sweep and prints the table. Returns success.
 pub fn run() -> Result<bool> {
     let ctx = crate::context()?;
-    let dtypes = [DType::F32, DType::F16];
+    let dtypes = [DType::F32, DType::F16, DType::BF16];
     if !ctx.features().contains(wgpu::Features::SHADER_F16) {
         println!(
             "f16: no SHADER_F16 on this adapter: only rows of a length divisible by 4 are checked"
@@ -164,7 +170,11 @@ pub fn run() -> Result<bool> {
                             && matches!(e, wgnorm::Error::InvalidParameter { name: "kernel", .. });
                         let no_f16 = !ctx.features().contains(wgpu::Features::SHADER_F16)
                             && matches!(e, wgnorm::Error::UnsupportedDType { .. });
-                        if forced_misfit || no_f16 {
+                        // bf16 has no element-wise access: rows not a multiple of 4 are refused.
+                        let bf16_scalar = dtype == DType::BF16
+                            && n % 4 != 0
+                            && matches!(e, wgnorm::Error::UnsupportedDType { .. });
+                        if forced_misfit || no_f16 || bf16_scalar {
                             row.cases -= 1;
                             continue;
                         }

@@ -343,6 +343,12 @@ impl Context {
     /// allows four elements per access; element-wise f16 access (odd row lengths, kernels
     /// without a packed path) needs `Features::SHADER_F16`.
     pub fn check_io(&self, io: shader::Io) -> Result<()> {
+        if io.dtype == DType::BF16 && !io.vec4 {
+            return Err(Error::UnsupportedDType {
+                dtype: io.dtype,
+                why: "bf16 tensors are read four elements at a time: the normalized length must be a multiple of 4 and offsets 8-byte aligned (or use f16 / f32)",
+            });
+        }
         if io.dtype == DType::F16
             && !io.vec4
             && !self.inner.features.contains(wgpu::Features::SHADER_F16)
@@ -491,6 +497,12 @@ impl Context {
             return Ok(p.clone());
         }
         self.check_io(io)?;
+        if io.dtype == DType::BF16 && !kernel.supports_bf16() {
+            return Err(Error::UnsupportedDType {
+                dtype: io.dtype,
+                why: "bf16 storage is implemented for LayerNorm, RMSNorm and their fused adds; convert to f16 or f32 for this op",
+            });
+        }
         let missing = shader::required_features(kernel, io) - self.inner.features;
         if !missing.is_empty() {
             return Err(Error::Device(format!(
@@ -638,6 +650,10 @@ impl Context {
                 let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
                 self.upload_f16(&h, shape)
             }
+            DType::BF16 => {
+                let h: Vec<half::bf16> = data.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                self.upload_bytes(bytemuck::cast_slice(&h), shape, DType::BF16)
+            }
         }
     }
 
@@ -656,13 +672,17 @@ impl Context {
         Ok(())
     }
 
-    /// Copies a tensor back to the host as f32 (f16 widened exactly). Blocks until the GPU is done
+    /// Copies a tensor back to the host as f32 (f16 and bf16 widened exactly). Blocks until the GPU is done
     /// with all work submitted so far: for tests and tools, not for a frame loop.
     pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
         let bytes = self.download_bytes(t)?;
         Ok(match t.dtype() {
             DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
             DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            DType::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(&bytes)
                 .into_iter()
                 .map(f32::from)
                 .collect(),

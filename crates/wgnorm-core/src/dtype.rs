@@ -11,6 +11,10 @@ pub enum DType {
     /// IEEE binary16. Kernels with four elements per access need no device feature; element-wise
     /// access (odd lengths) needs `wgpu::Features::SHADER_F16`.
     F16,
+    /// bfloat16 (the upper half of an f32: f32's range, 8 bits of precision), stored as packed
+    /// words: LayerNorm, RMSNorm and their fused adds only, on rows whose length is a multiple of
+    /// 4 (other ops and rows are refused with `UnsupportedDType`). No device feature needed.
+    BF16,
 }
 
 impl DType {
@@ -18,15 +22,16 @@ impl DType {
     pub const fn size(self) -> u64 {
         match self {
             DType::F32 => 4,
-            DType::F16 => 2,
+            DType::F16 | DType::BF16 => 2,
         }
     }
 
-    /// The name used in messages and case files (`f32`, `f16`).
+    /// The name used in messages and case files (`f32`, `f16`, `bf16`).
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
+            DType::BF16 => "bf16",
         }
     }
 }

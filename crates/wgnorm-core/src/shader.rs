@@ -45,6 +45,7 @@ const IO_F32_V1: &str = shader_file!("common/io_f32_v1.wgsl");
 const IO_F32_V4: &str = shader_file!("common/io_f32_v4.wgsl");
 const IO_F16_V1: &str = shader_file!("common/io_f16_v1.wgsl");
 const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
+const IO_BF16_V4: &str = shader_file!("common/io_bf16_v4.wgsl");
 /// The f16 <-> f32 conversions of the packed f16 I/O snippet (`half_to_f32`, `f32_to_half` on
 /// `vec4<u32>` bit patterns), public so tests can check them exhaustively in a shader of their own.
 pub const HALF_CONVERSIONS_WGSL: &str = shader_file!("common/half.wgsl");
@@ -85,6 +86,15 @@ impl Io {
         },
     ];
 
+    /// bf16, four elements per access (the only bf16 access).
+    pub const BF16_V4: Io = Io {
+        dtype: DType::BF16,
+        vec4: true,
+    };
+
+    /// The row norms' access types: [`Io::ALL`] and [`Io::BF16_V4`].
+    pub const ROWS: [Io; 5] = [Io::ALL[0], Io::ALL[1], Io::ALL[2], Io::ALL[3], Io::BF16_V4];
+
     /// Elements per access.
     pub fn width(self) -> u32 {
         if self.vec4 {
@@ -100,6 +110,9 @@ impl Io {
             (DType::F32, true) => IO_F32_V4,
             (DType::F16, false) => IO_F16_V1,
             (DType::F16, true) => IO_F16_V4,
+            // bf16 has only the packed access; `Context::pipeline` refuses scalar bf16, so the
+            // second arm is never compiled.
+            (DType::BF16, _) => IO_BF16_V4,
         }
     }
 
@@ -125,6 +138,8 @@ pub struct Kernel {
     parts: &'static [&'static str],
     slots: &'static [Slot],
     features: wgpu::Features,
+    /// The kernel handles bf16 storage (`with_bf16`).
+    bf16: bool,
 }
 
 impl PartialEq for Kernel {
@@ -152,7 +167,18 @@ impl Kernel {
             parts,
             slots,
             features: wgpu::Features::empty(),
+            bf16: false,
         }
+    }
+
+    /// The same kernel, declared to handle bf16 storage (its I/O through the snippet only).
+    pub const fn with_bf16(self) -> Kernel {
+        Kernel { bf16: true, ..self }
+    }
+
+    /// Whether the kernel handles bf16 storage.
+    pub fn supports_bf16(&self) -> bool {
+        self.bf16
     }
 
     /// The same kernel needing `features` (e.g. `SUBGROUP`) besides those of its I/O type.

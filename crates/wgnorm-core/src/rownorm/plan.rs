@@ -34,7 +34,8 @@ pub const TEAM_KERNEL: Kernel = Kernel::new(
     ],
     SLOTS,
 )
-.with_features(wgpu::Features::SUBGROUP);
+.with_features(wgpu::Features::SUBGROUP)
+.with_bf16();
 
 /// A subgroup team per row, the row in registers (needs `SUBGROUP`).
 pub const TEAM_REGS_KERNEL: Kernel = Kernel::new(
@@ -48,7 +49,8 @@ pub const TEAM_REGS_KERNEL: Kernel = Kernel::new(
     ],
     SLOTS,
 )
-.with_features(wgpu::Features::SUBGROUP);
+.with_features(wgpu::Features::SUBGROUP)
+.with_bf16();
 
 /// A workgroup per row (no optional feature).
 pub const WORKGROUP_KERNEL: Kernel = Kernel::new(
@@ -61,7 +63,8 @@ pub const WORKGROUP_KERNEL: Kernel = Kernel::new(
         crate::shader_file!("row_norm/workgroup.wgsl"),
     ],
     SLOTS,
-);
+)
+.with_bf16();
 
 /// One invocation per row, three passes: the benchmarks' baseline for row norms.
 pub const NAIVE_KERNEL: Kernel = Kernel::new(
@@ -218,7 +221,7 @@ pub fn specializations(classes: &[AdapterClass]) -> Vec<Specialization> {
     let mut seen = std::collections::HashSet::<Shape>::new();
     for class in classes {
         for n in enumerated_lengths() {
-            for io in Io::ALL {
+            for io in Io::ROWS {
                 if io.vec4 && n % 4 != 0 {
                     continue;
                 }
