@@ -72,6 +72,7 @@ pub(super) fn io_dtype(t: &HostTensor) -> Result<DType, String> {
     match t.dtype.as_str() {
         "F32" => Ok(DType::F32),
         "F16" => Ok(DType::F16),
+        "BF16" => Ok(DType::BF16),
         d => Err(format!("float input has dtype {d}")),
     }
 }

@@ -27,7 +27,7 @@ use crate::Context;
 pub struct HostTensor {
     /// The tensor's shape.
     pub shape: Vec<usize>,
-    /// Storage type in the file: `F32`, `F16` (the I/O dtype to run with) or `U8` (masks).
+    /// Storage type in the file: `F32`, `F16`, `BF16` (the I/O dtype to run with) or `U8` (masks).
     pub dtype: String,
     /// The values, row-major, widened to f32.
     pub data: Vec<f32>,
@@ -113,6 +113,12 @@ pub fn load(path: &Path) -> Result<Case, String> {
                 "F16",
                 raw.chunks_exact(2)
                     .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            safetensors::Dtype::BF16 => (
+                "BF16",
+                raw.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect(),
             ),
             safetensors::Dtype::U8 => ("U8", raw.iter().map(|&b| b as f32).collect()),
@@ -245,6 +251,34 @@ pub fn run(ctx: &Context, case: &Case) -> Outcome {
         }
     }
     Outcome::Passed
+}
+
+/// Runs `op` on `inputs` (named as in `tests/conformance/FORMAT.md`) with `attrs`, returning
+/// every output by name: the path of the `wgnorm run` command. A runner panic is an error
+/// naming it, as in [`run`].
+pub fn execute(
+    ctx: &Context,
+    op: &str,
+    attrs: serde_json::Map<String, Value>,
+    inputs: BTreeMap<String, HostTensor>,
+) -> Result<Outputs, String> {
+    let Some((_, f)) = OPS.iter().find(|(n, _)| *n == op) else {
+        let known: Vec<&str> = OPS.iter().map(|(n, _)| *n).collect();
+        return Err(format!("unknown op {op:?}; known: {}", known.join(", ")));
+    };
+    let case = Case {
+        name: op.to_string(),
+        op: op.to_string(),
+        attrs,
+        atol: 0.0,
+        rtol: 0.0,
+        inputs,
+        expected: BTreeMap::new(),
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, &case))) {
+        Ok(r) => r,
+        Err(_) => Err(format!("the {op} runner panicked (a wgnorm bug)")),
+    }
 }
 
 /// `|got - want| <= atol + rtol * |want|` element-wise; NaN must match NaN and an infinity the

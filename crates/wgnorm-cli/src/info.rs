@@ -1,0 +1,59 @@
+//! `wgnorm info`.
+
+use wgnorm::engine::rownorm::{RowMode, RowNorm, RowNormConfig};
+use wgnorm::{Context, DType};
+
+/// Row lengths the kernel table shows.
+const LENGTHS: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
+
+pub fn run(ctx: &Context) -> Result<(), String> {
+    let i = ctx.adapter_info();
+    println!(
+        "adapter:  {} ({:?}, {:?})",
+        i.name, i.backend, i.device_type
+    );
+    println!("driver:   {} {}", i.driver, i.driver_info);
+    println!("features: {:?}", ctx.features());
+    let l = ctx.limits();
+    println!(
+        "limits:   storage binding {} B, workgroup memory {} B, {} invocations per workgroup, subgroups {}..{}",
+        l.max_storage_buffer_binding_size,
+        l.max_compute_workgroup_storage_size,
+        l.max_compute_invocations_per_workgroup,
+        i.subgroup_min_size,
+        i.subgroup_max_size
+    );
+    match ctx.tuning() {
+        Some(t) => println!("tuning:   {} row entries (WGNORM_TUNING)", t.rows().len()),
+        None => println!("tuning:   built-in defaults (no WGNORM_TUNING table)"),
+    }
+    println!("\nrow-norm kernel per op, dtype and row length (many rows):\n");
+    print!("| op | dtype |");
+    for n in LENGTHS {
+        print!(" {n} |");
+    }
+    println!("\n|---|---|{}", "---|".repeat(LENGTHS.len()));
+    for (mode, name) in [
+        (RowMode::LayerNorm, "layer_norm"),
+        (RowMode::RmsNorm, "rms_norm"),
+    ] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let cfg = RowNormConfig {
+                mode,
+                axis: -1,
+                eps: 1e-5,
+                weight_offset: 0.0,
+                dtype,
+            };
+            let op = RowNorm::new(ctx, cfg).map_err(|e| e.to_string())?;
+            print!("| {name} | {dtype} |");
+            for n in LENGTHS {
+                let x = ctx.empty(&[1, n], dtype).map_err(|e| e.to_string())?;
+                let (k, io) = op.kernel_for(&x).map_err(|e| e.to_string())?;
+                print!(" {k} ({}) |", io.label());
+            }
+            println!();
+        }
+    }
+    Ok(())
+}
