@@ -403,7 +403,7 @@ fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
         dtype,
         layout: "row-major",
         bytes: (4 * rows * n + 2 * n) as u64 * 4,
-        kernel: format!("{kernel:?} {} (baseline: unfused add + LN)", io.label()),
+        kernel: format!("{kernel} {} (baseline: unfused add + LN)", io.label()),
         run: fused,
         naive: Some(Box::new(move |enc| unfused(enc).expect("validated above"))),
         check: Some(Check::Reference(y_out, want)),
