@@ -11,9 +11,10 @@ use wgnorm::Context;
 /// `wgnorm run` options.
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// The op (`layer_norm`, `rms_norm`, `batch_norm`, `group_norm`, ...; `wgnorm run list`
+    /// The op (`layer_norm`, `rms_norm`, `batch_norm`, `group_norm`, ...; `wgnorm run --list`
     /// prints them all).
-    op: String,
+    #[arg(required_unless_present = "list_ops")]
+    op: Option<String>,
     /// The inputs, named as the op's conformance signature says (`x`, `weight`, `bias`,
     /// `running_mean`, ...), f32, f16 or bf16 (the dtype of `x` is the dtype the op runs in).
     #[arg(long, required_unless_present = "list_ops")]
@@ -75,10 +76,10 @@ pub fn run(ctx: &Context, o: &Options) -> Result<(), String> {
         }
         return Ok(());
     }
-    if !conformance::implemented(&o.op) {
+    let op = o.op.as_deref().unwrap_or_default();
+    if !conformance::implemented(op) {
         return Err(format!(
-            "unknown op {:?} (`wgnorm run x --list` lists them)",
-            o.op
+            "unknown op {op:?} (`wgnorm run --list` lists them)"
         ));
     }
     let (input, output) = (o.input.as_ref().unwrap(), o.output.as_ref().unwrap());
@@ -93,7 +94,7 @@ pub fn run(ctx: &Context, o: &Options) -> Result<(), String> {
         _ => return Err(format!("attrs must be a JSON object, got {text}")),
     };
     let x_shape = inputs.get("x").map(|t| t.shape.clone());
-    let outputs = conformance::execute(ctx, &o.op, attrs, inputs)?;
+    let outputs = conformance::execute(ctx, op, attrs, inputs)?;
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = outputs
         .iter()
         .map(|(name, v)| {

@@ -83,6 +83,11 @@ fn run_computes_a_case_with_its_own_attrs() {
 fn bad_arguments_fail_with_a_message() {
     let out = wgnorm(&["info", "--bogus"]);
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    let out = wgnorm(&["run", "--list"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l == "qk_norm_rope"));
     let out = wgnorm(&["run", "no_such_op", "--input", "a", "--output", "b"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown op"));
