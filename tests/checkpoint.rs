@@ -4,7 +4,11 @@
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use wgnorm::checkpoint::Checkpoint;
-use wgnorm::{BatchNormConfig, DType, Error, GroupNormConfig, LayerNormConfig, RmsNormConfig};
+use wgnorm::rmsnorm::QkNormRopeConfig;
+use wgnorm::{
+    BatchNormConfig, DType, Error, GroupNormConfig, InstanceNormConfig, LayerNormConfig,
+    RmsNormConfig,
+};
 use wgnorm_tests::ctx;
 
 fn bytes(dtype: Dtype, v: &[f32]) -> Vec<u8> {
@@ -90,6 +94,22 @@ fn hf_names_in_f32_f16_and_bf16_load_converted_to_the_layer_dtype() {
             "{prefix}: exact in bf16, f16 and f32"
         );
     }
+    let qk = QkNormRopeConfig {
+        dtype: DType::BF16,
+        ..Default::default()
+    };
+    let (_, p) = ck
+        .qk_norm_rope(c, "model.layers.3.input_layernorm", qk)
+        .unwrap();
+    assert_eq!(
+        c.download(&p.weight.unwrap()).unwrap(),
+        w,
+        "bf16 kept as bf16"
+    );
+    let (_, p) = ck
+        .instance_norm(c, "encoder.ln", InstanceNormConfig::default())
+        .unwrap();
+    assert_eq!(p.bias.unwrap().dtype(), DType::F32);
     let (_, p) = ck
         .layer_norm(c, "encoder.ln", LayerNormConfig::default())
         .unwrap();

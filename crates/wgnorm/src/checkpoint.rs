@@ -32,9 +32,10 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
+use crate::rmsnorm::{QkNormRope, QkNormRopeConfig};
 use crate::{
-    BatchNorm, BatchNormConfig, Context, DType, Error, GroupNorm, GroupNormConfig, LayerNorm,
-    LayerNormConfig, Result, RmsNorm, RmsNormConfig, Tensor,
+    BatchNorm, BatchNormConfig, Context, DType, Error, GroupNorm, GroupNormConfig, InstanceNorm,
+    InstanceNormConfig, LayerNorm, LayerNormConfig, Result, RmsNorm, RmsNormConfig, Tensor,
 };
 
 /// The bytes of a checkpoint: a memory map of a file, or owned bytes.
@@ -267,6 +268,34 @@ impl Checkpoint {
             ));
         }
         Ok((RmsNorm::new(ctx, cfg)?, p))
+    }
+
+    /// Per-head QK-norm (+ RoPE) and its `weight` (`head_dim` values) under `prefix`, e.g.
+    /// `model.layers.0.self_attn.q_norm` (a bias there is an error, as for RMSNorm).
+    pub fn qk_norm_rope(
+        &self,
+        ctx: &Context,
+        prefix: &str,
+        cfg: QkNormRopeConfig,
+    ) -> Result<(QkNormRope, NormParams)> {
+        let p = self.norm_params(ctx, prefix, None, cfg.dtype)?;
+        require(&p.weight, prefix, "weight")?;
+        if p.bias.is_some() {
+            return Err(bad(&format!("{prefix}.bias"), "QK-norm has no bias"));
+        }
+        Ok((QkNormRope::new(ctx, cfg)?, p))
+    }
+
+    /// An InstanceNorm and its optional affine parameters and running statistics (PyTorch's
+    /// `affine` and `track_running_stats` layers) under `prefix`, all f32.
+    pub fn instance_norm(
+        &self,
+        ctx: &Context,
+        prefix: &str,
+        cfg: InstanceNormConfig,
+    ) -> Result<(InstanceNorm, NormParams)> {
+        let p = self.norm_params(ctx, prefix, None, DType::F32)?;
+        Ok((InstanceNorm::new(ctx, cfg)?, p))
     }
 
     /// A GroupNorm of `cfg.num_groups` groups and its affine parameters under `prefix`
