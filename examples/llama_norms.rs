@@ -21,15 +21,11 @@ const TOKENS: usize = 7;
 const HIDDEN: usize = 512;
 const EPS: f32 = 1e-6;
 
+/// The test suite's xorshift values in [-1, 1), scaled.
 fn noise(seed: u64, len: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
+    wgnorm_tests::noise(seed, len)
+        .into_iter()
+        .map(|v| v * scale)
         .collect()
 }
 

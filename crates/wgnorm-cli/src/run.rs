@@ -43,29 +43,7 @@ fn read_inputs(path: &PathBuf) -> Result<Inputs, String> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get("attrs").cloned());
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let raw = view.data();
-        let halves = |f: fn([u8; 2]) -> f32| raw.chunks_exact(2).map(|c| f([c[0], c[1]])).collect();
-        let (dtype, data): (&str, Vec<f32>) = match view.dtype() {
-            Dtype::F32 => (
-                "F32",
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            Dtype::F16 => ("F16", halves(|b| half::f16::from_le_bytes(b).to_f32())),
-            Dtype::BF16 => ("BF16", halves(|b| half::bf16::from_le_bytes(b).to_f32())),
-            Dtype::U8 => ("U8", raw.iter().map(|&b| b as f32).collect()),
-            other => return Err(format!("tensor {name}: unsupported dtype {other:?}")),
-        };
-        let t = HostTensor {
-            shape: view.shape().to_vec(),
-            dtype: dtype.into(),
-            data,
-        };
-        out.insert(name, t);
-    }
+    let out = conformance::host_tensors(&st)?;
     Ok((out, attrs))
 }
 

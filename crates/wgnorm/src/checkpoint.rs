@@ -133,24 +133,15 @@ impl Checkpoint {
         let Ok(view) = st.tensor(name) else {
             return Ok(None);
         };
-        let raw = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
+        let values = match crate::conformance::widen(&view) {
+            Some(("F32" | "F16" | "BF16", v)) => v,
+            _ => {
                 return Err(bad(
                     name,
-                    format!("stored as {other:?}; norm parameters load from f32, f16 or bf16"),
+                    format!(
+                        "stored as {:?}; norm parameters load from f32, f16 or bf16",
+                        view.dtype()
+                    ),
                 ))
             }
         };

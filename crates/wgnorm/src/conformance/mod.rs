@@ -105,34 +105,7 @@ pub fn load(path: &Path) -> Result<Case, String> {
         .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
     let mut inputs = BTreeMap::new();
     let mut expected = BTreeMap::new();
-    for (tname, view) in st.tensors() {
-        let raw = view.data();
-        let (dtype, data): (&str, Vec<f32>) = match view.dtype() {
-            safetensors::Dtype::F32 => ("F32", bytemuck_f32(raw)),
-            safetensors::Dtype::F16 => (
-                "F16",
-                raw.chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            safetensors::Dtype::BF16 => (
-                "BF16",
-                raw.chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-            ),
-            safetensors::Dtype::U8 => ("U8", raw.iter().map(|&b| b as f32).collect()),
-            other => {
-                return Err(format!(
-                    "{name}: tensor {tname} has unsupported dtype {other:?}"
-                ))
-            }
-        };
-        let t = HostTensor {
-            shape: view.shape().to_vec(),
-            dtype: dtype.into(),
-            data,
-        };
+    for (tname, t) in host_tensors(&st).map_err(|e| format!("{name}: {e}"))? {
         match tname.strip_prefix("expected.") {
             Some(out) => {
                 expected.insert(out.to_string(), t);
@@ -156,10 +129,42 @@ pub fn load(path: &Path) -> Result<Case, String> {
     })
 }
 
-fn bytemuck_f32(raw: &[u8]) -> Vec<f32> {
-    raw.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+/// A safetensors tensor's values widened to f32 (exactly), with its dtype's name: `F32`, `F16`,
+/// `BF16` or `U8` (masks); `None` for any other dtype.
+pub fn widen(view: &safetensors::tensor::TensorView<'_>) -> Option<(&'static str, Vec<f32>)> {
+    let raw = view.data();
+    let halves = |f: fn([u8; 2]) -> f32| raw.chunks_exact(2).map(|c| f([c[0], c[1]])).collect();
+    Some(match view.dtype() {
+        safetensors::Dtype::F32 => (
+            "F32",
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        safetensors::Dtype::F16 => ("F16", halves(|b| half::f16::from_le_bytes(b).to_f32())),
+        safetensors::Dtype::BF16 => ("BF16", halves(|b| half::bf16::from_le_bytes(b).to_f32())),
+        safetensors::Dtype::U8 => ("U8", raw.iter().map(|&b| b as f32).collect()),
+        _ => return None,
+    })
+}
+
+/// Every tensor of a safetensors file, widened ([`widen`]); a tensor of another dtype is an
+/// error naming it.
+pub fn host_tensors(
+    st: &safetensors::SafeTensors<'_>,
+) -> Result<BTreeMap<String, HostTensor>, String> {
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let (dtype, data) = widen(&view)
+            .ok_or_else(|| format!("tensor {name} has unsupported dtype {:?}", view.dtype()))?;
+        let t = HostTensor {
+            shape: view.shape().to_vec(),
+            dtype: dtype.into(),
+            data,
+        };
+        out.insert(name, t);
+    }
+    Ok(out)
 }
 
 /// Named outputs an op produced, as f32.
