@@ -290,6 +290,10 @@ fn midpoint_matches_reference() {
     midpoint_case(&[1000, 1], -1, 10.0, ball_points(3, 1000, 1, 10.0));
     midpoint_case(&[777, 64], -1, 1e-3, ball_points(4, 777, 64, 1e-3));
     midpoint_case(&[3, 2], -1, 1.0, ball_points(5, 3, 2, 1.0));
+    // Point blocks (pixels in runs of 4: H*W = 60, D = 8), one sample ending a block mid-tile.
+    midpoint_case(&[5, 8, 6, 10], 1, 0.5, ball_points(7, 5 * 60, 8, 0.5));
+    // H*W a multiple of 4 but D = 5: the midpoint is not whole vectors, no blocks.
+    midpoint_case(&[3, 5, 4, 4], 1, 0.5, ball_points(8, 3 * 16, 5, 0.5));
     // Points clustered near the boundary on one side.
     let near: Vec<f32> = ball_points(6, 500, 4, 2.0)
         .chunks(4)
@@ -578,17 +582,41 @@ fn f16_io() {
         eprintln!("skipping f16 I/O: no SHADER_F16 on this adapter");
         return;
     }
-    let shape = [4usize, 8, 5, 5];
-    let x: Vec<f32> = noise(50, shape.iter().product())
-        .iter()
-        .map(|v| v * 2.0)
-        .collect();
-    let b: Vec<f32> = noise(51, 8).iter().map(|v| v * 0.5).collect();
     let cfg = PoincareBatchNormConfig {
         dtype: DType::F16,
         ..Default::default()
     };
     let op = PoincareBatchNorm::new(c_, cfg).unwrap();
+    // Points one by one (H*W = 25) and in blocks of 4 (H*W = 24).
+    for shape in [[4usize, 8, 5, 5], [3, 8, 4, 6]] {
+        f16_batch_norm(c_, &op, shape);
+    }
+    let mid = PoincareMidpoint::new(
+        c_,
+        wgnorm::BallConfig {
+            c: 0.1,
+            feature_axis: -1,
+            dtype: DType::F16,
+        },
+    )
+    .unwrap();
+    let pts = ball_points(52, 300, 4, 0.1);
+    let m = c_
+        .download(
+            &mid.forward(&c_.upload(&pts, &[300, 4], DType::F16).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+    let want = Ball::new(0.1, PROJ_EPS_F32).midpoint(&rows(&round_to(DType::F16, &pts), 4));
+    check("midpoint f16", &m, &want, 1e-3);
+}
+
+fn f16_batch_norm(c_: &Context, op: &PoincareBatchNorm, shape: [usize; 4]) {
+    let x: Vec<f32> = noise(50, shape.iter().product())
+        .iter()
+        .map(|v| v * 2.0)
+        .collect();
+    let b: Vec<f32> = noise(51, 8).iter().map(|v| v * 0.5).collect();
     let xt = c_.upload(&x, &shape, DType::F16).unwrap();
     let (bt, wt) = (up(c_, &b, &[8]), up(c_, &[1.0], &[1]));
     let inputs = PoincareBatchNormInputs {
@@ -611,25 +639,7 @@ fn f16_io() {
         1.0,
     );
     // One f16 rounding of the output (2^-11 relative) dominates.
-    check("poincare bn f16", &got, &want, 1e-3);
-    let mid = PoincareMidpoint::new(
-        c_,
-        wgnorm::BallConfig {
-            c: 0.1,
-            feature_axis: -1,
-            dtype: DType::F16,
-        },
-    )
-    .unwrap();
-    let pts = ball_points(52, 300, 4, 0.1);
-    let m = c_
-        .download(
-            &mid.forward(&c_.upload(&pts, &[300, 4], DType::F16).unwrap())
-                .unwrap(),
-        )
-        .unwrap();
-    let want = Ball::new(0.1, PROJ_EPS_F32).midpoint(&rows(&round_to(DType::F16, &pts), 4));
-    check("midpoint f16", &m, &want, 1e-3);
+    check(&format!("poincare bn f16 {shape:?}"), &got, &want, 1e-3);
 }
 
 #[test]

@@ -37,15 +37,19 @@ fn point_base(p: u32, d: u32, s: u32) -> u32 {
     return i * d * s + (p - i * s);
 }
 
+// The maps below take V: one point per lane (VW points of a block in the midpoint kernel, one
+// point elsewhere), branch-free, each lane selecting its own case; the scalar forms take lane 0.
+
 // tanh(a) / a for a >= 0 (1 at 0). The series below 0.125 keeps full relative precision where
 // 1 - exp(-2a) cancels; above, exp(-2a) cannot overflow, unlike a naive (e^2a - 1)/(e^2a + 1).
+fn tanh_ratio_v(a: V) -> V {
+    let x2 = a * a;
+    let series = 1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0))));
+    let e = exp(-2.0 * min(a, V(20.0)));
+    return select((1.0 - e) / ((1.0 + e) * a), series, a < V(0.125));
+}
 fn tanh_ratio(a: f32) -> f32 {
-    if a < 0.125 {
-        let x2 = a * a;
-        return 1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0))));
-    }
-    let e = exp(-2.0 * min(a, 20.0));
-    return (1.0 - e) / ((1.0 + e) * a);
+    return get_lane(tanh_ratio_v(V(a)), 0u);
 }
 
 // artanh(min(u, 1 - 1e-7)) / u for u >= 0 (artanh(1) = inf). 1 - 1e-7 is not an f32: every u
@@ -53,23 +57,28 @@ fn tanh_ratio(a: f32) -> f32 {
 // 0.5*log((1+u)/(1-u)) above 0.125, the series below, where the log of a number near 1 loses
 // the low digits.
 const ARTANH_MAX: f32 = 8.405621391;
+fn artanh_ratio_v(u: V) -> V {
+    let x2 = u * u;
+    let series = 1.0 + x2 * (1.0 / 3.0 + x2 * (1.0 / 5.0 + x2 * (1.0 / 7.0 + x2 * (1.0 / 9.0 + x2 * (1.0 / 11.0)))));
+    let mid = select(0.5 * log((1.0 + u) / (1.0 - u)) / u, series, u < V(0.125));
+    return select(mid, ARTANH_MAX / u, u > V(0.99999988));
+}
 fn artanh_ratio(u: f32) -> f32 {
-    if u > 0.99999988 {
-        return ARTANH_MAX / u;
-    }
-    if u < 0.125 {
-        let x2 = u * u;
-        return 1.0 + x2 * (1.0 / 3.0 + x2 * (1.0 / 5.0 + x2 * (1.0 / 7.0 + x2 * (1.0 / 9.0 + x2 * (1.0 / 11.0)))));
-    }
-    return 0.5 * log((1.0 + u) / (1.0 - u)) / u;
+    return get_lane(artanh_ratio_v(V(u)), 0u);
 }
 
 // artanh(min(u, 1 - 1e-7)) for u >= 0.
+fn artanh_clamped_v(u: V) -> V {
+    return artanh_ratio_v(u) * u;
+}
 fn artanh_clamped(u: f32) -> f32 {
     return artanh_ratio(u) * u;
 }
 
 // Factor that brings a point of norm `n` back inside the projection radius.
+fn proj_scale_v(n: V, max_norm: f32) -> V {
+    return select(V(1.0), max_norm / n, n > V(max_norm));
+}
 fn proj_scale(n: f32, max_norm: f32) -> f32 {
     if n > max_norm {
         return max_norm / n;
@@ -82,16 +91,30 @@ fn conformal(c: f32, xx: f32) -> f32 {
     return 2.0 / max(1.0 - c * xx, MIN_NORM);
 }
 
+// A pair of per-point coefficients.
+struct Coefs {
+    x: V,
+    y: V,
+}
+
 // x (+) y = k.x * x + k.y * y from <x,y>, |x|^2, |y|^2.
+fn mobius_coefs_v(c: f32, xy: V, xx: V, yy: V) -> Coefs {
+    let den = max(1.0 + 2.0 * c * xy + c * c * xx * yy, V(MIN_NORM));
+    return Coefs((1.0 + 2.0 * c * xy + c * yy) / den, (1.0 - c * xx) / den);
+}
 fn mobius_coefs(c: f32, xy: f32, xx: f32, yy: f32) -> vec2<f32> {
-    let den = max(1.0 + 2.0 * c * xy + c * c * xx * yy, MIN_NORM);
-    return vec2<f32>((1.0 + 2.0 * c * xy + c * yy) / den, (1.0 - c * xx) / den);
+    let k = mobius_coefs_v(c, V(xy), V(xx), V(yy));
+    return vec2<f32>(get_lane(k.x, 0u), get_lane(k.y, 0u));
 }
 
 // gyr[u, v] w = w + k.x * u + k.y * v from the dot products (closed form for tangent vectors).
-fn gyration_coefs(c: f32, uw: f32, vw: f32, uv: f32, uu: f32, vv: f32) -> vec2<f32> {
+fn gyration_coefs_v(c: f32, uw: V, vw: V, uv: V, uu: V, vv: V) -> Coefs {
     let a = -c * c * uw * vv + c * vw + 2.0 * c * c * uv * vw;
     let b = -c * c * vw * uu - c * uw;
-    let d = max(1.0 + 2.0 * c * uv + c * c * uu * vv, MIN_NORM);
-    return vec2<f32>(2.0 * a / d, 2.0 * b / d);
+    let d = max(1.0 + 2.0 * c * uv + c * c * uu * vv, V(MIN_NORM));
+    return Coefs(2.0 * a / d, 2.0 * b / d);
+}
+fn gyration_coefs(c: f32, uw: f32, vw: f32, uv: f32, uu: f32, vv: f32) -> vec2<f32> {
+    let g = gyration_coefs_v(c, V(uw), V(vw), V(uv), V(uu), V(vv));
+    return vec2<f32>(get_lane(g.x, 0u), get_lane(g.y, 0u));
 }

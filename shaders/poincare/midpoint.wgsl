@@ -13,6 +13,13 @@
 //
 // Scratch (f32): [m (d) | beta (d) | scalars (16) | per point (PS each) | tile sums of lambda*s*v
 // (ctiles*d) | tile sums of lambda - 1 (tiles) | tile sums of d^2 (tiles)].
+//
+// Point blocks: when points are pixels of a channel-major layout (s a multiple of 4), an
+// invocation of the per-point stages and of COLSUM takes VW = 4 consecutive points at once, one
+// vector load per coordinate (consecutive invocations read consecutive vectors), the coordinate
+// loops in vector registers; only the O(1)-per-point ball algebra runs point by point. The
+// per-point scratch is grouped by PG points (field f of point p at group p/PG, slot f*PG + p%PG)
+// so a block reads each field as PG consecutive floats; every stage of one call uses one PG.
 
 override WG: u32 = 256u;
 override STAGE: u32 = 0u;
@@ -28,6 +35,8 @@ override USE_RUNNING: bool = false;
 override UPDATE_RUNNING: bool = false;
 // MEAN writes m to y (the midpoint op).
 override OUT_M: bool = false;
+// Points per scratch group (4 when the per-point stages run point blocks, else 1).
+override PG: u32 = 1u;
 
 const STAGE_WEIGHTS: u32 = 0u;
 const STAGE_COLSUM: u32 = 1u;
@@ -81,46 +90,79 @@ fn scalar(i: u32) -> f32 {
 }
 
 
-fn xv(base: u32, k: u32) -> f32 {
-    return to_v(x[base + k * params.s]);
+// Scratch index of field `f` of point `p` (see the grouping above).
+fn pidx(p: u32, f: u32) -> u32 {
+    let g = p / PG;
+    return off_points() + g * PG * PS + f * PG + (p - g * PG);
+}
+
+// Field `f` of the VW points from `p` (VW <= PG: one group).
+fn pfield(p: u32, f: u32) -> V {
+    let o = pidx(p, f);
+    var v = V(0.0);
+    for (var q = 0u; q < VW; q++) {
+        v = set_lane(v, q, scratch[o + q]);
+    }
+    return v;
+}
+
+// Stores field `f` of the VW points from `p`.
+fn pstore(p: u32, f: u32, v: V) {
+    let o = pidx(p, f);
+    for (var q = 0u; q < VW; q++) {
+        scratch[o + q] = get_lane(v, q);
+    }
+}
+
+// Element index of the block of VW points from `p`, and the stride between its coordinates.
+fn block_base(p: u32) -> u32 {
+    return point_base(p, params.d, params.s) / VW;
+}
+fn block_stride() -> u32 {
+    return params.s / VW;
 }
 
 fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
-fn weights(tile: u32, lid: u32) {
-    let d = params.d;
+// The weights of the VW points from `p` from |v|^2 and <v, b> into their scratch fields;
+// returns the sum of their lambda - 1.
+fn weight_block(p: u32, vv: V, vb: V) -> f32 {
     let c = params.c;
+    let n = max(sqrt(vv), V(MIN_NORM));
+    var s = V(1.0);
+    if TANGENT {
+        s = tanh_ratio_v(sqrt(c) * n);
+    }
+    s *= proj_scale_v(s * n, params.max_norm);
+    let xx = s * s * vv;
+    let q = max(1.0 - c * xx, V(MIN_NORM));
+    pstore(p, 0u, s);
+    pstore(p, 1u, vv);
+    pstore(p, 2u, vb);
+    pstore(p, 3u, 2.0 / q * s);
+    // lambda - 1 = (1 + c|x|^2) / (1 - c|x|^2), without cancellation near the origin.
+    return hsum((1.0 + c * xx) / q);
+}
+
+fn weights(tile: u32, lid: u32) {
+    let sv = block_stride();
     var den = 0.0;
-    for (var j = 0u; j < params.ppt; j++) {
-        let p = tile * params.tile_points + j * WG + lid;
+    for (var j = 0u; j < params.ppt; j += VW) {
+        let p = tile * params.tile_points + j * WG + lid * VW;
         if p < params.p {
-            let base = point_base(p, d, params.s);
-            var vv = 0.0;
-            var vb = 0.0;
-            for (var k = 0u; k < d; k++) {
-                let v = xv(base, k);
+            let base = block_base(p);
+            var vv = V(0.0);
+            var vb = V(0.0);
+            for (var k = 0u; k < params.d; k++) {
+                let v = to_v(x[base + k * sv]);
                 vv += v * v;
                 if TANGENT {
                     vb += v * bias[k];
                 }
             }
-            let n = max(sqrt(vv), MIN_NORM);
-            var s = 1.0;
-            if TANGENT {
-                s = tanh_ratio(sqrt(c) * n);
-            }
-            s *= proj_scale(s * n, params.max_norm);
-            let xx = s * s * vv;
-            let q = max(1.0 - c * xx, MIN_NORM);
-            // lambda - 1 = (1 + c|x|^2) / (1 - c|x|^2), without cancellation near the origin.
-            den += (1.0 + c * xx) / q;
-            let o = off_points() + p * PS;
-            scratch[o] = s;
-            scratch[o + 1u] = vv;
-            scratch[o + 2u] = vb;
-            scratch[o + 3u] = 2.0 / q * s;
+            den += weight_block(p, vv, vb);
         }
     }
     let total = wg_sum(lid, den);
@@ -145,7 +187,8 @@ fn colsum(ct: u32, dz: u32, lid: u32) {
         var acc = 0.0;
         if k < d {
             for (var p = first + g; p < last; p += WG / DW) {
-                acc += scratch[off_points() + p * PS + 3u] * to_v(x[p * d + k]);
+                // Rows run with VW = 1 (hsum is the identity there): blocks are never rows.
+                acc += scratch[pidx(p, 3u)] * hsum(to_v(x[p * d + k]));
             }
         }
         workgroupBarrier();
@@ -161,19 +204,20 @@ fn colsum(ct: u32, dz: u32, lid: u32) {
             scratch[off_zsum() + ct * d + k] = red[lid];
         }
     } else {
-        // One workgroup per coordinate: consecutive invocations read consecutive points. The
-        // point's (i, j) advance by stepped counters: a division per element cost 4x the loads
-        // on a software rasterizer.
+        // One workgroup per coordinate: consecutive invocations read consecutive blocks of VW
+        // points. The block's (i, j) advance by stepped counters: a division per element cost
+        // 4x the loads on a software rasterizer.
         let k = dz;
         let sj = params.s;
-        let p0 = first + lid;
+        let step = WG * VW;
+        let p0 = first + lid * VW;
         var i = p0 / sj;
         var j = p0 - i * sj;
-        let di = WG / sj;
-        let dj = WG - di * sj;
-        var acc = 0.0;
-        for (var p = p0; p < last; p += WG) {
-            acc += scratch[off_points() + p * PS + 3u] * to_v(x[(i * d + k) * sj + j]);
+        let di = step / sj;
+        let dj = step - di * sj;
+        var acc = V(0.0);
+        for (var p = p0; p < last; p += step) {
+            acc += pfield(p, 3u) * to_v(x[((i * d + k) * sj + j) / VW]);
             i += di;
             j += dj;
             if j >= sj {
@@ -181,7 +225,7 @@ fn colsum(ct: u32, dz: u32, lid: u32) {
                 i += 1u;
             }
         }
-        let total = wg_sum(lid, acc);
+        let total = wg_sum(lid, hsum(acc));
         if lid == 0u {
             scratch[off_zsum() + ct * d + k] = total;
         }
@@ -242,7 +286,8 @@ fn mean(lid: u32) {
     for (var k = lid; k < d; k += WG) {
         scratch[k] *= pm;
         if OUT_M {
-            y[k] = from_v(scratch[k]);
+            // MEAN runs with VW = 1 (the splat only types the vector variants it never runs as).
+            y[k] = from_v(V(scratch[k]));
         }
     }
     if !TANGENT {
@@ -276,33 +321,33 @@ fn mean(lid: u32) {
 }
 
 fn dist(tile: u32, lid: u32) {
-    let d = params.d;
     let c = params.c;
     let sc = sqrt(c);
     let mm = scalar(S_MM);
+    let sv = block_stride();
     var acc = 0.0;
-    for (var j = 0u; j < params.ppt; j++) {
-        let p = tile * params.tile_points + j * WG + lid;
+    for (var j = 0u; j < params.ppt; j += VW) {
+        let p = tile * params.tile_points + j * WG + lid * VW;
         if p < params.p {
-            let base = point_base(p, d, params.s);
-            let o = off_points() + p * PS;
-            let s = scratch[o];
-            let vv = scratch[o + 1u];
-            var vm = 0.0;
-            for (var k = 0u; k < d; k++) {
-                vm += xv(base, k) * scratch[k];
+            let base = block_base(p);
+            let s = pfield(p, 0u);
+            let vv = pfield(p, 1u);
+            var vm = V(0.0);
+            for (var k = 0u; k < params.d; k++) {
+                vm += to_v(x[base + k * sv]) * scratch[k];
             }
-            // w = (-m) (+) x = -k.x m + k.y s v
-            let kc = mobius_coefs(c, -s * vm, mm, s * s * vv);
-            var ww = 0.0;
-            for (var k = 0u; k < d; k++) {
-                let wk = -kc.x * scratch[k] + kc.y * s * xv(base, k);
+            // w = (-m) (+) x = -k.x m + k.y s v.
+            let kc = mobius_coefs_v(c, -s * vm, V(mm), s * s * vv);
+            let kys = kc.y * s;
+            var ww = V(0.0);
+            for (var k = 0u; k < params.d; k++) {
+                let wk = kys * to_v(x[base + k * sv]) - kc.x * scratch[k];
                 ww += wk * wk;
             }
-            scratch[o + 3u] = vm;
-            scratch[o + 4u] = ww;
-            let dd = 2.0 / sc * artanh_clamped(sc * sqrt(ww));
-            acc += dd * dd;
+            pstore(p, 3u, vm);
+            pstore(p, 4u, ww);
+            let dd = 2.0 / sc * artanh_clamped_v(sc * sqrt(ww));
+            acc += hsum(dd * dd);
         }
     }
     let total = wg_sum(lid, acc);
@@ -382,60 +427,68 @@ fn update_running(lid: u32, batch_var: f32) {
     }
 }
 
-fn apply(tile: u32, lid: u32) {
-    let d = params.d;
+// The outputs of the VW points from `p` as y = cv v + cm m + cb beta (x = s v is the input).
+struct OutCoefs {
+    cv: V,
+    cm: V,
+    cb: V,
+}
+
+fn apply_coefs(p: u32) -> OutCoefs {
     let c = params.c;
     let sc = sqrt(c);
-    let mm = scalar(S_MM);
-    let bb = scalar(S_BB);
-    let mb = scalar(S_MB);
+    let mm = V(scalar(S_MM));
+    let bb = V(scalar(S_BB));
+    let mb = V(scalar(S_MB));
     let lam_m = scalar(S_LAM_M);
     let lam_b = scalar(S_LAM_B);
-    let gain = scalar(S_GAIN);
-    let sb = scalar(S_SB);
-    for (var j = 0u; j < params.ppt; j++) {
-        let p = tile * params.tile_points + j * WG + lid;
+    let s = pfield(p, 0u);
+    let vv = pfield(p, 1u);
+    let vbeta = scalar(S_SB) * pfield(p, 2u);
+    let vm = pfield(p, 3u);
+    let ww = pfield(p, 4u);
+    let nw = max(sqrt(ww), V(MIN_NORM));
+    // log_m x = l w, w = (-m) (+) x = -k.x m + k.y s v.
+    let kc = mobius_coefs_v(c, -s * vm, mm, s * s * vv);
+    let l = 2.0 / lam_m * artanh_ratio_v(sc * nw);
+    let w_beta = -kc.x * mb + kc.y * s * vbeta;
+    let w_m = -kc.x * mm + kc.y * s * vm;
+    // u = transp_{m->beta}(l w) * gain = r (l w + g.x beta - g.y m), r = gain lambda_m/lambda_beta.
+    let g = gyration_coefs_v(c, l * w_beta, -l * w_m, -mb, bb, mm);
+    let r = scalar(S_GAIN) * lam_m / lam_b;
+    let um = r * (-l * kc.x - g.y);
+    let uv = r * l * kc.y * s;
+    let ub = r * g.x;
+    // Gyrations preserve norms, so |u| = r l |w| exactly; expanding |u|^2 from the
+    // coefficients would cancel catastrophically when x is near m and the gain is large.
+    let uu = r * r * l * l * ww;
+    let u_beta = r * (l * w_beta + g.x * bb - g.y * mb);
+    // exp_beta(u) = project(beta (+) t u).
+    let nu = max(sqrt(uu), V(MIN_NORM));
+    let t = tanh_ratio_v(sc * lam_b * nu * 0.5) * lam_b * 0.5;
+    let bq = t * u_beta;
+    let qq = t * t * uu;
+    let ke = mobius_coefs_v(c, bq, bb, qq);
+    let yy = max(ke.x * ke.x * bb + ke.y * ke.y * qq + 2.0 * ke.x * ke.y * bq, V(0.0));
+    let ny = sqrt(yy);
+    let pr = proj_scale_v(ny, params.max_norm);
+    // log0 of the projected point.
+    let gl = pr * artanh_ratio_v(sc * max(pr * ny, V(MIN_NORM)));
+    return OutCoefs(gl * ke.y * t * uv, gl * ke.y * t * um, gl * (ke.x + ke.y * t * ub));
+}
+
+fn apply(tile: u32, lid: u32) {
+    let sv = block_stride();
+    for (var j = 0u; j < params.ppt; j += VW) {
+        let p = tile * params.tile_points + j * WG + lid * VW;
         if p >= params.p {
             continue;
         }
-        let base = point_base(p, d, params.s);
-        let o = off_points() + p * PS;
-        let s = scratch[o];
-        let vv = scratch[o + 1u];
-        let vbeta = sb * scratch[o + 2u];
-        let vm = scratch[o + 3u];
-        let nw = max(sqrt(scratch[o + 4u]), MIN_NORM);
-        // log_m x = l w, w = (-m) (+) x = -k.x m + k.y s v.
-        let kc = mobius_coefs(c, -s * vm, mm, s * s * vv);
-        let l = 2.0 / lam_m * artanh_ratio(sc * nw);
-        let w_beta = -kc.x * mb + kc.y * s * vbeta;
-        let w_m = -kc.x * mm + kc.y * s * vm;
-        // u = transp_{m->beta}(l w) * gain = r (l w + g.x beta - g.y m), r = gain lambda_m/lambda_beta.
-        let g = gyration_coefs(c, l * w_beta, -l * w_m, -mb, bb, mm);
-        let r = gain * lam_m / lam_b;
-        let um = r * (-l * kc.x - g.y);
-        let uv = r * l * kc.y * s;
-        let ub = r * g.x;
-        // Gyrations preserve norms, so |u| = r l |w| exactly; expanding |u|^2 from the
-        // coefficients would cancel catastrophically when x is near m and the gain is large.
-        let uu = r * r * l * l * scratch[o + 4u];
-        let u_beta = r * (l * w_beta + g.x * bb - g.y * mb);
-        // exp_beta(u) = project(beta (+) t u).
-        let nu = max(sqrt(uu), MIN_NORM);
-        let t = tanh_ratio(sc * lam_b * nu * 0.5) * lam_b * 0.5;
-        let bq = t * u_beta;
-        let qq = t * t * uu;
-        let ke = mobius_coefs(c, bq, bb, qq);
-        let yy = max(ke.x * ke.x * bb + ke.y * ke.y * qq + 2.0 * ke.x * ke.y * bq, 0.0);
-        let ny = sqrt(yy);
-        let pr = proj_scale(ny, params.max_norm);
-        // log0 of the projected point.
-        let gl = pr * artanh_ratio(sc * max(pr * ny, MIN_NORM));
-        let cv = gl * ke.y * t * uv;
-        let cm = gl * ke.y * t * um;
-        let cb = gl * (ke.x + ke.y * t * ub);
-        for (var k = 0u; k < d; k++) {
-            y[base + k * params.s] = from_v(cv * xv(base, k) + cm * scratch[k] + cb * scratch[off_beta() + k]);
+        let co = apply_coefs(p);
+        let base = block_base(p);
+        for (var k = 0u; k < params.d; k++) {
+            let i = base + k * sv;
+            y[i] = from_v(co.cv * to_v(x[i]) + co.cm * scratch[k] + co.cb * scratch[off_beta() + k]);
         }
     }
 }

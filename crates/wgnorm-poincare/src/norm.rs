@@ -49,6 +49,17 @@ struct Flags {
     out_m: bool,
     /// Row layout: coordinates per workgroup in the tile sums (a power of two <= WG).
     dw: usize,
+    /// Point blocks: the per-point stages and the tile sums take 4 consecutive points per
+    /// access (channel-major layouts whose points run in multiples of 4, aligned bindings).
+    blocks: bool,
+}
+
+/// Points per block when [`Flags::blocks`] (the shader's `VW` and `PG`).
+const BLOCK: usize = 4;
+
+/// Whether a stage reads or writes points (the finishing stages run one workgroup over `[d]`).
+fn per_point(stage: Stage) -> bool {
+    !matches!(stage, Stage::Mean | Stage::Var)
 }
 
 /// The staged gyromidpoint / midpoint batch-norm kernel (`STAGE` selects the stage).
@@ -62,9 +73,14 @@ pub const MIDPOINT_KERNEL: Kernel = Kernel::new(
     SLOTS,
 );
 
-fn stage_spec(io: Io, stage: Stage, f: Flags) -> Specialization {
+fn stage_spec(dtype: DType, stage: Stage, f: Flags) -> Specialization {
+    let io = Io {
+        dtype,
+        vec4: f.blocks && per_point(stage),
+    };
     let s = Specialization::new(MIDPOINT_KERNEL, io)
         .set("WG", WG as u32)
+        .set("PG", if f.blocks { BLOCK as u32 } else { 1 })
         .set("STAGE", stage as u32)
         .flag("TANGENT", f.tangent)
         .flag("ROWS", f.rows)
@@ -92,15 +108,18 @@ struct Tiling {
 }
 
 impl Tiling {
-    fn new(ctx: &Context, view: &PointView) -> Result<Tiling> {
+    fn new(ctx: &Context, view: &PointView, blocks: bool) -> Result<Tiling> {
         let (p, d) = (view.points(), view.d);
         // A software rasterizer wants few, long invocations; a GPU one point per invocation.
         let base = if ctx.is_cpu() {
-            (16384 / d.max(1)).clamp(1, 16)
+            (16384 / d.max(1)).clamp(1, 4)
         } else {
             1
         };
-        let ppt = base.max(p.div_ceil(WG * MAX_TILES));
+        let mut ppt = base.max(p.div_ceil(WG * MAX_TILES));
+        if blocks {
+            ppt = ppt.next_multiple_of(BLOCK);
+        }
         let tiles = p.div_ceil(WG * ppt);
         let rows = view.s == 1;
         let dw = d.next_power_of_two().min(WG);
@@ -134,14 +153,16 @@ impl Tiling {
     }
 
     fn scratch_len(&self, view: &PointView) -> usize {
-        2 * view.d + N_SCALARS + PS * view.points() + self.ctiles * view.d + 2 * self.tiles
+        // Groups of up to BLOCK points: the per-point part is padded to whole groups.
+        let points = view.points().next_multiple_of(BLOCK);
+        2 * view.d + N_SCALARS + PS * points + self.ctiles * view.d + 2 * self.tiles
     }
 }
 
 /// The staged kernel bound to one call: a bind group and the dispatch plan.
 struct Engine<'a> {
     ctx: &'a Context,
-    io: Io,
+    dtype: DType,
     view: PointView,
     tiling: Tiling,
     flags: Flags,
@@ -150,7 +171,7 @@ struct Engine<'a> {
 
 impl Engine<'_> {
     fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, stage: Stage, flags: Flags) -> Result<()> {
-        let pipeline = self.ctx.pipeline(&stage_spec(self.io, stage, flags))?;
+        let pipeline = self.ctx.pipeline(&stage_spec(self.dtype, stage, flags))?;
         let (gx, gy, gz) = match stage {
             Stage::Mean | Stage::Var => (1, 1, 1),
             Stage::Colsum => {
@@ -217,10 +238,17 @@ fn prepare<'a>(
     b: &Bound,
     flags: Flags,
 ) -> Result<Engine<'a>> {
-    let tiling = Tiling::new(ctx, &view)?;
-    let io = Io { dtype, vec4: false };
     let xr = binding::storage_range(ctx, "x", b.x)?;
     let yr = binding::storage_range(ctx, "y", b.y)?;
+    let vec_io = Io { dtype, vec4: true };
+    // y is bound as vectors too: the midpoint's m must be whole vectors.
+    let blocks = view.s > 1
+        && view.s.is_multiple_of(BLOCK)
+        && b.y.numel().is_multiple_of(BLOCK)
+        && xr.offset % vec_io.alignment() == 0
+        && yr.offset % vec_io.alignment() == 0
+        && ctx.check_io(vec_io).is_ok();
+    let tiling = Tiling::new(ctx, &view, blocks)?;
     let opt = |what: &str, t: Option<&Tensor>, dummy: &wgpu::Buffer| -> Result<BufferRange> {
         match t {
             Some(t) => binding::storage_range(ctx, what, t),
@@ -261,12 +289,13 @@ fn prepare<'a>(
     let bind = binds.get(ctx, SLOTS, &params, &[&xr, &br, &wr, &sr, &yr, &rmr, &rvr])?;
     Ok(Engine {
         ctx,
-        io,
+        dtype,
         view,
         tiling,
         flags: Flags {
             rows: view.s == 1,
             dw: tiling.dw,
+            blocks,
             ..flags
         },
         bind,
@@ -576,7 +605,7 @@ pub fn specializations() -> Vec<Specialization> {
     ];
     for dtype in [DType::F32, DType::F16] {
         for stage in stages {
-            for bits in 0..32u32 {
+            for bits in 0..64u32 {
                 let f = Flags {
                     tangent: bits & 1 != 0,
                     rows: bits & 2 != 0,
@@ -584,11 +613,13 @@ pub fn specializations() -> Vec<Specialization> {
                     update_running: bits & 8 != 0,
                     out_m: bits & 16 != 0,
                     dw: WG,
+                    blocks: bits & 32 != 0,
                 };
                 // The combinations the host records.
                 let midpoint = !f.tangent && !f.use_running && !f.update_running && f.out_m;
                 let bn = f.tangent && !f.out_m && !(f.use_running && f.update_running);
-                if !(midpoint || bn) {
+                // Blocks are points along a channel-major axis, never rows.
+                if !(midpoint || bn) || (f.blocks && f.rows) {
                     continue;
                 }
                 let dws: Vec<usize> = if stage == Stage::Colsum && f.rows {
@@ -597,11 +628,7 @@ pub fn specializations() -> Vec<Specialization> {
                     vec![WG]
                 };
                 for dw in dws {
-                    out.push(stage_spec(
-                        Io { dtype, vec4: false },
-                        stage,
-                        Flags { dw, ..f },
-                    ));
+                    out.push(stage_spec(dtype, stage, Flags { dw, ..f }));
                 }
             }
         }
