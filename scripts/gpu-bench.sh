@@ -47,4 +47,7 @@ run bench "$XTASK" bench --json "$OUT_DIR/bench.json" --plot "$OUT_DIR/bench.svg
 run autotune "$XTASK" bench --autotune --json "$OUT_DIR/tuning.json"
 # The bench again with that table loaded: what an app shipping it gets.
 WGNORM_TUNING="$OUT_DIR/tuning.json" run bench-tuned "$XTASK" bench --ops layer_norm,rms_norm --json "$OUT_DIR/bench-tuned.json"
+# f16 row norms with the other four-element f16 access (the default on a GPU with SHADER_F16
+# is `vector`, device conversions; `packed` is the arithmetic path llvmpipe prefers).
+WGNORM_F16_ACCESS=packed run bench-f16-packed "$XTASK" bench --ops layer_norm,rms_norm --json "$OUT_DIR/bench-f16-packed.json"
 exit $status

@@ -2,7 +2,7 @@
 //! the device in a shader of the test's own and compared bit for bit with the `half` crate:
 //! every f16 pattern, and f32 patterns around every rounding boundary of every exponent.
 
-use wgnorm_core::shader::HALF_CONVERSIONS_WGSL;
+use wgnorm_core::shader::{HALF_CONVERSIONS_WGSL, IO_F16_V4_VECTOR};
 use wgnorm_core::{DType, Tensor};
 use wgnorm_tests::ctx;
 
@@ -34,11 +34,22 @@ fn pack(@builtin(global_invocation_id) g: vec3<u32>) {
 /// Runs entry point `entry` over `input` (a multiple of 4 words) and returns the output words.
 /// The words travel as f32 tensors: upload and download copy their bits unchanged.
 fn run(entry: &str, input: &[u32]) -> Vec<u32> {
+    run_with(
+        &format!("{HALF_CONVERSIONS_WGSL}\n{HARNESS}"),
+        entry,
+        input,
+        input.len(),
+    )
+}
+
+/// `run` with the shader `source`, whose entry writes `out_words` words (one invocation per
+/// four of the larger side).
+fn run_with(source: &str, entry: &str, input: &[u32], out_words: usize) -> Vec<u32> {
     let ctx = ctx();
     let device = ctx.device();
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("half conversions"),
-        source: wgpu::ShaderSource::Wgsl(format!("{HALF_CONVERSIONS_WGSL}\n{HARNESS}").into()),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
     });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(entry),
@@ -50,7 +61,7 @@ fn run(entry: &str, input: &[u32]) -> Vec<u32> {
     });
     let words: Vec<f32> = input.iter().map(|&w| f32::from_bits(w)).collect();
     let src = ctx.upload_f32(&words, &[words.len()]).unwrap();
-    let dst = ctx.empty(&[words.len()], DType::F32).unwrap();
+    let dst = ctx.empty(&[out_words], DType::F32).unwrap();
     fn binding(t: &Tensor) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: t.buffer(),
@@ -72,7 +83,7 @@ fn run(entry: &str, input: &[u32]) -> Vec<u32> {
             },
         ],
     });
-    let groups = (input.len() as u32 / 4).div_ceil(64);
+    let groups = (input.len().max(out_words) as u32 / 4).div_ceil(64);
     let (gx, gy) = (groups.min(65535), groups.div_ceil(65535));
     let mut enc = device.create_command_encoder(&Default::default());
     {
@@ -108,12 +119,99 @@ fn every_f16_pattern_unpacks_exactly() {
     }
 }
 
+/// The vector f16 snippet's load harness: `src` holds f16 patterns (as `vec4<f16>`), `dst` gets
+/// `to_v` of them.
+const VECTOR_HARNESS: &str = r#"
+@group(0) @binding(0) var<storage, read> src: array<vec4<f16>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn unpack_vector(@builtin(global_invocation_id) g: vec3<u32>) {
+    let i = g.x + g.y * 65535u * 64u;
+    if (i < arrayLength(&src)) {
+        dst[i] = to_v(src[i]);
+    }
+}
+"#;
+
+/// The vector f16 snippet's store harness: `dst` gets `from_v` of the f32 values in `src`.
+const VECTOR_STORE_HARNESS: &str = r#"
+@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f16>>;
+
+@compute @workgroup_size(64)
+fn pack_vector(@builtin(global_invocation_id) g: vec3<u32>) {
+    let i = g.x + g.y * 65535u * 64u;
+    if (i < arrayLength(&src)) {
+        dst[i] = from_v(src[i]);
+    }
+}
+"#;
+
+#[test]
+fn every_f16_pattern_loads_exactly_through_vector_conversions() {
+    let c = ctx();
+    if !c.features().contains(wgpu::Features::SHADER_F16) {
+        assert!(std::env::var("CI").is_err(), "CI adapter lacks SHADER_F16");
+        eprintln!("skipping vector f16 loads: no SHADER_F16 on this adapter");
+        return;
+    }
+    // Two f16 patterns per input word; 65536 patterns in 32768 words, 65536 f32 out.
+    let input: Vec<u32> = (0..=u16::MAX as u32 / 2)
+        .map(|i| (2 * i) | (2 * i + 1) << 16)
+        .collect();
+    // `enable f16;` opens the snippet: it must come first in the module.
+    let source = format!("{IO_F16_V4_VECTOR}\n{VECTOR_HARNESS}");
+    let got = run_with(&source, "unpack_vector", &input, 2 * input.len());
+    let mut wrong = Vec::new();
+    for (h, &g) in (0..=u16::MAX).zip(&got) {
+        let want = half::f16::from_bits(h).to_f32();
+        let g = f32::from_bits(g);
+        let ok = if want.is_nan() {
+            g.is_nan()
+        } else {
+            g.to_bits() == want.to_bits()
+        };
+        if !ok {
+            wrong.push(format!("{h:#06x}: got {g:e}, want {want:e}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 65536 wrong, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(8)]
+    );
+}
+
 #[test]
 fn f32_packs_round_to_nearest_even_at_every_boundary() {
-    // Every sign and exponent; for each, every value of the ten mantissa bits an f16 keeps,
-    // with the thirteen dropped bits just below, at and just above the halfway point (ties go
-    // to even), zero, one and all ones. Covers overflow (65520 is a tie that rounds to
-    // infinity), the subnormal range and its boundary, f32 subnormals, infinities and NaN.
+    let input = rounding_boundaries();
+    let got = run("pack", &input);
+    check_rounding(&input, &got);
+}
+
+#[test]
+fn f32_stores_round_to_nearest_even_through_vector_conversions() {
+    let c = ctx();
+    if !c.features().contains(wgpu::Features::SHADER_F16) {
+        assert!(std::env::var("CI").is_err(), "CI adapter lacks SHADER_F16");
+        eprintln!("skipping vector f16 stores: no SHADER_F16 on this adapter");
+        return;
+    }
+    let input = rounding_boundaries();
+    let source = format!("{IO_F16_V4_VECTOR}\n{VECTOR_STORE_HARNESS}");
+    // Two halves per output word.
+    let words = run_with(&source, "pack_vector", &input, input.len() / 2);
+    let got: Vec<u32> = words.iter().flat_map(|w| [w & 0xffff, w >> 16]).collect();
+    check_rounding(&input, &got);
+}
+
+/// Every sign and exponent; for each, every value of the ten mantissa bits an f16 keeps, with
+/// the thirteen dropped bits just below, at and just above the halfway point (ties go to even),
+/// zero, one and all ones. Covers overflow (65520 is a tie that rounds to infinity), the
+/// subnormal range and its boundary, f32 subnormals, infinities and NaN.
+fn rounding_boundaries() -> Vec<u32> {
     let low: [u32; 7] = [0, 1, 0x0fff, 0x1000, 0x1001, 0x1fff, 0x0800];
     let mut input = Vec::new();
     for sign_exp in 0..512u32 {
@@ -123,10 +221,14 @@ fn f32_packs_round_to_nearest_even_at_every_boundary() {
             }
         }
     }
-    assert_eq!(input.len() % 4, 0, "the shader reads vec4 words");
-    let got = run("pack", &input);
+    assert_eq!(input.len() % 4, 0, "the shaders read vec4 words");
+    input
+}
+
+/// `got[i]` (an f16 pattern in the low bits) is f32 `input[i]` rounded to nearest even.
+fn check_rounding(input: &[u32], got: &[u32]) {
     let mut checked_ties = 0;
-    for (&bits, &g) in input.iter().zip(&got) {
+    for (&bits, &g) in input.iter().zip(got) {
         let f = f32::from_bits(bits);
         let want = half::f16::from_f32(f);
         if want.is_nan() {

@@ -1182,7 +1182,7 @@ pub fn run(o: &Options) -> Result<bool> {
         eprintln!();
     }
     let info = ctx.adapter_info();
-    println!("## wgnorm bench on {} ({:?}, {:?}); timing: {method}; {reps} repetitions x {iters} runs, medians\n", info.name, info.backend, info.device_type);
+    println!("## wgnorm bench on {} ({:?}, {:?}); timing: {method}; {reps} repetitions x {iters} runs, medians; f16 access {:?}\n", info.name, info.backend, info.device_type, ctx.f16_access());
     println!("| op | shape | dtype | layout | kernel | median ms | min ms | GB/s | copy GB/s | copy ratio | best copy | b2b GB/s | baseline speedup |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut json_results = Vec::new();
@@ -1232,7 +1232,7 @@ pub fn run(o: &Options) -> Result<bool> {
     println!("\ncopy ratio = op GB/s / best copy-shader GB/s for the same bytes, timed alternately in the same command buffers. copy_buffer_to_buffer (b2b) is shown, not used: on software Vulkan it is a host memcpy.");
     if let Some(path) = &o.json {
         let doc = json!({
-            "adapter": {"name": info.name, "backend": format!("{:?}", info.backend), "device_type": format!("{:?}", info.device_type), "driver": info.driver, "driver_info": info.driver_info},
+            "adapter": {"name": info.name, "backend": format!("{:?}", info.backend), "device_type": format!("{:?}", info.device_type), "driver": info.driver, "driver_info": info.driver_info, "f16_access": format!("{:?}", ctx.f16_access())},
             "timing": method, "repetitions": reps, "iterations": iters,
             "copy_gbps": copy_best,
             "results": json_results,

@@ -5,15 +5,15 @@ use anyhow::{anyhow, Result};
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-use wgnorm::engine::shader::Specialization;
+use wgnorm::engine::shader::{F16Access, Specialization};
 
 fn capabilities() -> Capabilities {
     // What every backend can express; SUBGROUP_BARRIER has no HLSL path and no kernel uses it.
     spv::supported_capabilities() & msl::supported_capabilities() & hlsl::supported_capabilities()
 }
 
-fn check(spec: &Specialization) -> Result<()> {
-    let source = spec.kernel.source(spec.io);
+fn check(spec: &Specialization, access: F16Access) -> Result<()> {
+    let source = spec.kernel.source_with(spec.io, access);
     let module = naga::front::wgsl::parse_str(&source)
         .map_err(|e| anyhow!("parse: {}", e.emit_to_string(&source)))?;
     let info = Validator::new(ValidationFlags::all(), capabilities())
@@ -75,13 +75,28 @@ pub fn validate_all() -> Result<bool> {
     let specs = wgnorm::specializations();
     let mut failures = 0;
     let mut per_kernel: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut checked = 0;
     for spec in &specs {
-        let label = format!("{} [{}]", spec.kernel.name(), spec.io.label());
-        match check(spec) {
-            Ok(()) => *per_kernel.entry(label).or_default() += 1,
-            Err(e) => {
-                failures += 1;
-                println!("FAIL {label} {:?}: {e}", spec.constants);
+        // Four-element f16 modules come in both accesses (the device picks one).
+        let accesses: &[F16Access] = if spec.io.dtype == wgnorm::DType::F16 && spec.io.vec4 {
+            &[F16Access::Packed, F16Access::Vector]
+        } else {
+            &[F16Access::Packed]
+        };
+        for &access in accesses {
+            let label = match access {
+                F16Access::Vector => {
+                    format!("{} [{} vector]", spec.kernel.name(), spec.io.label())
+                }
+                F16Access::Packed => format!("{} [{}]", spec.kernel.name(), spec.io.label()),
+            };
+            checked += 1;
+            match check(spec, access) {
+                Ok(()) => *per_kernel.entry(label).or_default() += 1,
+                Err(e) => {
+                    failures += 1;
+                    println!("FAIL {label} {:?}: {e}", spec.constants);
+                }
             }
         }
     }
@@ -90,6 +105,9 @@ pub fn validate_all() -> Result<bool> {
     for (k, n) in &per_kernel {
         println!("| {k} | {n} |");
     }
-    println!("\n{} specialisations, {} failed\n", specs.len(), failures);
+    println!(
+        "\n{checked} modules ({} specialisations), {failures} failed\n",
+        specs.len()
+    );
     Ok(failures == 0)
 }

@@ -23,6 +23,10 @@ pub fn run(ctx: &Context) -> Result<(), String> {
         i.subgroup_min_size,
         i.subgroup_max_size
     );
+    println!(
+        "f16:      {:?} four-element access (WGNORM_F16_ACCESS=packed|vector)",
+        ctx.f16_access()
+    );
     match ctx.tuning() {
         Some(t) => println!("tuning:   {} row entries (WGNORM_TUNING)", t.rows().len()),
         None => println!("tuning:   built-in defaults (no WGNORM_TUNING table)"),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::shader::{self, Io, Kernel, Specialization};
+use crate::shader::{self, F16Access, Io, Kernel, Specialization};
 use crate::{DType, Error, Result, Tensor};
 
 /// Optional features wgnorm uses when the adapter has them; every kernel has a path without them,
@@ -94,6 +94,8 @@ struct Inner {
     features: wgpu::Features,
     limits: wgpu::Limits,
     checks: ShaderChecks,
+    /// How four-element f16 accesses read and write halves on this device.
+    f16_access: F16Access,
     modules: Mutex<HashMap<(Kernel, Io), wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<&'static [Slot], (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
@@ -123,6 +125,7 @@ impl std::fmt::Debug for Context {
             .field("backend", &self.inner.info.backend)
             .field("features", &self.inner.features)
             .field("shader_checks", &self.inner.checks)
+            .field("f16_access", &self.inner.f16_access)
             .finish()
     }
 }
@@ -247,6 +250,7 @@ impl Context {
         checks: ShaderChecks,
     ) -> Context {
         let info = device.adapter_info();
+        let f16_access = F16Access::for_device(device.features(), info.device_type);
         let features = device.features();
         let limits = device.limits();
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
@@ -272,6 +276,7 @@ impl Context {
                 features,
                 limits,
                 checks,
+                f16_access,
                 modules: Mutex::default(),
                 layouts: Mutex::default(),
                 pipelines: Mutex::default(),
@@ -282,6 +287,11 @@ impl Context {
                 tuning: Default::default(),
             }),
         }
+    }
+
+    /// How four-element f16 accesses read and write halves here (see [`F16Access`]).
+    pub fn f16_access(&self) -> F16Access {
+        self.inner.f16_access
     }
 
     /// Makes `tuning` (measured by `cargo xtask bench --autotune` on this adapter) the kernel
@@ -503,7 +513,8 @@ impl Context {
                 why: "bf16 storage is implemented for LayerNorm, RMSNorm and their fused adds; convert to f16 or f32 for this op",
             });
         }
-        let missing = shader::required_features(kernel, io) - self.inner.features;
+        let missing =
+            shader::required_features(kernel, io, self.inner.f16_access) - self.inner.features;
         if !missing.is_empty() {
             return Err(Error::Device(format!(
                 "kernel {} ({}) needs device features {missing:?}",
@@ -538,7 +549,7 @@ impl Context {
         if let Some(m) = crate::locked(&self.inner.modules).get(&(kernel, io)) {
             return Ok(m.clone());
         }
-        let source = kernel.source(io);
+        let source = kernel.source_with(io, self.inner.f16_access);
         let checks = self.inner.checks.runtime_checks(self.inner.info.backend);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(kernel.name()),

@@ -45,10 +45,52 @@ const IO_F32_V1: &str = shader_file!("common/io_f32_v1.wgsl");
 const IO_F32_V4: &str = shader_file!("common/io_f32_v4.wgsl");
 const IO_F16_V1: &str = shader_file!("common/io_f16_v1.wgsl");
 const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
+/// The f16 I/O snippet of [`F16Access::Vector`] (`to_v`/`from_v` on `vec4<f16>`), public so
+/// tests can check its conversions exhaustively in a shader of their own (it opens with
+/// `enable f16;`: compose it first).
+pub const IO_F16_V4_VECTOR: &str = shader_file!("common/io_f16_v4_vector.wgsl");
 const IO_BF16_V4: &str = shader_file!("common/io_bf16_v4.wgsl");
 /// The f16 <-> f32 conversions of the packed f16 I/O snippet (`half_to_f32`, `f32_to_half` on
 /// `vec4<u32>` bit patterns), public so tests can check them exhaustively in a shader of their own.
 pub const HALF_CONVERSIONS_WGSL: &str = shader_file!("common/half.wgsl");
+
+/// How the four-element f16 access (`Io { dtype: F16, vec4: true }`) reads, converts and
+/// writes halves. Arithmetic stays f32 either way, with one rounding to f16 on store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum F16Access {
+    /// Halves packed in u32 words, converted with integer and float arithmetic
+    /// (`common/half.wgsl`, exact, ties to even): needs no device feature. The faster choice
+    /// on llvmpipe, whose f16 vector loads cost more than the arithmetic (LayerNorm f16
+    /// 0.15-0.23 of a same-bytes copy with vectors, 0.23-0.28 packed).
+    #[default]
+    Packed,
+    /// `vec4<f16>` elements converted by the device, one conversion per vector: needs
+    /// `SHADER_F16`. A GPU converts a half in one instruction where the packed path spends
+    /// about a dozen. (A `bitcast<vec2<f16>>` of packed words would keep u32 bindings, but
+    /// lavapipe returned wrong values for it, and naga cannot bitcast f16 pairs back.)
+    Vector,
+}
+
+impl F16Access {
+    /// The choice for a device: [`F16Access::Vector`] on a GPU with `SHADER_F16`, else
+    /// [`F16Access::Packed`]. `WGNORM_F16_ACCESS=packed|vector` overrides it (to measure or
+    /// test either path; `vector` still needs `SHADER_F16`).
+    pub fn for_device(features: wgpu::Features, device_type: wgpu::DeviceType) -> F16Access {
+        let forced = std::env::var("WGNORM_F16_ACCESS").ok();
+        Self::choose(features, device_type, forced.as_deref())
+    }
+
+    /// [`F16Access::for_device`] with the override given (`None`: unset).
+    fn choose(features: wgpu::Features, ty: wgpu::DeviceType, forced: Option<&str>) -> F16Access {
+        let f16 = features.contains(wgpu::Features::SHADER_F16);
+        match forced.map(str::to_ascii_lowercase).as_deref() {
+            Some("packed") => F16Access::Packed,
+            Some("vector") if f16 => F16Access::Vector,
+            _ if f16 && ty != wgpu::DeviceType::Cpu => F16Access::Vector,
+            _ => F16Access::Packed,
+        }
+    }
+}
 
 /// Storage type and access width of a kernel's tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,11 +146,12 @@ impl Io {
         }
     }
 
-    fn snippet(self) -> &'static str {
+    fn snippet(self, access: F16Access) -> &'static str {
         match (self.dtype, self.vec4) {
             (DType::F32, false) => IO_F32_V1,
             (DType::F32, true) => IO_F32_V4,
             (DType::F16, false) => IO_F16_V1,
+            (DType::F16, true) if access == F16Access::Vector => IO_F16_V4_VECTOR,
             (DType::F16, true) => IO_F16_V4,
             // bf16 has only the packed access; `Context::pipeline` refuses scalar bf16, so the
             // second arm is never compiled.
@@ -201,10 +244,15 @@ impl Kernel {
         self.features
     }
 
-    /// The complete WGSL module for this kernel with this I/O type.
+    /// The complete WGSL module for this kernel with this I/O type (packed f16 access).
     pub fn source(&self, io: Io) -> String {
-        let mut s = String::from(io.snippet());
-        if io.dtype == DType::F16 && io.vec4 {
+        self.source_with(io, F16Access::Packed)
+    }
+
+    /// The complete WGSL module with a choice of four-element f16 access.
+    pub fn source_with(&self, io: Io, access: F16Access) -> String {
+        let mut s = String::from(io.snippet(access));
+        if io.dtype == DType::F16 && io.vec4 && access == F16Access::Packed {
             s.push('\n');
             s.push_str(HALF_CONVERSIONS_WGSL);
         }
@@ -217,10 +265,10 @@ impl Kernel {
 }
 
 /// Features a module needs: the kernel's own plus f16 element access (the vec4 f16 I/O packs
-/// halves into u32 words and needs no feature).
-pub fn required_features(kernel: Kernel, io: Io) -> wgpu::Features {
+/// halves into u32 words and needs no feature, unless it is [`F16Access::Vector`]).
+pub fn required_features(kernel: Kernel, io: Io, access: F16Access) -> wgpu::Features {
     let mut f = kernel.required_features();
-    if io.dtype == DType::F16 && !io.vec4 {
+    if io.dtype == DType::F16 && (!io.vec4 || access == F16Access::Vector) {
         f |= wgpu::Features::SHADER_F16;
     }
     f
@@ -281,5 +329,64 @@ impl Specialization {
             s.push_str(&format!(" {k}={v}"));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgpu::{DeviceType, Features};
+
+    #[test]
+    fn f16_access_vector_on_gpus_with_shader_f16_only() {
+        let choose = F16Access::choose;
+        let f16 = Features::SHADER_F16;
+        let none = Features::empty();
+        assert_eq!(
+            choose(f16, DeviceType::DiscreteGpu, None),
+            F16Access::Vector
+        );
+        assert_eq!(
+            choose(f16, DeviceType::IntegratedGpu, None),
+            F16Access::Vector
+        );
+        assert_eq!(choose(f16, DeviceType::Cpu, None), F16Access::Packed);
+        assert_eq!(
+            choose(none, DeviceType::DiscreteGpu, None),
+            F16Access::Packed
+        );
+        // Overrides: `vector` cannot conjure the feature; `packed` always holds.
+        assert_eq!(
+            choose(f16, DeviceType::Cpu, Some("Vector")),
+            F16Access::Vector
+        );
+        assert_eq!(
+            choose(none, DeviceType::Cpu, Some("vector")),
+            F16Access::Packed
+        );
+        assert_eq!(
+            choose(f16, DeviceType::DiscreteGpu, Some("packed")),
+            F16Access::Packed
+        );
+    }
+
+    #[test]
+    fn f16_vector_modules_need_shader_f16_and_skip_the_arithmetic() {
+        let k = Kernel::new("t", &["fn main() {}"], &[]);
+        let io = Io {
+            dtype: DType::F16,
+            vec4: true,
+        };
+        assert!(required_features(k, io, F16Access::Vector).contains(Features::SHADER_F16));
+        assert!(required_features(k, io, F16Access::Packed).is_empty());
+        assert!(k
+            .source_with(io, F16Access::Vector)
+            .starts_with("// I/O snippet"));
+        assert!(!k
+            .source_with(io, F16Access::Vector)
+            .contains("fn f32_to_half"));
+        assert!(k
+            .source_with(io, F16Access::Packed)
+            .contains("fn f32_to_half"));
     }
 }
