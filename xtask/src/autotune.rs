@@ -154,19 +154,7 @@ fn tune_shape(
         .iter()
         .map(|r| r as &dyn Fn(&mut wgpu::CommandEncoder))
         .collect();
-    timer.time(&refs, 1)?; // warm-up: pipelines and first touch
-                           // Each repetition starts the command buffer with another kernel: the first one timed in a
-                           // buffer pays for waking the device (llvmpipe: its thread pool), which would always
-                           // penalise the same kernel.
-    let mut samples = vec![Vec::new(); refs.len()];
-    for rep in 0..reps {
-        let order: Vec<usize> = (0..refs.len()).map(|i| (i + rep) % refs.len()).collect();
-        let rotated: Vec<_> = order.iter().map(|&i| refs[i]).collect();
-        for (&i, ms) in order.iter().zip(timer.time(&rotated, 2)?) {
-            samples[i].push(ms);
-        }
-    }
-    let med: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    let med = time_rotated(timer, &refs, reps)?;
     let best = (0..ops.len())
         .min_by(|&a, &b| med[a].total_cmp(&med[b]))
         .unwrap();
@@ -192,6 +180,27 @@ fn tune_shape(
         default,
         default_ms: med[0],
     })
+}
+
+/// Median milliseconds of each of `refs` over `reps` repetitions after a warm-up (pipelines and
+/// first touch). Each repetition starts the command buffer with another candidate: the first one
+/// timed in a buffer pays for waking the device (llvmpipe: its thread pool), which would always
+/// penalise the same candidate.
+pub(crate) fn time_rotated(
+    timer: &Timer,
+    refs: &[&dyn Fn(&mut wgpu::CommandEncoder)],
+    reps: usize,
+) -> Result<Vec<f64>> {
+    timer.time(refs, 1)?;
+    let mut samples = vec![Vec::new(); refs.len()];
+    for rep in 0..reps {
+        let order: Vec<usize> = (0..refs.len()).map(|i| (i + rep) % refs.len()).collect();
+        let rotated: Vec<_> = order.iter().map(|&i| refs[i]).collect();
+        for (&i, ms) in order.iter().zip(timer.time(&rotated, 2)?) {
+            samples[i].push(ms);
+        }
+    }
+    Ok(samples.iter_mut().map(|s| median(s)).collect())
 }
 
 fn mode_name(mode: RowMode) -> &'static str {
@@ -229,6 +238,7 @@ pub(crate) fn run(ctx: &Context, quick: bool, json_path: Option<&str>) -> Result
             }
         }
     }
+    let batch = crate::autotune_batch::sweep(ctx, quick, reps, progress)?;
     if progress {
         eprintln!();
     }
@@ -254,8 +264,9 @@ pub(crate) fn run(ctx: &Context, quick: bool, json_path: Option<&str>) -> Result
         "\nruntime default within 10% of the best: {within}/{} shapes",
         tuned.len()
     );
+    crate::autotune_batch::print(&batch);
     if let Some(path) = json_path {
-        let entries: Vec<_> = tuned
+        let mut entries: Vec<_> = tuned
             .iter()
             .map(|t| {
                 json!({
@@ -265,6 +276,7 @@ pub(crate) fn run(ctx: &Context, quick: bool, json_path: Option<&str>) -> Result
                 })
             })
             .collect();
+        entries.extend(batch.iter().map(crate::autotune_batch::Tuned::to_json));
         let doc = json!({
             "adapter": {"name": info.name, "backend": format!("{:?}", info.backend),
                         "device_type": format!("{:?}", info.device_type),

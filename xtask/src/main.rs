@@ -8,6 +8,7 @@
 //! - `fuzz`: random valid and invalid calls of the public ops (see `fuzz.rs`).
 
 mod autotune;
+mod autotune_batch;
 mod bench;
 mod bench_fused;
 mod bench_grad;

@@ -160,6 +160,13 @@ impl BatchNorm {
         &self.engine
     }
 
+    /// Forces the forward passes' lane mapping (`cargo xtask bench --autotune` sweeps it; the
+    /// defaults follow the adapter). Results agree across plans up to rounding.
+    pub fn with_lane_plan(mut self, plan: wgnorm_core::chnorm::LanePlan) -> BatchNorm {
+        self.engine = self.engine.with_lane_plan(plan);
+        self
+    }
+
     /// Records the op. `training` picks batch statistics (and the running update) or running
     /// statistics. No submit, no readback; typed errors before anything is recorded.
     pub fn encode(
