@@ -164,7 +164,7 @@ fn tune_shape(
     if let Some(i) = (0..got.len()).find(|&i| (got[i] - want[i]).abs() > tol) {
         bail!(
             "{} {rows}x{n} {dtype}: {} gives {} where {} gives {} at {i}",
-            mode_name(mode),
+            mode.name(),
             ops[best].0,
             got[i],
             default,
@@ -172,7 +172,7 @@ fn tune_shape(
         );
     }
     Ok(Tuned {
-        op: mode_name(mode),
+        op: mode.name(),
         shape: [rows, n],
         dtype,
         best: ops[best].0,
@@ -203,13 +203,6 @@ pub(crate) fn time_rotated(
     Ok(samples.iter_mut().map(|s| median(s)).collect())
 }
 
-fn mode_name(mode: RowMode) -> &'static str {
-    match mode {
-        RowMode::LayerNorm => "layer_norm",
-        RowMode::RmsNorm => "rms_norm",
-    }
-}
-
 /// Runs the sweep, prints the table, writes the JSON when asked. Returns success.
 pub(crate) fn run(ctx: &Context, quick: bool, json_path: Option<&str>) -> Result<bool> {
     let kernels = candidates(ctx, quick);
@@ -222,7 +215,7 @@ pub(crate) fn run(ctx: &Context, quick: bool, json_path: Option<&str>) -> Result
         for dtype in [DType::F32, DType::F16] {
             for (rows, n) in shapes(quick) {
                 if progress {
-                    let name = mode_name(mode);
+                    let name = mode.name();
                     eprint!(
                         "\rautotune [{}/{total}] {name} {rows}x{n} {dtype}    ",
                         tuned.len() + 1

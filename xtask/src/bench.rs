@@ -270,11 +270,7 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
     let check = Some(check);
     let yc = y.clone();
     Ok(Case {
-        op: if mode == RowMode::LayerNorm {
-            "layer_norm"
-        } else {
-            "rms_norm"
-        },
+        op: mode.name(),
         shape: vec![rows, n],
         dtype,
         layout: "row-major",

@@ -240,11 +240,7 @@ pub fn run() -> Result<bool> {
                         }
                     }
                 }
-                let op = if mode == RowMode::LayerNorm {
-                    "layer_norm"
-                } else {
-                    "rms_norm"
-                };
+                let op = mode.name();
                 table.push((format!("{op} | {dtype} | {kname}"), row));
             }
         }

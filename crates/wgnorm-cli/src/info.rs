@@ -37,10 +37,8 @@ pub fn run(ctx: &Context) -> Result<(), String> {
         print!(" {n} |");
     }
     println!("\n|---|---|{}", "---|".repeat(LENGTHS.len()));
-    for (mode, name) in [
-        (RowMode::LayerNorm, "layer_norm"),
-        (RowMode::RmsNorm, "rms_norm"),
-    ] {
+    for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+        let name = mode.name();
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let cfg = RowNormConfig {
                 mode,

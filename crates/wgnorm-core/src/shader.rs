@@ -50,6 +50,8 @@ const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
 /// `enable f16;`: compose it first).
 pub const IO_F16_V4_VECTOR: &str = shader_file!("common/io_f16_v4_vector.wgsl");
 const IO_BF16_V4: &str = shader_file!("common/io_bf16_v4.wgsl");
+/// The lane helpers every four-element I/O snippet shares.
+const IO_VEC4_HELPERS: &str = shader_file!("common/vec4.wgsl");
 /// The f16 <-> f32 conversions of the packed f16 I/O snippet (`half_to_f32`, `f32_to_half` on
 /// `vec4<u32>` bit patterns), public so tests can check them exhaustively in a shader of their own.
 pub const HALF_CONVERSIONS_WGSL: &str = shader_file!("common/half.wgsl");
@@ -252,6 +254,10 @@ impl Kernel {
     /// The complete WGSL module with a choice of four-element f16 access.
     pub fn source_with(&self, io: Io, access: F16Access) -> String {
         let mut s = String::from(io.snippet(access));
+        if io.vec4 {
+            s.push('\n');
+            s.push_str(IO_VEC4_HELPERS);
+        }
         if io.dtype == DType::F16 && io.vec4 && access == F16Access::Packed {
             s.push('\n');
             s.push_str(HALF_CONVERSIONS_WGSL);

@@ -101,10 +101,9 @@ impl Tuning {
             .ok_or_else(|| bad("no \"autotune\" array".into()))?;
         let mut t = Tuning::new(adapter);
         for (i, e) in entries.iter().enumerate() {
-            let mode = match e["op"].as_str() {
-                Some("layer_norm") => RowMode::LayerNorm,
-                Some("rms_norm") => RowMode::RmsNorm,
-                Some(_) => continue,
+            let mode = match e["op"].as_str().map(RowMode::from_name) {
+                Some(Some(mode)) => mode,
+                Some(None) => continue,
                 None => return Err(bad(format!("autotune[{i}] has no op"))),
             };
             let dtype = match e["dtype"].as_str() {

@@ -32,6 +32,23 @@ pub enum RowMode {
     RmsNorm,
 }
 
+impl RowMode {
+    /// The op's name in benches, tuning tables and conformance cases: `layer_norm`, `rms_norm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RowMode::LayerNorm => "layer_norm",
+            RowMode::RmsNorm => "rms_norm",
+        }
+    }
+
+    /// The mode named `name` (see [`RowMode::name`]).
+    pub fn from_name(name: &str) -> Option<RowMode> {
+        [RowMode::LayerNorm, RowMode::RmsNorm]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+}
+
 /// Configuration fixed when a row-norm op is created (everything but the data).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RowNormConfig {
