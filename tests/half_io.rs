@@ -119,34 +119,25 @@ fn every_f16_pattern_unpacks_exactly() {
     }
 }
 
-/// The vector f16 snippet's load harness: `src` holds f16 patterns (as `vec4<f16>`), `dst` gets
-/// `to_v` of them.
-const VECTOR_HARNESS: &str = r#"
-@group(0) @binding(0) var<storage, read> src: array<vec4<f16>>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+/// A shader of the vector f16 snippet whose entry `main` writes `dst[i] = f(src[i])` (`f` is
+/// `to_v` or `from_v`), with `src` and `dst` arrays of `src_ty` and `dst_ty`.
+fn vector_harness(f: &str, src_ty: &str, dst_ty: &str) -> String {
+    // `enable f16;` opens the snippet: it must come first in the module.
+    format!(
+        "{IO_F16_V4_VECTOR}
+@group(0) @binding(0) var<storage, read> src: array<{src_ty}>;
+@group(0) @binding(1) var<storage, read_write> dst: array<{dst_ty}>;
 
 @compute @workgroup_size(64)
-fn unpack_vector(@builtin(global_invocation_id) g: vec3<u32>) {
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {{
     let i = g.x + g.y * 65535u * 64u;
-    if (i < arrayLength(&src)) {
-        dst[i] = to_v(src[i]);
-    }
+    if (i < arrayLength(&src)) {{
+        dst[i] = {f}(src[i]);
+    }}
+}}
+"
+    )
 }
-"#;
-
-/// The vector f16 snippet's store harness: `dst` gets `from_v` of the f32 values in `src`.
-const VECTOR_STORE_HARNESS: &str = r#"
-@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f16>>;
-
-@compute @workgroup_size(64)
-fn pack_vector(@builtin(global_invocation_id) g: vec3<u32>) {
-    let i = g.x + g.y * 65535u * 64u;
-    if (i < arrayLength(&src)) {
-        dst[i] = from_v(src[i]);
-    }
-}
-"#;
 
 #[test]
 fn every_f16_pattern_loads_exactly_through_vector_conversions() {
@@ -160,9 +151,8 @@ fn every_f16_pattern_loads_exactly_through_vector_conversions() {
     let input: Vec<u32> = (0..=u16::MAX as u32 / 2)
         .map(|i| (2 * i) | (2 * i + 1) << 16)
         .collect();
-    // `enable f16;` opens the snippet: it must come first in the module.
-    let source = format!("{IO_F16_V4_VECTOR}\n{VECTOR_HARNESS}");
-    let got = run_with(&source, "unpack_vector", &input, 2 * input.len());
+    let source = vector_harness("to_v", "vec4<f16>", "vec4<f32>");
+    let got = run_with(&source, "main", &input, 2 * input.len());
     let mut wrong = Vec::new();
     for (h, &g) in (0..=u16::MAX).zip(&got) {
         let want = half::f16::from_bits(h).to_f32();
@@ -200,9 +190,9 @@ fn f32_stores_round_to_nearest_even_through_vector_conversions() {
         return;
     }
     let input = rounding_boundaries();
-    let source = format!("{IO_F16_V4_VECTOR}\n{VECTOR_STORE_HARNESS}");
+    let source = vector_harness("from_v", "vec4<f32>", "vec4<f16>");
     // Two halves per output word.
-    let words = run_with(&source, "pack_vector", &input, input.len() / 2);
+    let words = run_with(&source, "main", &input, input.len() / 2);
     let got: Vec<u32> = words.iter().flat_map(|w| [w & 0xffff, w >> 16]).collect();
     check_rounding(&input, &got);
 }

@@ -150,14 +150,7 @@ fn tune_shape(
             move |enc: &mut wgpu::CommandEncoder| encode(op, t, y, enc).expect("checked above")
         })
         .collect();
-    let refs: Vec<&dyn Fn(&mut wgpu::CommandEncoder)> = runs
-        .iter()
-        .map(|r| r as &dyn Fn(&mut wgpu::CommandEncoder))
-        .collect();
-    let med = time_rotated(timer, &refs, reps)?;
-    let best = (0..ops.len())
-        .min_by(|&a, &b| med[a].total_cmp(&med[b]))
-        .unwrap();
+    let (med, best) = time_rotated(timer, &runs, reps)?;
     // The fastest kernel must compute what the runtime's choice computes.
     let (got, want) = (ctx.download(&ops[best].2)?, ctx.download(&ops[0].2)?);
     let tol = if dtype == DType::F16 { 4e-3 } else { 1e-4 };
@@ -182,16 +175,20 @@ fn tune_shape(
     })
 }
 
-/// Median milliseconds of each of `refs` over `reps` repetitions after a warm-up (pipelines and
-/// first touch). Each repetition starts the command buffer with another candidate: the first one
-/// timed in a buffer pays for waking the device (llvmpipe: its thread pool), which would always
-/// penalise the same candidate.
-pub(crate) fn time_rotated(
+/// Median milliseconds of each of `runs` over `reps` repetitions after a warm-up (pipelines and
+/// first touch), and the index of the fastest. Each repetition starts the command buffer with
+/// another candidate: the first one timed in a buffer pays for waking the device (llvmpipe: its
+/// thread pool), which would always penalise the same candidate.
+pub(crate) fn time_rotated<F: Fn(&mut wgpu::CommandEncoder)>(
     timer: &Timer,
-    refs: &[&dyn Fn(&mut wgpu::CommandEncoder)],
+    runs: &[F],
     reps: usize,
-) -> Result<Vec<f64>> {
-    timer.time(refs, 1)?;
+) -> Result<(Vec<f64>, usize)> {
+    let refs: Vec<&dyn Fn(&mut wgpu::CommandEncoder)> = runs
+        .iter()
+        .map(|r| r as &dyn Fn(&mut wgpu::CommandEncoder))
+        .collect();
+    timer.time(&refs, 1)?;
     let mut samples = vec![Vec::new(); refs.len()];
     for rep in 0..reps {
         let order: Vec<usize> = (0..refs.len()).map(|i| (i + rep) % refs.len()).collect();
@@ -200,7 +197,11 @@ pub(crate) fn time_rotated(
             samples[i].push(ms);
         }
     }
-    Ok(samples.iter_mut().map(|s| median(s)).collect())
+    let med: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    let best = (0..med.len())
+        .min_by(|&a, &b| med[a].total_cmp(&med[b]))
+        .expect("at least one candidate");
+    Ok((med, best))
 }
 
 /// Runs the sweep, prints the table, writes the JSON when asked. Returns success.

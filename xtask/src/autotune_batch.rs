@@ -138,14 +138,7 @@ fn tune(
         .iter()
         .map(|(_, bn, y)| move |enc: &mut wgpu::CommandEncoder| encode(bn, t, y, train, enc))
         .collect();
-    let refs: Vec<&dyn Fn(&mut wgpu::CommandEncoder)> = runs
-        .iter()
-        .map(|r| r as &dyn Fn(&mut wgpu::CommandEncoder))
-        .collect();
-    let med = time_rotated(timer, &refs, reps)?;
-    let best = (0..ops.len())
-        .min_by(|&a, &b| med[a].total_cmp(&med[b]))
-        .unwrap();
+    let (med, best) = time_rotated(timer, &runs, reps)?;
     let (got, want) = (ctx.download(&ops[best].2)?, ctx.download(&ops[0].2)?);
     if let Some(i) = (0..got.len()).find(|&i| (got[i] - want[i]).abs() > 1e-4) {
         bail!(
