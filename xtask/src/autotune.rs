@@ -205,14 +205,24 @@ pub(crate) fn time_rotated<F: Fn(&mut wgpu::CommandEncoder)>(
 }
 
 /// Runs the sweep, prints the table, writes the JSON when asked. Returns success.
-pub(crate) fn run(ctx: &Context, quick: bool, json_path: Option<&str>) -> Result<bool> {
+/// `wants(op)`: whether `--ops` selects the op.
+pub(crate) fn run(
+    ctx: &Context,
+    quick: bool,
+    json_path: Option<&str>,
+    wants: &dyn Fn(&str) -> bool,
+) -> Result<bool> {
     let kernels = candidates(ctx, quick);
     let timer = Timer::new(ctx, kernels.len() as u32 + 4);
     let reps = if quick { 5 } else { 9 };
     let mut tuned = Vec::new();
-    let total = shapes(quick).len() * 4;
+    let modes: Vec<RowMode> = [RowMode::LayerNorm, RowMode::RmsNorm]
+        .into_iter()
+        .filter(|m| wants(m.name()))
+        .collect();
+    let total = shapes(quick).len() * 2 * modes.len();
     let progress = std::io::stderr().is_terminal();
-    for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+    for &mode in &modes {
         for dtype in [DType::F32, DType::F16] {
             for (rows, n) in shapes(quick) {
                 if progress {
@@ -232,7 +242,7 @@ pub(crate) fn run(ctx: &Context, quick: bool, json_path: Option<&str>) -> Result
             }
         }
     }
-    let batch = crate::autotune_batch::sweep(ctx, quick, reps, progress)?;
+    let batch = crate::autotune_batch::sweep(ctx, quick, reps, progress, wants)?;
     if progress {
         eprintln!();
     }
@@ -243,22 +253,26 @@ pub(crate) fn run(ctx: &Context, quick: bool, json_path: Option<&str>) -> Result
         info.backend,
         kernels.len()
     );
-    println!("| op | shape | dtype | best | best ms | default | default ms | default / best |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut within = 0;
-    for t in &tuned {
-        let r = t.default_ms / t.best_ms;
-        within += (r <= 1.10) as usize;
+    if !tuned.is_empty() {
+        println!("| op | shape | dtype | best | best ms | default | default ms | default / best |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let mut within = 0;
+        for t in &tuned {
+            let r = t.default_ms / t.best_ms;
+            within += (r <= 1.10) as usize;
+            println!(
+                "| {} | {}x{} | {} | {} | {:.3} | {} | {:.3} | {r:.2} |",
+                t.op, t.shape[0], t.shape[1], t.dtype, t.best, t.best_ms, t.default, t.default_ms
+            );
+        }
         println!(
-            "| {} | {}x{} | {} | {} | {:.3} | {} | {:.3} | {r:.2} |",
-            t.op, t.shape[0], t.shape[1], t.dtype, t.best, t.best_ms, t.default, t.default_ms
+            "\nruntime default within 10% of the best: {within}/{} shapes",
+            tuned.len()
         );
     }
-    println!(
-        "\nruntime default within 10% of the best: {within}/{} shapes",
-        tuned.len()
-    );
-    crate::autotune_batch::print(&batch);
+    if !batch.is_empty() {
+        crate::autotune_batch::print(&batch);
+    }
     if let Some(path) = json_path {
         let mut entries: Vec<_> = tuned
             .iter()

@@ -159,7 +159,13 @@ fn tune(
 }
 
 /// Sweeps the lane plans on the bench's BatchNorm shapes.
-pub(crate) fn sweep(ctx: &Context, quick: bool, reps: usize, progress: bool) -> Result<Vec<Tuned>> {
+pub(crate) fn sweep(
+    ctx: &Context,
+    quick: bool,
+    reps: usize,
+    progress: bool,
+    wants: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Tuned>> {
     let shapes: &[[usize; 4]] = if quick {
         &[[8, 64, 28, 28]]
     } else {
@@ -168,6 +174,9 @@ pub(crate) fn sweep(ctx: &Context, quick: bool, reps: usize, progress: bool) -> 
     let timer = Timer::new(ctx, plans().len() as u32 + 4);
     let mut out = Vec::new();
     for op in ["batch_norm_train", "batch_norm_infer"] {
+        if !wants(op) {
+            continue;
+        }
         for &nchw in shapes {
             for layout in [Layout::Nchw, Layout::Nhwc] {
                 if progress {

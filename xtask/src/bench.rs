@@ -31,9 +31,10 @@ pub(crate) struct Options {
     /// Small shapes, seconds on software Vulkan.
     #[arg(long)]
     quick: bool,
-    /// Instead of the bench rows: time every row kernel that serves each bench shape and print
-    /// the fastest beside the runtime's choice; with --json, the table an app loads with
-    /// wgnorm::Tuning::from_json (or WGNORM_TUNING=FILE).
+    /// Instead of the bench rows: time every row kernel that serves each bench shape (and every
+    /// BatchNorm lane plan) and print the fastest beside the runtime's choice (--ops narrows
+    /// it); with --json, the table an app loads with wgnorm::Tuning::from_json (or
+    /// WGNORM_TUNING=FILE).
     #[arg(long)]
     autotune: bool,
     /// Write every figure plus adapter info to FILE.
@@ -1113,7 +1114,12 @@ struct Result1 {
 pub fn run(o: &Options) -> Result<bool> {
     let ctx = crate::context()?;
     if o.autotune {
-        return crate::autotune::run(&ctx, o.quick, o.json.as_deref());
+        let wants = |op: &str| {
+            o.ops
+                .as_ref()
+                .is_none_or(|ops| ops.iter().any(|x| op.starts_with(x.as_str())))
+        };
+        return crate::autotune::run(&ctx, o.quick, o.json.as_deref(), &wants);
     }
     let cases = cases(&ctx, o)?;
     if cases.is_empty() {
