@@ -508,7 +508,7 @@ pub(crate) fn moments_spec(
         .set("WG", moments_wg(cpu))
         .set("REDUCE", reduction.moments_code())
         .flag("HAS_MASK", mask)
-        .flag("LANE_BLOCK", lanes.lane_blocks.unwrap_or(cpu))
+        .flag("LANE_BLOCK", lanes.lane_blocks.unwrap_or(cpu && io.vec4))
         .flag("CHANNEL_LANES", channel_lanes)
         .flag("SHIFTED", shifted(reduction, mask))
 }
