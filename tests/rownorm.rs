@@ -109,15 +109,26 @@ fn check_with(
     );
 }
 
-/// The subgroup team kernels this adapter can run (workgroup-memory cache, then registers).
-fn team_kernels() -> Vec<RowKernel> {
+/// The split kernel with chunks that divide no test length, and with more chunks than most test
+/// rows have accesses (empty chunks), then the subgroup team kernels this adapter can run
+/// (workgroup-memory cache, then registers).
+fn forced_kernels() -> Vec<RowKernel> {
     let c = ctx();
+    let split = [
+        RowKernel::Split { wg: 32, chunks: 3 },
+        RowKernel::Split {
+            wg: 64,
+            chunks: 256,
+        },
+    ];
     if !c.has_subgroups() {
-        return vec![];
+        return split.to_vec();
     }
     let team = c.adapter_info().subgroup_min_size.min(32);
     let rows_per_group = (c.adapter_info().subgroup_max_size / team).max(1);
     vec![
+        split[0],
+        split[1],
         RowKernel::Team {
             team,
             rows_per_group,
@@ -150,17 +161,17 @@ fn serves(k: RowKernel, n: usize) -> bool {
         RowKernel::TeamRegs { team, .. } => {
             n <= (team * wgnorm::engine::rownorm::TEAM_REGS) as usize
         }
-        RowKernel::Workgroup { .. } => true,
+        RowKernel::Workgroup { .. } | RowKernel::Split { .. } => true,
     }
 }
 
-/// One mode, dtype and shape through the default kernel, the workgroup kernel and every team
-/// kernel that serves the row length.
+/// One mode, dtype and shape through the default kernel, the workgroup kernel, the split kernel
+/// and every team kernel that serves the row length.
 fn every_kernel_path(mode: RowMode, dtype: DType, rows: usize, n: usize) {
     let wg = if mode == RowMode::LayerNorm { 32 } else { 64 };
     check(mode, dtype, rows, n, None, 0.0);
     check(mode, dtype, rows, n, Some(RowKernel::Workgroup { wg }), 0.0);
-    for k in team_kernels().into_iter().filter(|&k| serves(k, n)) {
+    for k in forced_kernels().into_iter().filter(|&k| serves(k, n)) {
         check(mode, dtype, rows, n, Some(k), 0.0);
     }
 }
@@ -226,7 +237,7 @@ fn layer_norm_survives_a_large_common_offset() {
     // not. The tolerance leaves room for f32 rounding of x itself (|x| ~ 1e4, spread ~1).
     let mut kernels = vec![None, Some(RowKernel::Workgroup { wg: 64 })];
     kernels.extend(
-        team_kernels()
+        forced_kernels()
             .into_iter()
             .filter(|&k| serves(k, 1024))
             .map(Some),
@@ -678,7 +689,7 @@ fn fused_residual_add_on_every_kernel_path() {
     // teams check that rows past the end never write the sum.
     let c = ctx();
     let mut kernels = vec![None, Some(RowKernel::Workgroup { wg: 32 })];
-    kernels.extend(team_kernels().into_iter().map(Some));
+    kernels.extend(forced_kernels().into_iter().map(Some));
     for dtype in [DType::F32, DType::F16] {
         for &(rows, n) in &[(5usize, 64usize), (7, 12), (3, 1000), (2, 4097)] {
             for &kernel in &kernels {
@@ -863,7 +874,7 @@ fn nan_inf_and_eps_zero_on_every_kernel_path() {
         for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
             let mut kernels = vec![None, Some(RowKernel::Workgroup { wg: 32 })];
             kernels.extend(
-                team_kernels()
+                forced_kernels()
                     .into_iter()
                     .filter(|&k| serves(k, n))
                     .map(Some),
@@ -945,7 +956,7 @@ fn eps_at_and_above_the_variance_on_every_kernel_path() {
                 let wg = if mode == RowMode::LayerNorm { 32 } else { 64 };
                 let mut kernels = vec![None, Some(RowKernel::Workgroup { wg })];
                 kernels.extend(
-                    team_kernels()
+                    forced_kernels()
                         .into_iter()
                         .filter(|&k| serves(k, n))
                         .map(Some),
@@ -955,5 +966,90 @@ fn eps_at_and_above_the_variance_on_every_kernel_path() {
                 }
             }
         }
+    }
+}
+
+/// The split rule on the typical adapter classes, worked by hand from its targets (GPUs: ~256
+/// workgroups of 64 lanes, at least 2 accesses per lane; CPU adapters: 8 workgroups, at least
+/// 256 accesses per lane; never with 64 rows or more).
+#[test]
+fn split_rule_on_typical_adapters() {
+    use wgnorm::engine::rownorm::{split_for, AdapterClass};
+    let [cpu, nvidia, ..] = AdapterClass::TYPICAL;
+    let wg256 = RowKernel::Workgroup { wg: 256 };
+    let split = |chunks| Some(RowKernel::Split { wg: 64, chunks });
+    // GPU, one row of 4096 f32 (1024 vec4 accesses): 1024 / (64 * 2) = 8 chunks.
+    assert_eq!(split_for(&nvidia, 1, 1024, wg256), split(8));
+    // GPU, 4 rows of 16384 f32: 4096 / 128 = 32 chunks per row (256 / 4 = 64 would be allowed).
+    assert_eq!(split_for(&nvidia, 4, 4096, wg256), split(32));
+    // GPU, 8 rows of 16384 f16 as scalars: 256 / 8 = 32 chunks, the length allows 128.
+    assert_eq!(split_for(&nvidia, 8, 16384, wg256), split(32));
+    // Rows too short to give each of 64 lanes 2 accesses in two chunks.
+    assert_eq!(split_for(&nvidia, 1, 255, wg256), None);
+    // Enough rows to occupy the device, or past the row limit.
+    assert_eq!(split_for(&nvidia, 200, 4096, wg256), None);
+    assert_eq!(split_for(&nvidia, 64, 1 << 20, wg256), None);
+    // A team kernel of 8 rows per workgroup: 40 rows are 5 workgroups, still few.
+    let team = RowKernel::Team {
+        team: 32,
+        rows_per_group: 8,
+        cached: false,
+    };
+    assert_eq!(split_for(&nvidia, 40, 4096, team), split(7));
+    // CPU: chunks of at least 64 * 256 accesses; one row of 2^16 accesses makes 4, one of 2^18
+    // is capped at 8 workgroups; one of 16384 f32 (4096 accesses) stays whole, as do 8 rows.
+    let cpu_team = RowKernel::Team {
+        team: 8,
+        rows_per_group: 8,
+        cached: false,
+    };
+    assert_eq!(split_for(&cpu, 1, 1 << 16, cpu_team), split(4));
+    assert_eq!(split_for(&cpu, 1, 1 << 18, cpu_team), split(8));
+    assert_eq!(split_for(&cpu, 1, 4096, cpu_team), None);
+    assert_eq!(
+        split_for(&cpu, 8, 1 << 18, RowKernel::Workgroup { wg: 128 }),
+        None
+    );
+    // The chunk count is capped where the output pass's merge of the chunks would dominate.
+    assert_eq!(split_for(&nvidia, 1, 1 << 24, wg256), split(256));
+}
+
+/// One long row takes the split kernel on any adapter (a GPU splits decode steps of 4096 already;
+/// a CPU adapter rows of 2^16 accesses), a prefill's 64 rows do not.
+#[test]
+fn few_long_rows_take_the_split_kernel() {
+    let c = ctx();
+    let op = RowNorm::new(c, cfg(RowMode::RmsNorm, DType::F32)).unwrap();
+    let one = c.empty(&[1, 1 << 20], DType::F32).unwrap();
+    let many = c.empty(&[64, 4096], DType::F32).unwrap();
+    let (k, _) = op.kernel_for(&one).unwrap();
+    assert!(matches!(k, RowKernel::Split { .. }), "1 x 2^20: {k}");
+    let (k, _) = op.kernel_for(&many).unwrap();
+    assert!(!matches!(k, RowKernel::Split { .. }), "64 x 4096: {k}");
+}
+
+/// Calls of few rows through the default choice (the split kernel where the rule takes it: decode
+/// steps on a GPU, the longest rows here too): vector and scalar rows, every dtype, with eps at
+/// the variance so a wrong merge of the chunks' moments shows.
+#[test]
+fn few_row_calls_match_the_reference() {
+    for (mode, dtype, rows, n) in [
+        (RowMode::LayerNorm, DType::F32, 1, 1 << 18),
+        (RowMode::RmsNorm, DType::F32, 2, 1 << 18),
+        (RowMode::LayerNorm, DType::F16, 3, 3 * 65536 + 1),
+        (RowMode::LayerNorm, DType::F32, 1, 16384),
+        (RowMode::RmsNorm, DType::F32, 1, 16384),
+        (RowMode::LayerNorm, DType::F32, 3, 12289),
+        (RowMode::RmsNorm, DType::F16, 2, 8192),
+        (RowMode::LayerNorm, DType::F16, 5, 4100),
+        (RowMode::LayerNorm, DType::BF16, 2, 8192),
+        (RowMode::RmsNorm, DType::BF16, 1, 4096),
+    ] {
+        let (scale, eps) = if dtype == DType::F32 {
+            (1e-2, 1e-4)
+        } else {
+            (1.0, 1e-5)
+        };
+        check_with(mode, dtype, rows, n, None, 0.5, scale, eps);
     }
 }

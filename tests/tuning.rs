@@ -45,6 +45,7 @@ fn a_tuned_kernel_replaces_the_default_and_matches_the_reference() {
         mode: RowMode::LayerNorm,
         dtype: DType::F32,
         n: 1000, // the same power-of-two bucket as 1024
+        rows: 4096,
         kernel: tuned,
     });
     c.set_tuning(t).unwrap();
@@ -74,6 +75,7 @@ fn an_entry_that_cannot_serve_the_call_falls_back_to_the_built_in_choice() {
         mode: RowMode::LayerNorm,
         dtype: DType::F32,
         n: n as u64,
+        rows: 1024,
         kernel: RowKernel::TeamRegs {
             team: 1,
             rows_per_group: 64,
@@ -98,4 +100,33 @@ fn a_table_of_another_adapter_is_refused() {
     assert!(matches!(e, Error::Tuning(_)), "{e}");
     assert!(e.to_string().contains("Some Other GPU 9000"), "{e}");
     assert!(c.tuning().is_none());
+}
+
+/// A decode-step entry (measured on 1 row) replaces the choice for calls of one row of that
+/// length only: a prefill's rows keep the built-in choice, and the result matches the reference.
+#[test]
+fn a_few_rows_entry_serves_calls_of_few_rows_only() {
+    let c = fresh();
+    let n = 16384usize;
+    let x = noise(8, 64 * n);
+    let one = c.upload(&x[..n], &[1, n], DType::F32).unwrap();
+    let many = c.upload(&x, &[64, n], DType::F32).unwrap();
+    let default_many = layer_norm_op(&c).kernel_for(&many).unwrap().0;
+    let tuned = RowKernel::Split { wg: 32, chunks: 3 };
+    let mut t = Tuning::new(c.adapter_info().name.clone());
+    t.insert_row(RowEntry {
+        mode: RowMode::LayerNorm,
+        dtype: DType::F32,
+        n: n as u64,
+        rows: 1,
+        kernel: tuned,
+    });
+    c.set_tuning(t).unwrap();
+    let op = layer_norm_op(&c);
+    assert_eq!(op.kernel_for(&one).unwrap().0, tuned);
+    assert_eq!(op.kernel_for(&many).unwrap().0, default_many);
+    let (y, _, _) = op.forward(&one, None, None, false).unwrap();
+    let xd: Vec<f64> = x[..n].iter().map(|&v| v as f64).collect();
+    let want = layer_norm(&xd, n, None, None, 1e-5);
+    assert_close("few-rows y", &c.download(&y).unwrap(), &want.y, 1e-5, 1e-4);
 }

@@ -3,7 +3,7 @@
 //! multi-MiB tensors against the f64 reference; a single row past the limit is still refused,
 //! typed.
 
-use wgnorm::engine::rownorm::{RowMode, RowNorm, RowNormConfig};
+use wgnorm::engine::rownorm::{RowKernel, RowMode, RowNorm, RowNormConfig};
 use wgnorm::prelude::*;
 use wgnorm::Mode;
 use wgnorm_reference::rownorm as reference;
@@ -34,6 +34,79 @@ fn limited_context(limit: u32) -> Context {
     Context::from_device(device, queue)
 }
 
+/// One row norm at 1 MiB bindings against the reference (`kernel`: forced, or the default).
+fn check_windowed(
+    c: &Context,
+    mode: RowMode,
+    dtype: DType,
+    rows: usize,
+    n: usize,
+    kernel: Option<RowKernel>,
+) {
+    let x = noise(n as u64 + rows as u64, rows * n);
+    let w: Vec<f32> = noise(3, n).iter().map(|v| v + 1.0).collect();
+    let mut op = RowNorm::new(
+        c,
+        RowNormConfig {
+            mode,
+            axis: -1,
+            eps: 1e-5,
+            weight_offset: 0.0,
+            dtype,
+        },
+    )
+    .unwrap();
+    if let Some(k) = kernel {
+        op = op.with_kernel(k);
+    }
+    let xt = c.upload(&x, &[rows, n], dtype).unwrap();
+    let wt = c.upload(&w, &[n], dtype).unwrap();
+    let (y, mean, rstd) = op.forward(&xt, Some(&wt), None, true).unwrap();
+    let (xd, wd) = (round_to(dtype, &x), round_to(dtype, &w));
+    let want = match mode {
+        RowMode::LayerNorm => reference::layer_norm(&xd, n, Some(&wd), None, 1e-5),
+        RowMode::RmsNorm => reference::rms_norm(&xd, n, Some(&wd), 0.0, 1e-5),
+    };
+    let what = format!("{mode:?} {dtype} {rows}x{n} {kernel:?} (1 MiB bindings)");
+    let (at, rt) = if dtype == DType::F16 {
+        (2e-3, 2e-3)
+    } else {
+        (2e-5, 1e-4)
+    };
+    assert_close(
+        &format!("{what} y"),
+        &c.download(&y).unwrap(),
+        &want.y,
+        at,
+        rt,
+    );
+    assert_close(
+        &format!("{what} rstd"),
+        &c.download(&rstd.unwrap()).unwrap(),
+        &want.rstd,
+        1e-6,
+        1e-4,
+    );
+    if mode == RowMode::LayerNorm {
+        assert_close(
+            &format!("{what} mean"),
+            &c.download(&mean.unwrap()).unwrap(),
+            &want.mean,
+            1e-5,
+            1e-5,
+        );
+    }
+}
+
+/// The split kernel's two passes in every window, its chunk moments reused by each.
+#[test]
+fn split_row_norms_bind_large_tensors_in_windows() {
+    let c = limited_context(1 << 20);
+    let split = RowKernel::Split { wg: 64, chunks: 5 };
+    check_windowed(&c, RowMode::LayerNorm, DType::F32, 10, 65536, Some(split));
+    check_windowed(&c, RowMode::RmsNorm, DType::F16, 1200, 777, Some(split));
+}
+
 #[test]
 fn row_norms_bind_large_tensors_in_windows() {
     let c = limited_context(1 << 20);
@@ -47,56 +120,7 @@ fn row_norms_bind_large_tensors_in_windows() {
         // which no window of a 4-byte-per-row tensor aligned to 32..256 bytes could bind.
         (RowMode::LayerNorm, DType::F32, 10, 65536),
     ] {
-        let x = noise(n as u64 + rows as u64, rows * n);
-        let w: Vec<f32> = noise(3, n).iter().map(|v| v + 1.0).collect();
-        let op = RowNorm::new(
-            &c,
-            RowNormConfig {
-                mode,
-                axis: -1,
-                eps: 1e-5,
-                weight_offset: 0.0,
-                dtype,
-            },
-        )
-        .unwrap();
-        let xt = c.upload(&x, &[rows, n], dtype).unwrap();
-        let wt = c.upload(&w, &[n], dtype).unwrap();
-        let (y, mean, rstd) = op.forward(&xt, Some(&wt), None, true).unwrap();
-        let (xd, wd) = (round_to(dtype, &x), round_to(dtype, &w));
-        let want = match mode {
-            RowMode::LayerNorm => reference::layer_norm(&xd, n, Some(&wd), None, 1e-5),
-            RowMode::RmsNorm => reference::rms_norm(&xd, n, Some(&wd), 0.0, 1e-5),
-        };
-        let what = format!("{mode:?} {dtype} {rows}x{n} (1 MiB bindings)");
-        let (at, rt) = if dtype == DType::F16 {
-            (2e-3, 2e-3)
-        } else {
-            (2e-5, 1e-4)
-        };
-        assert_close(
-            &format!("{what} y"),
-            &c.download(&y).unwrap(),
-            &want.y,
-            at,
-            rt,
-        );
-        assert_close(
-            &format!("{what} rstd"),
-            &c.download(&rstd.unwrap()).unwrap(),
-            &want.rstd,
-            1e-6,
-            1e-4,
-        );
-        if mode == RowMode::LayerNorm {
-            assert_close(
-                &format!("{what} mean"),
-                &c.download(&mean.unwrap()).unwrap(),
-                &want.mean,
-                1e-5,
-                1e-5,
-            );
-        }
+        check_windowed(&c, mode, dtype, rows, n, None);
     }
     // One row past the limit cannot be windowed.
     let n = (1 << 20) / 4 + 64;

@@ -30,9 +30,10 @@ struct RowParams {
     // This window's first row in mean_out / rstd_out (bound whole: a window of 4-byte
     // statistics would need a start aligned to 64 rows).
     stat_base: u32,
+    // Split kernel only: chunks per row, and accesses per chunk (the last may be shorter).
+    chunks: u32,
+    chunk_vec: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: RowParams;

@@ -8,7 +8,9 @@ use std::io::IsTerminal;
 
 use anyhow::{bail, Result};
 use serde_json::json;
-use wgnorm::engine::rownorm::{RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig};
+use wgnorm::engine::rownorm::{
+    RowKernel, RowMode, RowNorm, RowNormArgs, RowNormConfig, SPLIT_MAX_CHUNKS,
+};
 use wgnorm::{Context, DType, Tensor};
 
 use crate::bench::{median, pattern, Timer};
@@ -73,6 +75,32 @@ fn candidates(ctx: &Context, quick: bool) -> Vec<RowKernel> {
     let wgs: Vec<u32> = pow2(32, max_inv.min(1024)).collect();
     out.extend(wgs.into_iter().map(|wg| RowKernel::Workgroup { wg }));
     out
+}
+
+/// The split kernel's candidates for calls of few rows: chunk counts from 2 to the most the
+/// engine takes, at 64 and 256 lanes (`quick`: 64 lanes, up to 32 chunks).
+fn split_candidates(ctx: &Context, quick: bool) -> Vec<RowKernel> {
+    let max_inv = ctx.limits().max_compute_invocations_per_workgroup;
+    let (wgs, most): (&[u32], u32) = if quick {
+        (&[64], 32)
+    } else {
+        (&[64, 256], SPLIT_MAX_CHUNKS)
+    };
+    let mut out = Vec::new();
+    for &wg in wgs.iter().filter(|&&wg| wg <= max_inv) {
+        out.extend(pow2(2, most).map(|chunks| RowKernel::Split { wg, chunks }));
+    }
+    out
+}
+
+/// Decode-step shapes (few rows, where the split kernel competes with the one-pass kernels);
+/// tuning tables key them by their row count too.
+fn decode_shapes(quick: bool) -> Vec<(usize, usize)> {
+    if quick {
+        vec![(1, 4096), (8, 16384)]
+    } else {
+        vec![(1, 4096), (8, 4096), (1, 16384), (8, 16384)]
+    }
 }
 
 /// The bench's row shapes: (rows, n) with `elems` elements each.
@@ -213,18 +241,29 @@ pub(crate) fn run(
     wants: &dyn Fn(&str) -> bool,
 ) -> Result<bool> {
     let kernels = candidates(ctx, quick);
-    let timer = Timer::new(ctx, kernels.len() as u32 + 4);
+    let mut few_kernels = kernels.clone();
+    few_kernels.extend(split_candidates(ctx, quick));
+    let timer = Timer::new(ctx, few_kernels.len() as u32 + 4);
     let reps = if quick { 5 } else { 9 };
     let mut tuned = Vec::new();
     let modes: Vec<RowMode> = [RowMode::LayerNorm, RowMode::RmsNorm]
         .into_iter()
         .filter(|m| wants(m.name()))
         .collect();
-    let total = shapes(quick).len() * 2 * modes.len();
+    let all_shapes: Vec<((usize, usize), &[RowKernel])> = shapes(quick)
+        .into_iter()
+        .map(|s| (s, &kernels[..]))
+        .chain(
+            decode_shapes(quick)
+                .into_iter()
+                .map(|s| (s, &few_kernels[..])),
+        )
+        .collect();
+    let total = all_shapes.len() * 2 * modes.len();
     let progress = std::io::stderr().is_terminal();
     for &mode in &modes {
         for dtype in [DType::F32, DType::F16] {
-            for (rows, n) in shapes(quick) {
+            for &((rows, n), candidates) in &all_shapes {
                 if progress {
                     let name = mode.name();
                     eprint!(
@@ -236,7 +275,7 @@ pub(crate) fn run(
                     ctx,
                     &timer,
                     (mode, dtype, rows, n),
-                    &kernels,
+                    candidates,
                     reps,
                 )?);
             }
@@ -251,7 +290,7 @@ pub(crate) fn run(
         "## wgnorm autotune on {} ({:?}); {} candidate kernels, medians of {reps}\n",
         info.name,
         info.backend,
-        kernels.len()
+        few_kernels.len()
     );
     if !tuned.is_empty() {
         println!("| op | shape | dtype | best | best ms | default | default ms | default / best |");
@@ -289,7 +328,7 @@ pub(crate) fn run(
             "adapter": {"name": info.name, "backend": format!("{:?}", info.backend),
                         "device_type": format!("{:?}", info.device_type),
                         "driver": info.driver, "driver_info": info.driver_info},
-            "candidates": kernels.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            "candidates": few_kernels.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
             "autotune": entries,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;

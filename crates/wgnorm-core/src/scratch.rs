@@ -32,4 +32,21 @@ impl ScratchCache {
             .or_insert(t)
             .clone())
     }
+
+    /// `f` of the scratch tensor for inputs of shape `key` (created as in [`ScratchCache::get`]),
+    /// without cloning it: a warm call allocates nothing (a `Tensor` clone copies its shape).
+    pub fn with<R>(
+        &self,
+        ctx: &Context,
+        key: &[usize],
+        shape: &[usize],
+        dtype: DType,
+        f: impl FnOnce(&Tensor) -> R,
+    ) -> Result<R> {
+        if let Some(t) = crate::locked(&self.map).get(key) {
+            return Ok(f(t));
+        }
+        let t = self.get(ctx, key, shape, dtype)?;
+        Ok(f(&t))
+    }
 }

@@ -7,9 +7,12 @@
 //! a call (the row does not fit its cache, say) is passed over for the built-in choice.
 //!
 //! Row-norm entries are keyed by op (LayerNorm or RMSNorm), dtype and the row length rounded up
-//! to a power of two: the lengths between two measured ones take the next one's choice.
+//! to a power of two: the lengths between two measured ones take the next one's choice. Entries
+//! measured on fewer than [`SPLIT_MAX_ROWS`] rows (decode steps, where the split kernel
+//! competes) serve only calls of few rows, keyed by the row count rounded up to a power of two
+//! as well; the others serve the row length's kernel for every call.
 
-use crate::rownorm::{RowKernel, RowMode};
+use crate::rownorm::{RowKernel, RowMode, SPLIT_MAX_ROWS};
 use crate::{DType, Error, Result};
 
 /// One measured row-norm choice.
@@ -21,8 +24,33 @@ pub struct RowEntry {
     pub dtype: DType,
     /// The row length (elements) it was measured at.
     pub n: u64,
+    /// The row count it was measured at: under [`SPLIT_MAX_ROWS`] the entry serves calls of
+    /// about that many rows only (see the module docs).
+    pub rows: u64,
     /// The fastest kernel.
     pub kernel: RowKernel,
+}
+
+impl RowEntry {
+    /// Entries that replace each other: same op, dtype, length bucket and row-count bucket.
+    fn key(&self) -> (RowMode, DType, u64, u64) {
+        (
+            self.mode,
+            self.dtype,
+            bucket(self.n),
+            rows_bucket(self.rows),
+        )
+    }
+}
+
+/// The row-count bucket of an entry or call: the next power of two under [`SPLIT_MAX_ROWS`],
+/// 0 (every call) from there on.
+fn rows_bucket(rows: u64) -> u64 {
+    if rows < SPLIT_MAX_ROWS {
+        bucket(rows)
+    } else {
+        0
+    }
 }
 
 /// A table of measured kernel choices for one adapter.
@@ -51,19 +79,34 @@ impl Tuning {
         &self.rows
     }
 
-    /// Adds `e`, replacing an entry of the same op, dtype and length bucket.
+    /// Adds `e`, replacing an entry of the same op, dtype, length bucket and row-count bucket.
     pub fn insert_row(&mut self, e: RowEntry) {
-        self.rows
-            .retain(|r| !(r.mode == e.mode && r.dtype == e.dtype && bucket(r.n) == bucket(e.n)));
+        self.rows.retain(|r| r.key() != e.key());
         self.rows.push(e);
     }
 
     /// The measured kernel for rows of `n` elements, if the table has one for their bucket.
     pub fn row_kernel(&self, mode: RowMode, dtype: DType, n: u64) -> Option<RowKernel> {
-        self.rows
-            .iter()
-            .find(|r| r.mode == mode && r.dtype == dtype && bucket(r.n) == bucket(n))
-            .map(|r| r.kernel)
+        self.lookup(mode, dtype, n, 0)
+    }
+
+    /// The measured kernel for a call of `rows` (fewer than [`SPLIT_MAX_ROWS`]) rows of `n`
+    /// elements: an entry measured on a row count of the same power-of-two bucket.
+    pub fn few_rows_kernel(
+        &self,
+        mode: RowMode,
+        dtype: DType,
+        rows: u64,
+        n: u64,
+    ) -> Option<RowKernel> {
+        (rows < SPLIT_MAX_ROWS)
+            .then(|| self.lookup(mode, dtype, n, rows_bucket(rows)))
+            .flatten()
+    }
+
+    fn lookup(&self, mode: RowMode, dtype: DType, n: u64, rows_bucket: u64) -> Option<RowKernel> {
+        let key = (mode, dtype, bucket(n), rows_bucket);
+        self.rows.iter().find(|r| r.key() == key).map(|r| r.kernel)
     }
 
     /// Reads the document `cargo xtask bench --autotune --json` writes: `adapter.name` and the
@@ -111,12 +154,13 @@ impl Tuning {
                 Some("f16") => DType::F16,
                 other => return Err(bad(format!("autotune[{i}]: dtype {other:?}"))),
             };
-            let n = e["shape"]
+            let shape: Option<Vec<u64>> = e["shape"]
                 .as_array()
-                .and_then(|s| s.last())
-                .and_then(|v| v.as_u64())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| bad(format!("autotune[{i}]: no row length in shape")))?;
+                .map(|s| s.iter().map(|v| v.as_u64().filter(|&d| d > 0)).collect())
+                .and_then(|s: Option<Vec<u64>>| s.filter(|s| s.len() == 2));
+            let [rows, n] = shape
+                .map(|s| [s[0], s[1]])
+                .ok_or_else(|| bad(format!("autotune[{i}]: shape is not [rows, n]")))?;
             let best = e["best"]
                 .as_str()
                 .ok_or_else(|| bad(format!("autotune[{i}] has no best kernel")))?;
@@ -127,6 +171,7 @@ impl Tuning {
                 mode,
                 dtype,
                 n,
+                rows,
                 kernel,
             });
         }
@@ -149,6 +194,7 @@ mod tests {
             {"op": "layer_norm", "shape": [4096, 1024], "dtype": "f32", "layout": "row-major",
              "best": "team8x8", "best_ms": 1.0, "default": "regs8x8x8", "default_ms": 1.05},
             {"op": "rms_norm", "shape": [256, 16384], "dtype": "f16", "best": "workgroup256"},
+            {"op": "rms_norm", "shape": [1, 16384], "dtype": "f16", "best": "split64x32"},
             {"op": "batch_norm_train", "shape": [8, 64, 28, 28], "dtype": "f32", "best": "x"}
         ]
     }"#;
@@ -157,7 +203,7 @@ mod tests {
     fn reads_the_bench_document_and_skips_ops_it_does_not_tune() {
         let t = Tuning::from_json(DOC).unwrap();
         assert_eq!(t.adapter(), "Some GPU");
-        assert_eq!(t.rows().len(), 2);
+        assert_eq!(t.rows().len(), 3);
         let team = RowKernel::Team {
             team: 8,
             rows_per_group: 8,
@@ -174,6 +220,12 @@ mod tests {
             t.row_kernel(RowMode::RmsNorm, DType::F16, 16384),
             Some(RowKernel::Workgroup { wg: 256 })
         );
+        // The decode entry serves one row only; 2 rows are another bucket, 64 the general one.
+        let split = RowKernel::Split { wg: 64, chunks: 32 };
+        let few = |rows| t.few_rows_kernel(RowMode::RmsNorm, DType::F16, rows, 16384);
+        assert_eq!(few(1), Some(split));
+        assert_eq!(few(2), None);
+        assert_eq!(few(64), None);
     }
 
     #[test]
@@ -187,18 +239,23 @@ mod tests {
     #[test]
     fn insert_replaces_the_entry_of_the_same_bucket() {
         let mut t = Tuning::new("a");
-        for (n, wg) in [(1000, 64), (1024, 128)] {
+        for (n, rows, wg) in [(1000, 100, 64), (1024, 4096, 128), (1024, 3, 32)] {
             t.insert_row(RowEntry {
                 mode: RowMode::RmsNorm,
                 dtype: DType::F32,
                 n,
+                rows,
                 kernel: RowKernel::Workgroup { wg },
             });
         }
         assert_eq!(
             t.rows().len(),
-            1,
-            "1000 and 1024 share a bucket: the later replaces"
+            2,
+            "1000 and 1024 share a bucket, and 100 and 4096 rows: the later replaces; 3 rows do not"
+        );
+        assert_eq!(
+            t.few_rows_kernel(RowMode::RmsNorm, DType::F32, 4, 1024),
+            Some(RowKernel::Workgroup { wg: 32 })
         );
         assert_eq!(
             t.row_kernel(RowMode::RmsNorm, DType::F32, 600),

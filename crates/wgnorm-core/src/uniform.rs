@@ -181,9 +181,10 @@ uniform_block! {
         /// Index of this window's first row in `mean_out` / `rstd_out`, which are bound whole
         /// (a window's statistics would otherwise need a 64-row-aligned start).
         pub stat_base: u32,
+        /// Split kernel only: chunks per row, and accesses per chunk (the last may be shorter).
+        pub chunks: u32,
+        pub chunk_vec: u32,
         pub _pad0: u32,
-        pub _pad1: u32,
-        pub _pad2: u32,
     }
 }
 

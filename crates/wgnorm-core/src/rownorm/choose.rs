@@ -39,6 +39,71 @@ pub enum RowKernel {
         /// Lanes per workgroup (a power of two).
         wg: u32,
     },
+    /// Each row cut into `chunks` chunks with one workgroup of `wg` lanes each, in two
+    /// dispatches (chunk moments, then a merge of the row's chunks and the output): calls with
+    /// too few rows to fill the device otherwise (decode steps). Chosen per call from the row
+    /// count by [`split_for`]; x is read twice.
+    Split {
+        /// Lanes per workgroup (a power of two).
+        wg: u32,
+        /// Chunks per row (the last may be shorter, trailing ones empty).
+        chunks: u32,
+    },
+}
+
+/// Lanes per workgroup of the split kernel (every adapter class: its chunks are short).
+pub const SPLIT_WG: u32 = 64;
+
+/// Most chunks a split row gets: each chunk's partial moments are merged again by every chunk
+/// of the row in the output pass.
+pub const SPLIT_MAX_CHUNKS: u32 = 256;
+
+/// Calls with fewer rows than this are considered for the split kernel; the plan cache keys
+/// them by their row count.
+pub const SPLIT_MAX_ROWS: u64 = 64;
+
+/// The split kernel for a call of `rows` rows of `n_vec` accesses when the kernel chosen for its
+/// row length, `base`, would launch too few workgroups to occupy `a`; `None` when it would not
+/// pay (enough workgroups, or rows too short to cut into chunks of a few accesses per lane).
+///
+/// Targets: GPUs get about 256 workgroups (a few per compute unit of a large GPU), each lane at
+/// least 2 accesses; CPU adapters (a workgroup is one thread's loop) a few workgroups per core,
+/// each lane at least 16 accesses, so the second pass over x costs less than the idle cores.
+pub fn split_for(a: &AdapterClass, rows: u64, n_vec: u64, base: RowKernel) -> Option<RowKernel> {
+    let (target, per_lane) = if a.cpu { (8u64, 256u64) } else { (256, 2) };
+    let groups = match base {
+        RowKernel::Team { rows_per_group, .. } => rows.div_ceil(rows_per_group as u64),
+        RowKernel::TeamRegs {
+            rows_per_group,
+            rows_per_team,
+            ..
+        } => rows.div_ceil(rows_per_group as u64 * rows_per_team as u64),
+        RowKernel::Workgroup { .. } => rows,
+        RowKernel::Split { .. } => return Some(base),
+    };
+    if rows == 0 || rows >= SPLIT_MAX_ROWS || 2 * groups > target {
+        return None;
+    }
+    let wg = split_wg(a);
+    let by_length = n_vec / (wg as u64 * per_lane);
+    let chunks = target
+        .div_ceil(rows)
+        .min(by_length)
+        .min(SPLIT_MAX_CHUNKS as u64);
+    (chunks >= 2).then_some(RowKernel::Split {
+        wg,
+        chunks: chunks as u32,
+    })
+}
+
+/// Lanes per workgroup of the split kernel on `a`.
+pub fn split_wg(a: &AdapterClass) -> u32 {
+    SPLIT_WG.min(prev_power_of_two(a.max_invocations.max(1)))
+}
+
+/// Accesses per chunk when rows of `n_vec` accesses are cut into `chunks` (at least 1).
+pub fn split_chunk_len(n_vec: u64, chunks: u32) -> u64 {
+    n_vec.div_ceil(chunks.max(1) as u64).max(1)
 }
 
 /// Accesses each lane of a team holds at least on CPU adapters (see `choose_for`).
@@ -79,6 +144,7 @@ pub(super) fn cache_len_for(budget: u64, kernel: RowKernel, io: Io, n_vec: u64) 
             let cap = budget.saturating_sub(reduction_bytes(wg)) / access;
             (n_vec <= cap).then(|| bucket(n_vec, cap))
         }
+        RowKernel::Split { .. } => None,
     }
 }
 
@@ -190,6 +256,11 @@ pub fn loop_iterations(kernel: RowKernel, n_vec: u64) -> u64 {
         }
         // Two passes over the lane's share, one tree reduction.
         RowKernel::Workgroup { wg } => 2 * n_vec.div_ceil(wg as u64) + 32,
+        // Each pass: the lane's share of one chunk; the output pass also merges the chunks.
+        RowKernel::Split { wg, chunks } => {
+            let share = split_chunk_len(n_vec, chunks).div_ceil(wg as u64);
+            share + 32 + (chunks as u64).div_ceil(wg as u64) + share + 32
+        }
     }
 }
 
@@ -275,7 +346,8 @@ impl AdapterClass {
 }
 
 /// The names the bench and tuning tables use: `team{lanes}x{rows}` (cached),
-/// `team{lanes}x{rows}-uncached`, `regs{lanes}x{teams}x{rows per team}`, `workgroup{lanes}`.
+/// `team{lanes}x{rows}-uncached`, `regs{lanes}x{teams}x{rows per team}`, `workgroup{lanes}`,
+/// `split{lanes}x{chunks}`.
 impl std::fmt::Display for RowKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
@@ -293,6 +365,7 @@ impl std::fmt::Display for RowKernel {
                 rows_per_team,
             } => write!(f, "regs{team}x{rows_per_group}x{rows_per_team}"),
             RowKernel::Workgroup { wg } => write!(f, "workgroup{wg}"),
+            RowKernel::Split { wg, chunks } => write!(f, "split{wg}x{chunks}"),
         }
     }
 }
@@ -311,6 +384,11 @@ impl std::str::FromStr for RowKernel {
         };
         let parsed = if let Some(b) = s.strip_prefix("workgroup") {
             nums(b, 1).map(|v| RowKernel::Workgroup { wg: v[0] })
+        } else if let Some(b) = s.strip_prefix("split") {
+            nums(b, 2).map(|v| RowKernel::Split {
+                wg: v[0],
+                chunks: v[1],
+            })
         } else if let Some(b) = s.strip_prefix("regs") {
             nums(b, 3).map(|v| RowKernel::TeamRegs {
                 team: v[0],
@@ -331,7 +409,9 @@ impl std::str::FromStr for RowKernel {
             None
         };
         parsed.ok_or_else(|| {
-            format!("unknown row kernel {s:?} (teamAxB, teamAxB-uncached, regsAxBxC, workgroupA)")
+            format!(
+                "unknown row kernel {s:?} (teamAxB, teamAxB-uncached, regsAxBxC, workgroupA, splitAxB)"
+            )
         })
     }
 }
@@ -359,10 +439,19 @@ mod name_tests {
                 rows_per_team: 1,
             },
             RowKernel::Workgroup { wg: 256 },
+            RowKernel::Split { wg: 64, chunks: 16 },
         ] {
             assert_eq!(k.to_string().parse::<RowKernel>(), Ok(k));
         }
-        for bad in ["team8", "regs8x8", "workgroup0", "warp32", "team8x8-cached"] {
+        for bad in [
+            "team8",
+            "regs8x8",
+            "workgroup0",
+            "warp32",
+            "team8x8-cached",
+            "split64",
+            "split64x0",
+        ] {
             assert!(bad.parse::<RowKernel>().is_err(), "{bad}");
         }
     }

@@ -13,10 +13,13 @@ mod choose;
 pub mod plan;
 mod record;
 
-pub use choose::{choose, loop_iterations, AdapterClass, RowKernel, CPU_LOOP_BUDGET, TEAM_REGS};
+pub use choose::{
+    choose, loop_iterations, split_chunk_len, split_for, split_wg, AdapterClass, RowKernel,
+    CPU_LOOP_BUDGET, SPLIT_MAX_CHUNKS, SPLIT_MAX_ROWS, SPLIT_WG, TEAM_REGS,
+};
 pub use plan::{
-    naive_spec, specializations, RowConstants, RowFlags, NAIVE_KERNEL, SLOTS, TEAM_KERNEL,
-    TEAM_REGS_KERNEL, WORKGROUP_KERNEL,
+    naive_spec, specializations, RowConstants, RowFlags, NAIVE_KERNEL, SLOTS, SPLIT_APPLY_KERNEL,
+    SPLIT_PARTIALS_KERNEL, SPLIT_SLOTS, TEAM_KERNEL, TEAM_REGS_KERNEL, WORKGROUP_KERNEL,
 };
 
 use crate::binding::BindCache;
@@ -91,12 +94,17 @@ struct PlanKey {
     n: u64,
     io: Io,
     flags: RowFlags,
+    /// The call's row count when it may take the split kernel (fewer than
+    /// [`SPLIT_MAX_ROWS`] rows, one binding window), else 0.
+    few_rows: u64,
 }
 
 #[derive(Clone)]
 struct Plan {
     kernel: RowKernel,
     pipeline: wgpu::ComputePipeline,
+    /// The split kernel's first pass (chunk moments).
+    partials: Option<wgpu::ComputePipeline>,
 }
 
 /// A row-norm op bound to a device: validates calls, picks and caches pipelines and bind groups,
@@ -108,6 +116,7 @@ pub struct RowNorm {
     forced: Option<RowKernel>,
     plans: std::sync::Mutex<std::collections::HashMap<PlanKey, Plan>>,
     binds: BindCache,
+    scratch: crate::scratch::ScratchCache,
 }
 
 impl RowNorm {
@@ -129,6 +138,7 @@ impl RowNorm {
             forced: None,
             plans: Default::default(),
             binds: BindCache::default(),
+            scratch: Default::default(),
         })
     }
 
@@ -188,13 +198,16 @@ impl RowNorm {
 
     /// The kernel a call on `x` would run (after validation), for reports.
     pub fn kernel_for(&self, x: &Tensor) -> Result<(RowKernel, Io)> {
-        let (_, n) = self.split(x.shape())?;
+        let (rows, n) = self.split(x.shape())?;
         let io = Io {
             dtype: self.cfg.dtype,
             vec4: n % 4 == 0 && x.offset().is_multiple_of(16),
         };
         let class = AdapterClass::of(&self.ctx);
-        Ok((self.select(&class, n as u64, io), io))
+        let base = self.select(&class, n as u64, io);
+        let few = (rows as u64) < SPLIT_MAX_ROWS;
+        let split = few.then(|| self.split_kernel(&class, rows as u64, n as u64, io, base));
+        Ok((split.flatten().unwrap_or(base), io))
     }
 
     /// Convenience path: allocates `y` (and f32 `mean`/`rstd`, one per row, when `stats`), encodes

@@ -4,7 +4,7 @@
 use crate::context::Slot;
 use crate::shader::{snippet, Io, Kernel, Specialization};
 
-use super::choose::{AdapterClass, RowKernel, TEAM_REGS};
+use super::choose::{split_wg, AdapterClass, RowKernel, TEAM_REGS};
 use super::RowMode;
 
 /// Bind-group slots of every row-norm kernel (the naive baseline too).
@@ -18,6 +18,20 @@ pub const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // rstd
     Slot::Read,      // residual
     Slot::ReadWrite, // sum
+];
+
+/// Bind-group slots of the split kernel's two passes: [`SLOTS`], then the chunk moments.
+pub const SPLIT_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,      // x
+    Slot::Read,      // weight
+    Slot::Read,      // bias
+    Slot::ReadWrite, // y
+    Slot::ReadWrite, // mean
+    Slot::ReadWrite, // rstd
+    Slot::Read,      // residual
+    Slot::ReadWrite, // sum
+    Slot::ReadWrite, // partials: (count, mean, M2, 0) per chunk of each row
 ];
 
 const ROW_COMMON: &str = crate::shader_file!("row_norm/common.wgsl");
@@ -63,6 +77,34 @@ pub const WORKGROUP_KERNEL: Kernel = Kernel::new(
         crate::shader_file!("row_norm/workgroup.wgsl"),
     ],
     SLOTS,
+)
+.with_bf16();
+
+/// Split rows, pass 1: chunk moments (no optional feature).
+pub const SPLIT_PARTIALS_KERNEL: Kernel = Kernel::new(
+    "row_norm/split_partials",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        snippet::WG_MOMENTS,
+        ROW_COMMON,
+        crate::shader_file!("row_norm/split_partials.wgsl"),
+    ],
+    SPLIT_SLOTS,
+)
+.with_bf16();
+
+/// Split rows, pass 2: merge of a row's chunk moments, then the output of one chunk.
+pub const SPLIT_APPLY_KERNEL: Kernel = Kernel::new(
+    "row_norm/split_apply",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        snippet::WG_MOMENTS,
+        ROW_COMMON,
+        crate::shader_file!("row_norm/split_apply.wgsl"),
+    ],
+    SPLIT_SLOTS,
 )
 .with_bf16();
 
@@ -129,13 +171,23 @@ pub struct RowConstants {
 }
 
 impl RowConstants {
-    /// The pipeline these constants select for I/O type `io`.
+    /// The pipeline these constants select for I/O type `io` (the split kernel's output pass).
     pub fn spec(&self, io: Io) -> Specialization {
         let f = self.flags;
         let kernel = match self.kernel {
             RowKernel::Team { .. } => TEAM_KERNEL,
             RowKernel::TeamRegs { .. } => TEAM_REGS_KERNEL,
             RowKernel::Workgroup { .. } => WORKGROUP_KERNEL,
+            RowKernel::Split { .. } => SPLIT_APPLY_KERNEL,
+        };
+        // The split kernel's output pass reads x (+ residual) and never stores the sum: its
+        // first pass did.
+        let f = match self.kernel {
+            RowKernel::Split { .. } => RowFlags {
+                write_sum: false,
+                ..f
+            },
+            _ => f,
         };
         let s = Specialization::new(kernel, io)
             .set(
@@ -176,7 +228,31 @@ impl RowConstants {
                 .set("WG", wg)
                 .flag("USE_CACHE", self.cache.is_some())
                 .set("CACHE_V", self.cache.unwrap_or(1)),
+            RowKernel::Split { wg, .. } => s.set("WG", wg),
         }
+    }
+
+    /// The split kernel's first pass (chunk moments; `None` for the one-pass kernels). Only the
+    /// statistics mode, the residual and the sum store matter to it, so every weight, bias,
+    /// statistics and activation variant shares one pipeline.
+    pub fn partials_spec(&self, io: Io) -> Option<Specialization> {
+        let RowKernel::Split { wg, .. } = self.kernel else {
+            return None;
+        };
+        Some(
+            Specialization::new(SPLIT_PARTIALS_KERNEL, io)
+                .set(
+                    "MODE",
+                    if self.mode == RowMode::LayerNorm {
+                        0
+                    } else {
+                        1
+                    },
+                )
+                .flag("HAS_RESIDUAL", self.flags.has_residual)
+                .flag("WRITE_SUM", self.flags.write_sum)
+                .set("WG", wg),
+        )
     }
 }
 
@@ -241,7 +317,24 @@ pub fn specializations(classes: &[AdapterClass]) -> Vec<Specialization> {
             }
         }
     }
+    // The split kernel serves calls of few rows of any length: its workgroup size is the only
+    // constant the choice sets (the chunk count is a uniform).
+    for class in classes {
+        let kernel = RowKernel::Split {
+            wg: split_wg(class),
+            chunks: 2,
+        };
+        for io in Io::ROWS {
+            for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
+                let shape = (mode, io, kernel, None, None);
+                if seen.insert(shape) {
+                    shapes.push((shape, 4));
+                }
+            }
+        }
+    }
     let mut out = Vec::new();
+    let mut split_specs = std::collections::HashSet::new();
     for ((mode, io, kernel, cache, _), n_vec) in shapes {
         for flags in RowFlags::all() {
             for activation in crate::Activation::ALL {
@@ -253,7 +346,13 @@ pub fn specializations(classes: &[AdapterClass]) -> Vec<Specialization> {
                     cache,
                     activation,
                 };
-                out.push(c.spec(io));
+                // The split passes ignore some flags: list each of their pipelines once.
+                let split = matches!(kernel, RowKernel::Split { .. });
+                for s in std::iter::once(c.spec(io)).chain(c.partials_spec(io)) {
+                    if !split || split_specs.insert(s.key()) {
+                        out.push(s);
+                    }
+                }
             }
         }
     }

@@ -6,9 +6,11 @@ use crate::shader::Io;
 use crate::uniform::RowParams;
 use crate::{DType, Error, Result, Tensor};
 
-use super::choose::CPU_LOOP_BUDGET;
 use super::choose::{cache_len_for, choose_for, loop_iterations, AdapterClass, RowKernel};
-use super::plan::{RowConstants, RowFlags, SLOTS};
+use super::choose::{
+    split_chunk_len, split_for, CPU_LOOP_BUDGET, SPLIT_MAX_CHUNKS, SPLIT_MAX_ROWS,
+};
+use super::plan::{RowConstants, RowFlags, SLOTS, SPLIT_SLOTS};
 use super::{Plan, PlanKey, RowMode, RowNorm, RowNormArgs};
 
 /// A call that passed every check: its row count, the bound ranges of its tensors (whole), and
@@ -29,6 +31,8 @@ struct Checked {
 
 /// The row-indexed ranges of one binding window.
 struct Ranges {
+    /// The split kernel's chunk moments (`None` for the one-pass kernels).
+    partials: Option<BufferRange>,
     x: BufferRange,
     y: BufferRange,
     residual: Option<BufferRange>,
@@ -144,6 +148,7 @@ impl RowNorm {
                 n: n as u64,
                 io: Io::F32,
                 flags: RowFlags::default(),
+                few_rows: 0,
             },
             x: binding::storage_range_unbounded(ctx, "x", a.x)?,
             y: binding::storage_range_unbounded(ctx, "y", a.y)?,
@@ -189,6 +194,11 @@ impl RowNorm {
                 write_sum: c.sum.is_some(),
                 write_stats: c.mean.is_some() || c.rstd.is_some(),
             },
+            few_rows: if (rows as u64) < SPLIT_MAX_ROWS && window == rows {
+                rows as u64
+            } else {
+                0
+            },
         };
         Ok(Some(Checked { key, ..c }))
     }
@@ -222,9 +232,32 @@ impl RowNorm {
             selu_alpha,
             selu_lambda,
             stat_base: 0,
+            chunks: 1,
+            chunk_vec: 0,
             _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
+        };
+        let params = match plan.kernel {
+            RowKernel::Split { chunks, .. } => RowParams {
+                chunks,
+                chunk_vec: split_chunk_len(params.n_vec as u64, chunks) as u32,
+                ..params
+            },
+            _ => params,
+        };
+        // The split kernel's chunk moments: one vec4 per chunk of each row of a window, in
+        // op-owned scratch that is reused by every window (their passes run in order).
+        let partials = match plan.kernel {
+            RowKernel::Split { chunks, .. } => {
+                let len = c.window * chunks as usize * 4;
+                let key = [c.window, chunks as usize];
+                let range = self
+                    .scratch
+                    .with(&self.ctx, &key, &[len], DType::F32, |t| {
+                        binding::storage_range(&self.ctx, "split partials", t)
+                    })?;
+                Some(range?)
+            }
+            _ => None,
         };
         let label = match self.cfg.mode {
             RowMode::LayerNorm => "wgnorm layer_norm",
@@ -240,6 +273,7 @@ impl RowNorm {
             for (r0, rows_w) in windows.iter() {
                 let win = |r: &BufferRange| windows.range(r, r0, rows_w);
                 let ranges = Ranges {
+                    partials: partials.clone(),
                     x: win(&c.x),
                     y: win(&c.y),
                     residual: c.residual.as_ref().map(win),
@@ -294,21 +328,23 @@ impl RowNorm {
         let ctx = &self.ctx;
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
-        let bind = self.binds.get(
-            ctx,
-            SLOTS,
-            params,
-            &[
-                &w.x,
-                c.weight.as_ref().unwrap_or(&dr),
-                c.bias.as_ref().unwrap_or(&dr),
-                &w.y,
-                w.mean.as_ref().unwrap_or(&dw[0]),
-                w.rstd.as_ref().unwrap_or(&dw[1]),
-                w.residual.as_ref().unwrap_or(&dr),
-                w.sum.as_ref().unwrap_or(&dw[2]),
-            ],
-        )?;
+        // The split kernel's layout adds the chunk moments; the one-pass kernels bind 8.
+        let ranges = [
+            &w.x,
+            c.weight.as_ref().unwrap_or(&dr),
+            c.bias.as_ref().unwrap_or(&dr),
+            &w.y,
+            w.mean.as_ref().unwrap_or(&dw[0]),
+            w.rstd.as_ref().unwrap_or(&dw[1]),
+            w.residual.as_ref().unwrap_or(&dr),
+            w.sum.as_ref().unwrap_or(&dw[2]),
+            w.partials.as_ref().unwrap_or(&dr),
+        ];
+        let (slots, ranges) = match w.partials {
+            Some(_) => (SPLIT_SLOTS, &ranges[..]),
+            None => (SLOTS, &ranges[..8]),
+        };
+        let bind = self.binds.get(ctx, slots, params, ranges)?;
         if !record {
             return Ok(());
         }
@@ -321,8 +357,12 @@ impl RowNorm {
                 ..
             } => rows.div_ceil(rows_per_group as u64 * rows_per_team as u64),
             RowKernel::Workgroup { .. } => rows,
+            RowKernel::Split { chunks, .. } => rows * chunks as u64,
         };
         let (gx, gy) = binding::grid(ctx, groups);
+        if let Some(partials) = &plan.partials {
+            binding::dispatch(encoder, label, partials, &bind, (gx, gy, 1));
+        }
         binding::dispatch(encoder, label, &plan.pipeline, &bind, (gx, gy, 1));
         Ok(())
     }
@@ -338,19 +378,32 @@ impl RowNorm {
         }
         let class = AdapterClass::of(&self.ctx);
         let n_vec = key.n / key.io.width() as u64;
-        let kernel = self.select(&class, key.n, key.io);
+        let base = self.select(&class, key.n, key.io);
+        let kernel = match key.few_rows {
+            0 => base,
+            rows => self
+                .split_kernel(&class, rows, key.n, key.io, base)
+                .unwrap_or(base),
+        };
         let cache = check_kernel(&class, kernel, key.io, n_vec)?;
-        let spec = RowConstants {
+        let constants = RowConstants {
             mode: self.cfg.mode,
             flags: key.flags,
             kernel,
             n_vec,
             cache,
             activation: self.activation,
-        }
-        .spec(key.io);
-        let pipeline = self.ctx.pipeline(&spec)?;
-        let plan = Plan { kernel, pipeline };
+        };
+        let pipeline = self.ctx.pipeline(&constants.spec(key.io))?;
+        let partials = match constants.partials_spec(key.io) {
+            Some(spec) => Some(self.ctx.pipeline(&spec)?),
+            None => None,
+        };
+        let plan = Plan {
+            kernel,
+            pipeline,
+            partials,
+        };
         crate::locked(&self.plans).insert(key, plan.clone());
         Ok(plan)
     }
@@ -369,6 +422,31 @@ impl RowNorm {
             .and_then(|t| t.row_kernel(self.cfg.mode, self.cfg.dtype, n))
             .filter(|&k| check_kernel(class, k, io, n_vec).is_ok())
             .unwrap_or_else(|| choose_for(class, self.cfg.mode, n, io))
+    }
+
+    /// The kernel for a call of only `rows` rows of `n` elements whose row length selects `base`:
+    /// the tuning table's entry for about that many rows, else the split kernel when the rows
+    /// are too few to occupy the device; `None` keeps `base` (always with a forced kernel).
+    pub(super) fn split_kernel(
+        &self,
+        class: &AdapterClass,
+        rows: u64,
+        n: u64,
+        io: Io,
+        base: RowKernel,
+    ) -> Option<RowKernel> {
+        if self.forced.is_some() {
+            return None;
+        }
+        let n_vec = n / io.width() as u64;
+        let (mode, dtype) = (self.cfg.mode, self.cfg.dtype);
+        let tuned = self
+            .ctx
+            .tuning()
+            .and_then(|t| t.few_rows_kernel(mode, dtype, rows, n));
+        tuned
+            .or_else(|| split_for(class, rows, n_vec, base))
+            .filter(|&k| check_kernel(class, k, io, n_vec).is_ok())
     }
 }
 
@@ -409,12 +487,20 @@ fn check_kernel(
                 });
             }
         }
-        RowKernel::Workgroup { wg } => {
+        RowKernel::Workgroup { wg } | RowKernel::Split { wg, .. } => {
             if !wg.is_power_of_two() || wg > class.max_invocations {
                 return Err(Error::InvalidParameter {
                     name: "kernel",
                     value: format!("{kernel:?}"),
-                    why: "the workgroup kernel needs a power-of-two size within the device limit",
+                    why: "the workgroup and split kernels need a power-of-two size within the device limit",
+                });
+            }
+            if matches!(kernel, RowKernel::Split { chunks, .. } if chunks == 0 || chunks > SPLIT_MAX_CHUNKS)
+            {
+                return Err(Error::InvalidParameter {
+                    name: "kernel",
+                    value: format!("{kernel:?}"),
+                    why: "the split kernel takes 1 to SPLIT_MAX_CHUNKS (256) chunks per row",
                 });
             }
         }
