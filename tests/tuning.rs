@@ -130,3 +130,115 @@ fn a_few_rows_entry_serves_calls_of_few_rows_only() {
     let want = layer_norm(&xd, n, None, None, 1e-5);
     assert_close("few-rows y", &c.download(&y).unwrap(), &want.y, 1e-5, 1e-4);
 }
+
+/// A measured lane plan for BatchNorm training of one geometry: the engine takes it for calls of
+/// that geometry (training only), the output matches the f64 reference, and a forced plan still
+/// wins over the table.
+#[test]
+fn a_tuned_lane_plan_serves_batch_norm_of_its_geometry() {
+    use wgnorm::engine::core::chnorm::{ChannelView, LanePlan};
+    use wgnorm::{BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, Layout, Mode};
+    let c = fresh();
+    let (n, ch, hw) = (4usize, 16usize, 36usize);
+    let shape = [n, ch, 6, 6];
+    let view = ChannelView::batch_norm(&shape, Layout::Nchw).unwrap();
+    // Neither adapter class's default: one access per apply lane is the GPU default, contiguous
+    // lane blocks the CPU one.
+    let tuned: LanePlan = "strided+slot-lanes+apply1".parse().unwrap();
+    let mut t = Tuning::new(c.adapter_info().name.clone());
+    t.insert_lanes(wgnorm::LaneEntry {
+        moments: true,
+        dtype: DType::F32,
+        view,
+        plan: tuned,
+    });
+    c.set_tuning(t).unwrap();
+    let bn = BatchNorm::new(&c, BatchNormConfig::default()).unwrap();
+    assert_eq!(bn.engine().lanes_for(&view, true), tuned);
+    assert_eq!(bn.engine().lanes_for(&view, false), LanePlan::default());
+    let wide = ChannelView::batch_norm(&[n, 4 * ch, 6, 6], Layout::Nchw).unwrap();
+    assert_eq!(bn.engine().lanes_for(&wide, true), LanePlan::default());
+    let forced: LanePlan = "blocks+channel-lanes+apply16".parse().unwrap();
+    let bn_forced = BatchNorm::new(&c, BatchNormConfig::default())
+        .unwrap()
+        .with_lane_plan(forced);
+    assert_eq!(bn_forced.engine().lanes_for(&view, true), forced);
+
+    let x: Vec<f32> = noise(21, n * ch * hw)
+        .iter()
+        .map(|v| v * 3.0 + 1.0)
+        .collect();
+    let w: Vec<f32> = noise(22, ch).iter().map(|v| v + 1.0).collect();
+    let b = noise(23, ch);
+    let (rm0, rv0) = (vec![0.0f32; ch], vec![1.0f32; ch]);
+    let xt = c.upload(&x, &shape, DType::F32).unwrap();
+    let (wt, bt) = (
+        c.upload_f32(&w, &[ch]).unwrap(),
+        c.upload_f32(&b, &[ch]).unwrap(),
+    );
+    let (rm, rv) = (
+        c.upload_f32(&rm0, &[ch]).unwrap(),
+        c.upload_f32(&rv0, &[ch]).unwrap(),
+    );
+    let y = c.empty(&shape, DType::F32).unwrap();
+    let mut enc = c.device().create_command_encoder(&Default::default());
+    let inputs = BatchNormInputs {
+        x: &xt,
+        weight: Some(&wt),
+        bias: Some(&bt),
+        running_mean: Some(&rm),
+        running_var: Some(&rv),
+    };
+    let outputs = BatchNormOutputs { y: &y, saved: None };
+    bn.encode(&mut enc, &inputs, &outputs, Mode::training(true))
+        .unwrap();
+    c.queue().submit([enc.finish()]);
+    let f = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let want = wgnorm_reference::chnorm::batch_norm(
+        &f(&x),
+        n,
+        ch,
+        hw,
+        Some(&f(&w)),
+        Some(&f(&b)),
+        &f(&rm0),
+        &f(&rv0),
+        true,
+        0.1,
+        true,
+        1e-5,
+    );
+    assert_close(
+        "tuned-plan y",
+        &c.download(&y).unwrap(),
+        &want.y,
+        1e-5,
+        1e-4,
+    );
+    assert_close(
+        "tuned-plan running_var",
+        &c.download(&rv).unwrap(),
+        &want.running_var,
+        1e-6,
+        1e-5,
+    );
+    // The call ran the tuned plan's pipelines: the same call forced to that plan compiles none.
+    let pipelines = c.pipeline_count();
+    let bn_tuned = BatchNorm::new(&c, BatchNormConfig::default())
+        .unwrap()
+        .with_lane_plan(tuned);
+    let y2 = c.empty(&shape, DType::F32).unwrap();
+    let mut enc = c.device().create_command_encoder(&Default::default());
+    let outputs2 = BatchNormOutputs {
+        y: &y2,
+        saved: None,
+    };
+    bn_tuned
+        .encode(&mut enc, &inputs, &outputs2, Mode::training(true))
+        .unwrap();
+    assert_eq!(
+        c.pipeline_count(),
+        pipelines,
+        "the tuned call ran another plan"
+    );
+}

@@ -1,8 +1,9 @@
 //! The batch family's part of `cargo xtask bench --autotune`: every lane plan of the channel
 //! engine (contiguous blocks or strided lanes in the moments pass, one lane per channel or per
 //! slot, 1 or 16 accesses per apply lane) on BatchNorm training and inference, NCHW and NHWC,
-//! against the runtime's default plan. Reported and written to the JSON; the runtime does not
-//! load these entries yet (`Tuning` skips ops it does not tune).
+//! against the runtime's default plan. Reported and written to the JSON, whose entries the
+//! runtime loads with the row kernels' (`Tuning::lane_plan`: views of the same geometry take the
+//! measured plan).
 
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -24,25 +25,9 @@ pub(crate) struct Tuned {
     default_ms: f64,
 }
 
-/// A plan's name: `default`, or its three forced choices.
+/// A plan's name: `default` (the runtime's choice), or the forced plan's.
 fn label(plan: Option<LanePlan>) -> String {
-    match plan {
-        None => "default".into(),
-        Some(p) => format!(
-            "{}+{}+apply{}",
-            if p.lane_blocks == Some(true) {
-                "blocks"
-            } else {
-                "strided"
-            },
-            if p.channel_lanes == Some(true) {
-                "channel-lanes"
-            } else {
-                "slot-lanes"
-            },
-            p.apply_block.unwrap_or(0)
-        ),
-    }
+    plan.map_or_else(|| "default".into(), |p| p.to_string())
 }
 
 impl Tuned {

@@ -28,7 +28,11 @@ pub fn run(ctx: &Context) -> Result<(), String> {
         ctx.f16_access()
     );
     match ctx.tuning() {
-        Some(t) => println!("tuning:   {} row entries (WGNORM_TUNING)", t.rows().len()),
+        Some(t) => println!(
+            "tuning:   {} row entries, {} lane-plan entries (WGNORM_TUNING)",
+            t.rows().len(),
+            t.lane_entries().len()
+        ),
         None => println!("tuning:   built-in defaults (no WGNORM_TUNING table)"),
     }
     println!("\nrow-norm kernel per op, dtype and row length (many rows):\n");

@@ -11,7 +11,14 @@
 //! measured on fewer than [`SPLIT_MAX_ROWS`] rows (decode steps, where the split kernel
 //! competes) serve only calls of few rows, keyed by the row count rounded up to a power of two
 //! as well; the others serve the row length's kernel for every call.
+//!
+//! Batch-family entries (`batch_norm_train`, `batch_norm_infer`) carry the channel engine's lane
+//! plan. They are keyed by the geometry of the channel view the shape makes (statistics slots,
+//! the contiguous run, elements per slot, each rounded up to a power of two), whether the call
+//! computes batch statistics, and dtype: any op whose view has that geometry (a GroupNorm or
+//! InstanceNorm view too) takes the measured plan.
 
+use crate::chnorm::{ChannelView, LanePlan, Layout};
 use crate::rownorm::{RowKernel, RowMode, SPLIT_MAX_ROWS};
 use crate::{DType, Error, Result};
 
@@ -53,11 +60,42 @@ fn rows_bucket(rows: u64) -> u64 {
     }
 }
 
+/// One measured lane plan of the channel engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneEntry {
+    /// Measured on calls that compute batch statistics (training), else on calls that only
+    /// apply given or running statistics (inference).
+    pub moments: bool,
+    /// Storage type of x and y.
+    pub dtype: DType,
+    /// The channel view it was measured on.
+    pub view: ChannelView,
+    /// The fastest plan.
+    pub plan: LanePlan,
+}
+
+impl LaneEntry {
+    fn key(&self) -> (bool, DType, [u64; 3]) {
+        (self.moments, self.dtype, view_buckets(&self.view))
+    }
+}
+
+/// Statistics slots, contiguous run and elements per slot of `v`, each rounded up to a power of
+/// two: what the lane mapping's costs depend on.
+fn view_buckets(v: &ChannelView) -> [u64; 3] {
+    [
+        bucket((v.p * v.r) as u64),
+        bucket(v.s as u64),
+        bucket((v.q * v.s) as u64),
+    ]
+}
+
 /// A table of measured kernel choices for one adapter.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tuning {
     adapter: String,
     rows: Vec<RowEntry>,
+    lanes: Vec<LaneEntry>,
 }
 
 impl Tuning {
@@ -66,6 +104,7 @@ impl Tuning {
         Tuning {
             adapter: adapter.into(),
             rows: Vec::new(),
+            lanes: Vec::new(),
         }
     }
 
@@ -77,6 +116,23 @@ impl Tuning {
     /// The row-norm entries.
     pub fn rows(&self) -> &[RowEntry] {
         &self.rows
+    }
+
+    /// The lane-plan entries.
+    pub fn lane_entries(&self) -> &[LaneEntry] {
+        &self.lanes
+    }
+
+    /// Adds `e`, replacing an entry of the same key (see the module docs).
+    pub fn insert_lanes(&mut self, e: LaneEntry) {
+        self.lanes.retain(|l| l.key() != e.key());
+        self.lanes.push(e);
+    }
+
+    /// The measured lane plan for a call on `view` (`moments`: it computes batch statistics).
+    pub fn lane_plan(&self, moments: bool, dtype: DType, view: &ChannelView) -> Option<LanePlan> {
+        let key = (moments, dtype, view_buckets(view));
+        self.lanes.iter().find(|l| l.key() == key).map(|l| l.plan)
     }
 
     /// Adds `e`, replacing an entry of the same op, dtype, length bucket and row-count bucket.
@@ -144,15 +200,24 @@ impl Tuning {
             .ok_or_else(|| bad("no \"autotune\" array".into()))?;
         let mut t = Tuning::new(adapter);
         for (i, e) in entries.iter().enumerate() {
-            let mode = match e["op"].as_str().map(RowMode::from_name) {
-                Some(Some(mode)) => mode,
-                Some(None) => continue,
-                None => return Err(bad(format!("autotune[{i}] has no op"))),
-            };
+            let op = e["op"]
+                .as_str()
+                .ok_or_else(|| bad(format!("autotune[{i}] has no op")))?;
             let dtype = match e["dtype"].as_str() {
                 Some("f32") => DType::F32,
                 Some("f16") => DType::F16,
                 other => return Err(bad(format!("autotune[{i}]: dtype {other:?}"))),
+            };
+            if let Some(moments) = match op {
+                "batch_norm_train" => Some(true),
+                "batch_norm_infer" => Some(false),
+                _ => None,
+            } {
+                t.insert_lanes(lane_entry(i, e, moments, dtype)?);
+                continue;
+            }
+            let Some(mode) = RowMode::from_name(op) else {
+                continue;
             };
             let shape: Option<Vec<u64>> = e["shape"]
                 .as_array()
@@ -179,6 +244,41 @@ impl Tuning {
     }
 }
 
+/// A `batch_norm_train` / `batch_norm_infer` entry: `shape` is `[N, C, H, W]` whatever the
+/// `layout` (`NCHW` or `NHWC`), `best` a lane plan's name.
+fn lane_entry(i: usize, e: &serde_json::Value, moments: bool, dtype: DType) -> Result<LaneEntry> {
+    let bad = |what: String| Error::Tuning(format!("autotune[{i}]: {what}"));
+    let layout = match e["layout"].as_str() {
+        Some("NCHW") => Layout::Nchw,
+        Some("NHWC") => Layout::Nhwc,
+        other => return Err(bad(format!("layout {other:?} (NCHW or NHWC)"))),
+    };
+    let dims: Option<Vec<usize>> = e["shape"].as_array().and_then(|s| {
+        s.iter()
+            .map(|v| v.as_u64().filter(|&d| d > 0).map(|d| d as usize))
+            .collect()
+    });
+    let Some([n, c, h, w]) = dims.as_deref().and_then(|d| <[usize; 4]>::try_from(d).ok()) else {
+        return Err(bad("shape is not [N, C, H, W]".into()));
+    };
+    let shape = match layout {
+        Layout::Nchw => [n, c, h, w],
+        Layout::Nhwc => [n, h, w, c],
+    };
+    let view = ChannelView::batch_norm(&shape, layout).map_err(|e| bad(e.to_string()))?;
+    let plan = e["best"]
+        .as_str()
+        .ok_or_else(|| bad("no best lane plan".into()))?
+        .parse()
+        .map_err(bad)?;
+    Ok(LaneEntry {
+        moments,
+        dtype,
+        view,
+        plan,
+    })
+}
+
 /// The row-length bucket of `n`: the next power of two.
 fn bucket(n: u64) -> u64 {
     n.max(1).next_power_of_two()
@@ -195,9 +295,55 @@ mod tests {
              "best": "team8x8", "best_ms": 1.0, "default": "regs8x8x8", "default_ms": 1.05},
             {"op": "rms_norm", "shape": [256, 16384], "dtype": "f16", "best": "workgroup256"},
             {"op": "rms_norm", "shape": [1, 16384], "dtype": "f16", "best": "split64x32"},
-            {"op": "batch_norm_train", "shape": [8, 64, 28, 28], "dtype": "f32", "best": "x"}
+            {"op": "batch_norm_train", "shape": [8, 64, 28, 28], "dtype": "f32", "layout": "NHWC",
+             "best": "blocks+slot-lanes+apply1"},
+            {"op": "group_norm_silu", "shape": [1, 320, 32, 32], "dtype": "f32", "best": "x"}
         ]
     }"#;
+
+    #[test]
+    fn batch_entries_serve_views_of_their_geometry() {
+        let t = Tuning::from_json(DOC).unwrap();
+        assert_eq!(t.lane_entries().len(), 1);
+        let plan = LanePlan {
+            lane_blocks: Some(true),
+            channel_lanes: Some(false),
+            apply_block: Some(1),
+        };
+        let view = |shape: &[usize]| ChannelView::batch_norm(shape, Layout::Nhwc).unwrap();
+        // Measured at 8x28x28x64 NHWC, training; 7x28x28x60 rounds into the same buckets.
+        assert_eq!(
+            t.lane_plan(true, DType::F32, &view(&[7, 28, 28, 60])),
+            Some(plan)
+        );
+        // Inference, f16, and twice the channels are other entries.
+        assert_eq!(
+            t.lane_plan(false, DType::F32, &view(&[8, 28, 28, 64])),
+            None
+        );
+        assert_eq!(t.lane_plan(true, DType::F16, &view(&[8, 28, 28, 64])), None);
+        assert_eq!(
+            t.lane_plan(true, DType::F32, &view(&[8, 28, 28, 128])),
+            None
+        );
+        // The same tensor channels-first is another geometry (a contiguous run of 784).
+        let nchw = ChannelView::batch_norm(&[8, 64, 28, 28], Layout::Nchw).unwrap();
+        assert_eq!(t.lane_plan(true, DType::F32, &nchw), None);
+    }
+
+    #[test]
+    fn every_lane_plan_name_parses_back_and_unbuilt_blocks_are_refused() {
+        for p in LanePlan::ALL_FORCED {
+            assert_eq!(p.to_string().parse::<LanePlan>(), Ok(p), "{p}");
+        }
+        for bad in [
+            "blocks+slot-lanes+apply4",
+            "blocks+slot-lanes",
+            "strided+lanes+apply1",
+        ] {
+            assert!(bad.parse::<LanePlan>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn reads_the_bench_document_and_skips_ops_it_does_not_tune() {
@@ -233,6 +379,9 @@ mod tests {
         let doc = DOC.replace("team8x8", "team8by8");
         let e = Tuning::from_json(&doc).unwrap_err().to_string();
         assert!(e.contains("autotune[0]") && e.contains("team8by8"), "{e}");
+        let doc = DOC.replace("slot-lanes+apply1", "slot-lanes+apply3");
+        let e = Tuning::from_json(&doc).unwrap_err().to_string();
+        assert!(e.contains("autotune[3]") && e.contains("apply3"), "{e}");
         assert!(Tuning::from_json("{}").is_err());
     }
 

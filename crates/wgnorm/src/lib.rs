@@ -76,7 +76,7 @@ pub use wgnorm_batchnorm::{
 pub use wgnorm_core::chnorm::Layout;
 pub use wgnorm_core::context::OPTIONAL_FEATURES;
 pub use wgnorm_core::elementwise::{Elementwise, ElementwiseConfig};
-pub use wgnorm_core::tuning::{RowEntry, Tuning};
+pub use wgnorm_core::tuning::{LaneEntry, RowEntry, Tuning};
 pub use wgnorm_core::Activation;
 pub use wgnorm_core::{wgpu, Context, DType, Error, Mode, Result, ShaderChecks, Tensor};
 

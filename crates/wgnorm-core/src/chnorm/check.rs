@@ -4,7 +4,7 @@
 
 use super::plan::{self, CallShape, EpilogueInput, StatKind, ViewFacts};
 use super::split::{Split, Windowing};
-use super::{ChannelNorm, ChannelNormArgs, ChannelView, Reduction, Statistics};
+use super::{ChannelNorm, ChannelNormArgs, ChannelView, LanePlan, Reduction, Statistics};
 use crate::binding::{self, BufferRange};
 use crate::shader::Io;
 use crate::{DType, Error, Result, Tensor};
@@ -101,9 +101,15 @@ impl ChannelNorm {
             mask: a.mask.is_some(),
             given_moments: a.moments.is_some(),
             aligned,
+            lanes: LanePlan::default(),
+        };
+        let moments = shape.stats != StatKind::Running && !shape.given_moments;
+        let shape = CallShape {
+            lanes: self.lanes_for(&v, moments),
+            ..shape
         };
         let facts = ViewFacts::of(&v);
-        let lanes = plan::channel_lanes(&self.config.lanes, &facts, shape.mask);
+        let lanes = plan::channel_lanes(&shape.lanes, &facts, shape.mask);
         let vec_lanes = plan::vec_channel_lanes(self.config.reduction, &facts, shape.mask, lanes);
         let io = plan::moments_io(self.dtype(), &facts, aligned, vec_lanes);
         let (aio, _, _) = plan::apply_io(self.dtype(), &facts, aligned);

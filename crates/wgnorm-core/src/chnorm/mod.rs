@@ -70,6 +70,82 @@ impl LanePlan {
     };
 }
 
+impl LanePlan {
+    /// Whether every choice follows the adapter (no field forced).
+    pub fn is_default(&self) -> bool {
+        *self == LanePlan::default()
+    }
+}
+
+/// The names the autotune and tuning tables use: `default`, or the three choices joined by `+`:
+/// `blocks`/`strided`/`auto-blocks`, `channel-lanes`/`slot-lanes`/`auto-lanes`,
+/// `apply{accesses}`/`apply-auto` (e.g. `strided+channel-lanes+apply16`).
+impl std::fmt::Display for LanePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_default() {
+            return write!(f, "default");
+        }
+        let blocks = match self.lane_blocks {
+            Some(true) => "blocks",
+            Some(false) => "strided",
+            None => "auto-blocks",
+        };
+        let lanes = match self.channel_lanes {
+            Some(true) => "channel-lanes",
+            Some(false) => "slot-lanes",
+            None => "auto-lanes",
+        };
+        match self.apply_block {
+            Some(b) => write!(f, "{blocks}+{lanes}+apply{b}"),
+            None => write!(f, "{blocks}+{lanes}+apply-auto"),
+        }
+    }
+}
+
+impl std::str::FromStr for LanePlan {
+    type Err = String;
+
+    /// Parses the [`Display`](std::fmt::Display) names back; apply blocks other than the ones
+    /// the pipelines are built for (1 and 16) are refused.
+    fn from_str(s: &str) -> std::result::Result<LanePlan, String> {
+        if s == "default" {
+            return Ok(LanePlan::default());
+        }
+        let bad = || {
+            format!(
+                "unknown lane plan {s:?} (default, or blocks|strided|auto-blocks + channel-lanes|slot-lanes|auto-lanes + apply1|apply16|apply-auto)"
+            )
+        };
+        let parts: Vec<&str> = s.split('+').collect();
+        let [blocks, lanes, apply] = parts[..] else {
+            return Err(bad());
+        };
+        let lane_blocks = match blocks {
+            "blocks" => Some(true),
+            "strided" => Some(false),
+            "auto-blocks" => None,
+            _ => return Err(bad()),
+        };
+        let channel_lanes = match lanes {
+            "channel-lanes" => Some(true),
+            "slot-lanes" => Some(false),
+            "auto-lanes" => None,
+            _ => return Err(bad()),
+        };
+        let apply_block = match apply {
+            "apply-auto" => None,
+            "apply1" => Some(1),
+            a if a == format!("apply{}", plan::APPLY_CPU_BLOCK) => Some(plan::APPLY_CPU_BLOCK),
+            _ => return Err(bad()),
+        };
+        Ok(LanePlan {
+            lane_blocks,
+            channel_lanes,
+            apply_block,
+        })
+    }
+}
+
 /// Scratch of one view: partial moments, per-slot statistics, per-(p, channel) scale/shift.
 struct Scratch {
     partials: Tensor,
@@ -139,10 +215,24 @@ impl ChannelNorm {
         })
     }
 
-    /// Overrides the lane mapping of the moments and apply passes (see [`LanePlan`]).
+    /// Overrides the lane mapping of the moments and apply passes (see [`LanePlan`]); a
+    /// forced plan also takes precedence over the context's tuning table.
     pub fn with_lane_plan(mut self, plan: LanePlan) -> ChannelNorm {
         self.config.lanes = plan;
         self
+    }
+
+    /// The lane plan of a call on `view` (`moments`: the call computes batch statistics): the
+    /// forced one, else the context's tuning table's entry for views of that geometry, else the
+    /// adapter's defaults.
+    pub fn lanes_for(&self, view: &ChannelView, moments: bool) -> LanePlan {
+        if !self.config.lanes.is_default() {
+            return self.config.lanes;
+        }
+        self.ctx
+            .tuning()
+            .and_then(|t| t.lane_plan(moments, self.dtype(), view))
+            .unwrap_or_default()
     }
 
     /// Normalizes by an L1/L2 norm or a quadratic mean instead of mean and variance.

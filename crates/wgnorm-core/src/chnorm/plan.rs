@@ -359,6 +359,8 @@ pub struct CallShape {
     pub given_moments: bool,
     /// x and y offsets allow vector accesses.
     pub aligned: bool,
+    /// The call's lane plan ([`super::ChannelNorm::lanes_for`]: forced, tuned or default).
+    pub lanes: LanePlan,
 }
 
 /// The properties of a [`ChannelView`] its access types and lane mapping depend on.
@@ -574,16 +576,16 @@ fn finalize_spec(e: &EngineConfig, c: &CallShape) -> Specialization {
 
 /// The pipelines of one [`super::ChannelNorm::encode`] call.
 pub fn plan(e: &EngineConfig, c: &CallShape, f: &ViewFacts, cpu: bool) -> ChannelPlan {
-    let lanes = channel_lanes(&e.lanes, f, c.mask);
+    let lanes = channel_lanes(&c.lanes, f, c.mask);
     let vec_lanes = vec_channel_lanes(e.reduction, f, c.mask, lanes);
     let io = moments_io(e.dtype, f, c.aligned, vec_lanes);
     let (aio, ch_vec, straddle) = apply_io(e.dtype, f, c.aligned);
-    let block = apply_block(&e.lanes, cpu);
+    let block = apply_block(&c.lanes, cpu);
     let batch = c.stats != StatKind::Running && !c.given_moments;
     ChannelPlan {
         io,
         aio,
-        moments: batch.then(|| moments_spec(e.reduction, io, cpu, &e.lanes, c.mask, lanes)),
+        moments: batch.then(|| moments_spec(e.reduction, io, cpu, &c.lanes, c.mask, lanes)),
         finalize: finalize_spec(e, c),
         apply: apply_spec(
             aio,
@@ -689,6 +691,7 @@ pub fn specializations_with(epilogues: &[Epilogue]) -> Vec<Specialization> {
                         mask: bits & 32 != 0,
                         given_moments: bits & 64 != 0,
                         aligned: false,
+                        lanes: LanePlan::default(),
                     };
                     push(finalize_spec(&e, &c));
                 }

@@ -370,7 +370,8 @@ impl ChannelNorm {
             vec4: true,
         }
         .alignment();
-        let lanes = plan::channel_lanes(&self.config.lanes, &facts, mask.is_some());
+        let plan_lanes = self.lanes_for(&view, true);
+        let lanes = plan::channel_lanes(&plan_lanes, &facts, mask.is_some());
         let vec_lanes =
             plan::vec_channel_lanes(self.config.reduction, &facts, mask.is_some(), lanes);
         let io = plan::moments_io(self.dtype(), &facts, xr.offset % align == 0, vec_lanes);
@@ -402,7 +403,7 @@ impl ChannelNorm {
             self.config.reduction,
             io,
             cpu,
-            &self.config.lanes,
+            &plan_lanes,
             mask.is_some(),
             lanes,
         );
@@ -632,7 +633,7 @@ impl ChannelNorm {
             selu_lambda,
             ..channel_params(&view, aio.width(), 1, 1, self.eps, None)
         };
-        let block = plan::apply_block(&self.config.lanes, ctx.is_cpu());
+        let block = plan::apply_block(&self.lanes_for(&view, false), ctx.is_cpu());
         let apply = ctx.pipeline(&plan::apply_spec(
             aio,
             block,
