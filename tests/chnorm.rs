@@ -1570,13 +1570,18 @@ fn every_moments_lane_mapping_matches_reference() {
         let inn = reference::instance_norm(&xd, n, c, hw, None, None, 1e-5);
         let groups = if c % 4 == 0 { c / 4 } else { 3 };
         let gn = reference::group_norm(&xd, n, c, hw, groups, None, None, 1e-5, false);
-        for lane_blocks in [false, true] {
-            for channel_lanes in [false, true] {
+        // Every lane mapping with the adapter's tiles, then the smallest and largest tiles a
+        // plan may set (many tiles per slot, one tile per slot) with two of them.
+        let mappings = [(false, false), (false, true), (true, false), (true, true)];
+        let tiled = [(None, 0..4), (Some(64), 0..2), (Some(16384), 2..4)];
+        for (tile, range) in tiled {
+            for &(lane_blocks, channel_lanes) in &mappings[range] {
                 // The GPU-style apply (one access per lane) with the GPU-style moments.
                 let plan = LanePlan {
                     lane_blocks: Some(lane_blocks),
                     channel_lanes: Some(channel_lanes),
                     apply_block: Some(if lane_blocks { 16 } else { 1 }),
+                    tile,
                 };
                 let engine = ChannelNorm::new(c_, 1e-5, DType::F32, Default::default())
                     .unwrap()

@@ -41,7 +41,7 @@ impl Tuned {
     }
 }
 
-/// Every fully forced plan the pipeline enumeration covers.
+/// Every fully forced lane mapping the pipeline enumeration covers, then moments tile sizes.
 fn plans() -> Vec<LanePlan> {
     let mut out = Vec::new();
     for lane_blocks in [false, true] {
@@ -51,9 +51,18 @@ fn plans() -> Vec<LanePlan> {
                     lane_blocks: Some(lane_blocks),
                     channel_lanes: Some(channel_lanes),
                     apply_block: Some(apply_block),
+                    tile: None,
                 });
             }
         }
+    }
+    // Moments tiles around the defaults (GPU: 256 or 16 per lane of a workgroup; CPU: 4096 or
+    // 256 per lane), the lane mapping left to the adapter.
+    for tile in [256, 1024, 4096, 16384] {
+        out.push(LanePlan {
+            tile: Some(tile),
+            ..LanePlan::default()
+        });
     }
     out
 }

@@ -309,6 +309,7 @@ mod tests {
             lane_blocks: Some(true),
             channel_lanes: Some(false),
             apply_block: Some(1),
+            tile: None,
         };
         let view = |shape: &[usize]| ChannelView::batch_norm(shape, Layout::Nhwc).unwrap();
         // Measured at 8x28x28x64 NHWC, training; 7x28x28x60 rounds into the same buckets.

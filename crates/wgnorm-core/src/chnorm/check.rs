@@ -117,7 +117,8 @@ impl ChannelNorm {
         self.ctx.check_io(aio)?;
         check_u32_indexing(&v)?;
         let width = plan::reduced_width(io, vec_lanes);
-        let (tiles, tile_len) = super::tiling(&v, width, self.ctx.is_cpu(), lanes);
+        let (tiles, tile_len) =
+            super::tiling(&v, width, self.ctx.is_cpu(), lanes, shape.lanes.tile);
         let limits = self.ctx.limits();
         let split = Split::of(
             v,

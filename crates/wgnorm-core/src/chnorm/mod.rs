@@ -45,7 +45,17 @@ pub struct LanePlan {
     pub channel_lanes: Option<bool>,
     /// Accesses per lane of the apply pass: 16 (default on CPU adapters) or 1 (GPUs).
     pub apply_block: Option<u32>,
+    /// Accesses of a slot per moments tile (one workgroup's share): a power of two from
+    /// [`MIN_TILE`] to [`MAX_TILE`]. Default: 4096 (CPU adapters) or 256 (GPUs) with one lane per
+    /// channel, 256 or 16 per lane of the workgroup otherwise. Not a pipeline constant.
+    pub tile: Option<u32>,
 }
+
+/// Smallest moments tile a lane plan may set (accesses).
+pub const MIN_TILE: u32 = 64;
+/// Largest moments tile a lane plan may set (accesses): a CPU adapter's lane walks at most this
+/// many, far inside its loop budget.
+pub const MAX_TILE: u32 = 16384;
 
 impl LanePlan {
     /// The defaults and every forced choice, for the pipeline enumeration.
@@ -56,6 +66,7 @@ impl LanePlan {
             lane_blocks: None,
             channel_lanes: None,
             apply_block: None,
+            tile: None,
         }; 27];
         let mut i = 0;
         while i < 27 {
@@ -63,6 +74,7 @@ impl LanePlan {
                 lane_blocks: opts[i % 3],
                 channel_lanes: opts[(i / 3) % 3],
                 apply_block: blocks[i / 9],
+                tile: None,
             };
             i += 1;
         }
@@ -79,7 +91,8 @@ impl LanePlan {
 
 /// The names the autotune and tuning tables use: `default`, or the three choices joined by `+`:
 /// `blocks`/`strided`/`auto-blocks`, `channel-lanes`/`slot-lanes`/`auto-lanes`,
-/// `apply{accesses}`/`apply-auto` (e.g. `strided+channel-lanes+apply16`).
+/// `apply{accesses}`/`apply-auto`, then `+tile{accesses}` when the tile is set (e.g.
+/// `strided+channel-lanes+apply16`, `auto-blocks+auto-lanes+apply-auto+tile1024`).
 impl std::fmt::Display for LanePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.is_default() {
@@ -96,8 +109,12 @@ impl std::fmt::Display for LanePlan {
             None => "auto-lanes",
         };
         match self.apply_block {
-            Some(b) => write!(f, "{blocks}+{lanes}+apply{b}"),
-            None => write!(f, "{blocks}+{lanes}+apply-auto"),
+            Some(b) => write!(f, "{blocks}+{lanes}+apply{b}")?,
+            None => write!(f, "{blocks}+{lanes}+apply-auto")?,
+        }
+        match self.tile {
+            Some(t) => write!(f, "+tile{t}"),
+            None => Ok(()),
         }
     }
 }
@@ -113,12 +130,19 @@ impl std::str::FromStr for LanePlan {
         }
         let bad = || {
             format!(
-                "unknown lane plan {s:?} (default, or blocks|strided|auto-blocks + channel-lanes|slot-lanes|auto-lanes + apply1|apply16|apply-auto)"
+                "unknown lane plan {s:?} (default, or blocks|strided|auto-blocks + channel-lanes|slot-lanes|auto-lanes + apply1|apply16|apply-auto [+ tileN, N a power of two from {MIN_TILE} to {MAX_TILE}])"
             )
         };
         let parts: Vec<&str> = s.split('+').collect();
-        let [blocks, lanes, apply] = parts[..] else {
-            return Err(bad());
+        let (blocks, lanes, apply, tile) = match parts[..] {
+            [b, l, a] => (b, l, a, None),
+            [b, l, a, t] => (b, l, a, Some(t)),
+            _ => return Err(bad()),
+        };
+        let tile = match tile.map(|t| t.strip_prefix("tile").and_then(|n| n.parse::<u32>().ok())) {
+            None => None,
+            Some(Some(t)) if t.is_power_of_two() && (MIN_TILE..=MAX_TILE).contains(&t) => Some(t),
+            Some(_) => return Err(bad()),
         };
         let lane_blocks = match blocks {
             "blocks" => Some(true),
@@ -142,6 +166,7 @@ impl std::str::FromStr for LanePlan {
             lane_blocks,
             channel_lanes,
             apply_block,
+            tile,
         })
     }
 }
@@ -169,16 +194,26 @@ pub struct ChannelNorm {
 
 /// Tiles of a slot's accesses and accesses per tile for the moments pass: enough workgroups to
 /// fill the device, few enough partials that the finalize merge stays cheap (and inside CPU loop
-/// budgets). With one lane per channel, a lane walks its whole tile.
-fn tiling(view: &ChannelView, width: u32, cpu: bool, channel_lanes: bool) -> (u32, u32) {
+/// budgets). With one lane per channel, a lane walks its whole tile. `tile`: a lane plan's
+/// accesses per tile instead of the adapter's.
+fn tiling(
+    view: &ChannelView,
+    width: u32,
+    cpu: bool,
+    channel_lanes: bool,
+    tile: Option<u32>,
+) -> (u32, u32) {
     let wg = plan::moments_wg(cpu) as usize;
     let per_slot = (view.count() / width as usize).max(1);
-    let target = match (channel_lanes, cpu) {
-        (true, true) => 4096,
-        (true, false) => 256,
-        (false, true) => wg * 256,
-        (false, false) => wg * 16,
-    };
+    let target = tile.map_or(
+        match (channel_lanes, cpu) {
+            (true, true) => 4096,
+            (true, false) => 256,
+            (false, true) => wg * 256,
+            (false, false) => wg * 16,
+        },
+        |t| t.clamp(MIN_TILE, MAX_TILE) as usize,
+    );
     let tiles = per_slot.div_ceil(target).clamp(1, 4096) as u32;
     (tiles, per_slot.div_ceil(tiles as usize) as u32)
 }

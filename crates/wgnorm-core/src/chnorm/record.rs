@@ -379,7 +379,7 @@ impl ChannelNorm {
         check::check_u32_indexing(&view)?;
         let cpu = ctx.is_cpu();
         let width = plan::reduced_width(io, vec_lanes);
-        let (tiles, tile_len) = super::tiling(&view, width, cpu, lanes);
+        let (tiles, tile_len) = super::tiling(&view, width, cpu, lanes, plan_lanes.tile);
         let limits = ctx.limits();
         let split = Split::of(
             view,
