@@ -69,6 +69,14 @@ fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+// Split kernel: the accesses [start, end) of chunk `chunk` of a row (the last chunk may be
+// shorter, trailing ones empty; empty too for a group past the last row).
+fn chunk_range(chunk: u32, live: bool) -> vec2<u32> {
+    let start = min(chunk * params.chunk_vec, params.n_vec);
+    let end = select(start, min(start + params.chunk_vec, params.n_vec), live);
+    return vec2<u32>(start, end);
+}
+
 // (v - mean) * rstd, then the optional affine. `i` indexes the row's accesses.
 fn normalize_affine(v: V, i: u32, mean: f32, rstd: f32) -> V {
     var o = (v - mean) * rstd;

@@ -28,10 +28,9 @@ fn main(
     let mean = merged.mean;
     let rstd = rsqrt_var(merged.m2 / f32(params.n) + params.eps);
 
-    let start = min(chunk * params.chunk_vec, params.n_vec);
-    let end = select(start, min(start + params.chunk_vec, params.n_vec), live);
+    let range = chunk_range(chunk, live);
     let base = row * params.n_vec;
-    for (var i = start + lid; i < end; i = i + WG) {
+    for (var i = range.x + lid; i < range.y; i = i + WG) {
         y[base + i] = from_v(normalize_affine(load_x(base + i), i, mean, rstd));
     }
     if (live && chunk == 0u && lid == 0u) {

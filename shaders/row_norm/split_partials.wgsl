@@ -21,12 +21,11 @@ fn main(
     let row = g / params.chunks;
     // The grid may hold a few groups past the last chunk; they take part in the barriers only.
     let live = row < params.rows;
-    let start = min((g % params.chunks) * params.chunk_vec, params.n_vec);
-    let end = select(start, min(start + params.chunk_vec, params.n_vec), live);
+    let range = chunk_range(g % params.chunks, live);
     let base = row * params.n_vec;
 
     var acc = Moments(0.0, 0.0, 0.0);
-    for (var i = start + lid; i < end; i = i + WG) {
+    for (var i = range.x + lid; i < range.y; i = i + WG) {
         let v = load_x_first(base + i);
         if (MODE == 0u) {
             acc = moments_push(acc, v);

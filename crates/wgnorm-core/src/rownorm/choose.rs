@@ -51,6 +51,22 @@ pub enum RowKernel {
     },
 }
 
+impl RowKernel {
+    /// Workgroups a dispatch of `rows` rows launches (the split kernel: per pass).
+    pub fn groups(self, rows: u64) -> u64 {
+        match self {
+            RowKernel::Team { rows_per_group, .. } => rows.div_ceil(rows_per_group as u64),
+            RowKernel::TeamRegs {
+                rows_per_group,
+                rows_per_team,
+                ..
+            } => rows.div_ceil(rows_per_group as u64 * rows_per_team as u64),
+            RowKernel::Workgroup { .. } => rows,
+            RowKernel::Split { chunks, .. } => rows * chunks as u64,
+        }
+    }
+}
+
 /// Lanes per workgroup of the split kernel (every adapter class: its chunks are short).
 pub const SPLIT_WG: u32 = 64;
 
@@ -71,16 +87,10 @@ pub const SPLIT_MAX_ROWS: u64 = 64;
 /// each lane at least 16 accesses, so the second pass over x costs less than the idle cores.
 pub fn split_for(a: &AdapterClass, rows: u64, n_vec: u64, base: RowKernel) -> Option<RowKernel> {
     let (target, per_lane) = if a.cpu { (8u64, 256u64) } else { (256, 2) };
-    let groups = match base {
-        RowKernel::Team { rows_per_group, .. } => rows.div_ceil(rows_per_group as u64),
-        RowKernel::TeamRegs {
-            rows_per_group,
-            rows_per_team,
-            ..
-        } => rows.div_ceil(rows_per_group as u64 * rows_per_team as u64),
-        RowKernel::Workgroup { .. } => rows,
-        RowKernel::Split { .. } => return Some(base),
-    };
+    if matches!(base, RowKernel::Split { .. }) {
+        return Some(base);
+    }
+    let groups = base.groups(rows);
     if rows == 0 || rows >= SPLIT_MAX_ROWS || 2 * groups > target {
         return None;
     }

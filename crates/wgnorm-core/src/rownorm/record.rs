@@ -348,17 +348,7 @@ impl RowNorm {
         if !record {
             return Ok(());
         }
-        let rows = params.rows as u64;
-        let groups = match plan.kernel {
-            RowKernel::Team { rows_per_group, .. } => rows.div_ceil(rows_per_group as u64),
-            RowKernel::TeamRegs {
-                rows_per_group,
-                rows_per_team,
-                ..
-            } => rows.div_ceil(rows_per_group as u64 * rows_per_team as u64),
-            RowKernel::Workgroup { .. } => rows,
-            RowKernel::Split { chunks, .. } => rows * chunks as u64,
-        };
+        let groups = plan.kernel.groups(params.rows as u64);
         let (gx, gy) = binding::grid(ctx, groups);
         if let Some(partials) = &plan.partials {
             binding::dispatch(encoder, label, partials, &bind, (gx, gy, 1));
