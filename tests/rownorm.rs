@@ -8,13 +8,7 @@ use wgnorm_reference::rownorm as reference;
 use wgnorm_tests::{assert_close, ctx, noise, round_to};
 
 fn cfg(mode: RowMode, dtype: DType) -> RowNormConfig {
-    RowNormConfig {
-        mode,
-        axis: -1,
-        eps: 1e-5,
-        weight_offset: 0.0,
-        dtype,
-    }
+    RowNormConfig::last_axis(mode, dtype)
 }
 
 fn tol(dtype: DType) -> (f64, f64) {

@@ -13,14 +13,7 @@ fn fresh() -> Context {
 }
 
 fn layer_norm_op(c: &Context) -> RowNorm {
-    let cfg = RowNormConfig {
-        mode: RowMode::LayerNorm,
-        axis: -1,
-        eps: 1e-5,
-        weight_offset: 0.0,
-        dtype: DType::F32,
-    };
-    RowNorm::new(c, cfg).unwrap()
+    RowNorm::new(c, RowNormConfig::last_axis(RowMode::LayerNorm, DType::F32)).unwrap()
 }
 
 /// A kernel other than the built-in choice for 1024-element rows that every adapter can run.

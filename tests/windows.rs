@@ -45,17 +45,7 @@ fn check_windowed(
 ) {
     let x = noise(n as u64 + rows as u64, rows * n);
     let w: Vec<f32> = noise(3, n).iter().map(|v| v + 1.0).collect();
-    let mut op = RowNorm::new(
-        c,
-        RowNormConfig {
-            mode,
-            axis: -1,
-            eps: 1e-5,
-            weight_offset: 0.0,
-            dtype,
-        },
-    )
-    .unwrap();
+    let mut op = RowNorm::new(c, RowNormConfig::last_axis(mode, dtype)).unwrap();
     if let Some(k) = kernel {
         op = op.with_kernel(k);
     }

@@ -146,13 +146,7 @@ fn tune_shape(
     kernels: &[RowKernel],
     reps: usize,
 ) -> Result<Tuned> {
-    let cfg = RowNormConfig {
-        mode,
-        axis: -1,
-        eps: 1e-5,
-        weight_offset: 0.0,
-        dtype,
-    };
+    let cfg = RowNormConfig::last_axis(mode, dtype);
     let t = Buffers {
         x: ctx.upload(&pattern(3, rows * n, 0.0, 2.0), &[rows, n], dtype)?,
         w: ctx.upload(&pattern(1, n, 1.0, 1.0), &[n], dtype)?,

@@ -178,13 +178,7 @@ fn copies(ctx: &Context, bytes: u64) -> Result<Vec<Copy>> {
 }
 
 fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -> Result<Case> {
-    let cfg = RowNormConfig {
-        mode,
-        axis: -1,
-        eps: 1e-5,
-        weight_offset: 0.0,
-        dtype,
-    };
+    let cfg = RowNormConfig::last_axis(mode, dtype);
     let op = RowNorm::new(ctx, cfg)?;
     let x: Vec<f32> = (0..rows * n)
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
@@ -306,16 +300,7 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
 fn add_norm_case(ctx: &Context, rows: usize, n: usize) -> Result<Case> {
     use wgnorm::engine::elementwise::Blend;
     let dtype = DType::F32;
-    let op = RowNorm::new(
-        ctx,
-        RowNormConfig {
-            mode: RowMode::LayerNorm,
-            axis: -1,
-            eps: 1e-5,
-            weight_offset: 0.0,
-            dtype,
-        },
-    )?;
+    let op = RowNorm::new(ctx, RowNormConfig::last_axis(RowMode::LayerNorm, dtype))?;
     let x: Vec<f32> = (0..rows * n)
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
         .collect();

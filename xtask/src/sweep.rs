@@ -70,6 +70,11 @@ fn kernels(ctx: &Context) -> Vec<(String, Option<RowKernel>)> {
     let mut k = vec![
         ("auto".to_string(), None),
         ("workgroup64".into(), Some(RowKernel::Workgroup { wg: 64 })),
+        // Chunks that divide no shape's length; more chunks than short rows have accesses.
+        (
+            "split64x7".into(),
+            Some(RowKernel::Split { wg: 64, chunks: 7 }),
+        ),
     ];
     if ctx.has_subgroups() {
         let team = ctx.adapter_info().subgroup_min_size.min(32);
@@ -118,11 +123,8 @@ pub fn run() -> Result<bool> {
                 let mut row = Row::default();
                 for (si, &(rows, n)) in SHAPES.iter().enumerate() {
                     let cfg = RowNormConfig {
-                        mode,
-                        axis: -1,
-                        eps: 1e-5,
                         weight_offset: if mode == RowMode::RmsNorm { 0.5 } else { 0.0 },
-                        dtype,
+                        ..RowNormConfig::last_axis(mode, dtype)
                     };
                     let mut op = RowNorm::new(&ctx, cfg)?;
                     if let Some(k) = kernel {

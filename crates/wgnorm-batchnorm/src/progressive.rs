@@ -105,11 +105,8 @@ impl ProgressiveRepNorm {
         let ln = RowNorm::new(
             ctx,
             RowNormConfig {
-                mode: RowMode::LayerNorm,
-                axis: -1,
                 eps,
-                weight_offset: 0.0,
-                dtype,
+                ..RowNormConfig::last_axis(RowMode::LayerNorm, dtype)
             },
         )?;
         let bn = BatchNorm::new(

@@ -44,13 +44,7 @@ pub fn run(ctx: &Context) -> Result<(), String> {
     for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
         let name = mode.name();
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let cfg = RowNormConfig {
-                mode,
-                axis: -1,
-                eps: 1e-5,
-                weight_offset: 0.0,
-                dtype,
-            };
+            let cfg = RowNormConfig::last_axis(mode, dtype);
             let op = RowNorm::new(ctx, cfg).map_err(|e| e.to_string())?;
             print!("| {name} | {dtype} |");
             for n in LENGTHS {

@@ -101,16 +101,7 @@ impl PowerNorm {
                 why: "must be >= 1",
             });
         }
-        let scaling = RowNorm::new(
-            ctx,
-            RowNormConfig {
-                mode: RowMode::RmsNorm,
-                axis: -1,
-                eps: 1e-5,
-                weight_offset: 0.0,
-                dtype: cfg.dtype,
-            },
-        )?;
+        let scaling = RowNorm::new(ctx, RowNormConfig::last_axis(RowMode::RmsNorm, cfg.dtype))?;
         let engine = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?
             .with_reduction(Reduction::QuadraticMean);
         let scaling_grad = wgnorm_core::rowgrad::RowGrad::new(

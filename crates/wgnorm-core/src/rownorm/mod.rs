@@ -67,6 +67,20 @@ pub struct RowNormConfig {
     pub dtype: DType,
 }
 
+impl RowNormConfig {
+    /// Statistics over the last dim, eps 1e-5 (PyTorch's default), no weight offset: the
+    /// configuration of the benches, tools and most tests (change fields with struct update).
+    pub fn last_axis(mode: RowMode, dtype: DType) -> RowNormConfig {
+        RowNormConfig {
+            mode,
+            axis: -1,
+            eps: 1e-5,
+            weight_offset: 0.0,
+            dtype,
+        }
+    }
+}
+
 /// Tensors of one row-norm call. `x` and `y` have the same shape; `weight`/`bias` have the
 /// reduced shape `x.shape[axis..]`; `mean`/`rstd` are f32 with one element per row.
 #[derive(Clone, Copy, Debug)]
