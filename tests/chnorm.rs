@@ -435,6 +435,13 @@ group_norm_tests! {
     group_norm_nchw_f16_2x6x5_g6: Nchw, F16, 2, 6, &[5], 6;
     group_norm_nhwc_f32_2x6x5_g6: Nhwc, F32, 2, 6, &[5], 6;
     group_norm_nhwc_f16_2x6x5_g6: Nhwc, F16, 2, 6, &[5], 6;
+    // Channels-last groups reduced per channel, then merged: 10 channels per group (Stable
+    // Diffusion's 320 / 32), 3 (a vector of four channels spans two groups), 320 channels.
+    group_norm_nhwc_f32_2x20x6x5_g2: Nhwc, F32, 2, 20, &[6, 5], 2;
+    group_norm_nhwc_f16_2x20x6x5_g2: Nhwc, F16, 2, 20, &[6, 5], 2;
+    group_norm_nhwc_f32_3x12x9_g4: Nhwc, F32, 3, 12, &[9], 4;
+    group_norm_nhwc_f16_3x12x9_g4: Nhwc, F16, 3, 12, &[9], 4;
+    group_norm_nhwc_f32_2x320x8x8_g32: Nhwc, F32, 2, 320, &[8, 8], 32;
     // Channels-last apply blocks of tokens that cross samples (7 tokens per sample) and end
     // short of a block (35 and 162 tokens).
     group_norm_nhwc_f32_5x12x7_g3: Nhwc, F32, 5, 12, &[7], 3;

@@ -47,7 +47,9 @@ struct ChannelParams {
     tile_base: u32,
     // First slot of this window of samples in the given merged moments (finalize, bound whole).
     moments_base: u32,
-    _pad1: u32,
+    // Moments pass: consecutive channels whose moments a grouped finalize merges (channels-last
+    // GroupNorm reduced per channel); they share their group's shift. 1 otherwise.
+    shift_cg: u32,
     _pad2: u32,
 }
 

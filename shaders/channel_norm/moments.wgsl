@@ -21,8 +21,11 @@ override CHANNEL_LANES: bool = false;
 // (tile_base > 0) read the first window's shift back, so every tile of a slot shares one shift.
 override SHIFTED: bool = false;
 
+// Where slot (pp, rr)'s shift is kept: after the partials, one per slot, or one per group of
+// `shift_cg` channels whose moments a grouped finalize merges (the group's slot index there).
 fn shift_index(pp: u32, rr: u32) -> u32 {
-    return params.p * params.r * params.tiles + pp * params.r + rr;
+    let g = max(params.shift_cg, 1u);
+    return params.p * params.r * params.tiles + pp * (params.r / g) + rr / g;
 }
 
 fn slot_shift(pp: u32, rr: u32) -> f32 {
@@ -102,11 +105,24 @@ fn channel_vec_lanes(g: u32, lid: u32) {
             for (var k = 0u; k < VW; k++) {
                 sh = set_lane(sh, k, partials[shift_index(pp, ch0 + k)].mean);
             }
-        } else {
+        } else if (params.shift_cg <= 1u) {
             sh = to_v(x[pp * params.q * cv + jv]);
             if (tile == 0u) {
                 for (var k = 0u; k < VW; k++) {
                     partials[shift_index(pp, ch0 + k)] = Moments(0.0, get_lane(sh, k), 0.0);
+                }
+            }
+        } else {
+            // Grouped channels share the first token's value of their group's first channel;
+            // that channel's lane stores it.
+            for (var k = 0u; k < VW; k++) {
+                let c = ch0 + k;
+                let first = c - c % params.shift_cg;
+                let e = pp * params.q * params.r + first;
+                let v = get_lane(to_v(x[e / VW]), e % VW);
+                sh = set_lane(sh, k, v);
+                if (tile == 0u && c == first) {
+                    partials[shift_index(pp, c)] = Moments(0.0, v, 0.0);
                 }
             }
         }

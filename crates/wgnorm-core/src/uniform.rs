@@ -157,7 +157,10 @@ uniform_block! {
         /// are bound whole; 0 for the engine's own partials, which each window rewrites from
         /// slot 0.
         pub moments_base: u32,
-        pub _pad1: u32,
+        /// Moments pass: consecutive channels (slots r) whose moments a grouped finalize merges
+        /// (channels-last GroupNorm reduced per channel): they share their group's shift, stored
+        /// once per group. 1 otherwise.
+        pub shift_cg: u32,
         pub _pad2: u32,
     }
 }

@@ -36,9 +36,13 @@ pub(super) struct Checked {
     pub ranges: Ranges,
     pub shape: CallShape,
     pub facts: ViewFacts,
-    /// Tiles per slot in the partials (every window's), and accesses per tile.
+    /// Tiles per slot in the partials (every window's), and accesses per tile. Grouped calls
+    /// (`shape.grouped`): tiles per group slot (its channels' tiles), and accesses per tile of
+    /// a channel.
     pub tiles: u32,
     pub tile_len: u32,
+    /// Grouped calls: the moments pass's tiles per channel.
+    pub channel_tiles: u32,
     /// How x and y are bound: whole or in windows.
     pub split: Split,
 }
@@ -102,6 +106,7 @@ impl ChannelNorm {
             given_moments: a.moments.is_some(),
             aligned,
             lanes: LanePlan::default(),
+            grouped: false,
         };
         let moments = shape.stats != StatKind::Running && !shape.given_moments;
         let shape = CallShape {
@@ -132,6 +137,24 @@ impl ChannelNorm {
             ),
         )?;
         let tiles = split.tiles(tiles)?;
+        if self.reduce_per_channel(&v, &shape, &facts, &split) {
+            // Each channel's tiles, then a group's channels' tiles merged by the finalize.
+            let cv = v.per_channel();
+            let (ct, ct_len) = super::tiling(&cv, 1, self.ctx.is_cpu(), true, shape.lanes.tile);
+            self.check_loop_budget(&cv, ct, ct_len)?;
+            return Ok(Some(Checked {
+                ranges,
+                shape: CallShape {
+                    grouped: true,
+                    ..shape
+                },
+                facts,
+                tiles: ct * v.cg as u32,
+                tile_len: ct_len,
+                channel_tiles: ct,
+                split,
+            }));
+        }
         self.check_loop_budget(&v, tiles, tile_len)?;
         Ok(Some(Checked {
             ranges,
@@ -139,8 +162,35 @@ impl ChannelNorm {
             facts,
             tiles,
             tile_len,
+            channel_tiles: tiles,
             split,
         }))
+    }
+
+    /// Whether a call's groups are reduced per channel: channels-last groups of several channels
+    /// (GroupNorm NHWC), whose group slots are runs of `cg` scalars with a stride of C, while the
+    /// per-channel view reads whole token rows with vector accesses (four channels each), as
+    /// channels-last BatchNorm does. Batch mean and variance (computed here, without a mask),
+    /// C a multiple of 4,
+    /// x and y aligned, windows of samples only, and channel lanes not forced off.
+    fn reduce_per_channel(
+        &self,
+        v: &ChannelView,
+        shape: &CallShape,
+        facts: &ViewFacts,
+        split: &Split,
+    ) -> bool {
+        v.cg > 1
+            && v.sdiv == 1
+            && v.s == v.cg
+            && facts.ch_vec
+            && shape.aligned
+            && !shape.mask
+            && !shape.given_moments
+            && matches!(shape.stats, StatKind::Batch { .. })
+            && self.config.reduction == Reduction::MeanVariance
+            && shape.lanes.channel_lanes != Some(false)
+            && matches!(split, Split::Samples(_))
     }
 
     /// The view and the shapes and dtypes of x, y, weight and bias.

@@ -361,6 +361,9 @@ pub struct CallShape {
     pub aligned: bool,
     /// The call's lane plan ([`super::ChannelNorm::lanes_for`]: forced, tuned or default).
     pub lanes: LanePlan,
+    /// Channels-last groups reduced per channel: the moments pass runs on the per-channel view
+    /// (vector channel lanes) and the finalize merges each group's channels' tiles.
+    pub grouped: bool,
 }
 
 /// The properties of a [`ChannelView`] its access types and lane mapping depend on.
@@ -576,8 +579,12 @@ fn finalize_spec(e: &EngineConfig, c: &CallShape) -> Specialization {
 
 /// The pipelines of one [`super::ChannelNorm::encode`] call.
 pub fn plan(e: &EngineConfig, c: &CallShape, f: &ViewFacts, cpu: bool) -> ChannelPlan {
-    let lanes = channel_lanes(&c.lanes, f, c.mask);
-    let vec_lanes = vec_channel_lanes(e.reduction, f, c.mask, lanes);
+    let (lanes, vec_lanes) = if c.grouped {
+        (true, true)
+    } else {
+        let lanes = channel_lanes(&c.lanes, f, c.mask);
+        (lanes, vec_channel_lanes(e.reduction, f, c.mask, lanes))
+    };
     let io = moments_io(e.dtype, f, c.aligned, vec_lanes);
     let (aio, ch_vec, straddle) = apply_io(e.dtype, f, c.aligned);
     let block = apply_block(&c.lanes, cpu);
@@ -692,6 +699,7 @@ pub fn specializations_with(epilogues: &[Epilogue]) -> Vec<Specialization> {
                         given_moments: bits & 64 != 0,
                         aligned: false,
                         lanes: LanePlan::default(),
+                        grouped: false,
                     };
                     push(finalize_spec(&e, &c));
                 }

@@ -17,7 +17,8 @@ use crate::{DType, Error, Result, Tensor};
 struct WindowBinds {
     view: ChannelView,
     total_v: u32,
-    window_tiles: u32,
+    /// Workgroups of the moments pass.
+    moments_groups: u64,
     moments: Option<wgpu::BindGroup>,
     finalize: wgpu::BindGroup,
     apply: wgpu::BindGroup,
@@ -64,7 +65,7 @@ fn channel_params(
         window_tiles: tiles,
         tile_base: 0,
         moments_base: 0,
-        _pad1: 0,
+        shift_cg: 1,
         _pad2: 0,
     }
 }
@@ -293,11 +294,28 @@ impl ChannelNorm {
                 vec4_view(&ss, &dr),
             ],
         )?;
+        // Grouped calls reduce the per-channel view: its own uniform block and dispatch size.
+        let (moments_params, moments_groups) = if c.shape.grouped {
+            let cv = v.per_channel();
+            let mp = ChannelParams {
+                shift_cg: v.cg as u32,
+                ..channel_params(&cv, 1, c.channel_tiles, c.tile_len, self.eps, None)
+            };
+            (mp, self.moments_groups(&cv, c.channel_tiles, true, true))
+        } else {
+            let groups = self.moments_groups(
+                &v,
+                params.window_tiles,
+                p.plan.channel_lanes,
+                p.plan.io.vec4,
+            );
+            (params, groups)
+        };
         let moments = match &p.moments {
             Some(_) => Some(self.binds.get(
                 ctx,
                 plan::MOMENTS_SLOTS,
-                &params,
+                &moments_params,
                 &[&x, &partials, rg.mask.as_ref().unwrap_or(&dr)],
             )?),
             None => None,
@@ -305,7 +323,7 @@ impl ChannelNorm {
         Ok(WindowBinds {
             view: v,
             total_v: apply_params.total_v,
-            window_tiles: params.window_tiles,
+            moments_groups,
             moments,
             finalize,
             apply,
@@ -315,13 +333,7 @@ impl ChannelNorm {
     /// Records a window's moments pass (none when the moments are given).
     fn record_moments(&self, pass: &mut wgpu::ComputePass, p: &Pipelines, b: &WindowBinds) {
         if let (Some(mp), Some(bg)) = (&p.moments, &b.moments) {
-            let groups = self.moments_groups(
-                &b.view,
-                b.window_tiles,
-                p.plan.channel_lanes,
-                p.plan.io.vec4,
-            );
-            let (gx, gy) = binding::grid(&self.ctx, groups);
+            let (gx, gy) = binding::grid(&self.ctx, b.moments_groups);
             pass.set_pipeline(mp);
             pass.set_bind_group(0, bg, &[]);
             pass.dispatch_workgroups(gx, gy, 1);

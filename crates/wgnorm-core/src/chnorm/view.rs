@@ -282,4 +282,18 @@ impl ChannelView {
     pub fn count(&self) -> usize {
         self.q * self.s
     }
+
+    /// A channels-last grouped view (`s = cg`, `sdiv = 1`: GroupNorm NHWC) seen with one slot per
+    /// channel of each sample, `[p, q, r * cg, 1]`: slot `(p, c)` is `p * channels + c`, so the
+    /// slots of a group's channels, and their tiles of partial moments, are consecutive.
+    pub fn per_channel(&self) -> ChannelView {
+        ChannelView {
+            p: self.p,
+            q: self.q,
+            r: self.r * self.cg,
+            s: 1,
+            cg: 1,
+            sdiv: 1,
+        }
+    }
 }
