@@ -294,31 +294,13 @@ impl ChannelNorm {
                 vec4_view(&ss, &dr),
             ],
         )?;
-        // Grouped calls reduce the per-channel view: its own uniform block and dispatch size.
-        let (moments_params, moments_groups) = if c.shape.grouped {
-            let cv = v.per_channel();
-            let mp = ChannelParams {
-                shift_cg: v.cg as u32,
-                ..channel_params(&cv, 1, c.channel_tiles, c.tile_len, self.eps, None)
-            };
-            (mp, self.moments_groups(&cv, c.channel_tiles, true, true))
-        } else {
-            let groups = self.moments_groups(
-                &v,
-                params.window_tiles,
-                p.plan.channel_lanes,
-                p.plan.io.vec4,
-            );
-            (params, groups)
-        };
-        let moments = match &p.moments {
-            Some(_) => Some(self.binds.get(
-                ctx,
-                plan::MOMENTS_SLOTS,
-                &moments_params,
-                &[&x, &partials, rg.mask.as_ref().unwrap_or(&dr)],
-            )?),
-            None => None,
+        let (moments, moments_groups) = match &p.moments {
+            Some(_) => {
+                let ranges = [&x, &partials, rg.mask.as_ref().unwrap_or(&dr)];
+                let (bind, groups) = self.moments_binds(c, p, &v, &params, &ranges)?;
+                (Some(bind), groups)
+            }
+            None => (None, 0),
         };
         Ok(WindowBinds {
             view: v,
@@ -328,6 +310,35 @@ impl ChannelNorm {
             finalize,
             apply,
         })
+    }
+
+    /// The moments pass's bind group for a window over `v` (ranges: x, partials, mask) and its
+    /// workgroups. Grouped calls reduce the per-channel view: its own uniform block (the group's
+    /// channels share a shift) and dispatch size.
+    fn moments_binds(
+        &self,
+        c: &Checked,
+        p: &Pipelines,
+        v: &ChannelView,
+        params: &ChannelParams,
+        ranges: &[&BufferRange; 3],
+    ) -> Result<(wgpu::BindGroup, u64)> {
+        let (params, groups) = if c.shape.grouped {
+            let cv = v.per_channel();
+            let mp = ChannelParams {
+                shift_cg: v.cg as u32,
+                ..channel_params(&cv, 1, c.channel_tiles, c.tile_len, self.eps, None)
+            };
+            (mp, self.moments_groups(&cv, c.channel_tiles, true, true))
+        } else {
+            let groups =
+                self.moments_groups(v, params.window_tiles, p.plan.channel_lanes, p.plan.io.vec4);
+            (*params, groups)
+        };
+        let bind = self
+            .binds
+            .get(&self.ctx, plan::MOMENTS_SLOTS, &params, ranges)?;
+        Ok((bind, groups))
     }
 
     /// Records a window's moments pass (none when the moments are given).
