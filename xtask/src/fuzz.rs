@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
+use wgnorm::engine::rownorm::{RowKernel, SPLIT_MAX_CHUNKS};
 use wgnorm::prelude::*;
 use wgnorm::Mode;
 use wgnorm_reference::{chnorm as rc, rownorm as rr};
@@ -68,6 +69,8 @@ enum Op {
     LayerNorm {
         axis: isize,
         eps: f32,
+        /// The split row kernel forced with this many chunks (the default choice otherwise).
+        split: Option<u32>,
     },
     RmsNorm {
         axis: isize,
@@ -140,6 +143,9 @@ fn random_op(rng: &mut Rng, rank: usize) -> Op {
         0 => Op::LayerNorm {
             axis,
             eps: random_eps(rng),
+            split: rng
+                .chance(3)
+                .then(|| rng.pick(&[1, 2, 3, 7, 64, SPLIT_MAX_CHUNKS])),
         },
         1 => Op::RmsNorm {
             axis,
@@ -236,7 +242,7 @@ fn reference(op: Op, x: &[f64], shape: &[usize], dtype: DType) -> Option<Vec<f64
     let rank = shape.len() as isize;
     let norm_axis = |a: isize| if a < 0 { a + rank } else { a };
     match op {
-        Op::LayerNorm { axis, eps } | Op::RmsNorm { axis, eps } => {
+        Op::LayerNorm { axis, eps, .. } | Op::RmsNorm { axis, eps } => {
             let a = norm_axis(axis);
             if !((0..rank).contains(&a) && eps.is_finite() && eps >= 0.0) {
                 return None;
@@ -321,7 +327,12 @@ fn reference(op: Op, x: &[f64], shape: &[usize], dtype: DType) -> Option<Vec<f64
         }
         Op::AddLayerNorm { axis, eps } => {
             let doubled: Vec<f64> = x.iter().map(|v| v + v).collect();
-            reference(Op::LayerNorm { axis, eps }, &doubled, shape, dtype)
+            let ln = Op::LayerNorm {
+                axis,
+                eps,
+                split: None,
+            };
+            reference(ln, &doubled, shape, dtype)
         }
         Op::Activation { act } => {
             use wgnorm_reference::activation as ra;
@@ -356,8 +367,12 @@ fn encode(
     enc: &mut wgpu::CommandEncoder,
 ) -> wgnorm::Result<()> {
     match op {
-        Op::LayerNorm { axis, eps } => {
+        Op::LayerNorm { axis, eps, split } => {
             let ln = LayerNorm::new(ctx, LayerNormConfig { axis, eps, dtype })?;
+            let ln = match split {
+                Some(chunks) => ln.with_kernel(RowKernel::Split { wg: 64, chunks }),
+                None => ln,
+            };
             ln.encode(
                 enc,
                 &LayerNormInputs {
