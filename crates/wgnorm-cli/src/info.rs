@@ -1,6 +1,6 @@
 //! `wgnorm info`.
 
-use wgnorm::engine::rownorm::{RowMode, RowNorm, RowNormConfig};
+use wgnorm::engine::rownorm::{RowMode, RowNorm, RowNormConfig, SPLIT_MAX_ROWS};
 use wgnorm::{Context, DType};
 
 /// Row lengths the kernel table shows.
@@ -35,7 +35,10 @@ pub fn run(ctx: &Context) -> Result<(), String> {
         ),
         None => println!("tuning:   built-in defaults (no WGNORM_TUNING table)"),
     }
-    println!("\nrow-norm kernel per op, dtype and row length (many rows):\n");
+    println!(
+        "\nrow-norm kernel per op, dtype and row length ({SPLIT_MAX_ROWS} rows or more; one row \
+         where it differs, a decode step's):\n"
+    );
     print!("| op | dtype |");
     for n in LENGTHS {
         print!(" {n} |");
@@ -48,9 +51,13 @@ pub fn run(ctx: &Context) -> Result<(), String> {
             let op = RowNorm::new(ctx, cfg).map_err(|e| e.to_string())?;
             print!("| {name} | {dtype} |");
             for n in LENGTHS {
-                let x = ctx.empty(&[1, n], dtype).map_err(|e| e.to_string())?;
-                let (k, io) = op.kernel_for(&x).map_err(|e| e.to_string())?;
-                print!(" {k} ({}) |", io.label());
+                let kernel = |rows: u64| op.kernel_for_shape(&[rows as usize, n], true);
+                let (k, io) = kernel(SPLIT_MAX_ROWS).map_err(|e| e.to_string())?;
+                let (one, _) = kernel(1).map_err(|e| e.to_string())?;
+                match one == k {
+                    true => print!(" {k} ({}) |", io.label()),
+                    false => print!(" {k} ({}); 1 row: {one} |", io.label()),
+                }
             }
             println!();
         }

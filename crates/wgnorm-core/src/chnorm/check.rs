@@ -171,8 +171,7 @@ impl ChannelNorm {
     /// (GroupNorm NHWC), whose group slots are runs of `cg` scalars with a stride of C, while the
     /// per-channel view reads whole token rows with vector accesses (four channels each), as
     /// channels-last BatchNorm does. Batch mean and variance (computed here, without a mask),
-    /// C a multiple of 4,
-    /// x and y aligned, windows of samples only, and channel lanes not forced off.
+    /// C a multiple of 4, x and y aligned, windows of samples only, channel lanes not forced off.
     fn reduce_per_channel(
         &self,
         v: &ChannelView,

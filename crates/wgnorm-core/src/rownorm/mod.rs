@@ -212,15 +212,21 @@ impl RowNorm {
 
     /// The kernel a call on `x` would run (after validation), for reports.
     pub fn kernel_for(&self, x: &Tensor) -> Result<(RowKernel, Io)> {
-        let (rows, n) = self.split(x.shape())?;
+        self.kernel_for_shape(x.shape(), x.offset().is_multiple_of(16))
+    }
+
+    /// The kernel a call on an x of `shape` would run (`aligned`: x starts at a 16-byte
+    /// multiple), without a tensor: the row count decides the split kernel for few rows.
+    pub fn kernel_for_shape(&self, shape: &[usize], aligned: bool) -> Result<(RowKernel, Io)> {
+        let (rows, n) = self.split(shape)?;
         let io = Io {
             dtype: self.cfg.dtype,
-            vec4: n % 4 == 0 && x.offset().is_multiple_of(16),
+            vec4: n % 4 == 0 && aligned,
         };
         let class = AdapterClass::of(&self.ctx);
         let base = self.select(&class, n as u64, io);
         let few = (rows as u64) < SPLIT_MAX_ROWS;
-        let split = few.then(|| self.split_kernel(&class, rows as u64, n as u64, io, base));
+        let split = few.then(|| self.few_rows_choice(&class, rows as u64, n as u64, io, base));
         Ok((split.flatten().unwrap_or(base), io))
     }
 

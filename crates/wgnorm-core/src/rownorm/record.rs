@@ -372,7 +372,7 @@ impl RowNorm {
         let kernel = match key.few_rows {
             0 => base,
             rows => self
-                .split_kernel(&class, rows, key.n, key.io, base)
+                .few_rows_choice(&class, rows, key.n, key.io, base)
                 .unwrap_or(base),
         };
         let cache = check_kernel(&class, kernel, key.io, n_vec)?;
@@ -417,7 +417,7 @@ impl RowNorm {
     /// The kernel for a call of only `rows` rows of `n` elements whose row length selects `base`:
     /// the tuning table's entry for about that many rows, else the split kernel when the rows
     /// are too few to occupy the device; `None` keeps `base` (always with a forced kernel).
-    pub(super) fn split_kernel(
+    pub(super) fn few_rows_choice(
         &self,
         class: &AdapterClass,
         rows: u64,
