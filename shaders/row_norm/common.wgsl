@@ -69,6 +69,15 @@ fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+// Folds access `v` into a lane's running row statistics: Welford moments (LayerNorm), or the
+// sum of squares in m2 with mean 0 (RMSNorm), which the same Chan merge combines exactly.
+fn row_moments_push(acc: Moments, v: V) -> Moments {
+    if (MODE == 0u) {
+        return moments_push(acc, v);
+    }
+    return Moments(acc.n + f32(VW), 0.0, acc.m2 + hsum(v * v));
+}
+
 // Split kernel: the accesses [start, end) of chunk `chunk` of a row (the last chunk may be
 // shorter, trailing ones empty; empty too for a group past the last row).
 fn chunk_range(chunk: u32, live: bool) -> vec2<u32> {

@@ -26,13 +26,7 @@ fn main(
 
     var acc = Moments(0.0, 0.0, 0.0);
     for (var i = range.x + lid; i < range.y; i = i + WG) {
-        let v = load_x_first(base + i);
-        if (MODE == 0u) {
-            acc = moments_push(acc, v);
-        } else {
-            acc.n = acc.n + f32(VW);
-            acc.m2 = acc.m2 + hsum(v * v);
-        }
+        acc = row_moments_push(acc, load_x_first(base + i));
     }
     let m = workgroup_merge(acc, lid);
     if (live && lid == 0u) {

@@ -35,12 +35,7 @@ fn main(
         if (USE_CACHE) {
             cache[i] = v;
         }
-        if (MODE == 0u) {
-            acc = moments_push(acc, v);
-        } else {
-            acc.n = acc.n + f32(VW);
-            acc.m2 = acc.m2 + hsum(v * v);
-        }
+        acc = row_moments_push(acc, v);
     }
 
     let merged = workgroup_merge(acc, lid);

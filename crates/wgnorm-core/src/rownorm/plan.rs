@@ -113,6 +113,7 @@ pub const NAIVE_KERNEL: Kernel = Kernel::new(
     "naive/row_norm",
     &[
         snippet::ACTIVATION,
+        snippet::MOMENTS,
         ROW_COMMON,
         crate::shader_file!("naive/row_norm.wgsl"),
     ],
