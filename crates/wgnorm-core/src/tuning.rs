@@ -336,11 +336,22 @@ mod tests {
     fn every_lane_plan_name_parses_back_and_unbuilt_blocks_are_refused() {
         for p in LanePlan::ALL_FORCED {
             assert_eq!(p.to_string().parse::<LanePlan>(), Ok(p), "{p}");
+            for tile in [64, 1024, 16384] {
+                let p = LanePlan {
+                    tile: Some(tile),
+                    ..p
+                };
+                assert_eq!(p.to_string().parse::<LanePlan>(), Ok(p), "{p}");
+            }
         }
         for bad in [
             "blocks+slot-lanes+apply4",
             "blocks+slot-lanes",
             "strided+lanes+apply1",
+            "strided+slot-lanes+apply1+tile1000",
+            "strided+slot-lanes+apply1+tile32",
+            "strided+slot-lanes+apply1+tile32768",
+            "strided+slot-lanes+apply1+tile",
         ] {
             assert!(bad.parse::<LanePlan>().is_err(), "{bad}");
         }
