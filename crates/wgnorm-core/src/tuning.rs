@@ -219,12 +219,7 @@ impl Tuning {
             let Some(mode) = RowMode::from_name(op) else {
                 continue;
             };
-            let shape: Option<Vec<u64>> = e["shape"]
-                .as_array()
-                .map(|s| s.iter().map(|v| v.as_u64().filter(|&d| d > 0)).collect())
-                .and_then(|s: Option<Vec<u64>>| s.filter(|s| s.len() == 2));
-            let [rows, n] = shape
-                .map(|s| [s[0], s[1]])
+            let [rows, n] = dims(e)
                 .ok_or_else(|| bad(format!("autotune[{i}]: shape is not [rows, n]")))?;
             let best = e["best"]
                 .as_str()
@@ -244,6 +239,16 @@ impl Tuning {
     }
 }
 
+/// An entry's `shape` when it has exactly `D` positive dims.
+fn dims<const D: usize>(e: &serde_json::Value) -> Option<[u64; D]> {
+    let dims: Option<Vec<u64>> = e["shape"]
+        .as_array()?
+        .iter()
+        .map(|v| v.as_u64().filter(|&d| d > 0))
+        .collect();
+    dims?.try_into().ok()
+}
+
 /// A `batch_norm_train` / `batch_norm_infer` entry: `shape` is `[N, C, H, W]` whatever the
 /// `layout` (`NCHW` or `NHWC`), `best` a lane plan's name.
 fn lane_entry(i: usize, e: &serde_json::Value, moments: bool, dtype: DType) -> Result<LaneEntry> {
@@ -253,12 +258,7 @@ fn lane_entry(i: usize, e: &serde_json::Value, moments: bool, dtype: DType) -> R
         Some("NHWC") => Layout::Nhwc,
         other => return Err(bad(format!("layout {other:?} (NCHW or NHWC)"))),
     };
-    let dims: Option<Vec<usize>> = e["shape"].as_array().and_then(|s| {
-        s.iter()
-            .map(|v| v.as_u64().filter(|&d| d > 0).map(|d| d as usize))
-            .collect()
-    });
-    let Some([n, c, h, w]) = dims.as_deref().and_then(|d| <[usize; 4]>::try_from(d).ok()) else {
+    let Some([n, c, h, w]) = dims(e).map(|d| d.map(|d| d as usize)) else {
         return Err(bad("shape is not [N, C, H, W]".into()));
     };
     let shape = match layout {
