@@ -821,11 +821,7 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
     }
     let mut out = Vec::new();
     for (mode, rows, n, dtype) in specs {
-        let name = if mode == RowMode::LayerNorm {
-            "layer_norm"
-        } else {
-            "rms_norm"
-        };
+        let name = mode.name();
         if o.ops
             .as_ref()
             .is_some_and(|ops| !ops.iter().any(|x| x == name))

@@ -74,7 +74,7 @@ pub const NAIVE_DX_KERNEL: Kernel = Kernel::new(
 pub fn naive_dx_spec(mode: RowMode, io: Io, weight: bool) -> Specialization {
     Specialization::new(NAIVE_DX_KERNEL, io)
         .set("WG", 64)
-        .set("MODE", mode_value(mode))
+        .set("MODE", mode.code())
         .flag("HAS_WEIGHT", weight)
 }
 
@@ -101,13 +101,6 @@ pub struct GradFlags {
     pub dweight: bool,
     /// dbias is written.
     pub dbias: bool,
-}
-
-fn mode_value(mode: RowMode) -> u32 {
-    match mode {
-        RowMode::LayerNorm => 0,
-        RowMode::RmsNorm => 1,
-    }
 }
 
 /// Lanes per row and rows per workgroup of the dx kernel: on CPU adapters a short team and
@@ -168,7 +161,7 @@ pub fn dx_spec_with(
         .set("WG", shape.team * shape.rows)
         .set("TEAM", shape.team)
         .set("ROWS", shape.rows)
-        .set("MODE", mode_value(mode))
+        .set("MODE", mode.code())
         .flag("HAS_RESIDUAL", f.residual)
         .flag("HAS_WEIGHT", f.weight)
         .flag("HAS_DSUM", f.dsum)
@@ -179,7 +172,7 @@ pub fn dx_spec_with(
 pub fn params_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
     Specialization::new(PARAMS_KERNEL, io)
         .set("WG", COL_WG)
-        .set("MODE", mode_value(mode))
+        .set("MODE", mode.code())
         .flag("HAS_RESIDUAL", f.residual)
 }
 
@@ -187,7 +180,7 @@ pub fn params_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
 pub fn reduce_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
     Specialization::new(REDUCE_KERNEL, io)
         .set("WG", COL_WG)
-        .set("MODE", mode_value(mode))
+        .set("MODE", mode.code())
         .flag("HAS_DWEIGHT", f.dweight)
         .flag("HAS_DBIAS", f.dbias)
 }

@@ -219,8 +219,8 @@ impl Tuning {
             let Some(mode) = RowMode::from_name(op) else {
                 continue;
             };
-            let [rows, n] = dims(e)
-                .ok_or_else(|| bad(format!("autotune[{i}]: shape is not [rows, n]")))?;
+            let [rows, n] =
+                dims(e).ok_or_else(|| bad(format!("autotune[{i}]: shape is not [rows, n]")))?;
             let best = e["best"]
                 .as_str()
                 .ok_or_else(|| bad(format!("autotune[{i}] has no best kernel")))?;

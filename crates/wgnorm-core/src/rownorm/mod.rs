@@ -44,6 +44,15 @@ impl RowMode {
         }
     }
 
+    /// The shaders' `MODE` override constant (row norms and their backward): 0 LayerNorm,
+    /// 1 RMSNorm.
+    pub fn code(self) -> u32 {
+        match self {
+            RowMode::LayerNorm => 0,
+            RowMode::RmsNorm => 1,
+        }
+    }
+
     /// The mode named `name` (see [`RowMode::name`]).
     pub fn from_name(name: &str) -> Option<RowMode> {
         [RowMode::LayerNorm, RowMode::RmsNorm]

@@ -191,14 +191,7 @@ impl RowConstants {
             _ => f,
         };
         let s = Specialization::new(kernel, io)
-            .set(
-                "MODE",
-                if self.mode == RowMode::LayerNorm {
-                    0
-                } else {
-                    1
-                },
-            )
+            .set("MODE", self.mode.code())
             .flag("HAS_WEIGHT", f.has_weight)
             .flag("HAS_BIAS", f.has_bias)
             .flag("WRITE_STATS", f.write_stats)
@@ -242,14 +235,7 @@ impl RowConstants {
         };
         Some(
             Specialization::new(SPLIT_PARTIALS_KERNEL, io)
-                .set(
-                    "MODE",
-                    if self.mode == RowMode::LayerNorm {
-                        0
-                    } else {
-                        1
-                    },
-                )
+                .set("MODE", self.mode.code())
                 .flag("HAS_RESIDUAL", self.flags.has_residual)
                 .flag("WRITE_SUM", self.flags.write_sum)
                 .set("WG", wg),
@@ -261,7 +247,7 @@ impl RowConstants {
 pub fn naive_spec(mode: RowMode, has_bias: bool, io: Io) -> Specialization {
     Specialization::new(NAIVE_KERNEL, io)
         .set("WG", 64)
-        .set("MODE", if mode == RowMode::LayerNorm { 0 } else { 1 })
+        .set("MODE", mode.code())
         .flag("HAS_WEIGHT", true)
         .flag("HAS_BIAS", has_bias)
 }
