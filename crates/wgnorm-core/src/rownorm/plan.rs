@@ -7,18 +7,9 @@ use crate::shader::{snippet, Io, Kernel, Specialization};
 use super::choose::{split_wg, AdapterClass, RowKernel, TEAM_REGS};
 use super::RowMode;
 
-/// Bind-group slots of every row-norm kernel (the naive baseline too).
-pub const SLOTS: &[Slot] = &[
-    Slot::Uniform,
-    Slot::Read,      // x
-    Slot::Read,      // weight
-    Slot::Read,      // bias
-    Slot::ReadWrite, // y
-    Slot::ReadWrite, // mean
-    Slot::ReadWrite, // rstd
-    Slot::Read,      // residual
-    Slot::ReadWrite, // sum
-];
+/// Bind-group slots of every row-norm kernel (the naive baseline too): [`SPLIT_SLOTS`] without
+/// the split kernel's chunk moments.
+pub const SLOTS: &[Slot] = SPLIT_SLOTS.split_at(SPLIT_SLOTS.len() - 1).0;
 
 /// Bind-group slots of the split kernel's two passes: [`SLOTS`], then the chunk moments.
 pub const SPLIT_SLOTS: &[Slot] = &[
