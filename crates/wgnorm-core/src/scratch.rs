@@ -21,20 +21,11 @@ impl ScratchCache {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Tensor> {
-        if let Some(t) = crate::locked(&self.map).get(key) {
-            return Ok(t.clone());
-        }
-        // Allocated outside the lock (a device error must not poison it); a racing thread's
-        // tensor, if it got there first, is the one kept.
-        let t = ctx.empty(shape, dtype)?;
-        Ok(crate::locked(&self.map)
-            .entry(key.to_vec())
-            .or_insert(t)
-            .clone())
+        self.with(ctx, key, shape, dtype, Tensor::clone)
     }
 
-    /// `f` of the scratch tensor for inputs of shape `key` (created as in [`ScratchCache::get`]),
-    /// without cloning it: a warm call allocates nothing (a `Tensor` clone copies its shape).
+    /// `f` of the scratch tensor for inputs of shape `key` (created on the first call), without
+    /// cloning it: a warm call allocates nothing (a `Tensor` clone copies its shape).
     pub fn with<R>(
         &self,
         ctx: &Context,
@@ -46,7 +37,9 @@ impl ScratchCache {
         if let Some(t) = crate::locked(&self.map).get(key) {
             return Ok(f(t));
         }
-        let t = self.get(ctx, key, shape, dtype)?;
-        Ok(f(&t))
+        // Allocated outside the lock (a device error must not poison it); a racing thread's
+        // tensor, if it got there first, is the one kept.
+        let t = ctx.empty(shape, dtype)?;
+        Ok(f(crate::locked(&self.map).entry(key.to_vec()).or_insert(t)))
     }
 }
