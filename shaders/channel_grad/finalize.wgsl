@@ -15,9 +15,10 @@ override HAS_DBIAS: bool = false;
 @group(0) @binding(4) var<storage, read> partials: array<vec2<f32>>;
 @group(0) @binding(5) var<storage, read> weight: array<f32>;
 @group(0) @binding(6) var<storage, read_write> coef: array<vec4<f32>>;
+// ROLE 1 writes dweight and dbias; ROLE 2 writes dalpha, bound in dweight's place (a binding
+// of its own would be a ninth storage buffer, past WebGPU's default limit).
 @group(0) @binding(7) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dbias: array<f32>;
-@group(0) @binding(9) var<storage, read_write> dalpha: array<f32>;
 
 // (Ifs, not select: without a weight or bias a dummy without element `ch` is bound.)
 fn weight_at(ch: u32) -> f32 {
@@ -52,7 +53,7 @@ fn main(
             }
             acc += b / st.y + st.x * a;
         }
-        dalpha[0] = acc;
+        dweight[0] = acc;
         return;
     }
     if (ROLE == 1u) {

@@ -39,7 +39,9 @@ fn nonneg(v: f32) -> f32 {
 
 // 1 / sqrt(v) for a variance plus eps: +inf at exactly 0 (eps = 0 on a constant slice), where
 // inverseSqrt is undefined in SPIR-V, so every backend gives rstd = inf and y = 0 * inf = NaN,
-// as PyTorch does; NaN stays NaN.
+// as PyTorch does; NaN stays NaN. The infinity is a runtime value: as a constant expression
+// (`bitcast<f32>(0x7f800000u)`) it is a shader-creation error in WGSL, which Tint enforces.
 fn rsqrt_var(v: f32) -> f32 {
-    return select(inverseSqrt(v), bitcast<f32>(0x7f800000u), v == 0.0);
+    let inf_bits = 0x7f800000u;
+    return select(inverseSqrt(v), bitcast<f32>(inf_bits), v == 0.0);
 }

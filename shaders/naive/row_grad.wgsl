@@ -11,10 +11,8 @@ override HAS_WEIGHT: bool = false;
 @group(0) @binding(3) var<storage, read> weight: array<Elem>;
 @group(0) @binding(4) var<storage, read> dy: array<Elem>;
 @group(0) @binding(5) var<storage, read> dsum: array<Elem>;
-@group(0) @binding(6) var<storage, read> mean_in: array<f32>;
-@group(0) @binding(7) var<storage, read> rstd_in: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dx: array<Elem>;
-@group(0) @binding(9) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> dx: array<Elem>;
+@group(0) @binding(7) var<storage, read_write> stats: array<vec2<f32>>;
 
 fn load_g(e: u32, i: u32) -> V {
     if (HAS_WEIGHT) {

@@ -9,7 +9,7 @@ override WG: u32 = 64u;
 override HAS_WEIGHT: bool = false;
 // Add the upstream gradient of the fused add's sum output (pre-LN blocks) to dx.
 override HAS_DSUM: bool = false;
-// Use the forward's saved statistics (mean_in for LayerNorm, rstd_in) instead of recomputing.
+// Use the forward's saved statistics (in `stats`) instead of recomputing.
 override GIVEN_STATS: bool = false;
 // Weight Standardization's variants: the variance over n - 1 (unbiased), and the denominator
 // std + eps instead of sqrt(var + eps).
@@ -39,10 +39,10 @@ fn team_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
 @group(0) @binding(3) var<storage, read> weight: array<Elem>;
 @group(0) @binding(4) var<storage, read> dy: array<Elem>;
 @group(0) @binding(5) var<storage, read> dsum: array<Elem>;
-@group(0) @binding(6) var<storage, read> mean_in: array<f32>;
-@group(0) @binding(7) var<storage, read> rstd_in: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dx: array<Elem>;
-@group(0) @binding(9) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> dx: array<Elem>;
+// Per row (mean, rstd): written here, or (GIVEN_STATS) already holding the forward's saved
+// statistics, gathered by `saved.wgsl` (which keeps this pass within 8 storage buffers).
+@group(0) @binding(7) var<storage, read_write> stats: array<vec2<f32>>;
 
 fn load_s(e: u32) -> V {
     if (HAS_RESIDUAL) {
@@ -90,9 +90,8 @@ fn main(
     var mean = 0.0;
     if (MODE == 0u) {
         mean = shift + sums1.x / nf;
-        // (An if, not select: the dummy bound without saved statistics has no element `row`.)
         if (GIVEN_STATS) {
-            mean = mean_in[row];
+            mean = stats[row].x;
         }
     }
     // Pass 2: the centred squares (or squares) and sum(g * (s - mean)).
@@ -109,7 +108,7 @@ fn main(
     // 1 / sqrt, not inverseSqrt: eps = 0 on a constant row gives +inf (then NaN), as the forward.
     var rstd = 1.0 / sqrt(sums2.x / dn + params.eps);
     if (GIVEN_STATS) {
-        rstd = rstd_in[row];
+        rstd = stats[row].y;
     }
     var inv_d = rstd;
     var cu = rstd * rstd * rstd * sums2.y / dn;
@@ -133,7 +132,8 @@ fn main(
         }
         dx[e] = from_v(d);
     }
-    if (lane == 0u) {
+    // Given statistics are there already (and other lanes of the team may still read them).
+    if (lane == 0u && !GIVEN_STATS) {
         stats[row] = vec2<f32>(mean, rstd);
     }
 }

@@ -1,11 +1,10 @@
-// Row norm, "split" shape, pass 2 of 2 (see `split_partials.wgsl`): the workgroup of each chunk
+// Row norm, "split" shape, output pass (see `split_partials.wgsl`): the workgroup of each chunk
 // merges its row's chunk moments in the same fixed order as every other chunk of the row (so
-// all chunks normalize with bit-identical statistics), then normalizes its own chunk. The first
-// chunk writes the saved statistics.
+// all chunks normalize with bit-identical statistics), then normalizes its own chunk. The saved
+// statistics are a pass of their own (`split_stats.wgsl`), so this one binds at most 7 storage
+// buffers (WebGPU's default limit is 8).
 
 override WG: u32 = 64u;
-
-@group(0) @binding(9) var<storage, read_write> partials: array<vec4<f32>>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -15,25 +14,14 @@ fn main(
 ) {
     let g = linear_group(wid, nwg);
     let row = g / params.chunks;
-    let chunk = g % params.chunks;
     let live = row < params.rows;
-    let nchunks = select(0u, params.chunks, live);
-
-    var acc = Moments(0.0, 0.0, 0.0);
-    for (var c = lid; c < nchunks; c = c + WG) {
-        let p = partials[row * params.chunks + c];
-        acc = moments_merge(acc, Moments(p.x, p.y, p.z));
-    }
-    let merged = workgroup_merge(acc, lid);
+    let merged = merge_chunks(row, live, lid);
     let mean = merged.mean;
-    let rstd = rsqrt_var(merged.m2 / f32(params.n) + params.eps);
+    let rstd = merged_rstd(merged);
 
-    let range = chunk_range(chunk, live);
+    let range = chunk_range(g % params.chunks, live);
     let base = row * params.n_vec;
     for (var i = range.x + lid; i < range.y; i = i + WG) {
         y[base + i] = from_v(normalize_affine(load_x(base + i), i, mean, rstd));
-    }
-    if (live && chunk == 0u && lid == 0u) {
-        write_stats(row, mean, rstd);
     }
 }

@@ -144,7 +144,7 @@ fn naive_row_grad(
         ctx,
         rowgrad::DX_SLOTS,
         &params,
-        &[&xr, &dr, &wr, &dyr, &dr, &dr, &dr, &dxr, &sr],
+        &[&xr, &dr, &wr, &dyr, &dr, &dxr, &sr],
     )?;
     let b_params = binds.get(
         ctx,

@@ -12,6 +12,13 @@ pub struct Options {
     /// Run on a device whose storage bindings hold at most BYTES (exercises windows).
     #[arg(long, value_name = "BYTES")]
     max_binding_size: Option<u64>,
+    /// The device's limits: the adapter's, WebGPU's defaults (`wgpu::Limits::default()`, what
+    /// most apps create), or the downlevel defaults (4 storage buffers per stage).
+    #[arg(long, value_name = "PROFILE", default_value = "adapter")]
+    limits: wgnorm::LimitsProfile,
+    /// Run on a device created without SHADER_F16 (f16 through packed words only).
+    #[arg(long)]
+    without_f16: bool,
     /// Directories of case files (format: tests/conformance/FORMAT.md).
     #[arg(required = true, value_name = "DIR")]
     dirs: Vec<String>,
@@ -21,7 +28,7 @@ pub struct Options {
 /// and a skip fails the run unless `--allow-skipped` is given; an unreadable or malformed file
 /// is a failed case naming the file.
 pub fn run(o: &Options) -> Result<bool> {
-    let (allow_skipped, max_binding, dirs) = (o.allow_skipped, o.max_binding_size, &o.dirs);
+    let (allow_skipped, dirs) = (o.allow_skipped, &o.dirs);
     let mut files = Vec::new();
     for d in dirs {
         let entries = std::fs::read_dir(d).map_err(|e| anyhow::anyhow!("{d}: {e}"))?;
@@ -33,7 +40,15 @@ pub fn run(o: &Options) -> Result<bool> {
         }
     }
     files.sort();
-    let ctx = crate::context_with_binding_limit(max_binding)?;
+    let mut device = wgnorm::DeviceOptions {
+        limits: o.limits,
+        max_storage_buffer_binding_size: o.max_binding_size,
+        ..Default::default()
+    };
+    if o.without_f16 {
+        device.features.remove(wgnorm::wgpu::Features::SHADER_F16);
+    }
+    let ctx = crate::context_with(device)?;
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     let mut skipped_ops = std::collections::BTreeMap::<String, usize>::new();
     for f in &files {

@@ -21,6 +21,7 @@ mod fuzz_inputs;
 mod fuzz_research;
 mod shaders;
 mod sweep;
+mod tint;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -46,6 +47,16 @@ enum Command {
         /// WGNORM_LOG_PIPELINES=FILE for every pipeline it creates).
         #[arg(long)]
         list: bool,
+        /// Compile every distinct module with Dawn's Tint (the WGSL compiler of Chrome and Edge)
+        /// as composed for a browser device, and create a spread of its pipelines, instead of
+        /// the naga translation and the numeric sweep. Needs Node.js and npm (installs the
+        /// `webgpu` package under scripts/tint on first use).
+        #[arg(long, conflicts_with = "list")]
+        tint: bool,
+        /// With --tint: pipeline logs (WGNORM_LOG_PIPELINES=FILE of a run) whose pipelines are
+        /// checked too.
+        #[arg(long, requires = "tint")]
+        pipelines: Vec<std::path::PathBuf>,
     },
     /// Run every case file under the DIRs; a case of an op the runner does not know fails the run.
     Conformance(conformance::Options),
@@ -70,13 +81,18 @@ fn main() -> Result<()> {
     }
     let cli = Cli::parse();
     let ok = match &cli.command {
-        Command::Validate { list: true } => {
+        Command::Validate { list: true, .. } => {
             for spec in wgnorm::specializations() {
                 println!("{}", spec.key());
             }
             true
         }
-        Command::Validate { list: false } => {
+        Command::Validate {
+            tint: true,
+            pipelines,
+            ..
+        } => tint::run(pipelines)?,
+        Command::Validate { .. } => {
             let shaders_ok = shaders::validate_all()?;
             let sweep_ok = sweep::run()?;
             shaders_ok && sweep_ok
@@ -94,25 +110,28 @@ fn main() -> Result<()> {
 
 /// The headless context, with the adapter named on stderr.
 fn context() -> Result<wgnorm::Context> {
-    context_with_binding_limit(None)
+    context_with(wgnorm::DeviceOptions::from_env()?)
 }
 
-/// The headless context, its storage bindings limited to `max_binding` bytes when given.
-fn context_with_binding_limit(max_binding: Option<u64>) -> Result<wgnorm::Context> {
-    let ctx = wgnorm::Context::new_with_limits(|l| {
-        if let Some(b) = max_binding {
-            l.max_storage_buffer_binding_size = b.min(l.max_storage_buffer_binding_size);
-        }
-    })?;
+/// A headless context created as `options` say, with the adapter, features and the limits that
+/// differ from WebGPU's defaults named on stderr.
+fn context_with(options: wgnorm::DeviceOptions) -> Result<wgnorm::Context> {
+    let ctx = wgnorm::Context::new_with(options)?;
     let info = ctx.adapter_info();
+    let l = ctx.limits();
     eprintln!(
-        "adapter: {} ({:?}, {:?}, driver {} {}), features: {:?}",
+        "adapter: {} ({:?}, {:?}, driver {} {}), features: {:?}, limits {:?}: storage buffers/stage {}, workgroup memory {} B, invocations {}, binding {} B",
         info.name,
         info.backend,
         info.device_type,
         info.driver,
         info.driver_info,
-        ctx.features()
+        ctx.features(),
+        options.limits,
+        l.max_storage_buffers_per_shader_stage,
+        l.max_compute_workgroup_storage_size,
+        l.max_compute_invocations_per_workgroup,
+        l.max_storage_buffer_binding_size,
     );
     Ok(ctx)
 }

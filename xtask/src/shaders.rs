@@ -70,6 +70,76 @@ fn check(spec: &Specialization, access: F16Access) -> Result<()> {
     Ok(())
 }
 
+/// What a pipeline needs of a device's compute limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Needs {
+    /// Invocations per workgroup (`max_compute_invocations_per_workgroup`, and the largest
+    /// dimension against `max_compute_workgroup_size_x`).
+    pub invocations: u32,
+    /// Bytes of workgroup memory (`max_compute_workgroup_storage_size`).
+    pub workgroup_bytes: u32,
+}
+
+impl Needs {
+    /// Whether a device made with `wgpu::Limits::default()` (WebGPU's defaults) can create it.
+    pub fn fits_webgpu_defaults(self) -> bool {
+        let l = wgpu::Limits::default();
+        self.invocations <= l.max_compute_invocations_per_workgroup
+            && self.invocations <= l.max_compute_workgroup_size_x
+            && self.workgroup_bytes <= l.max_compute_workgroup_storage_size
+    }
+}
+
+/// A module parsed and validated once, to read the needs of its specialisations.
+pub struct Parsed {
+    module: naga::Module,
+    info: naga::valid::ModuleInfo,
+}
+
+impl Parsed {
+    /// Parses and validates `source`.
+    pub fn new(source: &str) -> Result<Parsed> {
+        let module = naga::front::wgsl::parse_str(source)
+            .map_err(|e| anyhow!("parse: {}", e.emit_to_string(source)))?;
+        let info = Validator::new(ValidationFlags::all(), capabilities())
+            .validate(&module)
+            .map_err(|e| anyhow!("validate: {}", e.emit_to_string(source)))?;
+        Ok(Parsed { module, info })
+    }
+
+    /// The workgroup size and memory of `spec`'s pipeline (overrides resolved).
+    pub fn needs(&self, spec: &Specialization) -> Result<Needs> {
+        let constants: naga::back::PipelineConstants = spec
+            .constants
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v))
+            .collect();
+        let ep = (naga::ShaderStage::Compute, "main");
+        let (module, _) = naga::back::pipeline_constants::process_overrides(
+            &self.module,
+            &self.info,
+            Some(ep),
+            &constants,
+        )
+        .map_err(|e| anyhow!("overrides: {e}"))?;
+        let size = module.entry_points[0].workgroup_size;
+        let mut layouter = naga::proc::Layouter::default();
+        layouter
+            .update(module.to_ctx())
+            .map_err(|e| anyhow!("layout: {e}"))?;
+        let workgroup_bytes = module
+            .global_variables
+            .iter()
+            .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, v)| layouter[v.ty].size)
+            .sum();
+        Ok(Needs {
+            invocations: size.iter().product(),
+            workgroup_bytes,
+        })
+    }
+}
+
 /// Validates every specialisation; prints one line per kernel and I/O type. Returns success.
 pub fn validate_all() -> Result<bool> {
     let specs = wgnorm::specializations();

@@ -8,7 +8,9 @@ use crate::context::Slot;
 use crate::uniform::{self, UniformBlock, MAX_UNIFORM_BYTES};
 use crate::{Context, Error, Result, Tensor};
 
-/// Storage bindings a kernel may have after its uniform block.
+/// Storage bindings a kernel may have after its uniform block: WebGPU's default
+/// `max_storage_buffers_per_shader_stage`, so every kernel runs on a device made with
+/// `wgpu::Limits::default()`.
 pub const MAX_STORAGE: usize = 8;
 
 /// A checked storage binding: buffer, byte offset and byte size.
@@ -243,11 +245,26 @@ impl BindCache {
                 ranges.len() + 1
             )));
         }
+        // The ranges the layout binds (an `Unused` slot's range is ignored), with their
+        // binding numbers.
+        let used: Vec<(u32, &BufferRange)> = slots[1..]
+            .iter()
+            .zip(ranges)
+            .enumerate()
+            .filter(|(_, (s, _))| **s != Slot::Unused)
+            .map(|(i, (_, r))| (i as u32 + 1, *r))
+            .collect();
+        if used.len() > MAX_STORAGE {
+            return Err(Error::Device(format!(
+                "internal: a layout of {} storage bindings (at most {MAX_STORAGE})",
+                used.len()
+            )));
+        }
         let key = Key {
             slots,
             block: P::WGSL_NAME,
             params: uniform::key_words(params),
-            ranges: std::array::from_fn(|i| ranges.get(i).map(|r| (*r).clone())),
+            ranges: std::array::from_fn(|i| used.get(i).map(|(_, r)| (*r).clone())),
         };
         if let Some(bg) = crate::locked(&self.map).get(&key) {
             return Ok(bg.clone());
@@ -268,9 +285,9 @@ impl BindCache {
             binding: 0,
             resource: uniform.as_entire_binding(),
         });
-        for (i, r) in ranges.iter().enumerate() {
+        for (binding, r) in used {
             entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
+                binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &r.buffer,
                     offset: r.offset,

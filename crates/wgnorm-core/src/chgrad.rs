@@ -34,8 +34,8 @@ pub const PARTIALS_SLOTS: &[Slot] = &[
     Slot::Read,
     Slot::ReadWrite,
 ];
-/// finalize: uniform, moments, running_mean, running_var, partials, weight, coef, dweight, dbias,
-/// dalpha.
+/// finalize: uniform, moments, running_mean, running_var, partials, weight, coef, dweight (or
+/// dalpha, role 2), dbias.
 pub const FINALIZE_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
@@ -43,7 +43,6 @@ pub const FINALIZE_SLOTS: &[Slot] = &[
     Slot::Read,
     Slot::Read,
     Slot::Read,
-    Slot::ReadWrite,
     Slot::ReadWrite,
     Slot::ReadWrite,
     Slot::ReadWrite,
@@ -484,7 +483,7 @@ impl ChannelGrad {
             FINALIZE_SLOTS,
             &params,
             &[
-                &source, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2], &dw[0],
+                &source, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2],
             ],
         )?;
         let params_bind = self.finalize_params_bind(params, &partials, r)?;
@@ -518,8 +517,6 @@ impl ChannelGrad {
         let ctx = &self.ctx;
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
-        // Every writable binding distinct: dalpha takes whichever dummy the others left free.
-        let dalpha = if r.dweight.is_some() { &dw[1] } else { &dw[2] };
         Ok(Some(self.binds.get(
             ctx,
             FINALIZE_SLOTS,
@@ -533,7 +530,6 @@ impl ChannelGrad {
                 &dw[0],
                 r.dweight.as_ref().unwrap_or(&dw[1]),
                 r.dbias.as_ref().unwrap_or(&dw[2]),
-                dalpha,
             ],
         )?))
     }
@@ -558,7 +554,7 @@ impl ChannelGrad {
             FINALIZE_SLOTS,
             &params,
             &[
-                source[0], source[1], source[2], partials, &dr, &dw[0], &dw[1], &dw[2], dalpha,
+                source[0], source[1], source[2], partials, &dr, &dw[0], dalpha, &dw[2],
             ],
         )?))
     }

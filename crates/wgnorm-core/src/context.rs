@@ -15,6 +15,92 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
+/// Which limits a headless context requests from its adapter: what an app's device would have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LimitsProfile {
+    /// The adapter's own limits (the most wgnorm can use there).
+    #[default]
+    Adapter,
+    /// `wgpu::Limits::default()`, WebGPU's defaults (8 storage buffers per stage, 16 KiB of
+    /// workgroup memory, 256 invocations, 128 MiB bindings): what most apps and every browser
+    /// device without raised limits have. Every wgnorm kernel fits them.
+    WebGpu,
+    /// `wgpu::Limits::downlevel_defaults()` (4 storage buffers per stage: GLES-class devices).
+    /// Kernels that bind more are refused with [`Error::DeviceLimit`].
+    Downlevel,
+}
+
+impl LimitsProfile {
+    /// The limits to request from an adapter with `adapter` limits (never above them).
+    pub fn limits(self, adapter: &wgpu::Limits) -> wgpu::Limits {
+        match self {
+            LimitsProfile::Adapter => adapter.clone(),
+            LimitsProfile::WebGpu => wgpu::Limits::default().or_worse_values_from(adapter),
+            LimitsProfile::Downlevel => {
+                wgpu::Limits::downlevel_defaults().or_worse_values_from(adapter)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for LimitsProfile {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<LimitsProfile> {
+        match s.to_ascii_lowercase().as_str() {
+            "adapter" => Ok(LimitsProfile::Adapter),
+            "webgpu" => Ok(LimitsProfile::WebGpu),
+            "downlevel" => Ok(LimitsProfile::Downlevel),
+            _ => Err(Error::InvalidParameter {
+                name: "limits",
+                value: s.into(),
+                why: "must be adapter, webgpu or downlevel",
+            }),
+        }
+    }
+}
+
+/// How a headless context creates its device: the limits profile, an optional cap on storage
+/// bindings, and the optional features it may request. `Default`: the adapter's limits and
+/// every feature in [`OPTIONAL_FEATURES`] the adapter has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// The limits requested.
+    pub limits: LimitsProfile,
+    /// A lower `max_storage_buffer_binding_size` in bytes (exercises windowed bindings).
+    pub max_storage_buffer_binding_size: Option<u64>,
+    /// The optional features requested where the adapter has them: remove `SHADER_F16` to run as
+    /// a device without it (WebGPU without `shader-f16`, many mobile GPUs).
+    pub features: wgpu::Features,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            limits: LimitsProfile::Adapter,
+            max_storage_buffer_binding_size: None,
+            features: OPTIONAL_FEATURES,
+        }
+    }
+}
+
+impl DeviceOptions {
+    /// The defaults, changed by `WGNORM_LIMITS=adapter|webgpu|downlevel` and
+    /// `WGNORM_WITHOUT_F16=1` (no `SHADER_F16`): so a whole test suite or tool run can take an
+    /// app's device profile without code changes.
+    pub fn from_env() -> Result<DeviceOptions> {
+        let mut o = DeviceOptions::default();
+        if let Ok(v) = std::env::var("WGNORM_LIMITS") {
+            if !v.is_empty() {
+                o.limits = v.parse()?;
+            }
+        }
+        if std::env::var("WGNORM_WITHOUT_F16").is_ok_and(|v| !v.is_empty() && v != "0") {
+            o.features.remove(wgpu::Features::SHADER_F16);
+        }
+        Ok(o)
+    }
+}
+
 /// Which of wgpu's runtime safety instrumentation wgnorm's own shaders are compiled with.
 ///
 /// wgpu instruments every shader it is given as if it were untrusted: a counter in every loop
@@ -70,6 +156,20 @@ pub enum Slot {
     Read,
     /// A read-write storage buffer.
     ReadWrite,
+    /// A binding number the module declares (a shared snippet's binding) that this kernel's
+    /// entry point never uses: no layout entry, nothing bound. Keeps kernels that share a
+    /// snippet's binding numbers within the storage-buffer limit.
+    Unused,
+}
+
+impl Slot {
+    /// Storage buffers in a layout (what `max_storage_buffers_per_shader_stage` limits).
+    pub fn storage_count(slots: &[Slot]) -> usize {
+        slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Read | Slot::ReadWrite))
+            .count()
+    }
 }
 
 // An app shares one context (and the ops made from it) between threads: that is a promise, not
@@ -136,7 +236,8 @@ impl Context {
     /// `WGPU_BACKEND` (e.g. `vulkan`) limits the backends searched; `WGNORM_ADAPTER` (or
     /// `WGPU_ADAPTER_NAME`) keeps only adapters whose name contains it, case-insensitively.
     /// Otherwise a discrete GPU is preferred, then integrated, virtual, and CPU adapters.
-    /// Every optional feature wgnorm can use is requested, with the adapter's best limits.
+    /// Every optional feature wgnorm can use is requested, with the adapter's best limits, unless
+    /// the environment says otherwise ([`DeviceOptions::from_env`]).
     /// `WGNORM_SHADER_CHECKS=full` compiles the shaders with all of wgpu's checks (see
     /// [`ShaderChecks`]).
     pub fn new() -> Result<Context> {
@@ -145,7 +246,18 @@ impl Context {
 
     /// [`Context::new`] without blocking.
     pub async fn new_async() -> Result<Context> {
-        Self::new_async_with_limits(|_| {}).await
+        Self::new_async_with(DeviceOptions::from_env()?).await
+    }
+
+    /// A headless context whose device is created as `options` say (a profile of limits, no
+    /// `SHADER_F16`, ...): to run as an app's device would.
+    pub fn new_with(options: DeviceOptions) -> Result<Context> {
+        pollster::block_on(Self::new_async_with(options))
+    }
+
+    /// [`Context::new_with`] without blocking.
+    pub async fn new_async_with(options: DeviceOptions) -> Result<Context> {
+        Self::create(options, |_| {}).await
     }
 
     /// [`Context::new`] with the device's limits adjusted from the adapter's by `adjust` (lower
@@ -158,6 +270,13 @@ impl Context {
 
     /// [`Context::new_with_limits`] without blocking.
     pub async fn new_async_with_limits(adjust: impl FnOnce(&mut wgpu::Limits)) -> Result<Context> {
+        Self::create(DeviceOptions::default(), adjust).await
+    }
+
+    async fn create(
+        options: DeviceOptions,
+        adjust: impl FnOnce(&mut wgpu::Limits),
+    ) -> Result<Context> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
@@ -205,8 +324,12 @@ impl Context {
             }
             (None, None) => unreachable!("adapters is not empty"),
         };
-        let features = adapter.features() & OPTIONAL_FEATURES;
-        let mut limits = adapter.limits();
+        let features = adapter.features() & OPTIONAL_FEATURES & options.features;
+        let mut limits = options.limits.limits(&adapter.limits());
+        if let Some(b) = options.max_storage_buffer_binding_size {
+            limits.max_storage_buffer_binding_size =
+                b.min(limits.max_storage_buffer_binding_size);
+        }
         adjust(&mut limits);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -388,22 +511,36 @@ impl Context {
         if let Some(l) = crate::locked(&self.inner.layouts).get(slots) {
             return Ok(l.clone());
         }
+        let storage = Slot::storage_count(slots) as u64;
+        let available = self.inner.limits.max_storage_buffers_per_shader_stage as u64;
+        if storage > available {
+            return Err(Error::DeviceLimit {
+                what: format!("a kernel layout of {storage} storage buffers"),
+                limit: "max_storage_buffers_per_shader_stage",
+                needed: storage,
+                available,
+            });
+        }
         let entries: Vec<_> = slots
             .iter()
             .enumerate()
-            .map(|(i, s)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: match s {
-                        Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                        Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+            .filter_map(|(i, s)| {
+                let ty = match s {
+                    Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    Slot::Unused => return None,
+                };
+                Some(wgpu::BindGroupLayoutEntry {
+                    binding: i as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
                     },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
+                    count: None,
+                })
             })
             .collect();
         let device = &self.inner.device;
@@ -522,6 +659,16 @@ impl Context {
                 io.label()
             )));
         }
+        let storage = Slot::storage_count(kernel.slots()) as u64;
+        let available = self.inner.limits.max_storage_buffers_per_shader_stage as u64;
+        if storage > available {
+            return Err(Error::DeviceLimit {
+                what: format!("kernel {}", kernel.name()),
+                limit: "max_storage_buffers_per_shader_stage",
+                needed: storage,
+                available,
+            });
+        }
         let device = &self.inner.device;
         let module = self.module(kernel, io)?;
         let (_, layout) = self.layout(kernel.slots())?;
@@ -549,7 +696,8 @@ impl Context {
         if let Some(m) = crate::locked(&self.inner.modules).get(&(kernel, io)) {
             return Ok(m.clone());
         }
-        let source = kernel.source_with(io, self.inner.f16_access);
+        let target = shader::Target::for_backend(self.inner.info.backend);
+        let source = kernel.source_for(io, self.inner.f16_access, target);
         let checks = self.inner.checks.runtime_checks(self.inner.info.backend);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(kernel.name()),

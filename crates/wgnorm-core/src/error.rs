@@ -155,6 +155,20 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A kernel needs more of a device limit than the device was created with (an app's
+    /// device made with lower limits than wgnorm's kernels need on it).
+    #[error("{what} needs {needed} of the device limit {limit}, which is {available} on this device: create the device with at least `wgpu::Limits::default()` (WebGPU's defaults: every wgnorm kernel fits them), or with the adapter's limits")]
+    DeviceLimit {
+        /// The kernel or op.
+        what: String,
+        /// The `wgpu::Limits` field.
+        limit: &'static str,
+        /// What the kernel needs.
+        needed: u64,
+        /// What the device has.
+        available: u64,
+    },
+
     /// The device could not allocate memory for an object wgnorm creates.
     #[error("{what}: out of device memory allocating {bytes} bytes")]
     OutOfMemory {

@@ -56,7 +56,7 @@ impl Mode {
 }
 
 pub use activation::Activation;
-pub use context::{Context, ShaderChecks, Slot};
+pub use context::{Context, DeviceOptions, LimitsProfile, ShaderChecks, Slot};
 pub use dtype::DType;
 pub use error::{check_eps, check_unit_interval, Error, Result};
 pub use tensor::{checked_bytes, checked_numel, Tensor};

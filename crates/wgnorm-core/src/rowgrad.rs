@@ -18,11 +18,9 @@ use crate::{Context, DType, Error, Result, Tensor};
 
 const COMMON: &str = crate::shader_file!("row_grad/common.wgsl");
 
-/// dx: uniform, x, residual, weight, dy, dsum, mean, rstd, dx, stats.
+/// dx: uniform, x, residual, weight, dy, dsum, dx, stats.
 pub const DX_SLOTS: &[Slot] = &[
     Slot::Uniform,
-    Slot::Read,
-    Slot::Read,
     Slot::Read,
     Slot::Read,
     Slot::Read,
@@ -31,6 +29,8 @@ pub const DX_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::ReadWrite,
 ];
+/// saved: uniform, mean, rstd, stats.
+pub const SAVED_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite];
 /// params: uniform, x, residual, dy, stats, partials.
 pub const PARAMS_SLOTS: &[Slot] = &[
     Slot::Uniform,
@@ -48,6 +48,12 @@ pub const DX_KERNEL: Kernel = Kernel::new(
     "row_grad/dx",
     &[COMMON, crate::shader_file!("row_grad/dx.wgsl")],
     DX_SLOTS,
+);
+/// The forward's saved statistics into the per-row pairs dx reads (when the call has them).
+pub const SAVED_KERNEL: Kernel = Kernel::new(
+    "row_grad/saved",
+    &[COMMON, crate::shader_file!("row_grad/saved.wgsl")],
+    SAVED_SLOTS,
 );
 /// dweight/dbias partials per block of rows.
 pub const PARAMS_KERNEL: Kernel = Kernel::new(
@@ -168,6 +174,13 @@ pub fn dx_spec_with(
         .flag("GIVEN_STATS", f.given_stats)
 }
 
+/// The saved-statistics gather pipeline.
+pub fn saved_spec(mode: RowMode) -> Specialization {
+    Specialization::new(SAVED_KERNEL, Io::F32)
+        .set("WG", COL_WG)
+        .set("MODE", mode.code())
+}
+
 /// The partials pipeline.
 pub fn params_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
     Specialization::new(PARAMS_KERNEL, io)
@@ -204,6 +217,9 @@ pub fn specializations() -> Vec<Specialization> {
                 }
             }
             out.push(naive_dx_spec(mode, Io { vec4: false, ..io }, true));
+            if io == Io::F32 {
+                out.push(saved_spec(mode));
+            }
             if mode == RowMode::LayerNorm {
                 // Weight Standardization: plain rows, each variance convention.
                 for (unbiased, eps_outside) in [(true, false), (false, true), (true, true)] {
@@ -433,6 +449,14 @@ impl RowGrad {
         let dw = binding::dummy_range(ctx.dummy_write(0));
         let mode = self.cfg.mode;
         let mut passes = Vec::new();
+        if let (Some(rstd), true) = (&r.rstd, rows > 0) {
+            let mean = r.mean.as_ref().unwrap_or(&dr);
+            let bind = self
+                .binds
+                .get(ctx, SAVED_SLOTS, &params, &[mean, rstd, &stats])?;
+            let groups = binding::grid(ctx, (rows as u64).div_ceil(COL_WG as u64));
+            passes.push((ctx.pipeline(&saved_spec(mode))?, bind, groups));
+        }
         if rows > 0 {
             let bind = self.binds.get(
                 ctx,
@@ -444,8 +468,6 @@ impl RowGrad {
                     r.weight.as_ref().unwrap_or(&dr),
                     &r.dy,
                     r.dsum.as_ref().unwrap_or(&dr),
-                    r.mean.as_ref().unwrap_or(&dr),
-                    r.rstd.as_ref().unwrap_or(&dr),
                     &r.dx,
                     &stats,
                 ],

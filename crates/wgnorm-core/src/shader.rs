@@ -94,6 +94,30 @@ impl F16Access {
     }
 }
 
+/// Which WGSL compiler a module is composed for. The kernels are one source; what differs is the
+/// directives each compiler demands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// wgpu's native backends (Vulkan, Metal, DX12, GL), where naga compiles the WGSL: subgroup
+    /// builtins need no directive, and naga 30 rejects `enable subgroups;`.
+    #[default]
+    Native,
+    /// A browser's WebGPU (wgpu's `BrowserWebGpu` backend), where the browser compiles the WGSL
+    /// (Tint in Chrome and Edge): modules that use subgroup builtins open with
+    /// `enable subgroups;`, as the WGSL specification requires.
+    Browser,
+}
+
+impl Target {
+    /// The target of a device on `backend`.
+    pub fn for_backend(backend: wgpu::Backend) -> Target {
+        match backend {
+            wgpu::Backend::BrowserWebGpu => Target::Browser,
+            _ => Target::Native,
+        }
+    }
+}
+
 /// Storage type and access width of a kernel's tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Io {
@@ -251,9 +275,18 @@ impl Kernel {
         self.source_with(io, F16Access::Packed)
     }
 
-    /// The complete WGSL module with a choice of four-element f16 access.
+    /// The complete WGSL module with a choice of four-element f16 access, for naga.
     pub fn source_with(&self, io: Io, access: F16Access) -> String {
-        let mut s = String::from(io.snippet(access));
+        self.source_for(io, access, Target::Native)
+    }
+
+    /// The complete WGSL module with a choice of f16 access, composed for `target`'s compiler.
+    pub fn source_for(&self, io: Io, access: F16Access, target: Target) -> String {
+        let mut s = String::new();
+        if target == Target::Browser && self.features.contains(wgpu::Features::SUBGROUP) {
+            s.push_str("enable subgroups;\n");
+        }
+        s.push_str(io.snippet(access));
         if io.vec4 {
             s.push('\n');
             s.push_str(IO_VEC4_HELPERS);

@@ -78,7 +78,9 @@ pub use wgnorm_core::context::OPTIONAL_FEATURES;
 pub use wgnorm_core::elementwise::{Elementwise, ElementwiseConfig};
 pub use wgnorm_core::tuning::{LaneEntry, RowEntry, Tuning};
 pub use wgnorm_core::Activation;
-pub use wgnorm_core::{wgpu, Context, DType, Error, Mode, Result, ShaderChecks, Tensor};
+pub use wgnorm_core::{
+    wgpu, Context, DType, DeviceOptions, Error, LimitsProfile, Mode, Result, ShaderChecks, Tensor,
+};
 
 /// The engines and plumbing under the ops, for tools and for apps that build their own kernels
 /// on wgnorm's: kernels and their specialisations (`shader`), typed uniform blocks (`uniform`),

@@ -19,7 +19,8 @@ pub use choose::{
 };
 pub use plan::{
     naive_spec, specializations, RowConstants, RowFlags, NAIVE_KERNEL, SLOTS, SPLIT_APPLY_KERNEL,
-    SPLIT_PARTIALS_KERNEL, SPLIT_SLOTS, TEAM_KERNEL, TEAM_REGS_KERNEL, WORKGROUP_KERNEL,
+    SPLIT_APPLY_SLOTS, SPLIT_PARTIALS_KERNEL, SPLIT_PARTIALS_SLOTS, SPLIT_STATS_KERNEL,
+    SPLIT_STATS_SLOTS, TEAM_KERNEL, TEAM_REGS_KERNEL, WORKGROUP_KERNEL,
 };
 
 use crate::binding::BindCache;
@@ -128,6 +129,8 @@ struct Plan {
     pipeline: wgpu::ComputePipeline,
     /// The split kernel's first pass (chunk moments).
     partials: Option<wgpu::ComputePipeline>,
+    /// The split kernel's statistics pass (when the call keeps mean or rstd).
+    stats: Option<wgpu::ComputePipeline>,
 }
 
 /// A row-norm op bound to a device: validates calls, picks and caches pipelines and bind groups,

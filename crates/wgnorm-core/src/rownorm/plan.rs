@@ -7,12 +7,9 @@ use crate::shader::{snippet, Io, Kernel, Specialization};
 use super::choose::{split_wg, AdapterClass, RowKernel, TEAM_REGS};
 use super::RowMode;
 
-/// Bind-group slots of every row-norm kernel (the naive baseline too): [`SPLIT_SLOTS`] without
-/// the split kernel's chunk moments.
-pub const SLOTS: &[Slot] = SPLIT_SLOTS.split_at(SPLIT_SLOTS.len() - 1).0;
-
-/// Bind-group slots of the split kernel's two passes: [`SLOTS`], then the chunk moments.
-pub const SPLIT_SLOTS: &[Slot] = &[
+/// Bind-group slots of every one-pass row-norm kernel (the naive baseline too); the split
+/// kernel's passes bind subsets of them plus the chunk moments at binding 9.
+pub const SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,      // x
     Slot::Read,      // weight
@@ -22,7 +19,50 @@ pub const SPLIT_SLOTS: &[Slot] = &[
     Slot::ReadWrite, // rstd
     Slot::Read,      // residual
     Slot::ReadWrite, // sum
-    Slot::ReadWrite, // partials: (count, mean, M2, 0) per chunk of each row
+];
+
+/// The split kernel's first pass: x (+ residual, and the sum store) in, chunk moments out
+/// (count, mean, M2, 0 per chunk of each row).
+pub const SPLIT_PARTIALS_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read, // x
+    Slot::Unused,
+    Slot::Unused,
+    Slot::Unused,
+    Slot::Unused,
+    Slot::Unused,
+    Slot::Read,      // residual
+    Slot::ReadWrite, // sum
+    Slot::ReadWrite, // partials
+];
+
+/// The split kernel's output pass: [`SLOTS`] without the saved statistics and the sum, plus the
+/// chunk moments; 7 storage buffers.
+pub const SPLIT_APPLY_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,      // x
+    Slot::Read,      // weight
+    Slot::Read,      // bias
+    Slot::ReadWrite, // y
+    Slot::Unused,
+    Slot::Unused,
+    Slot::Read, // residual
+    Slot::Unused,
+    Slot::Read, // partials
+];
+
+/// The split kernel's statistics pass: chunk moments in, mean and rstd out.
+pub const SPLIT_STATS_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Unused,
+    Slot::Unused,
+    Slot::Unused,
+    Slot::Unused,
+    Slot::ReadWrite, // mean
+    Slot::ReadWrite, // rstd
+    Slot::Unused,
+    Slot::Unused,
+    Slot::Read, // partials
 ];
 
 const ROW_COMMON: &str = crate::shader_file!("row_norm/common.wgsl");
@@ -81,9 +121,11 @@ pub const SPLIT_PARTIALS_KERNEL: Kernel = Kernel::new(
         ROW_COMMON,
         crate::shader_file!("row_norm/split_partials.wgsl"),
     ],
-    SPLIT_SLOTS,
+    SPLIT_PARTIALS_SLOTS,
 )
 .with_bf16();
+
+const SPLIT_MERGE: &str = crate::shader_file!("row_norm/split_merge.wgsl");
 
 /// Split rows, pass 2: merge of a row's chunk moments, then the output of one chunk.
 pub const SPLIT_APPLY_KERNEL: Kernel = Kernel::new(
@@ -93,9 +135,26 @@ pub const SPLIT_APPLY_KERNEL: Kernel = Kernel::new(
         snippet::MOMENTS,
         snippet::WG_MOMENTS,
         ROW_COMMON,
+        SPLIT_MERGE,
         crate::shader_file!("row_norm/split_apply.wgsl"),
     ],
-    SPLIT_SLOTS,
+    SPLIT_APPLY_SLOTS,
+)
+.with_bf16();
+
+/// Split rows, statistics pass (when mean or rstd is kept): the same merge, one workgroup per
+/// row, writing the saved statistics.
+pub const SPLIT_STATS_KERNEL: Kernel = Kernel::new(
+    "row_norm/split_stats",
+    &[
+        snippet::ACTIVATION,
+        snippet::MOMENTS,
+        snippet::WG_MOMENTS,
+        ROW_COMMON,
+        SPLIT_MERGE,
+        crate::shader_file!("row_norm/split_stats.wgsl"),
+    ],
+    SPLIT_STATS_SLOTS,
 )
 .with_bf16();
 
@@ -172,11 +231,12 @@ impl RowConstants {
             RowKernel::Workgroup { .. } => WORKGROUP_KERNEL,
             RowKernel::Split { .. } => SPLIT_APPLY_KERNEL,
         };
-        // The split kernel's output pass reads x (+ residual) and never stores the sum: its
-        // first pass did.
+        // The split kernel's output pass reads x (+ residual) and stores neither the sum (its
+        // first pass did) nor the statistics (its statistics pass does).
         let f = match self.kernel {
             RowKernel::Split { .. } => RowFlags {
                 write_sum: false,
+                write_stats: false,
                 ..f
             },
             _ => f,
@@ -231,6 +291,19 @@ impl RowConstants {
                 .flag("WRITE_SUM", self.flags.write_sum)
                 .set("WG", wg),
         )
+    }
+
+    /// The split kernel's statistics pass, when the call keeps mean or rstd (`None` otherwise
+    /// and for the one-pass kernels, which write them themselves).
+    pub fn stats_spec(&self, io: Io) -> Option<Specialization> {
+        let RowKernel::Split { wg, .. } = self.kernel else {
+            return None;
+        };
+        self.flags.write_stats.then(|| {
+            Specialization::new(SPLIT_STATS_KERNEL, io)
+                .flag("WRITE_STATS", true)
+                .set("WG", wg)
+        })
     }
 }
 
@@ -326,7 +399,10 @@ pub fn specializations(classes: &[AdapterClass]) -> Vec<Specialization> {
                 };
                 // The split passes ignore some flags: list each of their pipelines once.
                 let split = matches!(kernel, RowKernel::Split { .. });
-                for s in std::iter::once(c.spec(io)).chain(c.partials_spec(io)) {
+                let passes = std::iter::once(c.spec(io))
+                    .chain(c.partials_spec(io))
+                    .chain(c.stats_spec(io));
+                for s in passes {
                     if !split || split_specs.insert(s.key()) {
                         out.push(s);
                     }

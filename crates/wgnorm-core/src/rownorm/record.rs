@@ -10,7 +10,9 @@ use super::choose::{cache_len_for, choose_for, loop_iterations, AdapterClass, Ro
 use super::choose::{
     split_chunk_len, split_for, CPU_LOOP_BUDGET, SPLIT_MAX_CHUNKS, SPLIT_MAX_ROWS,
 };
-use super::plan::{RowConstants, RowFlags, SLOTS, SPLIT_SLOTS};
+use super::plan::{
+    RowConstants, RowFlags, SLOTS, SPLIT_APPLY_SLOTS, SPLIT_PARTIALS_SLOTS, SPLIT_STATS_SLOTS,
+};
 use super::{Plan, PlanKey, RowMode, RowNorm, RowNormArgs};
 
 /// A call that passed every check: its row count, the bound ranges of its tensors (whole), and
@@ -328,7 +330,8 @@ impl RowNorm {
         let ctx = &self.ctx;
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw = [0, 1, 2].map(|i| binding::dummy_range(ctx.dummy_write(i)));
-        // The split kernel's layout adds the chunk moments; the one-pass kernels bind 8.
+        // Binding order of every row kernel; the split kernel's passes bind subsets of it
+        // plus the chunk moments.
         let ranges = [
             &w.x,
             c.weight.as_ref().unwrap_or(&dr),
@@ -340,20 +343,31 @@ impl RowNorm {
             w.sum.as_ref().unwrap_or(&dw[2]),
             w.partials.as_ref().unwrap_or(&dr),
         ];
-        let (slots, ranges) = match w.partials {
-            Some(_) => (SPLIT_SLOTS, &ranges[..]),
-            None => (SLOTS, &ranges[..8]),
+        let split = w.partials.is_some();
+        let slots = if split { SPLIT_APPLY_SLOTS } else { SLOTS };
+        let bind = self.binds.get(ctx, slots, params, &ranges[..slots.len() - 1])?;
+        let partials = match &plan.partials {
+            Some(p) => Some((p, self.binds.get(ctx, SPLIT_PARTIALS_SLOTS, params, &ranges)?)),
+            None => None,
         };
-        let bind = self.binds.get(ctx, slots, params, ranges)?;
+        let stats = match &plan.stats {
+            Some(p) => Some((p, self.binds.get(ctx, SPLIT_STATS_SLOTS, params, &ranges)?)),
+            None => None,
+        };
         if !record {
             return Ok(());
         }
         let groups = plan.kernel.groups(params.rows as u64);
         let (gx, gy) = binding::grid(ctx, groups);
-        if let Some(partials) = &plan.partials {
-            binding::dispatch(encoder, label, partials, &bind, (gx, gy, 1));
+        if let Some((pipeline, bind)) = &partials {
+            binding::dispatch(encoder, label, pipeline, bind, (gx, gy, 1));
         }
         binding::dispatch(encoder, label, &plan.pipeline, &bind, (gx, gy, 1));
+        if let Some((pipeline, bind)) = &stats {
+            // One workgroup per row.
+            let (sx, sy) = binding::grid(ctx, params.rows as u64);
+            binding::dispatch(encoder, label, pipeline, bind, (sx, sy, 1));
+        }
         Ok(())
     }
 
@@ -389,10 +403,15 @@ impl RowNorm {
             Some(spec) => Some(self.ctx.pipeline(&spec)?),
             None => None,
         };
+        let stats = match constants.stats_spec(key.io) {
+            Some(spec) => Some(self.ctx.pipeline(&spec)?),
+            None => None,
+        };
         let plan = Plan {
             kernel,
             pipeline,
             partials,
+            stats,
         };
         crate::locked(&self.plans).insert(key, plan.clone());
         Ok(plan)
