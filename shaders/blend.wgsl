@@ -26,6 +26,6 @@ fn main(
     let end = min(params.n_v, start + BLOCK);
     let l = params.lambda;
     for (var i = start; i < end; i = i + 1u) {
-        y[i] = from_v(l * to_v(a[i]) + (1.0 - l) * to_v(b[i]));
+        y_store(i, l * a_load(i) + (1.0 - l) * b_load(i));
     }
 }

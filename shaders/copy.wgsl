@@ -1,7 +1,8 @@
 // Copy kernel: the bandwidth roofline the benchmarks divide by. Two shapes, chosen by BLOCK:
 // BLOCK = 1: one access per invocation per grid step (coalesced across lanes);
 // BLOCK > 1: each invocation copies one contiguous block of BLOCK accesses (what CPU
-// rasterisers like lavapipe prefer: one lane streams through memory).
+// rasterisers like lavapipe prefer: one lane streams through memory). The benches copy f32x4,
+// where the accessors are plain loads and stores.
 
 override WG: u32 = 256u;
 override BLOCK: u32 = 1u;
@@ -28,13 +29,13 @@ fn main(
     if (BLOCK == 1u) {
         let i = g * WG + lid;
         if (i < params.n_vec) {
-            dst[i] = src[i];
+            dst_store(i, src_load(i));
         }
     } else {
         let start = (g * WG + lid) * BLOCK;
         let end = min(params.n_vec, start + BLOCK);
         for (var i = start; i < end; i = i + 1u) {
-            dst[i] = src[i];
+            dst_store(i, src_load(i));
         }
     }
 }

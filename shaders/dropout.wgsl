@@ -42,11 +42,11 @@ fn main(
     if i >= params.n {
         return;
     }
-    let v = to_v(x[i]);
+    let v = x_load(i);
     if params.keep_all != 0u {
-        y[i] = from_v(v);
+        y_store(i, v);
         return;
     }
     let kept = hash(i) < params.keep_threshold;
-    y[i] = from_v(params.a * select(params.alpha_p, v, kept) + params.b);
+    y_store(i, params.a * select(params.alpha_p, v, kept) + params.b);
 }

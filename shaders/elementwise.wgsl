@@ -26,6 +26,6 @@ fn main(
     let start = ((wid.x + wid.y * nwg.x) * WG + lid) * BLOCK;
     let end = min(params.n_v, start + BLOCK);
     for (var i = start; i < end; i = i + 1u) {
-        y[i] = from_v(activate(to_v(x[i])));
+        y_store(i, activate(x_load(i)));
     }
 }

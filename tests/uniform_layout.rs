@@ -91,10 +91,14 @@ layout_tests! {
     row_params_matches_team: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::TEAM_KERNEL;
     row_params_matches_team_regs: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::TEAM_REGS_KERNEL;
     row_params_matches_workgroup: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::WORKGROUP_KERNEL;
+    row_params_matches_split_partials: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::SPLIT_PARTIALS_KERNEL;
+    row_params_matches_split_apply: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::SPLIT_APPLY_KERNEL;
+    row_params_matches_split_stats: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::SPLIT_STATS_KERNEL;
     row_params_matches_naive_row_norm: wgnorm::engine::uniform::RowParams => wgnorm::engine::rownorm::NAIVE_KERNEL;
     row_grad_params_matches_dx: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::DX_KERNEL;
     row_grad_params_matches_params: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::PARAMS_KERNEL;
     row_grad_params_matches_reduce: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::REDUCE_KERNEL;
+    row_grad_params_matches_saved: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::SAVED_KERNEL;
     row_grad_params_matches_naive_row_grad: wgnorm::engine::uniform::RowGradParams => wgnorm::engine::rowgrad::NAIVE_DX_KERNEL;
     channel_grad_params_matches_partials: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::PARTIALS_KERNEL;
     channel_grad_params_matches_finalize: wgnorm::engine::uniform::ChannelGradParams => wgnorm::engine::chgrad::FINALIZE_KERNEL;
@@ -139,4 +143,26 @@ fn a_reordered_block_is_caught() {
         caught.is_err(),
         "a reordered EwParams passed the layout check"
     );
+}
+
+/// Every kernel's layout fits WebGPU's default `max_storage_buffers_per_shader_stage` (8), so
+/// every op runs on a device made with `wgpu::Limits::default()`.
+#[test]
+fn every_kernel_binds_at_most_webgpus_default_storage_buffers() {
+    use wgnorm::engine::binding::MAX_STORAGE;
+    use wgnorm::engine::Slot;
+    let limit = wgnorm::wgpu::Limits::default().max_storage_buffers_per_shader_stage as usize;
+    assert_eq!(MAX_STORAGE, limit);
+    let mut seen = std::collections::BTreeSet::new();
+    for spec in wgnorm::specializations() {
+        if seen.insert(spec.kernel.name()) {
+            let n = Slot::storage_count(spec.kernel.slots());
+            assert!(
+                n <= MAX_STORAGE,
+                "{} binds {n} storage buffers",
+                spec.kernel.name()
+            );
+        }
+    }
+    assert!(seen.len() > 40, "only {} kernels listed", seen.len());
 }

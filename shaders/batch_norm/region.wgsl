@@ -110,7 +110,7 @@ fn pool(i: u32) {
     var sum = 0.0;
     var mx = -3.0e38;
     for (var ch = 0u; ch < params.c; ch++) {
-        let v = to_v(x[index(n, ch, s)]);
+        let v = x_load(index(n, ch, s));
         sum += v;
         mx = max(mx, v);
     }
@@ -189,7 +189,7 @@ fn moments_stage(g: u32, lid: u32) {
     for (var j = start + lid; j < end; j += WG) {
         let n = j / hw();
         let s = j - n * hw();
-        let v = to_v(x[index(n, ch, s)]);
+        let v = x_load(index(n, ch, s));
         if scratch[j] > 0.5 {
             a_in = welford(a_in, v);
         } else {
@@ -266,7 +266,7 @@ fn apply(i: u32) {
     }
     let c = params.c;
     let o = off_coef();
-    let v = to_v(x[i]);
+    let v = x_load(i);
     var out: f32;
     if scratch[pix] > 0.5 {
         out = (v - scratch[o + ch]) * scratch[o + c + ch];
@@ -276,7 +276,7 @@ fn apply(i: u32) {
     if RNL {
         out = out * (1.0 + scratch[off_gamma_map() + pix]) + scratch[off_beta_map() + pix];
     }
-    y[i] = from_v(out + scratch[o + 4u * c + ch]);
+    y_store(i, out + scratch[o + 4u * c + ch]);
 }
 
 @compute @workgroup_size(WG)

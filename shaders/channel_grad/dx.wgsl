@@ -73,9 +73,9 @@ fn main(
         let run = min(end - e, params.sdiv - t);
         if (ACT == 1u) {
             for (var i = e; i < e + run; i++) {
-                let xhat = (to_v(x[i]) - kc.x) * kc.y;
-                let g = act_grad(to_v(dy[i]), xhat * w + b) * w;
-                dx[i] = from_v(kc.y * (g - kc.z - xhat * kc.w) + al * to_v(dy[i]));
+                let xhat = (x_load(i) - kc.x) * kc.y;
+                let g = act_grad(dy_load(i), xhat * w + b) * w;
+                dx_store(i, kc.y * (g - kc.z - xhat * kc.w) + al * dy_load(i));
             }
         } else {
             // dx = A dy + B (x - mean) + C: rstd (w dy - c1 - xhat c2) expanded.
@@ -83,7 +83,7 @@ fn main(
             let cb = -kc.y * kc.y * kc.w;
             let cc = -kc.y * kc.z;
             for (var i = e; i < e + run; i++) {
-                dx[i] = from_v(ca * to_v(dy[i]) + cb * (to_v(x[i]) - kc.x) + cc);
+                dx_store(i, ca * dy_load(i) + cb * (x_load(i) - kc.x) + cc);
             }
         }
         e += run;

@@ -61,8 +61,8 @@ fn block_sums(pp: u32, rr: u32, s0: u32, st: vec2<f32>, w: f32, b: f32, lo: u32,
         var a = 0.0;
         var c = 0.0;
         for (var k = 0u; k < run; k++) {
-            let xv = to_v(x[base + k]);
-            let d = to_v(dy[base + k]);
+            let xv = x_load(base + k);
+            let d = dy_load(base + k);
             if (ACT == 1u) {
                 let xhat = (xv - st.x) * st.y;
                 let dz = act_grad(d, xhat * w + b);
@@ -127,8 +127,8 @@ fn main(
     var acc = vec2<f32>(0.0);
     for (var j = j0; j < end; j += WG) {
         let e = ((pp * params.q + qq) * params.r + rr) * params.s + s0 + t;
-        let xhat = (to_v(x[e]) - st.x) * st.y;
-        let dz = act_grad(to_v(dy[e]), xhat * w + b);
+        let xhat = (x_load(e) - st.x) * st.y;
+        let dz = act_grad(dy_load(e), xhat * w + b);
         acc += vec2<f32>(dz, dz * xhat);
         t += dt;
         qq += dq;

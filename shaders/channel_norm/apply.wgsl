@@ -113,7 +113,7 @@ fn channels_last(inv: u32) {
     loop {
         let stop = min(t_end, t + left);
         for (; t < stop; t = t + 1u) {
-            y[i] = from_v(apply_one(to_v(x[i]), kc));
+            y_store(i, apply_one(x_load(i), kc));
             i = i + cv;
         }
         if (t >= t_end) {
@@ -168,7 +168,7 @@ fn main(
             let stop = min(end, i + (params.sdiv - within) / 4u);
             within = within + (stop - i) * 4u;
             for (; i < stop; i = i + 1u) {
-                y[i] = from_v(apply_one(to_v(x[i]), k));
+                y_store(i, apply_one(x_load(i), k));
             }
             if (i >= end) {
                 break;
@@ -178,7 +178,7 @@ fn main(
             let rem = params.sdiv - within;
             if (rem > 0u) {
                 // Access i ends this run and starts the next.
-                y[i] = from_v(apply_one(to_v(x[i]), mix_coefs(k, kn, rem)));
+                y_store(i, apply_one(x_load(i), mix_coefs(k, kn, rem)));
                 i = i + 1u;
             }
             within = 4u - rem;
@@ -200,7 +200,7 @@ fn main(
             let left = (params.sdiv - within) / VW;
             let stop = min(end, i + left);
             for (; i < stop; i = i + 1u) {
-                y[i] = from_v(apply_one(to_v(x[i]), k));
+                y_store(i, apply_one(x_load(i), k));
             }
             if (i >= end) {
                 break;

@@ -35,7 +35,7 @@ fn slot_shift(pp: u32, rr: u32) -> f32 {
     if (params.tile_base > 0u) {
         return partials[shift_index(pp, rr)].mean;
     }
-    return hsum(to_v(x[(pp * params.q * params.r + rr) * params.s_v])) / f32(VW);
+    return hsum(x_load((pp * params.q * params.r + rr) * params.s_v)) / f32(VW);
 }
 
 fn store_shift(pp: u32, rr: u32, tile: u32, shift: f32) {
@@ -71,10 +71,10 @@ fn channel_lanes(g: u32, lid: u32) {
         let ok1 = j + 1u < end;
         let ok2 = j + 2u < end;
         let ok3 = j + 3u < end;
-        let v0 = to_v(x[e]) - sh;
-        let v1 = select(V(0.0), to_v(x[select(e, e + stride, ok1)]) - sh, ok1);
-        let v2 = select(V(0.0), to_v(x[select(e, e + 2u * stride, ok2)]) - sh, ok2);
-        let v3 = select(V(0.0), to_v(x[select(e, e + 3u * stride, ok3)]) - sh, ok3);
+        let v0 = x_load(e) - sh;
+        let v1 = select(V(0.0), x_load(select(e, e + stride, ok1)) - sh, ok1);
+        let v2 = select(V(0.0), x_load(select(e, e + 2u * stride, ok2)) - sh, ok2);
+        let v3 = select(V(0.0), x_load(select(e, e + 3u * stride, ok3)) - sh, ok3);
         acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
         e = e + 4u * stride;
     }
@@ -106,7 +106,7 @@ fn channel_vec_lanes(g: u32, lid: u32) {
                 sh = set_lane(sh, k, partials[shift_index(pp, ch0 + k)].mean);
             }
         } else if (params.shift_cg <= 1u) {
-            sh = to_v(x[pp * params.q * cv + jv]);
+            sh = x_load(pp * params.q * cv + jv);
             if (tile == 0u) {
                 for (var k = 0u; k < VW; k++) {
                     partials[shift_index(pp, ch0 + k)] = Moments(0.0, get_lane(sh, k), 0.0);
@@ -119,7 +119,7 @@ fn channel_vec_lanes(g: u32, lid: u32) {
                 let c = ch0 + k;
                 let first = c - c % params.shift_cg;
                 let e = pp * params.q * params.r + first;
-                let v = get_lane(to_v(x[e / VW]), e % VW);
+                let v = get_lane(x_load(e / VW), e % VW);
                 sh = set_lane(sh, k, v);
                 if (tile == 0u && c == first) {
                     partials[shift_index(pp, c)] = Moments(0.0, v, 0.0);
@@ -135,10 +135,10 @@ fn channel_vec_lanes(g: u32, lid: u32) {
         let ok1 = j + 1u < end;
         let ok2 = j + 2u < end;
         let ok3 = j + 3u < end;
-        let v0 = to_v(x[e]) - sh;
-        let v1 = select(V(0.0), to_v(x[select(e, e + cv, ok1)]) - sh, ok1);
-        let v2 = select(V(0.0), to_v(x[select(e, e + 2u * cv, ok2)]) - sh, ok2);
-        let v3 = select(V(0.0), to_v(x[select(e, e + 3u * cv, ok3)]) - sh, ok3);
+        let v0 = x_load(e) - sh;
+        let v1 = select(V(0.0), x_load(select(e, e + cv, ok1)) - sh, ok1);
+        let v2 = select(V(0.0), x_load(select(e, e + 2u * cv, ok2)) - sh, ok2);
+        let v3 = select(V(0.0), x_load(select(e, e + 3u * cv, ok3)) - sh, ok3);
         // The chunk's own mean and centred M2 per channel, then one Chan merge.
         let k = 1.0 + f32(ok1) + f32(ok2) + f32(ok3);
         let cm = (v0 + v1 + v2 + v3) / k;
@@ -169,7 +169,7 @@ fn channel_vec_lanes(g: u32, lid: u32) {
 fn load(pp: u32, rr: u32, j: u32) -> V {
     let q = j / params.s_v;
     let s = j - q * params.s_v;
-    return to_v(x[((pp * params.q + q) * params.r + rr) * params.s_v + s]);
+    return x_load(((pp * params.q + q) * params.r + rr) * params.s_v + s);
 }
 
 @compute @workgroup_size(WG)
@@ -252,10 +252,10 @@ fn main(
             }
         }
         // Past the range's end, read a valid element and drop it.
-        let v0 = to_v(x[e[0]]) - sh;
-        let v1 = select(V(0.0), to_v(x[select(e[0], e[1], ok1)]) - sh, ok1);
-        let v2 = select(V(0.0), to_v(x[select(e[0], e[2], ok2)]) - sh, ok2);
-        let v3 = select(V(0.0), to_v(x[select(e[0], e[3], ok3)]) - sh, ok3);
+        let v0 = x_load(e[0]) - sh;
+        let v1 = select(V(0.0), x_load(select(e[0], e[1], ok1)) - sh, ok1);
+        let v2 = select(V(0.0), x_load(select(e[0], e[2], ok2)) - sh, ok2);
+        let v3 = select(V(0.0), x_load(select(e[0], e[3], ok3)) - sh, ok3);
         acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
     }
     let merged = workgroup_merge(acc, lid);

@@ -16,9 +16,9 @@ override HAS_WEIGHT: bool = false;
 
 fn load_g(e: u32, i: u32) -> V {
     if (HAS_WEIGHT) {
-        return to_v(dy[e]) * (to_v(weight[i]) + params.weight_offset);
+        return dy_load(e) * (weight_load(i) + params.weight_offset);
     }
-    return to_v(dy[e]);
+    return dy_load(e);
 }
 
 @compute @workgroup_size(WG)
@@ -36,14 +36,14 @@ fn main(
     var mean = 0.0;
     var sg = 0.0;
     for (var i = 0u; i < params.n_vec; i++) {
-        mean += hsum(to_v(x[base + i]));
+        mean += hsum(x_load(base + i));
         sg += hsum(load_g(base + i, i));
     }
     mean = select(0.0, mean / nf, MODE == 0u);
     var m2 = 0.0;
     var sgd = 0.0;
     for (var i = 0u; i < params.n_vec; i++) {
-        let d = to_v(x[base + i]) - V(mean);
+        let d = x_load(base + i) - V(mean);
         m2 += hsum(d * d);
         sgd += hsum(load_g(base + i, i) * d);
     }
@@ -51,8 +51,8 @@ fn main(
     let mean_g = select(0.0, sg / nf, MODE == 0u);
     let mean_gx = rstd * sgd / nf;
     for (var i = 0u; i < params.n_vec; i++) {
-        let xhat = (to_v(x[base + i]) - V(mean)) * rstd;
-        dx[base + i] = from_v(rstd * (load_g(base + i, i) - V(mean_g) - xhat * mean_gx));
+        let xhat = (x_load(base + i) - V(mean)) * rstd;
+        dx_store(base + i, rstd * (load_g(base + i, i) - V(mean_g) - xhat * mean_gx));
     }
     stats[row] = vec2<f32>(mean, rstd);
 }

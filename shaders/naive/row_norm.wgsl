@@ -31,7 +31,7 @@ fn main(
     }
     let rstd = inverseSqrt(q * inv_n + params.eps);
     for (var i = 0u; i < params.n_vec; i = i + 1u) {
-        y[base + i] = from_v(normalize_affine(load_x(base + i), i, mean, rstd));
+        y_store(base + i, normalize_affine(load_x(base + i), i, mean, rstd));
     }
     write_stats(row, mean, rstd);
 }

@@ -27,23 +27,23 @@ const OP_TRANSPORT: u32 = 9u;
 
 fn la(base: u32, k: u32) -> f32 {
     if (params.bcast & 1u) != 0u {
-        return to_v(a[k]);
+        return a_load(k);
     }
-    return to_v(a[base + k * params.s]);
+    return a_load(base + k * params.s);
 }
 
 fn lb(base: u32, k: u32) -> f32 {
     if (params.bcast & 2u) != 0u {
-        return to_v(b[k]);
+        return b_load(k);
     }
-    return to_v(b[base + k * params.s]);
+    return b_load(base + k * params.s);
 }
 
 fn lw(base: u32, k: u32) -> f32 {
     if (params.bcast & 4u) != 0u {
-        return to_v(w[k]);
+        return w_load(k);
     }
-    return to_v(w[base + k * params.s]);
+    return w_load(base + k * params.s);
 }
 
 fn comb(base: u32, k: u32, co: vec3<f32>) -> f32 {
@@ -160,10 +160,10 @@ fn main(
     }
 
     if OP == OP_DIST || OP == OP_LAMBDA {
-        y[p] = from_v(scalar);
+        y_store(p, scalar);
         return;
     }
     for (var k = 0u; k < d; k++) {
-        y[base + k * params.s] = from_v(comb(base, k, co));
+        y_store(base + k * params.s, comb(base, k, co));
     }
 }

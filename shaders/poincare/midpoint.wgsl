@@ -156,7 +156,7 @@ fn weights(tile: u32, lid: u32) {
             var vv = V(0.0);
             var vb = V(0.0);
             for (var k = 0u; k < params.d; k++) {
-                let v = to_v(x[base + k * sv]);
+                let v = x_load(base + k * sv);
                 vv += v * v;
                 if TANGENT {
                     vb += v * bias[k];
@@ -188,7 +188,7 @@ fn colsum(ct: u32, dz: u32, lid: u32) {
         if k < d {
             for (var p = first + g; p < last; p += WG / DW) {
                 // Rows run with VW = 1 (hsum is the identity there): blocks are never rows.
-                acc += scratch[pidx(p, 3u)] * hsum(to_v(x[p * d + k]));
+                acc += scratch[pidx(p, 3u)] * hsum(x_load(p * d + k));
             }
         }
         workgroupBarrier();
@@ -217,7 +217,7 @@ fn colsum(ct: u32, dz: u32, lid: u32) {
         let dj = step - di * sj;
         var acc = V(0.0);
         for (var p = p0; p < last; p += step) {
-            acc += pfield(p, 3u) * to_v(x[((i * d + k) * sj + j) / VW]);
+            acc += pfield(p, 3u) * x_load(((i * d + k) * sj + j) / VW);
             i += di;
             j += dj;
             if j >= sj {
@@ -287,7 +287,7 @@ fn mean(lid: u32) {
         scratch[k] *= pm;
         if OUT_M {
             // MEAN runs with VW = 1 (the splat only types the vector variants it never runs as).
-            y[k] = from_v(V(scratch[k]));
+            y_store(k, V(scratch[k]));
         }
     }
     if !TANGENT {
@@ -334,14 +334,14 @@ fn dist(tile: u32, lid: u32) {
             let vv = pfield(p, 1u);
             var vm = V(0.0);
             for (var k = 0u; k < params.d; k++) {
-                vm += to_v(x[base + k * sv]) * scratch[k];
+                vm += x_load(base + k * sv) * scratch[k];
             }
             // w = (-m) (+) x = -k.x m + k.y s v.
             let kc = mobius_coefs_v(c, -s * vm, V(mm), s * s * vv);
             let kys = kc.y * s;
             var ww = V(0.0);
             for (var k = 0u; k < params.d; k++) {
-                let wk = kys * to_v(x[base + k * sv]) - kc.x * scratch[k];
+                let wk = kys * x_load(base + k * sv) - kc.x * scratch[k];
                 ww += wk * wk;
             }
             pstore(p, 3u, vm);
@@ -488,7 +488,7 @@ fn apply(tile: u32, lid: u32) {
         let base = block_base(p);
         for (var k = 0u; k < params.d; k++) {
             let i = base + k * sv;
-            y[i] = from_v(co.cv * to_v(x[i]) + co.cm * scratch[k] + co.cb * scratch[off_beta() + k]);
+            y_store(i, co.cv * x_load(i) + co.cm * scratch[k] + co.cb * scratch[off_beta() + k]);
         }
     }
 }

@@ -17,5 +17,5 @@ fn main(
         return;
     }
     let k = coef[e % params.c];
-    dxs[e] = from_v(k.x * to_v(dy[e]) + k.y * to_v(xs[e]));
+    dxs_store(e, k.x * dy_load(e) + k.y * xs_load(e));
 }

@@ -46,8 +46,8 @@ fn main(
     var acc2 = vec4<f32>(0.0);
     for (var tok = start; tok < end; tok++) {
         let e = tok * params.c + ch;
-        let d = to_v(dy[e]);
-        let v = to_v(xs[e]);
+        let d = dy_load(e);
+        let v = xs_load(e);
         let z = v * rz;
         let k = kept(tok);
         acc += vec4<f32>(d, d * z, k * d * w * z, k * z * z);

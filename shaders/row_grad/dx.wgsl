@@ -46,16 +46,16 @@ fn team_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
 
 fn load_s(e: u32) -> V {
     if (HAS_RESIDUAL) {
-        return to_v(x[e]) + to_v(residual[e]);
+        return x_load(e) + residual_load(e);
     }
-    return to_v(x[e]);
+    return x_load(e);
 }
 
 // g = dy * (weight + offset) at access e, column access i.
 fn load_g(e: u32, i: u32) -> V {
-    let d = to_v(dy[e]);
+    let d = dy_load(e);
     if (HAS_WEIGHT) {
-        return d * (to_v(weight[i]) + params.weight_offset);
+        return d * (weight_load(i) + params.weight_offset);
     }
     return d;
 }
@@ -128,9 +128,9 @@ fn main(
         let e = base + i;
         var d = inv_d * (load_g(e, i) - V(mean_g)) - (load_s(e) - V(mean)) * cu;
         if (HAS_DSUM) {
-            d += to_v(dsum[e]);
+            d += dsum_load(e);
         }
-        dx[e] = from_v(d);
+        dx_store(e, d);
     }
     // Given statistics are there already (and other lanes of the team may still read them).
     if (lane == 0u && !GIVEN_STATS) {

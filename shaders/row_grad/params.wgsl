@@ -29,11 +29,11 @@ fn main(
     for (var r = r0; r < r1; r++) {
         let st = stats[r];
         let e = r * params.n_vec + i;
-        var s = to_v(x[e]);
+        var s = x_load(e);
         if (HAS_RESIDUAL) {
-            s += to_v(residual[e]);
+            s += residual_load(e);
         }
-        let d = to_v(dy[e]);
+        let d = dy_load(e);
         aw += d * ((s - V(st.x)) * st.y);
         ab += d;
     }

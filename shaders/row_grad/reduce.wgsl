@@ -27,9 +27,9 @@ fn main(
         ab += partials[(b * 2u + 1u) * params.n_vec + i];
     }
     if (HAS_DWEIGHT) {
-        dweight[i] = from_v(aw);
+        dweight_store(i, aw);
     }
     if (HAS_DBIAS) {
-        dbias[i] = from_v(ab);
+        dbias_store(i, ab);
     }
 }

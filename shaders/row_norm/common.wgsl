@@ -49,16 +49,16 @@ struct RowParams {
 // The value normalized at access i of x: x, or x + residual for the fused add.
 fn load_x(i: u32) -> V {
     if (HAS_RESIDUAL) {
-        return to_v(x[i]) + to_v(residual[i]);
+        return x_load(i) + residual_load(i);
     }
-    return to_v(x[i]);
+    return x_load(i);
 }
 
 // First read of access i: also stores the sum when asked (the one rounding to the I/O type).
 fn load_x_first(i: u32) -> V {
     let v = load_x(i);
     if (WRITE_SUM) {
-        sum_out[i] = from_v(v);
+        sum_out_store(i, v);
     }
     return v;
 }
@@ -90,10 +90,10 @@ fn chunk_range(chunk: u32, live: bool) -> vec2<u32> {
 fn normalize_affine(v: V, i: u32, mean: f32, rstd: f32) -> V {
     var o = (v - mean) * rstd;
     if (HAS_WEIGHT) {
-        o = o * (to_v(weight[i]) + params.weight_offset);
+        o = o * (weight_load(i) + params.weight_offset);
     }
     if (HAS_BIAS) {
-        o = o + to_v(bias[i]);
+        o = o + bias_load(i);
     }
     return activate(o);
 }

@@ -22,6 +22,6 @@ fn main(
     let range = chunk_range(g % params.chunks, live);
     let base = row * params.n_vec;
     for (var i = range.x + lid; i < range.y; i = i + WG) {
-        y[base + i] = from_v(normalize_affine(load_x(base + i), i, mean, rstd));
+        y_store(base + i, normalize_affine(load_x(base + i), i, mean, rstd));
     }
 }

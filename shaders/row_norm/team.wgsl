@@ -65,7 +65,7 @@ fn main(
         m = team_moments(m, sg_lane - lane);
         let rstd = rsqrt_var(nonneg(m.m2 / f32(params.n)) + params.eps);
         for (var i = lane; i < nv; i = i + TEAM) {
-            y[base + i] = from_v(normalize_affine(load_x(base + i) - shift, i, m.mean, rstd));
+            y_store(base + i, normalize_affine(load_x(base + i) - shift, i, m.mean, rstd));
         }
         if (live && lane == 0u) {
             write_stats(row, shift + m.mean, rstd);
@@ -98,7 +98,7 @@ fn main(
     let var_ = nonneg(team_sum(q, sg_size) * inv_n - c * c);
     let rstd = rsqrt_var(var_ + params.eps);
     for (var i = lane; i < nv; i = i + TEAM) {
-        y[base + i] = from_v(normalize_affine(row_value(cbase, base, i) - mean0, i, c, rstd));
+        y_store(base + i, normalize_affine(row_value(cbase, base, i) - mean0, i, c, rstd));
     }
     let mean = mean0 + c;
     if (live && lane == 0u) {

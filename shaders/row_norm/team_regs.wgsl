@@ -35,10 +35,10 @@ fn main(
         let i = lane + k * TEAM;
         if (EXACT || i < params.n_vec) {
             if (HAS_WEIGHT) {
-                wv[k] = to_v(weight[i]) + params.weight_offset;
+                wv[k] = weight_load(i) + params.weight_offset;
             }
             if (HAS_BIAS) {
-                bv[k] = to_v(bias[i]);
+                bv[k] = bias_load(i);
             }
         }
     }
@@ -59,7 +59,7 @@ fn main(
             if (EXACT || i < nv) {
                 v[k] = load_x(base + i);
                 if (WRITE_SUM && live) {
-                    sum_out[base + i] = from_v(v[k]);
+                    sum_out_store(base + i, v[k]);
                 }
                 s = s + hsum(v[k]);
             }
@@ -93,7 +93,7 @@ fn main(
                 if (HAS_BIAS) {
                     o = o + bv[k];
                 }
-                y[base + i] = from_v(activate(o));
+                y_store(base + i, activate(o));
             }
         }
         if (live && lane == 0u) {

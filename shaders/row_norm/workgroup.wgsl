@@ -49,7 +49,7 @@ fn main(
         } else {
             v = load_x(base + i);
         }
-        y[base + i] = from_v(normalize_affine(v, i, mean, rstd));
+        y_store(base + i, normalize_affine(v, i, mean, rstd));
     }
     if (live && lid == 0u) {
         write_stats(row, mean, rstd);

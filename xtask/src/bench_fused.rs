@@ -89,8 +89,8 @@ fn unfused(
         rot: d as u32,
         eps: 1e-6,
         weight_offset: 0.0,
-        base: 10_000.0,
         _pad0: 0,
+        _pad1: 0,
     };
     let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
     let dr = binding::dummy_range(ctx.dummy_read());

@@ -7,6 +7,26 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 use wgnorm::engine::shader::{F16Access, Specialization};
 
+/// The f16 accesses a device may compose `spec`'s module with (f16 modules come in both: the
+/// device picks one).
+pub fn accesses(spec: &Specialization) -> &'static [F16Access] {
+    if spec.io.dtype == wgnorm::DType::F16 {
+        &[F16Access::Packed, F16Access::Vector]
+    } else {
+        &[F16Access::Packed]
+    }
+}
+
+/// `kernel [io]` or `kernel [io vector]`: how failures name a module.
+pub fn module_label(spec: &Specialization, access: F16Access) -> String {
+    match access {
+        F16Access::Vector if spec.io.dtype == wgnorm::DType::F16 => {
+            format!("{} [{} vector]", spec.kernel.name(), spec.io.label())
+        }
+        _ => format!("{} [{}]", spec.kernel.name(), spec.io.label()),
+    }
+}
+
 fn capabilities() -> Capabilities {
     // What every backend can express; SUBGROUP_BARRIER has no HLSL path and no kernel uses it.
     spv::supported_capabilities() & msl::supported_capabilities() & hlsl::supported_capabilities()
@@ -147,19 +167,8 @@ pub fn validate_all() -> Result<bool> {
     let mut per_kernel: std::collections::BTreeMap<String, usize> = Default::default();
     let mut checked = 0;
     for spec in &specs {
-        // Four-element f16 modules come in both accesses (the device picks one).
-        let accesses: &[F16Access] = if spec.io.dtype == wgnorm::DType::F16 && spec.io.vec4 {
-            &[F16Access::Packed, F16Access::Vector]
-        } else {
-            &[F16Access::Packed]
-        };
-        for &access in accesses {
-            let label = match access {
-                F16Access::Vector => {
-                    format!("{} [{} vector]", spec.kernel.name(), spec.io.label())
-                }
-                F16Access::Packed => format!("{} [{}]", spec.kernel.name(), spec.io.label()),
-            };
+        for &access in accesses(spec) {
+            let label = module_label(spec, access);
             checked += 1;
             match check(spec, access) {
                 Ok(()) => *per_kernel.entry(label).or_default() += 1,

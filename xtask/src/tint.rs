@@ -17,9 +17,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
-use wgnorm::engine::shader::{F16Access, Specialization, Target};
+use wgnorm::engine::shader::{Specialization, Target};
+
+use crate::shaders::{accesses, module_label};
 use wgnorm::engine::Slot;
-use wgnorm::DType;
 
 /// Evenly spread specialisations checked per module besides the first, the last and the logged.
 const SPREAD: usize = 16;
@@ -32,25 +33,6 @@ struct Job {
     native: String,
     slots: &'static [Slot],
     specs: Vec<usize>,
-}
-
-/// The accesses a device may compose `spec`'s module with.
-pub fn accesses(spec: &Specialization) -> &'static [F16Access] {
-    if spec.io.dtype == DType::F16 {
-        &[F16Access::Packed, F16Access::Vector]
-    } else {
-        &[F16Access::Packed]
-    }
-}
-
-/// `kernel [io]` or `kernel [io vector]`: how failures name a module.
-pub fn module_label(spec: &Specialization, access: F16Access) -> String {
-    match access {
-        F16Access::Vector if spec.io.dtype == DType::F16 => {
-            format!("{} [{} vector]", spec.kernel.name(), spec.io.label())
-        }
-        _ => format!("{} [{}]", spec.kernel.name(), spec.io.label()),
-    }
 }
 
 /// The modules, each with the specialisations to create pipelines for: sampled, then those a
@@ -138,7 +120,10 @@ fn write_jobs(path: &Path, jobs: &[Job], specs: &[Specialization]) -> Result<()>
 fn checker_dir() -> Result<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tint");
     if !dir.join("node_modules/webgpu/package.json").exists() {
-        eprintln!("tint: installing the webgpu npm package (dawn.node) in {}", dir.display());
+        eprintln!(
+            "tint: installing the webgpu npm package (dawn.node) in {}",
+            dir.display()
+        );
         let ok = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--prefix"])
             .arg(&dir)
@@ -174,7 +159,9 @@ fn run_from(
         let line = line?;
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| anyhow!("tint checker printed {line:?}: {e}"))?;
-        let job = v["job"].as_u64().ok_or_else(|| anyhow!("no job in {line:?}"))? as usize;
+        let job = v["job"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no job in {line:?}"))? as usize;
         let errs = v["errors"].as_array().cloned().unwrap_or_default();
         errors[job] = Some(
             errs.iter()
@@ -215,7 +202,10 @@ pub fn run(logs: &[PathBuf]) -> Result<bool> {
                 errors[next] = Some(vec!["dawn.node crashed twice on this module".into()]);
                 next += 1;
             } else {
-                eprintln!("tint: dawn.node stopped at {}; restarting", jobs[next].label);
+                eprintln!(
+                    "tint: dawn.node stopped at {}; restarting",
+                    jobs[next].label
+                );
                 crashed[next] = true;
             }
         }
@@ -237,8 +227,7 @@ pub fn run(logs: &[PathBuf]) -> Result<bool> {
     }
     let pipelines: usize = jobs.iter().map(|j| j.specs.len()).sum();
     println!(
-        "\n## Tint (dawn.node {}): {} modules, {pipelines} pipelines ({} logged keys; {beyond} sampled variants need more than WebGPU's default limits and were left out), {failed_modules} modules failed, {failures} errors\n",
-        "webgpu 0.6.2",
+        "\n## Tint (dawn.node, webgpu 0.6.2): {} modules, {pipelines} pipelines ({} logged keys; {beyond} sampled variants need more than WebGPU's default limits and were left out), {failed_modules} modules failed, {failures} errors\n",
         jobs.len(),
         logged.len(),
     );

@@ -245,26 +245,30 @@ impl BindCache {
                 ranges.len() + 1
             )));
         }
-        // The ranges the layout binds (an `Unused` slot's range is ignored), with their
-        // binding numbers.
-        let used: Vec<(u32, &BufferRange)> = slots[1..]
-            .iter()
-            .zip(ranges)
-            .enumerate()
-            .filter(|(_, (s, _))| **s != Slot::Unused)
-            .map(|(i, (_, r))| (i as u32 + 1, *r))
-            .collect();
-        if used.len() > MAX_STORAGE {
-            return Err(Error::Device(format!(
-                "internal: a layout of {} storage bindings (at most {MAX_STORAGE})",
-                used.len()
-            )));
+        // The ranges the layout binds, in order (an `Unused` slot's range is ignored); no
+        // heap allocation on this, the warm, path.
+        let used = || {
+            slots[1..]
+                .iter()
+                .zip(ranges)
+                .enumerate()
+                .filter(|(_, (s, _))| **s != Slot::Unused)
+                .map(|(i, (_, r))| (i as u32 + 1, *r))
+        };
+        let mut key_ranges: [Option<BufferRange>; MAX_STORAGE] = Default::default();
+        for (k, (_, r)) in used().enumerate() {
+            let Some(slot) = key_ranges.get_mut(k) else {
+                return Err(Error::Device(format!(
+                    "internal: a layout of more than {MAX_STORAGE} storage bindings"
+                )));
+            };
+            *slot = Some(r.clone());
         }
         let key = Key {
             slots,
             block: P::WGSL_NAME,
             params: uniform::key_words(params),
-            ranges: std::array::from_fn(|i| used.get(i).map(|(_, r)| (*r).clone())),
+            ranges: key_ranges,
         };
         if let Some(bg) = crate::locked(&self.map).get(&key) {
             return Ok(bg.clone());
@@ -285,7 +289,7 @@ impl BindCache {
             binding: 0,
             resource: uniform.as_entire_binding(),
         });
-        for (binding, r) in used {
+        for (binding, r) in used() {
             entries.push(wgpu::BindGroupEntry {
                 binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {

@@ -482,9 +482,7 @@ impl ChannelGrad {
             ctx,
             FINALIZE_SLOTS,
             &params,
-            &[
-                &source, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2],
-            ],
+            &[&source, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2]],
         )?;
         let params_bind = self.finalize_params_bind(params, &partials, r)?;
         let dalpha_bind = self.finalize_dalpha_bind(params, [&source, &rm, &rv], &partials, r)?;

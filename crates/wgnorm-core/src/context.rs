@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use crate::shader::{self, F16Access, Io, Kernel, Specialization};
 use crate::{DType, Error, Result, Tensor};
 
-/// Optional features wgnorm uses when the adapter has them; every kernel has a path without them,
-/// except f16 storage, which needs `SHADER_F16`.
+/// Optional features wgnorm uses when the adapter has them; every kernel has a path without
+/// them (f16 storage too: packed words without `SHADER_F16`).
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::TIMESTAMP_QUERY)
@@ -71,6 +71,9 @@ pub struct DeviceOptions {
     /// The optional features requested where the adapter has them: remove `SHADER_F16` to run as
     /// a device without it (WebGPU without `shader-f16`, many mobile GPUs).
     pub features: wgpu::Features,
+    /// How f16 storage is accessed: `None` lets the device decide ([`F16Access::for_device`]);
+    /// [`F16Access::Vector`] needs `SHADER_F16`. Both give the same bits.
+    pub f16_access: Option<F16Access>,
 }
 
 impl Default for DeviceOptions {
@@ -79,6 +82,7 @@ impl Default for DeviceOptions {
             limits: LimitsProfile::Adapter,
             max_storage_buffer_binding_size: None,
             features: OPTIONAL_FEATURES,
+            f16_access: None,
         }
     }
 }
@@ -327,8 +331,7 @@ impl Context {
         let features = adapter.features() & OPTIONAL_FEATURES & options.features;
         let mut limits = options.limits.limits(&adapter.limits());
         if let Some(b) = options.max_storage_buffer_binding_size {
-            limits.max_storage_buffer_binding_size =
-                b.min(limits.max_storage_buffer_binding_size);
+            limits.max_storage_buffer_binding_size = b.min(limits.max_storage_buffer_binding_size);
         }
         adjust(&mut limits);
         let (device, queue) = adapter
@@ -340,7 +343,18 @@ impl Context {
             })
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        let ctx = Self::from_device_with_checks(device, queue, ShaderChecks::from_env());
+        let access = match options.f16_access {
+            Some(F16Access::Vector) if !device.features().contains(wgpu::Features::SHADER_F16) => {
+                return Err(Error::InvalidParameter {
+                    name: "f16_access",
+                    value: "Vector".into(),
+                    why: "the vector f16 access needs SHADER_F16, which this device lacks",
+                })
+            }
+            Some(a) => a,
+            None => F16Access::for_device(device.features(), device.adapter_info().device_type),
+        };
+        let ctx = Self::from_parts(device, queue, ShaderChecks::from_env(), access);
         if let Some(path) = std::env::var_os("WGNORM_TUNING").filter(|p| !p.is_empty()) {
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 Error::Tuning(format!("WGNORM_TUNING={}: {e}", path.to_string_lossy()))
@@ -372,8 +386,17 @@ impl Context {
         queue: wgpu::Queue,
         checks: ShaderChecks,
     ) -> Context {
+        let access = F16Access::for_device(device.features(), device.adapter_info().device_type);
+        Self::from_parts(device, queue, checks, access)
+    }
+
+    fn from_parts(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        checks: ShaderChecks,
+        f16_access: F16Access,
+    ) -> Context {
         let info = device.adapter_info();
-        let f16_access = F16Access::for_device(device.features(), info.device_type);
         let features = device.features();
         let limits = device.limits();
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
@@ -471,24 +494,14 @@ impl Context {
         self.inner.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    /// Checks that a kernel can access tensors as `io` on this device. f16 tensors can always be
-    /// stored and moved, and kernels read and write them as packed u32 words when their length
-    /// allows four elements per access; element-wise f16 access (odd row lengths, kernels
-    /// without a packed path) needs `Features::SHADER_F16`.
+    /// Checks that a kernel can access tensors as `io` on this device. f32 and f16 run at
+    /// either width on every device (f16 as packed u32 words without `SHADER_F16`); bf16 only
+    /// four elements at a time.
     pub fn check_io(&self, io: shader::Io) -> Result<()> {
         if io.dtype == DType::BF16 && !io.vec4 {
             return Err(Error::UnsupportedDType {
                 dtype: io.dtype,
                 why: "bf16 tensors are read four elements at a time: the normalized length must be a multiple of 4 and offsets 8-byte aligned (or use f16 / f32)",
-            });
-        }
-        if io.dtype == DType::F16
-            && !io.vec4
-            && !self.inner.features.contains(wgpu::Features::SHADER_F16)
-        {
-            return Err(Error::UnsupportedDType {
-                dtype: io.dtype,
-                why: "f16 tensors whose reduced length is not a multiple of 4 (or whose offsets are not 8-byte aligned) need Features::SHADER_F16: create the device with it, or use f32",
             });
         }
         Ok(())

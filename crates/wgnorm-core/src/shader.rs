@@ -44,6 +44,7 @@ pub mod snippet {
 const IO_F32_V1: &str = shader_file!("common/io_f32_v1.wgsl");
 const IO_F32_V4: &str = shader_file!("common/io_f32_v4.wgsl");
 const IO_F16_V1: &str = shader_file!("common/io_f16_v1.wgsl");
+const IO_F16_V1_PACKED: &str = shader_file!("common/io_f16_v1_packed.wgsl");
 const IO_F16_V4: &str = shader_file!("common/io_f16_v4.wgsl");
 /// The f16 I/O snippet of [`F16Access::Vector`] (`to_v`/`from_v` on `vec4<f16>`), public so
 /// tests can check its conversions exhaustively in a shader of their own (it opens with
@@ -56,17 +57,20 @@ const IO_VEC4_HELPERS: &str = shader_file!("common/vec4.wgsl");
 /// `vec4<u32>` bit patterns), public so tests can check them exhaustively in a shader of their own.
 pub const HALF_CONVERSIONS_WGSL: &str = shader_file!("common/half.wgsl");
 
-/// How the four-element f16 access (`Io { dtype: F16, vec4: true }`) reads, converts and
-/// writes halves. Arithmetic stays f32 either way, with one rounding to f16 on store.
+/// How f16 storage is read, converted and written, at either access width. Arithmetic stays f32
+/// either way, with one rounding to f16 on store, and the two give the same bits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum F16Access {
     /// Halves packed in u32 words, converted with integer and float arithmetic
-    /// (`common/half.wgsl`, exact, ties to even): needs no device feature. The faster choice
-    /// on llvmpipe, whose f16 vector loads cost more than the arithmetic (LayerNorm f16
-    /// 0.15-0.23 of a same-bytes copy with vectors, 0.23-0.28 packed).
+    /// (`common/half.wgsl`, exact, ties to even): needs no device feature. Four-element
+    /// accesses read and write two whole words; one-element accesses read a word's half and
+    /// store it with two atomics that leave the other half alone (`common/io_f16_v1_packed.wgsl`).
+    /// The faster choice on llvmpipe for four-element accesses, whose f16 vector loads cost
+    /// more than the arithmetic (LayerNorm f16 0.15-0.23 of a same-bytes copy with vectors,
+    /// 0.23-0.28 packed).
     #[default]
     Packed,
-    /// `vec4<f16>` elements converted by the device, one conversion per vector: needs
+    /// `f16` / `vec4<f16>` elements converted by the device, one conversion per access: needs
     /// `SHADER_F16`. A GPU converts a half in one instruction where the packed path spends
     /// about a dozen. (A `bitcast<vec2<f16>>` of packed words would keep u32 bindings, but
     /// lavapipe returned wrong values for it, and naga cannot bitcast f16 pairs back.)
@@ -176,7 +180,8 @@ impl Io {
         match (self.dtype, self.vec4) {
             (DType::F32, false) => IO_F32_V1,
             (DType::F32, true) => IO_F32_V4,
-            (DType::F16, false) => IO_F16_V1,
+            (DType::F16, false) if access == F16Access::Vector => IO_F16_V1,
+            (DType::F16, false) => IO_F16_V1_PACKED,
             (DType::F16, true) if access == F16Access::Vector => IO_F16_V4_VECTOR,
             (DType::F16, true) => IO_F16_V4,
             // bf16 has only the packed access; `Context::pipeline` refuses scalar bf16, so the
@@ -291,23 +296,110 @@ impl Kernel {
             s.push('\n');
             s.push_str(IO_VEC4_HELPERS);
         }
-        if io.dtype == DType::F16 && io.vec4 && access == F16Access::Packed {
+        if io.dtype == DType::F16 && access == F16Access::Packed {
             s.push('\n');
             s.push_str(HALF_CONVERSIONS_WGSL);
         }
+        let words = io.dtype == DType::F16 && !io.vec4 && access == F16Access::Packed;
+        let mut body = String::new();
         for part in self.parts {
-            s.push('\n');
-            s.push_str(part);
+            body.push('\n');
+            body.push_str(part);
+        }
+        let bindings = elem_bindings(&body);
+        if words {
+            body = declare_words(&body);
+        }
+        s.push_str(&body);
+        s.push_str("\n// Element accessors, one pair per binding of the element type.\n");
+        for b in &bindings {
+            s.push_str(&b.accessors(words));
         }
         s
     }
 }
 
-/// Features a module needs: the kernel's own plus f16 element access (the vec4 f16 I/O packs
-/// halves into u32 words and needs no feature, unless it is [`F16Access::Vector`]).
+/// A storage binding of the element type (`array<Elem>`) that a kernel declares: kernels reach
+/// its elements only through the accessors the composer writes for it (`NAME_load(i)`,
+/// `NAME_store(i, v)` when writable), so one body serves every storage type and access.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ElemBinding {
+    name: String,
+    writable: bool,
+}
+
+const READ_DECL: &str = "var<storage, read> ";
+const WRITE_DECL: &str = "var<storage, read_write> ";
+const ELEM_ARRAY: &str = ": array<Elem>;";
+
+/// The access mode and name of a declaration line of an element-type binding.
+fn elem_decl(line: &str) -> Option<(usize, ElemBinding)> {
+    let (at, writable, rest) = match (line.find(READ_DECL), line.find(WRITE_DECL)) {
+        (Some(i), _) => (i, false, &line[i + READ_DECL.len()..]),
+        (_, Some(i)) => (i, true, &line[i + WRITE_DECL.len()..]),
+        _ => return None,
+    };
+    let name = rest.trim_end().strip_suffix(ELEM_ARRAY)?;
+    let binding = ElemBinding {
+        name: name.trim().to_string(),
+        writable,
+    };
+    Some((at, binding))
+}
+
+fn elem_bindings(body: &str) -> Vec<ElemBinding> {
+    body.lines()
+        .filter_map(|l| elem_decl(l).map(|(_, b)| b))
+        .collect()
+}
+
+/// The body with its element-type bindings declared as u32 words (atomic when writable), for
+/// the packed one-element f16 access.
+fn declare_words(body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + 256);
+    for line in body.lines() {
+        match elem_decl(line) {
+            Some((_, b)) => {
+                let word = if b.writable { "atomic<u32>" } else { "u32" };
+                out.push_str(&line.replace(ELEM_ARRAY, &format!(": array<{word}>;")));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl ElemBinding {
+    /// `NAME_load(i) -> V` (and `NAME_store(i, v)` when writable), `i` counting accesses.
+    fn accessors(&self, words: bool) -> String {
+        let n = &self.name;
+        match (words, self.writable) {
+            (false, false) => format!("fn {n}_load(i: u32) -> V {{ return to_v({n}[i]); }}\n"),
+            (false, true) => format!(
+                "fn {n}_load(i: u32) -> V {{ return to_v({n}[i]); }}\n\
+                 fn {n}_store(i: u32, v: V) {{ {n}[i] = from_v(v); }}\n"
+            ),
+            (true, false) => format!(
+                "fn {n}_load(i: u32) -> V {{ return half_in_word({n}[i >> 1u], i); }}\n"
+            ),
+            (true, true) => format!(
+                "fn {n}_load(i: u32) -> V {{ return half_in_word(atomicLoad(&{n}[i >> 1u]), i); }}\n\
+                 fn {n}_store(i: u32, v: V) {{\n    \
+                     let s = (i & 1u) * 16u;\n    \
+                     atomicAnd(&{n}[i >> 1u], ~(0xffffu << s));\n    \
+                     atomicOr(&{n}[i >> 1u], half_bits(v) << s);\n\
+                 }}\n"
+            ),
+        }
+    }
+}
+
+/// Features a module needs: the kernel's own plus f16 element access (packed f16 words need no
+/// feature; [`F16Access::Vector`] needs `SHADER_F16`).
 pub fn required_features(kernel: Kernel, io: Io, access: F16Access) -> wgpu::Features {
     let mut f = kernel.required_features();
-    if io.dtype == DType::F16 && (!io.vec4 || access == F16Access::Vector) {
+    if io.dtype == DType::F16 && access == F16Access::Vector {
         f |= wgpu::Features::SHADER_F16;
     }
     f
@@ -407,6 +499,40 @@ mod tests {
             choose(f16, DeviceType::DiscreteGpu, Some("packed")),
             F16Access::Packed
         );
+    }
+
+    const BODY: &str = "@group(0) @binding(1) var<storage, read> x: array<Elem>;\n\
+                        @group(0) @binding(2) var<storage, read_write> y: array<Elem>;\n";
+
+    #[test]
+    fn every_element_binding_gets_accessors_and_packed_f16_words_store_atomically() {
+        let k = Kernel::new("t", &[BODY], &[]);
+        let f32x4 = k.source(Io::ALL[1]);
+        assert!(f32x4.contains("x: array<Elem>;"));
+        assert!(f32x4.contains("fn x_load(i: u32) -> V { return to_v(x[i]); }"));
+        assert!(f32x4.contains("fn y_store(i: u32, v: V) { y[i] = from_v(v); }"));
+        assert!(!f32x4.contains("fn x_store"));
+        let words = k.source_with(Io::ALL[2], F16Access::Packed);
+        assert!(words.contains("x: array<u32>;") && words.contains("y: array<atomic<u32>>;"));
+        assert!(words.contains("atomicAnd(&y[i >> 1u]") && words.contains("atomicOr(&y[i >> 1u]"));
+        assert!(words.contains("fn f32_to_half") && !words.contains("enable f16"));
+        let native = k.source_with(Io::ALL[2], F16Access::Vector);
+        assert!(native.contains("enable f16;") && native.contains("y: array<Elem>;"));
+    }
+
+    #[test]
+    fn browser_modules_enable_subgroups_where_the_kernel_uses_them() {
+        let plain = Kernel::new("t", &[BODY], &[]);
+        let sub = plain.with_features(Features::SUBGROUP);
+        let browser = |k: Kernel| k.source_for(Io::F32, F16Access::Packed, Target::Browser);
+        assert!(browser(sub).starts_with("enable subgroups;"));
+        assert!(!browser(plain).contains("enable subgroups"));
+        assert!(!sub.source(Io::F32).contains("enable subgroups"));
+        assert_eq!(
+            Target::for_backend(wgpu::Backend::BrowserWebGpu),
+            Target::Browser
+        );
+        assert_eq!(Target::for_backend(wgpu::Backend::Vulkan), Target::Native);
     }
 
     #[test]

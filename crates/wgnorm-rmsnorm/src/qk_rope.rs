@@ -19,9 +19,8 @@ wgnorm_core::uniform_block! {
         pub rot: u32,
         pub eps: f32,
         pub weight_offset: f32,
-        /// RoPE base (theta), for angles computed from positions.
-        pub base: f32,
         pub _pad0: u32,
+        pub _pad1: u32,
     }
 }
 
@@ -206,6 +205,16 @@ pub struct QkNormRope {
     ctx: Context,
     cfg: QkNormRopeConfig,
     binds: BindCache,
+    /// `base^(-2p / rot)` for p < rot / 2, computed in f64, per rotary dim seen (angles from
+    /// positions): uploaded on a call's first use of that dim.
+    inv_freq: std::sync::Mutex<std::collections::HashMap<usize, Tensor>>,
+}
+
+/// `base^(-2p / rot)` for each pair p, in f64 rounded once to f32.
+pub fn inv_freq(base: f32, rot: usize) -> Vec<f32> {
+    (0..rot / 2)
+        .map(|p| (base as f64).powf(-2.0 * p as f64 / rot as f64) as f32)
+        .collect()
 }
 
 impl QkNormRope {
@@ -235,6 +244,7 @@ impl QkNormRope {
             ctx: ctx.clone(),
             cfg,
             binds: BindCache::default(),
+            inv_freq: Default::default(),
         })
     }
 
@@ -377,7 +387,7 @@ impl QkNormRope {
         let r = |what, t: &Tensor| binding::storage_range(ctx, what, t);
         let dr = binding::dummy_range(ctx.dummy_read());
         let (pos, cos, sin) = match inputs.angles {
-            RopeAngles::Positions(p) => (r("positions", p)?, dr.clone(), dr.clone()),
+            RopeAngles::Positions(p) => (r("positions", p)?, self.inv_freq_range(rot)?, dr.clone()),
             RopeAngles::Table { cos, sin } => (dr.clone(), r("cos", cos)?, r("sin", sin)?),
             RopeAngles::None => (dr.clone(), dr.clone(), dr.clone()),
         };
@@ -406,9 +416,28 @@ impl QkNormRope {
             },
             eps: self.cfg.eps,
             weight_offset: self.cfg.weight_offset,
-            base: self.cfg.base,
             _pad0: 0,
+            _pad1: 0,
         };
         Ok(Some((params, ranges)))
+    }
+
+    /// The bound inverse-frequency table of rotary dim `rot` (uploaded on first use).
+    fn inv_freq_range(&self, rot: usize) -> Result<binding::BufferRange> {
+        let tables = || self.inv_freq.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = tables().get(&rot).cloned();
+        let t = match cached {
+            Some(t) => t,
+            None => {
+                // Uploaded outside the lock: no GPU call while a cache lock is held.
+                let mut freq = inv_freq(self.cfg.base, rot);
+                if freq.is_empty() {
+                    freq.push(0.0);
+                }
+                let t = self.ctx.upload_f32(&freq, &[freq.len()])?;
+                tables().entry(rot).or_insert(t).clone()
+            }
+        };
+        binding::storage_range(&self.ctx, "inverse frequencies", &t)
     }
 }

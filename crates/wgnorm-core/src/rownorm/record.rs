@@ -345,9 +345,14 @@ impl RowNorm {
         ];
         let split = w.partials.is_some();
         let slots = if split { SPLIT_APPLY_SLOTS } else { SLOTS };
-        let bind = self.binds.get(ctx, slots, params, &ranges[..slots.len() - 1])?;
+        let bind = self
+            .binds
+            .get(ctx, slots, params, &ranges[..slots.len() - 1])?;
         let partials = match &plan.partials {
-            Some(p) => Some((p, self.binds.get(ctx, SPLIT_PARTIALS_SLOTS, params, &ranges)?)),
+            Some(p) => Some((
+                p,
+                self.binds.get(ctx, SPLIT_PARTIALS_SLOTS, params, &ranges)?,
+            )),
             None => None,
         };
         let stats = match &plan.stats {
