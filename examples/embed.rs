@@ -5,15 +5,16 @@
 use wgnorm::prelude::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // The app's own device, created as it sees fit (here: whatever adapter is there, with the
-    // optional features wgnorm can use when the adapter has them).
+    // The app's own device, created as most apps create theirs: WebGPU's default limits (8
+    // storage buffers per stage, 16 KiB of workgroup memory, 128 MiB bindings), which every
+    // wgnorm kernel fits, and the optional features wgnorm can use when the adapter has them.
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter =
         pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))?;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         required_features: adapter.features() & wgnorm::OPTIONAL_FEATURES,
-        required_limits: adapter.limits(),
+        required_limits: wgpu::Limits::default(),
         ..Default::default()
     }))?;
 
