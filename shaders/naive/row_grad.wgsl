@@ -12,7 +12,7 @@ override HAS_WEIGHT: bool = false;
 @group(0) @binding(4) var<storage, read> dy: array<Elem>;
 @group(0) @binding(5) var<storage, read> dsum: array<Elem>;
 @group(0) @binding(6) var<storage, read_write> dx: array<Elem>;
-@group(0) @binding(7) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> stats: array<vec4<f32>>;
 
 fn load_g(e: u32, i: u32) -> V {
     if (HAS_WEIGHT) {
@@ -54,5 +54,5 @@ fn main(
         let xhat = (x_load(base + i) - V(mean)) * rstd;
         dx_store(base + i, rstd * (load_g(base + i, i) - V(mean_g) - xhat * mean_gx));
     }
-    stats[row] = vec2<f32>(mean, rstd);
+    stats[row] = vec4<f32>(mean, 0.0, rstd, 0.0);
 }

@@ -27,3 +27,9 @@ struct RowGradParams {
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
+
+// s - mean as (s - shift) - delta, mean = shift + delta: the shift (an element of the row)
+// makes s - shift exact-ish and delta small, so a large common offset keeps full precision.
+fn centred(s: V, shift: f32, delta: f32) -> V {
+    return (s - V(shift)) - V(delta);
+}

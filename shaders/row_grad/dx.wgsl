@@ -1,7 +1,12 @@
 // Row-norm backward, dx: a team of TEAM lanes per row, ROWS rows per workgroup (WG = TEAM *
 // ROWS), three strided passes over the row (the statistics; the two reductions sum(g) and
 // sum(g * (s - mean)); dx) whose re-reads hit the cache. Team sums are tree sums in workgroup
-// memory, two values per tree. Also stores the row's (mean, rstd) for the parameter pass.
+// memory, two values per tree. Also stores the row's statistics for the parameter pass.
+//
+// Centred values are ((s - shift) - delta), never s - mean: the mean is shift + delta with the
+// row's first element as the shift (as the forward shifts) and delta = mean(s - shift), so a
+// common offset of 1e4 costs x-hat no precision (a rounded f32 mean would cost ulp(1e4) / 2).
+// For the same reason the forward's saved mean is not read: pass 1 reads the row anyway.
 
 override TEAM: u32 = 64u;
 override ROWS: u32 = 1u;
@@ -9,7 +14,7 @@ override WG: u32 = 64u;
 override HAS_WEIGHT: bool = false;
 // Add the upstream gradient of the fused add's sum output (pre-LN blocks) to dx.
 override HAS_DSUM: bool = false;
-// Use the forward's saved statistics (in `stats`) instead of recomputing.
+// Use the forward's saved rstd (in `stats`, gathered by `saved.wgsl`) instead of recomputing.
 override GIVEN_STATS: bool = false;
 // Weight Standardization's variants: the variance over n - 1 (unbiased), and the denominator
 // std + eps instead of sqrt(var + eps).
@@ -40,9 +45,10 @@ fn team_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
 @group(0) @binding(4) var<storage, read> dy: array<Elem>;
 @group(0) @binding(5) var<storage, read> dsum: array<Elem>;
 @group(0) @binding(6) var<storage, read_write> dx: array<Elem>;
-// Per row (mean, rstd): written here, or (GIVEN_STATS) already holding the forward's saved
-// statistics, gathered by `saved.wgsl` (which keeps this pass within 8 storage buffers).
-@group(0) @binding(7) var<storage, read_write> stats: array<vec2<f32>>;
+// Per row (shift, delta, rstd, 0), written here for the parameter pass; with GIVEN_STATS its
+// rstd is the forward's, gathered by `saved.wgsl` (which keeps this pass within 8 storage
+// buffers).
+@group(0) @binding(7) var<storage, read_write> stats: array<vec4<f32>>;
 
 fn load_s(e: u32) -> V {
     if (HAS_RESIDUAL) {
@@ -74,30 +80,29 @@ fn main(
     let lane = lid % TEAM;
     let base = row * params.n_vec;
     let nf = f32(params.n);
+    // Read before the first barrier: lane 0 rewrites the row's statistics after the last one.
+    var saved_rstd = 0.0;
+    if (GIVEN_STATS) {
+        saved_rstd = stats[row].z;
+    }
     // Pass 1: sum(s - shift) with the row's first element as the shift (LayerNorm), and sum(g).
     var shift = 0.0;
-    if (MODE == 0u && !GIVEN_STATS) {
+    if (MODE == 0u) {
         shift = hsum(first_lanes(load_s(base), V(0.0), 1u));
     }
     var a1 = vec2<f32>(0.0);
     for (var i = lane; i < params.n_vec; i += TEAM) {
-        if (MODE == 0u && !GIVEN_STATS) {
+        if (MODE == 0u) {
             a1.x += hsum(load_s(base + i) - V(shift));
         }
         a1.y += hsum(load_g(base + i, i));
     }
     let sums1 = team_sum2(lid, a1);
-    var mean = 0.0;
-    if (MODE == 0u) {
-        mean = shift + sums1.x / nf;
-        if (GIVEN_STATS) {
-            mean = stats[row].x;
-        }
-    }
+    let delta = select(0.0, sums1.x / nf, MODE == 0u);
     // Pass 2: the centred squares (or squares) and sum(g * (s - mean)).
     var a2 = vec2<f32>(0.0);
     for (var i = lane; i < params.n_vec; i += TEAM) {
-        let d = load_s(base + i) - V(mean);
+        let d = centred(load_s(base + i), shift, delta);
         a2 += vec2<f32>(hsum(d * d), hsum(load_g(base + i, i) * d));
     }
     let sums2 = team_sum2(lid, a2);
@@ -108,7 +113,7 @@ fn main(
     // 1 / sqrt, not inverseSqrt: eps = 0 on a constant row gives +inf (then NaN), as the forward.
     var rstd = 1.0 / sqrt(sums2.x / dn + params.eps);
     if (GIVEN_STATS) {
-        rstd = stats[row].y;
+        rstd = saved_rstd;
     }
     var inv_d = rstd;
     var cu = rstd * rstd * rstd * sums2.y / dn;
@@ -126,14 +131,13 @@ fn main(
     // Pass 3: dx.
     for (var i = lane; i < params.n_vec; i += TEAM) {
         let e = base + i;
-        var d = inv_d * (load_g(e, i) - V(mean_g)) - (load_s(e) - V(mean)) * cu;
+        var d = inv_d * (load_g(e, i) - V(mean_g)) - centred(load_s(e), shift, delta) * cu;
         if (HAS_DSUM) {
             d += dsum_load(e);
         }
         dx_store(e, d);
     }
-    // Given statistics are there already (and other lanes of the team may still read them).
-    if (lane == 0u && !GIVEN_STATS) {
-        stats[row] = vec2<f32>(mean, rstd);
+    if (lane == 0u) {
+        stats[row] = vec4<f32>(shift, delta, rstd, 0.0);
     }
 }

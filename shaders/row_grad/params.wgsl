@@ -8,7 +8,8 @@ override WG: u32 = 64u;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read> residual: array<Elem>;
 @group(0) @binding(3) var<storage, read> dy: array<Elem>;
-@group(0) @binding(4) var<storage, read> stats: array<vec2<f32>>;
+// Per row (shift, delta, rstd, 0) from the dx pass: mean = shift + delta.
+@group(0) @binding(4) var<storage, read> stats: array<vec4<f32>>;
 // [blocks][2][n_vec]: dweight partials, then dbias partials, per block.
 @group(0) @binding(5) var<storage, read_write> partials: array<V>;
 
@@ -34,7 +35,7 @@ fn main(
             s += residual_load(e);
         }
         let d = dy_load(e);
-        aw += d * ((s - V(st.x)) * st.y);
+        aw += d * (centred(s, st.x, st.y) * st.z);
         ab += d;
     }
     partials[(block * 2u) * params.n_vec + i] = aw;

@@ -129,7 +129,7 @@ fn naive_row_grad(
     };
     let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
     let dx = ctx.empty(&[rows, n], DType::F32)?;
-    let stats = ctx.empty(&[rows, 2], DType::F32)?;
+    let stats = ctx.empty(&[rows, 4], DType::F32)?;
     let partials = ctx.empty(&[2 * n], DType::F32)?;
     let (dw, db) = (ctx.empty(&[n], DType::F32)?, ctx.empty(&[n], DType::F32)?);
     let dr = binding::dummy_range(ctx.dummy_read());

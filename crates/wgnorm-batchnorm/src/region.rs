@@ -102,7 +102,7 @@ impl RegionNormB {
     pub fn new(ctx: &Context, cfg: RegionNormBConfig) -> Result<RegionNormB> {
         let RegionNormBConfig { eps, layout, dtype } = cfg;
         wgnorm_core::check_eps(eps)?;
-        // Region Norm reads f16 element by element: it needs SHADER_F16 for f16.
+        // Region Norm reads one element at a time (f16 as packed words without SHADER_F16).
         ctx.check_io(Io { dtype, vec4: false })?;
         Ok(RegionNormB {
             ctx: ctx.clone(),
@@ -248,7 +248,7 @@ impl RegionNormL {
                 why: "eps must be finite and >= 0, the threshold finite",
             });
         }
-        // Region Norm reads f16 element by element: it needs SHADER_F16 for f16.
+        // Region Norm reads one element at a time (f16 as packed words without SHADER_F16).
         ctx.check_io(Io { dtype, vec4: false })?;
         Ok(RegionNormL {
             ctx: ctx.clone(),

@@ -16,7 +16,8 @@ pub fn run(ctx: &Context) -> Result<(), String> {
     println!("features: {:?}", ctx.features());
     let l = ctx.limits();
     println!(
-        "limits:   storage binding {} B, workgroup memory {} B, {} invocations per workgroup, subgroups {}..{}",
+        "limits:   {} storage buffers per stage, storage binding {} B, workgroup memory {} B, {} invocations per workgroup, subgroups {}..{}",
+        l.max_storage_buffers_per_shader_stage,
         l.max_storage_buffer_binding_size,
         l.max_compute_workgroup_storage_size,
         l.max_compute_invocations_per_workgroup,
@@ -24,7 +25,7 @@ pub fn run(ctx: &Context) -> Result<(), String> {
         i.subgroup_max_size
     );
     println!(
-        "f16:      {:?} four-element access (WGNORM_F16_ACCESS=packed|vector)",
+        "f16:      {:?} access (WGNORM_F16_ACCESS=packed|vector)",
         ctx.f16_access()
     );
     match ctx.tuning() {

@@ -8,8 +8,8 @@ use std::fmt;
 pub enum DType {
     /// 32-bit float.
     F32,
-    /// IEEE binary16. Kernels with four elements per access need no device feature; element-wise
-    /// access (odd lengths) needs `wgpu::Features::SHADER_F16`.
+    /// IEEE binary16, at any length on any device: without `wgpu::Features::SHADER_F16` kernels
+    /// move it as packed u32 words (the same bits).
     F16,
     /// bfloat16 (the upper half of an f32: f32's range, 8 bits of precision), stored as packed
     /// words: LayerNorm, RMSNorm and their fused adds only, on rows whose length is a multiple of

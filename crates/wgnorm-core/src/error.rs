@@ -58,7 +58,8 @@ pub enum Error {
         got: DType,
     },
 
-    /// A dtype the device cannot run (f16 element access without `SHADER_F16`).
+    /// A dtype an op or access width cannot run (bf16 outside the row norms, or one element at a
+    /// time).
     #[error("dtype {dtype} is not supported on this device: {why}")]
     UnsupportedDType {
         /// The dtype.

@@ -29,8 +29,8 @@ pub const DX_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::ReadWrite,
 ];
-/// saved: uniform, mean, rstd, stats.
-pub const SAVED_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite];
+/// saved: uniform, rstd, stats.
+pub const SAVED_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
 /// params: uniform, x, residual, dy, stats, partials.
 pub const PARAMS_SLOTS: &[Slot] = &[
     Slot::Uniform,
@@ -49,7 +49,7 @@ pub const DX_KERNEL: Kernel = Kernel::new(
     &[COMMON, crate::shader_file!("row_grad/dx.wgsl")],
     DX_SLOTS,
 );
-/// The forward's saved statistics into the per-row pairs dx reads (when the call has them).
+/// The forward's saved rstd into the per-row statistics dx reads (when the call has it).
 pub const SAVED_KERNEL: Kernel = Kernel::new(
     "row_grad/saved",
     &[COMMON, crate::shader_file!("row_grad/saved.wgsl")],
@@ -276,7 +276,10 @@ pub struct RowGradConfig {
 /// Tensors of one backward call. `dy`, `dx`, `residual` and `dsum` have x's shape and dtype;
 /// `weight`, `dweight`, `dbias` the reduced shape `x.shape[axis..]` in the same dtype; `mean`
 /// and `rstd` (f32, one per row) are the forward's saved statistics when the caller kept them
-/// (LayerNorm needs both, RMSNorm `rstd`), recomputed from x otherwise.
+/// (LayerNorm needs both, RMSNorm `rstd`), recomputed from x otherwise. The saved rstd is used;
+/// the saved mean is checked but the kernel recomputes the mean as `shift + delta` from the row
+/// (its first pass reads the row anyway), so centred values stay exact at large offsets where an
+/// f32-rounded mean would not.
 #[derive(Clone, Copy, Debug)]
 pub struct RowGradArgs<'a> {
     /// The forward's input.
@@ -289,7 +292,7 @@ pub struct RowGradArgs<'a> {
     pub dy: &'a Tensor,
     /// Upstream gradient of the fused add's `sum` output, added to dx.
     pub dsum: Option<&'a Tensor>,
-    /// The forward's saved row means (LayerNorm).
+    /// The forward's saved row means (LayerNorm; checked, then recomputed more precisely).
     pub mean: Option<&'a Tensor>,
     /// The forward's saved row rstd.
     pub rstd: Option<&'a Tensor>,
@@ -443,17 +446,15 @@ impl RowGrad {
     ) -> Result<Vec<Pass>> {
         let ctx = &self.ctx;
         let (rows, n) = (params.rows as usize, params.n as usize);
-        let stats = self.stats.get(ctx, key, &[rows.max(1), 2], DType::F32)?;
+        // Per row (shift, delta, rstd, 0).
+        let stats = self.stats.get(ctx, key, &[rows.max(1), 4], DType::F32)?;
         let stats = binding::storage_range(ctx, "stats", &stats)?;
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw = binding::dummy_range(ctx.dummy_write(0));
         let mode = self.cfg.mode;
         let mut passes = Vec::new();
         if let (Some(rstd), true) = (&r.rstd, rows > 0) {
-            let mean = r.mean.as_ref().unwrap_or(&dr);
-            let bind = self
-                .binds
-                .get(ctx, SAVED_SLOTS, &params, &[mean, rstd, &stats])?;
+            let bind = self.binds.get(ctx, SAVED_SLOTS, &params, &[rstd, &stats])?;
             let groups = binding::grid(ctx, (rows as u64).div_ceil(COL_WG as u64));
             passes.push((ctx.pipeline(&saved_spec(mode))?, bind, groups));
         }

@@ -10,7 +10,7 @@
 //! - Tensors hold points (or tangent vectors) along a **feature axis**: `[P, D]` rows use axis
 //!   -1, NCHW feature maps use axis 1 (the points are the N*H*W pixels, D = C). No transpose is
 //!   made: the kernels read with the stride of the axis.
-//! - f32 arithmetic; I/O in f32 or f16 (f16 needs `SHADER_F16`; it rounds inputs and outputs to
+//! - f32 arithmetic; I/O in f32 or f16 (on any device; it rounds inputs and outputs to
 //!   f16, which near the boundary of the ball is a relative error of ~1e-3 in `1 - c|x|^2`).
 //! - Guards (as the official code, hypll): points are projected back to radius
 //!   `(1 - 4e-3)/sqrt(c)` after `exp0`/`expmap` and before the midpoint weights; `artanh` clamps
