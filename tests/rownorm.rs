@@ -43,18 +43,39 @@ fn check_with(
     scale: f32,
     eps: f32,
 ) {
-    let c = ctx();
-    let mut op = RowNorm::new(
-        c,
-        RowNormConfig {
-            eps,
-            ..cfg(mode, dtype)
+    check_op(
+        mode,
+        dtype,
+        rows,
+        n,
+        |op| match kernel {
+            Some(k) => op.with_kernel(k),
+            None => op,
         },
-    )
-    .unwrap();
-    if let Some(k) = kernel {
-        op = op.with_kernel(k);
-    }
+        (offset, scale, eps),
+    );
+}
+
+/// [`check_with`] on the op `setup` makes of the default one.
+fn check_op(
+    mode: RowMode,
+    dtype: DType,
+    rows: usize,
+    n: usize,
+    setup: impl FnOnce(RowNorm) -> RowNorm,
+    (offset, scale, eps): (f32, f32, f32),
+) {
+    let c = ctx();
+    let op = setup(
+        RowNorm::new(
+            c,
+            RowNormConfig {
+                eps,
+                ..cfg(mode, dtype)
+            },
+        )
+        .unwrap(),
+    );
     let x: Vec<f32> = noise(rows as u64 * 31 + n as u64, rows * n)
         .iter()
         .map(|v| v * scale + offset)
@@ -78,6 +99,7 @@ fn check_with(
     let (y, mean, rstd) = op
         .forward(&xt, Some(&wt), has_bias.then_some(&bt), true)
         .unwrap();
+    let kernel = op.kernel_for_shape(&[rows, n], true).map(|(k, _)| k);
     let what = format!("{mode:?} {dtype} {rows}x{n} {kernel:?} eps {eps} scale {scale}");
     let (atol, rtol) = tol(dtype);
     assert_close(
@@ -1008,21 +1030,30 @@ fn split_rule_on_typical_adapters() {
     assert_eq!(split_for(&nvidia, 1, 1 << 24, wg256), split(256));
 }
 
-/// One long row takes the split kernel on any adapter (a GPU splits decode steps of 4096 already;
-/// a CPU adapter rows of 2^16 accesses), a prefill's 64 rows do not.
+/// With few-row kernels on, one long row takes the split kernel on any adapter (a GPU splits
+/// decode steps of 4096 already; a CPU adapter rows of 2^16 accesses), a prefill's 64 rows do
+/// not; by default (batch-invariant) neither does.
 #[test]
-fn few_long_rows_take_the_split_kernel() {
+fn few_long_rows_take_the_split_kernel_only_when_allowed() {
     let c = ctx();
     let op = RowNorm::new(c, cfg(RowMode::RmsNorm, DType::F32)).unwrap();
+    let few = RowNorm::new(c, cfg(RowMode::RmsNorm, DType::F32))
+        .unwrap()
+        .with_few_row_kernels(true);
     let one = c.empty(&[1, 1 << 20], DType::F32).unwrap();
     let many = c.empty(&[64, 4096], DType::F32).unwrap();
-    let (k, _) = op.kernel_for(&one).unwrap();
+    let (k, _) = few.kernel_for(&one).unwrap();
     assert!(matches!(k, RowKernel::Split { .. }), "1 x 2^20: {k}");
-    let (k, _) = op.kernel_for(&many).unwrap();
+    let (k, _) = few.kernel_for(&many).unwrap();
     assert!(!matches!(k, RowKernel::Split { .. }), "64 x 4096: {k}");
+    let (k, _) = op.kernel_for(&one).unwrap();
+    assert!(
+        !matches!(k, RowKernel::Split { .. }),
+        "default, 1 x 2^20: {k}"
+    );
 }
 
-/// Calls of few rows through the default choice (the split kernel where the rule takes it: decode
+/// Calls of few rows with few-row kernels on (the split kernel where the rule takes it: decode
 /// steps on a GPU, the longest rows here too): vector and scalar rows, every dtype, with eps at
 /// the variance so a wrong merge of the chunks' moments shows.
 #[test]
@@ -1044,6 +1075,7 @@ fn few_row_calls_match_the_reference() {
         } else {
             (1.0, 1e-5)
         };
-        check_with(mode, dtype, rows, n, None, 0.5, scale, eps);
+        let few = |op: RowNorm| op.with_few_row_kernels(true);
+        check_op(mode, dtype, rows, n, few, (0.5, scale, eps));
     }
 }

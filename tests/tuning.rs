@@ -96,7 +96,8 @@ fn a_table_of_another_adapter_is_refused() {
 }
 
 /// A decode-step entry (measured on 1 row) replaces the choice for calls of one row of that
-/// length only: a prefill's rows keep the built-in choice, and the result matches the reference.
+/// length only, and only with few-row kernels on: a prefill's rows keep the built-in choice,
+/// and the result matches the reference.
 #[test]
 fn a_few_rows_entry_serves_calls_of_few_rows_only() {
     let c = fresh();
@@ -115,7 +116,9 @@ fn a_few_rows_entry_serves_calls_of_few_rows_only() {
         kernel: tuned,
     });
     c.set_tuning(t).unwrap();
-    let op = layer_norm_op(&c);
+    // Row-count entries serve only ops with few-row kernels on (they change a row's bits).
+    assert_eq!(layer_norm_op(&c).kernel_for(&one).unwrap().0, default_many);
+    let op = layer_norm_op(&c).with_few_row_kernels(true);
     assert_eq!(op.kernel_for(&one).unwrap().0, tuned);
     assert_eq!(op.kernel_for(&many).unwrap().0, default_many);
     let (y, _, _) = op.forward(&one, None, None, false).unwrap();

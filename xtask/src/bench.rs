@@ -177,9 +177,16 @@ fn copies(ctx: &Context, bytes: u64) -> Result<Vec<Copy>> {
     Ok(out)
 }
 
-fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -> Result<Case> {
+/// One row-norm case; `few` lets a call of few rows take its row-count kernel (the split
+/// kernel: not batch-invariant, so opt-in).
+fn row_case(
+    ctx: &Context,
+    mode: RowMode,
+    (rows, n, dtype): (usize, usize, DType),
+    few: bool,
+) -> Result<Case> {
     let cfg = RowNormConfig::last_axis(mode, dtype);
-    let op = RowNorm::new(ctx, cfg)?;
+    let op = RowNorm::new(ctx, cfg)?.with_few_row_kernels(few);
     let x: Vec<f32> = (0..rows * n)
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
         .collect();
@@ -270,7 +277,10 @@ fn row_case(ctx: &Context, mode: RowMode, rows: usize, n: usize, dtype: DType) -
         dtype,
         layout: "row-major",
         bytes,
-        kernel: format!("{kernel} {}", io.label()),
+        kernel: match few {
+            true => format!("{kernel} {} (few-row kernels on)", io.label()),
+            false => format!("{kernel} {}", io.label()),
+        },
         run: Box::new(move |enc| {
             op.encode(
                 enc,
@@ -806,21 +816,24 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
     };
     // Every bench row length is a multiple of 4: f16 runs packed, on any device.
     let dtypes = [DType::F32, DType::F16, DType::BF16];
-    let mut specs: Vec<(RowMode, usize, usize, DType)> = Vec::new();
+    let mut specs: Vec<(RowMode, usize, usize, DType, bool)> = Vec::new();
     for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
         for &dtype in &dtypes {
             for &n in lengths {
-                specs.push((mode, elems / n, n, dtype));
+                specs.push((mode, elems / n, n, dtype, false));
             }
         }
-        // Decode steps: a few rows, which the split kernel spreads over the device (on a CPU
-        // adapter only the very long row is split).
+        // Decode steps: a few rows, with the batch-invariant default (the row length's kernel)
+        // and with few-row kernels on (the split kernel spreads a row over the device; on a CPU
+        // adapter only the very long row is split): the price of batch invariance.
         for (rows, n) in [(1, 4096), (8, 4096), (1, 16384), (8, 16384), (1, 1 << 20)] {
-            specs.push((mode, rows, n, DType::F32));
+            for few in [false, true] {
+                specs.push((mode, rows, n, DType::F32, few));
+            }
         }
     }
     let mut out = Vec::new();
-    for (mode, rows, n, dtype) in specs {
+    for (mode, rows, n, dtype, few) in specs {
         let name = mode.name();
         if o.ops
             .as_ref()
@@ -834,7 +847,7 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
         {
             continue;
         }
-        out.push(row_case(ctx, mode, rows, n, dtype)?);
+        out.push(row_case(ctx, mode, (rows, n, dtype), few)?);
     }
     // Batch-statistics family: (op, NCHW shape).
     let channel: &[(&'static str, [usize; 4])] = if o.quick {

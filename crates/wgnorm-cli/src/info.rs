@@ -37,8 +37,8 @@ pub fn run(ctx: &Context) -> Result<(), String> {
         None => println!("tuning:   built-in defaults (no WGNORM_TUNING table)"),
     }
     println!(
-        "\nrow-norm kernel per op, dtype and row length ({SPLIT_MAX_ROWS} rows or more; one row \
-         where it differs, a decode step's):\n"
+        "\nrow-norm kernel per op, dtype and row length (every call by default: batch-invariant; \
+         where it differs, a one-row decode step's with few-row kernels on):\n"
     );
     print!("| op | dtype |");
     for n in LENGTHS {
@@ -50,11 +50,18 @@ pub fn run(ctx: &Context) -> Result<(), String> {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let cfg = RowNormConfig::last_axis(mode, dtype);
             let op = RowNorm::new(ctx, cfg).map_err(|e| e.to_string())?;
+            // The decode-step kernel an op gets with few-row kernels on (opt-in).
+            let few = RowNorm::new(ctx, cfg)
+                .map_err(|e| e.to_string())?
+                .with_few_row_kernels(true);
             print!("| {name} | {dtype} |");
             for n in LENGTHS {
-                let kernel = |rows: u64| op.kernel_for_shape(&[rows as usize, n], true);
-                let (k, io) = kernel(SPLIT_MAX_ROWS).map_err(|e| e.to_string())?;
-                let (one, _) = kernel(1).map_err(|e| e.to_string())?;
+                let (k, io) = op
+                    .kernel_for_shape(&[SPLIT_MAX_ROWS as usize, n], true)
+                    .map_err(|e| e.to_string())?;
+                let (one, _) = few
+                    .kernel_for_shape(&[1, n], true)
+                    .map_err(|e| e.to_string())?;
                 match one == k {
                     true => print!(" {k} ({}) |", io.label()),
                     false => print!(" {k} ({}); 1 row: {one} |", io.label()),

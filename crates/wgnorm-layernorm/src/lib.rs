@@ -199,6 +199,16 @@ impl LayerNorm {
         }
     }
 
+    /// Lets calls of few rows (decode steps) take kernels chosen for their row count: faster on
+    /// GPUs, but a row's bits then depend on its call's row count (see
+    /// [`RowNorm::with_few_row_kernels`]). Off by default: results are batch-invariant.
+    pub fn with_few_row_kernels(self, on: bool) -> LayerNorm {
+        LayerNorm {
+            engine: self.engine.with_few_row_kernels(on),
+            ..self
+        }
+    }
+
     /// Forces one kernel shape instead of the per-adapter choice (tests, benchmarks).
     pub fn with_kernel(self, kernel: RowKernel) -> LayerNorm {
         LayerNorm {

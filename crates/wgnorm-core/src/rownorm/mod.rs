@@ -140,6 +140,11 @@ pub struct RowNorm {
     cfg: RowNormConfig,
     activation: crate::Activation,
     forced: Option<RowKernel>,
+    /// Calls of few rows may take the split kernel or a row-count tuning entry
+    /// ([`RowNorm::with_few_row_kernels`]); off, a row's bits never depend on the call's rows.
+    few_row_kernels: bool,
+    /// Plan as for this adapter class instead of the context's ([`RowNorm::with_adapter_class`]).
+    class: Option<AdapterClass>,
     plans: std::sync::Mutex<std::collections::HashMap<PlanKey, Plan>>,
     binds: BindCache,
     scratch: crate::scratch::ScratchCache,
@@ -162,6 +167,8 @@ impl RowNorm {
             cfg,
             activation: crate::Activation::None,
             forced: None,
+            few_row_kernels: false,
+            class: None,
             plans: Default::default(),
             binds: BindCache::default(),
             scratch: Default::default(),
@@ -174,6 +181,37 @@ impl RowNorm {
         self.forced = Some(kernel);
         self.plans.get_mut().unwrap().clear();
         self
+    }
+
+    /// Lets calls of few rows (decode steps) take a kernel chosen for their row count: the split
+    /// kernel, which spreads one long row over the whole device, or a tuning-table entry measured
+    /// on that many rows. Faster decode steps on GPUs, but a row's bits then depend on how many
+    /// rows its call had (the split kernel sums in another order): a token decoded alone and the
+    /// same token in a prefill may differ in the last bits. Off by default: every call of a row
+    /// length takes the same kernel, so results are bitwise batch-invariant.
+    pub fn with_few_row_kernels(mut self, on: bool) -> RowNorm {
+        self.few_row_kernels = on;
+        self.plans.get_mut().unwrap().clear();
+        self
+    }
+
+    /// Chooses kernels as for an adapter of `class` instead of this context's (tests of the
+    /// choice rules on another class of device; the kernels chosen must still run here: a
+    /// class without subgroups runs anywhere).
+    pub fn with_adapter_class(mut self, class: AdapterClass) -> RowNorm {
+        self.class = Some(class);
+        self.plans.get_mut().unwrap().clear();
+        self
+    }
+
+    /// The adapter class kernels are chosen for.
+    pub(super) fn class(&self) -> AdapterClass {
+        self.class.unwrap_or_else(|| AdapterClass::of(&self.ctx))
+    }
+
+    /// Whether calls of few rows may take a kernel chosen for their row count.
+    pub fn few_row_kernels(&self) -> bool {
+        self.few_row_kernels
     }
 
     /// Applies `activation` after the affine, in the same kernel (LayerNorm + GELU, ...).
@@ -228,16 +266,17 @@ impl RowNorm {
     }
 
     /// The kernel a call on an x of `shape` would run (`aligned`: x starts at a 16-byte
-    /// multiple), without a tensor: the row count decides the split kernel for few rows.
+    /// multiple), without a tensor (with [`RowNorm::with_few_row_kernels`], the row count decides
+    /// the split kernel for few rows).
     pub fn kernel_for_shape(&self, shape: &[usize], aligned: bool) -> Result<(RowKernel, Io)> {
         let (rows, n) = self.split(shape)?;
         let io = Io {
             dtype: self.cfg.dtype,
             vec4: n % 4 == 0 && aligned,
         };
-        let class = AdapterClass::of(&self.ctx);
+        let class = self.class();
         let base = self.select(&class, n as u64, io);
-        let few = (rows as u64) < SPLIT_MAX_ROWS;
+        let few = self.few_row_kernels && (rows as u64) < SPLIT_MAX_ROWS;
         let split = few.then(|| self.few_rows_choice(&class, rows as u64, n as u64, io, base));
         Ok((split.flatten().unwrap_or(base), io))
     }

@@ -196,7 +196,7 @@ impl RowNorm {
                 write_sum: c.sum.is_some(),
                 write_stats: c.mean.is_some() || c.rstd.is_some(),
             },
-            few_rows: if (rows as u64) < SPLIT_MAX_ROWS && window == rows {
+            few_rows: if self.few_row_kernels && (rows as u64) < SPLIT_MAX_ROWS && window == rows {
                 rows as u64
             } else {
                 0
@@ -385,7 +385,7 @@ impl RowNorm {
         if let Some(p) = crate::locked(&self.plans).get(&key) {
             return Ok(p.clone());
         }
-        let class = AdapterClass::of(&self.ctx);
+        let class = self.class();
         let n_vec = key.n / key.io.width() as u64;
         let base = self.select(&class, key.n, key.io);
         let kernel = match key.few_rows {
