@@ -157,3 +157,76 @@ fn a_tuning_table_keeps_rows_batch_invariant() {
     assert_eq!(op.kernel_for(&one).unwrap().0, other);
     check(&ctx, &op, n, DType::F32, "tuned");
 }
+
+/// GroupNorm (+SiLU) and InstanceNorm: a sample's output bits do not depend on how many
+/// samples its call has, nor on the binding windows (a device with 1 MiB bindings windows the
+/// batch axis), in both layouts.
+#[test]
+fn a_samples_bits_do_not_depend_on_the_batch_or_the_windows() {
+    use wgnorm::{Activation, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig};
+    use wgnorm::{Layout, NormInputs};
+    let ctx = fresh();
+    let windowed = Context::new_with(wgnorm::DeviceOptions {
+        max_storage_buffer_binding_size: Some(1 << 20),
+        ..Default::default()
+    })
+    .unwrap();
+    // 200 KiB per sample: 8 samples take several 1 MiB windows.
+    let (c, h, w) = (32usize, 40usize, 40usize);
+    let per = c * h * w;
+    let most = 8;
+    let x: Vec<f32> = noise(11, most * per)
+        .iter()
+        .map(|v| v * 2.0 + 1.0)
+        .collect();
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let shape = |n: usize| match layout {
+            Layout::Nchw => vec![n, c, h, w],
+            Layout::Nhwc => vec![n, h, w, c],
+        };
+        let group = |ctx: &Context, n: usize| {
+            let cfg = GroupNormConfig {
+                activation: Activation::Silu,
+                layout,
+                ..GroupNormConfig::new(8)
+            };
+            let xt = ctx.upload(&x[..n * per], &shape(n), DType::F32).unwrap();
+            let op = GroupNorm::new(ctx, cfg).unwrap();
+            let inputs = NormInputs {
+                x: &xt,
+                weight: None,
+                bias: None,
+            };
+            ctx.download(&op.forward(&inputs).unwrap()).unwrap()
+        };
+        let instance = |ctx: &Context, n: usize| {
+            let cfg = InstanceNormConfig {
+                layout,
+                ..Default::default()
+            };
+            let xt = ctx.upload(&x[..n * per], &shape(n), DType::F32).unwrap();
+            let op = InstanceNorm::new(ctx, cfg).unwrap();
+            let inputs = NormInputs {
+                x: &xt,
+                weight: None,
+                bias: None,
+            };
+            ctx.download(&op.forward(&inputs).unwrap()).unwrap()
+        };
+        let ops: [(&str, &dyn Fn(&Context, usize) -> Vec<f32>); 2] =
+            [("group_norm", &group), ("instance_norm", &instance)];
+        for (name, run) in ops {
+            let alone = run(&ctx, 1);
+            for (device, ctx) in [("", &ctx), (" (1 MiB bindings)", &windowed)] {
+                for n in [1, 3, most] {
+                    let y = run(ctx, n);
+                    let same = y[..per]
+                        .iter()
+                        .zip(&alone)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{name} {layout:?}{device}: sample 0 of {n} differs");
+                }
+            }
+        }
+    }
+}
