@@ -158,6 +158,9 @@ fn a_tuning_table_keeps_rows_batch_invariant() {
     check(&ctx, &op, n, DType::F32, "tuned");
 }
 
+/// An op's y on the first `n` samples.
+type Run<'a> = dyn Fn(&Context, usize) -> Vec<f32> + 'a;
+
 /// GroupNorm (+SiLU) and InstanceNorm: a sample's output bits do not depend on how many
 /// samples its call has, nor on the binding windows (a device with 1 MiB bindings windows the
 /// batch axis), in both layouts.
@@ -213,8 +216,7 @@ fn a_samples_bits_do_not_depend_on_the_batch_or_the_windows() {
             };
             ctx.download(&op.forward(&inputs).unwrap()).unwrap()
         };
-        let ops: [(&str, &dyn Fn(&Context, usize) -> Vec<f32>); 2] =
-            [("group_norm", &group), ("instance_norm", &instance)];
+        let ops: [(&str, &Run); 2] = [("group_norm", &group), ("instance_norm", &instance)];
         for (name, run) in ops {
             let alone = run(&ctx, 1);
             for (device, ctx) in [("", &ctx), (" (1 MiB bindings)", &windowed)] {
