@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::shader::{self, F16Access, Io, Kernel, Specialization};
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Error, Result};
 
 /// Optional features wgnorm uses when the adapter has them; every kernel has a path without
 /// them (f16 storage too: packed words without `SHADER_F16`).
@@ -177,7 +177,9 @@ impl Slot {
 }
 
 // An app shares one context (and the ops made from it) between threads: that is a promise, not
-// an accident of the fields, so losing it fails the build here.
+// an accident of the fields, so losing it fails the build here. (In a browser wgpu's objects are
+// JS handles bound to one thread, and so is everything holding them.)
+#[cfg(not(target_arch = "wasm32"))]
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<Context>();
@@ -244,6 +246,7 @@ impl Context {
     /// the environment says otherwise ([`DeviceOptions::from_env`]).
     /// `WGNORM_SHADER_CHECKS=full` compiles the shaders with all of wgpu's checks (see
     /// [`ShaderChecks`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Context> {
         pollster::block_on(Self::new_async())
     }
@@ -255,6 +258,7 @@ impl Context {
 
     /// A headless context whose device is created as `options` say (a profile of limits, no
     /// `SHADER_F16`, ...): to run as an app's device would.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new_with(options: DeviceOptions) -> Result<Context> {
         pollster::block_on(Self::new_async_with(options))
     }
@@ -268,6 +272,7 @@ impl Context {
     /// ones to test what an app's device would have: `max_storage_buffer_binding_size` of 1 MiB
     /// exercises windowed bindings, say). wgnorm honours the limits of the device, not the
     /// adapter's.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new_with_limits(adjust: impl FnOnce(&mut wgpu::Limits)) -> Result<Context> {
         pollster::block_on(Self::new_async_with_limits(adjust))
     }
@@ -588,8 +593,23 @@ impl Context {
     /// scopes: their errors come back typed ([`Error::OutOfMemory`], [`Error::Device`]) instead of
     /// reaching wgpu's uncaptured-error handler, which panics. `bytes` is the size requested,
     /// for the message.
+    ///
+    /// In a browser (wasm32) this thread cannot wait for the scopes' promises: `f` runs without
+    /// them, and a device error reaches wgpu's uncaptured-error handler instead (wgnorm's own
+    /// checks still refuse bad calls before anything is created or recorded).
     pub fn capture<T>(&self, what: &str, bytes: u64, f: impl FnOnce() -> T) -> Result<T> {
         self.check_alive()?;
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = (what, bytes);
+            Ok(f())
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.capture_blocking(what, bytes, f)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn capture_blocking<T>(&self, what: &str, bytes: u64, f: impl FnOnce() -> T) -> Result<T> {
         let device = &self.inner.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -747,187 +767,6 @@ impl Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
     }
-
-    // ---- host transfers (tests, tools, the convenience `forward` paths) ----
-
-    /// Usages of the buffers wgnorm allocates for tensors.
-    pub const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-        .union(wgpu::BufferUsages::COPY_SRC)
-        .union(wgpu::BufferUsages::COPY_DST);
-
-    /// A new uninitialised tensor (its buffer padded to a multiple of 16 bytes, at least 16).
-    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = crate::checked_bytes("tensor", shape, dtype)?;
-        let buffer =
-            self.create_buffer("wgnorm tensor", padded(bytes), Self::TENSOR_USAGE, false)?;
-        Tensor::from_buffer(buffer, 0, shape, dtype)
-    }
-
-    fn upload_bytes(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let n = crate::checked_numel("upload", shape)?;
-        if crate::checked_bytes("upload", shape, dtype)? != bytes.len() as u64 {
-            return Err(Error::DataLength {
-                what: format!("upload of shape {shape:?}"),
-                n,
-                len: bytes.len() / dtype.size() as usize,
-            });
-        }
-        let buffer = self.create_buffer(
-            "wgnorm tensor",
-            padded(bytes.len() as u64),
-            Self::TENSOR_USAGE,
-            true,
-        )?;
-        // Mapped ranges are 4-byte granular: map the whole (padded) buffer, fill the prefix.
-        buffer
-            .slice(..)
-            .get_mapped_range_mut()
-            .map_err(|e| Error::Device(e.to_string()))?
-            .slice(..bytes.len())
-            .copy_from_slice(bytes);
-        buffer.unmap();
-        Tensor::from_buffer(buffer, 0, shape, dtype)
-    }
-
-    /// Uploads f32 data as a new f32 tensor.
-    pub fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        self.upload_bytes(bytemuck::cast_slice(data), shape, DType::F32)
-    }
-
-    /// Uploads f16 data as a new f16 tensor.
-    pub fn upload_f16(&self, data: &[half::f16], shape: &[usize]) -> Result<Tensor> {
-        self.upload_bytes(bytemuck::cast_slice(data), shape, DType::F16)
-    }
-
-    /// Uploads f32 data, rounding it to `dtype`.
-    ///
-    /// # Example
-    /// ```
-    /// use wgnorm_core::{Context, DType};
-    ///
-    /// // Headless: the default adapter (software Vulkan on a machine without a GPU). An app that
-    /// // owns its device wraps it with `Context::from_device(device, queue)` instead.
-    /// let ctx = Context::new()?;
-    /// let x = ctx.upload(&[1.0, 2.5, -3.0, 4.0], &[2, 2], DType::F16)?;
-    /// assert_eq!((x.shape(), x.dtype()), (&[2, 2][..], DType::F16));
-    /// assert_eq!(ctx.download(&x)?, vec![1.0, 2.5, -3.0, 4.0]); // exact in f16
-    /// // Bad input is a typed error, never a panic.
-    /// assert!(ctx.upload_f32(&[1.0, 2.0, 3.0], &[2, 2]).is_err());
-    /// # Ok::<(), wgnorm_core::Error>(())
-    /// ```
-    pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        match dtype {
-            DType::F32 => self.upload_f32(data, shape),
-            DType::F16 => {
-                let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
-                self.upload_f16(&h, shape)
-            }
-            DType::BF16 => {
-                let h: Vec<half::bf16> = data.iter().map(|&v| half::bf16::from_f32(v)).collect();
-                self.upload_bytes(bytemuck::cast_slice(&h), shape, DType::BF16)
-            }
-        }
-    }
-
-    /// Records `f` into a new command encoder and submits it, without waiting: the convenience
-    /// `forward` paths (an app records into its own encoder instead).
-    pub fn record_and_submit(
-        &self,
-        f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
-    ) -> Result<()> {
-        let mut enc = self
-            .inner
-            .device
-            .create_command_encoder(&Default::default());
-        f(&mut enc)?;
-        self.inner.queue.submit([enc.finish()]);
-        Ok(())
-    }
-
-    /// Copies a tensor back to the host as f32 (f16 and bf16 widened exactly). Blocks until the GPU is done
-    /// with all work submitted so far: for tests and tools, not for a frame loop.
-    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
-        let bytes = self.download_bytes(t)?;
-        Ok(match t.dtype() {
-            DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
-            DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
-                .into_iter()
-                .map(f32::from)
-                .collect(),
-            DType::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(&bytes)
-                .into_iter()
-                .map(f32::from)
-                .collect(),
-        })
-    }
-
-    fn download_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
-        let len = t.byte_len();
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        if !t.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC) {
-            return Err(Error::MissingUsage {
-                what: "download source".into(),
-                missing: wgpu::BufferUsages::COPY_SRC,
-            });
-        }
-        // Copies need 4-byte aligned offsets and sizes: copy the covering aligned range.
-        let start = t.offset() & !3;
-        let end = (t.offset() + len + 3) & !3;
-        if end > t.buffer().size() {
-            return Err(Error::BufferTooSmall {
-                what: "download (4-byte copy granularity)".into(),
-                offset: start,
-                end,
-                size: t.buffer().size(),
-            });
-        }
-        let device = &self.inner.device;
-        let staging = self.create_buffer(
-            "wgnorm readback",
-            end - start,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            false,
-        )?;
-        let mut enc = device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(t.buffer(), start, &staging, 0, end - start);
-        let index = self.inner.queue.submit([enc.finish()]);
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait(Some(index))?;
-        rx.recv()
-            .map_err(|e| Error::Poll(e.to_string()))?
-            .map_err(|e| Error::Device(e.to_string()))?;
-        let skip = (t.offset() - start) as usize;
-        let data = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Device(e.to_string()))?[skip..skip + len as usize]
-            .to_vec();
-        staging.unmap();
-        Ok(data)
-    }
-
-    /// Waits (up to 10 minutes) for a submission, or for all work when `None`.
-    pub fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
-        self.inner
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: index,
-                timeout: Some(std::time::Duration::from_secs(600)),
-            })
-            .map(|_| ())
-            .map_err(|e| Error::Poll(e.to_string()))
-    }
-}
-
-/// Size of a buffer holding `bytes`: at least 16 and a multiple of 16, so vec4 and f16 bindings of
-/// its whole range are always valid.
-pub fn padded(bytes: u64) -> u64 {
-    bytes.max(16).div_ceil(16) * 16
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod rownorm;
 pub mod scratch;
 pub mod shader;
 mod tensor;
+mod transfer;
 pub mod tuning;
 pub mod uniform;
 

@@ -40,6 +40,7 @@ use crate::{
 
 /// The bytes of a checkpoint: a memory map of a file, or owned bytes.
 enum Bytes {
+    #[cfg(not(target_arch = "wasm32"))]
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
 }
@@ -83,14 +84,19 @@ impl Checkpoint {
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|e| bad(&origin, e.to_string()))?;
-        // SAFETY: the map is read-only and lives as long as the checkpoint; like every reader of
-        // memory-mapped files, we rely on the file not being truncated while it is mapped.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(&origin, e.to_string()))?;
-        let ckpt = Checkpoint {
-            bytes: Bytes::Mapped(map),
-            origin,
+        #[cfg(not(target_arch = "wasm32"))]
+        let bytes = {
+            let file = std::fs::File::open(path).map_err(|e| bad(&origin, e.to_string()))?;
+            // SAFETY: the map is read-only and lives as long as the checkpoint; like every reader
+            // of memory-mapped files, we rely on the file not being truncated while it is mapped.
+            let map =
+                unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(&origin, e.to_string()))?;
+            Bytes::Mapped(map)
         };
+        // No memory maps on the web (nor files, mostly): read what the platform can.
+        #[cfg(target_arch = "wasm32")]
+        let bytes = Bytes::Owned(std::fs::read(path).map_err(|e| bad(&origin, e.to_string()))?);
+        let ckpt = Checkpoint { bytes, origin };
         ckpt.parsed()?;
         Ok(ckpt)
     }
@@ -107,6 +113,7 @@ impl Checkpoint {
 
     fn data(&self) -> &[u8] {
         match &self.bytes {
+            #[cfg(not(target_arch = "wasm32"))]
             Bytes::Mapped(m) => m,
             Bytes::Owned(v) => v,
         }

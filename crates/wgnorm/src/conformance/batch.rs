@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::attrs::*;
-use super::{Case, Outputs};
+use super::{Case, DeviceOutputs};
 use crate::{Context, DType, Tensor};
 
-pub(super) fn run_group_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_group_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["num_groups", "eps", "activation"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -36,10 +36,10 @@ pub(super) fn run_group_norm(ctx: &Context, case: &Case) -> Result<Outputs, Stri
             bias: b.as_ref(),
         })
         .map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_instance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_instance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -59,10 +59,10 @@ pub(super) fn run_instance_norm(ctx: &Context, case: &Case) -> Result<Outputs, S
             bias: b.as_ref(),
         })
         .map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "p"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -77,10 +77,10 @@ pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<Outputs, String>
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axes"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -107,10 +107,13 @@ pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Outpu
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_weight_standardization(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_weight_standardization(
+    ctx: &Context,
+    case: &Case,
+) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["unbiased", "eps_inside_sqrt", "eps"])?;
     let w = input(case, "weight")?;
     let dtype = io_dtype(w)?;
@@ -126,10 +129,10 @@ pub(super) fn run_weight_standardization(ctx: &Context, case: &Case) -> Result<O
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, w, dtype)?).map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["groups", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -160,10 +163,10 @@ pub(super) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<Outputs, Stri
             &v,
         )
         .map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &[
@@ -218,10 +221,10 @@ pub(super) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Outpu
     let training = a.bool("training", false)?;
     ctx.record_and_submit(|enc| op.encode(enc, &inputs, &y, Mode::training(training)))
         .map_err(err)?;
-    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    let mut out = BTreeMap::from([("y".to_string(), output(&y))]);
     if let (Some(rm), Some(rv)) = (&rm, &rv) {
-        out.insert("running_mean".into(), download(ctx, rm)?);
-        out.insert("running_var".into(), download(ctx, rv)?);
+        out.insert("running_mean".into(), output(rm));
+        out.insert("running_var".into(), output(rv));
     }
     Ok(out)
 }
@@ -260,7 +263,7 @@ impl BnTensors {
             &crate::BatchNormInputs,
             &crate::BatchNormOutputs,
         ) -> crate::Result<()>,
-    ) -> Result<Outputs, String> {
+    ) -> Result<DeviceOutputs, String> {
         let inputs = crate::BatchNormInputs {
             x: &self.x,
             weight: self.w.as_ref(),
@@ -274,16 +277,16 @@ impl BnTensors {
         };
         ctx.record_and_submit(|enc| f(enc, &inputs, &outputs))
             .map_err(err)?;
-        let mut out = BTreeMap::from([("y".to_string(), download(ctx, &self.y)?)]);
+        let mut out = BTreeMap::from([("y".to_string(), output(&self.y))]);
         if let (Some(rm), Some(rv)) = (&self.rm, &self.rv) {
-            out.insert("running_mean".into(), download(ctx, rm)?);
-            out.insert("running_var".into(), download(ctx, rv)?);
+            out.insert("running_mean".into(), output(rm));
+            out.insert("running_var".into(), output(rv));
         }
         Ok(out)
     }
 }
 
-pub(super) fn run_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &["eps", "momentum", "training", "running_var_unbiased"],
@@ -303,7 +306,7 @@ pub(super) fn run_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, Stri
     })
 }
 
-pub(super) fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["w_src", "eps"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     required(case, "w_src")?;
@@ -324,7 +327,7 @@ pub(super) fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<Outputs, St
     BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| bn.encode(enc, i, o))
 }
 
-pub(super) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "momentum", "training"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     let training = a.bool("training", false)?;
@@ -342,7 +345,7 @@ pub(super) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, 
     })
 }
 
-pub(super) fn run_adab2n(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_adab2n(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["kappa", "momentum", "step", "eps", "training"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     let training = a.bool("training", false)?;
@@ -369,7 +372,7 @@ pub(super) fn run_adab2n(ctx: &Context, case: &Case) -> Result<Outputs, String> 
     })
 }
 
-pub(super) fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["ghost_size", "eps", "momentum", "training"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     required(case, "ghost_size")?;
@@ -395,7 +398,7 @@ pub(super) fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs
     })
 }
 
-pub(super) fn run_estbn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_estbn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "moving_speed", "training"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     let cfg = crate::BatchNormConfig {
@@ -421,7 +424,7 @@ pub(super) fn run_estbn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     })
 }
 
-pub(super) fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &[

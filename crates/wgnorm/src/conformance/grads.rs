@@ -3,29 +3,28 @@
 use std::collections::BTreeMap;
 
 use super::attrs::*;
-use super::{Case, Outputs};
+use super::{Case, DeviceOutputs};
 use crate::{Context, Tensor};
 
 /// dx, and dweight / dbias when the case has weight / bias.
 fn grads_out(
-    ctx: &Context,
     case: &Case,
     dx: &Tensor,
     dweight: Option<&Tensor>,
     dbias: Option<&Tensor>,
-) -> Result<Outputs, String> {
-    let mut out = BTreeMap::from([("dx".to_string(), download(ctx, dx)?)]);
+) -> Result<DeviceOutputs, String> {
+    let mut out = BTreeMap::from([("dx".to_string(), output(dx))]);
     if let (true, Some(t)) = (case.inputs.contains_key("weight"), dweight) {
-        out.insert("dweight".into(), download(ctx, t)?);
+        out.insert("dweight".into(), output(t));
     }
     if let (true, Some(t)) = (case.inputs.contains_key("bias"), dbias) {
-        out.insert("dbias".into(), download(ctx, t)?);
+        out.insert("dbias".into(), output(t));
     }
     Ok(out)
 }
 
 /// `layer_norm_grad` and `add_layer_norm_grad` (with `residual` and an optional `dsum`).
-fn layer_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<Outputs, String> {
+fn layer_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -71,11 +70,11 @@ fn layer_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<Outputs, Str
         ctx.record_and_submit(|enc| ln.encode_backward(enc, &inputs, &outputs))
     }
     .map_err(err)?;
-    grads_out(ctx, case, &dx, Some(&dw), Some(&db))
+    grads_out(case, &dx, Some(&dw), Some(&db))
 }
 
 /// `rms_norm_grad` and `add_rms_norm_grad`.
-fn rms_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<Outputs, String> {
+fn rms_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -107,27 +106,27 @@ fn rms_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<Outputs, Strin
             rstd: None,
         })
         .map_err(err)?;
-    grads_out(ctx, case, &dx, Some(&dw), None)
+    grads_out(case, &dx, Some(&dw), None)
 }
 
-pub(super) fn run_layer_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_layer_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     layer_norm_grad(ctx, case, false)
 }
 
-pub(super) fn run_add_layer_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_add_layer_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     layer_norm_grad(ctx, case, true)
 }
 
-pub(super) fn run_rms_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_rms_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     rms_norm_grad(ctx, case, false)
 }
 
-pub(super) fn run_add_rms_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_add_rms_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     rms_norm_grad(ctx, case, true)
 }
 
 /// `batch_norm_grad`: training through the batch statistics, inference with the running ones.
-pub(super) fn run_batch_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_batch_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &["eps", "training", "momentum", "running_var_unbiased"],
@@ -159,11 +158,11 @@ pub(super) fn run_batch_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs,
             crate::Mode::training(training),
         )
         .map_err(err)?;
-    grads_out(ctx, case, &g.dx, Some(&g.dweight), Some(&g.dbias))
+    grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))
 }
 
 /// `group_norm_grad` (with its activation) and `instance_norm_grad`.
-fn channel_norm_grad(ctx: &Context, case: &Case, group: bool) -> Result<Outputs, String> {
+fn channel_norm_grad(ctx: &Context, case: &Case, group: bool) -> Result<DeviceOutputs, String> {
     let names: &[&str] = if group {
         &["num_groups", "eps", "activation"]
     } else {
@@ -208,13 +207,13 @@ fn channel_norm_grad(ctx: &Context, case: &Case, group: bool) -> Result<Outputs,
         crate::InstanceNorm::new(ctx, cfg).and_then(|op| op.backward(&inputs))
     }
     .map_err(err)?;
-    grads_out(ctx, case, &g.dx, Some(&g.dweight), Some(&g.dbias))
+    grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))
 }
 
-pub(super) fn run_group_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_group_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     channel_norm_grad(ctx, case, true)
 }
 
-pub(super) fn run_instance_norm_grad(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_instance_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     channel_norm_grad(ctx, case, false)
 }

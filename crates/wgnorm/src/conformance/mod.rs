@@ -20,7 +20,7 @@ use grads::*;
 use research::*;
 use rows::*;
 
-use crate::Context;
+use crate::{Context, Tensor};
 
 /// A tensor read from a case file, widened to f32.
 #[derive(Clone, Debug)]
@@ -70,7 +70,12 @@ pub fn load(path: &Path) -> Result<Case, String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+    parse(&name, &bytes)
+}
+
+/// Parses the bytes of a case file named `name` (file name, for messages and the case name).
+pub fn parse(name: &str, bytes: &[u8]) -> Result<Case, String> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
     let md = meta
         .metadata()
@@ -101,7 +106,7 @@ pub fn load(path: &Path) -> Result<Case, String> {
             "{name}: atol {atol} and rtol {rtol} must be finite and >= 0"
         ));
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| format!("{name}: not a safetensors file: {e}"))?;
     let mut inputs = BTreeMap::new();
     let mut expected = BTreeMap::new();
@@ -119,7 +124,7 @@ pub fn load(path: &Path) -> Result<Case, String> {
         return Err(format!("{name}: no expected.* tensor"));
     }
     Ok(Case {
-        name,
+        name: name.to_string(),
         op,
         attrs,
         atol,
@@ -170,7 +175,11 @@ pub fn host_tensors(
 /// Named outputs an op produced, as f32.
 pub type Outputs = BTreeMap<String, Vec<f32>>;
 
-type RunFn = fn(&Context, &Case) -> Result<Outputs, String>;
+/// Named outputs an op produced, still on the device: runners record and submit, and the caller
+/// downloads (blocking natively, awaiting in a browser).
+pub type DeviceOutputs = BTreeMap<String, Tensor>;
+
+type RunFn = fn(&Context, &Case) -> Result<DeviceOutputs, String>;
 
 /// The op registry: case op name → runner. Ops not listed are reported as skipped.
 pub const OPS: &[(&str, RunFn)] = &[
@@ -219,6 +228,7 @@ pub fn implemented(op: &str) -> bool {
 }
 
 /// Loads and runs one case file. `Err` means the file could not be read at all.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_file(ctx: &Context, path: &Path) -> Result<(Case, Outcome), String> {
     let case = load(path)?;
     let outcome = run(ctx, &case);
@@ -228,24 +238,23 @@ pub fn run_file(ctx: &Context, path: &Path) -> Result<(Case, Outcome), String> {
 /// Runs a parsed case and compares every expected output. A runner that panics on a case it
 /// should have refused is reported as a failed case (naming the panic), never unwound into the
 /// caller: case files are user data.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run(ctx: &Context, case: &Case) -> Outcome {
+    pollster::block_on(run_async(ctx, case))
+}
+
+/// [`run`] without blocking: the path of the browser harness (any target).
+pub async fn run_async(ctx: &Context, case: &Case) -> Outcome {
     let Some((_, f)) = OPS.iter().find(|(n, _)| *n == case.op) else {
         return Outcome::Skipped;
     };
-    let got = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, case))) {
-        Ok(Ok(g)) => g,
-        Ok(Err(e)) => return Outcome::Failed(e),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)");
-            return Outcome::Failed(format!(
-                "the {} runner panicked on this case: {msg} (a wgnorm bug: it should be a typed error)",
-                case.op
-            ));
-        }
+    let got = match record(f, ctx, case) {
+        Ok(g) => g,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let got = match fetch(ctx, got).await {
+        Ok(g) => g,
+        Err(e) => return Outcome::Failed(e),
     };
     for (name, want) in &case.expected {
         let Some(g) = got.get(name) else {
@@ -258,9 +267,38 @@ pub fn run(ctx: &Context, case: &Case) -> Outcome {
     Outcome::Passed
 }
 
+/// Runs a runner, turning a panic into an error that names it.
+fn record(f: &RunFn, ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, case))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            Err(format!(
+                "the {} runner panicked on this case: {msg} (a wgnorm bug: it should be a typed error)",
+                case.op
+            ))
+        }
+    }
+}
+
+/// Downloads every output.
+async fn fetch(ctx: &Context, outputs: DeviceOutputs) -> Result<Outputs, String> {
+    let mut out = Outputs::new();
+    for (name, t) in outputs {
+        let v = ctx.download_async(&t).await.map_err(|e| e.to_string())?;
+        out.insert(name, v);
+    }
+    Ok(out)
+}
+
 /// Runs `op` on `inputs` (named as in `tests/conformance/FORMAT.md`) with `attrs`, returning
 /// every output by name: the path of the `wgnorm run` command. A runner panic is an error
 /// naming it, as in [`run`].
+#[cfg(not(target_arch = "wasm32"))]
 pub fn execute(
     ctx: &Context,
     op: &str,
@@ -280,10 +318,8 @@ pub fn execute(
         inputs,
         expected: BTreeMap::new(),
     };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, &case))) {
-        Ok(r) => r,
-        Err(_) => Err(format!("the {op} runner panicked (a wgnorm bug)")),
-    }
+    let outputs = record(f, ctx, &case)?;
+    pollster::block_on(fetch(ctx, outputs))
 }
 
 /// `|got - want| <= atol + rtol * |want|` element-wise; NaN must match NaN and an infinity the

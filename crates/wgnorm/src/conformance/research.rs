@@ -5,10 +5,10 @@ use crate::Mode;
 use std::collections::BTreeMap;
 
 use super::attrs::*;
-use super::{Case, Outputs};
+use super::{Case, DeviceOutputs};
 use crate::{Context, DType};
 
-pub(super) fn run_power_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_power_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &[
@@ -61,14 +61,14 @@ pub(super) fn run_power_norm(ctx: &Context, case: &Case) -> Result<Outputs, Stri
         ctx.record_and_submit(|enc| op.encode_infer(enc, &inputs, &y))
     }
     .map_err(err)?;
-    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    let mut out = BTreeMap::from([("y".to_string(), output(&y))]);
     if training {
-        out.insert("running_phi".into(), download(ctx, &phi)?);
+        out.insert("running_phi".into(), output(&phi));
     }
     Ok(out)
 }
 
-pub(super) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["iterations", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -84,10 +84,10 @@ pub(super) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Outpu
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "training"])?;
     if a.bool("training", false)? {
         return Err(
@@ -122,10 +122,10 @@ pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<Outputs, St
     };
     ctx.record_and_submit(|enc| op.encode_infer(enc, &inputs, &y))
         .map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["c"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -139,10 +139,10 @@ pub(super) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<Output
     )
     .map_err(err)?;
     let m = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    Ok(BTreeMap::from([("m".to_string(), download(ctx, &m)?)]))
+    Ok(BTreeMap::from([("m".to_string(), output(&m))]))
 }
 
-pub(super) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["c"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -166,10 +166,10 @@ pub(super) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<Outp
     let y = op
         .forward(&inputs, crate::PoincareStatistics::Batch)
         .map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["ratio", "eps", "momentum", "training"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -201,15 +201,15 @@ pub(super) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<Outputs, String
         running_var: &rv,
     };
     let y = op.forward(&inputs, Mode::training(training)).map_err(err)?;
-    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    let mut out = BTreeMap::from([("y".to_string(), output(&y))]);
     if training {
-        out.insert("running_mean".into(), download(ctx, &rm)?);
-        out.insert("running_var".into(), download(ctx, &rv)?);
+        out.insert("running_mean".into(), output(&rm));
+        out.insert("running_var".into(), output(&rv));
     }
     Ok(out)
 }
 
-pub(super) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &["eps", "momentum", "training", "running_var_unbiased"],
@@ -244,14 +244,14 @@ pub(super) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<Outputs, Stri
         running_var: &rv,
     };
     let y = op.forward(&inputs, Mode::training(training)).map_err(err)?;
-    let mut out = BTreeMap::from([("y".to_string(), download(ctx, &y)?)]);
+    let mut out = BTreeMap::from([("y".to_string(), output(&y))]);
     if training {
-        out.insert("running_var".into(), download(ctx, &rv)?);
+        out.insert("running_var".into(), output(&rv));
     }
     Ok(out)
 }
 
-pub(super) fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["momentum_bn", "temperature", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -286,13 +286,13 @@ pub(super) fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<Outputs, Strin
     };
     let y = op.forward(&inputs).map_err(err)?;
     Ok(BTreeMap::from([
-        ("y".to_string(), download(ctx, &y)?),
-        ("component_mean".to_string(), download(ctx, &m)?),
-        ("component_var".to_string(), download(ctx, &v)?),
+        ("y".to_string(), output(&y)),
+        ("component_mean".to_string(), output(&m)),
+        ("component_var".to_string(), output(&v)),
     ]))
 }
 
-pub(super) fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -320,10 +320,10 @@ pub(super) fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<Outputs, S
             beta_b: &bb,
         })
         .map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
-pub(super) fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "threshold"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -356,5 +356,5 @@ pub(super) fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<Outputs, S
             beta_conv_bias: &bb,
         })
         .map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use super::attrs::*;
-use super::{Case, Outputs};
+use super::{Case, DeviceOutputs};
 use crate::Context;
 
-pub(super) fn run_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_layer_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -27,13 +27,13 @@ pub(super) fn run_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, Stri
         })
         .map_err(|e| e.to_string())?;
     Ok(BTreeMap::from([
-        ("y".to_string(), download(ctx, &out.y)?),
-        ("mean".to_string(), download(ctx, &out.mean)?),
-        ("rstd".to_string(), download(ctx, &out.rstd)?),
+        ("y".to_string(), output(&out.y)),
+        ("mean".to_string(), output(&out.mean)),
+        ("rstd".to_string(), output(&out.rstd)),
     ]))
 }
 
-pub(super) fn run_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_rms_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -53,12 +53,12 @@ pub(super) fn run_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String
         })
         .map_err(|e| e.to_string())?;
     Ok(BTreeMap::from([
-        ("y".to_string(), download(ctx, &out.y)?),
-        ("rstd".to_string(), download(ctx, &out.rstd)?),
+        ("y".to_string(), output(&out.y)),
+        ("rstd".to_string(), output(&out.rstd)),
     ]))
 }
 
-pub(super) fn run_add_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_add_layer_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -82,12 +82,12 @@ pub(super) fn run_add_layer_norm(ctx: &Context, case: &Case) -> Result<Outputs, 
     };
     let (y, sum) = ln.forward_add(&inputs).map_err(err)?;
     Ok(BTreeMap::from([
-        ("y".to_string(), download(ctx, &y)?),
-        ("sum".to_string(), download(ctx, &sum)?),
+        ("y".to_string(), output(&y)),
+        ("sum".to_string(), output(&sum)),
     ]))
 }
 
-pub(super) fn run_add_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_add_rms_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -111,12 +111,12 @@ pub(super) fn run_add_rms_norm(ctx: &Context, case: &Case) -> Result<Outputs, St
         })
         .map_err(err)?;
     Ok(BTreeMap::from([
-        ("y".to_string(), download(ctx, &y)?),
-        ("sum".to_string(), download(ctx, &sum)?),
+        ("y".to_string(), output(&y)),
+        ("sum".to_string(), output(&sum)),
     ]))
 }
 
-pub(super) fn run_selu(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_selu(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["alpha", "gamma"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -133,12 +133,12 @@ pub(super) fn run_selu(ctx: &Context, case: &Case) -> Result<Outputs, String> {
     )
     .map_err(err)?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
 
 /// `qk_norm_rope` (the project's own signature, FORMAT.md): per-head RMSNorm of `x[tokens, heads,
 /// D]` with a rotary epilogue; angles from `positions` or from `cos`/`sin` tables.
-pub(super) fn run_qk_norm_rope(ctx: &Context, case: &Case) -> Result<Outputs, String> {
+pub(super) fn run_qk_norm_rope(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     use crate::rmsnorm::{QkNormRope, QkNormRopeConfig, QkNormRopeInputs, RopeAngles, RopeLayout};
     let a = Attrs::new(
         case,
@@ -193,5 +193,5 @@ pub(super) fn run_qk_norm_rope(ctx: &Context, case: &Case) -> Result<Outputs, St
             angles,
         })
         .map_err(err)?;
-    only_y(ctx, &y)
+    only_y(&y)
 }
