@@ -286,53 +286,7 @@ impl Context {
         options: DeviceOptions,
         adjust: impl FnOnce(&mut wgpu::Limits),
     ) -> Result<Context> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-        let adapters = instance.enumerate_adapters(backends).await;
-        if adapters.is_empty() {
-            return Err(Error::NoAdapter(format!(
-                "no adapter on backends {backends:?}"
-            )));
-        }
-        let filter = std::env::var("WGNORM_ADAPTER")
-            .or_else(|_| std::env::var("WGPU_ADAPTER_NAME"))
-            .ok()
-            .filter(|s| !s.is_empty());
-        let available = || {
-            adapters
-                .iter()
-                .map(|a| {
-                    let i = a.get_info();
-                    format!("{} ({:?})", i.name, i.backend)
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let rank = |t: wgpu::DeviceType| match t {
-            wgpu::DeviceType::DiscreteGpu => 0,
-            wgpu::DeviceType::IntegratedGpu => 1,
-            wgpu::DeviceType::VirtualGpu => 2,
-            wgpu::DeviceType::Cpu => 3,
-            wgpu::DeviceType::Other => 4,
-        };
-        let chosen = adapters
-            .iter()
-            .filter(|a| match &filter {
-                Some(f) => a.get_info().name.to_lowercase().contains(&f.to_lowercase()),
-                None => true,
-            })
-            .min_by_key(|a| rank(a.get_info().device_type));
-        let adapter = match (chosen, &filter) {
-            (Some(a), _) => a,
-            (None, Some(f)) => {
-                return Err(Error::AdapterFilter {
-                    filter: f.clone(),
-                    available: available(),
-                })
-            }
-            (None, None) => unreachable!("adapters is not empty"),
-        };
+        let adapter = pick_adapter().await?;
         let features = adapter.features() & OPTIONAL_FEATURES & options.features;
         let mut limits = options.limits.limits(&adapter.limits());
         if let Some(b) = options.max_storage_buffer_binding_size {
@@ -767,6 +721,73 @@ impl Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
     }
+}
+
+/// The adapter of a headless context (see [`Context::new`]): the most capable one on the
+/// backends `WGPU_BACKEND` allows, or the one `WGNORM_ADAPTER` names.
+#[cfg(not(target_arch = "wasm32"))]
+async fn pick_adapter() -> Result<wgpu::Adapter> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let adapters = instance.enumerate_adapters(backends).await;
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter(format!(
+            "no adapter on backends {backends:?}"
+        )));
+    }
+    let filter = std::env::var("WGNORM_ADAPTER")
+        .or_else(|_| std::env::var("WGPU_ADAPTER_NAME"))
+        .ok()
+        .filter(|s| !s.is_empty());
+    let available = || {
+        adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rank = |t: wgpu::DeviceType| match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let chosen = adapters
+        .iter()
+        .filter(|a| match &filter {
+            Some(f) => a.get_info().name.to_lowercase().contains(&f.to_lowercase()),
+            None => true,
+        })
+        .min_by_key(|a| rank(a.get_info().device_type));
+    let adapter = match (chosen, &filter) {
+        (Some(a), _) => a.clone(),
+        (None, Some(f)) => {
+            return Err(Error::AdapterFilter {
+                filter: f.clone(),
+                available: available(),
+            })
+        }
+        (None, None) => unreachable!("adapters is not empty"),
+    };
+    Ok(adapter)
+}
+
+/// In a browser: the page's WebGPU adapter (WebGPU enumerates none), high performance preferred.
+#[cfg(target_arch = "wasm32")]
+async fn pick_adapter() -> Result<wgpu::Adapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter(format!("the page's WebGPU gave no adapter: {e}")))
 }
 
 #[cfg(test)]
