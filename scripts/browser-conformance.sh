@@ -4,13 +4,20 @@
 # server. Prints each failing case and a closing "N passed, N failed" line taken from the page;
 # exits non-zero on any failure, on a page error or on a timeout. Ends every process it starts.
 #
-# Usage: scripts/browser-conformance.sh [DIR...]
+# Usage: scripts/browser-conformance.sh [--limits webgpu|adapter|downlevel] [DIR...]
+#   --limits: the device's limits (default webgpu: `wgpu::Limits::default()`, what most pages
+#             ask for; adapter: all the browser's adapter offers)
 #   DIR: directories of case files (default: tests/conformance/cases tests/conformance/wgnorm)
 # Environment: WGNORM_BROWSER_TIMEOUT (seconds for the page, default 1200),
 #   WGNORM_WASM_TOOLCHAIN=debian to build with Debian's rustc-web even where rustup has the
 #   wasm32 target, CHROMIUM (the browser binary, default chromium).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+limits=webgpu
+if [ "${1:-}" = --limits ]; then
+    limits="${2:?--limits needs a profile}"
+    shift 2
+fi
 if [ "$#" -eq 0 ]; then
     set -- "$root/tests/conformance/cases" "$root/tests/conformance/wgnorm"
 fi
@@ -121,7 +128,7 @@ done
 setsid "$chromium" --headless=new --no-sandbox --enable-unsafe-webgpu \
     --user-data-dir="$work/profile" --enable-logging=stderr --v=0 --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync --disable-quic \
-    "http://127.0.0.1:$port/index.html" >"$work/chromium.log" 2>&1 &
+    "http://127.0.0.1:$port/index.html?limits=$limits" >"$work/chromium.log" 2>&1 &
 pids+=("$!")
 
 # Console lines arrive as `...:INFO:CONSOLE(n)] "WGNORM ...", source: ...`.

@@ -7,7 +7,9 @@ try {
     throw new Error('no navigator.gpu: this browser has no WebGPU (Chromium: --enable-unsafe-webgpu)');
   }
   await init();
-  await run_cases('cases/manifest.json');
+  // ?limits=webgpu|adapter|downlevel (the script passes one; WebGPU's defaults otherwise).
+  const limits = new URLSearchParams(location.search).get('limits') ?? 'webgpu';
+  await run_cases('cases/manifest.json', limits);
 } catch (e) {
   console.log(`WGNORM ERROR ${e && e.stack ? e.stack : e}`);
 }

@@ -34,22 +34,31 @@ async fn fetch(url: &str) -> Result<Vec<u8>, String> {
     Ok(js_sys::Uint8Array::new(&buffer).to_vec())
 }
 
-/// Runs the cases listed in the JSON array at `manifest` (paths relative to the page); returns
-/// the closing line. A case that cannot be fetched or parsed fails; an op the runner lacks fails
+/// Runs the cases listed in the JSON array at `manifest` (paths relative to the page) on a
+/// device with `limits` (`webgpu`: WebGPU's defaults, `adapter`, `downlevel`); returns the
+/// closing line. A case that cannot be fetched or parsed fails; an op the runner lacks fails
 /// (skipped cases are failures here, as in CI).
 #[wasm_bindgen]
-pub async fn run_cases(manifest: String) -> Result<String, JsValue> {
-    let ctx = wgnorm::Context::new_async_with(wgnorm::DeviceOptions::default())
+pub async fn run_cases(manifest: String, limits: String) -> Result<String, JsValue> {
+    let err = |e: wgnorm::Error| JsValue::from_str(&e.to_string());
+    let options = wgnorm::DeviceOptions {
+        limits: limits.parse().map_err(err)?,
+        ..Default::default()
+    };
+    let ctx = wgnorm::Context::new_async_with(options)
         .await
-        .map_err(|e| JsValue::from_str(&e.to_string()))?;
+        .map_err(err)?;
     let info = ctx.adapter_info();
+    let l = ctx.limits();
     log(&format!(
-        "adapter: {} ({:?}), features {:?}, f16 access {:?}, storage buffers per stage {}",
+        "adapter: {} ({:?}), features {:?}, f16 access {:?}, limits {limits}: {} storage buffers per stage, {} B workgroup memory, {} invocations",
         info.name,
         info.backend,
         ctx.features(),
         ctx.f16_access(),
-        ctx.limits().max_storage_buffers_per_shader_stage
+        l.max_storage_buffers_per_shader_stage,
+        l.max_compute_workgroup_storage_size,
+        l.max_compute_invocations_per_workgroup,
     ));
     let list = fetch(&manifest).await.map_err(|e| JsValue::from_str(&e))?;
     let files: Vec<String> =
