@@ -576,12 +576,8 @@ fn batch_norm_running_statistics_over_steps() {
 
 #[test]
 fn f16_io() {
+    // f16 runs on every device (packed words without SHADER_F16).
     let c_ = ctx();
-    if !c_.features().contains(wgpu::Features::SHADER_F16) {
-        assert!(std::env::var("CI").is_err(), "CI adapter lacks SHADER_F16");
-        eprintln!("skipping f16 I/O: no SHADER_F16 on this adapter");
-        return;
-    }
     let cfg = PoincareBatchNormConfig {
         dtype: DType::F16,
         ..Default::default()

@@ -17,6 +17,25 @@ pub fn ctx() -> &'static Context {
     })
 }
 
+/// A context whose device has `SHADER_F16` whatever the environment's device profile
+/// (`WGNORM_WITHOUT_F16`), for the tests of the device's own f16 conversions. Panics when the
+/// adapter lacks it (lavapipe has it).
+pub fn ctx_with_shader_f16() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+        }
+        let c = Context::new_with(wgnorm_core::DeviceOptions::default())
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        assert!(
+            c.features().contains(wgnorm_core::wgpu::Features::SHADER_F16),
+            "this test checks the device's f16 conversions: its adapter needs SHADER_F16 (lavapipe has it)"
+        );
+        c
+    })
+}
+
 fn new_context() -> Context {
     match Context::new() {
         Ok(c) => c,
