@@ -45,14 +45,17 @@ apt_install() {
 }
 
 # ---- the wasm32 build: rustup's target where it can be had, else Debian's rustc-web ----------
+# Build outputs live outside the checkout (CI clones afresh): the dependencies build once per
+# machine.
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/wgnorm-web"
 build_wasm() {
     cd "$root/web"
     if [ "${WGNORM_WASM_TOOLCHAIN:-}" != debian ] \
         && command -v rustup >/dev/null \
         && rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
         echo "browser: building web/ for wasm32 (rustup's target)" >&2
-        cargo build --release --target wasm32-unknown-unknown >&2
-        wasm="$root/web/target/wasm32-unknown-unknown/release/wgnorm_web.wasm"
+        cargo build --release --target wasm32-unknown-unknown --target-dir "$cache/rustup" >&2
+        wasm="$cache/rustup/wasm32-unknown-unknown/release/wgnorm_web.wasm"
     else
         # Debian's rustc-web ships no prebuilt wasm32 std: build it from rust-web-src
         # (RUSTC_BOOTSTRAP for -Zbuild-std), linking with lld-22's rust-lld.
@@ -63,8 +66,8 @@ build_wasm() {
         echo "browser: building web/ for wasm32 (Debian rustc-web, -Zbuild-std)" >&2
         PATH="/usr/bin:/usr/lib/llvm-22/bin:$PATH" RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
             /usr/bin/cargo build --release --target wasm32-unknown-unknown \
-            -Zbuild-std=std,panic_abort --target-dir "$root/web/target-debian" >&2
-        wasm="$root/web/target-debian/wasm32-unknown-unknown/release/wgnorm_web.wasm"
+            -Zbuild-std=std,panic_abort --target-dir "$cache/debian" >&2
+        wasm="$cache/debian/wasm32-unknown-unknown/release/wgnorm_web.wasm"
     fi
     cd "$root"
 }
