@@ -93,3 +93,55 @@ fn a_poisoned_lock_is_recovered() {
     assert!(m.is_poisoned());
     assert_eq!(*wgnorm::engine::core::locked(&m), 5);
 }
+
+/// A device with lower limits than a kernel needs refuses it as `Error::DeviceLimit` naming the
+/// limit, before anything is created or recorded: the downlevel profile's 4 storage buffers
+/// against a LayerNorm with weight, bias and saved statistics (a kernel binding 8), and WebGPU's
+/// 256 invocations against a 512-wide workgroup.
+#[test]
+fn a_kernel_past_the_devices_limits_is_a_device_limit_error() {
+    use wgnorm::engine::baseline::copy_spec;
+    use wgnorm::engine::shader::Io;
+    use wgnorm::{DeviceOptions, LimitsProfile};
+    let make = |limits| {
+        Context::new_with(DeviceOptions {
+            limits,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let low = make(LimitsProfile::Downlevel);
+    assert_eq!(low.limits().max_storage_buffers_per_shader_stage, 4);
+    let ln = LayerNorm::new(&low, LayerNormConfig::default()).unwrap();
+    let x = low.upload_f32(&[1.0, 2.0, 3.0, 5.0], &[1, 4]).unwrap();
+    let w = low.upload_f32(&[1.0; 4], &[4]).unwrap();
+    let r = ln.forward(&LayerNormInputs {
+        x: &x,
+        weight: Some(&w),
+        bias: Some(&w),
+    });
+    match r {
+        Err(Error::DeviceLimit {
+            limit,
+            needed,
+            available,
+            ..
+        }) => {
+            assert_eq!(limit, "max_storage_buffers_per_shader_stage");
+            assert!(needed > 4 && available == 4, "{needed} {available}");
+        }
+        other => panic!("expected DeviceLimit, got {other:?}"),
+    }
+    let webgpu = make(LimitsProfile::WebGpu);
+    match webgpu.pipeline(&copy_spec(Io::F32, 512, 1)) {
+        Err(e @ Error::DeviceLimit { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("max_compute_invocations_per_workgroup") && msg.contains("512"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected DeviceLimit, got {other:?}"),
+    }
+    assert!(webgpu.pipeline(&copy_spec(Io::F32, 256, 1)).is_ok());
+}

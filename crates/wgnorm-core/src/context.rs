@@ -646,16 +646,7 @@ impl Context {
                 io.label()
             )));
         }
-        let storage = Slot::storage_count(kernel.slots()) as u64;
-        let available = self.inner.limits.max_storage_buffers_per_shader_stage as u64;
-        if storage > available {
-            return Err(Error::DeviceLimit {
-                what: format!("kernel {}", kernel.name()),
-                limit: "max_storage_buffers_per_shader_stage",
-                needed: storage,
-                available,
-            });
-        }
+        self.check_limits(spec)?;
         let device = &self.inner.device;
         let module = self.module(kernel, io)?;
         let (_, layout) = self.layout(kernel.slots())?;
@@ -675,6 +666,50 @@ impl Context {
         self.log_pipeline(spec)?;
         crate::locked(&self.inner.pipelines).insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// What a specialisation needs of the device's limits that the host can tell: its storage
+    /// buffers, and its workgroup size (every kernel's `@workgroup_size(WG)`), so a device with
+    /// lower limits than a kernel needs gets [`Error::DeviceLimit`] naming the limit instead of
+    /// a validation error. (Workgroup memory is sized by the plans from the device's limits.)
+    fn check_limits(&self, spec: &Specialization) -> Result<()> {
+        let l = &self.inner.limits;
+        let what = || format!("kernel {}", spec.kernel.name());
+        let storage = Slot::storage_count(spec.kernel.slots()) as u64;
+        let available = l.max_storage_buffers_per_shader_stage as u64;
+        if storage > available {
+            return Err(Error::DeviceLimit {
+                what: what(),
+                limit: "max_storage_buffers_per_shader_stage",
+                needed: storage,
+                available,
+            });
+        }
+        let wg = spec
+            .constants
+            .iter()
+            .find(|(k, _)| *k == "WG")
+            .map_or(0, |&(_, v)| v as u64);
+        for (limit, available) in [
+            (
+                "max_compute_invocations_per_workgroup",
+                l.max_compute_invocations_per_workgroup,
+            ),
+            (
+                "max_compute_workgroup_size_x",
+                l.max_compute_workgroup_size_x,
+            ),
+        ] {
+            if wg > available as u64 {
+                return Err(Error::DeviceLimit {
+                    what: what(),
+                    limit,
+                    needed: wg,
+                    available: available as u64,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The shader module of a kernel and I/O type, compiled once per context.
