@@ -14,11 +14,9 @@ use wgnorm_tests::noise;
 const CALL_ROWS: [usize; 7] = [1, 2, 3, 8, 17, 63, 64];
 const SAMPLED: [usize; 4] = [0, 1, 7, 63];
 
+/// A context of its own: the tuning test sets a table on it.
 fn fresh() -> Context {
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
-    }
-    Context::new().expect("GPU tests need an adapter (apt-get install -y mesa-vulkan-drivers)")
+    wgnorm_tests::context(None)
 }
 
 /// y of `op` on the first `rows` rows of `x`, as bit patterns (f16 widened exactly).
@@ -169,11 +167,10 @@ fn a_samples_bits_do_not_depend_on_the_batch_or_the_windows() {
     use wgnorm::{Activation, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig};
     use wgnorm::{Layout, NormInputs};
     let ctx = fresh();
-    let windowed = Context::new_with(wgnorm::DeviceOptions {
+    let windowed = wgnorm_tests::context(Some(wgnorm::DeviceOptions {
         max_storage_buffer_binding_size: Some(1 << 20),
         ..Default::default()
-    })
-    .unwrap();
+    }));
     // 200 KiB per sample: 8 samples take several 1 MiB windows.
     let (c, h, w) = (32usize, 40usize, 40usize);
     let per = c * h * w;

@@ -104,11 +104,10 @@ fn a_kernel_past_the_devices_limits_is_a_device_limit_error() {
     use wgnorm::engine::shader::Io;
     use wgnorm::{DeviceOptions, LimitsProfile};
     let make = |limits| {
-        Context::new_with(DeviceOptions {
+        wgnorm_tests::context(Some(DeviceOptions {
             limits,
             ..Default::default()
-        })
-        .unwrap()
+        }))
     };
     let low = make(LimitsProfile::Downlevel);
     assert_eq!(low.limits().max_storage_buffers_per_shader_stage, 4);

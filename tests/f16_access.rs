@@ -10,19 +10,11 @@ use wgnorm::layernorm::{LayerNorm, LayerNormConfig, LayerNormInputs, LayerNormOu
 use wgnorm::{conformance, Context, DType, DeviceOptions, Tensor};
 
 fn context(access: F16Access) -> Context {
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
-    }
-    let options = DeviceOptions {
+    // Vector needs SHADER_F16 (lavapipe has it); the error says so.
+    wgnorm_tests::context(Some(DeviceOptions {
         f16_access: Some(access),
         ..Default::default()
-    };
-    Context::new_with(options).unwrap_or_else(|e| {
-        panic!(
-            "this test compares the packed f16 access with the device's f16 types and needs an \
-             adapter with SHADER_F16 (lavapipe has it): {e}"
-        )
-    })
+    }))
 }
 
 /// Bit patterns, with every NaN as one pattern (payloads are not part of the contract).

@@ -4,12 +4,11 @@
 use wgnorm::engine::rownorm::{RowKernel, RowMode, RowNorm, RowNormConfig};
 use wgnorm::{Context, DType, Error, RowEntry, Tuning};
 use wgnorm_reference::rownorm::layer_norm;
-use wgnorm_tests::{assert_close, ctx, noise};
+use wgnorm_tests::{assert_close, noise};
 
 /// A context of its own: a table set on the shared one would change other tests' kernels.
 fn fresh() -> Context {
-    ctx(); // sets up the environment the software adapter wants
-    Context::new().expect("adapter")
+    wgnorm_tests::context(None)
 }
 
 fn layer_norm_op(c: &Context) -> RowNorm {

@@ -2,19 +2,14 @@
 
 use std::sync::OnceLock;
 
-use wgnorm_core::Context;
+use wgnorm_core::{Context, DeviceOptions};
 
-/// The process-wide test context. Panics with the reason (and what to install) when no adapter
-/// can be had: a GPU test never passes by skipping, in CI or anywhere else.
+/// The process-wide test context (the environment's device profile). Panics with the reason
+/// (and what to install) when no adapter can be had: a GPU test never passes by skipping, in CI
+/// or anywhere else.
 pub fn ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| {
-        // Mesa's software Vulkan complains on headless machines without it.
-        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-            std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
-        }
-        new_context()
-    })
+    CTX.get_or_init(|| context(None))
 }
 
 /// A context whose device has `SHADER_F16` whatever the environment's device profile
@@ -23,11 +18,7 @@ pub fn ctx() -> &'static Context {
 pub fn ctx_with_shader_f16() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
     CTX.get_or_init(|| {
-        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-            std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
-        }
-        let c = Context::new_with(wgnorm_core::DeviceOptions::default())
-            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        let c = context(Some(DeviceOptions::default()));
         assert!(
             c.features().contains(wgnorm_core::wgpu::Features::SHADER_F16),
             "this test checks the device's f16 conversions: its adapter needs SHADER_F16 (lavapipe has it)"
@@ -36,14 +27,23 @@ pub fn ctx_with_shader_f16() -> &'static Context {
     })
 }
 
-fn new_context() -> Context {
-    match Context::new() {
-        Ok(c) => c,
-        Err(e) => panic!(
+/// A new context of its own (a fresh tuning table, other limits, ...): created as `options` say,
+/// or with the environment's profile (`Context::new`) when `None`. Panics as [`ctx`] does.
+pub fn context(options: Option<DeviceOptions>) -> Context {
+    // Mesa's software Vulkan complains on headless machines without it.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    let made = match options {
+        Some(o) => Context::new_with(o),
+        None => Context::new(),
+    };
+    made.unwrap_or_else(|e| {
+        panic!(
             "GPU tests need an adapter: {e}\n\
              On Linux without a GPU: apt-get install -y mesa-vulkan-drivers (software Vulkan)."
-        ),
-    }
+        )
+    })
 }
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift), so failures reproduce.

@@ -62,7 +62,7 @@ pub async fn run_cases(manifest: String, limits: String) -> Result<String, JsVal
     ));
     let list = fetch(&manifest).await.map_err(|e| JsValue::from_str(&e))?;
     let files: Vec<String> =
-        serde_json_list(&list).map_err(|e| JsValue::from_str(&format!("{manifest}: {e}")))?;
+        json_strings(&list).map_err(|e| JsValue::from_str(&format!("{manifest}: {e}")))?;
     let (mut passed, mut failed) = (0usize, 0usize);
     for file in &files {
         let outcome = match fetch(file).await {
@@ -93,7 +93,7 @@ pub async fn run_cases(manifest: String, limits: String) -> Result<String, JsVal
 }
 
 /// A JSON array of strings.
-fn serde_json_list(bytes: &[u8]) -> Result<Vec<String>, String> {
+fn json_strings(bytes: &[u8]) -> Result<Vec<String>, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
     let parsed = js_sys::JSON::parse(text).map_err(|e| format!("{e:?}"))?;
     let array: js_sys::Array = parsed.dyn_into().map_err(|_| "not a JSON array")?;

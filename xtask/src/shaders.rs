@@ -34,20 +34,7 @@ fn capabilities() -> Capabilities {
 
 fn check(spec: &Specialization, access: F16Access) -> Result<()> {
     let source = spec.kernel.source_with(spec.io, access);
-    let module = naga::front::wgsl::parse_str(&source)
-        .map_err(|e| anyhow!("parse: {}", e.emit_to_string(&source)))?;
-    let info = Validator::new(ValidationFlags::all(), capabilities())
-        .validate(&module)
-        .map_err(|e| anyhow!("validate: {}", e.emit_to_string(&source)))?;
-    let constants: naga::back::PipelineConstants = spec
-        .constants
-        .iter()
-        .map(|&(k, v)| (k.to_string(), v))
-        .collect();
-    let ep = (naga::ShaderStage::Compute, "main");
-    let (module, info) =
-        naga::back::pipeline_constants::process_overrides(&module, &info, Some(ep), &constants)
-            .map_err(|e| anyhow!("overrides: {e}"))?;
+    let (module, info) = Parsed::new(&source)?.specialize(spec)?;
     // Re-validate with the constants in place: array sizes and workgroup sizes are now concrete.
     Validator::new(ValidationFlags::all(), capabilities())
         .validate(&module)
@@ -127,21 +114,27 @@ impl Parsed {
         Ok(Parsed { module, info })
     }
 
-    /// The workgroup size and memory of `spec`'s pipeline (overrides resolved).
-    pub fn needs(&self, spec: &Specialization) -> Result<Needs> {
+    /// The module and its info with `spec`'s override constants resolved.
+    fn specialize(&self, spec: &Specialization) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
         let constants: naga::back::PipelineConstants = spec
             .constants
             .iter()
             .map(|&(k, v)| (k.to_string(), v))
             .collect();
         let ep = (naga::ShaderStage::Compute, "main");
-        let (module, _) = naga::back::pipeline_constants::process_overrides(
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
             &self.module,
             &self.info,
             Some(ep),
             &constants,
         )
         .map_err(|e| anyhow!("overrides: {e}"))?;
+        Ok((module.into_owned(), info.into_owned()))
+    }
+
+    /// The workgroup size and memory of `spec`'s pipeline (overrides resolved).
+    pub fn needs(&self, spec: &Specialization) -> Result<Needs> {
+        let (module, _) = self.specialize(spec)?;
         let size = module.entry_points[0].workgroup_size;
         let mut layouter = naga::proc::Layouter::default();
         layouter

@@ -483,16 +483,7 @@ impl Context {
         if let Some(l) = crate::locked(&self.inner.layouts).get(slots) {
             return Ok(l.clone());
         }
-        let storage = Slot::storage_count(slots) as u64;
-        let available = self.inner.limits.max_storage_buffers_per_shader_stage as u64;
-        if storage > available {
-            return Err(Error::DeviceLimit {
-                what: format!("a kernel layout of {storage} storage buffers"),
-                limit: "max_storage_buffers_per_shader_stage",
-                needed: storage,
-                available,
-            });
-        }
+        self.check_storage_buffers(slots, || "a kernel layout".into())?;
         let entries: Vec<_> = slots
             .iter()
             .enumerate()
@@ -675,16 +666,7 @@ impl Context {
     fn check_limits(&self, spec: &Specialization) -> Result<()> {
         let l = &self.inner.limits;
         let what = || format!("kernel {}", spec.kernel.name());
-        let storage = Slot::storage_count(spec.kernel.slots()) as u64;
-        let available = l.max_storage_buffers_per_shader_stage as u64;
-        if storage > available {
-            return Err(Error::DeviceLimit {
-                what: what(),
-                limit: "max_storage_buffers_per_shader_stage",
-                needed: storage,
-                available,
-            });
-        }
+        self.check_storage_buffers(spec.kernel.slots(), what)?;
         let wg = spec
             .constants
             .iter()
@@ -708,6 +690,22 @@ impl Context {
                     available: available as u64,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// [`Error::DeviceLimit`] when `slots` bind more storage buffers than the device allows;
+    /// `what` names the kernel or layout.
+    fn check_storage_buffers(&self, slots: &[Slot], what: impl FnOnce() -> String) -> Result<()> {
+        let needed = Slot::storage_count(slots) as u64;
+        let available = self.inner.limits.max_storage_buffers_per_shader_stage as u64;
+        if needed > available {
+            return Err(Error::DeviceLimit {
+                what: what(),
+                limit: "max_storage_buffers_per_shader_stage",
+                needed,
+                available,
+            });
         }
         Ok(())
     }

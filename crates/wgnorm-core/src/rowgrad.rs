@@ -174,11 +174,9 @@ pub fn dx_spec_with(
         .flag("GIVEN_STATS", f.given_stats)
 }
 
-/// The saved-statistics gather pipeline.
-pub fn saved_spec(mode: RowMode) -> Specialization {
-    Specialization::new(SAVED_KERNEL, Io::F32)
-        .set("WG", COL_WG)
-        .set("MODE", mode.code())
+/// The saved-rstd gather pipeline (the same for LayerNorm and RMSNorm: it copies rstd only).
+pub fn saved_spec() -> Specialization {
+    Specialization::new(SAVED_KERNEL, Io::F32).set("WG", COL_WG)
 }
 
 /// The partials pipeline.
@@ -200,7 +198,7 @@ pub fn reduce_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
 
 /// Every pipeline the engine can create, for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
-    let mut out = Vec::new();
+    let mut out = vec![saved_spec()];
     for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
         for io in Io::ALL {
             for bits in 0..16u32 {
@@ -217,9 +215,6 @@ pub fn specializations() -> Vec<Specialization> {
                 }
             }
             out.push(naive_dx_spec(mode, Io { vec4: false, ..io }, true));
-            if io == Io::F32 {
-                out.push(saved_spec(mode));
-            }
             if mode == RowMode::LayerNorm {
                 // Weight Standardization: plain rows, each variance convention.
                 for (unbiased, eps_outside) in [(true, false), (false, true), (true, true)] {
@@ -456,7 +451,7 @@ impl RowGrad {
         if let (Some(rstd), true) = (&r.rstd, rows > 0) {
             let bind = self.binds.get(ctx, SAVED_SLOTS, &params, &[rstd, &stats])?;
             let groups = binding::grid(ctx, (rows as u64).div_ceil(COL_WG as u64));
-            passes.push((ctx.pipeline(&saved_spec(mode))?, bind, groups));
+            passes.push((ctx.pipeline(&saved_spec())?, bind, groups));
         }
         if rows > 0 {
             let bind = self.binds.get(

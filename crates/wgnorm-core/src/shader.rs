@@ -333,24 +333,21 @@ const WRITE_DECL: &str = "var<storage, read_write> ";
 const ELEM_ARRAY: &str = ": array<Elem>;";
 
 /// The access mode and name of a declaration line of an element-type binding.
-fn elem_decl(line: &str) -> Option<(usize, ElemBinding)> {
-    let (at, writable, rest) = match (line.find(READ_DECL), line.find(WRITE_DECL)) {
-        (Some(i), _) => (i, false, &line[i + READ_DECL.len()..]),
-        (_, Some(i)) => (i, true, &line[i + WRITE_DECL.len()..]),
+fn elem_decl(line: &str) -> Option<ElemBinding> {
+    let (writable, rest) = match (line.find(READ_DECL), line.find(WRITE_DECL)) {
+        (Some(i), _) => (false, &line[i + READ_DECL.len()..]),
+        (_, Some(i)) => (true, &line[i + WRITE_DECL.len()..]),
         _ => return None,
     };
     let name = rest.trim_end().strip_suffix(ELEM_ARRAY)?;
-    let binding = ElemBinding {
+    Some(ElemBinding {
         name: name.trim().to_string(),
         writable,
-    };
-    Some((at, binding))
+    })
 }
 
 fn elem_bindings(body: &str) -> Vec<ElemBinding> {
-    body.lines()
-        .filter_map(|l| elem_decl(l).map(|(_, b)| b))
-        .collect()
+    body.lines().filter_map(elem_decl).collect()
 }
 
 /// The body with its element-type bindings declared as u32 words (atomic when writable), for
@@ -359,7 +356,7 @@ fn declare_words(body: &str) -> String {
     let mut out = String::with_capacity(body.len() + 256);
     for line in body.lines() {
         match elem_decl(line) {
-            Some((_, b)) => {
+            Some(b) => {
                 let word = if b.writable { "atomic<u32>" } else { "u32" };
                 out.push_str(&line.replace(ELEM_ARRAY, &format!(": array<{word}>;")));
             }
