@@ -294,7 +294,7 @@ fn group_and_instance_norm_bind_large_tensors_in_windows_of_samples() {
 }
 
 /// BatchNorm (statistics across the batch) binds windows of q (samples for NCHW, tokens for
-/// NHWC): each window's moments go to their own tiles and one finalize merges them. A 2.5 MiB
+/// NHWC): each window reduces its share of every channel's tiles and one finalize merges them. A 2.5 MiB
 /// batch on 1 MiB bindings with a common offset of 1e3 (every window must centre on the first
 /// window's shift), training (running statistics, saved statistics) and inference, both
 /// layouts and dtypes, against the f64 reference.
@@ -405,8 +405,8 @@ fn batch_norm_binds_large_tensors_in_windows_of_the_batch() {
 }
 
 /// InstanceNorm with `track_running_stats` binds windows of samples in training (the reduce
-/// pass writes each window's merged moments from its first slot; normalize reads them from
-/// there) and in inference; BatchNorm's synchronised reduce binds windows of the batch axis.
+/// pass and the normalize pass each window x) and in inference; BatchNorm's synchronised reduce
+/// binds windows of the batch axis.
 /// 2.5 MiB on 1 MiB bindings, against the f64 reference.
 #[test]
 fn tracked_instance_norm_and_synced_batch_norm_bind_windows() {
@@ -532,5 +532,192 @@ fn tracked_instance_norm_and_synced_batch_norm_bind_windows() {
             (mean - want.mean[k]).abs() < 1e-5 * 50.0,
             "channel {k} mean {mean}"
         );
+    }
+}
+
+/// One sample larger than a binding (the SDXL VAE decoder's shape, scaled to 1 MiB bindings):
+/// GroupNorm(+SiLU) and InstanceNorm on N = 1 and N = 2 bind windows inside each sample: slot
+/// runs for NCHW (Q = 1), steps of the spatial axis for NHWC. Each matches the f64 reference
+/// and gives the same bits as the unwindowed call on a device with the default binding limit,
+/// both layouts and dtypes, with a common offset (every window shares its slot's shift).
+#[test]
+fn group_and_instance_norm_bind_windows_inside_one_sample() {
+    use wgnorm_reference::chnorm as cref;
+    let c = limited_context(1 << 20);
+    let whole = wgnorm_tests::ctx();
+    let (ch, hw, g) = (32usize, 128 * 128usize, 8usize);
+    for n in [1usize, 2] {
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            for dtype in [DType::F32, DType::F16] {
+                let x: Vec<f32> = noise(31, n * ch * hw)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * (1.0 + (i / hw % ch) as f32 * 0.05) + 20.0)
+                    .collect();
+                let (w, b) = (noise(32, ch), noise(33, ch));
+                let xd = round_to(dtype, &x);
+                let in_layout = |v: &[f64]| match layout {
+                    Layout::Nchw => v.to_vec(),
+                    Layout::Nhwc => cref::to_nhwc(v, n, ch, hw),
+                };
+                let shape = match layout {
+                    Layout::Nchw => [n, ch, 128, 128],
+                    Layout::Nhwc => [n, 128, 128, ch],
+                };
+                let xl: Vec<f32> = in_layout(&xd).iter().map(|&v| v as f32).collect();
+                let (wd, bd) = (round_to(DType::F32, &w), round_to(DType::F32, &b));
+                let (at, rt) = if dtype == DType::F16 {
+                    (4e-3, 4e-3)
+                } else {
+                    (2e-5, 1e-4)
+                };
+                let what = format!("{layout:?} {dtype} {n}x{ch}x128x128 (1 MiB bindings)");
+                let run = |ctx: &Context, instance: bool| {
+                    let xt = ctx.upload(&xl, &shape, dtype).unwrap();
+                    let wt = ctx.upload_f32(&w, &[ch]).unwrap();
+                    let bt = ctx.upload_f32(&b, &[ch]).unwrap();
+                    let inputs = NormInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        bias: Some(&bt),
+                    };
+                    let y = if instance {
+                        let cfg = InstanceNormConfig {
+                            layout,
+                            dtype,
+                            ..Default::default()
+                        };
+                        InstanceNorm::new(ctx, cfg).unwrap().forward(&inputs)
+                    } else {
+                        let cfg = GroupNormConfig {
+                            layout,
+                            dtype,
+                            activation: Activation::Silu,
+                            ..GroupNormConfig::new(g)
+                        };
+                        GroupNorm::new(ctx, cfg).unwrap().forward(&inputs)
+                    };
+                    ctx.download(&y.unwrap()).unwrap()
+                };
+                for instance in [false, true] {
+                    let name = if instance { "in" } else { "gn+silu" };
+                    let y = run(&c, instance);
+                    let want = if instance {
+                        cref::instance_norm(&xd, n, ch, hw, Some(&wd), Some(&bd), 1e-5)
+                    } else {
+                        cref::group_norm(&xd, n, ch, hw, g, Some(&wd), Some(&bd), 1e-5, true)
+                    };
+                    assert_close(&format!("{name} {what}"), &y, &in_layout(&want), at, rt);
+                    let y_whole = run(whole, instance);
+                    let same = y
+                        .iter()
+                        .zip(&y_whole)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{name} {what}: windows changed bits");
+                }
+            }
+        }
+    }
+}
+
+/// The batch-statistics backward binds x, dy and dx in windows like the forward: GroupNorm+SiLU
+/// on one 2 MiB sample (NCHW: windows inside a channel's run; NHWC: steps of the spatial axis)
+/// and BatchNorm training across a 2 MiB batch, on 1 MiB bindings, both layouts, against the
+/// f64 reference gradients and bit for bit the same as on the default binding limit.
+#[test]
+fn channel_backward_binds_large_tensors_in_windows() {
+    use wgnorm::{BatchNormGradInputs, NormGradInputs};
+    use wgnorm_reference::{chnorm as cref, grad};
+    let c = limited_context(1 << 20);
+    let whole = wgnorm_tests::ctx();
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        for (n, ch, side, batch) in [(1usize, 8usize, 256usize, false), (16, 8, 64, true)] {
+            let hw = side * side;
+            let x: Vec<f32> = noise(41, n * ch * hw)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * (1.0 + (i / hw % ch) as f32 * 0.05) + 3.0)
+                .collect();
+            let (w, b, dy) = (noise(42, ch), noise(43, ch), noise(44, n * ch * hw));
+            let (xd, dyd) = (round_to(DType::F32, &x), round_to(DType::F32, &dy));
+            let (wd, bd) = (round_to(DType::F32, &w), round_to(DType::F32, &b));
+            let to = |v: &[f64]| match layout {
+                Layout::Nchw => v.to_vec(),
+                Layout::Nhwc => cref::to_nhwc(v, n, ch, hw),
+            };
+            let shape = match layout {
+                Layout::Nchw => [n, ch, side, side],
+                Layout::Nhwc => [n, side, side, ch],
+            };
+            let host = |v: &[f64]| to(v).iter().map(|&a| a as f32).collect::<Vec<_>>();
+            let (xl, dyl) = (host(&xd), host(&dyd));
+            let run = |ctx: &Context| {
+                let xt = ctx.upload_f32(&xl, &shape).unwrap();
+                let dyt = ctx.upload_f32(&dyl, &shape).unwrap();
+                let wt = ctx.upload_f32(&w, &[ch]).unwrap();
+                let bt = ctx.upload_f32(&b, &[ch]).unwrap();
+                let (dx, dw) = if batch {
+                    let cfg = BatchNormConfig {
+                        layout,
+                        ..Default::default()
+                    };
+                    let inputs = BatchNormGradInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        dy: &dyt,
+                        saved: None,
+                        running_mean: None,
+                        running_var: None,
+                    };
+                    let g = BatchNorm::new(ctx, cfg).unwrap();
+                    let g = g.backward(&inputs, Mode::Train).unwrap();
+                    (g.dx, g.dweight)
+                } else {
+                    let cfg = GroupNormConfig {
+                        layout,
+                        activation: Activation::Silu,
+                        ..GroupNormConfig::new(2)
+                    };
+                    let inputs = NormGradInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        bias: Some(&bt),
+                        dy: &dyt,
+                        saved: None,
+                    };
+                    let g = GroupNorm::new(ctx, cfg).unwrap().backward(&inputs).unwrap();
+                    (g.dx, g.dweight)
+                };
+                (ctx.download(&dx).unwrap(), ctx.download(&dw).unwrap())
+            };
+            let want = if batch {
+                grad::batch_norm_grad(&xd, n, ch, hw, Some(&wd), &dyd, None, 1e-5)
+            } else {
+                grad::group_norm_grad(&xd, n, ch, hw, 2, &wd, &bd, &dyd, 1e-5, true)
+            };
+            let what = format!(
+                "{} backward {layout:?} {n}x{ch}x{side}x{side} (1 MiB bindings)",
+                if batch { "bn" } else { "gn+silu" }
+            );
+            let (dx, dw) = run(&c);
+            let s = |v: &[f64]| v.iter().fold(1.0f64, |m, a| m.max(a.abs()));
+            let want_dx = to(&want.dx);
+            assert_close(
+                &format!("{what} dx"),
+                &dx,
+                &want_dx,
+                3e-5 * s(&want_dx),
+                3e-4,
+            );
+            let wdw = &want.dweight;
+            assert_close(&format!("{what} dweight"), &dw, wdw, 3e-5 * s(wdw), 3e-4);
+            let (dx_whole, dw_whole) = run(whole);
+            let same =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same(&dx, &dx_whole) && same(&dw, &dw_whole),
+                "{what}: windows changed bits"
+            );
+        }
     }
 }

@@ -28,10 +28,17 @@ struct ChannelGradParams {
     tiles: u32,
     tile_len: u32,
     eps: f32,
-    // Elements of x.
+    // Elements of x (dx: the end of this dispatch's window).
     total: u32,
+    // x, dy and dx may be bound in windows: a dispatch covers the call's workgroups (partials)
+    // or invocations (dx) from group_base on (partials: up to group_end), its bindings start at
+    // element x_base, and every index is the whole call's.
+    group_base: u32,
+    x_base: u32,
+    group_end: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: ChannelGradParams;

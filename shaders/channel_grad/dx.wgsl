@@ -46,7 +46,8 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let e0 = (linear_group(wid, nwg) * WG + lid) * BLOCK;
+    // Windows: invocations from group_base, indices the whole tensor's (bound from x_base).
+    let e0 = (linear_group(wid, nwg) * WG + lid + params.group_base) * BLOCK;
     if (e0 >= params.total) {
         return;
     }
@@ -73,9 +74,10 @@ fn main(
         let run = min(end - e, params.sdiv - t);
         if (ACT == 1u) {
             for (var i = e; i < e + run; i++) {
-                let xhat = (x_load(i) - kc.x) * kc.y;
-                let g = act_grad(dy_load(i), xhat * w + b) * w;
-                dx_store(i, kc.y * (g - kc.z - xhat * kc.w) + al * dy_load(i));
+                let li = i - params.x_base;
+                let xhat = (x_load(li) - kc.x) * kc.y;
+                let g = act_grad(dy_load(li), xhat * w + b) * w;
+                dx_store(li, kc.y * (g - kc.z - xhat * kc.w) + al * dy_load(li));
             }
         } else {
             // dx = A dy + B (x - mean) + C: rstd (w dy - c1 - xhat c2) expanded.
@@ -83,7 +85,8 @@ fn main(
             let cb = -kc.y * kc.y * kc.w;
             let cc = -kc.y * kc.z;
             for (var i = e; i < e + run; i++) {
-                dx_store(i, ca * dy_load(i) + cb * (x_load(i) - kc.x) + cc);
+                let li = i - params.x_base;
+                dx_store(li, ca * dy_load(li) + cb * (x_load(li) - kc.x) + cc);
             }
         }
         e += run;

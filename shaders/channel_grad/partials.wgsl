@@ -61,8 +61,8 @@ fn block_sums(pp: u32, rr: u32, s0: u32, st: vec2<f32>, w: f32, b: f32, lo: u32,
         var a = 0.0;
         var c = 0.0;
         for (var k = 0u; k < run; k++) {
-            let xv = x_load(base + k);
-            let d = dy_load(base + k);
+            let xv = x_load(base + k - params.x_base);
+            let d = dy_load(base + k - params.x_base);
             if (ACT == 1u) {
                 let xhat = (xv - st.x) * st.y;
                 let dz = act_grad(d, xhat * w + b);
@@ -90,13 +90,21 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let g = linear_group(wid, nwg);
+    // Workgroup g is (p, channel, tile) when Q = 1 (a channel's run is contiguous), else
+    // (p, tile, channel), channels fastest: either way a range of workgroups reads one
+    // contiguous range of x (a binding window).
+    let g = linear_group(wid, nwg) + params.group_base;
     let c = channels();
-    if (g >= params.p * c * params.tiles) {
+    if (g >= params.p * c * params.tiles || g >= params.group_end) {
         return;
     }
-    let tile = g % params.tiles;
-    let pc = g / params.tiles;
+    var tile = g % params.tiles;
+    var pc = g / params.tiles;
+    if (params.q > 1u) {
+        let pt = g / c;
+        tile = pt % params.tiles;
+        pc = (pt / params.tiles) * c + g % c;
+    }
     let ch = pc % c;
     let pp = pc / c;
     let rr = ch / params.cg;
@@ -113,7 +121,7 @@ fn main(
         let hi = min(end, lo + per_lane);
         let sums = wg_sum2(lid, block_sums(pp, rr, s0, st, w, b, lo, hi));
         if (lid == 0u) {
-            partials[g] = sums;
+            partials[pc * params.tiles + tile] = sums;
         }
         return;
     }
@@ -127,8 +135,8 @@ fn main(
     var acc = vec2<f32>(0.0);
     for (var j = j0; j < end; j += WG) {
         let e = ((pp * params.q + qq) * params.r + rr) * params.s + s0 + t;
-        let xhat = (x_load(e) - st.x) * st.y;
-        let dz = act_grad(dy_load(e), xhat * w + b);
+        let xhat = (x_load(e - params.x_base) - st.x) * st.y;
+        let dz = act_grad(dy_load(e - params.x_base), xhat * w + b);
         acc += vec2<f32>(dz, dz * xhat);
         t += dt;
         qq += dq;
@@ -139,6 +147,6 @@ fn main(
     }
     let sums = wg_sum2(lid, acc);
     if (lid == 0u) {
-        partials[g] = sums;
+        partials[pc * params.tiles + tile] = sums;
     }
 }

@@ -14,6 +14,8 @@
 // CH_VEC: the VW elements of one access are VW consecutive channels (channels-last with C a
 // multiple of 4): mean/scale/shift load as vectors. Otherwise one access lies in one channel.
 // Invocation 0 also advances num_batches_tracked when COUNT_BATCH (after finalize read it).
+// x and y may be bound in windows: invocations count from group_base, indices are the whole
+// tensor's (x at access i is x_load(i - x_base)), and total_v is this window's end.
 
 override WG: u32 = 256u;
 override BLOCK: u32 = 1u;
@@ -82,6 +84,15 @@ fn mix_coefs(a: Coefs, b: Coefs, n: u32) -> Coefs {
     );
 }
 
+// x and y at access i of the whole tensor (bound from access x_base on).
+fn x_at(i: u32) -> V {
+    return x_load(i - params.x_base);
+}
+
+fn y_at(i: u32, v: V) {
+    y_store(i - params.x_base, v);
+}
+
 // y for one access with the current channel's coefficients.
 fn apply_one(xv: V, k: Coefs) -> V {
     return activate(epilogue(xv, k));
@@ -113,7 +124,7 @@ fn channels_last(inv: u32) {
     loop {
         let stop = min(t_end, t + left);
         for (; t < stop; t = t + 1u) {
-            y_store(i, apply_one(x_load(i), kc));
+            y_at(i, apply_one(x_at(i), kc));
             i = i + cv;
         }
         if (t >= t_end) {
@@ -131,9 +142,9 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let inv = (wid.x + wid.y * nwg.x) * WG + lid;
-    // Once per call: windows of q after the first have tile_base > 0.
-    if (COUNT_BATCH && inv == 0u && params.tile_base == 0u) {
+    let inv = (wid.x + wid.y * nwg.x) * WG + lid + params.group_base;
+    // Once per call: only the first window has invocation 0.
+    if (COUNT_BATCH && inv == 0u) {
         batches[0] = batches[0] + 1u;
     }
     if (CH_VEC) {
@@ -168,7 +179,7 @@ fn main(
             let stop = min(end, i + (params.sdiv - within) / 4u);
             within = within + (stop - i) * 4u;
             for (; i < stop; i = i + 1u) {
-                y_store(i, apply_one(x_load(i), k));
+                y_at(i, apply_one(x_at(i), k));
             }
             if (i >= end) {
                 break;
@@ -178,7 +189,7 @@ fn main(
             let rem = params.sdiv - within;
             if (rem > 0u) {
                 // Access i ends this run and starts the next.
-                y_store(i, apply_one(x_load(i), mix_coefs(k, kn, rem)));
+                y_at(i, apply_one(x_at(i), mix_coefs(k, kn, rem)));
                 i = i + 1u;
             }
             within = 4u - rem;
@@ -200,7 +211,7 @@ fn main(
             let left = (params.sdiv - within) / VW;
             let stop = min(end, i + left);
             for (; i < stop; i = i + 1u) {
-                y_store(i, apply_one(x_load(i), k));
+                y_at(i, apply_one(x_at(i), k));
             }
             if (i >= end) {
                 break;

@@ -37,16 +37,14 @@ struct ChannelParams {
     // SELU epilogue constants (the activation snippet reads them).
     selu_alpha: f32,
     selu_lambda: f32,
-    // This window's first slot in `stats` (finalize; bound whole): x may be bound in windows of
-    // samples p.
-    slot_base: u32,
-    // Tiles this moments dispatch covers and the first of them in the partials (stride per slot:
-    // tiles), when x is bound in windows of q (a single sample larger than one binding).
-    // tile_base 0: the first window, which alone stores the shift and counts the batch.
-    window_tiles: u32,
-    tile_base: u32,
-    // First slot of this window of samples in the given merged moments (finalize, bound whole).
-    moments_base: u32,
+    // x (and y) may be bound in binding windows: a dispatch covers the call's workgroups (moments)
+    // or invocations (apply) from group_base on, and its binding starts at access x_base of the
+    // tensor. Every index is the whole call's, so a window computes what the unsplit call would.
+    // group_end: the moments dispatch's end (its 2D grid may round past it).
+    group_base: u32,
+    x_base: u32,
+    group_end: u32,
+    _pad1: u32,
     // Moments pass: consecutive channels whose moments a grouped finalize merges (channels-last
     // GroupNorm reduced per channel); they share their group's shift. 1 otherwise.
     shift_cg: u32,

@@ -75,7 +75,7 @@ fn main(
     } else if (REDUCE == 3u) {
         var acc = Moments(0.0, 0.0, 0.0);
         for (var t = 0u; t < params.tiles; t = t + 1u) {
-            acc = moments_merge(acc, partials[(params.moments_base + slot) * params.tiles + t]);
+            acc = moments_merge(acc, partials[slot * params.tiles + t]);
         }
         // A batch of padding only has no statistics: psi2 = 0 (documented choice).
         let psi2 = select(0.0, acc.m2 / acc.n, acc.n > 0.0);
@@ -90,7 +90,7 @@ fn main(
     } else {
         var acc = Moments(0.0, 0.0, 0.0);
         for (var t = 0u; t < params.tiles; t = t + 1u) {
-            acc = moments_merge(acc, partials[(params.moments_base + slot) * params.tiles + t]);
+            acc = moments_merge(acc, partials[slot * params.tiles + t]);
         }
         if (SHIFTED) {
             shift = partials[params.p * params.r * params.tiles + slot].mean;
@@ -152,7 +152,7 @@ fn main(
             rstd = select(0.0, params.norm_target / norm, norm > 0.0);
         }
     }
-    stats[params.slot_base + slot] = vec2<f32>(mean, rstd);
+    stats[slot] = vec2<f32>(mean, rstd);
     let c_total = params.r * params.cg;
     for (var k = 0u; k < params.cg; k = k + 1u) {
         let ch = rr * params.cg + k;

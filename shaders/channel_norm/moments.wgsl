@@ -17,8 +17,9 @@ override CHANNEL_LANES: bool = false;
 // REDUCE 0: moments of x - shift, with shift the mean of the slot's first access, so a large
 // common offset does not limit the precision of the mean (an f32 mean of values near 1e4 is off
 // by up to 5e-4). Tile 0 stores the shift after the partials, at slots * tiles + slot, as
-// Moments(0, shift, 0); finalize and merge add it back. Windows of q after the first
-// (tile_base > 0) read the first window's shift back, so every tile of a slot shares one shift.
+// Moments(0, shift, 0); finalize and merge add it back. A binding window that starts past the
+// slot's first access reads the shift back (tile 0 ran in an earlier window), so every tile of a
+// slot shares one shift whatever the windows.
 override SHIFTED: bool = false;
 
 // Where slot (pp, rr)'s shift is kept: after the partials, one per slot, or one per group of
@@ -28,33 +29,45 @@ fn shift_index(pp: u32, rr: u32) -> u32 {
     return params.p * params.r * params.tiles + pp * (params.r / g) + rr / g;
 }
 
+// x at access `e` of the whole tensor: this dispatch binds x from access x_base on.
+fn x_at(e: u32) -> V {
+    return x_load(e - params.x_base);
+}
+
+// The shift of a slot whose first access is `first`: read from x when this window binds it,
+// else the one tile 0 stored.
+fn shift_at(first: u32, pp: u32, rr: u32) -> f32 {
+    if (first < params.x_base) {
+        return partials[shift_index(pp, rr)].mean;
+    }
+    return hsum(x_at(first)) / f32(VW);
+}
+
 fn slot_shift(pp: u32, rr: u32) -> f32 {
     if (!SHIFTED) {
         return 0.0;
     }
-    if (params.tile_base > 0u) {
-        return partials[shift_index(pp, rr)].mean;
-    }
-    return hsum(x_load((pp * params.q * params.r + rr) * params.s_v)) / f32(VW);
+    return shift_at((pp * params.q * params.r + rr) * params.s_v, pp, rr);
 }
 
 fn store_shift(pp: u32, rr: u32, tile: u32, shift: f32) {
-    if (SHIFTED && tile == 0u && params.tile_base == 0u) {
+    if (SHIFTED && tile == 0u) {
         partials[shift_index(pp, rr)] = Moments(0.0, shift, 0.0);
     }
 }
 
-// Where tile `tile` of this dispatch keeps its partial moments.
+// Where tile `tile` of a slot keeps its partial moments.
 fn partial_index(slot: u32, tile: u32) -> u32 {
-    return slot * params.tiles + params.tile_base + tile;
+    return slot * params.tiles + tile;
 }
 
+// Workgroup g of the channel-lane paths is (pp, tile, chunk), chunks fastest, so the workgroups
+// of a range of tiles read one contiguous run of tokens (one binding window).
 fn channel_lanes(g: u32, lid: u32) {
     let chunks = (params.r + WG - 1u) / WG;
-    let tile = g % params.window_tiles;
-    let rest = g / params.window_tiles;
-    let chunk = rest % chunks;
-    let pp = rest / chunks;
+    let chunk = g % chunks;
+    let tile = (g / chunks) % params.tiles;
+    let pp = g / chunks / params.tiles;
     let rr = chunk * WG + lid;
     if (pp >= params.p || rr >= params.r) {
         return;
@@ -71,10 +84,10 @@ fn channel_lanes(g: u32, lid: u32) {
         let ok1 = j + 1u < end;
         let ok2 = j + 2u < end;
         let ok3 = j + 3u < end;
-        let v0 = x_load(e) - sh;
-        let v1 = select(V(0.0), x_load(select(e, e + stride, ok1)) - sh, ok1);
-        let v2 = select(V(0.0), x_load(select(e, e + 2u * stride, ok2)) - sh, ok2);
-        let v3 = select(V(0.0), x_load(select(e, e + 3u * stride, ok3)) - sh, ok3);
+        let v0 = x_at(e) - sh;
+        let v1 = select(V(0.0), x_at(select(e, e + stride, ok1)) - sh, ok1);
+        let v2 = select(V(0.0), x_at(select(e, e + 2u * stride, ok2)) - sh, ok2);
+        let v3 = select(V(0.0), x_at(select(e, e + 3u * stride, ok3)) - sh, ok3);
         acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
         e = e + 4u * stride;
     }
@@ -88,10 +101,9 @@ fn channel_lanes(g: u32, lid: u32) {
 fn channel_vec_lanes(g: u32, lid: u32) {
     let cv = params.r / VW;
     let chunks = (cv + WG - 1u) / WG;
-    let tile = g % params.window_tiles;
-    let rest = g / params.window_tiles;
-    let chunk = rest % chunks;
-    let pp = rest / chunks;
+    let chunk = g % chunks;
+    let tile = (g / chunks) % params.tiles;
+    let pp = g / chunks / params.tiles;
     let jv = chunk * WG + lid;
     if (pp >= params.p || jv >= cv) {
         return;
@@ -101,12 +113,13 @@ fn channel_vec_lanes(g: u32, lid: u32) {
     let ch0 = jv * VW;
     var sh = V(0.0);
     if (SHIFTED) {
-        if (params.tile_base > 0u) {
+        let first = pp * params.q * cv + jv;
+        if (first < params.x_base) {
             for (var k = 0u; k < VW; k++) {
                 sh = set_lane(sh, k, partials[shift_index(pp, ch0 + k)].mean);
             }
         } else if (params.shift_cg <= 1u) {
-            sh = x_load(pp * params.q * cv + jv);
+            sh = x_at(first);
             if (tile == 0u) {
                 for (var k = 0u; k < VW; k++) {
                     partials[shift_index(pp, ch0 + k)] = Moments(0.0, get_lane(sh, k), 0.0);
@@ -114,12 +127,12 @@ fn channel_vec_lanes(g: u32, lid: u32) {
             }
         } else {
             // Grouped channels share the first token's value of their group's first channel;
-            // that channel's lane stores it.
+            // that channel's lane stores it (that token's row is in every window binding it).
             for (var k = 0u; k < VW; k++) {
                 let c = ch0 + k;
                 let first = c - c % params.shift_cg;
                 let e = pp * params.q * params.r + first;
-                let v = get_lane(x_load(e / VW), e % VW);
+                let v = get_lane(x_at(e / VW), e % VW);
                 sh = set_lane(sh, k, v);
                 if (tile == 0u && c == first) {
                     partials[shift_index(pp, c)] = Moments(0.0, v, 0.0);
@@ -135,10 +148,10 @@ fn channel_vec_lanes(g: u32, lid: u32) {
         let ok1 = j + 1u < end;
         let ok2 = j + 2u < end;
         let ok3 = j + 3u < end;
-        let v0 = x_load(e) - sh;
-        let v1 = select(V(0.0), x_load(select(e, e + cv, ok1)) - sh, ok1);
-        let v2 = select(V(0.0), x_load(select(e, e + 2u * cv, ok2)) - sh, ok2);
-        let v3 = select(V(0.0), x_load(select(e, e + 3u * cv, ok3)) - sh, ok3);
+        let v0 = x_at(e) - sh;
+        let v1 = select(V(0.0), x_at(select(e, e + cv, ok1)) - sh, ok1);
+        let v2 = select(V(0.0), x_at(select(e, e + 2u * cv, ok2)) - sh, ok2);
+        let v3 = select(V(0.0), x_at(select(e, e + 3u * cv, ok3)) - sh, ok3);
         // The chunk's own mean and centred M2 per channel, then one Chan merge.
         let k = 1.0 + f32(ok1) + f32(ok2) + f32(ok3);
         let cm = (v0 + v1 + v2 + v3) / k;
@@ -169,7 +182,7 @@ fn channel_vec_lanes(g: u32, lid: u32) {
 fn load(pp: u32, rr: u32, j: u32) -> V {
     let q = j / params.s_v;
     let s = j - q * params.s_v;
-    return x_load(((pp * params.q + q) * params.r + rr) * params.s_v + s);
+    return x_at(((pp * params.q + q) * params.r + rr) * params.s_v + s);
 }
 
 @compute @workgroup_size(WG)
@@ -178,7 +191,11 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let g = linear_group(wid, nwg);
+    // This dispatch's workgroups are the whole call's from group_base on (x bound in windows).
+    let g = linear_group(wid, nwg) + params.group_base;
+    if (g >= params.group_end) {
+        return;
+    }
     if (CHANNEL_LANES && VW == 4u) {
         channel_vec_lanes(g, lid);
         return;
@@ -187,10 +204,18 @@ fn main(
         channel_lanes(g, lid);
         return;
     }
+    // Workgroup g is (slot, tile) when Q = 1 (a slot's run is contiguous), else (pp, tile, rr),
+    // slots fastest: either way a range of workgroups reads one contiguous range of x.
     let slots = params.p * params.r;
-    let live = g < slots * params.window_tiles;
-    let slot = g / params.window_tiles;
-    let tile = g % params.window_tiles;
+    let live = g < slots * params.tiles;
+    var slot = g / params.tiles;
+    var tile = g % params.tiles;
+    if (params.q > 1u) {
+        let rr_g = g % params.r;
+        let pt = g / params.r;
+        tile = pt % params.tiles;
+        slot = (pt / params.tiles) * params.r + rr_g;
+    }
     let pp = slot / params.r;
     let rr = slot % params.r;
     let len = params.q * params.s_v;
@@ -252,10 +277,10 @@ fn main(
             }
         }
         // Past the range's end, read a valid element and drop it.
-        let v0 = x_load(e[0]) - sh;
-        let v1 = select(V(0.0), x_load(select(e[0], e[1], ok1)) - sh, ok1);
-        let v2 = select(V(0.0), x_load(select(e[0], e[2], ok2)) - sh, ok2);
-        let v3 = select(V(0.0), x_load(select(e[0], e[3], ok3)) - sh, ok3);
+        let v0 = x_at(e[0]) - sh;
+        let v1 = select(V(0.0), x_at(select(e[0], e[1], ok1)) - sh, ok1);
+        let v2 = select(V(0.0), x_at(select(e[0], e[2], ok2)) - sh, ok2);
+        let v3 = select(V(0.0), x_at(select(e[0], e[3], ok3)) - sh, ok3);
         acc = push4(acc, v0, v1, v2, v3, 1u + u32(ok1) + u32(ok2) + u32(ok3));
     }
     let merged = workgroup_merge(acc, lid);

@@ -147,22 +147,35 @@ fn copies(ctx: &Context, bytes: u64) -> Result<Vec<Copy>> {
         ("copy 64 vec4/lane", 64, 64),
     ] {
         let pipeline = ctx.pipeline(&wgnorm::engine::core::baseline::copy_spec(io, wg, block))?;
-        let params = CopyParams {
-            n_vec,
-            ..Default::default()
-        };
+        // Tensors past the binding limit (the real-model rows) copy in binding windows, as
+        // the ops do.
+        let per_window = binding::window_accesses(ctx, "src", n_vec as u64, 16)?;
         let cache = BindCache::default();
-        let s = binding::storage_range(ctx, "src", &src)?;
-        let d = binding::storage_range(ctx, "dst", &dst)?;
-        let bg = cache.get(ctx, COPY_SLOTS, &params, &[&s, &d])?;
-        let (gx, gy) = binding::grid(ctx, (n_vec as u64).div_ceil((wg * block) as u64));
+        let s = binding::storage_range_unbounded(ctx, "src", &src)?;
+        let d = binding::storage_range_unbounded(ctx, "dst", &dst)?;
+        let mut dispatches = Vec::new();
+        for first in (0..n_vec as u64).step_by(per_window as usize) {
+            let len = per_window.min(n_vec as u64 - first);
+            let params = CopyParams {
+                n_vec: len as u32,
+                ..Default::default()
+            };
+            let (sw, dw) = (
+                s.window(first * 16, len * 16),
+                d.window(first * 16, len * 16),
+            );
+            let bg = cache.get(ctx, COPY_SLOTS, &params, &[&sw, &dw])?;
+            dispatches.push((bg, binding::grid(ctx, len.div_ceil((wg * block) as u64))));
+        }
         out.push(Copy {
             name,
             run: Box::new(move |enc: &mut wgpu::CommandEncoder| {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bg, &[]);
-                pass.dispatch_workgroups(gx, gy, 1);
+                for (bg, (gx, gy)) in &dispatches {
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(*gx, *gy, 1);
+                }
             }),
         });
     }
@@ -942,6 +955,14 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
     for &(op, shape) in grad_channel {
         if wanted(o, op, &shape.map(|d| d.to_string()).join("x")) {
             out.push(crate::bench_grad::channel_grad_case(ctx, op, shape)?);
+        }
+    }
+    // Real-model rows at their real size (full runs only).
+    if !o.quick {
+        for layout in [wgnorm::Layout::Nchw, wgnorm::Layout::Nhwc] {
+            if wanted(o, "vae_group_norm_silu", "1x128x1024x1024") {
+                out.push(crate::bench_models::vae_case(ctx, layout)?);
+            }
         }
     }
     // QK-norm + RoPE fused, against norm then rope.

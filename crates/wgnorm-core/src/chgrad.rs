@@ -10,6 +10,7 @@
 //! bitwise reproducible.
 
 use crate::binding::{self, BindCache, BufferRange};
+use crate::chnorm::split::{apply_spans, Budget, MomentsGroups, Span};
 use crate::chnorm::{ChannelNorm, ChannelView};
 use crate::context::Slot;
 use crate::scratch::ScratchCache;
@@ -294,6 +295,16 @@ struct Ranges {
     dalpha: Option<BufferRange>,
 }
 
+/// The bind groups of a call: per binding window the partials' (with their workgroups) and
+/// dx's (with their invocations); the finalize roles once.
+struct GradBinds {
+    partials: Vec<(wgpu::BindGroup, u64)>,
+    coef: wgpu::BindGroup,
+    params: Option<wgpu::BindGroup>,
+    dalpha: Option<wgpu::BindGroup>,
+    dx: Vec<(wgpu::BindGroup, u64)>,
+}
+
 /// A batch-statistics backward bound to a device.
 pub struct ChannelGrad {
     ctx: Context,
@@ -332,16 +343,62 @@ impl ChannelGrad {
         })
     }
 
-    /// Tiles of each (p, channel)'s `q * sdiv` elements.
-    fn tiling(&self, v: &ChannelView) -> (u32, u32) {
+    /// Tiles of each (p, channel)'s `q * sdiv` elements, `target` elements each or the
+    /// adapter's default.
+    fn tiling(&self, v: &ChannelView, target: Option<usize>) -> (u32, u32) {
         let len = (v.q * v.sdiv).max(1);
-        let target = if self.ctx.is_cpu() {
+        let target = target.unwrap_or(if self.ctx.is_cpu() {
             256 * 64
         } else {
             256 * 16
-        };
-        let tiles = len.div_ceil(target).clamp(1, 256);
+        });
+        let tiles = len.div_ceil(target.max(1)).clamp(1, 256);
         (tiles as u32, len.div_ceil(tiles) as u32)
+    }
+
+    /// x (and dy, dx) of a view under the device's binding limits, in elements.
+    fn budget(&self, v: &ChannelView) -> Budget {
+        let limits = self.ctx.limits();
+        Budget::new(
+            v.numel() as u64,
+            self.dtype.size(),
+            (
+                limits.max_storage_buffer_binding_size,
+                limits.min_storage_buffer_offset_alignment as u64,
+            ),
+        )
+    }
+
+    /// The partials pass's dispatches, one per binding window of x and dy (see
+    /// `chnorm::split`): its workgroups are `(p, channel, tile)` with the channel's elements
+    /// the slot runs of a per-channel view. Tiles are the adapter's whatever the windows, so
+    /// the sums do not depend on them; only where one tile of every channel of a sample does
+    /// not fit a binding are they shortened (in `params`).
+    fn partials_windows(
+        &self,
+        v: &ChannelView,
+        params: &mut ChannelGradParams,
+    ) -> Result<Vec<Span>> {
+        let per_channel = ChannelView {
+            r: v.channels(),
+            s: v.sdiv,
+            cg: 1,
+            ..*v
+        };
+        let wg = partials_wg(self.ctx.is_cpu());
+        loop {
+            let (tiles, tile_len) = (params.tiles, params.tile_len);
+            let groups = MomentsGroups::of(per_channel, (false, false), 1, (tiles, tile_len), wg);
+            match groups.spans(self.budget(v)) {
+                Err(crate::Error::TooLargeForBinding { .. })
+                    if self.tiling(v, Some(tile_len as usize / 2)).1 < tile_len =>
+                {
+                    (params.tiles, params.tile_len) = self.tiling(v, Some(tile_len as usize / 2));
+                    self.check_loop_budget(v, params.tiles)?;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Records the backward into `encoder`: the statistics (a reduce pass of x unless saved or
@@ -370,7 +427,12 @@ impl ChannelGrad {
             }
             _ => None,
         };
-        let binds = self.bind_groups(a, &r, params, moments.as_ref())?;
+        let mut params = params;
+        let spans = [
+            self.partials_windows(&v, &mut params)?,
+            apply_spans(self.budget(&v), dx_block(ctx.is_cpu()) as u64, 1)?,
+        ];
+        let binds = self.bind_groups(a, &r, params, moments.as_ref(), &spans)?;
         let cpu = ctx.is_cpu();
         let pipes = [
             ctx.pipeline(&partials_spec(io, shape, cpu))?,
@@ -383,26 +445,29 @@ impl ChannelGrad {
             self.reduce.encode_reduce(encoder, a.x, v, m)?;
         }
         let c = v.channels() as u64;
-        let groups = [
-            v.p as u64 * c * params.tiles as u64,
-            (v.slots() as u64).div_ceil(SMALL_WG as u64),
-            c.div_ceil(SMALL_WG as u64),
-            1,
-            (v.numel() as u64)
-                .div_ceil(dx_block(cpu) as u64)
-                .div_ceil(SMALL_WG as u64),
-        ];
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgnorm channel_grad"),
             timestamp_writes: None,
         });
-        for ((pipe, bind), n) in pipes.iter().zip(&binds).zip(groups) {
-            if let Some(bind) = bind {
-                let (gx, gy) = binding::grid(ctx, n);
-                pass.set_pipeline(pipe);
-                pass.set_bind_group(0, bind, &[]);
-                pass.dispatch_workgroups(gx, gy, 1);
-            }
+        let mut record = |pipe: &wgpu::ComputePipeline, bind: &wgpu::BindGroup, n: u64| {
+            let (gx, gy) = binding::grid(ctx, n);
+            pass.set_pipeline(pipe);
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        };
+        for (bind, groups) in &binds.partials {
+            record(&pipes[0], bind, *groups);
+        }
+        let slots = (v.slots() as u64).div_ceil(SMALL_WG as u64);
+        record(&pipes[1], &binds.coef, slots);
+        if let Some(bind) = &binds.params {
+            record(&pipes[2], bind, c.div_ceil(SMALL_WG as u64));
+        }
+        if let Some(bind) = &binds.dalpha {
+            record(&pipes[3], bind, 1);
+        }
+        for (bind, invocations) in &binds.dx {
+            record(&pipes[4], bind, invocations.div_ceil(SMALL_WG as u64));
         }
         Ok(())
     }
@@ -419,7 +484,7 @@ impl ChannelGrad {
             dbias: r.dbias.is_some(),
             alpha: r.alpha.is_some(),
         };
-        let (tiles, tile_len) = self.tiling(&v);
+        let (tiles, tile_len) = self.tiling(&v, None);
         let params = ChannelGradParams {
             p: v.p as u32,
             q: v.q as u32,
@@ -431,21 +496,28 @@ impl ChannelGrad {
             tile_len,
             eps: self.eps,
             total: v.numel() as u32,
+            group_base: 0,
+            x_base: 0,
+            group_end: u32::MAX,
             _pad0: 0,
             _pad1: 0,
+            _pad2: 0,
         };
         (shape, params)
     }
 
-    /// The bind groups of the partials, finalize (both roles; the second only when dweight or
-    /// dbias is wanted) and dx passes. `moments`: the reduce pass's output, when it runs.
+    /// The bind groups of the partials (one per span of `spans[0]`), finalize (the dx
+    /// coefficients; the parameter gradients when dweight or dbias is wanted; dalpha when
+    /// wanted) and dx (one per span of `spans[1]`) passes. `moments`: the reduce pass's output,
+    /// when it runs.
     fn bind_groups(
         &self,
         a: &ChannelGradArgs,
         r: &Ranges,
         params: ChannelGradParams,
         moments: Option<&Tensor>,
-    ) -> Result<[Option<wgpu::BindGroup>; 5]> {
+        spans: &[Vec<Span>; 2],
+    ) -> Result<GradBinds> {
         let ctx = &self.ctx;
         let v = a.view;
         let key = a.x.shape();
@@ -472,12 +544,32 @@ impl ChannelGrad {
             .clone()
             .filter(|_| self.silu)
             .unwrap_or_else(|| dr.clone());
-        let partials_bind = self.binds.get(
-            ctx,
-            PARTIALS_SLOTS,
-            &params,
-            &[&source, &rm, &rv, &r.x, &r.dy, &weight, &bias, &partials],
-        )?;
+        let total = v.numel() as u64;
+        let eb = self.dtype.size();
+        let win = |t: &BufferRange, s: &Span| {
+            if s.base == 0 && s.end >= total {
+                t.clone()
+            } else {
+                t.window(s.base * eb, (s.end - s.base) * eb)
+            }
+        };
+        let on = |s: &Span| ChannelGradParams {
+            group_base: s.first as u32,
+            group_end: (s.first + s.count) as u32,
+            x_base: s.base as u32,
+            ..params
+        };
+        let partials_binds = spans[0]
+            .iter()
+            .map(|s| {
+                let (x, dy) = (win(&r.x, s), win(&r.dy, s));
+                let ranges = [&source, &rm, &rv, &x, &dy, &weight, &bias, &partials];
+                Ok((
+                    self.binds.get(ctx, PARTIALS_SLOTS, &on(s), &ranges)?,
+                    s.count,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let coef_bind = self.binds.get(
             ctx,
             FINALIZE_SLOTS,
@@ -487,19 +579,25 @@ impl ChannelGrad {
         let params_bind = self.finalize_params_bind(params, &partials, r)?;
         let dalpha_bind = self.finalize_dalpha_bind(params, [&source, &rm, &rv], &partials, r)?;
         let alpha = r.alpha.as_ref().unwrap_or(&dr);
-        let dx_bind = self.binds.get(
-            ctx,
-            DX_SLOTS,
-            &params,
-            &[&r.x, &r.dy, &weight, &bias, &coef, &r.dx, alpha],
-        )?;
-        Ok([
-            Some(partials_bind),
-            Some(coef_bind),
-            params_bind,
-            dalpha_bind,
-            Some(dx_bind),
-        ])
+        let dx_binds = spans[1]
+            .iter()
+            .map(|s| {
+                let (x, dy, dx) = (win(&r.x, s), win(&r.dy, s), win(&r.dx, s));
+                let pr = ChannelGradParams {
+                    total: s.end as u32,
+                    ..on(s)
+                };
+                let ranges = [&x, &dy, &weight, &bias, &coef, &dx, alpha];
+                Ok((self.binds.get(ctx, DX_SLOTS, &pr, &ranges)?, s.count))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GradBinds {
+            partials: partials_binds,
+            coef: coef_bind,
+            params: params_bind,
+            dalpha: dalpha_bind,
+            dx: dx_binds,
+        })
     }
 
     /// The bind group of the parameter-gradient role, when dweight or dbias is wanted.

@@ -143,20 +143,15 @@ uniform_block! {
         /// SELU epilogue constants.
         pub selu_alpha: f32,
         pub selu_lambda: f32,
-        /// The first slot of this call's window of samples in the saved statistics (finalize),
-        /// which are bound whole; 0 unless x is bound in windows of samples.
-        pub slot_base: u32,
-        /// Tiles of the slot's accesses this moments dispatch covers, and the first of them in
-        /// the partials (whose stride per slot is `tiles`): a call larger than one storage
-        /// binding with a single sample reduces one window of q per dispatch, each window's
-        /// tiles after the previous one's. `tile_base` 0 marks the first window, which alone
-        /// stores the shift and counts the batch; later windows read the shift it stored.
-        pub window_tiles: u32,
-        pub tile_base: u32,
-        /// First slot of this window of samples in the given merged moments (finalize), which
-        /// are bound whole; 0 for the engine's own partials, which each window rewrites from
-        /// slot 0.
-        pub moments_base: u32,
+        /// x (and y) bound in windows: this dispatch's first workgroup (moments) or invocation
+        /// (apply) in the whole call's numbering, and the access of the tensor its binding
+        /// starts at. Every other index is the whole call's, so windows compute exactly what
+        /// one unsplit dispatch would. 0 when x is bound whole. `group_end`: the end of the
+        /// moments dispatch's workgroups (its 2D grid may round past them).
+        pub group_base: u32,
+        pub x_base: u32,
+        pub group_end: u32,
+        pub _pad1: u32,
         /// Moments pass: consecutive channels (slots r) whose moments a grouped finalize merges
         /// (channels-last GroupNorm reduced per channel): they share their group's shift, stored
         /// once per group. 1 otherwise.
@@ -223,10 +218,18 @@ uniform_block! {
         pub tiles: u32,
         pub tile_len: u32,
         pub eps: f32,
-        /// Elements of x.
+        /// Elements of x (dx pass: the end of this dispatch's window).
         pub total: u32,
+        /// x, dy and dx bound in windows: this dispatch's first workgroup (partials) or
+        /// invocation (dx) in the whole call's numbering, the element its bindings start at,
+        /// and the end of its workgroups (partials; its 2D grid may round past them). Every
+        /// other index is the whole call's. 0, 0, `u32::MAX` when bound whole.
+        pub group_base: u32,
+        pub x_base: u32,
+        pub group_end: u32,
         pub _pad0: u32,
         pub _pad1: u32,
+        pub _pad2: u32,
     }
 }
 

@@ -27,27 +27,21 @@ impl ChannelGrad {
                 });
             }
         }
-        let (tiles, _) = self.tiling(&v);
-        let loops = (v.p.max(v.cg) * tiles as usize) as u64;
-        if self.ctx.is_cpu() && loops > crate::rownorm::CPU_LOOP_BUDGET {
-            return Err(Error::InvalidParameter {
-                name: "shape",
-                value: format!("{v:?}"),
-                why: "a lane would loop past the software rasterizer's 65535-iteration limit",
-            });
-        }
+        self.check_loop_budget(&v, self.tiling(&v, None).0)?;
         let ctx = &self.ctx;
         let r = |what, t: &Tensor| binding::storage_range(ctx, what, t);
         let opt = |what, t: Option<&Tensor>| t.map(|t| r(what, t)).transpose();
+        // x, dy and dx may be bound in windows (`ChannelGrad::partials_windows`).
+        let whole = |what, t: &Tensor| binding::storage_range_unbounded(ctx, what, t);
         let ranges = Ranges {
-            x: r("x", a.x)?,
-            dy: r("dy", a.dy)?,
+            x: whole("x", a.x)?,
+            dy: whole("dy", a.dy)?,
             weight: opt("weight", a.weight)?,
             bias: opt("bias", a.bias)?,
             saved: opt("saved", a.saved)?,
             running_mean: opt("running_mean", a.running_mean)?,
             running_var: opt("running_var", a.running_var)?,
-            dx: r("dx", a.dx)?,
+            dx: whole("dx", a.dx)?,
             dweight: opt("dweight", a.dweight)?,
             dbias: opt("dbias", a.dbias)?,
             alpha: opt("alpha", a.alpha)?,
@@ -68,6 +62,24 @@ impl ChannelGrad {
             ("dalpha", ranges.dalpha.as_ref(), true),
         ])?;
         Ok(ranges)
+    }
+
+    /// lavapipe stops a lane's loops after 65535 iterations: refuse views whose finalize lanes
+    /// would loop past that on CPU adapters.
+    pub(super) fn check_loop_budget(
+        &self,
+        v: &crate::chnorm::ChannelView,
+        tiles: u32,
+    ) -> Result<()> {
+        let loops = (v.p.max(v.cg) * tiles as usize) as u64;
+        if self.ctx.is_cpu() && loops > crate::rownorm::CPU_LOOP_BUDGET {
+            return Err(Error::InvalidParameter {
+                name: "shape",
+                value: format!("{v:?}"),
+                why: "a lane would loop past the software rasterizer's 65535-iteration limit",
+            });
+        }
+        Ok(())
     }
 
     /// Shapes and dtypes of every tensor of a call, and where the RepBN term may be.

@@ -3,7 +3,7 @@
 //! adapters. The result is a [`Checked`] call that recording cannot reject.
 
 use super::plan::{self, CallShape, EpilogueInput, StatKind, ViewFacts};
-use super::split::{Split, Windowing};
+use super::split::{apply_spans, Budget, MomentsGroups, Span};
 use super::{ChannelNorm, ChannelNormArgs, ChannelView, LanePlan, Reduction, Statistics};
 use crate::binding::{self, BufferRange};
 use crate::shader::Io;
@@ -43,8 +43,10 @@ pub(super) struct Checked {
     pub tile_len: u32,
     /// Grouped calls: the moments pass's tiles per channel.
     pub channel_tiles: u32,
-    /// How x and y are bound: whole or in windows.
-    pub split: Split,
+    /// The moments pass's dispatches (none when the statistics are not computed here) and the
+    /// apply pass's: one each when x fits one binding, else one per binding window.
+    pub moments_spans: Vec<Span>,
+    pub apply_spans: Vec<Span>,
 }
 
 /// `t` has `numel` elements of `dtype`.
@@ -121,64 +123,98 @@ impl ChannelNorm {
         self.ctx.check_io(io)?;
         self.ctx.check_io(aio)?;
         check_u32_indexing(&v)?;
+        let cpu = self.ctx.is_cpu();
         let width = plan::reduced_width(io, vec_lanes);
-        let (tiles, tile_len) =
-            super::tiling(&v, width, self.ctx.is_cpu(), lanes, shape.lanes.tile);
-        let limits = self.ctx.limits();
-        let split = Split::of(
-            v,
-            Windowing::of(a),
-            width,
+        let grouped = self.reduce_per_channel(&v, &shape, &facts);
+        let tile = shape.lanes.tile;
+        let (tiles, tile_len, channel_tiles, moments_spans) = if grouped {
+            // Each channel's tiles, then a group's channels' tiles merged by the finalize.
+            let io = Io {
+                dtype: self.dtype(),
+                vec4: true,
+            };
+            let cv = v.per_channel();
+            let (ct, ct_len, spans) = self.moments_windows(&cv, (true, true), 1, io, tile)?;
+            (ct * v.cg as u32, ct_len, ct, spans)
+        } else {
+            let lanes = (lanes, vec_lanes);
+            let (tiles, tile_len, spans) = self.moments_windows(&v, lanes, width, io, tile)?;
+            (tiles, tile_len, tiles, spans)
+        };
+        let moments_spans = if moments { moments_spans } else { Vec::new() };
+        let (_, ch_vec, _) = plan::apply_io(self.dtype(), &facts, aligned);
+        let block = plan::apply_block(&shape.lanes, cpu) as u64;
+        let cv = (v.channels() / 4).max(1) as u64;
+        let budget = self.budget(&v, aio);
+        let apply_spans = if ch_vec {
+            apply_spans(budget, block * cv, cv)?
+        } else {
+            apply_spans(budget, block, 1)?
+        };
+        Ok(Some(Checked {
+            ranges,
+            shape: CallShape { grouped, ..shape },
+            facts,
+            tiles,
             tile_len,
-            self.dtype().size(),
+            channel_tiles,
+            moments_spans,
+            apply_spans,
+        }))
+    }
+
+    /// x of a view read with accesses of `io` under the device's binding limits.
+    pub(super) fn budget(&self, v: &ChannelView, io: Io) -> Budget {
+        let limits = self.ctx.limits();
+        Budget::new(
+            (v.numel() / io.width() as usize) as u64,
+            io.width() as u64 * self.dtype().size(),
             (
                 limits.max_storage_buffer_binding_size,
                 limits.min_storage_buffer_offset_alignment as u64,
             ),
-        )?;
-        let tiles = split.tiles(tiles)?;
-        if self.reduce_per_channel(&v, &shape, &facts, &split) {
-            // Each channel's tiles, then a group's channels' tiles merged by the finalize.
-            let cv = v.per_channel();
-            let (ct, ct_len) = super::tiling(&cv, 1, self.ctx.is_cpu(), true, shape.lanes.tile);
-            self.check_loop_budget(&cv, ct, ct_len)?;
-            return Ok(Some(Checked {
-                ranges,
-                shape: CallShape {
-                    grouped: true,
-                    ..shape
-                },
-                facts,
-                tiles: ct * v.cg as u32,
-                tile_len: ct_len,
-                channel_tiles: ct,
-                split,
-            }));
+        )
+    }
+
+    /// The moments pass's tiling of `v` (tiles per slot, accesses per tile; `tile`: a lane
+    /// plan's) and its dispatches, one per binding window of x (lanes: per channel, four
+    /// channels per access). The tiling is the adapter's whatever the windows, so windows
+    /// reduce the same tiles as one dispatch would; only where one tile's reads (a tile of every
+    /// slot of a sample, for Q > 1) do not fit one binding are the tiles shortened.
+    pub(super) fn moments_windows(
+        &self,
+        v: &ChannelView,
+        lanes: (bool, bool),
+        width: u32,
+        io: Io,
+        mut tile: Option<u32>,
+    ) -> Result<(u32, u32, Vec<Span>)> {
+        let cpu = self.ctx.is_cpu();
+        let budget = self.budget(v, io);
+        loop {
+            let (tiles, tile_len) = super::tiling(v, width, cpu, lanes.0, tile);
+            self.check_loop_budget(v, tiles, tile_len)?;
+            let wg = plan::moments_wg(cpu);
+            let groups = MomentsGroups::of(*v, lanes, width, (tiles, tile_len), wg);
+            match groups.spans(budget) {
+                Err(Error::TooLargeForBinding { .. })
+                    if tile_len / 2 >= super::MIN_TILE
+                        && super::tiling(v, width, cpu, lanes.0, Some(tile_len / 2)).1
+                            < tile_len =>
+                {
+                    tile = Some(tile_len / 2);
+                }
+                r => return r.map(|s| (tiles, tile_len, s)),
+            }
         }
-        self.check_loop_budget(&v, tiles, tile_len)?;
-        Ok(Some(Checked {
-            ranges,
-            shape,
-            facts,
-            tiles,
-            tile_len,
-            channel_tiles: tiles,
-            split,
-        }))
     }
 
     /// Whether a call's groups are reduced per channel: channels-last groups of several channels
     /// (GroupNorm NHWC), whose group slots are runs of `cg` scalars with a stride of C, while the
     /// per-channel view reads whole token rows with vector accesses (four channels each), as
     /// channels-last BatchNorm does. Batch mean and variance (computed here, without a mask),
-    /// C a multiple of 4, x and y aligned, windows of samples only, channel lanes not forced off.
-    fn reduce_per_channel(
-        &self,
-        v: &ChannelView,
-        shape: &CallShape,
-        facts: &ViewFacts,
-        split: &Split,
-    ) -> bool {
+    /// C a multiple of 4, x and y aligned, channel lanes not forced off.
+    fn reduce_per_channel(&self, v: &ChannelView, shape: &CallShape, facts: &ViewFacts) -> bool {
         v.cg > 1
             && v.sdiv == 1
             && v.s == v.cg
@@ -189,7 +225,6 @@ impl ChannelNorm {
             && matches!(shape.stats, StatKind::Batch { .. })
             && self.config.reduction == Reduction::MeanVariance
             && shape.lanes.channel_lanes != Some(false)
-            && matches!(split, Split::Samples(_))
     }
 
     /// The view and the shapes and dtypes of x, y, weight and bias.
@@ -381,14 +416,8 @@ impl ChannelNorm {
         let ctx = &self.ctx;
         let opt =
             |what, t: Option<&Tensor>| t.map(|t| binding::storage_range(ctx, what, t)).transpose();
-        // x and y of a call whose samples are independent may be bound in windows of samples.
-        let whole = |what, t| {
-            if super::split::windowable(a) {
-                binding::storage_range_unbounded(ctx, what, t)
-            } else {
-                binding::storage_range(ctx, what, t)
-            }
-        };
+        // x and y may be bound in windows (see `split`).
+        let whole = |what, t| binding::storage_range_unbounded(ctx, what, t);
         let r = Ranges {
             x: whole("x", a.x)?,
             y: whole("y", a.y)?,
@@ -442,11 +471,8 @@ impl ChannelNorm {
             return Ok(None);
         }
         let ctx = &self.ctx;
-        // x may be bound in windows past the binding limit unless a token mask indexes it.
-        let xr = match mask {
-            None => binding::storage_range_unbounded(ctx, "x", x)?,
-            Some(_) => binding::storage_range(ctx, "x", x)?,
-        };
+        // x may be bound in windows past the binding limit (see `split`).
+        let xr = binding::storage_range_unbounded(ctx, "x", x)?;
         let or = binding::storage_range(ctx, "moments", out)?;
         let mr = mask
             .map(|m| binding::storage_range(ctx, "mask", m))
@@ -484,10 +510,15 @@ impl ChannelNorm {
     }
 }
 
-/// Every index the kernels compute fits in 32 bits.
+/// Every index the kernels compute fits in 32 bits: they index the whole tensor by element,
+/// also when it is bound in windows.
 pub(super) fn check_u32_indexing(v: &ChannelView) -> Result<()> {
-    for (n, what) in [(v.p * v.q * v.r, "p*q*r"), (v.s, "s")] {
-        if n > u32::MAX as usize / 2 {
+    for (n, what, max) in [
+        (v.p * v.q * v.r, "p*q*r", u32::MAX / 2),
+        (v.s, "s", u32::MAX / 2),
+        (v.numel(), "elements", u32::MAX),
+    ] {
+        if n > max as usize {
             return Err(Error::InvalidParameter {
                 name: "shape",
                 value: format!("{what} = {n}"),

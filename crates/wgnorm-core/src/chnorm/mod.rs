@@ -16,7 +16,7 @@ mod check;
 pub(crate) use check::expect;
 pub mod plan;
 mod record;
-mod split;
+pub(crate) mod split;
 mod view;
 
 use std::collections::HashMap;

@@ -6,22 +6,39 @@ use std::sync::Arc;
 
 use super::check::{self, expect, Checked};
 use super::plan::{self, CallShape, Epilogue, ViewFacts};
-use super::split::{Split, Window, Windowing};
+use super::split::Span;
 use super::{ChannelNorm, ChannelNormArgs, ChannelView, RunningUpdate, Statistics};
 use crate::binding::{self, BufferRange};
 use crate::shader::Io;
 use crate::uniform::ChannelParams;
 use crate::{DType, Error, Result, Tensor};
 
-/// The bind groups of one binding window (the whole call unless x is bound in windows).
-struct WindowBinds {
-    view: ChannelView,
-    total_v: u32,
-    /// Workgroups of the moments pass.
-    moments_groups: u64,
-    moments: Option<wgpu::BindGroup>,
+/// The bind groups of a call: one moments and apply dispatch per binding window (one each when
+/// x fits one binding), with their workgroups or invocations, and one finalize.
+struct CallBinds {
+    moments: Vec<(wgpu::BindGroup, u64)>,
     finalize: wgpu::BindGroup,
-    apply: wgpu::BindGroup,
+    apply: Vec<(wgpu::BindGroup, u64)>,
+}
+
+/// The window of `r` (x or y, `total` accesses of `access_bytes`) a span binds: `r` itself when
+/// the span covers the tensor.
+fn span_range(r: &BufferRange, s: &Span, total: u64, access_bytes: u64) -> BufferRange {
+    if s.base == 0 && s.end >= total {
+        r.clone()
+    } else {
+        r.window(s.base * access_bytes, (s.end - s.base) * access_bytes)
+    }
+}
+
+/// A uniform block placed on one span: its first workgroup or invocation and binding base.
+fn on_span(p: ChannelParams, s: &Span) -> ChannelParams {
+    ChannelParams {
+        group_base: s.first as u32,
+        group_end: (s.first + s.count) as u32,
+        x_base: s.base as u32,
+        ..p
+    }
 }
 
 /// The compiled pipelines of one call shape.
@@ -61,10 +78,10 @@ fn channel_params(
         norm_target: 0.0,
         selu_alpha,
         selu_lambda,
-        slot_base: 0,
-        window_tiles: tiles,
-        tile_base: 0,
-        moments_base: 0,
+        group_base: 0,
+        x_base: 0,
+        group_end: u32::MAX,
+        _pad1: 0,
         shift_cg: 1,
         _pad2: 0,
     }
@@ -118,24 +135,6 @@ impl ChannelNorm {
         Ok(p)
     }
 
-    /// Workgroups of the moments pass.
-    /// `vec`: the channel lanes take four channels each (vector accesses).
-    fn moments_groups(
-        &self,
-        view: &ChannelView,
-        tiles: u32,
-        channel_lanes: bool,
-        vec: bool,
-    ) -> u64 {
-        let wg = plan::moments_wg(self.ctx.is_cpu()) as usize;
-        if channel_lanes {
-            let lanes = if vec { view.r / 4 } else { view.r };
-            (view.p * lanes.div_ceil(wg)) as u64 * tiles as u64
-        } else {
-            view.slots() as u64 * tiles as u64
-        }
-    }
-
     /// The uniform blocks of a checked call over view `v` (the call's, or a window of its
     /// samples): the statistics passes' and the apply pass's.
     fn call_params(
@@ -180,79 +179,51 @@ impl ChannelNorm {
         (params, apply_params)
     }
 
-    /// Records the passes into `encoder`: once, or once per binding window when x is larger
-    /// than one storage binding (windows of samples or of the batch axis). Everything is checked and every bind group made
-    /// first; nothing is recorded on error, and nothing for an empty tensor.
+    /// Records the passes into `encoder`: the moments and apply passes once, or once per
+    /// binding window when x is larger than one storage binding (see `split`), and one finalize
+    /// between them. Everything is checked and every bind group made first; nothing is recorded
+    /// on error, and nothing for an empty tensor.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, a: &ChannelNormArgs) -> Result<()> {
         let Some(c) = self.validate(a)? else {
             return Ok(());
         };
         let p = self.pipelines(&c.shape, &c.facts)?;
-        let binds = c
-            .split
-            .windows(a.view, c.tiles)
-            .iter()
-            .map(|w| self.window_binds(a, &c, &p, w))
-            .collect::<Result<Vec<_>>>()?;
+        let binds = self.call_binds(a, &c, &p)?;
         let ctx = &self.ctx;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgnorm channel_norm"),
             timestamp_writes: None,
         });
-        if c.split.finalize_once() {
-            // Windows of q: every window's moments, one merge of all tiles, every window's apply.
-            for b in &binds {
-                self.record_moments(&mut pass, &p, b);
+        if let Some(mp) = &p.moments {
+            for (bg, groups) in &binds.moments {
+                record(ctx, &mut pass, mp, bg, *groups);
             }
-            record_finalize(ctx, &mut pass, &p, &binds[0]);
-            for b in &binds {
-                record_apply(ctx, &mut pass, &p, b);
-            }
-        } else {
-            // Windows of samples reuse the partials and coefficients: one window at a time.
-            for b in &binds {
-                self.record_moments(&mut pass, &p, b);
-                record_finalize(ctx, &mut pass, &p, b);
-                record_apply(ctx, &mut pass, &p, b);
-            }
+        }
+        let slots = a.view.slots() as u64;
+        record(
+            ctx,
+            &mut pass,
+            &p.finalize,
+            &binds.finalize,
+            slots.div_ceil(plan::FINALIZE_WG as u64),
+        );
+        for (bg, invocations) in &binds.apply {
+            let groups = invocations.div_ceil(plan::APPLY_WG as u64);
+            record(ctx, &mut pass, &p.apply, bg, groups);
         }
         Ok(())
     }
 
-    /// The bind groups of one window of a checked call (the whole call when it is not split):
-    /// x and y windowed, the saved statistics whole from the window's first slot.
-    fn window_binds(
-        &self,
-        a: &ChannelNormArgs,
-        c: &Checked,
-        p: &Pipelines,
-        w: &Window,
-    ) -> Result<WindowBinds> {
+    /// The bind groups of a checked call: x and y whole or windowed per span, the engine's
+    /// scratch and the statistics tensors whole.
+    fn call_binds(&self, a: &ChannelNormArgs, c: &Checked, p: &Pipelines) -> Result<CallBinds> {
         let ctx = &self.ctx;
-        let v = w.view;
+        let v = a.view;
         let aio = p.plan.aio;
         let scratch = self.scratch(a.view, c.tiles)?;
         let (params, apply_params) = self.call_params(a, &v, c, p.plan.reduced_width, aio);
-        let place = |pr: ChannelParams| ChannelParams {
-            slot_base: w.slot_base,
-            tile_base: w.tile_base,
-            moments_base: if c.ranges.moments.is_some() {
-                w.slot_base
-            } else {
-                0
-            },
-            window_tiles: if c.ranges.moments.is_some() {
-                1
-            } else {
-                w.window_tiles
-            },
-            ..pr
-        };
-        let (params, apply_params) = (place(params), place(apply_params));
-        let win = |r: &BufferRange| c.split.range(r, w);
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let rg = &c.ranges;
-        let (x, y) = (win(&rg.x), win(&rg.y));
         let partials = match &rg.moments {
             Some(g) => g.clone(),
             None => r(&scratch.partials, "partials")?,
@@ -281,40 +252,47 @@ impl ChannelNorm {
                 &batches,
             ],
         )?;
-        let apply = self.binds.get(
-            ctx,
-            plan::APPLY_SLOTS,
-            &apply_params,
-            &[
-                &x,
-                &ss,
-                &y,
-                &batches,
-                rg.aux.as_ref().unwrap_or(&dr),
-                vec4_view(&ss, &dr),
-            ],
-        )?;
-        let (moments, moments_groups) = match &p.moments {
+        let ab = aio.width() as u64 * self.dtype().size();
+        let total = (v.numel() / aio.width() as usize) as u64;
+        let apply = c
+            .apply_spans
+            .iter()
+            .map(|s| {
+                let (x, y) = (
+                    span_range(&rg.x, s, total, ab),
+                    span_range(&rg.y, s, total, ab),
+                );
+                let pr = ChannelParams {
+                    total_v: s.end as u32,
+                    ..on_span(apply_params, s)
+                };
+                let aux = rg.aux.as_ref().unwrap_or(&dr);
+                let bind = self.binds.get(
+                    ctx,
+                    plan::APPLY_SLOTS,
+                    &pr,
+                    &[&x, &ss, &y, &batches, aux, vec4_view(&ss, &dr)],
+                )?;
+                Ok((bind, s.count))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let moments = match &p.moments {
             Some(_) => {
-                let ranges = [&x, &partials, rg.mask.as_ref().unwrap_or(&dr)];
-                let (bind, groups) = self.moments_binds(c, p, &v, &params, &ranges)?;
-                (Some(bind), groups)
+                let ranges = [&rg.x, &partials, rg.mask.as_ref().unwrap_or(&dr)];
+                self.moments_binds(c, p, &v, &params, &ranges)?
             }
-            None => (None, 0),
+            None => Vec::new(),
         };
-        Ok(WindowBinds {
-            view: v,
-            total_v: apply_params.total_v,
-            moments_groups,
+        Ok(CallBinds {
             moments,
             finalize,
             apply,
         })
     }
 
-    /// The moments pass's bind group for a window over `v` (ranges: x, partials, mask) and its
-    /// workgroups. Grouped calls reduce the per-channel view: its own uniform block (the group's
-    /// channels share a shift) and dispatch size.
+    /// The moments pass's bind group and workgroups per span of a call over `v` (ranges: x
+    /// whole, partials, mask). Grouped calls reduce the per-channel view: its own uniform block
+    /// (the group's channels share a shift).
     fn moments_binds(
         &self,
         c: &Checked,
@@ -322,33 +300,32 @@ impl ChannelNorm {
         v: &ChannelView,
         params: &ChannelParams,
         ranges: &[&BufferRange; 3],
-    ) -> Result<(wgpu::BindGroup, u64)> {
-        let (params, groups) = if c.shape.grouped {
+    ) -> Result<Vec<(wgpu::BindGroup, u64)>> {
+        let params = if c.shape.grouped {
             let cv = v.per_channel();
-            let mp = ChannelParams {
+            ChannelParams {
                 shift_cg: v.cg as u32,
                 ..channel_params(&cv, 1, c.channel_tiles, c.tile_len, self.eps, None)
-            };
-            (mp, self.moments_groups(&cv, c.channel_tiles, true, true))
+            }
         } else {
-            let groups =
-                self.moments_groups(v, params.window_tiles, p.plan.channel_lanes, p.plan.io.vec4);
-            (*params, groups)
+            *params
         };
-        let bind = self
-            .binds
-            .get(&self.ctx, plan::MOMENTS_SLOTS, &params, ranges)?;
-        Ok((bind, groups))
-    }
-
-    /// Records a window's moments pass (none when the moments are given).
-    fn record_moments(&self, pass: &mut wgpu::ComputePass, p: &Pipelines, b: &WindowBinds) {
-        if let (Some(mp), Some(bg)) = (&p.moments, &b.moments) {
-            let (gx, gy) = binding::grid(&self.ctx, b.moments_groups);
-            pass.set_pipeline(mp);
-            pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        }
+        let io = p.plan.io;
+        let ab = io.width() as u64 * self.dtype().size();
+        let total = (v.numel() / io.width() as usize) as u64;
+        c.moments_spans
+            .iter()
+            .map(|s| {
+                let x = span_range(ranges[0], s, total, ab);
+                let bind = self.binds.get(
+                    &self.ctx,
+                    plan::MOMENTS_SLOTS,
+                    &on_span(params, s),
+                    &[&x, ranges[1], ranges[2]],
+                )?;
+                Ok((bind, s.count))
+            })
+            .collect()
     }
 
     /// Records the statistics of `x` per slot into `out` (f32 `[slots, 3]`: count, mean, M2),
@@ -402,24 +379,9 @@ impl ChannelNorm {
         check::check_u32_indexing(&view)?;
         let cpu = ctx.is_cpu();
         let width = plan::reduced_width(io, vec_lanes);
-        let (tiles, tile_len) = super::tiling(&view, width, cpu, lanes, plan_lanes.tile);
-        let limits = ctx.limits();
-        let split = Split::of(
-            view,
-            Windowing {
-                samples: mask.is_none(),
-                q: mask.is_none(),
-            },
-            width,
-            tile_len,
-            self.dtype().size(),
-            (
-                limits.max_storage_buffer_binding_size,
-                limits.min_storage_buffer_offset_alignment as u64,
-            ),
-        )?;
-        let tiles = split.tiles(tiles)?;
-        self.check_loop_budget(&view, tiles, tile_len)?;
+        let (tiles, tile_len, spans) =
+            self.moments_windows(&view, (lanes, vec_lanes), width, io, plan_lanes.tile)?;
+        let budget = self.budget(&view, io);
 
         let scratch = self.scratch(view, tiles)?;
         let spec = plan::moments_spec(
@@ -437,75 +399,35 @@ impl ChannelNorm {
         )))?;
         let partials = binding::storage_range(ctx, "partials", &scratch.partials)?;
         let dr = binding::dummy_range(ctx.dummy_read());
-        let mut binds = Vec::new();
-        for w in split.windows(view, tiles) {
-            let params = ChannelParams {
-                // Token b*N + n is mask[b*N + n]: the moments kernel's [B, T] indexing, B = 1.
-                mask_b: 1,
-                slot_base: w.slot_base,
-                window_tiles: w.window_tiles,
-                tile_base: w.tile_base,
-                ..channel_params(&w.view, width, tiles, tile_len, self.eps, None)
-            };
-            let xw = split.range(&xr, &w);
+        let params = ChannelParams {
+            // Token b*N + n is mask[b*N + n]: the moments kernel's [B, T] indexing, B = 1.
+            mask_b: 1,
+            ..channel_params(&view, width, tiles, tile_len, self.eps, None)
+        };
+        let mut binds = Vec::with_capacity(spans.len());
+        for s in &spans {
+            let xw = span_range(&xr, s, budget.total, budget.access_bytes);
             let mb = self.binds.get(
                 ctx,
                 plan::MOMENTS_SLOTS,
-                &params,
+                &on_span(params, s),
                 &[&xw, &partials, mr.as_ref().unwrap_or(&dr)],
             )?;
-            let gb = self
-                .binds
-                .get(ctx, plan::MERGE_SLOTS, &params, &[&partials, &or])?;
-            binds.push((w, mb, gb));
+            binds.push((mb, s.count));
         }
-        self.record_reduce(
-            encoder,
-            &split,
-            &binds,
-            [&moments, &merge],
-            (lanes, io.vec4),
-        );
-        Ok(())
-    }
-
-    /// Records the reduce passes of [`ChannelNorm::encode_reduce_masked`]: per window its
-    /// moments (and, for windows of samples, its merge); one merge of every tile for windows of
-    /// q.
-    fn record_reduce(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        split: &Split,
-        binds: &[(Window, wgpu::BindGroup, wgpu::BindGroup)],
-        [moments, merge]: [&wgpu::ComputePipeline; 2],
-        (lanes, vec): (bool, bool),
-    ) {
-        let ctx = &self.ctx;
+        let gb = self
+            .binds
+            .get(ctx, plan::MERGE_SLOTS, &params, &[&partials, &or])?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgnorm channel_norm reduce"),
             timestamp_writes: None,
         });
-        let record_merge = |pass: &mut wgpu::ComputePass, w: &Window, gb: &wgpu::BindGroup| {
-            let groups = (w.view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
-            let (gx, gy) = binding::grid(ctx, groups);
-            pass.set_pipeline(merge);
-            pass.set_bind_group(0, gb, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        };
-        for (w, mb, gb) in binds {
-            let groups = self.moments_groups(&w.view, w.window_tiles, lanes, vec);
-            let (gx, gy) = binding::grid(ctx, groups);
-            pass.set_pipeline(moments);
-            pass.set_bind_group(0, mb, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-            // Windows of samples merge their own slots; windows of q are merged once, below.
-            if !split.finalize_once() {
-                record_merge(&mut pass, w, gb);
-            }
+        for (mb, groups) in &binds {
+            record(ctx, &mut pass, &moments, mb, *groups);
         }
-        if split.finalize_once() {
-            record_merge(&mut pass, &binds[0].0, &binds[0].2);
-        }
+        let slots = (view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
+        record(ctx, &mut pass, &merge, &gb, slots);
+        Ok(())
     }
 
     /// Every check of [`ChannelNorm::encode_running_from_moments`], recording nothing.
@@ -686,35 +608,16 @@ impl ChannelNorm {
     }
 }
 
-/// Records the finalize pass: one invocation per slot of the window's view.
-fn record_finalize(
+/// Records one dispatch of `groups` workgroups (over a 2D grid when they exceed one dimension).
+fn record(
     ctx: &crate::Context,
     pass: &mut wgpu::ComputePass,
-    p: &Pipelines,
-    b: &WindowBinds,
+    pipeline: &wgpu::ComputePipeline,
+    bind: &wgpu::BindGroup,
+    groups: u64,
 ) {
-    let groups = (b.view.slots() as u64).div_ceil(plan::FINALIZE_WG as u64);
     let (gx, gy) = binding::grid(ctx, groups);
-    pass.set_pipeline(&p.finalize);
-    pass.set_bind_group(0, &b.finalize, &[]);
-    pass.dispatch_workgroups(gx, gy, 1);
-}
-
-/// Records the apply pass over the window's elements.
-fn record_apply(
-    ctx: &crate::Context,
-    pass: &mut wgpu::ComputePass,
-    p: &Pipelines,
-    b: &WindowBinds,
-) {
-    let invocations = plan::apply_invocations(
-        b.total_v,
-        p.plan.apply_block,
-        p.plan.ch_vec,
-        b.view.channels(),
-    );
-    let (gx, gy) = binding::grid(ctx, invocations.div_ceil(plan::APPLY_WG as u64));
-    pass.set_pipeline(&p.apply);
-    pass.set_bind_group(0, &b.apply, &[]);
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, bind, &[]);
     pass.dispatch_workgroups(gx, gy, 1);
 }

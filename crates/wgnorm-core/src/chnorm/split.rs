@@ -1,210 +1,295 @@
-//! How a channel-engine call binds x and y when they are larger than one storage binding:
-//! in windows of samples p (samples with their own statistics), or, for a single-sample view
-//! such as BatchNorm's `[1, N, C, HW]`, in windows of q whose partial moments land in disjoint
-//! tiles that one finalize pass merges with Chan's formula.
+//! How a channel-engine call binds x and y when they are larger than one storage binding.
+//!
+//! Every pass indexes the whole tensor as the unsplit call would; a binding window is only a
+//! range of the call's own workgroups (moments) or invocations (apply) and the range of x that
+//! they read, bound from an aligned access `base` on (the kernels subtract it). So a window
+//! reduces exactly the tiles the unsplit call reduces, one finalize merges every slot's tiles
+//! in the same fixed order, and the result is the same bits whatever the binding limit: a
+//! sample's statistics do not depend on how many samples share the call or on the windowing.
+//!
+//! The moments pass numbers its workgroups so that consecutive ones read consecutive memory
+//! (`channel_norm/moments.wgsl`): `(slot, tile)` when Q = 1 (a slot is one contiguous run),
+//! `(p, tile, r)` otherwise (a tile of every slot of p covers the same steps of q), and
+//! `(p, tile, chunk)` for lanes per channel. A window takes whole groups of them.
 
-use super::{ChannelNormArgs, ChannelView, Statistics};
-use crate::binding;
 use crate::{Error, Result};
 
-/// The binding windows of a call.
-#[derive(Clone, Debug)]
-pub(super) enum Split {
-    /// Windows of samples: each window reduces, finalizes and applies on its own (one window
-    /// when x fits one binding).
-    Samples(binding::Windows),
-    /// Windows of q of a single-sample view: every window's moments go to its own
-    /// `window_tiles` tiles of each slot, one finalize merges all of them in tile order, then
-    /// every window applies the coefficients.
-    Q {
-        windows: binding::Windows,
-        window_tiles: u32,
-    },
-}
+use super::ChannelView;
 
-/// One window of a call: its units of p or q, its view and where it reads and writes the
-/// engine's per-slot scratch.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Window {
+/// One dispatch of a pass over one binding window of x (and y).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    /// The call's first workgroup (moments) or invocation (apply) in this dispatch, and how
+    /// many.
     pub first: u64,
-    pub len: u64,
-    pub view: ChannelView,
-    /// First slot of this window in the saved statistics.
-    pub slot_base: u32,
-    /// Tiles this window's moments dispatch covers, and the first of them.
-    pub window_tiles: u32,
-    pub tile_base: u32,
+    pub count: u64,
+    /// Accesses of the tensor the binding starts at (aligned) and ends at (exclusive).
+    pub base: u64,
+    pub end: u64,
 }
 
-/// Which windows a call may be split into.
+/// A tensor's accesses and the device's binding limits, in accesses.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Windowing {
-    /// Windows of samples p (p > 1, samples with their own statistics).
-    pub samples: bool,
-    /// Windows of q (a single-sample view).
-    pub q: bool,
+pub(crate) struct Budget {
+    /// Accesses in the tensor.
+    pub total: u64,
+    /// Most accesses one binding holds.
+    pub limit: u64,
+    /// A binding starts at a multiple of this many accesses.
+    pub align: u64,
+    /// Bytes per access.
+    pub access_bytes: u64,
 }
 
-impl Windowing {
-    /// What a normalize call allows ([`sample_windowable`], [`q_windowable`]).
-    pub fn of(a: &ChannelNormArgs) -> Windowing {
-        Windowing {
-            samples: sample_windowable(a),
-            q: q_windowable(a),
-        }
-    }
-}
-
-impl Split {
-    /// The windows of a call over `view` whose moments pass has tiles of `tile_len` accesses of
-    /// `width` elements. `bytes_per_elem`: x's dtype size; `limit` and `align`: the device's
-    /// storage-binding size and offset alignment. A tensor past the limit that `ok` does not
-    /// allow to split is `TooLargeForBinding`.
-    pub fn of(
-        view: ChannelView,
-        ok: Windowing,
-        width: u32,
-        tile_len: u32,
-        bytes_per_elem: u64,
-        (limit, align): (u64, u64),
-    ) -> Result<Split> {
-        let v = view;
-        let x_bytes = v.numel() as u64 * bytes_per_elem;
-        if x_bytes > limit && !(ok.samples && v.p > 1) && !(ok.q && v.p == 1) {
-            return Err(too_large(x_bytes, limit));
-        }
-        if v.p == 1 && x_bytes > limit {
-            let unit_bytes = (v.r * v.s) as u64 * bytes_per_elem;
-            let per_window = binding::window_rows(v.q, &[unit_bytes], limit, align).ok_or(
-                Error::TooLargeForBinding {
-                    what: "x (one step of q)".into(),
-                    bytes: unit_bytes,
-                    limit,
-                },
-            )?;
-            let window_accesses = (per_window * v.s / width as usize) as u64;
-            let window_tiles = window_accesses.div_ceil(tile_len.max(1) as u64);
-            return Ok(Split::Q {
-                windows: binding::Windows {
-                    total: v.q as u64,
-                    per_window: per_window as u64,
-                    unit_bytes,
-                },
-                window_tiles: u32::try_from(window_tiles).map_err(|_| too_large(x_bytes, limit))?,
-            });
-        }
-        let unit_bytes = (v.q * v.r * v.s) as u64 * bytes_per_elem;
-        let per_window = binding::window_rows(v.p, &[unit_bytes], limit, align).ok_or(
-            Error::TooLargeForBinding {
-                what: "x (one sample)".into(),
-                bytes: unit_bytes,
-                limit,
-            },
-        )?;
-        Ok(Split::Samples(binding::Windows {
-            total: v.p as u64,
-            per_window: per_window as u64,
-            unit_bytes,
-        }))
-    }
-
-    /// Tiles per slot in the partials: every window's, given `tiles` for the unsplit call.
-    pub fn tiles(&self, tiles: u32) -> Result<u32> {
-        match self {
-            Split::Samples(_) => Ok(tiles),
-            Split::Q {
-                windows,
-                window_tiles,
-            } => {
-                let n = windows.iter().count() as u64 * *window_tiles as u64;
-                u32::try_from(n).map_err(|_| Error::InvalidParameter {
-                    name: "shape",
-                    value: format!("{n} tiles per slot"),
-                    why: "too many binding windows for 32-bit tile indexing",
-                })
+impl Budget {
+    /// `total` accesses of `access_bytes` bytes under a binding limit and offset alignment in
+    /// bytes.
+    pub fn new(total: u64, access_bytes: u64, (limit, align): (u64, u64)) -> Budget {
+        fn gcd(a: u64, b: u64) -> u64 {
+            if b == 0 {
+                a
+            } else {
+                gcd(b, a % b)
             }
         }
-    }
-
-    /// Whether one finalize pass serves every window (windows of q).
-    pub fn finalize_once(&self) -> bool {
-        matches!(self, Split::Q { .. })
-    }
-
-    /// The windows of a call over `view` with `tiles` tiles per slot in the partials.
-    pub fn windows(&self, view: ChannelView, tiles: u32) -> Vec<Window> {
-        match self {
-            Split::Samples(w) => w
-                .iter()
-                .map(|(first, len)| Window {
-                    first,
-                    len,
-                    view: ChannelView {
-                        p: len as usize,
-                        ..view
-                    },
-                    slot_base: (first as usize * view.r) as u32,
-                    window_tiles: tiles,
-                    tile_base: 0,
-                })
-                .collect(),
-            Split::Q {
-                windows,
-                window_tiles,
-            } => windows
-                .iter()
-                .enumerate()
-                .map(|(i, (first, len))| Window {
-                    first,
-                    len,
-                    view: ChannelView {
-                        q: len as usize,
-                        ..view
-                    },
-                    slot_base: 0,
-                    window_tiles: *window_tiles,
-                    tile_base: i as u32 * window_tiles,
-                })
-                .collect(),
+        let ab = access_bytes.max(1);
+        Budget {
+            total,
+            // Bindings round up to 4 bytes.
+            limit: (limit / 4 * 4) / ab,
+            align: (align.max(4) / gcd(align.max(4), ab)).max(1),
+            access_bytes: ab,
         }
     }
 
-    /// The window of `r` (x or y) a window covers.
-    pub fn range(&self, r: &binding::BufferRange, w: &Window) -> binding::BufferRange {
-        match self {
-            Split::Samples(ws) | Split::Q { windows: ws, .. } => ws.range(r, w.first, w.len),
-        }
+    fn fits_whole(&self) -> bool {
+        self.total <= self.limit
     }
 }
 
-fn too_large(bytes: u64, limit: u64) -> Error {
+/// The moments pass's workgroups as groups that read one contiguous range of x each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MomentsGroups {
+    /// The reduced view the pass runs on (the per-channel view of grouped calls).
+    pub view: ChannelView,
+    /// Accesses of a slot per step of q (`s_v`), or 1 with lanes per channel.
+    pub run: u64,
+    /// Accesses per step of q of the whole view (`r * s_v`, or the channel vectors per token).
+    pub step: u64,
+    pub tiles: u64,
+    pub tile_len: u64,
+    /// Workgroups per group: 1 (Q = 1: a group is one tile of one slot), R, or the channel
+    /// chunks.
+    pub workgroups: u64,
+    /// Q = 1 without lanes per channel: groups are `(slot, tile)`.
+    pub slot_major: bool,
+}
+
+impl MomentsGroups {
+    /// The groups of a moments pass over `view` with `width` elements per access along the
+    /// reduced axes, lanes per channel (`vec`: four channels per access) or not, `tiles` of
+    /// `tile_len` accesses per slot and `wg` lanes per workgroup.
+    pub fn of(
+        view: ChannelView,
+        (channel_lanes, vec): (bool, bool),
+        width: u32,
+        (tiles, tile_len): (u32, u32),
+        wg: u32,
+    ) -> MomentsGroups {
+        let (tiles, tile_len) = (tiles as u64, tile_len as u64);
+        if channel_lanes {
+            let lanes = if vec { view.r / 4 } else { view.r } as u64;
+            return MomentsGroups {
+                view,
+                run: 1,
+                step: lanes,
+                tiles,
+                tile_len,
+                workgroups: lanes.div_ceil(wg as u64),
+                slot_major: false,
+            };
+        }
+        let run = (view.s / width.max(1) as usize) as u64;
+        MomentsGroups {
+            view,
+            run,
+            step: view.r as u64 * run,
+            tiles,
+            tile_len,
+            workgroups: if view.q == 1 { 1 } else { view.r as u64 },
+            slot_major: view.q == 1,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        let v = &self.view;
+        if self.slot_major {
+            v.slots() as u64 * self.tiles
+        } else {
+            v.p as u64 * self.tiles
+        }
+    }
+
+    /// Accesses of x group `i` reads: `[start, end)`, empty for an empty tile.
+    fn range(&self, i: u64) -> (u64, u64) {
+        let len = self.view.q as u64 * self.run;
+        let (outer, t) = (i / self.tiles, i % self.tiles);
+        let j0 = (t * self.tile_len).min(len);
+        let j1 = ((t + 1) * self.tile_len).min(len);
+        if self.slot_major {
+            let s0 = outer * self.run;
+            return (s0 + j0, s0 + j1);
+        }
+        let q0 = outer * self.view.q as u64;
+        if j1 <= j0 {
+            let at = (q0 + j0 / self.run) * self.step;
+            return (at, at);
+        }
+        let (qa, qb) = (j0 / self.run, (j1 - 1) / self.run + 1);
+        ((q0 + qa) * self.step, (q0 + qb) * self.step)
+    }
+
+    /// The dispatches of the moments pass: one when x fits a binding, else greedy windows of
+    /// whole groups.
+    pub fn spans(&self, b: Budget) -> Result<Vec<Span>> {
+        let n = self.count();
+        let wgs = self.workgroups;
+        if b.fits_whole() {
+            return Ok(vec![Span {
+                first: 0,
+                count: n * wgs,
+                base: 0,
+                end: b.total,
+            }]);
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let base = self.range(i).0 / b.align * b.align;
+            // Group ends grow with i: the last group whose end fits, by bisection.
+            let (mut lo, mut hi) = (i, n);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if self.range(mid).1 - base <= b.limit {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo == i {
+                let (s, e) = self.range(i);
+                return Err(too_large(
+                    "x (one moments tile of every slot it spans)",
+                    e - s,
+                    &b,
+                ));
+            }
+            let end = self.range(lo - 1).1.max(base);
+            out.push(Span {
+                first: i * wgs,
+                count: (lo - i) * wgs,
+                base,
+                end,
+            });
+            i = lo;
+        }
+        Ok(out)
+    }
+}
+
+/// The apply pass's dispatches: windows of `unit` accesses (an invocation's `block`, or a
+/// block of tokens of every channel vector: `block * cv`), `per_unit` invocations each.
+pub(crate) fn apply_spans(b: Budget, unit: u64, per_unit: u64) -> Result<Vec<Span>> {
+    let unit = unit.max(1);
+    let units = b.total.div_ceil(unit);
+    if b.fits_whole() {
+        return Ok(vec![Span {
+            first: 0,
+            count: units * per_unit,
+            base: 0,
+            end: b.total,
+        }]);
+    }
+    // A window's binding starts up to align - 1 accesses before its first unit.
+    let per_window = b.limit.saturating_sub(b.align - 1) / unit;
+    if per_window == 0 {
+        return Err(too_large("x (one apply block)", unit, &b));
+    }
+    Ok((0..units)
+        .step_by(per_window as usize)
+        .map(|u0| {
+            let u1 = (u0 + per_window).min(units);
+            Span {
+                first: u0 * per_unit,
+                count: (u1 - u0) * per_unit,
+                base: u0 * unit / b.align * b.align,
+                end: (u1 * unit).min(b.total),
+            }
+        })
+        .collect())
+}
+
+fn too_large(what: &str, accesses: u64, b: &Budget) -> Error {
     Error::TooLargeForBinding {
-        what: "x (this call cannot be split into binding windows)".into(),
-        bytes,
-        limit,
+        what: what.into(),
+        bytes: accesses * b.access_bytes,
+        limit: b.limit * b.access_bytes,
     }
 }
 
-/// Whether a call may bind x and y in windows of samples p: each sample has its own slots
-/// (GroupNorm, InstanceNorm, per-sample views) and its own statistics (the batch's, or given
-/// merged moments read from the window's first slot) or the running ones, with no running
-/// update (which would count each window as a step; instance norms update theirs from merged
-/// moments in a pass of their own), and no per-call epilogue input or mask.
-pub(super) fn sample_windowable(a: &ChannelNormArgs) -> bool {
-    a.view.p > 1
-        && matches!(a.statistics, Statistics::Batch(None) | Statistics::Running)
-        && a.aux.is_none()
-        && a.mask.is_none()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Whether a single-sample call (BatchNorm) may bind x and y in windows of q: the moments of
-/// every window land in their own tiles and one finalize merges them, so every kind of
-/// statistics works; only a token mask, indexed by position in q, is not windowed.
-pub(super) fn q_windowable(a: &ChannelNormArgs) -> bool {
-    a.view.p == 1 && a.mask.is_none()
-}
+    fn groups(view: ChannelView, tiles: u32, tile_len: u32) -> MomentsGroups {
+        MomentsGroups::of(view, (false, false), 1, (tiles, tile_len), 256)
+    }
 
-/// Whether x and y may be bound larger than one storage binding at all.
-pub(super) fn windowable(a: &ChannelNormArgs) -> bool {
-    sample_windowable(a) || q_windowable(a)
+    /// Windows cover every workgroup once, in order, and each binding holds its groups' reads.
+    fn check_cover(g: &MomentsGroups, b: Budget) {
+        let spans = g.spans(b).unwrap();
+        let mut next = 0;
+        for s in &spans {
+            assert_eq!(s.first, next);
+            assert!(s.end - s.base <= b.limit, "{s:?}");
+            assert_eq!(s.base % b.align, 0);
+            for i in s.first / g.workgroups..(s.first + s.count) / g.workgroups {
+                let (a, e) = g.range(i);
+                assert!(
+                    a >= s.base && e <= s.end,
+                    "group {i} {a}..{e} outside {s:?}"
+                );
+            }
+            next += s.count;
+        }
+        assert_eq!(next, g.count() * g.workgroups);
+    }
+
+    #[test]
+    fn moments_windows_cover_slot_major_and_q_major_views() {
+        let nchw =
+            ChannelView::group_norm(&[3, 32, 64, 64], super::super::Layout::Nchw, 8).unwrap();
+        check_cover(
+            &groups(nchw, 16, 1024),
+            Budget::new(nchw.numel() as u64, 4, (1 << 16, 256)),
+        );
+        let bn = ChannelView::batch_norm(&[5, 16, 30, 30], super::super::Layout::Nchw).unwrap();
+        check_cover(
+            &groups(bn, 7, 643),
+            Budget::new(bn.numel() as u64, 2, (1 << 16, 256)),
+        );
+    }
+
+    #[test]
+    fn apply_windows_cover_every_invocation_once() {
+        let b = Budget::new(1_000_003, 4, (1 << 16, 256));
+        let spans = apply_spans(b, 16, 1).unwrap();
+        assert_eq!(
+            spans.iter().map(|s| s.count).sum::<u64>(),
+            1_000_003u64.div_ceil(16)
+        );
+        for s in &spans {
+            assert!(s.end - s.base <= b.limit && s.base <= s.first * 16);
+        }
+    }
 }
