@@ -721,3 +721,219 @@ fn channel_backward_binds_large_tensors_in_windows() {
         }
     }
 }
+
+/// The row-norm backward binds x, dy and dx in windows of whole blocks of rows: LayerNorm and
+/// RMSNorm (f32, f16) over 2-4 MiB on 1 MiB bindings, against the f64 reference gradients and
+/// bit for bit the same as on the default binding limit (the parameter sums' blocks do not
+/// move with the windows).
+#[test]
+fn row_backward_binds_large_tensors_in_windows() {
+    use wgnorm::LayerNormGradInputs;
+    use wgnorm::RmsNormGradInputs;
+    use wgnorm_reference::grad;
+    let c = limited_context(1 << 20);
+    let whole = wgnorm_tests::ctx();
+    for (dtype, rows, n) in [(DType::F32, 700usize, 1024usize), (DType::F16, 1000, 1040)] {
+        let x: Vec<f32> = noise(51, rows * n).iter().map(|v| v * 2.0 + 5.0).collect();
+        let (w, dy) = (noise(52, n), noise(53, rows * n));
+        let (xd, wd, dyd) = (
+            round_to(dtype, &x),
+            round_to(dtype, &w),
+            round_to(dtype, &dy),
+        );
+        let (res, dsum) = (noise(54, rows * n), noise(55, rows * n));
+        let (resd, dsumd) = (round_to(dtype, &res), round_to(dtype, &dsum));
+        for rms in [false, true] {
+            let run = |ctx: &Context| {
+                let xt = ctx.upload(&x, &[rows, n], dtype).unwrap();
+                let wt = ctx.upload(&w, &[n], dtype).unwrap();
+                let dyt = ctx.upload(&dy, &[rows, n], dtype).unwrap();
+                let (dx, dw) = if rms {
+                    let cfg = RmsNormConfig {
+                        dtype,
+                        ..Default::default()
+                    };
+                    // The fused add's backward: residual and dsum windowed with x.
+                    let rt = ctx.upload(&res, &[rows, n], dtype).unwrap();
+                    let dst = ctx.upload(&dsum, &[rows, n], dtype).unwrap();
+                    let inputs = RmsNormGradInputs {
+                        x: &xt,
+                        residual: Some(&rt),
+                        weight: Some(&wt),
+                        dy: &dyt,
+                        dsum: Some(&dst),
+                        rstd: None,
+                    };
+                    RmsNorm::new(ctx, cfg).unwrap().backward(&inputs).unwrap()
+                } else {
+                    let cfg = LayerNormConfig {
+                        dtype,
+                        ..Default::default()
+                    };
+                    let inputs = LayerNormGradInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        dy: &dyt,
+                        mean: None,
+                        rstd: None,
+                    };
+                    let g = LayerNorm::new(ctx, cfg).unwrap().backward(&inputs).unwrap();
+                    (g.dx, g.dweight)
+                };
+                (ctx.download(&dx).unwrap(), ctx.download(&dw).unwrap())
+            };
+            let want = if rms {
+                let sum: Vec<f64> = xd.iter().zip(&resd).map(|(a, b)| a + b).collect();
+                let mut g = grad::rms_norm_grad(&sum, n, Some(&wd), 0.0, &dyd, 1e-5);
+                g.dx.iter_mut().zip(&dsumd).for_each(|(d, s)| *d += s);
+                g
+            } else {
+                grad::layer_norm_grad(&xd, n, Some(&wd), &dyd, 1e-5)
+            };
+            let what = format!(
+                "{} backward {dtype} {rows}x{n} (1 MiB bindings)",
+                if rms { "rms" } else { "ln" }
+            );
+            let (dx, dw) = run(&c);
+            let s = |v: &[f64]| v.iter().fold(1.0f64, |m, a| m.max(a.abs()));
+            let (at, rt) = if dtype == DType::F16 {
+                (4e-3, 1e-2)
+            } else {
+                (3e-5, 3e-4)
+            };
+            assert_close(&format!("{what} dx"), &dx, &want.dx, at * s(&want.dx), rt);
+            let wdw = &want.dweight;
+            assert_close(&format!("{what} dweight"), &dw, wdw, at * s(wdw), rt);
+            let (dx_whole, dw_whole) = run(whole);
+            let same =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same(&dx, &dx_whole) && same(&dw, &dw_whole),
+                "{what}: windows changed bits"
+            );
+        }
+    }
+}
+
+/// PowerNorm's training step and its approximate backward past the binding limit: the
+/// GroupScaling (row norm and its backward), the masked quadratic mean (the channel engine
+/// with a token mask) and the backward's token-tile partials and dxs all bind windows. A
+/// `[1024, 4, 96]` batch (1.5 MiB) with padding on 1 MiB bindings, two steps, against the f64
+/// reference and bit for bit the same as on the default binding limit.
+#[test]
+fn power_norm_forward_and_backward_bind_windows() {
+    use wgnorm::powernorm::{PowerNorm, PowerNormConfig, PowerNormInputs};
+    use wgnorm::powernorm::{PowerNormGradInputs, PowerNormGradOutputs};
+    use wgnorm_reference::powernorm::{power_norm_grad, PowerNormRef};
+    let (t, b, c, groups) = (1024usize, 4usize, 96usize, 4usize);
+    let mut mask = vec![0.0f32; b * t];
+    for (bi, keep) in [(0usize, t), (1, t - 37), (2, 5), (3, t - 1)] {
+        mask[bi * t + keep..(bi + 1) * t].fill(1.0);
+    }
+    let (w, bias) = (noise(61, c), noise(62, c));
+    let f = |v: &[f32]| round_to(DType::F32, v);
+    let run = |ctx: &Context| {
+        let op = PowerNorm::new(
+            ctx,
+            PowerNormConfig {
+                warmup_iters: 1,
+                group_num: groups,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let up = |v: &[f32], shape: &[usize]| ctx.upload_f32(v, shape).unwrap();
+        let (wt, bt, mask_t) = (up(&w, &[c]), up(&bias, &[c]), up(&mask, &[b, t]));
+        let (phi_t, ema_t) = (up(&vec![1.0; c], &[c]), up(&vec![0.0; c], &[c]));
+        let saved = ctx.empty(&[c, 2], DType::F32).unwrap();
+        let mut out = Vec::new();
+        for step in 1..=2u64 {
+            let x: Vec<f32> = noise(70 + step, t * b * c)
+                .iter()
+                .map(|v| v * 1.5 + 0.2)
+                .collect();
+            let dy = noise(80 + step, t * b * c);
+            let (xt, dyt) = (up(&x, &[t, b, c]), up(&dy, &[t, b, c]));
+            let phi_old = f(&ctx.download(&phi_t).unwrap());
+            let y = ctx.empty(&[t, b, c], DType::F32).unwrap();
+            let dx = ctx.empty(&[t, b, c], DType::F32).unwrap();
+            let (dw, db) = (
+                ctx.empty(&[c], DType::F32).unwrap(),
+                ctx.empty(&[c], DType::F32).unwrap(),
+            );
+            ctx.record_and_submit(|enc| {
+                let inputs = PowerNormInputs {
+                    x: &xt,
+                    pad_mask: Some(&mask_t),
+                    weight: Some(&wt),
+                    bias: Some(&bt),
+                    running_phi: &phi_t,
+                };
+                op.encode_train_saving(enc, &inputs, &y, step, &saved)?;
+                let grad = PowerNormGradInputs {
+                    x: &xt,
+                    pad_mask: Some(&mask_t),
+                    weight: Some(&wt),
+                    dy: &dyt,
+                    saved: &saved,
+                    ema_gz: &ema_t,
+                };
+                let outs = PowerNormGradOutputs {
+                    dx: &dx,
+                    dweight: Some(&dw),
+                    dbias: Some(&db),
+                };
+                op.encode_backward(enc, &grad, &outs)
+            })
+            .unwrap();
+            let got = [&y, &dx, &dw, &ema_t].map(|t| ctx.download(t).unwrap());
+            out.push((x, dy, phi_old, got));
+        }
+        out
+    };
+    let windowed = run(&limited_context(1 << 20));
+    let whole = run(wgnorm_tests::ctx());
+    let mask_d = f(&mask);
+    let mut nu = vec![0.0f64; c];
+    for (step, ((x, dy, phi_old, got), (_, _, _, got_whole))) in
+        windowed.iter().zip(&whole).enumerate()
+    {
+        let s = PowerNormRef {
+            eps: 1e-5,
+            alpha_fwd: 0.9,
+            warmup: 1,
+            group_num: groups,
+            step: Some(step as u64 + 1),
+        };
+        let want = power_norm_grad(
+            &f(x),
+            t,
+            b,
+            c,
+            Some(&mask_d),
+            &f(&w),
+            &f(dy),
+            phi_old,
+            s,
+            0.9,
+            &mut nu,
+        );
+        let what = format!("power_norm step {} (1 MiB bindings)", step + 1);
+        assert_close(&format!("{what} dx"), &got[1], &want.dx, 5e-5, 5e-4);
+        assert_close(
+            &format!("{what} dweight"),
+            &got[2],
+            &want.dweight,
+            5e-5,
+            5e-4,
+        );
+        assert_close(&format!("{what} ema_gz"), &got[3], &nu, 5e-5, 5e-4);
+        for (k, name) in ["y", "dx", "dweight", "ema_gz"].iter().enumerate() {
+            let same = got[k]
+                .iter()
+                .zip(&got_whole[k])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{what}: windows changed the bits of {name}");
+        }
+    }
+}

@@ -16,6 +16,13 @@ struct PowerGradParams {
     eps: f32,
     // 1 - alpha_bkw.
     one_minus_alpha: f32,
+    // xs, dy and dxs may be bound in windows: the dispatch's first workgroup (partials) or
+    // element (dx) in the whole call's numbering, the element the bindings start at, and the
+    // dispatch's end (partials: workgroups; dx: elements). Indices stay the whole call's.
+    group_base: u32,
+    x_base: u32,
+    end: u32,
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: PowerGradParams;

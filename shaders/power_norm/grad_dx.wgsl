@@ -12,10 +12,11 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let e = linear_group(wid, nwg) * WG + lid;
-    if (e >= params.tokens * params.c) {
+    let e = linear_group(wid, nwg) * WG + lid + params.group_base;
+    if (e >= params.tokens * params.c || e >= params.end) {
         return;
     }
     let k = coef[e % params.c];
-    dxs_store(e, k.x * dy_load(e) + k.y * xs_load(e));
+    let l = e - params.x_base;
+    dxs_store(l, k.x * dy_load(l) + k.y * xs_load(l));
 }

@@ -31,11 +31,11 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let g = linear_group(wid, nwg);
+    let g = linear_group(wid, nwg) + params.group_base;
     let chunks = (params.c + WG - 1u) / WG;
     let tile = g / chunks;
     let ch = (g % chunks) * WG + lid;
-    if (tile >= params.tiles || ch >= params.c) {
+    if (tile >= params.tiles || ch >= params.c || g >= params.end) {
         return;
     }
     let rz = saved[ch].y;
@@ -45,7 +45,7 @@ fn main(
     var acc = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     for (var tok = start; tok < end; tok++) {
-        let e = tok * params.c + ch;
+        let e = tok * params.c + ch - params.x_base;
         let d = dy_load(e);
         let v = xs_load(e);
         let z = v * rz;

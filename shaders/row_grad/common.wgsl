@@ -21,7 +21,10 @@ struct RowGradParams {
     // Rows per block of the parameter-gradient pass, and the number of blocks.
     row_block: u32,
     blocks: u32,
-    _pad0: u32,
+    // x, residual, dy, dsum and dx may be bound in windows of whole blocks of rows: the window's
+    // first row (its bindings start there; rows is then the window's end). Rows keep the whole
+    // call's indices.
+    row_base: u32,
 }
 
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {

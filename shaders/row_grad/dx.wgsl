@@ -72,13 +72,14 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // Every lane reaches every barrier: a team past the last row computes on row 0 and stores
-    // nothing.
-    let want = linear_group(wid, nwg) * ROWS + lid / TEAM;
+    // Every lane reaches every barrier: a team past the last row computes on the window's first
+    // row and stores nothing.
+    let want = linear_group(wid, nwg) * ROWS + lid / TEAM + params.row_base;
     let live = want < params.rows;
-    let row = select(0u, want, live);
+    let row = select(params.row_base, want, live);
     let lane = lid % TEAM;
-    let base = row * params.n_vec;
+    // Element accesses count from the window's first row (the bindings start there).
+    let base = (row - params.row_base) * params.n_vec;
     let nf = f32(params.n);
     // Read before the first barrier: lane 0 rewrites the row's statistics after the last one.
     var saved_rstd = 0.0;

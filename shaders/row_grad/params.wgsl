@@ -19,7 +19,7 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let i = wid.x * WG + lid;
-    let block = wid.y;
+    let block = wid.y + params.row_base / params.row_block;
     if (i >= params.n_vec) {
         return;
     }
@@ -29,7 +29,7 @@ fn main(
     var ab = V(0.0);
     for (var r = r0; r < r1; r++) {
         let st = stats[r];
-        let e = r * params.n_vec + i;
+        let e = (r - params.row_base) * params.n_vec + i;
         var s = x_load(e);
         if (HAS_RESIDUAL) {
             s += residual_load(e);

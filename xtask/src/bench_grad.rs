@@ -125,7 +125,7 @@ fn naive_row_grad(
         weight_offset: 0.0,
         row_block: rows as u32,
         blocks: 1,
-        _pad0: 0,
+        row_base: 0,
     };
     let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
     let dx = ctx.empty(&[rows, n], DType::F32)?;

@@ -316,6 +316,18 @@ struct Ranges {
 /// One recorded dispatch: pipeline, bind group and grid.
 type Pass = (wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32));
 
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    a / gcd(a, b).max(1) * b
+}
+
 /// A row-norm backward bound to a device.
 pub struct RowGrad {
     ctx: Context,
@@ -424,9 +436,56 @@ impl RowGrad {
             weight_offset: self.cfg.weight_offset,
             row_block: row_block as u32,
             blocks: rows.div_ceil(row_block) as u32,
-            _pad0: 0,
+            row_base: 0,
         };
-        Ok((io, flags, params))
+        Ok((io, flags, self.fit_blocks(params)?))
+    }
+
+    /// Bytes per row of the tensors shaped like x, and the device's binding limit and offset
+    /// alignment.
+    fn row_limits(&self, params: &RowGradParams) -> (u64, u64, u64) {
+        let limits = self.ctx.limits();
+        (
+            params.n as u64 * self.cfg.dtype.size(),
+            limits.max_storage_buffer_binding_size,
+            limits.min_storage_buffer_offset_alignment as u64,
+        )
+    }
+
+    /// Rows per binding window (all of them when x fits one binding): a multiple of the
+    /// parameter pass's blocks, so every block sums the same rows in the same order whatever
+    /// the windows, and of the rows that keep each window's offset aligned.
+    fn window_rows(&self, params: &RowGradParams) -> u64 {
+        let (row_bytes, limit, align) = self.row_limits(params);
+        let rows = params.rows as u64;
+        if rows * row_bytes <= limit {
+            return rows.max(1);
+        }
+        let step = lcm(
+            params.row_block as u64,
+            align / gcd(row_bytes.max(1), align),
+        );
+        limit / row_bytes.max(1) / step * step
+    }
+
+    /// The call's parameters with blocks small enough that a window holds whole ones: the
+    /// adapter's blocks unless one block of rows exceeds a binding (then the parameter sums,
+    /// still deterministic, follow the binding limit). A row past the limit is refused.
+    fn fit_blocks(&self, mut params: RowGradParams) -> Result<RowGradParams> {
+        let (row_bytes, limit, align) = self.row_limits(&params);
+        while self.window_rows(&params) == 0 {
+            let unit = align / gcd(row_bytes.max(1), align);
+            if params.row_block <= 1 || row_bytes * unit > limit {
+                return Err(Error::TooLargeForBinding {
+                    what: "x (the rows of one aligned binding window)".into(),
+                    bytes: row_bytes * unit,
+                    limit,
+                });
+            }
+            params.row_block = params.row_block.div_ceil(2);
+            params.blocks = params.rows.div_ceil(params.row_block);
+        }
+        Ok(params)
     }
 
     /// The pipelines, bind groups and grids of a call: dx (when there are rows), then the
@@ -453,29 +512,48 @@ impl RowGrad {
             let groups = binding::grid(ctx, (rows as u64).div_ceil(COL_WG as u64));
             passes.push((ctx.pipeline(&saved_spec())?, bind, groups));
         }
-        if rows > 0 {
+        let per_window = self.window_rows(&params);
+        let row_bytes = params.n as u64 * self.cfg.dtype.size();
+        // (first row, rows) of each window; the ranges of the tensors shaped like x in it.
+        let windows: Vec<(u64, u64)> = (0..rows as u64)
+            .step_by(per_window.max(1) as usize)
+            .map(|first| (first, per_window.min(rows as u64 - first)))
+            .collect();
+        let win = |t: &BufferRange, (first, len): (u64, u64)| {
+            if len == rows as u64 {
+                t.clone()
+            } else {
+                t.window(first * row_bytes, len * row_bytes)
+            }
+        };
+        let on = |(first, len): (u64, u64)| RowGradParams {
+            rows: (first + len) as u32,
+            row_base: first as u32,
+            ..params
+        };
+        let shape = DxShape::choose(ctx.is_cpu(), params.n_vec as usize);
+        let var = Variance {
+            unbiased: self.cfg.unbiased,
+            eps_outside: self.cfg.eps_outside,
+        };
+        let dx_pipeline = ctx.pipeline(&dx_spec_with(mode, io, flags, shape, var))?;
+        for &w in &windows {
             let bind = self.binds.get(
                 ctx,
                 DX_SLOTS,
-                &params,
+                &on(w),
                 &[
-                    &r.x,
-                    r.residual.as_ref().unwrap_or(&dr),
+                    &win(&r.x, w),
+                    &r.residual.as_ref().map_or(dr.clone(), |t| win(t, w)),
                     r.weight.as_ref().unwrap_or(&dr),
-                    &r.dy,
-                    r.dsum.as_ref().unwrap_or(&dr),
-                    &r.dx,
+                    &win(&r.dy, w),
+                    &r.dsum.as_ref().map_or(dr.clone(), |t| win(t, w)),
+                    &win(&r.dx, w),
                     &stats,
                 ],
             )?;
-            let shape = DxShape::choose(ctx.is_cpu(), params.n_vec as usize);
-            let groups = binding::grid(ctx, (rows as u64).div_ceil(shape.rows as u64));
-            let var = Variance {
-                unbiased: self.cfg.unbiased,
-                eps_outside: self.cfg.eps_outside,
-            };
-            let pipeline = ctx.pipeline(&dx_spec_with(mode, io, flags, shape, var))?;
-            passes.push((pipeline, bind, groups));
+            let groups = binding::grid(ctx, w.1.div_ceil(shape.rows as u64));
+            passes.push((dx_pipeline.clone(), bind, groups));
         }
         if !(flags.dweight || flags.dbias) {
             return Ok(passes);
@@ -486,16 +564,17 @@ impl RowGrad {
             .get(ctx, key, &[(blocks * 2 * n).max(4)], DType::F32)?;
         let partials = binding::storage_range(ctx, "partials", &partials)?;
         let col_groups = (params.n_vec as u64).div_ceil(COL_WG as u64) as u32;
-        if rows > 0 {
-            let residual = r.residual.as_ref().unwrap_or(&dr);
+        let params_pipeline = ctx.pipeline(&params_spec(mode, io, flags))?;
+        for &w in &windows {
+            let residual = r.residual.as_ref().map_or(dr.clone(), |t| win(t, w));
             let bind = self.binds.get(
                 ctx,
                 PARAMS_SLOTS,
-                &params,
-                &[&r.x, residual, &r.dy, &stats, &partials],
+                &on(w),
+                &[&win(&r.x, w), &residual, &win(&r.dy, w), &stats, &partials],
             )?;
-            let pipeline = ctx.pipeline(&params_spec(mode, io, flags))?;
-            passes.push((pipeline, bind, (col_groups, blocks as u32)));
+            let window_blocks = w.1.div_ceil(params.row_block as u64) as u32;
+            passes.push((params_pipeline.clone(), bind, (col_groups, window_blocks)));
         }
         let outs = [r.dweight.as_ref(), r.dbias.as_ref()].map(|o| o.unwrap_or(&dw));
         let bind = self

@@ -199,7 +199,10 @@ uniform_block! {
         /// Rows per block of the parameter-gradient pass, and the number of blocks.
         pub row_block: u32,
         pub blocks: u32,
-        pub _pad0: u32,
+        /// Tensors shaped like x bound in windows of whole blocks of rows: the first row of
+        /// this dispatch's window (its bindings start there; `rows` is then the window's end).
+        /// Row indices stay the whole call's. 0 when bound whole.
+        pub row_base: u32,
     }
 }
 

@@ -6,7 +6,8 @@
 //! unpadded tokens, per-channel coefficients and the `nu` update, dxs), and the row backward
 //! through the GroupScaling.
 
-use wgnorm_core::binding::{self, BindCache};
+use wgnorm_core::binding::{self, BindCache, BufferRange};
+use wgnorm_core::chnorm::split::{apply_spans, Budget, Span};
 use wgnorm_core::context::Slot;
 use wgnorm_core::rowgrad::RowGradArgs;
 use wgnorm_core::rownorm::RowNormArgs;
@@ -31,6 +32,13 @@ wgnorm_core::uniform_block! {
         pub eps: f32,
         /// `1 - alpha_bkw`.
         pub one_minus_alpha: f32,
+        /// xs, dy and dxs bound in windows: this dispatch's first workgroup (partials) or
+        /// element (dx) in the whole call's numbering, the element its bindings start at, and
+        /// its end (partials: workgroups; dx: elements). Indices stay the whole call's.
+        pub group_base: u32,
+        pub x_base: u32,
+        pub end: u32,
+        pub _pad0: u32,
     }
 }
 
@@ -262,15 +270,23 @@ impl PowerNorm {
             tile_len: tile_len as u32,
             eps: self.cfg.eps,
             one_minus_alpha: 1.0 - ALPHA_BKW,
+            group_base: 0,
+            x_base: 0,
+            end: u32::MAX,
+            _pad0: 0,
         };
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw = [0, 1].map(|i| binding::dummy_range(ctx.dummy_write(i)));
         let opt =
             |t: Option<&Tensor>, what, d| t.map(|t| r(t, what)).transpose().map(|o| o.unwrap_or(d));
+        // xs, dy and dxs may be larger than one binding: bound in windows of whole token tiles
+        // (partials) and of elements (dx), indices the whole call's, so the sums and their
+        // order do not depend on the windows.
+        let whole = |t: &Tensor, what| binding::storage_range_unbounded(ctx, what, t);
         let (xs, dy, saved) = (
-            r(&scaled, "scaled")?,
-            r(inputs.dy, "dy")?,
+            whole(&scaled, "scaled")?,
+            whole(inputs.dy, "dy")?,
             r(inputs.saved, "saved")?,
         );
         let (mask, weight) = (
@@ -280,29 +296,13 @@ impl PowerNorm {
         let (part, cf, dxs_r, ema) = (
             r(&partials, "partials")?,
             r(&coef, "coef")?,
-            r(&dxs, "dxs")?,
+            whole(&dxs, "dxs")?,
             r(inputs.ema_gz, "ema_gz")?,
         );
         let (dwr, dbr) = (
             opt(outputs.dweight, "dweight", dw[0].clone())?,
             opt(outputs.dbias, "dbias", dw[1].clone())?,
         );
-        let binds = [
-            st.binds.get(
-                ctx,
-                GRAD_PARTIALS_SLOTS,
-                &params,
-                &[&xs, &dy, &mask, &saved, &weight, &part],
-            )?,
-            st.binds.get(
-                ctx,
-                GRAD_FINALIZE_SLOTS,
-                &params,
-                &[&saved, &dr, &weight, &part, &ema, &cf, &dwr, &dbr],
-            )?,
-            st.binds
-                .get(ctx, GRAD_DX_SLOTS, &params, &[&xs, &dy, &cf, &dxs_r])?,
-        ];
         let specs = specs(
             io,
             inputs.pad_mask.is_some(),
@@ -310,22 +310,57 @@ impl PowerNorm {
             outputs.dweight.is_some(),
             outputs.dbias.is_some(),
         );
-        let pipes = [
-            ctx.pipeline(&specs[0])?,
-            ctx.pipeline(&specs[1])?,
-            ctx.pipeline(&specs[2])?,
-        ];
-        let groups = [
-            tiles as u64 * (c as u64).div_ceil(WG),
-            (c as u64).div_ceil(WG),
-            ((tokens * c) as u64).div_ceil(WG),
-        ];
-        let passes = pipes
-            .into_iter()
-            .zip(binds)
-            .zip(groups)
-            .map(|((p, b), g)| (p, b, g))
-            .collect();
+        let limits = ctx.limits();
+        let budget = Budget::new(
+            (tokens * c) as u64,
+            dtype.size(),
+            (
+                limits.max_storage_buffer_binding_size,
+                limits.min_storage_buffer_offset_alignment as u64,
+            ),
+        );
+        let chunks = (c as u64).div_ceil(WG);
+        let eb = dtype.size();
+        let total = (tokens * c) as u64;
+        let win = |t: &BufferRange, s: &Span| {
+            if s.base == 0 && s.end >= total {
+                t.clone()
+            } else {
+                t.window(s.base * eb, (s.end - s.base) * eb)
+            }
+        };
+        let mut passes = Vec::new();
+        let pipe = ctx.pipeline(&specs[0])?;
+        for s in apply_spans(budget, (tile_len * c) as u64, chunks)? {
+            let pr = PowerGradParams {
+                group_base: s.first as u32,
+                x_base: s.base as u32,
+                end: (s.first + s.count) as u32,
+                ..params
+            };
+            let ranges = [&win(&xs, &s), &win(&dy, &s), &mask, &saved, &weight, &part];
+            let bind = st.binds.get(ctx, GRAD_PARTIALS_SLOTS, &pr, &ranges)?;
+            passes.push((pipe.clone(), bind, s.count));
+        }
+        let bind = st.binds.get(
+            ctx,
+            GRAD_FINALIZE_SLOTS,
+            &params,
+            &[&saved, &dr, &weight, &part, &ema, &cf, &dwr, &dbr],
+        )?;
+        passes.push((ctx.pipeline(&specs[1])?, bind, (c as u64).div_ceil(WG)));
+        let pipe = ctx.pipeline(&specs[2])?;
+        for s in apply_spans(budget, 1, 1)? {
+            let pr = PowerGradParams {
+                group_base: s.first as u32,
+                x_base: s.base as u32,
+                end: s.end as u32,
+                ..params
+            };
+            let ranges = [&win(&xs, &s), &win(&dy, &s), &cf, &win(&dxs_r, &s)];
+            let bind = st.binds.get(ctx, GRAD_DX_SLOTS, &pr, &ranges)?;
+            passes.push((pipe.clone(), bind, s.count.div_ceil(WG)));
+        }
         Ok((passes, scaled, dxs))
     }
 
@@ -367,6 +402,10 @@ impl PowerNorm {
             tile_len: 1,
             eps: self.cfg.eps,
             one_minus_alpha: 1.0 - ALPHA_BKW,
+            group_base: 0,
+            x_base: 0,
+            end: u32::MAX,
+            _pad0: 0,
         };
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let dr = binding::dummy_range(ctx.dummy_read());

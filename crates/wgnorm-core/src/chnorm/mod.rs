@@ -16,7 +16,7 @@ mod check;
 pub(crate) use check::expect;
 pub mod plan;
 mod record;
-pub(crate) mod split;
+pub mod split;
 mod view;
 
 use std::collections::HashMap;

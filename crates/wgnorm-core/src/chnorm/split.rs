@@ -18,19 +18,20 @@ use super::ChannelView;
 
 /// One dispatch of a pass over one binding window of x (and y).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Span {
-    /// The call's first workgroup (moments) or invocation (apply) in this dispatch, and how
-    /// many.
+pub struct Span {
+    /// The call's first workgroup (moments) or invocation (apply) in this dispatch.
     pub first: u64,
+    /// Workgroups or invocations in this dispatch.
     pub count: u64,
-    /// Accesses of the tensor the binding starts at (aligned) and ends at (exclusive).
+    /// Access of the tensor the binding starts at (aligned).
     pub base: u64,
+    /// Access the binding ends at (exclusive).
     pub end: u64,
 }
 
 /// A tensor's accesses and the device's binding limits, in accesses.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Budget {
+pub struct Budget {
     /// Accesses in the tensor.
     pub total: u64,
     /// Most accesses one binding holds.
@@ -69,14 +70,16 @@ impl Budget {
 
 /// The moments pass's workgroups as groups that read one contiguous range of x each.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct MomentsGroups {
+pub struct MomentsGroups {
     /// The reduced view the pass runs on (the per-channel view of grouped calls).
     pub view: ChannelView,
     /// Accesses of a slot per step of q (`s_v`), or 1 with lanes per channel.
     pub run: u64,
     /// Accesses per step of q of the whole view (`r * s_v`, or the channel vectors per token).
     pub step: u64,
+    /// Tiles per slot.
     pub tiles: u64,
+    /// Accesses per tile.
     pub tile_len: u64,
     /// Workgroups per group: 1 (Q = 1: a group is one tile of one slot), R, or the channel
     /// chunks.
@@ -197,9 +200,10 @@ impl MomentsGroups {
     }
 }
 
-/// The apply pass's dispatches: windows of `unit` accesses (an invocation's `block`, or a
-/// block of tokens of every channel vector: `block * cv`), `per_unit` invocations each.
-pub(crate) fn apply_spans(b: Budget, unit: u64, per_unit: u64) -> Result<Vec<Span>> {
+/// The dispatches of an elementwise-shaped pass: windows of whole units of `unit` accesses
+/// (an invocation's `block`, a block of tokens of every channel vector `block * cv`, a tile of
+/// tokens), `per_unit` invocations or workgroups each.
+pub fn apply_spans(b: Budget, unit: u64, per_unit: u64) -> Result<Vec<Span>> {
     let unit = unit.max(1);
     let units = b.total.div_ceil(unit);
     if b.fits_whole() {

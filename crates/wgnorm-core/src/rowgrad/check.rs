@@ -78,15 +78,18 @@ impl RowGrad {
         let ctx = &self.ctx;
         let r = |what, t: &Tensor| binding::storage_range(ctx, what, t);
         let opt = |what, t: Option<&Tensor>| t.map(|t| r(what, t)).transpose();
+        // Tensors shaped like x may be bound in windows of rows (`RowGrad::windows`).
+        let rows_of = |what, t: &Tensor| binding::storage_range_unbounded(ctx, what, t);
+        let rows_opt = |what, t: Option<&Tensor>| t.map(|t| rows_of(what, t)).transpose();
         let ranges = Ranges {
-            x: r("x", a.x)?,
-            residual: opt("residual", a.residual)?,
+            x: rows_of("x", a.x)?,
+            residual: rows_opt("residual", a.residual)?,
             weight: opt("weight", a.weight)?,
-            dy: r("dy", a.dy)?,
-            dsum: opt("dsum", a.dsum)?,
+            dy: rows_of("dy", a.dy)?,
+            dsum: rows_opt("dsum", a.dsum)?,
             mean: opt("mean", a.mean)?,
             rstd: opt("rstd", a.rstd)?,
-            dx: r("dx", a.dx)?,
+            dx: rows_of("dx", a.dx)?,
             dweight: opt("dweight", a.dweight)?,
             dbias: opt("dbias", a.dbias)?,
         };
