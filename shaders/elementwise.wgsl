@@ -1,19 +1,5 @@
-// Elementwise activation (SELU and the other epilogues as standalone ops): y = act(x), BLOCK
-// consecutive accesses per invocation.
+// y = act(x) (with elementwise_common.wgsl).
 
-override WG: u32 = 256u;
-override BLOCK: u32 = 1u;
-
-struct EwParams {
-    // Number of accesses of VW elements.
-    n_v: u32,
-    // SELU epilogue constants (the activation snippet reads them).
-    selu_alpha: f32,
-    selu_lambda: f32,
-    _pad0: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: EwParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> y: array<Elem>;
 
@@ -23,9 +9,8 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let start = ((wid.x + wid.y * nwg.x) * WG + lid) * BLOCK;
-    let end = min(params.n_v, start + BLOCK);
-    for (var i = start; i < end; i = i + 1u) {
+    let r = block_of(wid, nwg, lid);
+    for (var i = r.x; i < r.y; i = i + 1u) {
         y_store(i, activate(x_load(i)));
     }
 }

@@ -221,3 +221,57 @@ fn alpha_dropout_mask_affine_and_moments() {
     )
     .is_err());
 }
+
+/// The standalone activations' backward, `dx = dy * act'(x)`, for every activation (SELU with
+/// custom constants too), f32 and f16, vector and scalar accesses, against the f64 derivative
+/// (itself checked against finite differences in `wgnorm-reference`).
+#[test]
+fn elementwise_activation_backward() {
+    use wgnorm::ElementwiseConfig;
+    use wgnorm_reference::activation::Act;
+    let c = ctx();
+    let custom = Activation::Selu {
+        alpha: 1.2,
+        lambda: 0.9,
+    };
+    for a in Activation::ALL.into_iter().chain([custom]) {
+        let r = match a {
+            Activation::None => Act::None,
+            Activation::Silu => Act::Silu,
+            Activation::GeluTanh => Act::GeluTanh,
+            Activation::GeluErf => Act::GeluErf,
+            Activation::Relu => Act::Relu,
+            Activation::Selu { alpha, lambda } => Act::Selu {
+                alpha: alpha as f64,
+                lambda: lambda as f64,
+            },
+        };
+        for (dtype, n) in [
+            (DType::F32, 1024usize),
+            (DType::F32, 1001),
+            (DType::F16, 999),
+        ] {
+            let x: Vec<f32> = noise(61, n).iter().map(|v| v * 6.0).collect();
+            let dy = noise(62, n);
+            let (xd, dyd) = (round_to(dtype, &x), round_to(dtype, &dy));
+            let op = Elementwise::new(
+                c,
+                ElementwiseConfig {
+                    activation: a,
+                    dtype,
+                },
+            )
+            .unwrap();
+            let xt = c.upload(&x, &[n], dtype).unwrap();
+            let dyt = c.upload(&dy, &[n], dtype).unwrap();
+            let dx = c.download(&op.backward(&xt, &dyt).unwrap()).unwrap();
+            let want: Vec<f64> = xd.iter().zip(&dyd).map(|(&v, &d)| d * r.grad(v)).collect();
+            let (at, rt) = if dtype == DType::F16 {
+                (2e-3, 2e-3)
+            } else {
+                (1e-6, 1e-5)
+            };
+            assert_close(&format!("{a:?} backward {dtype} n={n}"), &dx, &want, at, rt);
+        }
+    }
+}

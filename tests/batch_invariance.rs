@@ -5,7 +5,7 @@
 //! kernel, row-count tuning entries) sum in another order: they are opt-in
 //! (`with_few_row_kernels`), and off here.
 
-use wgnorm::engine::core::tuning::{RowEntry, Tuning};
+use wgnorm::engine::core::tuning::{LaneEntry, RowEntry, Tuning};
 use wgnorm::engine::rownorm::{AdapterClass, RowKernel, RowMode, RowNorm, RowNormConfig};
 use wgnorm::{Context, DType};
 use wgnorm_tests::noise;
@@ -161,9 +161,11 @@ type Run<'a> = dyn Fn(&Context, usize) -> Vec<f32> + 'a;
 
 /// GroupNorm (+SiLU) and InstanceNorm: a sample's output bits do not depend on how many
 /// samples its call has, nor on the binding windows (a device with 1 MiB bindings windows the
-/// batch axis), in both layouts.
+/// batch axis), nor, with a tuning table, on which batch size its lane plan was measured on,
+/// in both layouts.
 #[test]
 fn a_samples_bits_do_not_depend_on_the_batch_or_the_windows() {
+    use wgnorm::engine::chnorm::{ChannelView, LanePlan};
     use wgnorm::{Activation, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig};
     use wgnorm::{Layout, NormInputs};
     let ctx = fresh();
@@ -213,6 +215,25 @@ fn a_samples_bits_do_not_depend_on_the_batch_or_the_windows() {
             };
             ctx.download(&op.forward(&inputs).unwrap()).unwrap()
         };
+        // A tuning table whose lane plans (strided lanes, 64-access tiles: another summation
+        // order than the default) were measured on the full batch.
+        let tuned = fresh();
+        let mut t = Tuning::new(tuned.adapter_info().name.clone());
+        let plan = LanePlan {
+            lane_blocks: Some(false),
+            channel_lanes: Some(false),
+            apply_block: Some(1),
+            tile: Some(64),
+        };
+        for groups in [8, c] {
+            t.insert_lanes(LaneEntry {
+                moments: true,
+                dtype: DType::F32,
+                view: ChannelView::group_norm(&shape(most), layout, groups).unwrap(),
+                plan,
+            });
+        }
+        tuned.set_tuning(t).unwrap();
         let ops: [(&str, &Run); 2] = [("group_norm", &group), ("instance_norm", &instance)];
         for (name, run) in ops {
             let alone = run(&ctx, 1);
@@ -225,6 +246,23 @@ fn a_samples_bits_do_not_depend_on_the_batch_or_the_windows() {
                         .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{name} {layout:?}{device}: sample 0 of {n} differs");
                 }
+            }
+            // The tuned plan serves every batch size (and is in use: it sums in another order).
+            let tuned_alone = run(&tuned, 1);
+            assert!(
+                tuned_alone
+                    .iter()
+                    .zip(&alone)
+                    .any(|(a, b)| a.to_bits() != b.to_bits()),
+                "{name} {layout:?}: the tuning table's lane plan was not used"
+            );
+            for n in [3, most] {
+                let y = run(&tuned, n);
+                let same = y[..per]
+                    .iter()
+                    .zip(&tuned_alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{name} {layout:?} (tuned): sample 0 of {n} differs");
             }
         }
     }

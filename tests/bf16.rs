@@ -238,6 +238,7 @@ fn bf16_is_refused_where_it_is_not_implemented() {
     let g = ln.backward(&LayerNormGradInputs {
         x: &x,
         weight: None,
+        bias: None,
         dy: &x,
         mean: None,
         rstd: None,

@@ -427,30 +427,18 @@ fn channel_backward_bad_input_is_typed() {
     let outputs = wgnorm::BatchNormGradOutputs { dx: &dy, ..outputs };
     let r = bn.encode_backward(&mut enc, &inputs, &outputs, Mode::Train);
     assert!(matches!(r, Err(Error::AliasedBuffers { .. })), "{r:?}");
-    // A GroupNorm with GELU is created fine; its backward is refused, typed.
-    let gn = GroupNorm::new(
-        c_,
-        GroupNormConfig {
-            activation: Activation::GeluErf,
-            ..GroupNormConfig::new(3)
-        },
-    )
-    .unwrap();
+    // A weight of the wrong length.
+    let short_w = c_.upload_f32(&[1.0; 2], &[2]).unwrap();
+    let gn = GroupNorm::new(c_, GroupNormConfig::new(3)).unwrap();
     let r = gn.backward(&NormGradInputs {
         x: &x,
-        weight: None,
+        weight: Some(&short_w),
         bias: None,
         dy: &dy,
         saved: None,
     });
     assert!(
-        matches!(
-            r,
-            Err(Error::InvalidParameter {
-                name: "activation",
-                ..
-            })
-        ),
+        matches!(r, Err(Error::ShapeMismatch { .. })),
         "{:?}",
         r.err()
     );
@@ -618,6 +606,310 @@ fn weight_standardization_backward_in_every_variant() {
                 atol * scale(&want),
                 rtol,
             );
+        }
+    }
+}
+
+/// A common offset far above the spread (2000 ± 1, 1e4 ± 0.25) costs the batch-statistics
+/// backward no precision: with recomputed statistics the slot is centred on its merged
+/// moments' shift, with saved ones the f32 mean's rounding is corrected from the exact sum of
+/// the centred values. BatchNorm and GroupNorm (+SiLU), both layouts, against the f64
+/// reference at 2e-5 of each gradient's scale (an f32 mean alone is off by up to 6e-5 of the
+/// spread at 2000, 5e-4 at 1e4).
+#[test]
+fn channel_backward_at_large_offsets_is_as_accurate_as_centred() {
+    let c_ = ctx();
+    let (n, c, sp, groups) = (4usize, 8usize, [6usize, 6], 2usize);
+    let hw = sp[0] * sp[1];
+    for (offset, spread) in [(2e3f32, 1.0f32), (1e4, 0.25)] {
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let x: Vec<f32> = noise(91, n * c * hw)
+                .iter()
+                .map(|v| offset + v * spread)
+                .collect();
+            let (w, b, dy) = (noise(92, c), noise(93, c), noise(94, n * c * hw));
+            let f = |v: &[f32]| round_to(DType::F32, v);
+            let (xd, dyd) = (f(&x), f(&dy));
+            let xt = upload(&x, n, c, &sp, layout, DType::F32);
+            let dyt = upload(&dy, n, c, &sp, layout, DType::F32);
+            let wt = c_.upload_f32(&w, &[c]).unwrap();
+            let bt = c_.upload_f32(&b, &[c]).unwrap();
+            let check = |what: &str, got: &Tensor, want: &[f64], nhwc: bool| {
+                let want = if nhwc {
+                    in_layout(want, n, c, hw, layout)
+                } else {
+                    want.to_vec()
+                };
+                let got = c_.download(got).unwrap();
+                assert_close(what, &got, &want, 2e-5 * scale(&want), 0.0);
+            };
+            for saved in [false, true] {
+                let what = format!("offset {offset} ± {spread} {layout:?} saved {saved}");
+                // BatchNorm.
+                let bn = BatchNorm::new(
+                    c_,
+                    BatchNormConfig {
+                        layout,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let st = c_.empty(&[c, 2], DType::F32).unwrap();
+                let y = c_.empty(xt.shape(), DType::F32).unwrap();
+                c_.record_and_submit(|enc| {
+                    let inputs = BatchNormInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        bias: None,
+                        running_mean: None,
+                        running_var: None,
+                    };
+                    let outs = BatchNormOutputs {
+                        y: &y,
+                        saved: Some(&st),
+                    };
+                    bn.encode(enc, &inputs, &outs, Mode::Train)
+                })
+                .unwrap();
+                let g = bn
+                    .backward(
+                        &BatchNormGradInputs {
+                            x: &xt,
+                            weight: Some(&wt),
+                            dy: &dyt,
+                            saved: saved.then_some(&st),
+                            running_mean: None,
+                            running_var: None,
+                        },
+                        Mode::Train,
+                    )
+                    .unwrap();
+                let want = grad::batch_norm_grad(&xd, n, c, hw, Some(&f(&w)), &dyd, None, 1e-5);
+                check(&format!("bn {what} dx"), &g.dx, &want.dx, true);
+                check(
+                    &format!("bn {what} dweight"),
+                    &g.dweight,
+                    &want.dweight,
+                    false,
+                );
+                check(&format!("bn {what} dbias"), &g.dbias, &want.dbias, false);
+                // GroupNorm with and without SiLU; the saved statistics only without it (with
+                // SiLU a saved f32 mean also shifts the activation's argument, a second-order
+                // error the correction does not reach).
+                let silus: &[bool] = if saved { &[false] } else { &[false, true] };
+                for &silu in silus {
+                    let activation = if silu {
+                        Activation::Silu
+                    } else {
+                        Activation::None
+                    };
+                    let cfg = GroupNormConfig {
+                        activation,
+                        layout,
+                        ..GroupNormConfig::new(groups)
+                    };
+                    let gn = GroupNorm::new(c_, cfg).unwrap();
+                    let gst = c_.empty(&[n * groups, 2], DType::F32).unwrap();
+                    let inputs = NormInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        bias: Some(&bt),
+                    };
+                    c_.record_and_submit(|enc| {
+                        let outs = NormOutputs {
+                            y: &y,
+                            saved: Some(&gst),
+                        };
+                        gn.encode(enc, &inputs, &outs)
+                    })
+                    .unwrap();
+                    let g = gn
+                        .backward(&NormGradInputs {
+                            x: &xt,
+                            weight: Some(&wt),
+                            bias: Some(&bt),
+                            dy: &dyt,
+                            saved: saved.then_some(&gst),
+                        })
+                        .unwrap();
+                    let want = grad::group_norm_grad(
+                        &xd,
+                        n,
+                        c,
+                        hw,
+                        groups,
+                        &f(&w),
+                        &f(&b),
+                        &dyd,
+                        1e-5,
+                        silu,
+                    );
+                    let what = format!("gn silu {silu} {what}");
+                    check(&format!("{what} dx"), &g.dx, &want.dx, true);
+                    check(&format!("{what} dweight"), &g.dweight, &want.dweight, false);
+                    check(&format!("{what} dbias"), &g.dbias, &want.dbias, false);
+                }
+            }
+        }
+    }
+}
+
+/// GroupNorm with every fused activation differentiates through it (z = xhat * w + b, dz =
+/// dy * act'(z)): GELU (tanh and erf), ReLU and SELU, both layouts, f32 and f16, against the
+/// f64 reference gradients (checked against finite differences in `wgnorm-reference`).
+#[test]
+fn group_norm_backward_through_every_activation() {
+    use wgnorm_reference::activation::Act;
+    let c_ = ctx();
+    let (n, c, sp, groups) = (2usize, 12usize, [5usize, 4], 3usize);
+    let hw = sp[0] * sp[1];
+    let selu = Activation::SELU;
+    let (alpha, lambda) = selu.selu_params();
+    let acts = [
+        (Activation::GeluTanh, Act::GeluTanh),
+        (Activation::GeluErf, Act::GeluErf),
+        (Activation::Relu, Act::Relu),
+        (
+            selu,
+            Act::Selu {
+                alpha: alpha as f64,
+                lambda: lambda as f64,
+            },
+        ),
+    ];
+    for (activation, act) in acts {
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            for dtype in [DType::F32, DType::F16] {
+                let x: Vec<f32> = noise(31, n * c * hw)
+                    .iter()
+                    .map(|v| v * 1.3 - 0.2)
+                    .collect();
+                let (w, b, dy) = (noise(32, c), noise(33, c), noise(34, n * c * hw));
+                let (xd, dyd) = (round_to(dtype, &x), round_to(dtype, &dy));
+                let f = |v: &[f32]| round_to(DType::F32, v);
+                let xt = upload(&x, n, c, &sp, layout, dtype);
+                let dyt = upload(&dy, n, c, &sp, layout, dtype);
+                let wt = c_.upload_f32(&w, &[c]).unwrap();
+                let bt = c_.upload_f32(&b, &[c]).unwrap();
+                let cfg = GroupNormConfig {
+                    activation,
+                    layout,
+                    dtype,
+                    ..GroupNormConfig::new(groups)
+                };
+                let g = GroupNorm::new(c_, cfg)
+                    .unwrap()
+                    .backward(&NormGradInputs {
+                        x: &xt,
+                        weight: Some(&wt),
+                        bias: Some(&bt),
+                        dy: &dyt,
+                        saved: None,
+                    })
+                    .unwrap();
+                let shape = (n, c, hw, groups);
+                let want = grad::group_norm_act_grad(&xd, shape, &f(&w), &f(&b), &dyd, 1e-5, act);
+                let what = format!("gn {activation:?} {layout:?} {dtype}");
+                let (atol, rtol) = tol(dtype);
+                let want_dx = in_layout(&want.dx, n, c, hw, layout);
+                let got_dx = c_.download(&g.dx).unwrap();
+                assert_close(
+                    &format!("{what} dx"),
+                    &got_dx,
+                    &want_dx,
+                    atol * scale(&want_dx),
+                    rtol,
+                );
+                for (name, got, want) in [
+                    ("dweight", &g.dweight, &want.dweight),
+                    ("dbias", &g.dbias, &want.dbias),
+                ] {
+                    let got = c_.download(got).unwrap();
+                    assert_close(
+                        &format!("{what} {name}"),
+                        &got,
+                        want,
+                        atol * scale(want),
+                        rtol,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// InstanceNorm with `track_running_stats`: its inference form differentiates the running
+/// statistics as constants (BatchNorm's inference gradients of the same x), and its training
+/// form is the instance-statistics backward; both layouts.
+#[test]
+fn tracked_instance_norm_backward_in_both_modes() {
+    let c_ = ctx();
+    let (n, c, sp) = (3usize, 5usize, [4usize, 3]);
+    let hw = sp[0] * sp[1];
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let x: Vec<f32> = noise(51, n * c * hw)
+            .iter()
+            .map(|v| v * 2.0 + 0.5)
+            .collect();
+        let (w, b, dy) = (noise(52, c), noise(53, c), noise(54, n * c * hw));
+        let rm: Vec<f32> = noise(55, c).iter().map(|v| v * 0.3).collect();
+        let rv: Vec<f32> = noise(56, c).iter().map(|v| v.abs() + 0.5).collect();
+        let f = |v: &[f32]| round_to(DType::F32, v);
+        let xt = upload(&x, n, c, &sp, layout, DType::F32);
+        let dyt = upload(&dy, n, c, &sp, layout, DType::F32);
+        let up = |v: &[f32]| c_.upload_f32(v, &[c]).unwrap();
+        let (wt, bt, rmt, rvt) = (up(&w), up(&b), up(&rm), up(&rv));
+        let inorm = InstanceNorm::new(
+            c_,
+            InstanceNormConfig {
+                layout,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let inputs = NormGradInputs {
+            x: &xt,
+            weight: Some(&wt),
+            bias: Some(&bt),
+            dy: &dyt,
+            saved: None,
+        };
+        for mode in [Mode::Infer, Mode::Train] {
+            let (dx, dw, db) = (
+                c_.empty(xt.shape(), DType::F32).unwrap(),
+                c_.empty(&[c], DType::F32).unwrap(),
+                c_.empty(&[c], DType::F32).unwrap(),
+            );
+            c_.record_and_submit(|enc| {
+                let outs = wgnorm::NormGradOutputs {
+                    dx: &dx,
+                    dweight: Some(&dw),
+                    dbias: Some(&db),
+                };
+                inorm.encode_tracked_backward(enc, &inputs, (&rmt, &rvt), &outs, mode)
+            })
+            .unwrap();
+            let want = if mode == Mode::Infer {
+                let running = Some((f(&rm), f(&rv)));
+                let running = running.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice()));
+                grad::batch_norm_grad(&f(&x), n, c, hw, Some(&f(&w)), &f(&dy), running, 1e-5)
+            } else {
+                grad::group_norm_grad(&f(&x), n, c, hw, c, &f(&w), &f(&b), &f(&dy), 1e-5, false)
+            };
+            let what = format!("tracked instance norm {layout:?} {mode:?}");
+            let want_dx = in_layout(&want.dx, n, c, hw, layout);
+            let got = c_.download(&dx).unwrap();
+            assert_close(
+                &format!("{what} dx"),
+                &got,
+                &want_dx,
+                3e-5 * scale(&want_dx),
+                3e-4,
+            );
+            let got = c_.download(&dw).unwrap();
+            assert_close(&format!("{what} dweight"), &got, &want.dweight, 3e-5, 3e-4);
+            let got = c_.download(&db).unwrap();
+            assert_close(&format!("{what} dbias"), &got, &want.dbias, 3e-5, 3e-4);
         }
     }
 }

@@ -147,3 +147,105 @@ fn qk_norm_rope_bad_input_is_typed() {
     );
     assert!(matches!(r, Err(Error::AliasedBuffers { .. })), "{r:?}");
 }
+
+/// The backward (`encode_backward`): dy rotated back through the rotation's transpose, then the
+/// per-head RMSNorm's gradients with the shared weight. Both layouts, positions, tables and no
+/// rotation, a partial rotary dim, Gemma's offset, f32 and f16, against the f64 reference
+/// gradients (checked against finite differences of the forward in `wgnorm-reference`).
+#[test]
+fn qk_norm_rope_backward_matches_the_reference() {
+    use wgnorm::rmsnorm::QkNormRopeGradInputs;
+    use wgnorm_reference::grad::qk_norm_rope_grad;
+    let c_ = ctx();
+    let (tokens, heads) = (4usize, 3usize);
+    for (d, rot, layout, offset, angles) in [
+        (64usize, None, RopeLayout::NeoX, 0.0f32, 0u32),
+        (128, Some(64), RopeLayout::GptJ, 1.0, 1),
+        (96, None, RopeLayout::GptJ, 0.0, 2),
+    ] {
+        for dtype in [DType::F32, DType::F16] {
+            let x: Vec<f32> = noise(d as u64 + 1, tokens * heads * d)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            let (w, dy) = (noise(8, d), noise(9, tokens * heads * d));
+            let r = rot.unwrap_or(d);
+            let pos: Vec<f32> = (0..tokens).map(|t| (t * 37 + 5) as f32).collect();
+            let cos: Vec<f32> = (0..tokens * r / 2)
+                .map(|i| (i as f32 * 0.37).cos())
+                .collect();
+            let sin: Vec<f32> = (0..tokens * r / 2)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let op = QkNormRope::new(
+                c_,
+                QkNormRopeConfig {
+                    weight_offset: offset,
+                    layout,
+                    rotary_dim: rot,
+                    dtype,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let shape = [tokens, heads, d];
+            let xt = c_.upload(&x, &shape, dtype).unwrap();
+            let dyt = c_.upload(&dy, &shape, dtype).unwrap();
+            let wt = c_.upload(&w, &[d], dtype).unwrap();
+            let pt = c_.upload_f32(&pos, &[tokens]).unwrap();
+            let ct = c_.upload_f32(&cos, &[tokens, r / 2]).unwrap();
+            let st = c_.upload_f32(&sin, &[tokens, r / 2]).unwrap();
+            let a = match angles {
+                0 => RopeAngles::Positions(&pt),
+                1 => RopeAngles::Table { cos: &ct, sin: &st },
+                _ => RopeAngles::None,
+            };
+            let (dx, dw) = op
+                .backward(&QkNormRopeGradInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    angles: a,
+                    dy: &dyt,
+                })
+                .unwrap();
+            let f = |v: &[f32]| round_to(DType::F32, v);
+            let (posd, cosd, sind) = (f(&pos), f(&cos), f(&sin));
+            let aref = match angles {
+                0 => RopeRef::Positions {
+                    pos: &posd,
+                    base: 10_000.0,
+                },
+                1 => RopeRef::Table {
+                    cos: &cosd,
+                    sin: &sind,
+                },
+                _ => RopeRef::None,
+            };
+            let want = qk_norm_rope_grad(
+                &round_to(dtype, &x),
+                (heads, d),
+                (Some(&round_to(dtype, &w)), offset as f64),
+                1e-6,
+                (r, layout == RopeLayout::NeoX, aref),
+                &round_to(dtype, &dy),
+            );
+            let what = format!("qk backward d{d} rot{r} {layout:?} angles {angles} {dtype}");
+            let s = |v: &[f64]| v.iter().fold(1.0f64, |m, a| m.max(a.abs()));
+            let (at, rt) = if dtype == DType::F16 {
+                (4e-3, 1e-2)
+            } else {
+                (2e-5, 2e-4)
+            };
+            let got = c_.download(&dx).unwrap();
+            assert_close(&format!("{what} dx"), &got, &want.dx, at * s(&want.dx), rt);
+            let got = c_.download(&dw).unwrap();
+            assert_close(
+                &format!("{what} dweight"),
+                &got,
+                &want.dweight,
+                at * s(&want.dweight),
+                rt,
+            );
+        }
+    }
+}

@@ -75,6 +75,7 @@ fn run_layer_norm_within(c: LnCase, rel: Option<f64>) {
     let inputs = LayerNormGradInputs {
         x: &xt,
         weight: c.affine.then_some(&wt),
+        bias: None,
         dy: &dyt,
         mean: c.saved.then_some(&fwd.mean),
         rstd: c.saved.then_some(&fwd.rstd),
@@ -331,6 +332,7 @@ fn add_layer_norm_backward_is_the_gradient_of_both_inputs() {
                 x: &xt,
                 residual: &rt,
                 weight: Some(&wt),
+                bias: None,
                 dy: &dyt,
                 dsum: Some(&dst),
                 mean: None,
@@ -385,6 +387,7 @@ fn backward_is_bitwise_reproducible() {
     let inputs = LayerNormGradInputs {
         x: &xt,
         weight: Some(&wt),
+        bias: None,
         dy: &dyt,
         mean: None,
         rstd: None,
@@ -433,6 +436,7 @@ fn nan_rows_stay_in_their_row_and_empty_batches_give_zero_parameter_gradients() 
         .backward(&LayerNormGradInputs {
             x: &xt,
             weight: None,
+            bias: None,
             dy: &dyt,
             mean: None,
             rstd: None,
@@ -456,6 +460,7 @@ fn nan_rows_stay_in_their_row_and_empty_batches_give_zero_parameter_gradients() 
             &LayerNormGradInputs {
                 x: &e,
                 weight: None,
+                bias: None,
                 dy: &e.clone(),
                 mean: None,
                 rstd: None,
@@ -484,6 +489,7 @@ fn backward_bad_input_is_typed() {
     let inputs = LayerNormGradInputs {
         x: &x,
         weight: None,
+        bias: None,
         dy: &dy,
         mean: None,
         rstd: None,
@@ -518,18 +524,154 @@ fn backward_bad_input_is_typed() {
         &LayerNormGradOutputs { dx: &dy, ..outputs },
     );
     assert!(matches!(r, Err(Error::AliasedBuffers { .. })), "{r:?}");
+    // A bias of the wrong length (read by an activation's backward).
     let gelu = LayerNorm::new(ctx, LayerNormConfig::default())
         .unwrap()
         .with_activation(wgnorm::Activation::GeluErf);
+    let short_b = ctx.empty(&[3], DType::F32).unwrap();
+    let inputs = LayerNormGradInputs {
+        bias: Some(&short_b),
+        ..inputs
+    };
     let r = gelu.encode_backward(&mut enc, &inputs, &outputs);
-    assert!(
-        matches!(
-            r,
-            Err(Error::InvalidParameter {
-                name: "activation",
-                ..
-            })
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+}
+
+/// LayerNorm (its bias in the activation's argument) and Gemma-style RMSNorm (offset 1) with
+/// every fused activation differentiate through it: rows on the vector and scalar paths, f32
+/// and f16, LayerNorm also as the fused add, dx, dweight and dbias against the f64 reference.
+#[test]
+fn row_backward_through_every_activation() {
+    use wgnorm_reference::activation::Act;
+    let c = ctx();
+    let selu = Activation::SELU;
+    let (alpha, lambda) = selu.selu_params();
+    let acts = [
+        (Activation::Silu, Act::Silu),
+        (Activation::GeluTanh, Act::GeluTanh),
+        (Activation::GeluErf, Act::GeluErf),
+        (Activation::Relu, Act::Relu),
+        (
+            selu,
+            Act::Selu {
+                alpha: alpha as f64,
+                lambda: lambda as f64,
+            },
         ),
-        "{r:?}"
-    );
+    ];
+    for (activation, act) in acts {
+        for (dtype, rows, n) in [
+            (DType::F32, 5usize, 96usize),
+            (DType::F16, 4, 33),
+            (DType::F32, 3, 1001),
+        ] {
+            let x: Vec<f32> = noise(41, rows * n).iter().map(|v| v * 1.5 + 0.3).collect();
+            let (w, b, dy) = (noise(42, n), noise(43, n), noise(44, rows * n));
+            let res = noise(45, rows * n);
+            let (xd, wd, bd, dyd) = (
+                round_to(dtype, &x),
+                round_to(dtype, &w),
+                round_to(dtype, &b),
+                round_to(dtype, &dy),
+            );
+            let up = |v: &[f32], shape: &[usize]| c.upload(v, shape, dtype).unwrap();
+            let (xt, wt, bt, dyt, rt) = (
+                up(&x, &[rows, n]),
+                up(&w, &[n]),
+                up(&b, &[n]),
+                up(&dy, &[rows, n]),
+                up(&res, &[rows, n]),
+            );
+            let (atol, rtol) = tol(dtype);
+            let s = |v: &[f64]| v.iter().fold(1.0f64, |m, a| m.max(a.abs()));
+            let what = format!("{activation:?} {dtype} {rows}x{n}");
+            let check = |name: &str, got: &Tensor, want: &[f64]| {
+                let got = c.download(got).unwrap();
+                assert_close(&format!("{what} {name}"), &got, want, atol * s(want), rtol);
+            };
+            // LayerNorm, plain and as the fused add (the row is x + residual).
+            let ln = LayerNorm::new(
+                c,
+                LayerNormConfig {
+                    dtype,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .with_activation(activation);
+            let g = ln
+                .backward(&LayerNormGradInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    bias: Some(&bt),
+                    dy: &dyt,
+                    mean: None,
+                    rstd: None,
+                })
+                .unwrap();
+            let want = grad::layer_norm_act_grad(&xd, n, (Some(&wd), Some(&bd)), &dyd, 1e-5, act);
+            check("ln dx", &g.dx, &want.dx);
+            check("ln dweight", &g.dweight, &want.dweight);
+            check("ln dbias", &g.dbias, &want.dbias);
+            let (dx, dw, db) = (
+                c.empty(&[rows, n], dtype).unwrap(),
+                c.empty(&[n], dtype).unwrap(),
+                c.empty(&[n], dtype).unwrap(),
+            );
+            c.record_and_submit(|enc| {
+                ln.encode_add_backward(
+                    enc,
+                    &AddLayerNormGradInputs {
+                        x: &xt,
+                        residual: &rt,
+                        weight: Some(&wt),
+                        bias: Some(&bt),
+                        dy: &dyt,
+                        dsum: None,
+                        mean: None,
+                        rstd: None,
+                    },
+                    &LayerNormGradOutputs {
+                        dx: &dx,
+                        dweight: Some(&dw),
+                        dbias: Some(&db),
+                    },
+                )
+            })
+            .unwrap();
+            let sum: Vec<f64> = xd
+                .iter()
+                .zip(round_to(dtype, &res))
+                .map(|(a, b)| a + b)
+                .collect();
+            let want = grad::layer_norm_act_grad(&sum, n, (Some(&wd), Some(&bd)), &dyd, 1e-5, act);
+            check("add ln dx", &dx, &want.dx);
+            check("add ln dweight", &dw, &want.dweight);
+            check("add ln dbias", &db, &want.dbias);
+            // RMSNorm with Gemma's weight offset.
+            let rms = RmsNorm::new(
+                c,
+                RmsNormConfig {
+                    dtype,
+                    weight_offset: 1.0,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .with_activation(activation);
+            let (dx, dw) = rms
+                .backward(&RmsNormGradInputs {
+                    x: &xt,
+                    residual: None,
+                    weight: Some(&wt),
+                    dy: &dyt,
+                    dsum: None,
+                    rstd: None,
+                })
+                .unwrap();
+            let want = grad::rms_norm_act_grad(&xd, n, (Some(&wd), 1.0), &dyd, 1e-5, act);
+            check("rms dx", &dx, &want.dx);
+            check("rms dweight", &dw, &want.dweight);
+        }
+    }
 }

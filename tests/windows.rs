@@ -773,6 +773,7 @@ fn row_backward_binds_large_tensors_in_windows() {
                     let inputs = LayerNormGradInputs {
                         x: &xt,
                         weight: Some(&wt),
+                        bias: None,
                         dy: &dyt,
                         mean: None,
                         rstd: None,

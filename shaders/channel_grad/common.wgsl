@@ -14,8 +14,7 @@
 override STATS: u32 = 0u;
 override HAS_WEIGHT: bool = false;
 override HAS_BIAS: bool = false;
-// 1: SiLU after the affine (GroupNorm + SiLU), differentiated.
-override ACT: u32 = 0u;
+// ACT (common/activation.wgsl): the activation after the affine, differentiated.
 
 struct ChannelGradParams {
     p: u32,
@@ -36,8 +35,9 @@ struct ChannelGradParams {
     group_base: u32,
     x_base: u32,
     group_end: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // SELU's constants (common/activation.wgsl reads them).
+    selu_alpha: f32,
+    selu_lambda: f32,
     _pad2: u32,
 }
 
@@ -53,9 +53,5 @@ fn channels() -> u32 {
 
 // dz = dy * act'(z) for z = xhat * w + b.
 fn act_grad(dy: f32, z: f32) -> f32 {
-    if (ACT == 1u) {
-        let sg = 1.0 / (1.0 + exp(-z));
-        return dy * sg * (1.0 + z * (1.0 - sg));
-    }
-    return dy;
+    return dy * activate_grad(z);
 }

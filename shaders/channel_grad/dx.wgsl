@@ -1,5 +1,6 @@
 // Batch-statistics backward, phase 3: dx per element from its slot's coefficients
-// (mean, rstd, sum(g) / M, sum(g * xhat) / M): dx = rstd * (g - c1 - xhat * c2).
+// (shift, delta, rstd, e) and (sum(g) / M, sum(g * xhat) / M): with
+// xhat = ((x - shift) - delta) * rstd - e, dx = rstd * (g - c1 - xhat * c2).
 
 override WG: u32 = 64u;
 
@@ -7,6 +8,7 @@ override WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> dy: array<Elem>;
 @group(0) @binding(3) var<storage, read> weight: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+// Two per slot: (shift, delta, rstd, e), (c1, c2, 0, 0).
 @group(0) @binding(5) var<storage, read> coef: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> dx: array<Elem>;
 // RepBN: y = BN(x) + alpha * x, so dx gains alpha * dy (alpha: one f32).
@@ -68,25 +70,28 @@ fn main(
         }
         let pp = pq / params.q;
         let ch = rr * params.cg + k;
-        let kc = coef[pp * params.r + rr];
+        let slot = pp * params.r + rr;
+        let k0 = coef[2u * slot];
+        let k1 = coef[2u * slot + 1u];
         let w = weight_at(ch);
         let b = bias_at(ch);
         let run = min(end - e, params.sdiv - t);
-        if (ACT == 1u) {
+        if (ACT != 0u) {
             for (var i = e; i < e + run; i++) {
                 let li = i - params.x_base;
-                let xhat = (x_load(li) - kc.x) * kc.y;
+                let xhat = ((x_load(li) - k0.x) - k0.y) * k0.z - k0.w;
                 let g = act_grad(dy_load(li), xhat * w + b) * w;
-                dx_store(li, kc.y * (g - kc.z - xhat * kc.w) + al * dy_load(li));
+                dx_store(li, k0.z * (g - k1.x - xhat * k1.y) + al * dy_load(li));
             }
         } else {
-            // dx = A dy + B (x - mean) + C: rstd (w dy - c1 - xhat c2) expanded.
-            let ca = kc.y * w + al;
-            let cb = -kc.y * kc.y * kc.w;
-            let cc = -kc.y * kc.z;
+            // dx = A dy + B xhat + C: rstd (w dy - c1 - xhat c2) expanded.
+            let ca = k0.z * w + al;
+            let cb = -k0.z * k1.y;
+            let cc = -k0.z * k1.x;
             for (var i = e; i < e + run; i++) {
                 let li = i - params.x_base;
-                dx_store(li, ca * dy_load(li) + cb * (x_load(li) - kc.x) + cc);
+                let xhat = ((x_load(li) - k0.x) - k0.y) * k0.z - k0.w;
+                dx_store(li, ca * dy_load(li) + cb * xhat + cc);
             }
         }
         e += run;

@@ -1,9 +1,12 @@
 // Batch-statistics backward, phase 2, one invocation per item in a fixed order:
-//   ROLE 0, item = slot (p, r): coef[slot] = (mean, rstd, sum(g) / M, sum(g * xhat) / M) with
-//     g = dz * w summed over the slot's channels and tiles (0, 0 with running statistics);
-//   ROLE 1, item = channel: dweight = sum over p and tiles of dz * xhat, dbias = of dz;
+//   ROLE 0, item = slot (p, r): coef[2 slot] = (shift, delta, rstd, e), coef[2 slot + 1] =
+//     (sum(g) / M, sum(g * xhat) / M, 0, 0) with g = dz * w summed over the slot's channels and
+//     tiles (0, 0 with running statistics), where e = mean(xhat') corrects the partials' xhat'
+//     (centred on an f32 mean) to the slot's exact centring: xhat = xhat' - e;
+//   ROLE 1, item = channel: dweight = sum over p and tiles of dz * xhat, dbias = of dz (reads
+//     role 0's e, bound in coef's place);
 //   ROLE 2, item 0 (RepBN, a BatchNorm view: slot = channel, no activation): dalpha =
-//     sum(dy * x) = sum over channels of sum(dy * xhat) / rstd + mean * sum(dy).
+//     sum(dy * x) = sum over channels of sum(dy * xhat') / rstd + (shift + delta) * sum(dy).
 
 override WG: u32 = 64u;
 override ROLE: u32 = 0u;
@@ -12,7 +15,8 @@ override THROUGH_STATS: bool = true;
 override HAS_DWEIGHT: bool = false;
 override HAS_DBIAS: bool = false;
 
-@group(0) @binding(4) var<storage, read> partials: array<vec2<f32>>;
+// Per (p, channel, tile): (sum dz, sum dz * xhat', sum xhat', 0).
+@group(0) @binding(4) var<storage, read> partials: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> weight: array<f32>;
 @group(0) @binding(6) var<storage, read_write> coef: array<vec4<f32>>;
 // ROLE 1 writes dweight and dbias; ROLE 2 writes dalpha, bound in dweight's place (a binding
@@ -28,6 +32,48 @@ fn weight_at(ch: u32) -> f32 {
     return 1.0;
 }
 
+fn dalpha() {
+    var acc = 0.0;
+    // No samples (p = 0): the sum over nothing.
+    for (var ch = 0u; ch < channels() && params.p > 0u; ch++) {
+        let st = slot_stats(ch);
+        var a = 0.0;
+        var b = 0.0;
+        for (var t = 0u; t < params.tiles; t++) {
+            let v = partials[ch * params.tiles + t];
+            a += v.x;
+            b += v.y;
+        }
+        acc += b / st.z + (st.x + st.y) * a;
+    }
+    dweight[0] = acc;
+}
+
+// dweight / dbias of channel ch: every sample's sums, xhat' corrected by its slot's e.
+fn parameter_grads(ch: u32) {
+    let c = channels();
+    var a = 0.0;
+    var b = 0.0;
+    for (var pp = 0u; pp < params.p; pp++) {
+        var ap = 0.0;
+        var bp = 0.0;
+        for (var t = 0u; t < params.tiles; t++) {
+            let v = partials[(pp * c + ch) * params.tiles + t];
+            ap += v.x;
+            bp += v.y;
+        }
+        let e = coef[2u * (pp * params.r + ch / params.cg)].w;
+        a += ap;
+        b += bp - e * ap;
+    }
+    if (HAS_DWEIGHT) {
+        dweight[ch] = b;
+    }
+    if (HAS_DBIAS) {
+        dbias[ch] = a;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -37,43 +83,14 @@ fn main(
     let item = linear_group(wid, nwg) * WG + lid;
     let c = channels();
     if (ROLE == 2u) {
-        if (item != 0u) {
-            return;
+        if (item == 0u) {
+            dalpha();
         }
-        var acc = 0.0;
-        // No samples (p = 0): the sum over nothing.
-        for (var ch = 0u; ch < c && params.p > 0u; ch++) {
-            let st = slot_stats(ch);
-            var a = 0.0;
-            var b = 0.0;
-            for (var t = 0u; t < params.tiles; t++) {
-                let v = partials[ch * params.tiles + t];
-                a += v.x;
-                b += v.y;
-            }
-            acc += b / st.y + st.x * a;
-        }
-        dweight[0] = acc;
         return;
     }
     if (ROLE == 1u) {
-        if (item >= c) {
-            return;
-        }
-        var a = 0.0;
-        var b = 0.0;
-        for (var pp = 0u; pp < params.p; pp++) {
-            for (var t = 0u; t < params.tiles; t++) {
-                let v = partials[(pp * c + item) * params.tiles + t];
-                a += v.x;
-                b += v.y;
-            }
-        }
-        if (HAS_DWEIGHT) {
-            dweight[item] = b;
-        }
-        if (HAS_DBIAS) {
-            dbias[item] = a;
+        if (item < c) {
+            parameter_grads(item);
         }
         return;
     }
@@ -85,6 +102,7 @@ fn main(
     let st = slot_stats(item);
     var sg = 0.0;
     var sgx = 0.0;
+    var sx = 0.0;
     for (var k = 0u; k < params.cg; k++) {
         let ch = rr * params.cg + k;
         let w = weight_at(ch);
@@ -92,12 +110,19 @@ fn main(
             let v = partials[(pp * c + ch) * params.tiles + t];
             sg += w * v.x;
             sgx += w * v.y;
+            sx += v.z;
         }
     }
     let m = f32(params.q * params.cg * params.sdiv);
     if (THROUGH_STATS) {
-        coef[item] = vec4<f32>(st.x, st.y, sg / m, sgx / m);
+        // The mean the partials centred on may be an f32 rounding of the slot's (saved
+        // statistics): e = mean(xhat') is that rounding in units of std, exactly, from sums of
+        // exact differences, and sum(g * xhat) = sum(g * xhat') - e * sum(g).
+        let e = sx / m;
+        coef[2u * item] = vec4<f32>(st.x, st.y, st.z, e);
+        coef[2u * item + 1u] = vec4<f32>(sg / m, (sgx - e * sg) / m, 0.0, 0.0);
     } else {
-        coef[item] = vec4<f32>(st.x, st.y, 0.0, 0.0);
+        coef[2u * item] = vec4<f32>(st.x, st.y, st.z, 0.0);
+        coef[2u * item + 1u] = vec4<f32>(0.0);
     }
 }

@@ -8,10 +8,10 @@ override WG: u32 = 256u;
 // warp's loads coalesce (GPUs).
 override LANE_BLOCK: bool = false;
 
-var<workgroup> red2: array<vec2<f32>, WG>;
+var<workgroup> red2: array<vec4<f32>, WG>;
 
-// Tree sum of two values over the workgroup, returned to every lane (uniform control flow).
-fn wg_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
+// Tree sum of four values over the workgroup, returned to every lane (uniform control flow).
+fn wg_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
     workgroupBarrier();
     red2[lid] = v;
     for (var h = WG / 2u; h > 0u; h >>= 1u) {
@@ -28,7 +28,9 @@ fn wg_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
 @group(0) @binding(5) var<storage, read> dy: array<Elem>;
 @group(0) @binding(6) var<storage, read> weight: array<f32>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
-@group(0) @binding(8) var<storage, read_write> partials: array<vec2<f32>>;
+// Per (p, channel, tile): (sum dz, sum dz * xhat', sum xhat', 0), xhat' centred on the slot's
+// statistics as given (the finalize corrects an f32-rounded mean with sum xhat').
+@group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>;
 
 // (Ifs, not select: without a weight or bias a dummy without element `ch` is bound.)
 fn weight_at(ch: u32) -> f32 {
@@ -45,10 +47,10 @@ fn bias_at(ch: u32) -> f32 {
     return 0.0;
 }
 
-// Sums of (dz, dz * xhat) over elements lo..hi of a channel's Q * SDIV, walked in runs of
+// Sums of (dz, dz * xhat, xhat) over elements lo..hi of a channel's Q * SDIV, walked in runs of
 // consecutive s (one channel plane row each).
-fn block_sums(pp: u32, rr: u32, s0: u32, st: vec2<f32>, w: f32, b: f32, lo: u32, hi: u32) -> vec2<f32> {
-    var acc = vec2<f32>(0.0);
+fn block_sums(pp: u32, rr: u32, s0: u32, st: vec4<f32>, w: f32, b: f32, lo: u32, hi: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
     var j = lo;
     var qq = lo / params.sdiv;
     var t = lo - qq * params.sdiv;
@@ -60,23 +62,28 @@ fn block_sums(pp: u32, rr: u32, s0: u32, st: vec2<f32>, w: f32, b: f32, lo: u32,
         let base = ((pp * params.q + qq) * params.r + rr) * params.s + s0 + t;
         var a = 0.0;
         var c = 0.0;
+        var z = 0.0;
         for (var k = 0u; k < run; k++) {
             let xv = x_load(base + k - params.x_base);
             let d = dy_load(base + k - params.x_base);
-            if (ACT == 1u) {
-                let xhat = (xv - st.x) * st.y;
+            if (ACT != 0u) {
+                let xhat = centred_hat(xv, st);
                 let dz = act_grad(d, xhat * w + b);
                 a += dz;
                 c += dz * xhat;
+                z += xhat;
             } else {
+                let xc = (xv - st.x) - st.y;
                 a += d;
-                c += d * (xv - st.x);
+                c += d * xc;
+                z += xc;
             }
         }
-        if (ACT != 1u) {
-            c *= st.y;
+        if (ACT == 0u) {
+            c *= st.z;
+            z *= st.z;
         }
-        acc += vec2<f32>(a, c);
+        acc += vec4<f32>(a, c, z, 0.0);
         j += run;
         qq += 1u;
         t = 0u;
@@ -119,7 +126,7 @@ fn main(
         let per_lane = (params.tile_len + WG - 1u) / WG;
         let lo = min(end, start + lid * per_lane);
         let hi = min(end, lo + per_lane);
-        let sums = wg_sum2(lid, block_sums(pp, rr, s0, st, w, b, lo, hi));
+        let sums = wg_sum4(lid, block_sums(pp, rr, s0, st, w, b, lo, hi));
         if (lid == 0u) {
             partials[pc * params.tiles + tile] = sums;
         }
@@ -132,12 +139,12 @@ fn main(
     let j0 = start + lid;
     var qq = j0 / params.sdiv;
     var t = j0 - qq * params.sdiv;
-    var acc = vec2<f32>(0.0);
+    var acc = vec4<f32>(0.0);
     for (var j = j0; j < end; j += WG) {
         let e = ((pp * params.q + qq) * params.r + rr) * params.s + s0 + t;
-        let xhat = (x_load(e - params.x_base) - st.x) * st.y;
+        let xhat = centred_hat(x_load(e - params.x_base), st);
         let dz = act_grad(dy_load(e - params.x_base), xhat * w + b);
-        acc += vec2<f32>(dz, dz * xhat);
+        acc += vec4<f32>(dz, dz * xhat, xhat, 0.0);
         t += dt;
         qq += dq;
         if (t >= params.sdiv) {
@@ -145,7 +152,7 @@ fn main(
             qq += 1u;
         }
     }
-    let sums = wg_sum2(lid, acc);
+    let sums = wg_sum4(lid, acc);
     if (lid == 0u) {
         partials[pc * params.tiles + tile] = sums;
     }

@@ -1,18 +1,30 @@
-// The slot statistics (mean, rstd) of the backward, from STATS's source. Bindings 1-3.
+// The slot statistics of the backward, from STATS's source, as (shift, delta, rstd, 0): the
+// slot's mean is shift + delta, and values are centred as (x - shift) - delta, so the merged
+// moments' shift (an element of the slot) keeps a large common offset out of the centred
+// values. Saved and running statistics have one f32 mean (delta 0); the finalize pass corrects
+// for its rounding. Bindings 1-3.
 
 @group(0) @binding(1) var<storage, read> moments: array<f32>;
 @group(0) @binding(2) var<storage, read> running_mean: array<f32>;
 @group(0) @binding(3) var<storage, read> running_var: array<f32>;
 
-fn slot_stats(slot: u32) -> vec2<f32> {
+fn slot_stats(slot: u32) -> vec4<f32> {
     if (STATS == 1u) {
-        return vec2<f32>(moments[2u * slot], moments[2u * slot + 1u]);
+        return vec4<f32>(moments[2u * slot], 0.0, moments[2u * slot + 1u], 0.0);
     }
     if (STATS == 2u) {
         let rr = slot % params.r;
-        return vec2<f32>(running_mean[rr], 1.0 / sqrt(running_var[rr] + params.eps));
+        return vec4<f32>(running_mean[rr], 0.0, 1.0 / sqrt(running_var[rr] + params.eps), 0.0);
     }
-    // Merged moments (count, mean, M2): the biased variance, as the forward normalizes with.
+    // Merged moments (count, mean of x - shift, M2) per slot, then (0, shift, 0) per slot: the
+    // biased variance, as the forward normalizes with.
     let n = moments[3u * slot];
-    return vec2<f32>(moments[3u * slot + 1u], 1.0 / sqrt(moments[3u * slot + 2u] / n + params.eps));
+    let shift = moments[3u * (params.p * params.r + slot) + 1u];
+    let rstd = 1.0 / sqrt(moments[3u * slot + 2u] / n + params.eps);
+    return vec4<f32>(shift, moments[3u * slot + 1u], rstd, 0.0);
+}
+
+// x centred on the slot's mean, in units of std: ((x - shift) - delta) * rstd.
+fn centred_hat(x: f32, st: vec4<f32>) -> f32 {
+    return ((x - st.x) - st.y) * st.z;
 }

@@ -4,6 +4,10 @@
 override WG: u32 = 64u;
 // The partials are moments of x - shift (moments.wgsl SHIFTED): add the slot's shift back.
 override SHIFTED: bool = false;
+// Keep the shift apart instead: merged[slot] holds the moments of x - shift and
+// merged[slots + slot] = (0, shift, 0), so a consumer can centre exactly as (x - shift) - mean
+// (the batch-statistics backward); 0 when the moments are not shifted.
+override KEEP_SHIFT: bool = false;
 
 @group(0) @binding(0) var<uniform> params: ChannelParams;
 @group(0) @binding(1) var<storage, read> partials: array<Moments>;
@@ -23,8 +27,14 @@ fn main(
     for (var t = 0u; t < params.tiles; t = t + 1u) {
         acc = moments_merge(acc, partials[slot * params.tiles + t]);
     }
+    var shift = 0.0;
     if (SHIFTED) {
-        acc.mean = acc.mean + partials[params.p * params.r * params.tiles + slot].mean;
+        shift = partials[params.p * params.r * params.tiles + slot].mean;
+    }
+    if (KEEP_SHIFT) {
+        merged[params.p * params.r + slot] = Moments(0.0, shift, 0.0);
+    } else {
+        acc.mean = acc.mean + shift;
     }
     merged[slot] = acc;
 }

@@ -14,8 +14,11 @@ override HAS_WEIGHT: bool = false;
 override LAYOUT: u32 = 0u;
 override ANGLES: u32 = 0u;
 // False: the rotation alone (rstd 1, no weight): the second pass of the benchmarks' unfused
-// baseline.
+// baseline, and with INVERSE the backward's first pass.
 override NORM: bool = true;
+// Rotate by the negated angles: the rotation's transpose (the backward takes the upstream
+// gradient back through the rotation with it).
+override INVERSE: bool = false;
 
 struct QkRopeParams {
     rows: u32,
@@ -121,7 +124,10 @@ fn main(
                 i = 2u * p;
                 j = 2u * p + 1u;
             }
-            let cs = angle(t, p);
+            var cs = angle(t, p);
+            if (INVERSE) {
+                cs.y = -cs.y;
+            }
             let a = row[i];
             let b = row[j];
             y_store(base + i, a * cs.x - b * cs.y);

@@ -10,6 +10,8 @@
 // 0: LayerNorm (centred), 1: RMSNorm.
 override MODE: u32 = 0u;
 override HAS_RESIDUAL: bool = false;
+// A bias is bound (read only with a fused activation: z = xhat * w + bias).
+override HAS_BIAS: bool = false;
 
 struct RowGradParams {
     rows: u32,
@@ -25,6 +27,11 @@ struct RowGradParams {
     // first row (its bindings start there; rows is then the window's end). Rows keep the whole
     // call's indices.
     row_base: u32,
+    // SELU's constants (common/activation.wgsl reads them).
+    selu_alpha: f32,
+    selu_lambda: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {

@@ -2,6 +2,8 @@
 // ROWS), three strided passes over the row (the statistics; the two reductions sum(g) and
 // sum(g * (s - mean)); dx) whose re-reads hit the cache. Team sums are tree sums in workgroup
 // memory, two values per tree. Also stores the row's statistics for the parameter pass.
+// With a fused activation (ACT, common/activation.wgsl) g = dy * act'(z) * w with
+// z = xhat * w + bias needs the statistics first: the two reductions take a pass of their own.
 //
 // Centred values are ((s - shift) - delta), never s - mean: the mean is shift + delta with the
 // row's first element as the shift (as the forward shifts) and delta = mean(s - shift), so a
@@ -49,6 +51,8 @@ fn team_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
 // rstd is the forward's, gathered by `saved.wgsl` (which keeps this pass within 8 storage
 // buffers).
 @group(0) @binding(7) var<storage, read_write> stats: array<vec4<f32>>;
+// The forward's bias (LayerNorm with an activation: z needs it).
+@group(0) @binding(8) var<storage, read> bias: array<Elem>;
 
 fn load_s(e: u32) -> V {
     if (HAS_RESIDUAL) {
@@ -57,13 +61,27 @@ fn load_s(e: u32) -> V {
     return x_load(e);
 }
 
-// g = dy * (weight + offset) at access e, column access i.
-fn load_g(e: u32, i: u32) -> V {
-    let d = dy_load(e);
+// The multiplier of column access i: weight + offset, or 1.
+fn weight_at(i: u32) -> V {
     if (HAS_WEIGHT) {
-        return d * (weight_load(i) + params.weight_offset);
+        return weight_load(i) + params.weight_offset;
     }
-    return d;
+    return V(1.0);
+}
+
+// g = dz * (weight + offset) at access e, column access i: dz = dy, or dy * act'(z) after a
+// fused activation, z = xhat * w + bias (xhat: the normalized value, unused without ACT).
+fn load_g(e: u32, i: u32, xhat: V) -> V {
+    let w = weight_at(i);
+    var d = dy_load(e);
+    if (ACT != 0u) {
+        var b = V(0.0);
+        if (HAS_BIAS) {
+            b = bias_load(i);
+        }
+        d *= activate_grad(xhat * w + b);
+    }
+    return d * w;
 }
 
 @compute @workgroup_size(WG)
@@ -96,7 +114,9 @@ fn main(
         if (MODE == 0u) {
             a1.x += hsum(load_s(base + i) - V(shift));
         }
-        a1.y += hsum(load_g(base + i, i));
+        if (ACT == 0u) {
+            a1.y += hsum(load_g(base + i, i, V(0.0)));
+        }
     }
     let sums1 = team_sum2(lid, a1);
     let delta = select(0.0, sums1.x / nf, MODE == 0u);
@@ -104,7 +124,10 @@ fn main(
     var a2 = vec2<f32>(0.0);
     for (var i = lane; i < params.n_vec; i += TEAM) {
         let d = centred(load_s(base + i), shift, delta);
-        a2 += vec2<f32>(hsum(d * d), hsum(load_g(base + i, i) * d));
+        a2.x += hsum(d * d);
+        if (ACT == 0u) {
+            a2.y += hsum(load_g(base + i, i, V(0.0)) * d);
+        }
     }
     let sums2 = team_sum2(lid, a2);
     // With D the variance's divisor and u = s - mean: dx = inv_d (g - mean(g)) - u * cu, where
@@ -117,22 +140,39 @@ fn main(
         rstd = saved_rstd;
     }
     var inv_d = rstd;
-    var cu = rstd * rstd * rstd * sums2.y / dn;
+    let sd = sqrt(sums2.x / dn);
     if (EPS_OUTSIDE) {
-        let sd = sqrt(sums2.x / dn);
+        inv_d = 1.0 / (sd + params.eps);
+    }
+    // With a fused activation, g depends on xhat: sum(g) and sum(g * u) once inv_d is known.
+    var sum_g = sums1.y;
+    var sum_gu = sums2.y;
+    if (ACT != 0u) {
+        var a3 = vec2<f32>(0.0);
+        for (var i = lane; i < params.n_vec; i += TEAM) {
+            let d = centred(load_s(base + i), shift, delta);
+            let g = load_g(base + i, i, d * inv_d);
+            a3 += vec2<f32>(hsum(g), hsum(g * d));
+        }
+        let sums3 = team_sum2(lid, a3);
+        sum_g = sums3.x;
+        sum_gu = sums3.y;
+    }
+    var cu = rstd * rstd * rstd * sum_gu / dn;
+    if (EPS_OUTSIDE) {
         let d = sd + params.eps;
-        inv_d = 1.0 / d;
-        cu = sums2.y / (d * d * dn * sd);
+        cu = sum_gu / (d * d * dn * sd);
         rstd = inv_d;
     }
-    let mean_g = select(0.0, sums1.y / nf, MODE == 0u);
+    let mean_g = select(0.0, sum_g / nf, MODE == 0u);
     if (!live) {
         return;
     }
     // Pass 3: dx.
     for (var i = lane; i < params.n_vec; i += TEAM) {
         let e = base + i;
-        var d = inv_d * (load_g(e, i) - V(mean_g)) - centred(load_s(e), shift, delta) * cu;
+        let u = centred(load_s(e), shift, delta);
+        var d = inv_d * (load_g(e, i, u * inv_d) - V(mean_g)) - u * cu;
         if (HAS_DSUM) {
             d += dsum_load(e);
         }

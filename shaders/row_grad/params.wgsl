@@ -1,6 +1,7 @@
-// Row-norm backward, parameter gradients, phase 1: invocation (i, block) sums dy * xhat and dy
+// Row-norm backward, parameter gradients, phase 1: invocation (i, block) sums dz * xhat and dz
 // over the block's rows for column access i, in row order, into partials[block] (f32): no
-// atomics, so the result is the same bit for bit on every run.
+// atomics, so the result is the same bit for bit on every run. dz = dy, or dy * act'(z) after a
+// fused activation (z = xhat * (weight + offset) + bias).
 
 override WG: u32 = 64u;
 
@@ -12,6 +13,11 @@ override WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read> stats: array<vec4<f32>>;
 // [blocks][2][n_vec]: dweight partials, then dbias partials, per block.
 @group(0) @binding(5) var<storage, read_write> partials: array<V>;
+// With a fused activation: the forward's weight and bias.
+@group(0) @binding(6) var<storage, read> weight: array<Elem>;
+@group(0) @binding(7) var<storage, read> bias: array<Elem>;
+
+override HAS_WEIGHT: bool = false;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -34,8 +40,20 @@ fn main(
         if (HAS_RESIDUAL) {
             s += residual_load(e);
         }
-        let d = dy_load(e);
-        aw += d * (centred(s, st.x, st.y) * st.z);
+        let xhat = centred(s, st.x, st.y) * st.z;
+        var d = dy_load(e);
+        if (ACT != 0u) {
+            var w = V(1.0);
+            if (HAS_WEIGHT) {
+                w = weight_load(i) + params.weight_offset;
+            }
+            var b = V(0.0);
+            if (HAS_BIAS) {
+                b = bias_load(i);
+            }
+            d *= activate_grad(xhat * w + b);
+        }
+        aw += d * xhat;
         ab += d;
     }
     partials[(block * 2u) * params.n_vec + i] = aw;

@@ -57,6 +57,7 @@ pub fn row_grad_case(ctx: &Context, mode: RowMode, rows: usize, n: usize) -> Res
                     x: &xt,
                     residual: None,
                     weight: Some(&w),
+                    bias: None,
                     dy: &dy,
                     dsum: None,
                     mean: None,
@@ -126,6 +127,10 @@ fn naive_row_grad(
         row_block: rows as u32,
         blocks: 1,
         row_base: 0,
+        selu_alpha: 0.0,
+        selu_lambda: 0.0,
+        _pad0: 0,
+        _pad1: 0,
     };
     let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
     let dx = ctx.empty(&[rows, n], DType::F32)?;
@@ -144,13 +149,13 @@ fn naive_row_grad(
         ctx,
         rowgrad::DX_SLOTS,
         &params,
-        &[&xr, &dr, &wr, &dyr, &dr, &dxr, &sr],
+        &[&xr, &dr, &wr, &dyr, &dr, &dxr, &sr, &dr],
     )?;
     let b_params = binds.get(
         ctx,
         rowgrad::PARAMS_SLOTS,
         &params,
-        &[&xr, &dr, &dyr, &sr, &pr],
+        &[&xr, &dr, &dyr, &sr, &pr, &dr, &dr],
     )?;
     let b_reduce = binds.get(
         ctx,

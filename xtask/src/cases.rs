@@ -12,14 +12,14 @@ use safetensors::Dtype;
 use wgnorm_reference::rownorm::{qk_norm_rope, RopeRef};
 
 /// A tensor to write: name, dtype, shape, values (rounded to the dtype when F16).
-struct Out {
+pub(crate) struct Out {
     name: String,
     dtype: Dtype,
     shape: Vec<usize>,
     bytes: Vec<u8>,
 }
 
-fn tensor(name: &str, dtype: Dtype, shape: &[usize], v: &[f64]) -> Out {
+pub(crate) fn tensor(name: &str, dtype: Dtype, shape: &[usize], v: &[f64]) -> Out {
     let bytes = match dtype {
         Dtype::F16 => v
             .iter()
@@ -36,7 +36,7 @@ fn tensor(name: &str, dtype: Dtype, shape: &[usize], v: &[f64]) -> Out {
 }
 
 /// The value a stored input holds (what the kernel sees).
-fn rounded(dtype: Dtype, v: &[f64]) -> Vec<f64> {
+pub(crate) fn rounded(dtype: Dtype, v: &[f64]) -> Vec<f64> {
     v.iter()
         .map(|&x| match dtype {
             Dtype::F16 => half::f16::from_f64(x).to_f64(),
@@ -45,7 +45,7 @@ fn rounded(dtype: Dtype, v: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-fn write(
+pub(crate) fn write(
     dir: &Path,
     file: &str,
     op: &str,
@@ -82,7 +82,7 @@ fn write(
 }
 
 /// Deterministic values in about [-scale, scale].
-fn values(seed: u64, len: usize, scale: f64) -> Vec<f64> {
+pub(crate) fn values(seed: u64, len: usize, scale: f64) -> Vec<f64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -198,5 +198,6 @@ fn qk_norm_rope_cases(dir: &Path) -> Result<()> {
 pub fn run(dir: &Path) -> Result<bool> {
     std::fs::create_dir_all(dir)?;
     qk_norm_rope_cases(dir)?;
+    crate::cases_grad::activation_grad_cases(dir)?;
     Ok(true)
 }

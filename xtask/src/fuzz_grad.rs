@@ -1,9 +1,11 @@
 //! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer) and
-//! GroupNorm for random shapes, axes, layouts and parameters, with a fixed upstream gradient,
-//! against the f64 reference gradients (themselves checked by finite differences).
+//! GroupNorm for random shapes, axes, layouts, parameters and fused activations, with a fixed
+//! upstream gradient, against the f64 reference gradients (themselves checked by finite
+//! differences).
 
 use wgnorm::prelude::*;
 use wgnorm::Mode;
+use wgnorm_reference::activation::Act;
 use wgnorm_reference::grad as rg;
 
 use crate::fuzz::{nc_hw, random_eps, relayout, x_values, Rng};
@@ -15,10 +17,12 @@ pub enum GradOp {
     LayerNorm {
         axis: isize,
         eps: f32,
+        act: Activation,
     },
     RmsNorm {
         axis: isize,
         eps: f32,
+        act: Activation,
     },
     BatchNorm {
         layout: Layout,
@@ -29,7 +33,25 @@ pub enum GradOp {
         layout: Layout,
         groups: usize,
         eps: f32,
+        act: Activation,
     },
+    /// A standalone activation's backward, `dx = dy * act'(x)`.
+    Activation { act: Activation },
+}
+
+/// The f64 reference's activation of a fused one.
+fn act_ref(a: Activation) -> Act {
+    match a {
+        Activation::None => Act::None,
+        Activation::Silu => Act::Silu,
+        Activation::GeluTanh => Act::GeluTanh,
+        Activation::GeluErf => Act::GeluErf,
+        Activation::Relu => Act::Relu,
+        Activation::Selu { alpha, lambda } => Act::Selu {
+            alpha: alpha as f64,
+            lambda: lambda as f64,
+        },
+    }
 }
 
 /// The upstream gradient of a call: deterministic values in [-1, 1).
@@ -48,9 +70,11 @@ impl GradOp {
         let axis = rng.below(rank as u64 + 3) as isize - rank as isize - 1;
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
-        match rng.below(4) {
-            0 => GradOp::LayerNorm { axis, eps },
-            1 => GradOp::RmsNorm { axis, eps },
+        let act = rng.pick(&Activation::ALL);
+        match rng.below(5) {
+            4 => GradOp::Activation { act },
+            0 => GradOp::LayerNorm { axis, eps, act },
+            1 => GradOp::RmsNorm { axis, eps, act },
             2 => GradOp::BatchNorm {
                 layout,
                 eps,
@@ -60,6 +84,7 @@ impl GradOp {
                 layout,
                 groups: rng.below(5) as usize,
                 eps,
+                act,
             },
         }
     }
@@ -70,7 +95,7 @@ impl GradOp {
         let rank = shape.len() as isize;
         let dy = x_values(&dy_values(x.len()), dtype);
         match self {
-            GradOp::LayerNorm { axis, eps } | GradOp::RmsNorm { axis, eps } => {
+            GradOp::LayerNorm { axis, eps, act } | GradOp::RmsNorm { axis, eps, act } => {
                 let a = if axis < 0 { axis + rank } else { axis };
                 if !((0..rank).contains(&a) && eps_ok(eps)) {
                     return None;
@@ -79,10 +104,17 @@ impl GradOp {
                 if n == 0 || x.is_empty() {
                     return Some(vec![]);
                 }
+                let (eps, act) = (eps as f64, act_ref(act));
                 Some(match self {
-                    GradOp::LayerNorm { .. } => rg::layer_norm_grad(x, n, None, &dy, eps as f64).dx,
-                    _ => rg::rms_norm_grad(x, n, None, 0.0, &dy, eps as f64).dx,
+                    GradOp::LayerNorm { .. } => {
+                        rg::layer_norm_act_grad(x, n, (None, None), &dy, eps, act).dx
+                    }
+                    _ => rg::rms_norm_act_grad(x, n, (None, 0.0), &dy, eps, act).dx,
                 })
+            }
+            GradOp::Activation { act } => {
+                let r = act_ref(act);
+                Some(x.iter().zip(&dy).map(|(&v, &d)| d * r.grad(v)).collect())
             }
             GradOp::BatchNorm { layout, eps, train } => {
                 if shape.len() < 2 || !eps_ok(eps) {
@@ -103,6 +135,7 @@ impl GradOp {
                 layout,
                 groups,
                 eps,
+                act,
             } => {
                 if shape.len() < 2 || !eps_ok(eps) {
                     return None;
@@ -117,7 +150,8 @@ impl GradOp {
                 let xd = relayout(x, n, c, hw, layout, true);
                 let dyd = relayout(&dy, n, c, hw, layout, true);
                 let (w, b) = (vec![1.0; c], vec![0.0; c]);
-                let g = rg::group_norm_grad(&xd, n, c, hw, groups, &w, &b, &dyd, eps as f64, false);
+                let shape = (n, c, hw, groups);
+                let g = rg::group_norm_act_grad(&xd, shape, &w, &b, &dyd, eps as f64, act_ref(act));
                 Some(relayout(&g.dx, n, c, hw, layout, false))
             }
         }
@@ -134,13 +168,15 @@ impl GradOp {
     ) -> wgnorm::Result<()> {
         let dy = ctx.upload(&dy_values(x.numel()), x.shape(), dtype)?;
         match self {
-            GradOp::LayerNorm { axis, eps } => {
-                let ln = LayerNorm::new(ctx, LayerNormConfig { axis, eps, dtype })?;
+            GradOp::LayerNorm { axis, eps, act } => {
+                let ln =
+                    LayerNorm::new(ctx, LayerNormConfig { axis, eps, dtype })?.with_activation(act);
                 ln.encode_backward(
                     enc,
                     &wgnorm::LayerNormGradInputs {
                         x,
                         weight: None,
+                        bias: None,
                         dy: &dy,
                         mean: None,
                         rstd: None,
@@ -152,7 +188,7 @@ impl GradOp {
                     },
                 )
             }
-            GradOp::RmsNorm { axis, eps } => {
+            GradOp::RmsNorm { axis, eps, act } => {
                 let rms = RmsNorm::new(
                     ctx,
                     RmsNormConfig {
@@ -161,7 +197,8 @@ impl GradOp {
                         dtype,
                         ..Default::default()
                     },
-                )?;
+                )?
+                .with_activation(act);
                 rms.encode_backward(
                     enc,
                     &wgnorm::RmsNormGradInputs {
@@ -174,6 +211,13 @@ impl GradOp {
                     },
                     &wgnorm::RmsNormGradOutputs { dx, dweight: None },
                 )
+            }
+            GradOp::Activation { act } => {
+                let cfg = wgnorm::ElementwiseConfig {
+                    activation: act,
+                    dtype,
+                };
+                wgnorm::Elementwise::new(ctx, cfg)?.encode_backward(enc, x, &dy, dx)
             }
             GradOp::BatchNorm { layout, eps, train } => {
                 let bn = BatchNorm::new(
@@ -215,6 +259,7 @@ impl GradOp {
                 layout,
                 groups,
                 eps,
+                act,
             } => {
                 let gn = GroupNorm::new(
                     ctx,
@@ -222,6 +267,7 @@ impl GradOp {
                         eps,
                         layout,
                         dtype,
+                        activation: act,
                         ..GroupNormConfig::new(groups)
                     },
                 )?;

@@ -15,6 +15,7 @@ mod bench_grad;
 mod bench_models;
 mod bench_plot;
 mod cases;
+mod cases_grad;
 mod conformance;
 mod fuzz;
 mod fuzz_grad;

@@ -64,6 +64,7 @@ pub const DX_SLOTS: &[Slot] = &[
 pub const PARTIALS_KERNEL: Kernel = Kernel::new(
     "channel_grad/partials",
     &[
+        crate::shader::snippet::ACTIVATION,
         COMMON,
         STATS,
         crate::shader_file!("channel_grad/partials.wgsl"),
@@ -74,6 +75,7 @@ pub const PARTIALS_KERNEL: Kernel = Kernel::new(
 pub const FINALIZE_KERNEL: Kernel = Kernel::new(
     "channel_grad/finalize",
     &[
+        crate::shader::snippet::ACTIVATION,
         COMMON,
         STATS,
         crate::shader_file!("channel_grad/finalize.wgsl"),
@@ -83,7 +85,11 @@ pub const FINALIZE_KERNEL: Kernel = Kernel::new(
 /// dx, elementwise.
 pub const DX_KERNEL: Kernel = Kernel::new(
     "channel_grad/dx",
-    &[COMMON, crate::shader_file!("channel_grad/dx.wgsl")],
+    &[
+        crate::shader::snippet::ACTIVATION,
+        COMMON,
+        crate::shader_file!("channel_grad/dx.wgsl"),
+    ],
     DX_SLOTS,
 );
 
@@ -128,8 +134,9 @@ pub struct GradShape {
     pub weight: bool,
     /// A bias is bound.
     pub bias: bool,
-    /// SiLU after the affine.
-    pub silu: bool,
+    /// The activation after the affine ([`Activation::code`]; SELU's constants travel in the
+    /// uniform block), differentiated.
+    pub act: u32,
     /// dweight / dbias are written.
     pub dweight: bool,
     /// dbias is written.
@@ -142,7 +149,7 @@ fn base(kernel: Kernel, io: Io, s: GradShape) -> Specialization {
     Specialization::new(kernel, io)
         .set("STATS", s.stats.value())
         .flag("HAS_WEIGHT", s.weight)
-        .set("ACT", s.silu as u32)
+        .set("ACT", s.act)
 }
 
 /// The partials pipeline.
@@ -160,14 +167,14 @@ pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
         1 => GradShape {
             stats: GradStats::Batch,
             weight: false,
-            silu: false,
+            act: 0,
             alpha: false,
             ..s
         },
         2 => GradShape {
             weight: false,
             bias: false,
-            silu: false,
+            act: 0,
             dweight: false,
             dbias: false,
             ..s
@@ -215,17 +222,20 @@ pub fn dx_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
 /// Every pipeline the engine can create, for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
-    for stats in [GradStats::Batch, GradStats::Saved, GradStats::Running] {
-        for bits in 0..64u32 {
+    for (stats, act) in [GradStats::Batch, GradStats::Saved, GradStats::Running]
+        .into_iter()
+        .flat_map(|s| Activation::ALL.map(|a| (s, a.code())))
+    {
+        for bits in 0..32u32 {
             let b = |k: u32| bits & (1 << k) != 0;
             let s = GradShape {
                 stats,
                 weight: b(0),
                 bias: b(1),
-                silu: b(2),
-                dweight: b(3),
-                dbias: b(4),
-                alpha: b(5),
+                act,
+                dweight: b(2),
+                dbias: b(3),
+                alpha: b(4),
             };
             for dtype in [DType::F32, DType::F16] {
                 let io = Io { dtype, vec4: false };
@@ -311,7 +321,8 @@ pub struct ChannelGrad {
     eps: f32,
     dtype: DType,
     activation: Activation,
-    silu: bool,
+    /// An activation follows the affine: the backward goes through it (and binds the bias).
+    activated: bool,
     reduce: ChannelNorm,
     binds: BindCache,
     moments: ScratchCache,
@@ -334,7 +345,7 @@ impl ChannelGrad {
             eps,
             dtype,
             activation,
-            silu: activation == Activation::Silu,
+            activated: activation != Activation::None,
             reduce: ChannelNorm::new(ctx, eps, dtype, Activation::None)?,
             binds: BindCache::default(),
             moments: ScratchCache::default(),
@@ -422,7 +433,7 @@ impl ChannelGrad {
             GradStats::Batch => {
                 Some(
                     self.moments
-                        .get(ctx, a.x.shape(), &[v.slots(), 3], DType::F32)?,
+                        .get(ctx, a.x.shape(), &[2 * v.slots(), 3], DType::F32)?,
                 )
             }
             _ => None,
@@ -442,7 +453,7 @@ impl ChannelGrad {
             ctx.pipeline(&dx_spec(io, shape, cpu))?,
         ];
         if let Some(m) = &moments {
-            self.reduce.encode_reduce(encoder, a.x, v, m)?;
+            self.reduce.encode_reduce_centred(encoder, a.x, v, m)?;
         }
         let c = v.channels() as u64;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -478,13 +489,14 @@ impl ChannelGrad {
         let shape = GradShape {
             stats: a.stats,
             weight: r.weight.is_some(),
-            bias: r.bias.is_some() && self.silu,
-            silu: self.silu,
+            bias: r.bias.is_some() && self.activated,
+            act: self.activation.code(),
             dweight: r.dweight.is_some(),
             dbias: r.dbias.is_some(),
             alpha: r.alpha.is_some(),
         };
         let (tiles, tile_len) = self.tiling(&v, None);
+        let (selu_alpha, selu_lambda) = self.activation.selu_params();
         let params = ChannelGradParams {
             p: v.p as u32,
             q: v.q as u32,
@@ -499,8 +511,8 @@ impl ChannelGrad {
             group_base: 0,
             x_base: 0,
             group_end: u32::MAX,
-            _pad0: 0,
-            _pad1: 0,
+            selu_alpha,
+            selu_lambda,
             _pad2: 0,
         };
         (shape, params)
@@ -535,14 +547,14 @@ impl ChannelGrad {
         };
         let rm = r.running_mean.clone().unwrap_or_else(|| dr.clone());
         let rv = r.running_var.clone().unwrap_or_else(|| dr.clone());
-        let len = v.p * v.channels() * params.tiles as usize * 2;
+        let len = v.p * v.channels() * params.tiles as usize * 4;
         let partials = f32_range(&self.partials, "partials", len)?;
-        let coef = f32_range(&self.coef, "coef", v.slots() * 4)?;
+        let coef = f32_range(&self.coef, "coef", v.slots() * 8)?;
         let weight = r.weight.clone().unwrap_or_else(|| dr.clone());
         let bias = r
             .bias
             .clone()
-            .filter(|_| self.silu)
+            .filter(|_| self.activated)
             .unwrap_or_else(|| dr.clone());
         let total = v.numel() as u64;
         let eb = self.dtype.size();
@@ -576,7 +588,7 @@ impl ChannelGrad {
             &params,
             &[&source, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2]],
         )?;
-        let params_bind = self.finalize_params_bind(params, &partials, r)?;
+        let params_bind = self.finalize_params_bind(params, &partials, &coef, r)?;
         let dalpha_bind = self.finalize_dalpha_bind(params, [&source, &rm, &rv], &partials, r)?;
         let alpha = r.alpha.as_ref().unwrap_or(&dr);
         let dx_binds = spans[1]
@@ -601,10 +613,12 @@ impl ChannelGrad {
     }
 
     /// The bind group of the parameter-gradient role, when dweight or dbias is wanted.
+    /// `coef`: the dx coefficients (their per-slot correction `e` is read).
     fn finalize_params_bind(
         &self,
         params: ChannelGradParams,
         partials: &BufferRange,
+        coef: &BufferRange,
         r: &Ranges,
     ) -> Result<Option<wgpu::BindGroup>> {
         if r.dweight.is_none() && r.dbias.is_none() {
@@ -623,7 +637,7 @@ impl ChannelGrad {
                 &dr,
                 partials,
                 &dr,
-                &dw[0],
+                coef,
                 r.dweight.as_ref().unwrap_or(&dw[1]),
                 r.dbias.as_ref().unwrap_or(&dw[2]),
             ],
@@ -669,7 +683,8 @@ impl ChannelGrad {
         }
         let dr = binding::dummy_range(self.ctx.dummy_read());
         let params = ChannelGradParams { p: 0, ..params };
-        if let Some(bind) = self.finalize_params_bind(params, &dr, r)? {
+        let dw0 = binding::dummy_range(self.ctx.dummy_write(0));
+        if let Some(bind) = self.finalize_params_bind(params, &dr, &dw0, r)? {
             let pipe = self.ctx.pipeline(&finalize_spec(shape, 1))?;
             let (gx, gy) = binding::grid(&self.ctx, (c as u64).div_ceil(SMALL_WG as u64));
             binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (gx, gy, 1));

@@ -11,11 +11,28 @@ use crate::{Context, DType, Error, Result, Tensor};
 const SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
 const WG: u32 = 256;
 
+const COMMON: &str = crate::shader_file!("elementwise_common.wgsl");
+const GRAD_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite];
+
 /// `y = act(x)`.
 pub const ELEMENTWISE_KERNEL: Kernel = Kernel::new(
     "elementwise",
-    &[snippet::ACTIVATION, crate::shader_file!("elementwise.wgsl")],
+    &[
+        snippet::ACTIVATION,
+        COMMON,
+        crate::shader_file!("elementwise.wgsl"),
+    ],
     SLOTS,
+);
+/// `dx = dy * act'(x)`.
+pub const ELEMENTWISE_GRAD_KERNEL: Kernel = Kernel::new(
+    "elementwise_grad",
+    &[
+        snippet::ACTIVATION,
+        COMMON,
+        crate::shader_file!("elementwise_grad.wgsl"),
+    ],
+    GRAD_SLOTS,
 );
 /// `y = lambda a + (1 - lambda) b`.
 pub const BLEND_KERNEL: Kernel =
@@ -30,8 +47,13 @@ fn block(cpu: bool) -> u32 {
     }
 }
 
-fn elementwise_spec(io: Io, cpu: bool, act: Activation) -> Specialization {
-    Specialization::new(ELEMENTWISE_KERNEL, io)
+fn elementwise_spec(io: Io, cpu: bool, act: Activation, grad: bool) -> Specialization {
+    let kernel = if grad {
+        ELEMENTWISE_GRAD_KERNEL
+    } else {
+        ELEMENTWISE_KERNEL
+    };
+    Specialization::new(kernel, io)
         .set("WG", WG)
         .set("BLOCK", block(cpu))
         .with(&act.constants())
@@ -49,7 +71,9 @@ pub fn specializations() -> Vec<Specialization> {
     for io in Io::ALL {
         for cpu in [false, true] {
             for act in Activation::ALL {
-                out.push(elementwise_spec(io, cpu, act));
+                for grad in [false, true] {
+                    out.push(elementwise_spec(io, cpu, act, grad));
+                }
             }
             out.push(blend_spec(io, cpu));
         }
@@ -106,19 +130,61 @@ impl Elementwise {
 
     /// Records `y = act(x)`; x and y of one shape and this op's dtype, distinct buffers.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, y: &Tensor) -> Result<()> {
-        x.expect_dtype("x", self.dtype)?;
-        y.expect_dtype("y", self.dtype)?;
-        y.expect_shape("y", x.shape())?;
+        self.record(encoder, &[("x", x)], ("y", y))
+    }
+
+    /// Records the backward, `dx = dy * act'(x)` (ReLU's derivative at 0 is 0, as PyTorch's):
+    /// x, dy and dx of one shape and this op's dtype, dx in a buffer of its own.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+    ) -> Result<()> {
+        self.record(encoder, &[("x", x), ("dy", dy)], ("dx", dx))
+    }
+
+    /// Allocates dx, encodes the backward and submits (does not wait).
+    pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let dx = self.ctx.empty(x.shape(), self.dtype)?;
+        self.ctx
+            .record_and_submit(|enc| self.encode_backward(enc, x, dy, &dx))?;
+        Ok(dx)
+    }
+
+    /// The forward (one input) or the backward (x and dy): inputs and output checked, bound in
+    /// windows of elements, every bind group made before the first dispatch.
+    fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &[(&str, &Tensor)],
+        (out_name, out): (&str, &Tensor),
+    ) -> Result<()> {
+        let x = inputs[0].1;
+        for &(what, t) in inputs.iter().chain([&(out_name, out)]) {
+            t.expect_dtype(what, self.dtype)?;
+            t.expect_shape(what, x.shape())?;
+        }
         let n = x.numel();
         if n == 0 {
             return Ok(());
         }
         let ctx = &self.ctx;
-        let (xr, yr) = (
-            binding::storage_range_unbounded(ctx, "x", x)?,
-            binding::storage_range_unbounded(ctx, "y", y)?,
-        );
-        binding::check_no_alias(&[("x", Some(&xr), false), ("y", Some(&yr), true)])?;
+        let mut ranges = inputs
+            .iter()
+            .map(|&(what, t)| binding::storage_range_unbounded(ctx, what, t))
+            .collect::<Result<Vec<_>>>()?;
+        ranges.push(binding::storage_range_unbounded(ctx, out_name, out)?);
+        let named: Vec<_> = inputs
+            .iter()
+            .map(|i| i.0)
+            .chain([out_name])
+            .zip(&ranges)
+            .enumerate()
+            .map(|(k, (what, r))| (what, Some(r), k == inputs.len()))
+            .collect();
+        binding::check_no_alias(&named)?;
         let align = Io {
             dtype: self.dtype,
             vec4: true,
@@ -126,33 +192,35 @@ impl Elementwise {
         .alignment();
         let io = Io {
             dtype: self.dtype,
-            vec4: n.is_multiple_of(4) && xr.offset % align == 0 && yr.offset % align == 0,
+            vec4: n.is_multiple_of(4) && ranges.iter().all(|r| r.offset % align == 0),
         };
         ctx.check_io(io)?;
-        let pipeline = ctx.pipeline(&elementwise_spec(io, ctx.is_cpu(), self.activation))?;
+        let grad = inputs.len() == 2;
+        let spec = elementwise_spec(io, ctx.is_cpu(), self.activation, grad);
+        let pipeline = ctx.pipeline(&spec)?;
+        let slots = if grad { GRAD_SLOTS } else { SLOTS };
         let (selu_alpha, selu_lambda) = self.activation.selu_params();
         let windows = windows(ctx, (n / io.width() as usize) as u64, io)?;
-        // Every bind group first, so that an error records nothing; then the dispatches.
-        for pass in [false, true] {
-            for (first, len) in windows.iter() {
+        let binds = windows
+            .iter()
+            .map(|(first, len)| {
                 let params = EwParams {
                     n_v: len as u32,
                     selu_alpha,
                     selu_lambda,
                     ..Default::default()
                 };
-                let ranges = [
-                    windows.range(&xr, first, len),
-                    windows.range(&yr, first, len),
-                ];
-                let bind = self
-                    .binds
-                    .get(ctx, SLOTS, &params, &[&ranges[0], &ranges[1]])?;
-                if pass {
-                    let groups = groups(ctx, len);
-                    binding::dispatch(encoder, "wgnorm elementwise", &pipeline, &bind, groups);
-                }
-            }
+                let windowed: Vec<_> = ranges
+                    .iter()
+                    .map(|r| windows.range(r, first, len))
+                    .collect();
+                let refs: Vec<&BufferRange> = windowed.iter().collect();
+                Ok((self.binds.get(ctx, slots, &params, &refs)?, len))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (bind, len) in &binds {
+            let label = "wgnorm elementwise";
+            binding::dispatch(encoder, label, &pipeline, bind, groups(ctx, *len));
         }
         Ok(())
     }

@@ -28,10 +28,12 @@ pub const DX_SLOTS: &[Slot] = &[
     Slot::Read,
     Slot::ReadWrite,
     Slot::ReadWrite,
+    Slot::Read, // bias (a fused activation's z)
 ];
 /// saved: uniform, rstd, stats.
 pub const SAVED_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite];
-/// params: uniform, x, residual, dy, stats, partials.
+/// params: uniform, x, residual, dy, stats, partials, weight, bias (the last two read only
+/// with a fused activation).
 pub const PARAMS_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
@@ -39,6 +41,8 @@ pub const PARAMS_SLOTS: &[Slot] = &[
     Slot::Read,
     Slot::Read,
     Slot::ReadWrite,
+    Slot::Read,
+    Slot::Read,
 ];
 /// reduce: uniform, partials, dweight, dbias.
 pub const REDUCE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite, Slot::ReadWrite];
@@ -46,7 +50,11 @@ pub const REDUCE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::ReadWrite, 
 /// dx, one workgroup per row.
 pub const DX_KERNEL: Kernel = Kernel::new(
     "row_grad/dx",
-    &[COMMON, crate::shader_file!("row_grad/dx.wgsl")],
+    &[
+        crate::shader::snippet::ACTIVATION,
+        COMMON,
+        crate::shader_file!("row_grad/dx.wgsl"),
+    ],
     DX_SLOTS,
 );
 /// The forward's saved rstd into the per-row statistics dx reads (when the call has it).
@@ -58,7 +66,11 @@ pub const SAVED_KERNEL: Kernel = Kernel::new(
 /// dweight/dbias partials per block of rows.
 pub const PARAMS_KERNEL: Kernel = Kernel::new(
     "row_grad/params",
-    &[COMMON, crate::shader_file!("row_grad/params.wgsl")],
+    &[
+        crate::shader::snippet::ACTIVATION,
+        COMMON,
+        crate::shader_file!("row_grad/params.wgsl"),
+    ],
     PARAMS_SLOTS,
 );
 /// dweight/dbias from the partials, in block order.
@@ -107,6 +119,10 @@ pub struct GradFlags {
     pub dweight: bool,
     /// dbias is written.
     pub dbias: bool,
+    /// The activation fused after the affine ([`crate::Activation::code`]), differentiated.
+    pub act: u32,
+    /// A bias is bound (read with an activation: z = xhat * w + bias).
+    pub bias: bool,
 }
 
 /// Lanes per row and rows per workgroup of the dx kernel: on CPU adapters a short team and
@@ -172,6 +188,8 @@ pub fn dx_spec_with(
         .flag("HAS_WEIGHT", f.weight)
         .flag("HAS_DSUM", f.dsum)
         .flag("GIVEN_STATS", f.given_stats)
+        .set("ACT", f.act)
+        .flag("HAS_BIAS", f.bias && f.act != 0)
 }
 
 /// The saved-rstd gather pipeline (the same for LayerNorm and RMSNorm: it copies rstd only).
@@ -181,10 +199,14 @@ pub fn saved_spec() -> Specialization {
 
 /// The partials pipeline.
 pub fn params_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
+    let act = f.act != 0;
     Specialization::new(PARAMS_KERNEL, io)
         .set("WG", COL_WG)
         .set("MODE", mode.code())
         .flag("HAS_RESIDUAL", f.residual)
+        .set("ACT", f.act)
+        .flag("HAS_WEIGHT", f.weight && act)
+        .flag("HAS_BIAS", f.bias && act)
 }
 
 /// The reduce pipeline.
@@ -196,22 +218,40 @@ pub fn reduce_spec(mode: RowMode, io: Io, f: GradFlags) -> Specialization {
         .flag("HAS_DBIAS", f.dbias)
 }
 
+/// The (activation code, bias bound) pairs a mode's backward may have: no bias without an
+/// activation (it does not enter the gradients) or under RMSNorm.
+fn act_bias(mode: RowMode) -> Vec<(u32, bool)> {
+    let mut out = vec![(0, false)];
+    for a in crate::Activation::ALL.into_iter().filter(|a| a.code() != 0) {
+        out.push((a.code(), false));
+        if mode == RowMode::LayerNorm {
+            out.push((a.code(), true));
+        }
+    }
+    out
+}
+
 /// Every pipeline the engine can create, for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
     let mut out = vec![saved_spec()];
     for mode in [RowMode::LayerNorm, RowMode::RmsNorm] {
         for io in Io::ALL {
-            for bits in 0..16u32 {
-                let b = |k: u32| bits & (1 << k) != 0;
-                let f = GradFlags {
-                    weight: b(0),
-                    residual: b(1),
-                    dsum: b(2),
-                    given_stats: b(3),
-                    ..Default::default()
-                };
-                for shape in DxShape::ALL {
-                    out.push(dx_spec(mode, io, f, shape));
+            for (act, bias) in act_bias(mode) {
+                for bits in 0..16u32 {
+                    let b = |k: u32| bits & (1 << k) != 0;
+                    let f = GradFlags {
+                        weight: b(0),
+                        residual: b(1),
+                        dsum: b(2),
+                        given_stats: b(3),
+                        act,
+                        bias,
+                        ..Default::default()
+                    };
+                    for shape in DxShape::ALL {
+                        out.push(dx_spec(mode, io, f, shape));
+                    }
+                    out.push(params_spec(mode, io, f));
                 }
             }
             out.push(naive_dx_spec(mode, Io { vec4: false, ..io }, true));
@@ -228,13 +268,6 @@ pub fn specializations() -> Vec<Specialization> {
                     }
                 }
             }
-            for residual in [false, true] {
-                let f = GradFlags {
-                    residual,
-                    ..Default::default()
-                };
-                out.push(params_spec(mode, io, f));
-            }
             for (dweight, dbias) in [(true, false), (false, true), (true, true)] {
                 let f = GradFlags {
                     dweight,
@@ -245,6 +278,8 @@ pub fn specializations() -> Vec<Specialization> {
             }
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|s| seen.insert(s.key()));
     out
 }
 
@@ -283,6 +318,9 @@ pub struct RowGradArgs<'a> {
     pub residual: Option<&'a Tensor>,
     /// The forward's weight (`None`: 1, plus the offset).
     pub weight: Option<&'a Tensor>,
+    /// The forward's bias (LayerNorm), read only when an activation follows the affine: the
+    /// activation's argument is `xhat * weight + bias`.
+    pub bias: Option<&'a Tensor>,
     /// Upstream gradient of y.
     pub dy: &'a Tensor,
     /// Upstream gradient of the fused add's `sum` output, added to dx.
@@ -304,6 +342,7 @@ struct Ranges {
     x: BufferRange,
     residual: Option<BufferRange>,
     weight: Option<BufferRange>,
+    bias: Option<BufferRange>,
     dy: BufferRange,
     dsum: Option<BufferRange>,
     mean: Option<BufferRange>,
@@ -332,6 +371,7 @@ fn lcm(a: u64, b: u64) -> u64 {
 pub struct RowGrad {
     ctx: Context,
     cfg: RowGradConfig,
+    activation: crate::Activation,
     binds: BindCache,
     stats: ScratchCache,
     partials: ScratchCache,
@@ -353,6 +393,7 @@ impl RowGrad {
         Ok(RowGrad {
             ctx: ctx.clone(),
             cfg,
+            activation: crate::Activation::None,
             binds: BindCache::default(),
             stats: ScratchCache::default(),
             partials: ScratchCache::default(),
@@ -363,6 +404,13 @@ impl RowGrad {
     /// caller recording several passes can fail before the first.
     pub fn check_args(&self, a: &RowGradArgs) -> Result<()> {
         self.check(a).map(|_| ())
+    }
+
+    /// Differentiates `activation` after the affine (the forward's fused activation): the
+    /// calls then read the forward's bias for the activation's argument.
+    pub fn with_activation(mut self, activation: crate::Activation) -> RowGrad {
+        self.activation = activation;
+        self
     }
 
     /// The configuration.
@@ -425,7 +473,10 @@ impl RowGrad {
             given_stats: r.rstd.is_some(),
             dweight: r.dweight.is_some(),
             dbias: r.dbias.is_some(),
+            act: self.activation.code(),
+            bias: r.bias.is_some(),
         };
+        let (selu_alpha, selu_lambda) = self.activation.selu_params();
         // At most MAX_BLOCKS blocks, each at most MAX_ROW_BLOCK rows (a lane's loop).
         let row_block = rows.div_ceil(MAX_BLOCKS).clamp(1, MAX_ROW_BLOCK);
         let params = RowGradParams {
@@ -437,6 +488,10 @@ impl RowGrad {
             row_block: row_block as u32,
             blocks: rows.div_ceil(row_block) as u32,
             row_base: 0,
+            selu_alpha,
+            selu_lambda,
+            _pad0: 0,
+            _pad1: 0,
         };
         Ok((io, flags, self.fit_blocks(params)?))
     }
@@ -550,6 +605,7 @@ impl RowGrad {
                     &r.dsum.as_ref().map_or(dr.clone(), |t| win(t, w)),
                     &win(&r.dx, w),
                     &stats,
+                    r.bias.as_ref().unwrap_or(&dr),
                 ],
             )?;
             let groups = binding::grid(ctx, w.1.div_ceil(shape.rows as u64));
@@ -571,7 +627,15 @@ impl RowGrad {
                 ctx,
                 PARAMS_SLOTS,
                 &on(w),
-                &[&win(&r.x, w), &residual, &win(&r.dy, w), &stats, &partials],
+                &[
+                    &win(&r.x, w),
+                    &residual,
+                    &win(&r.dy, w),
+                    &stats,
+                    &partials,
+                    r.weight.as_ref().unwrap_or(&dr),
+                    r.bias.as_ref().unwrap_or(&dr),
+                ],
             )?;
             let window_blocks = w.1.div_ceil(params.row_block as u64) as u32;
             passes.push((params_pipeline.clone(), bind, (col_groups, window_blocks)));

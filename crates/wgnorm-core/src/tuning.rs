@@ -80,11 +80,13 @@ impl LaneEntry {
     }
 }
 
-/// Statistics slots, contiguous run and elements per slot of `v`, each rounded up to a power of
-/// two: what the lane mapping's costs depend on.
+/// Statistics slots per sample, contiguous run and elements per slot of `v`, each rounded up
+/// to a power of two: what the lane mapping's costs depend on. Not the number of samples: a
+/// lane plan sets the moments' summation order, so one entry serves a sample whatever the
+/// batch it comes in (batch invariance), at the price of tuning for the sample, not the batch.
 fn view_buckets(v: &ChannelView) -> [u64; 3] {
     [
-        bucket((v.p * v.r) as u64),
+        bucket(v.r as u64),
         bucket(v.s as u64),
         bucket((v.q * v.s) as u64),
     ]

@@ -203,6 +203,11 @@ uniform_block! {
         /// this dispatch's window (its bindings start there; `rows` is then the window's end).
         /// Row indices stay the whole call's. 0 when bound whole.
         pub row_base: u32,
+        /// SELU's constants, when SELU is the differentiated activation.
+        pub selu_alpha: f32,
+        pub selu_lambda: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
     }
 }
 
@@ -230,8 +235,9 @@ uniform_block! {
         pub group_base: u32,
         pub x_base: u32,
         pub group_end: u32,
-        pub _pad0: u32,
-        pub _pad1: u32,
+        /// SELU's constants, when SELU is the differentiated activation.
+        pub selu_alpha: f32,
+        pub selu_lambda: f32,
         pub _pad2: u32,
     }
 }

@@ -158,6 +158,33 @@ impl InstanceNorm {
         self.grad.encode(encoder, &args(view, inputs, outputs))
     }
 
+    /// The backward of [`InstanceNorm::encode_tracked`] (`track_running_stats`): training is
+    /// [`InstanceNorm::encode_backward`]'s (through each instance's statistics); inference
+    /// takes the running statistics (f32 `[C]`) as constants, as BatchNorm's inference backward
+    /// does: `dx = dy * weight * rstd_running`, `dweight = sum dy * xhat`, `dbias = sum dy`.
+    pub fn encode_tracked_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &NormGradInputs,
+        (running_mean, running_var): (&Tensor, &Tensor),
+        outputs: &NormGradOutputs,
+        mode: wgnorm_core::Mode,
+    ) -> Result<()> {
+        if mode.is_train() {
+            return self.encode_backward(encoder, inputs, outputs);
+        }
+        // Running statistics are per channel: the BatchNorm view of x has one slot per channel.
+        let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
+        let a = ChannelGradArgs {
+            stats: GradStats::Running,
+            saved: None,
+            running_mean: Some(running_mean),
+            running_var: Some(running_var),
+            ..args(view, inputs, outputs)
+        };
+        self.grad.encode(encoder, &a)
+    }
+
     /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).
     pub fn backward(&self, inputs: &NormGradInputs) -> Result<NormGrads> {
         let view = ChannelView::instance_norm(inputs.x.shape(), self.cfg.layout)?;

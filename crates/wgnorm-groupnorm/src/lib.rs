@@ -624,6 +624,7 @@ impl WeightStandardization {
                 x: w,
                 residual: None,
                 weight: None,
+                bias: None,
                 dy,
                 dsum: None,
                 mean: None,

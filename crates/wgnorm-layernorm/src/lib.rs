@@ -104,6 +104,9 @@ pub struct LayerNormGradInputs<'a> {
     pub x: &'a Tensor,
     /// The forward's weight; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// The forward's bias, read only when an activation follows the affine (its argument
+    /// is `xhat * weight + bias`); `None`: 0.
+    pub bias: Option<&'a Tensor>,
     /// Upstream gradient of y.
     pub dy: &'a Tensor,
     /// The forward's saved row means.
@@ -122,6 +125,9 @@ pub struct AddLayerNormGradInputs<'a> {
     pub residual: &'a Tensor,
     /// The forward's weight; `None`: 1.
     pub weight: Option<&'a Tensor>,
+    /// The forward's bias, read only when an activation follows the affine (its argument
+    /// is `xhat * weight + bias`); `None`: 0.
+    pub bias: Option<&'a Tensor>,
     /// Upstream gradient of y.
     pub dy: &'a Tensor,
     /// Upstream gradient of the sum output.
@@ -190,12 +196,12 @@ impl LayerNorm {
         Ok(LayerNorm { engine, grad })
     }
 
-    /// Applies an activation after the affine in the same kernel (e.g. `Activation::GeluErf`).
-    /// (The backward differentiates the plain LayerNorm: it refuses a layer with an activation.)
+    /// Applies an activation after the affine in the same kernel (e.g. `Activation::GeluErf`);
+    /// the backward differentiates through it (pass the forward's bias to it).
     pub fn with_activation(self, activation: wgnorm_core::Activation) -> LayerNorm {
         LayerNorm {
             engine: self.engine.with_activation(activation),
-            ..self
+            grad: self.grad.with_activation(activation),
         }
     }
 
@@ -351,13 +357,13 @@ impl LayerNorm {
         inputs: &LayerNormGradInputs,
         outputs: &LayerNormGradOutputs,
     ) -> Result<()> {
-        self.check_plain()?;
         self.grad.encode(
             encoder,
             &RowGradArgs {
                 x: inputs.x,
                 residual: None,
                 weight: inputs.weight,
+                bias: inputs.bias,
                 dy: inputs.dy,
                 dsum: None,
                 mean: inputs.mean,
@@ -376,13 +382,13 @@ impl LayerNorm {
         inputs: &AddLayerNormGradInputs,
         outputs: &LayerNormGradOutputs,
     ) -> Result<()> {
-        self.check_plain()?;
         self.grad.encode(
             encoder,
             &RowGradArgs {
                 x: inputs.x,
                 residual: Some(inputs.residual),
                 weight: inputs.weight,
+                bias: inputs.bias,
                 dy: inputs.dy,
                 dsum: inputs.dsum,
                 mean: inputs.mean,
@@ -410,6 +416,7 @@ impl LayerNorm {
     /// let g = ln.backward(&LayerNormGradInputs {
     ///     x: &x,
     ///     weight: Some(&w),
+    ///     bias: None,
     ///     dy: &dy,
     ///     mean: Some(&fwd.mean), // saved by the forward; None recomputes them
     ///     rstd: Some(&fwd.rstd),
@@ -434,16 +441,5 @@ impl LayerNorm {
         };
         ctx.record_and_submit(|enc| self.encode_backward(enc, inputs, &outputs))?;
         Ok(LayerNormGrads { dx, dweight, dbias })
-    }
-
-    fn check_plain(&self) -> Result<()> {
-        if self.engine.activation() != wgnorm_core::Activation::None {
-            return Err(wgnorm_core::Error::InvalidParameter {
-                name: "activation",
-                value: format!("{:?}", self.engine.activation()),
-                why: "the backward differentiates LayerNorm without a fused activation",
-            });
-        }
-        Ok(())
     }
 }

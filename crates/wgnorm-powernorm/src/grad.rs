@@ -203,6 +203,7 @@ impl PowerNorm {
             x: &inputs.x.reshape(&rows)?,
             residual: None,
             weight: None,
+            bias: None,
             dy: &dxs.reshape(&rows)?,
             dsum: None,
             mean: None,

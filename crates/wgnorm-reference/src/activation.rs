@@ -49,6 +49,70 @@ pub fn selu(v: f64, alpha: f64, lambda: f64) -> f64 {
     lambda * if v > 0.0 { v } else { alpha * (v.exp() - 1.0) }
 }
 
+/// An activation fused after a norm's affine, as a value: its f64 function and derivative.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    /// The identity.
+    None,
+    /// `v * sigmoid(v)`.
+    Silu,
+    /// GELU, tanh approximation.
+    GeluTanh,
+    /// GELU, exact (erf).
+    GeluErf,
+    /// `max(v, 0)`.
+    Relu,
+    /// SELU with its constants.
+    Selu {
+        /// alpha.
+        alpha: f64,
+        /// lambda (scale).
+        lambda: f64,
+    },
+}
+
+impl Act {
+    /// The activation at `v`.
+    pub fn apply(self, v: f64) -> f64 {
+        match self {
+            Act::None => v,
+            Act::Silu => silu(v),
+            Act::GeluTanh => gelu_tanh(v),
+            Act::GeluErf => gelu_erf(v),
+            Act::Relu => relu(v),
+            Act::Selu { alpha, lambda } => selu(v, alpha, lambda),
+        }
+    }
+
+    /// Its derivative at `v` (ReLU's at 0 is 0, as PyTorch's; SELU's at 0 is the left one).
+    pub fn grad(self, v: f64) -> f64 {
+        match self {
+            Act::None => 1.0,
+            Act::Silu => {
+                let s = 1.0 / (1.0 + (-v).exp());
+                s * (1.0 + v * (1.0 - s))
+            }
+            Act::GeluTanh => {
+                let k = 0.7978845608028654;
+                let t = (k * (v + 0.044715 * v * v * v)).tanh();
+                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * v * v)
+            }
+            Act::GeluErf => {
+                let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                0.5 * (1.0 + erf(v / std::f64::consts::SQRT_2)) + v * pdf
+            }
+            Act::Relu => {
+                if v > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Act::Selu { alpha, lambda } => lambda * if v > 0.0 { 1.0 } else { alpha * v.exp() },
+        }
+    }
+}
+
 fn pcg(v: u32) -> u32 {
     let state = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
     let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
@@ -80,6 +144,35 @@ pub fn alpha_dropout(x: &[f64], rate: f64, seed: u64) -> (Vec<f64>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every activation's derivative against central differences of its function, away from
+    /// ReLU's and SELU's kink at 0.
+    #[test]
+    fn activation_derivatives_match_finite_differences() {
+        let acts = [
+            Act::None,
+            Act::Silu,
+            Act::GeluTanh,
+            Act::GeluErf,
+            Act::Relu,
+            Act::Selu {
+                alpha: 1.6732632423543772,
+                lambda: 1.0507009873554805,
+            },
+        ];
+        for act in acts {
+            for i in -40..=40 {
+                let v = i as f64 * 0.1 + 0.013;
+                let h = 1e-6;
+                let numeric = (act.apply(v + h) - act.apply(v - h)) / (2.0 * h);
+                let d = act.grad(v);
+                assert!(
+                    (d - numeric).abs() < 1e-7,
+                    "{act:?} at {v}: {d} vs {numeric}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn erf_known_values() {

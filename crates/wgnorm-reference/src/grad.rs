@@ -6,6 +6,8 @@
 //!
 //! Row norms see `x` as row-major `[rows, n]`; the batch family NCHW `(N, C, hw)`.
 
+use crate::activation::Act;
+
 /// Gradients of a norm: `dx` like `x`; `dweight` and `dbias` one per parameter (empty when the
 /// layer has none).
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +21,19 @@ pub struct Grads {
 /// `dx = rstd (g - mean(g) - xhat mean(g xhat))`, `dweight = sum_rows dy xhat`,
 /// `dbias = sum_rows dy`.
 pub fn layer_norm_grad(x: &[f64], n: usize, weight: Option<&[f64]>, dy: &[f64], eps: f64) -> Grads {
+    layer_norm_act_grad(x, n, (weight, None), dy, eps, Act::None)
+}
+
+/// [`layer_norm_grad`] with `act` after the affine: `dz = dy * act'(xhat * weight + bias)`
+/// replaces dy (`g = dz * weight`, `dweight = sum dz xhat`, `dbias = sum dz`).
+pub fn layer_norm_act_grad(
+    x: &[f64],
+    n: usize,
+    (weight, bias): (Option<&[f64]>, Option<&[f64]>),
+    dy: &[f64],
+    eps: f64,
+    act: Act,
+) -> Grads {
     row_grad(
         x,
         n,
@@ -28,7 +43,11 @@ pub fn layer_norm_grad(x: &[f64], n: usize, weight: Option<&[f64]>, dy: &[f64], 
             let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
             (mean, 1.0 / (var + eps).sqrt())
         },
-        weight.map(|w| (w, 0.0)),
+        RowAffine {
+            weight: weight.map(|w| (w, 0.0)),
+            bias,
+            act,
+        },
         true,
     )
 }
@@ -43,6 +62,19 @@ pub fn rms_norm_grad(
     dy: &[f64],
     eps: f64,
 ) -> Grads {
+    rms_norm_act_grad(x, n, (weight, weight_offset), dy, eps, Act::None)
+}
+
+/// [`rms_norm_grad`] with `act` after the scale: `dz = dy * act'(xhat * (weight_offset +
+/// weight))` replaces dy.
+pub fn rms_norm_act_grad(
+    x: &[f64],
+    n: usize,
+    (weight, weight_offset): (Option<&[f64]>, f64),
+    dy: &[f64],
+    eps: f64,
+    act: Act,
+) -> Grads {
     let mut g = row_grad(
         x,
         n,
@@ -51,11 +83,39 @@ pub fn rms_norm_grad(
             let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
             (0.0, 1.0 / (ms + eps).sqrt())
         },
-        weight.map(|w| (w, weight_offset)),
+        RowAffine {
+            weight: weight.map(|w| (w, weight_offset)),
+            bias: None,
+            act,
+        },
         false,
     );
     g.dbias.clear();
     g
+}
+
+/// QK-norm + RoPE's gradients for `x[tokens, heads, d]` (see [`crate::rownorm::qk_norm_rope`]):
+/// the rotation is orthogonal, so the gradient at its input is `dy` rotated back (`R^T dy`);
+/// then per-head RMSNorm's gradients with the weight shared by every head (`dweight` summed
+/// over tokens and heads).
+pub fn qk_norm_rope_grad(
+    x: &[f64],
+    (heads, d): (usize, usize),
+    (weight, weight_offset): (Option<&[f64]>, f64),
+    eps: f64,
+    (rot, neox, angles): (usize, bool, crate::rownorm::RopeRef),
+    dy: &[f64],
+) -> Grads {
+    let mut dz = dy.to_vec();
+    crate::rownorm::rope_rotate(&mut dz, (heads, d), (rot, neox), angles, true);
+    rms_norm_act_grad(x, d, (weight, weight_offset), &dz, eps, Act::None)
+}
+
+/// A row norm's affine and activation: weight with its offset, bias, the activation after.
+struct RowAffine<'a> {
+    weight: Option<(&'a [f64], f64)>,
+    bias: Option<&'a [f64]>,
+    act: Act,
 }
 
 /// Both row norms: `stats` gives a row's (mean, rstd); `centred` subtracts mean(g) (LayerNorm).
@@ -64,9 +124,11 @@ fn row_grad(
     n: usize,
     dy: &[f64],
     stats: impl Fn(&[f64]) -> (f64, f64),
-    weight: Option<(&[f64], f64)>,
+    affine: RowAffine,
     centred: bool,
 ) -> Grads {
+    let weight = affine.weight;
+    let w_at = |i: usize| weight.map_or(1.0, |(w, off)| off + w[i]);
     let mut out = Grads {
         dx: Vec::with_capacity(x.len()),
         dweight: vec![0.0; if weight.is_some() { n } else { 0 }],
@@ -75,9 +137,13 @@ fn row_grad(
     for (row, dyr) in x.chunks(n).zip(dy.chunks(n)) {
         let (mean, rstd) = stats(row);
         let xhat: Vec<f64> = row.iter().map(|v| (v - mean) * rstd).collect();
-        let g: Vec<f64> = (0..n)
-            .map(|i| dyr[i] * weight.map_or(1.0, |(w, off)| off + w[i]))
+        let dz: Vec<f64> = (0..n)
+            .map(|i| {
+                let z = xhat[i] * w_at(i) + affine.bias.map_or(0.0, |b| b[i]);
+                dyr[i] * affine.act.grad(z)
+            })
             .collect();
+        let g: Vec<f64> = (0..n).map(|i| dz[i] * w_at(i)).collect();
         let mean_g = if centred {
             g.iter().sum::<f64>() / n as f64
         } else {
@@ -89,8 +155,8 @@ fn row_grad(
         }
         if weight.is_some() {
             for i in 0..n {
-                out.dweight[i] += dyr[i] * xhat[i];
-                out.dbias[i] += dyr[i];
+                out.dweight[i] += dz[i] * xhat[i];
+                out.dbias[i] += dz[i];
             }
         }
     }
@@ -214,9 +280,7 @@ pub fn weight_standardization_grad(
 }
 
 /// GroupNorm's gradients (InstanceNorm: `groups = c`), the SiLU after the affine differentiated
-/// when `silu_after`: with `z = xhat * weight + bias` and `dz = dy * silu'(z)`, each group of
-/// `cg * hw` values of a sample gets `dx = rstd (g - mean(g) - xhat mean(g xhat))`,
-/// `g = dz * weight[channel]`; `dweight = sum dz xhat`, `dbias = sum dz` per channel.
+/// when `silu_after` ([`group_norm_act_grad`] with [`Act::Silu`] or [`Act::None`]).
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_grad(
     x: &[f64],
@@ -229,6 +293,23 @@ pub fn group_norm_grad(
     dy: &[f64],
     eps: f64,
     silu_after: bool,
+) -> Grads {
+    let act = if silu_after { Act::Silu } else { Act::None };
+    group_norm_act_grad(x, (n, c, hw, groups), weight, bias, dy, eps, act)
+}
+
+/// GroupNorm's gradients with `act` after the affine: with `z = xhat * weight + bias` and
+/// `dz = dy * act'(z)`, each group of `cg * hw` values of a sample gets
+/// `dx = rstd (g - mean(g) - xhat mean(g xhat))`, `g = dz * weight[channel]`;
+/// `dweight = sum dz xhat`, `dbias = sum dz` per channel. x is NCHW `(n, c, hw)`.
+pub fn group_norm_act_grad(
+    x: &[f64],
+    (n, c, hw, groups): (usize, usize, usize, usize),
+    weight: &[f64],
+    bias: &[f64],
+    dy: &[f64],
+    eps: f64,
+    act: Act,
 ) -> Grads {
     let cg = c / groups;
     let mut out = Grads {
@@ -249,13 +330,7 @@ pub fn group_norm_grad(
             let dz: Vec<f64> = (0..slab.len())
                 .map(|k| {
                     let z = xhat[k] * weight[ch(k)] + bias[ch(k)];
-                    let d = dy[start + k];
-                    if silu_after {
-                        let s = 1.0 / (1.0 + (-z).exp());
-                        d * s * (1.0 + z * (1.0 - s))
-                    } else {
-                        d
-                    }
+                    dy[start + k] * act.grad(z)
                 })
                 .collect();
             let g: Vec<f64> = (0..slab.len()).map(|k| dz[k] * weight[ch(k)]).collect();
@@ -477,6 +552,153 @@ mod tests {
                 &format!("{what} dbias"),
                 &g.dbias,
                 &numeric(&b, |v| fwd(&x, &w, v)),
+            );
+        }
+    }
+
+    /// Every fused activation: GroupNorm then the activation, against central differences of
+    /// that forward (the activation applied to the f64 GroupNorm's output).
+    #[test]
+    fn group_norm_grad_through_every_activation_matches_finite_differences() {
+        let (n, c, hw, groups, eps) = (2, 6, 4, 3, 1e-3);
+        let x: Vec<f64> = values(24, n * c * hw)
+            .iter()
+            .map(|v| 0.1 * v + 0.5)
+            .collect();
+        let (w, b, dy) = (values(25, c), values(26, c), values(27, n * c * hw));
+        let acts = [
+            Act::GeluTanh,
+            Act::GeluErf,
+            Act::Relu,
+            Act::Selu {
+                alpha: 1.6732632423543772,
+                lambda: 1.0507009873554805,
+            },
+        ];
+        for act in acts {
+            let g = group_norm_act_grad(&x, (n, c, hw, groups), &w, &b, &dy, eps, act);
+            let fwd = |x: &[f64], w: &[f64], b: &[f64]| {
+                let y = chnorm::group_norm(x, n, c, hw, groups, Some(w), Some(b), eps, false);
+                let y: Vec<f64> = y.iter().map(|&v| act.apply(v)).collect();
+                dot(&y, &dy)
+            };
+            let what = format!("{act:?}");
+            close(
+                &format!("{what} dx"),
+                &g.dx,
+                &numeric(&x, |v| fwd(v, &w, &b)),
+            );
+            close(
+                &format!("{what} dweight"),
+                &g.dweight,
+                &numeric(&w, |v| fwd(&x, v, &b)),
+            );
+            close(
+                &format!("{what} dbias"),
+                &g.dbias,
+                &numeric(&b, |v| fwd(&x, &w, v)),
+            );
+        }
+    }
+
+    /// LayerNorm and RMSNorm with every fused activation, against central differences of the
+    /// forward (the activation applied to the f64 row norm's output).
+    #[test]
+    fn row_norm_grad_through_every_activation_matches_finite_differences() {
+        let (rows, n, eps) = (3, 7, 1e-3);
+        let x: Vec<f64> = values(34, rows * n).iter().map(|v| 0.4 * v + 0.3).collect();
+        let (w, b, dy) = (values(35, n), values(36, n), values(37, rows * n));
+        let acts = [
+            Act::Silu,
+            Act::GeluTanh,
+            Act::GeluErf,
+            Act::Relu,
+            Act::Selu {
+                alpha: 1.6732632423543772,
+                lambda: 1.0507009873554805,
+            },
+        ];
+        for act in acts {
+            let post = |y: Vec<f64>| y.iter().map(|&v| act.apply(v)).collect::<Vec<_>>();
+            let g = layer_norm_act_grad(&x, n, (Some(&w), Some(&b)), &dy, eps, act);
+            let fwd = |x: &[f64], w: &[f64], b: &[f64]| {
+                dot(
+                    &post(rownorm::layer_norm(x, n, Some(w), Some(b), eps).y),
+                    &dy,
+                )
+            };
+            let what = format!("layer_norm {act:?}");
+            close(
+                &format!("{what} dx"),
+                &g.dx,
+                &numeric(&x, |v| fwd(v, &w, &b)),
+            );
+            close(
+                &format!("{what} dweight"),
+                &g.dweight,
+                &numeric(&w, |v| fwd(&x, v, &b)),
+            );
+            close(
+                &format!("{what} dbias"),
+                &g.dbias,
+                &numeric(&b, |v| fwd(&x, &w, v)),
+            );
+            let g = rms_norm_act_grad(&x, n, (Some(&w), 1.0), &dy, eps, act);
+            let fwd = |x: &[f64], w: &[f64]| {
+                dot(&post(rownorm::rms_norm(x, n, Some(w), 1.0, eps).y), &dy)
+            };
+            let what = format!("rms_norm {act:?}");
+            close(&format!("{what} dx"), &g.dx, &numeric(&x, |v| fwd(v, &w)));
+            close(
+                &format!("{what} dweight"),
+                &g.dweight,
+                &numeric(&w, |v| fwd(&x, v)),
+            );
+        }
+    }
+
+    /// QK-norm + RoPE: both layouts, a partial rotary dim, positions and tables, Gemma's offset.
+    #[test]
+    fn qk_norm_rope_grad_matches_finite_differences() {
+        use crate::rownorm::{qk_norm_rope, RopeRef};
+        let (tokens, heads, d, eps) = (3, 2, 8, 1e-3);
+        let x: Vec<f64> = values(44, tokens * heads * d)
+            .iter()
+            .map(|v| v + 0.2)
+            .collect();
+        let (w, dy) = (values(45, d), values(46, tokens * heads * d));
+        let pos = [0.0, 3.0, 17.0];
+        let cos: Vec<f64> = (0..tokens * 2).map(|i| (i as f64 * 0.7).cos()).collect();
+        let sin: Vec<f64> = (0..tokens * 2).map(|i| (i as f64 * 0.7).sin()).collect();
+        let positions = RopeRef::Positions {
+            pos: &pos,
+            base: 100.0,
+        };
+        let table = RopeRef::Table {
+            cos: &cos,
+            sin: &sin,
+        };
+        for (rot, neox, angles, offset) in [(8, true, positions, 0.0), (4, false, table, 1.0)] {
+            let g = qk_norm_rope_grad(
+                &x,
+                (heads, d),
+                (Some(&w), offset),
+                eps,
+                (rot, neox, angles),
+                &dy,
+            );
+            let fwd = |x: &[f64], w: &[f64]| {
+                dot(
+                    &qk_norm_rope(x, heads, d, Some(w), offset, eps, rot, neox, angles),
+                    &dy,
+                )
+            };
+            let what = format!("qk_norm_rope rot {rot} neox {neox}");
+            close(&format!("{what} dx"), &g.dx, &numeric(&x, |v| fwd(v, &w)));
+            close(
+                &format!("{what} dweight"),
+                &g.dweight,
+                &numeric(&w, |v| fwd(&x, v)),
             );
         }
     }

@@ -145,8 +145,22 @@ pub fn qk_norm_rope(
     angles: RopeRef,
 ) -> Vec<f64> {
     let mut y = rms_norm(x, d, weight, weight_offset, eps).y;
+    rope_rotate(&mut y, (heads, d), (rot, neox), angles, false);
+    y
+}
+
+/// Rotates the first `rot` dims of each `[d]` row of `y[tokens, heads, d]` in pairs by its
+/// token's angles (as [`qk_norm_rope`]), or by their negatives when `inverse` (the transpose:
+/// the rotation is orthogonal).
+pub fn rope_rotate(
+    y: &mut [f64],
+    (heads, d): (usize, usize),
+    (rot, neox): (usize, bool),
+    angles: RopeRef,
+    inverse: bool,
+) {
     if matches!(angles, RopeRef::None) {
-        return y;
+        return;
     }
     let half = rot / 2;
     for (r, row) in y.chunks_mut(d).enumerate() {
@@ -166,9 +180,9 @@ pub fn qk_norm_rope(
                 RopeRef::Table { cos, sin } => (cos[t * half + p], sin[t * half + p]),
                 RopeRef::None => (1.0, 0.0),
             };
+            let s = if inverse { -s } else { s };
             row[i] = normed[i] * c - normed[j] * s;
             row[j] = normed[i] * s + normed[j] * c;
         }
     }
-    y
 }

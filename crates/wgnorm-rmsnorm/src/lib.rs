@@ -10,7 +10,10 @@
 use wgnorm_core::rowgrad::{RowGrad, RowGradArgs, RowGradConfig};
 pub mod qk_rope;
 
-pub use qk_rope::{QkNormRope, QkNormRopeConfig, QkNormRopeInputs, RopeAngles, RopeLayout};
+pub use qk_rope::{
+    QkNormRope, QkNormRopeConfig, QkNormRopeGradInputs, QkNormRopeGradOutputs, QkNormRopeInputs,
+    RopeAngles, RopeLayout,
+};
 pub use wgnorm_core::rownorm::RowKernel;
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::{Context, DType, Result, Tensor};
@@ -152,11 +155,12 @@ impl RmsNorm {
         Ok(RmsNorm { engine, grad })
     }
 
-    /// Applies an activation after the affine in the same kernel (e.g. `Activation::GeluErf`).
+    /// Applies an activation after the affine in the same kernel (e.g. `Activation::GeluErf`);
+    /// the backward differentiates through it.
     pub fn with_activation(self, activation: wgnorm_core::Activation) -> RmsNorm {
         RmsNorm {
             engine: self.engine.with_activation(activation),
-            ..self
+            grad: self.grad.with_activation(activation),
         }
     }
 
@@ -306,19 +310,13 @@ impl RmsNorm {
         inputs: &RmsNormGradInputs,
         outputs: &RmsNormGradOutputs,
     ) -> Result<()> {
-        if self.engine.activation() != wgnorm_core::Activation::None {
-            return Err(wgnorm_core::Error::InvalidParameter {
-                name: "activation",
-                value: format!("{:?}", self.engine.activation()),
-                why: "the backward differentiates RMSNorm without a fused activation",
-            });
-        }
         self.grad.encode(
             encoder,
             &RowGradArgs {
                 x: inputs.x,
                 residual: inputs.residual,
                 weight: inputs.weight,
+                bias: None,
                 dy: inputs.dy,
                 dsum: inputs.dsum,
                 mean: None,

@@ -164,6 +164,7 @@ pub fn qk_rope_spec_with(
 ) -> Specialization {
     Specialization::new(QK_ROPE_KERNEL, io)
         .flag("NORM", norm)
+        .flag("INVERSE", false)
         .set("WG", WG)
         .set("MAX_D", max_d(d))
         .flag("HAS_WEIGHT", weight)
@@ -190,7 +191,8 @@ pub fn qk_rope_specializations() -> Vec<Specialization> {
                         }
                         for angles in 0..2 {
                             let rot_only = qk_rope_spec_with(io, d, false, layout, angles, false);
-                            out.push(with_wg(rot_only, wg));
+                            out.push(with_wg(rot_only.clone(), wg));
+                            out.push(with_wg(rot_only.flag("INVERSE", true), wg));
                         }
                     }
                 }
@@ -200,11 +202,37 @@ pub fn qk_rope_specializations() -> Vec<Specialization> {
     out
 }
 
+/// Inputs of the backward: the forward's and the upstream gradient `dy` (x's shape and dtype).
+#[derive(Clone, Copy, Debug)]
+pub struct QkNormRopeGradInputs<'a> {
+    /// The forward's input `[tokens, heads, head_dim]`.
+    pub x: &'a Tensor,
+    /// The forward's weight `[head_dim]`; `None`: 1 (plus the offset).
+    pub weight: Option<&'a Tensor>,
+    /// The forward's rotation.
+    pub angles: RopeAngles<'a>,
+    /// Upstream gradient of y.
+    pub dy: &'a Tensor,
+}
+
+/// Outputs of the backward: `dx` like x; `dweight` (`[head_dim]`, the op's dtype) when wanted.
+#[derive(Clone, Copy, Debug)]
+pub struct QkNormRopeGradOutputs<'a> {
+    /// Gradient of x.
+    pub dx: &'a Tensor,
+    /// Gradient of the weight, summed over tokens and heads, written when given.
+    pub dweight: Option<&'a Tensor>,
+}
+
 /// The fused per-head RMSNorm + RoPE bound to a device.
 pub struct QkNormRope {
     ctx: Context,
     cfg: QkNormRopeConfig,
     binds: BindCache,
+    /// The per-head RMSNorm's backward (rows `[tokens * heads, head_dim]`).
+    grad: wgnorm_core::rowgrad::RowGrad,
+    /// The upstream gradient rotated back, per x shape.
+    rotated: wgnorm_core::scratch::ScratchCache,
     /// `base^(-2p / rot)` for p < rot / 2, computed in f64, per rotary dim seen (angles from
     /// positions): uploaded on a call's first use of that dim.
     inv_freq: std::sync::Mutex<std::collections::HashMap<usize, Tensor>>,
@@ -240,10 +268,24 @@ impl QkNormRope {
                 "must be even",
             );
         }
+        let grad = wgnorm_core::rowgrad::RowGrad::new(
+            ctx,
+            wgnorm_core::rowgrad::RowGradConfig {
+                mode: wgnorm_core::rownorm::RowMode::RmsNorm,
+                axis: -1,
+                eps: cfg.eps,
+                weight_offset: cfg.weight_offset,
+                dtype: cfg.dtype,
+                unbiased: false,
+                eps_outside: false,
+            },
+        )?;
         Ok(QkNormRope {
             ctx: ctx.clone(),
             cfg,
             binds: BindCache::default(),
+            grad,
+            rotated: Default::default(),
             inv_freq: Default::default(),
         })
     }
@@ -256,6 +298,83 @@ impl QkNormRope {
         inputs: &QkNormRopeInputs,
         y: &Tensor,
     ) -> Result<()> {
+        self.record(encoder, inputs, y, false)
+    }
+
+    /// Records the backward (the gradients of `sum(y * dy)`): `dy` rotated back through the
+    /// rotation's transpose (the same angles, sin negated) into op-owned scratch, then the
+    /// per-head RMSNorm's backward over the `[tokens * heads, head_dim]` rows with the shared
+    /// weight: dweight summed over tokens and heads in the row backward's fixed block order
+    /// (bitwise reproducible). Checked first; nothing recorded on error.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &QkNormRopeGradInputs,
+        outputs: &QkNormRopeGradOutputs,
+    ) -> Result<()> {
+        let shape = inputs.x.shape();
+        inputs.dy.expect_shape("dy", shape)?;
+        let rows = [
+            shape.iter().take(2).product::<usize>(),
+            *shape.last().unwrap_or(&0),
+        ];
+        let forward = QkNormRopeInputs {
+            x: inputs.dy,
+            weight: None,
+            angles: inputs.angles,
+        };
+        let rotate = !matches!(inputs.angles, RopeAngles::None);
+        let dz = self.rotated.get(&self.ctx, shape, shape, self.cfg.dtype)?;
+        let row_dy = if rotate { &dz } else { inputs.dy };
+        let args = wgnorm_core::rowgrad::RowGradArgs {
+            x: &inputs.x.reshape(&rows)?,
+            residual: None,
+            weight: inputs.weight,
+            bias: None,
+            dy: &row_dy.reshape(&rows)?,
+            dsum: None,
+            mean: None,
+            rstd: None,
+            dx: &outputs.dx.reshape(&rows)?,
+            dweight: outputs.dweight,
+            dbias: None,
+        };
+        // Both passes checked before either is recorded.
+        self.check(&forward, &dz)?;
+        self.grad.check_args(&args)?;
+        wgnorm_core::binding::check_output_distinct(
+            ("dx", outputs.dx),
+            &[("x", inputs.x), ("dy", inputs.dy)],
+        )?;
+        if rotate {
+            self.record(encoder, &forward, &dz, true)?;
+        }
+        self.grad.encode(encoder, &args)
+    }
+
+    /// Allocates dx and dweight, encodes the backward and submits (does not wait).
+    pub fn backward(&self, inputs: &QkNormRopeGradInputs) -> Result<(Tensor, Tensor)> {
+        let d = inputs.x.shape().last().copied().unwrap_or(0);
+        let dx = self.ctx.empty(inputs.x.shape(), self.cfg.dtype)?;
+        let dweight = self.ctx.empty(&[d], self.cfg.dtype)?;
+        let outputs = QkNormRopeGradOutputs {
+            dx: &dx,
+            dweight: Some(&dweight),
+        };
+        self.ctx
+            .record_and_submit(|enc| self.encode_backward(enc, inputs, &outputs))?;
+        Ok((dx, dweight))
+    }
+
+    /// The forward, or with `inverse` the rotation's transpose alone (the backward's first
+    /// pass, on dy).
+    fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &QkNormRopeInputs,
+        y: &Tensor,
+        inverse: bool,
+    ) -> Result<()> {
         let (params, ranges) = match self.check(inputs, y)? {
             Some(c) => c,
             None => return Ok(()),
@@ -265,13 +384,15 @@ impl QkNormRope {
             vec4: false,
         };
         self.ctx.check_io(io)?;
-        let spec = qk_rope_spec(
+        let spec = qk_rope_spec_with(
             io,
             params.d as usize,
             inputs.weight.is_some(),
             self.cfg.layout,
             angles_value(&inputs.angles),
-        );
+            !inverse,
+        )
+        .flag("INVERSE", inverse);
         let pipeline = self
             .ctx
             .pipeline(&with_wg(spec, qk_rope_wg(self.ctx.is_cpu())))?;

@@ -3,18 +3,11 @@
 use super::{ChannelGrad, ChannelGradArgs, GradStats, Ranges};
 use crate::binding;
 use crate::chnorm::expect;
-use crate::{Activation, DType, Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 impl ChannelGrad {
     /// Shapes, dtypes, what the statistics' source needs, bindings, aliasing and sizes.
     pub(super) fn check(&self, a: &ChannelGradArgs) -> Result<Ranges> {
-        if !matches!(self.activation, Activation::None | Activation::Silu) {
-            return Err(Error::InvalidParameter {
-                name: "activation",
-                value: format!("{:?}", self.activation),
-                why: "the batch-statistics backward differentiates no activation or SiLU",
-            });
-        }
         let v = a.view;
         self.check_shapes(a)?;
         self.check_source(a)?;
@@ -121,7 +114,7 @@ impl ChannelGrad {
                 expect(what, t, 1, DType::F32)?;
             }
         }
-        if (a.alpha.is_some() || a.dalpha.is_some()) && (v.p != 1 || v.cg != 1 || self.silu) {
+        if (a.alpha.is_some() || a.dalpha.is_some()) && (v.p != 1 || v.cg != 1 || self.activated) {
             return Err(Error::InvalidParameter {
                 name: "alpha",
                 value: format!("{v:?}"),

@@ -446,16 +446,18 @@ impl ChannelNorm {
     }
 
     /// The checks of [`ChannelNorm::encode_reduce_masked`] and its bound ranges (x, moments,
-    /// mask); `None` for an empty tensor.
+    /// mask); `None` for an empty tensor. `keep_shift`: the moments hold the shifts too.
     pub(super) fn reduce_ranges(
         &self,
         x: &Tensor,
         view: ChannelView,
         mask: Option<&Tensor>,
         out: &Tensor,
+        keep_shift: bool,
     ) -> Result<Option<ReduceRanges>> {
         expect("x", x, view.numel(), self.dtype())?;
-        expect("moments", out, view.slots() * 3, DType::F32)?;
+        let per_slot = if keep_shift { 6 } else { 3 };
+        expect("moments", out, view.slots() * per_slot, DType::F32)?;
         if let Some(m) = mask {
             expect("mask", m, view.q, DType::F32)?;
             let qm = self.config.reduction == Reduction::QuadraticMean;

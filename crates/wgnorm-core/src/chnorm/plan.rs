@@ -611,10 +611,13 @@ pub fn plan(e: &EngineConfig, c: &CallShape, f: &ViewFacts, cpu: bool) -> Channe
 
 /// The merge pass of [`super::ChannelNorm::encode_reduce`], after a moments pass that did
 /// (`shifted`) or did not take moments of `x - shift`.
-pub(crate) fn merge_spec(shifted: bool) -> Specialization {
+/// `keep_shift`: the shift is written apart from the moments (see
+/// `ChannelNorm::encode_reduce_centred`).
+pub(crate) fn merge_spec(shifted: bool, keep_shift: bool) -> Specialization {
     Specialization::new(MERGE_KERNEL, Io::F32)
         .set("WG", FINALIZE_WG)
         .flag("SHIFTED", shifted)
+        .flag("KEEP_SHIFT", keep_shift)
 }
 
 /// The running-statistics pass of [`super::ChannelNorm::encode_running_from_moments`].
@@ -706,8 +709,11 @@ pub fn specializations_with(epilogues: &[Epilogue]) -> Vec<Specialization> {
             }
         }
     }
-    push(merge_spec(false));
-    push(merge_spec(true));
+    for shifted in [false, true] {
+        for keep in [false, true] {
+            push(merge_spec(shifted, keep));
+        }
+    }
     for seq in [false, true] {
         push(running_spec(seq));
     }

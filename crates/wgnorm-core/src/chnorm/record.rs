@@ -355,11 +355,38 @@ impl ChannelNorm {
         mask: Option<&Tensor>,
         out: &Tensor,
     ) -> Result<()> {
+        self.reduce(encoder, x, view, mask, out, false)
+    }
+
+    /// [`ChannelNorm::encode_reduce`] with each slot's shift kept apart (f32 `[2 * slots, 3]`):
+    /// per slot (count, mean of `x - shift`, M2), then per slot `(0, shift, 0)`, the shift an
+    /// element of the slot. The mean is `shift + mean`, and `(x - shift) - mean` centres exactly
+    /// where an f32 mean of values with a large common offset would not (the batch-statistics
+    /// backward reads these).
+    pub(crate) fn encode_reduce_centred(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        view: ChannelView,
+        out: &Tensor,
+    ) -> Result<()> {
+        self.reduce(encoder, x, view, None, out, true)
+    }
+
+    fn reduce(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        view: ChannelView,
+        mask: Option<&Tensor>,
+        out: &Tensor,
+        keep_shift: bool,
+    ) -> Result<()> {
         let Some(check::ReduceRanges {
             x: xr,
             moments: or,
             mask: mr,
-        }) = self.reduce_ranges(x, view, mask, out)?
+        }) = self.reduce_ranges(x, view, mask, out, keep_shift)?
         else {
             return Ok(());
         };
@@ -393,10 +420,8 @@ impl ChannelNorm {
             lanes,
         );
         let moments = ctx.pipeline(&spec)?;
-        let merge = ctx.pipeline(&plan::merge_spec(plan::shifted(
-            self.config.reduction,
-            mask.is_some(),
-        )))?;
+        let shifted = plan::shifted(self.config.reduction, mask.is_some());
+        let merge = ctx.pipeline(&plan::merge_spec(shifted, keep_shift))?;
         let partials = binding::storage_range(ctx, "partials", &scratch.partials)?;
         let dr = binding::dummy_range(ctx.dummy_read());
         let params = ChannelParams {

@@ -47,12 +47,20 @@ impl RowGrad {
         }
         for (what, t) in [
             ("weight", a.weight),
+            ("bias", a.bias),
             ("dweight", a.dweight),
             ("dbias", a.dbias),
         ] {
             if let Some(t) = t {
                 expect(what, t, reduced, dtype)?;
             }
+        }
+        if self.cfg.mode == RowMode::RmsNorm && a.bias.is_some() {
+            return Err(Error::InvalidParameter {
+                name: "bias",
+                value: "given".into(),
+                why: "RMSNorm has no bias",
+            });
         }
         if self.cfg.mode == RowMode::RmsNorm && a.dbias.is_some() {
             return Err(Error::InvalidParameter {
@@ -85,6 +93,7 @@ impl RowGrad {
             x: rows_of("x", a.x)?,
             residual: rows_opt("residual", a.residual)?,
             weight: opt("weight", a.weight)?,
+            bias: opt("bias", a.bias)?,
             dy: rows_of("dy", a.dy)?,
             dsum: rows_opt("dsum", a.dsum)?,
             mean: opt("mean", a.mean)?,
@@ -97,6 +106,7 @@ impl RowGrad {
             ("x", Some(&ranges.x), false),
             ("residual", ranges.residual.as_ref(), false),
             ("weight", ranges.weight.as_ref(), false),
+            ("bias", ranges.bias.as_ref(), false),
             ("dy", Some(&ranges.dy), false),
             ("dsum", ranges.dsum.as_ref(), false),
             ("mean", ranges.mean.as_ref(), false),

@@ -23,9 +23,16 @@ fn grads_out(
     Ok(out)
 }
 
-/// `layer_norm_grad` and `add_layer_norm_grad` (with `residual` and an optional `dsum`).
+/// The fused activation a case names (`activation`, default `"none"`).
+fn activation(a: &Attrs) -> Result<crate::Activation, String> {
+    let name = a.str("activation", "none")?;
+    crate::Activation::from_name(&name).ok_or(format!("unknown activation {name:?}"))
+}
+
+/// `layer_norm_grad` and `add_layer_norm_grad` (with `residual` and an optional `dsum`), through
+/// the case's fused activation (whose argument takes the `bias`).
 fn layer_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutputs, String> {
-    let a = Attrs::new(case, &["axis", "eps"])?;
+    let a = Attrs::new(case, &["axis", "eps", "activation"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
     let cfg = crate::LayerNormConfig {
@@ -33,10 +40,13 @@ fn layer_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutput
         eps: a.f64("eps", 1e-5)? as f32,
         dtype,
     };
-    let ln = crate::LayerNorm::new(ctx, cfg).map_err(err)?;
+    let ln = crate::LayerNorm::new(ctx, cfg)
+        .map_err(err)?
+        .with_activation(activation(&a)?);
     let xt = upload(ctx, x, dtype)?;
     let dy = upload(ctx, input(case, "dy")?, dtype)?;
     let w = upload_opt(ctx, case, "weight", dtype)?;
+    let b = upload_opt(ctx, case, "bias", dtype)?;
     let reduced = ln.engine().reduced_shape(xt.shape()).map_err(err)?;
     let dx = ctx.empty(xt.shape(), dtype).map_err(err)?;
     let dw = ctx.empty(&reduced, dtype).map_err(err)?;
@@ -53,6 +63,7 @@ fn layer_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutput
             x: &xt,
             residual: &rt,
             weight: w.as_ref(),
+            bias: b.as_ref(),
             dy: &dy,
             dsum: dsum.as_ref(),
             mean: None,
@@ -63,6 +74,7 @@ fn layer_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutput
         let inputs = crate::LayerNormGradInputs {
             x: &xt,
             weight: w.as_ref(),
+            bias: b.as_ref(),
             dy: &dy,
             mean: None,
             rstd: None,
@@ -73,9 +85,9 @@ fn layer_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutput
     grads_out(case, &dx, Some(&dw), Some(&db))
 }
 
-/// `rms_norm_grad` and `add_rms_norm_grad`.
+/// `rms_norm_grad` and `add_rms_norm_grad`, through the case's fused activation.
 fn rms_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutputs, String> {
-    let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
+    let a = Attrs::new(case, &["axis", "eps", "weight_offset", "activation"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
     let cfg = crate::RmsNormConfig {
@@ -84,7 +96,9 @@ fn rms_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutputs,
         weight_offset: a.f64("weight_offset", 0.0)? as f32,
         dtype,
     };
-    let rn = crate::RmsNorm::new(ctx, cfg).map_err(err)?;
+    let rn = crate::RmsNorm::new(ctx, cfg)
+        .map_err(err)?
+        .with_activation(activation(&a)?);
     let xt = upload(ctx, x, dtype)?;
     let dy = upload(ctx, input(case, "dy")?, dtype)?;
     let w = upload_opt(ctx, case, "weight", dtype)?;

@@ -219,7 +219,9 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("batch_norm_grad", run_batch_norm_grad),
     ("group_norm_grad", run_group_norm_grad),
     ("instance_norm_grad", run_instance_norm_grad),
+    ("selu_grad", run_selu_grad),
     ("qk_norm_rope", run_qk_norm_rope),
+    ("qk_norm_rope_grad", run_qk_norm_rope_grad),
 ];
 
 /// Whether the runtime implements `op`.
