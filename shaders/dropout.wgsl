@@ -4,6 +4,9 @@
 // call is reproducible and needs no RNG state. keep_all: identity (inference).
 
 override WG: u32 = 256u;
+// The backward: x holds dy and y receives dx = a * dy where kept, 0 where dropped (dy at
+// inference): the same mask from the same (seed, index).
+override GRAD: bool = false;
 
 struct DropParams {
     n: u32,
@@ -48,5 +51,9 @@ fn main(
         return;
     }
     let kept = hash(i) < params.keep_threshold;
+    if GRAD {
+        y_store(i, select(0.0, params.a * v, kept));
+        return;
+    }
     y_store(i, params.a * select(params.alpha_p, v, kept) + params.b);
 }

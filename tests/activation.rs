@@ -275,3 +275,50 @@ fn elementwise_activation_backward() {
         }
     }
 }
+
+/// AlphaDropout's backward with the forward's seed: `a * dy` exactly where the forward kept the
+/// element, 0 where it dropped it, `dy` at inference; f32 and f16.
+#[test]
+fn alpha_dropout_backward_follows_the_forward_mask() {
+    use wgnorm::selfnorm::AlphaDropout;
+    let c_ = ctx();
+    let (n, rate, seed) = (10_007usize, 0.25f32, 0xfeed_beef_0042u64);
+    for dtype in [DType::F32, DType::F16] {
+        let op = AlphaDropout::new(c_, wgnorm::AlphaDropoutConfig { rate, dtype }).unwrap();
+        let dy = noise(90, n);
+        let dyt = c_.upload(&dy, &[n], dtype).unwrap();
+        let dyd = round_to(dtype, &dy);
+        let got = c_
+            .download(&op.backward(&dyt, seed, Mode::Train).unwrap())
+            .unwrap();
+        let want = act::alpha_dropout_grad(&dyd, rate as f64, seed);
+        let tol = if dtype == DType::F16 { 2e-3 } else { 1e-6 };
+        assert_close(
+            &format!("alpha dropout backward {dtype}"),
+            &got,
+            &want,
+            tol,
+            tol,
+        );
+        // Exactly the forward's mask: zero gradients where the forward wrote the dropped value.
+        let dropped = want.iter().filter(|&&v| v == 0.0).count();
+        assert!(
+            dropped > n / 5 && dropped < n / 3,
+            "{dropped} of {n} dropped"
+        );
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| (*g == 0.0) == (*w == 0.0)));
+        let infer = c_
+            .download(&op.backward(&dyt, seed, Mode::Infer).unwrap())
+            .unwrap();
+        assert_close(
+            &format!("alpha dropout backward {dtype} inference"),
+            &infer,
+            &dyd,
+            0.0,
+            0.0,
+        );
+    }
+}

@@ -37,6 +37,9 @@ pub enum GradOp {
     },
     /// A standalone activation's backward, `dx = dy * act'(x)`.
     Activation { act: Activation },
+    /// AlphaDropout's backward in training with x as the upstream gradient (the mask is the
+    /// seed's, so dy is its only input).
+    AlphaDropout { rate: f32, seed: u64 },
 }
 
 /// The f64 reference's activation of a fused one.
@@ -71,7 +74,11 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(5) {
+        match rng.below(6) {
+            5 => GradOp::AlphaDropout {
+                rate: rng.pick(&[0.0, 0.1, 0.5, 0.9, 1.0, -0.1]),
+                seed: rng.below(1 << 40),
+            },
             4 => GradOp::Activation { act },
             0 => GradOp::LayerNorm { axis, eps, act },
             1 => GradOp::RmsNorm { axis, eps, act },
@@ -116,6 +123,9 @@ impl GradOp {
                 let r = act_ref(act);
                 Some(x.iter().zip(&dy).map(|(&v, &d)| d * r.grad(v)).collect())
             }
+            GradOp::AlphaDropout { rate, seed } => (0.0..1.0)
+                .contains(&rate)
+                .then(|| wgnorm_reference::activation::alpha_dropout_grad(x, rate as f64, seed)),
             GradOp::BatchNorm { layout, eps, train } => {
                 if shape.len() < 2 || !eps_ok(eps) {
                     return None;
@@ -211,6 +221,11 @@ impl GradOp {
                     },
                     &wgnorm::RmsNormGradOutputs { dx, dweight: None },
                 )
+            }
+            GradOp::AlphaDropout { rate, seed } => {
+                let cfg = wgnorm::AlphaDropoutConfig { rate, dtype };
+                let op = wgnorm::selfnorm::AlphaDropout::new(ctx, cfg)?;
+                op.encode_backward(enc, x, dx, seed, Mode::Train)
             }
             GradOp::Activation { act } => {
                 let cfg = wgnorm::ElementwiseConfig {

@@ -34,8 +34,10 @@ pub const DROPOUT_KERNEL: Kernel = Kernel::new(
     DROP_SLOTS,
 );
 
-fn dropout_spec(io: Io) -> Specialization {
-    Specialization::new(DROPOUT_KERNEL, io).set("WG", WG)
+fn dropout_spec(io: Io, grad: bool) -> Specialization {
+    Specialization::new(DROPOUT_KERNEL, io)
+        .set("WG", WG)
+        .flag("GRAD", grad)
 }
 
 /// The dropout pipelines, for `cargo xtask validate`.
@@ -43,7 +45,7 @@ pub fn specializations() -> Vec<Specialization> {
     Io::ALL
         .into_iter()
         .filter(|io| !io.vec4)
-        .map(dropout_spec)
+        .flat_map(|io| [dropout_spec(io, false), dropout_spec(io, true)])
         .collect()
 }
 
@@ -136,10 +138,44 @@ impl AlphaDropout {
         seed: u64,
         mode: Mode,
     ) -> Result<()> {
+        self.record(encoder, (x, y), seed, mode, false)
+    }
+
+    /// Records the backward of the call with the same `seed` and `mode`: `dx = a * dy` where
+    /// the mask kept the element, 0 where it dropped it (`dy` at inference).
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dy: &Tensor,
+        dx: &Tensor,
+        seed: u64,
+        mode: Mode,
+    ) -> Result<()> {
+        self.record(encoder, (dy, dx), seed, mode, true)
+    }
+
+    /// Allocates dx, encodes the backward and submits (does not wait).
+    pub fn backward(&self, dy: &Tensor, seed: u64, mode: Mode) -> Result<Tensor> {
+        let dx = self.ctx.empty(dy.shape(), self.dtype)?;
+        self.ctx
+            .record_and_submit(|enc| self.encode_backward(enc, dy, &dx, seed, mode))?;
+        Ok(dx)
+    }
+
+    /// The forward (`grad` false: x to y) or the backward (dy to dx).
+    fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        (x, y): (&Tensor, &Tensor),
+        seed: u64,
+        mode: Mode,
+        grad: bool,
+    ) -> Result<()> {
         let training = mode.is_train();
-        x.expect_dtype("x", self.dtype)?;
-        y.expect_dtype("y", self.dtype)?;
-        y.expect_shape("y", x.shape())?;
+        let (xn, yn) = if grad { ("dy", "dx") } else { ("x", "y") };
+        x.expect_dtype(xn, self.dtype)?;
+        y.expect_dtype(yn, self.dtype)?;
+        y.expect_shape(yn, x.shape())?;
         let n = x.numel();
         if n == 0 {
             return Ok(());
@@ -151,10 +187,10 @@ impl AlphaDropout {
             why: "more than 2^32 - 1 elements",
         })?;
         let (xr, yr) = (
-            binding::storage_range(ctx, "x", x)?,
-            binding::storage_range(ctx, "y", y)?,
+            binding::storage_range(ctx, xn, x)?,
+            binding::storage_range(ctx, yn, y)?,
         );
-        binding::check_no_alias(&[("x", Some(&xr), false), ("y", Some(&yr), true)])?;
+        binding::check_no_alias(&[(xn, Some(&xr), false), (yn, Some(&yr), true)])?;
         let (threshold, a, b, alpha_p) = self.coefficients();
         let params = DropParams {
             n: n32,
@@ -170,7 +206,7 @@ impl AlphaDropout {
             dtype: self.dtype,
             vec4: false,
         };
-        let pipeline = ctx.pipeline(&dropout_spec(io))?;
+        let pipeline = ctx.pipeline(&dropout_spec(io, grad))?;
         let bind = self.binds.get(ctx, DROP_SLOTS, &params, &[&xr, &yr])?;
         let (gx, gy) = binding::grid(ctx, (n as u64).div_ceil(WG as u64));
         binding::dispatch(
