@@ -8,7 +8,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
-use wgnorm::Mode;
+use wgnorm::{Activation, Mode};
 
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -116,7 +116,7 @@ pub(crate) fn pattern(seed: usize, len: usize, center: f32, spread: f32) -> Vec<
         .collect()
 }
 
-fn f64s(v: &[f32], dtype: DType) -> Vec<f64> {
+pub(crate) fn f64s(v: &[f32], dtype: DType) -> Vec<f64> {
     v.iter()
         .map(|&x| match dtype {
             DType::F32 => x as f64,
@@ -940,6 +940,41 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
             }
         }
     }
+    // Through a fused activation (a pass more over the row), and an LLM training step's rows
+    // in f16 (full runs).
+    let (act_rows, act_n) = if o.quick { (256, 4096) } else { (1024, 4096) };
+    let mut act_cases = vec![
+        (
+            RowMode::LayerNorm,
+            "layer_norm_act_backward",
+            act_rows,
+            act_n,
+            DType::F32,
+            Activation::GeluTanh,
+        ),
+        (
+            RowMode::RmsNorm,
+            "rms_norm_act_backward",
+            act_rows,
+            act_n,
+            DType::F32,
+            Activation::Silu,
+        ),
+    ];
+    if !o.quick {
+        for (mode, name) in [
+            (RowMode::LayerNorm, "layer_norm_backward"),
+            (RowMode::RmsNorm, "rms_norm_backward"),
+        ] {
+            act_cases.push((mode, name, 4096, 4096, DType::F16, Activation::None));
+        }
+    }
+    for (mode, name, rows, n, dtype, act) in act_cases {
+        if wanted(o, name, &format!("{rows}x{n}")) {
+            let case = crate::bench_grad::row_grad_case_with(ctx, mode, (rows, n, dtype), act)?;
+            out.push(case);
+        }
+    }
     let grad_channel: &[(&'static str, [usize; 4])] = if o.quick {
         &[
             ("batch_norm_backward", [8, 64, 28, 28]),
@@ -973,6 +1008,13 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
     };
     if wanted(o, "qk_norm_rope", &qk.map(|d| d.to_string()).join("x")) {
         out.push(crate::bench_fused::qk_rope_case(ctx, qk)?);
+    }
+    if wanted(
+        o,
+        "qk_norm_rope_backward",
+        &qk.map(|d| d.to_string()).join("x"),
+    ) {
+        out.push(crate::bench_fused::qk_rope_grad_case(ctx, qk)?);
     }
     // Hyperbolic family.
     let hyper: [usize; 4] = if o.quick {

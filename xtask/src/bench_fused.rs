@@ -125,3 +125,82 @@ fn unfused(
         }
     }))
 }
+
+/// QK-norm + RoPE's backward: dy rotated back, then the per-head RMSNorm backward (dx and the
+/// shared dweight), against the f64 reference gradients. Bytes: x and dy read, dx written.
+pub fn qk_rope_grad_case(ctx: &Context, [tokens, heads, d]: [usize; 3]) -> Result<Case> {
+    use wgnorm::rmsnorm::{QkNormRopeGradInputs, QkNormRopeGradOutputs};
+    let numel = tokens * heads * d;
+    let (x, dyv, w) = (
+        pattern(21, numel, 0.0, 4.0),
+        pattern(22, numel, 0.0, 1.0),
+        pattern(23, d, 1.0, 0.5),
+    );
+    let half = d / 2;
+    let angle = |i: usize| (i / half) as f64 * 10_000f64.powf(-2.0 * (i % half) as f64 / d as f64);
+    let cos: Vec<f32> = (0..tokens * half).map(|i| angle(i).cos() as f32).collect();
+    let sin: Vec<f32> = (0..tokens * half).map(|i| angle(i).sin() as f32).collect();
+    let shape = [tokens, heads, d];
+    let (xt, dy, wt) = (
+        ctx.upload_f32(&x, &shape)?,
+        ctx.upload_f32(&dyv, &shape)?,
+        ctx.upload_f32(&w, &[d])?,
+    );
+    let (ct, st) = (
+        ctx.upload_f32(&cos, &[tokens, half])?,
+        ctx.upload_f32(&sin, &[tokens, half])?,
+    );
+    let (dx, dw) = (ctx.empty(&shape, DType::F32)?, ctx.empty(&[d], DType::F32)?);
+    let op = QkNormRope::new(ctx, QkNormRopeConfig::default())?;
+    let run: Record = {
+        let (xt, dy, wt, ct, st, dx, dw) = (
+            xt.clone(),
+            dy.clone(),
+            wt.clone(),
+            ct.clone(),
+            st.clone(),
+            dx.clone(),
+            dw.clone(),
+        );
+        let rec = move |enc: &mut wgpu::CommandEncoder| {
+            let inputs = QkNormRopeGradInputs {
+                x: &xt,
+                weight: Some(&wt),
+                angles: RopeAngles::Table { cos: &ct, sin: &st },
+                dy: &dy,
+            };
+            let outputs = QkNormRopeGradOutputs {
+                dx: &dx,
+                dweight: Some(&dw),
+            };
+            op.encode_backward(enc, &inputs, &outputs)
+        };
+        ctx.record_and_submit(&rec)?;
+        Box::new(move |enc| rec(enc).expect("validated above"))
+    };
+    let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+    let (cd, sd) = (f(&cos), f(&sin));
+    let want = wgnorm_reference::grad::qk_norm_rope_grad(
+        &f(&x),
+        (heads, d),
+        (Some(&f(&w)), 0.0),
+        1e-6,
+        (
+            d,
+            true,
+            wgnorm_reference::rownorm::RopeRef::Table { cos: &cd, sin: &sd },
+        ),
+        &f(&dyv),
+    );
+    Ok(Case {
+        op: "qk_norm_rope_backward",
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+        layout: "row-major",
+        bytes: 3 * numel as u64 * 4,
+        kernel: "rotation back + row_grad (rms)".into(),
+        run,
+        naive: None,
+        check: Some(Check::Reference(dx, want.dx)),
+    })
+}

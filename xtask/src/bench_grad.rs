@@ -16,7 +16,16 @@ use crate::bench::{pattern, Case, Check, Record};
 
 /// Row-norm backward over `[rows, n]` with a weight (LayerNorm: also dbias).
 pub fn row_grad_case(ctx: &Context, mode: RowMode, rows: usize, n: usize) -> Result<Case> {
-    let dtype = DType::F32;
+    row_grad_case_with(ctx, mode, (rows, n, DType::F32), wgnorm::Activation::None)
+}
+
+/// [`row_grad_case`] in `dtype`, through a fused activation (LayerNorm then binds a bias).
+pub fn row_grad_case_with(
+    ctx: &Context,
+    mode: RowMode,
+    (rows, n, dtype): (usize, usize, DType),
+    act: wgnorm::Activation,
+) -> Result<Case> {
     let op = RowGrad::new(
         ctx,
         RowGradConfig {
@@ -28,27 +37,32 @@ pub fn row_grad_case(ctx: &Context, mode: RowMode, rows: usize, n: usize) -> Res
             unbiased: false,
             eps_outside: false,
         },
-    )?;
+    )?
+    .with_activation(act);
     let x = pattern(3, rows * n, 0.2, 2.0);
     let dyv = pattern(4, rows * n, 0.0, 1.0);
     let wv = pattern(5, n, 1.0, 1.0);
-    let (xt, dy, w) = (
-        ctx.upload_f32(&x, &[rows, n])?,
-        ctx.upload_f32(&dyv, &[rows, n])?,
-        ctx.upload_f32(&wv, &[n])?,
+    let bv = pattern(6, n, 0.0, 0.5);
+    let (xt, dy, w, b) = (
+        ctx.upload(&x, &[rows, n], dtype)?,
+        ctx.upload(&dyv, &[rows, n], dtype)?,
+        ctx.upload(&wv, &[n], dtype)?,
+        ctx.upload(&bv, &[n], dtype)?,
     );
+    let lnorm = mode == RowMode::LayerNorm;
+    let bias = (lnorm && act != wgnorm::Activation::None).then_some(b);
     let dx = ctx.empty(&[rows, n], dtype)?;
     let dw = ctx.empty(&[n], dtype)?;
     let db = ctx.empty(&[n], dtype)?;
-    let lnorm = mode == RowMode::LayerNorm;
     let run = {
-        let (xt, dy, w, dx, dw, db) = (
+        let (xt, dy, w, dx, dw, db, bias) = (
             xt.clone(),
             dy.clone(),
             w.clone(),
             dx.clone(),
             dw.clone(),
             db.clone(),
+            bias.clone(),
         );
         let args = move |op: &RowGrad, enc: &mut wgpu::CommandEncoder| {
             op.encode(
@@ -57,7 +71,7 @@ pub fn row_grad_case(ctx: &Context, mode: RowMode, rows: usize, n: usize) -> Res
                     x: &xt,
                     residual: None,
                     weight: Some(&w),
-                    bias: None,
+                    bias: bias.as_ref(),
                     dy: &dy,
                     dsum: None,
                     mean: None,
@@ -74,27 +88,40 @@ pub fn row_grad_case(ctx: &Context, mode: RowMode, rows: usize, n: usize) -> Res
             args(&op, enc).expect("validated above");
         }) as Record
     };
-    let naive = naive_row_grad(ctx, mode, rows, n, [&xt, &w, &dy])?;
-    let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+    // The naive baseline differentiates the plain f32 norm only.
+    let plain = act == wgnorm::Activation::None && dtype == DType::F32;
+    let naive = if plain {
+        naive_row_grad(ctx, mode, rows, n, [&xt, &w, &dy])?
+    } else {
+        None
+    };
+    let f = |v: &[f32]| crate::bench::f64s(v, dtype);
+    let r = crate::fuzz_grad::act_ref(act);
     let want = match mode {
         RowMode::LayerNorm => {
-            wgnorm_reference::grad::layer_norm_grad(&f(&x), n, Some(&f(&wv)), &f(&dyv), 1e-5)
+            let affine = (Some(f(&wv)), bias.as_ref().map(|_| f(&bv)));
+            let affine = (affine.0.as_deref(), affine.1.as_deref());
+            wgnorm_reference::grad::layer_norm_act_grad(&f(&x), n, affine, &f(&dyv), 1e-5, r)
         }
         RowMode::RmsNorm => {
-            wgnorm_reference::grad::rms_norm_grad(&f(&x), n, Some(&f(&wv)), 0.0, &f(&dyv), 1e-5)
+            let affine = (Some(f(&wv)), 0.0);
+            let affine = (affine.0.as_deref(), affine.1);
+            wgnorm_reference::grad::rms_norm_act_grad(&f(&x), n, affine, &f(&dyv), 1e-5, r)
         }
     };
+    let op = match (lnorm, act == wgnorm::Activation::None) {
+        (true, true) => "layer_norm_backward",
+        (false, true) => "rms_norm_backward",
+        (true, false) => "layer_norm_act_backward",
+        (false, false) => "rms_norm_act_backward",
+    };
     Ok(Case {
-        op: if lnorm {
-            "layer_norm_backward"
-        } else {
-            "rms_norm_backward"
-        },
+        op,
         shape: vec![rows, n],
         dtype,
         layout: "row-major",
-        bytes: (3 * rows * n) as u64 * 4,
-        kernel: "row_grad dx + params + reduce f32".into(),
+        bytes: (3 * rows * n) as u64 * dtype.size(),
+        kernel: format!("row_grad dx + params + reduce {dtype} act {act:?}"),
         run,
         naive,
         check: Some(Check::Reference(dx, want.dx)),

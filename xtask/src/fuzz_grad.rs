@@ -43,7 +43,7 @@ pub enum GradOp {
 }
 
 /// The f64 reference's activation of a fused one.
-fn act_ref(a: Activation) -> Act {
+pub(crate) fn act_ref(a: Activation) -> Act {
     match a {
         Activation::None => Act::None,
         Activation::Silu => Act::Silu,
