@@ -42,6 +42,9 @@ run() {
 run validate "$XTASK" validate
 run conformance "$XTASK" conformance tests/conformance/cases
 run bench "$XTASK" bench --json "$OUT_DIR/bench.json" --plot "$OUT_DIR/bench.svg"
+# Start-up: each op's first call (pipeline compilation) on a fresh context, its second call, and
+# its first call with the pipeline cache of the first context loaded.
+run first-call "$XTASK" bench --first-call --json "$OUT_DIR/first-call.json"
 # The kernel choices measured on this adapter: the JSON is a tuning table the runtime loads
 # (wgnorm::Tuning::from_json, WGNORM_TUNING=FILE); the log prints best beside default per shape.
 run autotune "$XTASK" bench --autotune --json "$OUT_DIR/tuning.json"

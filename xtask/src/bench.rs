@@ -37,6 +37,11 @@ pub(crate) struct Options {
     /// WGNORM_TUNING=FILE).
     #[arg(long)]
     autotune: bool,
+    /// Instead of the bench rows: what each op's first call costs (pipeline compilation
+    /// included) on a fresh context, its second call, and its first call on a context that
+    /// loaded the first one's pipeline cache (wall ms; with --json, the rows).
+    #[arg(long)]
+    first_call: bool,
     /// Write every figure plus adapter info to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<String>,
@@ -1172,6 +1177,16 @@ struct Result1 {
 }
 
 pub fn run(o: &Options) -> Result<bool> {
+    if o.first_call {
+        let rows = crate::bench_startup::run()?;
+        if let Some(path) = &o.json {
+            std::fs::write(
+                path,
+                serde_json::to_string_pretty(&json!({ "first_call": rows }))?,
+            )?;
+        }
+        return Ok(true);
+    }
     let ctx = crate::context()?;
     if o.autotune {
         let wants = |op: &str| {

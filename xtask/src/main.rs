@@ -14,6 +14,7 @@ mod bench_fused;
 mod bench_grad;
 mod bench_models;
 mod bench_plot;
+mod bench_startup;
 mod cases;
 mod cases_grad;
 mod conformance;

@@ -7,10 +7,13 @@ use std::sync::{Arc, Mutex};
 use crate::shader::{self, F16Access, Io, Kernel, Specialization};
 use crate::{DType, Error, Result};
 
+mod pipeline_cache;
+
 /// Optional features wgnorm uses when the adapter has them; every kernel has a path without
 /// them (f16 storage too: packed words without `SHADER_F16`).
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::PIPELINE_CACHE)
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
@@ -205,6 +208,8 @@ struct Inner {
     modules: Mutex<HashMap<(Kernel, Io), wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<&'static [Slot], (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    /// Where created pipelines are cached for reuse across runs (Vulkan; see `pipeline_cache`).
+    pipeline_cache: Mutex<Option<wgpu::PipelineCache>>,
     /// `WGNORM_LOG_PIPELINES`: the file every created pipeline's key is appended to.
     pipeline_log: Option<std::path::PathBuf>,
     /// Set by the device-lost callback of devices wgnorm created: why the device was lost.
@@ -385,6 +390,7 @@ impl Context {
                 modules: Mutex::default(),
                 layouts: Mutex::default(),
                 pipelines: Mutex::default(),
+                pipeline_cache: Mutex::default(),
                 pipeline_log: std::env::var_os("WGNORM_LOG_PIPELINES").map(Into::into),
                 lost: Arc::default(),
                 dummy_read,
@@ -641,6 +647,7 @@ impl Context {
         let device = &self.inner.device;
         let module = self.module(kernel, io)?;
         let (_, layout) = self.layout(kernel.slots())?;
+        let cache = crate::locked(&self.inner.pipeline_cache).clone();
         let pipeline = self.capture(kernel.name(), 0, || {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.name()),
@@ -651,7 +658,7 @@ impl Context {
                     constants: &spec.constants,
                     zero_initialize_workgroup_memory: false,
                 },
-                cache: None,
+                cache: cache.as_ref(),
             })
         })?;
         self.log_pipeline(spec)?;
