@@ -913,3 +913,51 @@ fn tracked_instance_norm_backward_in_both_modes() {
         }
     }
 }
+
+/// MVN (eps outside the square root, over several axes, with an offset) and LpNorm (p = 1, 2,
+/// any axis, a zero slot and a zero element) backward against the f64 reference, f32 and f16.
+#[test]
+fn mean_variance_and_lp_norm_backward() {
+    use wgnorm::{LpNormConfig, MeanVarianceNormConfig};
+    let c_ = ctx();
+    let shape = [3usize, 5, 4, 6];
+    let numel: usize = shape.iter().product();
+    for dtype in [DType::F32, DType::F16] {
+        let mut x: Vec<f32> = noise(71, numel).iter().map(|v| v * 2.0 + 3.0).collect();
+        let dy = noise(72, numel);
+        let f = |v: &[f32]| round_to(dtype, v);
+        let (atol, rtol) = tol(dtype);
+        let up = |v: &[f32]| c_.upload(v, &shape, dtype).unwrap();
+        for axes in [vec![0isize, 2, 3], vec![-1], vec![1, 2]] {
+            let mvn = MeanVarianceNorm::new(
+                c_,
+                MeanVarianceNormConfig {
+                    axes: axes.clone(),
+                    eps: 1e-4,
+                    dtype,
+                },
+            )
+            .unwrap();
+            let dx = c_
+                .download(&mvn.backward(&up(&x), &up(&dy)).unwrap())
+                .unwrap();
+            let want = grad::mean_variance_norm_grad(&f(&x), &shape, &axes, 1e-4, &f(&dy));
+            let what = format!("mvn {axes:?} {dtype}");
+            assert_close(&what, &dx, &want, atol * scale(&want), rtol);
+        }
+        // A slot of zeros along axis 1 (norm 0: dx 0) and a zero element (L1's kink).
+        for b in 0..shape[1] {
+            x[b * shape[2] * shape[3]] = 0.0;
+        }
+        x[7] = 0.0;
+        for (p, axis) in [(2u32, 1isize), (1, 1), (2, -1), (1, 0)] {
+            let lp = LpNorm::new(c_, LpNormConfig { axis, p, dtype }).unwrap();
+            let dx = c_
+                .download(&lp.backward(&up(&x), &up(&dy)).unwrap())
+                .unwrap();
+            let want = grad::lp_norm_grad(&f(&x), &shape, axis, p, &f(&dy));
+            let what = format!("lp{p} axis {axis} {dtype}");
+            assert_close(&what, &dx, &want, atol * scale(&want), rtol);
+        }
+    }
+}

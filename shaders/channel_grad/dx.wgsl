@@ -90,7 +90,12 @@ fn main(
             let cc = -k0.z * k1.x;
             for (var i = e; i < e + run; i++) {
                 let li = i - params.x_base;
-                let xhat = ((x_load(li) - k0.x) - k0.y) * k0.z - k0.w;
+                let xv = x_load(li);
+                var xhat = ((xv - k0.x) - k0.y) * k0.z - k0.w;
+                if (NORM == 3u) {
+                    // L1: the norm's gradient is sign(x).
+                    xhat = sign(xv);
+                }
                 dx_store(li, ca * dy_load(li) + cb * xhat + cc);
             }
         }

@@ -114,13 +114,24 @@ fn main(
         }
     }
     let m = f32(params.q * params.cg * params.sdiv);
+    if (THROUGH_STATS && NORM >= 2u) {
+        // y = x / norm: no mean, and the norm's gradient is a sum (not a mean) over the slot.
+        coef[2u * item] = vec4<f32>(0.0, 0.0, st.z, 0.0);
+        coef[2u * item + 1u] = vec4<f32>(0.0, sgx, 0.0, 0.0);
+        return;
+    }
     if (THROUGH_STATS) {
         // The mean the partials centred on may be an f32 rounding of the slot's (saved
         // statistics): e = mean(xhat') is that rounding in units of std, exactly, from sums of
         // exact differences, and sum(g * xhat) = sum(g * xhat') - e * sum(g).
         let e = sx / m;
+        var c2 = (sgx - e * sg) / m;
+        if (NORM == 1u) {
+            // y = u / (std + eps): the std's gradient u / (M std) against the denominator.
+            c2 = select(0.0, c2 / (st.z * st.w), st.w > 0.0);
+        }
         coef[2u * item] = vec4<f32>(st.x, st.y, st.z, e);
-        coef[2u * item + 1u] = vec4<f32>(sg / m, (sgx - e * sg) / m, 0.0, 0.0);
+        coef[2u * item + 1u] = vec4<f32>(sg / m, c2, 0.0, 0.0);
     } else {
         coef[2u * item] = vec4<f32>(st.x, st.y, st.z, 0.0);
         coef[2u * item + 1u] = vec4<f32>(0.0);

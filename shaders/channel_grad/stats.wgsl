@@ -20,7 +20,17 @@ fn slot_stats(slot: u32) -> vec4<f32> {
     // biased variance, as the forward normalizes with.
     let n = moments[3u * slot];
     let shift = moments[3u * (params.p * params.r + slot) + 1u];
-    let rstd = 1.0 / sqrt(moments[3u * slot + 2u] / n + params.eps);
+    let m2 = moments[3u * slot + 2u];
+    if (NORM == 1u) {
+        let sd = sqrt(m2 / n);
+        return vec4<f32>(shift, moments[3u * slot + 1u], 1.0 / (sd + params.eps), sd);
+    }
+    if (NORM >= 2u) {
+        // L1/L2 moments hold the sum in M2 and mean 0.
+        let norm = select(m2, sqrt(m2), NORM == 2u);
+        return vec4<f32>(0.0, 0.0, select(0.0, 1.0 / norm, norm > 0.0), 0.0);
+    }
+    let rstd = 1.0 / sqrt(m2 / n + params.eps);
     return vec4<f32>(shift, moments[3u * slot + 1u], rstd, 0.0);
 }
 

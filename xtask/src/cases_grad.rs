@@ -1,5 +1,5 @@
 //! The project's own backward cases (`cargo xtask cases`): the row norms and GroupNorm through
-//! each fused activation, SELU's backward and QK-norm + RoPE's, the expected gradients from
+//! each fused activation, SELU's, QK-norm + RoPE's, LpNorm's and MVN's backward, the expected gradients from
 //! `wgnorm_reference::grad` and `activation::Act` (both checked against finite differences
 //! there).
 
@@ -330,10 +330,62 @@ fn qk_cases(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `lp_norm_grad` (p = 1, 2, a zero slot) and `mean_variance_norm_grad` (ONNX's default axes
+/// and the last axis, with an offset).
+fn lp_mvn_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::{lp_norm_grad, mean_variance_norm_grad};
+    let shape = [2usize, 6, 3, 5];
+    let numel: usize = shape.iter().product();
+    for (tag, dtype, p, axis) in [
+        ("p2_axis1_f32_2x6x3x5", Dtype::F32, 2u32, 1isize),
+        ("p1_axis-1_f16_2x6x3x5", Dtype::F16, 1, -1),
+    ] {
+        let mut x = values(31, numel, 2.0);
+        x[..5].fill(0.0); // one zero slot along the last axis, a zero element along axis 1
+        let x = rounded(dtype, &x);
+        let dy = rounded(dtype, &values(32, numel, 1.0));
+        let dx = lp_norm_grad(&x, &shape, axis, p, &dy);
+        let outs = vec![
+            tensor("x", dtype, &shape, &x),
+            tensor("dy", dtype, &shape, &dy),
+            tensor("expected.dx", Dtype::F32, &shape, &dx),
+        ];
+        let attrs = serde_json::json!({ "axis": axis, "p": p });
+        let file = format!("lp_norm_grad_{tag}.safetensors");
+        write(dir, &file, "lp_norm_grad", attrs, tol(dtype), outs)?;
+    }
+    for (tag, dtype, axes) in [
+        ("default_axes_f32_2x6x3x5", Dtype::F32, vec![0isize, 2, 3]),
+        ("last_axis_f16_2x6x3x5", Dtype::F16, vec![-1]),
+    ] {
+        let x: Vec<f64> = values(33, numel, 1.0).iter().map(|v| v + 5.0).collect();
+        let x = rounded(dtype, &x);
+        let dy = rounded(dtype, &values(34, numel, 1.0));
+        let dx = mean_variance_norm_grad(&x, &shape, &axes, 1e-9, &dy);
+        let outs = vec![
+            tensor("x", dtype, &shape, &x),
+            tensor("dy", dtype, &shape, &dy),
+            tensor("expected.dx", Dtype::F32, &shape, &dx),
+        ];
+        let attrs = serde_json::json!({ "axes": axes });
+        let file = format!("mean_variance_norm_grad_{tag}.safetensors");
+        write(
+            dir,
+            &file,
+            "mean_variance_norm_grad",
+            attrs,
+            tol(dtype),
+            outs,
+        )?;
+    }
+    Ok(())
+}
+
 /// Every backward case of the project's own.
 pub fn activation_grad_cases(dir: &Path) -> Result<()> {
     row_cases(dir)?;
     group_cases(dir)?;
     selu_cases(dir)?;
-    qk_cases(dir)
+    qk_cases(dir)?;
+    lp_mvn_cases(dir)
 }

@@ -40,6 +40,8 @@ pub enum GradOp {
     /// AlphaDropout's backward in training with x as the upstream gradient (the mask is the
     /// seed's, so dy is its only input).
     AlphaDropout { rate: f32, seed: u64 },
+    /// LpNorm's backward (p drawn from 0..4: only 1 and 2 are valid).
+    LpNorm { axis: isize, p: u32 },
 }
 
 /// The f64 reference's activation of a fused one.
@@ -74,7 +76,11 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(6) {
+        match rng.below(7) {
+            6 => GradOp::LpNorm {
+                axis,
+                p: rng.below(4) as u32,
+            },
             5 => GradOp::AlphaDropout {
                 rate: rng.pick(&[0.0, 0.1, 0.5, 0.9, 1.0, -0.1]),
                 seed: rng.below(1 << 40),
@@ -122,6 +128,13 @@ impl GradOp {
             GradOp::Activation { act } => {
                 let r = act_ref(act);
                 Some(x.iter().zip(&dy).map(|(&v, &d)| d * r.grad(v)).collect())
+            }
+            GradOp::LpNorm { axis, p } => {
+                let a = if axis < 0 { axis + rank } else { axis };
+                if !(0..rank).contains(&a) || !(1..=2).contains(&p) {
+                    return None;
+                }
+                Some(rg::lp_norm_grad(x, shape, axis, p, &dy))
             }
             GradOp::AlphaDropout { rate, seed } => (0.0..1.0)
                 .contains(&rate)
@@ -221,6 +234,10 @@ impl GradOp {
                     },
                     &wgnorm::RmsNormGradOutputs { dx, dweight: None },
                 )
+            }
+            GradOp::LpNorm { axis, p } => {
+                let lp = LpNorm::new(ctx, wgnorm::LpNormConfig { axis, p, dtype })?;
+                lp.encode_backward(enc, x, &dy, dx)
             }
             GradOp::AlphaDropout { rate, seed } => {
                 let cfg = wgnorm::AlphaDropoutConfig { rate, dtype };

@@ -143,6 +143,42 @@ pub struct GradShape {
     pub dbias: bool,
     /// RepBN: `alpha * dy` is added to dx.
     pub alpha: bool,
+    /// What the forward divided by.
+    pub norm: GradNorm,
+}
+
+/// The denominator of the differentiated forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GradNorm {
+    /// `sqrt(var + eps)` after centring (BatchNorm, GroupNorm, InstanceNorm).
+    #[default]
+    Variance,
+    /// `std + eps` after centring (MVN).
+    StdPlusEps,
+    /// The L2 norm, no centring (LpNorm p = 2; 0 where the norm is 0).
+    L2,
+    /// The L1 norm, no centring (LpNorm p = 1).
+    L1,
+}
+
+impl GradNorm {
+    fn code(self) -> u32 {
+        match self {
+            GradNorm::Variance => 0,
+            GradNorm::StdPlusEps => 1,
+            GradNorm::L2 => 2,
+            GradNorm::L1 => 3,
+        }
+    }
+
+    /// The forward engine's reduction that gives this backward's statistics.
+    fn reduction(self) -> crate::chnorm::Reduction {
+        match self {
+            GradNorm::Variance | GradNorm::StdPlusEps => crate::chnorm::Reduction::MeanVariance,
+            GradNorm::L2 => crate::chnorm::Reduction::L2,
+            GradNorm::L1 => crate::chnorm::Reduction::L1,
+        }
+    }
 }
 
 fn base(kernel: Kernel, io: Io, s: GradShape) -> Specialization {
@@ -150,6 +186,7 @@ fn base(kernel: Kernel, io: Io, s: GradShape) -> Specialization {
         .set("STATS", s.stats.value())
         .flag("HAS_WEIGHT", s.weight)
         .set("ACT", s.act)
+        .set("NORM", s.norm.code())
 }
 
 /// The partials pipeline.
@@ -236,6 +273,7 @@ pub fn specializations() -> Vec<Specialization> {
                 dweight: b(2),
                 dbias: b(3),
                 alpha: b(4),
+                norm: GradNorm::Variance,
             };
             for dtype in [DType::F32, DType::F16] {
                 let io = Io { dtype, vec4: false };
@@ -249,9 +287,42 @@ pub fn specializations() -> Vec<Specialization> {
             out.push(finalize_spec(s, 2));
         }
     }
+    // MVN and LpNorm: batch statistics, no affine, no activation.
+    for norm in [GradNorm::StdPlusEps, GradNorm::L2, GradNorm::L1] {
+        let s = GradShape {
+            norm,
+            ..GradShape::plain()
+        };
+        for dtype in [DType::F32, DType::F16] {
+            let io = Io { dtype, vec4: false };
+            for cpu in [false, true] {
+                out.push(partials_spec(io, s, cpu));
+                out.push(dx_spec(io, s, cpu));
+            }
+        }
+        for role in 0..3 {
+            out.push(finalize_spec(s, role));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     out.retain(|s| seen.insert(s.key()));
     out
+}
+
+impl GradShape {
+    /// Batch statistics, nothing bound or written but dx.
+    fn plain() -> GradShape {
+        GradShape {
+            stats: GradStats::Batch,
+            weight: false,
+            bias: false,
+            act: 0,
+            dweight: false,
+            dbias: false,
+            alpha: false,
+            norm: GradNorm::Variance,
+        }
+    }
 }
 
 /// Tensors of one backward call over `view` (the forward's). `dy` and `dx` have x's shape and
@@ -323,6 +394,8 @@ pub struct ChannelGrad {
     activation: Activation,
     /// An activation follows the affine: the backward goes through it (and binds the bias).
     activated: bool,
+    /// What the forward divided by.
+    norm: GradNorm,
     reduce: ChannelNorm,
     binds: BindCache,
     moments: ScratchCache,
@@ -346,12 +419,22 @@ impl ChannelGrad {
             dtype,
             activation,
             activated: activation != Activation::None,
+            norm: GradNorm::Variance,
             reduce: ChannelNorm::new(ctx, eps, dtype, Activation::None)?,
             binds: BindCache::default(),
             moments: ScratchCache::default(),
             partials: ScratchCache::default(),
             coef: ScratchCache::default(),
         })
+    }
+
+    /// Differentiates a forward that divided by `norm` (MVN's `std + eps`, LpNorm's norms)
+    /// instead of `sqrt(var + eps)`; its statistics are recomputed by the matching reduction.
+    pub fn with_norm(mut self, norm: GradNorm) -> Result<ChannelGrad> {
+        self.reduce = ChannelNorm::new(&self.ctx, self.eps, self.dtype, Activation::None)?
+            .with_reduction(norm.reduction());
+        self.norm = norm;
+        Ok(self)
     }
 
     /// Tiles of each (p, channel)'s `q * sdiv` elements, `target` elements each or the
@@ -491,6 +574,7 @@ impl ChannelGrad {
             weight: r.weight.is_some(),
             bias: r.bias.is_some() && self.activated,
             act: self.activation.code(),
+            norm: self.norm,
             dweight: r.dweight.is_some(),
             dbias: r.dbias.is_some(),
             alpha: r.alpha.is_some(),

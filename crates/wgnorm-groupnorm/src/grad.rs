@@ -6,7 +6,7 @@ use wgnorm_core::chgrad::{ChannelGradArgs, GradStats};
 use wgnorm_core::chnorm::ChannelView;
 use wgnorm_core::{DType, Result, Tensor};
 
-use crate::{GroupNorm, InstanceNorm};
+use crate::{GroupNorm, InstanceNorm, LpNorm, MeanVarianceNorm};
 
 /// Inputs of the backward: the forward's `x`, `weight` and `bias` (f32 `[C]`; the bias matters
 /// only with the SiLU), the upstream gradient `dy` (x's shape and dtype) and, when the caller
@@ -195,5 +195,77 @@ impl InstanceNorm {
             view.channels(),
             |enc, o| self.encode_backward(enc, inputs, o),
         )
+    }
+}
+
+/// The gradient of x of an op without parameters over `view`: batch statistics recomputed.
+fn encode_plain(
+    grad: &wgnorm_core::chgrad::ChannelGrad,
+    encoder: &mut wgpu::CommandEncoder,
+    view: ChannelView,
+    (x, dy, dx): (&Tensor, &Tensor, &Tensor),
+) -> Result<()> {
+    let inputs = NormGradInputs {
+        x,
+        weight: None,
+        bias: None,
+        dy,
+        saved: None,
+    };
+    let outputs = NormGradOutputs {
+        dx,
+        dweight: None,
+        dbias: None,
+    };
+    grad.encode(encoder, &args(view, &inputs, &outputs))
+}
+
+impl MeanVarianceNorm {
+    /// Records the backward: `dx = (g - mean(g)) / (std + eps) - u sum(g u) / (M (std + eps)^2
+    /// std)` over each slot (u = x - mean, g = dy), through the slot's statistics, recomputed;
+    /// the same fixed-order sums as the batch-statistics backward. dx has x's shape and dtype.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+    ) -> Result<()> {
+        let view = ChannelView::over_axes(x.shape(), &self.axes)?;
+        encode_plain(&self.grad, encoder, view, (x, dy, dx))
+    }
+
+    /// Allocates dx, encodes the backward and submits (does not wait).
+    pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let dx = self.engine.context().empty(x.shape(), self.dtype)?;
+        self.engine
+            .context()
+            .record_and_submit(|enc| self.encode_backward(enc, x, dy, &dx))?;
+        Ok(dx)
+    }
+}
+
+impl LpNorm {
+    /// Records the backward: with `n` the slot's norm and `xhat = x / n`,
+    /// `dx = (dy - xhat sum(dy xhat)) / n` (p = 2) or `(dy - sign(x) sum(dy xhat)) / n` (p = 1);
+    /// 0 where the norm is 0 (the forward's y is 0 there). dx has x's shape and dtype.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+    ) -> Result<()> {
+        let view = ChannelView::along_axis(x.shape(), self.axis)?;
+        encode_plain(&self.grad, encoder, view, (x, dy, dx))
+    }
+
+    /// Allocates dx, encodes the backward and submits (does not wait).
+    pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let dx = self.engine.context().empty(x.shape(), self.dtype)?;
+        self.engine
+            .context()
+            .record_and_submit(|enc| self.encode_backward(enc, x, dy, &dx))?;
+        Ok(dx)
     }
 }

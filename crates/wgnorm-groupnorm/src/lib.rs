@@ -339,6 +339,7 @@ impl Default for MeanVarianceNormConfig {
 /// square root (default 1e-9), no affine. Axes must read as `[kept][reduced][kept][reduced]`.
 pub struct MeanVarianceNorm {
     engine: ChannelNorm,
+    grad: wgnorm_core::chgrad::ChannelGrad,
     axes: Vec<isize>,
     dtype: DType,
 }
@@ -349,8 +350,11 @@ impl MeanVarianceNorm {
         let MeanVarianceNormConfig { axes, eps, dtype } = cfg;
         let engine =
             ChannelNorm::new(ctx, eps, dtype, Activation::None)?.with_eps_outside_sqrt(true);
+        let grad = wgnorm_core::chgrad::ChannelGrad::new(ctx, eps, dtype, Activation::None)?
+            .with_norm(wgnorm_core::chgrad::GradNorm::StdPlusEps)?;
         Ok(MeanVarianceNorm {
             engine,
+            grad,
             axes: axes.to_vec(),
             dtype,
         })
@@ -425,6 +429,7 @@ impl Default for LpNormConfig {
 /// LpNorm (ONNX): `y = x / ||x||_p` along one `axis`, p = 1 or 2, 0 where the norm is 0.
 pub struct LpNorm {
     engine: ChannelNorm,
+    grad: wgnorm_core::chgrad::ChannelGrad,
     axis: isize,
     dtype: DType,
 }
@@ -445,8 +450,16 @@ impl LpNorm {
             }
         };
         let engine = ChannelNorm::new(ctx, 0.0, dtype, Activation::None)?.with_reduction(reduction);
+        let norm = if p == 1 {
+            wgnorm_core::chgrad::GradNorm::L1
+        } else {
+            wgnorm_core::chgrad::GradNorm::L2
+        };
+        let grad = wgnorm_core::chgrad::ChannelGrad::new(ctx, 0.0, dtype, Activation::None)?
+            .with_norm(norm)?;
         Ok(LpNorm {
             engine,
+            grad,
             axis,
             dtype,
         })

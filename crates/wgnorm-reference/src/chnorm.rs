@@ -154,7 +154,7 @@ pub fn to_nhwc(x: &[f64], n: usize, c: usize, hw: usize) -> Vec<f64> {
 }
 
 /// Groups the flat indices of a row-major `shape` by their coordinates outside `reduced` dims.
-fn groups_over(shape: &[usize], reduced: &[bool]) -> Vec<Vec<usize>> {
+pub(crate) fn groups_over(shape: &[usize], reduced: &[bool]) -> Vec<Vec<usize>> {
     let numel: usize = shape.iter().product();
     let mut map: std::collections::BTreeMap<Vec<usize>, Vec<usize>> = Default::default();
     for flat in 0..numel {
@@ -172,7 +172,7 @@ fn groups_over(shape: &[usize], reduced: &[bool]) -> Vec<Vec<usize>> {
     map.into_values().collect()
 }
 
-fn normalize_axis(axis: isize, rank: usize) -> usize {
+pub(crate) fn normalize_axis(axis: isize, rank: usize) -> usize {
     (if axis < 0 { axis + rank as isize } else { axis }) as usize
 }
 

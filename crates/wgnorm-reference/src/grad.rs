@@ -111,6 +111,69 @@ pub fn qk_norm_rope_grad(
     rms_norm_act_grad(x, d, (weight, weight_offset), &dz, eps, Act::None)
 }
 
+/// MVN's dx (ONNX MeanVarianceNormalization, `y = u / (std + eps)`, u = x - mean, biased std
+/// over `axes`): per group, `dx = (dy - mean(dy)) / D - u sum(dy u) / (M D^2 std)`, D = std + eps
+/// (0 for the second term where std = 0).
+pub fn mean_variance_norm_grad(
+    x: &[f64],
+    shape: &[usize],
+    axes: &[isize],
+    eps: f64,
+    dy: &[f64],
+) -> Vec<f64> {
+    let mut reduced = vec![false; shape.len()];
+    for &a in axes {
+        reduced[crate::chnorm::normalize_axis(a, shape.len())] = true;
+    }
+    let mut dx = vec![0.0; x.len()];
+    for idx in crate::chnorm::groups_over(shape, &reduced) {
+        let m = idx.len() as f64;
+        let mean = idx.iter().map(|&i| x[i]).sum::<f64>() / m;
+        let sd = (idx.iter().map(|&i| (x[i] - mean).powi(2)).sum::<f64>() / m).sqrt();
+        let d = sd + eps;
+        let mean_g = idx.iter().map(|&i| dy[i]).sum::<f64>() / m;
+        let s = idx.iter().map(|&i| dy[i] * (x[i] - mean)).sum::<f64>();
+        for &i in &idx {
+            let second = if sd > 0.0 {
+                (x[i] - mean) * s / (m * d * d * sd)
+            } else {
+                0.0
+            };
+            dx[i] = (dy[i] - mean_g) / d - second;
+        }
+    }
+    dx
+}
+
+/// LpNorm's dx (`y = x / n` along `axis`, n the L1 or L2 norm, y = 0 where n = 0): with
+/// `xhat = x / n`, `dx = (dy - t sum(dy xhat)) / n`, t = xhat (p = 2) or sign(x) (p = 1); 0
+/// where n = 0.
+pub fn lp_norm_grad(x: &[f64], shape: &[usize], axis: isize, p: u32, dy: &[f64]) -> Vec<f64> {
+    let mut reduced = vec![false; shape.len()];
+    reduced[crate::chnorm::normalize_axis(axis, shape.len())] = true;
+    let mut dx = vec![0.0; x.len()];
+    for idx in crate::chnorm::groups_over(shape, &reduced) {
+        let n = match p {
+            1 => idx.iter().map(|&i| x[i].abs()).sum::<f64>(),
+            _ => idx.iter().map(|&i| x[i] * x[i]).sum::<f64>().sqrt(),
+        };
+        if n == 0.0 {
+            continue;
+        }
+        let s = idx.iter().map(|&i| dy[i] * x[i] / n).sum::<f64>();
+        for &i in &idx {
+            let t = match p {
+                // f64::signum(0.0) is 1; the subgradient of |x| at 0 taken here is 0.
+                1 if x[i] == 0.0 => 0.0,
+                1 => x[i].signum(),
+                _ => x[i] / n,
+            };
+            dx[i] = (dy[i] - t * s) / n;
+        }
+    }
+    dx
+}
+
 /// A row norm's affine and activation: weight with its offset, bias, the activation after.
 struct RowAffine<'a> {
     weight: Option<(&'a [f64], f64)>,
@@ -700,6 +763,22 @@ mod tests {
                 &g.dweight,
                 &numeric(&w, |v| fwd(&x, v)),
             );
+        }
+    }
+
+    /// MVN over two axes and LpNorm (p = 1, 2) along an axis, against central differences.
+    #[test]
+    fn mvn_and_lp_norm_grads_match_finite_differences() {
+        let shape = [2, 3, 4];
+        let x: Vec<f64> = values(54, 24).iter().map(|v| v + 0.1).collect();
+        let dy = values(55, 24);
+        let g = mean_variance_norm_grad(&x, &shape, &[0, 2], 1e-3, &dy);
+        let fwd = |x: &[f64]| dot(&chnorm::mean_variance_norm(x, &shape, &[0, 2], 1e-3), &dy);
+        close("mvn dx", &g, &numeric(&x, fwd));
+        for p in [1, 2] {
+            let g = lp_norm_grad(&x, &shape, 1, p, &dy);
+            let fwd = |x: &[f64]| dot(&chnorm::lp_norm(x, &shape, 1, p), &dy);
+            close(&format!("lp{p} dx"), &g, &numeric(&x, fwd));
         }
     }
 }

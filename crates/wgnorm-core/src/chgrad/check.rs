@@ -128,6 +128,13 @@ impl ChannelGrad {
     /// slot per channel (BatchNorm's).
     fn check_source(&self, a: &ChannelGradArgs) -> Result<()> {
         let v = a.view;
+        if self.norm != super::GradNorm::Variance && a.stats != GradStats::Batch {
+            return Err(Error::InvalidParameter {
+                name: "stats",
+                value: format!("{:?} with {:?}", a.stats, self.norm),
+                why: "MVN's and LpNorm's backward recompute their statistics: use GradStats::Batch",
+            });
+        }
         match a.stats {
             GradStats::Batch => Ok(()),
             GradStats::Saved => match a.saved {

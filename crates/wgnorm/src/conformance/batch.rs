@@ -62,28 +62,39 @@ pub(super) fn run_instance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutp
     only_y(&y)
 }
 
-pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+/// The op and I/O dtype of an `lp_norm` / `lp_norm_grad` case.
+fn lp_op(ctx: &Context, case: &Case) -> Result<(crate::LpNorm, crate::DType), String> {
     let a = Attrs::new(case, &["axis", "p"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
+    let dtype = io_dtype(input(case, "x")?)?;
     let p = a.int("p", 2)?;
-    let op = crate::LpNorm::new(
-        ctx,
-        crate::LpNormConfig {
-            axis: a.int("axis", -1)? as isize,
-            p: u32::try_from(p).unwrap_or(0),
-            dtype,
-        },
-    )
-    .map_err(err)?;
-    let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    only_y(&y)
+    let cfg = crate::LpNormConfig {
+        axis: a.int("axis", -1)? as isize,
+        p: u32::try_from(p).unwrap_or(0),
+        dtype,
+    };
+    Ok((crate::LpNorm::new(ctx, cfg).map_err(err)?, dtype))
 }
 
-pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
-    let a = Attrs::new(case, &["axes"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
+pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, dtype) = lp_op(ctx, case)?;
+    only_y(
+        &op.forward(&upload(ctx, input(case, "x")?, dtype)?)
+            .map_err(err)?,
+    )
+}
+
+/// `lp_norm_grad`: dx.
+pub(super) fn run_lp_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, dtype) = lp_op(ctx, case)?;
+    let x = upload(ctx, input(case, "x")?, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    only_dx(&op.backward(&x, &dy).map_err(err)?)
+}
+
+/// The op and I/O dtype of a `mean_variance_norm` / `mean_variance_norm_grad` case.
+fn mvn_op(ctx: &Context, case: &Case) -> Result<(crate::MeanVarianceNorm, crate::DType), String> {
+    Attrs::new(case, &["axes"])?;
+    let dtype = io_dtype(input(case, "x")?)?;
     let axes: Vec<isize> = match case.attrs.get("axes") {
         None | Some(Value::Null) => vec![0, 2, 3],
         Some(Value::Array(v)) => v
@@ -96,18 +107,39 @@ pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Devic
             .collect::<Result<_, _>>()?,
         Some(v) => return Err(format!("attribute axes is not a list: {v}")),
     };
-    let _ = a;
-    let op = crate::MeanVarianceNorm::new(
-        ctx,
-        crate::MeanVarianceNormConfig {
-            axes: axes.to_vec(),
-            eps: 1e-9,
-            dtype,
-        },
+    let cfg = crate::MeanVarianceNormConfig {
+        axes,
+        eps: 1e-9,
+        dtype,
+    };
+    Ok((crate::MeanVarianceNorm::new(ctx, cfg).map_err(err)?, dtype))
+}
+
+pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, dtype) = mvn_op(ctx, case)?;
+    only_y(
+        &op.forward(&upload(ctx, input(case, "x")?, dtype)?)
+            .map_err(err)?,
     )
-    .map_err(err)?;
-    let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
-    only_y(&y)
+}
+
+/// `mean_variance_norm_grad`: dx.
+pub(super) fn run_mean_variance_norm_grad(
+    ctx: &Context,
+    case: &Case,
+) -> Result<DeviceOutputs, String> {
+    let (op, dtype) = mvn_op(ctx, case)?;
+    let x = upload(ctx, input(case, "x")?, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    only_dx(&op.backward(&x, &dy).map_err(err)?)
+}
+
+/// A backward case's one output, dx.
+fn only_dx(dx: &crate::Tensor) -> Result<DeviceOutputs, String> {
+    Ok(std::collections::BTreeMap::from([(
+        "dx".to_string(),
+        output(dx),
+    )]))
 }
 
 pub(super) fn run_weight_standardization(
