@@ -961,3 +961,99 @@ fn mean_variance_and_lp_norm_backward() {
         }
     }
 }
+
+/// Ghost BatchNorm's backward: each chunk of `ghost_size` samples through its own statistics
+/// (BatchNorm's gradients per chunk, dweight and dbias summed over the chunks), both layouts;
+/// inference is BatchNorm's.
+#[test]
+fn ghost_batch_norm_backward_per_chunk() {
+    use wgnorm::batchnorm::{GhostBatchNorm, GhostBatchNormConfig};
+    use wgnorm::BatchNormGradOutputs;
+    let c_ = ctx();
+    let (n, c, sp, ghost) = (6usize, 4usize, [3usize, 5], 2usize);
+    let hw = sp[0] * sp[1];
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let x: Vec<f32> = noise(81, n * c * hw)
+            .iter()
+            .map(|v| v * 2.0 + 1.0)
+            .collect();
+        let (w, dy) = (noise(82, c), noise(83, n * c * hw));
+        let f = |v: &[f32]| round_to(DType::F32, v);
+        let (xd, dyd, wd) = (f(&x), f(&dy), f(&w));
+        let xt = upload(&x, n, c, &sp, layout, DType::F32);
+        let dyt = upload(&dy, n, c, &sp, layout, DType::F32);
+        let wt = c_.upload_f32(&w, &[c]).unwrap();
+        let op = GhostBatchNorm::new(
+            c_,
+            GhostBatchNormConfig {
+                batch_norm: BatchNormConfig {
+                    layout,
+                    ..Default::default()
+                },
+                ghost_size: ghost,
+            },
+        )
+        .unwrap();
+        let (dx, dw, db) = (
+            c_.empty(xt.shape(), DType::F32).unwrap(),
+            c_.empty(&[c], DType::F32).unwrap(),
+            c_.empty(&[c], DType::F32).unwrap(),
+        );
+        c_.record_and_submit(|enc| {
+            let inputs = BatchNormGradInputs {
+                x: &xt,
+                weight: Some(&wt),
+                dy: &dyt,
+                saved: None,
+                running_mean: None,
+                running_var: None,
+            };
+            let outs = BatchNormGradOutputs {
+                dx: &dx,
+                dweight: Some(&dw),
+                dbias: Some(&db),
+            };
+            op.encode_backward(enc, &inputs, &outs, Mode::Train)
+        })
+        .unwrap();
+        // The reference: BatchNorm's training gradients chunk by chunk (NCHW order).
+        let chunk = ghost * c * hw;
+        let (mut want_dx, mut want_dw, mut want_db) = (Vec::new(), vec![0.0; c], vec![0.0; c]);
+        for k in 0..n / ghost {
+            let r = k * chunk..(k + 1) * chunk;
+            let g =
+                grad::batch_norm_grad(&xd[r.clone()], ghost, c, hw, Some(&wd), &dyd[r], None, 1e-5);
+            want_dx.extend(g.dx);
+            for ch in 0..c {
+                want_dw[ch] += g.dweight[ch];
+                want_db[ch] += g.dbias[ch];
+            }
+        }
+        let what = format!("ghost bn {layout:?}");
+        let want_dx = in_layout(&want_dx, n, c, hw, layout);
+        let got = c_.download(&dx).unwrap();
+        assert_close(
+            &format!("{what} dx"),
+            &got,
+            &want_dx,
+            3e-5 * scale(&want_dx),
+            3e-4,
+        );
+        let got = c_.download(&dw).unwrap();
+        assert_close(
+            &format!("{what} dweight"),
+            &got,
+            &want_dw,
+            3e-5 * scale(&want_dw),
+            3e-4,
+        );
+        let got = c_.download(&db).unwrap();
+        assert_close(
+            &format!("{what} dbias"),
+            &got,
+            &want_db,
+            3e-5 * scale(&want_db),
+            3e-4,
+        );
+    }
+}

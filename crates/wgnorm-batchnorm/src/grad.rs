@@ -49,6 +49,37 @@ pub struct BatchNormGrads {
     pub dbias: Tensor,
 }
 
+/// The backward engine's arguments of a call over `view`: the statistics' source from the mode
+/// and whether saved statistics are given.
+fn grad_args<'a>(
+    view: ChannelView,
+    mode: Mode,
+    inputs: &BatchNormGradInputs<'a>,
+    outputs: &BatchNormGradOutputs<'a>,
+) -> ChannelGradArgs<'a> {
+    let stats = match (mode.is_train(), inputs.saved.is_some()) {
+        (false, _) => GradStats::Running,
+        (true, true) => GradStats::Saved,
+        (true, false) => GradStats::Batch,
+    };
+    ChannelGradArgs {
+        x: inputs.x,
+        dy: inputs.dy,
+        view,
+        stats,
+        weight: inputs.weight,
+        bias: None,
+        saved: inputs.saved,
+        running_mean: inputs.running_mean,
+        running_var: inputs.running_var,
+        dx: outputs.dx,
+        dweight: outputs.dweight,
+        dbias: outputs.dbias,
+        alpha: None,
+        dalpha: None,
+    }
+}
+
 impl BatchNorm {
     /// Records the backward of a `mode` forward into the caller's encoder: training goes through
     /// the batch statistics (`dx = rstd (g - mean(g) - xhat mean(g xhat))`, `g = dy w`),
@@ -76,30 +107,25 @@ impl BatchNorm {
         dalpha: Option<&Tensor>,
     ) -> Result<()> {
         let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
-        let stats = match (mode.is_train(), inputs.saved.is_some()) {
-            (false, _) => GradStats::Running,
-            (true, true) => GradStats::Saved,
-            (true, false) => GradStats::Batch,
+        let a = ChannelGradArgs {
+            alpha,
+            dalpha,
+            ..grad_args(view, mode, inputs, outputs)
         };
-        self.grad.encode(
-            encoder,
-            &ChannelGradArgs {
-                x: inputs.x,
-                dy: inputs.dy,
-                view,
-                stats,
-                weight: inputs.weight,
-                bias: None,
-                saved: inputs.saved,
-                running_mean: inputs.running_mean,
-                running_var: inputs.running_var,
-                dx: outputs.dx,
-                dweight: outputs.dweight,
-                dbias: outputs.dbias,
-                alpha,
-                dalpha,
-            },
-        )
+        self.grad.encode(encoder, &a)
+    }
+
+    /// The backward over a view of x other than BatchNorm's own (Ghost BatchNorm's chunks):
+    /// training through each slot's statistics.
+    pub(crate) fn encode_backward_in(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &BatchNormGradInputs,
+        outputs: &BatchNormGradOutputs,
+        view: ChannelView,
+    ) -> Result<()> {
+        let a = grad_args(view, Mode::Train, inputs, outputs);
+        self.grad.encode(encoder, &a)
     }
 
     /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).

@@ -72,6 +72,25 @@ impl GhostBatchNorm {
     pub fn forward(&self, inputs: &BatchNormInputs, mode: Mode) -> Result<Tensor> {
         forward_with(&self.bn, inputs, |enc, o| self.encode(enc, inputs, o, mode))
     }
+
+    /// Records the backward of a `mode` call: training through each chunk's own statistics
+    /// (`saved`, when given, holds `[N / ghost_size * C, 2]` pairs; recomputed otherwise),
+    /// dweight and dbias summed over the chunks in order; inference is BatchNorm's.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &crate::BatchNormGradInputs,
+        outputs: &crate::BatchNormGradOutputs,
+        mode: Mode,
+    ) -> Result<()> {
+        if !mode.is_train() {
+            return self.bn.encode_backward(encoder, inputs, outputs, mode);
+        }
+        let layout = self.bn.cfg.layout;
+        let view =
+            wgnorm_core::chnorm::ChannelView::per_chunk(inputs.x.shape(), layout, self.ghost_size)?;
+        self.bn.encode_backward_in(encoder, inputs, outputs, view)
+    }
 }
 
 /// What [`EstBn::new`] takes.
