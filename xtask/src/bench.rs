@@ -1006,20 +1006,20 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
         }
     }
     // QK-norm + RoPE fused, against norm then rope.
-    let qk: [usize; 3] = if o.quick {
-        [512, 16, 128]
+    // A prefill's queries and a decode step's (Qwen3-8B-like: 32 heads of 128) in full runs.
+    let qk_shapes: &[[usize; 3]] = if o.quick {
+        &[[512, 16, 128]]
     } else {
-        [2048, 32, 128]
+        &[[2048, 32, 128], [4096, 32, 128], [1, 32, 128]]
     };
-    if wanted(o, "qk_norm_rope", &qk.map(|d| d.to_string()).join("x")) {
-        out.push(crate::bench_fused::qk_rope_case(ctx, qk)?);
-    }
-    if wanted(
-        o,
-        "qk_norm_rope_backward",
-        &qk.map(|d| d.to_string()).join("x"),
-    ) {
-        out.push(crate::bench_fused::qk_rope_grad_case(ctx, qk)?);
+    for &qk in qk_shapes {
+        let label = qk.map(|d| d.to_string()).join("x");
+        if wanted(o, "qk_norm_rope", &label) {
+            out.push(crate::bench_fused::qk_rope_case(ctx, qk)?);
+        }
+        if wanted(o, "qk_norm_rope_backward", &label) {
+            out.push(crate::bench_fused::qk_rope_grad_case(ctx, qk)?);
+        }
     }
     // Hyperbolic family.
     let hyper: [usize; 4] = if o.quick {
