@@ -67,11 +67,14 @@ pub mod checkpoint;
 pub mod conformance;
 
 pub use wgnorm_batchnorm::{
-    self as batchnorm, AdaB2nConfig, AdaB2nInputs, AdaB2nTaskWeighted, BatchNorm, BatchNormConfig,
-    BatchNormGradInputs, BatchNormGradOutputs, BatchNormGrads, BatchNormInputs, BatchNormOutputs,
-    EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar, IbnConfig, IbnInputs, IbnNorm,
-    ProgressiveRepNormConfig, RegionNormB, RegionNormBConfig, RegionNormInputs, RegionNormL,
-    RegionNormLConfig, RegionNormLInputs, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
+    self as batchnorm, AdaB2nConfig, AdaB2nInputs, AdaB2nTaskWeighted, AdaptiveBn,
+    AdaptiveBnConfig, BatchChannelNorm, BatchChannelNormConfig, BatchChannelNormInputs, BatchNorm,
+    BatchNormConfig, BatchNormGradInputs, BatchNormGradOutputs, BatchNormGrads, BatchNormInputs,
+    BatchNormOutputs, EstBn, EstBnConfig, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs,
+    EvoRunningVar, GhostBatchNorm, GhostBatchNormConfig, IbnConfig, IbnInputs, IbnNorm,
+    ProgressiveRepNorm, ProgressiveRepNormConfig, ProgressiveRepNormInputs, RegionNormB,
+    RegionNormBConfig, RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs,
+    RepBatchNorm, TestTimeBn, TestTimeBnConfig, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::Layout;
 pub use wgnorm_core::context::OPTIONAL_FEATURES;
@@ -110,12 +113,14 @@ pub use wgnorm_poincare::{
     PoincareBatchNormInputs, PoincareMidpoint, PoincareStatistics,
 };
 pub use wgnorm_powernorm::{
-    self as powernorm, PowerNorm, PowerNormConfig, PowerNormInputs, SinkhornConfig,
-    SinkhornNormalize, UnifiedNorm, UnifiedNormConfig, UnifiedNormInputs,
+    self as powernorm, PowerNorm, PowerNormConfig, PowerNormGradInputs, PowerNormGradOutputs,
+    PowerNormInputs, SinkhornConfig, SinkhornNormalize, UnifiedNorm, UnifiedNormConfig,
+    UnifiedNormInputs,
 };
 pub use wgnorm_rmsnorm::{
-    self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, RmsNorm, RmsNormConfig,
-    RmsNormGradInputs, RmsNormGradOutputs, RmsNormInputs, RmsNormOutputs,
+    self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, QkNormRope, QkNormRopeConfig,
+    QkNormRopeGradInputs, QkNormRopeGradOutputs, QkNormRopeInputs, RmsNorm, RmsNormConfig,
+    RmsNormGradInputs, RmsNormGradOutputs, RmsNormInputs, RmsNormOutputs, RopeAngles, RopeLayout,
 };
 pub use wgnorm_selfnorm::{self as selfnorm, AlphaDropout, AlphaDropoutConfig};
 
