@@ -7,16 +7,10 @@ use std::path::Path;
 
 use anyhow::Result;
 use safetensors::Dtype;
-use wgnorm_reference::activation::Act;
+use wgnorm_reference::activation::{Act, SELU};
 use wgnorm_reference::grad::{group_norm_act_grad, layer_norm_act_grad, rms_norm_act_grad};
 
 use crate::cases::{rounded, tensor, values, write, Out};
-
-/// PyTorch's SELU constants (the runtime's `selu`).
-const SELU: Act = Act::Selu {
-    alpha: 1.6732632423543772,
-    lambda: 1.0507009873554805,
-};
 
 fn tol(dtype: Dtype) -> (f64, f64) {
     if dtype == Dtype::F16 {

@@ -71,6 +71,12 @@ pub enum Act {
     },
 }
 
+/// SELU with the paper's (and PyTorch's) constants.
+pub const SELU: Act = Act::Selu {
+    alpha: 1.6732632423543772,
+    lambda: 1.0507009873554805,
+};
+
 impl Act {
     /// The activation at `v`.
     pub fn apply(self, v: f64) -> f64 {
@@ -192,10 +198,7 @@ mod tests {
             Act::GeluTanh,
             Act::GeluErf,
             Act::Relu,
-            Act::Selu {
-                alpha: 1.6732632423543772,
-                lambda: 1.0507009873554805,
-            },
+            SELU,
         ];
         for act in acts {
             for i in -40..=40 {

@@ -427,6 +427,26 @@ mod tests {
             .collect()
     }
 
+    /// dx, dweight and dbias of `g` against central differences of `fwd(x, w, b)`.
+    fn close_affine(
+        what: &str,
+        g: &Grads,
+        (x, w, b): (&[f64], &[f64], &[f64]),
+        fwd: impl Fn(&[f64], &[f64], &[f64]) -> f64,
+    ) {
+        close(&format!("{what} dx"), &g.dx, &numeric(x, |v| fwd(v, w, b)));
+        close(
+            &format!("{what} dweight"),
+            &g.dweight,
+            &numeric(w, |v| fwd(x, v, b)),
+        );
+        close(
+            &format!("{what} dbias"),
+            &g.dbias,
+            &numeric(b, |v| fwd(x, w, v)),
+        );
+    }
+
     /// Central differences of `loss` at `v`, one coordinate at a time.
     fn numeric(v: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         let h = 1e-5;
@@ -601,21 +621,7 @@ mod tests {
                 )
             };
             let what = format!("groups {groups} silu {silu}");
-            close(
-                &format!("{what} dx"),
-                &g.dx,
-                &numeric(&x, |v| fwd(v, &w, &b)),
-            );
-            close(
-                &format!("{what} dweight"),
-                &g.dweight,
-                &numeric(&w, |v| fwd(&x, v, &b)),
-            );
-            close(
-                &format!("{what} dbias"),
-                &g.dbias,
-                &numeric(&b, |v| fwd(&x, &w, v)),
-            );
+            close_affine(&what, &g, (&x, &w, &b), fwd);
         }
     }
 
@@ -633,10 +639,7 @@ mod tests {
             Act::GeluTanh,
             Act::GeluErf,
             Act::Relu,
-            Act::Selu {
-                alpha: 1.6732632423543772,
-                lambda: 1.0507009873554805,
-            },
+            crate::activation::SELU,
         ];
         for act in acts {
             let g = group_norm_act_grad(&x, (n, c, hw, groups), &w, &b, &dy, eps, act);
@@ -646,21 +649,7 @@ mod tests {
                 dot(&y, &dy)
             };
             let what = format!("{act:?}");
-            close(
-                &format!("{what} dx"),
-                &g.dx,
-                &numeric(&x, |v| fwd(v, &w, &b)),
-            );
-            close(
-                &format!("{what} dweight"),
-                &g.dweight,
-                &numeric(&w, |v| fwd(&x, v, &b)),
-            );
-            close(
-                &format!("{what} dbias"),
-                &g.dbias,
-                &numeric(&b, |v| fwd(&x, &w, v)),
-            );
+            close_affine(&what, &g, (&x, &w, &b), fwd);
         }
     }
 
@@ -676,10 +665,7 @@ mod tests {
             Act::GeluTanh,
             Act::GeluErf,
             Act::Relu,
-            Act::Selu {
-                alpha: 1.6732632423543772,
-                lambda: 1.0507009873554805,
-            },
+            crate::activation::SELU,
         ];
         for act in acts {
             let post = |y: Vec<f64>| y.iter().map(|&v| act.apply(v)).collect::<Vec<_>>();
@@ -691,21 +677,7 @@ mod tests {
                 )
             };
             let what = format!("layer_norm {act:?}");
-            close(
-                &format!("{what} dx"),
-                &g.dx,
-                &numeric(&x, |v| fwd(v, &w, &b)),
-            );
-            close(
-                &format!("{what} dweight"),
-                &g.dweight,
-                &numeric(&w, |v| fwd(&x, v, &b)),
-            );
-            close(
-                &format!("{what} dbias"),
-                &g.dbias,
-                &numeric(&b, |v| fwd(&x, &w, v)),
-            );
+            close_affine(&what, &g, (&x, &w, &b), fwd);
             let g = rms_norm_act_grad(&x, n, (Some(&w), 1.0), &dy, eps, act);
             let fwd = |x: &[f64], w: &[f64]| {
                 dot(&post(rownorm::rms_norm(x, n, Some(w), 1.0, eps).y), &dy)
