@@ -375,11 +375,63 @@ fn lp_mvn_cases(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `ghost_batch_norm_grad`: training, 3 chunks of 2 samples, the expected gradients
+/// BatchNorm's per chunk (dweight, dbias summed over the chunks).
+fn ghost_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::batch_norm_grad;
+    let (n, c, side, ghost) = (6usize, 4usize, 3usize, 2usize);
+    let hw = side * side;
+    let shape = [n, c, side, side];
+    let x: Vec<f64> = values(41, n * c * hw, 1.5)
+        .iter()
+        .map(|v| v + 2.0)
+        .collect();
+    let x = rounded(Dtype::F32, &x);
+    let w = rounded(
+        Dtype::F32,
+        &values(42, c, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect::<Vec<_>>(),
+    );
+    let b = rounded(Dtype::F32, &values(43, c, 0.5));
+    let dy = rounded(Dtype::F32, &values(44, n * c * hw, 1.0));
+    let chunk = ghost * c * hw;
+    let (mut dx, mut dw, mut db) = (Vec::new(), vec![0.0; c], vec![0.0; c]);
+    for k in 0..n / ghost {
+        let r = k * chunk..(k + 1) * chunk;
+        let g = batch_norm_grad(&x[r.clone()], ghost, c, hw, Some(&w), &dy[r], None, 1e-5);
+        dx.extend(g.dx);
+        (0..c).for_each(|ch| {
+            dw[ch] += g.dweight[ch];
+            db[ch] += g.dbias[ch];
+        });
+    }
+    let mut outs = vec![
+        tensor("x", Dtype::F32, &shape, &x),
+        tensor("weight", Dtype::F32, &[c], &w),
+        tensor("bias", Dtype::F32, &[c], &b),
+        tensor("dy", Dtype::F32, &shape, &dy),
+    ];
+    outs.extend(expected(&shape, c, &dx, &dw, Some(&db)));
+    let attrs = serde_json::json!({ "ghost_size": ghost, "eps": 1e-5, "training": true });
+    let file = "ghost_batch_norm_grad_f32_6x4x3x3_g2.safetensors";
+    write(
+        dir,
+        file,
+        "ghost_batch_norm_grad",
+        attrs,
+        tol(Dtype::F32),
+        outs,
+    )
+}
+
 /// Every backward case of the project's own.
 pub fn activation_grad_cases(dir: &Path) -> Result<()> {
     row_cases(dir)?;
     group_cases(dir)?;
     selu_cases(dir)?;
     qk_cases(dir)?;
-    lp_mvn_cases(dir)
+    lp_mvn_cases(dir)?;
+    ghost_cases(dir)
 }

@@ -175,6 +175,61 @@ pub(super) fn run_batch_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOu
     grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))
 }
 
+/// `ghost_batch_norm_grad`: training through each chunk's statistics (inference is
+/// `batch_norm_grad`'s).
+pub(super) fn run_ghost_batch_norm_grad(
+    ctx: &Context,
+    case: &Case,
+) -> Result<DeviceOutputs, String> {
+    let a = Attrs::new(case, &["ghost_size", "eps", "momentum", "training"])?;
+    required(case, "ghost_size")?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let ghost =
+        usize::try_from(a.int("ghost_size", 0)?).map_err(|_| "ghost_size < 0".to_string())?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::GhostBatchNorm::new(
+        ctx,
+        crate::GhostBatchNormConfig {
+            batch_norm: cfg,
+            ghost_size: ghost,
+        },
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let w = upload_param(ctx, case, "weight")?;
+    let (rm, rv) = (
+        upload_param(ctx, case, "running_mean")?,
+        upload_param(ctx, case, "running_var")?,
+    );
+    let c = w.as_ref().map_or(1, |w| w.numel());
+    let dx = ctx.empty(xt.shape(), dtype).map_err(err)?;
+    let dw = ctx.empty(&[c], crate::DType::F32).map_err(err)?;
+    let db = ctx.empty(&[c], crate::DType::F32).map_err(err)?;
+    let inputs = crate::BatchNormGradInputs {
+        x: &xt,
+        weight: w.as_ref(),
+        dy: &dy,
+        saved: None,
+        running_mean: rm.as_ref(),
+        running_var: rv.as_ref(),
+    };
+    let outputs = crate::BatchNormGradOutputs {
+        dx: &dx,
+        dweight: w.as_ref().map(|_| &dw),
+        dbias: case.inputs.contains_key("bias").then_some(&db),
+    };
+    let mode = crate::Mode::training(a.bool("training", true)?);
+    ctx.record_and_submit(|enc| bn.encode_backward(enc, &inputs, &outputs, mode))
+        .map_err(err)?;
+    grads_out(case, &dx, Some(&dw), Some(&db))
+}
+
 /// `group_norm_grad` (with its activation) and `instance_norm_grad`.
 fn channel_norm_grad(ctx: &Context, case: &Case, group: bool) -> Result<DeviceOutputs, String> {
     let names: &[&str] = if group {
