@@ -452,15 +452,7 @@ impl ChannelGrad {
 
     /// x (and dy, dx) of a view under the device's binding limits, in elements.
     fn budget(&self, v: &ChannelView) -> Budget {
-        let limits = self.ctx.limits();
-        Budget::new(
-            v.numel() as u64,
-            self.dtype.size(),
-            (
-                limits.max_storage_buffer_binding_size,
-                limits.min_storage_buffer_offset_alignment as u64,
-            ),
-        )
+        Budget::of(&self.ctx, v.numel() as u64, self.dtype.size())
     }
 
     /// The partials pass's dispatches, one per binding window of x and dy (see
@@ -642,13 +634,7 @@ impl ChannelGrad {
             .unwrap_or_else(|| dr.clone());
         let total = v.numel() as u64;
         let eb = self.dtype.size();
-        let win = |t: &BufferRange, s: &Span| {
-            if s.base == 0 && s.end >= total {
-                t.clone()
-            } else {
-                t.window(s.base * eb, (s.end - s.base) * eb)
-            }
-        };
+        let win = |t: &BufferRange, s: &Span| s.bind(t, total, eb);
         let on = |s: &Span| ChannelGradParams {
             group_base: s.first as u32,
             group_end: (s.first + s.count) as u32,

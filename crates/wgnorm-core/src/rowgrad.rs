@@ -352,6 +352,36 @@ struct Ranges {
     dbias: Option<BufferRange>,
 }
 
+/// One binding window of the tensors shaped like x: rows `first..first + len` of `rows`.
+#[derive(Clone, Copy, Debug)]
+struct RowWindow {
+    first: u64,
+    len: u64,
+    rows: u64,
+    row_bytes: u64,
+}
+
+impl RowWindow {
+    /// The window of `t` (the tensor itself when the window covers every row).
+    fn bind(&self, t: &BufferRange) -> BufferRange {
+        if self.len == self.rows {
+            t.clone()
+        } else {
+            t.window(self.first * self.row_bytes, self.len * self.row_bytes)
+        }
+    }
+
+    /// The uniform block of a dispatch over this window: its rows end the call, its first row
+    /// is where the bindings start.
+    fn params(&self, p: RowGradParams) -> RowGradParams {
+        RowGradParams {
+            rows: (self.first + self.len) as u32,
+            row_base: self.first as u32,
+            ..p
+        }
+    }
+}
+
 /// One recorded dispatch: pipeline, bind group and grid.
 type Pass = (wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32));
 
@@ -523,6 +553,22 @@ impl RowGrad {
         limit / row_bytes.max(1) / step * step
     }
 
+    /// The binding windows of a call's tensors shaped like x (one when they fit a binding).
+    fn row_windows(&self, params: &RowGradParams) -> Vec<RowWindow> {
+        let per_window = self.window_rows(params).max(1);
+        let rows = params.rows as u64;
+        let row_bytes = params.n as u64 * self.cfg.dtype.size();
+        (0..rows)
+            .step_by(per_window as usize)
+            .map(|first| RowWindow {
+                first,
+                len: per_window.min(rows - first),
+                rows,
+                row_bytes,
+            })
+            .collect()
+    }
+
     /// The call's parameters with blocks small enough that a window holds whole ones: the
     /// adapter's blocks unless one block of rows exceeds a binding (then the parameter sums,
     /// still deterministic, follow the binding limit). A row past the limit is refused.
@@ -554,12 +600,11 @@ impl RowGrad {
         r: &Ranges,
     ) -> Result<Vec<Pass>> {
         let ctx = &self.ctx;
-        let (rows, n) = (params.rows as usize, params.n as usize);
+        let rows = params.rows as usize;
         // Per row (shift, delta, rstd, 0).
         let stats = self.stats.get(ctx, key, &[rows.max(1), 4], DType::F32)?;
         let stats = binding::storage_range(ctx, "stats", &stats)?;
         let dr = binding::dummy_range(ctx.dummy_read());
-        let dw = binding::dummy_range(ctx.dummy_write(0));
         let mode = self.cfg.mode;
         let mut passes = Vec::new();
         if let (Some(rstd), true) = (&r.rstd, rows > 0) {
@@ -567,53 +612,52 @@ impl RowGrad {
             let groups = binding::grid(ctx, (rows as u64).div_ceil(COL_WG as u64));
             passes.push((ctx.pipeline(&saved_spec())?, bind, groups));
         }
-        let per_window = self.window_rows(&params);
-        let row_bytes = params.n as u64 * self.cfg.dtype.size();
-        // (first row, rows) of each window; the ranges of the tensors shaped like x in it.
-        let windows: Vec<(u64, u64)> = (0..rows as u64)
-            .step_by(per_window.max(1) as usize)
-            .map(|first| (first, per_window.min(rows as u64 - first)))
-            .collect();
-        let win = |t: &BufferRange, (first, len): (u64, u64)| {
-            if len == rows as u64 {
-                t.clone()
-            } else {
-                t.window(first * row_bytes, len * row_bytes)
-            }
-        };
-        let on = |(first, len): (u64, u64)| RowGradParams {
-            rows: (first + len) as u32,
-            row_base: first as u32,
-            ..params
-        };
+        let windows = self.row_windows(&params);
         let shape = DxShape::choose(ctx.is_cpu(), params.n_vec as usize);
         let var = Variance {
             unbiased: self.cfg.unbiased,
             eps_outside: self.cfg.eps_outside,
         };
         let dx_pipeline = ctx.pipeline(&dx_spec_with(mode, io, flags, shape, var))?;
-        for &w in &windows {
+        for w in &windows {
             let bind = self.binds.get(
                 ctx,
                 DX_SLOTS,
-                &on(w),
+                &w.params(params),
                 &[
-                    &win(&r.x, w),
-                    &r.residual.as_ref().map_or(dr.clone(), |t| win(t, w)),
+                    &w.bind(&r.x),
+                    &r.residual.as_ref().map_or(dr.clone(), |t| w.bind(t)),
                     r.weight.as_ref().unwrap_or(&dr),
-                    &win(&r.dy, w),
-                    &r.dsum.as_ref().map_or(dr.clone(), |t| win(t, w)),
-                    &win(&r.dx, w),
+                    &w.bind(&r.dy),
+                    &r.dsum.as_ref().map_or(dr.clone(), |t| w.bind(t)),
+                    &w.bind(&r.dx),
                     &stats,
                     r.bias.as_ref().unwrap_or(&dr),
                 ],
             )?;
-            let groups = binding::grid(ctx, w.1.div_ceil(shape.rows as u64));
+            let groups = binding::grid(ctx, w.len.div_ceil(shape.rows as u64));
             passes.push((dx_pipeline.clone(), bind, groups));
         }
-        if !(flags.dweight || flags.dbias) {
-            return Ok(passes);
+        if flags.dweight || flags.dbias {
+            passes.extend(self.param_passes((key, io, flags, params), r, &stats, &windows)?);
         }
+        Ok(passes)
+    }
+
+    /// The parameter gradients' passes: per window the partials of its blocks of rows, then one
+    /// reduce over every block in order.
+    fn param_passes(
+        &self,
+        (key, io, flags, params): (&[usize], Io, GradFlags, RowGradParams),
+        r: &Ranges,
+        stats: &BufferRange,
+        windows: &[RowWindow],
+    ) -> Result<Vec<Pass>> {
+        let ctx = &self.ctx;
+        let (mode, n) = (self.cfg.mode, params.n as usize);
+        let dr = binding::dummy_range(ctx.dummy_read());
+        let dw = binding::dummy_range(ctx.dummy_write(0));
+        let mut passes = Vec::new();
         let blocks = params.blocks as usize;
         let partials = self
             .partials
@@ -621,23 +665,23 @@ impl RowGrad {
         let partials = binding::storage_range(ctx, "partials", &partials)?;
         let col_groups = (params.n_vec as u64).div_ceil(COL_WG as u64) as u32;
         let params_pipeline = ctx.pipeline(&params_spec(mode, io, flags))?;
-        for &w in &windows {
-            let residual = r.residual.as_ref().map_or(dr.clone(), |t| win(t, w));
+        for w in windows {
+            let residual = r.residual.as_ref().map_or(dr.clone(), |t| w.bind(t));
             let bind = self.binds.get(
                 ctx,
                 PARAMS_SLOTS,
-                &on(w),
+                &w.params(params),
                 &[
-                    &win(&r.x, w),
+                    &w.bind(&r.x),
                     &residual,
-                    &win(&r.dy, w),
-                    &stats,
+                    &w.bind(&r.dy),
+                    stats,
                     &partials,
                     r.weight.as_ref().unwrap_or(&dr),
                     r.bias.as_ref().unwrap_or(&dr),
                 ],
             )?;
-            let window_blocks = w.1.div_ceil(params.row_block as u64) as u32;
+            let window_blocks = w.len.div_ceil(params.row_block as u64) as u32;
             passes.push((params_pipeline.clone(), bind, (col_groups, window_blocks)));
         }
         let outs = [r.dweight.as_ref(), r.dbias.as_ref()].map(|o| o.unwrap_or(&dw));

@@ -262,20 +262,7 @@ impl PowerNorm {
         let partials = st.partials.get(ctx, shape, &[tiles * c, 8], DType::F32)?;
         let coef = st.coef.get(ctx, shape, &[c, 2], DType::F32)?;
         let dxs = st.dxs.get(ctx, shape, shape, dtype)?;
-        let params = PowerGradParams {
-            tokens: tokens as u32,
-            c: c as u32,
-            b: b as u32,
-            t: t as u32,
-            tiles: tiles as u32,
-            tile_len: tile_len as u32,
-            eps: self.cfg.eps,
-            one_minus_alpha: 1.0 - ALPHA_BKW,
-            group_base: 0,
-            x_base: 0,
-            end: u32::MAX,
-            _pad0: 0,
-        };
+        let params = self.grad_params((t, b, c), (tiles, tile_len));
         let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
         let dr = binding::dummy_range(ctx.dummy_read());
         let dw = [0, 1].map(|i| binding::dummy_range(ctx.dummy_write(i)));
@@ -311,25 +298,10 @@ impl PowerNorm {
             outputs.dweight.is_some(),
             outputs.dbias.is_some(),
         );
-        let limits = ctx.limits();
-        let budget = Budget::new(
-            (tokens * c) as u64,
-            dtype.size(),
-            (
-                limits.max_storage_buffer_binding_size,
-                limits.min_storage_buffer_offset_alignment as u64,
-            ),
-        );
-        let chunks = (c as u64).div_ceil(WG);
-        let eb = dtype.size();
         let total = (tokens * c) as u64;
-        let win = |t: &BufferRange, s: &Span| {
-            if s.base == 0 && s.end >= total {
-                t.clone()
-            } else {
-                t.window(s.base * eb, (s.end - s.base) * eb)
-            }
-        };
+        let budget = Budget::of(ctx, total, dtype.size());
+        let chunks = (c as u64).div_ceil(WG);
+        let win = |t: &BufferRange, s: &Span| s.bind(t, total, dtype.size());
         let mut passes = Vec::new();
         let pipe = ctx.pipeline(&specs[0])?;
         for s in apply_spans(budget, (tile_len * c) as u64, chunks)? {
@@ -363,6 +335,28 @@ impl PowerNorm {
             passes.push((pipe.clone(), bind, s.count.div_ceil(WG)));
         }
         Ok((passes, scaled, dxs))
+    }
+
+    /// The backward's uniform block for `x[t, b, c]` in token tiles of `tile_len`, bound whole.
+    fn grad_params(
+        &self,
+        (t, b, c): (usize, usize, usize),
+        (tiles, tile_len): (usize, usize),
+    ) -> PowerGradParams {
+        PowerGradParams {
+            tokens: (t * b) as u32,
+            c: c as u32,
+            b: b as u32,
+            t: t as u32,
+            tiles: tiles as u32,
+            tile_len: tile_len as u32,
+            eps: self.cfg.eps,
+            one_minus_alpha: 1.0 - ALPHA_BKW,
+            group_base: 0,
+            x_base: 0,
+            end: u32::MAX,
+            _pad0: 0,
+        }
     }
 
     /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).

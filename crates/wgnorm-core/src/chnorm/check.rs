@@ -165,15 +165,8 @@ impl ChannelNorm {
 
     /// x of a view read with accesses of `io` under the device's binding limits.
     pub(super) fn budget(&self, v: &ChannelView, io: Io) -> Budget {
-        let limits = self.ctx.limits();
-        Budget::new(
-            (v.numel() / io.width() as usize) as u64,
-            io.width() as u64 * self.dtype().size(),
-            (
-                limits.max_storage_buffer_binding_size,
-                limits.min_storage_buffer_offset_alignment as u64,
-            ),
-        )
+        let total = (v.numel() / io.width() as usize) as u64;
+        Budget::of(&self.ctx, total, io.width() as u64 * self.dtype().size())
     }
 
     /// The moments pass's tiling of `v` (tiles per slot, accesses per tile; `tile`: a lane

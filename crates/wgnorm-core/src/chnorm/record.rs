@@ -21,16 +21,6 @@ struct CallBinds {
     apply: Vec<(wgpu::BindGroup, u64)>,
 }
 
-/// The window of `r` (x or y, `total` accesses of `access_bytes`) a span binds: `r` itself when
-/// the span covers the tensor.
-fn span_range(r: &BufferRange, s: &Span, total: u64, access_bytes: u64) -> BufferRange {
-    if s.base == 0 && s.end >= total {
-        r.clone()
-    } else {
-        r.window(s.base * access_bytes, (s.end - s.base) * access_bytes)
-    }
-}
-
 /// A uniform block placed on one span: its first workgroup or invocation and binding base.
 fn on_span(p: ChannelParams, s: &Span) -> ChannelParams {
     ChannelParams {
@@ -258,10 +248,7 @@ impl ChannelNorm {
             .apply_spans
             .iter()
             .map(|s| {
-                let (x, y) = (
-                    span_range(&rg.x, s, total, ab),
-                    span_range(&rg.y, s, total, ab),
-                );
+                let (x, y) = (s.bind(&rg.x, total, ab), s.bind(&rg.y, total, ab));
                 let pr = ChannelParams {
                     total_v: s.end as u32,
                     ..on_span(apply_params, s)
@@ -316,7 +303,7 @@ impl ChannelNorm {
         c.moments_spans
             .iter()
             .map(|s| {
-                let x = span_range(ranges[0], s, total, ab);
+                let x = s.bind(ranges[0], total, ab);
                 let bind = self.binds.get(
                     &self.ctx,
                     plan::MOMENTS_SLOTS,
@@ -431,7 +418,7 @@ impl ChannelNorm {
         };
         let mut binds = Vec::with_capacity(spans.len());
         for s in &spans {
-            let xw = span_range(&xr, s, budget.total, budget.access_bytes);
+            let xw = s.bind(&xr, budget.total, budget.access_bytes);
             let mb = self.binds.get(
                 ctx,
                 plan::MOMENTS_SLOTS,

@@ -12,7 +12,8 @@
 //! `(p, tile, r)` otherwise (a tile of every slot of p covers the same steps of q), and
 //! `(p, tile, chunk)` for lanes per channel. A window takes whole groups of them.
 
-use crate::{Error, Result};
+use crate::binding::BufferRange;
+use crate::{Context, Error, Result};
 
 use super::ChannelView;
 
@@ -27,6 +28,21 @@ pub struct Span {
     pub base: u64,
     /// Access the binding ends at (exclusive).
     pub end: u64,
+}
+
+impl Span {
+    /// The window of `r` (a tensor of `total` accesses of `access_bytes`) this span binds: `r`
+    /// itself when the span covers the tensor.
+    pub fn bind(&self, r: &BufferRange, total: u64, access_bytes: u64) -> BufferRange {
+        if self.base == 0 && self.end >= total {
+            r.clone()
+        } else {
+            r.window(
+                self.base * access_bytes,
+                (self.end - self.base) * access_bytes,
+            )
+        }
+    }
 }
 
 /// A tensor's accesses and the device's binding limits, in accesses.
@@ -61,6 +77,19 @@ impl Budget {
             align: (align.max(4) / gcd(align.max(4), ab)).max(1),
             access_bytes: ab,
         }
+    }
+
+    /// `total` accesses of `access_bytes` bytes under `ctx`'s binding limits.
+    pub fn of(ctx: &Context, total: u64, access_bytes: u64) -> Budget {
+        let limits = ctx.limits();
+        Budget::new(
+            total,
+            access_bytes,
+            (
+                limits.max_storage_buffer_binding_size,
+                limits.min_storage_buffer_offset_alignment as u64,
+            ),
+        )
     }
 
     fn fits_whole(&self) -> bool {
