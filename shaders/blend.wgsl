@@ -1,5 +1,5 @@
-// y = lambda * a + (1 - lambda) * b, elementwise (the progressive LN -> RepBN blend, docs/methods.md
-// A16), BLOCK consecutive accesses per invocation.
+// y = lambda * a + (1 - lambda) * b, elementwise (a blend of two layers' outputs), BLOCK
+// consecutive accesses per invocation.
 
 override WG: u32 = 256u;
 override BLOCK: u32 = 1u;

@@ -12,7 +12,7 @@
 // Where the slot statistics come from: 0 merged moments (count, mean, M2) of a reduce pass,
 // 1 the forward's saved (mean, rstd) pairs, 2 the running statistics (BatchNorm inference).
 override STATS: u32 = 0u;
-// What the forward divided by: 0 sqrt(var + eps); 1 std + eps (MVN; slot_stats puts the std in
+// What the forward divided by: 0 sqrt(var + eps); 1 std + eps (slot_stats puts the std in
 // .w); 2 the L2 norm, 3 the L1 norm (no centring; a zero norm gives 0, as the forward's y = 0).
 override NORM: u32 = 0u;
 override HAS_WEIGHT: bool = false;

@@ -11,17 +11,9 @@ override WG: u32 = 64u;
 // Two per slot: (shift, delta, rstd, e), (c1, c2, 0, 0).
 @group(0) @binding(5) var<storage, read> coef: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> dx: array<Elem>;
-// RepBN: y = BN(x) + alpha * x, so dx gains alpha * dy (alpha: one f32).
-@group(0) @binding(7) var<storage, read> alpha: array<f32>;
-
-override HAS_ALPHA: bool = false;
-
-fn alpha_value() -> f32 {
-    if (HAS_ALPHA) {
-        return alpha[0];
-    }
-    return 0.0;
-}
+// The input of a method's gradient term (see `chgrad::GradTerm`): the term's snippet defines
+// `term_dx(x, dy, ch) -> f32`, added to dx, and may read this.
+@group(0) @binding(7) var<storage, read> term_input: array<f32>;
 
 // (Ifs, not select: without a weight or bias a dummy without element `ch` is bound.)
 fn weight_at(ch: u32) -> f32 {
@@ -63,7 +55,6 @@ fn main(
     var k = s / params.sdiv;
     var t = s - k * params.sdiv;
     var e = e0;
-    let al = alpha_value();
     loop {
         if (e >= end) {
             break;
@@ -79,13 +70,15 @@ fn main(
         if (ACT != 0u) {
             for (var i = e; i < e + run; i++) {
                 let li = i - params.x_base;
-                let xhat = ((x_load(li) - k0.x) - k0.y) * k0.z - k0.w;
-                let g = act_grad(dy_load(li), xhat * w + b) * w;
-                dx_store(li, k0.z * (g - k1.x - xhat * k1.y) + al * dy_load(li));
+                let xv = x_load(li);
+                let d = dy_load(li);
+                let xhat = ((xv - k0.x) - k0.y) * k0.z - k0.w;
+                let g = act_grad(d, xhat * w + b) * w;
+                dx_store(li, k0.z * (g - k1.x - xhat * k1.y) + term_dx(xv, d, ch));
             }
         } else {
             // dx = A dy + B xhat + C: rstd (w dy - c1 - xhat c2) expanded.
-            let ca = k0.z * w + al;
+            let ca = k0.z * w;
             let cb = -k0.z * k1.y;
             let cc = -k0.z * k1.x;
             for (var i = e; i < e + run; i++) {
@@ -96,7 +89,8 @@ fn main(
                     // L1: the norm's gradient is sign(x).
                     xhat = sign(xv);
                 }
-                dx_store(li, ca * dy_load(li) + cb * xhat + cc);
+                let d = dy_load(li);
+                dx_store(li, ca * d + cb * xhat + cc + term_dx(xv, d, ch));
             }
         }
         e += run;

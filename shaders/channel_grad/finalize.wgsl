@@ -5,8 +5,8 @@
 //     (centred on an f32 mean) to the slot's exact centring: xhat = xhat' - e;
 //   ROLE 1, item = channel: dweight = sum over p and tiles of dz * xhat, dbias = of dz (reads
 //     role 0's e, bound in coef's place);
-//   ROLE 2, item 0 (RepBN, a BatchNorm view: slot = channel, no activation): dalpha =
-//     sum(dy * x) = sum over channels of sum(dy * xhat') / rstd + (shift + delta) * sum(dy).
+//   ROLE 2, one invocation: a method's gradient term (`chgrad::GradTerm`) writes its parameter
+//     gradient from the partials and the slot statistics (`term_grad`, from its snippet).
 
 override WG: u32 = 64u;
 override ROLE: u32 = 0u;
@@ -19,8 +19,8 @@ override HAS_DBIAS: bool = false;
 @group(0) @binding(4) var<storage, read> partials: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> weight: array<f32>;
 @group(0) @binding(6) var<storage, read_write> coef: array<vec4<f32>>;
-// ROLE 1 writes dweight and dbias; ROLE 2 writes dalpha, bound in dweight's place (a binding
-// of its own would be a ninth storage buffer, past WebGPU's default limit).
+// ROLE 1 writes dweight and dbias; ROLE 2 writes the term's gradient, bound in dweight's place
+// (a binding of its own would be a ninth storage buffer, past WebGPU's default limit).
 @group(0) @binding(7) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dbias: array<f32>;
 
@@ -30,23 +30,6 @@ fn weight_at(ch: u32) -> f32 {
         return weight[ch];
     }
     return 1.0;
-}
-
-fn dalpha() {
-    var acc = 0.0;
-    // No samples (p = 0): the sum over nothing.
-    for (var ch = 0u; ch < channels() && params.p > 0u; ch++) {
-        let st = slot_stats(ch);
-        var a = 0.0;
-        var b = 0.0;
-        for (var t = 0u; t < params.tiles; t++) {
-            let v = partials[ch * params.tiles + t];
-            a += v.x;
-            b += v.y;
-        }
-        acc += b / st.z + (st.x + st.y) * a;
-    }
-    dweight[0] = acc;
 }
 
 // dweight / dbias of channel ch: every sample's sums, xhat' corrected by its slot's e.
@@ -84,7 +67,7 @@ fn main(
     let c = channels();
     if (ROLE == 2u) {
         if (item == 0u) {
-            dalpha();
+            term_grad();
         }
         return;
     }

@@ -18,8 +18,8 @@ override HAS_WEIGHT: bool = false;
 override HAS_DSUM: bool = false;
 // Use the forward's saved rstd (in `stats`, gathered by `saved.wgsl`) instead of recomputing.
 override GIVEN_STATS: bool = false;
-// Weight Standardization's variants: the variance over n - 1 (unbiased), and the denominator
-// std + eps instead of sqrt(var + eps).
+// Standardization conventions: the variance over n - 1 (unbiased), and the denominator std + eps
+// instead of sqrt(var + eps).
 override UNBIASED: bool = false;
 override EPS_OUTSIDE: bool = false;
 

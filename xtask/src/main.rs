@@ -17,6 +17,7 @@ mod bench_plot;
 mod bench_startup;
 mod cases;
 mod cases_grad;
+mod cases_method_grad;
 mod conformance;
 mod fuzz;
 mod fuzz_grad;

@@ -2,7 +2,7 @@
 //! kept, recomputed otherwise), inference with the running statistics as constants; NCHW and
 //! channels-last. On the batch-statistics backward engine ([`wgnorm_core::chgrad`]).
 
-use wgnorm_core::chgrad::{ChannelGradArgs, GradStats};
+use wgnorm_core::chgrad::{ChannelGradArgs, GradStats, TermArgs};
 use wgnorm_core::chnorm::ChannelView;
 use wgnorm_core::{DType, Mode, Result, Tensor};
 
@@ -75,8 +75,7 @@ fn grad_args<'a>(
         dx: outputs.dx,
         dweight: outputs.dweight,
         dbias: outputs.dbias,
-        alpha: None,
-        dalpha: None,
+        term: None,
     }
 }
 
@@ -92,27 +91,38 @@ impl BatchNorm {
         outputs: &BatchNormGradOutputs,
         mode: Mode,
     ) -> Result<()> {
-        self.encode_backward_with(encoder, inputs, outputs, mode, None, None)
+        self.encode_backward_with(encoder, inputs, outputs, mode, None)
     }
 
-    /// [`BatchNorm::encode_backward`] with RepBN's `alpha * x` term: `alpha * dy` added to dx and
-    /// `dalpha = sum(dy * x)` written when given.
+    /// [`BatchNorm::encode_backward`] with a method's gradient term (RepBN's
+    /// [`crate::SCALED_RESIDUAL_GRAD`]).
     pub(crate) fn encode_backward_with(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         inputs: &BatchNormGradInputs,
         outputs: &BatchNormGradOutputs,
         mode: Mode,
-        alpha: Option<&Tensor>,
-        dalpha: Option<&Tensor>,
+        term: Option<TermArgs>,
     ) -> Result<()> {
         let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
         let a = ChannelGradArgs {
-            alpha,
-            dalpha,
+            term,
             ..grad_args(view, mode, inputs, outputs)
         };
         self.grad.encode(encoder, &a)
+    }
+
+    /// Every check of [`BatchNorm::encode_backward`], recording nothing (for ops that record
+    /// several passes and must fail before the first).
+    pub(crate) fn check_backward(
+        &self,
+        inputs: &BatchNormGradInputs,
+        outputs: &BatchNormGradOutputs,
+        mode: Mode,
+    ) -> Result<()> {
+        let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
+        self.grad
+            .check_args(&grad_args(view, mode, inputs, outputs))
     }
 
     /// The backward over a view of x other than BatchNorm's own (Ghost BatchNorm's chunks):
@@ -156,16 +166,15 @@ impl BatchNorm {
     /// # Ok::<(), wgnorm_core::Error>(())
     /// ```
     pub fn backward(&self, inputs: &BatchNormGradInputs, mode: Mode) -> Result<BatchNormGrads> {
-        self.backward_with(inputs, mode, None, None)
+        self.backward_with(inputs, mode, None)
     }
 
-    /// [`BatchNorm::backward`] with RepBN's alpha term.
+    /// [`BatchNorm::backward`] with a method's gradient term.
     pub(crate) fn backward_with(
         &self,
         inputs: &BatchNormGradInputs,
         mode: Mode,
-        alpha: Option<&Tensor>,
-        dalpha: Option<&Tensor>,
+        term: Option<TermArgs>,
     ) -> Result<BatchNormGrads> {
         let view = ChannelView::batch_norm(inputs.x.shape(), self.cfg.layout)?;
         let ctx = self.engine.context();
@@ -178,9 +187,7 @@ impl BatchNorm {
             dweight: Some(&dweight),
             dbias: Some(&dbias),
         };
-        ctx.record_and_submit(|enc| {
-            self.encode_backward_with(enc, inputs, &outputs, mode, alpha, dalpha)
-        })?;
+        ctx.record_and_submit(|enc| self.encode_backward_with(enc, inputs, &outputs, mode, term))?;
         Ok(BatchNormGrads { dx, dweight, dbias })
     }
 }

@@ -20,12 +20,17 @@ use wgnorm_core::chnorm::{
 };
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 
+mod bcn;
 mod fold;
 mod grad;
 mod instance;
 mod progressive;
 mod region;
 mod variants;
+pub use bcn::{
+    BatchChannelGrads, BatchChannelNorm, BatchChannelNormConfig, BatchChannelNormGradInputs,
+    BatchChannelNormGradOutputs, BatchChannelNormInputs,
+};
 pub use fold::{
     fold_batch_norm, fold_rep_batch_norm, fold_specializations, FoldArgs, FoldParams, FOLD_KERNEL,
 };
@@ -45,6 +50,7 @@ pub use variants::{
     AdaptiveBn, AdaptiveBnConfig, EstBn, EstBnConfig, GhostBatchNorm, GhostBatchNormConfig,
     RepBatchNorm, TestTimeBn, TestTimeBnConfig,
 };
+use wgnorm_core::chgrad::{self, GradTerm};
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::{Context, DType, Error, Mode, Result, Tensor};
 
@@ -59,6 +65,33 @@ pub const SCALED_RESIDUAL: Epilogue = Epilogue::new(
     ],
     3,
     EpilogueInput::Scalar,
+);
+
+/// RepBN's gradient term, the backward of [`SCALED_RESIDUAL`]: `alpha * dy` added to dx and
+/// `dalpha = sum(dy * x)` (f32 `[1]`) from the engine's per-channel sums. Its finalize snippet
+/// reads one statistics slot per channel and dz = dy: BatchNorm's view without an activation,
+/// the only view it is recorded on.
+pub const SCALED_RESIDUAL_GRAD: GradTerm = GradTerm::new(
+    (
+        "channel_grad/dx+scaled_residual",
+        &[
+            chgrad::DX_HEAD[0],
+            chgrad::DX_HEAD[1],
+            wgnorm_core::shader_file!("batch_norm/grad_scaled_residual_dx.wgsl"),
+            chgrad::DX_BODY,
+        ],
+    ),
+    (
+        "channel_grad/finalize+scaled_residual",
+        &[
+            chgrad::FINALIZE_HEAD[0],
+            chgrad::FINALIZE_HEAD[1],
+            chgrad::FINALIZE_HEAD[2],
+            wgnorm_core::shader_file!("batch_norm/grad_scaled_residual_finalize.wgsl"),
+            chgrad::FINALIZE_BODY,
+        ],
+    ),
+    (1, 1),
 );
 
 /// EvoNorm-B0's apply epilogue: `y = x / max(a, v x + b) * weight + bias` from five coefficient
@@ -240,17 +273,17 @@ impl BatchNorm {
         self.engine.encode(encoder, &args)
     }
 
-    /// Every check of `BatchNorm::encode_rep`, recording nothing (for ops that record several
-    /// passes and must fail before the first).
-    pub(crate) fn check_rep(
+    /// Every check of `BatchNorm::encode` (`alpha`: `None`) or `encode_rep`, recording nothing
+    /// (for ops that record several passes and must fail before the first).
+    pub(crate) fn check_forward(
         &self,
         inputs: &BatchNormInputs,
-        alpha: &Tensor,
+        alpha: Option<&Tensor>,
         outputs: &BatchNormOutputs,
         mode: Mode,
     ) -> Result<()> {
         let statistics = self.statistics(inputs, mode.is_train());
-        let args = self.args(inputs, outputs, statistics, Some(alpha), None)?;
+        let args = self.args(inputs, outputs, statistics, alpha, None)?;
         self.engine.check_args(&args)
     }
 
@@ -637,135 +670,4 @@ fn require_running(inputs: &BatchNormInputs) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Batch-Channel Normalization (Qiao et al.; docs/methods.md A6, official `layers.py`, plain-BN variant):
-/// `BCN(x) = GroupAffine(ChannelNorm(BN(x)))` — BatchNorm with its per-channel affine (training:
-/// batch statistics and the running update; inference: running statistics), then per
-/// (sample, group) normalization over the group's channels and the spatial dims (GroupNorm
-/// without affine, same `eps`), then an affine with one weight and bias **per group** (`[G]`).
-/// The BN output is kept in an op-owned scratch tensor of the I/O dtype.
-/// [`BatchChannelNorm::with_estbn`] makes the BN part EstBN ([`crate::EstBn`]).
-pub struct BatchChannelNorm {
-    bn: BatchNorm,
-    channel: ChannelNorm,
-    groups: usize,
-    scratch: ScratchCache,
-    estbn: Option<f32>,
-}
-
-/// Inputs of [`BatchChannelNorm`]: the BN part's per-channel `bn_weight`/`bn_bias` and running
-/// statistics, and the per-group `weight`/`bias` (f32 `[G]`).
-#[derive(Clone, Copy, Debug)]
-pub struct BatchChannelNormInputs<'a> {
-    /// Input, row-major, in the op's dtype.
-    pub x: &'a Tensor,
-    /// The BatchNorm part's per-channel scale `[C]`; `None`: 1.
-    pub bn_weight: Option<&'a Tensor>,
-    /// The BatchNorm part's per-channel shift `[C]`; `None`: 0.
-    pub bn_bias: Option<&'a Tensor>,
-    /// Running mean (f32, one per channel): read at inference, updated in training.
-    pub running_mean: Option<&'a Tensor>,
-    /// Running variance (f32, one per channel): read at inference, updated in training.
-    pub running_var: Option<&'a Tensor>,
-    /// Scale (gamma) applied after normalizing; `None`: 1.
-    pub weight: Option<&'a Tensor>,
-    /// Shift (beta) added after the scale; `None`: 0.
-    pub bias: Option<&'a Tensor>,
-}
-
-/// What [`BatchChannelNorm::new`] takes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BatchChannelNormConfig {
-    /// The BatchNorm part (its eps is also the channel part's).
-    pub batch_norm: BatchNormConfig,
-    /// Channel groups of the channel part and of the per-group affine; must divide C. 32 in
-    /// the paper.
-    pub groups: usize,
-}
-
-impl Default for BatchChannelNormConfig {
-    fn default() -> Self {
-        BatchChannelNormConfig {
-            batch_norm: BatchNormConfig::default(),
-            groups: 32,
-        }
-    }
-}
-
-impl BatchChannelNorm {
-    /// A Batch-Channel Norm bound to `ctx`.
-    pub fn new(ctx: &Context, config: BatchChannelNormConfig) -> Result<BatchChannelNorm> {
-        let BatchChannelNormConfig {
-            batch_norm: cfg,
-            groups,
-        } = config;
-        let channel = ChannelNorm::new(ctx, cfg.eps, cfg.dtype, Default::default())?
-            .with_affine_per_slot(true);
-        Ok(BatchChannelNorm {
-            bn: BatchNorm::new(ctx, cfg)?,
-            channel,
-            groups,
-            scratch: Default::default(),
-            estbn: None,
-        })
-    }
-
-    /// The BN part becomes EstBN with this moving speed (`estbn_moving_speed`).
-    pub fn with_estbn(mut self, moving_speed: f32) -> BatchChannelNorm {
-        self.estbn = Some(moving_speed);
-        self
-    }
-
-    /// Records the BatchNorm part (or EstBN), the per-group normalization and the per-group
-    /// affine; training updates the running statistics.
-    pub fn encode(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        inputs: &BatchChannelNormInputs,
-        y: &Tensor,
-        mode: Mode,
-    ) -> Result<()> {
-        let shape = inputs.x.shape();
-        let view = ChannelView::group_norm(shape, self.bn.cfg.layout, self.groups)?;
-        // The BatchNorm pass reads x and the group pass writes y: check their overlap here.
-        let mut named = vec![("x", inputs.x)];
-        for (what, t) in [
-            ("bn_weight", inputs.bn_weight),
-            ("bn_bias", inputs.bn_bias),
-            ("running_mean", inputs.running_mean),
-            ("running_var", inputs.running_var),
-        ] {
-            named.extend(t.map(|t| (what, t)));
-        }
-        wgnorm_core::binding::check_output_distinct(("y", y), &named)?;
-        let tmp = self
-            .scratch
-            .get(self.bn.engine.context(), shape, shape, self.bn.cfg.dtype)?;
-        let bn_inputs = BatchNormInputs {
-            x: inputs.x,
-            weight: inputs.bn_weight,
-            bias: inputs.bn_bias,
-            running_mean: inputs.running_mean,
-            running_var: inputs.running_var,
-        };
-        let channel_args = ChannelNormArgs {
-            weight: inputs.weight,
-            bias: inputs.bias,
-            ..ChannelNormArgs::new(&tmp, y, view)
-        };
-        // Check the second pass before recording the first.
-        self.channel.check_args(&channel_args)?;
-        let bn_out = BatchNormOutputs {
-            y: &tmp,
-            saved: None,
-        };
-        match self.estbn {
-            Some(ms) => self
-                .bn
-                .encode_estbn(encoder, &bn_inputs, &bn_out, ms, mode)?,
-            None => self.bn.encode(encoder, &bn_inputs, &bn_out, mode)?,
-        }
-        self.channel.encode(encoder, &channel_args)
-    }
 }

@@ -202,7 +202,8 @@ impl ProgressiveRepNorm {
         };
         // Three passes: every input is checked before the first is recorded.
         self.ln.check_args(&ln_args(a, &s1))?;
-        self.bn.check_rep(&bn_inputs, a.alpha, &out, Mode::Train)?;
+        self.bn
+            .check_forward(&bn_inputs, Some(a.alpha), &out, Mode::Train)?;
         y.expect_dtype("y", self.dtype)?;
         y.expect_shape("y", shape)?;
         wgnorm_core::binding::storage_range(&self.ctx, "y", y)?;

@@ -292,7 +292,7 @@ impl RepBatchNorm {
         outputs: &BatchNormOutputs,
         mode: Mode,
     ) -> Result<()> {
-        self.bn.check_rep(inputs, alpha, outputs, mode)
+        self.bn.check_forward(inputs, Some(alpha), outputs, mode)
     }
 
     /// Allocates y, encodes and submits (does not wait).
@@ -314,8 +314,13 @@ impl RepBatchNorm {
         dalpha: Option<&Tensor>,
         mode: Mode,
     ) -> Result<()> {
-        self.bn
-            .encode_backward_with(encoder, inputs, outputs, mode, Some(alpha), dalpha)
+        self.bn.encode_backward_with(
+            encoder,
+            inputs,
+            outputs,
+            mode,
+            Some(rep_term(alpha, dalpha)),
+        )
     }
 
     /// Allocates dx, dweight, dbias and dalpha, encodes the backward and submits (does not wait).
@@ -329,7 +334,19 @@ impl RepBatchNorm {
         let dalpha = ctx.empty(&[1], wgnorm_core::DType::F32)?;
         let grads = self
             .bn
-            .backward_with(inputs, mode, Some(alpha), Some(&dalpha))?;
+            .backward_with(inputs, mode, Some(rep_term(alpha, Some(&dalpha))))?;
         Ok((grads, dalpha))
+    }
+}
+
+/// RepBN's gradient term of a call: the forward's alpha in, dalpha out when wanted.
+fn rep_term<'a>(
+    alpha: &'a Tensor,
+    dalpha: Option<&'a Tensor>,
+) -> wgnorm_core::chgrad::TermArgs<'a> {
+    wgnorm_core::chgrad::TermArgs {
+        term: crate::SCALED_RESIDUAL_GRAD,
+        input: Some(alpha),
+        grad: dalpha,
     }
 }

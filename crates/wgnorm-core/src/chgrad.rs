@@ -36,7 +36,7 @@ pub const PARTIALS_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
 ];
 /// finalize: uniform, moments, running_mean, running_var, partials, weight, coef, dweight (or
-/// dalpha, role 2), dbias.
+/// the gradient term's output, role 2), dbias.
 pub const FINALIZE_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
@@ -48,7 +48,7 @@ pub const FINALIZE_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::ReadWrite,
 ];
-/// dx: uniform, x, dy, weight, bias, coef, dx, alpha.
+/// dx: uniform, x, dy, weight, bias, coef, dx, term input.
 pub const DX_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
@@ -71,27 +71,98 @@ pub const PARTIALS_KERNEL: Kernel = Kernel::new(
     ],
     PARTIALS_SLOTS,
 );
-/// Per-slot dx coefficients and per-channel parameter gradients.
-pub const FINALIZE_KERNEL: Kernel = Kernel::new(
-    "channel_grad/finalize",
-    &[
-        crate::shader::snippet::ACTIVATION,
-        COMMON,
-        STATS,
-        crate::shader_file!("channel_grad/finalize.wgsl"),
-    ],
-    FINALIZE_SLOTS,
-);
-/// dx, elementwise.
-pub const DX_KERNEL: Kernel = Kernel::new(
-    "channel_grad/dx",
-    &[
-        crate::shader::snippet::ACTIVATION,
-        COMMON,
-        crate::shader_file!("channel_grad/dx.wgsl"),
-    ],
-    DX_SLOTS,
-);
+/// The finalize pass's body: per-slot dx coefficients, per-channel parameter gradients and
+/// (role 2) a gradient term's own gradient. Composed after a term's finalize snippet.
+pub const FINALIZE_BODY: &str = crate::shader_file!("channel_grad/finalize.wgsl");
+/// The dx pass's body (elementwise), composed after a term's dx snippet.
+pub const DX_BODY: &str = crate::shader_file!("channel_grad/dx.wgsl");
+/// The snippets every finalize kernel starts with: `[ACTIVATION, COMMON, STATS]`, then the
+/// term's snippet, then [`FINALIZE_BODY`].
+pub const FINALIZE_HEAD: [&str; 3] = [crate::shader::snippet::ACTIVATION, COMMON, STATS];
+/// The snippets every dx kernel starts with: `[ACTIVATION, COMMON]`, then the term's snippet,
+/// then [`DX_BODY`].
+pub const DX_HEAD: [&str; 2] = [crate::shader::snippet::ACTIVATION, COMMON];
+const TERM_NONE: &str = crate::shader_file!("channel_grad/term_none.wgsl");
+
+/// Per-slot dx coefficients and per-channel parameter gradients (no gradient term).
+pub const FINALIZE_KERNEL: Kernel = GradTerm::NONE.finalize;
+/// dx, elementwise (no gradient term).
+pub const DX_KERNEL: Kernel = GradTerm::NONE.dx;
+
+/// The backward's extension point, the mirror of the forward's
+/// [`Epilogue`](crate::chnorm::Epilogue): a term a method adds to the engine's output,
+/// `y = act(xhat * w + b) + t(x)`, differentiated by the method's own WGSL. Its dx snippet
+/// defines `term_dx(x: f32, dy: f32, ch: u32) -> f32`, added to every element's dx (it may read
+/// `term_input`, the call's [`TermArgs::input`]); its finalize snippet defines `term_grad()`,
+/// run by one invocation after the dx coefficients, which writes the term's parameter gradient
+/// into `dweight` (bound to [`TermArgs::grad`]) from the partials (per (p, channel, tile):
+/// `(sum dz, sum dz * xhat', sum xhat', 0)`) and `slot_stats`. What the snippets assume of the
+/// view (e.g. one slot per channel) the method checks before it records. Two terms are the same
+/// when their kernels are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GradTerm {
+    /// The dx kernel with the term: parts `[DX_HEAD.., <dx snippet>, DX_BODY]`.
+    pub dx: Kernel,
+    /// The finalize kernel with the term: parts `[FINALIZE_HEAD.., <finalize snippet>,
+    /// FINALIZE_BODY]`.
+    pub finalize: Kernel,
+    /// f32 elements of the term's input (0: none).
+    pub input_len: usize,
+    /// f32 elements of the term's gradient output (0: none).
+    pub grad_len: usize,
+}
+
+impl GradTerm {
+    /// No term: the engine's own backward.
+    pub const NONE: GradTerm = GradTerm::new(
+        (
+            "channel_grad/dx",
+            &[DX_HEAD[0], DX_HEAD[1], TERM_NONE, DX_BODY],
+        ),
+        (
+            "channel_grad/finalize",
+            &[
+                FINALIZE_HEAD[0],
+                FINALIZE_HEAD[1],
+                FINALIZE_HEAD[2],
+                TERM_NONE,
+                FINALIZE_BODY,
+            ],
+        ),
+        (0, 0),
+    );
+
+    /// A term from its two kernels' names and parts and its `(input, gradient)` lengths.
+    pub const fn new(
+        dx: (&'static str, &'static [&'static str]),
+        finalize: (&'static str, &'static [&'static str]),
+        lens: (usize, usize),
+    ) -> GradTerm {
+        GradTerm {
+            dx: Kernel::new(dx.0, dx.1, DX_SLOTS),
+            finalize: Kernel::new(finalize.0, finalize.1, FINALIZE_SLOTS),
+            input_len: lens.0,
+            grad_len: lens.1,
+        }
+    }
+}
+
+impl Default for GradTerm {
+    fn default() -> Self {
+        GradTerm::NONE
+    }
+}
+
+/// A gradient term of one call: the term, its input and where its gradient goes.
+#[derive(Clone, Copy, Debug)]
+pub struct TermArgs<'a> {
+    /// The term's kernels.
+    pub term: GradTerm,
+    /// Its input (f32, [`GradTerm::input_len`] elements), read by its dx snippet.
+    pub input: Option<&'a Tensor>,
+    /// Output: its parameter gradient (f32, [`GradTerm::grad_len`] elements), when wanted.
+    pub grad: Option<&'a Tensor>,
+}
 
 /// Lanes of a partials workgroup: 64 on CPU adapters (a workgroup is a loop there, each tree
 /// level a pass over it), 256 on GPUs.
@@ -141,8 +212,8 @@ pub struct GradShape {
     pub dweight: bool,
     /// dbias is written.
     pub dbias: bool,
-    /// RepBN: `alpha * dy` is added to dx.
-    pub alpha: bool,
+    /// A method's gradient term ([`GradTerm::NONE`]: none).
+    pub term: GradTerm,
     /// What the forward divided by.
     pub norm: GradNorm,
 }
@@ -153,11 +224,11 @@ pub enum GradNorm {
     /// `sqrt(var + eps)` after centring (BatchNorm, GroupNorm, InstanceNorm).
     #[default]
     Variance,
-    /// `std + eps` after centring (MVN).
+    /// `std + eps` after centring.
     StdPlusEps,
-    /// The L2 norm, no centring (LpNorm p = 2; 0 where the norm is 0).
+    /// The L2 norm, no centring (0 where the norm is 0).
     L2,
-    /// The L1 norm, no centring (LpNorm p = 1).
+    /// The L1 norm, no centring.
     L1,
 }
 
@@ -197,15 +268,15 @@ pub fn partials_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
         .flag("HAS_BIAS", s.bias)
 }
 
-/// The finalize pipeline of a role (0: dx coefficients, 1: parameter gradients, 2: RepBN's
-/// dalpha).
+/// The finalize pipeline of a role (0: dx coefficients, 1: parameter gradients, 2: the
+/// gradient term's own gradient; only role 2 is composed with the term).
 pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
     let s = match role {
         1 => GradShape {
             stats: GradStats::Batch,
             weight: false,
             act: 0,
-            alpha: false,
+            term: GradTerm::NONE,
             ..s
         },
         2 => GradShape {
@@ -219,11 +290,11 @@ pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
         _ => GradShape {
             dweight: false,
             dbias: false,
-            alpha: false,
+            term: GradTerm::NONE,
             ..s
         },
     };
-    base(FINALIZE_KERNEL, Io::F32, s)
+    base(s.term.finalize, Io::F32, s)
         .set("WG", SMALL_WG)
         .set("ROLE", role)
         .flag("THROUGH_STATS", s.stats != GradStats::Running)
@@ -243,7 +314,7 @@ fn dx_block(cpu: bool) -> u32 {
 /// The dx pipeline.
 pub fn dx_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
     base(
-        DX_KERNEL,
+        s.term.dx,
         io,
         GradShape {
             stats: GradStats::Batch,
@@ -253,17 +324,22 @@ pub fn dx_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
     .set("WG", SMALL_WG)
     .set("BLOCK", dx_block(cpu))
     .flag("HAS_BIAS", s.bias)
-    .flag("HAS_ALPHA", s.alpha)
 }
 
-/// Every pipeline the engine can create, for `cargo xtask validate`.
+/// Every pipeline the engine can create without a gradient term, for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
+    specializations_with(&[GradTerm::NONE])
+}
+
+/// Every pipeline the engine can create with each of `terms`.
+pub fn specializations_with(terms: &[GradTerm]) -> Vec<Specialization> {
     let mut out = Vec::new();
-    for (stats, act) in [GradStats::Batch, GradStats::Saved, GradStats::Running]
+    for (stats, act, term) in [GradStats::Batch, GradStats::Saved, GradStats::Running]
         .into_iter()
         .flat_map(|s| Activation::ALL.map(|a| (s, a.code())))
+        .flat_map(|(s, a)| terms.iter().map(move |t| (s, a, *t)))
     {
-        for bits in 0..32u32 {
+        for bits in 0..16u32 {
             let b = |k: u32| bits & (1 << k) != 0;
             let s = GradShape {
                 stats,
@@ -272,7 +348,7 @@ pub fn specializations() -> Vec<Specialization> {
                 act,
                 dweight: b(2),
                 dbias: b(3),
-                alpha: b(4),
+                term,
                 norm: GradNorm::Variance,
             };
             for dtype in [DType::F32, DType::F16] {
@@ -287,7 +363,7 @@ pub fn specializations() -> Vec<Specialization> {
             out.push(finalize_spec(s, 2));
         }
     }
-    // MVN and LpNorm: batch statistics, no affine, no activation.
+    // The other denominators: batch statistics, no affine, no activation.
     for norm in [GradNorm::StdPlusEps, GradNorm::L2, GradNorm::L1] {
         let s = GradShape {
             norm,
@@ -319,7 +395,7 @@ impl GradShape {
             act: 0,
             dweight: false,
             dbias: false,
-            alpha: false,
+            term: GradTerm::NONE,
             norm: GradNorm::Variance,
         }
     }
@@ -354,10 +430,8 @@ pub struct ChannelGradArgs<'a> {
     pub dweight: Option<&'a Tensor>,
     /// Output: the gradient of the bias, when wanted.
     pub dbias: Option<&'a Tensor>,
-    /// RepBN (`y = BN(x) + alpha * x`, a BatchNorm view): the forward's alpha, f32 `[1]`.
-    pub alpha: Option<&'a Tensor>,
-    /// RepBN: output, the gradient of alpha (f32 `[1]`), when wanted.
-    pub dalpha: Option<&'a Tensor>,
+    /// A method's gradient term, its input and output (`None`: the engine's own backward).
+    pub term: Option<TermArgs<'a>>,
 }
 
 /// Bound ranges of a checked call.
@@ -372,8 +446,8 @@ struct Ranges {
     dx: BufferRange,
     dweight: Option<BufferRange>,
     dbias: Option<BufferRange>,
-    alpha: Option<BufferRange>,
-    dalpha: Option<BufferRange>,
+    term_input: Option<BufferRange>,
+    term_grad: Option<BufferRange>,
 }
 
 /// The bind groups of a call: per binding window the partials' (with their workgroups) and
@@ -382,7 +456,7 @@ struct GradBinds {
     partials: Vec<(wgpu::BindGroup, u64)>,
     coef: wgpu::BindGroup,
     params: Option<wgpu::BindGroup>,
-    dalpha: Option<wgpu::BindGroup>,
+    term_grad: Option<wgpu::BindGroup>,
     dx: Vec<(wgpu::BindGroup, u64)>,
 }
 
@@ -428,8 +502,8 @@ impl ChannelGrad {
         })
     }
 
-    /// Differentiates a forward that divided by `norm` (MVN's `std + eps`, LpNorm's norms)
-    /// instead of `sqrt(var + eps)`; its statistics are recomputed by the matching reduction.
+    /// Differentiates a forward that divided by `norm` (`std + eps`, an L2 or L1 norm) instead
+    /// of `sqrt(var + eps)`; its statistics are recomputed by the matching reduction.
     pub fn with_norm(mut self, norm: GradNorm) -> Result<ChannelGrad> {
         self.reduce = ChannelNorm::new(&self.ctx, self.eps, self.dtype, Activation::None)?
             .with_reduction(norm.reduction());
@@ -487,6 +561,22 @@ impl ChannelGrad {
         }
     }
 
+    /// Every check of [`ChannelGrad::encode`], recording nothing (for ops that record several
+    /// passes and must fail before the first).
+    pub fn check_args(&self, a: &ChannelGradArgs) -> Result<()> {
+        let r = self.check(a)?;
+        self.ctx.check_io(Io {
+            dtype: self.dtype,
+            vec4: false,
+        })?;
+        if a.view.numel() > 0 {
+            let (_, mut params) = self.call_params(a, &r);
+            self.partials_windows(&a.view, &mut params)?;
+            apply_spans(self.budget(&a.view), dx_block(self.ctx.is_cpu()) as u64, 1)?;
+        }
+        Ok(())
+    }
+
     /// Records the backward into `encoder`: the statistics (a reduce pass of x unless saved or
     /// running ones are given), partials, finalize and dx. Everything is checked and every bind
     /// group made first; nothing is recorded on error. An empty x records only the zeroing of
@@ -524,9 +614,12 @@ impl ChannelGrad {
             ctx.pipeline(&partials_spec(io, shape, cpu))?,
             ctx.pipeline(&finalize_spec(shape, 0))?,
             ctx.pipeline(&finalize_spec(shape, 1))?,
-            ctx.pipeline(&finalize_spec(shape, 2))?,
             ctx.pipeline(&dx_spec(io, shape, cpu))?,
         ];
+        let term_pipe = match &binds.term_grad {
+            Some(_) => Some(ctx.pipeline(&finalize_spec(shape, 2))?),
+            None => None,
+        };
         if let Some(m) = &moments {
             self.reduce.encode_reduce_centred(encoder, a.x, v, m)?;
         }
@@ -549,11 +642,11 @@ impl ChannelGrad {
         if let Some(bind) = &binds.params {
             record(&pipes[2], bind, c.div_ceil(SMALL_WG as u64));
         }
-        if let Some(bind) = &binds.dalpha {
-            record(&pipes[3], bind, 1);
+        if let (Some(pipe), Some(bind)) = (&term_pipe, &binds.term_grad) {
+            record(pipe, bind, 1);
         }
         for (bind, invocations) in &binds.dx {
-            record(&pipes[4], bind, invocations.div_ceil(SMALL_WG as u64));
+            record(&pipes[3], bind, invocations.div_ceil(SMALL_WG as u64));
         }
         Ok(())
     }
@@ -569,7 +662,7 @@ impl ChannelGrad {
             norm: self.norm,
             dweight: r.dweight.is_some(),
             dbias: r.dbias.is_some(),
-            alpha: r.alpha.is_some(),
+            term: a.term.map_or(GradTerm::NONE, |t| t.term),
         };
         let (tiles, tile_len) = self.tiling(&v, None);
         let (selu_alpha, selu_lambda) = self.activation.selu_params();
@@ -595,8 +688,8 @@ impl ChannelGrad {
     }
 
     /// The bind groups of the partials (one per span of `spans[0]`), finalize (the dx
-    /// coefficients; the parameter gradients when dweight or dbias is wanted; dalpha when
-    /// wanted) and dx (one per span of `spans[1]`) passes. `moments`: the reduce pass's output,
+    /// coefficients; the parameter gradients when dweight or dbias is wanted; the term's
+    /// gradient when wanted) and dx (one per span of `spans[1]`) passes. `moments`: the reduce pass's output,
     /// when it runs.
     fn bind_groups(
         &self,
@@ -659,8 +752,8 @@ impl ChannelGrad {
             &[&source, &rm, &rv, &partials, &weight, &coef, &dw[1], &dw[2]],
         )?;
         let params_bind = self.finalize_params_bind(params, &partials, &coef, r)?;
-        let dalpha_bind = self.finalize_dalpha_bind(params, [&source, &rm, &rv], &partials, r)?;
-        let alpha = r.alpha.as_ref().unwrap_or(&dr);
+        let term_bind = self.finalize_term_bind(params, [&source, &rm, &rv], &partials, r)?;
+        let term_input = r.term_input.as_ref().unwrap_or(&dr);
         let dx_binds = spans[1]
             .iter()
             .map(|s| {
@@ -669,7 +762,7 @@ impl ChannelGrad {
                     total: s.end as u32,
                     ..on(s)
                 };
-                let ranges = [&x, &dy, &weight, &bias, &coef, &dx, alpha];
+                let ranges = [&x, &dy, &weight, &bias, &coef, &dx, term_input];
                 Ok((self.binds.get(ctx, DX_SLOTS, &pr, &ranges)?, s.count))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -677,7 +770,7 @@ impl ChannelGrad {
             partials: partials_binds,
             coef: coef_bind,
             params: params_bind,
-            dalpha: dalpha_bind,
+            term_grad: term_bind,
             dx: dx_binds,
         })
     }
@@ -714,16 +807,17 @@ impl ChannelGrad {
         )?))
     }
 
-    /// The bind group of RepBN's dalpha role, when dalpha is wanted: the statistics' source
-    /// (`[moments, running_mean, running_var]`) and the partials in, dalpha out.
-    fn finalize_dalpha_bind(
+    /// The bind group of the gradient term's role, when its gradient is wanted: the statistics'
+    /// source (`[moments, running_mean, running_var]`) and the partials in, the term's gradient
+    /// out.
+    fn finalize_term_bind(
         &self,
         params: ChannelGradParams,
         source: [&BufferRange; 3],
         partials: &BufferRange,
         r: &Ranges,
     ) -> Result<Option<wgpu::BindGroup>> {
-        let Some(dalpha) = &r.dalpha else {
+        let Some(term_grad) = &r.term_grad else {
             return Ok(None);
         };
         let ctx = &self.ctx;
@@ -734,7 +828,7 @@ impl ChannelGrad {
             FINALIZE_SLOTS,
             &params,
             &[
-                source[0], source[1], source[2], partials, &dr, &dw[0], dalpha, &dw[2],
+                source[0], source[1], source[2], partials, &dr, &dw[0], term_grad, &dw[2],
             ],
         )?))
     }
@@ -759,7 +853,7 @@ impl ChannelGrad {
             let (gx, gy) = binding::grid(&self.ctx, (c as u64).div_ceil(SMALL_WG as u64));
             binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (gx, gy, 1));
         }
-        if let Some(bind) = self.finalize_dalpha_bind(params, [&dr, &dr, &dr], &dr, r)? {
+        if let Some(bind) = self.finalize_term_bind(params, [&dr, &dr, &dr], &dr, r)? {
             let pipe = self.ctx.pipeline(&finalize_spec(shape, 2))?;
             binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (1, 1, 1));
         }

@@ -155,7 +155,7 @@ impl DxShape {
 }
 
 /// The variance convention of a backward: the row norms' (biased, eps inside the square root)
-/// or one of Weight Standardization's.
+/// or a standardization's (unbiased, or eps outside the square root).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Variance {
     /// Divide by `n - 1`.
@@ -256,7 +256,7 @@ pub fn specializations() -> Vec<Specialization> {
             }
             out.push(naive_dx_spec(mode, Io { vec4: false, ..io }, true));
             if mode == RowMode::LayerNorm {
-                // Weight Standardization: plain rows, each variance convention.
+                // Standardizations: plain rows, each variance convention.
                 for (unbiased, eps_outside) in [(true, false), (false, true), (true, true)] {
                     for shape in DxShape::ALL {
                         let var = Variance {
@@ -296,10 +296,9 @@ pub struct RowGradConfig {
     pub weight_offset: f32,
     /// Storage type of x, residual, weight, dy, dsum, dx, dweight and dbias.
     pub dtype: DType,
-    /// The variance over `n - 1` (Weight Standardization's unbiased variants); false for the
-    /// row norms.
+    /// The variance over `n - 1` (unbiased standardizations); false for the row norms.
     pub unbiased: bool,
-    /// The denominator `std + eps` instead of `sqrt(var + eps)` (Weight Standardization).
+    /// The denominator `std + eps` instead of `sqrt(var + eps)`.
     pub eps_outside: bool,
 }
 

@@ -70,8 +70,7 @@ fn args<'a>(
         dx: outputs.dx,
         dweight: outputs.dweight,
         dbias: outputs.dbias,
-        alpha: None,
-        dalpha: None,
+        term: None,
     }
 }
 

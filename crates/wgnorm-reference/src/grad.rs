@@ -8,6 +8,9 @@
 
 use crate::activation::Act;
 
+mod batch_channel;
+pub use batch_channel::{BatchChannel, BatchChannelGrads};
+
 /// Gradients of a norm: `dx` like `x`; `dweight` and `dbias` one per parameter (empty when the
 /// layer has none).
 #[derive(Clone, Debug, PartialEq)]
@@ -415,7 +418,7 @@ mod tests {
     use crate::{chnorm, rownorm};
 
     /// Deterministic values in about [-1, 1].
-    fn values(seed: u64, len: usize) -> Vec<f64> {
+    pub(super) fn values(seed: u64, len: usize) -> Vec<f64> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|_| {
@@ -448,7 +451,7 @@ mod tests {
     }
 
     /// Central differences of `loss` at `v`, one coordinate at a time.
-    fn numeric(v: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    pub(super) fn numeric(v: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         let h = 1e-5;
         (0..v.len())
             .map(|i| {
@@ -460,11 +463,11 @@ mod tests {
             .collect()
     }
 
-    fn dot(a: &[f64], b: &[f64]) -> f64 {
+    pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
-    fn close(what: &str, got: &[f64], want: &[f64]) {
+    pub(super) fn close(what: &str, got: &[f64], want: &[f64]) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!(

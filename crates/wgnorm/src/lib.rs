@@ -153,7 +153,10 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         wgnorm_powernorm::unified_specializations(),
         engine::elementwise::specializations(),
         engine::rowgrad::specializations(),
-        engine::chgrad::specializations(),
+        engine::chgrad::specializations_with(&[
+            engine::chgrad::GradTerm::NONE,
+            wgnorm_batchnorm::SCALED_RESIDUAL_GRAD,
+        ]),
         wgnorm_powernorm::grad_specializations(),
         wgnorm_rmsnorm::qk_rope::qk_rope_specializations(),
         wgnorm_selfnorm::specializations(),

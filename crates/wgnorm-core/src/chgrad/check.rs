@@ -37,8 +37,8 @@ impl ChannelGrad {
             dx: whole("dx", a.dx)?,
             dweight: opt("dweight", a.dweight)?,
             dbias: opt("dbias", a.dbias)?,
-            alpha: opt("alpha", a.alpha)?,
-            dalpha: opt("dalpha", a.dalpha)?,
+            term_input: opt("term input", a.term.and_then(|t| t.input))?,
+            term_grad: opt("term gradient", a.term.and_then(|t| t.grad))?,
         };
         binding::check_no_alias(&[
             ("x", Some(&ranges.x), false),
@@ -51,8 +51,8 @@ impl ChannelGrad {
             ("dx", Some(&ranges.dx), true),
             ("dweight", ranges.dweight.as_ref(), true),
             ("dbias", ranges.dbias.as_ref(), true),
-            ("alpha", ranges.alpha.as_ref(), false),
-            ("dalpha", ranges.dalpha.as_ref(), true),
+            ("term input", ranges.term_input.as_ref(), false),
+            ("term gradient", ranges.term_grad.as_ref(), true),
         ])?;
         Ok(ranges)
     }
@@ -75,7 +75,7 @@ impl ChannelGrad {
         Ok(())
     }
 
-    /// Shapes and dtypes of every tensor of a call, and where the RepBN term may be.
+    /// Shapes and dtypes of every tensor of a call, the gradient term's included.
     fn check_shapes(&self, a: &ChannelGradArgs) -> Result<()> {
         let v = a.view;
         let (numel, c) = (v.numel(), v.channels());
@@ -109,19 +109,42 @@ impl ChannelGrad {
                 expect(what, t, c, DType::F32)?;
             }
         }
-        for (what, t) in [("alpha", a.alpha), ("dalpha", a.dalpha)] {
-            if let Some(t) = t {
-                expect(what, t, 1, DType::F32)?;
-            }
-        }
-        if (a.alpha.is_some() || a.dalpha.is_some()) && (v.p != 1 || v.cg != 1 || self.activated) {
-            return Err(Error::InvalidParameter {
-                name: "alpha",
-                value: format!("{v:?}"),
-                why: "the RepBN term alpha * x belongs to a BatchNorm view without an activation",
-            });
+        if let Some(t) = a.term {
+            Self::check_term(&t)?;
         }
         Ok(())
+    }
+
+    /// A gradient term's tensors: its input whenever it reads one, its gradient only where it
+    /// writes one.
+    fn check_term(t: &super::TermArgs) -> Result<()> {
+        match (t.term.input_len, t.input) {
+            (0, None) => {}
+            (0, Some(_)) => {
+                return Err(Error::InvalidParameter {
+                    name: "term input",
+                    value: "Some".into(),
+                    why: "this gradient term reads no input: pass None",
+                })
+            }
+            (n, Some(input)) => expect("term input", input, n, DType::F32)?,
+            (_, None) => {
+                return Err(Error::InvalidParameter {
+                    name: "term input",
+                    value: "None".into(),
+                    why: "this gradient term reads its forward's input: pass it",
+                })
+            }
+        }
+        match (t.term.grad_len, t.grad) {
+            (_, None) => Ok(()),
+            (0, Some(_)) => Err(Error::InvalidParameter {
+                name: "term gradient",
+                value: "Some".into(),
+                why: "this gradient term has no parameter: pass None",
+            }),
+            (n, Some(grad)) => expect("term gradient", grad, n, DType::F32),
+        }
     }
 
     /// What the statistics' source needs: saved pairs, or running statistics of a view with one
@@ -132,7 +155,7 @@ impl ChannelGrad {
             return Err(Error::InvalidParameter {
                 name: "stats",
                 value: format!("{:?} with {:?}", a.stats, self.norm),
-                why: "MVN's and LpNorm's backward recompute their statistics: use GradStats::Batch",
+                why: "a denominator other than sqrt(var + eps) is recomputed from x: use GradStats::Batch",
             });
         }
         match a.stats {

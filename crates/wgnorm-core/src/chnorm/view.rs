@@ -133,13 +133,13 @@ impl ChannelView {
         })
     }
 
-    /// One slot per position of the other dims, reduced along `axis` alone (LpNorm).
+    /// One slot per position of the other dims, reduced along `axis` alone.
     pub fn along_axis(shape: &[usize], axis: isize) -> Result<ChannelView> {
         let rank = shape.len();
         let a = if axis < 0 { axis + rank as isize } else { axis };
         if a < 0 || a >= rank as isize {
             return Err(Error::AxisOutOfRange {
-                what: "lp_norm",
+                what: "reduced axis",
                 axis,
                 rank,
             });
@@ -172,8 +172,7 @@ impl ChannelView {
         })
     }
 
-    /// One slot per position of the dims not in `axes`, reduced over `axes`
-    /// (MeanVarianceNormalization). The dims must read as `[kept][reduced][kept][reduced]` (each
+    /// One slot per position of the dims not in `axes`, reduced over `axes`. The dims must read as `[kept][reduced][kept][reduced]` (each
     /// block possibly empty), which covers every contiguous choice and NCHW's [0, 2, 3].
     pub fn over_axes(shape: &[usize], axes: &[isize]) -> Result<ChannelView> {
         let rank = shape.len();
@@ -182,7 +181,7 @@ impl ChannelView {
             let a = if ax < 0 { ax + rank as isize } else { ax };
             if a < 0 || a >= rank as isize {
                 return Err(Error::AxisOutOfRange {
-                    what: "mean_variance_norm",
+                    what: "reduced axes",
                     axis: ax,
                     rank,
                 });

@@ -286,3 +286,93 @@ pub(super) fn run_group_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOu
 pub(super) fn run_instance_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     channel_norm_grad(ctx, case, false)
 }
+
+/// `batch_channel_norm_grad`: the chain BN (or EstBN) → per-(sample, group) normalization →
+/// per-group affine. EstBN training normalizes with the statistics its forward updates, so the
+/// forward runs first (on the case's running statistics) and the backward reads the updated
+/// ones, as constants.
+pub(super) fn run_batch_channel_norm_grad(
+    ctx: &Context,
+    case: &Case,
+) -> Result<DeviceOutputs, String> {
+    let a = Attrs::new(
+        case,
+        &[
+            "num_groups",
+            "eps",
+            "momentum",
+            "training",
+            "estbn_moving_speed",
+        ],
+    )?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
+        dtype,
+        ..Default::default()
+    };
+    let groups =
+        usize::try_from(a.int("num_groups", 32)?).map_err(|_| "num_groups < 0".to_string())?;
+    let mut op = crate::batchnorm::BatchChannelNorm::new(
+        ctx,
+        crate::batchnorm::BatchChannelNormConfig {
+            batch_norm: cfg,
+            groups,
+        },
+    )
+    .map_err(err)?;
+    let estbn = a.opt_f64("estbn_moving_speed", None)?;
+    if let Some(ms) = estbn {
+        op = op.with_estbn(ms as f32);
+    }
+    let xt = upload(ctx, x, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let p = |name| upload_param(ctx, case, name);
+    let (bw, bb, rm, rv, w, b) = (
+        p("bn_weight")?,
+        p("bn_bias")?,
+        p("running_mean")?,
+        p("running_var")?,
+        p("weight")?,
+        p("bias")?,
+    );
+    let mode = crate::Mode::training(a.bool("training", true)?);
+    let forward = crate::batchnorm::BatchChannelNormInputs {
+        x: &xt,
+        bn_weight: bw.as_ref(),
+        bn_bias: bb.as_ref(),
+        running_mean: rm.as_ref(),
+        running_var: rv.as_ref(),
+        weight: w.as_ref(),
+        bias: b.as_ref(),
+    };
+    if estbn.is_some() && mode.is_train() {
+        let y = ctx.empty(xt.shape(), dtype).map_err(err)?;
+        ctx.record_and_submit(|enc| op.encode(enc, &forward, &y, mode))
+            .map_err(err)?;
+    }
+    let g = op
+        .backward(
+            &crate::batchnorm::BatchChannelNormGradInputs {
+                x: &xt,
+                bn_weight: bw.as_ref(),
+                bn_bias: bb.as_ref(),
+                running_mean: rm.as_ref(),
+                running_var: rv.as_ref(),
+                weight: w.as_ref(),
+                bias: b.as_ref(),
+                dy: &dy,
+            },
+            mode,
+        )
+        .map_err(err)?;
+    let mut out = grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))?;
+    for (name, t) in [("bn_weight", &g.dbn_weight), ("bn_bias", &g.dbn_bias)] {
+        if case.inputs.contains_key(name) {
+            out.insert(format!("d{name}"), output(t));
+        }
+    }
+    Ok(out)
+}

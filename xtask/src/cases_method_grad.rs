@@ -1,0 +1,127 @@
+//! The project's own backward cases of the research methods used in training
+//! (`cargo xtask cases`): the expected gradients from `wgnorm_reference::grad`, each checked
+//! against central finite differences of its f64 forward there.
+
+use std::path::Path;
+
+use anyhow::Result;
+use safetensors::Dtype;
+use wgnorm_reference::grad::BatchChannel;
+
+use crate::cases::{rounded, tensor, values, write, Out};
+
+/// Per-channel mean and variance.
+type Stats<'a> = (&'a [f64], &'a [f64]);
+
+/// `batch_channel_norm_grad` in its three forms: training through the batch statistics,
+/// inference, and EstBN training (the expected gradients with the statistics its forward
+/// updates, taken as constants). eps = 1e-3 next to BN variances of about 1e-3: eps matters.
+fn batch_channel_cases(dir: &Path) -> Result<()> {
+    let (n, c, side, groups, eps) = (4usize, 8usize, 3usize, 4usize, 1e-3);
+    let hw = side * side;
+    let shape = [n, c, side, side];
+    let f = |v: &[f64]| rounded(Dtype::F32, v);
+    let x = f(&values(61, n * c * hw, 0.05)
+        .iter()
+        .map(|v| v + 3.0)
+        .collect::<Vec<_>>());
+    let dy = f(&values(62, x.len(), 1.0));
+    let bw = f(&values(63, c, 0.5)
+        .iter()
+        .map(|v| v + 1.0)
+        .collect::<Vec<_>>());
+    let bb = f(&values(64, c, 0.5));
+    let w = f(&values(65, groups, 0.5)
+        .iter()
+        .map(|v| v + 1.0)
+        .collect::<Vec<_>>());
+    let b = f(&values(66, groups, 0.5));
+    let rm = f(&values(67, c, 0.02)
+        .iter()
+        .map(|v| v + 3.0)
+        .collect::<Vec<_>>());
+    let rv = f(&values(68, c, 5e-4)
+        .iter()
+        .map(|v| v + 1e-3)
+        .collect::<Vec<_>>());
+    let op = BatchChannel {
+        n,
+        c,
+        hw,
+        groups,
+        bn_weight: Some(&bw),
+        bn_bias: Some(&bb),
+        weight: &w,
+        bias: &b,
+        eps,
+    };
+    let ms = 0.25;
+    let (erm, erv) = estbn_updated(&x, (n, c, hw), (&rm, &rv), ms);
+    // (tag, training, EstBN moving speed, the statistics the backward takes as constants)
+    let forms: [(&str, bool, Option<f64>, Option<Stats>); 3] = [
+        ("train", true, None, None),
+        ("infer", false, None, Some((&rm, &rv))),
+        ("estbn_train", true, Some(ms), Some((&erm, &erv))),
+    ];
+    for (tag, training, estbn, running) in forms {
+        let g = op.grad(&x, &dy, running);
+        let outs: Vec<Out> = vec![
+            tensor("x", Dtype::F32, &shape, &x),
+            tensor("bn_weight", Dtype::F32, &[c], &bw),
+            tensor("bn_bias", Dtype::F32, &[c], &bb),
+            tensor("running_mean", Dtype::F32, &[c], &rm),
+            tensor("running_var", Dtype::F32, &[c], &rv),
+            tensor("weight", Dtype::F32, &[groups], &w),
+            tensor("bias", Dtype::F32, &[groups], &b),
+            tensor("dy", Dtype::F32, &shape, &dy),
+            tensor("expected.dx", Dtype::F32, &shape, &g.dx),
+            tensor("expected.dbn_weight", Dtype::F32, &[c], &g.dbn_weight),
+            tensor("expected.dbn_bias", Dtype::F32, &[c], &g.dbn_bias),
+            tensor("expected.dweight", Dtype::F32, &[groups], &g.dweight),
+            tensor("expected.dbias", Dtype::F32, &[groups], &g.dbias),
+        ];
+        let mut attrs = serde_json::json!({
+            "num_groups": groups, "eps": eps, "momentum": 0.1, "training": training,
+        });
+        if let Some(ms) = estbn {
+            attrs["estbn_moving_speed"] = serde_json::json!(ms);
+        }
+        let file = format!("batch_channel_norm_grad_{tag}_f32_4x8x3x3_g4.safetensors");
+        write(
+            dir,
+            &file,
+            "batch_channel_norm_grad",
+            attrs,
+            (5e-5, 2e-4),
+            outs,
+        )?;
+    }
+    Ok(())
+}
+
+/// EstBN's running statistics after one training step (docs/methods.md A6):
+/// `rm' = (1 - ms) rm + ms mean`, `rv' = (1 - ms) rv + ms mean((x - rm)^2)` (centred on the old
+/// running mean), per channel of NCHW `(n, c, hw)`.
+fn estbn_updated(
+    x: &[f64],
+    (n, c, hw): (usize, usize, usize),
+    (rm, rv): (&[f64], &[f64]),
+    ms: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let m = (n * hw) as f64;
+    (0..c)
+        .map(|ch| {
+            let vals = (0..n).flat_map(|i| x[(i * c + ch) * hw..(i * c + ch + 1) * hw].iter());
+            let (s, s2) = vals.fold((0.0, 0.0), |(s, s2), v| (s + v, s2 + (v - rm[ch]).powi(2)));
+            (
+                (1.0 - ms) * rm[ch] + ms * s / m,
+                (1.0 - ms) * rv[ch] + ms * s2 / m,
+            )
+        })
+        .unzip()
+}
+
+/// Every backward case of the research methods.
+pub fn method_grad_cases(dir: &Path) -> Result<()> {
+    batch_channel_cases(dir)
+}
