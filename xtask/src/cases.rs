@@ -75,10 +75,36 @@ pub(crate) fn write(
             ))
         })
         .collect::<Result<_>>()?;
+    let path = dir.join(file);
+    if unchanged(&path, &meta, &views) {
+        println!("unchanged {file}");
+        return Ok(());
+    }
     let data = safetensors::tensor::serialize(views, Some(meta))?;
-    std::fs::write(dir.join(file), data)?;
+    std::fs::write(path, data)?;
     println!("wrote {file}");
     Ok(())
+}
+
+/// Whether `path` already holds these tensors and metadata: the header's key order follows a
+/// HashMap, so equal cases serialize to different bytes and would churn the repository.
+fn unchanged(path: &Path, meta: &HashMap<String, String>, views: &[(String, TensorView)]) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok((_, old_meta)) = safetensors::SafeTensors::read_metadata(&bytes) else {
+        return false;
+    };
+    let Ok(old) = safetensors::SafeTensors::deserialize(&bytes) else {
+        return false;
+    };
+    old_meta.metadata().as_ref() == Some(meta)
+        && old.len() == views.len()
+        && views.iter().all(|(name, v)| {
+            old.tensor(name).is_ok_and(|t| {
+                t.dtype() == v.dtype() && t.shape() == v.shape() && t.data() == v.data()
+            })
+        })
 }
 
 /// Deterministic values in about [-scale, scale].
@@ -199,5 +225,6 @@ pub fn run(dir: &Path) -> Result<bool> {
     std::fs::create_dir_all(dir)?;
     qk_norm_rope_cases(dir)?;
     crate::cases_grad::activation_grad_cases(dir)?;
+    crate::cases_method_grad::method_grad_cases(dir)?;
     Ok(true)
 }
