@@ -121,7 +121,58 @@ fn estbn_updated(
         .unzip()
 }
 
+/// `rep_batch_norm_grad` over `[B, T, C]` tokens, training and inference: BatchNorm's
+/// gradients of the `(B T, C)` view plus `alpha * dy`, and `dalpha = sum(dy * x)`. Values about
+/// 0.03 apart next to eps = 1e-3.
+fn rep_batch_norm_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::rep_batch_norm_grad;
+    let (b, t, c, eps, alpha) = (3usize, 5usize, 8usize, 1e-3, 0.35);
+    let f = |v: &[f64]| rounded(Dtype::F32, v);
+    let x = f(&values(91, b * t * c, 0.03)
+        .iter()
+        .map(|v| v - 2.0)
+        .collect::<Vec<_>>());
+    let dy = f(&values(92, x.len(), 1.0));
+    let w = f(&values(93, c, 0.5)
+        .iter()
+        .map(|v| v + 1.0)
+        .collect::<Vec<_>>());
+    let bias = f(&values(94, c, 0.5));
+    let rm = f(&values(95, c, 0.02)
+        .iter()
+        .map(|v| v - 2.0)
+        .collect::<Vec<_>>());
+    let rv = f(&values(96, c, 5e-4)
+        .iter()
+        .map(|v| v + 1e-3)
+        .collect::<Vec<_>>());
+    for (tag, training) in [("train", true), ("infer", false)] {
+        let running = (!training).then_some((rm.as_slice(), rv.as_slice()));
+        // Channels-last [B T, C] is NCHW with N = B T and one position.
+        let (g, dalpha) = rep_batch_norm_grad(&x, b * t, c, 1, Some(&w), alpha, &dy, running, eps);
+        let shape = [b, t, c];
+        let outs: Vec<Out> = vec![
+            tensor("x", Dtype::F32, &shape, &x),
+            tensor("weight", Dtype::F32, &[c], &w),
+            tensor("bias", Dtype::F32, &[c], &bias),
+            tensor("running_mean", Dtype::F32, &[c], &rm),
+            tensor("running_var", Dtype::F32, &[c], &rv),
+            tensor("alpha", Dtype::F32, &[1], &[alpha]),
+            tensor("dy", Dtype::F32, &shape, &dy),
+            tensor("expected.dx", Dtype::F32, &shape, &g.dx),
+            tensor("expected.dweight", Dtype::F32, &[c], &g.dweight),
+            tensor("expected.dbias", Dtype::F32, &[c], &g.dbias),
+            tensor("expected.dalpha", Dtype::F32, &[1], &[dalpha]),
+        ];
+        let attrs = serde_json::json!({ "eps": eps, "momentum": 0.1, "training": training });
+        let file = format!("rep_batch_norm_grad_{tag}_f32_3x5x8.safetensors");
+        write(dir, &file, "rep_batch_norm_grad", attrs, (5e-5, 2e-4), outs)?;
+    }
+    Ok(())
+}
+
 /// Every backward case of the research methods.
 pub fn method_grad_cases(dir: &Path) -> Result<()> {
-    batch_channel_cases(dir)
+    batch_channel_cases(dir)?;
+    rep_batch_norm_cases(dir)
 }

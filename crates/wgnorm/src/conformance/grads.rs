@@ -376,3 +376,41 @@ pub(super) fn run_batch_channel_norm_grad(
     }
     Ok(out)
 }
+
+/// `rep_batch_norm_grad`: BatchNorm's backward over `[B, T, C]` tokens (channels last) plus
+/// `alpha * dy` in dx and `dalpha = sum(dy * x)`.
+pub(super) fn run_rep_batch_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let a = Attrs::new(case, &["eps", "momentum", "training"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let cfg = crate::BatchNormConfig {
+        eps: a.f64("eps", 1e-5)? as f32,
+        layout: crate::Layout::Nhwc,
+        dtype,
+        ..Default::default()
+    };
+    let bn = crate::batchnorm::RepBatchNorm::new(ctx, cfg).map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let alpha = upload(ctx, input(case, "alpha")?, crate::DType::F32)?;
+    let w = upload_param(ctx, case, "weight")?;
+    let rm = upload_param(ctx, case, "running_mean")?;
+    let rv = upload_param(ctx, case, "running_var")?;
+    let (g, dalpha) = bn
+        .backward(
+            &crate::BatchNormGradInputs {
+                x: &xt,
+                weight: w.as_ref(),
+                dy: &dy,
+                saved: None,
+                running_mean: rm.as_ref(),
+                running_var: rv.as_ref(),
+            },
+            &alpha,
+            crate::Mode::training(a.bool("training", true)?),
+        )
+        .map_err(err)?;
+    let mut out = grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))?;
+    out.insert("dalpha".into(), output(&dalpha));
+    Ok(out)
+}
