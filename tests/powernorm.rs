@@ -206,6 +206,67 @@ fn sinkhorn_rows_then_columns() {
     .is_err());
 }
 
+/// Sinkhorn's backward against the f64 reverse mode (checked against finite differences in
+/// `wgnorm-reference`): several shapes and iteration counts, a row clamped at eps (its
+/// gradient the linear map's), f16, bitwise reproducibility and bad shapes.
+#[test]
+fn sinkhorn_backward_matches_reference() {
+    use wgnorm::{SinkhornConfig, SinkhornNormalize};
+    let c_ = ctx();
+    // (m, n, iterations, eps, dtype, tolerance)
+    for (m, n, iters, eps, dtype, tol) in [
+        (7usize, 3usize, 1usize, 1e-8f32, DType::F32, 1e-4),
+        (16, 24, 5, 1e-8, DType::F32, 1e-4),
+        (5, 8, 3, 0.5, DType::F32, 1e-4),
+        (12, 16, 5, 1e-8, DType::F16, 3e-2),
+    ] {
+        let mut x = noise((m * n) as u64 + 7, m * n);
+        // With eps = 0.5 the first row (norm about 0.1) is clamped.
+        x[..n].iter_mut().for_each(|v| *v *= 0.05);
+        let dy = noise(3, m * n);
+        let op = SinkhornNormalize::new(
+            c_,
+            SinkhornConfig {
+                iterations: iters,
+                eps,
+                dtype,
+            },
+        )
+        .unwrap();
+        let (xt, dyt) = (
+            c_.upload(&x, &[m, n], dtype).unwrap(),
+            c_.upload(&dy, &[m, n], dtype).unwrap(),
+        );
+        let want = wgnorm_reference::grad::sinkhorn_grad(
+            &round_to(dtype, &x),
+            (m, n),
+            iters,
+            eps as f64,
+            &round_to(dtype, &dy),
+        );
+        let got = c_.download(&op.backward(&xt, &dyt).unwrap()).unwrap();
+        let what = format!("sinkhorn backward {m}x{n} L={iters} eps {eps} {dtype:?}");
+        assert_close(&what, &got, &want, tol, tol);
+        let again = c_.download(&op.backward(&xt, &dyt).unwrap()).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&again), "{what}: not reproducible");
+    }
+    let op = SinkhornNormalize::new(c_, Default::default()).unwrap();
+    let x = c_.upload_f32(&noise(1, 12), &[3, 4]).unwrap();
+    let dy = c_.upload_f32(&noise(2, 12), &[4, 3]).unwrap();
+    assert!(matches!(
+        op.backward(&x, &dy),
+        Err(wgnorm::Error::ShapeMismatch { .. })
+    ));
+    let dx = c_.empty(&[3, 4], DType::F32).unwrap();
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    assert!(matches!(
+        op.encode_backward(&mut enc, &x, &x, &x),
+        Err(wgnorm::Error::AliasedBuffers { .. })
+    ));
+    assert!(op.encode_backward(&mut enc, &x, &x, &dx).is_ok());
+}
+
 #[test]
 fn unified_norm_inference_is_a_per_channel_scale() {
     use wgnorm::UnifiedNorm;

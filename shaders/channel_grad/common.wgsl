@@ -13,7 +13,8 @@
 // 1 the forward's saved (mean, rstd) pairs, 2 the running statistics (BatchNorm inference).
 override STATS: u32 = 0u;
 // What the forward divided by: 0 sqrt(var + eps); 1 std + eps (slot_stats puts the std in
-// .w); 2 the L2 norm, 3 the L1 norm (no centring; a zero norm gives 0, as the forward's y = 0).
+// .w); 2 the L2 norm, 3 the L1 norm (no centring; y = norm_target * x / max(norm, eps), and with
+// eps = 0 a zero norm gives 0, as the forward's y = 0).
 override NORM: u32 = 0u;
 override HAS_WEIGHT: bool = false;
 override HAS_BIAS: bool = false;
@@ -41,7 +42,8 @@ struct ChannelGradParams {
     // SELU's constants (common/activation.wgsl reads them).
     selu_alpha: f32,
     selu_lambda: f32,
-    _pad2: u32,
+    // L1/L2 denominators: y = norm_target * x / max(norm, eps).
+    norm_target: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: ChannelGradParams;

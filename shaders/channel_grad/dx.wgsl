@@ -86,8 +86,8 @@ fn main(
                 let xv = x_load(li);
                 var xhat = ((xv - k0.x) - k0.y) * k0.z - k0.w;
                 if (NORM == 3u) {
-                    // L1: the norm's gradient is sign(x).
-                    xhat = sign(xv);
+                    // L1: the norm's gradient is sign(x) (times the target, as xhat's t).
+                    xhat = sign(xv) * params.norm_target;
                 }
                 let d = dy_load(li);
                 dx_store(li, ca * d + cb * xhat + cc + term_dx(xv, d, ch));

@@ -98,9 +98,12 @@ fn main(
     }
     let m = f32(params.q * params.cg * params.sdiv);
     if (THROUGH_STATS && NORM >= 2u) {
-        // y = x / norm: no mean, and the norm's gradient is a sum (not a mean) over the slot.
-        coef[2u * item] = vec4<f32>(0.0, 0.0, st.z, 0.0);
-        coef[2u * item + 1u] = vec4<f32>(0.0, sgx, 0.0, 0.0);
+        // y = t x / norm: no mean, and the norm's gradient is a sum (not a mean) over the slot
+        // (none where the norm is clamped, st.w = 0). dx = t rstd (g - xhat sum(g xhat)): the
+        // scale t goes into rstd, so dx's xhat carries t once and c2 is divided by it.
+        let t = params.norm_target;
+        coef[2u * item] = vec4<f32>(0.0, 0.0, t * st.z, 0.0);
+        coef[2u * item + 1u] = vec4<f32>(0.0, select(0.0, sgx * st.w / t, t != 0.0), 0.0, 0.0);
         return;
     }
     if (THROUGH_STATS) {

@@ -26,9 +26,11 @@ fn slot_stats(slot: u32) -> vec4<f32> {
         return vec4<f32>(shift, moments[3u * slot + 1u], 1.0 / (sd + params.eps), sd);
     }
     if (NORM >= 2u) {
-        // L1/L2 moments hold the sum in M2 and mean 0.
+        // L1/L2 moments hold the sum in M2 and mean 0. A norm clamped at eps is a constant
+        // denominator: .w = 0 drops the norm's own gradient.
         let norm = select(m2, sqrt(m2), NORM == 2u);
-        return vec4<f32>(0.0, 0.0, select(0.0, 1.0 / norm, norm > 0.0), 0.0);
+        let den = max(norm, params.eps);
+        return vec4<f32>(0.0, 0.0, select(0.0, 1.0 / den, den > 0.0), select(0.0, 1.0, norm >= params.eps));
     }
     let rstd = 1.0 / sqrt(m2 / n + params.eps);
     return vec4<f32>(shift, moments[3u * slot + 1u], rstd, 0.0);

@@ -171,8 +171,39 @@ fn rep_batch_norm_cases(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `sinkhorn_normalize_grad` at the default 5 iterations and at 2, f32 and f16.
+fn sinkhorn_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::sinkhorn_grad;
+    for (m, n, iterations, dtype) in [
+        (6usize, 10usize, 5usize, Dtype::F32),
+        (12, 7, 2, Dtype::F32),
+        (8, 16, 5, Dtype::F16),
+    ] {
+        let x = rounded(dtype, &values(121 + m as u64, m * n, 1.0));
+        let dy = rounded(dtype, &values(122, m * n, 1.0));
+        let dx = sinkhorn_grad(&x, (m, n), iterations, 1e-8, &dy);
+        let outs = vec![
+            tensor("x", dtype, &[m, n], &x),
+            tensor("dy", dtype, &[m, n], &dy),
+            tensor("expected.dx", Dtype::F32, &[m, n], &dx),
+        ];
+        let attrs = serde_json::json!({ "iterations": iterations, "eps": 1e-8 });
+        let name = if dtype == Dtype::F16 { "f16" } else { "f32" };
+        let file = format!("sinkhorn_normalize_grad_{name}_{m}x{n}_l{iterations}.safetensors");
+        // f16: every pass's input and gradient is rounded to f16 (as the forward's).
+        let tol = if dtype == Dtype::F16 {
+            (2e-2, 2e-2)
+        } else {
+            (5e-5, 5e-4)
+        };
+        write(dir, &file, "sinkhorn_normalize_grad", attrs, tol, outs)?;
+    }
+    Ok(())
+}
+
 /// Every backward case of the research methods.
 pub fn method_grad_cases(dir: &Path) -> Result<()> {
     batch_channel_cases(dir)?;
-    rep_batch_norm_cases(dir)
+    rep_batch_norm_cases(dir)?;
+    sinkhorn_cases(dir)
 }

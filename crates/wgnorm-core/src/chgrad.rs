@@ -470,6 +470,8 @@ pub struct ChannelGrad {
     activated: bool,
     /// What the forward divided by.
     norm: GradNorm,
+    /// L1/L2 denominators: the norm the forward scaled each slot to.
+    norm_target: f32,
     reduce: ChannelNorm,
     binds: BindCache,
     moments: ScratchCache,
@@ -494,6 +496,7 @@ impl ChannelGrad {
             activation,
             activated: activation != Activation::None,
             norm: GradNorm::Variance,
+            norm_target: 1.0,
             reduce: ChannelNorm::new(ctx, eps, dtype, Activation::None)?,
             binds: BindCache::default(),
             moments: ScratchCache::default(),
@@ -508,6 +511,21 @@ impl ChannelGrad {
         self.reduce = ChannelNorm::new(&self.ctx, self.eps, self.dtype, Activation::None)?
             .with_reduction(norm.reduction());
         self.norm = norm;
+        Ok(self)
+    }
+
+    /// With an L1/L2 [`GradNorm`]: the forward scaled each slot to norm `target`
+    /// (`y = target * x / max(norm, eps)`, the forward engine's `with_norm_target`). A norm
+    /// below eps (the `eps` of [`ChannelGrad::new`]) is a constant denominator there.
+    pub fn with_norm_target(mut self, target: f32) -> Result<ChannelGrad> {
+        if !target.is_finite() || target <= 0.0 {
+            return Err(crate::Error::InvalidParameter {
+                name: "norm target",
+                value: target.to_string(),
+                why: "must be finite and > 0",
+            });
+        }
+        self.norm_target = target;
         Ok(self)
     }
 
@@ -682,7 +700,7 @@ impl ChannelGrad {
             group_end: u32::MAX,
             selu_alpha,
             selu_lambda,
-            _pad2: 0,
+            norm_target: self.norm_target,
         };
         (shape, params)
     }

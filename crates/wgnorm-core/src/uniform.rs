@@ -238,7 +238,9 @@ uniform_block! {
         /// SELU's constants, when SELU is the differentiated activation.
         pub selu_alpha: f32,
         pub selu_lambda: f32,
-        pub _pad2: u32,
+        /// L1/L2 denominators: the norm the forward scaled each slot to (`y = target x / norm`;
+        /// 1 for a plain Lp normalization).
+        pub norm_target: f32,
     }
 }
 

@@ -15,14 +15,13 @@
 
 #![deny(missing_docs)]
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 mod grad;
+mod sinkhorn;
 pub use grad::{
     grad_specializations, PowerGradParams, PowerNormGradInputs, PowerNormGradOutputs,
     GRAD_DX_KERNEL, GRAD_FINALIZE_KERNEL, GRAD_PARTIALS_KERNEL,
 };
+pub use sinkhorn::{SinkhornConfig, SinkhornNormalize};
 
 use wgnorm_core::chnorm::{
     ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, QmUpdate, Reduction, Statistics,
@@ -265,141 +264,6 @@ impl PowerNorm {
             },
         )?;
         self.engine.encode(encoder, &args)
-    }
-}
-
-/// One L2-normalization pass of SinkGD from `src` into `dst`.
-fn l2_args<'a>(view: ChannelView, src: &'a Tensor, dst: &'a Tensor) -> ChannelNormArgs<'a> {
-    ChannelNormArgs::new(src, dst, view)
-}
-
-/// SinkGD's row/column normalization (docs/methods.md B4; third-party ports only, so the conventions
-/// follow the spec): `iterations` times, scale every row of `x[m, n]` to L2 norm `sqrt(n)`, then
-/// every column to `sqrt(m)`, each norm clamped below at `eps`. Two ping-pong scratch tensors per
-/// shape; `2 * iterations` normalization passes recorded into one encoder.
-pub struct SinkhornNormalize {
-    ctx: Context,
-    iterations: usize,
-    eps: f32,
-    dtype: DType,
-    shapes: Mutex<HashMap<(usize, usize), std::sync::Arc<SinkhornState>>>,
-}
-
-struct SinkhornState {
-    rows: ChannelNorm,
-    cols: ChannelNorm,
-    a: Tensor,
-    b: Tensor,
-}
-
-/// What [`SinkhornNormalize::new`] takes; `Default` gives the paper's defaults.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SinkhornConfig {
-    /// Alternating row/column normalizations L.
-    pub iterations: usize,
-    /// Lower clamp of the row and column norms.
-    pub eps: f32,
-    /// Storage type of x and y.
-    pub dtype: DType,
-}
-
-impl Default for SinkhornConfig {
-    fn default() -> Self {
-        SinkhornConfig {
-            iterations: 5,
-            eps: 1e-8,
-            dtype: DType::F32,
-        }
-    }
-}
-
-impl SinkhornNormalize {
-    /// `iterations` >= 1 (default 5 in the spec), `eps` > 0 (default 1e-8).
-    pub fn new(ctx: &Context, cfg: SinkhornConfig) -> Result<SinkhornNormalize> {
-        let SinkhornConfig {
-            iterations,
-            eps,
-            dtype,
-        } = cfg;
-        if iterations == 0 {
-            return Err(Error::InvalidParameter {
-                name: "iterations",
-                value: "0".into(),
-                why: "must be >= 1",
-            });
-        }
-        if !eps.is_finite() || eps <= 0.0 {
-            return Err(Error::InvalidParameter {
-                name: "eps",
-                value: eps.to_string(),
-                why: "must be finite and > 0",
-            });
-        }
-        Ok(SinkhornNormalize {
-            ctx: ctx.clone(),
-            iterations,
-            eps,
-            dtype,
-            shapes: Mutex::default(),
-        })
-    }
-
-    fn state(&self, m: usize, n: usize) -> Result<std::sync::Arc<SinkhornState>> {
-        if let Some(s) = wgnorm_core::locked(&self.shapes).get(&(m, n)) {
-            return Ok(s.clone());
-        }
-        let engine = |target: usize| -> Result<ChannelNorm> {
-            Ok(
-                ChannelNorm::new(&self.ctx, self.eps, self.dtype, Default::default())?
-                    .with_reduction(Reduction::L2)
-                    .with_norm_target((target as f32).sqrt()),
-            )
-        };
-        let s = std::sync::Arc::new(SinkhornState {
-            rows: engine(n)?,
-            cols: engine(m)?,
-            a: self.ctx.empty(&[m, n], self.dtype)?,
-            b: self.ctx.empty(&[m, n], self.dtype)?,
-        });
-        wgnorm_core::locked(&self.shapes).insert((m, n), s.clone());
-        Ok(s)
-    }
-
-    /// Records the iterations from `x[m, n]` into `y` (same shape and dtype).
-    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, y: &Tensor) -> Result<()> {
-        let shape = x.shape();
-        if shape.len() != 2 {
-            return Err(Error::ShapeMismatch {
-                what: "sinkhorn_normalize x [m, n]".into(),
-                expected: vec![0, 0],
-                got: shape.to_vec(),
-            });
-        }
-        wgnorm_core::binding::check_output_distinct(("y", y), &[("x", x)])?;
-        let (m, n) = (shape[0], shape[1]);
-        let st = self.state(m, n)?;
-        let rows_view = ChannelView::along_axis(shape, 1)?;
-        let cols_view = ChannelView::along_axis(shape, 0)?;
-        // Every pass's arguments are checked before anything is recorded.
-        st.rows.check_args(&l2_args(rows_view, x, &st.a))?;
-        st.cols.check_args(&l2_args(cols_view, &st.a, y))?;
-        st.rows.check_args(&l2_args(rows_view, &st.b, &st.a))?;
-        st.cols.check_args(&l2_args(cols_view, &st.a, &st.b))?;
-        let mut src = x;
-        for i in 0..self.iterations {
-            st.rows.encode(encoder, &l2_args(rows_view, src, &st.a))?;
-            let dst = if i + 1 == self.iterations { y } else { &st.b };
-            st.cols.encode(encoder, &l2_args(cols_view, &st.a, dst))?;
-            src = &st.b;
-        }
-        Ok(())
-    }
-
-    /// Allocates y, encodes and submits (does not wait).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.ctx.empty(x.shape(), self.dtype)?;
-        self.ctx.record_and_submit(|enc| self.encode(enc, x, &y))?;
-        Ok(y)
     }
 }
 

@@ -9,7 +9,9 @@
 use crate::activation::Act;
 
 mod batch_channel;
+mod sinkhorn;
 pub use batch_channel::{BatchChannel, BatchChannelGrads};
+pub use sinkhorn::sinkhorn_grad;
 
 /// Gradients of a norm: `dx` like `x`; `dweight` and `dbias` one per parameter (empty when the
 /// layer has none).

@@ -414,3 +414,28 @@ pub(super) fn run_rep_batch_norm_grad(ctx: &Context, case: &Case) -> Result<Devi
     out.insert("dalpha".into(), output(&dalpha));
     Ok(out)
 }
+
+/// `sinkhorn_normalize_grad`: dx through the `2L` alternating row and column L2
+/// normalizations.
+pub(super) fn run_sinkhorn_normalize_grad(
+    ctx: &Context,
+    case: &Case,
+) -> Result<DeviceOutputs, String> {
+    let a = Attrs::new(case, &["iterations", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let iterations =
+        usize::try_from(a.int("iterations", 5)?).map_err(|_| "iterations < 0".to_string())?;
+    let op = crate::SinkhornNormalize::new(
+        ctx,
+        crate::SinkhornConfig {
+            iterations,
+            eps: a.f64("eps", 1e-8)? as f32,
+            dtype,
+        },
+    )
+    .map_err(err)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let dx = op.backward(&upload(ctx, x, dtype)?, &dy).map_err(err)?;
+    Ok(BTreeMap::from([("dx".to_string(), output(&dx))]))
+}
