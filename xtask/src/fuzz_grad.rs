@@ -1,5 +1,6 @@
-//! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer) and
-//! GroupNorm for random shapes, axes, layouts, parameters and fused activations, with a fixed
+//! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer),
+//! GroupNorm, the activations, AlphaDropout, LpNorm, Batch-Channel Norm, RepBN and Sinkhorn
+//! normalization for random shapes, axes, layouts, parameters and fused activations, with a fixed
 //! upstream gradient, against the f64 reference gradients (themselves checked by finite
 //! differences).
 
@@ -42,7 +43,27 @@ pub enum GradOp {
     AlphaDropout { rate: f32, seed: u64 },
     /// LpNorm's backward (p drawn from 0..4: only 1 and 2 are valid).
     LpNorm { axis: isize, p: u32 },
+    /// Batch-Channel Norm's backward (plain BN part), no affine, training or inference.
+    BatchChannel {
+        layout: Layout,
+        groups: usize,
+        eps: f32,
+        train: bool,
+    },
+    /// RepBN's backward (`alpha` = 0.35), training or inference.
+    RepBatchNorm {
+        layout: Layout,
+        eps: f32,
+        train: bool,
+    },
+    /// Sinkhorn normalization's backward (x must be `[m, n]`; iterations drawn from 0..4).
+    Sinkhorn { iterations: usize, eps: f32 },
 }
+
+/// RepBN's alpha in the fuzzer.
+const REP_ALPHA: f32 = 0.35;
+/// The running statistics of the fuzzer's inference backward calls.
+const RUNNING: (f64, f64) = (0.1, 0.9);
 
 /// The f64 reference's activation of a fused one.
 pub(crate) fn act_ref(a: Activation) -> Act {
@@ -76,7 +97,22 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(7) {
+        match rng.below(10) {
+            9 => GradOp::Sinkhorn {
+                iterations: rng.below(4) as usize,
+                eps: rng.pick(&[1e-8, 1e-8, 0.5, 0.0, f32::NAN]),
+            },
+            8 => GradOp::RepBatchNorm {
+                layout,
+                eps,
+                train: rng.chance(2),
+            },
+            7 => GradOp::BatchChannel {
+                layout,
+                groups: rng.below(5) as usize,
+                eps,
+                train: rng.chance(2),
+            },
             6 => GradOp::LpNorm {
                 axis,
                 p: rng.below(4) as u32,
@@ -154,6 +190,9 @@ impl GradOp {
                 let g = rg::batch_norm_grad(&xd, n, c, hw, None, &dyd, running, eps as f64);
                 Some(relayout(&g.dx, n, c, hw, layout, false))
             }
+            GradOp::BatchChannel { .. } | GradOp::RepBatchNorm { .. } | GradOp::Sinkhorn { .. } => {
+                self.method_reference(x, shape, &dy)
+            }
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -177,6 +216,71 @@ impl GradOp {
                 let g = rg::group_norm_act_grad(&xd, shape, &w, &b, &dyd, eps as f64, act_ref(act));
                 Some(relayout(&g.dx, n, c, hw, layout, false))
             }
+        }
+    }
+
+    /// The reference dx of the research methods' backward ops.
+    fn method_reference(self, x: &[f64], shape: &[usize], dy: &[f64]) -> Option<Vec<f64>> {
+        match self {
+            GradOp::Sinkhorn { iterations, eps } => {
+                let valid = shape.len() == 2 && iterations >= 1 && eps.is_finite() && eps > 0.0;
+                valid
+                    .then(|| rg::sinkhorn_grad(x, (shape[0], shape[1]), iterations, eps as f64, dy))
+            }
+            GradOp::BatchChannel {
+                layout,
+                groups,
+                eps,
+                train,
+            } => {
+                if shape.len() < 2 || !eps_ok(eps) {
+                    return None;
+                }
+                let (n, c, hw) = nc_hw(shape, layout);
+                if groups == 0 || c % groups != 0 {
+                    return None;
+                }
+                if x.is_empty() {
+                    return Some(vec![]);
+                }
+                let (w, b) = (vec![1.0; groups], vec![0.0; groups]);
+                let op = rg::BatchChannel {
+                    n,
+                    c,
+                    hw,
+                    groups,
+                    bn_weight: None,
+                    bn_bias: None,
+                    weight: &w,
+                    bias: &b,
+                    eps: eps as f64,
+                };
+                let (rm, rv) = (vec![RUNNING.0; c], vec![RUNNING.1; c]);
+                let running = (!train).then_some((rm.as_slice(), rv.as_slice()));
+                let xd = relayout(x, n, c, hw, layout, true);
+                let g = op.grad(&xd, &relayout(dy, n, c, hw, layout, true), running);
+                Some(relayout(&g.dx, n, c, hw, layout, false))
+            }
+            GradOp::RepBatchNorm { layout, eps, train } => {
+                if shape.len() < 2 || !eps_ok(eps) {
+                    return None;
+                }
+                let (n, c, hw) = nc_hw(shape, layout);
+                if x.is_empty() {
+                    return Some(vec![]);
+                }
+                let (rm, rv) = (vec![RUNNING.0; c], vec![RUNNING.1; c]);
+                let running = (!train).then_some((rm.as_slice(), rv.as_slice()));
+                let (xd, dyd) = (
+                    relayout(x, n, c, hw, layout, true),
+                    relayout(dy, n, c, hw, layout, true),
+                );
+                let alpha = REP_ALPHA as f64;
+                let eps = eps as f64;
+                let g = rg::rep_batch_norm_grad(&xd, n, c, hw, None, alpha, &dyd, running, eps).0;
+                Some(relayout(&g.dx, n, c, hw, layout, false))
+            }
+            _ => None,
         }
     }
 
@@ -287,6 +391,9 @@ impl GradOp {
                     Mode::training(train),
                 )
             }
+            GradOp::BatchChannel { .. } | GradOp::RepBatchNorm { .. } | GradOp::Sinkhorn { .. } => {
+                self.encode_method(ctx, dtype, (x, &dy, dx), enc)
+            }
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -319,6 +426,100 @@ impl GradOp {
                     },
                 )
             }
+        }
+    }
+
+    /// Records a research method's backward: `(x, dy, dx)`.
+    fn encode_method(
+        self,
+        ctx: &Context,
+        dtype: DType,
+        (x, dy, dx): (&Tensor, &Tensor, &Tensor),
+        enc: &mut wgpu::CommandEncoder,
+    ) -> wgnorm::Result<()> {
+        let channels = |layout: Layout| {
+            match layout {
+                Layout::Nchw => x.shape().get(1),
+                Layout::Nhwc => x.shape().last(),
+            }
+            .copied()
+            .unwrap_or(0)
+        };
+        let running = |c: usize| -> wgnorm::Result<(Tensor, Tensor)> {
+            Ok((
+                ctx.upload_f32(&vec![RUNNING.0 as f32; c], &[c])?,
+                ctx.upload_f32(&vec![RUNNING.1 as f32; c], &[c])?,
+            ))
+        };
+        match self {
+            GradOp::Sinkhorn { iterations, eps } => {
+                let cfg = wgnorm::SinkhornConfig {
+                    iterations,
+                    eps,
+                    dtype,
+                };
+                wgnorm::SinkhornNormalize::new(ctx, cfg)?.encode_backward(enc, x, dy, dx)
+            }
+            GradOp::BatchChannel {
+                layout,
+                groups,
+                eps,
+                train,
+            } => {
+                let batch_norm = BatchNormConfig {
+                    eps,
+                    layout,
+                    dtype,
+                    ..Default::default()
+                };
+                let cfg = wgnorm::batchnorm::BatchChannelNormConfig { batch_norm, groups };
+                let op = wgnorm::batchnorm::BatchChannelNorm::new(ctx, cfg)?;
+                let (rm, rv) = running(channels(layout))?;
+                let inputs = wgnorm::batchnorm::BatchChannelNormGradInputs {
+                    x,
+                    bn_weight: None,
+                    bn_bias: None,
+                    running_mean: Some(&rm),
+                    running_var: Some(&rv),
+                    weight: None,
+                    bias: None,
+                    dy,
+                };
+                let outputs = wgnorm::batchnorm::BatchChannelNormGradOutputs {
+                    dx,
+                    dbn_weight: None,
+                    dbn_bias: None,
+                    dweight: None,
+                    dbias: None,
+                };
+                op.encode_backward(enc, &inputs, &outputs, Mode::training(train))
+            }
+            GradOp::RepBatchNorm { layout, eps, train } => {
+                let cfg = BatchNormConfig {
+                    eps,
+                    layout,
+                    dtype,
+                    ..Default::default()
+                };
+                let op = wgnorm::batchnorm::RepBatchNorm::new(ctx, cfg)?;
+                let (rm, rv) = running(channels(layout))?;
+                let alpha = ctx.upload_f32(&[REP_ALPHA], &[1])?;
+                let inputs = wgnorm::BatchNormGradInputs {
+                    x,
+                    weight: None,
+                    dy,
+                    saved: None,
+                    running_mean: Some(&rm),
+                    running_var: Some(&rv),
+                };
+                let outputs = wgnorm::BatchNormGradOutputs {
+                    dx,
+                    dweight: None,
+                    dbias: None,
+                };
+                op.encode_backward(enc, &inputs, &alpha, &outputs, None, Mode::training(train))
+            }
+            _ => unreachable!("encode_method is called for the research methods only"),
         }
     }
 }

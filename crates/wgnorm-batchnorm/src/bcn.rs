@@ -241,11 +241,9 @@ impl BatchChannelNorm {
         );
         let batch = self.through_batch(mode);
         let c = ChannelView::batch_norm(shape, self.bn.cfg.layout)?.channels();
-        let saved = match batch {
-            true => Some(
-                self.grad_scratch
-                    .get(ctx, shape, &[c.max(1), 2], DType::F32)?,
-            ),
+        // (No channels: nothing to save.)
+        let saved = match batch && c > 0 {
+            true => Some(self.grad_scratch.get(ctx, shape, &[c, 2], DType::F32)?),
             false => None,
         };
         let bn_mode = Mode::training(batch);

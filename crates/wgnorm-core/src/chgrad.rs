@@ -518,11 +518,12 @@ impl ChannelGrad {
     /// (`y = target * x / max(norm, eps)`, the forward engine's `with_norm_target`). A norm
     /// below eps (the `eps` of [`ChannelGrad::new`]) is a constant denominator there.
     pub fn with_norm_target(mut self, target: f32) -> Result<ChannelGrad> {
-        if !target.is_finite() || target <= 0.0 {
+        // (0 is the target of an empty dim's slots: y = 0, and so is dx.)
+        if !target.is_finite() || target < 0.0 {
             return Err(crate::Error::InvalidParameter {
                 name: "norm target",
                 value: target.to_string(),
-                why: "must be finite and > 0",
+                why: "must be finite and >= 0",
             });
         }
         self.norm_target = target;

@@ -220,7 +220,11 @@ impl SinkhornNormalize {
                 &gs.inputs[k]
             };
             (
-                if k.is_multiple_of(2) { &st.rows } else { &st.cols },
+                if k.is_multiple_of(2) {
+                    &st.rows
+                } else {
+                    &st.cols
+                },
                 l2_args(views[k % 2], input(k), out),
             )
         };
@@ -233,7 +237,11 @@ impl SinkhornNormalize {
             };
             let out = if k == 0 { dx } else { &gs.grads[k % 2] };
             (
-                if k.is_multiple_of(2) { &gs.rows } else { &gs.cols },
+                if k.is_multiple_of(2) {
+                    &gs.rows
+                } else {
+                    &gs.cols
+                },
                 ChannelGradArgs {
                     x: input(k),
                     dy: upstream,
