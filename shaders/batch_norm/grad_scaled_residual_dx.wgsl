@@ -4,3 +4,8 @@
 fn term_dx(x: f32, dy: f32, ch: u32) -> f32 {
     return term_input[0] * dy;
 }
+
+// (g is the engine's: TERM_G is off.)
+fn term_g(x: f32, dy: f32, w: f32, ch: u32) -> f32 {
+    return 0.0;
+}

@@ -2,7 +2,7 @@
 // activation, so the partials' dz is dy): dalpha = sum(dy * x) = sum over channels of
 // sum(dy * xhat') / rstd + (shift + delta) * sum(dy), written in dweight's place.
 
-fn term_grad() {
+fn term_grad(item: u32) {
     var acc = 0.0;
     // No samples (p = 0): the sum over nothing.
     for (var ch = 0u; ch < channels() && params.p > 0u; ch++) {

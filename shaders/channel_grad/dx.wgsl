@@ -30,6 +30,9 @@ fn bias_at(ch: u32) -> f32 {
     return 0.0;
 }
 
+// A gradient term replaces g = dz * w by its own `term_g` (from its snippet).
+override TERM_G: bool = false;
+
 // Elements per invocation, walked with carried indices (CPU adapters: integer division per
 // element dominated; GPUs: 1, so lanes stay interleaved and loads coalesce).
 override BLOCK: u32 = 1u;
@@ -67,13 +70,18 @@ fn main(
         let w = weight_at(ch);
         let b = bias_at(ch);
         let run = min(end - e, params.sdiv - t);
-        if (ACT != 0u) {
+        if (ACT != 0u || TERM_G) {
             for (var i = e; i < e + run; i++) {
                 let li = i - params.x_base;
                 let xv = x_load(li);
                 let d = dy_load(li);
                 let xhat = ((xv - k0.x) - k0.y) * k0.z - k0.w;
-                let g = act_grad(d, xhat * w + b) * w;
+                var g = 0.0;
+                if (TERM_G) {
+                    g = term_g(xv, d, w, ch);
+                } else {
+                    g = act_grad(d, xhat * w + b) * w;
+                }
                 dx_store(li, k0.z * (g - k1.x - xhat * k1.y) + term_dx(xv, d, ch));
             }
         } else {

@@ -5,7 +5,7 @@
 //     (centred on an f32 mean) to the slot's exact centring: xhat = xhat' - e;
 //   ROLE 1, item = channel: dweight = sum over p and tiles of dz * xhat, dbias = of dz (reads
 //     role 0's e, bound in coef's place);
-//   ROLE 2, one invocation: a method's gradient term (`chgrad::GradTerm`) writes its parameter
+//   ROLE 2, item = element of a method's gradient term (`chgrad::GradTerm`): its parameter
 //     gradient from the partials and the slot statistics (`term_grad`, from its snippet).
 
 override WG: u32 = 64u;
@@ -14,6 +14,11 @@ override ROLE: u32 = 0u;
 override THROUGH_STATS: bool = true;
 override HAS_DWEIGHT: bool = false;
 override HAS_DBIAS: bool = false;
+// The forward centred x (c1 = mean(g) is subtracted); false for a term whose numerator is x
+// itself (its partials then carry no xhat sums).
+override CENTRED: bool = true;
+// Role 2's items: one per channel, or one.
+override TERM_PER_CHANNEL: bool = false;
 
 // Per (p, channel, tile): (sum dz, sum dz * xhat', sum xhat', 0).
 @group(0) @binding(4) var<storage, read> partials: array<vec4<f32>>;
@@ -66,8 +71,8 @@ fn main(
     let item = linear_group(wid, nwg) * WG + lid;
     let c = channels();
     if (ROLE == 2u) {
-        if (item == 0u) {
-            term_grad();
+        if (item < select(1u, c, TERM_PER_CHANNEL)) {
+            term_grad(item);
         }
         return;
     }
@@ -117,7 +122,7 @@ fn main(
             c2 = select(0.0, c2 / (st.z * st.w), st.w > 0.0);
         }
         coef[2u * item] = vec4<f32>(st.x, st.y, st.z, e);
-        coef[2u * item + 1u] = vec4<f32>(sg / m, c2, 0.0, 0.0);
+        coef[2u * item + 1u] = vec4<f32>(select(0.0, sg / m, CENTRED), c2, 0.0, 0.0);
     } else {
         coef[2u * item] = vec4<f32>(st.x, st.y, st.z, 0.0);
         coef[2u * item + 1u] = vec4<f32>(0.0);

@@ -7,6 +7,9 @@ override WG: u32 = 256u;
 // element (CPU adapters, where a lane is a loop iteration); otherwise lanes interleave so a
 // warp's loads coalesce (GPUs).
 override LANE_BLOCK: bool = false;
+// A gradient term sums its own per-element values (`term_partial`, from its snippet) instead of
+// (dz, dz * xhat, xhat).
+override TERM_PARTIALS: bool = false;
 
 var<workgroup> red2: array<vec4<f32>, WG>;
 
@@ -27,6 +30,8 @@ fn wg_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
 @group(0) @binding(4) var<storage, read> x: array<Elem>;
 @group(0) @binding(5) var<storage, read> dy: array<Elem>;
 @group(0) @binding(6) var<storage, read> weight: array<f32>;
+// The bias, or (TERM_PARTIALS, no activation: the bias is unused) the gradient term's input, read
+// with `term_input_at`: a binding of its own would be a ninth storage buffer.
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 // Per (p, channel, tile): (sum dz, sum dz * xhat', sum xhat', 0), xhat' centred on the slot's
 // statistics as given (the finalize corrects an f32-rounded mean with sum xhat').
@@ -47,9 +52,24 @@ fn bias_at(ch: u32) -> f32 {
     return 0.0;
 }
 
+fn term_input_at(ch: u32) -> f32 {
+    return bias[ch];
+}
+
+// One element's sums: the term's, or (dz, dz * xhat, xhat).
+fn element_sums(xv: f32, d: f32, st: vec4<f32>, w: f32, b: f32, ch: u32) -> vec4<f32> {
+    if (TERM_PARTIALS) {
+        return term_partial(xv, d, st, w, ch);
+    }
+    let xhat = centred_hat(xv, st);
+    let dz = act_grad(d, xhat * w + b);
+    return vec4<f32>(dz, dz * xhat, xhat, 0.0);
+}
+
 // Sums of (dz, dz * xhat, xhat) over elements lo..hi of a channel's Q * SDIV, walked in runs of
 // consecutive s (one channel plane row each).
-fn block_sums(pp: u32, rr: u32, s0: u32, st: vec4<f32>, w: f32, b: f32, lo: u32, hi: u32) -> vec4<f32> {
+fn block_sums(pp: u32, rr: u32, ch: u32, st: vec4<f32>, w: f32, b: f32, lo: u32, hi: u32) -> vec4<f32> {
+    let s0 = (ch % params.cg) * params.sdiv;
     var acc = vec4<f32>(0.0);
     var j = lo;
     var qq = lo / params.sdiv;
@@ -66,12 +86,8 @@ fn block_sums(pp: u32, rr: u32, s0: u32, st: vec4<f32>, w: f32, b: f32, lo: u32,
         for (var k = 0u; k < run; k++) {
             let xv = x_load(base + k - params.x_base);
             let d = dy_load(base + k - params.x_base);
-            if (ACT != 0u) {
-                let xhat = centred_hat(xv, st);
-                let dz = act_grad(d, xhat * w + b);
-                a += dz;
-                c += dz * xhat;
-                z += xhat;
+            if (ACT != 0u || TERM_PARTIALS) {
+                acc += element_sums(xv, d, st, w, b, ch);
             } else {
                 let xc = (xv - st.x) - st.y;
                 a += d;
@@ -79,7 +95,7 @@ fn block_sums(pp: u32, rr: u32, s0: u32, st: vec4<f32>, w: f32, b: f32, lo: u32,
                 z += xc;
             }
         }
-        if (ACT == 0u) {
+        if (ACT == 0u && !TERM_PARTIALS) {
             c *= st.z;
             z *= st.z;
         }
@@ -126,7 +142,7 @@ fn main(
         let per_lane = (params.tile_len + WG - 1u) / WG;
         let lo = min(end, start + lid * per_lane);
         let hi = min(end, lo + per_lane);
-        let sums = wg_sum4(lid, block_sums(pp, rr, s0, st, w, b, lo, hi));
+        let sums = wg_sum4(lid, block_sums(pp, rr, ch, st, w, b, lo, hi));
         if (lid == 0u) {
             partials[pc * params.tiles + tile] = sums;
         }
@@ -142,9 +158,7 @@ fn main(
     var acc = vec4<f32>(0.0);
     for (var j = j0; j < end; j += WG) {
         let e = ((pp * params.q + qq) * params.r + rr) * params.s + s0 + t;
-        let xhat = centred_hat(x_load(e - params.x_base), st);
-        let dz = act_grad(dy_load(e - params.x_base), xhat * w + b);
-        acc += vec4<f32>(dz, dz * xhat, xhat, 0.0);
+        acc += element_sums(x_load(e - params.x_base), dy_load(e - params.x_base), st, w, b, ch);
         t += dt;
         qq += dq;
         if (t >= params.sdiv) {

@@ -91,7 +91,7 @@ pub const SCALED_RESIDUAL_GRAD: GradTerm = GradTerm::new(
             chgrad::FINALIZE_BODY,
         ],
     ),
-    (1, 1),
+    (chgrad::TermLen::Scalar, chgrad::TermLen::Scalar),
 );
 
 /// EvoNorm-B0's apply epilogue: `y = x / max(a, v x + b) * weight + bias` from five coefficient

@@ -19,6 +19,11 @@ use crate::uniform::ChannelGradParams;
 use crate::{Activation, Context, DType, Result, Tensor};
 
 mod check;
+mod term;
+pub use term::{
+    GradTerm, TermArgs, TermLen, DX_BODY, DX_HEAD, FINALIZE_BODY, FINALIZE_HEAD, PARTIALS_BODY,
+    PARTIALS_HEAD,
+};
 
 const COMMON: &str = crate::shader_file!("channel_grad/common.wgsl");
 const STATS: &str = crate::shader_file!("channel_grad/stats.wgsl");
@@ -60,109 +65,12 @@ pub const DX_SLOTS: &[Slot] = &[
     Slot::Read,
 ];
 
-/// Per (sample, channel, tile) sums of dz and dz * xhat.
-pub const PARTIALS_KERNEL: Kernel = Kernel::new(
-    "channel_grad/partials",
-    &[
-        crate::shader::snippet::ACTIVATION,
-        COMMON,
-        STATS,
-        crate::shader_file!("channel_grad/partials.wgsl"),
-    ],
-    PARTIALS_SLOTS,
-);
-/// The finalize pass's body: per-slot dx coefficients, per-channel parameter gradients and
-/// (role 2) a gradient term's own gradient. Composed after a term's finalize snippet.
-pub const FINALIZE_BODY: &str = crate::shader_file!("channel_grad/finalize.wgsl");
-/// The dx pass's body (elementwise), composed after a term's dx snippet.
-pub const DX_BODY: &str = crate::shader_file!("channel_grad/dx.wgsl");
-/// The snippets every finalize kernel starts with: `[ACTIVATION, COMMON, STATS]`, then the
-/// term's snippet, then [`FINALIZE_BODY`].
-pub const FINALIZE_HEAD: [&str; 3] = [crate::shader::snippet::ACTIVATION, COMMON, STATS];
-/// The snippets every dx kernel starts with: `[ACTIVATION, COMMON]`, then the term's snippet,
-/// then [`DX_BODY`].
-pub const DX_HEAD: [&str; 2] = [crate::shader::snippet::ACTIVATION, COMMON];
-const TERM_NONE: &str = crate::shader_file!("channel_grad/term_none.wgsl");
-
+/// Per (sample, channel, tile) sums of dz and dz * xhat (no gradient term).
+pub const PARTIALS_KERNEL: Kernel = GradTerm::NONE.partials;
 /// Per-slot dx coefficients and per-channel parameter gradients (no gradient term).
 pub const FINALIZE_KERNEL: Kernel = GradTerm::NONE.finalize;
 /// dx, elementwise (no gradient term).
 pub const DX_KERNEL: Kernel = GradTerm::NONE.dx;
-
-/// The backward's extension point, the mirror of the forward's
-/// [`Epilogue`](crate::chnorm::Epilogue): a term a method adds to the engine's output,
-/// `y = act(xhat * w + b) + t(x)`, differentiated by the method's own WGSL. Its dx snippet
-/// defines `term_dx(x: f32, dy: f32, ch: u32) -> f32`, added to every element's dx (it may read
-/// `term_input`, the call's [`TermArgs::input`]); its finalize snippet defines `term_grad()`,
-/// run by one invocation after the dx coefficients, which writes the term's parameter gradient
-/// into `dweight` (bound to [`TermArgs::grad`]) from the partials (per (p, channel, tile):
-/// `(sum dz, sum dz * xhat', sum xhat', 0)`) and `slot_stats`. What the snippets assume of the
-/// view (e.g. one slot per channel) the method checks before it records. Two terms are the same
-/// when their kernels are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct GradTerm {
-    /// The dx kernel with the term: parts `[DX_HEAD.., <dx snippet>, DX_BODY]`.
-    pub dx: Kernel,
-    /// The finalize kernel with the term: parts `[FINALIZE_HEAD.., <finalize snippet>,
-    /// FINALIZE_BODY]`.
-    pub finalize: Kernel,
-    /// f32 elements of the term's input (0: none).
-    pub input_len: usize,
-    /// f32 elements of the term's gradient output (0: none).
-    pub grad_len: usize,
-}
-
-impl GradTerm {
-    /// No term: the engine's own backward.
-    pub const NONE: GradTerm = GradTerm::new(
-        (
-            "channel_grad/dx",
-            &[DX_HEAD[0], DX_HEAD[1], TERM_NONE, DX_BODY],
-        ),
-        (
-            "channel_grad/finalize",
-            &[
-                FINALIZE_HEAD[0],
-                FINALIZE_HEAD[1],
-                FINALIZE_HEAD[2],
-                TERM_NONE,
-                FINALIZE_BODY,
-            ],
-        ),
-        (0, 0),
-    );
-
-    /// A term from its two kernels' names and parts and its `(input, gradient)` lengths.
-    pub const fn new(
-        dx: (&'static str, &'static [&'static str]),
-        finalize: (&'static str, &'static [&'static str]),
-        lens: (usize, usize),
-    ) -> GradTerm {
-        GradTerm {
-            dx: Kernel::new(dx.0, dx.1, DX_SLOTS),
-            finalize: Kernel::new(finalize.0, finalize.1, FINALIZE_SLOTS),
-            input_len: lens.0,
-            grad_len: lens.1,
-        }
-    }
-}
-
-impl Default for GradTerm {
-    fn default() -> Self {
-        GradTerm::NONE
-    }
-}
-
-/// A gradient term of one call: the term, its input and where its gradient goes.
-#[derive(Clone, Copy, Debug)]
-pub struct TermArgs<'a> {
-    /// The term's kernels.
-    pub term: GradTerm,
-    /// Its input (f32, [`GradTerm::input_len`] elements), read by its dx snippet.
-    pub input: Option<&'a Tensor>,
-    /// Output: its parameter gradient (f32, [`GradTerm::grad_len`] elements), when wanted.
-    pub grad: Option<&'a Tensor>,
-}
 
 /// Lanes of a partials workgroup: 64 on CPU adapters (a workgroup is a loop there, each tree
 /// level a pass over it), 256 on GPUs.
@@ -262,15 +170,17 @@ fn base(kernel: Kernel, io: Io, s: GradShape) -> Specialization {
 
 /// The partials pipeline.
 pub fn partials_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
-    base(PARTIALS_KERNEL, io, s)
+    base(s.term.partials, io, s)
         .set("WG", partials_wg(cpu))
         .flag("LANE_BLOCK", cpu)
         .flag("HAS_BIAS", s.bias)
+        .flag("TERM_PARTIALS", s.term.own_partials)
 }
 
 /// The finalize pipeline of a role (0: dx coefficients, 1: parameter gradients, 2: the
 /// gradient term's own gradient; only role 2 is composed with the term).
 pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
+    let (centred, per_channel) = (s.term.centred, s.term.grad == TermLen::PerChannel);
     let s = match role {
         1 => GradShape {
             stats: GradStats::Batch,
@@ -280,7 +190,6 @@ pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
             ..s
         },
         2 => GradShape {
-            weight: false,
             bias: false,
             act: 0,
             dweight: false,
@@ -300,6 +209,8 @@ pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
         .flag("THROUGH_STATS", s.stats != GradStats::Running)
         .flag("HAS_DWEIGHT", s.dweight)
         .flag("HAS_DBIAS", s.dbias)
+        .flag("CENTRED", role != 0 || centred)
+        .flag("TERM_PER_CHANNEL", role == 2 && per_channel)
 }
 
 /// Elements per invocation of the dx kernel.
@@ -324,6 +235,7 @@ pub fn dx_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
     .set("WG", SMALL_WG)
     .set("BLOCK", dx_block(cpu))
     .flag("HAS_BIAS", s.bias)
+    .flag("TERM_G", s.term.own_g)
 }
 
 /// Every pipeline the engine can create without a gradient term, for `cargo xtask validate`.
@@ -338,6 +250,8 @@ pub fn specializations_with(terms: &[GradTerm]) -> Vec<Specialization> {
         .into_iter()
         .flat_map(|s| Activation::ALL.map(|a| (s, a.code())))
         .flat_map(|(s, a)| terms.iter().map(move |t| (s, a, *t)))
+        // A method's term composes with no activation (the check refuses the others).
+        .filter(|&(_, a, t)| a == 0 || t == GradTerm::NONE)
     {
         for bits in 0..16u32 {
             let b = |k: u32| bits & (1 << k) != 0;
@@ -360,7 +274,9 @@ pub fn specializations_with(terms: &[GradTerm]) -> Vec<Specialization> {
             }
             out.push(finalize_spec(s, 0));
             out.push(finalize_spec(s, 1));
-            out.push(finalize_spec(s, 2));
+            if term != GradTerm::NONE {
+                out.push(finalize_spec(s, 2));
+            }
         }
     }
     // The other denominators: batch statistics, no affine, no activation.
@@ -376,7 +292,7 @@ pub fn specializations_with(terms: &[GradTerm]) -> Vec<Specialization> {
                 out.push(dx_spec(io, s, cpu));
             }
         }
-        for role in 0..3 {
+        for role in 0..2 {
             out.push(finalize_spec(s, role));
         }
     }
@@ -662,7 +578,11 @@ impl ChannelGrad {
             record(&pipes[2], bind, c.div_ceil(SMALL_WG as u64));
         }
         if let (Some(pipe), Some(bind)) = (&term_pipe, &binds.term_grad) {
-            record(pipe, bind, 1);
+            record(
+                pipe,
+                bind,
+                (shape.term.grad.of(c as usize) as u64).div_ceil(SMALL_WG as u64),
+            );
         }
         for (bind, invocations) in &binds.dx {
             record(&pipes[3], bind, invocations.div_ceil(SMALL_WG as u64));
@@ -744,6 +664,11 @@ impl ChannelGrad {
             .clone()
             .filter(|_| self.activated)
             .unwrap_or_else(|| dr.clone());
+        // A term's own partials read its input in the bias's place (no activation with it).
+        let partials_bias = match (a.term, &r.term_input) {
+            (Some(t), Some(input)) if t.term.own_partials => input.clone(),
+            _ => bias.clone(),
+        };
         let total = v.numel() as u64;
         let eb = self.dtype.size();
         let win = |t: &BufferRange, s: &Span| s.bind(t, total, eb);
@@ -757,7 +682,16 @@ impl ChannelGrad {
             .iter()
             .map(|s| {
                 let (x, dy) = (win(&r.x, s), win(&r.dy, s));
-                let ranges = [&source, &rm, &rv, &x, &dy, &weight, &bias, &partials];
+                let ranges = [
+                    &source,
+                    &rm,
+                    &rv,
+                    &x,
+                    &dy,
+                    &weight,
+                    &partials_bias,
+                    &partials,
+                ];
                 Ok((
                     self.binds.get(ctx, PARTIALS_SLOTS, &on(s), &ranges)?,
                     s.count,
@@ -847,7 +781,14 @@ impl ChannelGrad {
             FINALIZE_SLOTS,
             &params,
             &[
-                source[0], source[1], source[2], partials, &dr, &dw[0], term_grad, &dw[2],
+                source[0],
+                source[1],
+                source[2],
+                partials,
+                r.weight.as_ref().unwrap_or(&dr),
+                &dw[0],
+                term_grad,
+                &dw[2],
             ],
         )?))
     }
@@ -874,7 +815,9 @@ impl ChannelGrad {
         }
         if let Some(bind) = self.finalize_term_bind(params, [&dr, &dr, &dr], &dr, r)? {
             let pipe = self.ctx.pipeline(&finalize_spec(shape, 2))?;
-            binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (1, 1, 1));
+            let groups = (shape.term.grad.of(c) as u64).div_ceil(SMALL_WG as u64);
+            let (gx, gy) = binding::grid(&self.ctx, groups);
+            binding::dispatch(encoder, "wgnorm channel_grad", &pipe, &bind, (gx, gy, 1));
         }
         Ok(())
     }

@@ -110,24 +110,32 @@ impl ChannelGrad {
             }
         }
         if let Some(t) = a.term {
-            Self::check_term(&t)?;
+            self.check_term(&t, c)?;
         }
         Ok(())
     }
 
     /// A gradient term's tensors: its input whenever it reads one, its gradient only where it
-    /// writes one.
-    fn check_term(t: &super::TermArgs) -> Result<()> {
-        match (t.term.input_len, t.input) {
-            (0, None) => {}
-            (0, Some(_)) => {
+    /// writes one; its own partials read the input in the bias's place (no activation).
+    fn check_term(&self, t: &super::TermArgs, channels: usize) -> Result<()> {
+        use super::TermLen;
+        if t.term.own_partials && self.activated {
+            return Err(Error::InvalidParameter {
+                name: "gradient term",
+                value: format!("{:?}", self.activation),
+                why: "a term with its own partials composes with no activation",
+            });
+        }
+        match (t.term.input, t.input) {
+            (TermLen::None, None) => {}
+            (TermLen::None, Some(_)) => {
                 return Err(Error::InvalidParameter {
                     name: "term input",
                     value: "Some".into(),
                     why: "this gradient term reads no input: pass None",
                 })
             }
-            (n, Some(input)) => expect("term input", input, n, DType::F32)?,
+            (len, Some(input)) => expect("term input", input, len.of(channels), DType::F32)?,
             (_, None) => {
                 return Err(Error::InvalidParameter {
                     name: "term input",
@@ -136,14 +144,14 @@ impl ChannelGrad {
                 })
             }
         }
-        match (t.term.grad_len, t.grad) {
+        match (t.term.grad, t.grad) {
             (_, None) => Ok(()),
-            (0, Some(_)) => Err(Error::InvalidParameter {
+            (TermLen::None, Some(_)) => Err(Error::InvalidParameter {
                 name: "term gradient",
                 value: "Some".into(),
                 why: "this gradient term has no parameter: pass None",
             }),
-            (n, Some(grad)) => expect("term gradient", grad, n, DType::F32),
+            (len, Some(grad)) => expect("term gradient", grad, len.of(channels), DType::F32),
         }
     }
 
