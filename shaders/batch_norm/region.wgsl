@@ -231,8 +231,17 @@ fn finalize(ch: u32) {
     // An empty region counts 1 pixel, as the official code's S = 0 -> 1 (its pixels: none).
     let s_in = max(a_in.n, 1.0);
     let s_out = max(a_out.n, 1.0);
-    let rs_in = rsqrt_var(a_in.m2 / s_in + params.eps * total / s_in);
-    let rs_out = rsqrt_var(a_out.m2 / s_out + params.eps * total / s_out);
+    let v_in = a_in.m2 / s_in + params.eps * total / s_in;
+    let v_out = a_out.m2 / s_out + params.eps * total / s_out;
+    // A region with no variance and eps = 0 makes the official code's BatchNorm of the filled
+    // tensor 0/0 at every pixel, and its mask products keep the NaN (NaN * 0): the whole
+    // channel is NaN, not just that region.
+    // (Through a `let`: a constant NaN is a shader-creation error in Tint.)
+    let nan_bits = 0x7fc00000u;
+    let nan = bitcast<f32>(nan_bits);
+    let degenerate = v_in == 0.0 || v_out == 0.0;
+    let rs_in = select(rsqrt_var(v_in), nan, degenerate);
+    let rs_out = select(rsqrt_var(v_out), nan, degenerate);
     let c = params.c;
     let o = off_coef();
     scratch[o + ch] = a_in.mean;

@@ -201,9 +201,59 @@ fn sinkhorn_cases(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `evonorm_s0_grad`, f32 and f16: group variances about eps (values 0.05 apart around 2).
+fn evonorm_s0_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::evonorm_s0_grad;
+    for (n, c, side, groups, dtype) in [
+        (2usize, 16usize, 5usize, 4usize, Dtype::F32),
+        (3, 8, 4, 2, Dtype::F16),
+    ] {
+        let (hw, eps) = (side * side, 1e-3);
+        let shape = [n, c, side, side];
+        let f = |v: &[f64]| rounded(Dtype::F32, v);
+        let x = rounded(
+            dtype,
+            &values(151, n * c * hw, 0.05)
+                .iter()
+                .map(|v| v + 2.0)
+                .collect::<Vec<_>>(),
+        );
+        let dy = rounded(dtype, &values(152, x.len(), 1.0));
+        let v = f(&values(153, c, 1.0));
+        let w = f(&values(154, c, 0.5)
+            .iter()
+            .map(|e| e + 1.0)
+            .collect::<Vec<_>>());
+        let b = f(&values(155, c, 0.5));
+        let g = evonorm_s0_grad(&x, (n, c, hw, groups), (&v, &w), &dy, eps);
+        let outs = vec![
+            tensor("x", dtype, &shape, &x),
+            tensor("weight", Dtype::F32, &[c], &w),
+            tensor("bias", Dtype::F32, &[c], &b),
+            tensor("v", Dtype::F32, &[c], &v),
+            tensor("dy", dtype, &shape, &dy),
+            tensor("expected.dx", Dtype::F32, &shape, &g.dx),
+            tensor("expected.dv", Dtype::F32, &[c], &g.dv),
+            tensor("expected.dweight", Dtype::F32, &[c], &g.dweight),
+            tensor("expected.dbias", Dtype::F32, &[c], &g.dbias),
+        ];
+        let attrs = serde_json::json!({ "groups": groups, "eps": eps });
+        let name = if dtype == Dtype::F16 { "f16" } else { "f32" };
+        let file = format!("evonorm_s0_grad_{name}_{n}x{c}x{side}x{side}_g{groups}.safetensors");
+        let tol = if dtype == Dtype::F16 {
+            (2e-2, 2e-2)
+        } else {
+            (5e-5, 2e-4)
+        };
+        write(dir, &file, "evonorm_s0_grad", attrs, tol, outs)?;
+    }
+    Ok(())
+}
+
 /// Every backward case of the research methods.
 pub fn method_grad_cases(dir: &Path) -> Result<()> {
     batch_channel_cases(dir)?;
     rep_batch_norm_cases(dir)?;
-    sinkhorn_cases(dir)
+    sinkhorn_cases(dir)?;
+    evonorm_s0_cases(dir)
 }

@@ -1,6 +1,6 @@
 //! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer),
-//! GroupNorm, the activations, AlphaDropout, LpNorm, Batch-Channel Norm, RepBN and Sinkhorn
-//! normalization for random shapes, axes, layouts, parameters and fused activations, with a fixed
+//! GroupNorm, the activations, AlphaDropout, LpNorm, Batch-Channel Norm, RepBN, Sinkhorn
+//! normalization and EvoNorm-S0 for random shapes, axes, layouts, parameters and fused activations, with a fixed
 //! upstream gradient, against the f64 reference gradients (themselves checked by finite
 //! differences).
 
@@ -58,7 +58,16 @@ pub enum GradOp {
     },
     /// Sinkhorn normalization's backward (x must be `[m, n]`; iterations drawn from 0..4).
     Sinkhorn { iterations: usize, eps: f32 },
+    /// EvoNorm-S0's backward (v = 0.7, no weight).
+    EvoNormS0 {
+        layout: Layout,
+        groups: usize,
+        eps: f32,
+    },
 }
+
+/// EvoNorm-S0's gate parameter in the fuzzer.
+const EVO_V: f32 = 0.7;
 
 /// RepBN's alpha in the fuzzer.
 const REP_ALPHA: f32 = 0.35;
@@ -97,7 +106,12 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(10) {
+        match rng.below(11) {
+            10 => GradOp::EvoNormS0 {
+                layout,
+                groups: rng.below(5) as usize,
+                eps,
+            },
             9 => GradOp::Sinkhorn {
                 iterations: rng.below(4) as usize,
                 eps: rng.pick(&[1e-8, 1e-8, 0.5, 0.0, f32::NAN]),
@@ -190,9 +204,10 @@ impl GradOp {
                 let g = rg::batch_norm_grad(&xd, n, c, hw, None, &dyd, running, eps as f64);
                 Some(relayout(&g.dx, n, c, hw, layout, false))
             }
-            GradOp::BatchChannel { .. } | GradOp::RepBatchNorm { .. } | GradOp::Sinkhorn { .. } => {
-                self.method_reference(x, shape, &dy)
-            }
+            GradOp::BatchChannel { .. }
+            | GradOp::RepBatchNorm { .. }
+            | GradOp::Sinkhorn { .. }
+            | GradOp::EvoNormS0 { .. } => self.method_reference(x, shape, &dy),
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -278,6 +293,27 @@ impl GradOp {
                 let alpha = REP_ALPHA as f64;
                 let eps = eps as f64;
                 let g = rg::rep_batch_norm_grad(&xd, n, c, hw, None, alpha, &dyd, running, eps).0;
+                Some(relayout(&g.dx, n, c, hw, layout, false))
+            }
+            GradOp::EvoNormS0 {
+                layout,
+                groups,
+                eps,
+            } => {
+                if shape.len() < 2 || !eps_ok(eps) {
+                    return None;
+                }
+                let (n, c, hw) = nc_hw(shape, layout);
+                if groups == 0 || c % groups != 0 {
+                    return None;
+                }
+                if x.is_empty() {
+                    return Some(vec![]);
+                }
+                let (v, w) = (vec![EVO_V as f64; c], vec![1.0; c]);
+                let xd = relayout(x, n, c, hw, layout, true);
+                let dyd = relayout(dy, n, c, hw, layout, true);
+                let g = rg::evonorm_s0_grad(&xd, (n, c, hw, groups), (&v, &w), &dyd, eps as f64);
                 Some(relayout(&g.dx, n, c, hw, layout, false))
             }
             _ => None,
@@ -391,9 +427,10 @@ impl GradOp {
                     Mode::training(train),
                 )
             }
-            GradOp::BatchChannel { .. } | GradOp::RepBatchNorm { .. } | GradOp::Sinkhorn { .. } => {
-                self.encode_method(ctx, dtype, (x, &dy, dx), enc)
-            }
+            GradOp::BatchChannel { .. }
+            | GradOp::RepBatchNorm { .. }
+            | GradOp::Sinkhorn { .. }
+            | GradOp::EvoNormS0 { .. } => self.encode_method(ctx, dtype, (x, &dy, dx), enc),
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -518,6 +555,35 @@ impl GradOp {
                     dbias: None,
                 };
                 op.encode_backward(enc, &inputs, &alpha, &outputs, None, Mode::training(train))
+            }
+            GradOp::EvoNormS0 {
+                layout,
+                groups,
+                eps,
+            } => {
+                let cfg = wgnorm::EvoNormS0Config {
+                    groups,
+                    eps,
+                    layout,
+                    dtype,
+                };
+                let op = wgnorm::EvoNormS0::new(ctx, cfg)?;
+                let c = channels(layout);
+                let v = ctx.upload_f32(&vec![EVO_V; c], &[c])?;
+                let inputs = wgnorm::NormGradInputs {
+                    x,
+                    weight: None,
+                    bias: None,
+                    dy,
+                    saved: None,
+                };
+                let outputs = wgnorm::EvoNormS0GradOutputs {
+                    dx,
+                    dv: None,
+                    dweight: None,
+                    dbias: None,
+                };
+                op.encode_backward(enc, &inputs, &v, &outputs)
             }
             _ => unreachable!("encode_method is called for the research methods only"),
         }

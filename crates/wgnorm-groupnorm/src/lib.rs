@@ -9,7 +9,12 @@
 
 #![deny(missing_docs)]
 
+mod evonorm_s0;
 mod grad;
+
+pub use evonorm_s0::{
+    EvoNormS0, EvoNormS0Config, EvoNormS0GradOutputs, EvoNormS0Grads, SIGMOID_GATE_GRAD,
+};
 
 pub use grad::{NormGradInputs, NormGradOutputs, NormGrads};
 pub use wgnorm_core::chnorm::{Activation, Layout};
@@ -723,89 +728,6 @@ impl WeightStandardization {
         };
         forward(&self.engine, self.dtype, &inputs, |enc, o| {
             self.encode(enc, w, o.y)
-        })
-    }
-}
-
-/// EvoNorm-S0 (Liu et al. 2020; docs/methods.md A15, TF and timm agree):
-/// `y = x * sigmoid(v * x) / sqrt(var_G(x) + eps) * weight + bias` with `var_G` the biased
-/// variance per (sample, group) over the group's channels and the spatial dims, of x before the
-/// gating; `v`, `weight`, `bias` f32 `[C]`. `groups` must divide C (timm asserts; TF lowers G
-/// instead: do that before creating the op if you need it). No running statistics.
-pub struct EvoNormS0 {
-    engine: ChannelNorm,
-    groups: usize,
-    layout: Layout,
-    dtype: DType,
-}
-
-/// What [`EvoNormS0::new`] takes; `Default` gives the paper's defaults.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EvoNormS0Config {
-    /// Channel groups G (must divide C).
-    pub groups: usize,
-    /// Added to the group variance inside the square root.
-    pub eps: f32,
-    /// Layout of x and y.
-    pub layout: Layout,
-    /// Storage type of x and y.
-    pub dtype: DType,
-}
-
-impl Default for EvoNormS0Config {
-    fn default() -> Self {
-        EvoNormS0Config {
-            groups: 32,
-            eps: 1e-5,
-            layout: Layout::Nchw,
-            dtype: DType::F32,
-        }
-    }
-}
-
-impl EvoNormS0 {
-    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
-    pub fn new(ctx: &Context, cfg: EvoNormS0Config) -> Result<EvoNormS0> {
-        let EvoNormS0Config {
-            groups,
-            eps,
-            layout,
-            dtype,
-        } = cfg;
-        Ok(EvoNormS0 {
-            engine: ChannelNorm::new(ctx, eps, dtype, Activation::None)?,
-            groups,
-            layout,
-            dtype,
-        })
-    }
-
-    /// Records `y = x * sigmoid(v x) / sqrt(var_G + eps) * weight + bias` with `v` f32 `[C]`.
-    pub fn encode(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        inputs: &NormInputs,
-        v: &Tensor,
-        outputs: &NormOutputs,
-    ) -> Result<()> {
-        let view = ChannelView::group_norm(inputs.x.shape(), self.layout, self.groups)?;
-        self.engine.encode(
-            encoder,
-            &ChannelNormArgs {
-                weight: inputs.weight,
-                bias: inputs.bias,
-                stats: outputs.saved,
-                epilogue: SIGMOID_GATE,
-                aux: Some(v),
-                ..ChannelNormArgs::new(inputs.x, outputs.y, view)
-            },
-        )
-    }
-
-    /// Allocates `y`, encodes and submits (does not wait).
-    pub fn forward(&self, inputs: &NormInputs, v: &Tensor) -> Result<Tensor> {
-        forward(&self.engine, self.dtype, inputs, |enc, o| {
-            self.encode(enc, inputs, v, o)
         })
     }
 }

@@ -9,8 +9,10 @@
 use crate::activation::Act;
 
 mod batch_channel;
+mod evonorm;
 mod sinkhorn;
 pub use batch_channel::{BatchChannel, BatchChannelGrads};
+pub use evonorm::{evonorm_s0_grad, EvoNormS0Grads};
 pub use sinkhorn::sinkhorn_grad;
 
 /// Gradients of a norm: `dx` like `x`; `dweight` and `dbias` one per parameter (empty when the

@@ -68,7 +68,8 @@ pub mod conformance;
 
 pub use wgnorm_batchnorm::{
     self as batchnorm, AdaB2nConfig, AdaB2nInputs, AdaB2nTaskWeighted, AdaptiveBn,
-    AdaptiveBnConfig, BatchChannelNorm, BatchChannelNormConfig, BatchChannelNormInputs, BatchNorm,
+    AdaptiveBnConfig, BatchChannelGrads, BatchChannelNorm, BatchChannelNormConfig,
+    BatchChannelNormGradInputs, BatchChannelNormGradOutputs, BatchChannelNormInputs, BatchNorm,
     BatchNormConfig, BatchNormGradInputs, BatchNormGradOutputs, BatchNormGrads, BatchNormInputs,
     BatchNormOutputs, EstBn, EstBnConfig, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs,
     EvoRunningVar, GhostBatchNorm, GhostBatchNormConfig, IbnConfig, IbnInputs, IbnNorm,
@@ -98,10 +99,10 @@ pub mod engine {
     };
 }
 pub use wgnorm_groupnorm::{
-    self as groupnorm, EvoNormS0, EvoNormS0Config, GroupNorm, GroupNormConfig, InstanceNorm,
-    InstanceNormConfig, LpNorm, LpNormConfig, MeanVarianceNorm, MeanVarianceNormConfig,
-    NormGradInputs, NormGradOutputs, NormGrads, NormInputs, NormOutputs, WeightStandardization,
-    WeightStandardizationConfig, WsVariant,
+    self as groupnorm, EvoNormS0, EvoNormS0Config, EvoNormS0GradOutputs, EvoNormS0Grads, GroupNorm,
+    GroupNormConfig, InstanceNorm, InstanceNormConfig, LpNorm, LpNormConfig, MeanVarianceNorm,
+    MeanVarianceNormConfig, NormGradInputs, NormGradOutputs, NormGrads, NormInputs, NormOutputs,
+    WeightStandardization, WeightStandardizationConfig, WsVariant,
 };
 pub use wgnorm_layernorm::{
     self as layernorm, AddLayerNormGradInputs, AddLayerNormInputs, AddLayerNormOutputs, LayerNorm,
@@ -156,6 +157,7 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         engine::chgrad::specializations_with(&[
             engine::chgrad::GradTerm::NONE,
             wgnorm_batchnorm::SCALED_RESIDUAL_GRAD,
+            wgnorm_groupnorm::SIGMOID_GATE_GRAD,
         ]),
         wgnorm_powernorm::grad_specializations(),
         wgnorm_rmsnorm::qk_rope::qk_rope_specializations(),

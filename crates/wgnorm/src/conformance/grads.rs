@@ -439,3 +439,40 @@ pub(super) fn run_sinkhorn_normalize_grad(
     let dx = op.backward(&upload(ctx, x, dtype)?, &dy).map_err(err)?;
     Ok(BTreeMap::from([("dx".to_string(), output(&dx))]))
 }
+
+/// `evonorm_s0_grad`: dx, dv, dweight and dbias through the group statistics and the gate.
+pub(super) fn run_evonorm_s0_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let a = Attrs::new(case, &["groups", "eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let groups = usize::try_from(a.int("groups", 32)?).map_err(|_| "groups < 0".to_string())?;
+    let op = crate::EvoNormS0::new(
+        ctx,
+        crate::EvoNormS0Config {
+            groups,
+            eps: a.f64("eps", 1e-5)? as f32,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let w = upload_param(ctx, case, "weight")?;
+    let v = upload(ctx, input(case, "v")?, crate::DType::F32)?;
+    let g = op
+        .backward(
+            &crate::NormGradInputs {
+                x: &xt,
+                weight: w.as_ref(),
+                bias: None,
+                dy: &dy,
+                saved: None,
+            },
+            &v,
+        )
+        .map_err(err)?;
+    let mut out = grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))?;
+    out.insert("dv".into(), output(&g.dv));
+    Ok(out)
+}

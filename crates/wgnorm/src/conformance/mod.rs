@@ -224,6 +224,7 @@ pub const OPS: &[(&str, RunFn)] = &[
     ("batch_channel_norm_grad", run_batch_channel_norm_grad),
     ("rep_batch_norm_grad", run_rep_batch_norm_grad),
     ("sinkhorn_normalize_grad", run_sinkhorn_normalize_grad),
+    ("evonorm_s0_grad", run_evonorm_s0_grad),
     ("lp_norm_grad", run_lp_norm_grad),
     ("mean_variance_norm_grad", run_mean_variance_norm_grad),
     ("qk_norm_rope", run_qk_norm_rope),
