@@ -16,6 +16,7 @@ use wgnorm_reference::{chnorm as rc, rownorm as rr};
 
 use crate::fuzz_grad::GradOp;
 use crate::fuzz_inputs::InputsOp;
+use crate::fuzz_qk::QkOp;
 use crate::fuzz_research::ResearchOp;
 
 /// xorshift64*: a fixed seed gives the same calls on every machine.
@@ -57,6 +58,7 @@ fn op_name(op: &Op) -> String {
         Op::Research(r) => format!("{r:?}"),
         Op::Inputs(r) => format!("{r:?}"),
         Op::Grad(g) => format!("Backward{g:?}"),
+        Op::Qk(q) => format!("QkNormRope{}", if q.backward() { "Backward" } else { "" }),
         _ => format!("{op:?}"),
     };
     s.split([' ', '{', '(']).next().unwrap_or("").to_string()
@@ -110,6 +112,8 @@ enum Op {
     Inputs(InputsOp),
     /// A backward op (the output is dx).
     Grad(GradOp),
+    /// QK-norm + RoPE, forward or backward.
+    Qk(QkOp),
 }
 
 pub fn random_eps(rng: &mut Rng) -> f32 {
@@ -138,6 +142,9 @@ fn random_op(rng: &mut Rng, rank: usize) -> Op {
     }
     if rng.chance(6) {
         return Op::Grad(GradOp::random(rng, rank));
+    }
+    if rng.chance(8) {
+        return Op::Qk(QkOp::random(rng));
     }
     match rng.below(8) {
         0 => Op::LayerNorm {
@@ -354,6 +361,7 @@ fn reference(op: Op, x: &[f64], shape: &[usize], dtype: DType) -> Option<Vec<f64
         Op::Research(r) => r.reference(x, shape),
         Op::Inputs(r) => r.reference(x, shape),
         Op::Grad(g) => g.reference(x, shape, dtype),
+        Op::Qk(q) => q.reference(x, shape, dtype),
     }
 }
 
@@ -520,6 +528,7 @@ fn encode(
         Op::Research(r) => r.encode(ctx, dtype, x, y, enc),
         Op::Inputs(r) => r.encode(ctx, dtype, x, y, enc),
         Op::Grad(g) => g.encode(ctx, dtype, x, y, enc),
+        Op::Qk(q) => q.encode(ctx, dtype, x, y, enc),
     }
 }
 

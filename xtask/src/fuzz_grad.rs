@@ -90,7 +90,7 @@ pub(crate) fn act_ref(a: Activation) -> Act {
 }
 
 /// The upstream gradient of a call: deterministic values in [-1, 1).
-fn dy_values(len: usize) -> Vec<f32> {
+pub(crate) fn dy_values(len: usize) -> Vec<f32> {
     (0..len)
         .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
         .collect()

@@ -22,6 +22,7 @@ mod conformance;
 mod fuzz;
 mod fuzz_grad;
 mod fuzz_inputs;
+mod fuzz_qk;
 mod fuzz_research;
 mod shaders;
 mod sweep;

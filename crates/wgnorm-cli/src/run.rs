@@ -49,7 +49,7 @@ fn read_inputs(path: &PathBuf) -> Result<Inputs, String> {
 
 pub fn run(ctx: &Context, o: &Options) -> Result<(), String> {
     if o.list_ops {
-        for (name, _) in conformance::OPS {
+        for (name, _) in wgnorm::registry::signatures() {
             println!("{name}");
         }
         return Ok(());

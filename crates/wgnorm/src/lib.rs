@@ -65,6 +65,7 @@
 
 pub mod checkpoint;
 pub mod conformance;
+pub mod registry;
 
 pub use wgnorm_batchnorm::{
     self as batchnorm, AdaB2nConfig, AdaB2nInputs, AdaB2nTaskWeighted, AdaptiveBn,

@@ -9,7 +9,7 @@ use super::attrs::*;
 use super::{Case, DeviceOutputs};
 use crate::{Context, DType, Tensor};
 
-pub(super) fn run_group_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_group_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["num_groups", "eps", "activation"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -39,7 +39,7 @@ pub(super) fn run_group_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs
     only_y(&y)
 }
 
-pub(super) fn run_instance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_instance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -75,7 +75,7 @@ fn lp_op(ctx: &Context, case: &Case) -> Result<(crate::LpNorm, crate::DType), St
     Ok((crate::LpNorm::new(ctx, cfg).map_err(err)?, dtype))
 }
 
-pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let (op, dtype) = lp_op(ctx, case)?;
     only_y(
         &op.forward(&upload(ctx, input(case, "x")?, dtype)?)
@@ -84,7 +84,7 @@ pub(super) fn run_lp_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, S
 }
 
 /// `lp_norm_grad`: dx.
-pub(super) fn run_lp_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_lp_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let (op, dtype) = lp_op(ctx, case)?;
     let x = upload(ctx, input(case, "x")?, dtype)?;
     let dy = upload(ctx, input(case, "dy")?, dtype)?;
@@ -115,7 +115,7 @@ fn mvn_op(ctx: &Context, case: &Case) -> Result<(crate::MeanVarianceNorm, crate:
     Ok((crate::MeanVarianceNorm::new(ctx, cfg).map_err(err)?, dtype))
 }
 
-pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let (op, dtype) = mvn_op(ctx, case)?;
     only_y(
         &op.forward(&upload(ctx, input(case, "x")?, dtype)?)
@@ -124,7 +124,7 @@ pub(super) fn run_mean_variance_norm(ctx: &Context, case: &Case) -> Result<Devic
 }
 
 /// `mean_variance_norm_grad`: dx.
-pub(super) fn run_mean_variance_norm_grad(
+pub(crate) fn run_mean_variance_norm_grad(
     ctx: &Context,
     case: &Case,
 ) -> Result<DeviceOutputs, String> {
@@ -142,7 +142,7 @@ fn only_dx(dx: &crate::Tensor) -> Result<DeviceOutputs, String> {
     )]))
 }
 
-pub(super) fn run_weight_standardization(
+pub(crate) fn run_weight_standardization(
     ctx: &Context,
     case: &Case,
 ) -> Result<DeviceOutputs, String> {
@@ -164,7 +164,7 @@ pub(super) fn run_weight_standardization(
     only_y(&y)
 }
 
-pub(super) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["groups", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -198,7 +198,7 @@ pub(super) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<DeviceOutputs
     only_y(&y)
 }
 
-pub(super) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &[
@@ -318,7 +318,7 @@ impl BnTensors {
     }
 }
 
-pub(super) fn run_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &["eps", "momentum", "training", "running_var_unbiased"],
@@ -338,7 +338,7 @@ pub(super) fn run_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs
     })
 }
 
-pub(super) fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["w_src", "eps"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     required(case, "w_src")?;
@@ -359,7 +359,7 @@ pub(super) fn run_test_time_bn(ctx: &Context, case: &Case) -> Result<DeviceOutpu
     BnTensors::load(ctx, case, dtype)?.run(ctx, |enc, i, o| bn.encode(enc, i, o))
 }
 
-pub(super) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "momentum", "training"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     let training = a.bool("training", false)?;
@@ -377,7 +377,7 @@ pub(super) fn run_rep_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOut
     })
 }
 
-pub(super) fn run_adab2n(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_adab2n(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["kappa", "momentum", "step", "eps", "training"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     let training = a.bool("training", false)?;
@@ -404,7 +404,7 @@ pub(super) fn run_adab2n(ctx: &Context, case: &Case) -> Result<DeviceOutputs, St
     })
 }
 
-pub(super) fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["ghost_size", "eps", "momentum", "training"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     required(case, "ghost_size")?;
@@ -430,7 +430,7 @@ pub(super) fn run_ghost_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceO
     })
 }
 
-pub(super) fn run_estbn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_estbn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "moving_speed", "training"])?;
     let dtype = io_dtype(input(case, "x")?)?;
     let cfg = crate::BatchNormConfig {
@@ -456,7 +456,7 @@ pub(super) fn run_estbn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, Str
     })
 }
 
-pub(super) fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_adaptive_bn(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &[

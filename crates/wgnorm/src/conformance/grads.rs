@@ -123,24 +123,24 @@ fn rms_norm_grad(ctx: &Context, case: &Case, add: bool) -> Result<DeviceOutputs,
     grads_out(case, &dx, Some(&dw), None)
 }
 
-pub(super) fn run_layer_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_layer_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     layer_norm_grad(ctx, case, false)
 }
 
-pub(super) fn run_add_layer_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_add_layer_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     layer_norm_grad(ctx, case, true)
 }
 
-pub(super) fn run_rms_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_rms_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     rms_norm_grad(ctx, case, false)
 }
 
-pub(super) fn run_add_rms_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_add_rms_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     rms_norm_grad(ctx, case, true)
 }
 
 /// `batch_norm_grad`: training through the batch statistics, inference with the running ones.
-pub(super) fn run_batch_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_batch_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &["eps", "training", "momentum", "running_var_unbiased"],
@@ -177,7 +177,7 @@ pub(super) fn run_batch_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOu
 
 /// `ghost_batch_norm_grad`: training through each chunk's statistics (inference is
 /// `batch_norm_grad`'s).
-pub(super) fn run_ghost_batch_norm_grad(
+pub(crate) fn run_ghost_batch_norm_grad(
     ctx: &Context,
     case: &Case,
 ) -> Result<DeviceOutputs, String> {
@@ -279,11 +279,11 @@ fn channel_norm_grad(ctx: &Context, case: &Case, group: bool) -> Result<DeviceOu
     grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))
 }
 
-pub(super) fn run_group_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_group_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     channel_norm_grad(ctx, case, true)
 }
 
-pub(super) fn run_instance_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_instance_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     channel_norm_grad(ctx, case, false)
 }
 
@@ -291,7 +291,7 @@ pub(super) fn run_instance_norm_grad(ctx: &Context, case: &Case) -> Result<Devic
 /// per-group affine. EstBN training normalizes with the statistics its forward updates, so the
 /// forward runs first (on the case's running statistics) and the backward reads the updated
 /// ones, as constants.
-pub(super) fn run_batch_channel_norm_grad(
+pub(crate) fn run_batch_channel_norm_grad(
     ctx: &Context,
     case: &Case,
 ) -> Result<DeviceOutputs, String> {
@@ -379,7 +379,7 @@ pub(super) fn run_batch_channel_norm_grad(
 
 /// `rep_batch_norm_grad`: BatchNorm's backward over `[B, T, C]` tokens (channels last) plus
 /// `alpha * dy` in dx and `dalpha = sum(dy * x)`.
-pub(super) fn run_rep_batch_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_rep_batch_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "momentum", "training"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -417,7 +417,7 @@ pub(super) fn run_rep_batch_norm_grad(ctx: &Context, case: &Case) -> Result<Devi
 
 /// `sinkhorn_normalize_grad`: dx through the `2L` alternating row and column L2
 /// normalizations.
-pub(super) fn run_sinkhorn_normalize_grad(
+pub(crate) fn run_sinkhorn_normalize_grad(
     ctx: &Context,
     case: &Case,
 ) -> Result<DeviceOutputs, String> {
@@ -441,7 +441,7 @@ pub(super) fn run_sinkhorn_normalize_grad(
 }
 
 /// `evonorm_s0_grad`: dx, dv, dweight and dbias through the group statistics and the gate.
-pub(super) fn run_evonorm_s0_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_evonorm_s0_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["groups", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;

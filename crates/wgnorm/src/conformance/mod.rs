@@ -10,15 +10,10 @@ use std::path::Path;
 use serde_json::Value;
 
 mod attrs;
-mod batch;
-mod grads;
-mod research;
-mod rows;
-
-use batch::*;
-use grads::*;
-use research::*;
-use rows::*;
+pub(crate) mod batch;
+pub(crate) mod grads;
+pub(crate) mod research;
+pub(crate) mod rows;
 
 use crate::{Context, Tensor};
 
@@ -179,61 +174,12 @@ pub type Outputs = BTreeMap<String, Vec<f32>>;
 /// downloads (blocking natively, awaiting in a browser).
 pub type DeviceOutputs = BTreeMap<String, Tensor>;
 
-type RunFn = fn(&Context, &Case) -> Result<DeviceOutputs, String>;
-
-/// The op registry: case op name → runner. Ops not listed are reported as skipped.
-pub const OPS: &[(&str, RunFn)] = &[
-    ("layer_norm", run_layer_norm),
-    ("rms_norm", run_rms_norm),
-    ("batch_norm", run_batch_norm),
-    ("group_norm", run_group_norm),
-    ("instance_norm", run_instance_norm),
-    ("lp_norm", run_lp_norm),
-    ("add_layer_norm", run_add_layer_norm),
-    ("selu", run_selu),
-    ("test_time_bn", run_test_time_bn),
-    ("adab2n", run_adab2n),
-    ("ghost_batch_norm", run_ghost_batch_norm),
-    ("weight_standardization", run_weight_standardization),
-    ("evonorm_s0", run_evonorm_s0),
-    ("batch_channel_norm", run_batch_channel_norm),
-    ("power_norm", run_power_norm),
-    ("sinkhorn_normalize", run_sinkhorn_normalize),
-    ("unified_norm", run_unified_norm),
-    ("rep_batch_norm", run_rep_batch_norm),
-    ("add_rms_norm", run_add_rms_norm),
-    ("mean_variance_norm", run_mean_variance_norm),
-    ("poincare_midpoint", run_poincare_midpoint),
-    ("poincare_batch_norm", run_poincare_batch_norm),
-    ("ibn_norm", run_ibn_norm),
-    ("evonorm_b0", run_evonorm_b0),
-    ("unmix_tns", run_unmix_tns),
-    ("region_norm_b", run_region_norm_b),
-    ("estbn", run_estbn),
-    ("adaptive_bn", run_adaptive_bn),
-    ("region_norm_l", run_region_norm_l),
-    ("layer_norm_grad", run_layer_norm_grad),
-    ("rms_norm_grad", run_rms_norm_grad),
-    ("add_layer_norm_grad", run_add_layer_norm_grad),
-    ("add_rms_norm_grad", run_add_rms_norm_grad),
-    ("batch_norm_grad", run_batch_norm_grad),
-    ("group_norm_grad", run_group_norm_grad),
-    ("instance_norm_grad", run_instance_norm_grad),
-    ("selu_grad", run_selu_grad),
-    ("ghost_batch_norm_grad", run_ghost_batch_norm_grad),
-    ("batch_channel_norm_grad", run_batch_channel_norm_grad),
-    ("rep_batch_norm_grad", run_rep_batch_norm_grad),
-    ("sinkhorn_normalize_grad", run_sinkhorn_normalize_grad),
-    ("evonorm_s0_grad", run_evonorm_s0_grad),
-    ("lp_norm_grad", run_lp_norm_grad),
-    ("mean_variance_norm_grad", run_mean_variance_norm_grad),
-    ("qk_norm_rope", run_qk_norm_rope),
-    ("qk_norm_rope_grad", run_qk_norm_rope_grad),
-];
+/// A conformance runner: one case in, the device outputs by name.
+pub type RunFn = fn(&Context, &Case) -> Result<DeviceOutputs, String>;
 
 /// Whether the runtime implements `op`.
 pub fn implemented(op: &str) -> bool {
-    OPS.iter().any(|(n, _)| *n == op)
+    crate::registry::runner(op).is_some()
 }
 
 /// Loads and runs one case file. `Err` means the file could not be read at all.
@@ -254,10 +200,10 @@ pub fn run(ctx: &Context, case: &Case) -> Outcome {
 
 /// [`run`] without blocking: the path of the browser harness (any target).
 pub async fn run_async(ctx: &Context, case: &Case) -> Outcome {
-    let Some((_, f)) = OPS.iter().find(|(n, _)| *n == case.op) else {
+    let Some(f) = crate::registry::runner(&case.op) else {
         return Outcome::Skipped;
     };
-    let got = match record(f, ctx, case) {
+    let got = match record(&f, ctx, case) {
         Ok(g) => g,
         Err(e) => return Outcome::Failed(e),
     };
@@ -314,8 +260,8 @@ pub fn execute(
     attrs: serde_json::Map<String, Value>,
     inputs: BTreeMap<String, HostTensor>,
 ) -> Result<Outputs, String> {
-    let Some((_, f)) = OPS.iter().find(|(n, _)| *n == op) else {
-        let known: Vec<&str> = OPS.iter().map(|(n, _)| *n).collect();
+    let Some(f) = crate::registry::runner(op) else {
+        let known: Vec<&str> = crate::registry::signatures().map(|(n, _)| n).collect();
         return Err(format!("unknown op {op:?}; known: {}", known.join(", ")));
     };
     let case = Case {
@@ -327,7 +273,7 @@ pub fn execute(
         inputs,
         expected: BTreeMap::new(),
     };
-    let outputs = record(f, ctx, &case)?;
+    let outputs = record(&f, ctx, &case)?;
     pollster::block_on(fetch(ctx, outputs))
 }
 

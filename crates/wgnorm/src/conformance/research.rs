@@ -8,7 +8,7 @@ use super::attrs::*;
 use super::{Case, DeviceOutputs};
 use crate::{Context, DType};
 
-pub(super) fn run_power_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_power_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &[
@@ -68,7 +68,7 @@ pub(super) fn run_power_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs
     Ok(out)
 }
 
-pub(super) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["iterations", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -87,7 +87,7 @@ pub(super) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Devic
     only_y(&y)
 }
 
-pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "training"])?;
     if a.bool("training", false)? {
         return Err(
@@ -125,7 +125,7 @@ pub(super) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<DeviceOutpu
     only_y(&y)
 }
 
-pub(super) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["c"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -142,7 +142,7 @@ pub(super) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<Device
     Ok(BTreeMap::from([("m".to_string(), output(&m))]))
 }
 
-pub(super) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["c"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -169,7 +169,7 @@ pub(super) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<Devi
     only_y(&y)
 }
 
-pub(super) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["ratio", "eps", "momentum", "training"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -209,7 +209,7 @@ pub(super) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, 
     Ok(out)
 }
 
-pub(super) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
         case,
         &["eps", "momentum", "training", "running_var_unbiased"],
@@ -251,7 +251,7 @@ pub(super) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<DeviceOutputs
     Ok(out)
 }
 
-pub(super) fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["momentum_bn", "temperature", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -292,7 +292,7 @@ pub(super) fn run_unmix_tns(ctx: &Context, case: &Case) -> Result<DeviceOutputs,
     ]))
 }
 
-pub(super) fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -323,7 +323,7 @@ pub(super) fn run_region_norm_b(ctx: &Context, case: &Case) -> Result<DeviceOutp
     only_y(&y)
 }
 
-pub(super) fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_region_norm_l(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["eps", "threshold"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;

@@ -6,7 +6,7 @@ use super::attrs::*;
 use super::{Case, DeviceOutputs};
 use crate::Context;
 
-pub(super) fn run_layer_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_layer_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -33,7 +33,7 @@ pub(super) fn run_layer_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs
     ]))
 }
 
-pub(super) fn run_rms_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_rms_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -58,7 +58,7 @@ pub(super) fn run_rms_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, 
     ]))
 }
 
-pub(super) fn run_add_layer_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_add_layer_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -87,7 +87,7 @@ pub(super) fn run_add_layer_norm(ctx: &Context, case: &Case) -> Result<DeviceOut
     ]))
 }
 
-pub(super) fn run_add_rms_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_add_rms_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(case, &["axis", "eps", "weight_offset"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -131,7 +131,7 @@ fn selu_op(ctx: &Context, case: &Case) -> Result<(crate::Elementwise, crate::DTy
     Ok((crate::Elementwise::new(ctx, cfg).map_err(err)?, dtype))
 }
 
-pub(super) fn run_selu(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_selu(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let (op, dtype) = selu_op(ctx, case)?;
     let y = op
         .forward(&upload(ctx, input(case, "x")?, dtype)?)
@@ -140,7 +140,7 @@ pub(super) fn run_selu(ctx: &Context, case: &Case) -> Result<DeviceOutputs, Stri
 }
 
 /// `selu_grad`: `dx = dy * selu'(x)`.
-pub(super) fn run_selu_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_selu_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let (op, dtype) = selu_op(ctx, case)?;
     let x = upload(ctx, input(case, "x")?, dtype)?;
     let dy = upload(ctx, input(case, "dy")?, dtype)?;
@@ -215,7 +215,7 @@ impl QkCase {
 }
 
 /// `qk_norm_rope` (the project's own signature, FORMAT.md).
-pub(super) fn run_qk_norm_rope(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_qk_norm_rope(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let q = QkCase::new(ctx, case)?;
     let inputs = crate::rmsnorm::QkNormRopeInputs {
         x: &q.x,
@@ -226,7 +226,7 @@ pub(super) fn run_qk_norm_rope(ctx: &Context, case: &Case) -> Result<DeviceOutpu
 }
 
 /// `qk_norm_rope_grad`: dx and, with a weight, dweight.
-pub(super) fn run_qk_norm_rope_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+pub(crate) fn run_qk_norm_rope_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let q = QkCase::new(ctx, case)?;
     let dy = upload(ctx, input(case, "dy")?, q.dtype)?;
     let inputs = crate::rmsnorm::QkNormRopeGradInputs {
