@@ -44,6 +44,11 @@ struct ChannelGradParams {
     selu_lambda: f32,
     // L1/L2 denominators: y = norm_target * x / max(norm, eps).
     norm_target: f32,
+    // A gradient term's two integer parameters.
+    term_a: u32,
+    term_b: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: ChannelGradParams;

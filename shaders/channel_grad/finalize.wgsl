@@ -19,6 +19,8 @@ override HAS_DBIAS: bool = false;
 override CENTRED: bool = true;
 // Role 2's items: one per channel, or one.
 override TERM_PER_CHANNEL: bool = false;
+// Role 0 takes each slot's sums from the term's `term_slot_sums`.
+override TERM_SLOT_SUMS: bool = false;
 
 // Per (p, channel, tile): (sum dz, sum dz * xhat', sum xhat', 0).
 @group(0) @binding(4) var<storage, read> partials: array<vec4<f32>>;
@@ -35,6 +37,21 @@ fn weight_at(ch: u32) -> f32 {
         return weight[ch];
     }
     return 1.0;
+}
+
+// Slot (pp, rr)'s (sum g, sum g xhat', sum xhat', count) over its channels and tiles, g = dz w.
+fn slot_sums(pp: u32, rr: u32) -> vec4<f32> {
+    let c = channels();
+    var acc = vec3<f32>(0.0);
+    for (var k = 0u; k < params.cg; k++) {
+        let ch = rr * params.cg + k;
+        let w = weight_at(ch);
+        for (var t = 0u; t < params.tiles; t++) {
+            let v = partials[(pp * c + ch) * params.tiles + t];
+            acc += vec3<f32>(w * v.x, w * v.y, v.z);
+        }
+    }
+    return vec4<f32>(acc, f32(params.q * params.cg * params.sdiv));
 }
 
 // dweight / dbias of channel ch: every sample's sums, xhat' corrected by its slot's e.
@@ -88,20 +105,16 @@ fn main(
     let pp = item / params.r;
     let rr = item % params.r;
     let st = slot_stats(item);
-    var sg = 0.0;
-    var sgx = 0.0;
-    var sx = 0.0;
-    for (var k = 0u; k < params.cg; k++) {
-        let ch = rr * params.cg + k;
-        let w = weight_at(ch);
-        for (var t = 0u; t < params.tiles; t++) {
-            let v = partials[(pp * c + ch) * params.tiles + t];
-            sg += w * v.x;
-            sgx += w * v.y;
-            sx += v.z;
-        }
+    var sums = vec4<f32>(0.0);
+    if (TERM_SLOT_SUMS) {
+        sums = term_slot_sums(pp, rr);
+    } else {
+        sums = slot_sums(pp, rr);
     }
-    let m = f32(params.q * params.cg * params.sdiv);
+    let sg = sums.x;
+    let sgx = sums.y;
+    let sx = sums.z;
+    let m = sums.w;
     if (THROUGH_STATS && NORM >= 2u) {
         // y = t x / norm: no mean, and the norm's gradient is a sum (not a mean) over the slot
         // (none where the norm is clamped, st.w = 0). dx = t rstd (g - xhat sum(g xhat)): the

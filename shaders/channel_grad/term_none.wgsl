@@ -14,3 +14,7 @@ fn term_dx(x: f32, dy: f32, ch: u32) -> f32 {
 }
 
 fn term_grad(item: u32) {}
+
+fn term_slot_sums(pp: u32, rr: u32) -> vec4<f32> {
+    return vec4<f32>(0.0);
+}

@@ -11,3 +11,8 @@ fn term_grad(item: u32) {
     }
     dweight[item] = acc * weight_at(item);
 }
+
+// (The engine's slot sums: TERM_SLOT_SUMS is off.)
+fn term_slot_sums(pp: u32, rr: u32) -> vec4<f32> {
+    return slot_sums(pp, rr);
+}

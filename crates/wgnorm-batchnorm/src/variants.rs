@@ -348,5 +348,6 @@ fn rep_term<'a>(
         term: crate::SCALED_RESIDUAL_GRAD,
         input: Some(alpha),
         grad: dalpha,
+        params: [0, 0],
     }
 }

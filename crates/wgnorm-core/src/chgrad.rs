@@ -181,6 +181,7 @@ pub fn partials_spec(io: Io, s: GradShape, cpu: bool) -> Specialization {
 /// gradient term's own gradient; only role 2 is composed with the term).
 pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
     let (centred, per_channel) = (s.term.centred, s.term.grad == TermLen::PerChannel);
+    let slot_sums = role == 0 && s.term.own_slot_sums;
     let s = match role {
         1 => GradShape {
             stats: GradStats::Batch,
@@ -199,7 +200,8 @@ pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
         _ => GradShape {
             dweight: false,
             dbias: false,
-            term: GradTerm::NONE,
+            // Role 0 is the term's only where it sums its own slots.
+            term: if slot_sums { s.term } else { GradTerm::NONE },
             ..s
         },
     };
@@ -211,6 +213,7 @@ pub fn finalize_spec(s: GradShape, role: u32) -> Specialization {
         .flag("HAS_DBIAS", s.dbias)
         .flag("CENTRED", role != 0 || centred)
         .flag("TERM_PER_CHANNEL", role == 2 && per_channel)
+        .flag("TERM_SLOT_SUMS", slot_sums)
 }
 
 /// Elements per invocation of the dx kernel.
@@ -622,6 +625,10 @@ impl ChannelGrad {
             selu_alpha,
             selu_lambda,
             norm_target: self.norm_target,
+            term_a: a.term.map_or(0, |t| t.params[0]),
+            term_b: a.term.map_or(0, |t| t.params[1]),
+            _pad0: 0,
+            _pad1: 0,
         };
         (shape, params)
     }

@@ -241,6 +241,11 @@ uniform_block! {
         /// L1/L2 denominators: the norm the forward scaled each slot to (`y = target x / norm`;
         /// 1 for a plain Lp normalization).
         pub norm_target: f32,
+        /// A gradient term's two integer parameters (`TermArgs::params`).
+        pub term_a: u32,
+        pub term_b: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
     }
 }
 

@@ -199,6 +199,7 @@ impl EvoNormS0 {
                     term: SIGMOID_GATE_GRAD,
                     input: Some(v),
                     grad: outputs.dv,
+                    params: [0, 0],
                 }),
             },
         )

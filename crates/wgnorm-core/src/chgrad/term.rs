@@ -59,7 +59,10 @@ impl TermLen {
 ///   input with `term_input_at(ch)` (bound in the bias's place: no activation with it).
 /// - **finalize** snippet: `term_grad(item)`, one invocation per element of the term's
 ///   gradient ([`TermArgs::grad`], bound as `dweight`), from `partials`, `weight` and
-///   `slot_stats`.
+///   `slot_stats`; with [`GradTerm::mixing_slots`], `term_slot_sums(p, r) -> vec4<f32>` gives
+///   each slot's `(sum g, sum g xhat', sum xhat', count)` for its dx coefficients (the engine's
+///   own is `slot_sums(p, r)`): a slot may sum other slots' partials (statistics over the batch
+///   for some channels of a per-sample view), or none (statistics taken as constants).
 ///
 /// Every snippet defines every hook its kernel's body calls (`shaders/channel_grad/term_none.wgsl`
 /// lists them). What a term assumes of the view the method checks before it records. Two terms
@@ -82,6 +85,8 @@ pub struct GradTerm {
     pub own_g: bool,
     /// The forward centred x (`c1 = mean(g)` is subtracted from g).
     pub centred: bool,
+    /// Its `term_slot_sums` gives each slot's sums for the dx coefficients.
+    pub own_slot_sums: bool,
 }
 
 /// Kernel names and parts, as a term's constructor takes them.
@@ -129,6 +134,7 @@ impl GradTerm {
             own_partials: false,
             own_g: false,
             centred: true,
+            own_slot_sums: false,
         }
     }
 
@@ -145,6 +151,14 @@ impl GradTerm {
     pub const fn replacing_g(self) -> GradTerm {
         GradTerm {
             own_g: true,
+            ..self
+        }
+    }
+
+    /// The same term with its own slot sums (`term_slot_sums`).
+    pub const fn mixing_slots(self) -> GradTerm {
+        GradTerm {
+            own_slot_sums: true,
             ..self
         }
     }
@@ -173,4 +187,6 @@ pub struct TermArgs<'a> {
     pub input: Option<&'a Tensor>,
     /// Output: its parameter gradient (f32, [`GradTerm::grad`] values), when wanted.
     pub grad: Option<&'a Tensor>,
+    /// Two integers its snippets read as `params.term_a`, `params.term_b`.
+    pub params: [u32; 2],
 }

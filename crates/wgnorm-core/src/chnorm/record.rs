@@ -350,7 +350,7 @@ impl ChannelNorm {
     /// element of the slot. The mean is `shift + mean`, and `(x - shift) - mean` centres exactly
     /// where an f32 mean of values with a large common offset would not (the batch-statistics
     /// backward reads these).
-    pub(crate) fn encode_reduce_centred(
+    pub fn encode_reduce_centred(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         x: &Tensor,
