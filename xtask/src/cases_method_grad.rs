@@ -250,10 +250,60 @@ fn evonorm_s0_cases(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `ibn_norm_grad`, training and inference (C odd: half = 4 of 9), values 0.05 apart at an
+/// offset next to eps = 1e-3.
+fn ibn_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::ibn_grad;
+    let (n, c, side, eps) = (4usize, 9usize, 5usize, 1e-3);
+    let (hw, half) = (side * side, c / 2);
+    let shape = [n, c, side, side];
+    let f = |v: &[f64]| rounded(Dtype::F32, v);
+    let x = f(&values(181, n * c * hw, 0.05)
+        .iter()
+        .map(|v| v + 1.5)
+        .collect::<Vec<_>>());
+    let dy = f(&values(182, x.len(), 1.0));
+    let w = f(&values(183, c, 0.5)
+        .iter()
+        .map(|e| e + 1.0)
+        .collect::<Vec<_>>());
+    let b = f(&values(184, c, 0.5));
+    let rm = f(&values(185, c - half, 0.02)
+        .iter()
+        .map(|e| e + 1.5)
+        .collect::<Vec<_>>());
+    let rv = f(&values(186, c - half, 5e-4)
+        .iter()
+        .map(|e| e + 1e-3)
+        .collect::<Vec<_>>());
+    for (tag, training) in [("train", true), ("infer", false)] {
+        let running = (!training).then_some((rm.as_slice(), rv.as_slice()));
+        let g = ibn_grad(&x, (n, c, hw, half), &w, &dy, running, eps);
+        let outs = vec![
+            tensor("x", Dtype::F32, &shape, &x),
+            tensor("weight", Dtype::F32, &[c], &w),
+            tensor("bias", Dtype::F32, &[c], &b),
+            tensor("running_mean", Dtype::F32, &[c - half], &rm),
+            tensor("running_var", Dtype::F32, &[c - half], &rv),
+            tensor("dy", Dtype::F32, &shape, &dy),
+            tensor("expected.dx", Dtype::F32, &shape, &g.dx),
+            tensor("expected.dweight", Dtype::F32, &[c], &g.dweight),
+            tensor("expected.dbias", Dtype::F32, &[c], &g.dbias),
+        ];
+        let attrs = serde_json::json!({
+            "ratio": 0.5, "eps": eps, "momentum": 0.1, "training": training,
+        });
+        let file = format!("ibn_norm_grad_{tag}_f32_4x9x5x5.safetensors");
+        write(dir, &file, "ibn_norm_grad", attrs, (5e-5, 2e-4), outs)?;
+    }
+    Ok(())
+}
+
 /// Every backward case of the research methods.
 pub fn method_grad_cases(dir: &Path) -> Result<()> {
     batch_channel_cases(dir)?;
     rep_batch_norm_cases(dir)?;
     sinkhorn_cases(dir)?;
-    evonorm_s0_cases(dir)
+    evonorm_s0_cases(dir)?;
+    ibn_cases(dir)
 }

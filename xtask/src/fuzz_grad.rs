@@ -1,6 +1,6 @@
 //! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer),
 //! GroupNorm, the activations, AlphaDropout, LpNorm, Batch-Channel Norm, RepBN, Sinkhorn
-//! normalization and EvoNorm-S0 for random shapes, axes, layouts, parameters and fused activations, with a fixed
+//! normalization, EvoNorm-S0 and IBN for random shapes, axes, layouts, parameters and fused activations, with a fixed
 //! upstream gradient, against the f64 reference gradients (themselves checked by finite
 //! differences).
 
@@ -58,6 +58,12 @@ pub enum GradOp {
     },
     /// Sinkhorn normalization's backward (x must be `[m, n]`; iterations drawn from 0..4).
     Sinkhorn { iterations: usize, eps: f32 },
+    /// IBN's backward (ratio 0.5, weight 1), training or inference.
+    Ibn {
+        layout: Layout,
+        eps: f32,
+        train: bool,
+    },
     /// EvoNorm-S0's backward (v = 0.7, no weight).
     EvoNormS0 {
         layout: Layout,
@@ -106,7 +112,12 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(11) {
+        match rng.below(12) {
+            11 => GradOp::Ibn {
+                layout,
+                eps,
+                train: rng.chance(2),
+            },
             10 => GradOp::EvoNormS0 {
                 layout,
                 groups: rng.below(5) as usize,
@@ -207,7 +218,8 @@ impl GradOp {
             GradOp::BatchChannel { .. }
             | GradOp::RepBatchNorm { .. }
             | GradOp::Sinkhorn { .. }
-            | GradOp::EvoNormS0 { .. } => self.method_reference(x, shape, &dy),
+            | GradOp::EvoNormS0 { .. }
+            | GradOp::Ibn { .. } => self.method_reference(x, shape, &dy),
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -314,6 +326,26 @@ impl GradOp {
                 let xd = relayout(x, n, c, hw, layout, true);
                 let dyd = relayout(dy, n, c, hw, layout, true);
                 let g = rg::evonorm_s0_grad(&xd, (n, c, hw, groups), (&v, &w), &dyd, eps as f64);
+                Some(relayout(&g.dx, n, c, hw, layout, false))
+            }
+            GradOp::Ibn { layout, eps, train } => {
+                if shape.len() < 2 || !eps_ok(eps) {
+                    return None;
+                }
+                let (n, c, hw) = nc_hw(shape, layout);
+                let half = c / 2;
+                if train && half < c && !x.is_empty() && n * hw < 2 {
+                    return None;
+                }
+                if x.is_empty() {
+                    return Some(vec![]);
+                }
+                let w = vec![1.0; c];
+                let (rm, rv) = (vec![RUNNING.0; c - half], vec![RUNNING.1; c - half]);
+                let running = (!train).then_some((rm.as_slice(), rv.as_slice()));
+                let xd = relayout(x, n, c, hw, layout, true);
+                let dyd = relayout(dy, n, c, hw, layout, true);
+                let g = rg::ibn_grad(&xd, (n, c, hw, half), &w, &dyd, running, eps as f64);
                 Some(relayout(&g.dx, n, c, hw, layout, false))
             }
             _ => None,
@@ -430,7 +462,8 @@ impl GradOp {
             GradOp::BatchChannel { .. }
             | GradOp::RepBatchNorm { .. }
             | GradOp::Sinkhorn { .. }
-            | GradOp::EvoNormS0 { .. } => self.encode_method(ctx, dtype, (x, &dy, dx), enc),
+            | GradOp::EvoNormS0 { .. }
+            | GradOp::Ibn { .. } => self.encode_method(ctx, dtype, (x, &dy, dx), enc),
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -584,6 +617,33 @@ impl GradOp {
                     dbias: None,
                 };
                 op.encode_backward(enc, &inputs, &v, &outputs)
+            }
+            GradOp::Ibn { layout, eps, train } => {
+                let cfg = wgnorm::IbnConfig {
+                    eps,
+                    layout,
+                    dtype,
+                    ..Default::default()
+                };
+                let op = wgnorm::IbnNorm::new(ctx, cfg)?;
+                let c = channels(layout);
+                let half = op.half(c);
+                let w = ctx.upload_f32(&vec![1.0; c], &[c])?;
+                let rm = ctx.upload_f32(&vec![RUNNING.0 as f32; c - half], &[c - half])?;
+                let rv = ctx.upload_f32(&vec![RUNNING.1 as f32; c - half], &[c - half])?;
+                let inputs = wgnorm::IbnGradInputs {
+                    x,
+                    weight: &w,
+                    running_mean: &rm,
+                    running_var: &rv,
+                    dy,
+                };
+                let outputs = wgnorm::IbnGradOutputs {
+                    dx,
+                    dweight: None,
+                    dbias: None,
+                };
+                op.encode_backward(enc, &inputs, &outputs, Mode::training(train))
             }
             _ => unreachable!("encode_method is called for the research methods only"),
         }

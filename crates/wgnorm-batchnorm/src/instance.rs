@@ -176,6 +176,8 @@ pub struct IbnNorm {
     eps: f32,
     momentum: f32,
     engine: InstanceMix,
+    /// The backward (`crate::ibn_grad`).
+    pub(crate) grad: crate::ibn_grad::IbnGrad,
 }
 
 /// Tensors of an IBN call: `weight`/`bias` `[C]` (the first `half` for the IN part),
@@ -245,6 +247,7 @@ impl IbnNorm {
             eps,
             momentum,
             engine: InstanceMix::new(ctx, layout, dtype)?,
+            grad: crate::ibn_grad::IbnGrad::new(ctx, eps, layout, dtype)?,
         })
     }
 

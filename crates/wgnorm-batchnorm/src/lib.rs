@@ -23,6 +23,7 @@ pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 mod bcn;
 mod fold;
 mod grad;
+mod ibn_grad;
 mod instance;
 mod progressive;
 mod region;
@@ -35,6 +36,9 @@ pub use fold::{
     fold_batch_norm, fold_rep_batch_norm, fold_specializations, FoldArgs, FoldParams, FOLD_KERNEL,
 };
 pub use grad::{BatchNormGradInputs, BatchNormGradOutputs, BatchNormGrads};
+pub use ibn_grad::{
+    ibn_grad_stats_spec, IbnGradInputs, IbnGradOutputs, IbnGrads, IBN_GRAD, IBN_GRAD_STATS_KERNEL,
+};
 pub use instance::{
     specializations as mixing_specializations, AdaB2nConfig, AdaB2nInputs, AdaB2nParams,
     AdaB2nTaskWeighted, EvoB0Params, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar,

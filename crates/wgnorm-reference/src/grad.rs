@@ -10,9 +10,11 @@ use crate::activation::Act;
 
 mod batch_channel;
 mod evonorm;
+mod ibn;
 mod sinkhorn;
 pub use batch_channel::{BatchChannel, BatchChannelGrads};
 pub use evonorm::{evonorm_s0_grad, EvoNormS0Grads};
+pub use ibn::ibn_grad;
 pub use sinkhorn::sinkhorn_grad;
 
 /// Gradients of a norm: `dx` like `x`; `dweight` and `dbias` one per parameter (empty when the
@@ -435,7 +437,7 @@ mod tests {
     }
 
     /// dx, dweight and dbias of `g` against central differences of `fwd(x, w, b)`.
-    fn close_affine(
+    pub(super) fn close_affine(
         what: &str,
         g: &Grads,
         (x, w, b): (&[f64], &[f64], &[f64]),

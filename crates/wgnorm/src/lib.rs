@@ -73,10 +73,11 @@ pub use wgnorm_batchnorm::{
     BatchChannelNormGradInputs, BatchChannelNormGradOutputs, BatchChannelNormInputs, BatchNorm,
     BatchNormConfig, BatchNormGradInputs, BatchNormGradOutputs, BatchNormGrads, BatchNormInputs,
     BatchNormOutputs, EstBn, EstBnConfig, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs,
-    EvoRunningVar, GhostBatchNorm, GhostBatchNormConfig, IbnConfig, IbnInputs, IbnNorm,
-    ProgressiveRepNorm, ProgressiveRepNormConfig, ProgressiveRepNormInputs, RegionNormB,
-    RegionNormBConfig, RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs,
-    RepBatchNorm, TestTimeBn, TestTimeBnConfig, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
+    EvoRunningVar, GhostBatchNorm, GhostBatchNormConfig, IbnConfig, IbnGradInputs, IbnGradOutputs,
+    IbnGrads, IbnInputs, IbnNorm, ProgressiveRepNorm, ProgressiveRepNormConfig,
+    ProgressiveRepNormInputs, RegionNormB, RegionNormBConfig, RegionNormInputs, RegionNormL,
+    RegionNormLConfig, RegionNormLInputs, RepBatchNorm, TestTimeBn, TestTimeBnConfig, UnmixTns,
+    UnmixTnsConfig, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::Layout;
 pub use wgnorm_core::context::OPTIONAL_FEATURES;
@@ -159,7 +160,9 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
             engine::chgrad::GradTerm::NONE,
             wgnorm_batchnorm::SCALED_RESIDUAL_GRAD,
             wgnorm_groupnorm::SIGMOID_GATE_GRAD,
+            wgnorm_batchnorm::IBN_GRAD,
         ]),
+        vec![wgnorm_batchnorm::ibn_grad_stats_spec()],
         wgnorm_powernorm::grad_specializations(),
         wgnorm_rmsnorm::qk_rope::qk_rope_specializations(),
         wgnorm_selfnorm::specializations(),

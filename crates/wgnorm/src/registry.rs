@@ -83,7 +83,10 @@ pub const OPS: &[OpEntry] = &[
         "batch_channel_norm_grad" => run_batch_channel_norm_grad,
     ], FUZZED),
     op!(EvoNormB0, "wgnorm-batchnorm", ["evonorm_b0" => run_evonorm_b0], FUZZED),
-    op!(IbnNorm, "wgnorm-batchnorm", ["ibn_norm" => run_ibn_norm], FUZZED),
+    op!(IbnNorm, "wgnorm-batchnorm", [
+        "ibn_norm" => run_ibn_norm,
+        "ibn_norm_grad" => run_ibn_norm_grad,
+    ], FUZZED),
     op!(ProgressiveRepNorm, "wgnorm-batchnorm", [],
         Err("a schedule over training steps; tests/instance_stats.rs checks every phase")),
     op!(RegionNormB, "wgnorm-batchnorm", ["region_norm_b" => run_region_norm_b], FUZZED),

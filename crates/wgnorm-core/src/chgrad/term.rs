@@ -138,6 +138,15 @@ impl GradTerm {
         }
     }
 
+    /// The same term with another finalize kernel (parts `[FINALIZE_HEAD.., <snippet>,
+    /// FINALIZE_BODY]`): `GradTerm::NONE.with_finalize(..)` for a term that only mixes slots.
+    pub const fn with_finalize(self, finalize: Parts) -> GradTerm {
+        GradTerm {
+            finalize: Kernel::new(finalize.0, finalize.1, FINALIZE_SLOTS),
+            ..self
+        }
+    }
+
     /// The same term with its own partials sums.
     pub const fn with_partials(self, partials: Parts) -> GradTerm {
         GradTerm {

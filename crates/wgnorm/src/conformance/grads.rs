@@ -476,3 +476,39 @@ pub(crate) fn run_evonorm_s0_grad(ctx: &Context, case: &Case) -> Result<DeviceOu
     out.insert("dv".into(), output(&g.dv));
     Ok(out)
 }
+
+/// `ibn_norm_grad`: the InstanceNorm channels through their own statistics, the BatchNorm
+/// channels through the batch's (training) or with the running ones as constants.
+pub(crate) fn run_ibn_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let a = Attrs::new(case, &["ratio", "eps", "momentum", "training"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let op = crate::IbnNorm::new(
+        ctx,
+        crate::IbnConfig {
+            ratio: a.f64("ratio", 0.5)? as f32,
+            eps: a.f64("eps", 1e-5)? as f32,
+            momentum: a.f64("momentum", 0.1)? as f32,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let p = |n: &str| upload(ctx, input(case, n)?, crate::DType::F32);
+    let (w, rm, rv) = (p("weight")?, p("running_mean")?, p("running_var")?);
+    let g = op
+        .backward(
+            &crate::IbnGradInputs {
+                x: &xt,
+                weight: &w,
+                running_mean: &rm,
+                running_var: &rv,
+                dy: &dy,
+            },
+            crate::Mode::training(a.bool("training", true)?),
+        )
+        .map_err(err)?;
+    grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))
+}
