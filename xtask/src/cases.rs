@@ -25,6 +25,7 @@ pub(crate) fn tensor(name: &str, dtype: Dtype, shape: &[usize], v: &[f64]) -> Ou
             .iter()
             .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
             .collect(),
+        Dtype::U8 => v.iter().map(|&x| x as u8).collect(),
         _ => v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
     };
     Out {

@@ -299,8 +299,46 @@ fn ibn_cases(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `region_norm_b_grad` with a U8 mask at the feature size, values 0.05 apart next to
+/// eps = 1e-3 (scaled by NHW / S).
+fn region_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::region_norm_b_grad;
+    let (n, c, h, w, eps) = (2usize, 6usize, 5usize, 4usize, 1e-3);
+    let hw = h * w;
+    let shape = [n, c, h, w];
+    let f = |v: &[f64]| rounded(Dtype::F32, v);
+    let x = f(&values(211, n * c * hw, 0.05)
+        .iter()
+        .map(|v| v + 1.0)
+        .collect::<Vec<_>>());
+    let dy = f(&values(212, x.len(), 1.0));
+    let mask: Vec<f64> = (0..n * hw)
+        .map(|p| ((p / w + p % w) % 3 == 0) as u8 as f64)
+        .collect();
+    let [gf, gb, bf, bb] = [213, 214, 215, 216].map(|s| f(&values(s, c, 0.5)));
+    let g = region_norm_b_grad(&x, (n, c, hw), &mask, (&gf, &gb), &dy, eps);
+    let outs = vec![
+        tensor("x", Dtype::F32, &shape, &x),
+        tensor("mask", Dtype::U8, &[n, 1, h, w], &mask),
+        tensor("gamma_f", Dtype::F32, &[c], &gf),
+        tensor("gamma_b", Dtype::F32, &[c], &gb),
+        tensor("beta_f", Dtype::F32, &[c], &bf),
+        tensor("beta_b", Dtype::F32, &[c], &bb),
+        tensor("dy", Dtype::F32, &shape, &dy),
+        tensor("expected.dx", Dtype::F32, &shape, &g.dx),
+        tensor("expected.dgamma_f", Dtype::F32, &[c], &g.dgamma_f),
+        tensor("expected.dgamma_b", Dtype::F32, &[c], &g.dgamma_b),
+        tensor("expected.dbeta_f", Dtype::F32, &[c], &g.dbeta_f),
+        tensor("expected.dbeta_b", Dtype::F32, &[c], &g.dbeta_b),
+    ];
+    let attrs = serde_json::json!({ "eps": eps });
+    let file = "region_norm_b_grad_f32_2x6x5x4.safetensors";
+    write(dir, file, "region_norm_b_grad", attrs, (5e-5, 2e-4), outs)
+}
+
 /// Every backward case of the research methods.
 pub fn method_grad_cases(dir: &Path) -> Result<()> {
+    region_cases(dir)?;
     batch_channel_cases(dir)?;
     rep_batch_norm_cases(dir)?;
     sinkhorn_cases(dir)?;

@@ -1,6 +1,6 @@
 //! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer),
 //! GroupNorm, the activations, AlphaDropout, LpNorm, Batch-Channel Norm, RepBN, Sinkhorn
-//! normalization, EvoNorm-S0 and IBN for random shapes, axes, layouts, parameters and fused activations, with a fixed
+//! normalization, EvoNorm-S0, IBN and Region Norm-B for random shapes, axes, layouts, parameters and fused activations, with a fixed
 //! upstream gradient, against the f64 reference gradients (themselves checked by finite
 //! differences).
 
@@ -10,6 +10,7 @@ use wgnorm_reference::activation::Act;
 use wgnorm_reference::grad as rg;
 
 use crate::fuzz::{nc_hw, random_eps, relayout, x_values, Rng};
+use crate::fuzz_inputs::region_mask;
 
 /// A backward op with the parameters the reference needs (named for its forward op).
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +59,8 @@ pub enum GradOp {
     },
     /// Sinkhorn normalization's backward (x must be `[m, n]`; iterations drawn from 0..4).
     Sinkhorn { iterations: usize, eps: f32 },
+    /// Region Norm-B's backward (NCHW, the inputs fuzzer's mask, gammas 0.2 / -0.1).
+    RegionNormB { eps: f32 },
     /// IBN's backward (ratio 0.5, weight 1), training or inference.
     Ibn {
         layout: Layout,
@@ -112,7 +115,10 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(12) {
+        match rng.below(13) {
+            12 => GradOp::RegionNormB {
+                eps: rng.pick(&[1e-5, 1e-3, -1.0, f32::NAN]),
+            },
             11 => GradOp::Ibn {
                 layout,
                 eps,
@@ -219,7 +225,8 @@ impl GradOp {
             | GradOp::RepBatchNorm { .. }
             | GradOp::Sinkhorn { .. }
             | GradOp::EvoNormS0 { .. }
-            | GradOp::Ibn { .. } => self.method_reference(x, shape, &dy),
+            | GradOp::Ibn { .. }
+            | GradOp::RegionNormB { .. } => self.method_reference(x, shape, &dy),
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -348,6 +355,19 @@ impl GradOp {
                 let g = rg::ibn_grad(&xd, (n, c, hw, half), &w, &dyd, running, eps as f64);
                 Some(relayout(&g.dx, n, c, hw, layout, false))
             }
+            GradOp::RegionNormB { eps } => {
+                if shape.len() != 4 || !eps_ok(eps) {
+                    return None;
+                }
+                let (n, c, hw) = nc_hw(shape, Layout::Nchw);
+                if x.is_empty() {
+                    return Some(vec![]);
+                }
+                let mask: Vec<f64> = region_mask(n, hw).iter().map(|&m| m as f64).collect();
+                let (gf, gb) = (vec![0.2; c], vec![-0.1; c]);
+                let g = rg::region_norm_b_grad(x, (n, c, hw), &mask, (&gf, &gb), dy, eps as f64);
+                Some(g.dx)
+            }
             _ => None,
         }
     }
@@ -463,7 +483,8 @@ impl GradOp {
             | GradOp::RepBatchNorm { .. }
             | GradOp::Sinkhorn { .. }
             | GradOp::EvoNormS0 { .. }
-            | GradOp::Ibn { .. } => self.encode_method(ctx, dtype, (x, &dy, dx), enc),
+            | GradOp::Ibn { .. }
+            | GradOp::RegionNormB { .. } => self.encode_method(ctx, dtype, (x, &dy, dx), enc),
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -644,6 +665,43 @@ impl GradOp {
                     dbias: None,
                 };
                 op.encode_backward(enc, &inputs, &outputs, Mode::training(train))
+            }
+            GradOp::RegionNormB { eps } => {
+                let cfg = wgnorm::RegionNormBConfig {
+                    eps,
+                    layout: Layout::Nchw,
+                    dtype,
+                };
+                let op = wgnorm::RegionNormB::new(ctx, cfg)?;
+                let s = x.shape();
+                let (n, hw) = match s {
+                    [n, _, h, w] => (*n, h * w),
+                    _ => (s.first().copied().unwrap_or(0), 0),
+                };
+                let mask_shape = match s {
+                    [n, _, h, w] => vec![*n, 1, *h, *w],
+                    _ => vec![n, 1, 0, 0],
+                };
+                let mask = ctx.upload_f32(&region_mask(n, hw), &mask_shape)?;
+                let c = channels(Layout::Nchw);
+                let vec = |v: f32| ctx.upload_f32(&vec![v; c], &[c]);
+                let (gf, gb, beta) = (vec(0.2)?, vec(-0.1)?, vec(0.05)?);
+                let inputs = wgnorm::RegionNormInputs {
+                    x,
+                    mask: &mask,
+                    gamma_f: &gf,
+                    gamma_b: &gb,
+                    beta_f: &beta,
+                    beta_b: &beta,
+                };
+                let outputs = wgnorm::RegionNormGradOutputs {
+                    dx,
+                    dgamma_f: None,
+                    dgamma_b: None,
+                    dbeta_f: None,
+                    dbeta_b: None,
+                };
+                op.encode_backward(enc, &inputs, dy, &outputs)
             }
             _ => unreachable!("encode_method is called for the research methods only"),
         }

@@ -32,7 +32,7 @@ pub enum InputsOp {
 }
 
 /// The region mask: pixel j of sample i is foreground when `(i + j) % 3 == 0`.
-fn region_mask(n: usize, hw: usize) -> Vec<f32> {
+pub(crate) fn region_mask(n: usize, hw: usize) -> Vec<f32> {
     (0..n * hw)
         .map(|e| (e / hw + e % hw).is_multiple_of(3) as u8 as f32)
         .collect()

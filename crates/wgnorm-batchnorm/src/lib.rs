@@ -27,6 +27,7 @@ mod ibn_grad;
 mod instance;
 mod progressive;
 mod region;
+mod region_grad;
 mod variants;
 pub use bcn::{
     BatchChannelGrads, BatchChannelNorm, BatchChannelNormConfig, BatchChannelNormGradInputs,
@@ -49,6 +50,9 @@ pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormConfig, ProgressiveR
 pub use region::{
     specializations as region_specializations, RegionNormB, RegionNormBConfig, RegionNormInputs,
     RegionNormL, RegionNormLConfig, RegionNormLInputs, RegionParams, REGION_KERNEL,
+};
+pub use region_grad::{
+    grad_specializations as region_grad_specializations, RegionNormGradOutputs, REGION_GRAD_KERNEL,
 };
 pub use variants::{
     AdaptiveBn, AdaptiveBnConfig, EstBn, EstBnConfig, GhostBatchNorm, GhostBatchNormConfig,

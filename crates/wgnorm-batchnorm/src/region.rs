@@ -38,7 +38,7 @@ const SLOTS: &[Slot] = &[
     Slot::ReadWrite, // scratch
     Slot::ReadWrite, // y
 ];
-const WG: u32 = 256;
+pub(crate) const WG: u32 = 256;
 
 /// What [`RegionNormB::new`] takes; `Default` gives the usual defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,12 +72,15 @@ impl Default for RegionNormBConfig {
 /// `[N, Hm, Wm, 1]` for NHWC, is resized to the feature size by nearest neighbour on the GPU
 /// (PyTorch's `interpolate(mode="nearest")`). Parameters are f32 `[C]` (zeros at init).
 pub struct RegionNormB {
-    ctx: Context,
-    eps: f32,
-    layout: Layout,
-    dtype: DType,
-    binds: BindCache,
-    scratch: ScratchCache,
+    pub(crate) ctx: Context,
+    pub(crate) eps: f32,
+    pub(crate) layout: Layout,
+    pub(crate) dtype: DType,
+    pub(crate) binds: BindCache,
+    pub(crate) scratch: ScratchCache,
+    /// The backward's bind groups and parameter-gradient sinks.
+    pub(crate) grad_binds: BindCache,
+    pub(crate) grad_scratch: ScratchCache,
 }
 
 /// Tensors of an RN-B call.
@@ -111,16 +114,13 @@ impl RegionNormB {
             dtype,
             binds: BindCache::default(),
             scratch: ScratchCache::default(),
+            grad_binds: BindCache::default(),
+            grad_scratch: ScratchCache::default(),
         })
     }
 
-    /// Records RN-B: the resized mask, the statistics inside and outside it, the output.
-    pub fn encode(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        a: &RegionNormInputs,
-        y: &Tensor,
-    ) -> Result<()> {
+    /// `[n, c, h, w, hm, wm]` of a call whose output is `y`, every input checked.
+    pub(crate) fn dims(&self, a: &RegionNormInputs, y: &Tensor) -> Result<[usize; 6]> {
         let (n, c, h, w) = dims_of(a.x, y, self.layout, self.dtype)?;
         let ms = a.mask.shape();
         let (mn, hm, wm, one) = match (self.layout, ms) {
@@ -152,6 +152,17 @@ impl RegionNormB {
                 });
             }
         }
+        Ok([n, c, h, w, hm, wm])
+    }
+
+    /// Records RN-B: the resized mask, the statistics inside and outside it, the output.
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        a: &RegionNormInputs,
+        y: &Tensor,
+    ) -> Result<()> {
+        let [n, c, h, w, hm, wm] = self.dims(a, y)?;
         let params = [a.mask, a.gamma_f, a.gamma_b, a.beta_f, a.beta_b];
         record(
             &self.ctx,
@@ -161,9 +172,9 @@ impl RegionNormB {
             (a.x, y, params),
             [n, c, h, w, hm, wm],
             (self.eps, None),
-            self.layout,
-            self.dtype,
+            (self.layout, self.dtype, false),
         )
+        .map(|_| ())
     }
 
     /// Allocates y, encodes and submits (does not wait).
@@ -302,9 +313,9 @@ impl RegionNormL {
             ),
             [n, c, h, w, h, w],
             (self.eps, Some(self.threshold)),
-            self.layout,
-            self.dtype,
+            (self.layout, self.dtype, false),
         )
+        .map(|_| ())
     }
 
     /// Allocates y, encodes and submits (does not wait).
@@ -341,9 +352,10 @@ fn dims_of(
 
 /// The staged kernel for RN-B (`threshold` None: `params` are mask, gamma_f, gamma_b, beta_f,
 /// beta_b) or RN-L (`params` are the mask conv, gamma conv weight and bias, beta conv weight
-/// and bias).
+/// and bias). `for_grad`: the statistics only (no output stage; y is not written), in a scratch
+/// with room for the backward's; returns that scratch and the parameter block.
 #[allow(clippy::too_many_arguments)]
-fn record(
+pub(crate) fn record(
     ctx: &Context,
     binds: &BindCache,
     scratch_cache: &ScratchCache,
@@ -351,15 +363,14 @@ fn record(
     tensors: (&Tensor, &Tensor, [&Tensor; 5]),
     dims: [usize; 6],
     eps_threshold: (f32, Option<f32>),
-    layout: Layout,
-    dtype: DType,
-) -> Result<()> {
+    (layout, dtype, for_grad): (Layout, DType, bool),
+) -> Result<Option<(Tensor, RegionParams)>> {
     let (x, y, p) = tensors;
     let [n, c, h, w, hm, wm] = dims;
     let (eps, threshold) = eps_threshold;
     let s = x.shape();
     if x.numel() == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let pixels = n * h * w;
     let per_tile = WG as usize * if ctx.is_cpu() { 64 } else { 16 };
@@ -375,6 +386,8 @@ fn record(
     }
     let rnl = threshold.is_some();
     let len = pixels + c * tiles * 6 + 5 * c + if rnl { 5 * pixels } else { 0 };
+    // The backward's tail (`region_grad.wgsl`): stats, partials, sums.
+    let len = len + if for_grad { 10 * c + 4 * c * tiles } else { 0 };
     let scratch = scratch_cache.get(ctx, s, &[len], DType::F32)?;
     let r = |t: &Tensor, what| binding::storage_range(ctx, what, t);
     let ranges = [
@@ -429,11 +442,10 @@ fn record(
     } else {
         vec![(0, per_pixel)]
     };
-    stages.extend([
-        (1, c * tiles),
-        (2, c.div_ceil(WG as usize)),
-        (3, x.numel().div_ceil(WG as usize)),
-    ]);
+    stages.extend([(1, c * tiles), (2, c.div_ceil(WG as usize))]);
+    if !for_grad {
+        stages.push((3, x.numel().div_ceil(WG as usize)));
+    }
     for (stage, g) in stages {
         let pipeline = ctx.pipeline(&region_spec(io, stage, layout == Layout::Nhwc, rnl))?;
         let (gx, gy) = binding::grid(ctx, g as u64);
@@ -441,7 +453,7 @@ fn record(
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
     }
-    Ok(())
+    Ok(Some((scratch, params)))
 }
 
 /// The staged Region Normalization kernel.

@@ -11,10 +11,12 @@ use crate::activation::Act;
 mod batch_channel;
 mod evonorm;
 mod ibn;
+mod region;
 mod sinkhorn;
 pub use batch_channel::{BatchChannel, BatchChannelGrads};
 pub use evonorm::{evonorm_s0_grad, EvoNormS0Grads};
 pub use ibn::ibn_grad;
+pub use region::{region_norm_b_grad, RegionGrads};
 pub use sinkhorn::sinkhorn_grad;
 
 /// Gradients of a norm: `dx` like `x`; `dweight` and `dbias` one per parameter (empty when the

@@ -75,9 +75,9 @@ pub use wgnorm_batchnorm::{
     BatchNormOutputs, EstBn, EstBnConfig, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs,
     EvoRunningVar, GhostBatchNorm, GhostBatchNormConfig, IbnConfig, IbnGradInputs, IbnGradOutputs,
     IbnGrads, IbnInputs, IbnNorm, ProgressiveRepNorm, ProgressiveRepNormConfig,
-    ProgressiveRepNormInputs, RegionNormB, RegionNormBConfig, RegionNormInputs, RegionNormL,
-    RegionNormLConfig, RegionNormLInputs, RepBatchNorm, TestTimeBn, TestTimeBnConfig, UnmixTns,
-    UnmixTnsConfig, UnmixTnsInputs,
+    ProgressiveRepNormInputs, RegionNormB, RegionNormBConfig, RegionNormGradOutputs,
+    RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs, RepBatchNorm, TestTimeBn,
+    TestTimeBnConfig, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::Layout;
 pub use wgnorm_core::context::OPTIONAL_FEATURES;
@@ -167,6 +167,7 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         wgnorm_rmsnorm::qk_rope::qk_rope_specializations(),
         wgnorm_selfnorm::specializations(),
         wgnorm_batchnorm::region_specializations(),
+        wgnorm_batchnorm::region_grad_specializations(),
         wgnorm_batchnorm::fold_specializations(),
         wgnorm_poincare::ball_specializations(),
         wgnorm_poincare::norm_specializations(),

@@ -89,7 +89,10 @@ pub const OPS: &[OpEntry] = &[
     ], FUZZED),
     op!(ProgressiveRepNorm, "wgnorm-batchnorm", [],
         Err("a schedule over training steps; tests/instance_stats.rs checks every phase")),
-    op!(RegionNormB, "wgnorm-batchnorm", ["region_norm_b" => run_region_norm_b], FUZZED),
+    op!(RegionNormB, "wgnorm-batchnorm", [
+        "region_norm_b" => run_region_norm_b,
+        "region_norm_b_grad" => run_region_norm_b_grad,
+    ], FUZZED),
     op!(RegionNormL, "wgnorm-batchnorm", ["region_norm_l" => run_region_norm_l],
         Err("the learned mask's threshold makes random inputs flip pixels; conformance and tests/instance_stats.rs")),
     op!(UnmixTns, "wgnorm-batchnorm", ["unmix_tns" => run_unmix_tns], FUZZED),

@@ -512,3 +512,41 @@ pub(crate) fn run_ibn_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutp
         .map_err(err)?;
     grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))
 }
+
+/// `region_norm_b_grad`: dx through each region's statistics, the affine's gradients.
+pub(crate) fn run_region_norm_b_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let a = Attrs::new(case, &["eps"])?;
+    let x = input(case, "x")?;
+    let dtype = io_dtype(x)?;
+    let op = crate::RegionNormB::new(
+        ctx,
+        crate::RegionNormBConfig {
+            eps: a.f64("eps", 1e-5)? as f32,
+            layout: crate::Layout::Nchw,
+            dtype,
+        },
+    )
+    .map_err(err)?;
+    let xt = upload(ctx, x, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    // U8 mask (0/1) as f32.
+    let mask = upload(ctx, input(case, "mask")?, crate::DType::F32)?;
+    let p = |n: &str| upload(ctx, input(case, n)?, crate::DType::F32);
+    let (gf, gb, bf, bb) = (p("gamma_f")?, p("gamma_b")?, p("beta_f")?, p("beta_b")?);
+    let inputs = crate::RegionNormInputs {
+        x: &xt,
+        mask: &mask,
+        gamma_f: &gf,
+        gamma_b: &gb,
+        beta_f: &bf,
+        beta_b: &bb,
+    };
+    let [dx, dgf, dgb, dbf, dbb] = op.backward(&inputs, &dy).map_err(err)?;
+    Ok(BTreeMap::from([
+        ("dx".to_string(), output(&dx)),
+        ("dgamma_f".to_string(), output(&dgf)),
+        ("dgamma_b".to_string(), output(&dgb)),
+        ("dbeta_f".to_string(), output(&dbf)),
+        ("dbeta_b".to_string(), output(&dbb)),
+    ]))
+}
