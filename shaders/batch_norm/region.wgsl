@@ -18,27 +18,9 @@
 
 override WG: u32 = 256u;
 override STAGE: u32 = 0u;
-// x is (N, H, W, C) instead of (N, C, H, W).
-override NHWC: bool = false;
 override RNL: bool = false;
 
-struct RegionParams {
-    n: u32,
-    c: u32,
-    h: u32,
-    w: u32,
-    hm: u32,
-    wm: u32,
-    tiles: u32,
-    tile_len: u32,
-    eps: f32,
-    // RN-L: the mask threshold on s.
-    threshold: f32,
-    _pad1: u32,
-    _pad2: u32,
-}
 
-@group(0) @binding(0) var<uniform> params: RegionParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read> mask_in: array<f32>;
 @group(0) @binding(3) var<storage, read> gamma_f: array<f32>;
@@ -51,12 +33,6 @@ struct RegionParams {
 var<workgroup> red_in: array<Moments, WG>;
 var<workgroup> red_out: array<Moments, WG>;
 
-fn hw() -> u32 {
-    return params.h * params.w;
-}
-fn off_partials() -> u32 {
-    return params.n * hw();
-}
 fn off_coef() -> u32 {
     return off_partials() + params.c * params.tiles * 6u;
 }
@@ -74,12 +50,6 @@ fn off_beta_map() -> u32 {
     return off_gamma_map() + params.n * hw();
 }
 
-fn index(n: u32, ch: u32, s: u32) -> u32 {
-    if NHWC {
-        return (n * hw() + s) * params.c + ch;
-    }
-    return (n * params.c + ch) * hw() + s;
-}
 
 fn welford(acc: Moments, v: f32) -> Moments {
     return moments_merge(acc, Moments(1.0, v, 0.0));
@@ -220,32 +190,13 @@ fn finalize(ch: u32) {
     if ch >= params.c {
         return;
     }
-    var a_in = Moments(0.0, 0.0, 0.0);
-    var a_out = Moments(0.0, 0.0, 0.0);
-    for (var t = 0u; t < params.tiles; t++) {
-        let o = off_partials() + (ch * params.tiles + t) * 6u;
-        a_in = moments_merge(a_in, Moments(scratch[o], scratch[o + 1u], scratch[o + 2u]));
-        a_out = moments_merge(a_out, Moments(scratch[o + 3u], scratch[o + 4u], scratch[o + 5u]));
-    }
-    let total = f32(params.n * hw());
-    // An empty region counts 1 pixel, as the official code's S = 0 -> 1 (its pixels: none).
-    let s_in = max(a_in.n, 1.0);
-    let s_out = max(a_out.n, 1.0);
-    let v_in = a_in.m2 / s_in + params.eps * total / s_in;
-    let v_out = a_out.m2 / s_out + params.eps * total / s_out;
-    // A region with no variance and eps = 0 makes the official code's BatchNorm of the filled
-    // tensor 0/0 at every pixel, and its mask products keep the NaN (NaN * 0): the whole
-    // channel is NaN, not just that region.
-    // (Through a `let`: a constant NaN is a shader-creation error in Tint.)
-    let nan_bits = 0x7fc00000u;
-    let nan = bitcast<f32>(nan_bits);
-    let degenerate = v_in == 0.0 || v_out == 0.0;
-    let rs_in = select(rsqrt_var(v_in), nan, degenerate);
-    let rs_out = select(rsqrt_var(v_out), nan, degenerate);
+    let st = region_stats(ch);
+    let rs_in = st.rs_in;
+    let rs_out = st.rs_out;
     let c = params.c;
     let o = off_coef();
-    scratch[o + ch] = a_in.mean;
-    scratch[o + 2u * c + ch] = a_out.mean;
+    scratch[o + ch] = st.mean_in;
+    scratch[o + 2u * c + ch] = st.mean_out;
     if RNL {
         // The affine is per pixel (apply).
         scratch[o + c + ch] = rs_in;

@@ -13,25 +13,9 @@
 
 override WG: u32 = 256u;
 override GSTAGE: u32 = 0u;
-override NHWC: bool = false;
 override PARAMS: u32 = 0u;
 
-struct RegionParams {
-    n: u32,
-    c: u32,
-    h: u32,
-    w: u32,
-    hm: u32,
-    wm: u32,
-    tiles: u32,
-    tile_len: u32,
-    eps: f32,
-    threshold: f32,
-    _pad1: u32,
-    _pad2: u32,
-}
 
-@group(0) @binding(0) var<uniform> params: RegionParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read> dy: array<Elem>;
 @group(0) @binding(3) var<storage, read> gamma_f: array<f32>;
@@ -43,13 +27,6 @@ struct RegionParams {
 
 var<workgroup> red: array<vec4<f32>, WG>;
 
-fn hw() -> u32 {
-    return params.h * params.w;
-}
-// The forward's layout: [mask (N HW) | moments (C tiles 6) | coefficients (5 C)].
-fn off_partials() -> u32 {
-    return params.n * hw();
-}
 fn off_stats() -> u32 {
     return off_partials() + params.c * params.tiles * 6u + 5u * params.c;
 }
@@ -60,41 +37,19 @@ fn off_sums() -> u32 {
     return off_gpartials() + 4u * params.c * params.tiles;
 }
 
-fn index(n: u32, ch: u32, s: u32) -> u32 {
-    if NHWC {
-        return (n * hw() + s) * params.c + ch;
-    }
-    return (n * params.c + ch) * hw() + s;
-}
 
 fn stats(ch: u32) {
     if ch >= params.c {
         return;
     }
-    var a_in = Moments(0.0, 0.0, 0.0);
-    var a_out = Moments(0.0, 0.0, 0.0);
-    for (var t = 0u; t < params.tiles; t++) {
-        let o = off_partials() + (ch * params.tiles + t) * 6u;
-        a_in = moments_merge(a_in, Moments(scratch[o], scratch[o + 1u], scratch[o + 2u]));
-        a_out = moments_merge(a_out, Moments(scratch[o + 3u], scratch[o + 4u], scratch[o + 5u]));
-    }
-    // As the forward: an empty region counts 1 pixel; eps = 0 and a region without variance
-    // make the whole channel NaN.
-    let total = f32(params.n * hw());
-    let s_in = max(a_in.n, 1.0);
-    let s_out = max(a_out.n, 1.0);
-    let v_in = a_in.m2 / s_in + params.eps * total / s_in;
-    let v_out = a_out.m2 / s_out + params.eps * total / s_out;
-    let nan_bits = 0x7fc00000u;
-    let nan = bitcast<f32>(nan_bits);
-    let degenerate = v_in == 0.0 || v_out == 0.0;
+    let st = region_stats(ch);
     let o = off_stats() + 6u * ch;
-    scratch[o] = a_in.mean;
-    scratch[o + 1u] = select(rsqrt_var(v_in), nan, degenerate);
-    scratch[o + 2u] = a_out.mean;
-    scratch[o + 3u] = select(rsqrt_var(v_out), nan, degenerate);
-    scratch[o + 4u] = s_in;
-    scratch[o + 5u] = s_out;
+    scratch[o] = st.mean_in;
+    scratch[o + 1u] = st.rs_in;
+    scratch[o + 2u] = st.mean_out;
+    scratch[o + 3u] = st.rs_out;
+    scratch[o + 4u] = st.s_in;
+    scratch[o + 5u] = st.s_out;
 }
 
 fn partials(g: u32, lid: u32) {

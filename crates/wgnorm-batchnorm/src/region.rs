@@ -456,11 +456,15 @@ pub(crate) fn record(
     Ok(Some((scratch, params)))
 }
 
+/// What both region kernels share: the parameter block, x's layout, the regions' statistics.
+pub(crate) const REGION_COMMON: &str = wgnorm_core::shader_file!("batch_norm/region_common.wgsl");
+
 /// The staged Region Normalization kernel.
 pub const REGION_KERNEL: Kernel = Kernel::new(
     "batch_norm/region",
     &[
         snippet::MOMENTS,
+        REGION_COMMON,
         wgnorm_core::shader_file!("batch_norm/region.wgsl"),
     ],
     SLOTS,

@@ -28,6 +28,7 @@ pub const REGION_GRAD_KERNEL: Kernel = Kernel::new(
     "batch_norm/region_grad",
     &[
         snippet::MOMENTS,
+        crate::region::REGION_COMMON,
         wgnorm_core::shader_file!("batch_norm/region_grad.wgsl"),
     ],
     GRAD_SLOTS,

@@ -198,7 +198,11 @@ pub(crate) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<DeviceOutputs
     only_y(&y)
 }
 
-pub(crate) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+/// A `batch_channel_norm` case's op (EstBN when it names a moving speed) and its attributes.
+pub(super) fn batch_channel_op<'a>(
+    ctx: &Context,
+    case: &'a Case,
+) -> Result<(crate::batchnorm::BatchChannelNorm, Attrs<'a>, crate::DType), String> {
     let a = Attrs::new(
         case,
         &[
@@ -209,8 +213,7 @@ pub(crate) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Devic
             "estbn_moving_speed",
         ],
     )?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
+    let dtype = io_dtype(input(case, "x")?)?;
     let cfg = crate::BatchNormConfig {
         eps: a.f64("eps", 1e-5)? as f32,
         momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
@@ -230,6 +233,12 @@ pub(crate) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<Devic
     if let Some(ms) = a.opt_f64("estbn_moving_speed", None)? {
         op = op.with_estbn(ms as f32);
     }
+    Ok((op, a, dtype))
+}
+
+pub(crate) fn run_batch_channel_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, a, dtype) = batch_channel_op(ctx, case)?;
+    let x = input(case, "x")?;
     let xt = upload(ctx, x, dtype)?;
     let p = |name| upload_param(ctx, case, name);
     let (bw, bb, rm, rv, w, b) = (

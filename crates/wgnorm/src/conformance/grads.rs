@@ -295,38 +295,9 @@ pub(crate) fn run_batch_channel_norm_grad(
     ctx: &Context,
     case: &Case,
 ) -> Result<DeviceOutputs, String> {
-    let a = Attrs::new(
-        case,
-        &[
-            "num_groups",
-            "eps",
-            "momentum",
-            "training",
-            "estbn_moving_speed",
-        ],
-    )?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let cfg = crate::BatchNormConfig {
-        eps: a.f64("eps", 1e-5)? as f32,
-        momentum: a.opt_f64("momentum", Some(0.1))?.map(|m| m as f32),
-        dtype,
-        ..Default::default()
-    };
-    let groups =
-        usize::try_from(a.int("num_groups", 32)?).map_err(|_| "num_groups < 0".to_string())?;
-    let mut op = crate::batchnorm::BatchChannelNorm::new(
-        ctx,
-        crate::batchnorm::BatchChannelNormConfig {
-            batch_norm: cfg,
-            groups,
-        },
-    )
-    .map_err(err)?;
+    let (op, a, dtype) = super::batch::batch_channel_op(ctx, case)?;
     let estbn = a.opt_f64("estbn_moving_speed", None)?;
-    if let Some(ms) = estbn {
-        op = op.with_estbn(ms as f32);
-    }
+    let x = input(case, "x")?;
     let xt = upload(ctx, x, dtype)?;
     let dy = upload(ctx, input(case, "dy")?, dtype)?;
     let p = |name| upload_param(ctx, case, name);
@@ -480,20 +451,8 @@ pub(crate) fn run_evonorm_s0_grad(ctx: &Context, case: &Case) -> Result<DeviceOu
 /// `ibn_norm_grad`: the InstanceNorm channels through their own statistics, the BatchNorm
 /// channels through the batch's (training) or with the running ones as constants.
 pub(crate) fn run_ibn_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
-    let a = Attrs::new(case, &["ratio", "eps", "momentum", "training"])?;
+    let (op, a, dtype) = super::research::ibn_op(ctx, case)?;
     let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let op = crate::IbnNorm::new(
-        ctx,
-        crate::IbnConfig {
-            ratio: a.f64("ratio", 0.5)? as f32,
-            eps: a.f64("eps", 1e-5)? as f32,
-            momentum: a.f64("momentum", 0.1)? as f32,
-            layout: crate::Layout::Nchw,
-            dtype,
-        },
-    )
-    .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
     let dy = upload(ctx, input(case, "dy")?, dtype)?;
     let p = |n: &str| upload(ctx, input(case, n)?, crate::DType::F32);

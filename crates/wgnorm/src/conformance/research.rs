@@ -169,10 +169,13 @@ pub(crate) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<Devi
     only_y(&y)
 }
 
-pub(crate) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+/// An `ibn_norm` case's op and its attributes.
+pub(super) fn ibn_op<'a>(
+    ctx: &Context,
+    case: &'a Case,
+) -> Result<(crate::IbnNorm, Attrs<'a>, DType), String> {
     let a = Attrs::new(case, &["ratio", "eps", "momentum", "training"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
+    let dtype = io_dtype(input(case, "x")?)?;
     let op = crate::IbnNorm::new(
         ctx,
         crate::IbnConfig {
@@ -184,6 +187,12 @@ pub(crate) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, 
         },
     )
     .map_err(err)?;
+    Ok((op, a, dtype))
+}
+
+pub(crate) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, a, dtype) = ibn_op(ctx, case)?;
+    let x = input(case, "x")?;
     let xt = upload(ctx, x, dtype)?;
     let p = |n: &str| upload(ctx, input(case, n)?, DType::F32);
     let (w, b, rm, rv) = (
