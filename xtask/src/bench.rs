@@ -997,6 +997,29 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
             out.push(crate::bench_grad::channel_grad_case(ctx, op, shape)?);
         }
     }
+    // The research methods' backward passes.
+    let (method_shape, sinkhorn_m) = if o.quick {
+        ([4, 64, 14, 14], 256)
+    } else {
+        ([16, 64, 28, 28], 1024)
+    };
+    let label = method_shape.map(|d| d.to_string()).join("x");
+    out.extend(crate::bench_methods_grad::method_grad_cases(
+        ctx,
+        method_shape,
+        sinkhorn_m,
+        |op| {
+            wanted(
+                o,
+                op,
+                if op.starts_with("sinkhorn") {
+                    ""
+                } else {
+                    &label
+                },
+            )
+        },
+    )?);
     // Real-model rows at their real size (full runs only).
     if !o.quick {
         for layout in [wgnorm::Layout::Nchw, wgnorm::Layout::Nhwc] {

@@ -12,6 +12,7 @@ mod autotune_batch;
 mod bench;
 mod bench_fused;
 mod bench_grad;
+mod bench_methods_grad;
 mod bench_models;
 mod bench_plot;
 mod bench_startup;

@@ -1,0 +1,273 @@
+//! Bench rows of the research methods' backward passes (issue: every backward a bench row):
+//! Batch-Channel Norm, EvoNorm-S0, IBN and Region Norm-B on one NCHW shape, Sinkhorn on one
+//! matrix, each checked against its f64 reference gradient after the timed runs. Bytes are a
+//! copy's: x and dy read, dx written once.
+
+use anyhow::Result;
+use wgnorm::prelude::*;
+use wgnorm::{Context, Mode};
+use wgnorm_reference::grad as rg;
+
+use crate::bench::{pattern, Case, Check, Record};
+
+/// The backward rows for an NCHW `shape` (the channel methods) and an `[m, m]` matrix.
+pub fn method_grad_cases(
+    ctx: &Context,
+    shape: [usize; 4],
+    m: usize,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<Case>> {
+    let mut out = Vec::new();
+    let rows: [(&str, CaseFn); 4] = [
+        ("batch_channel_norm_backward", batch_channel),
+        ("evonorm_s0_backward", evonorm_s0),
+        ("ibn_backward", ibn),
+        ("region_norm_b_backward", region),
+    ];
+    for (op, f) in rows {
+        if wanted(op) {
+            out.push(f(ctx, shape)?);
+        }
+    }
+    if wanted("sinkhorn_backward") {
+        out.push(sinkhorn(ctx, m)?);
+    }
+    Ok(out)
+}
+
+type CaseFn = fn(&Context, [usize; 4]) -> Result<Case>;
+
+/// x (offset 2, spread 1), dy and the row's tensors.
+struct Data {
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    xt: Tensor,
+    dyt: Tensor,
+    dx: Tensor,
+}
+
+fn data(ctx: &Context, shape: &[usize]) -> Result<Data> {
+    let numel = shape.iter().product();
+    let (x, dy) = (pattern(11, numel, 2.0, 1.0), pattern(12, numel, 0.0, 1.0));
+    Ok(Data {
+        xt: ctx.upload_f32(&x, shape)?,
+        dyt: ctx.upload_f32(&dy, shape)?,
+        dx: ctx.empty(shape, DType::F32)?,
+        x,
+        dy,
+    })
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&a| a as f64).collect()
+}
+
+/// A row from its recording closure (validated once here) and the f64 dx.
+fn case(
+    ctx: &Context,
+    (op, kernel): (&'static str, &str),
+    shape: Vec<usize>,
+    d: &Data,
+    rec: impl Fn(&mut wgpu::CommandEncoder) -> wgnorm::Result<()> + 'static,
+    want: Vec<f64>,
+) -> Result<Case> {
+    ctx.record_and_submit(&rec)?;
+    let numel = d.x.len() as u64;
+    let run: Record = Box::new(move |enc| rec(enc).expect("validated above"));
+    Ok(Case {
+        op,
+        shape,
+        dtype: DType::F32,
+        layout: "NCHW",
+        bytes: 3 * numel * 4,
+        kernel: kernel.into(),
+        run,
+        naive: None,
+        check: Some(Check::Reference(d.dx.clone(), want)),
+    })
+}
+
+fn batch_channel(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
+    let d = data(ctx, &[n, c, h, w])?;
+    let groups = 32;
+    let (bw, gw) = (pattern(13, c, 1.0, 0.5), pattern(14, groups, 1.0, 0.5));
+    let op = wgnorm::BatchChannelNorm::new(
+        ctx,
+        wgnorm::BatchChannelNormConfig {
+            groups,
+            ..Default::default()
+        },
+    )?;
+    let (bwt, gwt) = (ctx.upload_f32(&bw, &[c])?, ctx.upload_f32(&gw, &[groups])?);
+    let (xt, dyt, dx) = (d.xt.clone(), d.dyt.clone(), d.dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| {
+        let inputs = wgnorm::BatchChannelNormGradInputs {
+            x: &xt,
+            bn_weight: Some(&bwt),
+            bn_bias: None,
+            running_mean: None,
+            running_var: None,
+            weight: Some(&gwt),
+            bias: None,
+            dy: &dyt,
+        };
+        let outputs = wgnorm::BatchChannelNormGradOutputs {
+            dx: &dx,
+            dbn_weight: None,
+            dbn_bias: None,
+            dweight: None,
+            dbias: None,
+        };
+        op.encode_backward(enc, &inputs, &outputs, Mode::Train)
+    };
+    let (bwf, gwf, zeros) = (f64s(&bw), f64s(&gw), vec![0.0; groups]);
+    let r = rg::BatchChannel {
+        n,
+        c,
+        hw: h * w,
+        groups,
+        bn_weight: Some(&bwf),
+        bn_bias: None,
+        weight: &gwf,
+        bias: &zeros,
+        eps: 1e-5,
+    };
+    let want = r.grad(&f64s(&d.x), &f64s(&d.dy), None).dx;
+    let kernel = (
+        "batch_channel_norm_backward",
+        "BN + group backward + BN backward f32",
+    );
+    case(ctx, kernel, vec![n, c, h, w], &d, rec, want)
+}
+
+fn evonorm_s0(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
+    let d = data(ctx, &[n, c, h, w])?;
+    let groups = 32;
+    let (v, wv) = (pattern(15, c, 0.5, 1.0), pattern(16, c, 1.0, 0.5));
+    let op = wgnorm::EvoNormS0::new(
+        ctx,
+        wgnorm::EvoNormS0Config {
+            groups,
+            ..Default::default()
+        },
+    )?;
+    let (vt, wt) = (ctx.upload_f32(&v, &[c])?, ctx.upload_f32(&wv, &[c])?);
+    let (xt, dyt, dx) = (d.xt.clone(), d.dyt.clone(), d.dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| {
+        let inputs = wgnorm::NormGradInputs {
+            x: &xt,
+            weight: Some(&wt),
+            bias: None,
+            dy: &dyt,
+            saved: None,
+        };
+        let outputs = wgnorm::EvoNormS0GradOutputs {
+            dx: &dx,
+            dv: None,
+            dweight: None,
+            dbias: None,
+        };
+        op.encode_backward(enc, &inputs, &vt, &outputs)
+    };
+    let dims = (n, c, h * w, groups);
+    let want = rg::evonorm_s0_grad(
+        &f64s(&d.x),
+        dims,
+        (&f64s(&v), &f64s(&wv)),
+        &f64s(&d.dy),
+        1e-5,
+    )
+    .dx;
+    let kernel = (
+        "evonorm_s0_backward",
+        "channel_grad + sigmoid-gate term f32",
+    );
+    case(ctx, kernel, vec![n, c, h, w], &d, rec, want)
+}
+
+fn ibn(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
+    let d = data(ctx, &[n, c, h, w])?;
+    let half = c / 2;
+    let wv = pattern(17, c, 1.0, 0.5);
+    let op = wgnorm::IbnNorm::new(ctx, Default::default())?;
+    let wt = ctx.upload_f32(&wv, &[c])?;
+    let rm = ctx.upload_f32(&vec![2.0; c - half], &[c - half])?;
+    let rv = ctx.upload_f32(&vec![0.1; c - half], &[c - half])?;
+    let (xt, dyt, dx) = (d.xt.clone(), d.dyt.clone(), d.dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| {
+        let inputs = wgnorm::IbnGradInputs {
+            x: &xt,
+            weight: &wt,
+            running_mean: &rm,
+            running_var: &rv,
+            dy: &dyt,
+        };
+        let outputs = wgnorm::IbnGradOutputs {
+            dx: &dx,
+            dweight: None,
+            dbias: None,
+        };
+        op.encode_backward(enc, &inputs, &outputs, Mode::Train)
+    };
+    let dims = (n, c, h * w, half);
+    let want = rg::ibn_grad(&f64s(&d.x), dims, &f64s(&wv), &f64s(&d.dy), None, 1e-5).dx;
+    let kernel = (
+        "ibn_backward",
+        "reduce + IBN statistics + channel_grad + IBN term f32",
+    );
+    case(ctx, kernel, vec![n, c, h, w], &d, rec, want)
+}
+
+fn region(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
+    let d = data(ctx, &[n, c, h, w])?;
+    let hw = h * w;
+    let mask: Vec<f32> = (0..n * hw)
+        .map(|p| ((p / w + p % w) % 3 == 0) as u8 as f32)
+        .collect();
+    let (gf, gb) = (pattern(18, c, 0.0, 0.5), pattern(19, c, 0.0, 0.5));
+    let op = wgnorm::RegionNormB::new(ctx, Default::default())?;
+    let mt = ctx.upload_f32(&mask, &[n, 1, h, w])?;
+    let (gft, gbt) = (ctx.upload_f32(&gf, &[c])?, ctx.upload_f32(&gb, &[c])?);
+    let beta = ctx.upload_f32(&vec![0.0; c], &[c])?;
+    let (xt, dyt, dx) = (d.xt.clone(), d.dyt.clone(), d.dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| {
+        let inputs = wgnorm::RegionNormInputs {
+            x: &xt,
+            mask: &mt,
+            gamma_f: &gft,
+            gamma_b: &gbt,
+            beta_f: &beta,
+            beta_b: &beta,
+        };
+        let outputs = wgnorm::RegionNormGradOutputs {
+            dx: &dx,
+            dgamma_f: None,
+            dgamma_b: None,
+            dbeta_f: None,
+            dbeta_b: None,
+        };
+        op.encode_backward(enc, &inputs, &dyt, &outputs)
+    };
+    let (x, dy, mf) = (f64s(&d.x), f64s(&d.dy), f64s(&mask));
+    let want = rg::region_norm_b_grad(&x, (n, c, hw), &mf, (&f64s(&gf), &f64s(&gb)), &dy, 1e-5).dx;
+    let kernel = (
+        "region_norm_b_backward",
+        "region statistics + region_grad f32",
+    );
+    case(ctx, kernel, vec![n, c, h, w], &d, rec, want)
+}
+
+fn sinkhorn(ctx: &Context, m: usize) -> Result<Case> {
+    let d = data(ctx, &[m, m])?;
+    let op = wgnorm::SinkhornNormalize::new(ctx, Default::default())?;
+    let (xt, dyt, dx) = (d.xt.clone(), d.dyt.clone(), d.dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| op.encode_backward(enc, &xt, &dyt, &dx);
+    let want = rg::sinkhorn_grad(&f64s(&d.x), (m, m), 5, 1e-8, &f64s(&d.dy));
+    let kernel = (
+        "sinkhorn_backward",
+        "10 L2 passes + 10 L2 backward passes f32",
+    );
+    let mut row = case(ctx, kernel, vec![m, m], &d, rec, want)?;
+    row.layout = "row-major";
+    Ok(row)
+}
