@@ -78,6 +78,49 @@ pub enum GradOp {
 /// EvoNorm-S0's gate parameter in the fuzzer.
 const EVO_V: f32 = 0.7;
 
+/// A channel-family call as the f64 references see it: `(n, c, hw)` and x, dy in NCHW order.
+struct NchwCall {
+    dims: (usize, usize, usize),
+    layout: Layout,
+    x: Vec<f64>,
+    dy: Vec<f64>,
+}
+
+impl NchwCall {
+    /// The call, or what the reference says without one: `Err(None)` where it is undefined
+    /// (rank < 2, a bad eps, `groups` not dividing C), `Err(Some([]))` for an empty x.
+    fn of(
+        (x, dy): (&[f64], &[f64]),
+        shape: &[usize],
+        layout: Layout,
+        eps: f32,
+        groups: Option<usize>,
+    ) -> Result<NchwCall, Option<Vec<f64>>> {
+        if shape.len() < 2 || !eps_ok(eps) {
+            return Err(None);
+        }
+        let (n, c, hw) = nc_hw(shape, layout);
+        if groups.is_some_and(|g| g == 0 || c % g != 0) {
+            return Err(None);
+        }
+        if x.is_empty() {
+            return Err(Some(vec![]));
+        }
+        Ok(NchwCall {
+            dims: (n, c, hw),
+            layout,
+            x: relayout(x, n, c, hw, layout, true),
+            dy: relayout(dy, n, c, hw, layout, true),
+        })
+    }
+
+    /// A gradient in NCHW order back in the call's layout.
+    fn back(&self, v: &[f64]) -> Vec<f64> {
+        let (n, c, hw) = self.dims;
+        relayout(v, n, c, hw, self.layout, false)
+    }
+}
+
 /// RepBN's alpha in the fuzzer.
 const REP_ALPHA: f32 = 0.35;
 /// The running statistics of the fuzzer's inference backward calls.
@@ -207,19 +250,15 @@ impl GradOp {
                 .contains(&rate)
                 .then(|| wgnorm_reference::activation::alpha_dropout_grad(x, rate as f64, seed)),
             GradOp::BatchNorm { layout, eps, train } => {
-                if shape.len() < 2 || !eps_ok(eps) {
-                    return None;
-                }
-                let (n, c, hw) = nc_hw(shape, layout);
-                if x.is_empty() {
-                    return Some(vec![]);
-                }
-                let xd = relayout(x, n, c, hw, layout, true);
-                let dyd = relayout(&dy, n, c, hw, layout, true);
+                let call = match NchwCall::of((x, &dy), shape, layout, eps, None) {
+                    Ok(call) => call,
+                    Err(r) => return r,
+                };
+                let (n, c, hw) = call.dims;
                 let (rm, rv) = (vec![0.1; c], vec![0.9; c]);
                 let running = (!train).then_some((rm.as_slice(), rv.as_slice()));
-                let g = rg::batch_norm_grad(&xd, n, c, hw, None, &dyd, running, eps as f64);
-                Some(relayout(&g.dx, n, c, hw, layout, false))
+                let g = rg::batch_norm_grad(&call.x, n, c, hw, None, &call.dy, running, eps as f64);
+                Some(call.back(&g.dx))
             }
             GradOp::BatchChannel { .. }
             | GradOp::RepBatchNorm { .. }
@@ -233,22 +272,16 @@ impl GradOp {
                 eps,
                 act,
             } => {
-                if shape.len() < 2 || !eps_ok(eps) {
-                    return None;
-                }
-                let (n, c, hw) = nc_hw(shape, layout);
-                if groups == 0 || c % groups != 0 {
-                    return None;
-                }
-                if x.is_empty() {
-                    return Some(vec![]);
-                }
-                let xd = relayout(x, n, c, hw, layout, true);
-                let dyd = relayout(&dy, n, c, hw, layout, true);
+                let call = match NchwCall::of((x, &dy), shape, layout, eps, Some(groups)) {
+                    Ok(call) => call,
+                    Err(r) => return r,
+                };
+                let (n, c, hw) = call.dims;
                 let (w, b) = (vec![1.0; c], vec![0.0; c]);
-                let shape = (n, c, hw, groups);
-                let g = rg::group_norm_act_grad(&xd, shape, &w, &b, &dyd, eps as f64, act_ref(act));
-                Some(relayout(&g.dx, n, c, hw, layout, false))
+                let dims = (n, c, hw, groups);
+                let (eps, act) = (eps as f64, act_ref(act));
+                let g = rg::group_norm_act_grad(&call.x, dims, &w, &b, &call.dy, eps, act);
+                Some(call.back(&g.dx))
             }
         }
     }
@@ -267,16 +300,11 @@ impl GradOp {
                 eps,
                 train,
             } => {
-                if shape.len() < 2 || !eps_ok(eps) {
-                    return None;
-                }
-                let (n, c, hw) = nc_hw(shape, layout);
-                if groups == 0 || c % groups != 0 {
-                    return None;
-                }
-                if x.is_empty() {
-                    return Some(vec![]);
-                }
+                let call = match NchwCall::of((x, dy), shape, layout, eps, Some(groups)) {
+                    Ok(call) => call,
+                    Err(r) => return r,
+                };
+                let (n, c, hw) = call.dims;
                 let (w, b) = (vec![1.0; groups], vec![0.0; groups]);
                 let op = rg::BatchChannel {
                     n,
@@ -291,69 +319,52 @@ impl GradOp {
                 };
                 let (rm, rv) = (vec![RUNNING.0; c], vec![RUNNING.1; c]);
                 let running = (!train).then_some((rm.as_slice(), rv.as_slice()));
-                let xd = relayout(x, n, c, hw, layout, true);
-                let g = op.grad(&xd, &relayout(dy, n, c, hw, layout, true), running);
-                Some(relayout(&g.dx, n, c, hw, layout, false))
+                Some(call.back(&op.grad(&call.x, &call.dy, running).dx))
             }
             GradOp::RepBatchNorm { layout, eps, train } => {
-                if shape.len() < 2 || !eps_ok(eps) {
-                    return None;
-                }
-                let (n, c, hw) = nc_hw(shape, layout);
-                if x.is_empty() {
-                    return Some(vec![]);
-                }
+                let call = match NchwCall::of((x, dy), shape, layout, eps, None) {
+                    Ok(call) => call,
+                    Err(r) => return r,
+                };
+                let (n, c, hw) = call.dims;
                 let (rm, rv) = (vec![RUNNING.0; c], vec![RUNNING.1; c]);
                 let running = (!train).then_some((rm.as_slice(), rv.as_slice()));
-                let (xd, dyd) = (
-                    relayout(x, n, c, hw, layout, true),
-                    relayout(dy, n, c, hw, layout, true),
-                );
-                let alpha = REP_ALPHA as f64;
-                let eps = eps as f64;
-                let g = rg::rep_batch_norm_grad(&xd, n, c, hw, None, alpha, &dyd, running, eps).0;
-                Some(relayout(&g.dx, n, c, hw, layout, false))
+                let (alpha, eps) = (REP_ALPHA as f64, eps as f64);
+                let (xd, dyd) = (&call.x, &call.dy);
+                let g = rg::rep_batch_norm_grad(xd, n, c, hw, None, alpha, dyd, running, eps).0;
+                Some(call.back(&g.dx))
             }
             GradOp::EvoNormS0 {
                 layout,
                 groups,
                 eps,
             } => {
-                if shape.len() < 2 || !eps_ok(eps) {
-                    return None;
-                }
-                let (n, c, hw) = nc_hw(shape, layout);
-                if groups == 0 || c % groups != 0 {
-                    return None;
-                }
-                if x.is_empty() {
-                    return Some(vec![]);
-                }
+                let call = match NchwCall::of((x, dy), shape, layout, eps, Some(groups)) {
+                    Ok(call) => call,
+                    Err(r) => return r,
+                };
+                let (n, c, hw) = call.dims;
                 let (v, w) = (vec![EVO_V as f64; c], vec![1.0; c]);
-                let xd = relayout(x, n, c, hw, layout, true);
-                let dyd = relayout(dy, n, c, hw, layout, true);
-                let g = rg::evonorm_s0_grad(&xd, (n, c, hw, groups), (&v, &w), &dyd, eps as f64);
-                Some(relayout(&g.dx, n, c, hw, layout, false))
+                let dims = (n, c, hw, groups);
+                let g = rg::evonorm_s0_grad(&call.x, dims, (&v, &w), &call.dy, eps as f64);
+                Some(call.back(&g.dx))
             }
             GradOp::Ibn { layout, eps, train } => {
-                if shape.len() < 2 || !eps_ok(eps) {
-                    return None;
-                }
-                let (n, c, hw) = nc_hw(shape, layout);
+                let call = match NchwCall::of((x, dy), shape, layout, eps, None) {
+                    Ok(call) => call,
+                    Err(r) => return r,
+                };
+                let (n, c, hw) = call.dims;
                 let half = c / 2;
-                if train && half < c && !x.is_empty() && n * hw < 2 {
+                if train && half < c && n * hw < 2 {
                     return None;
-                }
-                if x.is_empty() {
-                    return Some(vec![]);
                 }
                 let w = vec![1.0; c];
                 let (rm, rv) = (vec![RUNNING.0; c - half], vec![RUNNING.1; c - half]);
                 let running = (!train).then_some((rm.as_slice(), rv.as_slice()));
-                let xd = relayout(x, n, c, hw, layout, true);
-                let dyd = relayout(dy, n, c, hw, layout, true);
-                let g = rg::ibn_grad(&xd, (n, c, hw, half), &w, &dyd, running, eps as f64);
-                Some(relayout(&g.dx, n, c, hw, layout, false))
+                let dims = (n, c, hw, half);
+                let g = rg::ibn_grad(&call.x, dims, &w, &call.dy, running, eps as f64);
+                Some(call.back(&g.dx))
             }
             GradOp::RegionNormB { eps } => {
                 if shape.len() != 4 || !eps_ok(eps) {
