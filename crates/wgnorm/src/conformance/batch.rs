@@ -164,10 +164,13 @@ pub(crate) fn run_weight_standardization(
     only_y(&y)
 }
 
-pub(crate) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+/// An `evonorm_s0` case's op and x's dtype.
+pub(super) fn evonorm_s0_op(
+    ctx: &Context,
+    case: &Case,
+) -> Result<(crate::EvoNormS0, DType), String> {
     let a = Attrs::new(case, &["groups", "eps"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
+    let dtype = io_dtype(input(case, "x")?)?;
     let groups = usize::try_from(a.int("groups", 32)?).map_err(|_| "groups < 0".to_string())?;
     let op = crate::EvoNormS0::new(
         ctx,
@@ -179,6 +182,12 @@ pub(crate) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<DeviceOutputs
         },
     )
     .map_err(err)?;
+    Ok((op, dtype))
+}
+
+pub(crate) fn run_evonorm_s0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, dtype) = evonorm_s0_op(ctx, case)?;
+    let x = input(case, "x")?;
     let xt = upload(ctx, x, dtype)?;
     let (w, b) = (
         upload_param(ctx, case, "weight")?,

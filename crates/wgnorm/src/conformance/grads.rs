@@ -392,20 +392,8 @@ pub(crate) fn run_sinkhorn_normalize_grad(
     ctx: &Context,
     case: &Case,
 ) -> Result<DeviceOutputs, String> {
-    let a = Attrs::new(case, &["iterations", "eps"])?;
+    let (op, dtype) = super::research::sinkhorn_op(ctx, case)?;
     let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let iterations =
-        usize::try_from(a.int("iterations", 5)?).map_err(|_| "iterations < 0".to_string())?;
-    let op = crate::SinkhornNormalize::new(
-        ctx,
-        crate::SinkhornConfig {
-            iterations,
-            eps: a.f64("eps", 1e-8)? as f32,
-            dtype,
-        },
-    )
-    .map_err(err)?;
     let dy = upload(ctx, input(case, "dy")?, dtype)?;
     let dx = op.backward(&upload(ctx, x, dtype)?, &dy).map_err(err)?;
     Ok(BTreeMap::from([("dx".to_string(), output(&dx))]))
@@ -413,20 +401,8 @@ pub(crate) fn run_sinkhorn_normalize_grad(
 
 /// `evonorm_s0_grad`: dx, dv, dweight and dbias through the group statistics and the gate.
 pub(crate) fn run_evonorm_s0_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
-    let a = Attrs::new(case, &["groups", "eps"])?;
+    let (op, dtype) = super::batch::evonorm_s0_op(ctx, case)?;
     let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
-    let groups = usize::try_from(a.int("groups", 32)?).map_err(|_| "groups < 0".to_string())?;
-    let op = crate::EvoNormS0::new(
-        ctx,
-        crate::EvoNormS0Config {
-            groups,
-            eps: a.f64("eps", 1e-5)? as f32,
-            layout: crate::Layout::Nchw,
-            dtype,
-        },
-    )
-    .map_err(err)?;
     let xt = upload(ctx, x, dtype)?;
     let dy = upload(ctx, input(case, "dy")?, dtype)?;
     let w = upload_param(ctx, case, "weight")?;

@@ -68,10 +68,13 @@ pub(crate) fn run_power_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs
     Ok(out)
 }
 
-pub(crate) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+/// A `sinkhorn_normalize` case's op and x's dtype.
+pub(super) fn sinkhorn_op(
+    ctx: &Context,
+    case: &Case,
+) -> Result<(crate::SinkhornNormalize, DType), String> {
     let a = Attrs::new(case, &["iterations", "eps"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
+    let dtype = io_dtype(input(case, "x")?)?;
     let iterations =
         usize::try_from(a.int("iterations", 5)?).map_err(|_| "iterations < 0".to_string())?;
     let op = crate::SinkhornNormalize::new(
@@ -83,6 +86,12 @@ pub(crate) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<Devic
         },
     )
     .map_err(err)?;
+    Ok((op, dtype))
+}
+
+pub(crate) fn run_sinkhorn_normalize(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, dtype) = sinkhorn_op(ctx, case)?;
+    let x = input(case, "x")?;
     let y = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
     only_y(&y)
 }
