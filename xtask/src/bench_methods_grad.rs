@@ -1,5 +1,5 @@
 //! Bench rows of the research methods' backward passes (issue: every backward a bench row):
-//! Batch-Channel Norm, EvoNorm-S0, IBN and Region Norm-B on one NCHW shape, Sinkhorn on one
+//! Batch-Channel Norm, EvoNorm-S0 and -B0, IBN and Region Norm-B on one NCHW shape, Sinkhorn on one
 //! matrix, each checked against its f64 reference gradient after the timed runs. Bytes are a
 //! copy's: x and dy read, dx written once.
 
@@ -18,9 +18,10 @@ pub fn method_grad_cases(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    let rows: [(&str, CaseFn); 4] = [
+    let rows: [(&str, CaseFn); 5] = [
         ("batch_channel_norm_backward", batch_channel),
         ("evonorm_s0_backward", evonorm_s0),
+        ("evonorm_b0_backward", evonorm_b0),
         ("ibn_backward", ibn),
         ("region_norm_b_backward", region),
     ];
@@ -182,6 +183,44 @@ fn evonorm_s0(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
         "evonorm_s0_backward",
         "channel_grad + sigmoid-gate term f32",
     );
+    case(ctx, kernel, vec![n, c, h, w], &d, rec, want)
+}
+
+/// Training; v keeps every element on the instance branch of the max (v x >= 0.37 next to
+/// denominators 0.01 apart), so the f32 kernel and the f64 check take the same branch.
+fn evonorm_b0(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
+    let d = data(ctx, &[n, c, h, w])?;
+    let (v, wv) = (pattern(18, c, 0.5, 0.5), pattern(19, c, 1.0, 0.5));
+    let op = wgnorm::EvoNormB0::new(ctx, Default::default())?;
+    let p = |e: &[f32]| ctx.upload_f32(e, &[c]);
+    let (vt, wt, bt, rvt) = (p(&v)?, p(&wv)?, p(&vec![0.0; c])?, p(&vec![1.0; c])?);
+    let (xt, dyt, dx) = (d.xt.clone(), d.dyt.clone(), d.dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| {
+        let inputs = wgnorm::EvoNormB0Inputs {
+            x: &xt,
+            weight: &wt,
+            bias: &bt,
+            v: &vt,
+            running_var: &rvt,
+        };
+        let outputs = wgnorm::EvoNormB0GradOutputs {
+            dx: &dx,
+            dweight: None,
+            dbias: None,
+            dv: None,
+        };
+        op.encode_backward(enc, &inputs, &dyt, &outputs, Mode::Train)
+    };
+    let want = rg::evonorm_b0_grad(
+        &f64s(&d.x),
+        (n, c, h * w),
+        (&f64s(&v), &f64s(&wv)),
+        rg::EvoB0Variance::Batch,
+        &f64s(&d.dy),
+        1e-5,
+    )
+    .dx;
+    let kernel = ("evonorm_b0_backward", "staged max-denominator backward f32");
     case(ctx, kernel, vec![n, c, h, w], &d, rec, want)
 }
 

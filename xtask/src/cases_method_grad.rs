@@ -250,6 +250,105 @@ fn evonorm_s0_cases(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `evonorm_b0_grad`: training and inference in f32, training in f16, and one exact tie of the
+/// max (one sample in training with v = 0: the batch and instance denominators are the same
+/// number; each branch takes half). Values 0.05 apart about 0.3 next to eps = 1e-3, v of both
+/// signs; away from the tie case no element lies within 1e-4 of a tie (asserted), so a float32
+/// kernel takes the same branch as the float64 reference.
+fn evonorm_b0_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::{evonorm_b0_grad, EvoB0Variance};
+    let eps = 1e-3;
+    for (tag, (n, c, side), dtype, training) in [
+        ("train", (3usize, 6usize, 4usize), Dtype::F32, true),
+        ("infer", (2, 6, 5), Dtype::F32, false),
+        ("train", (2, 8, 4), Dtype::F16, true),
+        ("tie", (1, 4, 3), Dtype::F32, true),
+    ] {
+        let (hw, shape) = (side * side, [n, c, side, side]);
+        let f = |v: &[f64]| rounded(Dtype::F32, v);
+        let x = rounded(
+            dtype,
+            &values(161, n * c * hw, 0.05)
+                .iter()
+                .map(|v| v + 0.3)
+                .collect::<Vec<_>>(),
+        );
+        let dy = rounded(dtype, &values(162, x.len(), 1.0));
+        let v = f(&values(163, c, if tag == "tie" { 0.0 } else { 0.3 }));
+        let w = f(&values(164, c, 0.5)
+            .iter()
+            .map(|e| e + 1.0)
+            .collect::<Vec<_>>());
+        let b = f(&values(165, c, 0.5));
+        let rv = f(&values(166, c, 0.001)
+            .iter()
+            .map(|e| e + 0.002)
+            .collect::<Vec<_>>());
+        let var_b = if training {
+            EvoB0Variance::Batch
+        } else {
+            EvoB0Variance::Running(&rv)
+        };
+        if tag != "tie" {
+            b0_margin_check(&x, (n, c, hw), &v, var_b, eps)?;
+        }
+        let g = evonorm_b0_grad(&x, (n, c, hw), (&v, &w), var_b, &dy, eps);
+        let outs = vec![
+            tensor("x", dtype, &shape, &x),
+            tensor("weight", Dtype::F32, &[c], &w),
+            tensor("bias", Dtype::F32, &[c], &b),
+            tensor("v", Dtype::F32, &[c], &v),
+            tensor("running_var", Dtype::F32, &[c], &rv),
+            tensor("dy", dtype, &shape, &dy),
+            tensor("expected.dx", Dtype::F32, &shape, &g.dx),
+            tensor("expected.dweight", Dtype::F32, &[c], &g.dweight),
+            tensor("expected.dbias", Dtype::F32, &[c], &g.dbias),
+            tensor("expected.dv", Dtype::F32, &[c], &g.dv),
+        ];
+        let attrs = serde_json::json!({ "eps": eps, "training": training });
+        let name = if dtype == Dtype::F16 { "f16" } else { "f32" };
+        let file = format!("evonorm_b0_grad_{name}_{tag}_{n}x{c}x{side}x{side}.safetensors");
+        let tol = if dtype == Dtype::F16 {
+            (2e-2, 2e-2)
+        } else {
+            (1e-4, 5e-4)
+        };
+        write(dir, &file, "evonorm_b0_grad", attrs, tol, outs)?;
+    }
+    Ok(())
+}
+
+/// Fails when an element of an EvoNorm-B0 case lies within 1e-4 of the max's tie.
+fn b0_margin_check(
+    x: &[f64],
+    (n, c, hw): (usize, usize, usize),
+    v: &[f64],
+    var_b: wgnorm_reference::grad::EvoB0Variance,
+    eps: f64,
+) -> Result<()> {
+    let var = |e: &[f64]| {
+        let m = e.iter().sum::<f64>() / e.len() as f64;
+        e.iter().map(|a| (a - m).powi(2)).sum::<f64>() / e.len() as f64
+    };
+    for ch in 0..c {
+        let all: Vec<f64> = (0..n)
+            .flat_map(|i| x[(i * c + ch) * hw..(i * c + ch + 1) * hw].to_vec())
+            .collect();
+        let a = match var_b {
+            wgnorm_reference::grad::EvoB0Variance::Batch => (var(&all) + eps).sqrt(),
+            wgnorm_reference::grad::EvoB0Variance::Running(rv) => (rv[ch] + eps).sqrt(),
+        };
+        for i in 0..n {
+            let slab = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+            let s = (var(slab) + eps).sqrt();
+            if let Some(e) = slab.iter().find(|e| (v[ch] * *e + s - a).abs() < 1e-4) {
+                anyhow::bail!("evonorm_b0_grad case: x = {e} of channel {ch} is near a tie");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `ibn_norm_grad`, training and inference (C odd: half = 4 of 9), values 0.05 apart at an
 /// offset next to eps = 1e-3.
 fn ibn_cases(dir: &Path) -> Result<()> {
@@ -343,5 +442,6 @@ pub fn method_grad_cases(dir: &Path) -> Result<()> {
     rep_batch_norm_cases(dir)?;
     sinkhorn_cases(dir)?;
     evonorm_s0_cases(dir)?;
+    evonorm_b0_cases(dir)?;
     ibn_cases(dir)
 }

@@ -532,6 +532,15 @@ fn encode(
     }
 }
 
+/// Whether a valid call's result is rounding noise in any implementation (see
+/// [`ResearchOp::ill_conditioned`]): it is counted under its own name, not compared.
+fn ill_conditioned(op: Op, data: &[f32], shape: &[usize], dtype: DType) -> bool {
+    match op {
+        Op::Research(r) => r.ill_conditioned(&x_values(data, dtype), shape),
+        _ => false,
+    }
+}
+
 /// A buffer fault injected into a call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
@@ -596,6 +605,12 @@ fn one_call(ctx: &Context, rng: &mut Rng) -> Result<Verdict> {
     ctx.queue().submit([enc.finish()]);
     let want = reference(op, &x_values(&data, dtype), &shape, dtype);
     match (r, want) {
+        (Ok(()), Some(_)) if fault == Fault::None && ill_conditioned(op, &data, &shape, dtype) => {
+            Ok(Verdict::Ok(format!(
+                "{}IllConditionedNotCompared",
+                op_name(&op)
+            )))
+        }
         (Ok(()), Some(want)) if fault == Fault::None => {
             let got = ctx.download(&y)?;
             let tol = if dtype == DType::F16 { 2e-2 } else { 2e-4 };

@@ -1,6 +1,6 @@
 //! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer),
 //! GroupNorm, the activations, AlphaDropout, LpNorm, Batch-Channel Norm, RepBN, Sinkhorn
-//! normalization, EvoNorm-S0, IBN and Region Norm-B for random shapes, axes, layouts, parameters and fused activations, with a fixed
+//! normalization, EvoNorm-S0 and -B0, IBN and Region Norm-B for random shapes, axes, layouts, parameters and fused activations, with a fixed
 //! upstream gradient, against the f64 reference gradients (themselves checked by finite
 //! differences).
 
@@ -73,9 +73,15 @@ pub enum GradOp {
         groups: usize,
         eps: f32,
     },
+    /// EvoNorm-B0's backward (v = 0.7, weight 1), training or inference.
+    EvoNormB0 {
+        layout: Layout,
+        eps: f32,
+        train: bool,
+    },
 }
 
-/// EvoNorm-S0's gate parameter in the fuzzer.
+/// EvoNorm-S0's gate parameter and EvoNorm-B0's v in the fuzzer.
 const EVO_V: f32 = 0.7;
 
 /// A channel-family call as the f64 references see it: `(n, c, hw)` and x, dy in NCHW order.
@@ -158,7 +164,12 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(13) {
+        match rng.below(14) {
+            13 => GradOp::EvoNormB0 {
+                layout,
+                eps,
+                train: rng.chance(2),
+            },
             12 => GradOp::RegionNormB {
                 eps: rng.pick(&[1e-5, 1e-3, -1.0, f32::NAN]),
             },
@@ -264,6 +275,7 @@ impl GradOp {
             | GradOp::RepBatchNorm { .. }
             | GradOp::Sinkhorn { .. }
             | GradOp::EvoNormS0 { .. }
+            | GradOp::EvoNormB0 { .. }
             | GradOp::Ibn { .. }
             | GradOp::RegionNormB { .. } => self.method_reference(x, shape, &dy),
             GradOp::GroupNorm {
@@ -347,6 +359,21 @@ impl GradOp {
                 let (v, w) = (vec![EVO_V as f64; c], vec![1.0; c]);
                 let dims = (n, c, hw, groups);
                 let g = rg::evonorm_s0_grad(&call.x, dims, (&v, &w), &call.dy, eps as f64);
+                Some(call.back(&g.dx))
+            }
+            GradOp::EvoNormB0 { layout, eps, train } => {
+                let call = match NchwCall::of((x, dy), shape, layout, eps, None) {
+                    Ok(call) => call,
+                    Err(r) => return r,
+                };
+                let c = call.dims.1;
+                let (v, w, rv) = (vec![EVO_V as f64; c], vec![1.0; c], vec![RUNNING.1; c]);
+                let var_b = match train {
+                    true => rg::EvoB0Variance::Batch,
+                    false => rg::EvoB0Variance::Running(&rv),
+                };
+                let g =
+                    rg::evonorm_b0_grad(&call.x, call.dims, (&v, &w), var_b, &call.dy, eps as f64);
                 Some(call.back(&g.dx))
             }
             GradOp::Ibn { layout, eps, train } => {
@@ -494,6 +521,7 @@ impl GradOp {
             | GradOp::RepBatchNorm { .. }
             | GradOp::Sinkhorn { .. }
             | GradOp::EvoNormS0 { .. }
+            | GradOp::EvoNormB0 { .. }
             | GradOp::Ibn { .. }
             | GradOp::RegionNormB { .. } => self.encode_method(ctx, dtype, (x, &dy, dx), enc),
             GradOp::GroupNorm {
@@ -649,6 +677,32 @@ impl GradOp {
                     dbias: None,
                 };
                 op.encode_backward(enc, &inputs, &v, &outputs)
+            }
+            GradOp::EvoNormB0 { layout, eps, train } => {
+                let cfg = wgnorm::EvoNormB0Config {
+                    eps,
+                    layout,
+                    dtype,
+                    ..Default::default()
+                };
+                let op = wgnorm::EvoNormB0::new(ctx, cfg)?;
+                let c = channels(layout);
+                let p = |v: f64| ctx.upload_f32(&vec![v as f32; c], &[c]);
+                let (v, w, b, rv) = (p(EVO_V as f64)?, p(1.0)?, p(0.0)?, p(RUNNING.1)?);
+                let inputs = wgnorm::EvoNormB0Inputs {
+                    x,
+                    weight: &w,
+                    bias: &b,
+                    v: &v,
+                    running_var: &rv,
+                };
+                let outputs = wgnorm::EvoNormB0GradOutputs {
+                    dx,
+                    dweight: None,
+                    dbias: None,
+                    dv: None,
+                };
+                op.encode_backward(enc, &inputs, dy, &outputs, Mode::training(train))
             }
             GradOp::Ibn { layout, eps, train } => {
                 let cfg = wgnorm::IbnConfig {

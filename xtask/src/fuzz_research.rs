@@ -583,6 +583,31 @@ impl ResearchOp {
         }
     }
 
+    /// Whether the call's result is rounding noise in any implementation, so nothing can be
+    /// compared: Batch-Channel Norm with eps = 0 in training where a (sample, group) of the
+    /// BatchNorm stage's outputs has no variance in exact arithmetic (two values per channel
+    /// normalize to exactly +-1; a group of equal signs is then 0 / 0 before rounding, and the
+    /// float64 reference's and the kernel's results are each their own rounding errors scaled
+    /// by 1 / sqrt(1e-30)).
+    pub fn ill_conditioned(self, x: &[f64], shape: &[usize]) -> bool {
+        let ResearchOp::BatchChannelNorm { groups, train, eps } = self else {
+            return false;
+        };
+        if !(train && eps == 0.0) || x.is_empty() || shape.len() < 2 {
+            return false;
+        }
+        let (n, c, hw) = nc_hw(shape, Layout::Nchw);
+        if groups == 0 || c % groups != 0 || n * hw < 2 {
+            return false;
+        }
+        let (rm, rv) = (vec![0.1; c], vec![0.9; c]);
+        let y = rc::batch_norm(x, n, c, hw, None, None, &rm, &rv, true, 0.1, true, 0.0).y;
+        y.chunks(c / groups * hw).any(|g| {
+            let m = g.iter().sum::<f64>() / g.len() as f64;
+            g.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (g.len() as f64) < 1e-12
+        })
+    }
+
     /// Records the op from `x` into `y`.
     pub fn encode(
         self,

@@ -1,5 +1,5 @@
 //! Methods whose statistics are built from per-instance moments (the instance-statistics engine
-//! of wgnorm-core): IBN-Net, EvoNorm-B0, UnMix-TNS and task-weighted AdaB²N. Each has its own
+//! of wgnorm-core): IBN-Net, UnMix-TNS and task-weighted AdaB²N. Each has its own
 //! mixing kernel (`shaders/batch_norm/*.wgsl`) and uniform block; each reads x twice (reduce,
 //! apply) and keeps its state on the GPU. Parameters and state are f32; x and y f32 or f16,
 //! NCHW or NHWC.
@@ -11,7 +11,7 @@ use wgnorm_core::instmix::{
 use wgnorm_core::shader::{Io, Kernel, Specialization};
 use wgnorm_core::{Context, DType, Error, Mode, Result, Tensor};
 
-const fn mix_kernel(name: &'static str, parts: &'static [&'static str]) -> Kernel {
+pub(crate) const fn mix_kernel(name: &'static str, parts: &'static [&'static str]) -> Kernel {
     Kernel::new(name, parts, MIX_SLOTS)
 }
 
@@ -23,16 +23,6 @@ pub const IBN_KERNEL: Kernel = mix_kernel(
         MIX_COMMON[1],
         MIX_COMMON[2],
         wgnorm_core::shader_file!("batch_norm/ibn.wgsl"),
-    ],
-);
-/// EvoNorm-B0's mixing kernel.
-pub const EVONORM_B0_KERNEL: Kernel = mix_kernel(
-    "batch_norm/evonorm_b0",
-    &[
-        MIX_COMMON[0],
-        MIX_COMMON[1],
-        MIX_COMMON[2],
-        wgnorm_core::shader_file!("batch_norm/evonorm_b0.wgsl"),
     ],
 );
 /// UnMix-TNS's mixing kernel.
@@ -72,16 +62,6 @@ wgnorm_core::uniform_block! {
 }
 
 wgnorm_core::uniform_block! {
-    /// `EvoB0Params` (`batch_norm/evonorm_b0.wgsl`).
-    pub struct EvoB0Params {
-        pub n: u32,
-        pub c: u32,
-        pub eps: f32,
-        pub momentum: f32,
-    }
-}
-
-wgnorm_core::uniform_block! {
     /// `UnmixParams` (`batch_norm/unmix_tns.wgsl`).
     pub struct UnmixParams {
         pub n: u32,
@@ -117,13 +97,6 @@ fn ibn_spec(training: bool) -> Specialization {
         .flag("TRAINING", training)
 }
 
-fn evo_b0_spec(training: bool, unbiased: bool) -> Specialization {
-    Specialization::new(EVONORM_B0_KERNEL, Io::F32)
-        .set("WG", MIX_WG)
-        .flag("TRAINING", training)
-        .flag("UNBIASED_RUNNING", unbiased)
-}
-
 fn unmix_spec() -> Specialization {
     Specialization::new(UNMIX_TNS_KERNEL, Io::F32).set("WG", MIX_WG)
 }
@@ -138,7 +111,7 @@ pub fn specializations() -> Vec<Specialization> {
     for training in [false, true] {
         out.push(ibn_spec(training));
         for unbiased in [false, true] {
-            out.push(evo_b0_spec(training, unbiased));
+            out.push(crate::evonorm_b0::mix_spec(training, unbiased));
         }
     }
     out
@@ -147,7 +120,7 @@ pub fn specializations() -> Vec<Specialization> {
 /// A training step that feeds an unbiased batch variance to running statistics needs more than
 /// one value per channel over (N, spatial), as PyTorch's BatchNorm (`unbiased`: whether the
 /// call does).
-fn check_batch_spread(view: &ChannelView, unbiased: bool) -> Result<()> {
+pub(crate) fn check_batch_spread(view: &ChannelView, unbiased: bool) -> Result<()> {
     if unbiased && view.numel() > 0 && view.p * view.count() < 2 {
         return Err(Error::InvalidParameter {
             name: "batch",
@@ -159,11 +132,11 @@ fn check_batch_spread(view: &ChannelView, unbiased: bool) -> Result<()> {
 }
 
 /// Lanes' loop iterations of a per-channel mixing kernel that merges over the batch.
-fn per_channel_iterations(n: usize) -> u64 {
+pub(crate) fn per_channel_iterations(n: usize) -> u64 {
     2 * n as u64
 }
 
-fn check_momentum(m: f32) -> Result<()> {
+pub(crate) fn check_momentum(m: f32) -> Result<()> {
     wgnorm_core::check_unit_interval("momentum", m)
 }
 
@@ -302,141 +275,6 @@ impl IbnNorm {
 
     /// Allocates y, encodes and submits (does not wait).
     pub fn forward(&self, inputs: &IbnInputs, mode: Mode) -> Result<Tensor> {
-        let ctx = self.engine.context();
-        let y = ctx.empty(inputs.x.shape(), self.engine.dtype())?;
-        ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, mode))?;
-        Ok(y)
-    }
-}
-
-/// Running-variance convention of EvoNorm-B0.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EvoRunningVar {
-    /// timm: momentum update with the unbiased batch variance (the default here).
-    #[default]
-    TimmUnbiased,
-    /// TensorFlow (tpu `resnet_model.py`): decay 0.9 (momentum 0.1) with the biased variance.
-    TfBiased,
-}
-
-/// EvoNorm-B0 (Liu et al. 2020; docs/methods.md A14):
-/// `y = x / max(sqrt(var_B + eps), v * x + sqrt(var_I + eps)) * weight + bias`, var_B per channel
-/// over (N, spatial) (batch in training, `running_var` in inference), var_I per (sample, channel),
-/// both biased; `v`, `weight`, `bias`, `running_var` f32 `[C]`. eps 1e-5 (TF) or 1e-3 (timm).
-pub struct EvoNormB0 {
-    eps: f32,
-    momentum: f32,
-    running: EvoRunningVar,
-    engine: InstanceMix,
-}
-
-/// Tensors of an EvoNorm-B0 call.
-#[derive(Clone, Copy, Debug)]
-pub struct EvoNormB0Inputs<'a> {
-    /// Input, row-major, in the op's dtype.
-    pub x: &'a Tensor,
-    /// Scale (gamma) applied after normalizing.
-    pub weight: &'a Tensor,
-    /// Shift (beta) added after the scale.
-    pub bias: &'a Tensor,
-    /// The per-channel `v` of the denominator's `v x` term, f32 `[C]`.
-    pub v: &'a Tensor,
-    /// Running variance (f32, one per channel): read at inference, updated in training.
-    pub running_var: &'a Tensor,
-}
-
-/// What [`EvoNormB0::new`] takes; `Default` gives the paper's defaults.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EvoNormB0Config {
-    /// Added inside both square roots: 1e-5 (TF) or 1e-3 (timm).
-    pub eps: f32,
-    /// Running-variance momentum (PyTorch convention; TF decay 0.9 is 0.1).
-    pub momentum: f32,
-    /// Which variance feeds the running one.
-    pub running: EvoRunningVar,
-    /// Layout of x and y.
-    pub layout: Layout,
-    /// Storage type of x and y.
-    pub dtype: DType,
-}
-
-impl Default for EvoNormB0Config {
-    fn default() -> Self {
-        EvoNormB0Config {
-            eps: 1e-5,
-            momentum: 0.1,
-            running: EvoRunningVar::TimmUnbiased,
-            layout: Layout::Nchw,
-            dtype: DType::F32,
-        }
-    }
-}
-
-impl EvoNormB0 {
-    /// The op bound to `ctx` with `cfg`; an invalid configuration is a typed error.
-    pub fn new(ctx: &Context, cfg: EvoNormB0Config) -> Result<EvoNormB0> {
-        let EvoNormB0Config {
-            eps,
-            momentum,
-            running,
-            layout,
-            dtype,
-        } = cfg;
-        wgnorm_core::check_eps(eps)?;
-        check_momentum(momentum)?;
-        Ok(EvoNormB0 {
-            eps,
-            momentum,
-            running,
-            engine: InstanceMix::new(ctx, layout, dtype)?,
-        })
-    }
-
-    /// Records reduce, mix and apply; training also updates `running_var`.
-    pub fn encode(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        inputs: &EvoNormB0Inputs,
-        y: &Tensor,
-        mode: Mode,
-    ) -> Result<()> {
-        let training = mode.is_train();
-        let view = self.engine.view(inputs.x)?;
-        let (n, c) = (view.p, view.r);
-        check_batch_spread(
-            &view,
-            training && self.running == EvoRunningVar::TimmUnbiased,
-        )?;
-        expect_f32("v", Some(inputs.v), c)?;
-        expect_f32("running_var", Some(inputs.running_var), c)?;
-        let mixer = Mixer {
-            spec: evo_b0_spec(training, self.running == EvoRunningVar::TimmUnbiased),
-            params: EvoB0Params {
-                n: n as u32,
-                c: c as u32,
-                eps: self.eps,
-                momentum: self.momentum,
-            },
-            epilogue: crate::MAX_DENOMINATOR,
-            per_sample: 1,
-            dispatch: MixDispatch::PerChannel,
-            lane_iterations: per_channel_iterations(n),
-        };
-        let tensors = MixTensors {
-            x: inputs.x,
-            y,
-            weight: inputs.weight,
-            bias: inputs.bias,
-            aux: Some(inputs.v),
-            state_a: Some(inputs.running_var),
-            state_b: None,
-            per_sample_input: None,
-        };
-        self.engine.encode(enc, &tensors, &mixer)
-    }
-
-    /// Allocates y, encodes and submits (does not wait).
-    pub fn forward(&self, inputs: &EvoNormB0Inputs, mode: Mode) -> Result<Tensor> {
         let ctx = self.engine.context();
         let y = ctx.empty(inputs.x.shape(), self.engine.dtype())?;
         ctx.record_and_submit(|enc| self.encode(enc, inputs, &y, mode))?;

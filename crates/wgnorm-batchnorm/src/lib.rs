@@ -21,6 +21,8 @@ use wgnorm_core::chnorm::{
 pub use wgnorm_core::chnorm::{Layout, Moments, RunningUpdate};
 
 mod bcn;
+mod evonorm_b0;
+mod evonorm_b0_grad;
 mod fold;
 mod grad;
 mod ibn_grad;
@@ -33,6 +35,14 @@ pub use bcn::{
     BatchChannelGrads, BatchChannelNorm, BatchChannelNormConfig, BatchChannelNormGradInputs,
     BatchChannelNormGradOutputs, BatchChannelNormInputs,
 };
+pub use evonorm_b0::{
+    EvoB0Params, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar, EVONORM_B0_KERNEL,
+    MAX_DENOMINATOR,
+};
+pub use evonorm_b0_grad::{
+    grad_specializations as evonorm_b0_grad_specializations, EvoNormB0GradOutputs, EvoNormB0Grads,
+    EVONORM_B0_GRAD_KERNEL,
+};
 pub use fold::{
     fold_batch_norm, fold_rep_batch_norm, fold_specializations, FoldArgs, FoldParams, FOLD_KERNEL,
 };
@@ -42,9 +52,8 @@ pub use ibn_grad::{
 };
 pub use instance::{
     specializations as mixing_specializations, AdaB2nConfig, AdaB2nInputs, AdaB2nParams,
-    AdaB2nTaskWeighted, EvoB0Params, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs, EvoRunningVar,
-    IbnConfig, IbnInputs, IbnNorm, IbnParams, UnmixParams, UnmixTns, UnmixTnsConfig,
-    UnmixTnsInputs, ADAB2N_KERNEL, EVONORM_B0_KERNEL, IBN_KERNEL, UNMIX_TNS_KERNEL,
+    AdaB2nTaskWeighted, IbnConfig, IbnInputs, IbnNorm, IbnParams, UnmixParams, UnmixTns,
+    UnmixTnsConfig, UnmixTnsInputs, ADAB2N_KERNEL, IBN_KERNEL, UNMIX_TNS_KERNEL,
 };
 pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormConfig, ProgressiveRepNormInputs};
 pub use region::{
@@ -100,20 +109,6 @@ pub const SCALED_RESIDUAL_GRAD: GradTerm = GradTerm::new(
         ],
     ),
     (chgrad::TermLen::Scalar, chgrad::TermLen::Scalar),
-);
-
-/// EvoNorm-B0's apply epilogue: `y = x / max(a, v x + b) * weight + bias` from five coefficient
-/// arrays per sample written by its mixing kernel.
-pub const MAX_DENOMINATOR: Epilogue = Epilogue::new(
-    "channel_norm/apply+max_denominator",
-    &[
-        wgnorm_core::shader::snippet::ACTIVATION,
-        wgnorm_core::shader::snippet::CHANNEL_COMMON,
-        wgnorm_core::shader_file!("batch_norm/epilogue_max_denominator.wgsl"),
-        wgnorm_core::chnorm::plan::APPLY_BODY,
-    ],
-    5,
-    EpilogueInput::None,
 );
 
 /// What is fixed when the layer is created.

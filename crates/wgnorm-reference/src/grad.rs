@@ -14,7 +14,9 @@ mod ibn;
 mod region;
 mod sinkhorn;
 pub use batch_channel::{BatchChannel, BatchChannelGrads};
-pub use evonorm::{evonorm_s0_grad, EvoNormS0Grads};
+pub use evonorm::{
+    evonorm_b0_grad, evonorm_s0_grad, EvoB0Variance, EvoNormB0Grads, EvoNormS0Grads,
+};
 pub use ibn::ibn_grad;
 pub use region::{region_norm_b_grad, RegionGrads};
 pub use sinkhorn::sinkhorn_grad;

@@ -72,12 +72,12 @@ pub use wgnorm_batchnorm::{
     AdaptiveBnConfig, BatchChannelGrads, BatchChannelNorm, BatchChannelNormConfig,
     BatchChannelNormGradInputs, BatchChannelNormGradOutputs, BatchChannelNormInputs, BatchNorm,
     BatchNormConfig, BatchNormGradInputs, BatchNormGradOutputs, BatchNormGrads, BatchNormInputs,
-    BatchNormOutputs, EstBn, EstBnConfig, EvoNormB0, EvoNormB0Config, EvoNormB0Inputs,
-    EvoRunningVar, GhostBatchNorm, GhostBatchNormConfig, IbnConfig, IbnGradInputs, IbnGradOutputs,
-    IbnGrads, IbnInputs, IbnNorm, ProgressiveRepNorm, ProgressiveRepNormConfig,
-    ProgressiveRepNormInputs, RegionNormB, RegionNormBConfig, RegionNormGradOutputs,
-    RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs, RepBatchNorm, TestTimeBn,
-    TestTimeBnConfig, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
+    BatchNormOutputs, EstBn, EstBnConfig, EvoNormB0, EvoNormB0Config, EvoNormB0GradOutputs,
+    EvoNormB0Grads, EvoNormB0Inputs, EvoRunningVar, GhostBatchNorm, GhostBatchNormConfig,
+    IbnConfig, IbnGradInputs, IbnGradOutputs, IbnGrads, IbnInputs, IbnNorm, ProgressiveRepNorm,
+    ProgressiveRepNormConfig, ProgressiveRepNormInputs, RegionNormB, RegionNormBConfig,
+    RegionNormGradOutputs, RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs,
+    RepBatchNorm, TestTimeBn, TestTimeBnConfig, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::Layout;
 pub use wgnorm_core::context::OPTIONAL_FEATURES;
@@ -168,6 +168,7 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         wgnorm_selfnorm::specializations(),
         wgnorm_batchnorm::region_specializations(),
         wgnorm_batchnorm::region_grad_specializations(),
+        wgnorm_batchnorm::evonorm_b0_grad_specializations(),
         wgnorm_batchnorm::fold_specializations(),
         wgnorm_poincare::ball_specializations(),
         wgnorm_poincare::norm_specializations(),

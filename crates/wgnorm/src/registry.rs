@@ -82,7 +82,10 @@ pub const OPS: &[OpEntry] = &[
         "batch_channel_norm" => run_batch_channel_norm,
         "batch_channel_norm_grad" => run_batch_channel_norm_grad,
     ], FUZZED),
-    op!(EvoNormB0, "wgnorm-batchnorm", ["evonorm_b0" => run_evonorm_b0], FUZZED),
+    op!(EvoNormB0, "wgnorm-batchnorm", [
+        "evonorm_b0" => run_evonorm_b0,
+        "evonorm_b0_grad" => run_evonorm_b0_grad,
+    ], FUZZED),
     op!(IbnNorm, "wgnorm-batchnorm", [
         "ibn_norm" => run_ibn_norm,
         "ibn_norm_grad" => run_ibn_norm_grad,

@@ -424,6 +424,24 @@ pub(crate) fn run_evonorm_s0_grad(ctx: &Context, case: &Case) -> Result<DeviceOu
     Ok(out)
 }
 
+/// `evonorm_b0_grad`: dx, dweight, dbias and dv through the max of the batch and instance
+/// denominators (training: both variances; inference: the running one a constant).
+pub(crate) fn run_evonorm_b0_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, [xt, w, b, v, rv], mode) = super::research::evonorm_b0_op(ctx, case, true)?;
+    let dy = upload(ctx, input(case, "dy")?, xt.dtype())?;
+    let inputs = crate::EvoNormB0Inputs {
+        x: &xt,
+        weight: &w,
+        bias: &b,
+        v: &v,
+        running_var: &rv,
+    };
+    let g = op.backward(&inputs, &dy, mode).map_err(err)?;
+    let mut out = grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))?;
+    out.insert("dv".into(), output(&g.dv));
+    Ok(out)
+}
+
 /// `ibn_norm_grad`: the InstanceNorm channels through their own statistics, the BatchNorm
 /// channels through the batch's (training) or with the running ones as constants.
 pub(crate) fn run_ibn_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {

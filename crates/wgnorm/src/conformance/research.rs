@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::attrs::*;
 use super::{Case, DeviceOutputs};
-use crate::{Context, DType};
+use crate::{Context, DType, Tensor};
 
 pub(crate) fn run_power_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
     let a = Attrs::new(
@@ -227,7 +227,13 @@ pub(crate) fn run_ibn_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, 
     Ok(out)
 }
 
-pub(crate) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+/// EvoNorm-B0 from a case's attributes (`training` defaults to `training_default`: the
+/// forward's false, the backward's true) and its parameters uploaded.
+pub(super) fn evonorm_b0_op(
+    ctx: &Context,
+    case: &Case,
+    training_default: bool,
+) -> Result<(crate::EvoNormB0, [Tensor; 5], Mode), String> {
     let a = Attrs::new(
         case,
         &["eps", "momentum", "training", "running_var_unbiased"],
@@ -250,10 +256,20 @@ pub(crate) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<DeviceOutputs
         },
     )
     .map_err(err)?;
-    let xt = upload(ctx, x, dtype)?;
     let p = |n: &str| upload(ctx, input(case, n)?, DType::F32);
-    let (w, b, v, rv) = (p("weight")?, p("bias")?, p("v")?, p("running_var")?);
-    let training = a.bool("training", false)?;
+    let tensors = [
+        upload(ctx, x, dtype)?,
+        p("weight")?,
+        p("bias")?,
+        p("v")?,
+        p("running_var")?,
+    ];
+    let mode = Mode::training(a.bool("training", training_default)?);
+    Ok((op, tensors, mode))
+}
+
+pub(crate) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, [xt, w, b, v, rv], mode) = evonorm_b0_op(ctx, case, false)?;
     let inputs = crate::EvoNormB0Inputs {
         x: &xt,
         weight: &w,
@@ -261,9 +277,9 @@ pub(crate) fn run_evonorm_b0(ctx: &Context, case: &Case) -> Result<DeviceOutputs
         v: &v,
         running_var: &rv,
     };
-    let y = op.forward(&inputs, Mode::training(training)).map_err(err)?;
+    let y = op.forward(&inputs, mode).map_err(err)?;
     let mut out = BTreeMap::from([("y".to_string(), output(&y))]);
-    if training {
+    if mode.is_train() {
         out.insert("running_var".into(), output(&rv));
     }
     Ok(out)
