@@ -1,14 +1,14 @@
-// y = lambda * a + (1 - lambda) * b, elementwise (a blend of two layers' outputs), BLOCK
-// consecutive accesses per invocation.
+// y = wa * a + wb * b, elementwise (a blend of two layers' outputs, lambda and 1 - lambda; a sum
+// or scale of gradients), BLOCK consecutive accesses per invocation.
 
 override WG: u32 = 256u;
 override BLOCK: u32 = 1u;
 
 struct BlendParams {
     n_v: u32,
-    lambda: f32,
+    wa: f32,
+    wb: f32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: BlendParams;
@@ -24,8 +24,7 @@ fn main(
 ) {
     let start = ((wid.x + wid.y * nwg.x) * WG + lid) * BLOCK;
     let end = min(params.n_v, start + BLOCK);
-    let l = params.lambda;
     for (var i = start; i < end; i = i + 1u) {
-        y_store(i, l * a_load(i) + (1.0 - l) * b_load(i));
+        y_store(i, params.wa * a_load(i) + params.wb * b_load(i));
     }
 }

@@ -1057,3 +1057,138 @@ fn ghost_batch_norm_backward_per_chunk() {
         );
     }
 }
+
+/// The progressive LN -> RepBN replacement's backward for the lambda its forward returned:
+/// warm-up (1), blending (2/3) and inference (0), against the f64 composition (checked by finite
+/// differences); RepBN's running statistics are not written; a lambda the forward could not
+/// have returned is refused.
+#[test]
+fn progressive_rep_norm_backward_follows_the_blend() {
+    use wgnorm::batchnorm::{ProgressiveRepNorm, ProgressiveRepNormInputs};
+    use wgnorm::ProgressiveRepNormGradOutputs;
+    let c_ = ctx();
+    let (b, t, c) = (2, 5, 6);
+    let tokens = b * t;
+    let op = ProgressiveRepNorm::new(
+        c_,
+        wgnorm::ProgressiveRepNormConfig {
+            warm: 1,
+            total_step: 3,
+            eps: 1e-3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let d = |v: &[f32]| v.iter().map(|&e| e as f64).collect::<Vec<f64>>();
+    let x: Vec<f32> = noise(31, tokens * c)
+        .iter()
+        .map(|v| 0.05 * v + 1.5)
+        .collect();
+    let dy = noise(32, x.len());
+    let (lw, bw) = (noise(33, c), noise(34, c));
+    let (lb, bb) = (noise(35, c), noise(36, c));
+    let (rm, rv) = (vec![1.4f32; c], vec![0.002f32; c]);
+    let up = |v: &[f32]| c_.upload_f32(v, &[v.len()]).unwrap();
+    let (xt, dyt) = (
+        c_.upload_f32(&x, &[b, t, c]).unwrap(),
+        c_.upload_f32(&dy, &[b, t, c]).unwrap(),
+    );
+    let (lwt, lbt, bwt, bbt, at) = (up(&lw), up(&lb), up(&bw), up(&bb), up(&[0.6]));
+    let (rmt, rvt) = (up(&rm), up(&rv));
+    let inputs = ProgressiveRepNormInputs {
+        x: &xt,
+        ln_weight: Some(&lwt),
+        ln_bias: Some(&lbt),
+        bn_weight: Some(&bwt),
+        bn_bias: Some(&bbt),
+        running_mean: &rmt,
+        running_var: &rvt,
+        alpha: &at,
+    };
+    let y = c_.empty(&[b, t, c], DType::F32).unwrap();
+    let g: Vec<Tensor> = [&[b, t, c][..], &[c], &[c], &[c], &[c], &[1]]
+        .iter()
+        .map(|s| c_.empty(s, DType::F32).unwrap())
+        .collect();
+    let outputs = ProgressiveRepNormGradOutputs {
+        dx: &g[0],
+        dln_weight: Some(&g[1]),
+        dln_bias: Some(&g[2]),
+        dbn_weight: Some(&g[3]),
+        dbn_bias: Some(&g[4]),
+        dalpha: Some(&g[5]),
+    };
+    let mut lambdas = vec![];
+    for (call, training) in [true, true, true, false].into_iter().enumerate() {
+        let mode = Mode::training(training);
+        let outputs = ProgressiveRepNormGradOutputs {
+            dln_weight: outputs.dln_weight.filter(|_| training),
+            dln_bias: outputs.dln_bias.filter(|_| training),
+            ..outputs
+        };
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        let lambda = op.encode(&mut enc, &inputs, &y, mode).unwrap();
+        lambdas.push(lambda);
+        c_.queue().submit([enc.finish()]);
+        let (rm_now, rv_now) = (c_.download(&rmt).unwrap(), c_.download(&rvt).unwrap());
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        op.encode_backward(&mut enc, &inputs, &dyt, lambda, &outputs, mode)
+            .unwrap();
+        c_.queue().submit([enc.finish()]);
+        assert_eq!(
+            c_.download(&rvt).unwrap(),
+            rv_now,
+            "call {call}: running var"
+        );
+        let (lwd, bwd, rmd, rvd) = (d(&lw), d(&bw), d(&rm_now), d(&rv_now));
+        let p = grad::Progressive {
+            ln_weight: &lwd,
+            bn_weight: &bwd,
+            alpha: 0.6f32 as f64,
+            lambda: lambda as f64,
+            running: (!training).then_some((&rmd[..], &rvd[..])),
+            eps: 1e-3,
+        };
+        let want = p.grad(&d(&x), c, &d(&dy));
+        let what = format!("progressive backward call {call} lambda {lambda}");
+        let ln_grads = [
+            ("dln_weight", &g[1], &want.dln_weight),
+            ("dln_bias", &g[2], &want.dln_bias),
+        ];
+        for (name, t, w) in ln_grads.into_iter().filter(|_| training) {
+            assert_close(
+                &format!("{what} {name}"),
+                &c_.download(t).unwrap(),
+                w,
+                1e-4,
+                1e-4,
+            );
+        }
+        for (name, t, w) in [
+            ("dx", &g[0], &want.dx),
+            ("dbn_weight", &g[3], &want.dbn_weight),
+            ("dbn_bias", &g[4], &want.dbn_bias),
+            ("dalpha", &g[5], &vec![want.dalpha]),
+        ] {
+            assert_close(
+                &format!("{what} {name}"),
+                &c_.download(t).unwrap(),
+                w,
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    for (lambda, mode) in [
+        (0.5, Mode::Infer),
+        (1.5, Mode::Train),
+        (f32::NAN, Mode::Train),
+    ] {
+        let r = op.encode_backward(&mut enc, &inputs, &dyt, lambda, &outputs, mode);
+        assert!(
+            matches!(r, Err(Error::InvalidParameter { .. })),
+            "{lambda}: {r:?}"
+        );
+    }
+}

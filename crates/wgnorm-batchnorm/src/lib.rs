@@ -28,6 +28,7 @@ mod grad;
 mod ibn_grad;
 mod instance;
 mod progressive;
+mod progressive_grad;
 mod region;
 mod region_grad;
 mod variants;
@@ -56,6 +57,7 @@ pub use instance::{
     UnmixTnsConfig, UnmixTnsInputs, ADAB2N_KERNEL, IBN_KERNEL, UNMIX_TNS_KERNEL,
 };
 pub use progressive::{ProgressiveRepNorm, ProgressiveRepNormConfig, ProgressiveRepNormInputs};
+pub use progressive_grad::ProgressiveRepNormGradOutputs;
 pub use region::{
     specializations as region_specializations, RegionNormB, RegionNormBConfig, RegionNormInputs,
     RegionNormL, RegionNormLConfig, RegionNormLInputs, RegionParams, REGION_KERNEL,

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use wgnorm_core::Mode;
 
 use wgnorm_core::elementwise::Blend;
+use wgnorm_core::rowgrad::{RowGrad, RowGradConfig};
 use wgnorm_core::rownorm::{RowMode, RowNorm, RowNormArgs, RowNormConfig};
 use wgnorm_core::scratch::ScratchCache;
 use wgnorm_core::{Context, DType, Error, Result, Tensor};
@@ -24,16 +25,20 @@ use crate::{BatchNorm, BatchNormConfig, BatchNormInputs, BatchNormOutputs, Layou
 /// readback). [`ProgressiveRepNorm::counters`] / [`ProgressiveRepNorm::set_counters`] save and
 /// restore them with a checkpoint.
 pub struct ProgressiveRepNorm {
-    ctx: Context,
-    dtype: DType,
+    pub(crate) ctx: Context,
+    pub(crate) dtype: DType,
     ln: RowNorm,
-    bn: BatchNorm,
-    blend: Blend,
+    pub(crate) bn: BatchNorm,
+    pub(crate) blend: Blend,
     total_step: u64,
     r0: f32,
     counters: Mutex<(u64, u64)>,
-    ln_out: ScratchCache,
-    bn_out: ScratchCache,
+    pub(crate) ln_out: ScratchCache,
+    pub(crate) bn_out: ScratchCache,
+    /// The backward (`progressive_grad.rs`): LayerNorm's, and the two scaled upstream gradients.
+    pub(crate) ln_grad: RowGrad,
+    pub(crate) dy_ln: ScratchCache,
+    pub(crate) dy_bn: ScratchCache,
 }
 
 /// Tensors of a progressive-norm call.
@@ -109,6 +114,18 @@ impl ProgressiveRepNorm {
                 ..RowNormConfig::last_axis(RowMode::LayerNorm, dtype)
             },
         )?;
+        let ln_grad = RowGrad::new(
+            ctx,
+            RowGradConfig {
+                mode: RowMode::LayerNorm,
+                axis: -1,
+                eps,
+                weight_offset: 0.0,
+                dtype,
+                unbiased: false,
+                eps_outside: false,
+            },
+        )?;
         let bn = BatchNorm::new(
             ctx,
             BatchNormConfig {
@@ -130,6 +147,9 @@ impl ProgressiveRepNorm {
             counters: Mutex::new((warm, total_step)),
             ln_out: ScratchCache::default(),
             bn_out: ScratchCache::default(),
+            ln_grad,
+            dy_ln: ScratchCache::default(),
+            dy_bn: ScratchCache::default(),
         })
     }
 

@@ -340,7 +340,7 @@ impl RepBatchNorm {
 }
 
 /// RepBN's gradient term of a call: the forward's alpha in, dalpha out when wanted.
-fn rep_term<'a>(
+pub(crate) fn rep_term<'a>(
     alpha: &'a Tensor,
     dalpha: Option<&'a Tensor>,
 ) -> wgnorm_core::chgrad::TermArgs<'a> {

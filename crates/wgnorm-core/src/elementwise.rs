@@ -248,7 +248,8 @@ impl Elementwise {
     }
 }
 
-/// `y = lambda * a + (1 - lambda) * b` over tensors of one shape and dtype (f32 arithmetic).
+/// `y = wa * a + wb * b` over tensors of one shape and dtype (f32 arithmetic): a blend of two
+/// outputs (`lambda`, `1 - lambda`), a sum or a scale of gradients.
 pub struct Blend {
     ctx: Context,
     dtype: DType,
@@ -267,7 +268,7 @@ impl Blend {
         })
     }
 
-    /// Records the blend; `y` must not alias `a` or `b`.
+    /// Records `y = lambda * a + (1 - lambda) * b`; `y` must not alias `a` or `b`.
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -276,14 +277,33 @@ impl Blend {
         lambda: f32,
         y: &Tensor,
     ) -> Result<()> {
-        for (what, t) in [("a", a), ("b", b), ("y", y)] {
-            t.expect_dtype(what, self.dtype)?;
-            t.expect_shape(what, a.shape())?;
-        }
         if !lambda.is_finite() {
             return Err(Error::InvalidParameter {
                 name: "lambda",
                 value: lambda.to_string(),
+                why: "must be finite",
+            });
+        }
+        self.encode_weighted(encoder, (a, b), (lambda, 1.0 - lambda), y)
+    }
+
+    /// Records `y = wa * a + wb * b` (`a` and `b` may be the same tensor: `y = (wa + wb) a`
+    /// rounded as the sum of the two products); `y` must not alias `a` or `b`.
+    pub fn encode_weighted(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        (a, b): (&Tensor, &Tensor),
+        (wa, wb): (f32, f32),
+        y: &Tensor,
+    ) -> Result<()> {
+        for (what, t) in [("a", a), ("b", b), ("y", y)] {
+            t.expect_dtype(what, self.dtype)?;
+            t.expect_shape(what, a.shape())?;
+        }
+        if !(wa.is_finite() && wb.is_finite()) {
+            return Err(Error::InvalidParameter {
+                name: "weights",
+                value: format!("({wa}, {wb})"),
                 why: "must be finite",
             });
         }
@@ -316,7 +336,8 @@ impl Blend {
             for (first, len) in windows.iter() {
                 let params = BlendParams {
                     n_v: len as u32,
-                    lambda,
+                    wa,
+                    wb,
                     ..Default::default()
                 };
                 let w = |r: &BufferRange| windows.range(r, first, len);

@@ -271,12 +271,14 @@ uniform_block! {
 }
 
 uniform_block! {
-    /// `BlendParams` (`blend.wgsl`): `y = lambda a + (1 - lambda) b` over `n_v` accesses.
+    /// `BlendParams` (`blend.wgsl`): `y = wa a + wb b` over `n_v` accesses.
     pub struct BlendParams {
         pub n_v: u32,
-        pub lambda: f32,
+        /// The weight of a.
+        pub wa: f32,
+        /// The weight of b.
+        pub wb: f32,
         pub _pad0: u32,
-        pub _pad1: u32,
     }
 }
 

@@ -75,9 +75,10 @@ pub use wgnorm_batchnorm::{
     BatchNormOutputs, EstBn, EstBnConfig, EvoNormB0, EvoNormB0Config, EvoNormB0GradOutputs,
     EvoNormB0Grads, EvoNormB0Inputs, EvoRunningVar, GhostBatchNorm, GhostBatchNormConfig,
     IbnConfig, IbnGradInputs, IbnGradOutputs, IbnGrads, IbnInputs, IbnNorm, ProgressiveRepNorm,
-    ProgressiveRepNormConfig, ProgressiveRepNormInputs, RegionNormB, RegionNormBConfig,
-    RegionNormGradOutputs, RegionNormInputs, RegionNormL, RegionNormLConfig, RegionNormLInputs,
-    RepBatchNorm, TestTimeBn, TestTimeBnConfig, UnmixTns, UnmixTnsConfig, UnmixTnsInputs,
+    ProgressiveRepNormConfig, ProgressiveRepNormGradOutputs, ProgressiveRepNormInputs, RegionNormB,
+    RegionNormBConfig, RegionNormGradOutputs, RegionNormInputs, RegionNormL, RegionNormLConfig,
+    RegionNormLInputs, RepBatchNorm, TestTimeBn, TestTimeBnConfig, UnmixTns, UnmixTnsConfig,
+    UnmixTnsInputs,
 };
 pub use wgnorm_core::chnorm::Layout;
 pub use wgnorm_core::context::OPTIONAL_FEATURES;
