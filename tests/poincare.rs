@@ -869,3 +869,112 @@ fn batch_norm_of_one_point_is_typed() {
     }
     assert!(op.forward(&inputs, PoincareStatistics::Running).is_ok());
 }
+
+/// The midpoint's backward for `x` of `shape` (points as rows in `pts_rows`) against
+/// `wgnorm_reference::grad::poincare_midpoint_grad` (checked by finite differences there).
+fn midpoint_grad_case(shape: &[usize], axis: isize, c: f64, pts_rows: Vec<f32>, dtype: DType) {
+    let c_ = ctx();
+    let ax = if axis < 0 {
+        shape.len() - 1
+    } else {
+        axis as usize
+    };
+    let (d, s) = (shape[ax], shape[ax + 1..].iter().product::<usize>());
+    let x = scatter_points(&rows(&round_to(dtype, &pts_rows), d), d, s);
+    let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let dm: Vec<f32> = noise(91, d);
+    let op = PoincareMidpoint::new(
+        c_,
+        wgnorm::BallConfig {
+            c: c as f32,
+            feature_axis: axis,
+            dtype,
+        },
+    )
+    .unwrap();
+    let (xt, dmt) = (
+        c_.upload(&xf, shape, dtype).unwrap(),
+        c_.upload(&dm, &[d], dtype).unwrap(),
+    );
+    let dx = op.backward(&xt, &dmt).unwrap();
+    let ball = Ball::new(c, PROJ_EPS_F32);
+    let (points, _, _) = points_along(&x, shape, ax);
+    let g = wgnorm_reference::grad::poincare_midpoint_grad(&ball, &points, &round_to(dtype, &dm));
+    let want = scatter_points(&g, d, s);
+    let tol = if dtype == DType::F16 { 2e-2 } else { 1e-4 };
+    let what = format!("midpoint backward {shape:?} axis {axis} c={c} {dtype:?}");
+    check(&what, &c_.download(&dx).unwrap(), &want, tol);
+    let again = op.backward(&xt, &dmt).unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        c_.download(t)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&dx), bits(&again), "{what}: bitwise reproducible");
+}
+
+#[test]
+fn midpoint_backward_matches_reference() {
+    midpoint_grad_case(
+        &[3000, 3],
+        -1,
+        0.1,
+        ball_points(11, 3000, 3, 0.1),
+        DType::F32,
+    );
+    midpoint_grad_case(
+        &[4, 5, 7, 9],
+        1,
+        1.0,
+        ball_points(12, 4 * 63, 5, 1.0),
+        DType::F32,
+    );
+    midpoint_grad_case(
+        &[5, 8, 6, 10],
+        1,
+        0.5,
+        ball_points(13, 300, 8, 0.5),
+        DType::F32,
+    );
+    midpoint_grad_case(
+        &[200, 1],
+        -1,
+        10.0,
+        ball_points(14, 200, 1, 10.0),
+        DType::F32,
+    );
+    midpoint_grad_case(&[3, 2], -1, 1.0, ball_points(15, 3, 2, 1.0), DType::F32);
+    midpoint_grad_case(&[64, 16], -1, 0.3, ball_points(16, 64, 16, 0.3), DType::F16);
+    // Points outside the ball: the projection's Jacobian.
+    let outside: Vec<f32> = ball_points(17, 40, 4, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i % 12 < 4 { v * 3.0 } else { *v })
+        .collect();
+    midpoint_grad_case(&[40, 4], -1, 1.0, outside, DType::F32);
+}
+
+#[test]
+fn midpoint_backward_bad_input_is_typed() {
+    let c_ = ctx();
+    let op = PoincareMidpoint::new(c_, Default::default()).unwrap();
+    let x = up(c_, &ball_points(21, 6, 3, 1.0), &[6, 3]);
+    let (dm, dm_bad) = (up(c_, &[1.0; 3], &[3]), up(c_, &[1.0; 2], &[2]));
+    let dx = c_.empty(&[6, 3], DType::F32).unwrap();
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    let r = op.encode_backward(&mut enc, &x, &dm_bad, &dx);
+    assert!(
+        matches!(r, Err(wgnorm::Error::ShapeMismatch { .. })),
+        "{r:?}"
+    );
+    let r = op.encode_backward(&mut enc, &x, &dm, &x);
+    assert!(r.is_err(), "dx aliasing x: {r:?}");
+    let none = c_.empty(&[0, 3], DType::F32).unwrap();
+    let r = op.encode_backward(&mut enc, &none, &dm, &none);
+    assert!(
+        matches!(r, Err(wgnorm::Error::InvalidParameter { .. })),
+        "{r:?}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Bench rows of the research methods' backward passes (issue: every backward a bench row):
-//! Batch-Channel Norm, EvoNorm-S0 and -B0, IBN and Region Norm-B on one NCHW shape, Sinkhorn on one
+//! Batch-Channel Norm, EvoNorm-S0 and -B0, IBN, Region Norm-B and the Poincaré midpoint (points
+//! = pixels) on one NCHW shape, Sinkhorn on one
 //! matrix, each checked against its f64 reference gradient after the timed runs. Bytes are a
 //! copy's: x and dy read, dx written once.
 
@@ -18,8 +19,9 @@ pub fn method_grad_cases(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    let rows: [(&str, CaseFn); 5] = [
+    let rows: [(&str, CaseFn); 6] = [
         ("batch_channel_norm_backward", batch_channel),
+        ("poincare_midpoint_backward", poincare_midpoint),
         ("evonorm_s0_backward", evonorm_s0),
         ("evonorm_b0_backward", evonorm_b0),
         ("ibn_backward", ibn),
@@ -222,6 +224,43 @@ fn evonorm_b0(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
     .dx;
     let kernel = ("evonorm_b0_backward", "staged max-denominator backward f32");
     case(ctx, kernel, vec![n, c, h, w], &d, rec, want)
+}
+
+/// The gyromidpoint's backward with points = pixels (dim C, c = 0.1, all inside the ball):
+/// x read twice (the forward's sums, then each point), dx written; bytes are x and dx once.
+fn poincare_midpoint(ctx: &Context, nchw: [usize; 4]) -> Result<Case> {
+    let [n, c, h, w] = nchw;
+    let numel = n * c * h * w;
+    let x: Vec<f32> = (0..numel)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+        .collect();
+    let dm = pattern(20, c, 0.0, 1.0);
+    let cfg = wgnorm::BallConfig {
+        c: 0.1,
+        feature_axis: 1,
+        dtype: DType::F32,
+    };
+    let op = wgnorm::PoincareMidpoint::new(ctx, cfg)?;
+    let (xt, dmt) = (ctx.upload_f32(&x, &nchw)?, ctx.upload_f32(&dm, &[c])?);
+    let dx = ctx.empty(&nchw, DType::F32)?;
+    let (xr, dxr) = (xt.clone(), dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| op.encode_backward(enc, &xr, &dmt, &dxr);
+    ctx.record_and_submit(&rec)?;
+    let ball = wgnorm_reference::poincare::Ball::new(0.1, wgnorm::poincare::PROJ_EPS as f64);
+    let (points, _, s) = wgnorm_reference::poincare::points_along(&f64s(&x), &nchw, 1);
+    let g = rg::poincare_midpoint_grad(&ball, &points, &f64s(&dm));
+    let want = wgnorm_reference::poincare::scatter_points(&g, c, s);
+    Ok(Case {
+        op: "poincare_midpoint_backward",
+        shape: nchw.to_vec(),
+        dtype: DType::F32,
+        layout: "NCHW",
+        bytes: 2 * numel as u64 * 4,
+        kernel: "forward sums + mean grad + per-point grad f32".into(),
+        run: Box::new(move |enc| rec(enc).expect("validated above")),
+        naive: None,
+        check: Some(Check::Reference(dx, want)),
+    })
 }
 
 fn ibn(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {

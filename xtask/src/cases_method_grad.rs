@@ -349,6 +349,60 @@ fn b0_margin_check(
     Ok(())
 }
 
+/// `poincare_midpoint_grad`: points spread over the ball (some at 0.95 of its radius, where the
+/// conformal weights are steep), one case with points outside it (the projection's Jacobian, at
+/// the f32 kernels' radius `(1 - 4e-3) / sqrt(c)`), f32 and f16.
+fn poincare_midpoint_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::poincare_midpoint_grad;
+    use wgnorm_reference::poincare::{Ball, PROJ_EPS_F32};
+    for (tag, (p, d), c, dtype) in [
+        ("inside", (64usize, 5usize), 1.0, Dtype::F32),
+        ("outside", (24, 3), 0.5, Dtype::F32),
+        ("inside", (32, 8), 0.1, Dtype::F16),
+    ] {
+        let radius = 1.0 / f64::sqrt(c);
+        let raw = values(191, p * d, 1.0);
+        let scale = values(192, p, 1.0);
+        let x: Vec<f64> = raw
+            .chunks(d)
+            .zip(&scale)
+            .enumerate()
+            .flat_map(|(i, (v, s))| {
+                let n = v.iter().map(|e| e * e).sum::<f64>().sqrt().max(1e-9);
+                let r = match (tag, i % 6) {
+                    ("outside", 0) => 2.0,
+                    (_, 1) => 0.95,
+                    _ => 0.45 * (s + 1.0),
+                };
+                v.iter()
+                    .map(move |e| e / n * r * radius)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let x = rounded(dtype, &x);
+        let dy = rounded(dtype, &values(193, d, 1.0));
+        let ball = Ball::new(c, PROJ_EPS_F32);
+        let points: Vec<Vec<f64>> = x.chunks(d).map(|v| v.to_vec()).collect();
+        let dx = poincare_midpoint_grad(&ball, &points, &dy).concat();
+        let outs = vec![
+            tensor("x", dtype, &[p, d], &x),
+            tensor("dy", dtype, &[d], &dy),
+            tensor("expected.dx", Dtype::F32, &[p, d], &dx),
+        ];
+        let attrs = serde_json::json!({ "c": c });
+        let name = if dtype == Dtype::F16 { "f16" } else { "f32" };
+        let file = format!("poincare_midpoint_grad_{name}_{tag}_{p}x{d}_c{c}.safetensors");
+        let scale = dx.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let tol = if dtype == Dtype::F16 {
+            (2e-2 * scale, 2e-2)
+        } else {
+            (1e-4 * scale, 1e-4)
+        };
+        write(dir, &file, "poincare_midpoint_grad", attrs, tol, outs)?;
+    }
+    Ok(())
+}
+
 /// `ibn_norm_grad`, training and inference (C odd: half = 4 of 9), values 0.05 apart at an
 /// offset next to eps = 1e-3.
 fn ibn_cases(dir: &Path) -> Result<()> {
@@ -443,5 +497,6 @@ pub fn method_grad_cases(dir: &Path) -> Result<()> {
     sinkhorn_cases(dir)?;
     evonorm_s0_cases(dir)?;
     evonorm_b0_cases(dir)?;
+    poincare_midpoint_cases(dir)?;
     ibn_cases(dir)
 }

@@ -1,6 +1,6 @@
 //! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer),
 //! GroupNorm, the activations, AlphaDropout, LpNorm, Batch-Channel Norm, RepBN, Sinkhorn
-//! normalization, EvoNorm-S0 and -B0, IBN and Region Norm-B for random shapes, axes, layouts, parameters and fused activations, with a fixed
+//! normalization, EvoNorm-S0 and -B0, IBN, Region Norm-B and the Poincaré midpoint for random shapes, axes, layouts, parameters and fused activations, with a fixed
 //! upstream gradient, against the f64 reference gradients (themselves checked by finite
 //! differences).
 
@@ -79,6 +79,8 @@ pub enum GradOp {
         eps: f32,
         train: bool,
     },
+    /// The Poincaré midpoint's backward, points along the last axis (dy `[D]`).
+    PoincareMidpoint { c: f32 },
 }
 
 /// EvoNorm-S0's gate parameter and EvoNorm-B0's v in the fuzzer.
@@ -164,7 +166,10 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(14) {
+        match rng.below(15) {
+            14 => GradOp::PoincareMidpoint {
+                c: rng.pick(&[0.1, 0.5, 1.0, 0.0, -1.0, f32::NAN]),
+            },
             13 => GradOp::EvoNormB0 {
                 layout,
                 eps,
@@ -278,6 +283,26 @@ impl GradOp {
             | GradOp::EvoNormB0 { .. }
             | GradOp::Ibn { .. }
             | GradOp::RegionNormB { .. } => self.method_reference(x, shape, &dy),
+            GradOp::PoincareMidpoint { c } => {
+                let rank = shape.len();
+                if rank < 1 || !(c.is_finite() && c > 0.0) {
+                    return None;
+                }
+                let d = shape[rank - 1];
+                if d == 0 {
+                    return Some(vec![]);
+                }
+                if x.is_empty() {
+                    return None; // no points: no midpoint
+                }
+                let dm = x_values(&dy_values(d), dtype);
+                let ball = wgnorm_reference::poincare::Ball::new(
+                    c as f64,
+                    wgnorm_reference::poincare::PROJ_EPS_F32,
+                );
+                let (pts, _, _) = wgnorm_reference::poincare::points_along(x, shape, rank - 1);
+                Some(rg::poincare_midpoint_grad(&ball, &pts, &dm).concat())
+            }
             GradOp::GroupNorm {
                 layout,
                 groups,
@@ -524,6 +549,16 @@ impl GradOp {
             | GradOp::EvoNormB0 { .. }
             | GradOp::Ibn { .. }
             | GradOp::RegionNormB { .. } => self.encode_method(ctx, dtype, (x, &dy, dx), enc),
+            GradOp::PoincareMidpoint { c } => {
+                let d = x.shape().last().copied().unwrap_or(0);
+                let dm = ctx.upload(&dy_values(d), &[d], dtype)?;
+                let cfg = wgnorm::BallConfig {
+                    c,
+                    feature_axis: -1,
+                    dtype,
+                };
+                wgnorm::PoincareMidpoint::new(ctx, cfg)?.encode_backward(enc, x, &dm, dx)
+            }
             GradOp::GroupNorm {
                 layout,
                 groups,

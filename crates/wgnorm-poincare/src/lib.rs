@@ -20,10 +20,14 @@
 #![deny(missing_docs)]
 
 mod ball;
+mod midpoint_grad;
 mod norm;
 
 pub use ball::specializations as ball_specializations;
 pub use ball::{BallConfig, BallOps, BALL_KERNEL};
+pub use midpoint_grad::{
+    grad_specializations as midpoint_grad_specializations, MIDPOINT_GRAD_KERNEL,
+};
 pub use norm::specializations as norm_specializations;
 pub use norm::{
     PoincareBatchNorm, PoincareBatchNormConfig, PoincareBatchNormInputs, PoincareMidpoint,

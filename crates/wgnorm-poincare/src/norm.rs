@@ -41,12 +41,12 @@ const CT_RUN: usize = 32;
 
 /// Pipeline constants besides the stage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Flags {
+pub(crate) struct Flags {
     tangent: bool,
     rows: bool,
     use_running: bool,
     update_running: bool,
-    out_m: bool,
+    pub(crate) out_m: bool,
     /// Row layout: coordinates per workgroup in the tile sums (a power of two <= WG).
     dw: usize,
     /// Point blocks: the per-point stages and the tile sums take 4 consecutive points per
@@ -163,13 +163,17 @@ impl Tiling {
 }
 
 /// The staged kernel bound to one call: a bind group and the dispatch plan.
-struct Engine<'a> {
+pub(crate) struct Engine<'a> {
     ctx: &'a Context,
     dtype: DType,
     view: PointView,
     tiling: Tiling,
     flags: Flags,
     bind: wgpu::BindGroup,
+    /// The call's parameter block and scratch, which the midpoint's backward reads after the
+    /// forward's stages.
+    pub(crate) params: BallParams,
+    pub(crate) scratch: BufferRange,
 }
 
 impl Engine<'_> {
@@ -199,7 +203,7 @@ impl Engine<'_> {
 
     /// Records the stages: the midpoint (or the running mean), then for batch norm the variance
     /// and the output.
-    fn run(&self, enc: &mut wgpu::CommandEncoder, batch_norm: bool) -> Result<()> {
+    pub(crate) fn run(&self, enc: &mut wgpu::CommandEncoder, batch_norm: bool) -> Result<()> {
         let f = self.flags;
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgnorm poincare midpoint"),
@@ -220,17 +224,17 @@ impl Engine<'_> {
 }
 
 /// Everything the staged kernel binds, checked.
-struct Bound<'a> {
-    x: &'a Tensor,
-    bias: Option<&'a Tensor>,
-    weight: Option<&'a Tensor>,
-    y: &'a Tensor,
-    running_mean: Option<&'a Tensor>,
-    running_var: Option<&'a Tensor>,
+pub(crate) struct Bound<'a> {
+    pub(crate) x: &'a Tensor,
+    pub(crate) bias: Option<&'a Tensor>,
+    pub(crate) weight: Option<&'a Tensor>,
+    pub(crate) y: &'a Tensor,
+    pub(crate) running_mean: Option<&'a Tensor>,
+    pub(crate) running_var: Option<&'a Tensor>,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn prepare<'a>(
+pub(crate) fn prepare<'a>(
     ctx: &'a Context,
     binds: &BindCache,
     scratch: &ScratchCache,
@@ -302,6 +306,8 @@ fn prepare<'a>(
             ..flags
         },
         bind,
+        params,
+        scratch: sr,
     })
 }
 
@@ -314,12 +320,15 @@ fn prepare<'a>(
 /// terms added in sequence, the rest trees), then one workgroup adds the tiles pairwise, so the
 /// rounding error grows with the logarithm of the point count, not with the count.
 pub struct PoincareMidpoint {
-    ctx: Context,
-    c: f32,
-    axis: isize,
-    dtype: DType,
-    binds: BindCache,
-    scratch: ScratchCache,
+    pub(crate) ctx: Context,
+    pub(crate) c: f32,
+    pub(crate) axis: isize,
+    pub(crate) dtype: DType,
+    pub(crate) binds: BindCache,
+    pub(crate) scratch: ScratchCache,
+    /// The backward's bind groups and its `[dS | dT]` vector.
+    pub(crate) grad_binds: BindCache,
+    pub(crate) grad_scratch: ScratchCache,
 }
 
 impl PoincareMidpoint {
@@ -339,6 +348,8 @@ impl PoincareMidpoint {
             dtype,
             binds: BindCache::default(),
             scratch: ScratchCache::default(),
+            grad_binds: BindCache::default(),
+            grad_scratch: ScratchCache::default(),
         })
     }
 

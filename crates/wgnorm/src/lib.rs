@@ -173,6 +173,7 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         wgnorm_batchnorm::fold_specializations(),
         wgnorm_poincare::ball_specializations(),
         wgnorm_poincare::norm_specializations(),
+        wgnorm_poincare::midpoint_grad_specializations(),
         (0..3).map(wgnorm_poincare::naive_midpoint_spec).collect(),
     ];
     let mut seen = std::collections::HashSet::new();

@@ -128,7 +128,10 @@ pub const OPS: &[OpEntry] = &[
         "sinkhorn_normalize_grad" => run_sinkhorn_normalize_grad,
     ], FUZZED),
     op!(UnifiedNorm, "wgnorm-powernorm", ["unified_norm" => run_unified_norm], FUZZED),
-    op!(PoincareMidpoint, "wgnorm-poincare", ["poincare_midpoint" => run_poincare_midpoint], FUZZED),
+    op!(PoincareMidpoint, "wgnorm-poincare", [
+        "poincare_midpoint" => run_poincare_midpoint,
+        "poincare_midpoint_grad" => run_poincare_midpoint_grad,
+    ], FUZZED),
     op!(PoincareBatchNorm, "wgnorm-poincare", [
         "poincare_batch_norm" => run_poincare_batch_norm,
     ], FUZZED),

@@ -442,6 +442,18 @@ pub(crate) fn run_evonorm_b0_grad(ctx: &Context, case: &Case) -> Result<DeviceOu
     Ok(out)
 }
 
+/// `poincare_midpoint_grad`: dx, the Euclidean gradient of `sum(m * dy)` for each point.
+pub(crate) fn run_poincare_midpoint_grad(
+    ctx: &Context,
+    case: &Case,
+) -> Result<DeviceOutputs, String> {
+    let (op, dtype) = super::research::poincare_midpoint_op(ctx, case)?;
+    let x = upload(ctx, input(case, "x")?, dtype)?;
+    let dy = upload(ctx, input(case, "dy")?, dtype)?;
+    let dx = op.backward(&x, &dy).map_err(err)?;
+    Ok(BTreeMap::from([("dx".to_string(), output(&dx))]))
+}
+
 /// `ibn_norm_grad`: the InstanceNorm channels through their own statistics, the BatchNorm
 /// channels through the batch's (training) or with the running ones as constants.
 pub(crate) fn run_ibn_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {

@@ -134,10 +134,13 @@ pub(crate) fn run_unified_norm(ctx: &Context, case: &Case) -> Result<DeviceOutpu
     only_y(&y)
 }
 
-pub(crate) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+/// The midpoint op of a case (`c`, points on the last axis) and its I/O dtype.
+pub(super) fn poincare_midpoint_op(
+    ctx: &Context,
+    case: &Case,
+) -> Result<(crate::PoincareMidpoint, DType), String> {
     let a = Attrs::new(case, &["c"])?;
-    let x = input(case, "x")?;
-    let dtype = io_dtype(x)?;
+    let dtype = io_dtype(input(case, "x")?)?;
     let op = crate::PoincareMidpoint::new(
         ctx,
         crate::BallConfig {
@@ -147,7 +150,14 @@ pub(crate) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<Device
         },
     )
     .map_err(err)?;
-    let m = op.forward(&upload(ctx, x, dtype)?).map_err(err)?;
+    Ok((op, dtype))
+}
+
+pub(crate) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, dtype) = poincare_midpoint_op(ctx, case)?;
+    let m = op
+        .forward(&upload(ctx, input(case, "x")?, dtype)?)
+        .map_err(err)?;
     Ok(BTreeMap::from([("m".to_string(), output(&m))]))
 }
 
