@@ -627,3 +627,146 @@ fn power_norm_backward_of_no_tokens_zeroes_the_parameter_gradients() {
     assert_eq!(c_.download(&db).unwrap(), vec![0.0; c]);
     assert_eq!(c_.download(&ema).unwrap(), vec![0.5; c]);
 }
+
+/// Unified Norm's approximate backward (the official gradient compensation) over steps that
+/// cross the window-full and warm-up boundaries, an outlier step and steps past 1000 where the
+/// compensation ratio r leaves 1: the saved (r, 1/sqrt(sigma^2 + eps)), dx, dweight, dbias and
+/// the backward's state (ema_gz, buffer_gz) against the f64 reference step by step.
+#[test]
+fn unified_norm_backward_over_steps() {
+    use wgnorm::powernorm::UnifiedTraining;
+    use wgnorm::{UnifiedNorm, UnifiedNormGradInputs};
+    use wgnorm_reference::powernorm::{
+        unified_norm_grad, unified_norm_train_saving, UnifiedGradState, UnifiedState,
+    };
+    let c_ = ctx();
+    let (b, n, c, m) = (2, 6, 5, 3);
+    let tokens = b * n;
+    let train = UnifiedTraining {
+        window: m,
+        warmup: 5,
+        filter: true,
+        momentum: 0.3,
+    };
+    let op = UnifiedNorm::new(
+        c_,
+        wgnorm::UnifiedNormConfig {
+            eps: 1e-3,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap()
+    .with_training(train);
+    let f = |v: &[f32]| round_to(DType::F32, v);
+    let up = |v: &[f32], s: &[usize]| c_.upload_f32(v, s).unwrap();
+    let w: Vec<f32> = noise(1, c).iter().map(|v| v + 1.0).collect();
+    let bias = noise(2, c);
+    let (wt, bt) = (up(&w, &[c]), up(&bias, &[c]));
+    let (window_t, rv_t) = (up(&vec![0.0; m * c], &[m, c]), up(&vec![1.0; c], &[c]));
+    let (ema_t, buf_t) = (up(&vec![0.0; c], &[c]), up(&vec![0.0; m * c], &[m, c]));
+    let saved_t = c_.empty(&[c, 2], DType::F32).unwrap();
+    let mut state = UnifiedState {
+        window: vec![0.0; m * c],
+        running_var: vec![1.0; c],
+    };
+    let mut gstate = UnifiedGradState {
+        ema_gz: vec![0.0; c],
+        buffer_gz: vec![0.0; m * c],
+    };
+    let mut seen = (false, false);
+    for step in [1u64, 2, 3, 4, 5, 6, 7, 8, 9, 1001, 1002, 1003, 1004] {
+        let scale = if step == 8 {
+            30.0
+        } else {
+            0.05 * (1.0 + (step % 7) as f32)
+        };
+        let x: Vec<f32> = noise(20 + step, tokens * c)
+            .iter()
+            .map(|v| v * scale + 0.02)
+            .collect();
+        let dy = noise(40 + step, tokens * c);
+        let (want_y, saved) = unified_norm_train_saving(
+            &f(&x),
+            tokens,
+            c,
+            None,
+            &f(&w),
+            &f(&bias),
+            &mut state,
+            step,
+            m,
+            5,
+            true,
+            0.3,
+            1e-3,
+        );
+        let want = unified_norm_grad(
+            &f(&x),
+            c,
+            &f(&w),
+            &f(&dy),
+            &saved,
+            &mut gstate,
+            (step, m, 5),
+            0.3,
+        );
+        seen.0 |= saved.skip;
+        seen.1 |= saved.ratio.iter().any(|r| *r != 1.0);
+        let (xt, dyt) = (up(&x, &[b, n, c]), up(&dy, &[b, n, c]));
+        let y = c_.empty(&[b, n, c], DType::F32).unwrap();
+        let inputs = wgnorm::UnifiedNormInputs {
+            x: &xt,
+            pad_mask: None,
+            weight: Some(&wt),
+            bias: Some(&bt),
+            running_var: &rv_t,
+            window: Some(&window_t),
+        };
+        let mut enc = c_.device().create_command_encoder(&Default::default());
+        op.encode_train_saving(&mut enc, &inputs, &y, step, &saved_t)
+            .unwrap();
+        c_.queue().submit([enc.finish()]);
+        let (dx, dw, db) = op
+            .backward(
+                &UnifiedNormGradInputs {
+                    x: &xt,
+                    weight: &wt,
+                    dy: &dyt,
+                    saved: &saved_t,
+                    ema_gz: &ema_t,
+                    buffer_gz: &buf_t,
+                },
+                step,
+            )
+            .unwrap();
+        let what = format!("unified_norm backward step {step}");
+        let d = |t: &wgnorm::Tensor| c_.download(t).unwrap();
+        assert_close(&what, &d(&y), &want_y, 1e-5, 1e-5);
+        let saved_want: Vec<f64> = (0..c)
+            .flat_map(|ch| {
+                let r = if saved.skip { -1.0 } else { saved.ratio[ch] };
+                [r, saved.inv[ch]]
+            })
+            .collect();
+        assert_close(
+            &format!("{what} saved"),
+            &d(&saved_t),
+            &saved_want,
+            1e-5,
+            1e-5,
+        );
+        for (name, got, want) in [
+            ("dx", d(&dx), &want.dx),
+            ("dweight", d(&dw), &want.dweight),
+            ("dbias", d(&db), &want.dbias),
+            ("ema_gz", d(&ema_t), &gstate.ema_gz),
+            ("buffer_gz", d(&buf_t), &gstate.buffer_gz),
+        ] {
+            assert_close(&format!("{what} {name}"), &got, want, 1e-4, 1e-4);
+        }
+    }
+    assert!(
+        seen.0 && seen.1,
+        "an outlier step and a ratio other than 1: {seen:?}"
+    );
+}

@@ -122,6 +122,9 @@ layout_tests! {
     fold_params_matches_fold: wgnorm::batchnorm::FoldParams => wgnorm::batchnorm::FOLD_KERNEL;
     ball_params_matches_ball: wgnorm::poincare::BallParams => wgnorm::poincare::BALL_KERNEL;
     ball_params_matches_midpoint: wgnorm::poincare::BallParams => wgnorm::poincare::MIDPOINT_KERNEL;
+    ball_params_matches_midpoint_grad: wgnorm::poincare::BallParams => wgnorm::poincare::MIDPOINT_GRAD_KERNEL;
+    evo_b0_grad_params_matches_evonorm_b0_grad: wgnorm::batchnorm::EvoB0GradParams => wgnorm::batchnorm::EVONORM_B0_GRAD_KERNEL;
+    unified_grad_params_matches_unified_grad_finalize: wgnorm::powernorm::UnifiedGradParams => wgnorm::powernorm::UNIFIED_GRAD_FINALIZE_KERNEL;
 }
 
 /// The check itself can fail: a block whose fields are the right ones in another order.

@@ -2,7 +2,7 @@
 // (count of kept tokens, 0, sum of squares per channel, n = 1) give q; a window [M, C] (run_a) of
 // past q and the running variance (run_b) decide the variance sigma^2 (q, or the window's
 // geometric mean, with outlier filtration when FILTER), then y = weight x / sqrt(sigma^2 + eps)
-// + bias.
+// + bias. The backward's approximation is `unified_grad_finalize.wgsl`.
 
 struct UnifiedParams {
     n: u32,
@@ -23,6 +23,9 @@ struct UnifiedParams {
 override WG: u32 = 64u;
 // Outlier filtration on.
 override FILTER: bool = false;
+// Save, per channel, what the backward needs into the per-sample slot (`assign`, f32 [C, 2]):
+// the gradient compensation ratio r (-1 for an outlier step) and 1 / sqrt(sigma^2 + eps).
+override SAVE: bool = false;
 
 fn unified(lid: u32) {
     let c = params.c;
@@ -81,6 +84,17 @@ fn unified(lid: u32) {
         }
         if skip {
             run_a[slot * c + ch] = run_b[ch];
+        }
+        if SAVE {
+            // The official code's r = sqrt(sigma^2 + eps) / sqrt(running_var + eps) (the
+            // running variance before this step): 1 in the first max(1000, warmup) steps and
+            // for an outlier, else clamped to [1/5, 5].
+            var ratio = clamp(sqrt(sigma2 + params.eps) / sqrt(run_b[ch] + params.eps), 0.2, 5.0);
+            if t <= max(1000u, params.warmup) {
+                ratio = 1.0;
+            }
+            assign[2u * ch] = select(ratio, -1.0, skip);
+            assign[2u * ch + 1u] = rsqrt_var(sigma2 + params.eps);
         }
         set_coef(3u, 0u, 0u, ch, 0.0);
         set_coef(3u, 0u, 1u, ch, rsqrt_var(sigma2 + params.eps) * weight[ch]);

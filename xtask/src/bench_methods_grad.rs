@@ -1,6 +1,6 @@
 //! Bench rows of the research methods' backward passes (issue: every backward a bench row):
-//! Batch-Channel Norm, EvoNorm-S0 and -B0, IBN, Region Norm-B and the Poincaré midpoint (points
-//! = pixels) on one NCHW shape, Sinkhorn on one
+//! Batch-Channel Norm, EvoNorm-S0 and -B0, IBN, Region Norm-B, the Poincaré midpoint (points =
+//! pixels) and Unified Norm (tokens = pixels) on one NCHW shape, Sinkhorn on one
 //! matrix, each checked against its f64 reference gradient after the timed runs. Bytes are a
 //! copy's: x and dy read, dx written once.
 
@@ -19,8 +19,9 @@ pub fn method_grad_cases(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    let rows: [(&str, CaseFn); 6] = [
+    let rows: [(&str, CaseFn); 7] = [
         ("batch_channel_norm_backward", batch_channel),
+        ("unified_norm_backward", unified),
         ("poincare_midpoint_backward", poincare_midpoint),
         ("evonorm_s0_backward", evonorm_s0),
         ("evonorm_b0_backward", evonorm_b0),
@@ -261,6 +262,88 @@ fn poincare_midpoint(ctx: &Context, nchw: [usize; 4]) -> Result<Case> {
         naive: None,
         check: Some(Check::Reference(dx, want)),
     })
+}
+
+/// Unified Norm's training backward (the gradient compensation) on tokens `[n, h*w, c]`, step 2
+/// of a fresh state; the forward that saves its statistics runs once before.
+fn unified(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
+    use wgnorm_reference::powernorm as rp;
+    let shape = [n, h * w, c];
+    let d = data(ctx, &shape)?;
+    let wv = pattern(21, c, 1.0, 0.5);
+    let op = wgnorm::UnifiedNorm::new(ctx, Default::default())?;
+    let p = |v: &[f32], s: &[usize]| ctx.upload_f32(v, s);
+    let (wt, bt, rv) = (
+        p(&wv, &[c])?,
+        p(&vec![0.0; c], &[c])?,
+        p(&vec![1.0; c], &[c])?,
+    );
+    let window = p(&vec![0.0; 4 * c], &[4, c])?;
+    let (ema, buf) = (p(&vec![0.0; c], &[c])?, p(&vec![0.0; 4 * c], &[4, c])?);
+    let saved = ctx.empty(&[c, 2], DType::F32)?;
+    let y = ctx.empty(&shape, DType::F32)?;
+    let inputs = wgnorm::UnifiedNormInputs {
+        x: &d.xt,
+        pad_mask: None,
+        weight: Some(&wt),
+        bias: Some(&bt),
+        running_var: &rv,
+        window: Some(&window),
+    };
+    ctx.record_and_submit(|enc| op.encode_train_saving(enc, &inputs, &y, 2, &saved))?;
+    let mut st = rp::UnifiedState {
+        window: vec![0.0; 4 * c],
+        running_var: vec![1.0; c],
+    };
+    let (xd, wd) = (f64s(&d.x), f64s(&wv));
+    let (_, sv) = rp::unified_norm_train_saving(
+        &xd,
+        n * h * w,
+        c,
+        None,
+        &wd,
+        &vec![0.0; c],
+        &mut st,
+        2,
+        4,
+        4000,
+        false,
+        0.1,
+        1e-5,
+    );
+    // Step 2 is inside the first window, so mean_gz is this call's gz; with momentum 1 the
+    // backward's K is that gz too: dx does not depend on the state the timed calls move.
+    let mut gs = rp::UnifiedGradState {
+        ema_gz: vec![0.0; c],
+        buffer_gz: vec![0.0; 4 * c],
+    };
+    let want = rp::unified_norm_grad(&xd, c, &wd, &f64s(&d.dy), &sv, &mut gs, (2, 4, 4000), 1.0).dx;
+    let op = op.with_training(wgnorm::powernorm::UnifiedTraining {
+        momentum: 1.0,
+        ..Default::default()
+    });
+    let (xt, dyt, dx) = (d.xt.clone(), d.dyt.clone(), d.dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| {
+        let inputs = wgnorm::UnifiedNormGradInputs {
+            x: &xt,
+            weight: &wt,
+            dy: &dyt,
+            saved: &saved,
+            ema_gz: &ema,
+            buffer_gz: &buf,
+        };
+        let outputs = wgnorm::UnifiedNormGradOutputs {
+            dx: &dx,
+            dweight: None,
+            dbias: None,
+        };
+        op.encode_backward(enc, &inputs, &outputs, 2)
+    };
+    let kernel = (
+        "unified_norm_backward",
+        "power partials + compensation + dx f32",
+    );
+    case(ctx, kernel, shape.to_vec(), &d, rec, want)
 }
 
 fn ibn(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {

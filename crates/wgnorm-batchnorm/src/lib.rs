@@ -41,8 +41,8 @@ pub use evonorm_b0::{
     MAX_DENOMINATOR,
 };
 pub use evonorm_b0_grad::{
-    grad_specializations as evonorm_b0_grad_specializations, EvoNormB0GradOutputs, EvoNormB0Grads,
-    EVONORM_B0_GRAD_KERNEL,
+    grad_specializations as evonorm_b0_grad_specializations, EvoB0GradParams, EvoNormB0GradOutputs,
+    EvoNormB0Grads, EVONORM_B0_GRAD_KERNEL,
 };
 pub use fold::{
     fold_batch_norm, fold_rep_batch_norm, fold_specializations, FoldArgs, FoldParams, FOLD_KERNEL,

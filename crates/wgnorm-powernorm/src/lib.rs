@@ -17,11 +17,15 @@
 
 mod grad;
 mod sinkhorn;
+mod unified_grad;
 pub use grad::{
     grad_specializations, PowerGradParams, PowerNormGradInputs, PowerNormGradOutputs,
     GRAD_DX_KERNEL, GRAD_FINALIZE_KERNEL, GRAD_PARTIALS_KERNEL,
 };
 pub use sinkhorn::{SinkhornConfig, SinkhornNormalize};
+pub use unified_grad::{
+    UnifiedGradParams, UnifiedNormGradInputs, UnifiedNormGradOutputs, UNIFIED_GRAD_FINALIZE_KERNEL,
+};
 
 use wgnorm_core::chnorm::{
     ChannelNorm, ChannelNormArgs, ChannelView, Epilogue, QmUpdate, Reduction, Statistics,
@@ -310,6 +314,8 @@ pub struct UnifiedNorm {
     engine: ChannelNorm,
     mix: InstanceMix,
     train: UnifiedTraining,
+    /// The backward's caches (`unified_grad.rs`).
+    grad: unified_grad::GradCaches,
 }
 
 /// Unified Normalization's training kernel (one workgroup: window, filtration, coefficients).
@@ -341,15 +347,21 @@ wgnorm_core::uniform_block! {
     }
 }
 
-fn unified_spec(filter: bool) -> Specialization {
+fn unified_spec(filter: bool, save: bool) -> Specialization {
     Specialization::new(UNIFIED_KERNEL, Io::F32)
         .set("WG", MIX_WG)
         .flag("FILTER", filter)
+        .flag("SAVE", save)
 }
 
-/// Unified Normalization's training pipelines, for `cargo xtask validate`.
+/// Unified Normalization's training pipelines (and its backward's), for `cargo xtask validate`.
 pub fn unified_specializations() -> Vec<Specialization> {
-    vec![unified_spec(false), unified_spec(true)]
+    let mut out: Vec<Specialization> = [(false, false), (true, false), (false, true), (true, true)]
+        .into_iter()
+        .map(|(f, s)| unified_spec(f, s))
+        .collect();
+    out.extend(unified_grad::grad_specializations());
+    out
 }
 
 /// Tensors of a [`UnifiedNorm`] call.
@@ -407,6 +419,7 @@ impl UnifiedNorm {
                 .with_reduction(Reduction::QuadraticMean),
             mix: InstanceMix::new(ctx, wgnorm_core::chnorm::Layout::Nchw, dtype)?,
             train: UnifiedTraining::default(),
+            grad: Default::default(),
         })
     }
 
@@ -424,6 +437,18 @@ impl UnifiedNorm {
         inputs: &UnifiedNormInputs,
         y: &Tensor,
         step: u64,
+    ) -> Result<()> {
+        self.encode_train_with(encoder, inputs, y, step, None)
+    }
+
+    /// [`UnifiedNorm::encode_train`], also saving what the backward needs into `saved`.
+    fn encode_train_with(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &UnifiedNormInputs,
+        y: &Tensor,
+        step: u64,
+        saved: Option<&Tensor>,
     ) -> Result<()> {
         let UnifiedNormInputs {
             x,
@@ -461,6 +486,10 @@ impl UnifiedNorm {
         wgnorm_core::check_unit_interval("momentum", t.momentum)?;
         expect_f32("window", Some(window), t.window * c)?;
         expect_f32("running_var", Some(running_var), c)?;
+        if let Some(saved) = saved {
+            saved.expect_dtype("saved", DType::F32)?;
+            saved.expect_shape("saved", &[c, 2])?;
+        }
         let u = |name, v: u64| {
             u32::try_from(v).map_err(|_| Error::InvalidParameter {
                 name,
@@ -470,7 +499,7 @@ impl UnifiedNorm {
         };
         let wg = MIX_WG as usize;
         let mixer = Mixer {
-            spec: unified_spec(t.filter),
+            spec: unified_spec(t.filter, saved.is_some()),
             params: UnifiedParams {
                 n: 1,
                 c: c as u32,
@@ -495,7 +524,7 @@ impl UnifiedNorm {
             aux: None,
             state_a: Some(window),
             state_b: Some(running_var),
-            per_sample_input: None,
+            per_sample_input: saved,
         };
         let engine = &self.engine;
         self.mix

@@ -188,10 +188,7 @@ pub struct UnifiedState {
     pub running_var: Vec<f64>,
 }
 
-/// One Unified Normalization training step (docs/methods.md B3) on `x[b, n, c]` with an optional
-/// padding mask `[b, n]` (1 = padding); `step` counts from 1. Filtration needs a full window
-/// (`step >= M`) as well as `step >= warmup`. Returns y and whether the step was filtered as an
-/// outlier; updates `state`.
+/// [`unified_norm_train_saving`], returning y and whether the step was an outlier.
 #[allow(clippy::too_many_arguments)]
 pub fn unified_norm_train(
     x: &[f64],
@@ -208,6 +205,110 @@ pub fn unified_norm_train(
     momentum: f64,
     eps: f64,
 ) -> (Vec<f64>, bool) {
+    let (y, saved) = unified_norm_train_saving(
+        x, tokens, c, mask, weight, bias, state, step, window, warmup, filter, momentum, eps,
+    );
+    (y, saved.skip)
+}
+
+/// What a Unified Normalization training step leaves for its backward: per channel the
+/// official code's gradient compensation ratio `r` (`sqrt(sigma^2 + eps) / sqrt(running_var +
+/// eps)` with the running variance before the step, clamped to [1/5, 5]; 1 in the first
+/// `max(1000, warmup)` steps and for an outlier step) and `1 / sqrt(sigma^2 + eps)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnifiedSaved {
+    pub ratio: Vec<f64>,
+    pub inv: Vec<f64>,
+    pub skip: bool,
+}
+
+/// The backward's state between steps: `ema_gz` `[C]` and the window `buffer_gz` `[M, C]`
+/// (zeros at the start).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnifiedGradState {
+    pub ema_gz: Vec<f64>,
+    pub buffer_gz: Vec<f64>,
+}
+
+/// Unified Normalization's approximate backward of step `step` (the official code's gradient
+/// compensation, docs/methods.md B3) on `x[tokens, c]`: with `z = x·inv`, `g = dy·w·r`,
+/// `gz = mean(g·z)` over all tokens goes into `buffer_gz[step mod M]` (an outlier step: the old
+/// `ema_gz`); `mean_gz` is gz while `step <= M`, `step < warmup` or an outlier step, else the
+/// window's mean; `ema_gz ← (1 − momentum)·ema_gz + momentum·mean_gz`;
+/// `dx = (g − K·z)·inv` with `K = ema_gz` (`mean_gz` for an outlier step);
+/// `dweight = Σ dy·r·z`, `dbias = Σ dy`. A step without tokens leaves the state.
+#[allow(clippy::too_many_arguments)]
+pub fn unified_norm_grad(
+    x: &[f64],
+    c: usize,
+    weight: &[f64],
+    dy: &[f64],
+    saved: &UnifiedSaved,
+    state: &mut UnifiedGradState,
+    (step, window, warmup): (u64, usize, u64),
+    momentum: f64,
+) -> crate::grad::Grads {
+    let tokens = x.len() / c.max(1);
+    let mut out = crate::grad::Grads {
+        dx: vec![0.0; x.len()],
+        dweight: vec![0.0; c],
+        dbias: vec![0.0; c],
+    };
+    for ch in 0..c {
+        let (r, inv) = (saved.ratio[ch], saved.inv[ch]);
+        let z = |k: usize| x[k * c + ch] * inv;
+        out.dweight[ch] = (0..tokens).map(|k| dy[k * c + ch] * r * z(k)).sum();
+        out.dbias[ch] = (0..tokens).map(|k| dy[k * c + ch]).sum();
+        if tokens == 0 {
+            continue;
+        }
+        let g = |k: usize| dy[k * c + ch] * weight[ch] * r;
+        let gz = (0..tokens).map(|k| g(k) * z(k)).sum::<f64>() / tokens as f64;
+        let slot = (step % window as u64) as usize;
+        let old = state.ema_gz[ch];
+        state.buffer_gz[slot * c + ch] = if saved.skip { old } else { gz };
+        let plain = step <= window as u64 || step < warmup || saved.skip;
+        let mean_gz = if plain {
+            gz
+        } else {
+            (0..window)
+                .map(|m| state.buffer_gz[m * c + ch])
+                .sum::<f64>()
+                / window as f64
+        };
+        state.ema_gz[ch] = (1.0 - momentum) * old + momentum * mean_gz;
+        let kk = if saved.skip {
+            mean_gz
+        } else {
+            state.ema_gz[ch]
+        };
+        for k in 0..tokens {
+            out.dx[k * c + ch] = (g(k) - kk * z(k)) * inv;
+        }
+    }
+    out
+}
+
+/// One Unified Normalization training step (docs/methods.md B3) on `x[b, n, c]` with an optional
+/// padding mask `[b, n]` (1 = padding); `step` counts from 1. Filtration needs a full window
+/// (`step >= M`) as well as `step >= warmup`. Returns y and what the backward needs (whether the
+/// step was filtered as an outlier among it); updates `state`.
+#[allow(clippy::too_many_arguments)]
+pub fn unified_norm_train_saving(
+    x: &[f64],
+    tokens: usize,
+    c: usize,
+    mask: Option<&[f64]>,
+    weight: &[f64],
+    bias: &[f64],
+    state: &mut UnifiedState,
+    step: u64,
+    window: usize,
+    warmup: u64,
+    filter: bool,
+    momentum: f64,
+    eps: f64,
+) -> (Vec<f64>, UnifiedSaved) {
     let keep = |t: usize| mask.is_none_or(|m| m[t] == 0.0);
     let kept = (0..tokens).filter(|&t| keep(t)).count();
     let q: Vec<f64> = (0..c)
@@ -250,6 +351,17 @@ pub fn unified_norm_train(
     let sigma2: Vec<f64> = (0..c)
         .map(|ch| if plain { q[ch] } else { gm[ch] })
         .collect();
+    let ratio: Vec<f64> = (0..c)
+        .map(|ch| {
+            let r =
+                ((sigma2[ch] + eps).sqrt() / (state.running_var[ch] + eps).sqrt()).clamp(0.2, 5.0);
+            if step <= warmup.max(1000) || skip {
+                1.0
+            } else {
+                r
+            }
+        })
+        .collect();
     for (rv, s2) in state.running_var.iter_mut().zip(&sigma2) {
         *rv = (1.0 - momentum) * *rv + momentum * s2;
     }
@@ -259,7 +371,8 @@ pub fn unified_norm_train(
             weight[ch] * x[i] / (sigma2[ch] + eps).sqrt() + bias[ch]
         })
         .collect();
-    (y, skip)
+    let inv = sigma2.iter().map(|s2| 1.0 / (s2 + eps).sqrt()).collect();
+    (y, UnifiedSaved { ratio, inv, skip })
 }
 
 #[cfg(test)]
@@ -329,5 +442,72 @@ mod grad_tests {
         close("dbias", &g.dbias, &numeric(&bias, |v| loss(&x, &w, v)));
         // alpha_bkw = 1 leaves nu moving by mean(g z) alone.
         assert!(nu.iter().all(|v| v.is_finite()));
+    }
+
+    /// Where Unified Normalization's approximation is exact: a step inside the first window
+    /// (sigma^2 = this batch's quadratic mean, r = 1) with momentum 1 (ema_gz = gz), no padding:
+    /// dx, dweight and dbias are the true gradients of the forward.
+    #[test]
+    fn unified_norm_grad_is_exact_where_the_approximation_vanishes() {
+        let (tokens, c, window) = (7, 3, 4);
+        let x: Vec<f64> = (0..tokens * c)
+            .map(|i| ((i * 37 % 17) as f64 - 8.0) * 0.013 + 0.02)
+            .collect();
+        let dy: Vec<f64> = (0..tokens * c)
+            .map(|i| ((i * 11 % 13) as f64 - 6.0) * 0.1)
+            .collect();
+        let (w, bias) = (vec![1.3, 0.7, 0.9], vec![0.1; 3]);
+        let eps = 1e-3;
+        let fresh = || UnifiedState {
+            window: vec![0.0; window * c],
+            running_var: vec![1.0; c],
+        };
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| {
+            let (y, _) = unified_norm_train(
+                x,
+                tokens,
+                c,
+                None,
+                w,
+                b,
+                &mut fresh(),
+                2,
+                window,
+                10,
+                false,
+                1.0,
+                eps,
+            );
+            y.iter().zip(&dy).map(|(a, d)| a * d).sum::<f64>()
+        };
+        let (_, saved) = unified_norm_train_saving(
+            &x,
+            tokens,
+            c,
+            None,
+            &w,
+            &bias,
+            &mut fresh(),
+            2,
+            window,
+            10,
+            false,
+            1.0,
+            eps,
+        );
+        assert_eq!(saved.ratio, vec![1.0; c]);
+        let mut st = UnifiedGradState {
+            ema_gz: vec![0.4; c],
+            buffer_gz: vec![0.0; window * c],
+        };
+        let g = unified_norm_grad(&x, c, &w, &dy, &saved, &mut st, (2, window, 10), 1.0);
+        close("dx", &g.dx, &numeric(&x, |v| loss(v, &w, &bias)));
+        close("dweight", &g.dweight, &numeric(&w, |v| loss(&x, v, &bias)));
+        close("dbias", &g.dbias, &numeric(&bias, |v| loss(&x, &w, v)));
+        assert_eq!(
+            &st.buffer_gz[2 * c..3 * c],
+            &st.ema_gz[..],
+            "gz entered slot 2 and ema"
+        );
     }
 }

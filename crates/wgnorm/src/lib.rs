@@ -119,7 +119,7 @@ pub use wgnorm_poincare::{
 pub use wgnorm_powernorm::{
     self as powernorm, PowerNorm, PowerNormConfig, PowerNormGradInputs, PowerNormGradOutputs,
     PowerNormInputs, SinkhornConfig, SinkhornNormalize, UnifiedNorm, UnifiedNormConfig,
-    UnifiedNormInputs,
+    UnifiedNormGradInputs, UnifiedNormGradOutputs, UnifiedNormInputs,
 };
 pub use wgnorm_rmsnorm::{
     self as rmsnorm, AddRmsNormInputs, AddRmsNormOutputs, QkNormRope, QkNormRopeConfig,
