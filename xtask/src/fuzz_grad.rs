@@ -1,6 +1,7 @@
 //! The backward ops in `cargo xtask fuzz`: dx of LayerNorm, RMSNorm, BatchNorm (train/infer),
 //! GroupNorm, the activations, AlphaDropout, LpNorm, Batch-Channel Norm, RepBN, Sinkhorn
-//! normalization, EvoNorm-S0 and -B0, IBN, Region Norm-B and the Poincaré midpoint for random shapes, axes, layouts, parameters and fused activations, with a fixed
+//! normalization, EvoNorm-S0 and -B0, IBN, Region Norm-B, the Poincaré midpoint and Unified Norm's
+//! training step for random shapes, axes, layouts, parameters and fused activations, with a fixed
 //! upstream gradient, against the f64 reference gradients (themselves checked by finite
 //! differences).
 
@@ -81,7 +82,14 @@ pub enum GradOp {
     },
     /// The Poincaré midpoint's backward, points along the last axis (dy `[D]`).
     PoincareMidpoint { c: f32 },
+    /// Unified Norm's training backward (x `[B, N, C]`, weight 1, window 2 of ones — a window of
+    /// zeros has a geometric mean of 0 —, warm-up 0, zero gradient state) at `step`, after the
+    /// forward of that step that saves its statistics.
+    Unified { step: u64, eps: f32 },
 }
+
+/// Unified Norm's momentum in the fuzzer (its forward's running variance and ema_gz).
+const UNIFIED_MOMENTUM: f32 = 0.3;
 
 /// EvoNorm-S0's gate parameter and EvoNorm-B0's v in the fuzzer.
 const EVO_V: f32 = 0.7;
@@ -166,7 +174,11 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(15) {
+        match rng.below(16) {
+            15 => GradOp::Unified {
+                step: rng.pick(&[1, 2, 3, 0]),
+                eps,
+            },
             14 => GradOp::PoincareMidpoint {
                 c: rng.pick(&[0.1, 0.5, 1.0, 0.0, -1.0, f32::NAN]),
             },
@@ -283,6 +295,37 @@ impl GradOp {
             | GradOp::EvoNormB0 { .. }
             | GradOp::Ibn { .. }
             | GradOp::RegionNormB { .. } => self.method_reference(x, shape, &dy),
+            GradOp::Unified { step, eps } => {
+                if shape.len() != 3 || step == 0 || !eps_ok(eps) {
+                    return None;
+                }
+                let c = shape[2];
+                let tokens = shape[0] * shape[1];
+                let mut st = wgnorm_reference::powernorm::UnifiedState {
+                    window: vec![1.0; 2 * c],
+                    running_var: vec![1.0; c],
+                };
+                let (w, b) = (vec![1.0; c], vec![0.0; c]);
+                let (e, m) = (eps as f64, UNIFIED_MOMENTUM as f64);
+                let (_, saved) = wgnorm_reference::powernorm::unified_norm_train_saving(
+                    x, tokens, c, None, &w, &b, &mut st, step, 2, 0, false, m, e,
+                );
+                let mut gs = wgnorm_reference::powernorm::UnifiedGradState {
+                    ema_gz: vec![0.0; c],
+                    buffer_gz: vec![0.0; 2 * c],
+                };
+                let g = wgnorm_reference::powernorm::unified_norm_grad(
+                    x,
+                    c,
+                    &w,
+                    &dy,
+                    &saved,
+                    &mut gs,
+                    (step, 2, 0),
+                    m,
+                );
+                Some(g.dx)
+            }
             GradOp::PoincareMidpoint { c } => {
                 let rank = shape.len();
                 if rank < 1 || !(c.is_finite() && c > 0.0) {
@@ -549,6 +592,9 @@ impl GradOp {
             | GradOp::EvoNormB0 { .. }
             | GradOp::Ibn { .. }
             | GradOp::RegionNormB { .. } => self.encode_method(ctx, dtype, (x, &dy, dx), enc),
+            GradOp::Unified { step, eps } => {
+                self.encode_unified(ctx, dtype, (x, &dy, dx), enc, step, eps)
+            }
             GradOp::PoincareMidpoint { c } => {
                 let d = x.shape().last().copied().unwrap_or(0);
                 let dm = ctx.upload(&dy_values(d), &[d], dtype)?;
@@ -592,6 +638,57 @@ impl GradOp {
                 )
             }
         }
+    }
+
+    /// Records Unified Norm's forward of `step` (saving) and its backward, on a fresh state.
+    fn encode_unified(
+        self,
+        ctx: &Context,
+        dtype: DType,
+        (x, dy, dx): (&Tensor, &Tensor, &Tensor),
+        enc: &mut wgpu::CommandEncoder,
+        step: u64,
+        eps: f32,
+    ) -> wgnorm::Result<()> {
+        let train = wgnorm::powernorm::UnifiedTraining {
+            window: 2,
+            warmup: 0,
+            filter: false,
+            momentum: UNIFIED_MOMENTUM,
+        };
+        let cfg = wgnorm::UnifiedNormConfig { eps, dtype };
+        let op = wgnorm::UnifiedNorm::new(ctx, cfg)?.with_training(train);
+        let c = x.shape().last().copied().unwrap_or(0);
+        let p = |v: f32, n: usize| ctx.upload_f32(&vec![v; n], &[n]);
+        let (w, b, rv, window) = (p(1.0, c)?, p(0.0, c)?, p(1.0, c)?, p(1.0, 2 * c)?);
+        let (ema, buf) = (p(0.0, c)?, p(0.0, 2 * c)?);
+        let window = window.reshape(&[2, c])?;
+        let buf = buf.reshape(&[2, c])?;
+        let saved = ctx.empty(&[c, 2], DType::F32)?;
+        let y = ctx.empty(x.shape(), dtype)?;
+        let inputs = wgnorm::UnifiedNormInputs {
+            x,
+            pad_mask: None,
+            weight: Some(&w),
+            bias: Some(&b),
+            running_var: &rv,
+            window: Some(&window),
+        };
+        op.encode_train_saving(enc, &inputs, &y, step, &saved)?;
+        let inputs = wgnorm::UnifiedNormGradInputs {
+            x,
+            weight: &w,
+            dy,
+            saved: &saved,
+            ema_gz: &ema,
+            buffer_gz: &buf,
+        };
+        let outputs = wgnorm::UnifiedNormGradOutputs {
+            dx,
+            dweight: None,
+            dbias: None,
+        };
+        op.encode_backward(enc, &inputs, &outputs, step)
     }
 
     /// Records a research method's backward: `(x, dy, dx)`.
