@@ -296,7 +296,7 @@ fn unified(ctx: &Context, [n, c, h, w]: [usize; 4]) -> Result<Case> {
         running_var: vec![1.0; c],
     };
     let (xd, wd) = (f64s(&d.x), f64s(&wv));
-    let (_, sv) = rp::unified_norm_train_saving(
+    let (_, sv) = rp::unified_norm_train(
         &xd,
         n * h * w,
         c,

@@ -307,7 +307,7 @@ impl GradOp {
                 };
                 let (w, b) = (vec![1.0; c], vec![0.0; c]);
                 let (e, m) = (eps as f64, UNIFIED_MOMENTUM as f64);
-                let (_, saved) = wgnorm_reference::powernorm::unified_norm_train_saving(
+                let (_, saved) = wgnorm_reference::powernorm::unified_norm_train(
                     x, tokens, c, None, &w, &b, &mut st, step, 2, 0, false, m, e,
                 );
                 let mut gs = wgnorm_reference::powernorm::UnifiedGradState {

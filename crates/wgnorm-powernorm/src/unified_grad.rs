@@ -107,16 +107,8 @@ pub struct UnifiedNormGradInputs<'a> {
     pub buffer_gz: &'a Tensor,
 }
 
-/// Outputs of the backward: `dx` like x; `dweight`, `dbias` f32 `[C]` when wanted.
-#[derive(Clone, Copy, Debug)]
-pub struct UnifiedNormGradOutputs<'a> {
-    /// Gradient of x.
-    pub dx: &'a Tensor,
-    /// Gradient of the weight, written when given.
-    pub dweight: Option<&'a Tensor>,
-    /// Gradient of the bias, written when given.
-    pub dbias: Option<&'a Tensor>,
-}
+/// Outputs of the backward: `dx` like x; `dweight`, `dbias` f32 `[C]` when wanted (PowerNorm's).
+pub type UnifiedNormGradOutputs<'a> = crate::PowerNormGradOutputs<'a>;
 
 /// The backward's caches, owned by the op.
 #[derive(Default)]
@@ -184,31 +176,7 @@ impl UnifiedNorm {
         let (part, cf) = (r(&partials, "partials")?, r(&coef, "coef")?);
         let dwr = opt(outputs.dweight, "dweight", dw[0].clone())?;
         let dbr = opt(outputs.dbias, "dbias", dw[1].clone())?;
-        let t = self.train;
-        let pp = PowerGradParams {
-            tokens: tokens as u32,
-            c: c as u32,
-            b: 1,
-            t: tokens as u32,
-            tiles: tiles as u32,
-            tile_len: TILE as u32,
-            eps: self.eps,
-            one_minus_alpha: 0.0,
-            group_base: 0,
-            x_base: 0,
-            end: u32::MAX,
-            _pad0: 0,
-        };
-        let fp = UnifiedGradParams {
-            c: c as u32,
-            tiles: tiles as u32,
-            tokens: tokens as u32,
-            step: step as u32,
-            window: t.window as u32,
-            warmup: t.warmup.min(u32::MAX as u64) as u32,
-            momentum: t.momentum,
-            _pad0: 0,
-        };
+        let (pp, fp) = self.grad_params(tokens, c, step);
         let dr = binding::dummy_range(ctx.dummy_read());
         let passes = [
             (
@@ -248,6 +216,43 @@ impl UnifiedNorm {
             );
         }
         Ok(())
+    }
+
+    /// The partials and dx passes' block (PowerNorm's, no mask) and the finalize's, for
+    /// `tokens` x `c` in tiles of [`TILE`] tokens at step `step`.
+    fn grad_params(
+        &self,
+        tokens: usize,
+        c: usize,
+        step: u64,
+    ) -> (PowerGradParams, UnifiedGradParams) {
+        let tiles = tokens.div_ceil(TILE) as u32;
+        let t = self.train;
+        let pp = PowerGradParams {
+            tokens: tokens as u32,
+            c: c as u32,
+            b: 1,
+            t: tokens as u32,
+            tiles,
+            tile_len: TILE as u32,
+            eps: self.eps,
+            one_minus_alpha: 0.0,
+            group_base: 0,
+            x_base: 0,
+            end: u32::MAX,
+            _pad0: 0,
+        };
+        let fp = UnifiedGradParams {
+            c: c as u32,
+            tiles,
+            tokens: tokens as u32,
+            step: step as u32,
+            window: t.window as u32,
+            warmup: t.warmup.min(u32::MAX as u64) as u32,
+            momentum: t.momentum,
+            _pad0: 0,
+        };
+        (pp, fp)
     }
 
     /// Allocates dx, dweight and dbias, encodes the backward and submits (does not wait).

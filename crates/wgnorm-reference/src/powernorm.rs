@@ -188,29 +188,6 @@ pub struct UnifiedState {
     pub running_var: Vec<f64>,
 }
 
-/// [`unified_norm_train_saving`], returning y and whether the step was an outlier.
-#[allow(clippy::too_many_arguments)]
-pub fn unified_norm_train(
-    x: &[f64],
-    tokens: usize,
-    c: usize,
-    mask: Option<&[f64]>,
-    weight: &[f64],
-    bias: &[f64],
-    state: &mut UnifiedState,
-    step: u64,
-    window: usize,
-    warmup: u64,
-    filter: bool,
-    momentum: f64,
-    eps: f64,
-) -> (Vec<f64>, bool) {
-    let (y, saved) = unified_norm_train_saving(
-        x, tokens, c, mask, weight, bias, state, step, window, warmup, filter, momentum, eps,
-    );
-    (y, saved.skip)
-}
-
 /// What a Unified Normalization training step leaves for its backward: per channel the
 /// official code's gradient compensation ratio `r` (`sqrt(sigma^2 + eps) / sqrt(running_var +
 /// eps)` with the running variance before the step, clamped to [1/5, 5]; 1 in the first
@@ -294,7 +271,7 @@ pub fn unified_norm_grad(
 /// (`step >= M`) as well as `step >= warmup`. Returns y and what the backward needs (whether the
 /// step was filtered as an outlier among it); updates `state`.
 #[allow(clippy::too_many_arguments)]
-pub fn unified_norm_train_saving(
+pub fn unified_norm_train(
     x: &[f64],
     tokens: usize,
     c: usize,
@@ -480,7 +457,7 @@ mod grad_tests {
             );
             y.iter().zip(&dy).map(|(a, d)| a * d).sum::<f64>()
         };
-        let (_, saved) = unified_norm_train_saving(
+        let (_, saved) = unified_norm_train(
             &x,
             tokens,
             c,
