@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod chnorm;
+pub mod dual;
 pub mod grad;
 pub mod poincare;
 pub mod powernorm;

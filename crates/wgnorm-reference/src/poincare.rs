@@ -1,5 +1,6 @@
 //! Poincaré ball of curvature `-c` (`c > 0`), docs/methods.md C1: the ball operations, the gyromidpoint
-//! and Poincaré midpoint batch normalization, written on plain `&[f64]` vectors.
+//! and Poincaré midpoint batch normalization, written on plain slices of `f64` (or of
+//! [`crate::dual::Dual`], for exact derivatives).
 //!
 //! A *point* lies in the open ball `|x| < 1/sqrt(c)`; a *tangent vector* is any vector of R^D (at
 //! the origin unless a base point is named). Norms and denominators are clamped at 1e-15 and
@@ -13,29 +14,41 @@ pub const PROJ_EPS_F32: f64 = 4e-3;
 
 const MIN_NORM: f64 = 1e-15;
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+use crate::dual::Real;
+
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    a.iter().zip(b).fold(T::of(0.0), |s, (x, y)| s + *x * *y)
 }
 
-fn norm(a: &[f64]) -> f64 {
+fn norm<T: Real>(a: &[T]) -> T {
     dot(a, a).sqrt()
 }
 
-fn scale(a: &[f64], s: f64) -> Vec<f64> {
-    a.iter().map(|x| x * s).collect()
+fn scale<T: Real>(a: &[T], s: T) -> Vec<T> {
+    a.iter().map(|x| *x * s).collect()
 }
 
-fn neg(a: &[f64]) -> Vec<f64> {
-    scale(a, -1.0)
+fn neg<T: Real>(a: &[T]) -> Vec<T> {
+    a.iter().map(|x| -*x).collect()
 }
 
 /// `artanh(u)`, the argument clamped away from +-1.
 pub fn artanh(u: f64) -> f64 {
-    let u = u.clamp(-1.0 + 1e-7, 1.0 - 1e-7);
-    0.5 * ((1.0 + u) / (1.0 - u)).ln()
+    artanh_of(u)
 }
 
-/// The ball of curvature `-c` with projection margin `eps`.
+fn artanh_of<T: Real>(u: T) -> T {
+    // (A NaN stays NaN, as f64::clamp keeps it.)
+    let u = if u.value().is_nan() {
+        u
+    } else {
+        u.at_least(-1.0 + 1e-7).at_most(1.0 - 1e-7)
+    };
+    T::of(0.5) * ((T::of(1.0) + u) / (T::of(1.0) - u)).ln()
+}
+
+/// The ball of curvature `-c` with projection margin `eps`. Its maps take `f64` coordinates, or
+/// [`crate::dual::Dual`] ones for exact derivatives (the gradients in [`crate::grad`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Ball {
     pub c: f64,
@@ -47,85 +60,92 @@ impl Ball {
         Ball { c, eps }
     }
 
+    fn sc<T: Real>(&self) -> T {
+        T::of(self.c.sqrt())
+    }
+
     /// Rescales `x` onto the sphere of radius `(1 - eps)/sqrt(c)` when it lies outside it.
-    pub fn project(&self, x: &[f64]) -> Vec<f64> {
-        let n = norm(x).max(MIN_NORM);
+    pub fn project<T: Real>(&self, x: &[T]) -> Vec<T> {
+        let n = norm(x).at_least(MIN_NORM);
         let max = (1.0 - self.eps) / self.c.sqrt();
-        if n > max {
-            scale(x, max / n)
+        if n.value() > max {
+            scale(x, T::of(max) / n)
         } else {
             x.to_vec()
         }
     }
 
     /// Conformal factor `lambda_x = 2 / (1 - c |x|^2)`.
-    pub fn lambda(&self, x: &[f64]) -> f64 {
-        2.0 / (1.0 - self.c * dot(x, x)).max(MIN_NORM)
+    pub fn lambda<T: Real>(&self, x: &[T]) -> T {
+        T::of(2.0) / (T::of(1.0) - T::of(self.c) * dot(x, x)).at_least(MIN_NORM)
     }
 
     /// Möbius addition `x (+) y`.
-    pub fn mobius_add(&self, x: &[f64], y: &[f64]) -> Vec<f64> {
-        let c = self.c;
+    pub fn mobius_add<T: Real>(&self, x: &[T], y: &[T]) -> Vec<T> {
+        let (c, one, two) = (T::of(self.c), T::of(1.0), T::of(2.0));
         let (xy, xx, yy) = (dot(x, y), dot(x, x), dot(y, y));
-        let num_x = 1.0 + 2.0 * c * xy + c * yy;
-        let num_y = 1.0 - c * xx;
-        let den = (1.0 + 2.0 * c * xy + c * c * xx * yy).max(MIN_NORM);
+        let num_x = one + two * c * xy + c * yy;
+        let num_y = one - c * xx;
+        let den = (one + two * c * xy + c * c * xx * yy).at_least(MIN_NORM);
         x.iter()
             .zip(y)
-            .map(|(a, b)| (num_x * a + num_y * b) / den)
+            .map(|(a, b)| (num_x * *a + num_y * *b) / den)
             .collect()
     }
 
     /// Exponential map at the origin: tangent vector -> point.
-    pub fn exp0(&self, v: &[f64]) -> Vec<f64> {
-        let sc = self.c.sqrt();
-        let n = norm(v).max(MIN_NORM);
+    pub fn exp0<T: Real>(&self, v: &[T]) -> Vec<T> {
+        let sc = self.sc::<T>();
+        let n = norm(v).at_least(MIN_NORM);
         self.project(&scale(v, (sc * n).tanh() / (sc * n)))
     }
 
     /// Logarithmic map at the origin: point -> tangent vector.
-    pub fn log0(&self, y: &[f64]) -> Vec<f64> {
-        let sc = self.c.sqrt();
-        let n = norm(y).max(MIN_NORM);
-        scale(y, artanh(sc * n) / (sc * n))
+    pub fn log0<T: Real>(&self, y: &[T]) -> Vec<T> {
+        let sc = self.sc::<T>();
+        let n = norm(y).at_least(MIN_NORM);
+        scale(y, artanh_of(sc * n) / (sc * n))
     }
 
     /// Exponential map at the point `x` of the tangent vector `v`.
-    pub fn expmap(&self, x: &[f64], v: &[f64]) -> Vec<f64> {
-        let sc = self.c.sqrt();
-        let n = norm(v).max(MIN_NORM);
-        let second = scale(v, (sc * self.lambda(x) * n / 2.0).tanh() / (sc * n));
+    pub fn expmap<T: Real>(&self, x: &[T], v: &[T]) -> Vec<T> {
+        let sc = self.sc::<T>();
+        let n = norm(v).at_least(MIN_NORM);
+        let second = scale(v, (sc * self.lambda(x) * n / T::of(2.0)).tanh() / (sc * n));
         self.project(&self.mobius_add(x, &second))
     }
 
     /// Logarithmic map at the point `x` of the point `y`.
-    pub fn logmap(&self, x: &[f64], y: &[f64]) -> Vec<f64> {
-        let sc = self.c.sqrt();
+    pub fn logmap<T: Real>(&self, x: &[T], y: &[T]) -> Vec<T> {
+        let sc = self.sc::<T>();
         let w = self.mobius_add(&neg(x), y);
-        let n = norm(&w).max(MIN_NORM);
-        scale(&w, 2.0 / (sc * self.lambda(x)) * artanh(sc * n) / n)
+        let n = norm(&w).at_least(MIN_NORM);
+        scale(
+            &w,
+            T::of(2.0) / (sc * self.lambda(x)) * artanh_of(sc * n) / n,
+        )
     }
 
     /// Geodesic distance `2/sqrt(c) artanh(sqrt(c) |(-x) (+) y|)`.
-    pub fn distance(&self, x: &[f64], y: &[f64]) -> f64 {
-        let sc = self.c.sqrt();
-        2.0 / sc * artanh(sc * norm(&self.mobius_add(&neg(x), y)))
+    pub fn distance<T: Real>(&self, x: &[T], y: &[T]) -> T {
+        let sc = self.sc::<T>();
+        T::of(2.0) / sc * artanh_of(sc * norm(&self.mobius_add(&neg(x), y)))
     }
 
     /// Gyration `gyr[u, v] w` (closed form).
-    pub fn gyration(&self, u: &[f64], v: &[f64], w: &[f64]) -> Vec<f64> {
-        let c = self.c;
+    pub fn gyration<T: Real>(&self, u: &[T], v: &[T], w: &[T]) -> Vec<T> {
+        let (c, one, two) = (T::of(self.c), T::of(1.0), T::of(2.0));
         let (uw, vw, uv, uu, vv) = (dot(u, w), dot(v, w), dot(u, v), dot(u, u), dot(v, v));
-        let a = -c * c * uw * vv + c * vw + 2.0 * c * c * uv * vw;
+        let a = -c * c * uw * vv + c * vw + two * c * c * uv * vw;
         let b = -c * c * vw * uu - c * uw;
-        let d = (1.0 + 2.0 * c * uv + c * c * uu * vv).max(MIN_NORM);
+        let d = (one + two * c * uv + c * c * uu * vv).at_least(MIN_NORM);
         (0..w.len())
-            .map(|i| w[i] + 2.0 * (a * u[i] + b * v[i]) / d)
+            .map(|i| w[i] + two * (a * u[i] + b * v[i]) / d)
             .collect()
     }
 
     /// Parallel transport of the tangent vector `v` from `x` to `y`.
-    pub fn transport(&self, x: &[f64], y: &[f64], v: &[f64]) -> Vec<f64> {
+    pub fn transport<T: Real>(&self, x: &[T], y: &[T], v: &[T]) -> Vec<T> {
         let g = self.gyration(y, &neg(x), v);
         scale(&g, self.lambda(x) / self.lambda(y))
     }
@@ -133,21 +153,23 @@ impl Ball {
     /// Gyromidpoint of the points `x[p]` (each projected first, as the kernels do; a no-op for
     /// points inside the projection radius): `z = sum lambda_i x_i / sum (lambda_i - 1)`, then
     /// the Möbius half `z / (1 + sqrt(1 - c |z|^2))`, projected.
-    pub fn midpoint(&self, points: &[Vec<f64>]) -> Vec<f64> {
+    pub fn midpoint<T: Real>(&self, points: &[Vec<T>]) -> Vec<T> {
         let d = points.first().map_or(0, |p| p.len());
-        let mut num = vec![0.0; d];
-        let mut den = 0.0;
+        let mut num = vec![T::of(0.0); d];
+        let mut den = T::of(0.0);
         for x in points {
             let x = &self.project(x);
             let l = self.lambda(x);
             for (n, xi) in num.iter_mut().zip(x) {
-                *n += l * xi;
+                *n = *n + l * *xi;
             }
-            den += l - 1.0;
+            den = den + l - T::of(1.0);
         }
-        let z = scale(&num, 1.0 / den.max(MIN_NORM));
-        let s = (1.0 - self.c * dot(&z, &z)).max(0.0).sqrt();
-        self.project(&scale(&z, 1.0 / (1.0 + s)))
+        let z = scale(&num, T::of(1.0) / den.at_least(MIN_NORM));
+        let s = (T::of(1.0) - T::of(self.c) * dot(&z, &z))
+            .at_least(0.0)
+            .sqrt();
+        self.project(&scale(&z, T::of(1.0) / (T::of(1.0) + s)))
     }
 }
 

@@ -1,8 +1,9 @@
-//! The Poincaré midpoint's gradient (docs/methods.md C1): the Euclidean gradient of
+//! The Poincaré midpoint's and Poincaré batch norm's gradients (docs/methods.md C1). The midpoint: the Euclidean gradient of
 //! `sum(m * dm)` with respect to each point, through the projection onto the ball, the conformal
 //! factors, the weighted sum, the Möbius half and the output projection, in the forms the
 //! forward uses (norms summed coordinate-wise).
 
+use crate::dual::Dual;
 use crate::poincare::Ball;
 
 const MIN_NORM: f64 = 1e-15;
@@ -67,6 +68,100 @@ pub fn poincare_midpoint_grad(ball: &Ball, points: &[Vec<f64>], dm: &[f64]) -> V
         .collect()
 }
 
+/// Gradients of Poincaré midpoint batch normalization with batch statistics: per point the
+/// tangent vector's gradient, the bias's (`[D]`) and the variance weight's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoincareBnGrads {
+    pub dx: Vec<Vec<f64>>,
+    pub dbias: Vec<f64>,
+    pub dweight: f64,
+}
+
+/// `J^T g` of `f` at `at` (`n` inputs), by forward mode: one [`Dual`] evaluation per input.
+fn vjp(at: &[f64], g: &[f64], f: impl Fn(&[Dual]) -> Vec<Dual>) -> Vec<f64> {
+    (0..at.len())
+        .map(|j| {
+            let args: Vec<Dual> = at
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Dual::new(*v, if i == j { 1.0 } else { 0.0 }))
+                .collect();
+            f(&args).iter().zip(g).map(|(o, gk)| o.d * gk).sum()
+        })
+        .collect()
+}
+
+/// The gradients of `sum(y * dy)` for [`crate::poincare::poincare_batch_norm`] (C1 with batch
+/// statistics: what the official code does in training and inference), through every map: each
+/// point's own chain `log0(exp_beta(transp_{m->beta}(log_m x) * k))` (forward-mode derivatives of
+/// the f64 maps), the Fréchet variance's distances, the gyromidpoint
+/// ([`poincare_midpoint_grad`]), `k = sqrt(w / (var + 1e-6))`, `x = exp0(v)` and
+/// `beta = exp0(b)`. O(P D^2): for tests.
+pub fn poincare_batch_norm_grad(
+    ball: &Ball,
+    tangents: &[Vec<f64>],
+    (bias, weight): (&[f64], f64),
+    dy: &[Vec<f64>],
+) -> PoincareBnGrads {
+    let d = bias.len();
+    let p = tangents.len();
+    let xs: Vec<Vec<f64>> = tangents.iter().map(|v| ball.exp0(v)).collect();
+    let m = ball.midpoint(&xs);
+    let var = xs.iter().map(|x| ball.distance(x, &m).powi(2)).sum::<f64>() / p as f64;
+    let k = (weight / (var + 1e-6)).sqrt();
+    let beta = ball.exp0(bias);
+    // Each point's chain as a function of (x, m, beta, k).
+    let chain = |a: &[Dual]| -> Vec<Dual> {
+        let (x, rest) = a.split_at(d);
+        let (mm, rest) = rest.split_at(d);
+        let (b, kk) = rest.split_at(d);
+        let t = ball.transport(mm, b, &ball.logmap(mm, x));
+        let u: Vec<Dual> = t.iter().map(|e| *e * kk[0]).collect();
+        ball.log0(&ball.expmap(b, &u))
+    };
+    let (mut dm, mut dbeta, mut dk) = (vec![0.0; d], vec![0.0; d], 0.0);
+    let mut dx: Vec<Vec<f64>> = Vec::with_capacity(p);
+    for (x, g) in xs.iter().zip(dy) {
+        let at: Vec<f64> = [x.as_slice(), &m, &beta, &[k]].concat();
+        let gr = vjp(&at, g, chain);
+        dx.push(gr[..d].to_vec());
+        for j in 0..d {
+            dm[j] += gr[d + j];
+            dbeta[j] += gr[2 * d + j];
+        }
+        dk += gr[3 * d];
+    }
+    // k = sqrt(w / (var + 1e-6)); var = mean over points of d(x, m)^2.
+    let dvar = -dk * k / (2.0 * (var + 1e-6));
+    let dweight = dk * k / (2.0 * weight);
+    for (x, dxi) in xs.iter().zip(dx.iter_mut()) {
+        let at: Vec<f64> = [x.as_slice(), &m].concat();
+        let dist2 = |a: &[Dual]| {
+            let r = ball.distance(&a[..d], &a[d..]);
+            vec![r * r]
+        };
+        let gr = vjp(&at, &[dvar / p as f64], dist2);
+        for j in 0..d {
+            dxi[j] += gr[j];
+            dm[j] += gr[d + j];
+        }
+    }
+    let through_mid = poincare_midpoint_grad(ball, &xs, &dm);
+    let dx = tangents
+        .iter()
+        .zip(dx.iter().zip(&through_mid))
+        .map(|(v, (a, b))| {
+            let g: Vec<f64> = a.iter().zip(b).map(|(x, y)| x + y).collect();
+            vjp(v, &g, |a| ball.exp0(a))
+        })
+        .collect();
+    PoincareBnGrads {
+        dx,
+        dbias: vjp(bias, &dbeta, |a| ball.exp0(a)),
+        dweight,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{close, dot, numeric, values};
@@ -106,5 +201,43 @@ mod tests {
         let gs = poincare_midpoint_grad(&ball, &[b, a], &dm);
         close("swapped", &g[0], &gs[1]);
         close("swapped", &g[1], &gs[0]);
+    }
+
+    /// Poincaré batch norm's gradients against central differences of its f64 forward: every
+    /// point's tangent vector, the bias and the weight (c = 0.5, one point far out so its exp0 is
+    /// at the projection).
+    #[test]
+    fn poincare_batch_norm_grad_matches_finite_differences() {
+        use crate::poincare::{poincare_batch_norm, points_along};
+        let (p, d, c) = (6, 3, 0.5);
+        let ball = Ball::new(c, PROJ_EPS_F64);
+        let mut flat: Vec<f64> = values(201, p * d).iter().map(|e| 1.2 * e).collect();
+        for v in &mut flat[..d] {
+            *v *= 10.0; // exp0 reaches the projection radius
+        }
+        let bias: Vec<f64> = values(202, d).iter().map(|e| 0.4 * e).collect();
+        let dy = values(203, p * d);
+        let weight = 0.8;
+        let pts = |f: &[f64]| points_along(f, &[p, d], 1).0;
+        let dyp = pts(&dy);
+        let g = poincare_batch_norm_grad(&ball, &pts(&flat), (&bias, weight), &dyp);
+        let loss = |f: &[f64], b: &[f64], w: f64| {
+            dot(&poincare_batch_norm(&ball, f, &[p, d], 1, b, w), &dy)
+        };
+        close(
+            "dx",
+            &g.dx.concat(),
+            &numeric(&flat, |f| loss(f, &bias, weight)),
+        );
+        close(
+            "dbias",
+            &g.dbias,
+            &numeric(&bias, |b| loss(&flat, b, weight)),
+        );
+        close(
+            "dweight",
+            &[g.dweight],
+            &numeric(&[weight], |w| loss(&flat, &bias, w[0])),
+        );
     }
 }
