@@ -136,7 +136,11 @@ fn warm_encode_allocates_as_bare_passes(ln: &LayerNorm, passes: u64) {
         });
         bare_allocs.push(n);
     }
-    c.queue().submit([enc.finish()]);
+    let done = c.queue().submit([enc.finish()]);
+    // Wait for the work: lavapipe compiles a shader variant on its queue thread at the first
+    // dispatch, and a process that exits meanwhile (this binary's tests are short) tears LLVM
+    // down under that thread (a SIGSEGV after "test result: ok", seen in CI).
+    c.wait(Some(done)).unwrap();
     // Minimums: the encoder's own buffers grow now and then, in either kind of call.
     let (wmin, bmin) = (
         wgnorm_allocs.iter().min().unwrap(),
