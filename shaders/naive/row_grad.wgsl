@@ -13,6 +13,8 @@ override HAS_WEIGHT: bool = false;
 @group(0) @binding(5) var<storage, read> dsum: array<Elem>;
 @group(0) @binding(6) var<storage, read_write> dx: array<Elem>;
 @group(0) @binding(7) var<storage, read_write> stats: array<vec4<f32>>;
+// The dx kernel's bias (a fused activation's argument): in the shared layout, unused here.
+@group(0) @binding(8) var<storage, read> bias: array<Elem>;
 
 fn load_g(e: u32, i: u32) -> V {
     if (HAS_WEIGHT) {

@@ -270,6 +270,12 @@ impl Kernel {
         self.slots
     }
 
+    /// The WGSL parts in order (snippets first, the body last), before the I/O snippet and the
+    /// element accessors are composed in.
+    pub fn parts(&self) -> &'static [&'static str] {
+        self.parts
+    }
+
     /// Device features the module needs besides those its `Io` needs.
     pub fn required_features(&self) -> wgpu::Features {
         self.features
