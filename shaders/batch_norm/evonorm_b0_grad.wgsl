@@ -7,7 +7,7 @@
 //   dv = sum [inst] h x, dweight = sum dy x / d, dbias = sum dy.
 // Scratch: [slab moments (2 NC) | channel (mean_B, a) (2 C) | slab partials (5 NC) |
 // channel sums (dweight, dbias, dv, H_a / (a N hw)) (4 C)]. Stages (GSTAGE), each in fixed order:
-//   0 MOMENTS  per slab (workgroup): mean_I, M2_I
+//   0 MOMENTS  per slab (workgroup): mean_I, M2_I (two passes over the slab)
 //   1 CHANNEL  per channel: the slabs merged in order (Chan) -> mean_B, a
 //   2 PARTIALS per slab (workgroup): sum dy, sum dy x / d, H_a's and H_s's part, sum [inst] h x
 //   3 FINALIZE per channel: the slabs' partials summed in order; writes out (PARAMS 0: dweight,
@@ -75,14 +75,21 @@ fn slab_moments(g: u32, lid: u32) {
     let slab = min(g, slabs() - 1u);
     let n = slab / params.c;
     let ch = slab - n * params.c;
-    var acc = Moments(0.0, 0.0, 0.0);
+    // Two passes (the mean, then the centred squares): no division per element.
+    var sum = 0.0;
     for (var k = lid; k < params.hw; k += WG) {
-        acc = moments_merge(acc, Moments(1.0, x_load(index(n, ch, k)), 0.0));
+        sum += x_load(index(n, ch, k));
     }
-    let m = workgroup_merge(acc, lid);
+    let mean = wg_sum(lid, sum) / f32(params.hw);
+    var sq = 0.0;
+    for (var k = lid; k < params.hw; k += WG) {
+        let d = x_load(index(n, ch, k)) - mean;
+        sq += d * d;
+    }
+    let m2 = wg_sum(lid, sq);
     if lid == 0u && g < slabs() {
-        scratch[2u * slab] = m.mean;
-        scratch[2u * slab + 1u] = m.m2;
+        scratch[2u * slab] = mean;
+        scratch[2u * slab + 1u] = m2;
     }
 }
 

@@ -32,7 +32,6 @@ pub const EVONORM_B0_GRAD_KERNEL: Kernel = Kernel::new(
     "batch_norm/evonorm_b0_grad",
     &[
         snippet::MOMENTS,
-        snippet::WG_MOMENTS,
         snippet::WG_SUM,
         wgnorm_core::shader_file!("batch_norm/evonorm_b0_grad.wgsl"),
     ],
