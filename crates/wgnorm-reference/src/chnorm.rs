@@ -1,8 +1,8 @@
 //! BatchNorm, GroupNorm and InstanceNorm on NCHW `(N, C, *)` data (`hw` = product of the
 //! spatial dims), per docs/methods.md A2-A4. Two-pass statistics in f64.
 
-/// Mean and biased variance of `vals`.
-fn moments(vals: &[f64]) -> (f64, f64) {
+/// Mean and biased variance of `vals` (two passes).
+pub(crate) fn moments(vals: &[f64]) -> (f64, f64) {
     let n = vals.len() as f64;
     let mean = vals.iter().sum::<f64>() / n;
     (

@@ -12,11 +12,12 @@ pub const PROJ_EPS_F64: f64 = 1e-5;
 /// Projection margin of the official code in f32.
 pub const PROJ_EPS_F32: f64 = 4e-3;
 
-const MIN_NORM: f64 = 1e-15;
+/// The clamp of norms and denominators.
+pub(crate) const MIN_NORM: f64 = 1e-15;
 
 use crate::dual::Real;
 
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     a.iter().zip(b).fold(T::of(0.0), |s, (x, y)| s + *x * *y)
 }
 

@@ -1,14 +1,7 @@
 //! References of the research methods built on instance statistics (docs/methods.md A8, A12, A14), on
 //! NCHW `x` seen as `[n, c, hw]`.
 
-fn moments(vals: &[f64]) -> (f64, f64) {
-    let n = vals.len() as f64;
-    let mean = vals.iter().sum::<f64>() / n;
-    (
-        mean,
-        vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n,
-    )
-}
+use crate::chnorm::moments;
 
 fn slab(x: &[f64], c: usize, hw: usize, i: usize, ch: usize) -> &[f64] {
     &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]

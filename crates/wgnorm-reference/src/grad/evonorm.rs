@@ -7,6 +7,8 @@
 //! batch's biased variance in training, the running one at inference) and `s = sqrt(var_I + eps)`
 //! per (sample, channel).
 
+use crate::chnorm::moments;
+
 /// Gradients of EvoNorm-S0: `dx` like x; `dv`, `dweight`, `dbias` per channel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvoNormS0Grads {
@@ -100,15 +102,11 @@ pub fn evonorm_b0_grad(
         dv: vec![0.0; c],
     };
     let at = |i: usize, ch: usize| (i * c + ch) * hw;
-    let mean_var = |e: &mut dyn Iterator<Item = f64>| {
-        let vals: Vec<f64> = e.collect();
-        let m = vals.iter().sum::<f64>() / vals.len() as f64;
-        let var = vals.iter().map(|e| (e - m).powi(2)).sum::<f64>() / vals.len() as f64;
-        (m, var)
-    };
     for ch in 0..c {
-        let all = &mut (0..n).flat_map(|i| x[at(i, ch)..at(i, ch) + hw].iter().copied());
-        let (mean_b, var) = mean_var(all);
+        let all: Vec<f64> = (0..n)
+            .flat_map(|i| x[at(i, ch)..at(i, ch) + hw].to_vec())
+            .collect();
+        let (mean_b, var) = moments(&all);
         let a = match var_b {
             EvoB0Variance::Batch => (var + eps).sqrt(),
             EvoB0Variance::Running(rv) => (rv[ch] + eps).sqrt(),
@@ -117,7 +115,7 @@ pub fn evonorm_b0_grad(
         let mut inst = Vec::with_capacity(n);
         for i in 0..n {
             let slab = &x[at(i, ch)..at(i, ch) + hw];
-            let (mean_i, var_i) = mean_var(&mut slab.iter().copied());
+            let (mean_i, var_i) = moments(slab);
             let s = (var_i + eps).sqrt();
             let mut h_s = 0.0;
             for (k, &e) in slab.iter().enumerate() {

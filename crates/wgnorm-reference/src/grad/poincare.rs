@@ -1,16 +1,10 @@
-//! The Poincaré midpoint's and Poincaré batch norm's gradients (docs/methods.md C1). The midpoint: the Euclidean gradient of
-//! `sum(m * dm)` with respect to each point, through the projection onto the ball, the conformal
+//! The Poincaré midpoint's and Poincaré batch norm's gradients (docs/methods.md C1). The
+//! midpoint: the Euclidean gradient of `sum(m * dm)` with respect to each point, through the projection onto the ball, the conformal
 //! factors, the weighted sum, the Möbius half and the output projection, in the forms the
 //! forward uses (norms summed coordinate-wise).
 
 use crate::dual::Dual;
-use crate::poincare::Ball;
-
-const MIN_NORM: f64 = 1e-15;
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
+use crate::poincare::{dot, Ball, MIN_NORM};
 
 /// Through `x = project(v)`: `v` itself inside the radius `r`, else `v r / |v|`, whose
 /// Jacobian is `(r / |v|) (I - v^ v^T)`.

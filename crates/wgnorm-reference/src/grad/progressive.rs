@@ -2,7 +2,8 @@
 //! `y = lambda LN(x) + (1 - lambda) RepBN(x)` on tokens `[tokens, C]` (row-major), LN over C,
 //! RepBN's BatchNorm over the tokens per channel.
 
-use super::{batch_norm_grad, layer_norm_grad};
+use super::{layer_norm_grad, rep_batch_norm_grad};
+use crate::chnorm::to_nhwc;
 
 /// Gradients of the progressive norm: `dx` like x; the LayerNorm affine's and RepBN's
 /// BatchNorm affine's per channel; `dalpha` RepBN's scalar.
@@ -35,37 +36,36 @@ impl Progressive<'_> {
         let tokens = x.len() / c.max(1);
         let lam = self.lambda;
         let ln = layer_norm_grad(x, c, Some(self.ln_weight), dy, self.eps);
-        // RepBN's BatchNorm as NCHW with one sample: channel-major [C, tokens].
-        let t = |v: &[f64]| -> Vec<f64> {
-            (0..c * tokens)
-                .map(|i| v[(i % tokens) * c + i / tokens])
-                .collect()
-        };
-        let (xt, dyt) = (t(x), t(dy));
-        let bn = batch_norm_grad(
+        // RepBN's BatchNorm as NCHW with one sample: the tokens transposed to [C, tokens].
+        let (xt, dyt) = (to_nhwc(x, 1, tokens, c), to_nhwc(dy, 1, tokens, c));
+        let w = Some(self.bn_weight);
+        let (bn, dalpha) = rep_batch_norm_grad(
             &xt,
             1,
             c,
             tokens,
-            Some(self.bn_weight),
+            w,
+            self.alpha,
             &dyt,
             self.running,
             self.eps,
         );
-        let mut out = ProgressiveGrads {
-            dx: vec![0.0; x.len()],
+        let bn_dx = to_nhwc(&bn.dx, 1, c, tokens);
+        let out = ProgressiveGrads {
+            dx: ln
+                .dx
+                .iter()
+                .zip(&bn_dx)
+                .map(|(l, b)| lam * l + (1.0 - lam) * b)
+                .collect(),
             dln_weight: ln.dweight.iter().map(|g| lam * g).collect(),
             dln_bias: (0..c)
                 .map(|ch| lam * (0..tokens).map(|k| dy[k * c + ch]).sum::<f64>())
                 .collect(),
             dbn_weight: bn.dweight.iter().map(|g| (1.0 - lam) * g).collect(),
             dbn_bias: bn.dbias.iter().map(|g| (1.0 - lam) * g).collect(),
-            dalpha: (1.0 - lam) * x.iter().zip(dy).map(|(a, b)| a * b).sum::<f64>(),
+            dalpha: (1.0 - lam) * dalpha,
         };
-        for (i, d) in out.dx.iter_mut().enumerate() {
-            let bn_dx = bn.dx[(i % c) * tokens + i / c] + self.alpha * dy[i];
-            *d = lam * ln.dx[i] + (1.0 - lam) * bn_dx;
-        }
         out
     }
 }
@@ -109,9 +109,7 @@ mod tests {
             let g = p.grad(&x, c, &dy);
             let fwd = |x: &[f64], lw: &[f64], lb: &[f64], bw: &[f64], bb: &[f64], al: f64| {
                 let ln = layer_norm(x, c, Some(lw), Some(lb), eps).y;
-                let xt: Vec<f64> = (0..x.len())
-                    .map(|i| x[(i % tokens) * c + i / tokens])
-                    .collect();
+                let xt = to_nhwc(x, 1, tokens, c);
                 let bn = batch_norm(
                     &xt,
                     1,
@@ -127,8 +125,9 @@ mod tests {
                     eps,
                 )
                 .y;
+                let bn = to_nhwc(&bn, 1, c, tokens);
                 let y: Vec<f64> = (0..x.len())
-                    .map(|i| lam * ln[i] + (1.0 - lam) * (bn[(i % c) * tokens + i / c] + al * x[i]))
+                    .map(|i| lam * ln[i] + (1.0 - lam) * (bn[i] + al * x[i]))
                     .collect();
                 dot(&y, &dy)
             };
