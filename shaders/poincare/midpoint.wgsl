@@ -11,7 +11,7 @@
 //   VAR       one workgroup: sigma^2, the gain sqrt(w / (sigma^2 + 1e-6)), running updates
 //   APPLY     per point: y = log0(exp_beta(transp_{m->beta}(log_m x) * gain))
 //
-// Scratch (f32): [m (d) | beta (d) | scalars (16) | per point (PS each) | tile sums of lambda*s*v
+// Scratch (f32, its offsets in `scratch.wgsl`): [m (d) | beta (d) | scalars (16) | per point (PS each) | tile sums of lambda*s*v
 // (ctiles*d) | tile sums of lambda - 1 (tiles) | tile sums of d^2 (tiles)].
 //
 // Point blocks: when points are pixels of a channel-major layout (s a multiple of 4), an
@@ -45,19 +45,6 @@ const STAGE_DIST: u32 = 3u;
 const STAGE_VAR: u32 = 4u;
 const STAGE_APPLY: u32 = 5u;
 
-// Per point: s (x = s v), |v|^2, <v, b>, lambda*s then <v, m>, |(-m) (+) x|^2.
-const PS: u32 = 5u;
-// Scalars after m and beta.
-const S_MM: u32 = 0u;
-const S_BB: u32 = 1u;
-const S_MB: u32 = 2u;
-const S_LAM_M: u32 = 3u;
-const S_LAM_B: u32 = 4u;
-const S_GAIN: u32 = 5u;
-const S_VAR: u32 = 6u;
-const S_SB: u32 = 7u;
-const N_SCALARS: u32 = 16u;
-
 @group(0) @binding(0) var<uniform> params: BallParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
@@ -67,24 +54,6 @@ const N_SCALARS: u32 = 16u;
 @group(0) @binding(6) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(7) var<storage, read_write> running_var: array<f32>;
 
-fn off_beta() -> u32 {
-    return params.d;
-}
-fn off_scalars() -> u32 {
-    return 2u * params.d;
-}
-fn off_points() -> u32 {
-    return 2u * params.d + N_SCALARS;
-}
-fn off_zsum() -> u32 {
-    return off_points() + PS * params.p;
-}
-fn off_den() -> u32 {
-    return off_zsum() + params.ctiles * params.d;
-}
-fn off_dist() -> u32 {
-    return off_den() + params.tiles;
-}
 fn scalar(i: u32) -> f32 {
     return scratch[off_scalars() + i];
 }

@@ -20,15 +20,6 @@ override GSTAGE: u32 = 0u;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<Elem>;
 
-// The forward's scratch layout (`midpoint.wgsl`): [m (d) | beta (d) | 16 scalars | per point
-// (5 each) | coordinate tile sums (ctiles d) | tile sums of lambda - 1 (tiles) | ...].
-fn off_zsum() -> u32 {
-    return 2u * params.d + 16u + 5u * params.p;
-}
-fn off_den() -> u32 {
-    return off_zsum() + params.ctiles * params.d;
-}
-
 fn mean_grad(lid: u32) {
     let d = params.d;
     let c = params.c;

@@ -5,9 +5,9 @@
 
 use wgnorm_core::binding::{self, BufferRange};
 use wgnorm_core::shader::{Io, Kernel, Specialization};
-use wgnorm_core::{DType, Error, Result, Slot, Tensor};
+use wgnorm_core::{DType, Result, Slot, Tensor};
 
-use crate::norm::{prepare, Bound, Flags};
+use crate::norm::has_points;
 use crate::{PoincareMidpoint, PointView};
 
 const WG: u32 = 256;
@@ -28,6 +28,7 @@ pub const MIDPOINT_GRAD_KERNEL: Kernel = Kernel::new(
     &[
         crate::POINCARE_COMMON,
         wgnorm_core::shader::snippet::WG_SUM,
+        crate::norm::MIDPOINT_SCRATCH,
         wgnorm_core::shader_file!("poincare/midpoint_grad.wgsl"),
     ],
     GRAD_SLOTS,
@@ -67,15 +68,8 @@ impl PoincareMidpoint {
         dy.expect_shape("dy", &[view.d])?;
         dx.expect_dtype("dx", self.dtype)?;
         dx.expect_shape("dx", x.shape())?;
-        if view.d == 0 {
+        if !has_points(x, &view)? {
             return Ok(());
-        }
-        if view.points() == 0 {
-            return Err(Error::InvalidParameter {
-                name: "x",
-                value: format!("{:?}", x.shape()),
-                why: "the midpoint of no points is undefined",
-            });
         }
         let r = |what, t: &Tensor| binding::storage_range(ctx, what, t);
         let (xr, dyr, dxr) = (r("x", x)?, r("dy", dy)?, r("dx", dx)?);
@@ -85,19 +79,7 @@ impl PoincareMidpoint {
             ("dx", Some(&dxr), true),
         ])?;
         // The forward's stages bind dx as their output, which they do not write (no OUT_M).
-        let b = Bound {
-            x,
-            bias: None,
-            weight: None,
-            y: dx,
-            running_mean: None,
-            running_var: None,
-        };
-        let (binds, scratch) = (&self.binds, &self.scratch);
-        let flags = Flags::default();
-        let engine = prepare(
-            ctx, binds, scratch, self.c, 0.0, self.dtype, view, &b, flags,
-        )?;
+        let engine = self.midpoint_engine(x, dx, view, false)?;
         let g = self
             .grad_scratch
             .get(ctx, &[view.d], &[view.d + 1], DType::F32)?;

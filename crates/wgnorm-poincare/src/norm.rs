@@ -22,7 +22,7 @@ const SLOTS: &[Slot] = &[
 const WG: usize = 256;
 /// The finishing stages sum the tile partials in one workgroup: keep them few.
 const MAX_TILES: usize = 4096;
-/// Floats per point in the scratch (must match `PS` in the shader).
+/// Floats per point in the scratch (`PS` in `scratch.wgsl`).
 const PS: usize = 5;
 const N_SCALARS: usize = 16;
 
@@ -41,12 +41,12 @@ const CT_RUN: usize = 32;
 
 /// Pipeline constants besides the stage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Flags {
+struct Flags {
     tangent: bool,
     rows: bool,
     use_running: bool,
     update_running: bool,
-    pub(crate) out_m: bool,
+    out_m: bool,
     /// Row layout: coordinates per workgroup in the tile sums (a power of two <= WG).
     dw: usize,
     /// Point blocks: the per-point stages and the tile sums take 4 consecutive points per
@@ -62,12 +62,16 @@ fn per_point(stage: Stage) -> bool {
     !matches!(stage, Stage::Mean | Stage::Var)
 }
 
+/// The midpoint kernel's scratch layout (offsets of each part), shared with its backward.
+pub(crate) const MIDPOINT_SCRATCH: &str = wgnorm_core::shader_file!("poincare/scratch.wgsl");
+
 /// The staged gyromidpoint / midpoint batch-norm kernel (`STAGE` selects the stage).
 pub const MIDPOINT_KERNEL: Kernel = Kernel::new(
     "poincare/midpoint",
     &[
         crate::POINCARE_COMMON,
         wgnorm_core::shader::snippet::WG_SUM,
+        MIDPOINT_SCRATCH,
         wgnorm_core::shader_file!("poincare/midpoint.wgsl"),
     ],
     SLOTS,
@@ -224,17 +228,17 @@ impl Engine<'_> {
 }
 
 /// Everything the staged kernel binds, checked.
-pub(crate) struct Bound<'a> {
-    pub(crate) x: &'a Tensor,
-    pub(crate) bias: Option<&'a Tensor>,
-    pub(crate) weight: Option<&'a Tensor>,
-    pub(crate) y: &'a Tensor,
-    pub(crate) running_mean: Option<&'a Tensor>,
-    pub(crate) running_var: Option<&'a Tensor>,
+struct Bound<'a> {
+    x: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    weight: Option<&'a Tensor>,
+    y: &'a Tensor,
+    running_mean: Option<&'a Tensor>,
+    running_var: Option<&'a Tensor>,
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn prepare<'a>(
+fn prepare<'a>(
     ctx: &'a Context,
     binds: &BindCache,
     scratch: &ScratchCache,
@@ -311,6 +315,22 @@ pub(crate) fn prepare<'a>(
     })
 }
 
+/// Whether the midpoint of `x`'s points (`view`) has anything to compute: not when they have no
+/// coordinates; a batch without points has no midpoint, an error.
+pub(crate) fn has_points(x: &Tensor, view: &PointView) -> Result<bool> {
+    if view.d == 0 {
+        return Ok(false);
+    }
+    if view.points() == 0 {
+        return Err(Error::InvalidParameter {
+            name: "x",
+            value: format!("{:?}", x.shape()),
+            why: "the midpoint of no points is undefined",
+        });
+    }
+    Ok(true)
+}
+
 /// The gyromidpoint (Möbius gyromidpoint, docs/methods.md C1) of a batch of points:
 /// `z = sum_i lambda_i x_i / sum_i (lambda_i - 1)`, `m = z / (1 + sqrt(1 - c|z|^2))`, with the
 /// conformal factors `lambda_i = 2 / (1 - c|x_i|^2)`. Points along the feature axis (see the
@@ -360,40 +380,37 @@ impl PoincareMidpoint {
         m.expect_dtype("m", self.dtype)?;
         let view = PointView::new(x.shape(), self.axis, "poincare midpoint")?;
         m.expect_shape("m", &[view.d])?;
-        if view.d == 0 {
+        if !has_points(x, &view)? {
             return Ok(());
         }
-        if view.points() == 0 {
-            return Err(Error::InvalidParameter {
-                name: "x",
-                value: format!("{:?}", x.shape()),
-                why: "the midpoint of no points is undefined",
-            });
-        }
+        self.midpoint_engine(x, m, view, true)?.run(enc, false)
+    }
+
+    /// The forward's staged kernel bound to the points of `x` (`view`), its output `y` written
+    /// only with `out_m` (the backward binds dx there and reads the stages' scratch).
+    pub(crate) fn midpoint_engine(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        view: PointView,
+        out_m: bool,
+    ) -> Result<Engine<'_>> {
         let b = Bound {
             x,
             bias: None,
             weight: None,
-            y: m,
+            y,
             running_mean: None,
             running_var: None,
         };
         let flags = Flags {
-            out_m: true,
+            out_m,
             ..Flags::default()
         };
-        let engine = prepare(
-            &self.ctx,
-            &self.binds,
-            &self.scratch,
-            self.c,
-            0.0,
-            self.dtype,
-            view,
-            &b,
-            flags,
-        )?;
-        engine.run(enc, false)
+        let (binds, scratch) = (&self.binds, &self.scratch);
+        prepare(
+            &self.ctx, binds, scratch, self.c, 0.0, self.dtype, view, &b, flags,
+        )
     }
 
     /// Allocates `m`, encodes and submits (does not wait).
