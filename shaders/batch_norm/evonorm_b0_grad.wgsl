@@ -110,9 +110,10 @@ fn channel(ch: u32) {
     scratch[off_channel() + 2u * ch + 1u] = sqrt(var_b + params.eps);
 }
 
-// The instance branch's share of h at element value e: 1 when it is the larger, 1/2 at a tie.
-fn inst_share(a: f32, b: f32) -> f32 {
-    return select(select(0.5, 0.0, b < a), 1.0, b > a);
+// The denominator max(a, b) (b = v x + s, the instance branch) and the instance branch's share
+// of its gradient: 1 when it is the larger, 1/2 at a tie.
+fn denominator(a: f32, b: f32) -> vec2<f32> {
+    return vec2<f32>(max(a, b), select(select(0.5, 0.0, b < a), 1.0, b > a));
 }
 
 fn partials(g: u32, lid: u32) {
@@ -127,10 +128,10 @@ fn partials(g: u32, lid: u32) {
         let i = index(n, ch, k);
         let e = x_load(i);
         let dyv = dy_load(i);
-        let b = v[ch] * e + s;
-        let d = max(a, b);
+        let ds = denominator(a, v[ch] * e + s);
+        let d = ds.x;
+        let share = ds.y;
         let h = -dyv * weight[ch] * e / (d * d);
-        let share = inst_share(a, b);
         acc += vec4<f32>(dyv, dyv * e / d, (1.0 - share) * h, share * h);
         hx += share * h * e;
     }
@@ -194,9 +195,9 @@ fn dx_at(i: u32) {
     let s = inst_std(slab);
     let e = x_load(i);
     let g = dy_load(i) * weight[ch];
-    let b = v[ch] * e + s;
-    let d = max(a, b);
-    let share = inst_share(a, b);
+    let ds = denominator(a, v[ch] * e + s);
+    let d = ds.x;
+    let share = ds.y;
     let h_s = scratch[off_partials() + 5u * slab + 3u];
     var r = g / d - share * v[ch] * g * e / (d * d);
     if TRAINING {

@@ -1,7 +1,8 @@
 //! The progressive LayerNorm -> RepBN replacement's backward (docs/methods.md A16): the blend
 //! `y = lambda LN(x) + (1 - lambda) RepBN(x)` is linear in its two parts, so the backward runs
 //! LayerNorm's on `lambda dy` and RepBN's on `(1 - lambda) dy` (their parameter gradients come
-//! out scaled) and sums the two dx. Five passes, each deterministic.
+//! out scaled) and sums the two dx: two scalings, the two backward passes and a sum, each
+//! deterministic.
 
 use wgnorm_core::rowgrad::RowGradArgs;
 use wgnorm_core::scratch::ScratchCache;

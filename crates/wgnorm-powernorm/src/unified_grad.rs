@@ -178,42 +178,39 @@ impl UnifiedNorm {
         let dbr = opt(outputs.dbias, "dbias", dw[1].clone())?;
         let (pp, fp) = self.grad_params(tokens, c, step);
         let dr = binding::dummy_range(ctx.dummy_read());
-        let passes = [
-            (
+        let binds = [
+            g.binds.get(
+                ctx,
                 GRAD_PARTIALS_SLOTS,
-                vec![&x, &dy, &dr, &saved, &w, &part],
-                tiles as u64 * (c as u64).div_ceil(WG),
-            ),
-            (
+                &pp,
+                &[&x, &dy, &dr, &saved, &w, &part],
+            )?,
+            g.binds.get(
+                ctx,
                 FINALIZE_SLOTS,
-                vec![&saved, &buf, &w, &part, &ema, &cf, &dwr, &dbr],
-                (c as u64).div_ceil(WG),
-            ),
-            (
-                GRAD_DX_SLOTS,
-                vec![&x, &dy, &cf, &dx],
-                ((tokens * c) as u64).div_ceil(WG),
-            ),
+                &fp,
+                &[&saved, &buf, &w, &part, &ema, &cf, &dwr, &dbr],
+            )?,
+            g.binds.get(ctx, GRAD_DX_SLOTS, &pp, &[&x, &dy, &cf, &dx])?,
+        ];
+        let chunks = (c as u64).div_ceil(WG);
+        let groups = [
+            tiles as u64 * chunks,
+            chunks,
+            ((tokens * c) as u64).div_ceil(WG),
         ];
         let specs = specs(io, outputs.dweight.is_some(), outputs.dbias.is_some());
-        let mut recorded = Vec::new();
-        for (i, (slots, ranges, groups)) in passes.into_iter().enumerate() {
-            let bind = if i == 1 {
-                g.binds.get(ctx, slots, &fp, &ranges)?
-            } else {
-                g.binds.get(ctx, slots, &pp, &ranges)?
-            };
-            recorded.push((ctx.pipeline(&specs[i])?, bind, groups));
-        }
-        for (pipe, bind, groups) in recorded.iter().filter(|p| p.2 > 0) {
-            let (gx, gy) = binding::grid(ctx, *groups);
-            binding::dispatch(
-                encoder,
-                "wgnorm unified_norm backward",
-                pipe,
-                bind,
-                (gx, gy, 1),
-            );
+        let pipes = specs
+            .iter()
+            .map(|s| ctx.pipeline(s))
+            .collect::<Result<Vec<_>>>()?;
+        // (no tokens: the finalize pass alone, writing zero parameter gradients)
+        for ((pipe, bind), n) in pipes.iter().zip(&binds).zip(groups) {
+            if n > 0 {
+                let (gx, gy) = binding::grid(ctx, n);
+                let label = "wgnorm unified_norm backward";
+                binding::dispatch(encoder, label, pipe, bind, (gx, gy, 1));
+            }
         }
         Ok(())
     }
