@@ -35,8 +35,6 @@ override USE_RUNNING: bool = false;
 override UPDATE_RUNNING: bool = false;
 // MEAN writes m to y (the midpoint op).
 override OUT_M: bool = false;
-// Points per scratch group (4 when the per-point stages run point blocks, else 1).
-override PG: u32 = 1u;
 
 const STAGE_WEIGHTS: u32 = 0u;
 const STAGE_COLSUM: u32 = 1u;
@@ -59,11 +57,6 @@ fn scalar(i: u32) -> f32 {
 }
 
 
-// Scratch index of field `f` of point `p` (see the grouping above).
-fn pidx(p: u32, f: u32) -> u32 {
-    let g = p / PG;
-    return off_points() + g * PG * PS + f * PG + (p - g * PG);
-}
 
 // Field `f` of the VW points from `p` (VW <= PG: one group).
 fn pfield(p: u32, f: u32) -> V {

@@ -1,10 +1,6 @@
 // The gyromidpoint's backward (docs/methods.md C1), after the forward's WEIGHTS, COLSUM and MEAN
-// stages (`midpoint.wgsl`) in the same scratch, whose sums it reads: S = sum lambda_i x_i (the
-// first coordinate tile after MEAN's pairwise sums) and the tile sums of lambda_i - 1 (T).
-// With z = S / T, r = sqrt(1 - c|z|^2), h = z / (1 + r) and m = project(h):
-//   GSTAGE 0 (one workgroup): dh = dm through the projection of h,
-//            dz = dh / (1 + r) + c (z . dh) z / (r (1 + r)^2), dS = dz / T, dT = -(dz . z) / T
-//            (0 where T was clamped) into `grad` ([dS (d) | dT]).
+// stages (`midpoint.wgsl`) in the same scratch:
+//   GSTAGE 0 (one workgroup): `mean_grad` (`mean_grad.wgsl`) into `grad` ([dS (d) | dT]).
 //   GSTAGE 1 (one invocation per point): with x = project(v), lambda = 2 / (1 - c|x|^2),
 //            dx = lambda dS + c lambda^2 (dS . x + dT) x, then through the projection of v:
 //            s (dx - v (v . dx) / |v|^2) where v was projected by s = radius / |v|.
@@ -20,56 +16,18 @@ override GSTAGE: u32 = 0u;
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<Elem>;
 
-fn mean_grad(lid: u32) {
-    let d = params.d;
-    let c = params.c;
-    var den_part = 0.0;
-    for (var t = lid; t < params.tiles; t += WG) {
-        den_part += scratch[off_den() + t];
-    }
-    let den_raw = wg_sum(lid, den_part);
-    let den = max(den_raw, MIN_NORM);
-    var zz_part = 0.0;
-    for (var k = lid; k < d; k += WG) {
-        let z = scratch[off_zsum() + k] / den;
-        zz_part += z * z;
-    }
-    let zz = wg_sum(lid, zz_part);
-    let r = sqrt(max(1.0 - c * zz, 0.0));
-    let phi = 1.0 / (1.0 + r);
-    // Through m = project(h), h = phi z: |h|^2 = phi^2 |z|^2.
-    let hh = phi * phi * zz;
-    let hn = max(sqrt(hh), MIN_NORM);
-    let pm = proj_scale(hn, params.max_norm);
-    var hd_part = 0.0;
-    for (var k = lid; k < d; k += WG) {
-        hd_part += phi * scratch[off_zsum() + k] / den * dy_load(k);
-    }
-    let hd = wg_sum(lid, hd_part) / (hn * hn);
-    // dh = pm (dm - h (h . dm) / |h|^2) when projected (pm < 1), dm otherwise; kept in grad.
-    var zdh_part = 0.0;
-    for (var k = lid; k < d; k += WG) {
-        let z = scratch[off_zsum() + k] / den;
-        var dh = dy_load(k);
-        if pm < 1.0 {
-            dh = pm * (dh - phi * z * hd);
-        }
-        grad[k] = dh;
-        zdh_part += z * dh;
-    }
-    let zdh = wg_sum(lid, zdh_part);
-    let kz = c * phi * phi / max(r, MIN_NORM) * zdh;
-    var dzz_part = 0.0;
-    for (var k = lid; k < d; k += WG) {
-        let z = scratch[off_zsum() + k] / den;
-        let dz = phi * grad[k] + kz * z;
-        grad[k] = dz / den;
-        dzz_part += dz * z;
-    }
-    let dzz = wg_sum(lid, dzz_part);
-    if lid == 0u {
-        grad[d] = select(0.0, -dzz / den, den_raw > MIN_NORM);
-    }
+// The mean's backward (`mean_grad.wgsl`) reads dm from dy and keeps [dS | dT] in grad.
+fn dm_in(k: u32) -> f32 {
+    return dy_load(k);
+}
+fn ds_load(k: u32) -> f32 {
+    return grad[k];
+}
+fn ds_store(k: u32, v: f32) {
+    grad[k] = v;
+}
+fn dt_store(v: f32) {
+    grad[params.d] = v;
 }
 
 fn point_grad(p: u32) {

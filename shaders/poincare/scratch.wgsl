@@ -35,3 +35,13 @@ fn off_den() -> u32 {
 fn off_dist() -> u32 {
     return off_den() + params.tiles;
 }
+
+// Points per scratch group (4 when the forward's per-point stages run point blocks, else 1).
+override PG: u32 = 1u;
+
+// Scratch index of field `f` of point `p`: field f of point p sits at group p / PG, slot
+// f * PG + p % PG, so a block of PG points reads each field as PG consecutive floats.
+fn pidx(p: u32, f: u32) -> u32 {
+    let g = p / PG;
+    return off_points() + g * PG * PS + f * PG + (p - g * PG);
+}

@@ -20,11 +20,16 @@
 #![deny(missing_docs)]
 
 mod ball;
+mod batch_norm_grad;
 mod midpoint_grad;
 mod norm;
 
 pub use ball::specializations as ball_specializations;
 pub use ball::{BallConfig, BallOps, BALL_KERNEL};
+pub use batch_norm_grad::{
+    grad_specializations as batch_norm_grad_specializations, PoincareBatchNormGradOutputs,
+    PoincareBatchNormGrads, BATCH_NORM_GRAD_KERNEL,
+};
 pub use midpoint_grad::{
     grad_specializations as midpoint_grad_specializations, MIDPOINT_GRAD_KERNEL,
 };
@@ -63,6 +68,10 @@ wgnorm_core::uniform_block! {
 
 /// The shared ball algebra and `BallParams` of the hyperbolic kernels.
 const POINCARE_COMMON: &str = wgnorm_core::shader_file!("poincare/common.wgsl");
+
+/// The gyromidpoint's backward through its weighted mean, shared by the midpoint's and the batch
+/// norm's backward kernels.
+const MEAN_GRAD: &str = wgnorm_core::shader_file!("poincare/mean_grad.wgsl");
 
 /// One invocation per point, coordinate or result, in stages: the benchmarks' baseline for the
 /// gyromidpoint.

@@ -29,6 +29,7 @@ pub const MIDPOINT_GRAD_KERNEL: Kernel = Kernel::new(
         crate::POINCARE_COMMON,
         wgnorm_core::shader::snippet::WG_SUM,
         crate::norm::MIDPOINT_SCRATCH,
+        crate::MEAN_GRAD,
         wgnorm_core::shader_file!("poincare/midpoint_grad.wgsl"),
     ],
     GRAD_SLOTS,

@@ -208,22 +208,56 @@ impl Engine<'_> {
     /// Records the stages: the midpoint (or the running mean), then for batch norm the variance
     /// and the output.
     pub(crate) fn run(&self, enc: &mut wgpu::CommandEncoder, batch_norm: bool) -> Result<()> {
+        let last = if batch_norm {
+            Stage::Apply
+        } else {
+            Stage::Mean
+        };
+        self.record(enc, last)
+    }
+
+    /// Records the batch norm's statistics (midpoint, variance, gain) into the scratch without
+    /// the output: what its backward reads.
+    pub(crate) fn run_statistics(&self, enc: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.record(enc, Stage::Var)
+    }
+
+    /// The stages up to `last` (in the order of [`Stage`]).
+    fn record(&self, enc: &mut wgpu::CommandEncoder, last: Stage) -> Result<()> {
         let f = self.flags;
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgnorm poincare midpoint"),
             timestamp_writes: None,
         });
-        self.dispatch(&mut pass, Stage::Weights, f)?;
-        if !f.use_running {
-            self.dispatch(&mut pass, Stage::Colsum, f)?;
-        }
-        self.dispatch(&mut pass, Stage::Mean, f)?;
-        if batch_norm {
-            self.dispatch(&mut pass, Stage::Dist, f)?;
-            self.dispatch(&mut pass, Stage::Var, f)?;
-            self.dispatch(&mut pass, Stage::Apply, f)?;
+        let stages = [
+            Stage::Weights,
+            Stage::Colsum,
+            Stage::Mean,
+            Stage::Dist,
+            Stage::Var,
+            Stage::Apply,
+        ];
+        for stage in stages.into_iter().filter(|s| *s as u32 <= last as u32) {
+            if stage == Stage::Colsum && f.use_running {
+                continue;
+            }
+            self.dispatch(&mut pass, stage, f)?;
         }
         Ok(())
+    }
+
+    /// Points per scratch group of this call (the shaders' `PG`).
+    pub(crate) fn point_group(&self) -> u32 {
+        if self.flags.blocks {
+            BLOCK as u32
+        } else {
+            1
+        }
+    }
+
+    /// Workgroups of the per-point stages.
+    pub(crate) fn tiles(&self) -> usize {
+        self.tiling.tiles
     }
 }
 
@@ -505,10 +539,14 @@ pub struct PoincareBatchNormInputs<'a> {
 /// output. x is read five times (twice in the distance stage); the scratch holds five floats per
 /// point so the output stage needs one pass over x.
 pub struct PoincareBatchNorm {
-    ctx: Context,
-    cfg: PoincareBatchNormConfig,
+    pub(crate) ctx: Context,
+    pub(crate) cfg: PoincareBatchNormConfig,
     binds: BindCache,
     scratch: ScratchCache,
+    /// The backward's bind groups, its scratch and the stand-ins for unwanted gradients.
+    pub(crate) grad_binds: BindCache,
+    pub(crate) grad_scratch: ScratchCache,
+    pub(crate) unwanted: ScratchCache,
 }
 
 impl PoincareBatchNorm {
@@ -525,6 +563,9 @@ impl PoincareBatchNorm {
             cfg,
             binds: BindCache::default(),
             scratch: ScratchCache::default(),
+            grad_binds: BindCache::default(),
+            grad_scratch: ScratchCache::default(),
+            unwanted: ScratchCache::default(),
         })
     }
 
@@ -536,15 +577,28 @@ impl PoincareBatchNorm {
         y: &Tensor,
         statistics: PoincareStatistics,
     ) -> Result<()> {
+        y.expect_dtype("y", self.cfg.dtype)?;
+        let Some(view) = self.check(inputs, statistics)? else {
+            return Ok(());
+        };
+        y.expect_shape("y", inputs.x.shape())?;
+        self.engine(inputs, y, view, statistics)?.run(enc, true)
+    }
+
+    /// Checks the inputs against the configuration and the statistics mode: the points' view,
+    /// or `None` when there is nothing to compute.
+    pub(crate) fn check(
+        &self,
+        inputs: &PoincareBatchNormInputs,
+        statistics: PoincareStatistics,
+    ) -> Result<Option<PointView>> {
         let dtype = self.cfg.dtype;
         inputs.x.expect_dtype("x", dtype)?;
-        y.expect_dtype("y", dtype)?;
         let view = PointView::new(
             inputs.x.shape(),
             self.cfg.feature_axis,
             "poincare batch norm",
         )?;
-        y.expect_shape("y", inputs.x.shape())?;
         inputs.bias.expect_dtype("bias", DType::F32)?;
         inputs.bias.expect_shape("bias", &[view.d])?;
         inputs.weight.expect_dtype("weight", DType::F32)?;
@@ -570,7 +624,7 @@ impl PoincareBatchNorm {
             }
         }
         if view.points() == 0 || view.d == 0 {
-            return Ok(());
+            return Ok(None);
         }
         // One point is its own midpoint with variance 0: y would be its f32 distance from the
         // computed midpoint divided by sqrt(eps), rounding error amplified ~300x. Refused, as
@@ -582,6 +636,19 @@ impl PoincareBatchNorm {
                 why: "batch statistics need more than one point (the variance of one point is 0)",
             });
         }
+        Ok(Some(view))
+    }
+
+    /// The forward's staged kernel bound to checked inputs; `y` is written only by its last
+    /// stage (the backward binds dx there and stops before it).
+    pub(crate) fn engine(
+        &self,
+        inputs: &PoincareBatchNormInputs,
+        y: &Tensor,
+        view: PointView,
+        statistics: PoincareStatistics,
+    ) -> Result<Engine<'_>> {
+        let running = statistics != PoincareStatistics::Batch;
         let b = Bound {
             x: inputs.x,
             bias: Some(inputs.bias),
@@ -596,18 +663,17 @@ impl PoincareBatchNorm {
             update_running: statistics == PoincareStatistics::BatchUpdateRunning,
             ..Flags::default()
         };
-        let engine = prepare(
+        prepare(
             &self.ctx,
             &self.binds,
             &self.scratch,
             self.cfg.c,
             self.cfg.momentum,
-            dtype,
+            self.cfg.dtype,
             view,
             &b,
             flags,
-        )?;
-        engine.run(enc, true)
+        )
     }
 
     /// Allocates `y`, encodes and submits (does not wait).

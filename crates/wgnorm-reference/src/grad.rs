@@ -20,7 +20,10 @@ pub use evonorm::{
     evonorm_b0_grad, evonorm_s0_grad, EvoB0Variance, EvoNormB0Grads, EvoNormS0Grads,
 };
 pub use ibn::ibn_grad;
-pub use poincare::{poincare_batch_norm_grad, poincare_midpoint_grad, PoincareBnGrads};
+pub use poincare::{
+    poincare_batch_norm_grad, poincare_batch_norm_grad_with, poincare_midpoint_grad,
+    PoincareBnGrads,
+};
 pub use progressive::{Progressive, ProgressiveGrads};
 pub use region::{region_norm_b_grad, RegionGrads};
 pub use sinkhorn::sinkhorn_grad;

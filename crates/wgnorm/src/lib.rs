@@ -114,7 +114,8 @@ pub use wgnorm_layernorm::{
 };
 pub use wgnorm_poincare::{
     self as poincare, BallConfig, BallOps, PoincareBatchNorm, PoincareBatchNormConfig,
-    PoincareBatchNormInputs, PoincareMidpoint, PoincareStatistics,
+    PoincareBatchNormGradOutputs, PoincareBatchNormGrads, PoincareBatchNormInputs,
+    PoincareMidpoint, PoincareStatistics,
 };
 pub use wgnorm_powernorm::{
     self as powernorm, PowerNorm, PowerNormConfig, PowerNormGradInputs, PowerNormGradOutputs,
@@ -174,6 +175,7 @@ pub fn specializations() -> Vec<engine::shader::Specialization> {
         wgnorm_poincare::ball_specializations(),
         wgnorm_poincare::norm_specializations(),
         wgnorm_poincare::midpoint_grad_specializations(),
+        wgnorm_poincare::batch_norm_grad_specializations(),
         (0..3).map(wgnorm_poincare::naive_midpoint_spec).collect(),
     ];
     let mut seen = std::collections::HashSet::new();

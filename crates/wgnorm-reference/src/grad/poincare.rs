@@ -4,7 +4,7 @@
 //! forward uses (norms summed coordinate-wise).
 
 use crate::dual::Dual;
-use crate::poincare::{dot, Ball, MIN_NORM};
+use crate::poincare::{dot, Ball, PoincareStats, MIN_NORM};
 
 /// Through `x = project(v)`: `v` itself inside the radius `r`, else `v r / |v|`, whose
 /// Jacobian is `(r / |v|) (I - v^ v^T)`.
@@ -94,14 +94,33 @@ fn vjp(at: &[f64], g: &[f64], f: impl Fn(&[Dual]) -> Vec<Dual>) -> Vec<f64> {
 pub fn poincare_batch_norm_grad(
     ball: &Ball,
     tangents: &[Vec<f64>],
+    params: (&[f64], f64),
+    dy: &[Vec<f64>],
+) -> PoincareBnGrads {
+    poincare_batch_norm_grad_with(ball, tangents, params, dy, None)
+}
+
+/// [`poincare_batch_norm_grad`], or with `running` statistics
+/// ([`crate::poincare::poincare_batch_norm_with`]): then the mean and the variance are constants
+/// and only each point's chain, `x = exp0(v)`, `k` and `beta` are differentiated.
+pub fn poincare_batch_norm_grad_with(
+    ball: &Ball,
+    tangents: &[Vec<f64>],
     (bias, weight): (&[f64], f64),
     dy: &[Vec<f64>],
+    running: Option<&PoincareStats>,
 ) -> PoincareBnGrads {
     let d = bias.len();
     let p = tangents.len();
     let xs: Vec<Vec<f64>> = tangents.iter().map(|v| ball.exp0(v)).collect();
-    let m = ball.midpoint(&xs);
-    let var = xs.iter().map(|x| ball.distance(x, &m).powi(2)).sum::<f64>() / p as f64;
+    let (m, var) = match running {
+        Some(st) => (st.mean.clone(), st.var),
+        None => {
+            let m = ball.midpoint(&xs);
+            let var = xs.iter().map(|x| ball.distance(x, &m).powi(2)).sum::<f64>() / p as f64;
+            (m, var)
+        }
+    };
     let k = (weight / (var + 1e-6)).sqrt();
     let beta = ball.exp0(bias);
     // Each point's chain as a function of (x, m, beta, k).
@@ -128,6 +147,17 @@ pub fn poincare_batch_norm_grad(
     // k = sqrt(w / (var + 1e-6)); var = mean over points of d(x, m)^2.
     let dvar = -dk * k / (2.0 * (var + 1e-6));
     let dweight = dk * k / (2.0 * weight);
+    if running.is_some() {
+        return PoincareBnGrads {
+            dx: tangents
+                .iter()
+                .zip(&dx)
+                .map(|(v, g)| vjp(v, g, |a| ball.exp0(a)))
+                .collect(),
+            dbias: vjp(bias, &dbeta, |a| ball.exp0(a)),
+            dweight,
+        };
+    }
     for (x, dxi) in xs.iter().zip(dx.iter_mut()) {
         let at: Vec<f64> = [x.as_slice(), &m].concat();
         let dist2 = |a: &[Dual]| {
@@ -217,6 +247,50 @@ mod tests {
         let g = poincare_batch_norm_grad(&ball, &pts(&flat), (&bias, weight), &dyp);
         let loss = |f: &[f64], b: &[f64], w: f64| {
             dot(&poincare_batch_norm(&ball, f, &[p, d], 1, b, w), &dy)
+        };
+        close(
+            "dx",
+            &g.dx.concat(),
+            &numeric(&flat, |f| loss(f, &bias, weight)),
+        );
+        close(
+            "dbias",
+            &g.dbias,
+            &numeric(&bias, |b| loss(&flat, b, weight)),
+        );
+        close(
+            "dweight",
+            &[g.dweight],
+            &numeric(&[weight], |w| loss(&flat, &bias, w[0])),
+        );
+    }
+
+    /// With running statistics (constants): against central differences of
+    /// `poincare_batch_norm_with` at a fixed mean and variance.
+    #[test]
+    fn poincare_batch_norm_grad_with_running_statistics_matches_finite_differences() {
+        use crate::poincare::{poincare_batch_norm_with, points_along};
+        let (p, d, c) = (4, 3, 0.8);
+        let ball = Ball::new(c, PROJ_EPS_F64);
+        let flat: Vec<f64> = values(211, p * d).iter().map(|e| 0.9 * e).collect();
+        let bias: Vec<f64> = values(212, d).iter().map(|e| 0.3 * e).collect();
+        let dy = values(213, p * d);
+        let stats = PoincareStats {
+            mean: values(214, d).iter().map(|e| 0.2 * e).collect(),
+            var: 0.37,
+        };
+        let weight = 1.3;
+        let pts = |f: &[f64]| points_along(f, &[p, d], 1).0;
+        let g = poincare_batch_norm_grad_with(
+            &ball,
+            &pts(&flat),
+            (&bias, weight),
+            &pts(&dy),
+            Some(&stats),
+        );
+        let loss = |f: &[f64], b: &[f64], w: f64| {
+            let y = poincare_batch_norm_with(&ball, &pts(f), &stats, b, w).concat();
+            dot(&y, &dy)
         };
         close(
             "dx",
