@@ -1,6 +1,6 @@
 //! Bench rows of the research methods' backward passes (issue: every backward a bench row):
-//! Batch-Channel Norm, EvoNorm-S0 and -B0, IBN, Region Norm-B, the Poincaré midpoint (points =
-//! pixels) and Unified Norm (tokens = pixels) on one NCHW shape, Sinkhorn on one
+//! Batch-Channel Norm, EvoNorm-S0 and -B0, IBN, Region Norm-B, the Poincaré midpoint and batch
+//! norm (points = pixels) and Unified Norm (tokens = pixels) on one NCHW shape, Sinkhorn on one
 //! matrix, each checked against its f64 reference gradient after the timed runs. Bytes are a
 //! copy's: x and dy read, dx written once.
 
@@ -19,10 +19,11 @@ pub fn method_grad_cases(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    let rows: [(&str, CaseFn); 7] = [
+    let rows: [(&str, CaseFn); 8] = [
         ("batch_channel_norm_backward", batch_channel),
         ("unified_norm_backward", unified),
         ("poincare_midpoint_backward", poincare_midpoint),
+        ("poincare_batch_norm_backward", poincare_batch_norm),
         ("evonorm_s0_backward", evonorm_s0),
         ("evonorm_b0_backward", evonorm_b0),
         ("ibn_backward", ibn),
@@ -262,6 +263,53 @@ fn poincare_midpoint(ctx: &Context, nchw: [usize; 4]) -> Result<Case> {
         naive: None,
         check: Some(Check::Reference(dx, want)),
     })
+}
+
+/// Poincaré batch norm's backward with batch statistics (points = pixels, c = 0.1, bias 0.1,
+/// weight 1): the forward's statistics stages, then the dual-number pass, the tile sums, the
+/// parameters and dx.
+fn poincare_batch_norm(ctx: &Context, nchw: [usize; 4]) -> Result<Case> {
+    let c = nchw[1];
+    let d = data(ctx, &nchw)?;
+    // Tangent vectors around 0 (x's offset would put every point near one boundary direction).
+    let x: Vec<f32> = d.x.iter().map(|v| v - 2.0).collect();
+    let xt = ctx.upload_f32(&x, &nchw)?;
+    let (bias, weight) = (vec![0.1f32; c], 1.0f32);
+    let bt = ctx.upload_f32(&bias, &[c])?;
+    let wt = ctx.upload_f32(&[weight], &[1])?;
+    let op = wgnorm::PoincareBatchNorm::new(ctx, Default::default())?;
+    let (dyt, dx) = (d.dyt.clone(), d.dx.clone());
+    let rec = move |enc: &mut wgpu::CommandEncoder| {
+        let inputs = wgnorm::PoincareBatchNormInputs {
+            x: &xt,
+            bias: &bt,
+            weight: &wt,
+            running_mean: None,
+            running_var: None,
+        };
+        let outputs = wgnorm::PoincareBatchNormGradOutputs {
+            dx: &dx,
+            dbias: None,
+            dweight: None,
+        };
+        op.encode_backward(
+            enc,
+            &inputs,
+            &dyt,
+            &outputs,
+            wgnorm::PoincareStatistics::Batch,
+        )
+    };
+    let ball = wgnorm_reference::poincare::Ball::new(0.1, wgnorm::poincare::PROJ_EPS as f64);
+    let (points, _, s) = wgnorm_reference::poincare::points_along(&f64s(&x), &nchw, 1);
+    let (dyp, _, _) = wgnorm_reference::poincare::points_along(&f64s(&d.dy), &nchw, 1);
+    let g = rg::poincare_batch_norm_grad(&ball, &points, (&f64s(&bias), weight as f64), &dyp);
+    let want = wgnorm_reference::poincare::scatter_points(&g.dx, c, s);
+    let kernel = (
+        "poincare_batch_norm_backward",
+        "statistics + dual points + sums + dx f32",
+    );
+    case(ctx, kernel, nchw.to_vec(), &d, rec, want)
 }
 
 /// Unified Norm's training backward (the gradient compensation) on tokens `[n, h*w, c]`, step 2

@@ -403,6 +403,64 @@ fn poincare_midpoint_cases(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `poincare_batch_norm_grad` (NCHW, batch statistics): tangent vectors spread over the ball, some
+/// far past the projection radius, points 1e-3 apart around an offset (the Fréchet variance at
+/// the 1e-6 that regularizes the gain), f32 and f16.
+fn poincare_batch_norm_cases(dir: &Path) -> Result<()> {
+    use wgnorm_reference::grad::poincare_batch_norm_grad;
+    use wgnorm_reference::poincare::{points_along, scatter_points, Ball, PROJ_EPS_F32};
+    for (tag, shape, c, scale, offset, dtype) in [
+        ("spread", [4usize, 5, 3, 3], 0.1, 1.5, 0.0, Dtype::F32),
+        ("projected", [3, 4, 2, 4], 1.0, 8.0, 0.0, Dtype::F32),
+        ("variance_at_eps", [6, 3, 2, 2], 0.5, 1e-3, 0.4, Dtype::F32),
+        ("spread", [2, 6, 3, 3], 0.1, 1.5, 0.0, Dtype::F16),
+    ] {
+        let numel: usize = shape.iter().product();
+        let (d, s) = (shape[1], shape[2] * shape[3]);
+        let x: Vec<f64> = values(221, numel, scale)
+            .iter()
+            .map(|v| v + offset)
+            .collect();
+        let x = rounded(dtype, &x);
+        let dy = rounded(dtype, &values(222, numel, 1.0));
+        let bias = rounded(Dtype::F32, &values(223, d, 0.5));
+        let weight = 0.8;
+        let ball = Ball::new(c, PROJ_EPS_F32);
+        let (points, _, _) = points_along(&x, &shape, 1);
+        let (dyp, _, _) = points_along(&dy, &shape, 1);
+        let g = poincare_batch_norm_grad(&ball, &points, (&bias, weight), &dyp);
+        let dx = scatter_points(&g.dx, d, s);
+        let outs = vec![
+            tensor("x", dtype, &shape, &x),
+            tensor("bias", Dtype::F32, &[d], &bias),
+            tensor("weight", Dtype::F32, &[1], &[weight]),
+            tensor("dy", dtype, &shape, &dy),
+            tensor("expected.dx", Dtype::F32, &shape, &dx),
+            tensor("expected.dbias", Dtype::F32, &[d], &g.dbias),
+            tensor("expected.dweight", Dtype::F32, &[1], &[g.dweight]),
+        ];
+        let attrs = serde_json::json!({ "c": c });
+        let name = if dtype == Dtype::F16 { "f16" } else { "f32" };
+        let dims = shape.map(|e| e.to_string()).join("x");
+        let file = format!("poincare_batch_norm_grad_{name}_{tag}_{dims}_c{c}.safetensors");
+        // Relative to the largest gradient: the f32 kernels' own rounding is ~1e-4 of it.
+        let big = [&dx, &g.dbias, &vec![g.dweight]]
+            .iter()
+            .flat_map(|v| v.iter())
+            .fold(0.0f64, |m, v| m.max(v.abs()));
+        let rel = if dtype == Dtype::F16 { 3e-3 } else { 1e-3 };
+        write(
+            dir,
+            &file,
+            "poincare_batch_norm_grad",
+            attrs,
+            (rel * big, rel),
+            outs,
+        )?;
+    }
+    Ok(())
+}
+
 /// `ibn_norm_grad`, training and inference (C odd: half = 4 of 9), values 0.05 apart at an
 /// offset next to eps = 1e-3.
 fn ibn_cases(dir: &Path) -> Result<()> {
@@ -498,5 +556,6 @@ pub fn method_grad_cases(dir: &Path) -> Result<()> {
     evonorm_s0_cases(dir)?;
     evonorm_b0_cases(dir)?;
     poincare_midpoint_cases(dir)?;
+    poincare_batch_norm_cases(dir)?;
     ibn_cases(dir)
 }

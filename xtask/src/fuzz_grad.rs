@@ -82,6 +82,8 @@ pub enum GradOp {
     },
     /// The Poincaré midpoint's backward, points along the last axis (dy `[D]`).
     PoincareMidpoint { c: f32 },
+    /// Poincaré batch norm's backward, points along axis 1, batch statistics.
+    PoincareBatchNorm { c: f32 },
     /// Unified Norm's training backward (x `[B, N, C]`, weight 1, window 2 of ones — a window of
     /// zeros has a geometric mean of 0 —, warm-up 0, zero gradient state) at `step`, after the
     /// forward of that step that saves its statistics.
@@ -174,7 +176,10 @@ impl GradOp {
         let layout = rng.pick(&[Layout::Nchw, Layout::Nhwc]);
         let eps = random_eps(rng);
         let act = rng.pick(&Activation::ALL);
-        match rng.below(16) {
+        match rng.below(17) {
+            16 => GradOp::PoincareBatchNorm {
+                c: rng.pick(&[0.1, 1.0, 0.0, f32::NAN]),
+            },
             15 => GradOp::Unified {
                 step: rng.pick(&[1, 2, 3, 0]),
                 eps,
@@ -327,24 +332,10 @@ impl GradOp {
                 Some(g.dx)
             }
             GradOp::PoincareMidpoint { c } => {
-                let rank = shape.len();
-                if rank < 1 || !(c.is_finite() && c > 0.0) {
-                    return None;
-                }
-                let d = shape[rank - 1];
-                if d == 0 {
-                    return Some(vec![]);
-                }
-                if x.is_empty() {
-                    return None; // no points: no midpoint
-                }
-                let dm = x_values(&dy_values(d), dtype);
-                let ball = wgnorm_reference::poincare::Ball::new(
-                    c as f64,
-                    wgnorm_reference::poincare::PROJ_EPS_F32,
-                );
-                let (pts, _, _) = wgnorm_reference::poincare::points_along(x, shape, rank - 1);
-                Some(rg::poincare_midpoint_grad(&ball, &pts, &dm).concat())
+                crate::fuzz_poincare::midpoint_reference(c, x, shape, dtype)
+            }
+            GradOp::PoincareBatchNorm { c } => {
+                crate::fuzz_poincare::batch_norm_reference(c, x, shape, dtype)
             }
             GradOp::GroupNorm {
                 layout,
@@ -596,14 +587,10 @@ impl GradOp {
                 self.encode_unified(ctx, dtype, (x, &dy, dx), enc, step, eps)
             }
             GradOp::PoincareMidpoint { c } => {
-                let d = x.shape().last().copied().unwrap_or(0);
-                let dm = ctx.upload(&dy_values(d), &[d], dtype)?;
-                let cfg = wgnorm::BallConfig {
-                    c,
-                    feature_axis: -1,
-                    dtype,
-                };
-                wgnorm::PoincareMidpoint::new(ctx, cfg)?.encode_backward(enc, x, &dm, dx)
+                crate::fuzz_poincare::midpoint_encode(ctx, c, dtype, (x, dx), enc)
+            }
+            GradOp::PoincareBatchNorm { c } => {
+                crate::fuzz_poincare::batch_norm_encode(ctx, c, dtype, (x, dx), enc)
             }
             GradOp::GroupNorm {
                 layout,

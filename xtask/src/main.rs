@@ -23,6 +23,7 @@ mod conformance;
 mod fuzz;
 mod fuzz_grad;
 mod fuzz_inputs;
+mod fuzz_poincare;
 mod fuzz_qk;
 mod fuzz_research;
 mod shaders;

@@ -134,6 +134,7 @@ pub const OPS: &[OpEntry] = &[
     ], FUZZED),
     op!(PoincareBatchNorm, "wgnorm-poincare", [
         "poincare_batch_norm" => run_poincare_batch_norm,
+        "poincare_batch_norm_grad" => run_poincare_batch_norm_grad,
     ], FUZZED),
     op!(BallOps, "wgnorm-poincare", [],
         Err("the ball maps are checked against their f64 forms and each other in tests/poincare.rs")),

@@ -454,6 +454,26 @@ pub(crate) fn run_poincare_midpoint_grad(
     Ok(BTreeMap::from([("dx".to_string(), output(&dx))]))
 }
 
+/// `poincare_batch_norm_grad`: dx, dbias, dweight of `sum(y * dy)` with batch statistics.
+pub(crate) fn run_poincare_batch_norm_grad(
+    ctx: &Context,
+    case: &Case,
+) -> Result<DeviceOutputs, String> {
+    let (op, [xt, bias, weight]) = super::research::poincare_bn_op(ctx, case)?;
+    let dy = upload(ctx, input(case, "dy")?, xt.dtype())?;
+    let inputs = crate::PoincareBatchNormInputs {
+        x: &xt,
+        bias: &bias,
+        weight: &weight,
+        running_mean: None,
+        running_var: None,
+    };
+    let g = op
+        .backward(&inputs, &dy, crate::PoincareStatistics::Batch)
+        .map_err(err)?;
+    grads_out(case, &g.dx, Some(&g.dweight), Some(&g.dbias))
+}
+
 /// `ibn_norm_grad`: the InstanceNorm channels through their own statistics, the BatchNorm
 /// channels through the batch's (training) or with the running ones as constants.
 pub(crate) fn run_ibn_norm_grad(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {

@@ -161,7 +161,11 @@ pub(crate) fn run_poincare_midpoint(ctx: &Context, case: &Case) -> Result<Device
     Ok(BTreeMap::from([("m".to_string(), output(&m))]))
 }
 
-pub(crate) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+/// A `poincare_batch_norm` case's op and its uploaded x, bias and weight.
+pub(super) fn poincare_bn_op(
+    ctx: &Context,
+    case: &Case,
+) -> Result<(crate::PoincareBatchNorm, [Tensor; 3]), String> {
     let a = Attrs::new(case, &["c"])?;
     let x = input(case, "x")?;
     let dtype = io_dtype(x)?;
@@ -175,6 +179,11 @@ pub(crate) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<Devi
     let xt = upload(ctx, x, dtype)?;
     let bias = upload(ctx, input(case, "bias")?, DType::F32)?;
     let weight = upload(ctx, input(case, "weight")?, DType::F32)?;
+    Ok((op, [xt, bias, weight]))
+}
+
+pub(crate) fn run_poincare_batch_norm(ctx: &Context, case: &Case) -> Result<DeviceOutputs, String> {
+    let (op, [xt, bias, weight]) = poincare_bn_op(ctx, case)?;
     let inputs = crate::PoincareBatchNormInputs {
         x: &xt,
         bias: &bias,
