@@ -15,6 +15,10 @@ fn qk_norm_rope_matches_the_reference() {
         (64usize, None, RopeLayout::NeoX, 0.0f32),
         (128, Some(64), RopeLayout::GptJ, 1.0),
         (96, None, RopeLayout::GptJ, 0.0),
+        // NeoX with a partial rotary dim (pairs 4 accesses apart in the register team), and a
+        // head dim the vec4 team cannot serve (the workgroup kernel).
+        (128, Some(32), RopeLayout::NeoX, 0.0),
+        (50, Some(36), RopeLayout::NeoX, 0.0),
     ] {
         for dtype in [DType::F32, DType::F16] {
             let x: Vec<f32> = noise(d as u64, tokens * heads * d)
@@ -248,4 +252,99 @@ fn qk_norm_rope_backward_matches_the_reference() {
             );
         }
     }
+}
+
+/// A token's output bits are the same in a decode step (one token) and inside a prefill (many
+/// tokens, the token at any place): the kernel is chosen by head dim and rotary dim only.
+#[test]
+fn qk_norm_rope_decode_matches_prefill_bitwise() {
+    let c_ = ctx();
+    let (tokens, heads) = (37usize, 4usize);
+    for (d, rot, layout) in [
+        (128usize, None, RopeLayout::NeoX),
+        (64, Some(32), RopeLayout::GptJ),
+        (50, Some(36), RopeLayout::NeoX),
+    ] {
+        let op = QkNormRope::new(
+            c_,
+            QkNormRopeConfig {
+                layout,
+                rotary_dim: rot,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let x: Vec<f32> = noise(d as u64 + 11, tokens * heads * d);
+        let w = noise(8, d);
+        let pos: Vec<f32> = (0..tokens).map(|t| (t * 13 + 2) as f32).collect();
+        let wt = c_.upload_f32(&w, &[d]).unwrap();
+        let run = |x: &[f32], pos: &[f32]| -> Vec<u32> {
+            let t = pos.len();
+            let xt = c_.upload_f32(x, &[t, heads, d]).unwrap();
+            let pt = c_.upload_f32(pos, &[t]).unwrap();
+            let y = op
+                .forward(&QkNormRopeInputs {
+                    x: &xt,
+                    weight: Some(&wt),
+                    angles: RopeAngles::Positions(&pt),
+                })
+                .unwrap();
+            c_.download(&y)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        let prefill = run(&x, &pos);
+        let row = heads * d;
+        for t in [0, 1, 17, tokens - 1] {
+            let decode = run(&x[t * row..(t + 1) * row], &pos[t..t + 1]);
+            assert_eq!(
+                decode,
+                prefill[t * row..(t + 1) * row],
+                "d {d} rot {rot:?} {layout:?}: token {t} differs between decode and prefill"
+            );
+        }
+    }
+}
+
+/// A rotary dim of 0 rotates nothing: with positions or (empty) tables the result is the per-head
+/// RMSNorm alone (the fuzzer once found it bound an empty angle table).
+#[test]
+fn qk_norm_rope_with_rotary_dim_zero_is_the_norm_alone() {
+    let c_ = ctx();
+    let (tokens, heads, d) = (3usize, 2usize, 8usize);
+    let x = noise(5, tokens * heads * d);
+    let xt = c_.upload_f32(&x, &[tokens, heads, d]).unwrap();
+    let pt = c_.upload_f32(&[1.0, 2.0, 3.0], &[tokens]).unwrap();
+    let empty = c_.empty(&[tokens, 0], DType::F32).unwrap();
+    let run = |rotary_dim, angles| {
+        let cfg = QkNormRopeConfig {
+            rotary_dim,
+            ..Default::default()
+        };
+        let op = QkNormRope::new(c_, cfg).unwrap();
+        let y = op
+            .forward(&QkNormRopeInputs {
+                x: &xt,
+                weight: None,
+                angles,
+            })
+            .unwrap();
+        c_.download(&y).unwrap()
+    };
+    let plain = run(None, RopeAngles::None);
+    let want: Vec<f64> = plain.iter().map(|&v| v as f64).collect();
+    assert_close(
+        "rot 0, positions",
+        &run(Some(0), RopeAngles::Positions(&pt)),
+        &want,
+        0.0,
+        0.0,
+    );
+    let table = RopeAngles::Table {
+        cos: &empty,
+        sin: &empty,
+    };
+    assert_close("rot 0, tables", &run(Some(0), table), &want, 0.0, 0.0);
 }

@@ -1040,6 +1040,13 @@ fn cases(ctx: &Context, o: &Options) -> Result<Vec<Case>> {
         if wanted(o, "qk_norm_rope", &label) {
             out.push(crate::bench_fused::qk_rope_case(ctx, qk)?);
         }
+        // RMSNorm on rows of the head dim in the same run: the ratio QK-norm + RoPE is held to.
+        let [tokens, heads, d] = qk;
+        let rows_label = format!("{}x{d}", tokens * heads);
+        if tokens > 1 && wanted(o, "rms_norm", &rows_label) {
+            let shape = (tokens * heads, d, DType::F32);
+            out.push(row_case(ctx, RowMode::RmsNorm, shape, false)?);
+        }
         if wanted(o, "qk_norm_rope_backward", &label) {
             out.push(crate::bench_fused::qk_rope_grad_case(ctx, qk)?);
         }

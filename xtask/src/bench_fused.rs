@@ -67,11 +67,23 @@ pub fn qk_rope_case(ctx: &Context, [tokens, heads, d]: [usize; 3]) -> Result<Cas
         dtype: DType::F32,
         layout: "row-major",
         bytes: 2 * numel as u64 * 4,
-        kernel: "qk_rope (norm + rotation in one pass)".into(),
+        kernel: qk_kernel_name(ctx, d),
         run,
         naive: Some(naive),
         check: Some(Check::Reference(y, want)),
     })
+}
+
+/// The forward's kernel for head dim `d` (full NeoX rotation, f32) on this adapter.
+fn qk_kernel_name(ctx: &Context, d: usize) -> String {
+    let class = wgnorm::engine::rownorm::AdapterClass::of(ctx);
+    match qk_rope::TeamPlan::of(&class, d, d, RopeLayout::NeoX, DType::F32) {
+        Some(p) => format!(
+            "regs team{}x{}x{} f32x4 (norm + rotation in registers)",
+            p.team, p.rows_per_group, p.rows_per_team
+        ),
+        None => "workgroup per row (norm + rotation in one pass)".into(),
+    }
 }
 
 /// The unfused baseline: the norm alone into a temporary, then the rotation alone.

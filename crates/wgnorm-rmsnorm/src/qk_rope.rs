@@ -2,7 +2,11 @@
 //! OLMo 2): `x[tokens, heads, D]`, every head's D values normalized by their RMS and scaled by
 //! `weight + weight_offset` (`[D]`, shared by the heads), then the first `rotary_dim` dims rotated
 //! in pairs by the token's angles (NeoX half-split or GPT-J interleaved), the rest passed through.
-//! One workgroup per (token, head) row, the row in workgroup memory (D <= 512).
+//! Two kernel shapes, chosen per head dim and rotary dim (never per token count, so a token's
+//! bits do not depend on the batch): with subgroups, the row engine's register team
+//! (`rms_norm/qk_rope_team.wgsl`: a team of lanes per (token, head) row, several rows per
+//! workgroup, the rotation applied from registers); otherwise one workgroup per row, the row in
+//! workgroup memory (`rms_norm/qk_rope.wgsl`, D <= 512).
 
 use wgnorm_core::binding::{self, BindCache};
 use wgnorm_core::context::Slot;
@@ -35,12 +39,127 @@ pub const QK_ROPE_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
 ];
 
-/// The fused kernel.
+const QK_ROPE_COMMON: &str = wgnorm_core::shader_file!("rms_norm/qk_rope_common.wgsl");
+
+/// The fused kernel, one workgroup per row.
 pub const QK_ROPE_KERNEL: Kernel = Kernel::new(
     "rms_norm/qk_rope",
-    &[wgnorm_core::shader_file!("rms_norm/qk_rope.wgsl")],
+    &[
+        QK_ROPE_COMMON,
+        wgnorm_core::shader_file!("rms_norm/qk_rope.wgsl"),
+    ],
     QK_ROPE_SLOTS,
 );
+
+/// The fused kernel, a subgroup team per row with the row in registers (needs `SUBGROUP`).
+pub const QK_ROPE_TEAM_KERNEL: Kernel = Kernel::new(
+    "rms_norm/qk_rope_team",
+    &[
+        QK_ROPE_COMMON,
+        wgnorm_core::shader::snippet::MOMENTS,
+        wgnorm_core::shader::snippet::TEAM_SUM,
+        wgnorm_core::shader_file!("rms_norm/qk_rope_team.wgsl"),
+    ],
+    QK_ROPE_SLOTS,
+)
+.with_features(wgpu::Features::SUBGROUP);
+
+/// The register team's shape for a call: the row engine's choice for RMSNorm rows of the head
+/// dim, narrowed so the team divides the row's vec4 accesses and, for NeoX, a pair's distance
+/// (`rot / 8` accesses), which keeps both halves of every pair in one lane's registers. Needs
+/// head dims and rotary dims that are multiples of 4 and 8 (the rows and the angle tables are
+/// read as vec4s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TeamPlan {
+    /// Lanes per row.
+    pub team: u32,
+    /// Teams per workgroup.
+    pub rows_per_group: u32,
+    /// Consecutive rows each team normalizes.
+    pub rows_per_team: u32,
+    /// vec4 accesses per lane.
+    pub per_lane: u32,
+    /// Rotated accesses per lane (NeoX: of the first half, each paired with the access
+    /// `rot_k` slots further; GPT-J: of the rotary part).
+    pub rot_k: u32,
+}
+
+impl TeamPlan {
+    /// The plan on an adapter of `class` for head dim `d`, `rot` rotated dims (0: none), or
+    /// `None` where the register team does not serve the shape.
+    pub fn of(
+        class: &wgnorm_core::rownorm::AdapterClass,
+        d: usize,
+        rot: usize,
+        layout: RopeLayout,
+        dtype: DType,
+    ) -> Option<TeamPlan> {
+        use wgnorm_core::rownorm::{RowKernel, RowMode, TEAM_REGS};
+        // vec4 accesses of the row and of the angle tables' rows (rot / 2 pairs).
+        if !class.subgroups || !d.is_multiple_of(4) || !rot.is_multiple_of(8) {
+            return None;
+        }
+        let neox = rot > 0 && layout == RopeLayout::NeoX;
+        let io = Io { dtype, vec4: true };
+        let RowKernel::TeamRegs {
+            mut team,
+            mut rows_per_group,
+            rows_per_team,
+        } = class.choose(RowMode::RmsNorm, d as u64, io)
+        else {
+            return None;
+        };
+        let n_vec = (d / 4) as u32;
+        // The rotated accesses of a NeoX half or of a GPT-J rotary part: every lane has the same
+        // number of them when the team divides it.
+        let rotated = if neox { rot / 8 } else { rot / 4 } as u32;
+        while team > 1 && (!n_vec.is_multiple_of(team) || !rotated.is_multiple_of(team)) {
+            team /= 2;
+            rows_per_group *= 2;
+        }
+        let per_lane = n_vec / team;
+        (per_lane <= TEAM_REGS).then_some(TeamPlan {
+            team,
+            rows_per_group,
+            rows_per_team,
+            per_lane,
+            rot_k: rotated / team,
+        })
+    }
+
+    /// Rows one workgroup normalizes.
+    pub fn rows_per_workgroup(&self) -> u32 {
+        self.rows_per_group * self.rows_per_team
+    }
+
+    fn apply(&self, spec: Specialization) -> Specialization {
+        spec.set("TEAM", self.team)
+            .set("WG", self.team * self.rows_per_group)
+            .set("ROWS_PER_TEAM", self.rows_per_team)
+            .set("PER_LANE", self.per_lane)
+            .set("ROT_K", self.rot_k)
+    }
+}
+
+/// The register team's pipeline for `plan` (the constants as [`qk_rope_spec_with`]'s).
+pub fn qk_rope_team_spec(
+    dtype: DType,
+    plan: TeamPlan,
+    weight: bool,
+    layout: RopeLayout,
+    angles: u32,
+    (norm, inverse): (bool, bool),
+) -> Specialization {
+    let io = Io { dtype, vec4: true };
+    plan.apply(
+        Specialization::new(QK_ROPE_TEAM_KERNEL, io)
+            .flag("NORM", norm)
+            .flag("INVERSE", inverse)
+            .flag("HAS_WEIGHT", weight)
+            .set("LAYOUT", (layout == RopeLayout::GptJ) as u32)
+            .set("ANGLES", angles),
+    )
+}
 
 /// Which dims a rotation pairs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -193,6 +312,35 @@ pub fn qk_rope_specializations() -> Vec<Specialization> {
                             let rot_only = qk_rope_spec_with(io, d, false, layout, angles, false);
                             out.push(with_wg(rot_only.clone(), wg));
                             out.push(with_wg(rot_only.flag("INVERSE", true), wg));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.extend(team_specializations());
+    out
+}
+
+/// The register team's pipelines on the typical adapters, for head dims 64..512 with full and
+/// half rotary dims.
+fn team_specializations() -> Vec<Specialization> {
+    let mut out = Vec::new();
+    for class in &wgnorm_core::rownorm::AdapterClass::TYPICAL {
+        for dtype in [DType::F32, DType::F16] {
+            for d in [64, 128, 256, 512] {
+                for layout in [RopeLayout::NeoX, RopeLayout::GptJ] {
+                    for (rot, angles) in [(d, 0), (d, 1), (d / 2, 0), (d / 2, 1), (0, 2)] {
+                        let Some(plan) = TeamPlan::of(class, d, rot, layout, dtype) else {
+                            continue;
+                        };
+                        let spec = |w, a, f| qk_rope_team_spec(dtype, plan, w, layout, a, f);
+                        for weight in [false, true] {
+                            out.push(spec(weight, angles, (true, false)));
+                        }
+                        if angles != 2 {
+                            out.push(spec(false, angles, (false, false)));
+                            out.push(spec(false, angles, (false, true)));
                         }
                     }
                 }
@@ -384,21 +532,32 @@ impl QkNormRope {
             vec4: false,
         };
         self.ctx.check_io(io)?;
-        let spec = qk_rope_spec_with(
-            io,
-            params.d as usize,
-            inputs.weight.is_some(),
-            self.cfg.layout,
-            angles_value(&inputs.angles),
-            !inverse,
-        )
-        .flag("INVERSE", inverse);
-        let pipeline = self
-            .ctx
-            .pipeline(&with_wg(spec, qk_rope_wg(self.ctx.is_cpu())))?;
+        let weight = inputs.weight.is_some();
+        let angles = if params.rot == 0 {
+            angles_value(&RopeAngles::None)
+        } else {
+            angles_value(&inputs.angles)
+        };
+        let layout = self.cfg.layout;
+        let (spec, groups) = match self.team_plan(&params, &ranges, weight) {
+            Some(plan) => (
+                qk_rope_team_spec(io.dtype, plan, weight, layout, angles, (!inverse, inverse)),
+                (params.rows as u64).div_ceil(plan.rows_per_workgroup() as u64),
+            ),
+            None => {
+                let spec =
+                    qk_rope_spec_with(io, params.d as usize, weight, layout, angles, !inverse)
+                        .flag("INVERSE", inverse);
+                (
+                    with_wg(spec, qk_rope_wg(self.ctx.is_cpu())),
+                    params.rows as u64,
+                )
+            }
+        };
+        let pipeline = self.ctx.pipeline(&spec)?;
         let refs: Vec<&binding::BufferRange> = ranges.iter().collect();
         let bind = self.binds.get(&self.ctx, QK_ROPE_SLOTS, &params, &refs)?;
-        let groups = binding::grid(&self.ctx, params.rows as u64);
+        let groups = binding::grid(&self.ctx, groups);
         binding::dispatch(
             encoder,
             "wgnorm qk_norm_rope",
@@ -407,6 +566,36 @@ impl QkNormRope {
             (groups.0, groups.1, 1),
         );
         Ok(())
+    }
+
+    /// The register team's plan for a checked call: the adapter serves it and x, y (and the
+    /// weight) are bound at offsets vec4 accesses allow.
+    fn team_plan(
+        &self,
+        params: &QkRopeParams,
+        ranges: &[binding::BufferRange],
+        weight: bool,
+    ) -> Option<TeamPlan> {
+        let io = Io {
+            dtype: self.cfg.dtype,
+            vec4: true,
+        };
+        self.ctx.check_io(io).ok()?;
+        let bound = [
+            Some(&ranges[0]),
+            weight.then_some(&ranges[1]),
+            Some(&ranges[5]),
+        ];
+        if bound
+            .iter()
+            .flatten()
+            .any(|r| r.offset % io.alignment() != 0)
+        {
+            return None;
+        }
+        let class = wgnorm_core::rownorm::AdapterClass::of(&self.ctx);
+        let (d, rot) = (params.d as usize, params.rot as usize);
+        TeamPlan::of(&class, d, rot, self.cfg.layout, self.cfg.dtype)
     }
 
     /// Allocates y, encodes and submits (does not wait).
@@ -507,7 +696,9 @@ impl QkNormRope {
         let ctx = &self.ctx;
         let r = |what, t: &Tensor| binding::storage_range(ctx, what, t);
         let dr = binding::dummy_range(ctx.dummy_read());
+        // A rotary dim of 0 rotates nothing: its angles (empty tables) are not bound.
         let (pos, cos, sin) = match inputs.angles {
+            _ if rot == 0 => (dr.clone(), dr.clone(), dr.clone()),
             RopeAngles::Positions(p) => (r("positions", p)?, self.inv_freq_range(rot)?, dr.clone()),
             RopeAngles::Table { cos, sin } => (dr.clone(), r("cos", cos)?, r("sin", sin)?),
             RopeAngles::None => (dr.clone(), dr.clone(), dr.clone()),

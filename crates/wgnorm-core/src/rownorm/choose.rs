@@ -348,7 +348,8 @@ impl AdapterClass {
         }
     }
 
-    pub(super) fn choose(&self, mode: RowMode, n: u64, io: Io) -> RowKernel {
+    /// [`choose`] for this class.
+    pub fn choose(&self, mode: RowMode, n: u64, io: Io) -> RowKernel {
         choose_for(self, mode, n, io)
     }
 
