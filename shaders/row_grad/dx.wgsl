@@ -1,7 +1,9 @@
 // Row-norm backward, dx: a team of TEAM lanes per row, ROWS rows per workgroup (WG = TEAM *
 // ROWS), three strided passes over the row (the statistics; the two reductions sum(g) and
-// sum(g * (s - mean)); dx) whose re-reads hit the cache. Team sums are tree sums in workgroup
-// memory, two values per tree. Also stores the row's statistics for the parameter pass.
+// sum(g * (s - mean)); dx) whose re-reads hit the cache. Team sums (`team_sum2`, two values at
+// once) come with the entry point: a tree in workgroup memory (`dx_entry_wg.wgsl`, any device)
+// or a butterfly of subgroup shuffles (`dx_entry_sg.wgsl`, a team within a subgroup), which a
+// software rasterizer runs without the barriers' switch per SIMD chunk. Also stores the row's statistics for the parameter pass.
 // With a fused activation (ACT, common/activation.wgsl) g = dy * act'(z) * w with
 // z = xhat * w + bias needs the statistics first: the two reductions take a pass of their own.
 //
@@ -22,23 +24,6 @@ override GIVEN_STATS: bool = false;
 // instead of sqrt(var + eps).
 override UNBIASED: bool = false;
 override EPS_OUTSIDE: bool = false;
-
-var<workgroup> red2: array<vec2<f32>, WG>;
-
-// The sums of `v` over each team, returned to every lane of the team (uniform control flow).
-fn team_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
-    workgroupBarrier();
-    red2[lid] = v;
-    let lane = lid % TEAM;
-    for (var h = TEAM / 2u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if lane < h {
-            red2[lid] += red2[lid + h];
-        }
-    }
-    workgroupBarrier();
-    return red2[lid - lane];
-}
 
 @group(0) @binding(0) var<uniform> params: RowGradParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -84,18 +69,14 @@ fn load_g(e: u32, i: u32, xhat: V) -> V {
     return d * w;
 }
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    // Every lane reaches every barrier: a team past the last row computes on the window's first
+// The rows of workgroup `group`: `team` is the row in the group, `lane` the lane in its team,
+// `lid` the invocation's index for the team sums of the entry point (`dx_entry_*.wgsl`).
+fn dx_main(group: u32, team: u32, lane: u32, lid: u32) {
+    // Every lane reaches every team sum: a team past the last row computes on the window's first
     // row and stores nothing.
-    let want = linear_group(wid, nwg) * ROWS + lid / TEAM + params.row_base;
+    let want = group * ROWS + team + params.row_base;
     let live = want < params.rows;
     let row = select(params.row_base, want, live);
-    let lane = lid % TEAM;
     // Element accesses count from the window's first row (the bindings start there).
     let base = (row - params.row_base) * params.n_vec;
     let nf = f32(params.n);

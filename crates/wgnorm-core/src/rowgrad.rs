@@ -10,7 +10,7 @@
 
 use crate::binding::{self, BindCache, BufferRange};
 use crate::context::Slot;
-use crate::rownorm::RowMode;
+use crate::rownorm::{AdapterClass, RowMode};
 use crate::scratch::ScratchCache;
 use crate::shader::{Io, Kernel, Specialization};
 use crate::uniform::RowGradParams;
@@ -54,9 +54,22 @@ pub const DX_KERNEL: Kernel = Kernel::new(
         crate::shader::snippet::ACTIVATION,
         COMMON,
         crate::shader_file!("row_grad/dx.wgsl"),
+        crate::shader_file!("row_grad/dx_entry_wg.wgsl"),
     ],
     DX_SLOTS,
 );
+/// [`DX_KERNEL`] with its team sums by subgroup shuffles (needs `SUBGROUP`).
+pub const DX_SG_KERNEL: Kernel = Kernel::new(
+    "row_grad/dx_sg",
+    &[
+        crate::shader::snippet::ACTIVATION,
+        COMMON,
+        crate::shader_file!("row_grad/dx.wgsl"),
+        crate::shader_file!("row_grad/dx_entry_sg.wgsl"),
+    ],
+    DX_SLOTS,
+)
+.with_features(wgpu::Features::SUBGROUP);
 /// The forward's saved rstd into the per-row statistics dx reads (when the call has it).
 pub const SAVED_KERNEL: Kernel = Kernel::new(
     "row_grad/saved",
@@ -127,31 +140,50 @@ pub struct GradFlags {
 
 /// Lanes per row and rows per workgroup of the dx kernel: on CPU adapters a short team and
 /// several rows per workgroup (a workgroup is a loop there, and each barrier level a pass over
-/// it), on GPUs a wide team for long rows.
+/// it), on GPUs a wide team for long rows; team sums by subgroup shuffles where a team fits in
+/// a subgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DxShape {
     /// Lanes per row (a power of two).
     pub team: u32,
     /// Rows per workgroup.
     pub rows: u32,
+    /// Team sums by subgroup shuffles ([`DX_SG_KERNEL`]) instead of workgroup-memory trees
+    /// (llvmpipe, 1024 x 1024 RMSNorm backward: 0.19-0.22 of copy -> 0.23-0.30).
+    pub subgroups: bool,
 }
 
 impl DxShape {
-    /// The shape for rows of `n_vec` accesses.
-    pub fn choose(cpu: bool, n_vec: usize) -> DxShape {
-        match (cpu, n_vec) {
-            (true, _) => DxShape { team: 8, rows: 8 },
-            (false, 0..=1024) => DxShape { team: 32, rows: 8 },
-            (false, _) => DxShape { team: 256, rows: 1 },
+    /// The shape for rows of `n_vec` accesses on an adapter of `class`.
+    pub fn choose(class: &AdapterClass, n_vec: usize) -> DxShape {
+        let (team, rows) = match (class.cpu, n_vec) {
+            (true, _) => (8, 8),
+            (false, 0..=1024) => (32, 8),
+            (false, _) => (256, 1),
+        };
+        let subgroups = class.subgroups
+            && team <= class.subgroup_min
+            && (team * rows) % class.subgroup_max.max(1) == 0;
+        DxShape {
+            team,
+            rows,
+            subgroups,
         }
     }
 
-    /// Every shape [`DxShape::choose`] returns.
-    pub const ALL: [DxShape; 3] = [
-        DxShape { team: 8, rows: 8 },
-        DxShape { team: 32, rows: 8 },
-        DxShape { team: 256, rows: 1 },
-    ];
+    /// Every shape [`DxShape::choose`] returns on the typical adapter classes.
+    pub fn all() -> Vec<DxShape> {
+        let mut out = Vec::new();
+        for class in &AdapterClass::TYPICAL {
+            for n_vec in [64, 4096] {
+                let s = DxShape::choose(class, n_vec);
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The variance convention of a backward: the row norms' (biased, eps inside the square root)
@@ -177,7 +209,12 @@ pub fn dx_spec_with(
     shape: DxShape,
     var: Variance,
 ) -> Specialization {
-    Specialization::new(DX_KERNEL, io)
+    let kernel = if shape.subgroups {
+        DX_SG_KERNEL
+    } else {
+        DX_KERNEL
+    };
+    Specialization::new(kernel, io)
         .flag("UNBIASED", var.unbiased)
         .flag("EPS_OUTSIDE", var.eps_outside)
         .set("WG", shape.team * shape.rows)
@@ -248,7 +285,7 @@ pub fn specializations() -> Vec<Specialization> {
                         bias,
                         ..Default::default()
                     };
-                    for shape in DxShape::ALL {
+                    for shape in DxShape::all() {
                         out.push(dx_spec(mode, io, f, shape));
                     }
                     out.push(params_spec(mode, io, f));
@@ -258,7 +295,7 @@ pub fn specializations() -> Vec<Specialization> {
             if mode == RowMode::LayerNorm {
                 // Standardizations: plain rows, each variance convention.
                 for (unbiased, eps_outside) in [(true, false), (false, true), (true, true)] {
-                    for shape in DxShape::ALL {
+                    for shape in DxShape::all() {
                         let var = Variance {
                             unbiased,
                             eps_outside,
@@ -612,7 +649,7 @@ impl RowGrad {
             passes.push((ctx.pipeline(&saved_spec())?, bind, groups));
         }
         let windows = self.row_windows(&params);
-        let shape = DxShape::choose(ctx.is_cpu(), params.n_vec as usize);
+        let shape = DxShape::choose(&AdapterClass::of(ctx), params.n_vec as usize);
         let var = Variance {
             unbiased: self.cfg.unbiased,
             eps_outside: self.cfg.eps_outside,
