@@ -46,6 +46,22 @@ const G_FINAL: u32 = 2u;
 @group(0) @binding(7) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dweight: array<f32>;
 
+// Four sums over the workgroup at once, returned to every invocation (uniform control flow):
+// one tree of barriers instead of four.
+var<workgroup> red4: array<vec4<f32>, WG>;
+fn wg_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
+    workgroupBarrier();
+    red4[lid] = v;
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        workgroupBarrier();
+        if lid < h {
+            red4[lid] += red4[lid + h];
+        }
+    }
+    workgroupBarrier();
+    return red4[0];
+}
+
 fn scalar(i: u32) -> f32 {
     return scratch[off_scalars() + i];
 }
@@ -296,10 +312,13 @@ fn grad_points(tile: u32, lid: u32) {
         acc[4] += 2.0 * f.b.x;
         acc[5] += f.b.z;
     }
-    for (var i = 0u; i < NSC; i++) {
-        let total = wg_sum(lid, acc[i]);
-        if lid == 0u {
-            g[off_sp() + tile * NSC + i] = total;
+    let t0 = wg_sum4(lid, vec4<f32>(acc[0], acc[1], acc[2], acc[3]));
+    let t1 = wg_sum4(lid, vec4<f32>(acc[4], acc[5], 0.0, 0.0));
+    if lid == 0u {
+        let o = off_sp() + tile * NSC;
+        let tot = array<f32, 6>(t0.x, t0.y, t0.z, t0.w, t1.x, t1.y);
+        for (var i = 0u; i < NSC; i++) {
+            g[o + i] = tot[i];
         }
     }
 }
@@ -327,10 +346,12 @@ fn grad_cols(tile: u32, k: u32, lid: u32) {
         acc[5] += g[o + 15u] * gy;
         acc[6] += g[o + 16u] * w;
     }
-    for (var i = 0u; i < NCOLS; i++) {
-        let total = wg_sum(lid, acc[i]);
-        if lid == 0u {
-            g[off_cols() + (tile * NCOLS + i) * params.d + k] = total;
+    let t0 = wg_sum4(lid, vec4<f32>(acc[0], acc[1], acc[2], acc[3]));
+    let t1 = wg_sum4(lid, vec4<f32>(acc[4], acc[5], acc[6], 0.0));
+    if lid == 0u {
+        let tot = array<f32, 7>(t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z);
+        for (var i = 0u; i < NCOLS; i++) {
+            g[off_cols() + (tile * NCOLS + i) * params.d + k] = tot[i];
         }
     }
 }
