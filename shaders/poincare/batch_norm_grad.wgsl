@@ -74,6 +74,11 @@ fn off_dt() -> u32 {
 fn off_pts() -> u32 {
     return 3u * params.d + 2u;
 }
+// Field j of point p's weights: stored field-major ([NQ][p]), so a stage that reads one field of
+// consecutive points reads consecutive floats.
+fn pq(p: u32, j: u32) -> u32 {
+    return off_pts() + j * params.p + p;
+}
 fn off_cols() -> u32 {
     return off_pts() + NQ * params.p;
 }
@@ -287,24 +292,23 @@ fn grad_points(tile: u32, lid: u32) {
         let ar = artanh_ratio_q(c * dw.x);
         let dvar = 4.0 * ar.x * ar.x + 8.0 * c * dw.x * ar.x * ar.y;
         let jd = through_w(kw, 2.0 * dvar * dw.w, 2.0 * dvar * dw.z);
-        let o = off_pts() + p * NQ;
-        g[o] = kv;
-        g[o + 1u] = km;
-        g[o + 2u] = kv * cw;
-        g[o + 3u] = 2.0 * kv * fw.x;
-        g[o + 4u] = 2.0 * jf.x;
-        g[o + 5u] = kv * fw.z + jf.y;
-        g[o + 6u] = kv * fw.y;
-        g[o + 7u] = 2.0 * kv * dvar;
-        g[o + 8u] = 2.0 * jd.x;
-        g[o + 9u] = jd.y;
-        g[o + 10u] = ch.cm.v - km * cw;
-        g[o + 11u] = fw.z - 2.0 * km * fw.x;
-        g[o + 12u] = jf.y;
-        g[o + 13u] = -2.0 * km * dvar;
-        g[o + 14u] = jd.y;
-        g[o + 15u] = ch.cb.v;
-        g[o + 16u] = fw.y;
+        g[pq(p, 0u)] = kv;
+        g[pq(p, 1u)] = km;
+        g[pq(p, 2u)] = kv * cw;
+        g[pq(p, 3u)] = 2.0 * kv * fw.x;
+        g[pq(p, 4u)] = 2.0 * jf.x;
+        g[pq(p, 5u)] = kv * fw.z + jf.y;
+        g[pq(p, 6u)] = kv * fw.y;
+        g[pq(p, 7u)] = 2.0 * kv * dvar;
+        g[pq(p, 8u)] = 2.0 * jd.x;
+        g[pq(p, 9u)] = jd.y;
+        g[pq(p, 10u)] = ch.cm.v - km * cw;
+        g[pq(p, 11u)] = fw.z - 2.0 * km * fw.x;
+        g[pq(p, 12u)] = jf.y;
+        g[pq(p, 13u)] = -2.0 * km * dvar;
+        g[pq(p, 14u)] = jd.y;
+        g[pq(p, 15u)] = ch.cb.v;
+        g[pq(p, 16u)] = fw.y;
         acc[0] += 2.0 * fw.w - km * fw.z + 2.0 * jf.z;
         acc[1] += f.b.y - km * fw.y;
         acc[2] += 2.0 * jd.z;
@@ -336,15 +340,14 @@ fn grad_cols(tile: u32, k: u32, lid: u32) {
         let i = point_base(p, params.d, params.s) + k * params.s;
         let v = x_load(i);
         let gy = dy_load(i);
-        let o = off_pts() + p * NQ;
-        let w = g[o] * v - g[o + 1u] * m;
-        acc[0] += g[o + 10u] * gy;
-        acc[1] += g[o + 11u] * w;
-        acc[2] += g[o + 12u] * v;
-        acc[3] += g[o + 13u] * w;
-        acc[4] += g[o + 14u] * v;
-        acc[5] += g[o + 15u] * gy;
-        acc[6] += g[o + 16u] * w;
+        let w = g[pq(p, 0u)] * v - g[pq(p, 1u)] * m;
+        acc[0] += g[pq(p, 10u)] * gy;
+        acc[1] += g[pq(p, 11u)] * w;
+        acc[2] += g[pq(p, 12u)] * v;
+        acc[3] += g[pq(p, 13u)] * w;
+        acc[4] += g[pq(p, 14u)] * v;
+        acc[5] += g[pq(p, 15u)] * gy;
+        acc[6] += g[pq(p, 16u)] * w;
     }
     let t0 = wg_sum4(lid, vec4<f32>(acc[0], acc[1], acc[2], acc[3]));
     let t1 = wg_sum4(lid, vec4<f32>(acc[4], acc[5], acc[6], 0.0));
@@ -417,15 +420,14 @@ fn grad_dx(tile: u32, lid: u32) {
         if p >= params.p {
             continue;
         }
-        let o = off_pts() + p * NQ;
         let base = point_base(p, d, params.s);
-        let kv = g[o];
-        let km = g[o + 1u];
-        let cdy = g[o + 2u];
-        let cw = g[o + 3u] + e * g[o + 7u];
-        var cv = g[o + 4u] + e * g[o + 8u];
-        let cm = g[o + 5u] + e * g[o + 9u];
-        let cb = g[o + 6u];
+        let kv = g[pq(p, 0u)];
+        let km = g[pq(p, 1u)];
+        let cdy = g[pq(p, 2u)];
+        let cw = g[pq(p, 3u)] + e * g[pq(p, 7u)];
+        var cv = g[pq(p, 4u)] + e * g[pq(p, 8u)];
+        let cm = g[pq(p, 5u)] + e * g[pq(p, 9u)];
+        let cb = g[pq(p, 6u)];
         var cs = 0.0;
         if !RUNNING {
             // Through the midpoint: dx = lambda dS + kappa x, x = s(|v|^2) v.
