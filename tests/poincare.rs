@@ -16,38 +16,13 @@ use wgnorm_reference::poincare::{
     poincare_batch_norm, poincare_batch_norm_with, poincare_batch_stats, poincare_running_update,
     points_along, scatter_points, Ball, PoincareStats, PROJ_EPS_F32,
 };
-use wgnorm_tests::{assert_close, ctx, noise, round_to};
+use wgnorm_tests::{assert_close, ball_points, ctx, noise, round_to};
 
 /// `got` against `want` with a relative tolerance `tol` and an absolute one of `tol` times the
 /// largest |want| (assert_close names the worst element when it fails).
 fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
     let scale = want.iter().fold(0.0f64, |a, w| a.max(w.abs())).max(1e-30);
     assert_close(what, got, want, tol * scale, tol);
-}
-
-/// `p` points of dimension `d` inside the ball of curvature -c: random directions, radii spread
-/// over [0, 0.99) of the ball's radius, every 7th point at exactly 0.99 of it.
-fn ball_points(seed: u64, p: usize, d: usize, c: f64) -> Vec<f32> {
-    let dirs = noise(seed, p * d);
-    let radii = noise(seed + 1, p);
-    let mut out = Vec::with_capacity(p * d);
-    for i in 0..p {
-        let v = &dirs[i * d..(i + 1) * d];
-        let n = v
-            .iter()
-            .map(|x| (*x as f64).powi(2))
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-12);
-        let r = if i % 7 == 3 {
-            0.99
-        } else {
-            0.99 * (radii[i] as f64 + 1.0) / 2.0
-        };
-        let s = r / c.sqrt() / n;
-        out.extend(v.iter().map(|x| (*x as f64 * s) as f32));
-    }
-    out
 }
 
 fn up(c: &Context, v: &[f32], shape: &[usize]) -> Tensor {
@@ -868,113 +843,4 @@ fn batch_norm_of_one_point_is_typed() {
         );
     }
     assert!(op.forward(&inputs, PoincareStatistics::Running).is_ok());
-}
-
-/// The midpoint's backward for `x` of `shape` (points as rows in `pts_rows`) against
-/// `wgnorm_reference::grad::poincare_midpoint_grad` (checked by finite differences there).
-fn midpoint_grad_case(shape: &[usize], axis: isize, c: f64, pts_rows: Vec<f32>, dtype: DType) {
-    let c_ = ctx();
-    let ax = if axis < 0 {
-        shape.len() - 1
-    } else {
-        axis as usize
-    };
-    let (d, s) = (shape[ax], shape[ax + 1..].iter().product::<usize>());
-    let x = scatter_points(&rows(&round_to(dtype, &pts_rows), d), d, s);
-    let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-    let dm: Vec<f32> = noise(91, d);
-    let op = PoincareMidpoint::new(
-        c_,
-        wgnorm::BallConfig {
-            c: c as f32,
-            feature_axis: axis,
-            dtype,
-        },
-    )
-    .unwrap();
-    let (xt, dmt) = (
-        c_.upload(&xf, shape, dtype).unwrap(),
-        c_.upload(&dm, &[d], dtype).unwrap(),
-    );
-    let dx = op.backward(&xt, &dmt).unwrap();
-    let ball = Ball::new(c, PROJ_EPS_F32);
-    let (points, _, _) = points_along(&x, shape, ax);
-    let g = wgnorm_reference::grad::poincare_midpoint_grad(&ball, &points, &round_to(dtype, &dm));
-    let want = scatter_points(&g, d, s);
-    let tol = if dtype == DType::F16 { 2e-2 } else { 1e-4 };
-    let what = format!("midpoint backward {shape:?} axis {axis} c={c} {dtype:?}");
-    check(&what, &c_.download(&dx).unwrap(), &want, tol);
-    let again = op.backward(&xt, &dmt).unwrap();
-    let bits = |t: &Tensor| -> Vec<u32> {
-        c_.download(t)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
-    assert_eq!(bits(&dx), bits(&again), "{what}: bitwise reproducible");
-}
-
-#[test]
-fn midpoint_backward_matches_reference() {
-    midpoint_grad_case(
-        &[3000, 3],
-        -1,
-        0.1,
-        ball_points(11, 3000, 3, 0.1),
-        DType::F32,
-    );
-    midpoint_grad_case(
-        &[4, 5, 7, 9],
-        1,
-        1.0,
-        ball_points(12, 4 * 63, 5, 1.0),
-        DType::F32,
-    );
-    midpoint_grad_case(
-        &[5, 8, 6, 10],
-        1,
-        0.5,
-        ball_points(13, 300, 8, 0.5),
-        DType::F32,
-    );
-    midpoint_grad_case(
-        &[200, 1],
-        -1,
-        10.0,
-        ball_points(14, 200, 1, 10.0),
-        DType::F32,
-    );
-    midpoint_grad_case(&[3, 2], -1, 1.0, ball_points(15, 3, 2, 1.0), DType::F32);
-    midpoint_grad_case(&[64, 16], -1, 0.3, ball_points(16, 64, 16, 0.3), DType::F16);
-    // Points outside the ball: the projection's Jacobian.
-    let outside: Vec<f32> = ball_points(17, 40, 4, 1.0)
-        .iter()
-        .enumerate()
-        .map(|(i, v)| if i % 12 < 4 { v * 3.0 } else { *v })
-        .collect();
-    midpoint_grad_case(&[40, 4], -1, 1.0, outside, DType::F32);
-}
-
-#[test]
-fn midpoint_backward_bad_input_is_typed() {
-    let c_ = ctx();
-    let op = PoincareMidpoint::new(c_, Default::default()).unwrap();
-    let x = up(c_, &ball_points(21, 6, 3, 1.0), &[6, 3]);
-    let (dm, dm_bad) = (up(c_, &[1.0; 3], &[3]), up(c_, &[1.0; 2], &[2]));
-    let dx = c_.empty(&[6, 3], DType::F32).unwrap();
-    let mut enc = c_.device().create_command_encoder(&Default::default());
-    let r = op.encode_backward(&mut enc, &x, &dm_bad, &dx);
-    assert!(
-        matches!(r, Err(wgnorm::Error::ShapeMismatch { .. })),
-        "{r:?}"
-    );
-    let r = op.encode_backward(&mut enc, &x, &dm, &x);
-    assert!(r.is_err(), "dx aliasing x: {r:?}");
-    let none = c_.empty(&[0, 3], DType::F32).unwrap();
-    let r = op.encode_backward(&mut enc, &none, &dm, &none);
-    assert!(
-        matches!(r, Err(wgnorm::Error::InvalidParameter { .. })),
-        "{r:?}"
-    );
 }

@@ -1,5 +1,6 @@
-//! Poincaré midpoint batch norm's backward against the f64 reference gradient
-//! (`wgnorm_reference::grad::poincare_batch_norm_grad`, itself checked against finite differences):
+//! The hyperbolic backward passes against the f64 reference gradients (checked against finite
+//! differences in `wgnorm_reference::grad`). The gyromidpoint's: layouts, curvatures 0.1 .. 10,
+//! f16, points outside the ball. Poincaré midpoint batch norm's:
 //! [P, D] rows and NCHW (point blocks or not), curvatures 0.01 .. 10, a batch whose Fréchet
 //! variance is below the 1e-6 that regularizes it (points 1e-3 apart: the eps matters), tangent
 //! vectors far past the projection radius, several tiles, f16, running statistics, bitwise
@@ -7,11 +8,11 @@
 
 use wgnorm::{
     Context, DType, PoincareBatchNorm, PoincareBatchNormConfig, PoincareBatchNormGradOutputs,
-    PoincareBatchNormInputs, PoincareStatistics, Tensor,
+    PoincareBatchNormInputs, PoincareMidpoint, PoincareStatistics, Tensor,
 };
 use wgnorm_reference::grad::poincare_batch_norm_grad_with;
 use wgnorm_reference::poincare::{points_along, scatter_points, Ball, PoincareStats, PROJ_EPS_F32};
-use wgnorm_tests::{assert_close, ctx, noise, round_to};
+use wgnorm_tests::{assert_close, ball_points, ctx, noise, round_to};
 
 /// `got` against `want`: absolute `tol * max|want|` plus `tol` relative.
 fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
@@ -82,6 +83,14 @@ fn data(case: &Case) -> Data {
             .collect(),
         dy: round(noise(case.seed + 2, numel)),
     }
+}
+
+fn up(c: &Context, v: &[f32], shape: &[usize]) -> Tensor {
+    c.upload_f32(v, shape).unwrap()
+}
+
+fn rows(v: &[f64], d: usize) -> Vec<Vec<f64>> {
+    v.chunks(d).map(|r| r.to_vec()).collect()
 }
 
 fn f64s(v: &[f32]) -> Vec<f64> {
@@ -304,4 +313,113 @@ fn backward_bad_input_is_typed_and_empty_is_a_no_op() {
         .backward(&e_in, &empty, PoincareStatistics::Batch)
         .unwrap();
     assert_eq!(c_.download(&g.dx).unwrap().len(), 0);
+}
+
+/// The midpoint's backward for `x` of `shape` (points as rows in `pts_rows`) against
+/// `wgnorm_reference::grad::poincare_midpoint_grad` (checked by finite differences there).
+fn midpoint_grad_case(shape: &[usize], axis: isize, c: f64, pts_rows: Vec<f32>, dtype: DType) {
+    let c_ = ctx();
+    let ax = if axis < 0 {
+        shape.len() - 1
+    } else {
+        axis as usize
+    };
+    let (d, s) = (shape[ax], shape[ax + 1..].iter().product::<usize>());
+    let x = scatter_points(&rows(&round_to(dtype, &pts_rows), d), d, s);
+    let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let dm: Vec<f32> = noise(91, d);
+    let op = PoincareMidpoint::new(
+        c_,
+        wgnorm::BallConfig {
+            c: c as f32,
+            feature_axis: axis,
+            dtype,
+        },
+    )
+    .unwrap();
+    let (xt, dmt) = (
+        c_.upload(&xf, shape, dtype).unwrap(),
+        c_.upload(&dm, &[d], dtype).unwrap(),
+    );
+    let dx = op.backward(&xt, &dmt).unwrap();
+    let ball = Ball::new(c, PROJ_EPS_F32);
+    let (points, _, _) = points_along(&x, shape, ax);
+    let g = wgnorm_reference::grad::poincare_midpoint_grad(&ball, &points, &round_to(dtype, &dm));
+    let want = scatter_points(&g, d, s);
+    let tol = if dtype == DType::F16 { 2e-2 } else { 1e-4 };
+    let what = format!("midpoint backward {shape:?} axis {axis} c={c} {dtype:?}");
+    check(&what, &c_.download(&dx).unwrap(), &want, tol);
+    let again = op.backward(&xt, &dmt).unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        c_.download(t)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&dx), bits(&again), "{what}: bitwise reproducible");
+}
+
+#[test]
+fn midpoint_backward_matches_reference() {
+    midpoint_grad_case(
+        &[3000, 3],
+        -1,
+        0.1,
+        ball_points(11, 3000, 3, 0.1),
+        DType::F32,
+    );
+    midpoint_grad_case(
+        &[4, 5, 7, 9],
+        1,
+        1.0,
+        ball_points(12, 4 * 63, 5, 1.0),
+        DType::F32,
+    );
+    midpoint_grad_case(
+        &[5, 8, 6, 10],
+        1,
+        0.5,
+        ball_points(13, 300, 8, 0.5),
+        DType::F32,
+    );
+    midpoint_grad_case(
+        &[200, 1],
+        -1,
+        10.0,
+        ball_points(14, 200, 1, 10.0),
+        DType::F32,
+    );
+    midpoint_grad_case(&[3, 2], -1, 1.0, ball_points(15, 3, 2, 1.0), DType::F32);
+    midpoint_grad_case(&[64, 16], -1, 0.3, ball_points(16, 64, 16, 0.3), DType::F16);
+    // Points outside the ball: the projection's Jacobian.
+    let outside: Vec<f32> = ball_points(17, 40, 4, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i % 12 < 4 { v * 3.0 } else { *v })
+        .collect();
+    midpoint_grad_case(&[40, 4], -1, 1.0, outside, DType::F32);
+}
+
+#[test]
+fn midpoint_backward_bad_input_is_typed() {
+    let c_ = ctx();
+    let op = PoincareMidpoint::new(c_, Default::default()).unwrap();
+    let x = up(c_, &ball_points(21, 6, 3, 1.0), &[6, 3]);
+    let (dm, dm_bad) = (up(c_, &[1.0; 3], &[3]), up(c_, &[1.0; 2], &[2]));
+    let dx = c_.empty(&[6, 3], DType::F32).unwrap();
+    let mut enc = c_.device().create_command_encoder(&Default::default());
+    let r = op.encode_backward(&mut enc, &x, &dm_bad, &dx);
+    assert!(
+        matches!(r, Err(wgnorm::Error::ShapeMismatch { .. })),
+        "{r:?}"
+    );
+    let r = op.encode_backward(&mut enc, &x, &dm, &x);
+    assert!(r.is_err(), "dx aliasing x: {r:?}");
+    let none = c_.empty(&[0, 3], DType::F32).unwrap();
+    let r = op.encode_backward(&mut enc, &none, &dm, &none);
+    assert!(
+        matches!(r, Err(wgnorm::Error::InvalidParameter { .. })),
+        "{r:?}"
+    );
 }

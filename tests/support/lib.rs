@@ -105,3 +105,28 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
         );
     }
 }
+
+/// `p` points of dimension `d` inside the ball of curvature -c: random directions, radii spread
+/// over [0, 0.99) of the ball's radius, every 7th point at exactly 0.99 of it.
+pub fn ball_points(seed: u64, p: usize, d: usize, c: f64) -> Vec<f32> {
+    let dirs = noise(seed, p * d);
+    let radii = noise(seed + 1, p);
+    let mut out = Vec::with_capacity(p * d);
+    for i in 0..p {
+        let v = &dirs[i * d..(i + 1) * d];
+        let n = v
+            .iter()
+            .map(|x| (*x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        let r = if i % 7 == 3 {
+            0.99
+        } else {
+            0.99 * (radii[i] as f64 + 1.0) / 2.0
+        };
+        let s = r / c.sqrt() / n;
+        out.extend(v.iter().map(|x| (*x as f64 * s) as f32));
+    }
+    out
+}
