@@ -227,6 +227,19 @@ mod tests {
         close("swapped", &g[1], &gs[0]);
     }
 
+    /// `g` against central differences of `loss(x, bias, weight)` in each of its arguments.
+    fn against_differences(
+        g: &PoincareBnGrads,
+        (flat, bias, weight): (&[f64], &[f64], f64),
+        loss: impl Fn(&[f64], &[f64], f64) -> f64,
+    ) {
+        let dx = numeric(flat, |f| loss(f, bias, weight));
+        close("dx", &g.dx.concat(), &dx);
+        close("dbias", &g.dbias, &numeric(bias, |b| loss(flat, b, weight)));
+        let dw = numeric(&[weight], |w| loss(flat, bias, w[0]));
+        close("dweight", &[g.dweight], &dw);
+    }
+
     /// Poincaré batch norm's gradients against central differences of its f64 forward: every
     /// point's tangent vector, the bias and the weight (c = 0.5, one point far out so its exp0 is
     /// at the projection).
@@ -248,21 +261,7 @@ mod tests {
         let loss = |f: &[f64], b: &[f64], w: f64| {
             dot(&poincare_batch_norm(&ball, f, &[p, d], 1, b, w), &dy)
         };
-        close(
-            "dx",
-            &g.dx.concat(),
-            &numeric(&flat, |f| loss(f, &bias, weight)),
-        );
-        close(
-            "dbias",
-            &g.dbias,
-            &numeric(&bias, |b| loss(&flat, b, weight)),
-        );
-        close(
-            "dweight",
-            &[g.dweight],
-            &numeric(&[weight], |w| loss(&flat, &bias, w[0])),
-        );
+        against_differences(&g, (&flat, &bias, weight), loss);
     }
 
     /// With running statistics (constants): against central differences of
@@ -292,20 +291,6 @@ mod tests {
             let y = poincare_batch_norm_with(&ball, &pts(f), &stats, b, w).concat();
             dot(&y, &dy)
         };
-        close(
-            "dx",
-            &g.dx.concat(),
-            &numeric(&flat, |f| loss(f, &bias, weight)),
-        );
-        close(
-            "dbias",
-            &g.dbias,
-            &numeric(&bias, |b| loss(&flat, b, weight)),
-        );
-        close(
-            "dweight",
-            &[g.dweight],
-            &numeric(&[weight], |w| loss(&flat, &bias, w[0])),
-        );
+        against_differences(&g, (&flat, &bias, weight), loss);
     }
 }
