@@ -17,7 +17,9 @@ override ROWS_PER_TEAM: u32 = 1u;
 // slot ROT_K further; GPT-J, those of the rotary part (rot / (4 TEAM)). 0: no rotation.
 override ROT_K: u32 = 0u;
 
-const REGS: u32 = 32u;
+// REGS, the slots of a lane's arrays, is a constant the kernel variant prepends (8, 16 or 32):
+// private arrays are sized by constants, and lavapipe's compile time grows with their size
+// (six arrays of 32 vec4s: 2.8 s for one pipeline, of 8: 0.44 s).
 
 // cos[t, p] (ANGLES 1) or inv_freq[p] (ANGLES 0), and sin[t, p], four pairs per access: rows of
 // ROT/2 pairs, a multiple of 4 for NeoX (ROT % 8 == 0) and of 2 for GPT-J (ROT % 4 == 0).

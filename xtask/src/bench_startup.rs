@@ -101,6 +101,35 @@ fn qk_norm_rope_backward(ctx: &Context) -> wgnorm::Result<()> {
     Ok(())
 }
 
+fn qk_norm_rope(ctx: &Context) -> wgnorm::Result<()> {
+    let x = ctx.upload_f32(&vec![0.5; 64 * 8 * 128], &[64, 8, 128])?;
+    let pos = ctx.upload_f32(&(0..64).map(|t| t as f32).collect::<Vec<_>>(), &[64])?;
+    let qk = QkNormRope::new(ctx, QkNormRopeConfig::default())?;
+    qk.forward(&wgnorm::rmsnorm::QkNormRopeInputs {
+        x: &x,
+        weight: None,
+        angles: RopeAngles::Positions(&pos),
+    })?;
+    Ok(())
+}
+
+fn poincare_batch_norm_backward(ctx: &Context) -> wgnorm::Result<()> {
+    let shape = [4, 16, 8, 8];
+    let x = ctx.upload_f32(&vec![0.1; 4 * 16 * 64], &shape)?;
+    let bias = ctx.upload_f32(&[0.0; 16], &[16])?;
+    let weight = ctx.upload_f32(&[1.0], &[1])?;
+    let op = wgnorm::PoincareBatchNorm::new(ctx, Default::default())?;
+    let inputs = wgnorm::PoincareBatchNormInputs {
+        x: &x,
+        bias: &bias,
+        weight: &weight,
+        running_mean: None,
+        running_var: None,
+    };
+    op.backward(&inputs, &x, wgnorm::PoincareStatistics::Batch)?;
+    Ok(())
+}
+
 /// The ops measured: a forward and a backward of each engine.
 fn ops() -> Vec<(&'static str, FirstCall)> {
     vec![
@@ -111,7 +140,12 @@ fn ops() -> Vec<(&'static str, FirstCall)> {
         ("group_norm_silu_backward 1x320x32x32", |c| {
             group_norm_silu(c, true)
         }),
+        ("qk_norm_rope 64x8x128", qk_norm_rope),
         ("qk_norm_rope_backward 64x8x128", qk_norm_rope_backward),
+        (
+            "poincare_batch_norm_backward 4x16x8x8",
+            poincare_batch_norm_backward,
+        ),
     ]
 }
 

@@ -51,18 +51,40 @@ pub const QK_ROPE_KERNEL: Kernel = Kernel::new(
     QK_ROPE_SLOTS,
 );
 
-/// The fused kernel, a subgroup team per row with the row in registers (needs `SUBGROUP`).
-pub const QK_ROPE_TEAM_KERNEL: Kernel = Kernel::new(
-    "rms_norm/qk_rope_team",
-    &[
-        QK_ROPE_COMMON,
-        wgnorm_core::shader::snippet::MOMENTS,
-        wgnorm_core::shader::snippet::TEAM_SUM,
-        wgnorm_core::shader_file!("rms_norm/qk_rope_team.wgsl"),
-    ],
-    QK_ROPE_SLOTS,
-)
-.with_features(wgpu::Features::SUBGROUP);
+/// The fused kernel, a subgroup team per row with the row in registers (needs `SUBGROUP`), with
+/// `$regs` slots per lane.
+macro_rules! qk_team_kernel {
+    ($name:literal, $regs:literal) => {
+        Kernel::new(
+            $name,
+            &[
+                $regs,
+                QK_ROPE_COMMON,
+                wgnorm_core::shader::snippet::MOMENTS,
+                wgnorm_core::shader::snippet::TEAM_SUM,
+                wgnorm_core::shader_file!("rms_norm/qk_rope_team.wgsl"),
+            ],
+            QK_ROPE_SLOTS,
+        )
+        .with_features(wgpu::Features::SUBGROUP)
+    };
+}
+
+/// The register team kernels by slots per lane: the smallest that holds a call's row serves it.
+pub const QK_ROPE_TEAM_KERNELS: [(u32, Kernel); 3] = [
+    (
+        8,
+        qk_team_kernel!("rms_norm/qk_rope_team8", "const REGS: u32 = 8u;\n"),
+    ),
+    (
+        16,
+        qk_team_kernel!("rms_norm/qk_rope_team16", "const REGS: u32 = 16u;\n"),
+    ),
+    (
+        32,
+        qk_team_kernel!("rms_norm/qk_rope_team32", "const REGS: u32 = 32u;\n"),
+    ),
+];
 
 /// The register team's shape for a call: the row engine's choice for RMSNorm rows of the head
 /// dim, narrowed so the team divides the row's vec4 accesses and, for NeoX, a pair's distance
@@ -151,8 +173,12 @@ pub fn qk_rope_team_spec(
     (norm, inverse): (bool, bool),
 ) -> Specialization {
     let io = Io { dtype, vec4: true };
+    let kernel = QK_ROPE_TEAM_KERNELS
+        .into_iter()
+        .find(|(regs, _)| *regs >= plan.per_lane)
+        .map_or(QK_ROPE_TEAM_KERNELS[2].1, |(_, k)| k);
     plan.apply(
-        Specialization::new(QK_ROPE_TEAM_KERNEL, io)
+        Specialization::new(kernel, io)
             .flag("NORM", norm)
             .flag("INVERSE", inverse)
             .flag("HAS_WEIGHT", weight)
