@@ -24,8 +24,9 @@
 //            lambda dS + c lambda^2 (dS . x + dT) x, through x = exp0(v).
 // Every sum is in a fixed order (bitwise reproducible).
 //
-// g (f32): [dm (d) | dbeta (d) | dS (d) | dT, e (2) | per point (NQ each) | tile sums of the
-// vector parts (tiles * NCOLS * d) | tile sums of the scalars (tiles * NSC)].
+// g (f32): [dm (d) | dbeta (d) | dS (d) | dT, e (2) | per-point weights (NQ fields of p floats,
+// `pq`) | tile sums of the vector parts (tiles * NCOLS * d) | tile sums of the scalars
+// (tiles * NSC)].
 
 override WG: u32 = 256u;
 override GSTAGE: u32 = 0u;
@@ -232,9 +233,9 @@ fn through_w(k: DuPair, p: f32, q: f32) -> vec3<f32> {
     return p * k.x.a.xyz - q * k.y.a.xyz;
 }
 
-// Per point in g (NQ floats): kv, km; dv's own weights of dy, w, v, m, beta; the variance part's
-// of w, v, m; the point's parts of the tile sums: dm's weights of dy, w, v, the variance part's of
-// w, v, dbeta's of dy, w.
+// Per point in g (NQ fields, `pq`): kv, km; dv's own weights of dy, w, v, m, beta; the variance
+// part's of w, v, m; the point's parts of the tile sums: dm's weights of dy, w, v, the variance
+// part's of w, v, dbeta's of dy, w.
 const NQ: u32 = 17u;
 // Tile sums: 7 vectors (the last 7 per-point fields against dy, w or v) and 6 scalars (dm's
 // weights of m and beta, the variance part's of m, dbeta's of m and beta, dgain).
