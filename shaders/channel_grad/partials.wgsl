@@ -11,21 +11,7 @@ override LANE_BLOCK: bool = false;
 // (dz, dz * xhat, xhat).
 override TERM_PARTIALS: bool = false;
 
-var<workgroup> red2: array<vec4<f32>, WG>;
-
-// Tree sum of four values over the workgroup, returned to every lane (uniform control flow).
-fn wg_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
-    workgroupBarrier();
-    red2[lid] = v;
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if lid < h {
-            red2[lid] += red2[lid + h];
-        }
-    }
-    workgroupBarrier();
-    return red2[0];
-}
+// The tree sums: `wg_sum4` (common/workgroup_sum4.wgsl).
 
 @group(0) @binding(4) var<storage, read> x: array<Elem>;
 @group(0) @binding(5) var<storage, read> dy: array<Elem>;

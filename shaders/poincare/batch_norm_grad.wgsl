@@ -47,22 +47,6 @@ const G_FINAL: u32 = 2u;
 @group(0) @binding(7) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dweight: array<f32>;
 
-// Four sums over the workgroup at once, returned to every invocation (uniform control flow):
-// one tree of barriers instead of four.
-var<workgroup> red4: array<vec4<f32>, WG>;
-fn wg_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
-    workgroupBarrier();
-    red4[lid] = v;
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if lid < h {
-            red4[lid] += red4[lid + h];
-        }
-    }
-    workgroupBarrier();
-    return red4[0];
-}
-
 fn scalar(i: u32) -> f32 {
     return scratch[off_scalars() + i];
 }

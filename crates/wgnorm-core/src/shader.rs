@@ -29,6 +29,8 @@ pub mod snippet {
     pub const MOMENTS: &str = shader_file!("common/moments.wgsl");
     /// A workgroup tree sum.
     pub const WG_SUM: &str = shader_file!("common/workgroup_sum.wgsl");
+    /// Four workgroup tree sums at once (`wg_sum4`).
+    pub const WG_SUM4: &str = shader_file!("common/workgroup_sum4.wgsl");
     /// Chunked Welford over four accesses.
     pub const CHUNK: &str = shader_file!("common/chunk.wgsl");
     /// The activation epilogues (`ACT`).

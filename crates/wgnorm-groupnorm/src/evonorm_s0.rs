@@ -39,6 +39,7 @@ pub const SIGMOID_GATE_GRAD: GradTerm = GradTerm::new(
         wgnorm_core::chgrad::PARTIALS_HEAD[0],
         wgnorm_core::chgrad::PARTIALS_HEAD[1],
         wgnorm_core::chgrad::PARTIALS_HEAD[2],
+        wgnorm_core::shader::snippet::WG_SUM4,
         wgnorm_core::shader_file!("group_norm/grad_sigmoid_gate_partials.wgsl"),
         wgnorm_core::chgrad::PARTIALS_BODY,
     ],

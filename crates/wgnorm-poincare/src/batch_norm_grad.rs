@@ -36,6 +36,7 @@ pub const BATCH_NORM_GRAD_KERNEL: Kernel = Kernel::new(
     &[
         crate::POINCARE_COMMON,
         wgnorm_core::shader::snippet::WG_SUM,
+        wgnorm_core::shader::snippet::WG_SUM4,
         crate::norm::MIDPOINT_SCRATCH,
         crate::MEAN_GRAD,
         wgnorm_core::shader_file!("poincare/dual.wgsl"),

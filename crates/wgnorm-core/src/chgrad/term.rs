@@ -12,8 +12,8 @@ pub const PARTIALS_BODY: &str = crate::shader_file!("channel_grad/partials.wgsl"
 pub const FINALIZE_BODY: &str = crate::shader_file!("channel_grad/finalize.wgsl");
 /// The dx pass's body (elementwise), composed after a term's dx snippet.
 pub const DX_BODY: &str = crate::shader_file!("channel_grad/dx.wgsl");
-/// The snippets every partials kernel starts with: `[ACTIVATION, COMMON, STATS]`, then the
-/// term's snippet, then [`PARTIALS_BODY`].
+/// The snippets every partials kernel starts with: `[ACTIVATION, COMMON, STATS]`, then
+/// `WG_SUM4`, the term's snippet, then [`PARTIALS_BODY`].
 pub const PARTIALS_HEAD: [&str; 3] = [crate::shader::snippet::ACTIVATION, COMMON, STATS];
 /// The snippets every finalize kernel starts with (as the partials').
 pub const FINALIZE_HEAD: [&str; 3] = PARTIALS_HEAD;
@@ -69,7 +69,7 @@ impl TermLen {
 /// are the same when their kernels and flags are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GradTerm {
-    /// The partials kernel: parts `[PARTIALS_HEAD.., <snippet>, PARTIALS_BODY]`.
+    /// The partials kernel: parts `[PARTIALS_HEAD.., WG_SUM4, <snippet>, PARTIALS_BODY]`.
     pub partials: Kernel,
     /// The finalize kernel: parts `[FINALIZE_HEAD.., <snippet>, FINALIZE_BODY]`.
     pub finalize: Kernel,
@@ -122,6 +122,7 @@ impl GradTerm {
                     PARTIALS_HEAD[0],
                     PARTIALS_HEAD[1],
                     PARTIALS_HEAD[2],
+                    crate::shader::snippet::WG_SUM4,
                     TERM_NONE,
                     PARTIALS_BODY,
                 ],
