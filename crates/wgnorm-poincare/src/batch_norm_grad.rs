@@ -149,22 +149,19 @@ impl PoincareBatchNorm {
         let engine = self.engine(inputs, outputs.dx, view, stats)?;
         let tiles = engine.tiles();
         let r = |what, t: &Tensor| binding::storage_range(ctx, what, t);
-        let unwanted = |key: usize, shape: &[usize]| {
-            self.unwanted.get(ctx, &[key, shape[0]], shape, DType::F32)
-        };
-        let dbias_t = match outputs.dbias {
-            Some(t) => t.clone(),
-            None => unwanted(0, &[d])?,
-        };
-        let dweight_t = match outputs.dweight {
-            Some(t) => t.clone(),
-            None => unwanted(1, &[1])?,
+        // An unwanted gradient is written to op-owned scratch (the kernel has no slot to spare
+        // for a flag); its range is taken in place, without cloning the tensor.
+        let out = |what, t: Option<&Tensor>, key: usize, len: usize| match t {
+            Some(t) => r(what, t),
+            None => self
+                .unwanted
+                .with(ctx, &[key, len], &[len], DType::F32, |t| r(what, t))?,
         };
         let (xr, dyr, br) = (r("x", inputs.x)?, r("dy", dy)?, r("bias", inputs.bias)?);
         let (dxr, dbr, dwr) = (
             r("dx", outputs.dx)?,
-            r("dbias", &dbias_t)?,
-            r("dweight", &dweight_t)?,
+            out("dbias", outputs.dbias, 0, d)?,
+            out("dweight", outputs.dweight, 1, 1)?,
         );
         binding::check_no_alias(&[
             ("x", Some(&xr), false),
@@ -176,8 +173,9 @@ impl PoincareBatchNorm {
         ])?;
         let len = 3 * view.d + 2 + NQ * view.points() + tiles * (NCOLS * view.d + NSC);
         let key = [view.n, view.d, view.s];
-        let g = self.grad_scratch.get(ctx, &key, &[len], DType::F32)?;
-        let gr = r("grad", &g)?;
+        let gr = self
+            .grad_scratch
+            .with(ctx, &key, &[len], DType::F32, |g| r("grad", g))??;
         let list: [&BufferRange; 8] = [&xr, &dyr, &br, &engine.scratch, &gr, &dxr, &dbr, &dwr];
         let bind = self.grad_binds.get(ctx, SLOTS, &engine.params, &list)?;
         let pg = engine.point_group();

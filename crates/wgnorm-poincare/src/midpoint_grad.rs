@@ -81,10 +81,10 @@ impl PoincareMidpoint {
         ])?;
         // The forward's stages bind dx as their output, which they do not write (no OUT_M).
         let engine = self.midpoint_engine(x, dx, view, false)?;
-        let g = self
+        let (key, len) = ([view.d], [view.d + 1]);
+        let gr = self
             .grad_scratch
-            .get(ctx, &[view.d], &[view.d + 1], DType::F32)?;
-        let gr = r("grad", &g)?;
+            .with(ctx, &key, &len, DType::F32, |g| r("grad", g))??;
         let list: [&BufferRange; 5] = [&xr, &dyr, &engine.scratch, &gr, &dxr];
         let bind = self
             .grad_binds

@@ -36,6 +36,16 @@ enum Stage {
     Apply = 5,
 }
 
+/// Every stage, in the order they run.
+const STAGES: [Stage; 6] = [
+    Stage::Weights,
+    Stage::Colsum,
+    Stage::Mean,
+    Stage::Dist,
+    Stage::Var,
+    Stage::Apply,
+];
+
 /// Terms one invocation adds in sequence in the row-layout tile sums (the rest is trees).
 const CT_RUN: usize = 32;
 
@@ -229,15 +239,7 @@ impl Engine<'_> {
             label: Some("wgnorm poincare midpoint"),
             timestamp_writes: None,
         });
-        let stages = [
-            Stage::Weights,
-            Stage::Colsum,
-            Stage::Mean,
-            Stage::Dist,
-            Stage::Var,
-            Stage::Apply,
-        ];
-        for stage in stages.into_iter().filter(|s| *s as u32 <= last as u32) {
+        for stage in STAGES.into_iter().filter(|s| *s as u32 <= last as u32) {
             if stage == Stage::Colsum && f.use_running {
                 continue;
             }
@@ -692,16 +694,8 @@ impl PoincareBatchNorm {
 /// The pipelines of the midpoint and the batch norm, for `cargo xtask validate`.
 pub fn specializations() -> Vec<Specialization> {
     let mut out = Vec::new();
-    let stages = [
-        Stage::Weights,
-        Stage::Colsum,
-        Stage::Mean,
-        Stage::Dist,
-        Stage::Var,
-        Stage::Apply,
-    ];
     for dtype in [DType::F32, DType::F16] {
-        for stage in stages {
+        for stage in STAGES {
             for bits in 0..64u32 {
                 let f = Flags {
                     tangent: bits & 1 != 0,
